@@ -28,14 +28,25 @@ _API = {
     "export_onnx": "compress.export:export_onnx",
     "export_tflite": "compress.export:export_tflite",
     "verify": "compress.export:verify",
+    # passes (each issue's module); "module" alone means the module itself
+    "prune": "compress.pruning:prune",
+    "share": "compress.sharing",
+    "hash_model": "compress.sharing:hash_model",
+    "cluster_model": "compress.sharing:cluster_model",
+    "quantize": "compress.quantization:quantize",
+    "distill": "compress.distillation:distill",
+    "callbacks": "compress.callbacks",
+    "run_recipe": "compress.recipes:run_recipe",
 }
 
 
 def __getattr__(name):
     if name not in _API:
         raise AttributeError(f"module 'compress' has no attribute '{name}'")
-    module, attr = _API[name].split(":")
-    value = getattr(importlib.import_module(module), attr)
+    module, _, attr = _API[name].partition(":")
+    value = importlib.import_module(module)
+    if attr:
+        value = getattr(value, attr)
     globals()[name] = value
     return value
 

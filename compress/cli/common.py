@@ -84,3 +84,42 @@ def load_inputs(model_path: str, data: str | None, seed: int, unsafe: bool):
     model = io.load_model(model_path, unsafe=unsafe)
     dataset = data_mod.prepare(model, data_mod.load_data(data, seed)) if data else None
     return model, dataset
+
+
+def run_model_pass(model_path: str, output: str, data: str | None, seed: int, unsafe: bool,
+                   force: bool, as_json: bool, apply, title: str,
+                   needs_data: str | None = None, after_name: str = "after") -> dict:
+    """The flow every model-to-model command shares.
+
+    Checks the output path first (nothing is computed for a refused output), loads the
+    model and data, measures ``before``, runs ``apply(model, dataset) -> (new_model, info)``,
+    saves atomically, measures ``after`` on the saved file, and prints the table or JSON.
+
+    Args:
+        needs_data: when set and ``--data`` is missing, refuse with this reason.
+    """
+    from compress import io
+    from compress.errors import CompressError
+    from compress.report import model_report
+
+    if needs_data and not data:
+        raise CompressError(f"{needs_data} needs --data (for example --data mnist5k)")
+    io.check_output(output, inputs=[model_path], force=force, suffixes=io.MODEL_SUFFIXES)
+    model, dataset = load_inputs(model_path, data, seed, unsafe)
+    before = model_report(model, dataset, name="before",
+                          path=None if _is_dir(model_path) else model_path)
+    new_model, info = apply(model, dataset)
+    io.save_model(new_model, output, inputs=[model_path], force=force)
+    after = model_report(new_model, dataset, name=after_name, path=output)
+    result = {"input": model_path, "output": output, "before": before, "after": after,
+              "pass": info}
+    lines = [f"wrote {output}"] + [f"  {k}: {v}" for k, v in info.items()
+                                   if not isinstance(v, (list, dict))]
+    emit(result, as_json, reports=[before, after], title=title, lines=lines)
+    return result
+
+
+def _is_dir(path: str) -> bool:
+    import os
+
+    return os.path.isdir(path)

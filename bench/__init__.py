@@ -1,0 +1,1 @@
+"""Benchmark harness: ``python -m bench`` runs the cases and writes BENCHMARKS.md."""

@@ -1,0 +1,1 @@
+"""Benchmark cases: one module per capability, each with ``CASES = {name: function}``."""
