@@ -19,5 +19,5 @@ def register_layers() -> None:
         try:
             importlib.import_module(name)
         except ModuleNotFoundError as exc:
-            if exc.name != name:  # a real missing dependency, not an absent module
+            if not (exc.name and name.startswith(exc.name)):  # a real missing dependency
                 raise

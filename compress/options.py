@@ -114,7 +114,7 @@ class Option:
 
     def _range_text(self) -> str:
         if self.low is not None and self.high is not None:
-            return (("[" if self.low_inclusive else "(") + f"{self.low}, {self.high}"
+            return (("in [" if self.low_inclusive else "in (") + f"{self.low}, {self.high}"
                     + ("]" if self.high_inclusive else ")"))
         if self.low is not None:
             return (">= " if self.low_inclusive else "> ") + str(self.low)

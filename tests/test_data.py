@@ -1,0 +1,83 @@
+"""compress.data: offline datasets, seeded splits, shape fitting, npz safety."""
+
+import numpy as np
+import pytest
+
+from compress.data import fit_to_model, load_data, prepare
+from compress.errors import CompressError
+
+
+def test_mnist5k_split_sizes_and_determinism():
+    a, b = load_data("mnist5k", seed=3), load_data("mnist5k", seed=3)
+    assert (len(a.x_train), len(a.x_val), len(a.x_test)) == (3600, 400, 1000)
+    assert a.x_train.shape[1:] == (28, 28, 1) and a.num_classes == 10
+    np.testing.assert_array_equal(a.y_test, b.y_test)
+    c = load_data("mnist5k", seed=4)
+    assert not np.array_equal(a.y_test, c.y_test)
+    assert 0.0 <= a.x_train.min() and a.x_train.max() <= 1.0
+
+
+def test_animals_read_without_unpickling():
+    ds = load_data("animals", seed=0)
+    assert len(ds.x_train) + len(ds.x_val) + len(ds.x_test) == 10000
+    assert ds.num_classes == 10
+    assert ds.x_train.std() > 0.1  # real silhouettes, not zeros
+
+
+def test_unknown_name():
+    with pytest.raises(CompressError, match="unknown dataset"):
+        load_data("cifar10")
+
+
+def test_fit_to_model_flattens_and_refuses(digits):
+    import keras
+
+    flat = keras.Sequential([keras.Input((64,)), keras.layers.Dense(10)])
+    assert fit_to_model(digits.x_test, flat).shape == (len(digits.x_test), 64)
+    wrong = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Flatten(),
+                              keras.layers.Dense(10)])
+    with pytest.raises(CompressError, match="do not fit model input"):
+        fit_to_model(digits.x_test, wrong)
+
+
+def test_prepare_refuses_too_few_outputs_and_non_classifier(digits):
+    import keras
+
+    small = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
+                              keras.layers.Dense(3)])
+    with pytest.raises(CompressError, match="only 3 outputs"):
+        prepare(small, digits)
+    image_out = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(2, 3)])
+    with pytest.raises(CompressError, match="not a classifier"):
+        prepare(image_out, digits)
+
+
+def test_npz_user_data(tmp_path):
+    rng = np.random.default_rng(0)
+    path = tmp_path / "d.npz"
+    np.savez(path, x_train=rng.random((50, 4)).astype("float32"),
+             y_train=rng.integers(0, 3, 50))
+    ds = load_data(f"npz:{path}", seed=0)
+    assert len(ds.x_train) + len(ds.x_val) + len(ds.x_test) == 50
+    assert ds.num_classes <= 3
+
+
+@pytest.mark.parametrize("arrays,message", [
+    ({"x_train": np.zeros((5, 2))}, "missing array 'y_train'"),
+    ({"x_train": np.full((20, 2), np.nan), "y_train": np.zeros(20, int)}, "NaN or inf"),
+    ({"x_train": np.zeros((0, 2)), "y_train": np.zeros(0, int)}, "empty"),
+    ({"x_train": np.zeros((20, 2)), "y_train": -np.ones(20, int)}, "non-negative integers"),
+    ({"x_train": np.zeros((20, 2)), "y_train": np.zeros(19, int)}, "has 20 samples"),
+])
+def test_npz_bad_inputs(tmp_path, arrays, message):
+    path = tmp_path / "bad.npz"
+    np.savez(path, **arrays)
+    with pytest.raises(CompressError, match=message):
+        load_data(f"npz:{path}")
+
+
+def test_npz_with_object_array_refused_without_pickle(tmp_path):
+    path = tmp_path / "obj.npz"
+    np.savez(path, x_train=np.array([{"a": 1}] * 12, dtype=object), y_train=np.zeros(12, int))
+    with pytest.raises(CompressError, match="pickle"):
+        load_data(f"npz:{path}")
