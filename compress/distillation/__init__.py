@@ -1,0 +1,32 @@
+"""Knowledge distillation on ``keras.distillation``: a teacher's soft targets train a student.
+
+- :func:`distill` trains a copy of a student on a teacher's temperature-softened outputs
+  and the labels (Hinton, Vinyals and Dean, 2015), through ``keras.distillation.Distiller``.
+- :func:`width_student`, :func:`depth_student` and :func:`make_student` derive students.
+- :data:`DISTILL_OPTIONS` is the options schema of the CLI command and the recipe step.
+
+Example:
+
+>>> from compress.distillation import distill, width_student
+>>> student, info = distill(teacher, width_student(teacher, 0.25), ds)   # doctest: +SKIP
+"""
+
+from compress.distillation.driver import (
+           DISTILL_OPTIONS,
+           copy_with_constraints,
+           distill,
+           logits_model,
+           teacher_output_kind,
+)
+from compress.distillation.students import depth_student, make_student, width_student
+
+__all__ = [
+           "DISTILL_OPTIONS",
+           "copy_with_constraints",
+           "depth_student",
+           "distill",
+           "logits_model",
+           "make_student",
+           "teacher_output_kind",
+           "width_student",
+]

@@ -1,0 +1,363 @@
+"""Knowledge distillation (Hinton et al. 2015) driven through ``keras.distillation``.
+
+The loss is Keras's own: ``keras.distillation.Distiller`` with a
+``LogitsDistillation`` term (plus ``FeatureDistillation`` terms for named layer pairs).
+What this module adds around it is what a compression workflow needs:
+
+- teachers and students that end in a softmax (most saved classifiers) are trained on
+  their logits, exactly: the last layer's softmax is switched off on private copies
+  during training, and the returned student keeps the output activation it came with;
+- the student is a copy (the input is never mutated) whose variables keep the
+  ``constraint`` of the given student's variables, so a pruned student's zeros stay zero
+  (Keras 3 optimizers apply ``variable.constraint`` after each update);
+- the KL term gets a ``keras.losses.KLDivergence`` instance: with its default
+  ``loss="kl_divergence"`` string, ``LogitsDistillation`` receives the plain function,
+  misses its ``isinstance(..., KLDivergence)`` branch and compares the scaled logits
+  themselves, without softmax or the ``T**2`` factor;
+- one-line :class:`~compress.errors.CompressError` messages for bad input, and a
+  JSON-ready ``info`` dict.
+
+The total loss is ``alpha * T**2 * KL(softmax(z_t / T) || softmax(z_s / T)) +
+(1 - alpha) * CE(y, softmax(z_s))`` (``Distiller(student_loss_weight=1 - alpha)``).
+
+Example:
+
+>>> from compress.distillation import distill, width_student
+>>> student = width_student(teacher, width=0.25)                    # doctest: +SKIP
+>>> student, info = distill(teacher, student, ds, temperature=4.0,  # doctest: +SKIP
+...                         alpha=0.9, epochs=10)
+>>> info["student_accuracy"]                                        # doctest: +SKIP
+0.951
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+
+from compress.errors import CompressError
+from compress.options import Option, Schema
+
+DISTILL_OPTIONS = Schema("distill", [
+    Option("temperature", float, 4.0, "softmax temperature T of the soft targets",
+           low=0.0, low_inclusive=False),
+    Option("alpha", float, 0.9, "weight of the distillation term (1 - alpha weighs the "
+           "cross-entropy on labels)", low=0.0, high=1.0),
+    Option("epochs", int, 10, "training epochs of the student", low=1),
+    Option("learning_rate", float, 1e-3, "Adam learning rate of the student",
+           low=0.0, low_inclusive=False),
+    Option("batch_size", int, 64, "training batch size", low=1),
+    Option("student", str, None, "student model file (default: derive one from the teacher)"),
+    Option("width", float, None, "derive the student by scaling every hidden Dense/Conv "
+           "width by this factor", low=0.0, low_inclusive=False, high=4.0),
+    Option("depth", int, None, "derive the student by dropping this many hidden blocks",
+           low=1),
+    Option("teacher_outputs", str, "auto", "what the teacher outputs (auto: softmax last "
+           "activation means probabilities)", choices=("auto", "logits", "probabilities")),
+    Option("feature_pairs", list, None, "intermediate layers to match with MSE, as "
+           "TEACHER_LAYER:STUDENT_LAYER pairs"),
+    Option("baseline", bool, True, "also train the student on labels alone, for the report",
+           cli=False),
+])
+
+# Probabilities below this are treated as this when no exact logits can be had
+# (log(1e-12) = -27.6: far below any useful logit, and finite).
+_PROB_FLOOR = 1e-12
+
+
+def distill(teacher, student, data, *, temperature: float = 4.0, alpha: float = 0.9,
+            epochs: int = 10, learning_rate: float = 1e-3, batch_size: int = 64,
+            callbacks=None, feature_pairs=None, teacher_outputs: str = "auto",
+            verbose: int | str = 0):
+    """Train a copy of ``student`` to match ``teacher``'s softened outputs and the labels.
+
+    Example:
+
+    >>> student, info = distill(teacher, width_student(teacher, 0.25), ds,  # doctest: +SKIP
+    ...                         temperature=4.0, alpha=0.9, epochs=10)
+
+    Args:
+        teacher: keras.Model. A trained classifier (logits or softmax probabilities).
+            Never modified.
+        student: keras.Model. The model to train (fresh, or pruned/hashed: its variables'
+            ``constraint`` is kept on the copy). Never modified.
+        data: compress.data.Dataset. Prepared for the teacher (``compress.data.prepare``);
+            integer labels; the ``val`` split is used for validation.
+        temperature: float, default 4.0. Softmax temperature T (> 0).
+        alpha: float, default 0.9. Weight of the distillation term, in [0, 1]; 0 is plain
+            cross-entropy training, 1 uses the teacher only.
+        epochs: int, default 10.
+        learning_rate: float, default 1e-3. Adam learning rate.
+        batch_size: int, default 64.
+        callbacks: list of keras.callbacks.Callback, default None. Passed to
+            ``Distiller.fit``; their ``self.model`` is the ``Distiller`` (the student is
+            ``self.model.student``).
+        feature_pairs: list of ``(teacher_layer, student_layer)`` tuples or
+            ``"teacher_layer:student_layer"`` strings, default None. Each pair adds an MSE
+            ``keras.distillation.FeatureDistillation`` term of weight 1; the two layers'
+            outputs must have the same shape.
+        teacher_outputs: str, default ``"auto"``. ``"logits"``, ``"probabilities"``, or
+            ``"auto"`` (probabilities when the teacher's last activation is a softmax).
+        verbose: int or str, default 0. Keras ``fit`` verbosity.
+
+    Returns:
+        ``(student_model, info)``: a plain Keras model with the given student's
+        architecture and output activation, and a JSON-ready dict (options, the teacher
+        output kind, per-epoch history, test accuracies of teacher and student).
+
+    Raises:
+        CompressError: bad options, different input or output shapes, a teacher that is
+            not a classifier, unknown or mismatched feature layers, NaN loss.
+    """
+    opts = DISTILL_OPTIONS.validate({
+        "temperature": temperature, "alpha": alpha, "epochs": epochs,
+        "learning_rate": learning_rate, "batch_size": batch_size,
+        "teacher_outputs": teacher_outputs})
+    pairs = _parse_pairs(feature_pairs)
+    _check_models(teacher, student, data)
+    kind = teacher_output_kind(teacher, opts["teacher_outputs"])
+    student_kind = _student_output_kind(student)
+
+    teacher_logits = logits_model(teacher, kind)
+    trained = copy_with_constraints(student)
+    student_logits, restore = _logits_view(trained, student_kind)
+    _check_feature_pairs(teacher_logits, student_logits, pairs)
+
+    from compress import training
+
+    losses = [keras.distillation.LogitsDistillation(
+        temperature=opts["temperature"], loss=keras.losses.KLDivergence())]
+    losses += [keras.distillation.FeatureDistillation(
+        loss="mse", teacher_layer_name=t, student_layer_name=s) for t, s in pairs]
+    try:
+        distiller = keras.distillation.Distiller(
+            teacher=teacher_logits, student=student_logits, distillation_losses=losses,
+            student_loss_weight=1.0 - opts["alpha"], name="distiller")
+    except ValueError as exc:
+        raise CompressError(f"distill: {exc}") from exc
+    distiller.compile(
+        optimizer=keras.optimizers.Adam(opts["learning_rate"]),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"])
+    nan_stop = training.StopOnNaN()
+    has_val = data.x_val is not None and len(data.x_val) > 0
+    try:
+        history = distiller.fit(
+            data.x_train, data.y_train, epochs=opts["epochs"], batch_size=opts["batch_size"],
+            validation_data=(data.x_val, data.y_val) if has_val else None,
+            callbacks=list(callbacks or []) + [nan_stop], verbose=verbose, shuffle=True)
+    finally:
+        restore()
+    if nan_stop.stopped:
+        raise CompressError("distill: the loss became NaN or infinite (lower the learning "
+                            "rate or the temperature, or check the data)")
+
+    info = {
+        "temperature": opts["temperature"],
+        "alpha": opts["alpha"],
+        "epochs": opts["epochs"],
+        "epochs_run": len(history.history.get("loss", [])),
+        "learning_rate": opts["learning_rate"],
+        "batch_size": opts["batch_size"],
+        "teacher_outputs": kind,
+        "student_outputs": student_kind,
+        "feature_pairs": [f"{t}:{s}" for t, s in pairs],
+        "teacher_params": int(teacher.count_params()),
+        "student_params": int(trained.count_params()),
+        "constrained_variables": sum(v.constraint is not None for v in trained.weights),
+        "history": {k: [float(x) for x in v] for k, v in history.history.items()},
+    }
+    if data.x_test is not None and len(data.x_test):
+        info["teacher_accuracy"] = training.accuracy(teacher, data.x_test, data.y_test)
+        info["student_accuracy"] = training.accuracy(trained, data.x_test, data.y_test)
+    return trained, info
+
+
+def teacher_output_kind(teacher, teacher_outputs: str = "auto") -> str:
+    """``"logits"`` or ``"probabilities"``: what ``teacher`` outputs.
+
+    Args:
+        teacher: keras.Model. A classifier.
+        teacher_outputs: str, default ``"auto"``. A forced answer, or ``"auto"``: a
+            softmax last activation means probabilities, a linear one logits.
+
+    Raises:
+        CompressError: ``"auto"`` and a last activation that is neither (sigmoid, relu...):
+            not a single-label classifier's output.
+    """
+    from compress.training import outputs_probabilities
+
+    if teacher_outputs in ("logits", "probabilities"):
+        return teacher_outputs
+    if teacher_outputs != "auto":
+        raise CompressError(f"teacher_outputs '{teacher_outputs}': must be auto, logits or "
+                            "probabilities")
+    if outputs_probabilities(teacher):
+        return "probabilities"
+    act = _activation_name(teacher.layers[-1])
+    if act in (None, "linear"):
+        return "logits"
+    raise CompressError(f"teacher '{teacher.name}' ends in a '{act}' activation: not class "
+                        "logits or softmax probabilities, so logits distillation does not "
+                        "apply (pass teacher_outputs='logits' to force it)")
+
+
+def logits_model(teacher, kind: str):
+    """A private copy of ``teacher`` that outputs logits.
+
+    A last softmax activation is switched off on the copy, and a last ``Softmax`` layer
+    is cut off: both give the exact logits. Other probability outputs go through
+    ``log(clip(p, 1e-12, 1))``, which equals the logits up to a per-sample constant
+    (softmax ignores it) wherever no probability underflows.
+
+    Args:
+        teacher: keras.Model. Never modified.
+        kind: str. ``"logits"`` or ``"probabilities"`` (see :func:`teacher_output_kind`).
+    """
+    from compress.training import copy_model
+
+    try:
+        model = copy_model(teacher)
+    except Exception as exc:
+        raise CompressError(f"teacher '{teacher.name}': could not copy it for distillation "
+                            f"({type(exc).__name__}: {exc})") from exc
+    if kind == "logits":
+        return model
+    last = model.layers[-1]
+    if isinstance(last, keras.layers.Softmax):
+        return keras.Model(model.inputs, last.input, name=f"{model.name}_logits")
+    if _activation_name(last) == "softmax":
+        last.activation = keras.activations.linear
+        return model
+    logits = _LogProbabilities(name="log_probabilities")(model.outputs[0])
+    return keras.Model(model.inputs, logits, name=f"{model.name}_logits")
+
+
+def copy_with_constraints(model):
+    """A copy of ``model`` whose variables carry the originals' ``constraint`` objects.
+
+    ``compress.training.copy_model`` rebuilds layers from their config, which keeps a
+    layer's ``kernel_constraint`` argument but not a constraint set on a variable
+    afterwards (how pruning holds its zeros); this puts those back, by position.
+    """
+    from compress.training import copy_model
+
+    clone = copy_model(model)
+    if len(clone.weights) != len(model.weights):
+        raise CompressError(f"model '{model.name}': its copy has a different number of "
+                            "variables; cannot carry their constraints over")
+    for src, dst in zip(model.weights, clone.weights):
+        if src.constraint is not None:
+            dst.constraint = src.constraint
+    return clone
+
+
+class _LogProbabilities(keras.layers.Layer):
+    """``log(clip(p, floor, 1))``: logits (up to a constant) from probabilities."""
+
+    def __init__(self, floor: float = _PROB_FLOOR, **kwargs):
+        super().__init__(**kwargs)
+        self.floor = floor
+
+    def call(self, p):
+        return keras.ops.log(keras.ops.clip(p, self.floor, 1.0))
+
+    def get_config(self):
+        return {**super().get_config(), "floor": self.floor}
+
+
+def _activation_name(layer) -> str | None:
+    act = getattr(layer, "activation", None)
+    return None if act is None else getattr(act, "__name__", str(act))
+
+
+def _student_output_kind(student) -> str:
+    from compress.training import outputs_probabilities
+
+    if outputs_probabilities(student):
+        return "probabilities"
+    act = _activation_name(student.layers[-1])
+    if act in (None, "linear"):
+        return "logits"
+    raise CompressError(f"student '{student.name}' ends in a '{act}' activation: it must "
+                        "output logits or softmax probabilities")
+
+
+def _logits_view(model, kind):
+    """``(logits_model, restore)``: a view of ``model`` that outputs logits, sharing its
+    variables, and a function that undoes any change made to ``model`` for it."""
+    last = model.layers[-1]
+    if kind == "logits":
+        return model, lambda: None
+    if isinstance(last, keras.layers.Softmax):
+        return keras.Model(model.inputs, last.input, name=f"{model.name}_logits"), \
+            lambda: None
+    original = last.activation
+    last.activation = keras.activations.linear
+
+    def restore():
+        last.activation = original
+
+    return model, restore
+
+
+def _check_models(teacher, student, data) -> None:
+    from compress.data import check_labels
+
+    for role, m in (("teacher", teacher), ("student", student)):
+        if not isinstance(m, keras.Model):
+            raise CompressError(f"{role}: must be a keras.Model, got {type(m).__name__}")
+        if getattr(m, "inputs", None) is None or len(m.inputs) != 1 or len(m.outputs) != 1:
+            raise CompressError(f"{role} '{m.name}': only single-input, single-output "
+                                "functional or Sequential models are supported")
+    t_in, s_in = tuple(teacher.inputs[0].shape[1:]), tuple(student.inputs[0].shape[1:])
+    if t_in != s_in:
+        raise CompressError(f"teacher input {t_in} and student input {s_in} differ; the "
+                            "student must take the teacher's inputs")
+    t_out, s_out = tuple(teacher.outputs[0].shape[1:]), tuple(student.outputs[0].shape[1:])
+    if t_out != s_out:
+        raise CompressError(f"teacher output {t_out} and student output {s_out} differ; "
+                            "distillation needs the same classes")
+    if len(t_out) != 1 or t_out[0] is None or t_out[0] < 2:
+        raise CompressError(f"teacher '{teacher.name}' output shape {t_out} is not a vector "
+                            "of 2 or more classes: not a classifier, so logits distillation "
+                            "does not apply")
+    check_labels(teacher, data.num_classes, data.name)
+    if data.x_train is None or len(data.x_train) == 0:
+        raise CompressError(f"{data.name}: no training samples")
+    if tuple(np.shape(data.x_train)[1:]) != t_in:
+        raise CompressError(f"{data.name}: samples of shape {tuple(np.shape(data.x_train)[1:])} "
+                            f"do not match the models' input {t_in} (use compress.data.prepare)")
+
+
+def _parse_pairs(pairs) -> list[tuple[str, str]]:
+    out = []
+    for item in pairs or []:
+        if isinstance(item, str):
+            t, sep, s = item.partition(":")
+            if not sep or not t or not s:
+                raise CompressError(f"feature pair '{item}': must be TEACHER_LAYER:STUDENT_LAYER")
+            out.append((t.strip(), s.strip()))
+        elif isinstance(item, (tuple, list)) and len(item) == 2 and \
+                all(isinstance(x, str) for x in item):
+            out.append((item[0], item[1]))
+        else:
+            raise CompressError(f"feature pair {item!r}: must be (teacher_layer, student_layer) "
+                                "or 'teacher_layer:student_layer'")
+    return out
+
+
+def _check_feature_pairs(teacher, student, pairs) -> None:
+    for t, s in pairs:
+        shapes = []
+        for role, m, name in (("teacher", teacher, t), ("student", student, s)):
+            try:
+                shapes.append(tuple(m.get_layer(name).output.shape[1:]))
+            except ValueError:
+                names = ", ".join(layer.name for layer in m.layers)
+                raise CompressError(f"feature pair {t}:{s}: {role} has no layer '{name}' "
+                                    f"(layers: {names})") from None
+        if shapes[0] != shapes[1]:
+            raise CompressError(f"feature pair {t}:{s}: output shapes {shapes[0]} and "
+                                f"{shapes[1]} differ; MSE feature distillation needs equal "
+                                "shapes")
