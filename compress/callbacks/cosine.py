@@ -1,0 +1,174 @@
+"""Cosine learning rate with linear warmup, a floor and warm restarts (SGDR), set every step.
+
+Example:
+
+>>> from compress.callbacks import CosineSchedule                       # doctest: +SKIP
+>>> cosine = CosineSchedule(peak_lr=3e-3, warmup_epochs=1, floor=1e-5)   # doctest: +SKIP
+>>> model.fit(x, y, epochs=20, callbacks=[cosine])                      # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+from keras.src.utils import io_utils
+
+from compress.errors import CompressError
+
+
+class CosineSchedule(keras.callbacks.Callback):
+    """Set the optimizer's learning rate every step: linear warmup, cosine decay, restarts.
+
+    The curve is Keras's own ``CosineDecayRestarts`` (Loshchilov and Hutter's SGDR:
+    periods that grow by ``period_mult``, peaks that shrink by ``restart_decay``), shifted
+    after a linear warmup from ``warmup_start`` to the peak and lifted to an absolute
+    ``floor``: ``lr = floor + (peak - floor) * shape(step)``. It is evaluated once for all
+    steps of the run at ``on_train_begin``, so each batch costs one table look-up and one
+    variable assignment. Unlike a ``LearningRateSchedule`` passed to the optimizer, it
+    works with a model compiled with a plain float learning rate, composes with other
+    callbacks, and writes ``learning_rate`` into the batch and epoch logs (so ``History``,
+    ``CSVLogger`` and TensorBoard record it).
+
+    Plateau rule: a :class:`compress.callbacks.PlateauSchedule` in the same ``fit`` does
+    not write the optimizer's rate; it multiplies this schedule's ``scale`` (the whole
+    curve, peak and floor) by its factor, so the cosine keeps its shape at a lower level
+    and the two never fight.
+
+    Example:
+
+    >>> model.compile(keras.optimizers.SGD(0.1), "sparse_categorical_crossentropy")  # doctest: +SKIP
+    >>> cosine = CosineSchedule(warmup_epochs=1, period_epochs=5, period_mult=2)   # doctest: +SKIP
+    >>> model.fit(x, y, epochs=16, callbacks=[cosine])                             # doctest: +SKIP
+
+    Args:
+        peak_lr: float or None, default None. Peak rate; None uses the optimizer's rate at
+            the start of training.
+        warmup_epochs: float, default 0. Linear warmup length in epochs (fractions allowed).
+        warmup_start: float, default 0. Rate at the first warmup step.
+        period_epochs: float or None, default None. First cosine period in epochs; None
+            means one period spanning the rest of training (no restart).
+        period_mult: float, default 1. Each restart's period is this times the previous.
+        restart_decay: float, default 1. Each restart's peak is this times the previous.
+        floor: float, default 0. Lowest rate (absolute), reached at the end of each period.
+        steps_per_epoch: int or None, default None. Needed only when ``fit`` cannot tell
+            (a generator without length).
+        verbose: int, default 0. 1 prints each restart through Keras's logging.
+    """
+
+    def __init__(self, peak_lr=None, warmup_epochs=0.0, warmup_start=0.0, period_epochs=None,
+                 period_mult=1.0, restart_decay=1.0, floor=0.0, steps_per_epoch=None,
+                 verbose=0):
+        super().__init__()
+        if warmup_epochs < 0 or (period_epochs is not None and period_epochs <= 0):
+            raise CompressError("CosineSchedule: warmup_epochs must be >= 0 and period_epochs "
+                                "> 0")
+        if period_mult <= 0 or restart_decay <= 0 or floor < 0:
+            raise CompressError("CosineSchedule: period_mult and restart_decay must be > 0, "
+                                "floor >= 0")
+        self.peak_lr = peak_lr
+        self.warmup_epochs = float(warmup_epochs)
+        self.warmup_start = float(warmup_start)
+        self.period_epochs = period_epochs
+        self.period_mult = float(period_mult)
+        self.restart_decay = float(restart_decay)
+        self.floor = float(floor)
+        self.steps_per_epoch = steps_per_epoch
+        self.verbose = verbose
+        self.scale = 1.0
+        self.step = 0
+        self.learning_rate = None
+        self._table = None
+
+    # -- the curve -----------------------------------------------------------------------
+    def schedule(self, steps: np.ndarray, steps_per_epoch: int, total_steps: int,
+                 peak: float) -> np.ndarray:
+        """The rate at each of ``steps`` (unscaled), as a float64 array."""
+        steps = np.asarray(steps, dtype=np.float64)
+        warmup = int(round(self.warmup_epochs * steps_per_epoch))
+        if self.period_epochs is None:
+            period = max(1, total_steps - warmup)
+        else:
+            period = max(1, int(round(self.period_epochs * steps_per_epoch)))
+        if peak < self.floor:
+            raise CompressError(f"CosineSchedule: peak_lr {peak} is below floor {self.floor}")
+        shape = keras.optimizers.schedules.CosineDecayRestarts(
+            1.0, period, t_mul=self.period_mult, m_mul=self.restart_decay, alpha=0.0)
+        after = np.maximum(steps - warmup, 0.0)
+        decayed = self.floor + (peak - self.floor) * np.asarray(
+            keras.ops.convert_to_numpy(shape(after.astype("float32"))), dtype=np.float64)
+        if warmup == 0:
+            return decayed
+        ramp = self.warmup_start + (peak - self.warmup_start) * steps / warmup
+        return np.where(steps < warmup, ramp, decayed)
+
+    # -- callback hooks ------------------------------------------------------------------
+    def on_train_begin(self, logs=None):
+        optimizer = self.model.optimizer
+        if isinstance(optimizer._learning_rate,
+                      keras.optimizers.schedules.LearningRateSchedule):
+            raise CompressError("CosineSchedule: the optimizer was compiled with a "
+                                "LearningRateSchedule; compile it with a float learning rate")
+        spe = self.steps_per_epoch or (self.params or {}).get("steps")
+        if not spe:
+            raise CompressError("CosineSchedule: cannot tell the steps per epoch; pass "
+                                "steps_per_epoch=")
+        self._spe = int(spe)
+        epochs = int((self.params or {}).get("epochs") or 1)
+        peak = self.peak_lr
+        if peak is None:
+            peak = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+        self._peak = float(peak)
+        total = epochs * self._spe
+        self._table = self.schedule(np.arange(total + 1), self._spe, total, self._peak)
+        self.scale = 1.0
+        self.step = 0
+        self.model._compress_lr_schedule = self  # found by PlateauSchedule (see class doc)
+        self._restarts = set(self._restart_steps(total))
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.step = epoch * self._spe  # also right when fit starts at initial_epoch > 0
+
+    def on_train_batch_begin(self, batch, logs=None):
+        step = self.step
+        value = self.scale * (self._table[step] if step < len(self._table)
+                              else self._table[-1])
+        self.model.optimizer.learning_rate = value
+        self.learning_rate = value
+        if self.verbose > 0 and step in self._restarts:
+            io_utils.print_msg(f"\nStep {step}: CosineSchedule warm restart at lr {value:.3g}.")
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.step += 1
+        if logs is not None and self.learning_rate is not None:
+            logs["learning_rate"] = self.learning_rate
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None and self.learning_rate is not None:
+            logs["learning_rate"] = float(self.learning_rate)
+
+    def on_train_end(self, logs=None):
+        if getattr(self.model, "_compress_lr_schedule", None) is self:
+            del self.model._compress_lr_schedule
+
+    def _restart_steps(self, total: int) -> list[int]:
+        if self.period_epochs is None:
+            return []
+        warmup = int(round(self.warmup_epochs * self._spe))
+        period = float(max(1, int(round(self.period_epochs * self._spe))))
+        out, at = [], warmup + period
+        while at < total:
+            out.append(int(round(at)))
+            period *= self.period_mult
+            at += period
+        return out
+
+    def get_config(self):
+        return {"peak_lr": self.peak_lr, "warmup_epochs": self.warmup_epochs,
+                "warmup_start": self.warmup_start, "period_epochs": self.period_epochs,
+                "period_mult": self.period_mult, "restart_decay": self.restart_decay,
+                "floor": self.floor, "steps_per_epoch": self.steps_per_epoch,
+                "verbose": self.verbose}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
