@@ -12,21 +12,23 @@ Example:
 """
 
 from compress.distillation.driver import (
-           DISTILL_OPTIONS,
-           copy_with_constraints,
-           distill,
-           logits_model,
-           teacher_output_kind,
+    DISTILL_OPTIONS,
+    copy_with_constraints,
+    distill,
+    logits_model,
+    make_distiller,
+    teacher_output_kind,
 )
 from compress.distillation.students import depth_student, make_student, width_student
 
 __all__ = [
-           "DISTILL_OPTIONS",
-           "copy_with_constraints",
-           "depth_student",
-           "distill",
-           "logits_model",
-           "make_student",
-           "teacher_output_kind",
-           "width_student",
+    "DISTILL_OPTIONS",
+    "copy_with_constraints",
+    "depth_student",
+    "distill",
+    "logits_model",
+    "make_distiller",
+    "make_student",
+    "teacher_output_kind",
+    "width_student",
 ]

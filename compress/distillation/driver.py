@@ -56,8 +56,8 @@ DISTILL_OPTIONS = Schema("distill", [
            "activation means probabilities)", choices=("auto", "logits", "probabilities")),
     Option("feature_pairs", list, None, "intermediate layers to match with MSE, as "
            "TEACHER_LAYER:STUDENT_LAYER pairs"),
-    Option("baseline", bool, True, "also train the student on labels alone, for the report",
-           cli=False),
+    Option("baseline", bool, True, "also train the same student on labels alone (same "
+           "epochs), to report what distillation adds"),
 ])
 
 # Probabilities below this are treated as this when no exact logits can be had
@@ -125,16 +125,8 @@ def distill(teacher, student, data, *, temperature: float = 4.0, alpha: float = 
 
     from compress import training
 
-    losses = [keras.distillation.LogitsDistillation(
-        temperature=opts["temperature"], loss=keras.losses.KLDivergence())]
-    losses += [keras.distillation.FeatureDistillation(
-        loss="mse", teacher_layer_name=t, student_layer_name=s) for t, s in pairs]
-    try:
-        distiller = keras.distillation.Distiller(
-            teacher=teacher_logits, student=student_logits, distillation_losses=losses,
-            student_loss_weight=1.0 - opts["alpha"], name="distiller")
-    except ValueError as exc:
-        raise CompressError(f"distill: {exc}") from exc
+    distiller = make_distiller(teacher_logits, student_logits, opts["temperature"],
+                               opts["alpha"], pairs)
     distiller.compile(
         optimizer=keras.optimizers.Adam(opts["learning_rate"]),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -171,6 +163,34 @@ def distill(teacher, student, data, *, temperature: float = 4.0, alpha: float = 
         info["teacher_accuracy"] = training.accuracy(teacher, data.x_test, data.y_test)
         info["student_accuracy"] = training.accuracy(trained, data.x_test, data.y_test)
     return trained, info
+
+
+def make_distiller(teacher_logits, student_logits, temperature: float, alpha: float,
+                   feature_pairs=()):
+    """The (uncompiled) ``keras.distillation.Distiller`` that :func:`distill` trains.
+
+    Both models must output logits (see :func:`logits_model`). The KL term is given a
+    ``keras.losses.KLDivergence`` instance, the only form for which ``LogitsDistillation``
+    applies the softmax and the ``T**2`` factor.
+
+    Args:
+        teacher_logits: keras.Model. Frozen by the Distiller (pass a copy).
+        student_logits: keras.Model. Trained in place.
+        temperature: float. Softmax temperature T.
+        alpha: float. Weight of the distillation terms (``student_loss_weight = 1 - alpha``).
+        feature_pairs: list of ``(teacher_layer, student_layer)``, default ``()``. One MSE
+            ``FeatureDistillation`` term of weight 1 each.
+    """
+    losses = [keras.distillation.LogitsDistillation(
+        temperature=temperature, loss=keras.losses.KLDivergence())]
+    losses += [keras.distillation.FeatureDistillation(
+        loss="mse", teacher_layer_name=t, student_layer_name=s) for t, s in feature_pairs]
+    try:
+        return keras.distillation.Distiller(
+            teacher=teacher_logits, student=student_logits, distillation_losses=losses,
+            student_loss_weight=1.0 - alpha, name="distiller")
+    except ValueError as exc:
+        raise CompressError(f"distill: {' '.join(str(exc).split())}") from exc
 
 
 def teacher_output_kind(teacher, teacher_outputs: str = "auto") -> str:

@@ -1,0 +1,91 @@
+"""``compress distill TEACHER -o OUT [--student FILE | --width W | --depth N] --data NAME``."""
+
+import click
+
+from compress.cli.common import common_options, model_argument, output_option
+from compress.distillation.driver import DISTILL_OPTIONS
+
+
+@click.command("distill")
+@model_argument
+@output_option
+@DISTILL_OPTIONS.click_options()
+@common_options
+def command(model, output, data, seed, unsafe, as_json, force, **options):
+    """Train a smaller student on the teacher MODEL's softened outputs (Hinton et al.
+    2015, through keras.distillation) and save it to OUT.
+
+    The student is --student FILE, or derived from the teacher: --width scales every
+    hidden Dense/Conv width (default 0.25), --depth drops hidden blocks. The report
+    compares the teacher, the same student trained on labels alone for the same epochs
+    (skip with --no-baseline), and the distilled student: accuracy, parameters, zipped
+    size, latency.
+
+    \b
+    Examples:
+      compress distill teacher.keras -o student.keras --data mnist5k --width 0.25
+      compress distill teacher.keras -o small.keras --student small_init.keras \\
+          --data mnist5k --temperature 4 --alpha 0.9 --epochs 20 --json
+    """
+    from compress import io
+    from compress.errors import CompressError
+
+    opts = DISTILL_OPTIONS.from_cli(options)
+    if not data:
+        raise CompressError("distill needs --data (for example --data mnist5k)")
+    inputs = [model] + ([opts["student"]] if opts["student"] else [])
+    io.check_output(output, inputs=inputs, force=force, suffixes=io.MODEL_SUFFIXES)
+    return distill_files(model, output, data, seed, unsafe, force, opts, as_json)
+
+
+def distill_files(model_path, output, data, seed, unsafe, force, opts, as_json):
+    """Load, build the student, train the baseline and the distilled student, save, report."""
+    import os
+
+    from compress import io, training
+    from compress.cli.common import emit, load_inputs, verbose
+    from compress.distillation import copy_with_constraints, distill, make_student
+    from compress.report import model_report
+
+    teacher, dataset = load_inputs(model_path, data, seed, unsafe)
+    given = io.load_model(opts["student"], unsafe=unsafe) if opts["student"] else None
+    student = make_student(teacher, student=given, width=opts["width"], depth=opts["depth"])
+    fit_opts = {k: opts[k] for k in ("temperature", "alpha", "epochs", "learning_rate",
+                                     "batch_size", "teacher_outputs", "feature_pairs")}
+    reports = [model_report(teacher, dataset, name="teacher",
+                            path=None if os.path.isdir(model_path) else model_path)]
+    scratch_acc = None
+    if opts["baseline"]:
+        # The same initial student, trained on labels alone for the same epochs.
+        alone = copy_with_constraints(student)
+        training.set_seed(seed)
+        training.compile_classifier(alone, learning_rate=opts["learning_rate"])
+        training.fit(alone, dataset, epochs=opts["epochs"], batch_size=opts["batch_size"],
+                     verbose=verbose(as_json))
+        # Measured uncompiled, like the others (a compiled model saves its optimizer too).
+        reports.append(model_report(training.copy_model(alone), dataset, name="student alone"))
+        scratch_acc = reports[-1]["accuracy"]
+    training.set_seed(seed)
+    distilled, info = distill(teacher, student, dataset, verbose=verbose(as_json), **fit_opts)
+    io.save_model(distilled, output, inputs=[model_path], force=force)
+    reports.append(model_report(distilled, dataset, name="distilled", path=output))
+    teacher_acc, dist_acc = reports[0]["accuracy"], reports[-1]["accuracy"]
+    info["student_source"] = (opts["student"] or
+                              (f"depth -{opts['depth']}" if opts["depth"] else
+                               f"width x{opts['width'] or 0.25:g}"))
+    if scratch_acc is not None:
+        info["student_alone_accuracy"] = scratch_acc
+        gap = teacher_acc - scratch_acc
+        info["gap_closed"] = (dist_acc - scratch_acc) / gap if gap > 0 else None
+    if not as_json:
+        info.pop("history", None)
+    result = {"input": model_path, "output": output, "reports": reports, "pass": info}
+    lines = [f"wrote {output}",
+             (f"  student: {info['student_source']}, T={info['temperature']:g}, "
+              f"alpha={info['alpha']:g}, {info['epochs_run']} epochs, "
+              f"teacher outputs {info['teacher_outputs']}")]
+    if info.get("gap_closed") is not None:
+        lines.append(f"  distillation closed {info['gap_closed']:.0%} of the accuracy gap "
+                     "between the student alone and the teacher")
+    emit(result, as_json, reports=reports, title="distill", lines=lines)
+    return result
