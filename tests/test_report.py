@@ -1,0 +1,56 @@
+"""compress.report: counts, sparsity, sizes and tables from a real model."""
+
+import numpy as np
+
+from compress import report
+
+
+def test_counts_and_layer_sparsity(mlp_file):
+    from compress import io
+
+    model = io.load_model(mlp_file[0])
+    kernel = model.get_layer("fc1").kernel
+    w = np.array(kernel)
+    w[: w.shape[0] // 2] = 0.0
+    kernel.assign(w)
+    rows = {r["layer"]: r for r in report.layer_sparsity(model)}
+    fc1 = rows["fc1"]
+    assert fc1["params"] == 64 * 32 + 32
+    assert fc1["nonzero"] == np.count_nonzero(w) + np.count_nonzero(np.array(model.get_layer("fc1").bias))
+    assert report.count_params(model) == model.count_params()
+    assert report.count_nonzero(model) < report.count_params(model)
+
+
+def test_model_report_accuracy_and_sizes(mlp_file):
+    from compress import io
+
+    path, ds = mlp_file
+    model = io.load_model(path)
+    r = report.model_report(model, ds, latency=True, path=path)
+    acc = float(np.mean(np.argmax(model.predict(ds.x_test, verbose=0), -1) == ds.y_test))
+    assert abs(r["accuracy"] - acc) < 1e-9
+    assert r["file_bytes"] == path.stat().st_size
+    assert 0 < r["zipped_bytes"] < r["file_bytes"]
+    assert r["latency_ms"] > 0
+
+
+def test_zeros_compress_better(tmp_path):
+    dense = tmp_path / "dense.bin"
+    sparse = tmp_path / "sparse.bin"
+    w = np.random.default_rng(0).standard_normal(10000).astype("float32")
+    dense.write_bytes(w.tobytes())
+    w[np.abs(w) < 1.5] = 0
+    sparse.write_bytes(w.tobytes())
+    assert report.zipped_size(sparse) < 0.3 * report.zipped_size(dense)
+
+
+def test_tables_and_plot(tmp_path):
+    before = {"name": "before", "params": 100, "nonzero": 100, "zipped_bytes": 4000,
+              "accuracy": 0.9}
+    after = {"name": "after", "params": 100, "nonzero": 10, "zipped_bytes": 1000,
+             "accuracy": 0.89}
+    md = report.markdown_table([before, after])
+    assert "| nonzero | 100 | 10 | 0.10x |" in md
+    assert "-1.00 pts" in md
+    png = report.plot_reports([before, after], tmp_path / "p.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
