@@ -1,0 +1,49 @@
+"""``compress run RECIPE.yaml``: run a recipe's chain of passes."""
+
+import click
+
+from compress.cli.common import force_option, json_option
+
+
+@click.command("run")
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", default=None, type=click.Path(file_okay=False),
+              help="Output folder (default: the recipe's 'output', else ./recipe-out).")
+@click.option("--set", "overrides", multiple=True, metavar="PATH=VALUE",
+              help="Override a recipe field, e.g. --set steps[0].prune.sparsity=0.95 "
+                   "(repeatable; the value is read as YAML).")
+@click.option("--check", is_flag=True, help="Validate the recipe and exit without running it.")
+@json_option
+@force_option
+def command(recipe, output, overrides, check, as_json, force):
+    """Run RECIPE (YAML): build or load the model, then each step in order (train, prune,
+    share, distill, cascade, quantize, export). Every step's before/after report goes to
+    OUTPUT/report.json and OUTPUT/report.md with plots, beside each step's artifact. A
+    step that fails leaves the finished steps' artifacts and a report saying where and why.
+
+    \b
+    Examples:
+      compress run recipes/han2015-lenet300.yaml -o out/han
+      compress run recipes/han2015-lenet300.yaml --set steps[0].prune.sparsity=0.95
+      compress run my.yaml --check
+    """
+    import json
+
+    from compress.cli.common import emit, progress_to_stderr
+    from compress.recipes import load_recipe, run_recipe
+
+    if check:
+        validated = load_recipe(recipe, list(overrides))
+        if as_json:
+            click.echo(json.dumps(validated, indent=2, default=str))
+        else:
+            click.echo(f"{recipe}: valid ({len(validated['steps'])} steps: "
+                       + ", ".join(next(iter(s)) for s in validated["steps"]) + ")")
+        return
+    console = progress_to_stderr()
+    result = run_recipe(recipe, output=output, overrides=list(overrides), force=force,
+                        verbose=0 if as_json else "auto",
+                        progress=lambda msg: console.print(f"[bold]>>[/bold] {msg}"))
+    reports = [result["baseline"]] + [s["after"] for s in result["steps"]]
+    emit(result, as_json, reports=reports, title=result["recipe"],
+         lines=[f"wrote {result['output']}/report.md and report.json"])
