@@ -1,0 +1,105 @@
+"""CosineSchedule: per-step rates matching Keras's cosine schedules, warmup, floor, restarts."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from compress.callbacks.cosine import CosineSchedule
+from compress.errors import CompressError
+
+N, BATCH = 320, 32  # 10 steps per epoch
+
+
+def _model(lr=0.1):
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")])
+    model.compile(keras.optimizers.SGD(lr), "sparse_categorical_crossentropy")
+    return model
+
+
+class _Record(keras.callbacks.Callback):
+    """The optimizer's rate as each batch runs (after the schedule set it)."""
+
+    def on_train_begin(self, logs=None):
+        self.rates = []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.rates.append(float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)))
+
+
+def _fit(cosine, epochs, lr=0.1):
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(N, 4)).astype("float32"), rng.integers(0, 3, N)
+    model = _model(lr)
+    rec = _Record()
+    hist = model.fit(x, y, batch_size=BATCH, epochs=epochs, callbacks=[cosine, rec], verbose=0,
+                     shuffle=False)
+    return np.array(rec.rates), hist
+
+
+def test_single_cycle_matches_keras_cosine_decay_with_warmup_every_step():
+    cosine = CosineSchedule(peak_lr=0.1, warmup_epochs=1)  # float-compiled optimizer
+    rates, hist = _fit(cosine, epochs=5, lr=0.05)
+    assert len(rates) == 50
+    keras_sched = keras.optimizers.schedules.CosineDecay(
+        0.0, decay_steps=40, warmup_target=0.1, warmup_steps=10)
+    expected = np.array([float(keras_sched(s)) for s in range(50)])
+    np.testing.assert_allclose(rates, expected, rtol=1e-5, atol=1e-7)
+    assert len(np.unique(np.round(rates[10:20], 8))) == 10  # changes every step, not per epoch
+    assert rates[:10].tolist() == sorted(rates[:10]) and rates[0] == 0.0
+    # the rate is in the logs: History sees the rate of each epoch's last step
+    np.testing.assert_allclose(hist.history["learning_rate"], rates[9::10], rtol=1e-6)
+
+
+def test_restarts_follow_keras_sgdr_with_period_multiplier_and_floor():
+    cosine = CosineSchedule(peak_lr=0.2, period_epochs=1, period_mult=2.0, restart_decay=0.5,
+                            floor=0.01)
+    rates, _ = _fit(cosine, epochs=7)
+    shape = keras.optimizers.schedules.CosineDecayRestarts(1.0, 10, t_mul=2.0, m_mul=0.5,
+                                                           alpha=0.0)
+    expected = 0.01 + 0.19 * np.array([float(shape(s)) for s in range(70)])
+    np.testing.assert_allclose(rates, expected, rtol=1e-5)
+    # restarts at steps 10 and 30 (periods 10, 20, 40), each peak lower by restart_decay
+    jumps = [s for s in range(1, 70) if rates[s] > rates[s - 1] + 1e-6]
+    assert jumps == [10, 30]
+    assert rates[10] == pytest.approx(0.01 + 0.19 * 0.5)
+    assert rates[30] == pytest.approx(0.01 + 0.19 * 0.25)
+    assert rates.min() >= 0.01 - 1e-9
+
+
+def test_peak_defaults_to_the_compiled_rate_and_scale_multiplies_the_curve():
+    cosine = CosineSchedule()
+    rates, _ = _fit(cosine, epochs=2, lr=0.05)
+    assert rates[0] == pytest.approx(0.05)
+    assert rates[-1] < 0.05 * 0.01
+
+
+def test_initial_epoch_resumes_on_the_curve():
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(N, 4)).astype("float32"), rng.integers(0, 3, N)
+    model = _model()
+    rec = _Record()
+    model.fit(x, y, batch_size=BATCH, epochs=4, initial_epoch=2, verbose=0,
+              callbacks=[CosineSchedule(peak_lr=0.1), rec])
+    full = CosineSchedule(peak_lr=0.1).schedule(np.arange(40), 10, 40, 0.1)
+    np.testing.assert_allclose(rec.rates, full[20:40], rtol=1e-6)
+
+
+def test_refuses_a_schedule_compiled_optimizer_and_bad_arguments():
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    model.compile(keras.optimizers.SGD(keras.optimizers.schedules.ExponentialDecay(0.1, 10, 0.9)),
+                  "mse")
+    with pytest.raises(CompressError, match="LearningRateSchedule"):
+        model.fit(np.zeros((8, 4)), np.zeros((8, 3)), verbose=0, callbacks=[CosineSchedule()])
+    with pytest.raises(CompressError):
+        CosineSchedule(period_epochs=0)
+    with pytest.raises(CompressError):
+        CosineSchedule(floor=-1)
+
+
+def test_get_config_round_trip():
+    cb = CosineSchedule(peak_lr=0.1, warmup_epochs=0.5, period_epochs=2, period_mult=2,
+                        floor=1e-4)
+    assert CosineSchedule.from_config(cb.get_config()).get_config() == cb.get_config()
