@@ -69,13 +69,18 @@ def compile_classifier(model, learning_rate: float = 1e-3, optimizer: str = "ada
 
 
 def fit(model, dataset, epochs: int = 1, batch_size: int = 64, callbacks=None,
-        verbose: int | str = "auto", validation: bool = True):
+        verbose: int | str = "auto", validation: bool = True,
+        checkpoint_dir: str | None = None):
     """``model.fit`` on the dataset's train split, validating on its val split.
 
-    A NaN or infinite loss stops the run with a :class:`CompressError`.
+    A NaN or infinite loss stops the run with a :class:`CompressError`. With
+    ``checkpoint_dir``, Keras's ``BackupAndRestore`` saves the state every epoch, so an
+    interrupted run started again with the same arguments resumes where it stopped.
     """
     nan_stop = StopOnNaN()
     cbs = list(callbacks or []) + [nan_stop]
+    if checkpoint_dir:
+        cbs.append(keras.callbacks.BackupAndRestore(str(checkpoint_dir)))
     history = model.fit(
         dataset.x_train, dataset.y_train, epochs=epochs, batch_size=batch_size,
         validation_data=(dataset.x_val, dataset.y_val) if validation else None,
