@@ -61,9 +61,9 @@ def test_with_cosine_it_scales_the_peak_and_the_curve_keeps_its_shape(digits):
     model.fit(x, y, batch_size=32, epochs=6, verbose=0, shuffle=False,
               callbacks=[cosine, plateau, rec])
     base = cosine.schedule(np.arange(60), 10, 60, 0.1)
-    # reductions at the end of epochs 2 and 4 (0-based 1 and 3), factor 0.1, floor 1e-3 on peak
-    assert [e for e, _ in plateau.reductions] == [1, 3]
-    scale = np.repeat([1.0, 1.0, 0.1, 0.1, 0.01, 0.01], 10)
+    # epoch 0 sets the best; with patience 2 reductions end epochs 2 and 4 (0-based)
+    assert [e for e, _ in plateau.reductions] == [2, 4]
+    scale = np.repeat([1.0, 1.0, 1.0, 0.1, 0.1, 0.01], 10)
     np.testing.assert_allclose(rates, base * scale, rtol=1e-5, atol=1e-9)
     assert cosine.scale == pytest.approx(0.01)
 
