@@ -1,0 +1,30 @@
+"""Pruning for Keras 3: magnitude and Optimal Brain Damage, schedules, structured removal.
+
+Plain Keras models in, plain Keras models out: masks live in variable constraints during
+training and are gone from saved files.
+
+Example:
+
+>>> from compress.pruning import prune
+>>> pruned, info = prune(model, ds, method="obd", sparsity=0.8, epochs=2)  # doctest: +SKIP
+"""
+
+from compress.pruning.masks import (ZeroMask, global_masks, keep_zeros, lowest_mask,  # noqa: F401
+                                    n_m_mask, prunable_weights, release_zeros)
+from compress.pruning.prune_pass import PRUNE_OPTIONS, prune, saliency_scores  # noqa: F401
+
+__all__ = ["prune", "PRUNE_OPTIONS", "keep_zeros", "release_zeros", "prunable_weights",
+           "saliency_scores", "lowest_mask", "global_masks", "n_m_mask", "ZeroMask",
+           "prune_units", "magnitude_saliency", "obd_saliency", "hessian_diagonal"]
+
+
+def __getattr__(name):
+    import importlib
+
+    where = {"prune_units": "compress.pruning.structured",
+             "magnitude_saliency": "compress.pruning.magnitude",
+             "obd_saliency": "compress.pruning.obd",
+             "hessian_diagonal": "compress.pruning.obd"}
+    if name not in where:
+        raise AttributeError(f"module 'compress.pruning' has no attribute '{name}'")
+    return getattr(importlib.import_module(where[name]), name)

@@ -1,0 +1,241 @@
+"""In-graph masks that keep pruned weights at exactly zero, invisible in saved files.
+
+A mask is a non-trainable ``tf.Variable`` held by a :class:`ZeroMask` constraint set on
+the weight variable itself (``variable.constraint``). Keras 3 optimizers apply variable
+constraints inside the compiled train step right after each update, so momentum and
+Adam cannot regrow a pruned weight, and no per-batch Python runs. The layer's config is
+untouched (its ``kernel_constraint`` argument is not involved), so a model saved while
+masks are attached still loads with plain ``keras.models.load_model``.
+
+Example:
+
+>>> from compress.pruning import keep_zeros, release_zeros   # doctest: +SKIP
+>>> keep_zeros(student)          # zeros stay zeros through any later fit
+>>> student.fit(x, y, epochs=2)
+>>> release_zeros(student)
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from compress.errors import CompressError
+
+# layer class name -> attribute names of the weights pruned by default (biases, BatchNorm
+# and normalization parameters are left alone).
+PRUNABLE = {
+    "Dense": ("kernel",),
+    "EinsumDense": ("kernel",),
+    "Conv1D": ("kernel",),
+    "Conv2D": ("kernel",),
+    "Conv3D": ("kernel",),
+    "Conv1DTranspose": ("kernel",),
+    "Conv2DTranspose": ("kernel",),
+    "Conv3DTranspose": ("kernel",),
+    "DepthwiseConv1D": ("depthwise_kernel", "kernel"),
+    "DepthwiseConv2D": ("depthwise_kernel", "kernel"),
+    "SeparableConv1D": ("depthwise_kernel", "pointwise_kernel"),
+    "SeparableConv2D": ("depthwise_kernel", "pointwise_kernel"),
+    "Embedding": ("embeddings",),
+}
+
+
+class ZeroMask:
+    """A variable constraint multiplying the weight by a fixed 0/1 mask.
+
+    Args:
+        mask: array of the weight's shape, 1 where the weight is kept.
+    """
+
+    def __init__(self, mask):
+        import tensorflow as tf
+
+        # A tf.Variable: the compiled train step reads its current value, so changing the
+        # mask (gradual schedules) needs no retracing.
+        self.mask = tf.Variable(np.asarray(mask, dtype="float32"), trainable=False)
+
+    def __call__(self, w):
+        import tensorflow as tf
+
+        return w * tf.cast(self.mask, w.dtype)
+
+    def get_config(self):
+        return {}
+
+
+def _leaves(model):
+    out = []
+    for layer in model.layers:
+        if hasattr(layer, "layers") and getattr(layer, "layers", None) and layer is not model:
+            out.extend(_leaves(layer))
+        else:
+            out.append(layer)
+    return out
+
+
+def prunable_weights(model, layers=None, skip_first_last: bool = False) -> list:
+    """The ``(layer, variable)`` pairs that pruning acts on, in model order.
+
+    Args:
+        model: a Keras model (nested models are searched).
+        layers: list of str or None. Each entry selects layers by exact name, by class
+            name (``"Dense"``) or by a regular expression searched in the name. None
+            selects every prunable layer.
+        skip_first_last: bool, default False. Leave the first and last prunable layers
+            dense.
+
+    Raises:
+        CompressError: no prunable layer, or a selector that matches nothing.
+    """
+    candidates = []
+    for layer in _leaves(model):
+        attrs = PRUNABLE.get(type(layer).__name__)
+        if not attrs:
+            continue
+        vars_ = [getattr(layer, a) for a in attrs if getattr(layer, a, None) is not None]
+        if vars_:
+            candidates.append((layer, vars_))
+    if not candidates:
+        raise CompressError(f"model '{model.name}' has no prunable layers "
+                            f"(supported: {', '.join(sorted(PRUNABLE))})")
+    if skip_first_last:
+        candidates = candidates[1:-1]
+        if not candidates:
+            raise CompressError(f"model '{model.name}': nothing left to prune once the first "
+                                "and last prunable layers are kept dense")
+    if layers:
+        chosen, names = [], set()
+        for sel in layers:
+            try:
+                pattern = re.compile(sel)
+            except re.error as exc:
+                raise CompressError(f"layers '{sel}': not a valid regular expression "
+                                    f"({exc})") from exc
+            hits = [c for c in candidates if c[0].name == sel or type(c[0]).__name__ == sel
+                    or pattern.search(c[0].name)]
+            if not hits:
+                raise CompressError(f"layers '{sel}': matches no prunable layer of model "
+                                    f"'{model.name}' (prunable: "
+                                    f"{', '.join(c[0].name for c in candidates)})")
+            names.update(id(c[0]) for c in hits)
+        candidates = [c for c in candidates if id(c[0]) in names]
+        del chosen
+    return [(layer, v) for layer, vars_ in candidates for v in vars_]
+
+
+def weight_key(layer, variable) -> str:
+    """``layer/weight`` name used in reports."""
+    return f"{layer.name}/{variable.name.split('/')[-1]}"
+
+
+def keep_zeros(model, layers=None) -> int:
+    """Attach in-graph masks so that weights that are zero now stay exactly zero.
+
+    The masks live in variable constraints, applied by any Keras 3 optimizer inside the
+    compiled train step after each update (SGD with momentum, Adam, ...). The model's
+    cached train function is dropped so the next ``fit`` traces the constraints. Saving
+    the model while masks are attached writes a plain file.
+
+    Example:
+
+    >>> n = keep_zeros(pruned)                            # doctest: +SKIP
+    >>> pruned.fit(x, y, epochs=3); release_zeros(pruned)  # doctest: +SKIP
+
+    Args:
+        model: a Keras model, edited in place (constraints only; weights unchanged).
+        layers: list of str or None, default None. Which layers (see
+            :func:`prunable_weights`); None means every prunable layer.
+
+    Returns:
+        The number of weight variables masked.
+    """
+    pairs = prunable_weights(model, layers)
+    for _, var in pairs:
+        set_mask(var, np.asarray(var) != 0)
+    _drop_compiled(model)
+    return len(pairs)
+
+
+def release_zeros(model) -> int:
+    """Remove the masks :func:`keep_zeros` (or pruning) attached; returns how many."""
+    n = 0
+    for layer in _leaves(model):
+        for var in layer.weights:
+            if isinstance(var.constraint, ZeroMask):
+                var.constraint = None
+                n += 1
+    _drop_compiled(model)
+    return n
+
+
+def set_mask(variable, mask) -> ZeroMask:
+    """Attach (or update) the mask of ``variable`` and zero the masked weights now."""
+    mask = np.asarray(mask, dtype="float32").reshape(tuple(variable.shape))
+    current = variable.constraint
+    if isinstance(current, ZeroMask):
+        current.mask.assign(mask)
+    else:
+        current = ZeroMask(mask)
+        variable.constraint = current
+    variable.assign(np.asarray(variable) * mask)
+    return current
+
+
+def get_mask(variable):
+    """The 0/1 mask attached to ``variable``, or None."""
+    c = variable.constraint
+    return np.asarray(c.mask.numpy()) if isinstance(c, ZeroMask) else None
+
+
+def _drop_compiled(model) -> None:
+    # The train step is traced once; constraints added later are only seen after retracing.
+    if getattr(model, "train_function", None) is not None:
+        model.train_function = None
+
+
+def lowest_mask(scores: np.ndarray, sparsity: float) -> np.ndarray:
+    """A 0/1 mask zeroing exactly ``round(sparsity * n)`` entries with the lowest scores."""
+    flat = np.asarray(scores, dtype="float64").reshape(-1)
+    k = int(round(sparsity * flat.size))
+    mask = np.ones(flat.size, dtype="float32")
+    if k > 0:
+        order = np.argsort(flat, kind="stable")
+        mask[order[:k]] = 0.0
+    return mask.reshape(np.shape(scores))
+
+
+def global_masks(scores: list, sparsity: float) -> list:
+    """Masks zeroing the ``round(sparsity * total)`` lowest scores across all arrays."""
+    flat = np.concatenate([np.asarray(s, dtype="float64").reshape(-1) for s in scores])
+    mask = lowest_mask(flat, sparsity).reshape(-1)
+    out, start = [], 0
+    for s in scores:
+        n = int(np.size(s))
+        out.append(mask[start:start + n].reshape(np.shape(s)))
+        start += n
+    return out
+
+
+def n_m_mask(scores: np.ndarray, n: int = 2, m: int = 4) -> np.ndarray:
+    """Semi-structured N:M mask: in every group of ``m`` consecutive weights along the
+    input axis (the second to last, the reduction axis of the matmul), keep the ``n``
+    most salient.
+
+    Raises:
+        CompressError: when the input dimension is not a multiple of ``m``.
+    """
+    s = np.asarray(scores)
+    if s.ndim < 2:
+        raise CompressError(f"{n}:{m} sparsity needs a 2-D or larger kernel, got shape "
+                            f"{s.shape}")
+    moved = np.moveaxis(s, -2, -1)  # (..., out, in)
+    if moved.shape[-1] % m:
+        raise CompressError(f"{n}:{m} sparsity needs an input dimension divisible by {m}, "
+                            f"got {moved.shape[-1]}")
+    groups = moved.reshape(moved.shape[:-1] + (moved.shape[-1] // m, m))
+    order = np.argsort(groups, axis=-1, kind="stable")
+    mask = np.ones_like(groups, dtype="float32")
+    np.put_along_axis(mask, order[..., : m - n], 0.0, axis=-1)
+    return np.moveaxis(mask.reshape(moved.shape), -1, -2)

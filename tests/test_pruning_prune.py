@@ -1,0 +1,133 @@
+"""The prune pass: one-shot, iterative and gradual, magnitude and OBD, bad input."""
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+
+from compress import training  # noqa: E402
+from compress.errors import CompressError  # noqa: E402
+from compress.pruning import PRUNE_OPTIONS, prune  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def mlp(mlp_file):
+    from compress.io import load_model
+
+    path, ds = mlp_file
+    return load_model(path), ds
+
+
+def _kernel_sparsity(model, name):
+    k = model.get_layer(name).kernel.numpy()
+    return 1 - np.count_nonzero(k) / k.size
+
+
+def test_data_free_magnitude_oneshot_reaches_sparsity_and_leaves_input_alone(mlp):
+    model, ds = mlp
+    before = [w.copy() for w in model.get_weights()]
+    pruned, info = prune(model, sparsity=0.75)
+    for a, b in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(a, b)  # input untouched
+    for row in info["layers"]:
+        assert abs(row["zeros"] - 0.75 * row["params"]) <= 1
+    assert abs(info["sparsity_reached"] - 0.75) < 0.01
+    # the smallest weights went: every surviving weight is at least as large as any pruned
+    k0 = model.get_layer("fc1").kernel.numpy()
+    k1 = pruned.get_layer("fc1").kernel.numpy()
+    assert np.abs(k0[k1 != 0]).min() >= np.abs(k0[k1 == 0]).max()
+    assert all(w.constraint is None for w in pruned.weights)  # plain model out
+    assert pruned.get_layer("fc1").bias.numpy().tolist() == \
+        model.get_layer("fc1").bias.numpy().tolist()  # biases left alone
+
+
+def test_global_scope_and_han_quality(mlp):
+    model, _ = mlp
+    _, info = prune(model, sparsity=0.8, scope="global")
+    assert abs(info["sparsity_reached"] - 0.8) < 1e-3
+    per_layer = [r["sparsity"] for r in info["layers"]]
+    assert max(per_layer) - min(per_layer) > 0.01  # global ranking: uneven allocation
+    pruned, info = prune(model, quality=1.0)
+    k = model.get_layer("fc1").kernel.numpy()
+    expected = np.mean(np.abs(k) <= k.std())
+    assert abs(info["layers"][0]["sparsity"] - expected) < 1e-6
+
+
+def _loss(model, x, y):
+    p = training.predict(model, x)
+    return float(-np.mean(np.log(np.maximum(p[np.arange(len(y)), y], 1e-12))))
+
+
+def test_obd_oneshot_loses_less_training_loss_than_magnitude(mlp):
+    # OBD removes the weights whose removal a 2nd-order expansion says costs least loss.
+    model, ds = mlp
+    x, y = ds.x_train[:512], ds.y_train[:512]
+    mag = _loss(prune(model, sparsity=0.5)[0], x, y)
+    obd, info = prune(model, ds, method="obd", sparsity=0.5, calibration=512)
+    assert info["estimator"] == "gauss_newton" and info["saliency_seconds"] > 0
+    assert _loss(obd, x, y) <= mag, (_loss(obd, x, y), mag)
+
+
+def test_iterative_keeps_pruned_weights_and_recovers_accuracy(mlp):
+    model, ds = mlp
+    pruned, info = prune(model, ds, sparsity=0.8, schedule="iterative", rounds=2, epochs=2,
+                         learning_rate=1e-3)
+    assert abs(info["sparsity_reached"] - 0.8) < 0.01
+    oneshot = prune(model, sparsity=0.8)[0]
+    assert training.accuracy(pruned, ds.x_test, ds.y_test) >= \
+        training.accuracy(oneshot, ds.x_test, ds.y_test) - 0.01
+
+
+def test_gradual_schedule_reaches_final_sparsity(mlp):
+    model, ds = mlp
+    pruned, info = prune(model, ds, sparsity=0.7, schedule="gradual", epochs=3, frequency=5)
+    assert info["mask_updates"] >= 3
+    for row in info["layers"]:
+        assert abs(row["zeros"] - 0.7 * row["params"]) <= 1
+    assert training.accuracy(pruned, ds.x_test, ds.y_test) > 0.5
+
+
+def test_two_four_semi_structured(mlp):
+    model, _ = mlp
+    pruned, info = prune(model, two_four=True, layers=["fc1", "fc2"])
+    k = pruned.get_layer("fc1").kernel.numpy()  # (64, 32): groups of 4 along the inputs
+    groups = (k.reshape(16, 4, 32) != 0).sum(axis=1)
+    assert (groups <= 2).all()
+    assert [r["weight"] for r in info["layers"]] == ["fc1/kernel", "fc2/kernel"]
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"sparsity": 1.0}, r"sparsity: must be in \[0.0, 1.0\)"),
+    ({"sparsity": -0.1}, "sparsity"),
+    ({"method": "obd"}, "only data-free magnitude one-shot"),
+    ({"epochs": 2}, "only data-free magnitude one-shot"),
+    ({"layers": ["nothing_like_this"]}, "matches no prunable layer"),
+    ({"bogus": 1}, "unknown option"),
+])
+def test_bad_input_is_one_clear_error(mlp, kwargs, match):
+    model, _ = mlp
+    with pytest.raises(CompressError, match=match):
+        prune(model, **kwargs)
+
+
+def test_mismatched_data_is_refused(mlp, digits):
+    model, _ = mlp
+    import dataclasses
+
+    flat = dataclasses.replace(digits, x_train=digits.x_train.reshape(-1, 64))
+    with pytest.raises(CompressError, match="samples have shape"):
+        prune(model, flat, method="obd")
+    assert "sparsity" in PRUNE_OPTIONS.names()
+
+
+def test_distill_flag_error_path_or_runs(mlp):
+    model, ds = mlp
+    try:
+        import compress.distillation  # noqa: F401
+    except ImportError:
+        with pytest.raises(CompressError, match="distillation"):
+            prune(model, ds, sparsity=0.5, epochs=1, distill=True)
+        return
+    pruned, info = prune(model, ds, sparsity=0.5, epochs=1, distill=True)
+    for row in info["layers"]:
+        assert abs(row["zeros"] - 0.5 * row["params"]) <= 1
