@@ -71,7 +71,30 @@ def small_cnn(input_shape=(28, 28, 1), num_classes=10, width=1.0):
     return keras.Sequential(blocks, name="small_cnn")
 
 
-BUILDERS = {"lenet300": lenet300, "lenet5": lenet5, "small-cnn": small_cnn}
+def cnn4(input_shape=(28, 28, 1), num_classes=10, width=1.0):
+    """A 4-block Conv-BatchNorm-ReLU CNN (32, 64, 64, 128 filters), pooling after blocks 1-3,
+    global pooling and a softmax: the cascade-learning benchmark model."""
+    import keras
+    from keras import layers
+
+    blocks = [keras.Input(input_shape)]
+    for i, filters in enumerate((32, 64, 64, 128), start=1):
+        blocks += [
+            layers.Conv2D(max(1, round(filters * width)), 3, padding="same", use_bias=False,
+                          name=f"conv{i}"),
+            layers.BatchNormalization(name=f"bn{i}"),
+            layers.ReLU(name=f"relu{i}"),
+        ]
+        if i < 4:
+            blocks.append(layers.MaxPooling2D(name=f"pool{i}"))
+    blocks += [
+        layers.GlobalAveragePooling2D(name="gap"),
+        layers.Dense(num_classes, activation="softmax", name="predictions"),
+    ]
+    return keras.Sequential(blocks, name="cnn4")
+
+
+BUILDERS = {"lenet300": lenet300, "lenet5": lenet5, "small-cnn": small_cnn, "cnn4": cnn4}
 
 
 def build(name: str, input_shape=(28, 28, 1), num_classes=10, width=1.0):
