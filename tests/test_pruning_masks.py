@@ -7,9 +7,8 @@ from hypothesis import strategies as st
 
 keras = pytest.importorskip("keras")
 
-from compress.errors import CompressError  # noqa: E402
-from compress.pruning import (keep_zeros, lowest_mask, n_m_mask, prunable_weights,  # noqa: E402
-                              release_zeros)
+from compress.errors import CompressError
+from compress.pruning import keep_zeros, lowest_mask, n_m_mask, prunable_weights, release_zeros
 
 
 def _mlp(seed=0):

@@ -6,7 +6,7 @@ import pytest
 keras = pytest.importorskip("keras")
 tf = pytest.importorskip("tensorflow")
 
-from compress.pruning.obd import hessian_diagonal, obd_saliency  # noqa: E402
+from compress.pruning.obd import hessian_diagonal, obd_saliency
 
 
 def _data(n=40, d=5, c=3, seed=0):

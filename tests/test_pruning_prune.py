@@ -5,9 +5,9 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from compress import training  # noqa: E402
-from compress.errors import CompressError  # noqa: E402
-from compress.pruning import PRUNE_OPTIONS, prune  # noqa: E402
+from compress import training
+from compress.errors import CompressError
+from compress.pruning import PRUNE_OPTIONS, prune
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ def _kernel_sparsity(model, name):
 
 
 def test_data_free_magnitude_oneshot_reaches_sparsity_and_leaves_input_alone(mlp):
-    model, ds = mlp
+    model, _ds = mlp
     before = [w.copy() for w in model.get_weights()]
     pruned, info = prune(model, sparsity=0.75)
     for a, b in zip(before, model.get_weights()):
@@ -47,7 +47,7 @@ def test_global_scope_and_han_quality(mlp):
     assert abs(info["sparsity_reached"] - 0.8) < 1e-3
     per_layer = [r["sparsity"] for r in info["layers"]]
     assert max(per_layer) - min(per_layer) > 0.01  # global ranking: uneven allocation
-    pruned, info = prune(model, quality=1.0)
+    _pruned, info = prune(model, quality=1.0)
     k = model.get_layer("fc1").kernel.numpy()
     expected = np.mean(np.abs(k) <= k.std())
     assert abs(info["layers"][0]["sparsity"] - expected) < 1e-6
@@ -128,6 +128,6 @@ def test_distill_flag_error_path_or_runs(mlp):
         with pytest.raises(CompressError, match="distillation"):
             prune(model, ds, sparsity=0.5, epochs=1, distill=True)
         return
-    pruned, info = prune(model, ds, sparsity=0.5, epochs=1, distill=True)
+    _pruned, info = prune(model, ds, sparsity=0.5, epochs=1, distill=True)
     for row in info["layers"]:
         assert abs(row["zeros"] - 0.5 * row["params"]) <= 1

@@ -9,13 +9,33 @@ Example:
 >>> pruned, info = prune(model, ds, method="obd", sparsity=0.8, epochs=2)  # doctest: +SKIP
 """
 
-from compress.pruning.masks import (ZeroMask, global_masks, keep_zeros, lowest_mask,  # noqa: F401
-                                    n_m_mask, prunable_weights, release_zeros)
-from compress.pruning.prune_pass import PRUNE_OPTIONS, prune, saliency_scores  # noqa: F401
+from compress.pruning.masks import (
+    ZeroMask,
+    global_masks,
+    keep_zeros,
+    lowest_mask,
+    n_m_mask,
+    prunable_weights,
+    release_zeros,
+)
+from compress.pruning.prune_pass import PRUNE_OPTIONS, prune, saliency_scores
 
-__all__ = ["prune", "PRUNE_OPTIONS", "keep_zeros", "release_zeros", "prunable_weights",
-           "saliency_scores", "lowest_mask", "global_masks", "n_m_mask", "ZeroMask",
-           "prune_units", "magnitude_saliency", "obd_saliency", "hessian_diagonal"]
+__all__ = [
+    "PRUNE_OPTIONS",
+    "ZeroMask",
+    "global_masks",
+    "hessian_diagonal",
+    "keep_zeros",
+    "lowest_mask",
+    "magnitude_saliency",
+    "n_m_mask",
+    "obd_saliency",
+    "prunable_weights",
+    "prune",
+    "prune_units",
+    "release_zeros",
+    "saliency_scores",
+]
 
 
 def __getattr__(name):

@@ -198,7 +198,7 @@ def _drop_compiled(model) -> None:
 def lowest_mask(scores: np.ndarray, sparsity: float) -> np.ndarray:
     """A 0/1 mask zeroing exactly ``round(sparsity * n)`` entries with the lowest scores."""
     flat = np.asarray(scores, dtype="float64").reshape(-1)
-    k = int(round(sparsity * flat.size))
+    k = round(sparsity * flat.size)
     mask = np.ones(flat.size, dtype="float32")
     if k > 0:
         order = np.argsort(flat, kind="stable")

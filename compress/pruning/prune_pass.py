@@ -208,7 +208,9 @@ def _fine_tune(teacher, model, data, opts, epochs, verbose, masked):
             raise CompressError("prune: --distill needs compress.distillation, which is not "
                                 "available in this installation") from exc
         student, _ = distill(teacher=teacher, student=model, data=data, temperature=4.0,
-                             alpha=0.9, epochs=epochs)
+                             alpha=0.9, epochs=epochs,
+                             learning_rate=opts["learning_rate"],
+                             batch_size=opts["batch_size"], verbose=verbose)
         if student is not model:
             model.set_weights(student.get_weights())
         return
