@@ -22,7 +22,7 @@ def _mlp(seed=0, lr=3e-3):
 
 @pytest.fixture(scope="module")
 def arrays(digits):
-    flat = lambda x: x.reshape(len(x), -1)  # noqa: E731
+    flat = lambda x: x.reshape(len(x), -1)
     return flat(digits.x_train), digits.y_train, flat(digits.x_val), digits.y_val
 
 

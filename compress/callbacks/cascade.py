@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 
@@ -141,7 +142,7 @@ def chain_layers(model) -> list:
         for layer in layers:
             h = layer(h, training=False)
         same = np.allclose(np.asarray(h), np.asarray(model(x, training=False)), atol=1e-5)
-    except Exception:
+    except Exception:  # noqa: BLE001  (any failure means: not a plain chain)
         same = False
     if not same or len(model.inputs) != 1:
         raise CompressError(f"model '{model.name}': cascade training needs a Sequential model "
@@ -201,7 +202,9 @@ def _from_specs(specs, input_shape, num_classes, output_block) -> tuple:
         block = []
         for spec in items:
             if isinstance(spec, dict):
-                spec = keras.layers.deserialize(spec)
+                cls = getattr(keras.layers, str(spec.get("class_name")), None)
+                spec = cls.from_config(spec.get("config", {})) if "module" not in spec and \
+                    cls is not None else keras.layers.deserialize(spec)
             if not isinstance(spec, keras.layers.Layer):
                 raise CompressError(f"cascade: layer spec must be a Keras layer or its config "
                                     f"dict, got {type(spec).__name__}")
@@ -267,8 +270,9 @@ def _forward(layers, x: np.ndarray, batch_size: int, cache_dir) -> np.ndarray:
             if cache_dir is None:
                 out = np.empty(shape, dtype=np.float32)
             else:
-                f = tempfile.NamedTemporaryFile(dir=cache_dir, suffix=".npy", delete=False)
-                out = np.lib.format.open_memmap(f.name, mode="w+", dtype=np.float32,
+                fd, name = tempfile.mkstemp(dir=cache_dir, suffix=".npy")
+                os.close(fd)
+                out = np.lib.format.open_memmap(name, mode="w+", dtype=np.float32,
                                                 shape=shape)
         out[start:start + len(y)] = y
     return out
@@ -276,7 +280,7 @@ def _forward(layers, x: np.ndarray, batch_size: int, cache_dir) -> np.ndarray:
 
 # -- the driver --------------------------------------------------------------------------
 def cascade_train(model_or_specs, data, *, seed: int = 0, verbose: int | str = 0,
-                  **options):
+                  callbacks=None, **options):
     """Train a model layer-wise by Deep Cascade Learning (Algorithm 2); a pass.
 
     Example:
@@ -292,6 +296,8 @@ def cascade_train(model_or_specs, data, *, seed: int = 0, verbose: int | str = 0
         data: a ``compress.data.Dataset`` or a dataset name (``animals``, ``digits``, ...).
         seed: int, default 0. Seeds initialisation and shuffling.
         verbose: Keras ``verbose`` for each stage's ``fit``, default 0.
+        callbacks: list or None, default None. Extra callbacks for every stage's ``fit``
+            (their ``model`` is the stage model: block l and its output block).
         **options: see :data:`CASCADE_OPTIONS`: ``epochs`` (2), ``k`` (1),
             ``learning_rate`` (1e-3), ``optimizer`` ("adam"), ``batch_size`` (64),
             ``output_block`` ("auto"), ``plateau_patience`` (1), ``fine_tune_epochs`` (0),
@@ -349,7 +355,8 @@ def cascade_train(model_or_specs, data, *, seed: int = 0, verbose: int | str = 0
             stage_model.fit(feats["train"], dataset.y_train, epochs=n_epochs,
                             batch_size=opts["batch_size"],
                             validation_data=(feats["val"], dataset.y_val),
-                            callbacks=[timer, plateau, training.StopOnNaN()], verbose=verbose,
+                            callbacks=[timer, plateau, training.StopOnNaN(), *(callbacks or [])],
+                            verbose=verbose,
                             shuffle=True)
             seconds = time.perf_counter() - started
             stages.append({
@@ -444,6 +451,14 @@ def stage_epochs(epochs: int, k: int, blocks: int) -> list[int]:
     return [epochs + k * index for index in range(1, blocks + 1)]
 
 
-__all__ = ["CASCADE_OPTIONS", "CALLBACK_OPTIONS", "CascadeTraining", "build_callbacks",
-           "cascade_train", "chain_layers", "split_blocks", "stage_epochs",
-           "training_memory_bytes"]
+__all__ = [
+    "CALLBACK_OPTIONS",
+    "CASCADE_OPTIONS",
+    "CascadeTraining",
+    "build_callbacks",
+    "cascade_train",
+    "chain_layers",
+    "split_blocks",
+    "stage_epochs",
+    "training_memory_bytes",
+]

@@ -84,11 +84,11 @@ class CosineSchedule(keras.callbacks.Callback):
                  peak: float) -> np.ndarray:
         """The rate at each of ``steps`` (unscaled), as a float64 array."""
         steps = np.asarray(steps, dtype=np.float64)
-        warmup = int(round(self.warmup_epochs * steps_per_epoch))
+        warmup = round(self.warmup_epochs * steps_per_epoch)
         if self.period_epochs is None:
             period = max(1, total_steps - warmup)
         else:
-            period = max(1, int(round(self.period_epochs * steps_per_epoch)))
+            period = max(1, round(self.period_epochs * steps_per_epoch))
         if peak < self.floor:
             raise CompressError(f"CosineSchedule: peak_lr {peak} is below floor {self.floor}")
         shape = keras.optimizers.schedules.CosineDecayRestarts(
@@ -153,11 +153,11 @@ class CosineSchedule(keras.callbacks.Callback):
     def _restart_steps(self, total: int) -> list[int]:
         if self.period_epochs is None:
             return []
-        warmup = int(round(self.warmup_epochs * self._spe))
-        period = float(max(1, int(round(self.period_epochs * self._spe))))
+        warmup = round(self.warmup_epochs * self._spe)
+        period = float(max(1, round(self.period_epochs * self._spe)))
         out, at = [], warmup + period
         while at < total:
-            out.append(int(round(at)))
+            out.append(round(at))
             period *= self.period_mult
             at += period
         return out

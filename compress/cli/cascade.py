@@ -1,0 +1,66 @@
+"""``compress cascade MODEL_OR_BUILDER -o OUT --data NAME``: Deep Cascade Learning."""
+
+import click
+
+from compress.callbacks.cascade import CASCADE_OPTIONS
+from compress.cli.common import common_options, output_option
+
+
+@click.command("cascade")
+@click.argument("model", metavar="MODEL_OR_BUILDER")
+@output_option
+@CASCADE_OPTIONS.click_options()
+@common_options
+def command(model, output, data, seed, unsafe, as_json, force, **options):
+    """Train MODEL_OR_BUILDER block by block (Deep Cascade Learning, Marquez et al. 2018)
+    and save the trained model. MODEL_OR_BUILDER is a model file (its weights are the
+    starting point) or a builder name (lenet300, lenet5, small-cnn, cnn4). Stage l trains
+    block l with a temporary output block for EPOCHS + K*l epochs, dividing the learning
+    rate by 10 on a validation plateau, then freezes it and caches its outputs.
+
+    \b
+    Examples:
+      compress cascade cnn4 -o cascade.keras --data animals --epochs 2 --k 1
+      compress cascade model.keras -o out.keras --data digits --fine-tune-epochs 2 --json
+    """
+    from pathlib import Path
+
+    from compress import io
+    from compress.cli.common import emit, verbose
+    from compress.errors import CompressError
+    from compress.models import BUILDERS
+
+    if not data:
+        raise CompressError("cascade needs --data (for example --data animals)")
+    is_builder = model in BUILDERS and not Path(model).exists()
+    inputs = [] if is_builder else [model]
+    io.check_output(output, inputs=inputs, force=force, suffixes=io.MODEL_SUFFIXES)
+    opts = CASCADE_OPTIONS.from_cli(options)
+
+    from compress.quiet import import_tensorflow
+
+    import_tensorflow()
+    from compress import data as data_mod
+    from compress import training
+    from compress.callbacks.cascade import cascade_train
+    from compress.models import build
+    from compress.report import model_report
+
+    training.set_seed(seed)
+    dataset = data_mod.load_data(data, seed)
+    if is_builder:
+        start = build(model, input_shape=dataset.sample_shape, num_classes=dataset.num_classes)
+    else:
+        start = io.load_model(model, unsafe=unsafe)
+    trained, info = cascade_train(start, dataset, seed=seed, verbose=verbose(as_json), **opts)
+    io.save_model(trained, output, inputs=inputs, force=force)
+    prepared = data_mod.prepare(trained, dataset)
+    after = model_report(trained, prepared, name="cascade", path=output)
+    result = {"input": model, "output": output, "after": after, "pass": info}
+    lines = [f"wrote {output}"] + [
+        f"  stage {s['stage']} ({', '.join(s['layers'])}): {s['epochs']} epochs, "
+        f"val acc {s['val_accuracy']:.2%}, {s['seconds_per_epoch']:.2f} s/epoch, "
+        f"~{s['train_memory_bytes'] / 2**20:.1f} MiB" for s in info["stages"]]
+    lines.append(f"  test accuracy {info['test_accuracy']:.2%} after {info['total_epochs']} "
+                 "epochs")
+    emit(result, as_json, reports=[after], title="cascade", lines=lines)

@@ -1,0 +1,110 @@
+"""Deep Cascade Learning: blocks, epochs + k*l, frozen blocks, cached inputs, plain result."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from compress.callbacks.cascade import (CASCADE_OPTIONS, CascadeTraining, build_callbacks,
+                                        cascade_train, split_blocks, training_memory_bytes)
+from compress.errors import CompressError
+from compress.models import build
+
+
+def test_split_blocks_of_builders():
+    blocks, head = split_blocks(build("small-cnn"))
+    assert [[la.name for la in b] for b in blocks] == [
+        ["conv1", "bn1", "relu1", "pool1"], ["conv2", "bn2", "relu2", "pool2"],
+        ["conv3", "bn3", "relu3"]]
+    assert [la.name for la in head] == ["gap", "predictions"]
+    blocks, head = split_blocks(build("lenet300"))
+    assert [[la.name for la in b] for b in blocks] == [["flatten", "fc1"], ["fc2"]]
+    assert [la.name for la in head] == ["predictions"]
+
+
+def test_functional_branches_are_refused():
+    inp = keras.Input((8,))
+    a, b = keras.layers.Dense(4)(inp), keras.layers.Dense(4)(inp)
+    model = keras.Model(inp, keras.layers.Dense(2)(keras.layers.Add()([a, b])))
+    with pytest.raises(CompressError, match="chain"):
+        split_blocks(model)
+
+
+def test_cascade_trains_each_block_for_epochs_plus_k_l_and_freezes_it(digits, cnn_file):
+    path, _ = cnn_file
+    model = keras.models.load_model(path, compile=False)
+    before = [w.copy() for w in model.get_weights()]
+    trained, info = cascade_train(model, digits, epochs=1, k=1, learning_rate=3e-3)
+    assert [s["epochs"] for s in info["stages"]] == [2, 3]
+    assert info["total_epochs"] == 5
+    # input untouched; result is a plain Keras model with the same layers, all trainable
+    for a, b in zip(model.get_weights(), before):
+        np.testing.assert_array_equal(a, b)
+    assert [la.name for la in trained.layers] == [la.name for la in model.layers]
+    assert all(la.trainable for la in trained.layers)
+    # the last stage's accuracy is the final model's: the model is the stages stacked
+    assert info["test_accuracy"] == pytest.approx(info["stages"][-1]["test_accuracy"])
+    assert info["test_accuracy"] > 0.5
+    # stage 2 trains on cached pseudo-inputs: smaller input, no conv1 in its graph
+    assert info["stages"][1]["input_shape"] == [4, 4, 8]
+    assert info["stages"][1]["trainable_params"] < trained.count_params()
+    # block 1 was frozen during stage 2: unchanged from the end of stage 1 means conv1 of
+    # the result reproduces stage 1's features, checked through the stage-1 accuracy rule
+    assert info["stages"][0]["output_block"] == ["cascade_out1_gap", "cascade_out1_softmax"]
+
+
+def test_frozen_block_is_not_changed_by_later_stages_and_disk_cache_matches(digits):
+    model = build("small-cnn", input_shape=(8, 8, 1), width=0.25)
+
+    class KeepConv1(keras.callbacks.Callback):
+        def on_train_end(self, logs=None):
+            names = [la.name for la in self.model.layers]
+            if "conv1" in names:
+                self.weights = self.model.get_layer("conv1").get_weights()[0].copy()
+
+    keep = KeepConv1()
+    trained, info = cascade_train(model, digits, epochs=1, k=0, cache="disk", callbacks=[keep])
+    assert len(info["stages"]) == 3
+    # conv1 after stages 2 and 3 equals conv1 at the end of stage 1: frozen, never re-run
+    np.testing.assert_array_equal(trained.get_layer("conv1").get_weights()[0], keep.weights)
+    again, info2 = cascade_train(model, digits, epochs=1, k=0, cache="memory")
+    assert info2["test_accuracy"] == pytest.approx(info["test_accuracy"])
+
+
+def test_layer_specs_and_fine_tune(digits):
+    specs = [[{"class_name": "Conv2D", "config": {"filters": 8, "kernel_size": 3,
+                                                  "padding": "same", "activation": "relu"}},
+              keras.layers.MaxPooling2D()],
+             keras.layers.Conv2D(16, 3, padding="same", activation="relu")]
+    trained, info = cascade_train(specs, digits, epochs=1, k=0, fine_tune_epochs=1)
+    assert len(info["stages"]) == 2 and info["fine_tune"]["epochs"] == 1
+    assert info["total_epochs"] == 3
+    assert trained.output.shape[-1] == 10
+    x = digits.x_test[:5]
+    assert np.allclose(np.asarray(trained(x)).sum(-1), 1.0, atol=1e-5)
+
+
+def test_training_memory_estimate_is_smaller_for_later_stages():
+    model = build("cnn4")
+    full = training_memory_bytes(model, 64)
+    inp = keras.Input((3, 3, 64))
+    h = keras.layers.Conv2D(128, 3, padding="same")(inp)
+    out = keras.layers.Dense(10)(keras.layers.GlobalAveragePooling2D()(h))
+    assert training_memory_bytes(keras.Model(inp, out), 64) < full / 10
+
+
+def test_options_and_callbacks_from_mappings():
+    with pytest.raises(CompressError, match="cascade.k"):
+        CASCADE_OPTIONS.validate({"k": -1})
+    cascade = CascadeTraining(epochs=3, k=2)
+    assert CascadeTraining.from_config(cascade.get_config()).options == cascade.options
+    cbs = build_callbacks({"plateau": {"patience": 2}, "cosine": {"warmup_epochs": 1},
+                           "early_stopping": None})
+    assert [type(c).__name__ for c in cbs] == ["EarlyStopping", "CosineSchedule",
+                                                "PlateauSchedule"]
+    assert cbs[1].warmup_epochs == 1.0 and cbs[2].patience == 2 and cbs[0].patience == 5
+    with pytest.raises(CompressError, match=r"steps\[0\]\.callbacks\.cosine\.floor"):
+        build_callbacks({"cosine": {"floor": -1}}, path="steps[0].callbacks")
+    with pytest.raises(CompressError, match="unknown callback"):
+        build_callbacks({"swa": {}})
