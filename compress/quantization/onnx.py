@@ -1,0 +1,115 @@
+"""ONNX int8: static QDQ quantization calibrated on real samples, and dynamic quantization.
+
+The float model is exported with :func:`compress.export.export_onnx` (Keras's own ONNX
+export), pre-processed with onnxruntime's ``quant_pre_process`` (shape inference and
+graph fusions such as Conv+BatchNorm) and quantized with ``onnxruntime.quantization``.
+QDQ models run in onnxruntime on CPU and are the form GPU execution providers
+(TensorRT, CUDA) consume.
+
+Example:
+
+>>> from compress.quantization.onnx import quantize_onnx
+>>> quantize_onnx(model, "float.onnx", "int8.onnx", "int8", x_train[:256])   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from onnxruntime.quantization import CalibrationDataReader
+
+from compress.errors import CompressError
+from compress.quiet import quiet_output
+
+MODES = ("int8", "dynamic")
+CALIBRATION = ("minmax", "entropy", "percentile")
+
+
+def quantize_onnx(float_path, out_path, mode: str = "int8",
+                  representative: np.ndarray | None = None, calibration: str = "minmax",
+                  per_channel: bool = True, batch_size: int = 16) -> None:
+    """Quantize the float ONNX file at ``float_path`` into ``out_path``.
+
+    Args:
+        float_path: a float32 ``.onnx`` file.
+        out_path: where to write the quantized model (the caller makes it atomic).
+        mode: str, default ``"int8"``. ``"int8"`` (static QDQ: int8 weights and
+            activations) or ``"dynamic"`` (int8 weights, activations quantized at run
+            time).
+        representative: calibration samples shaped like the model input (static only).
+        calibration: str, default ``"minmax"``. ``"minmax"``, ``"entropy"`` or
+            ``"percentile"`` (static only).
+        per_channel: bool, default True. Per-channel weight scales.
+        batch_size: int, default 16. Calibration batch size.
+    """
+    from onnxruntime import quantization as q
+
+    if mode not in MODES:
+        raise CompressError(f"mode '{mode}': ONNX supports {', '.join(MODES)} "
+                            "(float16 is TFLite only)")
+    if mode == "int8" and (representative is None or len(representative) == 0):
+        raise CompressError("static int8 ONNX needs calibration data: pass --data NAME, "
+                            "or use --mode dynamic (no data needed)")
+    with tempfile.TemporaryDirectory() as folder:
+        pre = Path(folder) / "pre.onnx"
+        try:
+            with quiet_output():
+                q.shape_inference.quant_pre_process(str(float_path), str(pre))
+        except Exception:  # noqa: BLE001 - pre-processing only optimises; use the raw export
+            pre = Path(float_path)
+        try:
+            with quiet_output():
+                if mode == "dynamic":
+                    q.quantize_dynamic(str(pre), str(out_path), per_channel=per_channel,
+                                       weight_type=q.QuantType.QInt8)
+                else:
+                    method = {"minmax": q.CalibrationMethod.MinMax,
+                              "entropy": q.CalibrationMethod.Entropy,
+                              "percentile": q.CalibrationMethod.Percentile}[calibration]
+                    reader = _Reader(str(pre), np.asarray(representative, np.float32),
+                                     batch_size)
+                    q.quantize_static(
+                        str(pre), str(out_path), reader, quant_format=q.QuantFormat.QDQ,
+                        per_channel=per_channel, activation_type=q.QuantType.QInt8,
+                        weight_type=q.QuantType.QInt8, calibrate_method=method,
+                        extra_options={"ActivationSymmetric": False,
+                                       "WeightSymmetric": True})
+        except CompressError:
+            raise
+        except Exception as exc:
+            raise CompressError(f"ONNX {mode} quantization failed "
+                                f"({' '.join(str(exc).split())[:200]}); try --mode dynamic "
+                                "or --format tflite") from exc
+
+
+class _Reader(CalibrationDataReader):
+    """Feeds calibration batches to onnxruntime's calibrator."""
+
+    def __init__(self, model_path: str, x: np.ndarray, batch_size: int):
+        import onnx
+
+        graph = onnx.load(model_path, load_external_data=False).graph
+        initializers = {i.name for i in graph.initializer}
+        self.name = next(i.name for i in graph.input if i.name not in initializers)
+        self.batches = [x[i:i + batch_size] for i in range(0, len(x), batch_size)]
+        self.pos = 0
+
+    def get_next(self):
+        if self.pos >= len(self.batches):
+            return None
+        self.pos += 1
+        return {self.name: self.batches[self.pos - 1]}
+
+    def rewind(self):
+        self.pos = 0
+
+
+def weight_arrays(path) -> list[np.ndarray]:
+    """The weight initializers (rank >= 2) stored in an ``.onnx`` file."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    return [numpy_helper.to_array(t) for t in model.graph.initializer if len(t.dims) >= 2]
