@@ -133,7 +133,7 @@ def prune_units(model, fraction: float, method: str = "magnitude", calibration=N
     if len(model.inputs) != 1:
         raise CompressError(f"structured pruning: model '{model.name}' must have one input")
     order, inbound, outputs = _graph(model)
-    by_name = {la.name: la for la in order}
+    {la.name: la for la in order}
     groups = _Groups()
     out_segs = {"__input__": [(None, int(model.inputs[0].shape[-1]))]}
     flat_of = {}  # layer name -> spatial size S when its input was flattened
@@ -217,7 +217,7 @@ def prune_units(model, fraction: float, method: str = "magnitude", calibration=N
     keep = {}
     for root, s in scores.items():
         n = len(s)
-        k = max(1, n - int(round(fraction * n)))
+        k = max(1, n - round(fraction * n))
         keep[root] = np.sort(np.argsort(-s, kind="stable")[:k])
     if not keep:
         raise CompressError(f"structured pruning: model '{model.name}' has no units that can "

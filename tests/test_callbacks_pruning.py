@@ -1,0 +1,57 @@
+"""The Pruning callback inside a user's own model.fit."""
+
+import pytest
+
+keras = pytest.importorskip("keras")
+
+from compress.callbacks import Pruning
+from compress.errors import CompressError
+
+
+def _model():
+    keras.utils.set_random_seed(0)
+    m = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
+                          keras.layers.Dense(32, activation="relu", name="fc1"),
+                          keras.layers.Dense(10, activation="softmax", name="out")])
+    m.compile(keras.optimizers.SGD(0.05, momentum=0.9), "sparse_categorical_crossentropy",
+              metrics=["accuracy"])
+    return m
+
+
+def test_polynomial_schedule_values():
+    cb = Pruning(sparsity=0.8, initial_sparsity=0.0, begin_step=10, end_step=110, power=3)
+    assert cb.target_sparsity(5) == 0.0
+    assert cb.target_sparsity(10) == pytest.approx(0.0)
+    assert cb.target_sparsity(60) == pytest.approx(0.8 - 0.8 * 0.5 ** 3)
+    assert cb.target_sparsity(500) == pytest.approx(0.8)
+    assert Pruning(sparsity=0.5, schedule="constant").target_sparsity(0) == 0.5
+
+
+def test_fit_with_callback_reaches_sparsity_and_yields_plain_model(digits, tmp_path):
+    from compress.data import prepare
+
+    model = _model()
+    ds = prepare(model, digits)
+    model.fit(ds.x_train, ds.y_train, epochs=2, batch_size=64, verbose=0)  # traced before
+    cb = Pruning(sparsity=0.9, frequency=4, end_step=30)
+    hist = model.fit(ds.x_train, ds.y_train, epochs=3, batch_size=64, verbose=0,
+                     callbacks=[cb])
+    assert len(cb.updates) >= 3
+    sparsities = [s for _, s in cb.updates]
+    assert sparsities == sorted(sparsities) and sparsities[-1] == pytest.approx(0.9)
+    for name in ("fc1", "out"):
+        k = model.get_layer(name).kernel.numpy()
+        assert abs((k == 0).sum() - 0.9 * k.size) <= 1
+    assert hist.history["accuracy"][-1] > 0.5
+    assert all(w.constraint is None for w in model.weights)
+    path = tmp_path / "m.keras"
+    model.save(path)
+    keras.models.load_model(path)
+    assert cb.get_config()["sparsity"] == 0.9
+
+
+def test_bad_arguments():
+    with pytest.raises(CompressError, match="sparsity"):
+        Pruning(sparsity=1.0)
+    with pytest.raises(CompressError, match="calibration"):
+        Pruning(method="obd")

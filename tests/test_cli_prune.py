@@ -1,0 +1,80 @@
+"""``compress prune``: real files in and out, clear one-line errors, inputs untouched."""
+
+import json
+
+import numpy as np
+import pytest
+
+from tests.conftest import file_digest
+
+
+def test_prune_data_free_magnitude_writes_plain_sparse_model(cli, mlp_file, tmp_path):
+    import keras
+
+    path, _ = mlp_file
+    digest = file_digest(path)
+    out = tmp_path / "pruned.keras"
+    res = cli("prune", path, "-o", out, "--sparsity", "0.8", "--json")
+    assert res.exit_code == 0, res.output
+    result = json.loads(res.output)
+    assert abs(result["pass"]["sparsity_reached"] - 0.8) < 0.01
+    assert result["after"]["zipped_bytes"] < result["before"]["zipped_bytes"]
+    model = keras.models.load_model(out)  # plain Keras, no custom objects
+    k = model.get_layer("fc1").kernel.numpy()
+    assert abs((k == 0).mean() - 0.8) < 0.01
+    assert file_digest(path) == digest
+
+
+def test_prune_obd_iterative_with_data_and_table(cli, mlp_file, tmp_path):
+    path, _ = mlp_file
+    out = tmp_path / "obd.h5"
+    res = cli("prune", path, "-o", out, "--method", "obd", "--data", "digits",
+              "--schedule", "iterative", "--rounds", "2", "--epochs", "2", "--sparsity", "0.7")
+    assert res.exit_code == 0, res.output
+    assert "sparsity_reached" in res.output and "fc1/kernel 70.0%" in res.output
+    assert out.exists()
+
+
+def test_prune_structured_cnn_reduces_params(cli, cnn_file, tmp_path):
+    path, _ = cnn_file
+    out = tmp_path / "small.keras"
+    res = cli("prune", path, "-o", out, "--structured", "--sparsity", "0.5", "--data",
+              "digits", "--epochs", "1", "--json")
+    assert res.exit_code == 0, res.output
+    result = json.loads(res.output)
+    assert result["after"]["params"] < 0.6 * result["before"]["params"]
+    assert "latency_ms" in result["after"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--method", "obd"], "only data-free magnitude one-shot pruning is possible"),
+    (["--epochs", "3"], "only data-free magnitude one-shot pruning is possible"),
+    (["--sparsity", "1.0"], "--sparsity: must be in [0.0, 1.0)"),
+    (["--layers", "nope.*"], "matches no prunable layer"),
+    (["--data", "npz:/nonexistent.npz"], "no such data file"),
+])
+def test_prune_bad_input_one_line_exit_1_no_output(cli, mlp_file, tmp_path, args, message):
+    path, _ = mlp_file
+    digest = file_digest(path)
+    out = tmp_path / "x.keras"
+    res = cli("prune", path, "-o", out, *args)
+    assert res.exit_code == 1
+    assert message in res.output
+    assert len([ln for ln in res.output.splitlines() if ln.startswith("error:")]) == 1
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+    assert file_digest(path) == digest
+
+
+def test_prune_refuses_overwrite_and_mismatched_data(cli, mlp_file, tmp_path):
+    path, _ = mlp_file
+    out = tmp_path / "exists.keras"
+    out.write_bytes(b"keep")
+    res = cli("prune", path, "-o", out)
+    assert res.exit_code == 1 and "--force" in res.output
+    assert out.read_bytes() == b"keep"
+    np.savez(tmp_path / "d.npz", x_train=np.zeros((20, 5), "float32"),
+             y_train=np.zeros(20, "int64"))
+    res = cli("prune", path, "-o", tmp_path / "y.keras", "--data", f"npz:{tmp_path}/d.npz",
+              "--method", "obd")
+    assert res.exit_code == 1 and "do not fit model input" in res.output
+    assert not (tmp_path / "y.keras").exists()
