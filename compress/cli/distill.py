@@ -44,12 +44,13 @@ def distill_files(model_path, output, data, seed, unsafe, force, opts, as_json):
 
     from compress import io, training
     from compress.cli.common import emit, load_inputs, verbose
-    from compress.distillation import copy_with_constraints, distill, make_student
+    from compress.distillation import check_compatible, copy_with_constraints, distill, make_student
     from compress.report import model_report
 
     teacher, dataset = load_inputs(model_path, data, seed, unsafe)
     given = io.load_model(opts["student"], unsafe=unsafe) if opts["student"] else None
     student = make_student(teacher, student=given, width=opts["width"], depth=opts["depth"])
+    check_compatible(teacher, student, dataset, opts["teacher_outputs"], opts["feature_pairs"])
     fit_opts = {k: opts[k] for k in ("temperature", "alpha", "epochs", "learning_rate",
                                      "batch_size", "teacher_outputs", "feature_pairs")}
     reports = [model_report(teacher, dataset, name="teacher",

@@ -13,6 +13,7 @@ Example:
 
 from compress.distillation.driver import (
     DISTILL_OPTIONS,
+    check_compatible,
     copy_with_constraints,
     distill,
     logits_model,
@@ -23,6 +24,7 @@ from compress.distillation.students import depth_student, make_student, width_st
 
 __all__ = [
     "DISTILL_OPTIONS",
+    "check_compatible",
     "copy_with_constraints",
     "depth_student",
     "distill",

@@ -113,10 +113,8 @@ def distill(teacher, student, data, *, temperature: float = 4.0, alpha: float = 
         "temperature": temperature, "alpha": alpha, "epochs": epochs,
         "learning_rate": learning_rate, "batch_size": batch_size,
         "teacher_outputs": teacher_outputs})
-    pairs = _parse_pairs(feature_pairs)
-    _check_models(teacher, student, data)
-    kind = teacher_output_kind(teacher, opts["teacher_outputs"])
-    student_kind = _student_output_kind(student)
+    kind, student_kind, pairs = check_compatible(teacher, student, data,
+                                                 opts["teacher_outputs"], feature_pairs)
 
     teacher_logits = logits_model(teacher, kind)
     trained = copy_with_constraints(student)
@@ -163,6 +161,34 @@ def distill(teacher, student, data, *, temperature: float = 4.0, alpha: float = 
         info["teacher_accuracy"] = training.accuracy(teacher, data.x_test, data.y_test)
         info["student_accuracy"] = training.accuracy(trained, data.x_test, data.y_test)
     return trained, info
+
+
+def check_compatible(teacher, student, data, teacher_outputs: str = "auto",
+                     feature_pairs=None) -> tuple[str, str, list]:
+    """Refuse a teacher/student/data combination :func:`distill` cannot train, cheaply.
+
+    Front-ends call it before any other work (the CLI trains a baseline first).
+
+    Args:
+        teacher: keras.Model.
+        student: keras.Model.
+        data: compress.data.Dataset, prepared for the teacher.
+        teacher_outputs: str, default ``"auto"``. See :func:`teacher_output_kind`.
+        feature_pairs: list, default None. See :func:`distill`.
+
+    Returns:
+        ``(teacher_kind, student_kind, pairs)``: ``"logits"`` or ``"probabilities"`` for
+        each model, and the feature pairs as ``(teacher_layer, student_layer)`` tuples.
+
+    Raises:
+        CompressError: one line naming what does not fit.
+    """
+    pairs = _parse_pairs(feature_pairs)
+    _check_models(teacher, student, data)
+    kind = teacher_output_kind(teacher, teacher_outputs)
+    student_kind = _student_output_kind(student)
+    _check_feature_pairs(teacher, student, pairs)
+    return kind, student_kind, pairs
 
 
 def make_distiller(teacher_logits, student_logits, temperature: float, alpha: float,
@@ -245,12 +271,12 @@ def logits_model(teacher, kind: str):
         return model
     last = model.layers[-1]
     if isinstance(last, keras.layers.Softmax):
-        return keras.Model(model.inputs, last.input, name=f"{model.name}_logits")
+        return keras.Model(model.inputs[0], last.input, name=f"{model.name}_logits")
     if _activation_name(last) == "softmax":
         last.activation = keras.activations.linear
         return model
     logits = _LogProbabilities(name="log_probabilities")(model.outputs[0])
-    return keras.Model(model.inputs, logits, name=f"{model.name}_logits")
+    return keras.Model(model.inputs[0], logits, name=f"{model.name}_logits")
 
 
 def copy_with_constraints(model):
@@ -310,7 +336,7 @@ def _logits_view(model, kind):
     if kind == "logits":
         return model, lambda: None
     if isinstance(last, keras.layers.Softmax):
-        return keras.Model(model.inputs, last.input, name=f"{model.name}_logits"), \
+        return keras.Model(model.inputs[0], last.input, name=f"{model.name}_logits"), \
             lambda: None
     original = last.activation
     last.activation = keras.activations.linear

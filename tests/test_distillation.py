@@ -1,0 +1,242 @@
+"""compress.distillation.driver: distill() on keras.distillation, logits, constraints, errors."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from compress import training
+from compress.distillation import (
+    DISTILL_OPTIONS,
+    copy_with_constraints,
+    distill,
+    logits_model,
+    make_distiller,
+    teacher_output_kind,
+)
+from compress.errors import CompressError
+
+
+def _mlp(hidden=(32, 16), activation="softmax", name="mlp", classes=10):
+    layers = [keras.Input((64,))]
+    layers += [keras.layers.Dense(h, activation="relu", name=f"fc{i + 1}")
+               for i, h in enumerate(hidden)]
+    layers.append(keras.layers.Dense(classes, activation=activation, name="predictions"))
+    return keras.Sequential(layers, name=name)
+
+
+@pytest.fixture(scope="module")
+def flat_digits(digits):
+    from compress.data import prepare
+
+    return prepare(_mlp(), digits)
+
+
+@pytest.fixture(scope="module")
+def teacher(flat_digits):
+    training.set_seed(0)
+    model = _mlp((64, 32), name="teacher")
+    training.compile_classifier(model, learning_rate=3e-3)
+    training.fit(model, flat_digits, epochs=8, verbose=0)
+    return model
+
+
+class KeepZeros(keras.constraints.Constraint):
+    """Holds the zeros of a mask, as pruning does."""
+
+    def __init__(self, mask):
+        self.mask = np.asarray(mask, dtype="float32")
+
+    def __call__(self, w):
+        return w * self.mask
+
+
+def _weights(model):
+    return [np.array(w) for w in model.get_weights()]
+
+
+def test_logits_model_is_exact_for_a_softmax_teacher(teacher, flat_digits):
+    before = _weights(teacher)
+    logits = logits_model(teacher, teacher_output_kind(teacher))
+    x = flat_digits.x_test[:32]
+    z = np.asarray(logits(x))
+    np.testing.assert_allclose(keras.ops.softmax(z).numpy(), np.asarray(teacher(x)), atol=1e-6)
+    assert np.abs(z.sum(axis=1) - 1.0).max() > 0.1  # logits, not probabilities
+    # The teacher itself is untouched.
+    assert teacher.layers[-1].activation.__name__ == "softmax"
+    for a, b in zip(before, _weights(teacher)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_logits_model_from_a_softmax_layer_and_from_forced_probabilities(flat_digits):
+    training.set_seed(1)
+    inp = keras.Input((64,))
+    z = keras.layers.Dense(10, name="dense")(inp)
+    with_layer = keras.Model(inp, keras.layers.Softmax(name="softmax")(z))
+    assert teacher_output_kind(with_layer) == "probabilities"
+    x = flat_digits.x_test[:16]
+    exact = np.asarray(logits_model(with_layer, "probabilities")(x))
+    np.testing.assert_allclose(exact, np.asarray(keras.Model(inp, z)(x)), atol=1e-5)
+
+    # A softmax hidden behind another layer: "auto" cannot see it, the flag can; the
+    # log-probability fallback gives logits up to a per-row constant.
+    hidden = keras.Model(inp, keras.layers.Identity(name="id")(keras.layers.Softmax()(z)))
+    assert teacher_output_kind(hidden) == "logits"
+    approx = np.asarray(logits_model(hidden, "probabilities")(x))
+    shift = approx - exact
+    np.testing.assert_allclose(shift, shift[:, :1] * np.ones_like(shift), atol=1e-4)
+
+
+def test_distill_trains_a_copy_and_keeps_the_output_activation(teacher, flat_digits):
+    training.set_seed(0)
+    student = _mlp((16, 8), name="student")
+    student_before, teacher_before = _weights(student), _weights(teacher)
+    out, info = distill(teacher, student, flat_digits, epochs=2, learning_rate=3e-3)
+    assert out is not student
+    for a, b in zip(student_before, _weights(student)):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(teacher_before, _weights(teacher)):
+        np.testing.assert_array_equal(a, b)
+    assert teacher.trainable and student.layers[-1].activation.__name__ == "softmax"
+    assert out.layers[-1].activation.__name__ == "softmax"
+    p = np.asarray(out(flat_digits.x_test[:8]))
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-5)
+    assert any(not np.array_equal(a, b) for a, b in zip(student_before, _weights(out)))
+    assert info["teacher_outputs"] == "probabilities" and info["epochs_run"] == 2
+    assert set(info["history"]) >= {"loss", "distillation_loss", "student_loss"}
+    import json
+
+    json.dumps(info)
+
+
+def test_teacher_alone_teaches_without_labels(teacher, flat_digits):
+    """alpha=1 ignores the labels: any accuracy above chance came from the teacher."""
+    training.set_seed(0)
+    _out, info = distill(teacher, _mlp((32, 16), name="student"), flat_digits, alpha=1.0,
+                        temperature=2.0, epochs=6, learning_rate=3e-3)
+    assert info["teacher_accuracy"] > 0.85
+    assert info["student_accuracy"] > 0.75
+    assert max(info["history"]["student_loss"]) == 0.0  # the label term was never computed
+
+
+def test_constraints_of_the_student_hold_during_distillation(teacher, flat_digits):
+    training.set_seed(0)
+    student = _mlp((16, 8), name="student")
+    rng = np.random.default_rng(0)
+    mask = (rng.random(student.get_layer("fc1").kernel.shape) > 0.9).astype("float32")
+    student.get_layer("fc1").kernel.assign(student.get_layer("fc1").kernel * mask)
+    student.get_layer("fc1").kernel.constraint = KeepZeros(mask)
+    student.get_layer("fc2").kernel.constraint = keras.constraints.NonNeg()
+    out, info = distill(teacher, student, flat_digits, epochs=2, learning_rate=1e-2)
+    assert info["constrained_variables"] == 2
+    k1, k2 = np.asarray(out.get_layer("fc1").kernel), np.asarray(out.get_layer("fc2").kernel)
+    assert np.all(k1[mask == 0] == 0.0)
+    assert not np.allclose(k1[mask == 1], np.asarray(student.get_layer("fc1").kernel)[mask == 1])
+    assert k2.min() >= 0.0 and np.count_nonzero(k2) > 0
+    assert isinstance(out.get_layer("fc2").kernel.constraint, keras.constraints.NonNeg)
+    # The given student still has its own untouched zeros and constraint.
+    assert student.get_layer("fc1").kernel.constraint is not None
+
+
+def test_copy_with_constraints_carries_variable_constraints():
+    model = _mlp((8, 4))
+    model.get_layer("fc1").kernel.constraint = keras.constraints.NonNeg()
+    clone = copy_with_constraints(model)
+    assert isinstance(clone.get_layer("fc1").kernel.constraint, keras.constraints.NonNeg)
+    assert clone.get_layer("fc2").kernel.constraint is None
+
+
+def test_logits_teacher_and_logits_student(flat_digits):
+    training.set_seed(0)
+    teacher = _mlp((32,), activation=None, name="logit_teacher")
+    training.compile_classifier(teacher, learning_rate=3e-3)
+    training.fit(teacher, flat_digits, epochs=4, verbose=0)
+    assert teacher_output_kind(teacher) == "logits"
+    out, info = distill(teacher, _mlp((16,), activation=None), flat_digits, epochs=2,
+                        learning_rate=3e-3)
+    assert info["teacher_outputs"] == "logits" and info["student_outputs"] == "logits"
+    assert out.layers[-1].activation.__name__ == "linear"
+    assert info["student_accuracy"] > 0.5
+
+
+def test_distiller_loss_is_hintons_formula(teacher, flat_digits):
+    """The Distiller we build computes alpha*T^2*KL(p_t^T || p_s^T) + (1-alpha)*CE(y, p_s)."""
+    training.set_seed(0)
+    t_logits = logits_model(teacher, "probabilities")
+    student = _mlp((16,), activation=None)
+    T, alpha = 3.0, 0.7
+    distiller = make_distiller(t_logits, student, T, alpha)
+    distiller.compile(optimizer="adam",
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    x, y = flat_digits.x_train[:64], flat_digits.y_train[:64]
+    got = float(distiller.compute_loss(x, y, student(x), training=False))
+
+    def softmax(z):
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
+    zt, zs = np.asarray(t_logits(x), "float64"), np.asarray(student(x), "float64")
+    pt, ps = softmax(zt / T), softmax(zs / T)
+    kl = np.mean(np.sum(pt * np.log(pt / ps), axis=1))
+    ce = np.mean(-np.log(softmax(zs)[np.arange(len(y)), y]))
+    np.testing.assert_allclose(got, alpha * T**2 * kl + (1 - alpha) * ce, rtol=1e-4)
+
+
+def test_feature_pairs_pull_intermediate_features_together(teacher, flat_digits):
+    x = flat_digits.x_test[:128]
+
+    def feature_mse(model):
+        t = keras.Model(teacher.inputs[0], teacher.get_layer("fc2").output)(x)
+        s = keras.Model(model.inputs[0], model.get_layer("fc2").output)(x)
+        return float(np.mean((np.asarray(t) - np.asarray(s)) ** 2))
+
+    runs = {}
+    for pairs in (None, ["fc2:fc2"]):
+        training.set_seed(0)
+        student = _mlp((16, 32), name="student")  # fc2 as wide as the teacher's
+        out, info = distill(teacher, student, flat_digits, epochs=3, learning_rate=3e-3,
+                            feature_pairs=pairs)
+        runs[bool(pairs)] = feature_mse(out)
+    assert info["feature_pairs"] == ["fc2:fc2"]
+    assert runs[True] < 0.85 * runs[False]  # 2.16 vs 2.87 when written (deterministic)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"temperature": 0.0}, "temperature: must be > 0.0"),
+    ({"temperature": -1.0}, "temperature"),
+    ({"alpha": 1.5}, "alpha: must be in [0.0, 1.0]"),
+    ({"alpha": -0.1}, "alpha"),
+    ({"teacher_outputs": "scores"}, "teacher_outputs"),
+    ({"feature_pairs": ["fc2"]}, "TEACHER_LAYER:STUDENT_LAYER"),
+    ({"feature_pairs": ["fc2:nope"]}, "student has no layer 'nope'"),
+    ({"feature_pairs": ["fc1:fc1"]}, "differ"),
+])
+def test_bad_options_are_one_line_errors(teacher, flat_digits, kwargs, message):
+    with pytest.raises(CompressError) as err:
+        distill(teacher, _mlp((16, 8)), flat_digits, epochs=1, **kwargs)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_mismatched_or_non_classifier_models_are_refused(teacher, flat_digits):
+    with pytest.raises(CompressError, match="output .* differ"):
+        distill(teacher, _mlp((16,), classes=12), flat_digits, epochs=1)
+    small_input = keras.Sequential([keras.Input((32,)), keras.layers.Dense(10)])
+    with pytest.raises(CompressError, match="input .* differ"):
+        distill(teacher, small_input, flat_digits, epochs=1)
+    sigmoid = _mlp((16,), activation="sigmoid", name="multilabel")
+    with pytest.raises(CompressError, match="not class logits"):
+        distill(sigmoid, _mlp((8,), activation="sigmoid"), flat_digits, epochs=1)
+    regressor = keras.Sequential([keras.Input((64,)), keras.layers.Dense(1)], name="reg")
+    with pytest.raises(CompressError, match="not a classifier"):
+        distill(regressor, keras.Sequential([keras.Input((64,)), keras.layers.Dense(1)]),
+                flat_digits, epochs=1)
+
+
+def test_schema_serves_recipe_steps():
+    opts = DISTILL_OPTIONS.validate({"temperature": 2, "width": 0.5})
+    assert opts["temperature"] == 2.0 and opts["alpha"] == 0.9 and opts["width"] == 0.5
+    with pytest.raises(CompressError, match=r"steps\[1\].distill.temperature"):
+        DISTILL_OPTIONS.validate({"temperature": 0}, path="steps[1].distill")
+    with pytest.raises(CompressError, match="unknown option"):
+        DISTILL_OPTIONS.validate({"temprature": 2})

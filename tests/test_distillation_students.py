@@ -1,0 +1,112 @@
+"""compress.distillation.students: width and depth students derived from a teacher."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from compress.distillation import depth_student, make_student, width_student
+from compress.errors import CompressError
+from compress.models import build
+
+
+def _units(model):
+    return {layer.name: layer.get_config().get("units", layer.get_config().get("filters"))
+            for layer in model.layers}
+
+
+def test_width_student_scales_hidden_layers_and_keeps_the_output():
+    teacher = build("lenet300")
+    student = width_student(teacher, 0.25)
+    assert _units(student)["fc1"] == 75 and _units(student)["fc2"] == 25
+    assert _units(student)["predictions"] == 10
+    assert student.layers[-1].activation.__name__ == "softmax"
+    assert student.count_params() < 0.25 * teacher.count_params()  # 784 inputs stay
+    assert tuple(student.outputs[0].shape) == tuple(teacher.outputs[0].shape)
+    assert _units(teacher)["fc1"] == 300  # teacher untouched
+    assert student.name == "lenet300_w0.25"
+
+
+def test_width_student_of_a_functional_cnn_with_batchnorm():
+    inp = keras.Input((8, 8, 1))
+    x = keras.layers.Conv2D(16, 3, padding="same", use_bias=False, name="conv1")(inp)
+    x = keras.layers.BatchNormalization(name="bn1")(x)
+    x = keras.layers.ReLU()(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    out = keras.layers.Dense(10, activation="softmax", name="predictions")(x)
+    teacher = keras.Model(inp, out, name="cnn")
+    student = width_student(teacher, 0.5)
+    assert student.get_layer("conv1").filters == 8
+    assert student.get_layer("bn1").gamma.shape == (8,)
+    x = np.random.default_rng(0).random((4, 8, 8, 1), dtype=np.float32)
+    assert np.asarray(student(x)).shape == (4, 10)
+
+
+def test_width_student_has_fresh_weights_and_keeps_layer_constraints():
+    teacher = keras.Sequential([
+        keras.Input((16,)),
+        keras.layers.Dense(20, activation="relu", kernel_constraint="non_neg", name="fc1"),
+        keras.layers.Dense(3, activation="softmax", name="out")])
+    student = width_student(teacher, 1.0)
+    assert isinstance(student.get_layer("fc1").kernel.constraint, keras.constraints.NonNeg)
+    assert not np.array_equal(np.asarray(student.get_layer("fc1").kernel),
+                              np.asarray(teacher.get_layer("fc1").kernel))
+
+
+@pytest.mark.parametrize("width", [0.0, -0.5, 5.0, "half"])
+def test_width_out_of_range(width):
+    with pytest.raises(CompressError, match="width"):
+        width_student(build("lenet300"), width)
+
+
+def test_depth_student_drops_the_deepest_hidden_blocks():
+    teacher = keras.Sequential([
+        keras.Input((28, 28, 1)), keras.layers.Flatten(name="flatten"),
+        keras.layers.Dense(64, name="fc1"), keras.layers.BatchNormalization(name="bn1"),
+        keras.layers.ReLU(name="relu1"), keras.layers.Dropout(0.2, name="drop1"),
+        keras.layers.Dense(32, activation="relu", name="fc2"),
+        keras.layers.Dropout(0.2, name="drop2"),
+        keras.layers.Dense(16, activation="relu", name="fc3"),
+        keras.layers.Dense(10, activation="softmax", name="predictions")], name="deep")
+    one = depth_student(teacher, drop=1)
+    assert [lay.name for lay in one.layers] == ["flatten", "fc1", "bn1", "relu1", "drop1",
+                                                "fc2", "drop2", "predictions"]
+    two = depth_student(teacher, drop=2)
+    assert [lay.name for lay in two.layers] == ["flatten", "fc1", "bn1", "relu1", "drop1",
+                                                "predictions"]
+    named = depth_student(teacher, drop=["fc1"])
+    assert [lay.name for lay in named.layers] == ["flatten", "fc2", "drop2", "fc3",
+                                                  "predictions"]
+    assert two.count_params() < one.count_params() < teacher.count_params()
+    assert tuple(named.outputs[0].shape) == (None, 10)
+    with pytest.raises(CompressError, match="can drop 1 to 2"):
+        depth_student(teacher, drop=3)
+    with pytest.raises(CompressError, match="'predictions' is not a hidden"):
+        depth_student(teacher, drop=["predictions"])
+
+
+def test_depth_student_of_a_cnn_adapts_the_next_layer():
+    teacher = build("lenet5")
+    student = depth_student(teacher, drop=1)  # removes fc1: Flatten feeds the output
+    assert "fc1" not in [lay.name for lay in student.layers]
+    x = np.zeros((2, 28, 28, 1), dtype=np.float32)
+    assert np.asarray(student(x)).shape == (2, 10)
+
+
+def test_depth_student_refuses_functional_models():
+    inp = keras.Input((4,))
+    model = keras.Model(inp, keras.layers.Dense(2)(keras.layers.Dense(3)(inp)))
+    with pytest.raises(CompressError, match="Sequential"):
+        depth_student(model, 1)
+
+
+def test_make_student_picks_one_source():
+    teacher = build("lenet300")
+    assert make_student(teacher).get_layer("fc1").units == 75
+    assert make_student(teacher, width=0.5).get_layer("fc1").units == 150
+    assert len(make_student(teacher, depth=1).layers) == len(teacher.layers) - 1
+    given = build("lenet300", width=0.1)
+    assert make_student(teacher, student=given) is given
+    with pytest.raises(CompressError, match="not width and depth"):
+        make_student(teacher, width=0.5, depth=1)
