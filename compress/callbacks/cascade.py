@@ -212,8 +212,10 @@ def _from_specs(specs, input_shape, num_classes, output_block) -> tuple:
         blocks.append(block)
     if not blocks:
         raise CompressError("cascade: no layer specs given")
-    probe = keras.Sequential([keras.Input(input_shape)] + [la for b in blocks for la in b])
-    head = _output_block(output_block, tuple(probe.output.shape[1:]), num_classes, 0)
+    h = keras.Input(input_shape)
+    for layer in (la for b in blocks for la in b):
+        h = layer(h)
+    head = _output_block(output_block, tuple(h.shape[1:]), num_classes, 0)
     model = keras.Sequential([keras.Input(input_shape)] + [la for b in blocks for la in b]
                              + head, name="cascade")
     return model, blocks, head
