@@ -1,0 +1,200 @@
+"""Weight sharing by k-means (Deep Compression, Han et al. 2016), for Keras 3.
+
+Each chosen layer's kernel is clustered into ``clusters`` centroids (1-D k-means with
+k-means++ seeding, per layer); every weight is replaced by its centroid, so the kernel
+can be stored as ``log2(clusters)``-bit indices plus a tiny codebook. Fine-tuning trains
+the centroids only: the gradient of a centroid is the sum of its members' gradients
+(biases and unclustered layers train normally). The result is a plain Keras model whose
+kernels hold ``clusters`` distinct values (which DEFLATE compresses well).
+
+Example:
+
+>>> from compress.sharing import cluster_model
+>>> clustered, info = cluster_model(model, ds, clusters=16, epochs=2)  # doctest: +SKIP
+>>> info["index_bits"]                                                 # doctest: +SKIP
+4
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import numpy as np
+
+from compress.errors import CompressError
+
+
+def kmeans_1d(values: np.ndarray, clusters: int, seed: int = 0, iterations: int = 30
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Cluster scalar ``values`` into ``clusters`` centroids.
+
+    k-means++ seeding (each new centre drawn with probability proportional to the squared
+    distance to the nearest chosen one), then Lloyd iterations; assignment uses the sorted
+    centroids' midpoints, so each iteration is ``O(n log k)``.
+
+    Example:
+
+    >>> c, a = kmeans_1d(np.array([0.0, 0.1, 5.0, 5.1]), 2)
+    >>> sorted(np.round(c, 2).tolist()), len(set(a.tolist()))
+    ([0.05, 5.05], 2)
+
+    Args:
+        values: 1-D float array.
+        clusters: int, number of centroids (2 to ``len(values)``).
+        seed: int, default 0.
+        iterations: int, default 30. Lloyd iterations at most.
+
+    Returns:
+        ``(centroids, assignment)``: sorted float32 centroids and an int32 index per value.
+    """
+    x = np.asarray(values, dtype=np.float64).ravel()
+    if not 2 <= clusters <= x.size:
+        raise CompressError(f"clusters: must be in [2, {x.size}] for {x.size} weights, "
+                            f"got {clusters}")
+    rng = np.random.default_rng(seed)
+    centres = [x[rng.integers(x.size)]]
+    dist = (x - centres[0]) ** 2
+    for _ in range(1, clusters):
+        total = dist.sum()
+        pick = rng.choice(x.size, p=dist / total) if total > 0 else rng.integers(x.size)
+        centres.append(x[pick])
+        dist = np.minimum(dist, (x - x[pick]) ** 2)
+    centroids = np.sort(np.asarray(centres))
+    assign = _nearest(x, centroids)
+    for _ in range(iterations):
+        sums = np.bincount(assign, weights=x, minlength=clusters)
+        counts = np.bincount(assign, minlength=clusters)
+        # an empty cluster keeps its centre (rare with k-means++ seeding)
+        updated = np.where(counts > 0, sums / np.maximum(counts, 1), centroids)
+        order = np.argsort(updated)
+        updated = updated[order]
+        new_assign = _nearest(x, updated)
+        if np.array_equal(new_assign, assign) and np.allclose(updated, centroids):
+            centroids = updated
+            break
+        centroids, assign = updated, new_assign
+    return centroids.astype(np.float32), assign.astype(np.int32)
+
+
+def _nearest(x: np.ndarray, sorted_centroids: np.ndarray) -> np.ndarray:
+    mids = (sorted_centroids[1:] + sorted_centroids[:-1]) / 2.0
+    return np.searchsorted(mids, x).astype(np.int64)
+
+
+def cluster_model(model, data=None, *, clusters: int = 16, layers: str | None = None,
+                  epochs: int = 0, seed: int = 0, learning_rate: float | None = None,
+                  batch_size: int = 64, verbose=0):
+    """Share each chosen layer's weights among ``clusters`` k-means centroids.
+
+    The input model is not modified; the result is a plain Keras model.
+
+    Example:
+
+    >>> clustered, info = cluster_model(model, ds, clusters=16, epochs=2)  # doctest: +SKIP
+
+    Args:
+        model: a Keras model.
+        data: a :class:`compress.data.Dataset` prepared for the model; needed when
+            ``epochs > 0``.
+        clusters: int, default 16. Centroids per layer (2 to the layer's weight count).
+        layers: str or None, default None (every Dense/Conv2D). A regular expression on
+            layer names.
+        epochs: int, default 0. Fine-tuning epochs of the centroids.
+        seed: int, default 0. k-means++ and training seed.
+        learning_rate: float or None, default None (1e-4). Adam learning rate.
+        batch_size: int, default 64.
+        verbose: 0 or 1, default 0. Print one line per fine-tuning epoch.
+
+    Returns:
+        ``(new_model, info)``; ``info`` has the index bits, bits per weight (indices plus
+        codebook) and per-layer rows.
+    """
+    from compress import training
+    from compress.sharing.layer_selection import select_layers
+
+    clusters = int(clusters)
+    if clusters < 2:
+        raise CompressError(f"clusters: must be >= 2, got {clusters}")
+    new = training.copy_model(model)
+    chosen = select_layers(new, layers, "clustered")
+    for layer in chosen:
+        size = int(np.prod(layer.kernel.shape))
+        if clusters > size:
+            raise CompressError(f"clusters: {clusters} is more than the {size} weights of "
+                                f"layer '{layer.name}'")
+    training.set_seed(seed)
+    state = []
+    for k, layer in enumerate(chosen):
+        centroids, assign = kmeans_1d(np.asarray(layer.kernel), clusters, seed=seed + k)
+        layer.kernel.assign(centroids[assign].reshape(layer.kernel.shape))
+        state.append((layer, centroids, assign))
+    if epochs > 0:
+        if data is None:
+            raise CompressError("fine-tuning (epochs > 0) needs data (--data NAME)")
+        state = _finetune_centroids(new, state, data, epochs, learning_rate or 1e-4,
+                                    batch_size, seed, verbose)
+    index_bits = math.ceil(math.log2(clusters))
+    rows, total_bits, total_weights = [], 0, 0
+    for layer, centroids, _ in state:
+        size = int(np.prod(layer.kernel.shape))
+        bits = size * index_bits + 32 * clusters
+        total_bits += bits
+        total_weights += size
+        rows.append({"layer": layer.name, "type": type(layer).__name__, "weights": size,
+                     "clusters": clusters, "distinct": int(np.unique(np.asarray(
+                         layer.kernel)).size), "bits_per_weight": bits / size})
+    info = {"method": "kmeans", "clusters": clusters, "index_bits": index_bits,
+            "layers": rows, "clustered_weights": total_weights,
+            "bits_per_weight": total_bits / total_weights, "epochs": int(epochs),
+            "stored_params": int(sum(int(np.prod(w.shape)) for w in new.weights))}
+    if data is not None:
+        info["accuracy"] = training.accuracy(new, data.x_test, data.y_test)
+    return new, info
+
+
+def _finetune_centroids(model, state, data, epochs, learning_rate, batch_size, seed, verbose):
+    """Train centroids (gradient = sum over members), biases and unclustered weights."""
+    import tensorflow as tf
+
+    from compress import training
+
+    kernels = [layer.kernel for layer, _, _ in state]
+    kernel_ids = {id(k) for k in kernels}
+    others = [v for v in model.trainable_variables if id(v) not in kernel_ids]
+    centroids = [keras.Variable(c, name=f"{layer.name}_centroids")
+                 for layer, c, _ in state]
+    assigns = [tf.constant(a.reshape(-1), tf.int32) for _, _, a in state]
+    optimizer = keras.optimizers.Adam(learning_rate)
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(
+        from_logits=not training.outputs_probabilities(model))
+
+    @tf.function
+    def step(x, y):
+        with tf.GradientTape() as tape:
+            loss = loss_fn(y, model(x, training=True))
+        grads = tape.gradient(loss, kernels + others)
+        centroid_grads = [
+            tf.math.unsorted_segment_sum(tf.reshape(g, [-1]), a, c.shape[0])
+            for g, a, c in zip(grads[:len(kernels)], assigns, centroids)]
+        optimizer.apply_gradients(zip(centroid_grads + [g for g in grads[len(kernels):]],
+                                      centroids + others))
+        for kernel, c, a in zip(kernels, centroids, assigns):
+            kernel.assign(tf.reshape(tf.gather(c, a), kernel.shape))
+        return loss
+
+    rng = np.random.default_rng(seed)
+    x_all, y_all = data.x_train, data.y_train
+    for epoch in range(epochs):
+        order = rng.permutation(len(x_all))
+        losses = []
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            losses.append(float(step(tf.constant(x_all[idx]), tf.constant(y_all[idx]))))
+        if not np.isfinite(losses[-1]):
+            raise CompressError("training stopped: the loss became NaN or infinite "
+                                "(lower the learning rate)")
+        if verbose:
+            print(f"centroid fine-tuning epoch {epoch + 1}/{epochs}: loss "
+                  f"{np.mean(losses):.4f}")
+    return [(layer, np.asarray(c), a) for (layer, _, a), c in zip(state, centroids)]
