@@ -1,0 +1,103 @@
+"""k-means weight sharing: 1-D k-means++, centroid-only fine-tuning, plain models out."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from compress.errors import CompressError
+
+
+def test_kmeans_1d_finds_separated_groups():
+    from compress.sharing.kmeans import kmeans_1d
+
+    rng = np.random.default_rng(0)
+    centres = np.array([-3.0, -1.0, 0.5, 2.0])
+    values = np.concatenate([c + 0.01 * rng.normal(size=200) for c in centres])
+    found, assign = kmeans_1d(values, 4, seed=1)
+    np.testing.assert_allclose(np.sort(found), centres, atol=0.01)
+    assert np.bincount(assign).tolist() == [200, 200, 200, 200]
+    # every value sits at its nearest centroid
+    nearest = np.argmin(np.abs(values[:, None] - found[None, :]), axis=1)
+    np.testing.assert_array_equal(nearest, assign)
+
+
+def test_kmeans_1d_lowers_error_versus_uniform_grid():
+    from compress.sharing.kmeans import kmeans_1d
+
+    values = np.random.default_rng(2).normal(size=5000)
+    centroids, assign = kmeans_1d(values, 16)
+    kmeans_error = np.mean((values - centroids[assign]) ** 2)
+    grid = np.linspace(values.min(), values.max(), 16)
+    grid_error = np.mean((values - grid[np.argmin(np.abs(values[:, None] - grid), 1)]) ** 2)
+    assert kmeans_error < 0.7 * grid_error
+
+
+def test_cluster_model_leaves_few_distinct_values_and_input_intact(mlp_file):
+    import keras
+
+    from compress.sharing import cluster_model
+
+    path, ds = mlp_file
+    model = keras.models.load_model(path)
+    before = [w.copy() for w in model.get_weights()]
+    clustered, info = cluster_model(model, ds, clusters=8)
+    assert all((a == b).all() for a, b in zip(before, model.get_weights()))
+    assert [type(layer) for layer in clustered.layers] == [type(layer) for layer in model.layers]
+    for layer in clustered.layers[1:]:
+        assert np.unique(np.asarray(layer.kernel)).size <= 8
+    assert info["index_bits"] == 3
+    assert 3.0 < info["bits_per_weight"] < 3.5
+    dense_acc = info["accuracy"]
+    assert dense_acc > 0.7
+
+
+def test_finetuning_moves_centroids_only(mlp_file):
+    import keras
+
+    from compress.sharing import cluster_model
+
+    path, ds = mlp_file
+    model = keras.models.load_model(path)
+    plain, plain_info = cluster_model(model, ds, clusters=4, layers="fc1")
+    tuned, tuned_info = cluster_model(model, ds, clusters=4, layers="fc1", epochs=3,
+                                      learning_rate=1e-3)
+    k0 = np.asarray(plain.get_layer("fc1").kernel)
+    k1 = np.asarray(tuned.get_layer("fc1").kernel)
+    assert np.unique(k1).size <= 4
+    # same membership: weights that shared a centroid still share one
+    for value in np.unique(k0):
+        assert np.unique(k1[k0 == value]).size == 1
+    assert not np.allclose(k0, k1)  # the centroids did move
+    assert tuned_info["accuracy"] >= plain_info["accuracy"] - 0.02
+
+
+def test_cluster_model_refuses_bad_input(mlp_file):
+    import keras
+
+    from compress.sharing import cluster_model
+
+    model = keras.models.load_model(mlp_file[0])
+    with pytest.raises(CompressError, match="clusters"):
+        cluster_model(model, clusters=1)
+    with pytest.raises(CompressError, match="more than the 160 weights"):
+        cluster_model(model, clusters=161, layers="predictions")
+    with pytest.raises(CompressError, match="needs data"):
+        cluster_model(model, clusters=4, epochs=1)
+
+
+def test_share_dispatches_and_validates(mlp_file):
+    import keras
+
+    from compress.sharing import SHARE_OPTIONS, share
+
+    model = keras.models.load_model(mlp_file[0])
+    _, info = share(model, method="kmeans", clusters=4)
+    assert info["method"] == "kmeans" and info["clusters"] == 4
+    _, info = share(model, method="hash", factor=0.5)
+    assert info["method"] == "hash" and info["bits_per_weight"] == pytest.approx(16, rel=0.01)
+    with pytest.raises(CompressError, match=r"steps\[1\]\.share\.factor"):
+        share(model, path="steps[1].share", factor=2)
+    with pytest.raises(CompressError, match="unknown option"):
+        share(model, sparsity=0.5)
+    assert SHARE_OPTIONS.validate({})["method"] == "hash"
