@@ -1,0 +1,142 @@
+"""Training callbacks (#6): cascade vs end-to-end, cosine vs constant LR, callback overhead."""
+
+from __future__ import annotations
+
+import time
+
+from bench.harness import Section, table
+
+
+def _e2e(ds, epochs, lr, batch, seed):
+    import keras
+
+    from compress import training
+    from compress.callbacks.cascade import _EpochTimer, training_memory_bytes
+    from compress.models import build
+
+    training.set_seed(seed)
+    model = build("cnn4", input_shape=ds.sample_shape, num_classes=ds.num_classes)
+    model.compile(keras.optimizers.Adam(lr), "sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    timer = _EpochTimer()
+    from compress.callbacks import PlateauSchedule
+
+    started = time.perf_counter()
+    training.fit(model, ds, epochs=epochs, batch_size=batch, verbose=0,
+                 callbacks=[timer, PlateauSchedule(patience=1, min_delta=0.0)])
+    return {"accuracy": training.accuracy(model, ds.x_test, ds.y_test),
+            "seconds": time.perf_counter() - started, "per_epoch": timer.per_epoch(),
+            "memory": training_memory_bytes(model, batch)}
+
+
+def case_cascade(ctx) -> Section:
+    """Cascade learning of the 4-block CNN on animals vs end-to-end, same total epochs."""
+    from compress.callbacks.cascade import cascade_train
+    from compress.data import load_data
+    from compress.models import build
+
+    sec = Section("Callbacks: cascade learning vs end-to-end (cnn4, animals)", issue="#6")
+    ds = load_data("animals", ctx.seed)
+    if ctx.quick:
+        ds = ds.take(900, 300)
+    epochs, k, fine = ctx.size((1, 0, 0), (1, 1, 2))
+    lr, batch = 2e-3, 64
+    model, info = cascade_train(build("cnn4"), ds, seed=ctx.seed, epochs=epochs, k=k,
+                                learning_rate=lr, batch_size=batch, fine_tune_epochs=fine)
+    total = info["total_epochs"]
+    e2e = _e2e(ds, total, lr, batch, ctx.seed)
+    rows = [[f"stage {s['stage']}", ", ".join(s["layers"][:1]), s["epochs"],
+             f"{s['val_accuracy']:.2%}", f"{s['test_accuracy']:.2%}",
+             f"{s['seconds_per_epoch']:.2f}", f"{s['train_memory_bytes'] / 2**20:.1f}"]
+            for s in info["stages"]]
+    if info["fine_tune"]:
+        f = info["fine_tune"]
+        rows.append(["fine-tune (all)", "-", f["epochs"], "-", f"{info['test_accuracy']:.2%}",
+                     f"{f['seconds_per_epoch']:.2f}", f"{f['train_memory_bytes'] / 2**20:.1f}"])
+    rows.append(["end-to-end", "all", total, "-", f"{e2e['accuracy']:.2%}",
+                 f"{e2e['per_epoch']:.2f}", f"{e2e['memory'] / 2**20:.1f}"])
+    sec.add(f"Stage l trains {epochs} + {k}*l epochs (Adam {lr}, lr/10 on a val-loss plateau), "
+            f"then {fine} end-to-end fine-tune epochs; end-to-end trains the same {total} "
+            "epochs. Memory is the estimated training working set (activations of a batch of "
+            f"{batch}, weights, gradients, Adam slots): TensorFlow exposes no allocator "
+            "statistics on CPU. Time per epoch excludes each fit's first (tracing) epoch.")
+    sec.add(table(["run", "first layer", "epochs", "val acc", "test acc", "s/epoch",
+                   "train memory MiB (est.)"], rows))
+    gap = (e2e["accuracy"] - info["test_accuracy"]) * 100
+    sec.target("cascade final accuracy within 1.5 pts of end-to-end (same total epochs)",
+               f"{info['test_accuracy']:.2%} vs {e2e['accuracy']:.2%} ({gap:+.2f} pts)",
+               "<= 1.5 pts", gap <= 1.5)
+    later = info["stages"][1:]
+    mem_ok = all(s["train_memory_bytes"] < e2e["memory"] for s in later)
+    time_ok = all(0 < s["seconds_per_epoch"] < e2e["per_epoch"] for s in later)
+    sec.target("later stages: training memory lower than end-to-end",
+               ", ".join(f"{s['train_memory_bytes'] / 2**20:.1f}" for s in later)
+               + f" vs {e2e['memory'] / 2**20:.1f} MiB", "lower", mem_ok)
+    sec.target("later stages: time per epoch lower than end-to-end",
+               ", ".join(f"{s['seconds_per_epoch']:.2f}" for s in later)
+               + f" vs {e2e['per_epoch']:.2f} s", "lower", time_ok)
+    return sec
+
+
+def _lenet_run(ds, epochs, callbacks, seed, lr=1e-3):
+    import keras
+
+    from compress import training
+    from compress.models import build
+
+    training.set_seed(seed)
+    model = build("lenet300")
+    model.compile(keras.optimizers.Adam(lr), "sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    times = []
+    timer = keras.callbacks.LambdaCallback(
+        on_epoch_begin=lambda e, logs: times.append(-time.perf_counter()),
+        on_epoch_end=lambda e, logs: times.__setitem__(-1, times[-1] + time.perf_counter()))
+    training.fit(model, ds, epochs=epochs, batch_size=64, verbose=0,
+                 callbacks=[timer] + callbacks)
+    return training.accuracy(model, ds.x_test, ds.y_test), times
+
+
+def case_schedules(ctx) -> Section:
+    """Cosine with warmup vs constant LR on LeNet-300-100/mnist5k; callback overhead."""
+    import numpy as np
+
+    from compress.callbacks import CosineSchedule, EarlyStopping, PlateauSchedule
+    from compress.data import load_data, prepare
+    from compress.models import build
+
+    sec = Section("Callbacks: cosine with warmup vs constant LR, and overhead", issue="#6")
+    ds = prepare(build("lenet300"), load_data("mnist5k", ctx.seed))
+    if ctx.quick:
+        ds = ds.take(900, 300)
+    epochs = ctx.size(3, 15)
+    const_acc, const_t = _lenet_run(ds, epochs, [], ctx.seed, lr=1e-3)
+    cos_acc, cos_t = _lenet_run(ds, epochs, [CosineSchedule(peak_lr=3e-3, warmup_epochs=1,
+                                                            floor=1e-5)], ctx.seed)
+    sec.add(table(["schedule", "epochs", "test acc"], [
+        ["constant Adam 1e-3", epochs, f"{const_acc:.2%}"],
+        ["cosine, peak 3e-3, 1 warmup epoch, floor 1e-5 (per step)", epochs,
+         f"{cos_acc:.2%}"]]))
+    sec.target("cosine-with-warmup vs constant LR, same epochs (report both)",
+               f"{cos_acc:.2%} vs {const_acc:.2%}", "reported", True)
+    # overhead: the same run with and without all three callbacks (patience large, so
+    # nothing stops or reduces), interleaved to share machine noise; medians per epoch
+    n = ctx.size(2, 4)
+    plain, with_cbs = [], []
+    for _ in range(n):
+        plain += _lenet_run(ds, 3, [], ctx.seed)[1][1:]
+        with_cbs += _lenet_run(ds, 3, [EarlyStopping(patience=100),
+                                       CosineSchedule(peak_lr=1e-3),
+                                       PlateauSchedule(patience=100)], ctx.seed)[1][1:]
+    base, cbs = float(np.median(plain)), float(np.median(with_cbs))
+    overhead = (cbs - base) / base * 100
+    sec.add(f"Epoch time (median of {len(plain)} epochs each, first epoch of each fit left "
+            f"out): {base * 1000:.0f} ms plain, {cbs * 1000:.0f} ms with EarlyStopping + "
+            f"CosineSchedule + PlateauSchedule ({overhead:+.1f}%). The cosine sets the rate "
+            "every step (57 steps per epoch).")
+    sec.target("callback overhead <= 2% of epoch time", f"{overhead:+.1f}%", "<= 2%",
+               overhead <= 2.0)
+    return sec
+
+
+CASES = {"callbacks-cascade": case_cascade, "callbacks-schedules": case_schedules}
