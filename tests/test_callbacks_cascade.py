@@ -6,8 +6,14 @@ import keras
 import numpy as np
 import pytest
 
-from compress.callbacks.cascade import (CASCADE_OPTIONS, CascadeTraining, build_callbacks,
-                                        cascade_train, split_blocks, training_memory_bytes)
+from compress.callbacks.cascade import (
+    CASCADE_OPTIONS,
+    CascadeTraining,
+    build_callbacks,
+    cascade_train,
+    split_blocks,
+    training_memory_bytes,
+)
 from compress.errors import CompressError
 from compress.models import build
 
@@ -68,7 +74,7 @@ def test_frozen_block_is_not_changed_by_later_stages_and_disk_cache_matches(digi
     assert len(info["stages"]) == 3
     # conv1 after stages 2 and 3 equals conv1 at the end of stage 1: frozen, never re-run
     np.testing.assert_array_equal(trained.get_layer("conv1").get_weights()[0], keep.weights)
-    again, info2 = cascade_train(model, digits, epochs=1, k=0, cache="memory")
+    _, info2 = cascade_train(model, digits, epochs=1, k=0, cache="memory")
     assert info2["test_accuracy"] == pytest.approx(info["test_accuracy"])
 
 

@@ -41,7 +41,7 @@ def case_cascade(ctx) -> Section:
         ds = ds.take(900, 300)
     epochs, k, fine = ctx.size((1, 0, 0), (1, 1, 2))
     lr, batch = 2e-3, 64
-    model, info = cascade_train(build("cnn4"), ds, seed=ctx.seed, epochs=epochs, k=k,
+    _, info = cascade_train(build("cnn4"), ds, seed=ctx.seed, epochs=epochs, k=k,
                                 learning_rate=lr, batch_size=batch, fine_tune_epochs=fine)
     total = info["total_epochs"]
     e2e = _e2e(ds, total, lr, batch, ctx.seed)
@@ -110,8 +110,8 @@ def case_schedules(ctx) -> Section:
     if ctx.quick:
         ds = ds.take(900, 300)
     epochs = ctx.size(3, 15)
-    const_acc, const_t = _lenet_run(ds, epochs, [], ctx.seed, lr=1e-3)
-    cos_acc, cos_t = _lenet_run(ds, epochs, [CosineSchedule(peak_lr=3e-3, warmup_epochs=1,
+    const_acc, _ = _lenet_run(ds, epochs, [], ctx.seed, lr=1e-3)
+    cos_acc, _ = _lenet_run(ds, epochs, [CosineSchedule(peak_lr=3e-3, warmup_epochs=1,
                                                             floor=1e-5)], ctx.seed)
     sec.add(table(["schedule", "epochs", "test acc"], [
         ["constant Adam 1e-3", epochs, f"{const_acc:.2%}"],
