@@ -16,11 +16,15 @@ from compress.cli.common import data_option, emit, force_option, json_option, mo
               help="Inputs to verify the artifact on (real data with --data, else random).")
 @click.option("--atol", default=1e-4, show_default=True, type=float,
               help="Largest allowed absolute output difference between Keras and the runtime.")
+@click.option("--quantize", "quantize", type=click.Choice(["int8", "dynamic", "float16"]),
+              default=None, help="Quantize while exporting (as `compress quantize --mode`); "
+              "int8 needs --data for calibration.")
 @seed_option
 @unsafe_option
 @json_option
 @force_option
-def command(model, fmt, output, data, samples, atol, seed, unsafe, as_json, force):
+def command(model, fmt, output, data, samples, atol, seed, unsafe, as_json, force,
+            quantize=None):
     """Export MODEL to ONNX or TFLite, then run the file in onnxruntime / LiteRT and
     compare its outputs with Keras (max abs diff and top-1 agreement). A disagreement
     beyond --atol is an error and nothing is written.
@@ -29,6 +33,7 @@ def command(model, fmt, output, data, samples, atol, seed, unsafe, as_json, forc
     Examples:
       compress export model.keras -o model.onnx --data mnist5k
       compress export model.h5 --format tflite -o model.tflite
+      compress export model.keras -o model.tflite --quantize int8 --data mnist5k
     """
     from pathlib import Path
 
@@ -43,6 +48,12 @@ def command(model, fmt, output, data, samples, atol, seed, unsafe, as_json, forc
     if fmt is None:
         raise CompressError(f"{output}: cannot tell the format; pass --format or use "
                             ".onnx/.tflite")
+    if quantize:
+        from compress.cli.quantize import emit_result, run_quantize
+
+        emit_result(run_quantize(model, output, data, seed, unsafe, force,
+                                 {"mode": quantize, "format": fmt}), as_json)
+        return
     io.check_output(output, inputs=[model], force=force, suffixes=(export.FORMATS[fmt],))
     loaded, dataset = load_inputs(model, data, seed, unsafe)
     if dataset is not None:

@@ -119,7 +119,8 @@ def quantize(model, path, data=None, *, force: bool = False, inputs: tuple = (),
 
         epochs = opts["epochs"] or 3
         model, info["qat"] = qat_finetune(model, data, epochs=epochs,
-                                          learning_rate=opts["learning_rate"])
+                                          learning_rate=opts["learning_rate"],
+                                          per_channel=opts["per_channel"])
     if fmt == "keras":
         info.update(_keras_int8(model, out, x_test, y_test, opts))
     else:

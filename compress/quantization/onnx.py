@@ -56,7 +56,8 @@ def quantize_onnx(float_path, out_path, mode: str = "int8",
         pre = Path(folder) / "pre.onnx"
         try:
             with quiet_output():
-                q.shape_inference.quant_pre_process(str(float_path), str(pre))
+                q.shape_inference.quant_pre_process(str(float_path), str(pre),
+                                                    skip_symbolic_shape=True)
         except Exception:  # noqa: BLE001 - pre-processing only optimises; use the raw export
             pre = Path(float_path)
         try:

@@ -1,0 +1,237 @@
+"""Quantization-aware training: fine-tune with fake-quantized weights and activations.
+
+BatchNorm is first folded into the Conv2D/DepthwiseConv2D/Dense before it (what the
+int8 converter does too), so the fake quantization sees the weights that will really be
+quantized. Each of those layers is then trained as a QAT twin whose kernel goes through
+``keras.quantizers.fake_quant_with_min_max_vars`` per output channel (symmetric, narrow
+range, the TFLite int8 scheme) and whose output goes through it per tensor with ranges
+tracked by an exponential moving average. The straight-through estimator lets gradients
+pass the rounding. After training, the weights are copied back into the plain folded
+model (no wrapper layers survive), which is then converted to full-integer int8.
+
+Example:
+
+>>> from compress.quantization.qat import qat_finetune
+>>> folded, info = qat_finetune(model, data, epochs=3)   # doctest: +SKIP
+>>> info["folded_batchnorm"]                              # doctest: +SKIP
+3
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import keras
+import numpy as np
+from keras import ops
+
+from compress.errors import CompressError
+
+_FOLDABLE = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)
+
+
+def fold_batchnorm(model):
+    """A new model with every BatchNormalization folded into the layer before it.
+
+    A BatchNorm folds when it follows a Conv2D, DepthwiseConv2D or Dense with a linear
+    activation and normalizes the last axis; others are kept as they are. Works on
+    sequential chains (``keras.Sequential`` or a functional model where every layer has
+    one input).
+
+    Args:
+        model: a Keras model (not modified).
+
+    Returns:
+        ``(folded_model, n_folded)``.
+    """
+    layers = _chain(model)
+    new_layers, n_folded, i = [], 0, 0
+    while i < len(layers):
+        layer = layers[i]
+        nxt = layers[i + 1] if i + 1 < len(layers) else None
+        config = layer.get_config()
+        weights = layer.get_weights()
+        if (isinstance(layer, _FOLDABLE) and isinstance(nxt, keras.layers.BatchNormalization)
+                and config.get("activation", "linear") == "linear"
+                and nxt.axis in (-1, len(nxt.input.shape) - 1)):
+            weights = _fold(layer, weights, nxt)
+            config["use_bias"] = True
+            n_folded += 1
+            i += 1  # the BatchNorm is absorbed
+        clone = type(layer).from_config(config)
+        new_layers.append((clone, weights))
+        i += 1
+    folded = keras.Sequential([keras.Input(tuple(model.inputs[0].shape[1:]))] +
+                              [c for c, _ in new_layers], name=f"{model.name}_folded")
+    for clone, weights in new_layers:
+        clone.set_weights(weights)
+    return folded, n_folded
+
+
+def _chain(model) -> list:
+    layers = [lay for lay in model.layers if not isinstance(lay, keras.layers.InputLayer)]
+    if isinstance(model, keras.Sequential):
+        return layers
+    for prev, layer in itertools.pairwise(layers):
+        inbound = getattr(layer, "_inbound_nodes", None) or [None]
+        parents = getattr(inbound[0], "parent_nodes", None)
+        if len(inbound) != 1 or parents is None or len(parents) != 1 or \
+                parents[0].operation is not prev:
+            raise CompressError(f"layer '{layer.name}': QAT supports sequential chains "
+                                "only (this model branches); use post-training --mode int8")
+    return layers
+
+
+def _fold(layer, weights, bn) -> list:
+    kernel = weights[0]
+    bias = weights[1] if len(weights) > 1 else np.zeros(kernel.shape[-1] if not isinstance(
+        layer, keras.layers.DepthwiseConv2D) else kernel.shape[-2] * kernel.shape[-1],
+        kernel.dtype)
+    gamma = np.asarray(bn.gamma) if bn.scale else 1.0
+    beta = np.asarray(bn.beta) if bn.center else 0.0
+    scale = gamma / np.sqrt(np.asarray(bn.moving_variance) + bn.epsilon)
+    if isinstance(layer, keras.layers.DepthwiseConv2D):
+        kernel = kernel * scale.reshape(kernel.shape[-2], kernel.shape[-1])
+    else:
+        kernel = kernel * scale
+    bias = (bias - np.asarray(bn.moving_mean)) * scale + beta
+    return [kernel.astype("float32"), bias.astype("float32")]
+
+
+def _fake_quant_kernel(kernel, axis: int | None):
+    """Symmetric int8 (narrow range [-127, 127]) per channel along ``axis`` (per tensor if
+    None), with a straight-through gradient."""
+    if axis is None:
+        bound = ops.maximum(ops.stop_gradient(ops.max(ops.abs(kernel))), 1e-8)
+        return keras.quantizers.fake_quant_with_min_max_vars(
+            kernel, -bound, bound, num_bits=8, narrow_range=True)
+    reduce = [a for a in range(len(kernel.shape)) if a != axis % len(kernel.shape)]
+    bound = ops.maximum(ops.stop_gradient(ops.max(ops.abs(kernel), axis=reduce)), 1e-8)
+    return keras.quantizers.fake_quant_with_min_max_vars(
+        kernel, -bound, bound, num_bits=8, narrow_range=True, axis=axis)
+
+
+class _ActivationRange:
+    """Moving min/max of a layer's output and its per-tensor fake quantization."""
+
+    per_channel = True  # set per instance by qat_finetune
+
+    def _axis(self, axis: int) -> int | None:
+        return axis if self.per_channel else None
+
+    def _build_range(self):
+        self.act_min = self.add_weight(name="act_min", shape=(), initializer="zeros",
+                                       trainable=False)
+        self.act_max = self.add_weight(name="act_max", shape=(), initializer="zeros",
+                                       trainable=False)
+        self.seen = self.add_weight(name="seen", shape=(), initializer="zeros",
+                                    trainable=False)
+
+    def _fake_quant_output(self, x, training):
+        if training:
+            lo, hi = ops.minimum(ops.min(x), 0.0), ops.maximum(ops.max(x), 0.0)
+            first = ops.equal(self.seen, 0.0)
+            self.act_min.assign(ops.where(first, lo, 0.99 * self.act_min + 0.01 * lo))
+            self.act_max.assign(ops.where(first, hi, 0.99 * self.act_max + 0.01 * hi))
+            self.seen.assign(self.seen + 1.0)
+        lo, hi = ops.stop_gradient(self.act_min), ops.stop_gradient(self.act_max)
+        return keras.quantizers.fake_quant_with_min_max_vars(x, lo, ops.maximum(hi, lo + 1e-6),
+                                                             num_bits=8)
+
+
+class QATConv2D(keras.layers.Conv2D, _ActivationRange):
+    """Conv2D trained with fake-quantized kernel (per channel) and output (per tensor)."""
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self._build_range()
+
+    def call(self, inputs, training=None):
+        x = ops.conv(inputs, _fake_quant_kernel(self.kernel, self._axis(-1)), strides=self.strides,
+                     padding=self.padding, dilation_rate=self.dilation_rate,
+                     data_format=self.data_format)
+        if self.use_bias:
+            x = x + self.bias
+        return self._fake_quant_output(self.activation(x), training)
+
+
+class QATDepthwiseConv2D(keras.layers.DepthwiseConv2D, _ActivationRange):
+    """DepthwiseConv2D trained with fake-quantized kernel and output."""
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self._build_range()
+
+    def call(self, inputs, training=None):
+        x = ops.depthwise_conv(inputs, _fake_quant_kernel(self.kernel, self._axis(-2)),
+                               strides=self.strides, padding=self.padding,
+                               dilation_rate=self.dilation_rate, data_format=self.data_format)
+        if self.use_bias:
+            x = x + self.bias
+        return self._fake_quant_output(self.activation(x), training)
+
+
+class QATDense(keras.layers.Dense, _ActivationRange):
+    """Dense trained with fake-quantized kernel (per output unit) and output."""
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self._build_range()
+
+    def call(self, inputs, training=None):
+        x = ops.matmul(inputs, _fake_quant_kernel(self.kernel, self._axis(-1)))
+        if self.use_bias:
+            x = x + self.bias
+        return self._fake_quant_output(self.activation(x), training)
+
+
+_QAT_TWINS = {keras.layers.Conv2D: QATConv2D, keras.layers.DepthwiseConv2D: QATDepthwiseConv2D,
+              keras.layers.Dense: QATDense}
+
+
+def qat_finetune(model, data, epochs: int = 3, learning_rate: float = 1e-4,
+                 per_channel: bool = True, batch_size: int = 64, verbose: int | str = 0):
+    """Fold BatchNorm, fine-tune with fake quantization, return the plain folded model.
+
+    Args:
+        model: a Keras classifier, a sequential chain (not modified).
+        data: a :class:`compress.data.Dataset` prepared for the model.
+        epochs: int, default 3. Fine-tuning epochs.
+        learning_rate: float, default 1e-4. Adam learning rate.
+        per_channel: bool, default True. Per-channel weight scales, as the converter will
+            use (per-tensor if False).
+        batch_size: int, default 64.
+        verbose: Keras ``verbose`` for the fit, default 0.
+
+    Returns:
+        ``(model, info)``: a new plain Keras model (BatchNorm folded, QAT-trained
+        weights) ready for int8 conversion, and a dict with ``epochs``,
+        ``folded_batchnorm``, ``fake_quantized_layers`` and ``val_accuracy``.
+    """
+    from compress import training
+
+    if data is None:
+        raise CompressError("QAT fine-tunes on data: pass --data NAME")
+    folded, n_folded = fold_batchnorm(model)
+    layers = [keras.Input(tuple(folded.inputs[0].shape[1:]))]
+    pairs = []
+    for layer in folded.layers:
+        twin = _QAT_TWINS.get(type(layer))
+        clone = (twin or type(layer)).from_config(layer.get_config())
+        if twin:
+            clone.per_channel = per_channel
+        layers.append(clone)
+        pairs.append((layer, clone))
+    qmodel = keras.Sequential(layers, name=f"{model.name}_qat")
+    for layer, clone in pairs:
+        for src, dst in zip(layer.weights, clone.weights):  # kernel, bias come first
+            dst.assign(src)
+    training.compile_classifier(qmodel, learning_rate=learning_rate)
+    history = training.fit(qmodel, data, epochs=epochs, batch_size=batch_size,
+                           verbose=verbose)
+    for layer, clone in pairs:
+        layer.set_weights([np.asarray(w) for w in clone.weights[:len(layer.weights)]])
+    info = {"epochs": epochs, "folded_batchnorm": n_folded,
+            "fake_quantized_layers": sum(type(c) in _QAT_TWINS.values() for _, c in pairs),
+            "val_accuracy": float(history.history.get("val_accuracy", [float("nan")])[-1])}
+    return folded, info

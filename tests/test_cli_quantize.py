@@ -1,0 +1,58 @@
+"""``compress quantize`` and ``compress export --quantize`` end to end."""
+
+import json
+
+from conftest import file_digest
+
+
+def test_quantize_tflite_json(cli, mlp_file, tmp_path):
+    path, _ = mlp_file
+    digest = file_digest(path)
+    out = tmp_path / "m.tflite"
+    result = cli("quantize", path, "-o", out, "--data", "digits", "--json",
+                 "--calibration-samples", 64, "--no-latency")
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.output)
+    assert info["mode"] == "int8" and info["format"] == "tflite"
+    assert info["calibration_samples"] == 64
+    assert info["bytes"] == out.stat().st_size
+    assert info["accuracy"] >= info["float_accuracy"] - 0.03
+    assert file_digest(path) == digest
+
+
+def test_quantize_table_output(cli, mlp_file, tmp_path):
+    path, _ = mlp_file
+    result = cli("quantize", path, "-o", tmp_path / "m.onnx", "--data", "digits",
+                 "--calibration", "percentile")
+    assert result.exit_code == 0, result.output
+    assert "onnxruntime" in result.output and "latency b=1, 2 thread(s)" in result.output
+    assert "wrote" in result.output
+
+
+def test_quantize_without_data_explains(cli, mlp_file, tmp_path):
+    path, _ = mlp_file
+    result = cli("quantize", path, "-o", tmp_path / "m.tflite")
+    assert result.exit_code == 1
+    assert result.output.count("\n") == 1
+    assert "--data" in result.output and "--mode dynamic" in result.output
+    assert not list(tmp_path.iterdir())
+
+
+def test_quantize_refuses_existing_output_and_bad_mode(cli, mlp_file, tmp_path):
+    path, _ = mlp_file
+    out = tmp_path / "m.tflite"
+    out.write_bytes(b"old")
+    result = cli("quantize", path, "-o", out, "--mode", "dynamic")
+    assert result.exit_code == 1 and "already exists" in result.output
+    assert out.read_bytes() == b"old"
+    result = cli("quantize", path, "-o", tmp_path / "x.tflite", "--mode", "int4")
+    assert result.exit_code == 2
+
+
+def test_export_quantize_dynamic(cli, mlp_file, tmp_path):
+    path, _ = mlp_file
+    out = tmp_path / "m.onnx"
+    result = cli("export", path, "-o", out, "--quantize", "dynamic", "--json")
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.output)
+    assert info["mode"] == "dynamic" and info["format"] == "onnx" and out.exists()

@@ -1,0 +1,64 @@
+"""BatchNorm folding and quantization-aware fine-tuning."""
+
+import numpy as np
+
+
+def _bn_model():
+    import keras
+
+    return keras.Sequential([
+        keras.Input((8, 8, 1)),
+        keras.layers.Conv2D(6, 3, use_bias=False, name="conv"),
+        keras.layers.BatchNormalization(name="bn"), keras.layers.ReLU(name="relu"),
+        keras.layers.DepthwiseConv2D(3, name="dw"), keras.layers.BatchNormalization(name="bn2"),
+        keras.layers.Flatten(name="flat"), keras.layers.Dense(10, name="fc"),
+        keras.layers.BatchNormalization(name="bn3"),
+        keras.layers.Activation("softmax", name="soft")])
+
+
+def test_fold_batchnorm_matches_outputs(digits):
+    from compress import training
+    from compress.data import prepare
+    from compress.quantization.qat import fold_batchnorm
+
+    model = _bn_model()
+    ds = prepare(model, digits)
+    training.compile_classifier(model, learning_rate=3e-3)
+    training.fit(model, ds, epochs=1, verbose=0)
+    folded, n = fold_batchnorm(model)
+    assert n == 3
+    assert not any("BatchNormalization" in type(lay).__name__ for lay in folded.layers)
+    x = ds.x_test[:64]
+    np.testing.assert_allclose(training.predict(folded, x), training.predict(model, x),
+                               atol=1e-5)
+
+
+def test_qat_trains_plain_folded_model_without_touching_input(cnn_file):
+    from compress import io
+    from compress.quantization.qat import qat_finetune
+
+    path, ds = cnn_file
+    model = io.load_model(path)
+    before = [w.copy() for w in model.get_weights()]
+    folded, info = qat_finetune(model, ds, epochs=1, learning_rate=1e-3)
+    assert info["folded_batchnorm"] == 1 and info["fake_quantized_layers"] == 3
+    assert all(type(lay).__module__.startswith("keras") for lay in folded.layers)
+    for a, b in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    # training moved the weights away from the folded starting point
+    from compress.quantization.qat import fold_batchnorm
+
+    start, _ = fold_batchnorm(model)
+    assert any(not np.allclose(a, b) for a, b in zip(start.get_weights(), folded.get_weights()))
+
+
+def test_qat_then_int8_tflite(cnn_file, tmp_path):
+    from compress import io
+    from compress.quantization import quantize
+
+    path, ds = cnn_file
+    info = quantize(io.load_model(path), tmp_path / "q.tflite", ds, qat=True, epochs=1,
+                    learning_rate=1e-3, latency=False)
+    assert info["qat"]["epochs"] == 1
+    assert info["accuracy"] >= info["float_accuracy"] - 0.05
+    assert (tmp_path / "q.tflite").exists()
