@@ -240,3 +240,18 @@ def test_schema_serves_recipe_steps():
         DISTILL_OPTIONS.validate({"temperature": 0}, path="steps[1].distill")
     with pytest.raises(CompressError, match="unknown option"):
         DISTILL_OPTIONS.validate({"temprature": 2})
+
+
+def test_distill_step_runs_recipe_options(teacher, flat_digits, tmp_path):
+    from compress.distillation import distill_step
+
+    path = tmp_path / "small.keras"
+    _mlp((8,), name="small").save(path)
+    out, info = distill_step(teacher, flat_digits, student=str(path), epochs=1, seed=0,
+                             learning_rate=3e-3)
+    assert info["student_source"] == str(path) and out.get_layer("fc1").units == 8
+    assert 0.0 <= info["student_alone_accuracy"] <= 1.0 and "gap_closed" in info
+    out, info = distill_step(teacher, flat_digits, width=0.5, epochs=1, baseline=False)
+    assert out.get_layer("fc1").units == 32 and "student_alone_accuracy" not in info
+    with pytest.raises(CompressError, match="unknown option"):
+        distill_step(teacher, flat_digits, temprature=1.0)

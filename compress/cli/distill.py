@@ -39,45 +39,23 @@ def command(model, output, data, seed, unsafe, as_json, force, **options):
 
 
 def distill_files(model_path, output, data, seed, unsafe, force, opts, as_json):
-    """Load, build the student, train the baseline and the distilled student, save, report."""
+    """Load, distill (and train the baseline), save, report teacher / alone / distilled."""
     import os
 
-    from compress import io, training
+    from compress import io
     from compress.cli.common import emit, load_inputs, verbose
-    from compress.distillation import check_compatible, copy_with_constraints, distill, make_student
+    from compress.distillation import distill_from_options
     from compress.report import model_report
 
     teacher, dataset = load_inputs(model_path, data, seed, unsafe)
-    given = io.load_model(opts["student"], unsafe=unsafe) if opts["student"] else None
-    student = make_student(teacher, student=given, width=opts["width"], depth=opts["depth"])
-    check_compatible(teacher, student, dataset, opts["teacher_outputs"], opts["feature_pairs"])
-    fit_opts = {k: opts[k] for k in ("temperature", "alpha", "epochs", "learning_rate",
-                                     "batch_size", "teacher_outputs", "feature_pairs")}
+    distilled, alone, info = distill_from_options(teacher, dataset, opts, seed=seed,
+                                                  unsafe=unsafe, verbose=verbose(as_json))
+    io.save_model(distilled, output, inputs=[model_path], force=force)
     reports = [model_report(teacher, dataset, name="teacher",
                             path=None if os.path.isdir(model_path) else model_path)]
-    scratch_acc = None
-    if opts["baseline"]:
-        # The same initial student, trained on labels alone for the same epochs.
-        alone = copy_with_constraints(student)
-        training.set_seed(seed)
-        training.compile_classifier(alone, learning_rate=opts["learning_rate"])
-        training.fit(alone, dataset, epochs=opts["epochs"], batch_size=opts["batch_size"],
-                     verbose=verbose(as_json))
-        # Measured uncompiled, like the others (a compiled model saves its optimizer too).
-        reports.append(model_report(training.copy_model(alone), dataset, name="student alone"))
-        scratch_acc = reports[-1]["accuracy"]
-    training.set_seed(seed)
-    distilled, info = distill(teacher, student, dataset, verbose=verbose(as_json), **fit_opts)
-    io.save_model(distilled, output, inputs=[model_path], force=force)
+    if alone is not None:
+        reports.append(model_report(alone, dataset, name="student alone"))
     reports.append(model_report(distilled, dataset, name="distilled", path=output))
-    teacher_acc, dist_acc = reports[0]["accuracy"], reports[-1]["accuracy"]
-    info["student_source"] = (opts["student"] or
-                              (f"depth -{opts['depth']}" if opts["depth"] else
-                               f"width x{opts['width'] or 0.25:g}"))
-    if scratch_acc is not None:
-        info["student_alone_accuracy"] = scratch_acc
-        gap = teacher_acc - scratch_acc
-        info["gap_closed"] = (dist_acc - scratch_acc) / gap if gap > 0 else None
     if not as_json:
         info.pop("history", None)
     result = {"input": model_path, "output": output, "reports": reports, "pass": info}

@@ -3,7 +3,8 @@
 - :func:`distill` trains a copy of a student on a teacher's temperature-softened outputs
   and the labels (Hinton, Vinyals and Dean, 2015), through ``keras.distillation.Distiller``.
 - :func:`width_student`, :func:`depth_student` and :func:`make_student` derive students.
-- :data:`DISTILL_OPTIONS` is the options schema of the CLI command and the recipe step.
+- :func:`distill_step` runs the CLI command / recipe step from :data:`DISTILL_OPTIONS`
+  (student from options, a labels-only baseline, then :func:`distill`).
 
 Example:
 
@@ -20,6 +21,7 @@ from compress.distillation.driver import (
     make_distiller,
     teacher_output_kind,
 )
+from compress.distillation.step import distill_from_options, distill_step, train_alone
 from compress.distillation.students import depth_student, make_student, width_student
 
 __all__ = [
@@ -28,9 +30,12 @@ __all__ = [
     "copy_with_constraints",
     "depth_student",
     "distill",
+    "distill_from_options",
+    "distill_step",
     "logits_model",
     "make_distiller",
     "make_student",
     "teacher_output_kind",
+    "train_alone",
     "width_student",
 ]

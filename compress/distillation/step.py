@@ -1,0 +1,119 @@
+"""The distill step as the CLI and recipes run it: student from options, baseline, distill.
+
+Example:
+
+>>> from compress.distillation import distill_step
+>>> student, info = distill_step(teacher, ds, width=0.25, epochs=10)   # doctest: +SKIP
+>>> info["distilled_accuracy"] - info["student_alone_accuracy"]        # doctest: +SKIP
+0.012
+"""
+
+from __future__ import annotations
+
+from compress.distillation.driver import (
+    DISTILL_OPTIONS,
+    check_compatible,
+    copy_with_constraints,
+    distill,
+)
+from compress.distillation.students import make_student
+
+_FIT_KEYS = ("temperature", "alpha", "epochs", "learning_rate", "batch_size",
+             "teacher_outputs", "feature_pairs")
+
+
+def train_alone(student, data, epochs: int = 10, learning_rate: float = 1e-3,
+                batch_size: int = 64, verbose: int | str = 0):
+    """A copy of ``student`` trained on the labels alone (cross-entropy, Adam).
+
+    The reference distillation is measured against: same initial weights, same epochs,
+    same optimizer, no teacher. Variable constraints are kept, as in :func:`distill`.
+
+    Args:
+        student: keras.Model. Never modified.
+        data: compress.data.Dataset prepared for the model.
+        epochs: int, default 10.
+        learning_rate: float, default 1e-3.
+        batch_size: int, default 64.
+        verbose: int or str, default 0.
+    """
+    from compress import training
+
+    model = copy_with_constraints(student)
+    training.compile_classifier(model, learning_rate=learning_rate)
+    training.fit(model, data, epochs=epochs, batch_size=batch_size, verbose=verbose)
+    # Hand back an uncompiled model like distill() does (a compiled one saves its optimizer).
+    return copy_with_constraints(model)
+
+
+def distill_step(teacher, data, *, callbacks=None, verbose: int | str = 0,
+                 seed: int | None = None, unsafe: bool = False, **options):
+    """Build the student the options ask for, distill it, and compare with it trained alone.
+
+    The recipe runner's ``distill`` step; the CLI runs the same through
+    :func:`distill_from_options`.
+
+    Example:
+
+    >>> student, info = distill_step(teacher, ds, student="small.keras",   # doctest: +SKIP
+    ...                              temperature=2.0, baseline=False)
+
+    Args:
+        teacher: keras.Model. Never modified.
+        data: compress.data.Dataset prepared for the teacher.
+        callbacks: list of keras callbacks, default None. Passed to :func:`distill`.
+        verbose: int or str, default 0. Keras ``fit`` verbosity.
+        seed: int, default None. When set, re-seeded before each training run so the
+            baseline and the distilled student see the same shuffles.
+        unsafe: bool, default False. Load a ``student`` file with Keras safe_mode off.
+        **options: see ``DISTILL_OPTIONS``: ``student`` (a model file), ``width``,
+            ``depth`` (the default student is ``width=0.25``), ``temperature``, ``alpha``,
+            ``epochs``, ``learning_rate``, ``batch_size``, ``teacher_outputs``,
+            ``feature_pairs``, ``baseline`` (True: also train the student alone and
+            report both accuracies).
+
+    Returns:
+        ``(student_model, info)`` as :func:`distill`, with ``student_source`` and, with a
+        baseline, ``student_alone_accuracy`` and ``gap_closed``.
+
+    Raises:
+        CompressError: bad options or models, before any training.
+    """
+    distilled, _, info = distill_from_options(teacher, data, options, callbacks=callbacks,
+                                              verbose=verbose, seed=seed, unsafe=unsafe)
+    return distilled, info
+
+
+def distill_from_options(teacher, data, options: dict, *, callbacks=None,
+                         verbose: int | str = 0, seed: int | None = None, unsafe: bool = False):
+    """:func:`distill_step`, also returning the student trained alone (or None).
+
+    Returns:
+        ``(distilled, alone_or_None, info)``.
+    """
+    from compress import io, training
+
+    opts = DISTILL_OPTIONS.validate(options)
+    given = io.load_model(opts["student"], unsafe=unsafe) if opts["student"] else None
+    student = make_student(teacher, student=given, width=opts["width"], depth=opts["depth"])
+    check_compatible(teacher, student, data, opts["teacher_outputs"], opts["feature_pairs"])
+    fit = {k: opts[k] for k in _FIT_KEYS}
+    alone = None
+    if opts["baseline"]:
+        if seed is not None:
+            training.set_seed(seed)
+        alone = train_alone(student, data, opts["epochs"], opts["learning_rate"],
+                            opts["batch_size"], verbose=verbose)
+    if seed is not None:
+        training.set_seed(seed)
+    distilled, info = distill(teacher, student, data, callbacks=callbacks, verbose=verbose,
+                              **fit)
+    info["student_source"] = (opts["student"] or
+                              (f"depth -{opts['depth']}" if opts["depth"] else
+                               f"width x{opts['width'] or 0.25:g}"))
+    if alone is not None and "student_accuracy" in info:
+        alone_acc = training.accuracy(alone, data.x_test, data.y_test)
+        info["student_alone_accuracy"] = alone_acc
+        gap = info["teacher_accuracy"] - alone_acc
+        info["gap_closed"] = (info["student_accuracy"] - alone_acc) / gap if gap > 0 else None
+    return distilled, alone, info
