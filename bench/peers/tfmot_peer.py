@@ -10,7 +10,9 @@ best weights restored) on the same seeded ``mnist5k`` split, then measures:
 - ``prune_low_magnitude`` + ``PolynomialDecay`` to each target sparsity, ``strip_pruning``;
 - ``cluster_weights`` (k-means, 16 clusters by default), ``strip_clustering``;
 - ``quantize_model`` (QAT) and a full-int8 TFLite conversion run in LiteRT;
-- a plain ``fit`` of the dense model for the same epochs (the time ratio's denominator);
+- a plain ``fit`` of the dense model for the same epochs (the time ratio's denominator;
+  ``finetune_seconds`` is the whole pass: wrap, compile, fit and strip, ``fit_seconds``
+  the ``fit`` alone);
 - whether each saved ``.h5`` loads in a fresh process with plain Keras 3 (no toolkit),
   and whether the unstripped pruned file loads with ``tf_keras`` without TFMOT imported.
 
