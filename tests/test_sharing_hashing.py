@@ -10,16 +10,22 @@ from hypothesis import strategies as st
 from compress.errors import CompressError
 
 
-def _reference_hash(t: int, num_buckets: int, seed: int) -> tuple[int, int]:
+def _reference_hash(i: int, j: int, num_buckets: int, seed: int) -> tuple[int, int]:
     """The hash in Python's unbounded integers (no overflow possible)."""
-    from compress.sharing.hashing import PRIME, round_keys
+    from compress.sharing.hashing import PRIME, ROUNDS, round_keys
 
     keys = round_keys(seed)
-    left, right = divmod(t, PRIME)
-    for a, b, c in keys[:-1]:
-        left, right = right, (left + (right * right * a + right * b + c) % PRIME) % PRIME
-    a, b, c = keys[-1]
-    return (left * PRIME + right) % num_buckets, (left * a + right * b + c) % PRIME % 2
+
+    def permute(t, round_keys_):
+        left, right = divmod(t, PRIME)
+        for a, b, c in round_keys_:
+            left, right = right, (left + (right * right * a + right * b + c) % PRIME) % PRIME
+        return left * PRIME + right, 1 + right % (PRIME - 1)
+
+    r, r2 = permute(i, keys[:ROUNDS])
+    c, c2 = permute(j, keys[ROUNDS:])
+    t = r2 * c2 % PRIME
+    return (r % num_buckets + c % num_buckets + t) % num_buckets, t % 2
 
 
 @settings(max_examples=25, deadline=None)
@@ -55,17 +61,17 @@ def test_hash_is_deterministic_and_seeded(seed, k):
 
 
 @settings(max_examples=40, deadline=None)
-@given(t=st.integers(0, 46337 ** 2 - 1), k=st.integers(1, 2 ** 31 - 1),
-       seed=st.integers(0, 2 ** 40))
-def test_int32_hash_matches_unbounded_integers(t, k, seed):
-    """No int32 overflow anywhere, even at the largest flat index allowed."""
+@given(i=st.integers(0, 46337 ** 2 - 1), j=st.integers(0, 46337 ** 2 - 1),
+       k=st.integers(1, 2 ** 30), seed=st.integers(0, 2 ** 40))
+def test_int32_hash_matches_unbounded_integers(i, j, k, seed):
+    """No int32 overflow anywhere, even at the largest indices and bucket counts."""
     from compress.sharing.hashing import connection_hash
 
-    rows = np.array([[t // 46337]], dtype=np.int32)
-    cols = np.array([[t % 46337]], dtype=np.int32)
-    index, bit = connection_hash(rows, cols, 46337, k, seed)
+    rows = np.array([[i]], dtype=np.int32)
+    cols = np.array([[j]], dtype=np.int32)
+    index, bit = connection_hash(rows, cols, k, seed)
     assert (int(np.asarray(index)[0, 0]), int(np.asarray(bit)[0, 0])) == \
-        _reference_hash(t, k, seed)
+        _reference_hash(i, j, k, seed)
 
 
 def test_graph_hash_equals_numpy_hash():
@@ -76,7 +82,7 @@ def test_graph_hash_equals_numpy_hash():
     index, sign = hash_table(50, 40, 300, 7)
     rows = tf.reshape(tf.range(50, dtype=tf.int32), (-1, 1))
     cols = tf.reshape(tf.range(40, dtype=tf.int32), (1, -1))
-    t_index, t_bit = tf.function(lambda r, c: connection_hash(r, c, 40, 300, 7))(rows, cols)
+    t_index, t_bit = tf.function(lambda r, c: connection_hash(r, c, 300, 7))(rows, cols)
     np.testing.assert_array_equal(t_index.numpy(), index)
     np.testing.assert_array_equal(1.0 - 2.0 * t_bit.numpy(), sign)
 
@@ -215,3 +221,14 @@ def test_hashed_export_is_small_and_exact(tmp_path, fmt, digits):
     full = export.export(dense, tmp_path / f"d.{fmt}", fmt=fmt, x=x)
     assert small["max_abs_diff"] <= 1e-4 and small["top1_agreement"] == 1.0
     assert small["bytes"] < 0.3 * full["bytes"]
+
+
+def test_rows_are_not_shifted_copies_of_each_other():
+    """R + C alone would make row i' a bucket-shift of row i; the bilinear term must not."""
+    from compress.sharing.hashing import hash_table
+
+    k = 5000
+    index, _ = hash_table(40, 200, k, 9)
+    for a, b in [(0, 1), (3, 17), (20, 39)]:
+        shifts = (index[b] - index[a]) % k
+        assert np.unique(shifts).size > 150

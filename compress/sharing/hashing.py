@@ -5,12 +5,15 @@ bucket weights per layer. The virtual weight of connection ``(i, j)`` is
 ``V[i, j] = sign(i, j) * buckets[h(i, j)]``; the hash is recomputed in the graph, so the
 saved file (and an exported ONNX or TFLite file) holds the buckets, never an index table.
 
-The hash is a four-round Feistel network over ``t = i * n + j`` written in base
-``P = 46337`` (a prime with ``P * P < 2**31``), with a quadratic round function. Every
-product is of two numbers below ``P``, so all arithmetic stays inside int32 and every
-runtime (TensorFlow, LiteRT, onnxruntime) computes the same integers. Round keys come from
-the layer's seed through pure-Python integer arithmetic: the same seed gives the same
-model on any machine.
+Each input index ``i`` and output index ``j`` goes through a four-round keyed Feistel
+permutation in base ``P = 46337`` (a prime with ``P * P < 2**31``, quadratic round
+function), giving per-row values ``R, R2`` and per-column values ``C, C2``; the connection
+hash is ``h = (R + C + t) mod K`` with ``t = R2 * C2 mod P`` and the sign is ``t mod 2``.
+Only the last three operations run on ``m x n`` elements, which keeps the in-graph cost
+of exports low. Every product is of two numbers below ``P``, so all arithmetic stays
+inside int32 and every runtime (TensorFlow, LiteRT, onnxruntime) computes the same
+integers. Round keys come from the layer's seed through pure-Python integer arithmetic:
+the same seed gives the same model on any machine.
 
 Two details keep exports small and exact:
 
@@ -48,14 +51,14 @@ ROUNDS = 4
 _MASK64 = (1 << 64) - 1
 
 
-def round_keys(seed: int, rounds: int = ROUNDS) -> list[tuple[int, int, int]]:
+def round_keys(seed: int, rounds: int = 2 * ROUNDS) -> list[tuple[int, int, int]]:
     """Per-round ``(a, b, c)`` keys in ``[1, PRIME)`` from ``seed`` (splitmix64, exact ints).
 
-    The last triple keys the sign hash.
+    The first ``ROUNDS`` triples key the row hash, the next ``ROUNDS`` the column hash.
     """
     state = (int(seed) * 0x9E3779B97F4A7C15 + 0x2545F4914F6CDD1D) & _MASK64
     keys = []
-    for _ in range(rounds + 1):
+    for _ in range(rounds):
         triple = []
         for _ in range(3):
             state = (state + 0x9E3779B97F4A7C15) & _MASK64
@@ -68,15 +71,26 @@ def round_keys(seed: int, rounds: int = ROUNDS) -> list[tuple[int, int, int]]:
     return keys
 
 
-def connection_hash(rows, cols, n_cols: int, num_buckets: int, seed: int):
+def feistel(t, keys):
+    """A keyed permutation of ``[0, PRIME**2)`` (int32-safe); returns ``(left, right)``."""
+    left, right = t // PRIME, t % PRIME
+    for a, b, c in keys:
+        mix = ((right * right) % PRIME * a % PRIME + (right * b) % PRIME + c) % PRIME
+        left, right = right, (left + mix) % PRIME
+    return left, right
+
+
+def connection_hash(rows, cols, num_buckets: int, seed: int):
     """Bucket index and sign bit of connections ``(rows, cols)`` (int32, broadcasting).
 
-    Works on NumPy arrays and backend tensors alike (it uses ``keras.ops``).
+    Rows and columns are hashed separately (vectors: cheap) into ``R, R2`` and ``C, C2``;
+    the ``m x n`` part is only ``t = R2 * C2 mod P``, ``index = (R + C + t) mod K`` and
+    ``sign_bit = t mod 2``. The bilinear ``t`` breaks the shift structure that
+    ``R + C`` alone would have. Works on NumPy arrays and backend tensors alike.
 
     Args:
-        rows: int32 row indices (e.g. shape ``(m, 1)``).
-        cols: int32 column indices (e.g. shape ``(1, n)``).
-        n_cols: int, the number of columns ``n`` (the flat index is ``i * n + j``).
+        rows: int32 input indices ``i`` (e.g. shape ``(m, 1)``).
+        cols: int32 output indices ``j`` (e.g. shape ``(1, n)``).
         num_buckets: int, ``K``: indices fall in ``[0, K)``.
         seed: int, the layer's hash seed.
 
@@ -84,23 +98,22 @@ def connection_hash(rows, cols, n_cols: int, num_buckets: int, seed: int):
         ``(index, sign_bit)``: int32 tensors; the sign is ``1 - 2 * sign_bit``.
     """
     keys = round_keys(seed)
-    t = rows * n_cols + cols
-    left, right = t // PRIME, t % PRIME
-    for a, b, c in keys[:-1]:
-        mix = ((right * right) % PRIME * a % PRIME + (right * b) % PRIME + c) % PRIME
-        left, right = right, (left + mix) % PRIME
-    a, b, c = keys[-1]
-    # left * PRIME + right < PRIME**2 < 2**31: a permutation of t, reduced to K buckets.
-    index = (left * PRIME + right) % num_buckets
-    sign_bit = ((left * a) % PRIME + (right * b) % PRIME + c) % PRIME % 2
-    return index, sign_bit
+    r_left, r_right = feistel(rows, keys[:ROUNDS])
+    c_left, c_right = feistel(cols, keys[ROUNDS:])
+    r_bucket = (r_left * PRIME + r_right) % num_buckets
+    c_bucket = (c_left * PRIME + c_right) % num_buckets
+    r_mult = 1 + r_right % (PRIME - 1)  # in [1, P): t is never 0, signs stay balanced
+    c_mult = 1 + c_right % (PRIME - 1)
+    t = (r_mult * c_mult) % PRIME
+    index = (r_bucket + c_bucket + t) % num_buckets  # < 2K + P < 2**31
+    return index, t % 2
 
 
 def hash_table(m: int, n: int, num_buckets: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """NumPy ``(index, sign)`` arrays of shape ``(m, n)``; sign in ``{-1.0, +1.0}``."""
     rows = np.arange(m, dtype=np.int32).reshape(-1, 1)
     cols = np.arange(n, dtype=np.int32).reshape(1, -1)
-    index, bit = connection_hash(rows, cols, n, num_buckets, seed)
+    index, bit = connection_hash(rows, cols, num_buckets, seed)
     index = np.asarray(ops.convert_to_numpy(index)).astype(np.int64)
     sign = 1.0 - 2.0 * np.asarray(ops.convert_to_numpy(bit)).astype(np.float32)
     return index, sign
@@ -108,15 +121,12 @@ def hash_table(m: int, n: int, num_buckets: int, seed: int) -> tuple[np.ndarray,
 
 def num_buckets_for(m: int, n: int, factor: float | None, buckets: int | None) -> int:
     """``K`` for an ``m x n`` kernel: ``buckets`` if given, else ``round(factor * m * n)``."""
-    if m * n >= PRIME * PRIME:
-        raise CompressError(f"kernel of {m} x {n} connections is too large to hash "
-                            f"(limit {PRIME * PRIME:,})")
     if buckets is None:
         if factor is None or not 0.0 < factor <= 1.0:
             raise CompressError(f"factor: must be in (0, 1], got {factor}")
         buckets = max(1, round(factor * m * n))
-    if not 1 <= int(buckets) <= m * n:
-        raise CompressError(f"buckets: must be in [1, {m * n}], got {buckets}")
+    if not 1 <= int(buckets) <= min(m * n, 2 ** 30):
+        raise CompressError(f"buckets: must be in [1, {min(m * n, 2 ** 30)}], got {buckets}")
     return int(buckets)
 
 
@@ -128,6 +138,13 @@ def bucket_means(kernel: np.ndarray, num_buckets: int, seed: int) -> np.ndarray:
     total = np.bincount(index.ravel(), weights=(sign * kernel).ravel(), minlength=num_buckets)
     count = np.bincount(index.ravel(), minlength=num_buckets)
     return (total / np.maximum(count, 1)).astype(np.float32)
+
+
+def _gather(table, index):
+    """``table[index]``; ``tf.gather`` directly: ``ops.take`` adds negative-index ops."""
+    import tensorflow as tf
+
+    return tf.gather(table, index)
 
 
 def _runtime_zero(inputs):
@@ -159,13 +176,13 @@ class _HashedKernel:
         """
         if training:
             index, sign = self._training_table()
-            return ops.take(self.buckets, index) * sign
+            return _gather(self.buckets, index) * sign
         rows = ops.reshape(ops.arange(self._n, dtype="int32") + zero, (-1, 1))
         cols = ops.reshape(ops.arange(self._m, dtype="int32") + zero, (1, -1))
         # hash over (i, j) of the m x n kernel, laid out transposed as (j, i)
-        index, bit = connection_hash(cols, rows, self._n, self.num_buckets, self.hash_seed)
+        index, bit = connection_hash(cols, rows, self.num_buckets, self.hash_seed)
         sign = 1.0 - 2.0 * ops.cast(bit, self.buckets.dtype)
-        return ops.take(self.buckets, index) * sign
+        return _gather(self.buckets, index) * sign
 
     def _training_table(self):
         if getattr(self, "_table", None) is None:
