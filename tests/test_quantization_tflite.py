@@ -153,3 +153,11 @@ def test_bad_options_and_existing_output(mlp_file, tmp_path):
     with pytest.raises(CompressError, match="already exists"):
         quantize(model, tmp_path / "m.tflite", ds)
     assert (tmp_path / "m.tflite").read_bytes() == b"keep"
+
+
+def test_suffix_for_options():
+    from compress.quantization import suffix_for
+
+    assert suffix_for({"mode": "keras-int8"}) == ".keras"
+    assert suffix_for({"mode": "int8", "format": "onnx"}) == ".onnx"
+    assert suffix_for({"mode": "dynamic", "format": None}) == ".tflite"

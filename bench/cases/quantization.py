@@ -24,10 +24,12 @@ def case_quantization(ctx) -> Section:
     rows, infos = [], {}
     for name, (model, ds) in runs.items():
         stem = name.split("/")[0]
-        for fmt, mode, extra in (("tflite", "int8", {}), ("tflite", "int8", {"interface": "int8"}),
-                                 ("tflite", "dynamic", {}), ("tflite", "float16", {}),
-                                 ("onnx", "int8", {}), ("onnx", "int8", {"calibration": "entropy"}),
-                                 ("onnx", "dynamic", {})):
+        variants = [("tflite", "int8", {}), ("tflite", "dynamic", {}),
+                    ("tflite", "float16", {}), ("onnx", "int8", {}),
+                    ("onnx", "int8", {"calibration": "entropy"}), ("onnx", "dynamic", {})]
+        if stem == "small-cnn":
+            variants.insert(1, ("tflite", "int8", {"interface": "int8"}))
+        for fmt, mode, extra in variants:
             label = f"{fmt} {mode}" + "".join(f" {v}" for v in extra.values())
             path = work / f"{stem}-{label.replace(' ', '-')}.{fmt}"
             info = quantize(model, path, ds, mode=mode, force=True, **extra)
@@ -35,7 +37,8 @@ def case_quantization(ctx) -> Section:
             lat = info["latency_ratio"]
             rows.append([name, label, f"{info['float_accuracy']:.2%}", f"{info['accuracy']:.2%}",
                          f"{info['bytes'] / 1024:.1f} KB", f"{info['size_ratio']:.3f}x",
-                         f"{info['zipped_bytes'] / 1024:.1f} KB",
+                         (f"{info['zipped_bytes'] / 1024:.1f} KB "
+                         f"({info['zipped_bytes'] / info['float_zipped_bytes']:.3f}x)"),
                          f"{info['float_latency_ms']['1']:.3f} / {info['latency_ms']['1']:.3f}",
                          f"{lat['1']:.2f}x / {lat['2']:.2f}x"])
     sec.add("Every artifact runs in its runtime (LiteRT or onnxruntime) on the whole test split, "
@@ -125,7 +128,7 @@ def _pruned(ctx, sec: Section, work, model, ds) -> None:
         from compress.pruning import prune
 
         pruned, _ = prune(model, ds, method="magnitude", sparsity=0.9, schedule="gradual",
-                              epochs=ctx.size(1, 8))
+                              epochs=ctx.size(1, 8), frequency=ctx.size(2, 50))
         how = f"compress.pruning.prune (magnitude, gradual, {ctx.size(1, 8)} epochs)"
     except ImportError:
         pruned, how = _numpy_prune(model, ds, ctx), "numpy magnitude + masked fine-tune"

@@ -130,6 +130,19 @@ def quantize(model, path, data=None, *, force: bool = False, inputs: tuple = (),
     return info
 
 
+def suffix_for(options: dict) -> str:
+    """The artifact suffix that ``options`` produce (``.tflite`` unless said otherwise).
+
+    Example:
+
+    >>> suffix_for({"mode": "keras-int8"}), suffix_for({"format": "onnx"})
+    ('.keras', '.onnx')
+    """
+    if options.get("mode") == "keras-int8":
+        return ".keras"
+    return SUFFIXES[options.get("format") or "tflite"]
+
+
 def _format(out: Path, opts: dict) -> str:
     if opts["mode"] == "keras-int8":
         if opts["format"] not in (None, "keras"):
@@ -293,4 +306,4 @@ def _zero_fraction(arrays: list[np.ndarray]) -> float:
     return float(sum(a.size - np.count_nonzero(a) for a in arrays) / total) if total else 0.0
 
 
-__all__ = ["QUANTIZE_OPTIONS", "quantize"]
+__all__ = ["QUANTIZE_OPTIONS", "quantize", "suffix_for"]
