@@ -65,6 +65,7 @@ def __getattr__(name):
              "HashedDense": "compress.sharing.hashing",
              "HashedConv2D": "compress.sharing.hashing",
              "cluster_model": "compress.sharing.kmeans",
+             "materialize": "compress.sharing.hashing",
              "kmeans_1d": "compress.sharing.kmeans"}
     if name not in where:
         raise AttributeError(f"module 'compress.sharing' has no attribute '{name}'")
@@ -85,5 +86,13 @@ def cluster_model(model, data=None, **kwargs):
     return run(model, data, **kwargs)
 
 
-__all__ = ["SHARE_OPTIONS", "HashedConv2D", "HashedDense", "cluster_model", "hash_model",
-           "kmeans_1d", "share"]
+__all__ = [
+    "SHARE_OPTIONS",
+    "HashedConv2D",
+    "HashedDense",
+    "cluster_model",
+    "hash_model",
+    "kmeans_1d",
+    "materialize",
+    "share",
+]

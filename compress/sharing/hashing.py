@@ -5,15 +5,15 @@ bucket weights per layer. The virtual weight of connection ``(i, j)`` is
 ``V[i, j] = sign(i, j) * buckets[h(i, j)]``; the hash is recomputed in the graph, so the
 saved file (and an exported ONNX or TFLite file) holds the buckets, never an index table.
 
-Each input index ``i`` and output index ``j`` goes through a four-round keyed Feistel
-permutation in base ``P = 46337`` (a prime with ``P * P < 2**31``, quadratic round
-function), giving per-row values ``R, R2`` and per-column values ``C, C2``; the connection
-hash is ``h = (R + C + t) mod K`` with ``t = R2 * C2 mod P`` and the sign is ``t mod 2``.
-Only the last three operations run on ``m x n`` elements, which keeps the in-graph cost
-of exports low. Every product is of two numbers below ``P``, so all arithmetic stays
-inside int32 and every runtime (TensorFlow, LiteRT, onnxruntime) computes the same
-integers. Round keys come from the layer's seed through pure-Python integer arithmetic:
-the same seed gives the same model on any machine.
+Input ids ``i`` and output ids ``j + 2**30`` go through one four-round keyed Feistel
+permutation in base ``P = 46337`` (a prime with ``P * P < 2**31``; round function
+``a * (r * r mod P) + c``), giving per-row values ``R, R2`` and per-column values
+``C, C2``. The connection hash is ``h = (R + C + t) mod K`` with ``t = R2 * C2 mod P``, and
+the sign is ``t mod 2``: only these few operations run on all ``m x n`` connections,
+which keeps the per-call cost of exports low. Every product is of two numbers below
+``P``, so all arithmetic stays inside int32 and every runtime (TensorFlow, LiteRT,
+onnxruntime) computes the same integers. Round keys come from the layer's seed through
+pure-Python integer arithmetic: the same seed gives the same model on any machine.
 
 Two details keep exports small and exact:
 
@@ -47,72 +47,79 @@ from keras import ops
 from compress.errors import CompressError
 
 PRIME = 46337  # largest prime with PRIME**2 < 2**31: products of residues fit in int32
+MAX_ID = 2 ** 30  # row ids are below it, column ids are offset by it (both < PRIME**2)
 ROUNDS = 4
 _MASK64 = (1 << 64) - 1
 
 
-def round_keys(seed: int, rounds: int = 2 * ROUNDS) -> list[tuple[int, int, int]]:
-    """Per-round ``(a, b, c)`` keys in ``[1, PRIME)`` from ``seed`` (splitmix64, exact ints).
-
-    The first ``ROUNDS`` triples key the row hash, the next ``ROUNDS`` the column hash.
-    """
+def round_keys(seed: int, rounds: int = ROUNDS) -> list[tuple[int, int]]:
+    """Per-round ``(a, c)`` keys in ``[1, PRIME)`` from ``seed`` (splitmix64, exact ints)."""
     state = (int(seed) * 0x9E3779B97F4A7C15 + 0x2545F4914F6CDD1D) & _MASK64
     keys = []
     for _ in range(rounds):
-        triple = []
-        for _ in range(3):
+        pair = []
+        for _ in range(2):
             state = (state + 0x9E3779B97F4A7C15) & _MASK64
             z = state
             z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
             z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
             z ^= z >> 31
-            triple.append(1 + z % (PRIME - 1))
-        keys.append(tuple(triple))
+            pair.append(1 + z % (PRIME - 1))
+        keys.append(tuple(pair))
     return keys
 
 
 def feistel(t, keys):
-    """A keyed permutation of ``[0, PRIME**2)`` (int32-safe); returns ``(left, right)``."""
+    """A keyed permutation of ``[0, PRIME**2)`` (int32-safe); returns ``(left, right)``.
+
+    Round function ``(a * (r * r mod P) + c) mod P``: at most ``P**2 + P < 2**31``.
+    """
     left, right = t // PRIME, t % PRIME
-    for a, b, c in keys:
-        mix = ((right * right) % PRIME * a % PRIME + (right * b) % PRIME + c) % PRIME
-        left, right = right, (left + mix) % PRIME
+    for a, c in keys:
+        left, right = right, (left + ((right * right) % PRIME * a + c) % PRIME) % PRIME
     return left, right
 
 
-def connection_hash(rows, cols, num_buckets: int, seed: int):
-    """Bucket index and sign bit of connections ``(rows, cols)`` (int32, broadcasting).
+def connection_hash(rows, cols, num_buckets: int, seed: int, transposed: bool = False):
+    """Bucket index and sign bit of every connection ``(rows[i], cols[j])``.
 
-    Rows and columns are hashed separately (vectors: cheap) into ``R, R2`` and ``C, C2``;
-    the ``m x n`` part is only ``t = R2 * C2 mod P``, ``index = (R + C + t) mod K`` and
-    ``sign_bit = t mod 2``. The bilinear ``t`` breaks the shift structure that
-    ``R + C`` alone would have. Works on NumPy arrays and backend tensors alike.
+    The ids ``rows`` and ``cols + MAX_ID`` go through one keyed Feistel permutation (one
+    vector of ``m + n`` values: cheap), giving per-row ``R, R2`` and per-column ``C, C2``.
+    The ``m x n`` part is only ``t = R2 * C2 mod P``, ``index = (R + C + t) mod K`` and
+    ``sign_bit = t mod 2``; the bilinear ``t`` breaks the shift structure that ``R + C``
+    alone would have. Works on NumPy arrays and backend tensors alike (``keras.ops``).
 
     Args:
-        rows: int32 input indices ``i`` (e.g. shape ``(m, 1)``).
-        cols: int32 output indices ``j`` (e.g. shape ``(1, n)``).
-        num_buckets: int, ``K``: indices fall in ``[0, K)``.
+        rows: 1-D int32 input indices ``i`` (``m`` of them), each below ``MAX_ID``.
+        cols: 1-D int32 output indices ``j`` (``n`` of them), each below ``MAX_ID``.
+        num_buckets: int, ``K`` (at most ``2**30``): indices fall in ``[0, K)``.
         seed: int, the layer's hash seed.
+        transposed: bool, default False. Return ``(n, m)`` arrays instead of ``(m, n)``.
 
     Returns:
-        ``(index, sign_bit)``: int32 tensors; the sign is ``1 - 2 * sign_bit``.
+        ``(index, sign_bit)``: int32 arrays; the sign is ``1 - 2 * sign_bit``.
     """
-    keys = round_keys(seed)
-    r_left, r_right = feistel(rows, keys[:ROUNDS])
-    c_left, c_right = feistel(cols, keys[ROUNDS:])
-    r_bucket = (r_left * PRIME + r_right) % num_buckets
-    c_bucket = (c_left * PRIME + c_right) % num_buckets
-    r_mult = 1 + r_right % (PRIME - 1)  # in [1, P): t is never 0, signs stay balanced
-    c_mult = 1 + c_right % (PRIME - 1)
-    t = (r_mult * c_mult) % PRIME
-    index = (r_bucket + c_bucket + t) % num_buckets  # < 2K + P < 2**31
-    return index, t % 2
+    # NumPy in, NumPy out (also inside a traced train step); tensors go through keras.ops
+    xp = np if isinstance(rows, np.ndarray) and isinstance(cols, np.ndarray) else ops
+    m = rows.shape[0]
+    left, right = feistel(xp.concatenate([rows, cols + MAX_ID]), round_keys(seed))
+    bucket = (left * PRIME + right) % num_buckets
+    mult = 1 + right % (PRIME - 1)  # in [1, P): t is never 0, signs stay balanced
+    r_bucket, c_bucket = bucket[:m], bucket[m:]
+    r_mult, c_mult = mult[:m], mult[m:]
+    if transposed:
+        t = (xp.reshape(c_mult, (-1, 1)) * xp.reshape(r_mult, (1, -1))) % PRIME
+        index = (xp.reshape(c_bucket, (-1, 1)) + xp.reshape(r_bucket, (1, -1)) + t)
+    else:
+        t = (xp.reshape(r_mult, (-1, 1)) * xp.reshape(c_mult, (1, -1))) % PRIME
+        index = (xp.reshape(r_bucket, (-1, 1)) + xp.reshape(c_bucket, (1, -1)) + t)
+    return index % num_buckets, t % 2  # index sum < 2K + P < 2**31
 
 
 def hash_table(m: int, n: int, num_buckets: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """NumPy ``(index, sign)`` arrays of shape ``(m, n)``; sign in ``{-1.0, +1.0}``."""
-    rows = np.arange(m, dtype=np.int32).reshape(-1, 1)
-    cols = np.arange(n, dtype=np.int32).reshape(1, -1)
+    rows = np.arange(m, dtype=np.int32)
+    cols = np.arange(n, dtype=np.int32)
     index, bit = connection_hash(rows, cols, num_buckets, seed)
     index = np.asarray(ops.convert_to_numpy(index)).astype(np.int64)
     sign = 1.0 - 2.0 * np.asarray(ops.convert_to_numpy(bit)).astype(np.float32)
@@ -177,10 +184,10 @@ class _HashedKernel:
         if training:
             index, sign = self._training_table()
             return _gather(self.buckets, index) * sign
-        rows = ops.reshape(ops.arange(self._n, dtype="int32") + zero, (-1, 1))
-        cols = ops.reshape(ops.arange(self._m, dtype="int32") + zero, (1, -1))
-        # hash over (i, j) of the m x n kernel, laid out transposed as (j, i)
-        index, bit = connection_hash(cols, rows, self.num_buckets, self.hash_seed)
+        rows = ops.arange(self._m, dtype="int32") + zero
+        cols = ops.arange(self._n, dtype="int32") + zero
+        index, bit = connection_hash(rows, cols, self.num_buckets, self.hash_seed,
+                                     transposed=True)
         sign = 1.0 - 2.0 * ops.cast(bit, self.buckets.dtype)
         return _gather(self.buckets, index) * sign
 
@@ -456,3 +463,44 @@ def hash_model(model, data=None, *, factor: float = 0.125, layers: str | None = 
     if data is not None:
         info["accuracy"] = training.accuracy(new, data.x_test, data.y_test)
     return new, info
+
+
+def materialize(model):
+    """A plain Keras model with every hashed layer replaced by its dense equivalent.
+
+    The virtual kernels become ordinary Dense/Conv2D kernels: outputs are unchanged, the
+    file is dense-sized again, and exported runtimes skip the per-call hash arithmetic
+    (use it when latency matters more than size). The input model is not modified.
+
+    Example:
+
+    >>> plain = materialize(hashed)   # doctest: +SKIP
+
+    Args:
+        model: a Keras model containing :class:`HashedDense` / :class:`HashedConv2D`.
+
+    Returns:
+        The new model.
+    """
+    def clone(layer):
+        if isinstance(layer, HashedDense):
+            return keras.layers.Dense(layer.units, activation=layer.activation,
+                                      use_bias=layer.use_bias, name=layer.name)
+        if isinstance(layer, HashedConv2D):
+            return keras.layers.Conv2D(layer.filters, layer.kernel_size, strides=layer.strides,
+                                       padding=layer.padding, dilation_rate=layer.dilation_rate,
+                                       activation=layer.activation, use_bias=layer.use_bias,
+                                       name=layer.name)
+        return layer.__class__.from_config(layer.get_config())
+
+    new = keras.models.clone_model(model, clone_function=clone)
+    for layer in new.layers:
+        source = model.get_layer(layer.name)
+        if isinstance(source, _HashedKernel):
+            weights = [source.virtual_kernel().reshape(layer.kernel.shape)]
+            if source.use_bias:
+                weights.append(np.asarray(source.bias))
+            layer.set_weights(weights)
+        else:
+            layer.set_weights(source.get_weights())
+    return new

@@ -46,7 +46,10 @@ def _shareable(layer) -> bool:
 
 def finetune(model, data, epochs: int, learning_rate: float, batch_size: int,
              verbose) -> None:
-    """Fine-tune ``model`` in place on ``data`` (a pass's own new model only)."""
+    """Fine-tune ``model`` in place on ``data`` (a pass's own new model only), for at most
+    ``epochs`` epochs, keeping the weights of the best validation loss (patience 5)."""
+    import keras
+
     from compress import training
 
     if epochs <= 0:
@@ -54,4 +57,7 @@ def finetune(model, data, epochs: int, learning_rate: float, batch_size: int,
     if data is None:
         raise CompressError("fine-tuning (epochs > 0) needs data (--data NAME)")
     training.compile_classifier(model, learning_rate=learning_rate)
-    training.fit(model, data, epochs=epochs, batch_size=batch_size, verbose=verbose)
+    stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=5,
+                                         restore_best_weights=True)
+    training.fit(model, data, epochs=epochs, batch_size=batch_size, callbacks=[stop],
+                 verbose=verbose)
