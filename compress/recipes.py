@@ -41,7 +41,7 @@ from compress.errors import CompressError
 from compress.options import Option, Schema
 
 TOP_LEVEL = ("name", "description", "seed", "data", "model", "baseline", "steps", "output",
-             "unsafe")
+             "unsafe", "subset", "quick")
 STEP_KINDS = ("train", "prune", "share", "distill", "cascade", "quantize", "export")
 
 TRAIN_OPTIONS = Schema("train", [
@@ -73,16 +73,27 @@ def _schemas() -> dict:
 
 # Step options that belong to the recipe (not to the pass) and are allowed in any step.
 _STEP_EXTRAS = ("callbacks",)
+_CALLBACK_STEPS = ("train", "distill", "cascade")
 # CLI-only options that make no sense inside a recipe step.
 _NOT_IN_RECIPES = ("output", "force", "json")
 
 
-def load_recipe(source, overrides: list[str] = ()) -> dict:
-    """Read a recipe (path, YAML text or dict), apply ``--set`` overrides, validate it."""
+def load_recipe(source, overrides: list[str] = (), quick: bool = False) -> dict:
+    """Read a recipe (path or dict), apply overrides, validate it.
+
+    Args:
+        source: a recipe file path or an already-parsed dict.
+        overrides: ``PATH=VALUE`` strings (``compress run --set``), applied last.
+        quick: bool, default False. First apply the recipe's own ``quick`` overrides
+            (its reduced form: fewer epochs, a data ``subset``), as ``compress run --quick``.
+    """
     import yaml
 
     if isinstance(source, dict):
         recipe, where = copy.deepcopy(source), "recipe"
+    elif not isinstance(source, (str, os.PathLike)):
+        raise CompressError(f"recipe: must be a mapping with 'model' and 'steps', got "
+                            f"{type(source).__name__}")
     else:
         path = Path(source)
         if not path.exists():
@@ -98,7 +109,10 @@ def load_recipe(source, overrides: list[str] = ()) -> dict:
         where = str(path)
     if not isinstance(recipe, dict):
         raise CompressError(f"{where}: a recipe must be a mapping with 'model' and 'steps'")
-    for item in overrides:
+    quick_form = recipe.get("quick", [])
+    if not isinstance(quick_form, list) or not all(isinstance(q, str) for q in quick_form):
+        raise CompressError("quick: must be a list of PATH=VALUE strings")
+    for item in (list(quick_form) if quick else []) + list(overrides):
         apply_override(recipe, item)
     return validate_recipe(recipe)
 
@@ -164,14 +178,16 @@ def validate_recipe(recipe: dict) -> dict:
     for key in ("name", "description", "output"):
         if key in recipe and not isinstance(recipe[key], str):
             raise CompressError(f"{key}: must be a string, got {recipe[key]!r}")
+    if recipe.get("subset") is not None:
+        out["subset"] = Option("subset", int, None, "", low=10).check(recipe["subset"], "subset")
     out["unsafe"] = Option("unsafe", bool, False, "").check(recipe.get("unsafe", False),
                                                              "unsafe")
     from compress.models import BUILDERS
 
     if recipe["model"] in BUILDERS:
-        baseline = recipe.get("baseline") or {}
-        out["baseline"] = _validate_step_body("train", baseline, "baseline", TRAIN_OPTIONS)
-    elif "baseline" in recipe:
+        out["baseline"] = _validate_step_body("train", recipe.get("baseline") or {}, "baseline",
+                                              TRAIN_OPTIONS)
+    elif recipe.get("baseline") is not None:
         out["baseline"] = _validate_step_body("train", recipe["baseline"] or {}, "baseline",
                                               TRAIN_OPTIONS)
     steps = recipe.get("steps")
@@ -216,20 +232,25 @@ def _validate_step_body(kind: str, body, where: str, schema: Schema) -> dict:
         raise CompressError(f"{where}: must be a mapping of options, got {body!r}")
     body = dict(body)
     extras = {k: body.pop(k) for k in list(body) if k in _STEP_EXTRAS}
+    if extras.get("callbacks") is not None and kind not in _CALLBACK_STEPS:
+        raise CompressError(f"{where}.callbacks: only {', '.join(_CALLBACK_STEPS)} steps and "
+                            "the baseline take callbacks")
     for key in _NOT_IN_RECIPES:
         if key in body:
             raise CompressError(f"{where}.{key}: not a recipe option (the recipe runner "
                                 "names outputs)")
     values = schema.validate(body, path=where)
     if "callbacks" in extras:
-        from compress.callbacks.cascade import validate_callbacks
+        from compress.callbacks.cascade import build_callbacks
 
-        values["callbacks"] = validate_callbacks(extras["callbacks"], f"{where}.callbacks")
+        build_callbacks(extras["callbacks"], f"{where}.callbacks")  # validates every field
+        values["callbacks"] = extras["callbacks"]
     return values
 
 
 def run_recipe(source, output: str | os.PathLike | None = None, overrides: list[str] = (),
-               force: bool = False, verbose: int | str = 0, progress=None) -> dict:
+               force: bool = False, verbose: int | str = 0, progress=None,
+               quick: bool = False) -> dict:
     """Run a recipe; write artifacts, ``report.json``, ``report.md`` and plots to ``output``.
 
     Args:
@@ -237,6 +258,7 @@ def run_recipe(source, output: str | os.PathLike | None = None, overrides: list[
         output: the output folder (default: the recipe's ``output``, else ``recipe-out``).
         overrides: ``PATH=VALUE`` strings, as ``compress run --set``.
         force: bool, default False. Reuse a non-empty output folder.
+        quick: bool, default False. Run the recipe's reduced ``quick`` form.
         verbose: Keras ``verbose`` for training steps.
         progress: optional callable ``progress(message)`` for step announcements.
 
@@ -245,7 +267,7 @@ def run_recipe(source, output: str | os.PathLike | None = None, overrides: list[
         leaves the finished steps' artifacts and a report saying where and why, then
         raises :class:`CompressError`.
     """
-    recipe = load_recipe(source, overrides)
+    recipe = load_recipe(source, overrides, quick=quick)
     out = Path(output or recipe.get("output") or "recipe-out")
     _prepare_output_dir(out, force)
     say = progress or (lambda msg: None)
@@ -337,8 +359,10 @@ def _initial_model(recipe: dict, ctx: _Context):
 
     name = recipe["model"]
     data_name = recipe.get("data")
+    subset = recipe.get("subset")
     if name in BUILDERS:
         raw = data_mod.load_data(data_name, recipe["seed"])
+        raw = raw.take(subset, max(1, subset // 2)) if subset else raw
         model = build(name, input_shape=raw.sample_shape, num_classes=raw.num_classes)
         dataset = data_mod.prepare(model, raw)
         _train(model, dataset, recipe["baseline"], ctx)
@@ -346,6 +370,8 @@ def _initial_model(recipe: dict, ctx: _Context):
         model = io.load_model(name, unsafe=recipe["unsafe"])
         dataset = data_mod.prepare(model, data_mod.load_data(data_name, recipe["seed"])) \
             if data_name else None
+        if dataset is not None and subset:
+            dataset = dataset.take(subset, max(1, subset // 2))
         if recipe.get("baseline"):
             _train(model, dataset, recipe["baseline"], ctx)
     ctx.teacher = training.copy_model(model)
@@ -392,12 +418,8 @@ def _step_train(model, dataset, opts, index, ctx):
 def _step_prune(model, dataset, opts, index, ctx):
     from compress.pruning import prune
 
-    kwargs = _pass_kwargs(opts)
-    if opts.get("callbacks"):
-        kwargs["callbacks"] = _callbacks(opts)
-    if kwargs.get("distill"):
-        kwargs["teacher"] = ctx.teacher
-    new, info = prune(model, dataset, **kwargs)
+    # With distill: true the teacher is this step's input model (prune's own rule).
+    new, info = prune(model, dataset, verbose=ctx.verbose, **_pass_kwargs(opts))
     return _finish_model_step(new, dataset, "prune", index, ctx, info)
 
 
@@ -409,24 +431,35 @@ def _step_share(model, dataset, opts, index, ctx):
 
 
 def _step_distill(model, dataset, opts, index, ctx):
-    from compress.distillation import distill_step
+    from compress import io
+    from compress.distillation import distill
+    from compress.distillation.students import make_student
 
-    new, info = distill_step(model, dataset, callbacks=_callbacks(opts), **_pass_kwargs(opts))
+    student = io.load_model(opts["student"]) if opts.get("student") else None
+    student = make_student(model, student=student, width=opts.get("width"),
+                           depth=opts.get("depth"))
+    new, info = distill(model, student, dataset, temperature=opts["temperature"],
+                        alpha=opts["alpha"], epochs=opts["epochs"],
+                        learning_rate=opts["learning_rate"], batch_size=opts["batch_size"],
+                        callbacks=_callbacks(opts), feature_pairs=opts.get("feature_pairs"),
+                        teacher_outputs=opts["teacher_outputs"], verbose=ctx.verbose)
     return _finish_model_step(new, dataset, "distill", index, ctx, info)
 
 
 def _step_cascade(model, dataset, opts, index, ctx):
     from compress.callbacks.cascade import cascade_train
 
-    new, info = cascade_train(model, dataset, **_pass_kwargs(opts))
+    new, info = cascade_train(model, dataset, seed=ctx.recipe["seed"], verbose=ctx.verbose,
+                              callbacks=_callbacks(opts), **_pass_kwargs(opts))
     return _finish_model_step(new, dataset, "cascade", index, ctx, info)
 
 
 def _step_quantize(model, dataset, opts, index, ctx):
-    from compress.quantization import quantize, suffix_for
+    from compress.quantization import SUFFIXES, quantize
 
     kwargs = _pass_kwargs(opts)
-    path = ctx.artifact(index, "quantize", suffix_for(kwargs))
+    fmt = kwargs.get("format") or ("keras" if kwargs["mode"] == "keras-int8" else "tflite")
+    path = ctx.artifact(index, "quantize", SUFFIXES[fmt])
     info = quantize(model, path, dataset, force=True, **kwargs)
     after = _artifact_report(path, info, dataset, "quantize")
     return model, info, str(path), after

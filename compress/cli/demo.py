@@ -18,6 +18,9 @@ def command(output, quick, seed, force):
     them in onnxruntime and LiteRT. Prints the before/after table and writes report.md,
     report.json and report.png to OUTPUT.
     """
+    from compress.quiet import import_tensorflow
+
+    import_tensorflow()
     from compress.cli.common import progress_to_stderr
     from compress.demo import run_demo
     from compress.report import print_table

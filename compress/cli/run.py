@@ -12,10 +12,13 @@ from compress.cli.common import force_option, json_option
 @click.option("--set", "overrides", multiple=True, metavar="PATH=VALUE",
               help="Override a recipe field, e.g. --set steps[0].prune.sparsity=0.95 "
                    "(repeatable; the value is read as YAML).")
+@click.option("--quick", is_flag=True,
+              help="Run the recipe's reduced form (its 'quick' overrides: fewer epochs, less "
+                   "data).")
 @click.option("--check", is_flag=True, help="Validate the recipe and exit without running it.")
 @json_option
 @force_option
-def command(recipe, output, overrides, check, as_json, force):
+def command(recipe, output, overrides, quick, check, as_json, force):
     """Run RECIPE (YAML): build or load the model, then each step in order (train, prune,
     share, distill, cascade, quantize, export). Every step's before/after report goes to
     OUTPUT/report.json and OUTPUT/report.md with plots, beside each step's artifact. A
@@ -29,11 +32,14 @@ def command(recipe, output, overrides, check, as_json, force):
     """
     import json
 
+    from compress.quiet import import_tensorflow
+
+    import_tensorflow()
     from compress.cli.common import emit, progress_to_stderr
     from compress.recipes import load_recipe, run_recipe
 
     if check:
-        validated = load_recipe(recipe, list(overrides))
+        validated = load_recipe(recipe, list(overrides), quick=quick)
         if as_json:
             click.echo(json.dumps(validated, indent=2, default=str))
         else:
@@ -41,7 +47,7 @@ def command(recipe, output, overrides, check, as_json, force):
                        + ", ".join(next(iter(s)) for s in validated["steps"]) + ")")
         return
     console = progress_to_stderr()
-    result = run_recipe(recipe, output=output, overrides=list(overrides), force=force,
+    result = run_recipe(recipe, output=output, overrides=list(overrides), force=force, quick=quick,
                         verbose=0 if as_json else "auto",
                         progress=lambda msg: console.print(f"[bold]>>[/bold] {msg}"))
     reports = [result["baseline"]] + [s["after"] for s in result["steps"]]

@@ -1,0 +1,159 @@
+"""compress.recipes: validation by field path, overrides, runs, failure reports, fuzzing."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from compress.errors import CompressError
+from compress.recipes import apply_override, load_recipe, run_recipe
+
+RECIPES = sorted((Path(__file__).resolve().parent.parent / "recipes").glob("*.yaml"))
+
+
+def test_there_are_shipped_recipes():
+    names = {p.stem for p in RECIPES}
+    assert {"han2015-lenet300", "obd-vs-magnitude", "hashednets-1-8", "deep-compression",
+            "hinton-distillation", "cascade-animals", "edge-deployment",
+            "gpu-deployment"} <= names
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
+def test_shipped_recipes_validate_full_and_quick(path):
+    full = load_recipe(path)
+    quick = load_recipe(path, quick=True)
+    assert full["steps"] and quick["steps"]
+    assert quick.get("subset") is not None
+    header = path.read_text().splitlines()[0]
+    assert header.startswith("# ")  # the paper's number is stated in the header comment
+
+
+def _base():
+    return {"model": "lenet300", "data": "digits", "seed": 0,
+            "steps": [{"prune": {"sparsity": 0.5}}, {"quantize": {"mode": "int8"}}]}
+
+
+@pytest.mark.parametrize("mutate,message", [
+    (lambda r: r["steps"][1]["quantize"].update(mode="int4"),
+     "steps[1].quantize.mode: must be one of int8, dynamic, float16, keras-int8"),
+    (lambda r: r["steps"][0]["prune"].update(sparsty=0.5), "steps[0].prune.sparsty: unknown"),
+    (lambda r: r["steps"][0]["prune"].update(sparsity=1.5), "steps[0].prune.sparsity: must be"),
+    (lambda r: r["steps"][0]["prune"].update(sparsity="high"),
+     "steps[0].prune.sparsity: must be a number"),
+    (lambda r: r["steps"].append({"compress": {}}), "steps[2].compress: unknown step"),
+    (lambda r: r.update(modle="x"), "modle: unknown recipe key"),
+    (lambda r: r.pop("model"), "model: missing"),
+    (lambda r: r.update(steps=[]), "steps: must be a non-empty list"),
+    (lambda r: r.update(seed="zero"), "seed: must be an integer"),
+    (lambda r: r["steps"].append({"train": {"callbacks": {"early_stop": {}}}}),
+     "steps[2].train.callbacks"),
+    (lambda r: r["steps"][0]["prune"].update(callbacks={"cosine": {}}),
+     "steps[0].prune.callbacks: only"),
+    (lambda r: r.pop("data"), "needs data"),
+    (lambda r: r["steps"].append({"export": {"format": "coreml"}}),
+     "steps[2].export.format: must be one of onnx, tflite"),
+])
+def test_errors_name_the_field(mutate, message):
+    recipe = _base()
+    mutate(recipe)
+    with pytest.raises(CompressError) as err:
+        load_recipe(recipe)
+    assert message in str(err.value)
+
+
+def test_typo_in_a_file_fails_with_the_path(tmp_path):
+    path = tmp_path / "typo.yaml"
+    path.write_text("model: lenet300\ndata: digits\nsteps:\n  - prune: {sparsity: 0.5}\n"
+                    "  - quantise: {mode: int8}\n")
+    with pytest.raises(CompressError, match=r"steps\[1\].quantise: unknown step"):
+        load_recipe(path)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed\n")
+    with pytest.raises(CompressError, match="not valid YAML at line"):
+        load_recipe(bad)
+
+
+def test_overrides():
+    recipe = _base()
+    apply_override(recipe, "steps[0].prune.sparsity=0.95")
+    apply_override(recipe, "steps[1].quantize.mode=dynamic")
+    apply_override(recipe, "seed=7")
+    out = load_recipe(recipe)
+    assert out["steps"][0]["prune"]["sparsity"] == 0.95
+    assert out["steps"][1]["quantize"]["mode"] == "dynamic"
+    assert out["seed"] == 7
+    with pytest.raises(CompressError, match="no item"):
+        apply_override(_base(), "steps[5].prune.sparsity=0.1")
+    with pytest.raises(CompressError, match="PATH=VALUE"):
+        apply_override(_base(), "steps[0].prune.sparsity")
+
+
+def test_yaml_is_loaded_safely(tmp_path):
+    path = tmp_path / "evil.yaml"
+    path.write_text("model: !!python/object/apply:os.system ['echo hacked']\nsteps: []\n")
+    with pytest.raises(CompressError, match="not valid YAML"):
+        load_recipe(path)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=8),
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(st.sampled_from(["model", "data", "steps", "prune", "sparsity", "seed",
+                                       "quantize", "mode", "share", "x", "callbacks"]),
+                      children, max_size=4),
+    max_leaves=12))
+def test_fuzzed_recipes_never_crash_with_a_traceback(doc):
+    text = yaml.safe_dump(doc)
+    try:
+        load_recipe(yaml.safe_load(text) if isinstance(doc, dict) else doc)
+    except CompressError as err:
+        assert "\n" not in str(err)
+    except Exception as exc:  # noqa: BLE001 - anything else is a crash with a traceback
+        pytest.fail(f"{type(exc).__name__} escaped the validator: {exc}")
+
+
+@pytest.mark.slow
+def test_run_writes_reports_and_artifacts(tmp_path):
+    recipe = {"name": "tiny", "model": "lenet300", "data": "digits", "seed": 0,
+              "baseline": {"epochs": 2}, "subset": 300,
+              "steps": [{"prune": {"sparsity": 0.8}}, {"export": {"format": "tflite"}}]}
+    result = run_recipe(recipe, output=tmp_path / "out")
+    out = tmp_path / "out"
+    assert result["status"] == "finished"
+    report = json.loads((out / "report.json").read_text())
+    assert [s["kind"] for s in report["steps"]] == ["prune", "export"]
+    assert report["steps"][0]["after"]["sparsity"] > 0.7
+    assert (out / "step1-prune.keras").exists() and (out / "step2-export.tflite").exists()
+    assert (out / "report-accuracy-size.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| accuracy |" in (out / "report.md").read_text()
+    with pytest.raises(CompressError, match="not empty"):
+        run_recipe(recipe, output=out)
+
+
+@pytest.mark.slow
+def test_failure_half_way_keeps_finished_steps_and_says_where(tmp_path):
+    recipe = {"name": "fails", "model": "lenet300", "data": "digits", "seed": 0,
+              "baseline": {"epochs": 1}, "subset": 200,
+              "steps": [{"prune": {"sparsity": 0.5}},
+                        {"prune": {"sparsity": 0.5, "layers": ["no_such_layer"]}}]}
+    with pytest.raises(CompressError, match=r"steps\[1\].prune"):
+        run_recipe(recipe, output=tmp_path / "out")
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["status"] == "failed" and "steps[1].prune" in report["error"]
+    assert (tmp_path / "out" / "step1-prune.keras").exists()
+    assert not (tmp_path / "out" / "step2-prune.keras").exists()
+    assert "failed" in (tmp_path / "out" / "report.md").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
+def test_shipped_recipe_runs_in_quick_form(path, tmp_path):
+    result = run_recipe(path, output=tmp_path / "out", quick=True)
+    assert result["status"] == "finished"
+    assert len(result["steps"]) == len(load_recipe(path)["steps"])
+    for step in result["steps"]:
+        assert Path(step["artifact"]).exists()
