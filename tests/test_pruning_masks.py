@@ -121,3 +121,16 @@ def test_two_four_mask_keeps_two_largest_of_every_four_inputs():
             assert kept == set(np.argsort(block)[2:])
     with pytest.raises(CompressError, match="divisible by 4"):
         n_m_mask(rng.random((6, 3)))
+
+
+def test_lowest_mask_zeros_exactly_k_lowest():
+    from compress.pruning.masks import lowest_mask
+
+    rng = np.random.default_rng(0)
+    s = rng.normal(size=(37, 11))
+    for sparsity in (0.0, 0.3, 0.9, 0.999):
+        m = lowest_mask(s, sparsity)
+        k = round(sparsity * s.size)
+        assert int((m == 0).sum()) == k
+        if 0 < k < s.size:
+            assert s[m == 0].max() <= s[m == 1].min()

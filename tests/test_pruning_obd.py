@@ -137,3 +137,46 @@ def test_obd_saliency_is_half_h_w_squared():
     s = obd_saliency(model, x, y, variables, estimator="fisher")
     for hi, si, v in zip(h, s, variables):
         np.testing.assert_allclose(si, 0.5 * hi * v.numpy() ** 2, rtol=1e-6)
+
+
+def test_backprop_estimator_is_exact_gauss_newton_for_one_hidden_layer():
+    # LeCun's backward pass of second derivatives: exact GN w.r.t. the logit layer's
+    # inputs, so for one hidden layer both kernels' diagonals equal J^T H J exactly.
+    x, y = _data(n=20)
+    model = _model(hidden=4)
+    variables = model.trainable_variables
+    explicit = _exact_gauss_newton_diag(model, x, variables)
+    kernels = [model.layers[0].kernel, model.layers[1].kernel]
+    bp = hessian_diagonal(model, x, y, kernels, estimator="backprop")
+    np.testing.assert_allclose(bp[0].reshape(-1), explicit[:20], rtol=1e-4, atol=1e-8)
+    np.testing.assert_allclose(bp[1].reshape(-1), explicit[24:36], rtol=1e-4, atol=1e-8)
+
+
+def test_backprop_estimator_on_conv_bn_pool_chain_tracks_exact_gauss_newton():
+    # Deeper chains drop the cross terms between hidden units (LeCun's approximation):
+    # the output layer stays exact, the convolutions are correlated with the exact diagonal
+    # (weight sharing adds cross terms between positions that the estimator drops).
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        keras.Input((6, 6, 2)),
+        keras.layers.Conv2D(3, 3, padding="same", activation="relu", use_bias=False),
+        keras.layers.BatchNormalization(),
+        keras.layers.MaxPooling2D(),
+        keras.layers.Conv2D(4, 3, padding="same", activation="relu"),
+        keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Dense(3, activation="softmax"),
+    ])
+    bn = model.layers[1]
+    bn.set_weights([np.array([0.5, 1.5, 2.0]), np.zeros(3), np.full(3, 0.1),
+                    np.array([0.5, 1.0, 2.0])])
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(16, 6, 6, 2)).astype("float32")
+    y = rng.integers(0, 3, size=16)
+    kernels = [model.layers[0].kernel, model.layers[3].kernel, model.layers[5].kernel]
+    exact = hessian_diagonal(model, x, y, kernels, estimator="gauss_newton", exact=True)
+    bp = hessian_diagonal(model, x, y, kernels, estimator="backprop")
+    np.testing.assert_allclose(bp[2], exact[2], rtol=1e-4, atol=1e-8)
+    for b, e in zip(bp[:2], exact[:2]):
+        assert (b >= 0).all()
+        assert np.corrcoef(b.reshape(-1), e.reshape(-1))[0, 1] > 0.5
+        assert 0.3 < b.sum() / e.sum() < 3.0

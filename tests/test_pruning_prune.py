@@ -64,7 +64,7 @@ def test_obd_oneshot_loses_less_training_loss_than_magnitude(mlp):
     x, y = ds.x_train[:512], ds.y_train[:512]
     mag = _loss(prune(model, sparsity=0.5)[0], x, y)
     obd, info = prune(model, ds, method="obd", sparsity=0.5, calibration=512)
-    assert info["estimator"] == "gauss_newton" and info["saliency_seconds"] > 0
+    assert info["estimator"] == "backprop" and info["saliency_seconds"] > 0
     assert _loss(obd, x, y) <= mag, (_loss(obd, x, y), mag)
 
 

@@ -70,3 +70,43 @@ def test_structured_obd_scores_and_sequential_mlp(mlp_file):
                         calibration=256)
     assert info["units"]["fc1"] == [32, 24] and info["units"]["predictions"] == [10, 10]
     assert small(ds.x_test[:2]).shape == (2, 10)
+
+
+def test_half_channels_per_conv_and_rebuilt_equals_masked_model_bn_ranking():
+    # small-cnn: Conv-BN-ReLU blocks. Pruning half the channels halves every conv (the
+    # classifier is an output and keeps its 10 units), and before any fine-tuning the
+    # rebuilt model computes exactly what the original does with those channels silenced
+    # (conv filter, BN gamma and beta zeroed: the channel's output is 0 after BN).
+    from compress.models import build
+
+    keras.utils.set_random_seed(1)
+    model = build("small-cnn", input_shape=(12, 12, 1), num_classes=4)
+    rng = np.random.default_rng(1)
+    for layer in model.layers:  # non-trivial BN statistics
+        if type(layer).__name__ == "BatchNormalization":
+            n = layer.gamma.shape[0]
+            layer.set_weights([rng.uniform(0.2, 2.0, n), rng.normal(0, 0.3, n),
+                               rng.normal(0, 0.3, n), rng.uniform(0.5, 2.0, n)])
+    small, info = prune_units(model, 0.5, norm="bn")
+    convs = [la.name for la in model.layers if type(la).__name__ == "Conv2D"]
+    for name in convs:
+        before, after = info["units"][name]
+        assert after == before // 2
+    assert info["units"]["predictions"] == [4, 4]
+    masked = keras.models.clone_model(model)
+    masked.set_weights(model.get_weights())
+    for i, name in enumerate(convs):
+        conv = model.get_layer(name)
+        bn = model.get_layer(f"bn{i + 1}")
+        scale = np.abs(bn.gamma.numpy()) / np.sqrt(bn.moving_variance.numpy() + bn.epsilon)
+        score = np.abs(conv.kernel.numpy()).reshape(-1, scale.size).sum(0) * scale
+        drop = np.argsort(-score, kind="stable")[scale.size // 2:]
+        w = masked.get_layer(name).get_weights()
+        w[0][..., drop] = 0.0
+        masked.get_layer(name).set_weights(w)
+        g, b, mu, var = masked.get_layer(f"bn{i + 1}").get_weights()
+        g[drop], b[drop] = 0.0, 0.0
+        masked.get_layer(f"bn{i + 1}").set_weights([g, b, mu, var])
+    x = rng.normal(size=(6, 12, 12, 1)).astype("float32")
+    np.testing.assert_allclose(small(x).numpy(), masked(x).numpy(), rtol=1e-4, atol=1e-5)
+    assert small.count_params() < model.count_params() / 2

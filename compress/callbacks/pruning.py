@@ -38,14 +38,14 @@ class Pruning(keras.callbacks.Callback):
             or regular expressions); None means every prunable layer.
         skip_first_last: bool, default False. Leave the first and last layers dense.
         calibration: tuple ``(x, y)`` or None, default None. Data for OBD saliencies.
-        estimator: str, default ``"gauss_newton"``. OBD Hessian-diagonal estimator.
+        estimator: str, default ``"backprop"``. OBD Hessian-diagonal estimator.
         release_on_end: bool, default True. Remove the masks when training ends.
     """
 
     def __init__(self, sparsity=0.9, initial_sparsity=0.0, begin_step=0, end_step=None,
                  frequency=100, power=3.0, schedule="polynomial", method="magnitude",
                  scope="layer", layers=None, skip_first_last=False, calibration=None,
-                 estimator="gauss_newton", release_on_end=True):
+                 estimator="backprop", release_on_end=True):
         super().__init__()
         from compress.errors import CompressError
 
@@ -108,7 +108,8 @@ class Pruning(keras.callbacks.Callback):
     def on_train_batch_begin(self, batch, logs=None):
         step = self.step
         self.step += 1
-        if step < self.begin_step or (step - self.begin_step) % self.frequency:
+        on_grid = not (step - self.begin_step) % self.frequency
+        if step < self.begin_step or not (on_grid or step == self.end_step):
             return
         target = self.target_sparsity(step)
         if target > self.current + 1e-12:

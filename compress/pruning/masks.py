@@ -200,9 +200,11 @@ def lowest_mask(scores: np.ndarray, sparsity: float) -> np.ndarray:
     flat = np.asarray(scores, dtype="float64").reshape(-1)
     k = round(sparsity * flat.size)
     mask = np.ones(flat.size, dtype="float32")
-    if k > 0:
-        order = np.argsort(flat, kind="stable")
-        mask[order[:k]] = 0.0
+    if k >= flat.size:
+        mask[:] = 0.0
+    elif k > 0:
+        # O(n) selection of the k lowest (a full sort is not needed).
+        mask[np.argpartition(flat, k - 1)[:k]] = 0.0
     return mask.reshape(np.shape(scores))
 
 

@@ -2,9 +2,18 @@
 
 The saliency of weight ``k`` is the loss increase a second-order Taylor expansion
 predicts when it is set to zero, ``s_k = h_kk * w_k**2 / 2``, with ``h_kk`` the diagonal
-of the Hessian of the training loss (cross-entropy on the calibration data). Three
+of the Hessian of the training loss (cross-entropy on the calibration data). Four
 estimators of the diagonal:
 
+- ``backprop`` (the default): LeCun et al.'s own recipe, one backward pass of second
+  derivatives under the Levenberg-Marquardt approximation. At the softmax
+  cross-entropy output ``d2L/dz_j^2 = p_j (1 - p_j)``; a Dense/Conv layer ``z = a W + b``
+  gets ``h_ij = sum_n a_i^2 d2L/dz_j^2`` and passes ``d2L/da_i^2 = sum_j W_ij^2
+  d2L/dz_j^2`` back through ``f'(x)^2`` (the ``f''`` term and off-diagonal terms are
+  dropped). Deterministic, and about two gradient passes. Exact (equal to the
+  Gauss-Newton diagonal) for the output layer; an approximation of it elsewhere.
+  Sequential chains of Dense/Conv/BatchNorm/pooling/activation layers; other models
+  fall back to ``gauss_newton``.
 - ``gauss_newton``: the Gauss-Newton / Levenberg-Marquardt diagonal OBD uses, positive
   by construction. For softmax cross-entropy it equals ``E_x sum_c p_c (d log p_c/dw)^2``.
   One pass draws Rademacher signs ``r_c`` per example and squares the per-example
@@ -29,7 +38,7 @@ import numpy as np
 
 from compress.errors import CompressError
 
-ESTIMATORS = ("gauss_newton", "hutchinson", "fisher")
+ESTIMATORS = ("backprop", "gauss_newton", "hutchinson", "fisher")
 
 
 def _log_probs(model, x):
@@ -43,7 +52,7 @@ def _log_probs(model, x):
     return tf.nn.log_softmax(tf.cast(out, "float32"))
 
 
-def hessian_diagonal(model, x, y, variables=None, estimator: str = "gauss_newton",
+def hessian_diagonal(model, x, y, variables=None, estimator: str = "backprop",
                      batch_size: int = 32, samples: int = 1, exact: bool = False,
                      seed: int = 0) -> list:
     """Estimate the diagonal of the Hessian of the mean cross-entropy on ``(x, y)``.
@@ -53,7 +62,7 @@ def hessian_diagonal(model, x, y, variables=None, estimator: str = "gauss_newton
         x: inputs, already shaped for the model.
         y: integer labels.
         variables: list of weight variables, default None (every trainable weight).
-        estimator: str, default ``"gauss_newton"``. One of ``gauss_newton``,
+        estimator: str, default ``"backprop"``. One of ``backprop``, ``gauss_newton``,
             ``hutchinson``, ``fisher``.
         batch_size: int, default 32. Examples per vectorized pass.
         samples: int, default 1. Random probes per batch (Gauss-Newton, Hutchinson).
@@ -73,6 +82,11 @@ def hessian_diagonal(model, x, y, variables=None, estimator: str = "gauss_newton
     if len(x) == 0 or len(x) != len(y):
         raise CompressError(f"OBD calibration data: {len(x)} inputs and {len(y)} labels")
     variables = list(model.trainable_variables if variables is None else variables)
+    if estimator == "backprop":
+        diag = _backprop_diagonal(model, x, y, variables, max(batch_size, 128))
+        if diag is not None:
+            return diag
+        estimator, exact = "gauss_newton", True  # not a supported chain: exact GN
     rng = tf.random.Generator.from_seed(seed)
     n_classes = int(model.outputs[0].shape[-1])
     total = [tf.zeros(tuple(v.shape), "float32") for v in variables]
@@ -129,7 +143,7 @@ def hessian_diagonal(model, x, y, variables=None, estimator: str = "gauss_newton
     return diag
 
 
-def obd_saliency(model, x, y, variables=None, estimator: str = "gauss_newton",
+def obd_saliency(model, x, y, variables=None, estimator: str = "backprop",
                  **kwargs) -> list:
     """OBD saliencies ``h_kk * w_k**2 / 2`` of ``variables`` on the data ``(x, y)``.
 
@@ -137,7 +151,7 @@ def obd_saliency(model, x, y, variables=None, estimator: str = "gauss_newton",
         model: a Keras classifier.
         x, y: calibration inputs and integer labels.
         variables: list of weight variables, default None (every trainable weight).
-        estimator: str, default ``"gauss_newton"``; see :func:`hessian_diagonal`.
+        estimator: str, default ``"backprop"``; see :func:`hessian_diagonal`.
         **kwargs: passed to :func:`hessian_diagonal` (``batch_size``, ``samples``, ...).
 
     Returns:
@@ -146,3 +160,166 @@ def obd_saliency(model, x, y, variables=None, estimator: str = "gauss_newton",
     variables = list(model.trainable_variables if variables is None else variables)
     diag = hessian_diagonal(model, x, y, variables, estimator=estimator, **kwargs)
     return [0.5 * h * np.square(np.asarray(v, dtype="float64")) for h, v in zip(diag, variables)]
+
+
+_ROUTING = ("Flatten", "Reshape", "Dropout", "SpatialDropout1D", "SpatialDropout2D",
+            "SpatialDropout3D", "GaussianNoise", "GaussianDropout", "MaxPooling1D",
+            "MaxPooling2D", "MaxPooling3D", "GlobalMaxPooling1D", "GlobalMaxPooling2D",
+            "GlobalMaxPooling3D", "ZeroPadding1D", "ZeroPadding2D", "ZeroPadding3D",
+            "Cropping1D", "Cropping2D", "Cropping3D", "Identity", "Permute",
+            "ActivityRegularization")
+_AVERAGING = ("AveragePooling1D", "AveragePooling2D", "AveragePooling3D",
+              "GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalAveragePooling3D")
+_POINTWISE = ("Activation", "ReLU", "LeakyReLU", "ELU", "Softmax")
+_LINEAR = ("Dense", "Conv1D", "Conv2D", "Conv3D")
+
+
+def _chain(model):
+    """The leaf layers of a Sequential chain if every one is supported, else None."""
+    import keras
+
+    if not isinstance(model, keras.Sequential):
+        return None
+    out = []
+    for layer in model.layers:
+        if isinstance(layer, keras.Sequential):
+            inner = _chain(layer)
+            if inner is None:
+                return None
+            out.extend(inner)
+            continue
+        kind = type(layer).__name__
+        if kind in _LINEAR:
+            if getattr(layer, "lora_enabled", False):
+                return None
+        elif kind == "BatchNormalization":
+            if layer.axis not in (-1, len(layer.input.shape) - 1):
+                return None
+        elif kind not in _ROUTING + _AVERAGING + _POINTWISE:
+            return None
+        out.append(layer)
+    return out or None
+
+
+def _is_softmax(fn) -> bool:
+    return getattr(fn, "__name__", "") == "softmax"
+
+
+def _backprop_diagonal(model, x, y, variables, batch_size):
+    """LeCun's backward pass of diagonal second derivatives (LM approximation).
+
+    Returns None when the model is not a supported Sequential chain or when a variable is
+    not the kernel of one of its Dense/Conv layers.
+    """
+    import keras
+    import tensorflow as tf
+
+    layers = _chain(model)
+    if layers is None:
+        return None
+    index = {}
+    for i, layer in enumerate(layers):
+        if type(layer).__name__ in _LINEAR:
+            index[id(layer.kernel)] = i
+    if any(id(v) not in index for v in variables):
+        return None
+    wanted = {index[id(v)] for v in variables}
+    last = layers[-1]
+    softmax_layer = type(last).__name__ in ("Softmax",) or (
+        type(last).__name__ == "Activation" and _is_softmax(last.activation))
+    dtype = model.inputs[0].dtype or "float32"
+
+    def linear(layer, a, kernel):
+        if type(layer).__name__ == "Dense":
+            return keras.ops.matmul(a, kernel)
+        return layer.convolution_op(a, kernel)
+
+    @tf.function(reduce_retracing=True)
+    def batch_diag(xb):
+        # Forward: record each layer's input (and pre-activation of Dense/Conv).
+        inputs, pre = [], {}
+        h = xb
+        for i, layer in enumerate(layers):
+            inputs.append(h)
+            if type(layer).__name__ in _LINEAR:
+                z = linear(layer, h, layer.kernel)
+                if layer.use_bias:
+                    z = z + layer.bias
+                pre[i] = z
+                h = layer.activation(z)
+            else:
+                h = layer(h, training=False)
+        # Start: GN diagonal of the cross-entropy w.r.t. the logits, p (1 - p).
+        stop = len(layers)
+        if softmax_layer:
+            logits = inputs[-1]
+            stop -= 1
+        else:
+            logits = pre.get(stop - 1, h)
+        p = tf.nn.softmax(tf.cast(logits, "float32"))
+        d2 = p * (1.0 - p)
+        out_linear_done = softmax_layer or (stop - 1) in pre
+        # The layer producing the logits (its output is exactly the logits, 2-D).
+        at_logits = len(logits.shape) == 2 and (stop - 1) in pre
+        sums = {}
+        for i in range(stop - 1, -1, -1):
+            layer, a = layers[i], inputs[i]
+            kind = type(layer).__name__
+            if kind in _LINEAR:
+                z = pre[i]
+                if not (i == stop - 1 and not softmax_layer and out_linear_done):
+                    with tf.GradientTape() as t:
+                        t.watch(z)
+                        fz = layer.activation(z)
+                    d2 = d2 * tf.square(t.gradient(fz, z))
+                kernel = tf.convert_to_tensor(layer.kernel)
+                a_c = tf.stop_gradient(a)
+                with tf.GradientTape(persistent=False) as t:
+                    t.watch(kernel)
+                    t.watch(a_c)
+                    s = tf.reduce_sum(d2 * linear(layer, tf.square(tf.stop_gradient(a_c)),
+                                                  kernel))
+                    if i > 0:
+                        coef = p if at_logits else d2
+                        s = s + tf.reduce_sum(coef * linear(layer, a_c,
+                                                            tf.square(tf.stop_gradient(kernel))))
+                hk, d2a = t.gradient(s, [kernel, a_c])
+                if i > 0 and at_logits:
+                    # Exact GN w.r.t. the logit layer's inputs: W_i^T (diag p - p p^T) W_i
+                    # = sum_j W_ij^2 p_j - (sum_j W_ij p_j)^2 (no cross term dropped).
+                    with tf.GradientTape() as t2:
+                        t2.watch(a_c)
+                        mean = tf.reduce_sum(p * linear(layer, a_c, tf.stop_gradient(kernel)))
+                    d2a = d2a - tf.square(t2.gradient(mean, a_c))
+                at_logits = False
+                if i in wanted:
+                    sums[i] = hk
+                d2 = d2a
+                if d2 is None:
+                    break
+            elif kind == "BatchNormalization":
+                scale = tf.math.rsqrt(layer.moving_variance + layer.epsilon)
+                if layer.scale:
+                    scale = scale * layer.gamma
+                d2 = d2 * tf.square(scale)
+            elif kind in _POINTWISE:
+                with tf.GradientTape() as t:
+                    t.watch(a)
+                    fa = layer(a, training=False)
+                d2 = d2 * tf.square(t.gradient(fa, a))
+            else:  # routing (0/1 Jacobian) or averaging (coefficient 1/k, squared)
+                with tf.GradientTape() as t:
+                    t.watch(a)
+                    fa = layer(a, training=False)
+                d2 = t.gradient(fa, a, output_gradients=d2)
+                if kind in _AVERAGING:
+                    k = int(np.prod(a.shape[1:-1])) // int(np.prod(fa.shape[1:-1]))
+                    d2 = d2 / float(max(k, 1))
+        return [sums[index[id(v)]] for v in variables]
+
+    total = None
+    for start in range(0, len(x), batch_size):
+        xb = tf.constant(x[start:start + batch_size], dtype=dtype)
+        part = batch_diag(xb)
+        total = part if total is None else [t + q for t, q in zip(total, part)]
+    return [np.asarray(t, dtype="float64") / len(x) for t in total]

@@ -23,8 +23,8 @@ PRUNE_OPTIONS = Schema("prune", [
            choices=("layer", "global")),
     Option("quality", float, None, "Han et al.'s per-layer threshold quality x std(w) "
            "(replaces --sparsity)", low=0.0, low_inclusive=False),
-    Option("estimator", str, "gauss_newton", "OBD Hessian-diagonal estimator",
-           choices=("gauss_newton", "hutchinson", "fisher")),
+    Option("estimator", str, "backprop", "OBD Hessian-diagonal estimator",
+           choices=("backprop", "gauss_newton", "hutchinson", "fisher")),
     Option("calibration", int, 1024, "training samples used for OBD saliencies", low=1),
     Option("epochs", int, 0, "fine-tuning epochs (needs --data)", low=0),
     Option("rounds", int, 3, "prune-retrain rounds of the iterative schedule", low=1),
@@ -35,13 +35,20 @@ PRUNE_OPTIONS = Schema("prune", [
     Option("layers", list, None, "layers to prune: names, class names or regexes",
            flag="--layers"),
     Option("skip_first_last", bool, False, "leave the first and last prunable layers dense"),
-    Option("norm", str, "l2", "unit norm ranking units for --structured magnitude",
-           choices=("l1", "l2")),
+    Option("norm", str, "l2", "unit norm ranking units for --structured magnitude "
+           "(bn: |gamma| / sqrt(var + eps) x L1, the scale of the following BatchNorm)",
+           choices=("l1", "l2", "bn")),
     Option("distill", bool, False, "fine-tune by distillation from the original model"),
+    Option("steps", int, 1, "saliency re-estimations within one pruning round (OBD: delete "
+           "a few, re-estimate, repeat; no retraining between steps)", low=1),
+    Option("restore_best", bool, False, "gradual/fine-tuning: keep the weights of the epoch "
+           "with the best validation accuracy (gradual: only once the final sparsity is "
+           "reached)"),
+    Option("cosine", bool, False, "fine-tune with a cosine learning-rate decay"),
 ])
 
 
-def saliency_scores(model, variables, method, calibration=None, estimator="gauss_newton"):
+def saliency_scores(model, variables, method, calibration=None, estimator="backprop"):
     """Per-weight saliencies (one array per variable): ``|w|`` or OBD's ``h w^2 / 2``."""
     from compress.pruning.magnitude import magnitude_saliency
 
@@ -100,7 +107,8 @@ def prune(model, data=None, *, verbose=0, **options):
             (0.9), ``schedule`` (``"oneshot"``), ``structured`` (False), ``two_four``,
             ``scope``, ``quality``, ``estimator``, ``calibration``, ``epochs`` (0),
             ``rounds``, ``learning_rate``, ``batch_size``, ``frequency``, ``layers``,
-            ``skip_first_last``, ``norm``, ``distill`` (False).
+            ``skip_first_last``, ``norm``, ``distill`` (False), ``steps`` (1),
+            ``restore_best`` (False), ``cosine`` (False).
 
     Returns:
         ``(new_model, info)``; ``info`` holds the sparsity reached per layer.
@@ -149,18 +157,25 @@ def prune(model, data=None, *, verbose=0, **options):
                      skip_first_last=opts["skip_first_last"], calibration=calib,
                      estimator=opts["estimator"])
         training.compile_classifier(model, opts["learning_rate"] * 2)
+        extra = _extra_callbacks(opts, opts["learning_rate"] * 2, opts["epochs"],
+                                 start=_final_epoch(opts["epochs"]))
         training.fit(model, data, epochs=opts["epochs"], batch_size=opts["batch_size"],
-                     callbacks=[cb], verbose=verbose)
+                     callbacks=[cb] + extra, verbose=verbose)
         info["mask_updates"] = len(cb.updates)
     else:
         rounds = opts["rounds"] if opts["schedule"] == "iterative" else 1
         for r in range(1, rounds + 1):
+            before = 1 - (1 - opts["sparsity"]) ** ((r - 1) / rounds)
             target = 1 - (1 - opts["sparsity"]) ** (r / rounds)
-            t0 = time.perf_counter()
-            new_masks = _masks(model, variables, opts, calib, target)
-            t_saliency += time.perf_counter() - t0
-            for var, m in zip(variables, new_masks):
-                masks.set_mask(var, m)
+            n_steps = 1 if opts["quality"] is not None or opts["two_four"] else opts["steps"]
+            for k in range(1, n_steps + 1):
+                # Geometric steps from `before` to `target`, saliencies re-estimated each.
+                step_target = 1 - (1 - before) * ((1 - target) / (1 - before)) ** (k / n_steps)
+                t0 = time.perf_counter()
+                new_masks = _masks(model, variables, opts, calib, step_target)
+                t_saliency += time.perf_counter() - t0
+                for var, m in zip(variables, new_masks):
+                    masks.set_mask(var, m)
             epochs = opts["epochs"] if rounds == 1 else max(1, opts["epochs"] // rounds)
             if opts["epochs"]:
                 _fine_tune(original, model, data, opts, epochs, verbose, masked=True)
@@ -215,7 +230,29 @@ def _fine_tune(teacher, model, data, opts, epochs, verbose, masked):
             model.set_weights(student.get_weights())
         return
     training.compile_classifier(model, opts["learning_rate"])
-    training.fit(model, data, epochs=epochs, batch_size=opts["batch_size"], verbose=verbose)
+    training.fit(model, data, epochs=epochs, batch_size=opts["batch_size"], verbose=verbose,
+                 callbacks=_extra_callbacks(opts, opts["learning_rate"], epochs, start=0))
+
+
+def _final_epoch(epochs: int) -> int:
+    """First epoch (0-based) that starts at the final sparsity of the default gradual
+    schedule, which reaches it after two thirds of the steps."""
+    return min(epochs - 1, -(-2 * epochs // 3))
+
+
+def _extra_callbacks(opts, learning_rate, epochs, start):
+    cbs = []
+    if opts["cosine"]:
+        from compress.callbacks import CosineSchedule
+
+        cbs.append(CosineSchedule(peak_lr=learning_rate, period_epochs=epochs,
+                                  floor=learning_rate * 0.05))
+    if opts["restore_best"]:
+        from compress.callbacks import EarlyStopping
+
+        cbs.append(EarlyStopping(monitor="val_accuracy", mode="max", patience=epochs,
+                                 restore_best_weights=True, start_from_epoch=start))
+    return cbs
 
 
 def _sparsity_info(pairs) -> dict:

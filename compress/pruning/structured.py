@@ -103,7 +103,7 @@ def _channels(layer):
 
 
 def prune_units(model, fraction: float, method: str = "magnitude", calibration=None,
-                estimator: str = "gauss_newton", norm: str = "l2", layers=None):
+                estimator: str = "backprop", norm: str = "l2", layers=None):
     """Remove ``fraction`` of the units/filters of each prunable group and rebuild.
 
     Args:
@@ -112,8 +112,10 @@ def prune_units(model, fraction: float, method: str = "magnitude", calibration=N
             channel is kept).
         method: str, default ``"magnitude"`` (unit norm) or ``"obd"`` (summed saliency).
         calibration: ``(x, y)`` for OBD, default None.
-        estimator: str, default ``"gauss_newton"``. OBD Hessian-diagonal estimator.
-        norm: str, default ``"l2"``; or ``"l1"``.
+        estimator: str, default ``"backprop"``. OBD Hessian-diagonal estimator.
+        norm: str, default ``"l2"``; or ``"l1"``, or ``"bn"``: the L1 norm times the
+            scale ``|gamma| / sqrt(var + eps)`` of a BatchNormalization reading the layer
+            directly (the channel's effective output scale; L1 alone without one).
         layers: list of str or None. Producers to prune (names, class names or regexes);
             None means all that can be.
 
@@ -211,8 +213,12 @@ def prune_units(model, fraction: float, method: str = "magnitude", calibration=N
         root = groups.find(p.name)
         if root in groups.fixed:
             continue
-        s = saliency[p.name] if method == "obd" else \
-            unit_norms(_out_kernel(p), 1 if norm == "l1" else 2)
+        if method == "obd":
+            s = saliency[p.name]
+        else:
+            s = unit_norms(_out_kernel(p), 2 if norm == "l2" else 1)
+            if norm == "bn":
+                s = s * _bn_scale(p, order, inbound, len(s))
         scores[root] = scores.get(root, 0) + s
     keep = {}
     for root, s in scores.items():
@@ -303,3 +309,16 @@ def _out_kernel(layer):
         if var is not None:
             return var
     raise CompressError(f"layer '{layer.name}' has no kernel")
+
+
+def _bn_scale(producer, order, inbound, n):
+    """``|gamma| / sqrt(moving_var + eps)`` of the BatchNorm fed directly by ``producer``."""
+    for layer in order:
+        if type(layer).__name__ == "BatchNormalization" and \
+                inbound.get(layer.name) == [producer.name]:
+            scale = 1.0 / np.sqrt(np.asarray(layer.moving_variance, "float64") + layer.epsilon)
+            if layer.scale:
+                scale = scale * np.abs(np.asarray(layer.gamma, "float64"))
+            if scale.shape == (n,):
+                return scale
+    return np.ones(n)
