@@ -69,6 +69,8 @@ def main(argv=None) -> int:
         print("\n".join(cases))
         return 0
     names = args.only or list(cases)
+    # Cases that summarise others (the published-results table) run last.
+    names = sorted(names, key=lambda n: bool(getattr(cases[n], "runs_last", False)))
     unknown = [n for n in names if n not in cases]
     if unknown:
         print(f"error: unknown case(s): {', '.join(unknown)} (see --list)", file=sys.stderr)

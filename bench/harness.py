@@ -29,6 +29,7 @@ class Context:
     plot_dir: Path  # plots referenced from BENCHMARKS.md
     work_dir: Path  # scratch files
     out_dir: Path = Path(".")  # folder of the Markdown file
+    facts: dict = dataclasses.field(default_factory=dict)  # numbers shared between cases
 
     def image(self, path: Path, alt: str = "") -> str:
         """Markdown image link to a plot, relative to the Markdown file."""
