@@ -101,3 +101,21 @@ def test_share_dispatches_and_validates(mlp_file):
     with pytest.raises(CompressError, match="unknown option"):
         share(model, sparsity=0.5)
     assert SHARE_OPTIONS.validate({})["method"] == "hash"
+
+
+def test_pruned_zeros_stay_zero_through_clustering_and_finetuning(mlp_file):
+    import keras
+
+    from compress.sharing import cluster_model
+
+    path, ds = mlp_file
+    model = keras.models.load_model(path)
+    kernel = np.asarray(model.get_layer("fc1").kernel)
+    pruned = np.where(np.abs(kernel) < np.quantile(np.abs(kernel), 0.7), 0.0, kernel)
+    model.get_layer("fc1").kernel.assign(pruned)
+    clustered, info = cluster_model(model, ds, clusters=4, layers="fc1", epochs=2,
+                                    learning_rate=1e-3)
+    out = np.asarray(clustered.get_layer("fc1").kernel)
+    np.testing.assert_array_equal(out == 0, pruned == 0)
+    assert np.unique(out[out != 0]).size <= 4
+    assert info["layers"][0]["bits_per_weight"] > 2.0  # 4 clusters + the zero: 3-bit index

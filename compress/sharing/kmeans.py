@@ -4,7 +4,8 @@ Each chosen layer's kernel is clustered into ``clusters`` centroids (1-D k-means
 k-means++ seeding, per layer); every weight is replaced by its centroid, so the kernel
 can be stored as ``log2(clusters)``-bit indices plus a tiny codebook. Fine-tuning trains
 the centroids only: the gradient of a centroid is the sum of its members' gradients
-(biases and unclustered layers train normally). The result is a plain Keras model whose
+(biases and unclustered layers train normally). Exact zeros of a pruned kernel stay zero
+(Deep Compression clusters the surviving weights only). The result is a plain Keras model whose
 kernels hold ``clusters`` distinct values (which DEFLATE compresses well).
 
 Example:
@@ -126,19 +127,20 @@ def cluster_model(model, data=None, *, clusters: int = 16, layers: str | None = 
     training.set_seed(seed)
     state = []
     for k, layer in enumerate(chosen):
-        centroids, assign = kmeans_1d(np.asarray(layer.kernel), clusters, seed=seed + k)
+        centroids, assign = _cluster_kernel(np.asarray(layer.kernel), clusters, seed + k)
         layer.kernel.assign(centroids[assign].reshape(layer.kernel.shape))
         state.append((layer, centroids, assign))
     if epochs > 0:
         if data is None:
             raise CompressError("fine-tuning (epochs > 0) needs data (--data NAME)")
         state = _finetune_centroids(new, state, data, epochs, learning_rate or 1e-4,
-                                    batch_size, seed, verbose)
+                                    batch_size, seed, verbose, clusters)
     index_bits = math.ceil(math.log2(clusters))
     rows, total_bits, total_weights = [], 0, 0
     for layer, centroids, _ in state:
         size = int(np.prod(layer.kernel.shape))
-        bits = size * index_bits + 32 * clusters
+        slots = len(centroids)  # clusters, plus one fixed zero for a pruned kernel
+        bits = size * math.ceil(math.log2(slots)) + 32 * slots
         total_bits += bits
         total_weights += size
         rows.append({"layer": layer.name, "type": type(layer).__name__, "weights": size,
@@ -153,7 +155,21 @@ def cluster_model(model, data=None, *, clusters: int = 16, layers: str | None = 
     return new, info
 
 
-def _finetune_centroids(model, state, data, epochs, learning_rate, batch_size, seed, verbose):
+def _cluster_kernel(kernel: np.ndarray, clusters: int, seed: int):
+    """k-means of one kernel. Exact zeros (a pruned kernel) stay zero: the nonzero weights
+    get the ``clusters`` centroids and the zeros an extra centroid fixed at 0 (last)."""
+    flat = kernel.ravel()
+    nonzero = flat != 0
+    if nonzero.all() or nonzero.sum() < clusters:
+        return kmeans_1d(flat, clusters, seed=seed)
+    centroids, assign_nz = kmeans_1d(flat[nonzero], clusters, seed=seed)
+    assign = np.full(flat.size, clusters, dtype=np.int32)
+    assign[nonzero] = assign_nz
+    return np.append(centroids, np.float32(0.0)), assign
+
+
+def _finetune_centroids(model, state, data, epochs, learning_rate, batch_size, seed, verbose,
+                        clusters):
     """Train centroids (gradient = sum over members), biases and unclustered weights."""
     import tensorflow as tf
 
@@ -165,6 +181,8 @@ def _finetune_centroids(model, state, data, epochs, learning_rate, batch_size, s
     centroids = [keras.Variable(c, name=f"{layer.name}_centroids")
                  for layer, c, _ in state]
     assigns = [tf.constant(a.reshape(-1), tf.int32) for _, _, a in state]
+    # a trailing zero centroid (pruned weights, see _cluster_kernel) never moves
+    frozen = [tf.constant(np.arange(len(c)) < clusters, tf.float32) for _, c, _ in state]
     optimizer = keras.optimizers.Adam(learning_rate)
     loss_fn = keras.losses.SparseCategoricalCrossentropy(
         from_logits=not training.outputs_probabilities(model))
@@ -175,8 +193,8 @@ def _finetune_centroids(model, state, data, epochs, learning_rate, batch_size, s
             loss = loss_fn(y, model(x, training=True))
         grads = tape.gradient(loss, kernels + others)
         centroid_grads = [
-            tf.math.unsorted_segment_sum(tf.reshape(g, [-1]), a, c.shape[0])
-            for g, a, c in zip(grads[:len(kernels)], assigns, centroids)]
+            tf.math.unsorted_segment_sum(tf.reshape(g, [-1]), a, c.shape[0]) * keep
+            for g, a, c, keep in zip(grads[:len(kernels)], assigns, centroids, frozen)]
         optimizer.apply_gradients(zip(centroid_grads + [g for g in grads[len(kernels):]],
                                       centroids + others))
         for kernel, c, a in zip(kernels, centroids, assigns):
