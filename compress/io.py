@@ -169,6 +169,12 @@ def check_output(path: str | os.PathLike, inputs: list | tuple = (), force: bool
         raise CompressError(f"{out}: folder {parent} does not exist")
     if not os.access(parent, os.W_OK):
         raise CompressError(f"{out}: folder {parent} is not writable")
+    try:  # a real probe: permissions, read-only mounts and pseudo file systems
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as exc:
+        raise CompressError(f"{out}: folder {parent} is not writable ({exc.strerror})"
+                            ) from exc
     return out
 
 
@@ -180,8 +186,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     no half-written output is ever left under the final name.
     """
     out = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=f".partial{out.suffix}",
-                               dir=out.parent if str(out.parent) else ".")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=f".partial{out.suffix}",
+                                   dir=out.parent if str(out.parent) else ".")
+    except OSError as exc:
+        raise CompressError(f"{out}: cannot write in {out.parent} ({exc.strerror})") from exc
     os.close(fd)
     os.unlink(tmp)  # writers (Keras, converters) create the file themselves
     tmp_path = Path(tmp)
@@ -189,7 +198,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp_path
         if not tmp_path.exists():
             raise CompressError(f"{out}: the writer produced no file")
-        os.replace(tmp_path, out)
+        try:
+            os.replace(tmp_path, out)
+        except OSError as exc:
+            raise CompressError(f"{out}: cannot write ({exc.strerror})") from exc
     finally:
         if tmp_path.exists():
             if tmp_path.is_dir():

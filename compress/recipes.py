@@ -211,6 +211,14 @@ def validate_recipe(recipe: dict) -> dict:
                                                        schemas[kind])})
     if data is None and recipe["model"] in BUILDERS:
         raise CompressError("data: a builder model needs data to train its baseline")
+    # References to files must resolve before anything runs.
+    if recipe["model"] not in BUILDERS and not Path(recipe["model"]).exists():
+        raise CompressError(f"model: {recipe['model']}: no such file (and not a builder: "
+                            f"{', '.join(BUILDERS)})")
+    for i, step in enumerate(out["steps"]):
+        kind, body = next(iter(step.items()))
+        if kind == "distill" and body.get("student") and not Path(body["student"]).exists():
+            raise CompressError(f"steps[{i}].distill.student: {body['student']}: no such file")
     return out
 
 
