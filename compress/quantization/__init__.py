@@ -56,6 +56,8 @@ QUANTIZE_OPTIONS = Schema("quantize", [
     Option("interface", str, "float", "TFLite int8 model input/output type: float, or int8 "
            "for integer-only devices", choices=("float", "int8")),
     Option("per_channel", bool, True, "per-channel weight scales (per-tensor if off)"),
+    Option("reduce_range", bool, True, "ONNX: 7-bit weights, which keep onnxruntime's x86 "
+           "int8 kernels from saturating on CPUs without VNNI"),
     Option("threads", int, 2, "threads of the multi-threaded latency measurement", low=1),
     Option("latency", bool, True, "measure batch-1 latency of both artifacts"),
 ])
@@ -86,7 +88,7 @@ def quantize(model, path, data=None, *, force: bool = False, inputs: tuple = (),
         **options: see ``QUANTIZE_OPTIONS``: ``mode="int8"``, ``format=None``,
             ``qat=False``, ``epochs=0``, ``learning_rate=1e-4``,
             ``calibration_samples=256``, ``calibration="minmax"``,
-            ``interface="float"``, ``per_channel=True``, ``threads=2``,
+            ``interface="float"``, ``per_channel=True``, ``reduce_range=True``, ``threads=2``,
             ``latency=True``.
 
     Returns:
@@ -215,7 +217,8 @@ def _artifact(model, out: Path, fmt: str, x_cal, x_test, y_test, opts: dict) -> 
 
                 quantize_onnx(float_path, tmp, mode, representative=x_cal,
                               calibration=opts["calibration"],
-                              per_channel=opts["per_channel"])
+                              per_channel=opts["per_channel"],
+                              reduce_range=opts["reduce_range"])
             info = _measure(tmp, float_path, x_check, expected, x_test, y_test, opts)
             info["weight_zeros"] = {"model": _zero_fraction(_model_kernels(model)),
                                     "artifact": _zero_fraction(_artifact_weights(tmp, fmt))}

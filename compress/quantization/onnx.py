@@ -29,7 +29,8 @@ CALIBRATION = ("minmax", "entropy", "percentile")
 
 def quantize_onnx(float_path, out_path, mode: str = "int8",
                   representative: np.ndarray | None = None, calibration: str = "minmax",
-                  per_channel: bool = True, batch_size: int = 16) -> None:
+                  per_channel: bool = True, reduce_range: bool = True,
+                  batch_size: int = 16) -> None:
     """Quantize the float ONNX file at ``float_path`` into ``out_path``.
 
     Args:
@@ -42,6 +43,10 @@ def quantize_onnx(float_path, out_path, mode: str = "int8",
         calibration: str, default ``"minmax"``. ``"minmax"``, ``"entropy"`` or
             ``"percentile"`` (static only).
         per_channel: bool, default True. Per-channel weight scales.
+        reduce_range: bool, default True. 7-bit weights: onnxruntime's x86 int8 kernels
+            multiply with ``VPMADDUBSW``, whose int16 sums saturate with full 8-bit
+            weights on CPUs without VNNI (a small CNN measured 81% instead of 90%).
+            Turn off for VNNI CPUs and GPU execution providers.
         batch_size: int, default 16. Calibration batch size.
     """
     from onnxruntime import quantization as q
@@ -64,6 +69,7 @@ def quantize_onnx(float_path, out_path, mode: str = "int8",
             with quiet_output():
                 if mode == "dynamic":
                     q.quantize_dynamic(str(pre), str(out_path), per_channel=per_channel,
+                                       reduce_range=reduce_range,
                                        weight_type=q.QuantType.QInt8)
                 else:
                     method = {"minmax": q.CalibrationMethod.MinMax,
@@ -73,7 +79,8 @@ def quantize_onnx(float_path, out_path, mode: str = "int8",
                                      batch_size)
                     q.quantize_static(
                         str(pre), str(out_path), reader, quant_format=q.QuantFormat.QDQ,
-                        per_channel=per_channel, activation_type=q.QuantType.QInt8,
+                        per_channel=per_channel, reduce_range=reduce_range,
+                        activation_type=q.QuantType.QInt8,
                         weight_type=q.QuantType.QInt8, calibrate_method=method,
                         extra_options={"ActivationSymmetric": False,
                                        "WeightSymmetric": True})
