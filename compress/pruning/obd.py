@@ -34,6 +34,8 @@ Example:
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 
 from compress.errors import CompressError
@@ -234,8 +236,33 @@ def _backprop_diagonal(model, x, y, variables, batch_size):
             return keras.ops.matmul(a, kernel)
         return layer.convolution_op(a, kernel)
 
-    @tf.function(reduce_retracing=True)
-    def batch_diag(xb):
+    key = tuple(id(v) for v in variables)
+    cached = _BACKPROP_FNS.setdefault(model, {})
+    if key in cached:
+        batch_diag = cached[key]
+    else:
+        batch_diag = cached[key] = tf.function(
+            lambda xb: _backprop_batch(xb, layers, index, wanted, variables, softmax_layer,
+                                       linear), reduce_retracing=True)
+
+    total = None
+    for start in range(0, len(x), batch_size):
+        xb = tf.constant(x[start:start + batch_size], dtype=dtype)
+        part = batch_diag(xb)
+        total = part if total is None else [t + q for t, q in zip(total, part)]
+    return [np.asarray(t, dtype="float64") / len(x) for t in total]
+
+
+# model -> {variable ids: traced batch function}: repeated passes (stepwise OBD, gradual
+# schedules) reuse one trace.
+_BACKPROP_FNS = weakref.WeakKeyDictionary()
+
+
+def _backprop_batch(xb, layers, index, wanted, variables, softmax_layer, linear):
+    """One batch of :func:`_backprop_diagonal` (summed over the batch), traced once."""
+    import tensorflow as tf
+
+    if True:
         # Forward: record each layer's input (and pre-activation of Dense/Conv).
         inputs, pre = [], {}
         h = xb
@@ -316,10 +343,3 @@ def _backprop_diagonal(model, x, y, variables, batch_size):
                     k = int(np.prod(a.shape[1:-1])) // int(np.prod(fa.shape[1:-1]))
                     d2 = d2 / float(max(k, 1))
         return [sums[index[id(v)]] for v in variables]
-
-    total = None
-    for start in range(0, len(x), batch_size):
-        xb = tf.constant(x[start:start + batch_size], dtype=dtype)
-        part = batch_diag(xb)
-        total = part if total is None else [t + q for t, q in zip(total, part)]
-    return [np.asarray(t, dtype="float64") / len(x) for t in total]
