@@ -101,3 +101,14 @@ def test_existing_output_refused_before_any_work(cli, mlp_file, tmp_path):
     assert out.read_bytes() == b"keep me"
     missing = cli("distill", path, "-o", tmp_path / "x.keras")
     assert missing.exit_code == 1 and "needs --data" in missing.stderr
+
+
+def test_command_module_does_not_import_keras():
+    """`compress --help` lists every command: building the flags must not load TensorFlow."""
+    import subprocess
+    import sys
+
+    code = "import sys, compress.cli.distill; print('keras' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "False"

@@ -3,7 +3,7 @@
 import click
 
 from compress.cli.common import common_options, model_argument, output_option
-from compress.distillation.driver import DISTILL_OPTIONS
+from compress.distillation.options import DISTILL_OPTIONS
 
 
 @click.command("distill")

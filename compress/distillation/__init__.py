@@ -12,17 +12,25 @@ Example:
 >>> student, info = distill(teacher, width_student(teacher, 0.25), ds)   # doctest: +SKIP
 """
 
-from compress.distillation.driver import (
-    DISTILL_OPTIONS,
-    check_compatible,
-    copy_with_constraints,
-    distill,
-    logits_model,
-    make_distiller,
-    teacher_output_kind,
-)
-from compress.distillation.step import distill_from_options, distill_step, train_alone
-from compress.distillation.students import depth_student, make_student, width_student
+import importlib
+
+# name -> module; loaded on first use so that importing the package (the CLI does, for
+# DISTILL_OPTIONS) does not import Keras.
+_WHERE = {
+    "DISTILL_OPTIONS": "compress.distillation.options",
+    "check_compatible": "compress.distillation.driver",
+    "copy_with_constraints": "compress.distillation.driver",
+    "distill": "compress.distillation.driver",
+    "logits_model": "compress.distillation.driver",
+    "make_distiller": "compress.distillation.driver",
+    "teacher_output_kind": "compress.distillation.driver",
+    "distill_from_options": "compress.distillation.step",
+    "distill_step": "compress.distillation.step",
+    "train_alone": "compress.distillation.step",
+    "depth_student": "compress.distillation.students",
+    "make_student": "compress.distillation.students",
+    "width_student": "compress.distillation.students",
+}
 
 __all__ = [
     "DISTILL_OPTIONS",
@@ -39,3 +47,15 @@ __all__ = [
     "train_alone",
     "width_student",
 ]
+
+
+def __getattr__(name):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'compress.distillation' has no attribute '{name}'")
+    value = getattr(importlib.import_module(_WHERE[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_WHERE))

@@ -35,30 +35,8 @@ from __future__ import annotations
 import keras
 import numpy as np
 
+from compress.distillation.options import DISTILL_OPTIONS
 from compress.errors import CompressError
-from compress.options import Option, Schema
-
-DISTILL_OPTIONS = Schema("distill", [
-    Option("temperature", float, 4.0, "softmax temperature T of the soft targets",
-           low=0.0, low_inclusive=False),
-    Option("alpha", float, 0.9, "weight of the distillation term (1 - alpha weighs the "
-           "cross-entropy on labels)", low=0.0, high=1.0),
-    Option("epochs", int, 10, "training epochs of the student", low=1),
-    Option("learning_rate", float, 1e-3, "Adam learning rate of the student",
-           low=0.0, low_inclusive=False),
-    Option("batch_size", int, 64, "training batch size", low=1),
-    Option("student", str, None, "student model file (default: derive one from the teacher)"),
-    Option("width", float, None, "derive the student by scaling every hidden Dense/Conv "
-           "width by this factor", low=0.0, low_inclusive=False, high=4.0),
-    Option("depth", int, None, "derive the student by dropping this many hidden blocks",
-           low=1),
-    Option("teacher_outputs", str, "auto", "what the teacher outputs (auto: softmax last "
-           "activation means probabilities)", choices=("auto", "logits", "probabilities")),
-    Option("feature_pairs", list, None, "intermediate layers to match with MSE, as "
-           "TEACHER_LAYER:STUDENT_LAYER pairs"),
-    Option("baseline", bool, True, "also train the same student on labels alone (same "
-           "epochs), to report what distillation adds"),
-])
 
 # Probabilities below this are treated as this when no exact logits can be had
 # (log(1e-12) = -27.6: far below any useful logit, and finite).
