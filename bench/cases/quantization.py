@@ -154,7 +154,8 @@ def _qat(ctx, sec: Section, work) -> None:
             "filters, BatchNorm) on animals, trained 6 epochs, then its channels rescaled by "
             "factors spanning 1.5 decades in a function-preserving way (BatchNorm scale x s, "
             "next 1x1 conv / s), so per-tensor activation ranges are dominated by a few "
-            "channels, as in trained MobileNets. The float control is fine-tuned {epochs} epochs at "
+            "channels, as in trained MobileNets. The float control is fine-tuned "
+            f"{epochs} epochs at "
             f"lr {lr} like QAT (BatchNorm folded, fake-quantized weights and activations), "
             "so the comparison does not credit QAT with extra training.")
     sec.add(table(["", "accuracy (LiteRT, test)"], [
