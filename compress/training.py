@@ -16,6 +16,8 @@ True
 
 from __future__ import annotations
 
+import contextlib
+
 import keras
 import numpy as np
 
@@ -68,6 +70,55 @@ def compile_classifier(model, learning_rate: float = 1e-3, optimizer: str = "ada
     model.compile(optimizer=opt, loss=loss, metrics=["accuracy"])
 
 
+_CHECKPOINTS = {"root": None, "count": 0}
+
+
+@contextlib.contextmanager
+def checkpoints(directory):
+    """Make every :func:`fit` in the block resumable from ``directory``.
+
+    Each ``fit`` call gets its own sub-folder (``fit1``, ``fit2``, ... in call order), backed
+    up by Keras's ``BackupAndRestore`` every epoch. Running the same command again with the
+    same folder after an interruption replays the finished fits (same seed, same result) and
+    resumes the interrupted one at its last finished epoch. The CLI's ``--checkpoint-dir``
+    uses this.
+    """
+    previous = dict(_CHECKPOINTS)
+    _CHECKPOINTS.update(root=None if directory is None else str(directory), count=0)
+    try:
+        yield
+    finally:
+        _CHECKPOINTS.update(previous)
+
+
+_STRATEGIES: dict = {}
+
+
+@contextlib.contextmanager
+def distributed(strategy: str | None):
+    """Run a block under a ``tf.distribute`` strategy: ``None``/``"none"`` or ``"mirrored"``.
+
+    Models loaded or copied inside the block get mirrored variables, so every ``fit`` in it
+    (fine-tuning, distillation, QAT, cascade stages) runs data-parallel over the local
+    devices. For several machines use ``tf.distribute.MultiWorkerMirroredStrategy`` the same
+    way (``with strategy.scope(): ...``) with ``TF_CONFIG`` set on each worker.
+    """
+    if strategy in (None, "none"):
+        yield None
+        return
+    import tensorflow as tf
+
+    if strategy != "mirrored":
+        raise CompressError(f"strategy '{strategy}': must be none or mirrored")
+    # One strategy per process: a second MirroredStrategy would reuse collective instance
+    # keys and fail with "Shape mismatch in the collective instance" on its first fit.
+    if _STRATEGIES.get(strategy) is None:
+        _STRATEGIES[strategy] = tf.distribute.MirroredStrategy()
+    chosen = _STRATEGIES[strategy]
+    with chosen.scope():
+        yield chosen
+
+
 def fit(model, dataset, epochs: int = 1, batch_size: int = 64, callbacks=None,
         verbose: int | str = "auto", validation: bool = True,
         checkpoint_dir: str | None = None):
@@ -79,6 +130,9 @@ def fit(model, dataset, epochs: int = 1, batch_size: int = 64, callbacks=None,
     """
     nan_stop = StopOnNaN()
     cbs = list(callbacks or []) + [nan_stop]
+    if checkpoint_dir is None and _CHECKPOINTS["root"]:
+        _CHECKPOINTS["count"] += 1
+        checkpoint_dir = f"{_CHECKPOINTS['root']}/fit{_CHECKPOINTS['count']}"
     if checkpoint_dir:
         cbs.append(keras.callbacks.BackupAndRestore(str(checkpoint_dir)))
     history = model.fit(

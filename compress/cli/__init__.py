@@ -17,6 +17,8 @@ import click
 from compress import __version__
 from compress.errors import CompressError
 
+# Commands that train: they get --checkpoint-dir and --strategy.
+TRAINING_COMMANDS = ("prune", "share", "quantize", "distill", "cascade", "run")
 # In --help order. A module that does not exist yet is simply not listed.
 COMMANDS = ("inspect", "export", "prune", "share", "quantize", "distill", "cascade", "run",
             "demo")
@@ -41,7 +43,10 @@ class _Group(click.Group):
             if exc.name == f"compress.cli.{name}":
                 return None
             raise
-        return module.command
+        command = module.command
+        if name in TRAINING_COMMANDS and not getattr(command, "_compress_training", False):
+            _add_training_options(command)
+        return command
 
     def invoke(self, ctx):
         debug = bool(ctx.params.get("debug")) or os.environ.get("COMPRESS_DEBUG") == "1"
@@ -56,6 +61,32 @@ class _Group(click.Group):
             click.echo("error: interrupted; the input is untouched and no output was written",
                        err=True)
             ctx.exit(130)
+
+
+def _add_training_options(command: click.Command) -> None:
+    """Give a training command --checkpoint-dir (resume) and --strategy (tf.distribute)."""
+    command.params.append(click.Option(
+        ["--checkpoint-dir"], default=None, type=click.Path(file_okay=False),
+        help="Back up training every epoch to this folder; run the same command again to "
+             "resume after an interruption (Keras BackupAndRestore)."))
+    command.params.append(click.Option(
+        ["--strategy"], type=click.Choice(["none", "mirrored"]), default="none",
+        show_default=True,
+        help="Distribute training with tf.distribute: mirrored = data-parallel over this "
+             "machine's devices."))
+    callback = command.callback
+
+    def run_with_training_options(*args, checkpoint_dir=None, strategy="none", **kwargs):
+        from compress.quiet import import_tensorflow
+
+        import_tensorflow()
+        from compress.training import checkpoints, distributed
+
+        with checkpoints(checkpoint_dir), distributed(strategy):
+            return callback(*args, **kwargs)
+
+    command.callback = run_with_training_options
+    command._compress_training = True
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -1,0 +1,104 @@
+"""Nothing lost: Ctrl-C leaves no output, --checkpoint-dir resumes, --strategy mirrored."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import file_digest
+
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+
+
+def _compress(*args):
+    return [sys.executable, "-m", "compress.cli", *map(str, args)]
+
+
+def _interrupt_after(cmd, seconds, marker_dir=None):
+    """Start ``cmd``; send SIGINT once training is under way (or after ``seconds``)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV,
+                            text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if marker_dir is not None and any(marker_dir.rglob("*")) and \
+                time.time() > deadline - 120 + seconds / 2:
+            break
+        if marker_dir is None and time.time() > deadline - 120 + seconds:
+            break
+        time.sleep(0.5)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    return proc.returncode, out, err
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_fine_tune_leaves_input_and_no_output(tmp_path, mlp_file):
+    model_path = mlp_file[0]
+    digest = file_digest(model_path)
+    out = tmp_path / "pruned.keras"
+    ck = tmp_path / "ck"
+    code, _, err = _interrupt_after(
+        _compress("prune", model_path, "-o", out, "--data", "digits", "--epochs", "400",
+                  "--sparsity", "0.5", "--checkpoint-dir", ck), 20, marker_dir=ck)
+    assert code == 130, err[-500:]
+    assert "interrupted" in err
+    assert file_digest(model_path) == digest
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name != "ck"] == []  # no partial file
+    assert any(ck.rglob("*")), "a backup was written to resume from"
+
+
+@pytest.mark.slow
+def test_checkpoint_dir_resumes_the_same_command(tmp_path, mlp_file):
+    out = tmp_path / "pruned.keras"
+    ck = tmp_path / "ck"
+    cmd = _compress("prune", mlp_file[0], "-o", out, "--data", "digits", "--epochs", "300",
+                    "--sparsity", "0.5", "--checkpoint-dir", ck)
+    code, first_out, _ = _interrupt_after(cmd, 20, marker_dir=ck)
+    assert code == 130
+    done = [int(line.split("/")[0].split()[-1]) for line in first_out.splitlines()
+            if line.startswith("Epoch ")]
+    resumed = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-800:]
+    epochs = [int(line.split("/")[0].split()[-1]) for line in resumed.stdout.splitlines()
+              if line.startswith("Epoch ")]
+    assert done and epochs, "Keras printed its epoch lines"
+    assert epochs[0] > 1, f"resumed at epoch {epochs[0]}, after {max(done)} done"
+    assert out.exists()
+
+
+@pytest.mark.slow
+def test_mirrored_strategy_on_two_logical_cpus(tmp_path, mlp_file):
+    out = tmp_path / "pruned.keras"
+    dist = tmp_path / "student.keras"
+    script = f"""
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from compress.cli import main
+for argv in (["prune", r"{mlp_file[0]}", "-o", r"{out}", "--data", "digits", "--epochs", "2",
+              "--sparsity", "0.8", "--strategy", "mirrored", "--json"],
+             ["distill", r"{mlp_file[0]}", "-o", r"{dist}", "--data", "digits", "--epochs", "1",
+              "--width", "0.5", "--strategy", "mirrored", "--json", "--no-baseline"],
+             ["quantize", r"{mlp_file[0]}", "-o", r"{tmp_path}/q.tflite", "--data", "digits",
+              "--qat", "--epochs", "1", "--strategy", "mirrored", "--json", "--no-latency"]):
+    main(argv, standalone_mode=False)
+print("REPLICAS", tf.distribute.MirroredStrategy().num_replicas_in_sync)
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env=ENV, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-1500:]
+    assert "REPLICAS 2" in proc.stdout
+    import keras
+
+    pruned = keras.models.load_model(out)
+    kernels = [np.asarray(layer.kernel) for layer in pruned.layers if hasattr(layer, "kernel")]
+    zero = sum(int((k == 0).sum()) for k in kernels) / sum(k.size for k in kernels)
+    assert zero >= 0.79  # masks held across replicas
+    assert keras.models.load_model(dist).count_params() < pruned.count_params()
+    assert (tmp_path / "q.tflite").stat().st_size > 0
