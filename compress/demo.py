@@ -23,7 +23,7 @@ from compress.errors import CompressError
 
 
 def _steps(quick: bool):
-    """(name, function(model, ds, out) -> (model or None, report extra, artifact)) pairs."""
+    """(name, function(model, ds, out) -> (new model, info)) pairs, in tour order."""
     e = 1 if quick else 2
 
     def prune_magnitude(model, ds, out):
@@ -35,7 +35,8 @@ def _steps(quick: bool):
     def prune_obd(model, ds, out):
         from compress.pruning import prune
 
-        return prune(model, ds, method="obd", sparsity=0.8, schedule="oneshot", epochs=0)
+        # OBD's own procedure: delete in steps, re-estimating saliencies, no retraining.
+        return prune(model, ds, method="obd", sparsity=0.8, schedule="oneshot", steps=8)
 
     def prune_structured(model, ds, out):
         from compress.pruning import prune
@@ -57,12 +58,12 @@ def _steps(quick: bool):
 
         return distill(model, width_student(model, width=0.25), ds, epochs=e + 1)
 
-    return [("prune 90% (magnitude, gradual)", prune_magnitude),
-            ("prune 80% (OBD, one-shot)", prune_obd),
-            ("structured: half the units", prune_structured),
-            ("HashedNets 1/8", hashed),
-            ("k-means 16 clusters", kmeans),
-            ("distilled student x0.25", distilled)]
+    return [("magnitude 90%", prune_magnitude),
+            ("OBD 80%", prune_obd),
+            ("structured 50%", prune_structured),
+            ("hashed 1/8", hashed),
+            ("k-means 16", kmeans),
+            ("distilled x0.25", distilled)]
 
 
 def run_demo(output: str | Path = "compress-demo", force: bool = False, quick: bool = False,
@@ -110,7 +111,7 @@ def run_demo(output: str | Path = "compress-demo", force: bool = False, quick: b
         except ImportError as exc:  # a pass this installation does not have
             say(f"  skipped ({exc})")
             continue
-        path = out / (name.split(" ")[0].replace(":", "") + f"-{len(reports)}.keras")
+        path = out / (name.replace(" ", "-").replace("/", "-").replace("%", "") + ".keras")
         io.save_model(new, path, force=True)
         reports.append(model_report(new, ds, name=name, path=path))
         infos[name] = info
@@ -126,13 +127,13 @@ def run_demo(output: str | Path = "compress-demo", force: bool = False, quick: b
         chained, _ = cluster_model(chained, ds, clusters=16, epochs=1)
         tfl = out / "chain-int8.tflite"
         qinfo = quantize(chained, tfl, ds, mode="int8", force=True)
-        reports.append(_artifact(tfl, ds, "chain: prune+kmeans+int8 (.tflite)"))
+        reports.append(_artifact(tfl, ds, "chain int8.tflite"))
         infos["chain"] = qinfo
         say("pass: ONNX static int8")
         onnx_q = out / "int8.onnx"
         infos["onnx int8"] = quantize(training.copy_model(model), onnx_q, ds, mode="int8",
                                       force=True)
-        reports.append(_artifact(onnx_q, ds, "ONNX int8 (.onnx)"))
+        reports.append(_artifact(onnx_q, ds, "int8.onnx"))
     except ImportError as exc:
         say(f"  skipped ({exc})")
 
@@ -141,7 +142,7 @@ def run_demo(output: str | Path = "compress-demo", force: bool = False, quick: b
     for fmt in ("onnx", "tflite"):
         path = out / f"baseline.{fmt}"
         checks[fmt] = export.export(model, path, fmt=fmt, x=ds.x_test[:256], force=True)
-        reports.append(_artifact(path, ds, f"baseline ({fmt})"))
+        reports.append(_artifact(path, ds, f"float.{fmt}"))
     for r in reports:
         r.pop("layers", None)
     seconds = time.perf_counter() - started

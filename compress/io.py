@@ -231,5 +231,22 @@ def save_model(model, path: str | os.PathLike, inputs: list | tuple = (), force:
     """
     out = check_output(path, inputs=inputs, force=force, suffixes=MODEL_SUFFIXES)
     with atomic_path(out) as tmp:
-        model.save(tmp)
+        deployable(model).save(tmp)
     return out
+
+
+def deployable(model):
+    """The model without its optimizer state, which ``.keras`` files would otherwise carry.
+
+    A compiled model saves its optimizer's slots (Adam: two dense copies of every weight),
+    which triples the file and hides pruning's zeros from zip. An uncompiled clone with
+    the same weights saves only the model; models that cannot be cloned are returned as is.
+    """
+    if getattr(model, "optimizer", None) is None:
+        return model
+    from compress.training import copy_model
+
+    try:
+        return copy_model(model)
+    except Exception:  # noqa: BLE001 - subclassed models without get_config
+        return model

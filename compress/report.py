@@ -68,9 +68,11 @@ def zipped_size(path: str | os.PathLike) -> int:
 
 def saved_size(model, suffix: str = ".keras") -> tuple[int, int]:
     """``(raw, zipped)`` bytes of the model saved as ``suffix`` (``.keras`` or ``.h5``)."""
+    from compress.io import deployable
+
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"model{suffix}"
-        model.save(path)
+        deployable(model).save(path)
         return path.stat().st_size, zipped_size(path)
 
 
@@ -186,13 +188,41 @@ def table_rows(reports: list[dict], extra: list[tuple] = ()) -> list[list[str]]:
     return rows
 
 
+_SHORT = [("nonzero", "nonzero", "{:,}"), ("zipped_bytes", "zipped", "bytes"),
+          ("accuracy", "accuracy", "{:.2%}"), ("latency_ms", "latency b=1", "{:.3f} ms")]
+
+
+def model_rows(reports: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """One row per report (for many models): name, key metrics, size and accuracy vs first."""
+    header = ["model"] + [label for _, label, _ in _SHORT] + ["zipped vs first", "acc vs first"]
+    first = reports[0]
+    rows = []
+    for r in reports:
+        row = [str(r.get("name", ""))] + [_fmt(r.get(k), f) for k, _, f in _SHORT]
+        size = (f"{r['zipped_bytes'] / first['zipped_bytes']:.2f}x"
+                if r.get("zipped_bytes") and first.get("zipped_bytes") else "-")
+        acc = (f"{(r['accuracy'] - first['accuracy']) * 100:+.2f} pts"
+               if r.get("accuracy") is not None and first.get("accuracy") is not None else "-")
+        rows.append(row + [size, acc])
+    return header, rows
+
+
 def print_table(reports: list[dict], title: str | None = None, console=None,
                 extra: list[tuple] = ()) -> None:
-    """Print reports side by side as a rich table (last column: last vs first)."""
+    """Print reports as a rich table: side by side for up to 3, one row each beyond."""
     from rich.console import Console
     from rich.table import Table
 
     console = console or Console()
+    if len(reports) > 3:
+        header, rows = model_rows(reports)
+        table = Table(title=title)
+        for i, name in enumerate(header):
+            table.add_column(name, justify="left" if i == 0 else "right")
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
+        return
     table = Table(title=title)
     table.add_column("metric")
     for r in reports:
@@ -206,6 +236,10 @@ def print_table(reports: list[dict], title: str | None = None, console=None,
 
 def markdown_table(reports: list[dict], extra: list[tuple] = ()) -> str:
     """The same table as :func:`print_table`, as GitHub Markdown."""
+    if len(reports) > 3:
+        header, rows = model_rows(reports)
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
     header = ["metric"] + [str(r.get("name", "")) for r in reports]
     if len(reports) > 1:
         header.append("change")
