@@ -62,3 +62,29 @@ def test_qat_then_int8_tflite(cnn_file, tmp_path):
     assert info["qat"]["epochs"] == 1
     assert info["accuracy"] >= info["float_accuracy"] - 0.05
     assert (tmp_path / "q.tflite").exists()
+
+
+def test_qat_int8_litert_matches_fake_quant_keras(tmp_path):
+    """The int8 file reproduces the fake-quantized Keras model (learned ranges carried)."""
+    import keras
+
+    from compress import training
+    from compress.data import load_data, prepare
+    from compress.quantization import quantize
+
+    training.set_seed(0)
+    model = keras.Sequential([
+        keras.Input((8, 8, 1)), keras.layers.Conv2D(8, 3, padding="same", use_bias=False),
+        keras.layers.BatchNormalization(), keras.layers.ReLU(),
+        keras.layers.DepthwiseConv2D(3, padding="same", use_bias=False),
+        keras.layers.BatchNormalization(), keras.layers.ReLU(),
+        keras.layers.Conv2D(16, 1), keras.layers.ReLU(), keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Dense(10, activation="softmax")])
+    ds = prepare(model, load_data("digits", 0))
+    training.compile_classifier(model, learning_rate=3e-3)
+    training.fit(model, ds, epochs=20, verbose=0)
+    info = quantize(model, tmp_path / "q.tflite", ds, qat=True, epochs=3, learning_rate=1e-3,
+                    latency=False)
+    fake_quant = info["qat"]["test_accuracy"]
+    assert fake_quant > 0.5
+    assert abs(info["accuracy"] - fake_quant) <= 0.02, (info["accuracy"], fake_quant)

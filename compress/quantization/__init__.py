@@ -17,8 +17,8 @@ Modes:
   saved as ``.keras``; the layers that stayed float are listed.
 
 With ``qat=True`` the model is first fine-tuned for ``epochs`` with fake-quantized
-weights and activations (BatchNorm folded), then converted as ``int8``
-(:mod:`compress.quantization.qat`).
+weights and activations (BatchNorm folded), then converted as ``int8`` with each layer's
+output quantized on the range it learned (TFLite; :mod:`compress.quantization.qat`).
 
 Example:
 
@@ -123,6 +123,7 @@ def quantize(model, path, data=None, *, force: bool = False, inputs: tuple = (),
         model, info["qat"] = qat_finetune(model, data, epochs=epochs,
                                           learning_rate=opts["learning_rate"],
                                           per_channel=opts["per_channel"])
+        opts["_qat_ranges"] = info["qat"].pop("activation_ranges")
     if fmt == "keras":
         info.update(_keras_int8(model, out, x_test, y_test, opts))
     else:
@@ -194,9 +195,10 @@ def _artifact(model, out: Path, fmt: str, x_cal, x_test, y_test, opts: dict) -> 
     if fmt == "tflite":  # convert first: an unsupported op is reported before anything else
         from compress.quantization.tflite import convert
 
+        ranges = (opts.get("_qat_ranges") or None) if opts["qat"] else None
         flatbuffer = convert(model, mode, representative=x_cal,
                              int8_io=opts["interface"] == "int8",
-                             per_channel=opts["per_channel"])
+                             per_channel=opts["per_channel"], activation_ranges=ranges)
     with tempfile.TemporaryDirectory() as folder:
         float_path = Path(folder) / f"float{SUFFIXES[fmt]}"
         try:

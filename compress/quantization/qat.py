@@ -7,7 +7,12 @@ quantized. Each of those layers is then trained as a QAT twin whose kernel goes 
 range, the TFLite int8 scheme) and whose output goes through it per tensor with ranges
 tracked by an exponential moving average. The straight-through estimator lets gradients
 pass the rounding. After training, the weights are copied back into the plain folded
-model (no wrapper layers survive), which is then converted to full-integer int8.
+model, and the learned output ranges are returned with it: the converter must quantize
+each layer's output on exactly that grid (``convert(..., activation_ranges=...)``). The
+network learns to rely on the rounding of fake quantization (a channel whose values fall
+under half a step is zero in training), so neither the float model (25% on the bench
+case) nor the float model clipped at the ranges (29%) nor a fresh calibration (23%)
+reproduces it; with the learned grids the int8 file does (79% vs 79.7% fake-quant).
 
 Example:
 
@@ -205,8 +210,12 @@ def qat_finetune(model, data, epochs: int = 3, learning_rate: float = 1e-4,
 
     Returns:
         ``(model, info)``: a new plain Keras model (BatchNorm folded, QAT-trained
-        weights) ready for int8 conversion, and a dict with ``epochs``,
-        ``folded_batchnorm``, ``fake_quantized_layers`` and ``val_accuracy``.
+        weights) and a dict with ``epochs``, ``folded_batchnorm``,
+        ``fake_quantized_layers``, ``activation_ranges`` (one ``(min, max)`` per
+        Conv2D/DepthwiseConv2D/Dense in order, None where the output is a softmax or
+        sigmoid, for :func:`compress.quantization.tflite.convert`), ``val_accuracy``
+        and ``test_accuracy`` (the fake-quantized Keras model on the test split: what
+        the int8 file should reproduce).
     """
     from compress import training
 
@@ -231,7 +240,15 @@ def qat_finetune(model, data, epochs: int = 3, learning_rate: float = 1e-4,
                            verbose=verbose)
     for layer, clone in pairs:
         layer.set_weights([np.asarray(w) for w in clone.weights[:len(layer.weights)]])
+    ranges = []
+    for layer, clone in pairs:
+        if type(clone) in _QAT_TWINS.values():
+            act = layer.get_config().get("activation", "linear")
+            lo, hi = float(clone.act_min.numpy()), float(clone.act_max.numpy())
+            ranges.append(None if act in ("softmax", "sigmoid") else (lo, max(hi, lo + 1e-6)))
     info = {"epochs": epochs, "folded_batchnorm": n_folded,
-            "fake_quantized_layers": sum(type(c) in _QAT_TWINS.values() for _, c in pairs),
-            "val_accuracy": float(history.history.get("val_accuracy", [float("nan")])[-1])}
+            "fake_quantized_layers": len(ranges), "activation_ranges": ranges,
+            "val_accuracy": float(history.history.get("val_accuracy", [float("nan")])[-1]),
+            "test_accuracy": (training.accuracy(qmodel, data.x_test, data.y_test)
+                              if getattr(data, "x_test", None) is not None else None)}
     return folded, info

@@ -29,7 +29,8 @@ MODES = ("float32", "int8", "dynamic", "float16")
 
 
 def convert(model, mode: str = "int8", representative: np.ndarray | None = None,
-            int8_io: bool = False, per_channel: bool = True) -> bytes:
+            int8_io: bool = False, per_channel: bool = True,
+            activation_ranges: list | None = None) -> bytes:
     """Convert a Keras model to TFLite flatbuffer bytes.
 
     Args:
@@ -43,6 +44,11 @@ def convert(model, mode: str = "int8", representative: np.ndarray | None = None,
         int8_io: bool, default False. For ``"int8"``: int8 input and output tensors
             (a microcontroller interface) instead of float ones.
         per_channel: bool, default True. Per-channel weight scales (per-tensor if False).
+        activation_ranges: list or None, default None. For ``"int8"``: one ``(min, max)``
+            (or None: keep the calibrated range) per Conv2D/DepthwiseConv2D/Dense output
+            in graph order, as learned by quantization-aware training
+            (:func:`compress.quantization.qat.qat_finetune`); those outputs are
+            quantized on exactly these grids instead of the calibrated ones.
 
     Returns:
         The ``.tflite`` bytes.
@@ -85,11 +91,51 @@ def convert(model, mode: str = "int8", representative: np.ndarray | None = None,
             if int8_io:
                 converter.inference_input_type = tf.int8
                 converter.inference_output_type = tf.int8
+        if mode == "int8" and activation_ranges is not None:
+            converter._experimental_calibrate_only = True
         try:
             with quiet_output():
-                return converter.convert()
+                flatbuffer = converter.convert()
         except Exception as exc:
             raise CompressError(_explain(exc, model, mode)) from exc
+    if mode == "int8" and activation_ranges is not None:
+        flatbuffer = _quantize_with_ranges(flatbuffer, activation_ranges, int8_io)
+    return flatbuffer
+
+
+_RANGED_OPS = {3: "CONV_2D", 4: "DEPTHWISE_CONV_2D", 9: "FULLY_CONNECTED"}
+
+
+def _quantize_with_ranges(calibrated: bytes, ranges: list, int8_io: bool) -> bytes:
+    """Quantize a calibrated flatbuffer with the given output ranges of its conv/dense ops.
+
+    The TFLite converter ignores FakeQuant ranges when it calibrates, and without
+    calibration it leaves convolutions in float; so the calibrated statistics of each
+    conv/dense output (the fused-activation output) are replaced by the learned range,
+    kept whole (a negative minimum included) so the int8 grid is the one trained on.
+    """
+    import tensorflow as tf
+    from tensorflow.lite.python import convert as lite_convert
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(calibrated))
+    graph = model.subgraphs[0]
+    outputs = []
+    for op in graph.operators:
+        code = model.operatorCodes[op.opcodeIndex]
+        if max(code.builtinCode, code.deprecatedBuiltinCode) in _RANGED_OPS:
+            outputs.append(graph.tensors[op.outputs[0]])
+    if len(outputs) != len(ranges):
+        raise CompressError(f"QAT ranges do not match the converted graph ({len(ranges)} "
+                            f"learned, {len(outputs)} conv/dense ops); convert without --qat")
+    for tensor, rng in zip(outputs, ranges):
+        if rng is not None and tensor.quantization is not None:
+            tensor.quantization.min, tensor.quantization.max = [float(rng[0])], [float(rng[1])]
+    io_type = tf.int8 if int8_io else tf.float32
+    with quiet_output():
+        return lite_convert.mlir_quantize(
+            bytes(flatbuffer_utils.convert_object_to_bytearray(model)),
+            input_data_type=io_type, output_data_type=io_type)
 
 
 def _explain(exc: Exception, model, mode: str) -> str:
