@@ -30,6 +30,15 @@ class Context:
     work_dir: Path  # scratch files
     out_dir: Path = Path(".")  # folder of the Markdown file
     facts: dict = dataclasses.field(default_factory=dict)  # numbers shared between cases
+    sections: list = dataclasses.field(default_factory=list)  # finished sections, in order
+
+    def measured(self, prefix: str) -> tuple[str, bool] | None:
+        """``(measured, met)`` of the first finished target whose description starts so."""
+        for section in self.sections:
+            for t in section.targets:
+                if t.description.startswith(prefix):
+                    return t.measured, t.met
+        return None
 
     def image(self, path: Path, alt: str = "") -> str:
         """Markdown image link to a plot, relative to the Markdown file."""

@@ -78,7 +78,7 @@ class _RegisterLayersAfterKeras(importlib.abc.MetaPathFinder):
                 from compress.layers import register_layers
 
                 register_layers()
-            except Exception:  # never break the user's own import of keras
+            except Exception:  # noqa: BLE001, S110 - never break the user's own keras import
                 pass
 
         spec.loader.exec_module = exec_then_register

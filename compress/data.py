@@ -59,7 +59,7 @@ class Dataset:
             raise CompressError(f"split '{name}': must be train, val or test")
         return getattr(self, f"x_{name}"), getattr(self, f"y_{name}")
 
-    def take(self, n_train: int | None = None, n_test: int | None = None) -> "Dataset":
+    def take(self, n_train: int | None = None, n_test: int | None = None) -> Dataset:
         """A smaller copy (first ``n`` samples of each split), for quick runs and tests."""
         def cut(a, n):
             return a if n is None else a[:n]
@@ -136,7 +136,8 @@ def _array_from_numpy_pickle(path: Path) -> np.ndarray:
     its opcodes with :mod:`pickletools` (a disassembler) and take the shape tuple, the
     dtype string and the raw bytes.
     """
-    data = gzip.open(path, "rb").read()
+    with gzip.open(path, "rb") as f:
+        data = f.read()
     ints, strings, raw = [], [], None
     for op, arg, _ in pickletools.genops(data):
         if op.name in ("BININT1", "BININT2", "BININT"):
@@ -181,10 +182,10 @@ def _load_npz(path: Path, seed: int) -> Dataset:
             raise CompressError(f"{path}: array '{key}' has non-numeric dtype {a.dtype}")
         if key.startswith("x_") and not np.all(np.isfinite(a)):
             raise CompressError(f"{path}: array '{key}' contains NaN or inf")
-        if key.startswith("y_") and (not np.issubdtype(a.dtype, np.integer) or a.min() < 0):
-            if not (np.issubdtype(a.dtype, np.floating) and np.all(a == np.round(a)) and
-                    a.min() >= 0):
-                raise CompressError(f"{path}: labels '{key}' must be non-negative integers")
+        whole = np.issubdtype(a.dtype, np.integer) or (
+            np.issubdtype(a.dtype, np.floating) and np.all(a == np.round(a)))
+        if key.startswith("y_") and (not whole or a.min() < 0):
+            raise CompressError(f"{path}: labels '{key}' must be non-negative integers")
     x, y = arrays["x_train"].astype("float32"), arrays["y_train"].astype("int64").reshape(-1)
     if len(x) != len(y):
         raise CompressError(f"{path}: x_train has {len(x)} samples but y_train has {len(y)}")

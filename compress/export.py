@@ -202,7 +202,7 @@ def verify(model, artifact, x: np.ndarray) -> dict:
         raise CompressError(f"{artifact}: output shape {got.shape} differs from Keras "
                             f"{expected.shape}")
     return {
-        "samples": int(len(x)),
+        "samples": len(x),
         "max_abs_diff": float(np.max(np.abs(got - expected))) if len(x) else 0.0,
         "top1_agreement": float(np.mean(np.argmax(got, -1) == np.argmax(expected, -1))),
     }

@@ -13,8 +13,8 @@ import contextlib
 import os
 import tempfile
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from compress.errors import CompressError
 
@@ -127,12 +127,12 @@ def _load_saved_model_dir(p: Path):
     try:
         loaded = tf.saved_model.load(str(p))
         fn = loaded.signatures["serving_default"]
-        spec = list(fn.structured_input_signature[1].values())[0]
+        spec = next(iter(fn.structured_input_signature[1].values()))
         layer = keras.layers.TFSMLayer(str(p), call_endpoint="serving_default")
         inputs = keras.Input(shape=tuple(spec.shape[1:]), dtype=spec.dtype.name)
         outputs = layer(inputs)
         if isinstance(outputs, dict):
-            outputs = list(outputs.values())[0]
+            outputs = next(iter(outputs.values()))
         # An inference-only wrapper: inspect and export work, passes that edit layers do not.
         return keras.Model(inputs, outputs, name=p.name)
     except CompressError:

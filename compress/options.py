@@ -24,7 +24,8 @@ compress.errors.CompressError: steps[0].prune.sparsity: must be in [0.0, 1.0), g
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from compress.errors import CompressError
 

@@ -60,7 +60,7 @@ EXPORT_OPTIONS = Schema("export", [
 
 def _schemas() -> dict:
     """Step kind -> its Schema (imported lazily: each lives beside its pass)."""
-    from compress.callbacks.cascade import CASCADE_OPTIONS
+    from compress.callbacks.options import CASCADE_OPTIONS
     from compress.distillation import DISTILL_OPTIONS
     from compress.pruning import PRUNE_OPTIONS
     from compress.quantization import QUANTIZE_OPTIONS
@@ -98,6 +98,8 @@ def load_recipe(source, overrides: list[str] = (), quick: bool = False) -> dict:
         path = Path(source)
         if not path.exists():
             raise CompressError(f"{path}: no such recipe file")
+        if not path.is_file():
+            raise CompressError(f"{path}: is a folder, not a recipe file")
         try:
             recipe = yaml.safe_load(path.read_text())
         except yaml.YAMLError as exc:
@@ -283,7 +285,6 @@ def run_recipe(source, output: str | os.PathLike | None = None, overrides: list[
     from compress.quiet import import_tensorflow
 
     import_tensorflow()
-    from compress import data as data_mod
     from compress import io, training
     from compress.report import model_report
 
@@ -524,23 +525,23 @@ def _write_reports(out: Path, result: dict, seconds: float) -> None:
                    json.dumps(result, indent=2, default=str).encode())
     reports = ([result["baseline"]] if "baseline" in result else []) + \
         [s["after"] for s in result["steps"]]
-    lines = [f"# Recipe report: {result['recipe']}", "",
-             f"Status: **{result['status']}**" + (f" — {result['error']}"
-                                                  if result.get("error") else ""),
-             "", f"Seed {result['seed']}, data `{result['data']}`, model `{result['model']}`, "
-             f"{seconds:.0f} s.", ""]
+    status = f"Status: **{result['status']}**" + (f" — {result['error']}"
+                                                  if result.get("error") else "")
+    setting = (f"Seed {result['seed']}, data `{result['data']}`, model `{result['model']}`, "
+               f"{seconds:.0f} s.")
+    lines = [f"# Recipe report: {result['recipe']}", "", status, "", setting, ""]
     if reports:
         lines += ["## Steps", "", markdown_table(reports), ""]
         try:
             _plots(out, result, reports)
             lines += ["![accuracy vs size](report-accuracy-size.png)", "",
                       "![per-layer sparsity](report-sparsity.png)", ""]
-        except Exception:  # a plot must never hide the report itself
+        except Exception:  # noqa: BLE001 - a plot must never hide the report itself
             lines += ["_(plots failed: " + traceback.format_exc(limit=1).splitlines()[-1]
                       + ")_", ""]
     for s in result["steps"]:
-        lines += [f"### {s['step']}", "", f"Artifact: `{s['artifact']}`, "
-                  f"{s['seconds']:.1f} s.", "",
+        lines += [f"### {s['step']}", "", f"Artifact: `{s['artifact']}`, {s['seconds']:.1f} s.",
+                  "",
                   "```json", json.dumps(s["info"], indent=1, default=str)[:2000], "```", ""]
     io.write_bytes(out / "report.md", "\n".join(lines).encode())
 

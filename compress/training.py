@@ -31,7 +31,7 @@ def set_seed(seed: int) -> None:
     keras.utils.set_random_seed(int(seed))
     try:
         tf.config.experimental.enable_op_determinism()
-    except Exception:  # already enabled, or not available on this build
+    except Exception:  # noqa: BLE001, S110 - already enabled, or not on this build
         pass
 
 

@@ -41,7 +41,7 @@ def test_inspect_bad_inputs_are_one_line_exit_1(cli, tmp_path, mlp_file):
     text = tmp_path / "notes.h5"
     text.write_text("hello")
     cut = tmp_path / "cut.keras"
-    cut.write_bytes(open(mlp_file[0], "rb").read()[:500])
+    cut.write_bytes(mlp_file[0].read_bytes()[:500])
     for path, words in ((tmp_path / "missing.keras", "no such file"),
                         (text, "not an HDF5 file"), (cut, "corrupt")):
         result = cli("inspect", path)

@@ -8,7 +8,6 @@ import time
 
 import numpy as np
 import pytest
-
 from conftest import file_digest
 
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
@@ -57,13 +56,14 @@ def test_ctrl_c_during_fine_tune_leaves_input_and_no_output(tmp_path, mlp_file):
 def test_checkpoint_dir_resumes_the_same_command(tmp_path, mlp_file):
     out = tmp_path / "pruned.keras"
     ck = tmp_path / "ck"
-    cmd = _compress("prune", mlp_file[0], "-o", out, "--data", "digits", "--epochs", "300",
+    cmd = _compress("prune", mlp_file[0], "-o", out, "--data", "digits", "--epochs", "60",
                     "--sparsity", "0.5", "--checkpoint-dir", ck)
-    code, first_out, _ = _interrupt_after(cmd, 20, marker_dir=ck)
+    code, first_out, _ = _interrupt_after(cmd, 4, marker_dir=ck)
     assert code == 130
     done = [int(line.split("/")[0].split()[-1]) for line in first_out.splitlines()
             if line.startswith("Epoch ")]
-    resumed = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=600)
+    resumed = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=600,
+                             check=False)
     assert resumed.returncode == 0, resumed.stderr[-800:]
     epochs = [int(line.split("/")[0].split()[-1]) for line in resumed.stdout.splitlines()
               if line.startswith("Epoch ")]
@@ -91,7 +91,7 @@ for argv in (["prune", r"{mlp_file[0]}", "-o", r"{out}", "--data", "digits", "--
 print("REPLICAS", tf.distribute.MirroredStrategy().num_replicas_in_sync)
 """
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          env=ENV, timeout=600)
+                          env=ENV, timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr[-1500:]
     assert "REPLICAS 2" in proc.stdout
     import keras

@@ -3,13 +3,14 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import file_digest
 
 from compress import io
 from compress.errors import CompressError
-from conftest import file_digest
 
 
 def test_loads_keras_and_h5_with_same_outputs(mlp_file, cnn_file):
@@ -41,7 +42,7 @@ def test_missing_file(tmp_path):
 
 
 def test_truncated_keras_archive(tmp_path, mlp_file):
-    data = open(mlp_file[0], "rb").read()
+    data = Path(mlp_file[0]).read_bytes()
     path = tmp_path / "cut.keras"
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(CompressError, match="truncated or corrupt|corrupt"):
@@ -105,10 +106,9 @@ def test_check_output_refusals(tmp_path, mlp_file):
 
 def test_atomic_path_leaves_nothing_on_failure(tmp_path):
     target = tmp_path / "out.bin"
-    with pytest.raises(RuntimeError):
-        with io.atomic_path(target) as tmp:
-            tmp.write_bytes(b"half")
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), io.atomic_path(target) as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("boom")
     assert list(tmp_path.iterdir()) == []
     io.write_bytes(target, b"whole")
     assert target.read_bytes() == b"whole" and len(list(tmp_path.iterdir())) == 1

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import file_digest
 
 RESULTS = []
@@ -28,7 +27,7 @@ def files(tmp_path_factory, mlp_file, cnn_file):
     f = {"mlp": str(mlp_file[0]), "cnn": str(cnn_file[0]), "dir": str(d)}
     (d / "empty.keras").write_bytes(b"")
     (d / "notes.h5").write_text("this is text, not a model\n")
-    data = open(mlp_file[0], "rb").read()
+    data = Path(mlp_file[0]).read_bytes()
     (d / "cut.keras").write_bytes(data[: len(data) // 3])
     (d / "garbage.keras").write_bytes(os.urandom(4096))
     (d / "model.pt").write_bytes(b"\x00" * 16)

@@ -2,7 +2,7 @@
 
 import click
 
-from compress.callbacks.cascade import CASCADE_OPTIONS
+from compress.callbacks.options import CASCADE_OPTIONS
 from compress.cli.common import common_options, output_option
 
 

@@ -2,8 +2,16 @@
 
 import click
 
-from compress.cli.common import data_option, emit, force_option, json_option, model_argument, \
-    output_option, seed_option, unsafe_option
+from compress.cli.common import (
+    data_option,
+    emit,
+    force_option,
+    json_option,
+    model_argument,
+    output_option,
+    seed_option,
+    unsafe_option,
+)
 
 
 @click.command("export")
@@ -63,7 +71,7 @@ def command(model, fmt, output, data, samples, atol, seed, unsafe, as_json, forc
         x = np.random.default_rng(seed).random((samples,) + shape, dtype=np.float32)
     result = export.export(loaded, output, fmt=fmt, x=x, force=force, inputs=[model], atol=atol)
     result["format"] = fmt
-    emit(result, as_json, lines=[
-        f"wrote {result['path']} ({result['bytes']:,} bytes, {fmt})",
-        f"verified on {result['samples']} inputs: max abs diff {result['max_abs_diff']:.2e}, "
-        f"top-1 agreement {result['top1_agreement']:.2%}"])
+    verified = (f"verified on {result['samples']} inputs: max abs diff "
+                f"{result['max_abs_diff']:.2e}, top-1 agreement {result['top1_agreement']:.2%}")
+    emit(result, as_json, lines=[f"wrote {result['path']} ({result['bytes']:,} bytes, {fmt})",
+                                 verified])

@@ -2,8 +2,14 @@
 
 import click
 
-from compress.cli.common import data_option, emit, json_option, model_argument, seed_option, \
-    unsafe_option
+from compress.cli.common import (
+    data_option,
+    emit,
+    json_option,
+    model_argument,
+    seed_option,
+    unsafe_option,
+)
 
 
 @click.command("inspect")

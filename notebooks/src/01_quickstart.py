@@ -18,7 +18,6 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras
 import matplotlib.pyplot as plt
-import numpy as np
 
 import compress
 from compress import export, training

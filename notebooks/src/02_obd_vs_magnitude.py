@@ -61,10 +61,10 @@ print(f"rank correlation between the two criteria: {rank_corr:.3f}")
 # %%
 levels = [0.5, 0.7, 0.8, 0.9] if not QUICK else [0.5, 0.9]
 curves = {"magnitude": [], "obd": []}
-for method in curves:
+for method, accs in curves.items():
     for s in levels:
         pruned, info = prune(model, data, method=method, sparsity=s, schedule="oneshot")
-        curves[method].append(training.accuracy(pruned, data.x_test, data.y_test))
+        accs.append(training.accuracy(pruned, data.x_test, data.y_test))
 for method, accs in curves.items():
     plt.plot([100 * s for s in levels], [100 * a for a in accs], marker="o", label=method)
 plt.xlabel("sparsity (%)")
