@@ -251,7 +251,7 @@ def case_tfmot_head_to_head(ctx) -> Section:
     from compress.report import zipped_size
 
     sec = Section("Peers: TFMOT head-to-head and Keras built-ins", issue="#9")
-    ft = ctx.size(1, 10)
+    ft = ctx.size(1, 6)
     peer = run_tfmot(ctx, ft)
     model, ds = trained("lenet300", "mnist5k", ctx)
     same_split = fingerprint(ds.x_test, ds.y_test) == peer["data"]["test_fingerprint"]
