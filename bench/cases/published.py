@@ -7,13 +7,13 @@ from bench.harness import Section, table
 # (paper, their setting and figure, our case, target-description prefixes to show)
 PAPERS = [
     ("Han et al. 2015 (prune + retrain)",
-     "LeNet-300-100, full MNIST (60k train): 8% of weights kept (12x fewer) at no loss "
-     "(1.64% -> 1.59% error)",
+     ("LeNet-300-100, full MNIST (60k train): 8% of weights kept (12x fewer) at no loss "
+     "(1.64% -> 1.59% error)"),
      "gradual magnitude pruning, mnist5k",
      ["gradual magnitude 90%", "gradual magnitude 95%"]),
     ("LeCun et al. 1990 (Optimal Brain Damage)",
-     "digit-recognition net: ~60% of parameters removable (with retraining); OBD beats "
-     "magnitude deletion",
+     ("digit-recognition net: ~60% of parameters removable (with retraining); OBD beats "
+     "magnitude deletion"),
      "OBD vs magnitude, LeNet-300-100, mnist5k",
      ["OBD (8 steps) >= magnitude at 70/80/90%, within 0.3 pts at 50%, layer ranking (one-shot)",
       "OBD (8 steps) >= magnitude at 70/80/90%, within 0.3 pts at 50%, layer ranking (one ret"]),
@@ -22,8 +22,8 @@ PAPERS = [
      "HashedDense 1/8, LeNet-300-100, mnist5k",
      ["hash 1/8 accuracy", "hash 1/8 beats the same-storage", "hash 1/8 beats random"]),
     ("Hinton et al. 2015 (distillation)",
-     "MNIST, 2x1200 teacher (67 errors), 2x800 student: 146 errors alone, 74 distilled "
-     "(91% of the gap closed)",
+     ("MNIST, 2x1200 teacher (67 errors), 2x800 student: 146 errors alone, 74 distilled "
+     "(91% of the gap closed)"),
      "2x1200 -> 2x800 and x0.1 students, mnist5k",
      ["2x800 distilled", "x0.1 distilled"]),
     ("Han et al. 2016 (Deep Compression)",
