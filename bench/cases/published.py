@@ -30,7 +30,7 @@ PAPERS = [
      "LeNet-300-100: 40x smaller (pruning + 6-bit sharing + Huffman), no loss",
      "prune 90% + int8 TFLite (zipped) vs float32 .h5",
      ["pruned 90% + int8 LeNet zipped", "pruned 90% + int8 LeNet accuracy",
-      "deep compression"]),
+      "Deep Compression chain"]),
     ("TFLite post-training int8 (documentation)",
      "about 4x smaller, 2-3x faster CPU inference",
      "full-integer int8 TFLite, LeNet-300-100 and small CNN",
