@@ -244,9 +244,14 @@ def deployable(model):
     """
     if getattr(model, "optimizer", None) is None:
         return model
-    from compress.training import copy_model
+    import keras
 
     try:
-        return copy_model(model)
+        # Not clone_model: Keras 3 compiles a clone of a compiled model.
+        config = keras.saving.serialize_keras_object(model)
+        config.pop("compile_config", None)
+        fresh = keras.saving.deserialize_keras_object(config)
+        fresh.set_weights(model.get_weights())
+        return fresh
     except Exception:  # noqa: BLE001 - subclassed models without get_config
         return model

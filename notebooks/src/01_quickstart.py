@@ -16,6 +16,9 @@ import tempfile
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+from compress.quiet import import_tensorflow
+
+import_tensorflow()  # without the CUDA-probe lines TensorFlow prints at import
 import keras
 import matplotlib.pyplot as plt
 

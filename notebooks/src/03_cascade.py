@@ -15,6 +15,9 @@ QUICK = False
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+from compress.quiet import import_tensorflow
+
+import_tensorflow()  # without the CUDA-probe lines TensorFlow prints at import
 import matplotlib.pyplot as plt
 
 import compress

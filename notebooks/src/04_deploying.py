@@ -15,6 +15,9 @@ import tempfile
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+from compress.quiet import import_tensorflow
+
+import_tensorflow()  # without the CUDA-probe lines TensorFlow prints at import
 import matplotlib.pyplot as plt
 
 import compress
@@ -30,8 +33,11 @@ model = build("small-cnn")
 data = prepare(model, compress.load_data("animals", seed=0))
 if QUICK:
     data = data.take(800, 400)
+from compress.callbacks import EarlyStopping
+
 training.compile_classifier(model, learning_rate=2e-3)
-training.fit(model, data, epochs=1 if QUICK else 10, verbose=0)
+training.fit(model, data, epochs=1 if QUICK else 15, verbose=0,
+             callbacks=[EarlyStopping(patience=4)])  # best validation weights restored
 
 # %%
 artifacts = {
