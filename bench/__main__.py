@@ -69,12 +69,12 @@ def main(argv=None) -> int:
         print("\n".join(cases))
         return 0
     names = args.only or list(cases)
-    # Cases that summarise others (the published-results table) run last.
-    names = sorted(names, key=lambda n: bool(getattr(cases[n], "runs_last", False)))
     unknown = [n for n in names if n not in cases]
     if unknown:
         print(f"error: unknown case(s): {', '.join(unknown)} (see --list)", file=sys.stderr)
         return 2
+    # Cases that summarise others (the published-results table) run last.
+    names = sorted(names, key=lambda n: bool(getattr(cases[n], "runs_last", False)))
     out = Path(args.out) if args.out else (
         ROOT / "bench" / "out" / "BENCHMARKS.quick.md" if args.quick else ROOT / "BENCHMARKS.md")
     plot_dir = (out.parent / "plots") if args.quick or args.out else ROOT / "bench" / "plots"
