@@ -124,9 +124,12 @@ def fit(model, dataset, epochs: int = 1, batch_size: int = 64, callbacks=None,
         checkpoint_dir: str | None = None):
     """``model.fit`` on the dataset's train split, validating on its val split.
 
-    A NaN or infinite loss stops the run with a :class:`CompressError`. With
-    ``checkpoint_dir``, Keras's ``BackupAndRestore`` saves the state every epoch, so an
-    interrupted run started again with the same arguments resumes where it stopped.
+    A NaN or infinite loss stops the run with a :class:`CompressError`; the model is left
+    with its last good weights (those at the end of the last finished epoch, or the
+    starting weights), never with NaN. Inside :func:`keep_last_good` they are also saved
+    to that file. With ``checkpoint_dir``, Keras's ``BackupAndRestore`` saves the state
+    every epoch, so an interrupted run started again with the same arguments resumes where
+    it stopped.
     """
     nan_stop = StopOnNaN()
     cbs = list(callbacks or []) + [nan_stop]
@@ -139,23 +142,97 @@ def fit(model, dataset, epochs: int = 1, batch_size: int = 64, callbacks=None,
         dataset.x_train, dataset.y_train, epochs=epochs, batch_size=batch_size,
         validation_data=(dataset.x_val, dataset.y_val) if validation else None,
         callbacks=cbs, verbose=verbose, shuffle=True)
-    if nan_stop.stopped:
-        raise CompressError("training stopped: the loss became NaN or infinite "
-                            "(lower the learning rate or check the data)")
+    nan_stop.raise_if_stopped("lower the learning rate or check the data")
     return history
 
 
+_LAST_GOOD = {"path": None, "force": False}
+
+
+@contextlib.contextmanager
+def keep_last_good(path, force: bool = False):
+    """Save the last good weights to ``path`` when a :func:`fit` in the block hits a NaN loss.
+
+    The CLI's ``--keep-last-good FILE`` uses this: the run still stops with an error (exit
+    code 1, no output written), and ``FILE`` holds the model being trained as it was at the
+    end of its last finished epoch, ready to inspect or to resume from with a lower
+    learning rate.
+
+    Example:
+
+    ```python
+    with keep_last_good("last_good.keras"):
+        prune_model(model, data=ds, sparsity=0.9, fine_tune_epochs=4)
+    ```
+    """
+    previous = dict(_LAST_GOOD)
+    _LAST_GOOD.update(path=None if path is None else str(path), force=force)
+    try:
+        yield
+    finally:
+        _LAST_GOOD.update(previous)
+
+
 class StopOnNaN(keras.callbacks.Callback):
-    """Stops training at the first NaN/inf batch loss; :func:`fit` turns it into an error."""
+    """Stops training at the first NaN/inf batch loss and puts the last good weights back.
+
+    The weights are copied at the start of training and at the end of every epoch that
+    finished with a finite loss; after a NaN they are restored into ``target`` (default:
+    the model being fit). :func:`fit` turns the stop into a :class:`CompressError`.
+
+    Args:
+        target: keras.Model or None, default None. The model whose weights are kept, when
+            it is not the one being fit (a distiller's student).
+    """
+
+    def __init__(self, target=None):
+        super().__init__()
+        self.target = target
+        self.stopped = False
+        self.last_good_epoch = None
+        self._weights = None
+
+    def _kept(self):
+        return self.target if self.target is not None else self.model
 
     def on_train_begin(self, logs=None):
         self.stopped = False
+        self.last_good_epoch = 0
+        self._weights = self._kept().get_weights()
 
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
         if loss is not None and not np.isfinite(float(loss)):
             self.stopped = True
             self.model.stop_training = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.stopped:
+            return
+        weights = self._kept().get_weights()
+        if all(np.isfinite(w).all() for w in weights if np.issubdtype(w.dtype, np.floating)):
+            self._weights = weights
+            self.last_good_epoch = epoch + 1
+
+    def on_train_end(self, logs=None):
+        if self.stopped and self._weights is not None:
+            self._kept().set_weights(self._weights)
+
+    def raise_if_stopped(self, advice: str) -> None:
+        """Raise the one-line error for a NaN stop (saving the last good weights if asked)."""
+        if not self.stopped:
+            return
+        kept = ("the starting weights" if not self.last_good_epoch
+                else f"the weights after epoch {self.last_good_epoch}")
+        message = f"training stopped: the loss became NaN or infinite ({advice})"
+        if _LAST_GOOD["path"]:
+            from compress import io
+
+            saved = io.save_model(self._kept(), _LAST_GOOD["path"], force=_LAST_GOOD["force"])
+            message += f"; {kept} were saved to {saved}"
+        else:
+            message += f"; the model keeps {kept}"
+        raise CompressError(message)
 
 
 def predict(model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:

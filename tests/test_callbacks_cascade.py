@@ -114,3 +114,17 @@ def test_options_and_callbacks_from_mappings():
         build_callbacks({"cosine": {"floor": -1}}, path="steps[0].callbacks")
     with pytest.raises(CompressError, match="unknown callback"):
         build_callbacks({"swa": {}})
+
+
+def test_a_nan_stage_stops_the_cascade_with_one_line(digits, cnn_file):
+    from compress.errors import CompressError
+
+    import copy
+
+    path, _ = cnn_file
+    model = keras.models.load_model(path, compile=False)
+    bad = copy.copy(digits)
+    bad.x_train = digits.x_train.copy()
+    bad.x_train[7] = np.inf
+    with pytest.raises(CompressError, match="NaN or infinite.*cascade stage 1"):
+        cascade_train(model, bad, epochs=1, k=0)

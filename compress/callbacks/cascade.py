@@ -301,12 +301,15 @@ def cascade_train(model_or_specs, data, *, seed: int = 0, verbose: int | str = 0
             plateau = PlateauSchedule(monitor="val_loss", factor=0.1,
                                       patience=opts["plateau_patience"], min_delta=0.0)
             started = time.perf_counter()
+            nan_stop = training.StopOnNaN()
             stage_model.fit(feats["train"], dataset.y_train, epochs=n_epochs,
                             batch_size=opts["batch_size"],
                             validation_data=(feats["val"], dataset.y_val),
-                            callbacks=[timer, plateau, training.StopOnNaN(), *(callbacks or [])],
+                            callbacks=[timer, plateau, nan_stop, *(callbacks or [])],
                             verbose=verbose,
                             shuffle=True)
+            nan_stop.raise_if_stopped(f"cascade stage {index}: lower the learning rate or "
+                                      "check the data")
             seconds = time.perf_counter() - started
             stages.append({
                 "stage": index, "layers": [la.name for la in block],
@@ -341,10 +344,12 @@ def cascade_train(model_or_specs, data, *, seed: int = 0, verbose: int | str = 0
                           metrics=["accuracy"])
             timer = _EpochTimer()
             started = time.perf_counter()
+            nan_stop = training.StopOnNaN()
             model.fit(dataset.x_train, dataset.y_train, epochs=opts["fine_tune_epochs"],
                       batch_size=opts["batch_size"],
                       validation_data=(dataset.x_val, dataset.y_val),
-                      callbacks=[timer, training.StopOnNaN()], verbose=verbose)
+                      callbacks=[timer, nan_stop], verbose=verbose)
+            nan_stop.raise_if_stopped("cascade fine-tune: lower fine_tune_lr or check the data")
             for layer in model.layers:
                 layer.trainable = was_trainable.get(id(layer), True)
             fine_tune = {"epochs": opts["fine_tune_epochs"], "learning_rate": lr,

@@ -17,7 +17,7 @@ import click
 from compress import __version__
 from compress.errors import CompressError
 
-# Commands that train: they get --checkpoint-dir and --strategy.
+# Commands that train: they get --checkpoint-dir, --strategy and --keep-last-good.
 TRAINING_COMMANDS = ("prune", "share", "quantize", "distill", "cascade", "run")
 # In --help order. A module that does not exist yet is simply not listed.
 COMMANDS = ("inspect", "export", "prune", "share", "quantize", "distill", "cascade", "run",
@@ -64,7 +64,8 @@ class _Group(click.Group):
 
 
 def _add_training_options(command: click.Command) -> None:
-    """Give a training command --checkpoint-dir (resume) and --strategy (tf.distribute)."""
+    """Give a training command --checkpoint-dir (resume), --strategy (tf.distribute) and
+    --keep-last-good (where the last good weights go when a loss turns NaN)."""
     command.params.append(click.Option(
         ["--checkpoint-dir"], default=None, type=click.Path(file_okay=False),
         help="Back up training every epoch to this folder; run the same command again to "
@@ -74,15 +75,32 @@ def _add_training_options(command: click.Command) -> None:
         show_default=True,
         help="Distribute training with tf.distribute: mirrored = data-parallel over this "
              "machine's devices."))
+    command.params.append(click.Option(
+        ["--keep-last-good"], default=None, metavar="FILE",
+        type=click.Path(dir_okay=False),
+        help="If a loss turns NaN or infinite, save the model being trained as it was at "
+             "the end of its last good epoch to FILE (.keras or .h5); the command still "
+             "fails and writes no output."))
     callback = command.callback
 
-    def run_with_training_options(*args, checkpoint_dir=None, strategy="none", **kwargs):
+    def run_with_training_options(*args, checkpoint_dir=None, strategy="none",
+                                  keep_last_good=None, **kwargs):
+        from compress import io
         from compress.quiet import import_tensorflow
 
+        if keep_last_good is not None:
+            output = kwargs.get("output")
+            if output and os.path.abspath(output) == os.path.abspath(keep_last_good):
+                raise CompressError(f"{keep_last_good}: --keep-last-good must differ from "
+                                    "the output path")
+            inputs = [kwargs.get(k) for k in ("model", "student", "recipe")]
+            io.check_output(keep_last_good, inputs=[i for i in inputs if i],
+                            force=bool(kwargs.get("force")), suffixes=io.MODEL_SUFFIXES)
         import_tensorflow()
-        from compress.training import checkpoints, distributed
+        from compress import training
 
-        with checkpoints(checkpoint_dir), distributed(strategy):
+        with training.checkpoints(checkpoint_dir), training.distributed(strategy), \
+                training.keep_last_good(keep_last_good, force=bool(kwargs.get("force"))):
             return callback(*args, **kwargs)
 
     command.callback = run_with_training_options

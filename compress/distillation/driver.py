@@ -107,7 +107,7 @@ def distill(teacher, student, data, *, temperature: float = 4.0, alpha: float = 
         optimizer=keras.optimizers.Adam(opts["learning_rate"]),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"])
-    nan_stop = training.StopOnNaN()
+    nan_stop = training.StopOnNaN(target=trained)
     has_val = data.x_val is not None and len(data.x_val) > 0
     try:
         history = distiller.fit(
@@ -116,9 +116,8 @@ def distill(teacher, student, data, *, temperature: float = 4.0, alpha: float = 
             callbacks=list(callbacks or []) + [nan_stop], verbose=verbose, shuffle=True)
     finally:
         restore()
-    if nan_stop.stopped:
-        raise CompressError("distill: the loss became NaN or infinite (lower the learning "
-                            "rate or the temperature, or check the data)")
+    nan_stop.raise_if_stopped("distill: lower the learning rate or the temperature, or check "
+                              "the data")
 
     info = {
         "temperature": opts["temperature"],
