@@ -55,3 +55,16 @@ def test_bad_arguments():
         Pruning(sparsity=1.0)
     with pytest.raises(CompressError, match="calibration"):
         Pruning(method="obd")
+
+
+def test_balanced_callback_prunes_every_unit_equally(digits):
+    from compress.data import prepare
+
+    model = _model()
+    ds = prepare(model, digits)
+    cb = Pruning(sparsity=0.75, frequency=3, end_step=12, balance=True)
+    model.fit(ds.x_train, ds.y_train, epochs=1, batch_size=64, verbose=0, callbacks=[cb])
+    for name in ("fc1", "out"):
+        fan_in = (model.get_layer(name).kernel.numpy() != 0).sum(axis=0)
+        assert fan_in.min() == fan_in.max() > 0
+    assert cb.get_config()["balance"] is True

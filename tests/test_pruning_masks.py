@@ -134,3 +134,21 @@ def test_lowest_mask_zeros_exactly_k_lowest():
         assert int((m == 0).sum()) == k
         if 0 < k < s.size:
             assert s[m == 0].max() <= s[m == 1].min()
+
+
+def test_balanced_mask_prunes_each_unit_and_global_sets_layer_sparsity():
+    from compress.pruning.masks import balanced_mask, select_masks
+
+    rng = np.random.default_rng(0)
+    s = rng.random((40, 6))
+    s[:, 2] *= 1e-6  # a unit whose scores are all tiny: plain ranking would cut it off
+    assert (lowest_mask(s, 0.8)[:, 2] == 0).all()
+    m = balanced_mask(s, 0.8)
+    assert (m.sum(axis=0) == 8).all()
+    for j in range(6):  # the 32 lowest of each column went
+        assert s[m[:, j] == 1, j].min() >= s[m[:, j] == 0, j].max()
+    other = rng.random((10, 3)) * 10
+    plain = select_masks([s, other], 0.5, scope="global")
+    bal = select_masks([s, other], 0.5, scope="global", balance=True)
+    for p, b in zip(plain, bal):
+        assert abs(p.mean() - b.mean()) < 0.05

@@ -180,3 +180,22 @@ def test_backprop_estimator_on_conv_bn_pool_chain_tracks_exact_gauss_newton():
         assert (b >= 0).all()
         assert np.corrcoef(b.reshape(-1), e.reshape(-1))[0, 1] > 0.5
         assert 0.3 < b.sum() / e.sum() < 3.0
+
+
+def test_damping_adds_lambda_mean_h_and_large_damping_ranks_like_magnitude():
+    from compress.pruning.masks import lowest_mask
+
+    x, y = _data(n=30)
+    model = _model(hidden=6)
+    kernels = [model.layers[0].kernel, model.layers[1].kernel]
+    h = hessian_diagonal(model, x, y, kernels, estimator="backprop")
+    s = obd_saliency(model, x, y, kernels, damping=2.0)
+    for hi, si, v in zip(h, s, kernels):
+        np.testing.assert_allclose(si, 0.5 * (hi + 2.0 * hi.mean()) * v.numpy() ** 2,
+                                   rtol=1e-5)
+    # damping -> inf: (h + lambda) w^2 ranks like |w| within each variable
+    big = obd_saliency(model, x, y, kernels, damping=1e9)
+    for si, v in zip(big, kernels):
+        np.testing.assert_array_equal(lowest_mask(si, 0.5), lowest_mask(np.abs(v.numpy()), 0.5))
+    assert not all(np.array_equal(lowest_mask(a, 0.5), lowest_mask(b, 0.5))
+                   for a, b in zip(obd_saliency(model, x, y, kernels), big))

@@ -131,3 +131,32 @@ def test_distill_flag_error_path_or_runs(mlp):
     _pruned, info = prune(model, ds, sparsity=0.5, epochs=1, distill=True)
     for row in info["layers"]:
         assert abs(row["zeros"] - 0.5 * row["params"]) <= 1
+
+
+def _dead_units(model):
+    return sum(int((~(layer.kernel.numpy() != 0).any(axis=0)).sum())
+               for layer in model.layers if type(layer).__name__ == "Dense")
+
+
+def test_balance_keeps_every_unit_alive_at_the_same_fan_in(mlp):
+    model, ds = mlp
+    pruned, info = prune(model, ds, method="obd", sparsity=0.9, calibration=256,
+                         balance=True, steps=2)
+    assert abs(info["sparsity_reached"] - 0.9) < 0.01
+    assert _dead_units(pruned) == 0
+    for layer in pruned.layers:
+        if type(layer).__name__ == "Dense":
+            fan_in = (layer.kernel.numpy() != 0).sum(axis=0)
+            assert fan_in.min() == fan_in.max() > 0  # same fraction kept in every unit
+
+
+def test_obd_damping_option_changes_the_ranking_toward_magnitude(mlp):
+    model, ds = mlp
+    plain = prune(model, ds, method="obd", sparsity=0.7, calibration=256)[0]
+    damped = prune(model, ds, method="obd", sparsity=0.7, calibration=256, damping=1e9)[0]
+    mag = prune(model, sparsity=0.7)[0]
+    k = [(m.get_layer("fc1").kernel.numpy() != 0) for m in (plain, damped, mag)]
+    np.testing.assert_array_equal(k[1], k[2])  # infinite damping = magnitude ranking
+    assert not np.array_equal(k[0], k[2])
+    with pytest.raises(CompressError, match="damping"):
+        prune(model, ds, method="obd", damping=-1.0)

@@ -40,12 +40,15 @@ class Pruning(keras.callbacks.Callback):
         calibration: tuple ``(x, y)`` or None, default None. Data for OBD saliencies.
         estimator: str, default ``"backprop"``. OBD Hessian-diagonal estimator.
         release_on_end: bool, default True. Remove the masks when training ends.
+        balance: bool, default False. Rank the weights of each output unit separately, so
+            every unit keeps the same fraction of its inputs (OBD otherwise cuts off whole
+            units and output classes; see :func:`compress.pruning.masks.balanced_mask`).
     """
 
     def __init__(self, sparsity=0.9, initial_sparsity=0.0, begin_step=0, end_step=None,
                  frequency=100, power=3.0, schedule="polynomial", method="magnitude",
                  scope="layer", layers=None, skip_first_last=False, calibration=None,
-                 estimator="backprop", release_on_end=True):
+                 estimator="backprop", release_on_end=True, balance=False):
         super().__init__()
         from compress.errors import CompressError
 
@@ -74,6 +77,7 @@ class Pruning(keras.callbacks.Callback):
         self.calibration = calibration
         self.estimator = estimator
         self.release_on_end = bool(release_on_end)
+        self.balance = bool(balance)
         self.step = 0
         self.current = 0.0
         self.updates = []  # (step, sparsity) of every mask update
@@ -124,8 +128,8 @@ class Pruning(keras.callbacks.Callback):
         variables = [v for _, v in self._pairs]
         scores = saliency_scores(self.model, variables, self.method, self.calibration,
                                  self.estimator)
-        new = (masks.global_masks(scores, target) if self.scope == "global"
-               else [masks.lowest_mask(s, target) for s in scores])
+        scores = [np.where(masks.get_mask(v) > 0, s, -np.inf) for v, s in zip(variables, scores)]
+        new = masks.select_masks(scores, target, self.scope, self.balance)
         for var, m in zip(variables, new):
             masks.set_mask(var, m)
 
@@ -141,4 +145,4 @@ class Pruning(keras.callbacks.Callback):
                 "frequency": self.frequency, "power": self.power, "schedule": self.schedule,
                 "method": self.method, "scope": self.scope, "layers": self.layers,
                 "skip_first_last": self.skip_first_last, "estimator": self.estimator,
-                "release_on_end": self.release_on_end}
+                "release_on_end": self.release_on_end, "balance": self.balance}

@@ -241,3 +241,51 @@ def n_m_mask(scores: np.ndarray, n: int = 2, m: int = 4) -> np.ndarray:
     mask = np.ones_like(groups, dtype="float32")
     np.put_along_axis(mask, order[..., : m - n], 0.0, axis=-1)
     return np.moveaxis(mask.reshape(moved.shape), -1, -2)
+
+
+def balanced_mask(scores: np.ndarray, sparsity: float) -> np.ndarray:
+    """A 0/1 mask zeroing the ``round(sparsity * fan_in)`` lowest scores of every output
+    unit (the last axis), so that every unit keeps the same fraction of its inputs.
+
+    A criterion whose scores carry a per-unit factor (OBD: every weight into unit ``j``
+    is scaled by that unit's second derivative) otherwise deletes whole units, and a
+    deleted output class or hidden unit cannot come back in retraining.
+
+    Example:
+
+    >>> balanced_mask(np.array([[1.0, 9.0], [2.0, 8.0]]), 0.5)
+    array([[0., 1.],
+           [1., 0.]], dtype=float32)
+    """
+    s = np.asarray(scores, dtype="float64")
+    if s.ndim < 2:
+        return lowest_mask(s, sparsity)
+    cols = s.reshape(-1, s.shape[-1])
+    k = round(sparsity * cols.shape[0])
+    mask = np.ones(cols.shape, dtype="float32")
+    if k > 0:
+        order = np.argsort(cols, axis=0, kind="stable")[:k]
+        np.put_along_axis(mask, order, 0.0, axis=0)
+    return mask.reshape(s.shape)
+
+
+def select_masks(scores: list, sparsity: float, scope: str = "layer",
+                 balance: bool = False) -> list:
+    """Masks removing ``sparsity`` of the weights, lowest scores first.
+
+    Args:
+        scores: list of saliency arrays, one per weight variable (pruned ones ``-inf``).
+        sparsity: float, the fraction of zeros wanted.
+        scope: str, default ``"layer"``: the same sparsity in each variable; ``"global"``:
+            one threshold across all variables.
+        balance: bool, default False. Within each variable, rank the weights of every
+            output unit separately (:func:`balanced_mask`). With ``scope="global"`` the
+            global threshold decides each variable's sparsity and the balanced ranking
+            which weights go.
+    """
+    if scope == "global":
+        out = global_masks(scores, sparsity)
+        if not balance:
+            return out
+        return [balanced_mask(s, 1.0 - float(m.mean())) for s, m in zip(scores, out)]
+    return [(balanced_mask if balance else lowest_mask)(s, sparsity) for s in scores]

@@ -146,14 +146,23 @@ def hessian_diagonal(model, x, y, variables=None, estimator: str = "backprop",
 
 
 def obd_saliency(model, x, y, variables=None, estimator: str = "backprop",
-                 **kwargs) -> list:
+                 damping: float = 0.0, **kwargs) -> list:
     """OBD saliencies ``h_kk * w_k**2 / 2`` of ``variables`` on the data ``(x, y)``.
+
+    With ``damping`` the diagonal is the Levenberg-Marquardt one, ``h_kk + lambda``,
+    with ``lambda = damping * mean(h)`` of each variable. On a network trained to near
+    zero training loss, ``p (1 - p)`` vanishes on every confidently fitted example, so the
+    undamped diagonal is set by the few examples still misfit and can be orders of
+    magnitude smaller for whole units than for others; the damping term bounds that
+    (``damping -> inf`` ranks like magnitude, 0 is plain OBD).
 
     Args:
         model: a Keras classifier.
         x, y: calibration inputs and integer labels.
         variables: list of weight variables, default None (every trainable weight).
         estimator: str, default ``"backprop"``; see :func:`hessian_diagonal`.
+        damping: float, default 0.0. Levenberg-Marquardt damping, relative to the mean
+            of each variable's diagonal.
         **kwargs: passed to :func:`hessian_diagonal` (``batch_size``, ``samples``, ...).
 
     Returns:
@@ -161,6 +170,8 @@ def obd_saliency(model, x, y, variables=None, estimator: str = "backprop",
     """
     variables = list(model.trainable_variables if variables is None else variables)
     diag = hessian_diagonal(model, x, y, variables, estimator=estimator, **kwargs)
+    if damping:
+        diag = [np.asarray(h) + damping * float(np.mean(h)) for h in diag]
     return [0.5 * h * np.square(np.asarray(v, dtype="float64")) for h, v in zip(diag, variables)]
 
 

@@ -25,6 +25,9 @@ PRUNE_OPTIONS = Schema("prune", [
            "(replaces --sparsity)", low=0.0, low_inclusive=False),
     Option("estimator", str, "backprop", "OBD Hessian-diagonal estimator",
            choices=("backprop", "gauss_newton", "hutchinson", "fisher")),
+    Option("damping", float, 0.0, "OBD: Levenberg-Marquardt damping added to the Hessian "
+           "diagonal, relative to each layer's mean (0: plain OBD; large: ranks like "
+           "magnitude)", low=0.0),
     Option("calibration", int, 1024, "training samples used for OBD saliencies", low=1),
     Option("epochs", int, 0, "fine-tuning epochs (needs --data)", low=0),
     Option("rounds", int, 3, "prune-retrain rounds of the iterative schedule", low=1),
@@ -39,6 +42,9 @@ PRUNE_OPTIONS = Schema("prune", [
            "(bn: |gamma| / sqrt(var + eps) x L1, the scale of the following BatchNorm)",
            choices=("l1", "l2", "bn")),
     Option("distill", bool, False, "fine-tune by distillation from the original model"),
+    Option("balance", bool, False, "rank the weights of each output unit separately: every "
+           "unit keeps the same fraction of its inputs, so no unit or class is cut off "
+           "(with --scope global the threshold still sets each layer's sparsity)"),
     Option("steps", int, 1, "saliency re-estimations within one pruning round (OBD: delete "
            "a few, re-estimate, repeat; no retraining between steps)", low=1),
     Option("restore_best", bool, False, "gradual/fine-tuning: keep the weights of the epoch "
@@ -48,8 +54,10 @@ PRUNE_OPTIONS = Schema("prune", [
 ])
 
 
-def saliency_scores(model, variables, method, calibration=None, estimator="backprop"):
-    """Per-weight saliencies (one array per variable): ``|w|`` or OBD's ``h w^2 / 2``."""
+def saliency_scores(model, variables, method, calibration=None, estimator="backprop",
+                    damping=0.0):
+    """Per-weight saliencies (one array per variable): ``|w|`` or OBD's ``h w^2 / 2``
+    (with ``damping``, the Levenberg-Marquardt ``(h + damping * mean(h)) w^2 / 2``)."""
     from compress.pruning.magnitude import magnitude_saliency
 
     if method == "magnitude":
@@ -57,7 +65,7 @@ def saliency_scores(model, variables, method, calibration=None, estimator="backp
     from compress.pruning.obd import obd_saliency
 
     x, y = calibration
-    return obd_saliency(model, x, y, variables, estimator=estimator)
+    return obd_saliency(model, x, y, variables, estimator=estimator, damping=damping)
 
 
 def _check_data(model, data, opts) -> None:
@@ -193,14 +201,13 @@ def _masks(model, variables, opts, calib, target):
 
     if opts["quality"] is not None and not opts["two_four"]:
         return [han_threshold_mask(np.asarray(v), opts["quality"]) * _old(v) for v in variables]
-    scores = saliency_scores(model, variables, opts["method"], calib, opts["estimator"])
+    scores = saliency_scores(model, variables, opts["method"], calib, opts["estimator"],
+                             opts["damping"])
     # Weights pruned in an earlier round stay pruned: rank them lowest.
     scores = [np.where(_old(v) > 0, s, -np.inf) for v, s in zip(variables, scores)]
     if opts["two_four"]:
         return [masks.n_m_mask(s, 2, 4) for s in scores]
-    if opts["scope"] == "global":
-        return masks.global_masks(scores, target)
-    return [masks.lowest_mask(s, target) for s in scores]
+    return masks.select_masks(scores, target, opts["scope"], opts["balance"])
 
 
 def _old(variable):
