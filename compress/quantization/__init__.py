@@ -254,10 +254,12 @@ def _measure(path: Path, float_path: Path, x_check, expected, x_test, y_test,
         shape = tuple(x_check.shape[1:])
         info["latency_ms"], info["float_latency_ms"], info["latency_ratio"] = {}, {}, {}
         for threads in sorted({1, opts["threads"]}):
-            # Interleave and take the better of two rounds: other processes share the CPU.
-            q = min(export.runtime_latency_ms(path, shape, threads=threads) for _ in range(2))
-            f = min(export.runtime_latency_ms(float_path, shape, threads=threads)
-                    for _ in range(2))
+            # Other processes share the CPU: alternate quantized and float rounds, so that
+            # a busy spell slows both, and keep each one's best round.
+            q = f = float("inf")
+            for _ in range(3):
+                q = min(q, export.runtime_latency_ms(path, shape, threads=threads))
+                f = min(f, export.runtime_latency_ms(float_path, shape, threads=threads))
             info["latency_ms"][str(threads)] = q
             info["float_latency_ms"][str(threads)] = f
             info["latency_ratio"][str(threads)] = q / f
