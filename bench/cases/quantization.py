@@ -185,6 +185,7 @@ def _latency_why(ctx, sec: Section, work, model, ds) -> None:
     sec.add("The CNN's convolutions alone (int8 in and out, so no quantize op), 1 thread, "
             "microseconds:")
     sec.add(table(["layer", "float us", "int8 us", "int8 / float"], rows))
+    _onnx_why(ctx, sec, work, model, shape)
     sec.add("The toolkit's int8 file is as fast as the bare converter's (same graph: BatchNorm "
             "folded into the convolutions, per-channel int8 weights, int32 biases, every op "
             "int8 and delegated to XNNPACK). On this x86 CPU without VNNI, XNNPACK's int8 "
@@ -196,7 +197,58 @@ def _latency_why(ctx, sec: Section, work, model, ds) -> None:
             "float without it is the only pairing measured here that comes near the "
             "prototype's 0.30x (a plausible account of that number, not a verified one). "
             "The 0.4x target needs int8 dot-product instructions (VNNI) or an integer-only "
-            "accelerator.")
+            "accelerator. onnxruntime shows the same pattern, and a fixed per-run cost of the session "
+            "that int8 does not shrink.")
+
+
+def _onnx_profile(path, shape: tuple, runs: int) -> tuple[list, float, float]:
+    """onnxruntime's own profile of batch-1 runs (1 thread): the median microseconds of
+    each convolution in graph order, of all kernels together, and of a whole run."""
+    import json
+    import tempfile
+
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as folder:
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        opts.intra_op_num_threads = opts.inter_op_num_threads = 1
+        opts.enable_profiling = True
+        opts.profile_file_prefix = str(Path(folder) / "profile")
+        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        feed = {session.get_inputs()[0].name: np.zeros((1, *shape), np.float32)}
+        for _ in range(runs):
+            session.run(None, feed)
+        events = json.loads(Path(session.end_profiling()).read_text())
+    nodes, total = {}, []
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            nodes.setdefault(e["name"], (e["args"]["op_name"], []))[1].append(e["dur"])
+        elif e.get("cat") == "Session" and e["name"] == "model_run":
+            total.append(e["dur"])
+    convs = [float(np.median(d)) for op, d in nodes.values() if op in ("Conv", "QLinearConv")]
+    kernels = sum(float(np.median(d)) for _, d in nodes.values())
+    return convs, kernels, float(np.median(total))
+
+
+def _onnx_why(ctx, sec: Section, work, model, shape: tuple) -> None:
+    """The same per-convolution view in onnxruntime, from its profiler."""
+    from compress import export
+
+    float_path = work / "small-cnn-float.onnx"
+    export.export_onnx(model, float_path, force=True)
+    runs = ctx.size(50, 300)
+    f_conv, f_kern, f_run = _onnx_profile(float_path, shape, runs)
+    q_conv, q_kern, q_run = _onnx_profile(work / "small-cnn-onnx-int8.onnx", shape, runs)
+    rows = [[f"conv{i + 1}", f"{f:.0f}", f"{q:.0f}", f"{q / f:.2f}x"]
+            for i, (f, q) in enumerate(zip(f_conv, q_conv))]
+    rows += [["all kernels", f"{f_kern:.0f}", f"{q_kern:.0f}", f"{q_kern / f_kern:.2f}x"],
+             ["whole run (session.run)", f"{f_run:.0f}", f"{q_run:.0f}",
+              f"{q_run / f_run:.2f}x"]]
+    sec.add("onnxruntime's profiler on the float and the static int8 (QDQ) CNN, 1 thread, "
+            f"median microseconds over {runs} runs (the int8 convolutions are fused "
+            "QLinearConv kernels):")
+    sec.add(table(["", "float us", "int8 us", "int8 / float"], rows))
 
 
 def _size_why(sec: Section, work) -> None:
