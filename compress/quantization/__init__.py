@@ -55,7 +55,8 @@ QUANTIZE_OPTIONS = Schema("quantize", [
            "min/max)", choices=("minmax", "entropy", "percentile")),
     Option("interface", str, "float", "TFLite int8 model input/output type: float, or int8 "
            "for integer-only devices", choices=("float", "int8")),
-    Option("per_channel", bool, True, "per-channel weight scales (per-tensor if off)"),
+    Option("per_channel", bool, True, "per-channel weight scales; per-tensor if off, which "
+           "keeps a k-means-shared model's code book (fewer int8 codes, smaller zipped file)"),
     Option("reduce_range", bool, True, "ONNX: 7-bit weights, which keep onnxruntime's x86 "
            "int8 kernels from saturating on CPUs without VNNI"),
     Option("threads", int, 2, "threads of the multi-threaded latency measurement", low=1),
