@@ -78,3 +78,20 @@ def test_prune_refuses_overwrite_and_mismatched_data(cli, mlp_file, tmp_path):
               "--method", "obd")
     assert res.exit_code == 1 and "do not fit model input" in res.output
     assert not (tmp_path / "y.keras").exists()
+
+
+def test_prune_obd_damping_and_balance_flags(cli, mlp_file, tmp_path):
+    import keras
+
+    path, _ = mlp_file
+    out = tmp_path / "balanced.keras"
+    res = cli("prune", path, "-o", out, "--method", "obd", "--data", "digits", "--sparsity",
+              "0.8", "--damping", "1.0", "--balance", "--steps", "2", "--json")
+    assert res.exit_code == 0, res.output
+    assert abs(json.loads(res.output)["pass"]["sparsity_reached"] - 0.8) < 0.01
+    fan_in = (keras.models.load_model(out).get_layer("fc1").kernel.numpy() != 0).sum(axis=0)
+    assert fan_in.min() == fan_in.max() > 0  # every unit keeps the same number of inputs
+    res = cli("prune", path, "-o", tmp_path / "x.keras", "--method", "obd", "--data",
+              "digits", "--damping", "-1")
+    assert res.exit_code != 0 and "damping" in res.output
+    assert not (tmp_path / "x.keras").exists()
