@@ -20,15 +20,18 @@ def test_share_hash_writes_a_loadable_smaller_model(cli, mlp_file, tmp_path):
     digest = file_digest(path)
     out = tmp_path / "hashed.keras"
     result = cli("share", path, "-o", out, "--method", "hash", "--factor", "0.25",
-                 "--data", "digits", "--epochs", "2", "--json")
+                 "--data", "digits", "--epochs", "2", "--init", "scratch", "--dropout",
+                 "0.2", "--json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     assert report["pass"]["method"] == "hash"
+    assert report["pass"]["init"] == "scratch" and report["pass"]["dropout"] == 0.2
     assert report["after"]["params"] < 0.35 * report["before"]["params"]
     assert report["pass"]["bits_per_weight"] == pytest.approx(8.0, rel=0.02)
     assert file_digest(path) == digest
     loaded = keras.models.load_model(out)
     assert isinstance(loaded.get_layer("fc1"), HashedDense)
+    assert loaded.get_layer("fc1").dropout == 0.0 and loaded.get_layer("fc2").dropout == 0.2
     acc = float(np.mean(np.argmax(loaded.predict(ds.x_test, verbose=0), -1) == ds.y_test))
     assert acc == pytest.approx(report["after"]["accuracy"], abs=1e-6)
 
@@ -55,6 +58,7 @@ def test_share_kmeans_reports_bits_and_distinct_values(cli, mlp_file, tmp_path):
     (["--method", "kmeans", "--clusters", "100000"], "clusters"),
     (["--method", "hash", "--layers", "flatten"], "no layer"),
     (["--method", "hash", "--epochs", "2"], "needs --data"),
+    (["--method", "hash", "--dropout", "1"], "dropout"),
 ])
 def test_share_refuses_bad_input(cli, mlp_file, tmp_path, args, message):
     path, _ = mlp_file

@@ -191,6 +191,42 @@ def test_hash_model_refuses_bad_input(mlp_file):
         hash_model(model, layers="nothing-like-this")
 
 
+def test_scratch_init_and_dropout_train_and_save(mlp_file, tmp_path):
+    """init="scratch" ignores the trained weights; dropout acts in training only, is kept
+    in the saved config, and the hidden-unit dropout skips the first hashed layer."""
+    import keras
+
+    import compress  # noqa: F401  (registers the layers)
+    from compress.sharing import hash_model
+
+    path, ds = mlp_file
+    model = keras.models.load_model(path)
+    fresh, info = hash_model(model, None, factor=0.25, layers="fc", init="scratch",
+                             dropout=0.3, seed=1)
+    converted, _ = hash_model(model, None, factor=0.25, layers="fc", seed=1)
+    assert info["init"] == "scratch" and info["dropout"] == 0.3
+    fc1, fc2 = fresh.get_layer("fc1"), fresh.get_layer("fc2")
+    assert fc1.dropout == 0.0 and fc2.dropout == 0.3
+    assert not np.allclose(np.asarray(fc1.buckets), np.asarray(converted.get_layer("fc1").buckets))
+    assert np.all(np.asarray(fc1.bias) == 0)
+    x = ds.x_test[:64]
+    np.testing.assert_array_equal(np.asarray(fresh(x, training=False)), np.asarray(fresh(x)))
+    h = np.asarray(fresh.get_layer("fc1")(x.reshape(len(x), -1)))
+    dropped = np.asarray(fc2(h, training=True))
+    assert not np.allclose(dropped, np.asarray(fc2(h, training=False)))
+    fresh.save(tmp_path / "fresh.keras")
+    loaded = keras.models.load_model(tmp_path / "fresh.keras")
+    assert loaded.get_layer("fc2").dropout == 0.3
+    np.testing.assert_allclose(np.asarray(loaded(x)), np.asarray(fresh(x)), atol=1e-6)
+    _trained, tuned = hash_model(model, ds, factor=0.25, layers="fc", init="scratch",
+                                 dropout=0.2, epochs=6, learning_rate=3e-3, seed=1)
+    assert tuned["accuracy"] > 0.6  # learns from scratch, through the dropout
+    with pytest.raises(CompressError, match="init"):
+        hash_model(model, init="zeros")
+    with pytest.raises(CompressError, match="dropout"):
+        hash_model(model, dropout=1.0)
+
+
 def test_hash_model_refuses_unhashable_layers(cnn_file):
     import keras
 

@@ -28,6 +28,10 @@ SHARE_OPTIONS = Schema("share", [
     Option("learning_rate", float, None, "Adam learning rate for fine-tuning (default 1e-3 "
            "for hash, 1e-4 for kmeans)", low=0.0, low_inclusive=False),
     Option("batch_size", int, 64, "fine-tuning batch size", low=1),
+    Option("init", str, "dense", "hash: start the buckets from the trained weights (dense) "
+           "or afresh (scratch, as HashedNets are trained)", choices=("dense", "scratch")),
+    Option("dropout", float, 0.0, "hash: training dropout on hidden units (Chen et al. "
+           "train hashed nets with it)", low=0.0, high=1.0, high_inclusive=False),
     Option("seed", int, 0, "hash, k-means++ and training seed", cli=False),
 ])
 
@@ -54,7 +58,8 @@ def share(model, data=None, path: str | None = None, verbose=0, **options):
               "learning_rate": opts["learning_rate"], "batch_size": opts["batch_size"],
               "verbose": verbose}
     if opts["method"] == "hash":
-        return hash_model(model, data, factor=opts["factor"], **common)
+        return hash_model(model, data, factor=opts["factor"], init=opts["init"],
+                          dropout=opts["dropout"], **common)
     return cluster_model(model, data, clusters=opts["clusters"], **common)
 
 

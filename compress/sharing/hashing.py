@@ -201,8 +201,22 @@ class _HashedKernel:
         """The ``m x n`` virtual kernel as a NumPy array."""
         return np.asarray(ops.convert_to_numpy(self.virtual_kernel_t())).T
 
+    def _init_dropout(self, dropout) -> None:
+        self.dropout = float(dropout or 0.0)
+        if not 0.0 <= self.dropout < 1.0:
+            raise CompressError(f"dropout: must be in [0, 1), got {dropout}")
+        self._dropout_seed = (keras.random.SeedGenerator(self.hash_seed)
+                              if self.dropout else None)
+
+    def _dropout_inputs(self, inputs, training):
+        """Inputs with ``dropout`` applied in training (a no-op at inference and export)."""
+        if training and self.dropout:
+            return keras.random.dropout(inputs, self.dropout, seed=self._dropout_seed)
+        return inputs
+
     def _hash_config(self) -> dict:
         return {"factor": self.factor, "buckets": self.buckets_arg, "seed": self.hash_seed,
+                "dropout": self.dropout,
                 "kernel_initializer": keras.initializers.serialize(self.kernel_initializer)
                 if self.kernel_initializer is not None else None}
 
@@ -235,10 +249,13 @@ class HashedDense(_HashedKernel, keras.layers.Layer):
         kernel_initializer: initializer of the buckets, default a Glorot-style uniform
             scaled to the virtual kernel's fans.
         bias_initializer: default ``"zeros"``.
+        dropout: float, default 0.0. Dropout rate on the layer's inputs during training
+            (HashedNets are trained with dropout, Chen et al. 2015); nothing at inference.
     """
 
     def __init__(self, units, factor=0.125, buckets=None, activation=None, use_bias=True,
-                 seed=0, kernel_initializer=None, bias_initializer="zeros", **kwargs):
+                 seed=0, kernel_initializer=None, bias_initializer="zeros", dropout=0.0,
+                 **kwargs):
         super().__init__(**kwargs)
         self.units = int(units)
         self.factor = None if factor is None else float(factor)
@@ -246,6 +263,7 @@ class HashedDense(_HashedKernel, keras.layers.Layer):
         self.activation = keras.activations.get(activation)
         self.use_bias = bool(use_bias)
         self.hash_seed = int(seed)
+        self._init_dropout(dropout)
         self.kernel_initializer = (keras.initializers.get(kernel_initializer)
                                    if kernel_initializer is not None else None)
         self.bias_initializer = keras.initializers.get(bias_initializer)
@@ -263,7 +281,7 @@ class HashedDense(_HashedKernel, keras.layers.Layer):
     def call(self, inputs, training=False):
         import tensorflow as tf
 
-        x = ops.reshape(inputs, (-1, self._m))
+        x = ops.reshape(self._dropout_inputs(inputs, training), (-1, self._m))
         kernel_t = self.virtual_kernel_t(_runtime_zero(x), training=bool(training))
         y = tf.linalg.matmul(x, kernel_t, transpose_b=True)  # FULLY_CONNECTED in TFLite
         if self.use_bias:
@@ -303,12 +321,12 @@ class HashedConv2D(_HashedKernel, keras.layers.Layer):
         padding: ``"valid"`` (default) or ``"same"``.
         dilation_rate: int or pair, default 1.
         factor, buckets, activation, use_bias, seed, kernel_initializer,
-        bias_initializer: as in :class:`HashedDense`.
+        bias_initializer, dropout: as in :class:`HashedDense`.
     """
 
     def __init__(self, filters, kernel_size, strides=1, padding="valid", dilation_rate=1,
                  factor=0.125, buckets=None, activation=None, use_bias=True, seed=0,
-                 kernel_initializer=None, bias_initializer="zeros", **kwargs):
+                 kernel_initializer=None, bias_initializer="zeros", dropout=0.0, **kwargs):
         super().__init__(**kwargs)
         self.filters = int(filters)
         self.kernel_size = _pair(kernel_size)
@@ -320,6 +338,7 @@ class HashedConv2D(_HashedKernel, keras.layers.Layer):
         self.activation = keras.activations.get(activation)
         self.use_bias = bool(use_bias)
         self.hash_seed = int(seed)
+        self._init_dropout(dropout)
         self.kernel_initializer = (keras.initializers.get(kernel_initializer)
                                    if kernel_initializer is not None else None)
         self.bias_initializer = keras.initializers.get(bias_initializer)
@@ -341,7 +360,7 @@ class HashedConv2D(_HashedKernel, keras.layers.Layer):
         kernel_t = self.virtual_kernel_t(_runtime_zero(inputs), training=bool(training))
         kernel = ops.reshape(ops.transpose(kernel_t),
                              self.kernel_size + (self.in_channels, self.filters))
-        y = ops.conv(inputs, kernel, strides=self.strides, padding=self.padding,
+        y = ops.conv(self._dropout_inputs(inputs, training), kernel, strides=self.strides, padding=self.padding,
                      dilation_rate=self.dilation_rate)
         if self.use_bias:
             y = y + self.bias
@@ -377,10 +396,10 @@ def layer_seed(seed: int, name: str) -> int:
     return (int(seed) * 1_000_003 + zlib.crc32(name.encode())) % (2 ** 31)
 
 
-def hashed_like(layer, factor: float, seed: int):
+def hashed_like(layer, factor: float, seed: int, dropout: float = 0.0):
     """A :class:`HashedDense` / :class:`HashedConv2D` configured like ``layer``."""
     common = {"factor": factor, "activation": layer.activation, "use_bias": layer.use_bias,
-              "seed": layer_seed(seed, layer.name), "name": layer.name}
+              "seed": layer_seed(seed, layer.name), "name": layer.name, "dropout": dropout}
     if isinstance(layer, keras.layers.Conv2D):
         return HashedConv2D(layer.filters, layer.kernel_size, strides=layer.strides,
                             padding=layer.padding, dilation_rate=layer.dilation_rate, **common)
@@ -389,12 +408,19 @@ def hashed_like(layer, factor: float, seed: int):
 
 def hash_model(model, data=None, *, factor: float = 0.125, layers: str | None = None,
                epochs: int = 0, seed: int = 0, learning_rate: float | None = None,
-               batch_size: int = 64, verbose=0):
+               batch_size: int = 64, verbose=0, init: str = "dense", dropout: float = 0.0):
     """Convert a model's Dense/Conv2D layers into hashed layers, then fine-tune.
 
     Each converted layer keeps ``round(factor * m * n)`` buckets, initialised to the mean
-    of ``sign * w`` over the trained weights hashed to each bucket. The input model is not
-    modified.
+    of ``sign * w`` over the trained weights hashed to each bucket (``init="dense"``), or
+    freshly (``init="scratch"``: Glorot-style buckets, zero biases, the layout of the model
+    only). The input model is not modified.
+
+    With about ``1 / factor`` random-sign weights per bucket, the signed means keep little
+    of the trained function (a 1/8-hashed LeNet-300-100 starts near chance), so the
+    conversion is mostly an initialisation; Chen et al. (2015) train hashed nets from
+    scratch with dropout, which ``init="scratch", dropout=0.25, epochs=30`` follows (it
+    beat the conversion in our benchmark, see BENCHMARKS.md).
 
     Example:
 
@@ -414,6 +440,11 @@ def hash_model(model, data=None, *, factor: float = 0.125, layers: str | None = 
         learning_rate: float or None, default None (1e-3). Adam learning rate.
         batch_size: int, default 64.
         verbose: Keras ``verbose`` for the fit, default 0.
+        init: str, default ``"dense"``. ``"dense"`` (buckets from the trained weights) or
+            ``"scratch"`` (fresh buckets and biases).
+        dropout: float, default 0.0. Training-time dropout on the inputs of every
+            converted layer but the first (dropout on hidden units, as HashedNets are
+            trained); a no-op at inference and in exports. In ``[0, 1)``.
 
     Returns:
         ``(new_model, info)``; ``info`` has stored and virtual parameters, bits per
@@ -424,12 +455,18 @@ def hash_model(model, data=None, *, factor: float = 0.125, layers: str | None = 
 
     if not 0.0 < float(factor) <= 1.0:
         raise CompressError(f"factor: must be in (0, 1], got {factor}")
+    if init not in ("dense", "scratch"):
+        raise CompressError(f"init '{init}': must be dense or scratch")
+    if not 0.0 <= float(dropout) < 1.0:
+        raise CompressError(f"dropout: must be in [0, 1), got {dropout}")
     chosen = {layer.name: layer for layer in select_layers(model, layers, "hashed")}
+    first = next(iter(chosen), None)
     training.set_seed(seed)
 
     def clone(layer):
         if layer.name in chosen:
-            return hashed_like(layer, factor, seed)
+            return hashed_like(layer, factor, seed,
+                               dropout=0.0 if layer.name == first else float(dropout))
         return layer.__class__.from_config(layer.get_config())
 
     try:
@@ -446,9 +483,10 @@ def hash_model(model, data=None, *, factor: float = 0.125, layers: str | None = 
             continue
         kernel = np.asarray(source.kernel)
         flat = kernel.reshape(-1, kernel.shape[-1])
-        layer.buckets.assign(bucket_means(flat, layer.num_buckets, layer.hash_seed))
-        if layer.use_bias:
-            layer.bias.assign(np.asarray(source.bias))
+        if init == "dense":
+            layer.buckets.assign(bucket_means(flat, layer.num_buckets, layer.hash_seed))
+            if layer.use_bias:
+                layer.bias.assign(np.asarray(source.bias))
         rows.append({"layer": layer.name, "type": type(layer).__name__,
                      "virtual": int(flat.size), "buckets": layer.num_buckets,
                      "factor": layer.num_buckets / flat.size})
@@ -459,7 +497,8 @@ def hash_model(model, data=None, *, factor: float = 0.125, layers: str | None = 
             "virtual_weights": virtual, "stored_weights": stored,
             "stored_params": int(sum(int(np.prod(w.shape)) for w in new.weights)),
             "dense_params": int(sum(int(np.prod(w.shape)) for w in model.weights)),
-            "bits_per_weight": 32.0 * stored / virtual, "epochs": int(epochs)}
+            "bits_per_weight": 32.0 * stored / virtual, "epochs": int(epochs),
+            "init": init, "dropout": float(dropout)}
     if data is not None:
         info["accuracy"] = training.accuracy(new, data.x_test, data.y_test)
     return new, info
