@@ -55,6 +55,8 @@ def test_bad_arguments():
         Pruning(sparsity=1.0)
     with pytest.raises(CompressError, match="calibration"):
         Pruning(method="obd")
+    with pytest.raises(CompressError, match="damping"):
+        Pruning(method="obd", calibration=([0], [0]), damping=-1.0)
 
 
 def test_balanced_callback_prunes_every_unit_equally(digits):
@@ -67,4 +69,4 @@ def test_balanced_callback_prunes_every_unit_equally(digits):
     for name in ("fc1", "out"):
         fan_in = (model.get_layer(name).kernel.numpy() != 0).sum(axis=0)
         assert fan_in.min() == fan_in.max() > 0
-    assert cb.get_config()["balance"] is True
+    assert cb.get_config()["balance"] is True and cb.get_config()["damping"] == 0.0

@@ -43,12 +43,15 @@ class Pruning(keras.callbacks.Callback):
         balance: bool, default False. Rank the weights of each output unit separately, so
             every unit keeps the same fraction of its inputs (OBD otherwise cuts off whole
             units and output classes; see :func:`compress.pruning.masks.balanced_mask`).
+        damping: float, default 0.0. OBD: Levenberg-Marquardt damping of the Hessian
+            diagonal, relative to each layer's mean (see
+            :func:`compress.pruning.obd.obd_saliency`).
     """
 
     def __init__(self, sparsity=0.9, initial_sparsity=0.0, begin_step=0, end_step=None,
                  frequency=100, power=3.0, schedule="polynomial", method="magnitude",
                  scope="layer", layers=None, skip_first_last=False, calibration=None,
-                 estimator="backprop", release_on_end=True, balance=False):
+                 estimator="backprop", release_on_end=True, balance=False, damping=0.0):
         super().__init__()
         from compress.errors import CompressError
 
@@ -61,6 +64,8 @@ class Pruning(keras.callbacks.Callback):
             raise CompressError(f"Pruning: method '{method}' must be magnitude or obd")
         if method == "obd" and calibration is None:
             raise CompressError("Pruning: method 'obd' needs calibration=(x, y)")
+        if damping < 0:
+            raise CompressError(f"Pruning: damping must be >= 0, got {damping}")
         if frequency < 1:
             raise CompressError(f"Pruning: frequency must be >= 1, got {frequency}")
         self.sparsity = float(sparsity)
@@ -78,6 +83,7 @@ class Pruning(keras.callbacks.Callback):
         self.estimator = estimator
         self.release_on_end = bool(release_on_end)
         self.balance = bool(balance)
+        self.damping = float(damping)
         self.step = 0
         self.current = 0.0
         self.updates = []  # (step, sparsity) of every mask update
@@ -127,7 +133,7 @@ class Pruning(keras.callbacks.Callback):
 
         variables = [v for _, v in self._pairs]
         scores = saliency_scores(self.model, variables, self.method, self.calibration,
-                                 self.estimator)
+                                 self.estimator, self.damping)
         scores = [np.where(masks.get_mask(v) > 0, s, -np.inf) for v, s in zip(variables, scores)]
         new = masks.select_masks(scores, target, self.scope, self.balance)
         for var, m in zip(variables, new):
@@ -145,4 +151,5 @@ class Pruning(keras.callbacks.Callback):
                 "frequency": self.frequency, "power": self.power, "schedule": self.schedule,
                 "method": self.method, "scope": self.scope, "layers": self.layers,
                 "skip_first_last": self.skip_first_last, "estimator": self.estimator,
-                "release_on_end": self.release_on_end, "balance": self.balance}
+                "release_on_end": self.release_on_end, "balance": self.balance,
+                "damping": self.damping}

@@ -113,7 +113,8 @@ def prune(model, data=None, *, verbose=0, **options):
         verbose: Keras ``fit`` verbosity, default 0.
         **options: see ``PRUNE_OPTIONS``: ``method`` (``"magnitude"``), ``sparsity``
             (0.9), ``schedule`` (``"oneshot"``), ``structured`` (False), ``two_four``,
-            ``scope``, ``quality``, ``estimator``, ``calibration``, ``epochs`` (0),
+            ``scope``, ``quality``, ``estimator``, ``damping`` (0.0, OBD's
+            Levenberg-Marquardt term), ``balance`` (False), ``calibration``, ``epochs`` (0),
             ``rounds``, ``learning_rate``, ``batch_size``, ``frequency``, ``layers``,
             ``skip_first_last``, ``norm``, ``distill`` (False), ``steps`` (1),
             ``restore_best`` (False), ``cosine`` (False).
@@ -163,7 +164,8 @@ def prune(model, data=None, *, verbose=0, **options):
         cb = Pruning(sparsity=opts["sparsity"], frequency=opts["frequency"],
                      method=opts["method"], scope=opts["scope"], layers=opts["layers"],
                      skip_first_last=opts["skip_first_last"], calibration=calib,
-                     estimator=opts["estimator"])
+                     estimator=opts["estimator"], balance=opts["balance"],
+                     damping=opts["damping"])
         training.compile_classifier(model, opts["learning_rate"] * 2)
         extra = _extra_callbacks(opts, opts["learning_rate"] * 2, opts["epochs"],
                                  start=_final_epoch(opts["epochs"]))
