@@ -103,3 +103,37 @@ def test_get_config_round_trip():
     cb = CosineSchedule(peak_lr=0.1, warmup_epochs=0.5, period_epochs=2, period_mult=2,
                         floor=1e-4)
     assert CosineSchedule.from_config(cb.get_config()).get_config() == cb.get_config()
+
+
+def test_rate_is_read_in_graph_and_the_optimizer_is_restored_after_fit(tmp_path):
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(N, 4)).astype("float32"), rng.integers(0, 3, N)
+    model = _model(0.05)
+    variable = model.optimizer._learning_rate
+    seen = {}
+
+    class Peek(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            seen[epoch] = type(self.model.optimizer._learning_rate).__name__
+
+    ckpt = tmp_path / "mid.keras"
+    cosine = CosineSchedule(peak_lr=0.1)
+    model.fit(x, y, batch_size=BATCH, epochs=3, verbose=0,
+              callbacks=[cosine, Peek(), keras.callbacks.ModelCheckpoint(ckpt)])
+    assert set(seen.values()) == {"_InGraphRate"}  # swapped in for the fit only
+    assert model.optimizer._learning_rate is variable
+    assert "get_config" not in model.optimizer.__dict__
+    last = float(cosine.learning_rate)
+    assert float(variable.numpy()) == pytest.approx(last)
+    # a checkpoint written mid-fit loads with plain Keras, with the rate as a float
+    loaded = keras.models.load_model(ckpt)
+    assert float(loaded.optimizer.learning_rate) == pytest.approx(last, rel=1e-5)
+    # the next fit without the schedule trains at the float variable's rate again
+    rec = _Record()
+    model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0, callbacks=[rec])
+    assert rec.rates == pytest.approx([last] * 10)
+    before = [w.copy() for w in model.get_weights()]
+    variable.assign(0.0)
+    model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0)
+    for a, b in zip(model.get_weights(), before, strict=True):
+        np.testing.assert_array_equal(a, b)  # rate 0: the re-traced step reads the variable

@@ -75,6 +75,7 @@ class CosineSchedule(keras.callbacks.Callback):
         self.floor = float(floor)
         self.steps_per_epoch = steps_per_epoch
         self.verbose = verbose
+        self._graph = None
         self.scale = 1.0
         self.step = 0
         self.learning_rate = None
@@ -104,6 +105,17 @@ class CosineSchedule(keras.callbacks.Callback):
         return np.where(steps < warmup, ramp, decayed)
 
     # -- callback hooks ------------------------------------------------------------------
+    @property
+    def scale(self) -> float:
+        """Multiplier of the whole curve (PlateauSchedule lowers it on a plateau)."""
+        return self._scale
+
+    @scale.setter
+    def scale(self, value: float) -> None:
+        self._scale = float(value)
+        if getattr(self, "_graph", None) is not None:
+            self._graph.scale.assign(self._scale)
+
     def on_train_begin(self, logs=None):
         optimizer = self.model.optimizer
         if isinstance(optimizer._learning_rate,
@@ -122,33 +134,49 @@ class CosineSchedule(keras.callbacks.Callback):
         self._peak = float(peak)
         total = epochs * self._spe
         self._table = self.schedule(np.arange(total + 1), self._spe, total, self._peak)
+        self._graph = None
         self.scale = 1.0
         self.step = 0
         self.model._compress_lr_schedule = self  # found by PlateauSchedule (see class doc)
         self._restarts = set(self._restart_steps(total))
+        self._graph = _InGraphRate.attach(self.model, self._table)
 
     def on_epoch_begin(self, epoch, logs=None):
         self.step = epoch * self._spe  # also right when fit starts at initial_epoch > 0
-        self._assign = _rate_setter(self.model.optimizer)
+        if self._graph is not None:
+            self._graph.start_at(self.step)
+        else:
+            self._assign = _rate_setter(self.model.optimizer)
 
     def on_train_batch_begin(self, batch, logs=None):
-        # Everything per step happens here, none in on_train_batch_end: Keras then keeps
-        # dispatching batch-end hooks asynchronously (no device sync every step), and the
-        # step counter cannot race with a batch-end hook running on another thread.
+        # In-graph (TensorFlow): the optimizer reads the rate from the table at its own
+        # step counter, so this hook only counts. Otherwise one assignment per step.
+        # Nothing per step runs in on_train_batch_end, so Keras keeps dispatching batch-end
+        # hooks asynchronously (no device sync every step).
         step = self.step
-        value = self.scale * (self._table[step] if step < len(self._table)
-                              else self._table[-1])
-        self._assign(value)
-        self.learning_rate = value
         self.step = step + 1
+        if self._graph is None:
+            value = self._rate_at(step)
+            self._assign(value)
+            self.learning_rate = value
         if self.verbose > 0 and step in self._restarts:
-            io_utils.print_msg(f"\nStep {step}: CosineSchedule warm restart at lr {value:.3g}.")
+            io_utils.print_msg(f"\nStep {step}: CosineSchedule warm restart at lr "
+                               f"{self._rate_at(step):.3g}.")
+
+    def _rate_at(self, step: int) -> float:
+        return self.scale * (self._table[step] if step < len(self._table) else self._table[-1])
 
     def on_epoch_end(self, epoch, logs=None):
+        if self.step > 0:
+            self.learning_rate = self._rate_at(self.step - 1)
         if logs is not None and self.learning_rate is not None:
             logs["learning_rate"] = float(self.learning_rate)
 
     def on_train_end(self, logs=None):
+        if self._graph is not None:
+            last = self._rate_at(max(self.step - 1, 0))
+            self._graph.detach(last)
+            self._graph = None
         if getattr(self.model, "_compress_lr_schedule", None) is self:
             del self.model._compress_lr_schedule
 
@@ -198,3 +226,73 @@ def _rate_setter(optimizer):
         optimizer.learning_rate = value
 
     return set_rate
+
+
+class _InGraphRate(keras.optimizers.schedules.LearningRateSchedule):
+    """The cosine table read inside the compiled train step at the optimizer's own counter.
+
+    Swapped in as the optimizer's rate for one ``fit`` (and swapped back at its end, with
+    the train function re-traced both times), so a step costs a table look-up in the graph
+    instead of a Python call and an eager assignment. Its config is the rate it ended at,
+    so a model checkpointed mid-fit (``ModelCheckpoint``) reloads with a plain float rate.
+    """
+
+    def __init__(self, table, offset, scale, variable):
+        import tensorflow as tf
+
+        self.table = tf.constant(np.asarray(table, dtype="float32"))
+        self.last = max(len(table) - 2, 0)  # the row after the last step is not trained
+        self.offset = offset
+        self.scale = scale
+        self.variable = variable
+
+    @classmethod
+    def attach(cls, model, table):
+        """Swap the schedule in (TensorFlow, plain optimizer with a float rate), or None."""
+        optimizer = model.optimizer
+        variable = getattr(optimizer, "_learning_rate", None)
+        if keras.backend.backend() != "tensorflow" or hasattr(optimizer, "inner_optimizer") \
+                or not isinstance(variable, keras.Variable) or \
+                getattr(optimizer, "gradient_accumulation_steps", None):
+            return None
+        import tensorflow as tf
+
+        offset = tf.Variable(0, dtype=tf.int64, trainable=False)
+        scale = tf.Variable(1.0, dtype=tf.float32, trainable=False)
+        graph = cls(table, offset, scale, variable)
+        optimizer._learning_rate = graph
+        graph.model = model
+        # A model saved mid-fit (ModelCheckpoint) must not carry this private class in its
+        # optimizer config: while attached, the config shows the current rate as a float.
+        class_get_config = type(optimizer).get_config
+
+        def get_config():
+            variable.assign(float(keras.ops.convert_to_numpy(graph(optimizer.iterations))))
+            optimizer._learning_rate = variable
+            try:
+                return class_get_config(optimizer)
+            finally:
+                optimizer._learning_rate = graph
+
+        optimizer.get_config = get_config
+        model.make_train_function(force=True)  # re-trace: read the table, not the variable
+        return graph
+
+    def start_at(self, step: int) -> None:
+        """Make the optimizer's current counter map to table row ``step``."""
+        iterations = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+        self.offset.assign(int(step) - iterations)
+
+    def detach(self, last_rate: float) -> None:
+        """Put the float variable back (holding the last rate used) and re-trace later."""
+        optimizer = self.model.optimizer
+        optimizer._learning_rate = self.variable
+        optimizer.__dict__.pop("get_config", None)
+        self.variable.assign(last_rate)
+        self.model.train_function = None  # the next fit traces with the variable again
+
+    def __call__(self, step):
+        import tensorflow as tf
+
+        row = tf.clip_by_value(tf.cast(step, tf.int64) + self.offset, 0, self.last)
+        return self.scale * tf.gather(self.table, row)
