@@ -117,9 +117,9 @@ def test_options_and_callbacks_from_mappings():
 
 
 def test_a_nan_stage_stops_the_cascade_with_one_line(digits, cnn_file):
-    from compress.errors import CompressError
-
     import copy
+
+    from compress.errors import CompressError
 
     path, _ = cnn_file
     model = keras.models.load_model(path, compile=False)

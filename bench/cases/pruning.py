@@ -64,7 +64,7 @@ def case_pruning(ctx) -> Section:
     t0 = time.perf_counter()
     saliency_scores(dense, variables, "obd", (x_cal, y_cal))
     obd_seconds = time.perf_counter() - t0
-    levels = (0.5, 0.7, 0.8, 0.9)
+    levels = ctx.size((0.5, 0.9), (0.5, 0.7, 0.8, 0.9))  # quick: the harness only
     n_steps = ctx.size(3, 8)
 
     def pruned_and_retrained(method, s, scope, steps=1, damping=0.0):
@@ -82,7 +82,7 @@ def case_pruning(ctx) -> Section:
 
     # Levenberg-Marquardt damping of OBD's diagonal, chosen on the VALIDATION split (mean
     # validation accuracy after the retrain epoch, per-layer ranking, 70/80/90%).
-    grid = (0.0, 1.0, 3.0)
+    grid = ctx.size((1.0,), (0.0, 1.0, 3.0))
     val_of = {d: float(np.mean([pruned_and_retrained("obd", s, "layer", n_steps, d)[3]
                                 for s in levels[1:]])) for d in grid}
     damping = max(grid, key=lambda d: val_of[d])
