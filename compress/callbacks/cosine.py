@@ -23,10 +23,12 @@ class CosineSchedule(keras.callbacks.Callback):
     periods that grow by ``period_mult``, peaks that shrink by ``restart_decay``), shifted
     after a linear warmup from ``warmup_start`` to the peak and lifted to an absolute
     ``floor``: ``lr = floor + (peak - floor) * shape(step)``. It is evaluated once for all
-    steps of the run at ``on_train_begin``, so each batch costs one table look-up and one
-    variable assignment (straight into the TensorFlow variable, about a tenth of the cost
-    of the optimizer's ``learning_rate`` setter). Unlike a ``LearningRateSchedule`` passed
-    to the optimizer, it works with a model compiled with a plain float learning rate,
+    steps of the run at ``on_train_begin``. On TensorFlow the compiled train step reads
+    the table at the optimizer's own step counter for the length of the ``fit`` (the
+    optimizer's float variable is put back, holding the last rate, at its end), so a step
+    costs no Python work; elsewhere each batch costs one look-up and one variable
+    assignment. Unlike a ``LearningRateSchedule`` passed to the optimizer, it works with a
+    model compiled with a plain float learning rate,
     composes with other callbacks, and writes ``learning_rate`` into the epoch logs (so
     ``History``, ``CSVLogger`` and TensorBoard record it).
 
@@ -233,8 +235,9 @@ class _InGraphRate(keras.optimizers.schedules.LearningRateSchedule):
 
     Swapped in as the optimizer's rate for one ``fit`` (and swapped back at its end, with
     the train function re-traced both times), so a step costs a table look-up in the graph
-    instead of a Python call and an eager assignment. Its config is the rate it ended at,
-    so a model checkpointed mid-fit (``ModelCheckpoint``) reloads with a plain float rate.
+    instead of a Python call and an eager assignment. While it is attached, the
+    optimizer's config shows the current rate as a float, so a model checkpointed mid-fit
+    (``ModelCheckpoint``) loads with plain Keras.
     """
 
     def __init__(self, table, offset, scale, variable):
