@@ -253,7 +253,7 @@ def keras_builtins(ctx, model, ds) -> tuple[list[list], dict]:
              {"mode": "keras-int8"}, "Keras's scheme; names the layers left float"),
             ("ours `compress quantize --mode dynamic` (`.tflite`)", "ours-dynamic.tflite",
              {"mode": "dynamic"}, "int8 weights, float activations; no data needed")]
-    for label, name, options, note in ours:
+    for label, name, options, note in ours[:ctx.size(1, len(ours))]:
         path = work / name
         t0 = time.perf_counter()
         with quiet_output():
