@@ -18,9 +18,7 @@ def _acc(model, ds):
 
 def case_pruning(ctx) -> Section:
     from bench.baselines import trained
-    from compress import training
     from compress.pruning import masks, prune, saliency_scores
-    from compress.training import accuracy
 
     sec = Section("Pruning: magnitude, OBD, schedules, structured", issue="#3")
     dense, ds = trained("lenet300", "mnist5k", ctx)
@@ -66,56 +64,79 @@ def case_pruning(ctx) -> Section:
     obd_seconds = time.perf_counter() - t0
     levels = ctx.size((0.5, 0.9), (0.5, 0.7, 0.8, 0.9))  # quick: the harness only
     n_steps = ctx.size(3, 8)
+    # One round of retraining (the same recipe for every column): one epoch over the
+    # training split at Adam 5e-4 (half the dense model's rate), the mask kept; the
+    # accuracy is the mean over retrain seeds (shuffling order), all from the same mask.
+    seeds = tuple(ctx.seed + i for i in range(ctx.size(1, 3)))
+    retrain = _Retrainer(dense, ds, learning_rate=5e-4)
+    runs = {}
 
-    def pruned_and_retrained(method, s, scope, steps=1, damping=0.0):
-        from compress.pruning import keep_zeros, release_zeros
-
-        model, _ = prune(dense, ds, method=method, sparsity=s, scope=scope, steps=steps,
-                         calibration=cal, damping=damping)
-        oneshot, dead = _acc(model, ds), _dead_units(model)
-        keep_zeros(model)
-        training.set_seed(ctx.seed)
-        training.compile_classifier(model, 5e-4)
-        training.fit(model, ds, epochs=1, verbose=0)
-        release_zeros(model)
-        return oneshot, _acc(model, ds), dead, accuracy(model, ds.x_val, ds.y_val)
+    def run(method, s, scope, steps=1, damping=0.0):
+        key = (method, s, scope, steps, damping)
+        if key not in runs:
+            model, info = prune(dense, ds, method=method, sparsity=s, scope=scope,
+                                steps=steps, calibration=cal, damping=damping)
+            tests, vals = zip(*(retrain(model, seed) for seed in seeds))
+            runs[key] = {"oneshot": _acc(model, ds), "retrain": float(np.mean(tests)),
+                         "spread": float(np.ptp(tests)), "val": float(np.mean(vals)),
+                         "dead": _dead_units(model),
+                         "layers": ", ".join(f"{r['weight'].split('/')[0]} "
+                                             f"{r['sparsity']:.0%}" for r in info["layers"])}
+        return runs[key]
 
     # Levenberg-Marquardt damping of OBD's diagonal, chosen on the VALIDATION split (mean
-    # validation accuracy after the retrain epoch, per-layer ranking, 70/80/90%).
+    # validation accuracy after the retrain round, per-layer ranking, 70/80/90%).
     grid = ctx.size((1.0,), (0.0, 1.0, 3.0))
-    val_of = {d: float(np.mean([pruned_and_retrained("obd", s, "layer", n_steps, d)[3]
+    val_of = {d: float(np.mean([run("obd", s, "layer", n_steps, d)["val"]
                                 for s in levels[1:]])) for d in grid}
     damping = max(grid, key=lambda d: val_of[d])
-    results, dead_rows = {}, []
-    for scope in ("layer", "global"):
-        curves = {"magnitude": [], "obd": [], "obd, steps": [], "obd, steps, LM": [],
-                  "magnitude+retrain": [], "obd, steps+retrain": [], "obd, steps, LM+retrain": []}
-        for s in levels:
-            model, _ = prune(dense, ds, method="obd", sparsity=s, scope=scope, calibration=cal)
-            curves["obd"].append(_acc(model, ds))
-            for name, method, steps, lm in (("magnitude", "magnitude", 1, 0.0),
-                                            ("obd, steps", "obd", n_steps, 0.0),
-                                            ("obd, steps, LM", "obd", n_steps, damping)):
-                one, re, dead, _ = pruned_and_retrained(method, s, scope, steps, lm)
-                curves[name].append(one)
-                curves[name + "+retrain"].append(re)
-                if s == levels[-1]:
-                    dead_rows.append([scope, name.replace("steps", f"{n_steps} steps"),
-                                      dead])
-        results[scope] = curves
-        rows = [[f"{s:.0%}"] + [f"{curves[k][i]:.2%}" for k in curves]
-                for i, s in enumerate(levels)]
-        title = ("per-layer ranking (same sparsity in each layer)" if scope == "layer"
-                 else "global ranking (one threshold across layers)")
-        names = [k.replace("obd, steps", f"obd, {n_steps} steps").replace(
-            "LM", f"LM {damping:g}") for k in curves]
-        sec.add(f"### OBD vs magnitude, {title}\n\n"
-                f"OBD: LeCun's backprop diagonal (Levenberg-Marquardt) on {cal} training "
-                f"samples; 'obd, {n_steps} steps' = {n_steps} steps with re-estimated "
-                f"saliencies, no retraining; 'LM {damping:g}' = the same with the diagonal "
-                f"damped, h + {damping:g} x mean(h) per layer; '+retrain' = one epoch at "
-                "Adam 5e-4 with the mask kept (same seed, data and recipe for every "
-                "column).\n\n" + table(["sparsity"] + names, rows))
+    lm = f"obd, {n_steps} steps, LM {damping:g}"
+    columns = {  # scope -> column name -> (method, steps, damping)
+        "layer": {"magnitude": ("magnitude", 1, 0.0), "obd": ("obd", 1, 0.0),
+                  f"obd, {n_steps} steps": ("obd", n_steps, 0.0),
+                  lm: ("obd", n_steps, damping)},
+        "global": {"magnitude": ("magnitude", 1, 0.0), "obd": ("obd", 1, 0.0),
+                   lm: ("obd", n_steps, damping)},
+        "sensitivity": {"magnitude": ("magnitude", 1, 0.0), lm: ("obd", n_steps, damping)},
+    }
+    titles = {"layer": "per-layer ranking (same sparsity in each layer)",
+              "global": "global ranking (one threshold across layers)",
+              "sensitivity": "sensitivity allocation (per-layer sparsities from the measured "
+                             "validation loss, ranking inside each layer)"}
+    curves, dead_rows = {}, []
+    for scope, cols in columns.items():
+        res = {name: [run(m, s, scope, st, d) for s in levels]
+               for name, (m, st, d) in cols.items()}
+        curves[scope] = res
+        names = list(cols) + [n + " +retrain" for n in cols if n != "obd"]
+        rows = [[f"{s:.0%}"] + [f"{res[n][i]['oneshot']:.2%}" for n in cols] +
+                [f"{res[n][i]['retrain']:.2%} (±{res[n][i]['spread'] * 50:.1f})"
+                 for n in cols if n != "obd"] for i, s in enumerate(levels)]
+        alloc = [[f"{s:.0%}"] + [res[n][i]["layers"] for n in cols]
+                 for i, s in enumerate(levels)]
+        dead_rows += [[scope, n, res[n][-1]["dead"]] for n in cols if n != "obd"]
+        sec.add(f"### OBD vs magnitude, {titles[scope]}\n\n" + table(["sparsity"] + names,
+                                                                      rows) +
+                "\n\nSparsity reached per layer:\n\n" + table(["sparsity"] + list(cols),
+                                                                alloc))
+    sec.add(f"OBD: LeCun's backprop diagonal (Levenberg-Marquardt) on {cal} training "
+            f"samples; 'obd' = all weights deleted at once from one saliency estimate; "
+            f"'obd, {n_steps} steps' = {n_steps} geometric steps with re-estimated "
+            f"saliencies, no retraining; 'LM {damping:g}' = the same with the diagonal "
+            f"damped, h + {damping:g} x mean(h) per layer. **'+retrain' = one round of "
+            "retraining**, the same for every column: one epoch over the training split at "
+            "Adam 5e-4 (half the dense model's rate), pruned weights held at zero; the "
+            f"accuracy is the mean over {len(seeds)} retrain seeds (shuffling order) from the "
+            "same mask, ± half the range across seeds. The protocol was fixed before "
+            "looking at any result: a mean over seeds because one test image is 0.1 "
+            "points and one retrain epoch varies by a few images with the shuffling "
+            "order. Sensitivity allocation (`scope=\"sensitivity\"`): before each pruning "
+            "step, for each layer alone, the validation-split loss is measured with its "
+            "lowest-saliency weights removed at sparsities 0, 5, ..., 95, 97, 99%; the "
+            "step's weights are then cut greedily where the measured loss increase per "
+            "removed weight is lowest (Han et al.'s sensitivity analysis, made automatic), "
+            "and the criterion (|w| or OBD) picks which weights go inside each layer; both "
+            "criteria get the same allocation procedure.")
     sec.add("**Why undamped OBD loses after retraining.** The dense net fits its training "
             f"split almost perfectly, so the output curvature p(1 - p) is ~0 on most "
             f"examples: the top 5% of training examples carry {_curvature_share(dense, ds):.0%} "
@@ -126,11 +147,11 @@ def case_pruning(ctx) -> Section:
             table(["ranking", "criterion", "dead units per layer"], dead_rows) +
             "\n\nThe Levenberg-Marquardt damping term (the lambda of the method OBD's "
             "diagonal is named after) bounds the ratio between units. Damping chosen on "
-            "validation accuracy after retraining (per-layer ranking, 70-90%): " +
+            "validation accuracy after the retrain round (per-layer ranking, 70-90%): " +
             ", ".join(f"{d:g}: {v:.2%}" for d, v in val_of.items()) +
             f" -> **{damping:g}**.")
     pred_rows = _diagonal_vs_actual(dense, x_cal, y_cal, damping, levels[-1])
-    sec.add("**Why OBD still loses with global ranking.** A global threshold compares "
+    sec.add("**Why OBD loses with global ranking.** A global threshold compares "
             "saliencies across layers, i.e. trusts the diagonal model's predicted loss "
             "increase, the sum of h w^2 / 2 over the deleted weights. Deleting the "
             f"{levels[-1]:.0%} lowest-saliency weights of one layer at a time (training "
@@ -138,34 +159,41 @@ def case_pruning(ctx) -> Section:
             table(["layer", "predicted loss increase", "actual", "actual / predicted"],
                   pred_rows) +
             "\n\nThe diagonal ignores the off-diagonal terms, and many small deletions "
-            "into the same unit add up coherently; the error is largest for the wide first "
-            "layer (784 correlated pixel inputs per unit), so the global OBD threshold "
-            "over-prunes fc1 (see the sparsities above) compared with magnitude. Tried "
-            "without success on the global curve: damping 3 and 10, the Fisher and sampled "
-            "Gauss-Newton estimators, saliencies normalised by each layer's mean, and "
-            "rescaling each layer's saliencies by its measured / predicted loss ratio "
-            "(unstable across steps). Per-layer ranking (or OBS-style compensation, not "
-            "built) avoids comparing these errors across layers.")
-    for scope in ("layer", "global"):
-        curves = results[scope]
-        for stage in ("", "+retrain"):
+            "into the same unit add up coherently; the error differs from layer to layer, "
+            "so the global OBD threshold misallocates sparsity between layers (see the "
+            "sparsities above). Tried without success on the global curve: damping 3 and "
+            "10, the Fisher and sampled Gauss-Newton estimators, saliencies normalised by "
+            "each layer's mean, and rescaling each layer's saliencies by its measured / "
+            "predicted loss ratio (unstable across steps). The sensitivity allocation "
+            "replaces the cross-layer comparison by measured losses and keeps OBD's "
+            "ranking where the diagonal is trustworthy, inside a layer.")
+    for scope in columns:
+        for stage in ("oneshot", "retrain"):
             ok, detail = True, []
             for i, s in enumerate(levels):
-                o, m = curves["obd, steps, LM" + stage][i], curves["magnitude" + stage][i]
+                o = curves[scope][lm][i][stage]
+                m = curves[scope]["magnitude"][i][stage]
                 need = m - 0.003 if s == 0.5 else m
-                ok &= o >= need
+                ok &= o >= need - 1e-9
                 detail.append(f"{s:.0%}: {o:.2%} vs {m:.2%}")
+            what = {"layer": "per-layer ranking (both)", "global": "global ranking (both)",
+                    "sensitivity": "sensitivity allocation (both)"}[scope]
+            when = (f"one retrain round, mean of {len(seeds)} seeds" if stage == "retrain"
+                    else "one-shot")
             sec.target(f"OBD ({n_steps} steps, LM damping {damping:g}) >= magnitude at "
-                       f"70/80/90%, within 0.3 pts at 50%, {scope} ranking"
-                       f"{' (one retrain epoch)' if stage else ' (one-shot)'}",
-                       "; ".join(detail), "obd >= magnitude", ok)
-    curves = results["layer"]
-    sec.add("Single-pass OBD (all weights deleted at once from one saliency estimate) is "
-            "listed in the 'obd' column for comparison: it loses to magnitude at 80-90%, "
-            "as the diagonal quadratic model breaks down when most weights go at once "
-            "(the WoodFisher paper saw the same for diagonal Fisher).")
+                       f"70/80/90%, within 0.3 pts at 50%, {what} ({when})",
+                       "; ".join(detail), "obd >= magnitude", bool(ok))
+    g_mag, s_obd = curves["global"]["magnitude"], curves["sensitivity"][lm]
+    sec.add("For reference, the strongest magnitude baseline here is the global threshold; "
+            "sensitivity-allocated OBD vs global magnitude, one-shot / retrained: " +
+            "; ".join(f"{s:.0%}: {s_obd[i]['oneshot']:.2%} vs {g_mag[i]['oneshot']:.2%} / "
+                      f"{s_obd[i]['retrain']:.2%} vs {g_mag[i]['retrain']:.2%}"
+                      for i, s in enumerate(levels)) + ".")
     plot = ctx.plot_dir / "pruning_obd_vs_magnitude.png"
-    _plot_curves(levels, curves, plot)
+    _plot_curves(levels, {f"{scope[:4]} {n}{' +retrain' if st == 'retrain' else ''}":
+                          [r[st] for r in curves[scope][n]]
+                          for scope in ("layer", "sensitivity") for n in ("magnitude", lm)
+                          for st in ("oneshot", "retrain")}, plot)
     sec.add(ctx.image(plot, "OBD vs magnitude"))
 
     # 3. callback overhead
@@ -209,6 +237,41 @@ def case_pruning(ctx) -> Section:
     # 5. structured pruning of the small CNN on animals
     _structured(sec, ctx)
     return sec
+
+
+class _Retrainer:
+    """One round of retraining, the same recipe for every mask: one compiled copy of the
+    dense model is reused (its weights, masks and optimizer state reset each time), so
+    that dozens of retrains do not each pay for tracing a new train step."""
+
+    def __init__(self, dense, ds, learning_rate=5e-4, epochs=1, batch_size=64):
+        from compress import training
+        from compress.pruning import masks
+
+        self.ds, self.epochs, self.batch_size = ds, epochs, batch_size
+        self.model = training.copy_model(dense)
+        self.variables = [v for _, v in masks.prunable_weights(self.model)]
+        for v in self.variables:
+            masks.set_mask(v, np.ones(tuple(v.shape), "float32"))
+        training.compile_classifier(self.model, learning_rate)
+        self.model.optimizer.build(self.model.trainable_variables)
+        self.fresh = [np.array(v) for v in self.model.optimizer.variables]
+
+    def __call__(self, pruned, seed):
+        """(test accuracy, validation accuracy) after retraining ``pruned``'s weights."""
+        from compress import training
+        from compress.pruning import masks
+
+        self.model.set_weights(pruned.get_weights())
+        for v in self.variables:
+            masks.set_mask(v, np.asarray(v) != 0)
+        for v, init in zip(self.model.optimizer.variables, self.fresh):
+            v.assign(init)
+        training.set_seed(seed)
+        self.model.fit(self.ds.x_train, self.ds.y_train, epochs=self.epochs,
+                       batch_size=self.batch_size, shuffle=True, verbose=0)
+        return (_acc(self.model, self.ds),
+                training.accuracy(self.model, self.ds.x_val, self.ds.y_val))
 
 
 def _dead_units(model) -> str:

@@ -19,8 +19,10 @@ PRUNE_OPTIONS = Schema("prune", [
            choices=("oneshot", "gradual", "iterative")),
     Option("structured", bool, False, "remove whole units/filters and rebuild smaller layers"),
     Option("two_four", bool, False, "semi-structured 2:4 sparsity (2 of every 4 input weights)"),
-    Option("scope", str, "layer", "rank weights within each layer or across all layers",
-           choices=("layer", "global")),
+    Option("scope", str, "layer", "rank weights within each layer (same sparsity in each), "
+           "across all layers (one threshold), or within each layer at per-layer sparsities "
+           "set by the validation loss measured when pruning each layer alone (sensitivity; "
+           "needs --data)", choices=("layer", "global", "sensitivity")),
     Option("quality", float, None, "Han et al.'s per-layer threshold quality x std(w) "
            "(replaces --sparsity)", low=0.0, low_inclusive=False),
     Option("estimator", str, "backprop", "OBD Hessian-diagonal estimator",
@@ -78,11 +80,17 @@ def _check_data(model, data, opts) -> None:
         wants.append(f"the {opts['schedule']} schedule")
     if opts["distill"]:
         wants.append("distillation")
+    if opts["scope"] == "sensitivity":
+        wants.append("the sensitivity scope")
     if wants and data is None:
         raise CompressError(f"prune: {' and '.join(wants)} need(s) data; without data only "
                             "data-free magnitude one-shot pruning is possible")
     if opts["schedule"] != "oneshot" and not opts["epochs"]:
         raise CompressError(f"prune: the {opts['schedule']} schedule trains; give epochs >= 1")
+    if opts["scope"] == "sensitivity" and (opts["schedule"] == "gradual" or opts["structured"]
+                                           or opts["quality"] is not None or opts["two_four"]):
+        raise CompressError("prune: scope 'sensitivity' works with unstructured oneshot or "
+                            "iterative pruning by --sparsity")
     if opts["distill"] and not opts["epochs"]:
         raise CompressError("prune: distillation fine-tunes; give epochs >= 1")
     if data is not None:
@@ -182,7 +190,7 @@ def prune(model, data=None, *, verbose=0, **options):
                 # Geometric steps from `before` to `target`, saliencies re-estimated each.
                 step_target = 1 - (1 - before) * ((1 - target) / (1 - before)) ** (k / n_steps)
                 t0 = time.perf_counter()
-                new_masks = _masks(model, variables, opts, calib, step_target)
+                new_masks = _masks(model, variables, opts, calib, step_target, data)
                 t_saliency += time.perf_counter() - t0
                 for var, m in zip(variables, new_masks):
                     masks.set_mask(var, m)
@@ -197,7 +205,7 @@ def prune(model, data=None, *, verbose=0, **options):
     return model, info
 
 
-def _masks(model, variables, opts, calib, target):
+def _masks(model, variables, opts, calib, target, data=None):
     from compress.pruning import masks
     from compress.pruning.magnitude import han_threshold_mask
 
@@ -209,6 +217,12 @@ def _masks(model, variables, opts, calib, target):
     scores = [np.where(_old(v) > 0, s, -np.inf) for v, s in zip(variables, scores)]
     if opts["two_four"]:
         return [masks.n_m_mask(s, 2, 4) for s in scores]
+    if opts["scope"] == "sensitivity":
+        from compress.pruning.sensitivity import sensitivity_masks
+
+        out, _ = sensitivity_masks(model, variables, scores, data.x_val, data.y_val, target,
+                                   opts["balance"])
+        return out
     return masks.select_masks(scores, target, opts["scope"], opts["balance"])
 
 
