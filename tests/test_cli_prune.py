@@ -49,6 +49,7 @@ def test_prune_structured_cnn_reduces_params(cli, cnn_file, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--method", "obd"], "only data-free magnitude one-shot pruning is possible"),
     (["--epochs", "3"], "only data-free magnitude one-shot pruning is possible"),
+    (["--scope", "sensitivity"], "only data-free magnitude one-shot pruning is possible"),
     (["--sparsity", "1.0"], "--sparsity: must be in [0.0, 1.0)"),
     (["--layers", "nope.*"], "matches no prunable layer"),
     (["--data", "npz:/nonexistent.npz"], "no such data file"),
@@ -95,3 +96,18 @@ def test_prune_obd_damping_and_balance_flags(cli, mlp_file, tmp_path):
               "digits", "--damping", "-1")
     assert res.exit_code != 0 and "damping" in res.output
     assert not (tmp_path / "x.keras").exists()
+
+
+def test_prune_sensitivity_scope_allocates_per_layer(cli, mlp_file, tmp_path):
+    import keras
+
+    path, _ = mlp_file
+    out = tmp_path / "sens.keras"
+    res = cli("prune", path, "-o", out, "--method", "obd", "--data", "digits", "--sparsity",
+              "0.8", "--scope", "sensitivity", "--json")
+    assert res.exit_code == 0, res.output
+    assert abs(json.loads(res.output)["pass"]["sparsity_reached"] - 0.8) < 0.01
+    model = keras.models.load_model(out)
+    zeros = [float((model.get_layer(n).kernel.numpy() == 0).mean())
+             for n in ("fc1", "fc2", "predictions")]
+    assert max(zeros) - min(zeros) > 0.05  # per-layer sparsities differ
