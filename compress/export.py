@@ -133,9 +133,36 @@ def _onnx_dtype(type_name: str):
 
 
 def tflite_interpreter(path, threads: int | None = None):
-    from ai_edge_litert.interpreter import Interpreter
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    return Interpreter(model_path=str(path), num_threads=threads)
+    kwargs = {}
+    if has_sparse_tensors(path):  # XNNPACK refuses weights densified at run time
+        kwargs["experimental_op_resolver_type"] = \
+            OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    return Interpreter(model_path=str(path), num_threads=threads, **kwargs)
+
+
+def has_sparse_tensors(path) -> bool:
+    """Whether the ``.tflite`` file at ``path`` stores a tensor in TFLite's sparse format.
+
+    Such files (written with ``Optimize.EXPERIMENTAL_SPARSITY``) densify their weights
+    with ``DENSIFY`` ops, which the default XNNPACK delegate refuses, so they run on
+    LiteRT's builtin kernels.
+
+    Example:
+
+    >>> has_sparse_tensors("pruned-sparse.tflite")   # doctest: +SKIP
+    True
+    """
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.Model.GetRootAs(Path(path).read_bytes(), 0)
+    for s in range(model.SubgraphsLength()):
+        graph = model.Subgraphs(s)
+        for t in range(graph.TensorsLength()):
+            if graph.Tensors(t).Sparsity() is not None:
+                return True
+    return False
 
 
 def run_tflite(path, x: np.ndarray, threads: int | None = None, batch_size: int = 256

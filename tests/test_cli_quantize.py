@@ -56,3 +56,17 @@ def test_export_quantize_dynamic(cli, mlp_file, tmp_path):
     assert result.exit_code == 0, result.output
     info = json.loads(result.output)
     assert info["mode"] == "dynamic" and info["format"] == "onnx" and out.exists()
+
+
+def test_quantize_sparse_flag(cli, mlp_file, tmp_path):
+    path, _ = mlp_file
+    out = tmp_path / "m.tflite"
+    result = cli("quantize", path, "-o", out, "--data", "digits", "--json", "--sparse",
+                 "--calibration-samples", 32, "--no-latency")
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.output)
+    assert info["bytes"] == out.stat().st_size
+    assert info["accuracy"] >= info["float_accuracy"] - 0.03
+    bad = cli("quantize", path, "-o", tmp_path / "m.onnx", "--data", "digits", "--sparse")
+    assert bad.exit_code == 1 and "--sparse" in bad.output
+    assert not (tmp_path / "m.onnx").exists()

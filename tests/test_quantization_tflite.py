@@ -101,6 +101,57 @@ def test_pruned_zeros_survive_int8(mlp_file, tmp_path):
     assert info["zipped_bytes"] < 0.5 * info["bytes"]  # the zeros compress
 
 
+def test_sparse_storage_of_pruned_int8(digits, tmp_path):
+    import keras
+
+    from compress import export, training
+    from compress.data import prepare
+    from compress.quantization import quantize
+    from compress.quantization.tflite import weight_arrays
+
+    training.set_seed(0)
+    model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(512, activation="relu"),
+                              keras.layers.Dense(10, activation="softmax")])
+    ds = prepare(model, digits)
+    training.compile_classifier(model, learning_rate=3e-3)
+    training.fit(model, ds, epochs=2, verbose=0, batch_size=64)
+    for layer in model.layers:
+        kernel, bias = layer.get_weights()
+        cut = np.quantile(np.abs(kernel), 0.9)
+        layer.set_weights([np.where(np.abs(kernel) > cut, kernel, 0.0), bias])
+    dense = quantize(model, tmp_path / "d.tflite", ds, latency=False)
+    sparse = quantize(model, tmp_path / "s.tflite", ds, sparse=True, latency=False)
+    assert dense["sparse_tensors"] == 0 and sparse["sparse_tensors"] >= 2
+    assert export.has_sparse_tensors(tmp_path / "s.tflite")
+    assert not export.has_sparse_tensors(tmp_path / "d.tflite")
+    # 90% of the int8 kernels' bytes become values + (uint8/uint16) column indices
+    kernel_bytes = sum(a.size for a in weight_arrays(tmp_path / "d.tflite") if a.ndim == 2)
+    assert dense["bytes"] - sparse["bytes"] >= 0.4 * kernel_bytes
+    # it runs in LiteRT (builtin kernels) and computes what the dense int8 file computes
+    x = ds.x_test[:200].astype(np.float32)
+    got, ref = export.run_artifact(tmp_path / "s.tflite", x), export.run_artifact(
+        tmp_path / "d.tflite", x)
+    assert np.mean(np.argmax(got, -1) == np.argmax(ref, -1)) >= 0.99
+    assert abs(sparse["accuracy"] - dense["accuracy"]) <= 0.01
+    # densified, the stored int8 weights are the dense file's, zeros in the same places
+    by_shape = {a.shape: a for a in weight_arrays(tmp_path / "d.tflite") if a.ndim == 2}
+    for a in weight_arrays(tmp_path / "s.tflite"):
+        if a.ndim == 2:
+            np.testing.assert_array_equal(a, by_shape[a.shape])
+    assert sparse["weight_zeros"]["artifact"] >= sparse["weight_zeros"]["model"] - 1e-9
+
+
+def test_sparse_needs_tflite(mlp_file, tmp_path):
+    from compress.quantization import quantize
+
+    path, ds = mlp_file
+    with pytest.raises(CompressError, match="--sparse"):
+        quantize(_load(path), tmp_path / "m.onnx", ds, sparse=True, latency=False)
+    with pytest.raises(CompressError, match="--sparse"):
+        quantize(_load(path), tmp_path / "m.tflite", ds, sparse=True, qat=True)
+    assert not list(tmp_path.iterdir())
+
+
 def test_int8_without_data_is_refused(mlp_file, tmp_path):
     from compress.quantization import quantize
 

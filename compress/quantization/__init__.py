@@ -16,6 +16,12 @@ Modes:
 - ``keras-int8``: Keras's own ``model.quantize("int8")`` (Dense/EinsumDense/Embedding);
   saved as ``.keras``; the layers that stayed float are listed.
 
+With ``sparse=True`` (TFLite) the mostly-zero weight tensors of a pruned model are stored
+in TFLite's sparse format (CSR values plus column indices): the raw file shrinks with the
+sparsity, but the zipped file does not (the indices compress worse than runs of zeros),
+the weights are densified in memory when the interpreter prepares, and the file runs on
+LiteRT's builtin kernels, because the XNNPACK delegate refuses it.
+
 With ``qat=True`` the model is first fine-tuned for ``epochs`` with fake-quantized
 weights and activations (BatchNorm folded), then converted as ``int8`` with each layer's
 output quantized on the range it learned (TFLite; :mod:`compress.quantization.qat`).
@@ -57,6 +63,9 @@ QUANTIZE_OPTIONS = Schema("quantize", [
            "for integer-only devices", choices=("float", "int8")),
     Option("per_channel", bool, True, "per-channel weight scales; per-tensor if off, which "
            "keeps a k-means-shared model's code book (fewer int8 codes, smaller zipped file)"),
+    Option("sparse", bool, False, "TFLite: store mostly-zero (pruned) weight tensors in "
+           "TFLite's sparse format: a smaller raw file (not zipped), densified when the "
+           "interpreter prepares; runs on LiteRT's builtin kernels (no XNNPACK), slower"),
     Option("reduce_range", bool, True, "ONNX: 7-bit weights, which keep onnxruntime's x86 "
            "int8 kernels from saturating on CPUs without VNNI"),
     Option("threads", int, 2, "threads of the multi-threaded latency measurement", low=1),
@@ -89,7 +98,8 @@ def quantize(model, path, data=None, *, force: bool = False, inputs: tuple = (),
         **options: see ``QUANTIZE_OPTIONS``: ``mode="int8"``, ``format=None``,
             ``qat=False``, ``epochs=0``, ``learning_rate=1e-4``,
             ``calibration_samples=256``, ``calibration="minmax"``,
-            ``interface="float"``, ``per_channel=True``, ``reduce_range=True``, ``threads=2``,
+            ``interface="float"``, ``per_channel=True``, ``sparse=False``,
+            ``reduce_range=True``, ``threads=2``,
             ``latency=True``.
 
     Returns:
@@ -98,7 +108,8 @@ def quantize(model, path, data=None, *, force: bool = False, inputs: tuple = (),
         ``float_accuracy`` (in the runtime, test split), ``top1_agreement`` with the
         Keras model, ``latency_ms`` / ``float_latency_ms`` / ``latency_ratio`` keyed by
         thread count, ``weight_zeros`` (fraction of zero weights in the model and in the
-        artifact), plus ``float_layers`` (keras-int8) and ``qat`` details.
+        artifact), ``sparse_tensors`` (TFLite: tensors stored in the sparse format),
+        plus ``float_layers`` (keras-int8) and ``qat`` details.
 
     Raises:
         CompressError: bad options, no or misshapen calibration data, an op the format
@@ -152,6 +163,9 @@ def _format(out: Path, opts: dict) -> str:
         if opts["format"] not in (None, "keras"):
             raise CompressError(f"{out}: keras-int8 writes a .keras model, not "
                                 f"{opts['format']}")
+        if opts["sparse"]:
+            raise CompressError(f"{out}: --sparse is TFLite's sparse tensor format; use "
+                                ".tflite")
         return "keras"
     fmt = opts["format"] or {v: k for k, v in SUFFIXES.items()}.get(out.suffix.lower())
     if fmt is None:
@@ -164,6 +178,11 @@ def _format(out: Path, opts: dict) -> str:
                             "dynamic for ONNX")
     if opts["qat"] and opts["mode"] != "int8":
         raise CompressError("--qat trains for full-integer int8; use it with --mode int8")
+    if opts["sparse"] and fmt != "tflite":
+        raise CompressError(f"{out}: --sparse is TFLite's sparse tensor format; use .tflite")
+    if opts["sparse"] and opts["qat"]:
+        raise CompressError("--sparse cannot be combined with --qat (the QAT ranges are "
+                            "applied after conversion); quantize without one of them")
     return fmt
 
 
@@ -199,7 +218,8 @@ def _artifact(model, out: Path, fmt: str, x_cal, x_test, y_test, opts: dict) -> 
         ranges = (opts.get("_qat_ranges") or None) if opts["qat"] else None
         flatbuffer = convert(model, mode, representative=x_cal,
                              int8_io=opts["interface"] == "int8",
-                             per_channel=opts["per_channel"], activation_ranges=ranges)
+                             per_channel=opts["per_channel"], activation_ranges=ranges,
+                             sparse=opts["sparse"])
     with tempfile.TemporaryDirectory() as folder:
         float_path = Path(folder) / f"float{SUFFIXES[fmt]}"
         try:
@@ -228,6 +248,10 @@ def _artifact(model, out: Path, fmt: str, x_cal, x_test, y_test, opts: dict) -> 
     info["calibration"] = (opts["calibration"] if fmt == "onnx" else "minmax") \
         if mode == "int8" else None
     info["interface"] = opts["interface"] if fmt == "tflite" and mode == "int8" else "float"
+    if fmt == "tflite":
+        from compress.quantization.tflite import sparse_tensor_count
+
+        info["sparse_tensors"] = sparse_tensor_count(flatbuffer)
     return info
 
 

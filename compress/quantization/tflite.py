@@ -30,7 +30,7 @@ MODES = ("float32", "int8", "dynamic", "float16")
 
 def convert(model, mode: str = "int8", representative: np.ndarray | None = None,
             int8_io: bool = False, per_channel: bool = True,
-            activation_ranges: list | None = None) -> bytes:
+            activation_ranges: list | None = None, sparse: bool = False) -> bytes:
     """Convert a Keras model to TFLite flatbuffer bytes.
 
     Args:
@@ -49,6 +49,13 @@ def convert(model, mode: str = "int8", representative: np.ndarray | None = None,
             in graph order, as learned by quantization-aware training
             (:func:`compress.quantization.qat.qat_finetune`); those outputs are
             quantized on exactly these grids instead of the calibrated ones.
+        sparse: bool, default False. Also ``Optimize.EXPERIMENTAL_SPARSITY``: weight
+            tensors that are mostly zeros (a pruned model) are stored in TFLite's sparse
+            format (CSR: nonzero values plus uint8/uint16 column indices) and densified
+            once by ``DENSIFY`` ops when the interpreter prepares. The file is smaller
+            raw (not zipped: the indices compress worse than runs of zeros), memory at
+            run time is not, and the XNNPACK delegate refuses such files, so they run on
+            LiteRT's builtin kernels (slower). Not with ``activation_ranges``.
 
     Returns:
         The ``.tflite`` bytes.
@@ -79,6 +86,12 @@ def convert(model, mode: str = "int8", representative: np.ndarray | None = None,
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
         if mode != "float32":
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if sparse:
+            if activation_ranges is not None:
+                raise CompressError("sparse TFLite storage cannot be combined with QAT "
+                                    "ranges; convert without --sparse")
+            converter.optimizations = list(converter.optimizations or []) + [
+                tf.lite.Optimize.EXPERIMENTAL_SPARSITY]
         if mode == "float16":
             converter.target_spec.supported_types = [tf.float16]
         if mode == "int8":
@@ -154,10 +167,32 @@ def _explain(exc: Exception, model, mode: str) -> str:
     return (f"TFLite {mode} conversion failed: {what}{where} has no {mode} TFLite kernel; "
             f"{fallback}")
 
+
+def sparse_tensor_count(content: bytes) -> int:
+    """How many tensors of a ``.tflite`` flatbuffer are stored in TFLite's sparse format."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.Model.GetRootAs(content, 0)
+    count = 0
+    for s in range(model.SubgraphsLength()):
+        graph = model.Subgraphs(s)
+        count += sum(graph.Tensors(t).Sparsity() is not None
+                     for t in range(graph.TensorsLength()))
+    return count
+
+
 def weight_arrays(path) -> list[np.ndarray]:
-    """The constant weight tensors (rank >= 2) stored in a ``.tflite`` file."""
+    """The constant weight tensors (rank >= 2) stored in a ``.tflite`` file.
+
+    Tensors in TFLite's sparse format are returned densified (as the interpreter's
+    ``DENSIFY`` ops produce them), zeros included.
+    """
     from ai_edge_litert.interpreter import Interpreter
 
+    from compress.export import has_sparse_tensors
+
+    if has_sparse_tensors(path):
+        return _densified_weights(path)
     interp = Interpreter(model_path=str(path))
     arrays = []
     for detail in interp.get_tensor_details():
@@ -171,3 +206,34 @@ def weight_arrays(path) -> list[np.ndarray]:
                                                                     np.float16):
             arrays.append(np.asarray(value))
     return arrays
+
+
+def _densified_weights(path) -> list[np.ndarray]:
+    """The dense weights of a sparse ``.tflite``: its ``DENSIFY`` outputs after one run,
+    plus its other constant weights."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    interp = Interpreter(model_path=str(path), experimental_preserve_all_tensors=True,
+                         experimental_op_resolver_type=OpResolverType
+                         .BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    densify = [op for op in interp._get_ops_details() if op["op_name"] == "DENSIFY"]
+    sparse_in = {int(op["inputs"][0]) for op in densify}
+    constants = []
+    for detail in interp.get_tensor_details():
+        if len(detail["shape"]) < 2 or detail["index"] in sparse_in:
+            continue
+        try:
+            value = interp.get_tensor(detail["index"])
+        except ValueError:
+            continue
+        if value is not None and value.size and detail["dtype"] in (np.int8, np.float32,
+                                                                    np.float16):
+            constants.append(np.array(value))
+    inp = interp.get_input_details()[0]
+    interp.resize_tensor_input(inp["index"], [1, *inp["shape"][1:]])
+    with quiet_output():
+        interp.allocate_tensors()
+    interp.set_tensor(inp["index"], np.zeros([1, *inp["shape"][1:]], inp["dtype"]))
+    interp.invoke()
+    dense = [np.array(interp.get_tensor(int(op["outputs"][0]))) for op in densify]
+    return dense + constants
