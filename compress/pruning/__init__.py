@@ -35,6 +35,7 @@ __all__ = [
     "prune_units",
     "release_zeros",
     "saliency_scores",
+    "sensitivity_masks",
 ]
 
 
@@ -44,7 +45,8 @@ def __getattr__(name):
     where = {"prune_units": "compress.pruning.structured",
              "magnitude_saliency": "compress.pruning.magnitude",
              "obd_saliency": "compress.pruning.obd",
-             "hessian_diagonal": "compress.pruning.obd"}
+             "hessian_diagonal": "compress.pruning.obd",
+             "sensitivity_masks": "compress.pruning.sensitivity"}
     if name not in where:
         raise AttributeError(f"module 'compress.pruning' has no attribute '{name}'")
     return getattr(importlib.import_module(where[name]), name)

@@ -121,7 +121,9 @@ def prune(model, data=None, *, verbose=0, **options):
         verbose: Keras ``fit`` verbosity, default 0.
         **options: see ``PRUNE_OPTIONS``: ``method`` (``"magnitude"``), ``sparsity``
             (0.9), ``schedule`` (``"oneshot"``), ``structured`` (False), ``two_four``,
-            ``scope``, ``quality``, ``estimator``, ``damping`` (0.0, OBD's
+            ``scope`` (``"layer"``; ``"global"``; ``"sensitivity"``: per-layer sparsities
+            from the validation loss measured with each layer pruned alone, see
+            :mod:`compress.pruning.sensitivity`), ``quality``, ``estimator``, ``damping`` (0.0, OBD's
             Levenberg-Marquardt term), ``balance`` (False), ``calibration``, ``epochs`` (0),
             ``rounds``, ``learning_rate``, ``batch_size``, ``frequency``, ``layers``,
             ``skip_first_last``, ``norm``, ``distill`` (False), ``steps`` (1),

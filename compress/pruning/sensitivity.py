@@ -20,12 +20,17 @@ Example:
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 
 from compress.errors import CompressError
 
 #: Sparsities at which each layer's loss is measured.
 GRID = tuple(np.round(np.r_[np.arange(0.0, 0.951, 0.05), 0.97, 0.99], 4))
+
+
+_LOSS_FNS = weakref.WeakKeyDictionary()
 
 
 def layer_loss_curves(model, variables, scores, x, y, grid=GRID, mask_fn=None) -> list:
@@ -51,10 +56,13 @@ def layer_loss_curves(model, variables, scores, x, y, grid=GRID, mask_fn=None) -
     mask_fn = mask_fn or lowest_mask
     xt = tf.constant(np.asarray(x), dtype=model.inputs[0].dtype or "float32")
     yt = tf.constant(np.asarray(y).astype("int64").reshape(-1))
+    if model not in _LOSS_FNS:  # traced once per model: stepwise pruning calls this often
+        _LOSS_FNS[model] = tf.function(lambda xb, yb: -tf.reduce_mean(
+            tf.gather(_log_probs(model, xb), yb, batch_dims=1)), reduce_retracing=True)
+    loss_fn = _LOSS_FNS[model]
 
-    @tf.function
     def loss():
-        return -tf.reduce_mean(tf.gather(_log_probs(model, xt), yt, batch_dims=1))
+        return loss_fn(xt, yt)
 
     curves = []
     for var, s in zip(variables, scores):
