@@ -1,26 +1,44 @@
-"""``python -m bench [--quick] [--only NAME ...] [--out FILE]``: run cases, write Markdown.
+"""``python -m bench [--quick] [--only NAME ...] [--out FILE] [--jobs N]``: run cases,
+write Markdown.
 
-Every case in ``bench/cases/*.py`` runs in this one process (Keras state is cleared
-between cases), on the same machine, with the same seed. A case that fails is reported in
-the output with its error and the run exits non-zero after finishing the others.
+A full run (no ``--jobs``) runs every case in ``bench/cases/*.py`` with a speed target in
+this one process, one after the other (Keras state is cleared between cases), on the same
+machine, with the same seed, so that the speed ratios each case measures are not disturbed
+by another case; the cases without one (``UNTIMED``) run first, two at a time in child
+processes. ``--jobs 1`` runs everything here, one after the other. With ``--jobs N`` (the
+default of ``--quick``, N = 2) every case runs in a child process, N at a time. Children
+send their sections and shared facts back as JSON; the cases that summarise others (the
+published-results table) run last in this process. A case that fails is reported in the
+output with its error and the run exits non-zero after finishing the others.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import importlib
+import json
 import os
 import pkgutil
 import platform
+import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
 
-from bench.harness import Context, Section, table
+from bench.harness import Context, Section, Target, table
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# Cases that take longest in quick mode start first when cases run in parallel.
+HEAVY_FIRST = ("distillation", "tfmot-head-to-head", "scaling", "sharing-hash", "quantization",
+               "pruning", "deployment", "callbacks-cascade")
+# Cases with no speed target: a full run runs them two at a time in child processes (their
+# accuracies and sizes do not depend on a neighbour), and the others alone.
+UNTIMED = ("distillation", "sharing-hash", "sharing-kmeans", "export-parity")
 
 
 def discover() -> dict:
@@ -60,7 +78,14 @@ def main(argv=None) -> int:
                         help="Markdown output (default BENCHMARKS.md, or "
                              "bench/out/BENCHMARKS.quick.md with --quick)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="cases run at once in child processes (default 1; 2 with "
+                             "--quick). Keep 1 for numbers: parallel cases share the cores")
     parser.add_argument("--list", action="store_true", help="list case names and exit")
+    parser.add_argument("--work-dir", default=None,
+                        help="scratch files (default bench/out/work)")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # JSON out path
+    parser.add_argument("--plot-dir", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -77,42 +102,114 @@ def main(argv=None) -> int:
     names = sorted(names, key=lambda n: bool(getattr(cases[n], "runs_last", False)))
     out = Path(args.out) if args.out else (
         ROOT / "bench" / "out" / "BENCHMARKS.quick.md" if args.quick else ROOT / "BENCHMARKS.md")
-    plot_dir = (out.parent / "plots") if args.quick or args.out else ROOT / "bench" / "plots"
-    work = ROOT / "bench" / "out" / "work"
+    plot_dir = Path(args.plot_dir) if args.plot_dir else (
+        (out.parent / "plots") if args.quick or args.out else ROOT / "bench" / "plots")
+    work = Path(args.work_dir) if args.work_dir else ROOT / "bench" / "out" / "work"
     for d in (out.parent, plot_dir, work):
         d.mkdir(parents=True, exist_ok=True)
     ctx = Context(quick=args.quick, seed=args.seed, plot_dir=plot_dir, work_dir=work,
                   out_dir=out.parent)
+    jobs = args.jobs or (2 if args.quick else 1)
+    if args.worker is None and not args.list:
+        # Baselines are trained once per run: never reuse a file from an earlier run.
+        for old in work.glob("baseline-*.keras"):
+            old.unlink()
 
+    started = time.perf_counter()
+    if args.worker is not None:
+        section = run_case(name=names[0], case=cases[names[0]], ctx=ctx)
+        Path(args.worker).write_text(json.dumps(
+            {"section": dataclasses.asdict(section), "facts": ctx.facts}))
+        return 0
+    last = [n for n in names if getattr(cases[n], "runs_last", False)]
+    if jobs > 1:
+        parallel = [n for n in names if n not in last]
+        note = (f" Cases ran {jobs} at a time in child processes (`--jobs {jobs}`), sharing "
+                "the cores: case wall times and speed ratios are disturbed by the neighbour.")
+    else:  # alone, but the untimed cases two at a time
+        parallel = [n for n in names if n in UNTIMED] if args.jobs is None else []
+        jobs = 2
+        note = (" Cases with a speed target ran alone, one after the other; the cases that "
+                f"measure no speed ({', '.join(parallel)}) ran two at a time in child "
+                "processes." if len(parallel) > 1 else "")
+    done = {}
+    if len(parallel) > 1:
+        done = dict(zip(parallel, run_children(parallel, args, jobs, ctx, out, plot_dir)))
+        if not args.quick:
+            for section in done.values():
+                section.add("_This case has no speed target: it ran beside another one "
+                            f"({', '.join(parallel)} two at a time), so the times it shows "
+                            "share the cores._")
+    for name in names:  # sections in the usual order; the summaries see the others
+        if name not in done:
+            done[name] = run_case(name=name, case=cases[name], ctx=ctx)
+        ctx.sections.append(done[name])
+    sections = [done[n] for n in names]
+    total = time.perf_counter() - started
+    out.write_text(render(sections, ctx, total, plot_dir, out, note))
+    print(f"[bench] wrote {out} ({total:.0f} s)", file=sys.stderr)
+    return 1 if any(s.error for s in sections) else 0
+
+
+def run_case(name: str, case, ctx: Context) -> Section:
+    """Run one case in this process: fresh Keras state and seed, errors reported."""
     from compress.quiet import import_tensorflow
 
     import_tensorflow()
     import keras
 
-    sections, started = [], time.perf_counter()
-    for name in names:
-        print(f"[bench] {name} ...", file=sys.stderr, flush=True)
-        keras.backend.clear_session()
-        from compress.training import set_seed
+    from compress.training import set_seed
 
-        set_seed(args.seed)
-        t0 = time.perf_counter()
-        try:
-            section = cases[name](ctx)
-        except Exception as exc:  # noqa: BLE001 - report it and go on with the other cases
-            traceback.print_exc()
-            section = Section(title=name, error=" ".join(f"{type(exc).__name__}: {exc}".split())[:400])
-        section.seconds = time.perf_counter() - t0
-        print(f"[bench] {name} done in {section.seconds:.1f} s", file=sys.stderr, flush=True)
-        sections.append(section)
-        ctx.sections.append(section)
-    total = time.perf_counter() - started
-    out.write_text(render(sections, ctx, total, plot_dir, out))
-    print(f"[bench] wrote {out} ({total:.0f} s)", file=sys.stderr)
-    return 1 if any(s.error for s in sections) else 0
+    print(f"[bench] {name} ...", file=sys.stderr, flush=True)
+    keras.backend.clear_session()
+    set_seed(ctx.seed)
+    t0 = time.perf_counter()
+    try:
+        section = case(ctx)
+    except Exception as exc:  # noqa: BLE001 - report it and go on with the other cases
+        traceback.print_exc()
+        section = Section(title=name, error=" ".join(f"{type(exc).__name__}: {exc}".split())[:400])
+    section.seconds = time.perf_counter() - t0
+    print(f"[bench] {name} done in {section.seconds:.1f} s", file=sys.stderr, flush=True)
+    return section
 
 
-def render(sections, ctx, total, plot_dir, out) -> str:
+def run_children(names: list, args, jobs: int, ctx: Context, out: Path, plot_dir: Path):
+    """Run each case in its own child process, ``jobs`` at a time; sections in the order
+    of ``names``, shared facts merged into ``ctx.facts``."""
+    order = sorted(names, key=lambda n: HEAVY_FIRST.index(n) if n in HEAVY_FIRST
+                   else len(HEAVY_FIRST))
+    results, running = {}, {}
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        while order or running:
+            while order and len(running) < jobs:
+                name = order.pop(0)
+                result = Path(tmp) / f"{name}.json"
+                cmd = [sys.executable, "-m", "bench", "--only", name, "--seed", str(args.seed),
+                       "--out", str(out), "--plot-dir", str(plot_dir), "--worker", str(result),
+                       "--work-dir", str(ctx.work_dir)]
+                if args.quick:
+                    cmd.append("--quick")
+                running[name] = (subprocess.Popen(cmd, cwd=ROOT), result, time.perf_counter())
+            time.sleep(0.2)
+            for name, (proc, result, t0) in list(running.items()):
+                if proc.poll() is None:
+                    continue
+                del running[name]
+                if proc.returncode == 0 and result.exists():
+                    data = json.loads(result.read_text())
+                    sec = data["section"]
+                    sec["targets"] = [Target(**t) for t in sec["targets"]]
+                    results[name] = Section(**sec)
+                    ctx.facts.update(data["facts"])
+                else:
+                    results[name] = Section(title=name, error=(
+                        f"child process exited with {proc.returncode} after "
+                        f"{time.perf_counter() - t0:.0f} s"))
+    return [results[n] for n in names]
+
+
+def render(sections, ctx, total, plot_dir, out, note: str = "") -> str:
     targets = [t for s in sections for t in s.targets]
     met = sum(t.met for t in targets)
     head = [
@@ -121,7 +218,7 @@ def render(sections, ctx, total, plot_dir, out) -> str:
         (f"Generated by `{'make bench-quick' if ctx.quick else 'make bench'}` on "
          f"{datetime.date.today().isoformat()} in {total / 60:.1f} minutes, seed {ctx.seed}. "
          "Every number below was measured in this one run on this machine; speed is given as "
-         "ratios between artifacts measured back to back."),
+         "ratios between artifacts measured back to back." + note),
         "",
         table(["machine", ""], machine()),
         "",

@@ -1,4 +1,5 @@
-"""Dense baselines shared by the cases, trained once per run and cached in the work dir.
+"""Dense baselines shared by the cases, trained once per run and cached in the work dir
+(``python -m bench`` removes the cached files when a run starts).
 
 Example:
 
@@ -43,5 +44,10 @@ def trained(name: str, data: str, ctx, epochs: int | None = None):
     stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=5,
                                          restore_best_weights=True)
     training.fit(model, ds, epochs=n_epochs, callbacks=[stop], verbose=0)
-    model.save(path)
+    # Atomic: cases running in parallel child processes may train the same baseline.
+    import os
+
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.keras")
+    model.save(tmp)
+    os.replace(tmp, path)
     return training.copy_model(model), ds

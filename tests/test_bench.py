@@ -1,5 +1,6 @@
 """The benchmark harness itself: discovery of every case, a quick run, the Markdown it writes."""
 
+import json
 import os
 import subprocess
 import sys
@@ -27,15 +28,130 @@ def test_unknown_case_is_a_usage_error():
     assert proc.returncode == 2 and "unknown case" in proc.stderr
 
 
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    """The whole ``python -m bench --quick`` (every case, two at a time), run once."""
+    tmp = tmp_path_factory.mktemp("bench")
+    out, work = tmp / "BENCH.md", tmp / "work"
+    proc = subprocess.run([sys.executable, "-m", "bench", "--quick", "--out", str(out),
+                           "--work-dir", str(work)], cwd=ROOT, env=ENV,
+                          capture_output=True, text=True, check=False, timeout=1200)
+    return proc, out, work
+
+
 @pytest.mark.slow
-def test_quick_run_writes_markdown_with_targets(tmp_path):
-    out = tmp_path / "BENCH.md"
-    proc = subprocess.run([sys.executable, "-m", "bench", "--quick", "--only", "export-parity",
-                           "published", "--out", str(out)], cwd=ROOT, env=ENV,
-                          capture_output=True, text=True, check=False, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+def test_quick_run_of_every_case_writes_markdown_with_targets(quick_run):
+    proc, out, _work = quick_run
+    assert proc.returncode == 0, proc.stderr[-3000:]
     text = out.read_text()
     assert text.startswith("# Benchmarks (quick mode")
-    assert "| tensorflow | " in text and "## Targets: 4 of 4 met" in text
-    assert "## Published results beside ours" in text
+    assert "Cases ran 2 at a time in child processes" in text
+    assert "| tensorflow | " in text and "## Targets: " in text
+    assert "Case failed" not in text
+    listed = subprocess.run([sys.executable, "-m", "bench", "--list"], cwd=ROOT, env=ENV,
+                            capture_output=True, text=True, check=True).stdout.split()
+    # one section per case, each with its wall time, the summary (published) last
+    assert text.count("_Case wall time: ") == len(listed)
+    assert text.rindex("## Published results beside ours") > text.rindex("## Peers: TFMOT")
+    # every case ran: their progress lines, from the child processes
+    for name in listed:
+        assert f"[bench] {name} done in" in proc.stderr
+    # the export-parity targets are met even in quick mode (exports are exact)
     assert "max abs diff <= 1e-4" in text
+    parity = [line for line in text.splitlines() if "max abs diff <= 1e-4, top-1" in line]
+    assert len(parity) >= 4 and all(line.endswith("| yes |") for line in parity)
+
+
+def test_a_run_retrains_baselines_instead_of_reusing_an_earlier_runs(tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    stale = work / "baseline-lenet300-mnist5k-s0-e2-q1.keras"
+    stale.write_bytes(b"from an earlier run, maybe an older recipe")
+    other = work / "notes.txt"
+    other.write_text("kept")
+    proc = subprocess.run([sys.executable, "-m", "bench", "--quick", "--only", "published",
+                           "--out", str(tmp_path / "B.md"), "--work-dir", str(work)],
+                          cwd=ROOT, env=ENV, capture_output=True, text=True, check=False,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert not stale.exists() and other.read_text() == "kept"
+
+
+# The TFMOT peer (bench/peers/tfmot_peer.py) as the quick run ran it: its JSON.
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+needs_tfmot = pytest.mark.skipif(
+    not (_has("tensorflow_model_optimization") and _has("tf_keras")),
+    reason="TFMOT and tf_keras (the bench extra) are not installed")
+
+
+@pytest.fixture(scope="module")
+def peer_results(quick_run):
+    proc, _out, work = quick_run
+    path = work / "tfmot-peer-s0-q1.json"
+    assert path.exists(), proc.stderr[-2000:]
+    return json.loads(path.read_text())
+
+
+@pytest.mark.slow
+@needs_tfmot
+def test_peer_records_every_method(peer_results):
+    r = peer_results
+    assert r["errors"] == {}
+    assert r["keras_module"].startswith("tf_keras")  # really ran on legacy Keras 2
+    assert set(r["methods"]) == {"prune-90", "prune-95", "cluster-16", "qat-int8"}
+    assert r["plain_fit_seconds"] > 0
+    for row in r["methods"].values():
+        assert 0.1 < row["accuracy"] <= 1.0  # well above chance is not asked in 1 epoch
+        assert row["finetune_seconds"] > 0 and row["time_ratio"] > 0
+        assert Path(row["path"]).exists()
+        assert 0 < row["zipped_bytes"] <= Path(row["path"]).stat().st_size
+
+
+@pytest.mark.slow
+@needs_tfmot
+def test_peer_pruning_reaches_target_and_strips(peer_results):
+    for name, target in (("prune-90", 0.9), ("prune-95", 0.95)):
+        row = peer_results["methods"][name]
+        assert row["kernel_sparsity"] == pytest.approx(target, abs=0.005)
+        # The stripped file loads with plain Keras 3 and gives the same accuracy.
+        assert row["loads_keras3"] is True
+        assert row["accuracy_keras3"] == pytest.approx(row["accuracy"], abs=1e-9)
+        # The unstripped file needs TFMOT's wrapper layer, in Keras 3 and in tf_keras alone.
+        assert row["unstripped_loads_keras3"] is False
+        assert row["unstripped_loads_tf_keras_without_tfmot"] is False
+    checks = peer_results["load_check"]
+    assert "PruneLowMagnitude" in checks["prune-90-unstripped"]["error"]
+    assert checks["_tfmot_imported"] is False and checks["_compress_imported"] is False
+    # Sparser model zips smaller than the dense one.
+    dense = peer_results["baseline"]["zipped_bytes"]
+    assert peer_results["methods"]["prune-95"]["zipped_bytes"] < \
+        peer_results["methods"]["prune-90"]["zipped_bytes"] < dense
+
+
+@pytest.mark.slow
+@needs_tfmot
+def test_peer_cluster_and_qat(peer_results):
+    cluster = peer_results["methods"]["cluster-16"]
+    assert cluster["max_unique_kernel_values"] <= 16
+    assert cluster["loads_keras3"] is True
+    qat = peer_results["methods"]["qat-int8"]
+    assert Path(qat["path"]).suffix == ".tflite"
+    # full int8: about a quarter of the float32 weights (266,610 params * 4 bytes)
+    assert qat["tflite_bytes"] < 0.3 * 4 * peer_results["baseline"]["params"]
+    assert abs(qat["accuracy"] - qat["keras_accuracy"]) <= 0.05
+
+
+@pytest.mark.slow
+@needs_tfmot
+def test_peer_uses_the_same_split_as_ours(peer_results):
+    from bench.peers.tfmot_peer import fingerprint
+    from compress.data import load_data
+
+    ds = load_data("mnist5k", 0).take(600, 300)
+    assert peer_results["data"]["test_fingerprint"] == fingerprint(ds.x_test, ds.y_test)
+    assert peer_results["data"]["train_fingerprint"] == fingerprint(ds.x_train, ds.y_train)

@@ -119,7 +119,7 @@ def case_scaling(ctx) -> Section:
     sec.add(f"MLPs 784-W-W/2-10 on mnist5k ({ctx.size(256, 1024)} samples per pass), "
             f"parameters from {params[0]:,} to {params[-1]:,} "
             f"({params[-1] / params[0]:.0f}x). Times in seconds (best of 2 for the "
-            "saliency and the compiled gradient passes; epoch times are medians over the "
+            "saliency and the compiled gradient passes, both in batches of 128; epoch times are medians over the "
             f"epochs after the first of {ctx.size(1, 3)} interleaved plain / Pruning fits).")
     sec.add(table(["params", "OBD pass", "gradient pass", "OBD / gradient", "epoch",
                    "epoch + Pruning", "overhead", "structured rebuild", "export"], rows))
@@ -154,8 +154,9 @@ def case_scaling(ctx) -> Section:
     return sec
 
 
-def _gradient_pass(model, x, y, batch_size: int = 256):
-    """One compiled gradient pass over (x, y), like the OBD pass it is compared with."""
+def _gradient_pass(model, x, y, batch_size: int = 128):
+    """One compiled gradient pass over (x, y), like the OBD pass it is compared with (the
+    same batches: the backprop diagonal runs in batches of 128)."""
     import tensorflow as tf
 
     fns = _GRAD_FNS.setdefault(id(model), {})

@@ -83,11 +83,17 @@ def _hashed_scratch(factor, ds, ctx, epochs, dropouts):
 def _shrunk_dense(target_params: int, ds, ctx, epochs: int, dropouts):
     """LeNet-300-100 narrowed until it stores ``target_params``, trained from scratch."""
     from compress import training
-    from compress.models import build
+
+    def hidden_of(w):  # compress.models.lenet300's rounding
+        return max(1, round(300 * w)), max(1, round(100 * w))
+
+    def stored(w):  # its parameter count, without building 400 models
+        h1, h2 = hidden_of(w)
+        return 784 * h1 + h1 + h1 * h2 + h2 + h2 * 10 + 10
 
     widths = np.linspace(0.02, 1.0, 400)
-    width = min(widths, key=lambda w: abs(_stored(build("lenet300", width=w)) - target_params))
-    hidden = (max(1, round(300 * width)), max(1, round(100 * width)))
+    width = min(widths, key=lambda w: abs(stored(w) - target_params))
+    hidden = hidden_of(width)
     models = {}
     for d in dropouts:
         training.set_seed(ctx.seed)
