@@ -451,7 +451,9 @@ def _step_distill(model, dataset, opts, index, ctx):
                         alpha=opts["alpha"], epochs=opts["epochs"],
                         learning_rate=opts["learning_rate"], batch_size=opts["batch_size"],
                         callbacks=_callbacks(opts), feature_pairs=opts.get("feature_pairs"),
-                        teacher_outputs=opts["teacher_outputs"], verbose=ctx.verbose)
+                        teacher_outputs=opts["teacher_outputs"],
+                        augment=opts.get("augment", "none"), shift=opts.get("shift", 2),
+                        verbose=ctx.verbose)
     return _finish_model_step(new, dataset, "distill", index, ctx, info)
 
 

@@ -52,6 +52,25 @@ def test_distill_with_a_student_file_and_no_baseline(cli, mlp_file, tmp_path):
     assert loaded.get_layer("hidden").units == 12
 
 
+def test_distill_with_consistent_shifts(cli, mlp_file, tmp_path):
+    path, ds = mlp_file
+    out = tmp_path / "shifted.keras"
+    result = cli("distill", path, "-o", out, "--data", "digits", "--width", "0.5",
+                 "--epochs", "2", "--learning-rate", "0.005", "--augment", "shift",
+                 "--shift", "1", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    info = report["pass"]
+    assert info["augment"] == "shift" and info["shift"] == 1 and info["epochs_run"] == 2
+    assert [r["name"] for r in report["reports"]] == ["teacher", "student alone", "distilled"]
+    model = keras.models.load_model(out)
+    acc = float(np.mean(np.argmax(model.predict(ds.x_test, verbose=0), 1) == ds.y_test))
+    assert acc == pytest.approx(report["reports"][2]["accuracy"]) and acc > 0.3
+    unknown = cli("distill", path, "-o", tmp_path / "u.keras", "--data", "digits",
+                  "--augment", "mixup")
+    assert unknown.exit_code == 2 and not (tmp_path / "u.keras").exists()
+
+
 def _bad_models(tmp_path):
     five = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
                              keras.layers.Dense(5, activation="softmax")])
@@ -76,6 +95,8 @@ def _bad_models(tmp_path):
     (["--feature-pairs", "fc1:nope"], "no layer 'nope'"),
     (["--teacher", "{tmp}/reg.keras"], "not a classifier"),
     (["--teacher", "{tmp}/multi.keras"], "not class logits"),
+    (["--augment", "shift", "--shift", "8"], "too small"),
+    (["--augment", "shift", "--shift", "0"], "--shift"),
 ])
 def test_bad_input_is_one_line_exit_1_nothing_written(cli, mlp_file, tmp_path, args, message):
     path, _ = mlp_file

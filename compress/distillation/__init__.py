@@ -3,6 +3,8 @@
 - :func:`distill` trains a copy of a student on a teacher's temperature-softened outputs
   and the labels (Hinton, Vinyals and Dean, 2015), through ``keras.distillation.Distiller``.
 - :func:`width_student`, :func:`depth_student` and :func:`make_student` derive students.
+- ``distill(..., augment="shift")`` is consistent teaching (Beyer et al. 2022): teacher
+  and student see the same randomly shifted images (:func:`augmented_batches`).
 - :func:`distill_step` runs the CLI command / recipe step from :data:`DISTILL_OPTIONS`
   (student from options, a labels-only baseline, then :func:`distill`).
 
@@ -18,6 +20,8 @@ import importlib
 # DISTILL_OPTIONS) does not import Keras.
 _WHERE = {
     "DISTILL_OPTIONS": "compress.distillation.options",
+    "augmented_batches": "compress.distillation.augment",
+    "check_augment": "compress.distillation.augment",
     "check_compatible": "compress.distillation.driver",
     "copy_with_constraints": "compress.distillation.driver",
     "distill": "compress.distillation.driver",
@@ -34,6 +38,8 @@ _WHERE = {
 
 __all__ = [
     "DISTILL_OPTIONS",
+    "augmented_batches",
+    "check_augment",
     "check_compatible",
     "copy_with_constraints",
     "depth_student",

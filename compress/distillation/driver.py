@@ -35,6 +35,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
+from compress.distillation.augment import augmented_batches, check_augment
 from compress.distillation.options import DISTILL_OPTIONS
 from compress.errors import CompressError
 
@@ -46,7 +47,7 @@ _PROB_FLOOR = 1e-12
 def distill(teacher, student, data, *, temperature: float = 4.0, alpha: float = 0.9,
             epochs: int = 10, learning_rate: float = 1e-3, batch_size: int = 64,
             callbacks=None, feature_pairs=None, teacher_outputs: str = "auto",
-            verbose: int | str = 0):
+            augment: str = "none", shift: int = 2, verbose: int | str = 0):
     """Train a copy of ``student`` to match ``teacher``'s softened outputs and the labels.
 
     Example:
@@ -76,6 +77,12 @@ def distill(teacher, student, data, *, temperature: float = 4.0, alpha: float = 
             outputs must have the same shape.
         teacher_outputs: str, default ``"auto"``. ``"logits"``, ``"probabilities"``, or
             ``"auto"`` (probabilities when the teacher's last activation is a softmax).
+        augment: str, default ``"none"``. ``"shift"`` trains on randomly shifted images
+            (new shifts every epoch, zeros filled in): the teacher scores the same shifted
+            view the student sees, "consistent teaching" (Beyer et al. 2022), which turns a
+            small transfer set into a large one. Needs image inputs; validation is on the
+            unshifted val split. The order and shifts follow TensorFlow's global seed.
+        shift: int, default 2. Largest shift in pixels for ``augment="shift"``.
         verbose: int or str, default 0. Keras ``fit`` verbosity.
 
     Returns:
@@ -90,9 +97,10 @@ def distill(teacher, student, data, *, temperature: float = 4.0, alpha: float = 
     opts = DISTILL_OPTIONS.validate({
         "temperature": temperature, "alpha": alpha, "epochs": epochs,
         "learning_rate": learning_rate, "batch_size": batch_size,
-        "teacher_outputs": teacher_outputs})
+        "teacher_outputs": teacher_outputs, "augment": augment, "shift": shift})
     kind, student_kind, pairs = check_compatible(teacher, student, data,
                                                  opts["teacher_outputs"], feature_pairs)
+    check_augment(opts["augment"], opts["shift"], student.inputs[0].shape[1:])
 
     teacher_logits = logits_model(teacher, kind)
     trained = copy_with_constraints(student)
@@ -110,10 +118,17 @@ def distill(teacher, student, data, *, temperature: float = 4.0, alpha: float = 
     nan_stop = training.StopOnNaN(target=trained)
     has_val = data.x_val is not None and len(data.x_val) > 0
     try:
-        history = distiller.fit(
-            data.x_train, data.y_train, epochs=opts["epochs"], batch_size=opts["batch_size"],
-            validation_data=(data.x_val, data.y_val) if has_val else None,
-            callbacks=list(callbacks or []) + [nan_stop], verbose=verbose, shuffle=True)
+        fit_args = {"epochs": opts["epochs"], "verbose": verbose,
+                    "validation_data": (data.x_val, data.y_val) if has_val else None,
+                    "callbacks": list(callbacks or []) + [nan_stop]}
+        if opts["augment"] == "none":
+            history = distiller.fit(data.x_train, data.y_train, batch_size=opts["batch_size"],
+                                    shuffle=True, **fit_args)
+        else:
+            # The Distiller calls the teacher on each batch it trains on: same shifted view.
+            history = distiller.fit(augmented_batches(
+                data.x_train, data.y_train, opts["augment"], opts["shift"],
+                opts["batch_size"]), shuffle=False, **fit_args)
     finally:
         restore()
     nan_stop.raise_if_stopped("distill: lower the learning rate or the temperature, or check "
@@ -126,6 +141,8 @@ def distill(teacher, student, data, *, temperature: float = 4.0, alpha: float = 
         "epochs_run": len(history.history.get("loss", [])),
         "learning_rate": opts["learning_rate"],
         "batch_size": opts["batch_size"],
+        "augment": opts["augment"],
+        "shift": opts["shift"] if opts["augment"] != "none" else None,
         "teacher_outputs": kind,
         "student_outputs": student_kind,
         "feature_pairs": [f"{t}:{s}" for t, s in pairs],

@@ -30,6 +30,10 @@ DISTILL_OPTIONS = Schema("distill", [
            "activation means probabilities)", choices=("auto", "logits", "probabilities")),
     Option("feature_pairs", list, None, "intermediate layers to match with MSE, as "
            "TEACHER_LAYER:STUDENT_LAYER pairs"),
+    Option("augment", str, "none", "consistent teaching (Beyer et al. 2022): train on "
+           "randomly shifted images, the teacher scoring the same shifted view as the student "
+           "(and the baseline trained on the same batches)", choices=("none", "shift")),
+    Option("shift", int, 2, "largest random shift in pixels with --augment shift", low=1),
     Option("baseline", bool, True, "also train the same student on labels alone (same "
            "epochs), to report what distillation adds"),
 ])

@@ -10,6 +10,7 @@ Example:
 
 from __future__ import annotations
 
+from compress.distillation.augment import check_augment
 from compress.distillation.driver import (
     DISTILL_OPTIONS,
     check_compatible,
@@ -19,15 +20,21 @@ from compress.distillation.driver import (
 from compress.distillation.students import make_student
 
 _FIT_KEYS = ("temperature", "alpha", "epochs", "learning_rate", "batch_size",
-             "teacher_outputs", "feature_pairs")
+             "teacher_outputs", "feature_pairs", "augment", "shift")
 
 
 def train_alone(student, data, epochs: int = 10, learning_rate: float = 1e-3,
-                batch_size: int = 64, verbose: int | str = 0):
+                batch_size: int = 64, verbose: int | str = 0, augment: str = "none",
+                shift: int = 2):
     """A copy of ``student`` trained on the labels alone (cross-entropy, Adam).
 
     The reference distillation is measured against: same initial weights, same epochs,
-    same optimizer, no teacher. Variable constraints are kept, as in :func:`distill`.
+    same optimizer, same augmentation, no teacher. Variable constraints are kept, as in
+    :func:`distill`.
+
+    Example:
+
+    >>> alone = train_alone(student, ds, epochs=20, augment="shift")   # doctest: +SKIP
 
     Args:
         student: keras.Model. Never modified.
@@ -36,12 +43,25 @@ def train_alone(student, data, epochs: int = 10, learning_rate: float = 1e-3,
         learning_rate: float, default 1e-3.
         batch_size: int, default 64.
         verbose: int or str, default 0.
+        augment: str, default ``"none"``. ``"shift"``: the randomly shifted batches
+            :func:`distill` trains on with ``augment="shift"`` (hard labels only here).
+        shift: int, default 2. Largest shift in pixels.
     """
     from compress import training
+    from compress.distillation.augment import augmented_batches
 
+    check_augment(augment, shift, student.inputs[0].shape[1:])
     model = copy_with_constraints(student)
     training.compile_classifier(model, learning_rate=learning_rate)
-    training.fit(model, data, epochs=epochs, batch_size=batch_size, verbose=verbose)
+    if augment == "none":
+        training.fit(model, data, epochs=epochs, batch_size=batch_size, verbose=verbose)
+    else:
+        nan_stop = training.StopOnNaN()
+        has_val = data.x_val is not None and len(data.x_val) > 0
+        model.fit(augmented_batches(data.x_train, data.y_train, augment, shift, batch_size),
+                  epochs=epochs, verbose=verbose, callbacks=[nan_stop], shuffle=False,
+                  validation_data=(data.x_val, data.y_val) if has_val else None)
+        nan_stop.raise_if_stopped("lower the learning rate or check the data")
     # Hand back an uncompiled model like distill() does (a compiled one saves its optimizer).
     return copy_with_constraints(model)
 
@@ -69,8 +89,9 @@ def distill_step(teacher, data, *, callbacks=None, verbose: int | str = 0,
         **options: see ``DISTILL_OPTIONS``: ``student`` (a model file), ``width``,
             ``depth`` (the default student is ``width=0.25``), ``temperature``, ``alpha``,
             ``epochs``, ``learning_rate``, ``batch_size``, ``teacher_outputs``,
-            ``feature_pairs``, ``baseline`` (True: also train the student alone and
-            report both accuracies).
+            ``feature_pairs``, ``augment`` and ``shift`` (consistent teaching on shifted
+            images; the baseline then trains on the same shifted batches), ``baseline``
+            (True: also train the student alone and report both accuracies).
 
     Returns:
         ``(student_model, info)`` as :func:`distill`, with ``student_source`` and, with a
@@ -97,13 +118,15 @@ def distill_from_options(teacher, data, options: dict, *, callbacks=None,
     given = io.load_model(opts["student"], unsafe=unsafe) if opts["student"] else None
     student = make_student(teacher, student=given, width=opts["width"], depth=opts["depth"])
     check_compatible(teacher, student, data, opts["teacher_outputs"], opts["feature_pairs"])
+    check_augment(opts["augment"], opts["shift"], student.inputs[0].shape[1:])
     fit = {k: opts[k] for k in _FIT_KEYS}
     alone = None
     if opts["baseline"]:
         if seed is not None:
             training.set_seed(seed)
         alone = train_alone(student, data, opts["epochs"], opts["learning_rate"],
-                            opts["batch_size"], verbose=verbose)
+                            opts["batch_size"], verbose=verbose, augment=opts["augment"],
+                            shift=opts["shift"])
     if seed is not None:
         training.set_seed(seed)
     distilled, info = distill(teacher, student, data, callbacks=callbacks, verbose=verbose,
