@@ -63,7 +63,7 @@ def case_pruning(ctx) -> Section:
     saliency_scores(dense, variables, "obd", (x_cal, y_cal))
     obd_seconds = time.perf_counter() - t0
     levels = ctx.size((0.5, 0.9), (0.5, 0.7, 0.8, 0.9))  # quick: the harness only
-    n_steps = ctx.size(3, 8)
+    n_steps = ctx.size(2, 8)
     # One round of retraining (the same recipe for every column): one epoch over the
     # training split at Adam 5e-4 (half the dense model's rate), the mask kept; the
     # accuracy is the mean over retrain seeds (shuffling order), all from the same mask.
@@ -91,13 +91,15 @@ def case_pruning(ctx) -> Section:
                                 for s in levels[1:]])) for d in grid}
     damping = max(grid, key=lambda d: val_of[d])
     lm = f"obd, {n_steps} steps, LM {damping:g}"
+    mag, obd1 = {"magnitude": ("magnitude", 1, 0.0)}, {"obd": ("obd", 1, 0.0)}
+    undamped, damped = {f"obd, {n_steps} steps": ("obd", n_steps, 0.0)}, {
+        lm: ("obd", n_steps, damping)}
+    if ctx.quick:  # the harness only: the target columns
+        obd1 = undamped = {}
     columns = {  # scope -> column name -> (method, steps, damping)
-        "layer": {"magnitude": ("magnitude", 1, 0.0), "obd": ("obd", 1, 0.0),
-                  f"obd, {n_steps} steps": ("obd", n_steps, 0.0),
-                  lm: ("obd", n_steps, damping)},
-        "global": {"magnitude": ("magnitude", 1, 0.0), "obd": ("obd", 1, 0.0),
-                   lm: ("obd", n_steps, damping)},
-        "sensitivity": {"magnitude": ("magnitude", 1, 0.0), lm: ("obd", n_steps, damping)},
+        "layer": {**mag, **obd1, **undamped, **damped},
+        "global": {**mag, **obd1, **damped},
+        "sensitivity": {**mag, **damped},
     }
     titles = {"layer": "per-layer ranking (same sparsity in each layer)",
               "global": "global ranking (one threshold across layers)",
@@ -214,9 +216,9 @@ def case_pruning(ctx) -> Section:
         vs = [v for _, v in masks.prunable_weights(model)]
         saliency_scores(model, vs, "obd", (x_cal[:128], y_cal[:128]))  # trace once
         t_obd = min(_timed(lambda m=model, v=vs: saliency_scores(
-            m, v, "obd", (x_cal[:n], y_cal[:n]))) for _ in range(5))
+            m, v, "obd", (x_cal[:n], y_cal[:n]))) for _ in range(ctx.size(2, 5)))
         t_grad = min(_gradient_pass_seconds(model, x_cal[:n], y_cal[:n], batch=128)
-                     for _ in range(5))
+                     for _ in range(ctx.size(2, 5)))
         params = int(sum(np.prod(v.shape) for v in vs))
         pts.append((params, t_obd, t_grad))
         rows.append([f"{params:,}", f"{t_obd:.3f}", f"{t_grad:.3f}", f"{t_obd / t_grad:.1f}x"])
@@ -402,11 +404,12 @@ def _structured(sec, ctx):
     export_tflite(dense, paths["dense"], x=ds.x_test[:8])
     export_tflite(small, paths["half"], x=ds.x_test[:8])
     lat, tfl = {}, {}
-    for _ in range(ctx.size(2, 5)):  # interleaved repeats; medians
+    for _ in range(ctx.size(1, 5)):  # interleaved repeats; medians
         for name, m in (("dense", dense), ("half", small)):
-            lat.setdefault(name, []).append(keras_latency_ms(m, shape, runs=100))
+            lat.setdefault(name, []).append(keras_latency_ms(m, shape, runs=ctx.size(20, 100)))
             tfl.setdefault(name, []).append(runtime_latency_ms(paths[name], shape, batch=1,
-                                                               threads=1, runs=200))
+                                                               threads=1,
+                                                               runs=ctx.size(50, 200)))
     ld, ls = float(np.median(lat["dense"])), float(np.median(lat["half"]))
     td, ts = float(np.median(tfl["dense"])), float(np.median(tfl["half"]))
     sec.add("### Structured pruning: small CNN on animals, half the channels of every conv\n\n"
