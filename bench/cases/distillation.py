@@ -8,9 +8,10 @@
   baseline), alone on the same shifted batches (hard labels: what augmentation alone
   gives), and distilled with consistent teaching (``distill(augment="shift")``: the
   teacher scores the same shifted view as the student, Beyer et al. 2022);
-- T in {1, 2, 4, 8, 20} at alpha 0.9, swept on the 2x800 student with short runs and
-  picked on the validation split (never on test); the picked T trains both students for
-  the full epochs;
+- T in {1, 2, 4, 8, 20} at alpha 1 (soft targets only, Beyer et al.'s function matching),
+  then alpha 0.9 at the best T, swept on the 2x800 student with short runs and picked on
+  the validation split (never on test); the picked setting trains both students for the
+  full epochs;
 - 95% one-shot magnitude pruning of the teacher, fine-tuned for the same epochs with
   cross-entropy or with distillation from the dense teacher at one fixed setting (zeros
   held by ``compress.pruning.keep_zeros``' variable constraints, dropout scaled for the
@@ -27,7 +28,8 @@ import math
 from bench.harness import Section, table
 
 TEMPERATURES = (1.0, 2.0, 4.0, 8.0, 20.0)
-ALPHA = 0.9     # the T sweep's alpha (Hinton et al.'s weighting of the soft targets)
+# alpha 1: function matching, soft targets only (Beyer et al. 2022); 0.9: Hinton et al.
+ALPHAS = (1.0, 0.9)
 SHIFT = 2       # pixels of jitter, teacher and consistent teaching alike
 PRUNE_LR = 2e-3
 PRUNE_KD = (1.0, 0.5)   # T, alpha of the pruned fine-tuning
@@ -84,30 +86,38 @@ def _val_acc(model, ds):
     return training.accuracy(model, ds.x_val, ds.y_val)
 
 
-def _student_runs(teacher, init, ds, epochs, sweep_epochs, temps, lr, batch, seed) -> dict:
-    """Alone, alone on shifted batches, the T sweep (short runs, none for a single T) and
-    the picked T (full epochs)."""
+def _student_runs(teacher, init, ds, epochs, sweep_epochs, temps, lr, batch, seed,
+                  setting=None) -> dict:
+    """Alone, alone on shifted batches, the (T, alpha) sweep (short runs; none when a
+    ``setting`` is given) and the picked setting (full epochs)."""
     from compress import training
     from compress.distillation import distill
 
     def scores(m):
         return training.accuracy(m, ds.x_test, ds.y_test), _val_acc(m, ds)
 
-    def kd(T, n_epochs):
+    def kd(T, alpha, n_epochs):
         training.set_seed(seed)
-        student, _ = distill(teacher, init, ds, temperature=T, alpha=ALPHA, epochs=n_epochs,
+        student, _ = distill(teacher, init, ds, temperature=T, alpha=alpha, epochs=n_epochs,
                              learning_rate=lr, batch_size=batch, augment="shift", shift=SHIFT)
         return scores(student)
 
+    def best(keys):
+        # Ties: nearest T=4 (the middle of the range), then the larger alpha.
+        return max(keys, key=lambda k: (sweep[k][1], -abs(math.log(k[0] / 4.0)), k[1]))
+
     row = {"params": init.count_params(),
            "alone": scores(_alone(init, ds, epochs, lr, batch, seed)),
-           "alone_shift": scores(_alone(init, ds, epochs, lr, batch, seed, augment="shift")),
-           "sweep": {T: kd(T, sweep_epochs) for T in temps} if len(temps) > 1 else {}}
-    # Ties: nearest T=4 (Hinton et al.'s middle of the range).
-    row["T"] = max(temps, key=lambda T: (row["sweep"][T][1], -abs(math.log(T / 4.0)))) \
-        if row["sweep"] else temps[0]
-    row["distilled"] = (row["sweep"][row["T"]] if row["sweep"] and sweep_epochs == epochs
-                        else kd(row["T"], epochs))
+           "alone_shift": scores(_alone(init, ds, epochs, lr, batch, seed, augment="shift"))}
+    sweep = {}
+    if setting is None:
+        sweep = {(T, ALPHAS[0]): kd(T, ALPHAS[0], sweep_epochs) for T in temps}
+        T = best(list(sweep))[0]
+        sweep.update({(T, a): kd(T, a, sweep_epochs) for a in ALPHAS[1:]})
+        setting = best(list(sweep))
+    row["sweep"], row["setting"] = sweep, setting
+    row["distilled"] = (sweep[setting] if setting in sweep and sweep_epochs == epochs
+                        else kd(*setting, epochs))
     return row
 
 
@@ -127,10 +137,11 @@ def case_distillation(ctx) -> Section:
     if ctx.quick:
         ds = ds.take(400, 200)
     epochs = ctx.size(1, 20)         # every student, alone or distilled
-    sweep_epochs = ctx.size(1, 5)    # the T sweep's short runs (T picked on val)
-    teacher_epochs = ctx.size(2, 30)
+    sweep_epochs = ctx.size(1, 3)    # the T sweep's short runs (T picked on val)
+    teacher_epochs = ctx.size(2, 60)
     tune_epochs = ctx.size(1, 4)     # pruning fine-tuning
     temps = ctx.size((4.0,), TEMPERATURES)
+    setting = ctx.size((4.0, ALPHAS[0]), None)   # quick mode: no sweep
     lr, batch = 1e-3, 128
 
     teacher = _teacher(ds, ctx, teacher_epochs)
@@ -140,38 +151,43 @@ def case_distillation(ctx) -> Section:
     # --- 2x800 and width x0.1 students --------------------------------------------------
     # The x0.1 student is the teacher's architecture without its dropout (unregularised like
     # the 2x800 student), narrowed by width_student. T is swept on the 2x800 student only
-    # (time) and its pick used for x0.1.
+    # (time) and its pick used for x0.1. Quick mode (a harness check) runs the 2x800 only.
+    students = (("2x800", lambda: _mlp(800, False, "student_2x800")),
+                ("x0.1", lambda: width_student(_mlp(1200, False, "plain"), 0.1,
+                                               name="student_x0.1")))
     results = {}
-    for label, build in (("2x800", lambda: _mlp(800, False, "student_2x800")),
-                         ("x0.1", lambda: width_student(_mlp(1200, False, "plain"), 0.1,
-                                                        name="student_x0.1"))):
+    for label, build in students[:ctx.size(1, 2)]:
         training.set_seed(seed + 1)
         results[label] = _student_runs(teacher, build(), ds, epochs, sweep_epochs, temps,
-                                       lr, batch, seed)
-        temps = (results[label]["T"],)
+                                       lr, batch, seed, setting)
+        setting = results[label]["setting"]
 
     def closed(acc, alone_acc):
         gap = t_acc - alone_acc
         return (acc - alone_acc) / gap if gap > 0 else float("nan")
 
     rows = [[f"teacher 2x1200 (dropout, jitter +-{SHIFT} px, {teacher_epochs} epochs)",
-             f"{teacher.count_params():,}", "-", "-", f"{t_acc:.2%}", f"{t_val:.2%}", "-"]]
+             f"{teacher.count_params():,}", "-", "-", f"{teacher_epochs}", f"{t_acc:.2%}",
+             f"{t_val:.2%}", "-"]]
     for label, row in results.items():
         base = row["alone"][0]
         p = f"{row['params']:,}"
-        rows.append([f"student {label} alone (no regularisation)", p, "-", f"{epochs}",
+        rows.append([f"student {label} alone (no regularisation)", p, "-", "-", f"{epochs}",
                      f"{base:.2%}", f"{row['alone'][1]:.2%}", "-"])
         rows.append([f"student {label} alone, same shifted batches (hard labels)", p, "-",
-                     f"{epochs}", f"{row['alone_shift'][0]:.2%}",
+                     "-", f"{epochs}", f"{row['alone_shift'][0]:.2%}",
                      f"{row['alone_shift'][1]:.2%}", _pct(closed(row["alone_shift"][0], base))])
         if row["sweep"] and sweep_epochs != epochs:
-            for T, (acc, val) in row["sweep"].items():
-                mark = " (picked on val)" if T == row["T"] else ""
-                rows.append([f"student {label} distilled, consistent shifts, T sweep{mark}", p,
-                             f"{T:g}", f"{sweep_epochs}", f"{acc:.2%}", f"{val:.2%}", "-"])
+            for (T, a), (acc, val) in row["sweep"].items():
+                mark = " (picked on val)" if (T, a) == row["setting"] else ""
+                rows.append([f"student {label} distilled, consistent shifts, sweep{mark}", p,
+                             f"{T:g}", f"{a:g}", f"{sweep_epochs}", f"{acc:.2%}", f"{val:.2%}",
+                             "-"])
         acc, val = row["distilled"]
-        rows.append([f"**student {label} distilled, consistent shifts**", p, f"{row['T']:g}",
-                     f"{epochs}", f"{acc:.2%}", f"{val:.2%}", _pct(closed(acc, base))])
+        T, a = row["setting"]
+        rows.append([f"**student {label} distilled, consistent shifts**", p, f"{T:g}",
+                     f"{a:g}", f"{epochs}", f"{acc:.2%}", f"{val:.2%}",
+                     _pct(closed(acc, base))])
     big = results["2x800"]
     n_test = len(ds.x_test)
     sec.add(f"mnist5k ({len(ds.x_train):,} train / {len(ds.x_val)} val / {n_test:,} test), "
@@ -187,15 +203,17 @@ def case_distillation(ctx) -> Section:
             "\"alone, same shifted batches\" trains the student on exactly the batches of the "
             "distilled run with hard labels only, so the part of the gap that augmentation "
             "closes by itself is shown, and the rest is distillation's. T is swept at alpha "
-            f"{ALPHA:g} with {sweep_epochs}-epoch runs of the 2x800 student and picked on the "
-            f"{len(ds.x_val)} val digits, never on test; the picked T trains both students "
-            f"for {epochs} epochs. Errors on the "
+            f"{ALPHAS[0]:g} (soft targets only: Beyer et al.'s function matching) with "
+            f"{sweep_epochs}-epoch runs of the 2x800 student, then alpha "
+            f"{', '.join(f'{a:g}' for a in ALPHAS[1:])} (Hinton et al.'s) is tried at the best "
+            f"T; the setting is picked on the {len(ds.x_val)} val digits, never on test, and "
+            f"trains both students for {epochs} epochs. Errors on the "
             f"{n_test:,} test digits: teacher {round((1 - t_acc) * n_test)}, 2x800 alone "
             f"{round((1 - big['alone'][0]) * n_test)}, alone on shifted batches "
             f"{round((1 - big['alone_shift'][0]) * n_test)}, distilled "
             f"{round((1 - big['distilled'][0]) * n_test)}. The x0.1 student is "
             "`width_student` x0.1 of the teacher's architecture without dropout (2x120).")
-    sec.add(table(["model", "params", "T", "epochs", "test acc", "val acc",
+    sec.add(table(["model", "params", "T", "alpha", "epochs", "test acc", "val acc",
                    "gap closed (vs alone, no regularisation)"], rows))
     for label, row in results.items():
         base, aug, acc = row["alone"][0], row["alone_shift"][0], row["distilled"][0]
@@ -213,8 +231,9 @@ def case_distillation(ctx) -> Section:
         frac = closed(acc, base)
         # No gap (the student alone matches or beats the teacher): nothing to close, not met.
         shown = "no gap: alone >= teacher" if math.isnan(frac) else f"{frac:.0%}"
-        sec.target(f"{label} distilled (consistent shifts, T={row['T']:g} picked on val, "
-                   f"alpha {ALPHA:g}) closes >= 50% of the gap between the student alone "
+        sec.target(f"{label} distilled (consistent shifts, T={row['setting'][0]:g}, alpha "
+                   f"{row['setting'][1]:g} picked on val) closes >= 50% of the gap between "
+                   "the student alone "
                    f"(no regularisation) and the teacher ({epochs} epochs both)",
                    f"{shown} ({base:.2%} -> {acc:.2%}, teacher {t_acc:.2%}; alone on the "
                    f"shifted batches {row['alone_shift'][0]:.2%})", ">= 50%",
@@ -231,7 +250,7 @@ def case_distillation(ctx) -> Section:
                "distilled > cross-entropy", pr["kd"] > pr["ce"] and pr["sparsity"] >= 0.949)
 
     # --- our driver vs keras.distillation.Distiller by hand ------------------------------
-    text, par = _parity(teacher, ds, ctx.size(1, 2), lr, batch, ALPHA, seed)
+    text, par = _parity(teacher, ds, 1, lr, batch, 0.9, seed)
     sec.add(text)
     sec.target("our driver = plain keras.distillation.Distiller (logits, KLDivergence()) on "
                "the same seed and initial weights: test accuracy within 0.2 pts",
@@ -385,14 +404,16 @@ def _plot(ctx, results, t_acc, sweep_epochs) -> str:
 
     fig, ax = plt.subplots(figsize=(5.5, 3.4))
     for (label, row), color in zip(results.items(), ("C0", "C1")):
-        temps = sorted(row["sweep"])
-        ax.plot(temps, [row["sweep"][t][1] * 100 for t in temps], "o-", color=color,
-                label=f"{label} distilled, {sweep_epochs} epochs (val)")
+        a0 = [(T, v[1]) for (T, a), v in sorted(row["sweep"].items()) if a == ALPHAS[0]]
+        if a0:
+            ax.plot([t for t, _ in a0], [v * 100 for _, v in a0], "o-", color=color,
+                    label=f"{label} distilled, alpha {ALPHAS[0]:g}, {sweep_epochs} epochs (val)")
         ax.axhline(row["alone"][0] * 100, color=color, ls=":", label=f"{label} alone (test)")
         ax.axhline(row["distilled"][0] * 100, color=color, ls="--",
-                   label=f"{label} distilled, T={row['T']:g} (test)")
+                   label=f"{label} distilled, T={row['setting'][0]:g}, "
+                         f"alpha {row['setting'][1]:g} (test)")
     ax.axhline(t_acc * 100, color="black", ls="-", lw=0.8, label="teacher 2x1200 (test)")
-    temps = sorted({t for row in results.values() for t in row["sweep"]})
+    temps = sorted({t for row in results.values() for t, _ in row["sweep"]}) or [4.0]
     ax.set_xscale("log")
     ax.set_xticks(temps, [f"{t:g}" for t in temps])
     ax.set_xlabel("temperature T")
