@@ -50,4 +50,5 @@ def trained(name: str, data: str, ctx, epochs: int | None = None):
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.keras")
     model.save(tmp)
     os.replace(tmp, path)
-    return training.copy_model(model), ds
+    # The same as a later call gets: the saved model, uncompiled.
+    return training.copy_model(keras.models.load_model(path, compile=False)), ds
