@@ -32,11 +32,13 @@ class Context:
     facts: dict = dataclasses.field(default_factory=dict)  # numbers shared between cases
     sections: list = dataclasses.field(default_factory=list)  # finished sections, in order
 
-    def measured(self, prefix: str) -> tuple[str, bool] | None:
-        """``(measured, met)`` of the first finished target whose description starts so."""
+    def measured(self, prefix) -> tuple[str, bool] | None:
+        """``(measured, met)`` of the first finished target whose description starts with
+        ``prefix`` (a str), or contains every fragment of ``prefix`` (a tuple)."""
         for section in self.sections:
             for t in section.targets:
-                if t.description.startswith(prefix):
+                if (all(f in t.description for f in prefix) if isinstance(prefix, tuple)
+                        else t.description.startswith(prefix)):
                     return t.measured, t.met
         return None
 
