@@ -156,12 +156,15 @@ def has_sparse_tensors(path) -> bool:
     """
     from ai_edge_litert import schema_py_generated as schema
 
-    model = schema.Model.GetRootAs(Path(path).read_bytes(), 0)
-    for s in range(model.SubgraphsLength()):
-        graph = model.Subgraphs(s)
-        for t in range(graph.TensorsLength()):
-            if graph.Tensors(t).Sparsity() is not None:
-                return True
+    try:
+        model = schema.Model.GetRootAs(Path(path).read_bytes(), 0)
+        for s in range(model.SubgraphsLength()):
+            graph = model.Subgraphs(s)
+            for t in range(graph.TensorsLength()):
+                if graph.Tensors(t).Sparsity() is not None:
+                    return True
+    except Exception:  # noqa: BLE001 - not a readable flatbuffer: the interpreter will say so
+        return False
     return False
 
 
