@@ -70,3 +70,21 @@ def test_balanced_callback_prunes_every_unit_equally(digits):
         fan_in = (model.get_layer(name).kernel.numpy() != 0).sum(axis=0)
         assert fan_in.min() == fan_in.max() > 0
     assert cb.get_config()["balance"] is True and cb.get_config()["damping"] == 0.0
+
+
+def test_block_callback_prunes_runs_of_inputs(digits):
+    import numpy as np
+
+    from compress.data import prepare
+
+    model = _model()
+    ds = prepare(model, digits)
+    cb = Pruning(sparsity=0.75, frequency=3, end_step=12, block=4)
+    model.fit(ds.x_train, ds.y_train, epochs=1, batch_size=64, verbose=0, callbacks=[cb])
+    k = model.get_layer("fc1").kernel.numpy()  # (64, 32): 16 blocks of 4 inputs per unit
+    nonzero = (k.reshape(16, 4, 32) != 0)
+    assert (nonzero.all(axis=1) | ~nonzero.any(axis=1)).all()
+    assert abs((k == 0).mean() - 0.75) < 0.01
+    assert cb.get_config()["block"] == 4
+    with pytest.raises(CompressError, match="block"):
+        Pruning(block=0)

@@ -160,3 +160,51 @@ def test_obd_damping_option_changes_the_ranking_toward_magnitude(mlp):
     assert not np.array_equal(k[0], k[2])
     with pytest.raises(CompressError, match="damping"):
         prune(model, ds, method="obd", damping=-1.0)
+
+
+def _blocks_all_or_nothing(kernel, block):
+    """Every block of ``block`` consecutive inputs of a unit is all zero or all nonzero."""
+    k = np.moveaxis(kernel, -2, -1)  # (out, in)
+    n_in = k.shape[-1]
+    for start in range(0, n_in, block):
+        part = k[..., start:start + block] != 0
+        if not (part.all(axis=-1) | ~part.any(axis=-1)).all():
+            return False
+    return True
+
+
+def test_block_pruning_removes_whole_runs_of_inputs_and_zips_smaller(mlp):
+    import zlib
+
+    model, _ = mlp
+    plain, _ = prune(model, sparsity=0.8, layers=["fc1"])
+    blocked, info = prune(model, sparsity=0.8, layers=["fc1"], block=8)
+    k = blocked.get_layer("fc1").kernel.numpy()  # (64, 32): 8 blocks of 8 per unit
+    assert _blocks_all_or_nothing(k, 8)
+    assert not _blocks_all_or_nothing(plain.get_layer("fc1").kernel.numpy(), 8)
+    assert info["layers"][0]["zeros"] == round(0.8 * 8 * 32) * 8  # sparsity counts blocks
+    # The surviving blocks are the ones with the largest mean |w|.
+    w = model.get_layer("fc1").kernel.numpy()
+    means = np.abs(w).reshape(8, 8, 32).mean(axis=1)
+    kept = (k.reshape(8, 8, 32) != 0).all(axis=1)
+    assert means[kept].min() >= means[~kept].max()
+
+    def zipped(kernel):  # int8 codes in TFLite's (out, in) order
+        q = np.round(kernel.T / np.abs(kernel).max() * 127).astype(np.int8)
+        return len(zlib.compress(q.tobytes(), 9))
+
+    assert zipped(k) < zipped(plain.get_layer("fc1").kernel.numpy())
+
+
+def test_block_pruning_gradual_keeps_blocks_and_rejects_structured(mlp):
+    model, ds = mlp
+    pruned, info = prune(model, ds, sparsity=0.75, schedule="gradual", epochs=2, frequency=5,
+                         block=4, scope="global")
+    assert abs(info["sparsity_reached"] - 0.75) < 0.02
+    for name in ("fc1", "fc2"):
+        assert _blocks_all_or_nothing(pruned.get_layer(name).kernel.numpy(), 4)
+    for kwargs in ({"structured": True}, {"two_four": True}, {"quality": 1.0}):
+        with pytest.raises(CompressError, match="--block works with unstructured"):
+            prune(model, block=4, **kwargs)
+    with pytest.raises(CompressError, match="block"):
+        prune(model, block=0)

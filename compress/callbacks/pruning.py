@@ -46,12 +46,16 @@ class Pruning(keras.callbacks.Callback):
         damping: float, default 0.0. OBD: Levenberg-Marquardt damping of the Hessian
             diagonal, relative to each layer's mean (see
             :func:`compress.pruning.obd.obd_saliency`).
+        block: int, default 1. Remove weights in blocks of ``block`` consecutive inputs of
+            one unit (runs of zeros that compress better; see
+            :func:`compress.pruning.masks.select_masks`).
     """
 
     def __init__(self, sparsity=0.9, initial_sparsity=0.0, begin_step=0, end_step=None,
                  frequency=100, power=3.0, schedule="polynomial", method="magnitude",
                  scope="layer", layers=None, skip_first_last=False, calibration=None,
-                 estimator="backprop", release_on_end=True, balance=False, damping=0.0):
+                 estimator="backprop", release_on_end=True, balance=False, damping=0.0,
+                 block=1):
         super().__init__()
         from compress.errors import CompressError
 
@@ -68,6 +72,8 @@ class Pruning(keras.callbacks.Callback):
             raise CompressError(f"Pruning: damping must be >= 0, got {damping}")
         if frequency < 1:
             raise CompressError(f"Pruning: frequency must be >= 1, got {frequency}")
+        if int(block) != block or block < 1:
+            raise CompressError(f"Pruning: block must be an integer >= 1, got {block}")
         self.sparsity = float(sparsity)
         self.initial_sparsity = float(initial_sparsity)
         self.begin_step = int(begin_step)
@@ -84,6 +90,7 @@ class Pruning(keras.callbacks.Callback):
         self.release_on_end = bool(release_on_end)
         self.balance = bool(balance)
         self.damping = float(damping)
+        self.block = int(block)
         self.step = 0
         self.current = 0.0
         self.updates = []  # (step, sparsity) of every mask update
@@ -135,7 +142,7 @@ class Pruning(keras.callbacks.Callback):
         scores = saliency_scores(self.model, variables, self.method, self.calibration,
                                  self.estimator, self.damping)
         scores = [np.where(masks.get_mask(v) > 0, s, -np.inf) for v, s in zip(variables, scores)]
-        new = masks.select_masks(scores, target, self.scope, self.balance)
+        new = masks.select_masks(scores, target, self.scope, self.balance, self.block)
         for var, m in zip(variables, new):
             masks.set_mask(var, m)
 
@@ -152,4 +159,4 @@ class Pruning(keras.callbacks.Callback):
                 "method": self.method, "scope": self.scope, "layers": self.layers,
                 "skip_first_last": self.skip_first_last, "estimator": self.estimator,
                 "release_on_end": self.release_on_end, "balance": self.balance,
-                "damping": self.damping}
+                "damping": self.damping, "block": self.block}

@@ -19,6 +19,8 @@ PRUNE_OPTIONS = Schema("prune", [
            choices=("oneshot", "gradual", "iterative")),
     Option("structured", bool, False, "remove whole units/filters and rebuild smaller layers"),
     Option("two_four", bool, False, "semi-structured 2:4 sparsity (2 of every 4 input weights)"),
+    Option("block", int, 1, "remove weights in blocks of N consecutive inputs of one unit: "
+           "runs of zeros that zip smaller (TFLite stores Dense kernels input-minor)", low=1),
     Option("scope", str, "layer", "rank weights within each layer (same sparsity in each), "
            "across all layers (one threshold), or within each layer at per-layer sparsities "
            "set by the validation loss measured when pruning each layer alone (sensitivity; "
@@ -91,6 +93,11 @@ def _check_data(model, data, opts) -> None:
                                            or opts["quality"] is not None or opts["two_four"]):
         raise CompressError("prune: scope 'sensitivity' works with unstructured oneshot or "
                             "iterative pruning by --sparsity")
+    if opts["block"] > 1 and (opts["structured"] or opts["two_four"]
+                              or opts["quality"] is not None or opts["scope"] == "sensitivity"):
+        raise CompressError("prune: --block works with unstructured pruning by --sparsity "
+                            "(layer or global scope), not with --structured, --two-four, "
+                            "--quality or scope 'sensitivity'")
     if opts["distill"] and not opts["epochs"]:
         raise CompressError("prune: distillation fine-tunes; give epochs >= 1")
     if data is not None:
@@ -175,7 +182,7 @@ def prune(model, data=None, *, verbose=0, **options):
                      method=opts["method"], scope=opts["scope"], layers=opts["layers"],
                      skip_first_last=opts["skip_first_last"], calibration=calib,
                      estimator=opts["estimator"], balance=opts["balance"],
-                     damping=opts["damping"])
+                     damping=opts["damping"], block=opts["block"])
         training.compile_classifier(model, opts["learning_rate"] * 2)
         extra = _extra_callbacks(opts, opts["learning_rate"] * 2, opts["epochs"],
                                  start=_final_epoch(opts["epochs"]))
@@ -225,7 +232,7 @@ def _masks(model, variables, opts, calib, target, data=None):
         out, _ = sensitivity_masks(model, variables, scores, data.x_val, data.y_val, target,
                                    opts["balance"])
         return out
-    return masks.select_masks(scores, target, opts["scope"], opts["balance"])
+    return masks.select_masks(scores, target, opts["scope"], opts["balance"], opts["block"])
 
 
 def _old(variable):
