@@ -423,6 +423,9 @@ def _qat(ctx, sec: Section, work) -> None:
                "50%", loss >= 0.01 and recovered >= 0.5)
 
 
+BLOCK = 16  # block size of the block-sparse pruned row
+
+
 def _pruned(ctx, sec: Section, work, model, ds) -> None:
     """Pruned 90% (gradual magnitude) + full-int8 LeNet-300-100 against the dense .h5."""
     import keras
@@ -434,30 +437,46 @@ def _pruned(ctx, sec: Section, work, model, ds) -> None:
     # the float32 weights file: no optimizer state (the baseline may arrive compiled)
     keras.saving.save_model(model, dense_h5, include_optimizer=False)
     dense_acc = training.accuracy(model, ds.x_test, ds.y_test)
-    try:
-        from compress.pruning import prune
+    from compress.pruning import prune
 
-        epochs = ctx.size(3, 18)
-        pruned, _ = prune(model, ds, method="magnitude", sparsity=0.9, schedule="gradual",
-                          epochs=epochs, learning_rate=5e-4, frequency=20, scope="global",
-                          cosine=True, restore_best=True)
-        how = (f"compress.pruning.prune (magnitude, gradual, global, cosine, restore-best, "
-               f"{epochs} epochs: the pruning bench's settings)")
-    except ImportError:
-        pruned, how = _numpy_prune(model, ds, ctx), "numpy magnitude + masked fine-tune"
+    epochs = ctx.size(3, 18)
+    pruned, _ = prune(model, ds, method="magnitude", sparsity=0.9, schedule="gradual",
+                      epochs=epochs, learning_rate=5e-4, frequency=20, scope="global",
+                      cosine=True, restore_best=True)
+    how = (f"compress.pruning.prune (magnitude, gradual, global, cosine, restore-best, "
+           f"{epochs} epochs: the pruning bench's settings)")
     pruned_acc = training.accuracy(pruned, ds.x_test, ds.y_test)
     h5 = dense_h5.stat().st_size
     infos, rows = _size_variants(pruned, "lenet300-pruned-int8", work, ds, h5, dense_acc)
     info = infos["per-channel"]
+    # The same pruning with blocks of 16 consecutive inputs per unit (`--block 16`: 16 int8
+    # weights, one 128-bit register): the zeros come in runs that DEFLATE codes cheaply.
+    blocked, _ = prune(model, ds, method="magnitude", sparsity=0.9, schedule="gradual",
+                       epochs=epochs, learning_rate=5e-4, frequency=20, scope="global",
+                       cosine=True, restore_best=True, block=BLOCK)
+    blocked_acc = training.accuracy(blocked, ds.x_test, ds.y_test)
+    b_infos, b_rows = _size_variants(blocked, f"lenet300-block{BLOCK}-int8", work, ds, h5,
+                                     dense_acc, sparse=False)
+    for label in list(b_infos):
+        infos[f"block-{BLOCK} pruning, {label}"] = b_infos.pop(label)
+    for row in b_rows:
+        row[0] = f"block-{BLOCK} pruning, {row[0]}"
+    rows += b_rows
     sec.add(f"**Pruned 90% + int8 LeNet-300-100** ({how}): dense float32 .h5 (weights, "
             "no optimizer state) "
             f"{h5 / 1024:.0f} KB (zipped {zipped_size(dense_h5) / 1024:.0f} KB); pruned int8 "
             f".tflite {info['bytes'] / 1024:.0f} KB; zero weights "
             f"{info['weight_zeros']['model']:.1%} in the pruned model, "
             f"{info['weight_zeros']['artifact']:.1%} in the int8 file (zeros kept). Accuracy: "
-            f"dense {dense_acc:.2%}, pruned float (Keras) {pruned_acc:.2%}.")
+            f"dense {dense_acc:.2%}, pruned float (Keras) {pruned_acc:.2%}; with "
+            f"`block={BLOCK}` (the same gradual magnitude pruning, but in blocks of {BLOCK} "
+            "consecutive inputs of one unit, ranked by mean |w|; TFLite stores a Dense kernel "
+            f"as (out, in), so each block is {BLOCK} adjacent bytes of the file) "
+            f"{blocked_acc:.2%}.")
     _size_table(sec, rows)
-    best = max(infos, key=lambda k: infos[k]["h5_ratio"])
+    # The best file whose accuracy also meets the accuracy target (both targets, one file).
+    ok = [k for k in infos if dense_acc - infos[k]["accuracy"] <= 0.01 + 1e-9] or list(infos)
+    best = max(ok, key=lambda k: infos[k]["h5_ratio"])
     ratio, acc = infos[best]["h5_ratio"], infos[best]["accuracy"]
     others = ", ".join(f"{k} {v['h5_ratio']:.1f}x" for k, v in infos.items() if k != best)
     sec.target("pruned 90% + int8 LeNet zipped .tflite >= 30x smaller than dense float32 .h5",
@@ -468,7 +487,7 @@ def _pruned(ctx, sec: Section, work, model, ds) -> None:
                drop <= 0.01 + 1e-9)
     ctx.facts["tflite_int8_size_ratio"] = ratio
     _sparse_format(ctx, sec, infos, ds)
-    _deep_compression(ctx, sec, work, pruned, ds, h5, dense_acc)
+    _deep_compression(ctx, sec, work, blocked, ds, h5, dense_acc)
     sec.target("quantizing the pruned model keeps its zeros",
                f"{info['weight_zeros']['artifact']:.1%} zeros in the file vs "
                f"{info['weight_zeros']['model']:.1%} in the model", ">= model",
@@ -557,7 +576,8 @@ def _size_table(sec: Section, rows: list) -> None:
 
 
 def _deep_compression(ctx, sec: Section, work, pruned, ds, h5: int, dense_acc: float) -> None:
-    """Deep Compression chain: pruned 90% -> k-means 16 clusters (zeros kept) -> int8."""
+    """Deep Compression chain: pruned 90% (blocks of 16) -> k-means 16 clusters (zeros
+    kept) -> int8."""
     from compress.sharing import cluster_model
 
     clustered, _ = cluster_model(pruned, ds, clusters=16, epochs=ctx.size(1, 2))
@@ -568,7 +588,8 @@ def _deep_compression(ctx, sec: Section, work, pruned, ds, h5: int, dense_acc: f
     ratio, drop = info["h5_ratio"], dense_acc - info["accuracy"]
     ctx.facts["deep_compression_ratio"] = ratio
     ctx.facts["deep_compression_accuracy_delta"] = -drop
-    sec.add(f"**Deep Compression chain** (pruned 90% -> k-means 16 clusters per layer, zeros "
+    sec.add(f"**Deep Compression chain** (pruned 90% in blocks of {BLOCK} inputs, as above -> "
+            "k-means 16 clusters per layer, zeros "
             f"kept, {ctx.size(1, 2)} fine-tuning epochs -> full-int8 TFLite, zipped). "
             "Per-channel scales map each layer's 16 shared values to different int8 codes in "
             "every output channel, so the code book is lost; per-tensor scales keep it "
@@ -580,31 +601,6 @@ def _deep_compression(ctx, sec: Section, work, pruned, ds, h5: int, dense_acc: f
     sec.target("Deep Compression chain (prune + share + int8) zipped >= 30x smaller than .h5",
                f"{ratio:.1f}x ({best} weights, {info['accuracy']:.2%}, {_pts(-drop)} vs "
                f"dense; {others})", "30x", ratio >= 30)
-
-
-def _numpy_prune(model, ds, ctx):
-    """Fallback when the pruning pass is absent: magnitude masks and a masked fine-tune."""
-    import keras
-
-    from compress import training
-
-    pruned = training.copy_model(model)
-    masks = {}
-    for layer in pruned.layers:
-        if isinstance(layer, keras.layers.Dense):
-            kernel = layer.kernel.numpy()
-            masks[layer.name] = np.abs(kernel) > np.quantile(np.abs(kernel), 0.9)
-            layer.kernel.assign(kernel * masks[layer.name])
-
-    class Mask(keras.callbacks.Callback):
-        def on_train_batch_end(self, batch, logs=None):
-            for name, mask in masks.items():
-                k = pruned.get_layer(name).kernel
-                k.assign(k * mask)
-
-    training.compile_classifier(pruned, learning_rate=3e-4)
-    training.fit(pruned, ds, epochs=ctx.size(1, 5), callbacks=[Mask()], verbose=0)
-    return pruned
 
 
 CASES = {"quantization": case_quantization}
