@@ -55,8 +55,9 @@ def _teacher(ds, ctx, epochs):
     from compress import training
     from compress.distillation.augment import augmented_batches
 
-    path = (ctx.work_dir /
-            f"distill-teacher-2x1200-jitter-s{ctx.seed}-e{epochs}-q{int(ctx.quick)}.keras")
+    # "baseline-*": cached within a run only (python -m bench removes them when it starts)
+    path = (ctx.work_dir / f"baseline-distill-teacher-2x1200-jitter-s{ctx.seed}-e{epochs}"
+                           f"-q{int(ctx.quick)}.keras")
     if path.exists():
         return keras.models.load_model(path)
     training.set_seed(ctx.seed)
