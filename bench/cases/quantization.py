@@ -18,7 +18,8 @@ def case_quantization(ctx) -> Section:
     from bench.baselines import trained
     from compress.quantization import quantize
 
-    sec = Section("Quantization: int8 TFLite, ONNX int8, QAT, pruned + int8", issue="#5")
+    sec = Section("Quantization: int8 TFLite and ONNX int8 (accuracy, size, latency)",
+                  issue="#5")
     work = ctx.work_dir / "quantization"
     work.mkdir(parents=True, exist_ok=True)
     runs = {"lenet300/mnist5k": trained("lenet300", "mnist5k", ctx),
@@ -88,8 +89,20 @@ def case_quantization(ctx) -> Section:
 
     _latency_why(ctx, sec, work, *runs["small-cnn/animals"])
     _size_why(sec, work, infos[("small-cnn/animals", "tflite int8")]["float_bytes"])
+    return sec
+
+
+def case_quantization_qat_pruned(ctx) -> Section:
+    """QAT against PTQ on a case built to lose, and pruned (+ shared) + int8 LeNet-300-100
+    against the dense .h5: accuracies and sizes (no speed target, so the bench may run it
+    beside another case)."""
+    from bench.baselines import trained
+
+    sec = Section("Quantization: QAT, pruned + int8, Deep Compression", issue="#5")
+    work = ctx.work_dir / "quantization"
+    work.mkdir(parents=True, exist_ok=True)
     _qat(ctx, sec, work)
-    _pruned(ctx, sec, work, *runs["lenet300/mnist5k"])
+    _pruned(ctx, sec, work, *trained("lenet300", "mnist5k", ctx))
     return sec
 
 
@@ -603,4 +616,5 @@ def _deep_compression(ctx, sec: Section, work, pruned, ds, h5: int, dense_acc: f
                f"dense; {others})", "30x", ratio >= 30)
 
 
-CASES = {"quantization": case_quantization}
+CASES = {"quantization": case_quantization,
+         "quantization-qat-pruned": case_quantization_qat_pruned}
