@@ -56,16 +56,17 @@ def test_distill_with_consistent_shifts(cli, mlp_file, tmp_path):
     path, ds = mlp_file
     out = tmp_path / "shifted.keras"
     result = cli("distill", path, "-o", out, "--data", "digits", "--width", "0.5",
-                 "--epochs", "2", "--learning-rate", "0.005", "--augment", "shift",
+                 "--epochs", "4", "--learning-rate", "0.01", "--augment", "shift",
                  "--shift", "1", "--json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     info = report["pass"]
-    assert info["augment"] == "shift" and info["shift"] == 1 and info["epochs_run"] == 2
+    assert info["augment"] == "shift" and info["shift"] == 1 and info["epochs_run"] == 4
     assert [r["name"] for r in report["reports"]] == ["teacher", "student alone", "distilled"]
     model = keras.models.load_model(out)
     acc = float(np.mean(np.argmax(model.predict(ds.x_test, verbose=0), 1) == ds.y_test))
-    assert acc == pytest.approx(report["reports"][2]["accuracy"]) and acc > 0.3
+    assert acc == pytest.approx(report["reports"][2]["accuracy"])
+    assert acc > 0.3, report["reports"]  # chance is 0.1
     unknown = cli("distill", path, "-o", tmp_path / "u.keras", "--data", "digits",
                   "--augment", "mixup")
     assert unknown.exit_code == 2 and not (tmp_path / "u.keras").exists()
