@@ -73,7 +73,6 @@ def test_balanced_callback_prunes_every_unit_equally(digits):
 
 
 def test_block_callback_prunes_runs_of_inputs(digits):
-
     from compress.data import prepare
 
     model = _model()
