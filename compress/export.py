@@ -154,17 +154,23 @@ def has_sparse_tensors(path) -> bool:
     >>> has_sparse_tensors("pruned-sparse.tflite")   # doctest: +SKIP
     True
     """
-    from ai_edge_litert import schema_py_generated as schema
-
     try:
-        model = schema.Model.GetRootAs(Path(path).read_bytes(), 0)
-        for s in range(model.SubgraphsLength()):
-            graph = model.Subgraphs(s)
-            for t in range(graph.TensorsLength()):
-                if graph.Tensors(t).Sparsity() is not None:
-                    return True
+        return sparse_tensor_count(Path(path).read_bytes()) > 0
     except Exception:  # noqa: BLE001 - not a readable flatbuffer: the interpreter will say so
         return False
+
+
+def sparse_tensor_count(content: bytes) -> int:
+    """How many tensors of a ``.tflite`` flatbuffer are stored in TFLite's sparse format."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.Model.GetRootAs(content, 0)
+    count = 0
+    for s in range(model.SubgraphsLength()):
+        graph = model.Subgraphs(s)
+        count += sum(graph.Tensors(t).Sparsity() is not None
+                     for t in range(graph.TensorsLength()))
+    return count
     return False
 
 

@@ -249,7 +249,7 @@ def _artifact(model, out: Path, fmt: str, x_cal, x_test, y_test, opts: dict) -> 
         if mode == "int8" else None
     info["interface"] = opts["interface"] if fmt == "tflite" and mode == "int8" else "float"
     if fmt == "tflite":
-        from compress.quantization.tflite import sparse_tensor_count
+        from compress.export import sparse_tensor_count
 
         info["sparse_tensors"] = sparse_tensor_count(flatbuffer)
     return info

@@ -168,19 +168,6 @@ def _explain(exc: Exception, model, mode: str) -> str:
             f"{fallback}")
 
 
-def sparse_tensor_count(content: bytes) -> int:
-    """How many tensors of a ``.tflite`` flatbuffer are stored in TFLite's sparse format."""
-    from ai_edge_litert import schema_py_generated as schema
-
-    model = schema.Model.GetRootAs(content, 0)
-    count = 0
-    for s in range(model.SubgraphsLength()):
-        graph = model.Subgraphs(s)
-        count += sum(graph.Tensors(t).Sparsity() is not None
-                     for t in range(graph.TensorsLength()))
-    return count
-
-
 def weight_arrays(path) -> list[np.ndarray]:
     """The constant weight tensors (rank >= 2) stored in a ``.tflite`` file.
 
