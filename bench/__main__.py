@@ -111,7 +111,7 @@ def main(argv=None) -> int:
     ctx = Context(quick=args.quick, seed=args.seed, plot_dir=plot_dir, work_dir=work,
                   out_dir=out.parent)
     jobs = args.jobs or (2 if args.quick else 1)
-    if args.worker is None and not args.list:
+    if args.worker is None:
         # Baselines are trained once per run: never reuse a file from an earlier run.
         for old in work.glob("baseline-*.keras"):
             old.unlink()
