@@ -70,3 +70,19 @@ def test_quantize_sparse_flag(cli, mlp_file, tmp_path):
     bad = cli("quantize", path, "-o", tmp_path / "m.onnx", "--data", "digits", "--sparse")
     assert bad.exit_code == 1 and "--sparse" in bad.output
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_export_quantize_sparse_stores_pruned_weights_sparse(cli, mlp_file, tmp_path):
+    path, _ = mlp_file
+    pruned = tmp_path / "pruned.keras"
+    assert cli("prune", path, "-o", pruned, "--sparsity", "0.9").exit_code == 0
+    bad = cli("export", pruned, "-o", tmp_path / "plain.tflite", "--sparse")
+    assert bad.exit_code == 1 and "--quantize" in bad.output
+    assert not (tmp_path / "plain.tflite").exists()
+    dense, sparse = tmp_path / "dense.tflite", tmp_path / "sparse.tflite"
+    for out, extra in ((dense, ()), (sparse, ("--sparse",))):
+        result = cli("export", pruned, "-o", out, "--quantize", "dynamic", "--json", *extra)
+        assert result.exit_code == 0, result.output
+    info = json.loads(result.output)
+    assert info["sparse_tensors"] > 0
+    assert sparse.stat().st_size < 0.8 * dense.stat().st_size  # a tiny model: overhead stays
