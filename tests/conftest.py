@@ -18,6 +18,14 @@ def digits():
     return load_data("digits", seed=0)
 
 
+def _seeded():
+    """Seed before a session fixture builds its model: its initial weights (and so every
+    test that uses it) must not depend on which tests ran earlier in the same worker."""
+    from compress import training
+
+    training.set_seed(0)
+
+
 def _train_small(model, ds, epochs=3):
     from compress import training
 
@@ -34,6 +42,7 @@ def mlp_file(tmp_path_factory, digits):
 
     from compress.data import prepare
 
+    _seeded()
     model = keras.Sequential([
         keras.Input((8, 8, 1)), keras.layers.Flatten(name="flatten"),
         keras.layers.Dense(32, activation="relu", name="fc1"),
@@ -53,6 +62,7 @@ def cnn_file(tmp_path_factory, digits):
 
     from compress.data import prepare
 
+    _seeded()
     model = keras.Sequential([
         keras.Input((8, 8, 1)),
         keras.layers.Conv2D(8, 3, padding="same", use_bias=False, name="conv1"),
