@@ -33,12 +33,14 @@ from bench.harness import Context, Section, Target, table
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# Cases that take longest in quick mode start first when cases run in parallel.
-HEAVY_FIRST = ("distillation", "tfmot-head-to-head", "sharing-hash", "pruning", "scaling",
-               "quantization", "quantization-qat-pruned", "deployment", "callbacks-cascade")
+# The order cases start in when they run in parallel: the dense baselines first (the cases
+# after it find them trained), then the cases that take longest in quick mode.
+HEAVY_FIRST = ("baselines", "distillation", "tfmot-head-to-head", "sharing-hash", "pruning",
+               "scaling", "quantization", "quantization-qat-pruned", "deployment",
+               "callbacks-cascade")
 # Cases with no speed target: a full run runs them two at a time in child processes (their
 # accuracies and sizes do not depend on a neighbour), and the others alone.
-UNTIMED = ("distillation", "sharing-hash", "pruning", "quantization-qat-pruned",
+UNTIMED = ("baselines", "distillation", "sharing-hash", "pruning", "quantization-qat-pruned",
            "sharing-kmeans", "export-parity")
 
 
