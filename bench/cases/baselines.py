@@ -25,7 +25,7 @@ def case_baselines(ctx) -> Section:
         t0 = time.perf_counter()
         model, ds = trained(name, data, ctx)
         seconds = time.perf_counter() - t0
-        quick, full, lr = RECIPES[(name, data)]
+        full, quick, lr = RECIPES[(name, data)]
         rows.append([name, data, f"{model.count_params():,}", f"{len(ds.x_train):,}",
                      f"up to {ctx.size(quick, full)} (Adam {lr:g}, early stopping)",
                      f"{accuracy(model, ds.x_test, ds.y_test):.2%}", f"{seconds:.0f} s"])
