@@ -32,6 +32,9 @@ def trained(name: str, data: str, ctx, epochs: int | None = None):
 
     full, quick, lr = RECIPES.get((name, data), (20, 1, 1e-3))
     n_epochs = epochs or ctx.size(quick, full)
+    # Seeded before the model is built: the initial weights must not depend on what the
+    # calling case did first (whichever case trains a baseline first, it is the same).
+    training.set_seed(ctx.seed)
     model = build(name)
     ds = prepare(model, load_data(data, ctx.seed))
     if ctx.quick:

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -155,3 +156,23 @@ def test_peer_uses_the_same_split_as_ours(peer_results):
     ds = load_data("mnist5k", 0).take(600, 300)
     assert peer_results["data"]["test_fingerprint"] == fingerprint(ds.x_test, ds.y_test)
     assert peer_results["data"]["train_fingerprint"] == fingerprint(ds.x_train, ds.y_train)
+
+
+def test_a_baseline_is_the_same_whichever_case_trains_it_first(tmp_path):
+    # Cases running in parallel race to train a shared baseline: the winner's random state
+    # before the call must not change the model (the initial weights included).
+    import keras
+
+    from bench.baselines import trained
+    from bench.harness import Context
+
+    def train(work):
+        ctx = Context(quick=True, seed=0, plot_dir=tmp_path, work_dir=tmp_path / work)
+        ctx.work_dir.mkdir()
+        return trained("lenet300", "mnist5k", ctx)[0].get_weights()
+
+    first = train("a")
+    keras.utils.set_random_seed(123)
+    keras.layers.Dense(300).build((None, 784))  # a case that built something else first
+    second = train("b")
+    assert all(np.array_equal(u, v) for u, v in zip(first, second))
