@@ -77,6 +77,9 @@ def test_latency_is_measured_in_litert_for_both(mlp_file, tmp_path):
     assert all(v > 0 for v in info["latency_ms"].values())
     assert info["latency_ratio"]["1"] == pytest.approx(
         info["latency_ms"]["1"] / info["float_latency_ms"]["1"])
+    # An int8 file that is not faster says why (this CPU's int8 instructions); one that is
+    # faster says nothing.
+    assert (info["latency_note"] is None) == (info["latency_ratio"]["1"] < 0.9)
 
 
 def test_pruned_zeros_survive_int8(mlp_file, tmp_path):

@@ -54,3 +54,24 @@ def test_tables_and_plot(tmp_path):
     assert "-1.00 pts" in md
     png = report.plot_reports([before, after], tmp_path / "p.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cpu_info_reads_int8_dot_product_instructions(tmp_path):
+    from compress.quantization import latency_note
+    from compress.report import cpu_info
+
+    x86 = tmp_path / "x86"
+    x86.write_text("processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse2 avx2 fma\n")
+    vnni = tmp_path / "vnni"
+    vnni.write_text("model name\t: Xeon\nflags\t\t: avx2 fma avx512f avx512_vnni\n")
+    arm = tmp_path / "arm"
+    arm.write_text("processor\t: 0\nFeatures\t: fp asimd evtstrm asimddp\n")
+    assert cpu_info(x86) == {"name": "AMD EPYC", "features": ["avx2", "fma"],
+                             "int8_dot_product": False}
+    assert cpu_info(vnni)["int8_dot_product"] is True
+    assert cpu_info(arm)["int8_dot_product"] is True
+    assert cpu_info(tmp_path / "missing")["int8_dot_product"] is None
+    slow = latency_note(1.5, cpu_info(x86))
+    assert "1.50x" in slow and "AMD EPYC" in slow and "no 8-bit dot-product" in slow
+    assert "no 8-bit" not in latency_note(1.2, cpu_info(vnni))
+    assert latency_note(0.5, cpu_info(x86)) is None

@@ -107,19 +107,13 @@ def case_quantization_qat_pruned(ctx) -> Section:
 
 
 def _cpu_flags() -> str:
-    """The CPU's name and the SIMD features int8 kernels depend on (Linux)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "unknown CPU"
-    name = next((ln.split(":", 1)[1].strip() for ln in text.splitlines()
-                 if ln.startswith("model name")), "unknown CPU")
-    flags = set(next((ln.split(":", 1)[1].split() for ln in text.splitlines()
-                      if ln.startswith("flags")), []))
-    simd = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
-            if f in flags]
-    vnni = any(f in flags for f in ("avx512_vnni", "avx_vnni"))
-    return f"{name}; {', '.join(simd) or 'no AVX2'}; {'with' if vnni else 'no'} VNNI"
+    """The CPU's name and the SIMD features int8 kernels depend on."""
+    from compress.report import cpu_info
+
+    cpu = cpu_info()
+    dot = {True: "with", False: "no", None: "unknown"}[cpu["int8_dot_product"]]
+    return (f"{cpu['name']}; {', '.join(cpu['features']) or 'no AVX2'}; {dot} 8-bit "
+            "dot product (VNNI)")
 
 
 def _litert_ms(content: bytes, shape: tuple, threads: int = 1, delegates: bool = True,

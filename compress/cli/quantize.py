@@ -89,6 +89,8 @@ def emit_result(result: dict, as_json: bool) -> None:
     if zeros.get("model", 0) > 0.01:
         console.print(f"zero weights kept: {zeros['artifact']:.1%} in the artifact "
                       f"({zeros['model']:.1%} in the model)")
+    if result.get("latency_note"):
+        console.print(result["latency_note"])
     if result.get("qat"):
         console.print("QAT: " + ", ".join(f"{k} {v}" for k, v in result["qat"].items()
                                           if not isinstance(v, (list, dict))))

@@ -10,9 +10,9 @@ masks are attached still loads with plain ``keras.models.load_model``.
 Example:
 
 >>> from compress.pruning import keep_zeros, release_zeros   # doctest: +SKIP
->>> keep_zeros(student)          # zeros stay zeros through any later fit
->>> student.fit(x, y, epochs=2)
->>> release_zeros(student)
+>>> keep_zeros(student)          # zeros stay zeros through any later fit  # doctest: +SKIP
+>>> student.fit(x, y, epochs=2)                                            # doctest: +SKIP
+>>> release_zeros(student)                                                 # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ Example:
 
 >>> from compress.quantization import quantize
 >>> info = quantize(model, "model.tflite", data, mode="int8")   # doctest: +SKIP
->>> info["size_ratio"] < 0.3, info["accuracy"] >= info["float_accuracy"] - 0.003
+>>> info["size_ratio"] < 0.3, info["accuracy"] >= info["float_accuracy"] - 0.003  # doctest: +SKIP
 (True, True)
 """
 
@@ -142,7 +142,35 @@ def quantize(model, path, data=None, *, force: bool = False, inputs: tuple = (),
         info.update(_artifact(model, out, fmt, x_cal, x_test, y_test, opts))
     if info.get("calibration_samples") is None and full_integer:
         info["calibration_samples"] = len(x_cal)
+    if "latency_ratio" in info and opts["mode"] in ("int8", "dynamic"):
+        info["latency_note"] = latency_note(info["latency_ratio"]["1"])
     return info
+
+
+def latency_note(ratio: float, cpu: dict | None = None) -> str | None:
+    """Why an 8-bit artifact is not faster than float on this CPU (None when it is).
+
+    8-bit kernels beat float ones through instructions that multiply and add four 8-bit
+    pairs at once (x86 VNNI, ARM dotprod); without them they widen to 16 bits and do about
+    the same work as float, plus the requantization of every output.
+
+    >>> latency_note(0.5) is None
+    True
+    >>> latency_note(1.5, {"name": "X", "features": ["avx2"], "int8_dot_product": False})
+    'int8 is 1.50x the float latency on this CPU (X): it has no 8-bit dot-product ...'
+    """
+    if ratio < 0.9:
+        return None
+    from compress.report import cpu_info
+
+    cpu = cpu or cpu_info()
+    head = f"int8 is {ratio:.2f}x the float latency on this CPU ({cpu['name']})"
+    if cpu["int8_dot_product"] is False:
+        return (f"{head}: it has no 8-bit dot-product instructions (x86 VNNI, ARM dotprod), "
+                "so its int8 kernels do about the work of float ones. The smaller file still "
+                "holds; the speed-up needs such a CPU, an NPU/DSP, or a GPU (TensorRT)")
+    return (f"{head}: on a model this small, per-op work (requantizing every output, "
+            "quantize/dequantize at the edges) outweighs the cheaper multiplies")
 
 
 def suffix_for(options: dict) -> str:
