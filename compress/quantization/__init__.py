@@ -169,8 +169,9 @@ def latency_note(ratio: float, cpu: dict | None = None) -> str | None:
         return (f"{head}: it has no 8-bit dot-product instructions (x86 VNNI, ARM dotprod), "
                 "so its int8 kernels do about the work of float ones. The smaller file still "
                 "holds; the speed-up needs such a CPU, an NPU/DSP, or a GPU (TensorRT)")
-    return (f"{head}: on a model this small, per-op work (requantizing every output, "
-            "quantize/dequantize at the edges) outweighs the cheaper multiplies")
+    return (f"{head}, which has 8-bit dot-product instructions: per-op work (requantizing "
+            "every output, quantizing the input) can outweigh the cheaper multiplies in "
+            "small layers; check the per-layer times in the runtime's profiler")
 
 
 def suffix_for(options: dict) -> str:
