@@ -6,9 +6,10 @@ this one process, one after the other (Keras state is cleared between cases), on
 machine, with the same seed, so that the speed ratios each case measures are not disturbed
 by another case; the cases without one (``UNTIMED``) run first, two at a time in child
 processes. ``--jobs 1`` runs everything here, one after the other. With ``--jobs N`` (the
-default of ``--quick``, N = 2) every case runs in a child process, N at a time. Children
-send their sections and shared facts back as JSON; the cases that summarise others (the
-published-results table) run last in this process. A case that fails is reported in the
+default of ``--quick``, N = 2) every case runs in one of N child processes, which take the
+cases one by one from a shared queue. Children send their sections and shared facts back
+as JSON; the cases that summarise others (the published-results table) run last in this
+process. A case that fails is reported in the
 output with its error and the run exits non-zero after finishing the others.
 """
 
@@ -33,16 +34,17 @@ from bench.harness import Context, Section, Target, table
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# The order cases start in when they run in parallel: the dense baselines first (the cases
-# after it find them trained), then the cases that take longest in quick mode.
-HEAVY_FIRST = ("baselines", "distillation", "tfmot-head-to-head", "sharing-hash", "pruning",
-               "scaling", "quantization", "quantization-qat-pruned", "deployment",
-               "callbacks-cascade")
 # Cases with no speed target: a full run runs them two at a time in child processes (their
-# accuracies and sizes do not depend on a neighbour), and the others alone.
+# accuracies and sizes do not depend on a neighbour), and the others alone. They start in
+# this order: the dense baselines first (the cases after it find them trained), then the
+# longest first, so that no long case starts last and runs alone at the end.
 UNTIMED = ("baselines", "distillation", "sharing-hash", "pruning", "quantization-qat-pruned",
-           "sharing-kmeans", "export-parity")
-
+           "export-parity", "sharing-kmeans")
+# Quick mode runs every case in parallel, longest first (case times of the last quick run).
+# Quick baselines take seconds; a case that needs one before it exists trains its own.
+QUICK_ORDER = ("tfmot-head-to-head", "quantization-qat-pruned", "distillation", "sharing-hash",
+               "scaling", "callbacks-cascade", "pruning", "deployment", "callbacks-schedules",
+               "export-parity", "pruning-costs", "quantization", "baselines", "sharing-kmeans")
 
 def discover() -> dict:
     import bench.cases
@@ -87,7 +89,7 @@ def main(argv=None) -> int:
     parser.add_argument("--list", action="store_true", help="list case names and exit")
     parser.add_argument("--work-dir", default=None,
                         help="scratch files (default bench/out/work)")
-    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # JSON out path
+    parser.add_argument("--queue", default=None, help=argparse.SUPPRESS)  # worker: case list
     parser.add_argument("--plot-dir", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -113,17 +115,14 @@ def main(argv=None) -> int:
     ctx = Context(quick=args.quick, seed=args.seed, plot_dir=plot_dir, work_dir=work,
                   out_dir=out.parent)
     jobs = args.jobs or (2 if args.quick else 1)
-    if args.worker is None:
+    if args.queue is None:
         # Baselines are trained once per run: never reuse a file from an earlier run.
         for old in work.glob("baseline-*.keras"):
             old.unlink()
 
     started = time.perf_counter()
-    if args.worker is not None:
-        section = run_case(name=names[0], case=cases[names[0]], ctx=ctx)
-        Path(args.worker).write_text(json.dumps(
-            {"section": dataclasses.asdict(section), "facts": ctx.facts}))
-        return 0
+    if args.queue is not None:
+        return work_queue(Path(args.queue), cases, ctx)
     last = [n for n in names if getattr(cases[n], "runs_last", False)]
     if jobs > 1:
         parallel = [n for n in names if n not in last]
@@ -178,38 +177,60 @@ def run_case(name: str, case, ctx: Context) -> Section:
 
 
 def run_children(names: list, args, jobs: int, ctx: Context, out: Path, plot_dir: Path):
-    """Run each case in its own child process, ``jobs`` at a time; sections in the order
-    of ``names``, shared facts merged into ``ctx.facts``."""
-    order = sorted(names, key=lambda n: HEAVY_FIRST.index(n) if n in HEAVY_FIRST
-                   else len(HEAVY_FIRST))
-    results, running = {}, {}
+    """Run the cases in ``jobs`` child processes that take them one by one from a shared
+    queue (a child imports TensorFlow once, not once per case); sections in the order of
+    ``names``, shared facts merged into ``ctx.facts``."""
+    first = QUICK_ORDER if args.quick else UNTIMED
+    order = sorted(names, key=lambda n: first.index(n) if n in first else len(first))
+    results = {}
+    t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
-        while order or running:
-            while order and len(running) < jobs:
-                name = order.pop(0)
-                result = Path(tmp) / f"{name}.json"
-                cmd = [sys.executable, "-m", "bench", "--only", name, "--seed", str(args.seed),
-                       "--out", str(out), "--plot-dir", str(plot_dir), "--worker", str(result),
-                       "--work-dir", str(ctx.work_dir)]
-                if args.quick:
-                    cmd.append("--quick")
-                running[name] = (subprocess.Popen(cmd, cwd=ROOT), result, time.perf_counter())
-            time.sleep(0.2)
-            for name, (proc, result, t0) in list(running.items()):
-                if proc.poll() is None:
-                    continue
-                del running[name]
-                if proc.returncode == 0 and result.exists():
-                    data = json.loads(result.read_text())
-                    sec = data["section"]
-                    sec["targets"] = [Target(**t) for t in sec["targets"]]
-                    results[name] = Section(**sec)
-                    ctx.facts.update(data["facts"])
-                else:
-                    results[name] = Section(title=name, error=(
-                        f"child process exited with {proc.returncode} after "
-                        f"{time.perf_counter() - t0:.0f} s"))
+        queue = Path(tmp) / "queue"
+        queue.write_text("\n".join(order))
+        cmd = [sys.executable, "-m", "bench", "--queue", str(queue), "--seed", str(args.seed),
+               "--out", str(out), "--plot-dir", str(plot_dir), "--work-dir", str(ctx.work_dir)]
+        if args.quick:
+            cmd.append("--quick")
+        children = [subprocess.Popen(cmd, cwd=ROOT) for _ in range(min(jobs, len(order)))]
+        codes = [child.wait() for child in children]
+        for name in names:
+            result = Path(tmp) / f"{name}.json"
+            if not result.exists():
+                results[name] = Section(title=name, error=(
+                    f"no result: the child processes exited with {codes} after "
+                    f"{time.perf_counter() - t0:.0f} s"))
+                continue
+            data = json.loads(result.read_text())
+            sec = data["section"]
+            sec["targets"] = [Target(**t) for t in sec["targets"]]
+            results[name] = Section(**sec)
+            ctx.facts.update(data["facts"])
     return [results[n] for n in names]
+
+
+def work_queue(queue: Path, cases: dict, ctx: Context) -> int:
+    """A child process: run cases taken from ``queue`` until it is empty, each result (its
+    section and the facts so far) written as ``NAME.json`` beside the queue."""
+    while (name := _take(queue)) is not None:
+        section = run_case(name=name, case=cases[name], ctx=ctx)
+        (queue.parent / f"{name}.json").write_text(json.dumps(
+            {"section": dataclasses.asdict(section), "facts": ctx.facts}))
+    return 0
+
+
+def _take(queue: Path) -> str | None:
+    """The next case name from the queue file (locked while read and rewritten), or None."""
+    import fcntl
+
+    with open(queue, "r+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        names = f.read().split()
+        if not names:
+            return None
+        f.seek(0)
+        f.truncate()
+        f.write("\n".join(names[1:]))
+        return names[0]
 
 
 def render(sections, ctx, total, plot_dir, out, note: str = "") -> str:
