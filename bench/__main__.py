@@ -9,8 +9,8 @@ processes. ``--jobs 1`` runs everything here, one after the other. With ``--jobs
 default of ``--quick``, N = 2) every case runs in one of N child processes, which take the
 cases one by one from a shared queue. Children send their sections and shared facts back
 as JSON; the cases that summarise others (the published-results table) run last in this
-process. A case that fails is reported in the
-output with its error and the run exits non-zero after finishing the others.
+process. A case that fails is reported in the output with its error and the run exits
+non-zero after finishing the others.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ UNTIMED = ("baselines", "distillation", "sharing-hash", "pruning", "quantization
 QUICK_ORDER = ("tfmot-head-to-head", "quantization-qat-pruned", "distillation", "sharing-hash",
                "scaling", "callbacks-cascade", "pruning", "deployment", "callbacks-schedules",
                "export-parity", "pruning-costs", "quantization", "baselines", "sharing-kmeans")
+
 
 def discover() -> dict:
     import bench.cases
