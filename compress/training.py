@@ -17,6 +17,10 @@ True
 from __future__ import annotations
 
 import contextlib
+import json
+import os
+import signal
+import threading
 
 import keras
 import numpy as np
@@ -73,12 +77,68 @@ def compile_classifier(model, learning_rate: float = 1e-3, optimizer: str = "ada
 _CHECKPOINTS = {"root": None, "count": 0}
 
 
+class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
+    """Keras's ``BackupAndRestore`` with every backup written atomically.
+
+    Keras writes ``latest.weights.h5`` in place, so a Ctrl-C that lands while it is being
+    written leaves a file with only some layers in it, and the resumed run fails with
+    "Layer ... expected 2 variables, but received 0". Here the weights and the epoch
+    counter go to temporary files first and are renamed over the backup together, with
+    SIGINT held back for the two renames: the folder always holds one whole epoch.
+
+    Example:
+
+    >>> import tempfile
+    >>> cb = AtomicBackupAndRestore(tempfile.mkdtemp())
+    >>> cb._weights_path.endswith("latest.weights.h5")
+    True
+    """
+
+    def _save_model(self):
+        os.makedirs(self.backup_dir, exist_ok=True)
+        tmp_weights = os.path.join(self.backup_dir, f".partial-{os.getpid()}.weights.h5")
+        tmp_meta = os.path.join(self.backup_dir, f".partial-{os.getpid()}.json")
+        try:
+            self.model.save_weights(filepath=tmp_weights, overwrite=True)
+            with open(tmp_meta, "w", encoding="utf-8") as f:
+                json.dump({"epoch": self._current_epoch, "batch": self._last_batch_seen}, f)
+            with _sigint_held():
+                os.replace(tmp_weights, self._weights_path)
+                os.replace(tmp_meta, self._training_metadata_path)
+        finally:
+            for leftover in (tmp_weights, tmp_meta):
+                if os.path.exists(leftover):
+                    os.unlink(leftover)
+
+
+@contextlib.contextmanager
+def _sigint_held():
+    """Hold a Ctrl-C (SIGINT) back until the block is done, then act on it as usual.
+
+    Outside the main thread (where Python runs no signal handlers) it is a no-op.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        if callable(previous):
+            previous(signal.SIGINT, None)
+        elif previous == signal.SIG_DFL:
+            raise KeyboardInterrupt
+
+
 @contextlib.contextmanager
 def checkpoints(directory):
     """Make every :func:`fit` in the block resumable from ``directory``.
 
     Each ``fit`` call gets its own sub-folder (``fit1``, ``fit2``, ... in call order), backed
-    up by Keras's ``BackupAndRestore`` every epoch. Running the same command again with the
+    up every epoch by :class:`AtomicBackupAndRestore`. Running the same command again with the
     same folder after an interruption replays the finished fits (same seed, same result) and
     resumes the interrupted one at its last finished epoch. The CLI's ``--checkpoint-dir``
     uses this.
@@ -137,7 +197,7 @@ def fit(model, dataset, epochs: int = 1, batch_size: int = 64, callbacks=None,
         _CHECKPOINTS["count"] += 1
         checkpoint_dir = f"{_CHECKPOINTS['root']}/fit{_CHECKPOINTS['count']}"
     if checkpoint_dir:
-        cbs.append(keras.callbacks.BackupAndRestore(str(checkpoint_dir)))
+        cbs.append(AtomicBackupAndRestore(str(checkpoint_dir)))
     history = model.fit(
         dataset.x_train, dataset.y_train, epochs=epochs, batch_size=batch_size,
         validation_data=(dataset.x_val, dataset.y_val) if validation else None,

@@ -19,8 +19,15 @@ def _compress(*args):
 
 def _interrupt_after(cmd, seconds, marker_dir=None):
     """Start ``cmd``; send SIGINT once training is under way (or after ``seconds``)."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV,
-                            text=True)
+    # A shell without job control starts background jobs with SIGINT ignored; the child
+    # would inherit that and never raise KeyboardInterrupt. A handled signal is reset to its
+    # default on exec, so installing one here for the spawn gives the child a normal Ctrl-C.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV,
+                                text=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
         if marker_dir is not None and any(marker_dir.rglob("*")) and \
@@ -102,3 +109,62 @@ print("REPLICAS", tf.distribute.MirroredStrategy().num_replicas_in_sync)
     assert zero >= 0.79  # masks held across replicas
     assert keras.models.load_model(dist).count_params() < pruned.count_params()
     assert (tmp_path / "q.tflite").stat().st_size > 0
+
+
+def test_ctrl_c_while_a_backup_is_written_keeps_the_previous_epoch(tmp_path, monkeypatch):
+    """A Ctrl-C inside the weights write must not leave a half-written backup to resume from."""
+    import json
+
+    import keras
+
+    from compress.training import AtomicBackupAndRestore
+
+    def model():
+        m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="a"),
+                              keras.layers.Dense(2, name="b")])
+        m.compile("sgd", "mse")
+        return m
+
+    x, y = np.ones((8, 4), "float32"), np.zeros((8, 2), "float32")
+    first = model()
+    first.fit(x, y, epochs=1, verbose=0)
+    cb = AtomicBackupAndRestore(str(tmp_path))
+    cb.set_model(first)
+    cb.on_epoch_end(0)  # the backup of epoch 1, as fit writes it
+    saved = [w.copy() for w in first.get_weights()]
+    first.fit(x, y, epochs=1, verbose=0)  # weights move on; the backup still holds epoch 1
+    cb._current_epoch = 2
+
+    def interrupted_write(filepath, overwrite=True):
+        with open(filepath, "wb") as f:
+            f.write(b"\x89HDF\r\n half a file")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(first, "save_weights", interrupted_write)
+    with pytest.raises(KeyboardInterrupt):
+        cb._save_model()
+
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest.weights.h5",
+                                                          "training_metadata.json"]
+    assert json.loads((tmp_path / "training_metadata.json").read_text())["epoch"] == 1
+    resumed = model()
+    resumed.load_weights(tmp_path / "latest.weights.h5")
+    for got, want in zip(resumed.get_weights(), saved):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_a_ctrl_c_during_the_renames_is_held_until_they_are_done():
+    from compress.training import _sigint_held
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    steps = []
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with _sigint_held():
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.05)  # Python runs the handler here, between bytecodes
+                steps.append("block finished")
+            steps.append("not reached")
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert steps == ["block finished"]
