@@ -21,3 +21,31 @@ class CompressError(Exception):
     def __init__(self, message: str):
         # Keep it to one line whatever the cause said.
         super().__init__(" ".join(str(message).split()))
+
+
+class _Interrupt:
+    """Remembers a Ctrl-C so that it cannot be lost.
+
+    Python raises ``KeyboardInterrupt`` wherever the main thread happens to be, and when that
+    is a finaliser (TensorFlow runs many ``__del__`` methods) the exception is printed as
+    "Exception ignored" and dropped: the run would go on and write its output as if the
+    user had not pressed Ctrl-C. The CLI installs :meth:`handler` for SIGINT; training and
+    the atomic writers call :func:`raise_if_interrupted` at their checkpoints, so a swallowed
+    interrupt is raised again at the next batch or before any output is renamed into place.
+    """
+
+    def __init__(self):
+        self.pending = False
+
+    def handler(self, signum, frame):
+        self.pending = True
+        raise KeyboardInterrupt
+
+
+INTERRUPT = _Interrupt()
+
+
+def raise_if_interrupted() -> None:
+    """Raise ``KeyboardInterrupt`` if a Ctrl-C arrived under the CLI's handler."""
+    if INTERRUPT.pending:
+        raise KeyboardInterrupt

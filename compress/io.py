@@ -16,7 +16,7 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from compress.errors import CompressError
+from compress.errors import CompressError, raise_if_interrupted
 
 MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
@@ -198,6 +198,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp_path
         if not tmp_path.exists():
             raise CompressError(f"{out}: the writer produced no file")
+        raise_if_interrupted()
         try:
             os.replace(tmp_path, out)
         except OSError as exc:

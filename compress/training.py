@@ -25,7 +25,7 @@ import threading
 import keras
 import numpy as np
 
-from compress.errors import CompressError
+from compress.errors import CompressError, raise_if_interrupted
 
 
 def set_seed(seed: int) -> None:
@@ -192,7 +192,7 @@ def fit(model, dataset, epochs: int = 1, batch_size: int = 64, callbacks=None,
     it stopped.
     """
     nan_stop = StopOnNaN()
-    cbs = list(callbacks or []) + [nan_stop]
+    cbs = list(callbacks or []) + [nan_stop, _StopOnCtrlC()]
     if checkpoint_dir is None and _CHECKPOINTS["root"]:
         _CHECKPOINTS["count"] += 1
         checkpoint_dir = f"{_CHECKPOINTS['root']}/fit{_CHECKPOINTS['count']}"
@@ -231,6 +231,15 @@ def keep_last_good(path, force: bool = False):
         yield
     finally:
         _LAST_GOOD.update(previous)
+
+
+class _StopOnCtrlC(keras.callbacks.Callback):
+    """Raise a Ctrl-C again at the next batch if a finaliser swallowed it (see errors)."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        raise_if_interrupted()
+
+    on_test_batch_end = on_train_batch_end
 
 
 class StopOnNaN(keras.callbacks.Callback):

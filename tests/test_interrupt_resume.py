@@ -168,3 +168,39 @@ def test_a_ctrl_c_during_the_renames_is_held_until_they_are_done():
     finally:
         signal.signal(signal.SIGINT, previous)
     assert steps == ["block finished"]
+
+
+@pytest.mark.slow
+def test_a_ctrl_c_swallowed_by_a_finaliser_still_stops_the_command(tmp_path, mlp_file):
+    """TensorFlow runs many ``__del__`` methods; a Ctrl-C raised inside one is printed as
+    "Exception ignored" and dropped. The CLI must still stop, exit 130 and write nothing."""
+    out = tmp_path / "pruned.keras"
+    script = f"""
+import signal, sys
+import keras
+from compress import training
+from compress.cli import main
+
+class Finaliser:
+    def __del__(self):
+        signal.raise_signal(signal.SIGINT)  # Python runs the handler inside __del__
+        sum(range(1000))
+
+class DropsOne(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 0:
+            Finaliser()
+
+real_fit = training.fit
+training.fit = lambda model, data, callbacks=None, **kw: real_fit(
+    model, data, callbacks=list(callbacks or []) + [DropsOne()], **kw)
+sys.exit(main(["prune", r"{mlp_file[0]}", "-o", r"{out}", "--data", "digits", "--epochs", "3",
+               "--sparsity", "0.5"]))
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env=ENV, timeout=600, check=False)
+    assert "Exception ignored" in proc.stderr and "KeyboardInterrupt" in proc.stderr, \
+        "the interrupt really was swallowed once"
+    assert proc.returncode == 130, proc.stderr[-800:]
+    assert "interrupted" in proc.stderr
+    assert not out.exists()

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import importlib
 import os
+import signal
 import sys
+import threading
 import traceback
 
 import click
 
 from compress import __version__
-from compress.errors import CompressError
+from compress.errors import INTERRUPT, CompressError
 
 # Commands that train: they get --checkpoint-dir, --strategy and --keep-last-good.
 TRAINING_COMMANDS = ("prune", "share", "quantize", "distill", "cascade", "run")
@@ -50,6 +52,11 @@ class _Group(click.Group):
 
     def invoke(self, ctx):
         debug = bool(ctx.params.get("debug")) or os.environ.get("COMPRESS_DEBUG") == "1"
+        INTERRUPT.pending = False
+        previous = None
+        if threading.current_thread() is threading.main_thread() and \
+                signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            previous = signal.signal(signal.SIGINT, INTERRUPT.handler)
         try:
             return super().invoke(ctx)
         except CompressError as exc:
@@ -61,6 +68,9 @@ class _Group(click.Group):
             click.echo("error: interrupted; the input is untouched and no output was written",
                        err=True)
             ctx.exit(130)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
 
 
 def _add_training_options(command: click.Command) -> None:
