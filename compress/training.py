@@ -88,10 +88,8 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
 
     Example:
 
-    >>> import tempfile
-    >>> cb = AtomicBackupAndRestore(tempfile.mkdtemp())
-    >>> cb._weights_path.endswith("latest.weights.h5")
-    True
+    >>> backup = AtomicBackupAndRestore("backup/")  # same arguments as Keras's
+    >>> model.fit(x, y, epochs=50, callbacks=[backup])  # run again to resume  # doctest: +SKIP
     """
 
     def _save_model(self):
