@@ -79,7 +79,7 @@ def _add_training_options(command: click.Command) -> None:
     command.params.append(click.Option(
         ["--checkpoint-dir"], default=None, type=click.Path(file_okay=False),
         help="Back up training every epoch to this folder; run the same command again to "
-             "resume after an interruption (Keras BackupAndRestore)."))
+             "resume after an interruption (Keras BackupAndRestore, written atomically)."))
     command.params.append(click.Option(
         ["--strategy"], type=click.Choice(["none", "mirrored"]), default="none",
         show_default=True,
