@@ -119,14 +119,33 @@ def cpu_info(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> dict:
             "int8_dot_product": any(f in flags for f in INT8_DOT_FLAGS)}
 
 
-def keras_latency_ms(model, sample_shape: tuple, batch: int = 1, runs: int = 50) -> float:
-    """Median batch-``batch`` latency of the model's compiled forward pass."""
+def keras_latency_ms(model, sample_shape: tuple | None = None, batch: int = 1,
+                     runs: int = 50) -> float:
+    """Median batch-``batch`` latency of the model's compiled forward pass.
+
+    ``sample_shape`` is one input's shape without the batch axis; by default every input of
+    the model gets a random tensor of its own shape and dtype (unknown sizes read as 1), so
+    models with several inputs are timed too.
+    """
     import tensorflow as tf
 
+    rng = np.random.default_rng(0)
+
+    def sample(shape, dtype="float32"):
+        shape = (batch,) + tuple(1 if d is None else int(d) for d in shape)
+        if np.issubdtype(np.dtype(dtype), np.floating):
+            return tf.constant(rng.random(shape, dtype=np.float32).astype(dtype))
+        return tf.zeros(shape, dtype=dtype)
+
+    if sample_shape is not None:
+        x = sample(sample_shape)
+    else:
+        tensors = [sample(t.shape[1:], getattr(t, "dtype", "float32") or "float32")
+                   for t in model.inputs]
+        x = tensors[0] if len(tensors) == 1 else tensors
     call = tf.function(lambda t: model(t, training=False), reduce_retracing=True)
-    x = tf.constant(np.random.default_rng(0).random((batch,) + tuple(sample_shape),
-                                                   dtype=np.float32))
-    return latency_ms(lambda t: call(t).numpy(), x, runs=runs)
+    return latency_ms(lambda t: tf.nest.map_structure(lambda o: o.numpy(), call(t)), x,
+                      runs=runs)
 
 
 def model_report(model, data=None, split: str = "test", latency: bool = True,
@@ -167,7 +186,7 @@ def model_report(model, data=None, split: str = "test", latency: bool = True,
         report["accuracy"] = accuracy(model, x, y)
         report["accuracy_split"] = split
     if latency:
-        report["latency_ms"] = keras_latency_ms(model, tuple(model.inputs[0].shape[1:]))
+        report["latency_ms"] = keras_latency_ms(model)
     return report
 
 

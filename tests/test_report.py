@@ -75,3 +75,14 @@ def test_cpu_info_reads_int8_dot_product_instructions(tmp_path):
     assert "1.50x" in slow and "AMD EPYC" in slow and "no 8-bit dot-product" in slow
     assert "no 8-bit" not in latency_note(1.2, cpu_info(vnni))
     assert latency_note(0.5, cpu_info(x86)) is None
+
+
+def test_model_report_times_a_model_with_two_inputs():
+    import keras
+
+    a, b = keras.Input((4,), name="a"), keras.Input((3,), name="b")
+    out = keras.layers.Dense(2)(keras.layers.Concatenate()([a, b]))
+    model = keras.Model([a, b], out)
+    info = report.model_report(model)
+    assert info["params"] == 7 * 2 + 2
+    assert info["latency_ms"] > 0
