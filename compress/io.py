@@ -59,9 +59,12 @@ def load_model(path: str | os.PathLike, unsafe: bool = False):
     register_layers()  # the toolkit's own layers load without custom_objects
 
     try:
-        return keras.models.load_model(p, compile=False, safe_mode=not unsafe)
+        model = keras.models.load_model(p, compile=False, safe_mode=not unsafe)
     except Exception as exc:  # Keras raises many types; turn each into one line.
         raise CompressError(f"{p}: {_explain_load_error(exc)}") from exc
+    if unsafe:
+        model._compress_unsafe = True  # copies made by the passes may rebuild its Lambdas
+    return model
 
 
 def _check_container(p: Path) -> None:
@@ -187,7 +190,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     out = Path(path)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=f".partial{out.suffix}",
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=f".partial{out.suffix.lower()}",
                                    dir=out.parent if str(out.parent) else ".")
     except OSError as exc:
         raise CompressError(f"{out}: cannot write in {out.parent} ({exc.strerror})") from exc

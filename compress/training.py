@@ -44,7 +44,24 @@ def copy_model(model):
     from compress.layers import register_layers
 
     register_layers()
-    clone = keras.models.clone_model(model)
+    unsafe = getattr(model, "_compress_unsafe", False)
+    scope = contextlib.nullcontext()
+    if unsafe:  # loaded with --unsafe: its Lambda layers may be rebuilt for the copy too
+        from keras.src.saving.serialization_lib import SafeModeScope
+
+        scope = SafeModeScope(False)
+    try:
+        with scope:
+            clone = keras.models.clone_model(model)
+    except ValueError as exc:
+        if "TFSMLayer" in str(exc):
+            raise CompressError(
+                f"model '{model.name}' wraps a SavedModel, which can be inspected and exported "
+                "but not edited; load the Keras model (.keras or .h5) it was saved from"
+            ) from exc
+        raise
+    if unsafe:
+        clone._compress_unsafe = True
     clone.set_weights(model.get_weights())
     return clone
 

@@ -145,6 +145,15 @@ CLI_CASES = [
      "--epochs"),
     ("prune-wrong-output-suffix", ["prune", "{mlp}", "-o", "{out}.onnx"], 1, "must end with"),
     ("prune-bad-method", ["prune", "{mlp}", "-o", "{out}.keras", "--method", "random"], 2, ""),
+    ("prune-two-inputs", ["prune", "{dir}/two_inputs.keras", "-o", "{out}.keras"], 1,
+     "has 2 input(s)"),
+    ("export-two-inputs", ["export", "{dir}/two_inputs.keras", "-o", "{out}.onnx"], 1,
+     "single-input, single-output"),
+    ("prune-structured-two-four", ["prune", "{mlp}", "-o", "{out}.keras", "--structured",
+                                   "--two-four"], 1, "choose one"),
+    ("export-quantize-int8-without-data", ["export", "{mlp}", "-o", "{out}.tflite",
+                                           "--quantize", "int8"], 1, "--quantize dynamic"),
+    ("export-negative-atol", ["export", "{mlp}", "-o", "{out}.onnx", "--atol", "-1"], 2, ""),
     ("share-factor-0", ["share", "{mlp}", "-o", "{out}.keras", "--factor", "0"], 1, "--factor"),
     ("share-factor-above-1", ["share", "{mlp}", "-o", "{out}.keras", "--factor", "1.5"], 1,
      "--factor"),
@@ -209,6 +218,40 @@ def test_cli_refusal(case_id, argv, code, words, files, cli, tmp_path):
     assert _inputs(files) == before  # inputs untouched
     assert sorted(os.listdir(files["dir"])) == listing  # nothing written beside them
     assert list(tmp_path.iterdir()) == []  # no output, not even a partial one
+
+
+def test_a_model_loaded_with_unsafe_can_be_pruned(files, cli, tmp_path):
+    """--unsafe holds for the copies the passes make, not only for the first load."""
+    import keras
+
+    out = tmp_path / "pruned.keras"
+    result = cli("prune", f"{files['dir']}/lambda.keras", "-o", out, "--unsafe",
+                 "--sparsity", "0.5")
+    assert result.exit_code == 0, result.output
+    pruned = keras.models.load_model(out, safe_mode=False)
+    assert any(isinstance(layer, keras.layers.Lambda) for layer in pruned.layers)
+
+
+def test_an_upper_case_suffix_is_written(files, cli, tmp_path):
+    out = tmp_path / "PRUNED.KERAS"
+    result = cli("prune", files["mlp"], "-o", out, "--sparsity", "0.5")
+    assert result.exit_code == 0, result.output
+    assert [p.name for p in tmp_path.iterdir()] == ["PRUNED.KERAS"]
+
+
+def test_an_unforeseen_failure_is_one_line_and_exit_1(files, cli, monkeypatch):
+    import compress.report
+
+    def broken(*args, **kwargs):
+        raise ValueError("something\nnobody planned for")
+
+    monkeypatch.setattr(compress.report, "model_report", broken)
+    result = cli("inspect", files["mlp"])
+    errors = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output
+    assert errors == [("error: unexpected ValueError: something nobody planned for (the input "
+                       "is untouched; --debug shows the traceback)")]
 
 
 def test_python_api_refusals(files, mlp_file, tmp_path):

@@ -27,7 +27,7 @@ COMMANDS = ("inspect", "export", "prune", "share", "quantize", "distill", "casca
 
 
 class _Group(click.Group):
-    """Loads command modules on demand and turns CompressError into one line + exit 1."""
+    """Loads command modules on demand; any failure is one line and exit 1 (130 on Ctrl-C)."""
 
     def list_commands(self, ctx):
         return [name for name in COMMANDS if self._load(name) is not None]
@@ -68,6 +68,16 @@ class _Group(click.Group):
             click.echo("error: interrupted; the input is untouched and no output was written",
                        err=True)
             ctx.exit(130)
+        except (click.exceptions.ClickException, click.exceptions.Exit,
+                click.exceptions.Abort):
+            raise
+        except Exception as exc:  # noqa: BLE001 - an unforeseen failure: one line, exit 1
+            if debug:
+                traceback.print_exc()
+            click.echo(f"error: unexpected {type(exc).__name__}: "
+                       f"{' '.join(str(exc).split())[:300]} (the input is untouched; --debug shows "
+                       "the traceback)", err=True)
+            ctx.exit(1)
         finally:
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)

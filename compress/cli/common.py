@@ -72,8 +72,13 @@ def progress_to_stderr():
     return Console(file=sys.stderr)
 
 
-def load_inputs(model_path: str, data: str | None, seed: int, unsafe: bool):
-    """Seed, load the model (safe mode unless --unsafe) and the data fitted to it."""
+def load_inputs(model_path: str, data: str | None, seed: int, unsafe: bool,
+                single_io: bool = True):
+    """Seed, load the model (safe mode unless --unsafe) and the data fitted to it.
+
+    With ``single_io`` (every command but ``inspect``), a model with several inputs or
+    outputs is refused in one line before any work.
+    """
     from compress.quiet import import_tensorflow
 
     import_tensorflow()
@@ -82,6 +87,13 @@ def load_inputs(model_path: str, data: str | None, seed: int, unsafe: bool):
 
     training.set_seed(seed)
     model = io.load_model(model_path, unsafe=unsafe)
+    if single_io and (len(model.inputs) != 1 or len(model.outputs) != 1):
+        from compress.errors import CompressError
+
+        raise CompressError(
+            f"{model_path}: model '{model.name}' has {len(model.inputs)} input(s) and "
+            f"{len(model.outputs)} output(s); this command supports single-input, "
+            "single-output models (compress inspect reports any model)")
     dataset = data_mod.prepare(model, data_mod.load_data(data, seed)) if data else None
     return model, dataset
 

@@ -22,7 +22,7 @@ from compress.cli.common import (
 @data_option
 @click.option("--samples", default=256, show_default=True, type=click.IntRange(1),
               help="Inputs to verify the artifact on (real data with --data, else random).")
-@click.option("--atol", default=1e-4, show_default=True, type=float,
+@click.option("--atol", default=1e-4, show_default=True, type=click.FloatRange(min=0),
               help="Largest allowed absolute output difference between Keras and the runtime.")
 @click.option("--quantize", "quantize", type=click.Choice(["int8", "dynamic", "float16"]),
               default=None, help="Quantize while exporting (as `compress quantize --mode`); "
@@ -68,8 +68,12 @@ def command(model, fmt, output, data, samples, atol, seed, unsafe, as_json, forc
     if quantize:
         from compress.cli.quantize import emit_result, run_quantize
 
-        emit_result(run_quantize(model, output, data, seed, unsafe, force,
-                                 {"mode": quantize, "format": fmt, "sparse": sparse}), as_json)
+        try:
+            result = run_quantize(model, output, data, seed, unsafe, force,
+                                  {"mode": quantize, "format": fmt, "sparse": sparse})
+        except CompressError as exc:  # its hints name quantize's flag; this command's is --quantize
+            raise CompressError(str(exc).replace("--mode ", "--quantize ")) from exc
+        emit_result(result, as_json)
         return
     io.check_output(output, inputs=[model], force=force, suffixes=(export.FORMATS[fmt],))
     loaded, dataset = load_inputs(model, data, seed, unsafe)

@@ -36,7 +36,7 @@ def command(model, data, split, show_layers, latency, seed, unsafe, as_json):
     from compress.cli.common import load_inputs
     from compress.report import model_report
 
-    loaded, dataset = load_inputs(model, data, seed, unsafe)
+    loaded, dataset = load_inputs(model, data, seed, unsafe, single_io=False)
     path = model if not _is_dir(model) else None
     report = model_report(loaded, dataset, split=split, latency=latency, name=loaded.name,
                           path=path)

@@ -93,6 +93,9 @@ def _check_data(model, data, opts) -> None:
                                            or opts["quality"] is not None or opts["two_four"]):
         raise CompressError("prune: scope 'sensitivity' works with unstructured oneshot or "
                             "iterative pruning by --sparsity")
+    if opts["structured"] and opts["two_four"]:
+        raise CompressError("prune: --structured removes whole units and --two-four zeros 2 of "
+                            "every 4 weights; choose one")
     if opts["block"] > 1 and (opts["structured"] or opts["two_four"]
                               or opts["quality"] is not None or opts["scope"] == "sensitivity"):
         raise CompressError("prune: --block works with unstructured pruning by --sparsity "
