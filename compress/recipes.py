@@ -177,6 +177,11 @@ def validate_recipe(recipe: dict) -> dict:
     data = recipe.get("data")
     if data is not None and not isinstance(data, str):
         raise CompressError(f"data: must be a dataset name, got {data!r}")
+    from compress.data import NAMES
+
+    if data is not None and not data.startswith("npz:") and data not in NAMES:
+        raise CompressError(f"data: '{data}' is not a dataset (use one of {', '.join(NAMES)} "
+                            "or npz:PATH)")
     for key in ("name", "description", "output"):
         if key in recipe and not isinstance(recipe[key], str):
             raise CompressError(f"{key}: must be a string, got {recipe[key]!r}")

@@ -53,6 +53,7 @@ def _base():
     (lambda r: r["steps"][0]["prune"].update(callbacks={"cosine": {}}),
      "steps[0].prune.callbacks: only"),
     (lambda r: r.pop("data"), "needs data"),
+    (lambda r: r.update(data="digitz"), "data: 'digitz' is not a dataset"),
     (lambda r: r["steps"].append({"export": {"format": "coreml"}}),
      "steps[2].export.format: must be one of onnx, tflite"),
 ])
