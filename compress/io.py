@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 import zipfile
 from collections.abc import Iterator
@@ -105,7 +106,9 @@ def _explain_load_error(exc: Exception) -> str:
         return ("contains a Lambda layer, whose code Keras only runs with safe_mode off; "
                 "pass --unsafe (unsafe=True) only if you trust this file")
     if "unknown layer" in low or "could not locate" in low or "not a known" in low:
-        name = _quoted_name(text)
+        found = re.search(r"(?:could not locate (?:class|function)|unknown layer:?)\s*"
+                          r"['\"`]([^'\"`]+)['\"`]", text, re.IGNORECASE)
+        name = f"'{found.group(1)}'" if found else _quoted_name(text)
         return (f"unknown custom layer or object {name}: import the module that defines it "
                 "and register it with @keras.saving.register_keras_serializable").strip()
     if "truncated" in low or "unable to open" in low or "bad zip" in low:

@@ -84,7 +84,7 @@ def test_unknown_custom_layer_named(tmp_path):
     path = tmp_path / "custom.keras"
     model.save(path)
     keras.saving.get_custom_objects().pop("testonly>Doubler")
-    with pytest.raises(CompressError, match="unknown custom layer"):
+    with pytest.raises(CompressError, match="unknown custom layer or object 'Doubler'"):
         io.load_model(path)
 
 
