@@ -81,3 +81,11 @@ def test_npz_with_object_array_refused_without_pickle(tmp_path):
     np.savez(path, x_train=np.array([{"a": 1}] * 12, dtype=object), y_train=np.zeros(12, int))
     with pytest.raises(CompressError, match="pickle"):
         load_data(f"npz:{path}")
+
+
+@pytest.mark.parametrize("content", [b"x,y\n1,2\n", b"", b"\x80\x04N."])
+def test_a_file_that_is_not_an_npz_archive_is_named_so(tmp_path, content):
+    path = tmp_path / "data.npz"
+    path.write_bytes(content)
+    with pytest.raises(CompressError, match="not an .npz file"):
+        load_data(f"npz:{path}")
