@@ -94,6 +94,7 @@ def test_two_four_semi_structured(mlp):
     groups = (k.reshape(16, 4, 32) != 0).sum(axis=1)
     assert (groups <= 2).all()
     assert [r["weight"] for r in info["layers"]] == ["fc1/kernel", "fc2/kernel"]
+    assert info["pattern"] == "2:4" and info["sparsity_requested"] == 0.5  # not the 0.9 default
 
 
 @pytest.mark.parametrize("kwargs, match", [

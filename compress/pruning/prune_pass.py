@@ -154,6 +154,8 @@ def prune(model, data=None, *, verbose=0, **options):
     model = training.copy_model(model)
     info = {"method": opts["method"], "schedule": opts["schedule"],
             "sparsity_requested": opts["sparsity"]}
+    if opts["two_four"]:  # the 2:4 pattern fixes the sparsity; --sparsity is not used
+        info.update(pattern="2:4", sparsity_requested=0.5)
     if opts["method"] == "obd":
         info["estimator"] = opts["estimator"]
     calib = None if data is None else (data.x_train[:opts["calibration"]],
