@@ -65,6 +65,9 @@ def export_tflite(model, path, x: np.ndarray | None = None, force: bool = False,
     :mod:`compress.quantization`.
     """
     out = io.check_output(path, inputs=inputs, force=force, suffixes=(".tflite",))
+    from compress.quantization import refuse_keras_quantized
+
+    refuse_keras_quantized(model)
     _ensure_called(model)
     with io.atomic_path(out) as tmp:
         try:

@@ -35,3 +35,22 @@ def test_keras_int8_mlp_quantizes_every_layer(mlp_file, tmp_path):
     assert info["float_layers"] == []
     assert info["top1_agreement"] >= 0.95
     assert info["latency_ms"]["1"] > 0
+
+
+def test_a_keras_int8_model_is_refused_by_the_tflite_and_quantize_paths(mlp_file, tmp_path):
+    import pytest
+
+    from compress import export, io
+    from compress.errors import CompressError
+    from compress.quantization import quantize
+
+    path, ds = mlp_file
+    quantize(io.load_model(path), tmp_path / "k.keras", ds, mode="keras-int8", latency=False)
+    kint8 = io.load_model(tmp_path / "k.keras")
+    calls = [lambda: quantize(kint8, tmp_path / "q.tflite", ds, mode="int8", latency=False),
+             lambda: quantize(kint8, tmp_path / "q2.keras", ds, mode="keras-int8"),
+             lambda: export.export_tflite(kint8, tmp_path / "e.tflite")]
+    for call in calls:
+        with pytest.raises(CompressError, match="already quantized by Keras .layer 'fc1'"):
+            call()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["k.keras"]

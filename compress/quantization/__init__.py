@@ -120,6 +120,7 @@ def quantize(model, path, data=None, *, force: bool = False, inputs: tuple = (),
     opts = QUANTIZE_OPTIONS.validate(options)
     out = Path(path)
     fmt = _format(out, opts)
+    refuse_keras_quantized(model)
     io.check_output(out, inputs=inputs, force=force, suffixes=(SUFFIXES[fmt],))
     full_integer = opts["mode"] == "int8" or opts["qat"]
     if full_integer and data is None:
@@ -185,6 +186,18 @@ def suffix_for(options: dict) -> str:
     if options.get("mode") == "keras-int8":
         return ".keras"
     return SUFFIXES[options.get("format") or "tflite"]
+
+
+def refuse_keras_quantized(model) -> None:
+    """Refuse a model whose layers Keras already quantized (``model.quantize``, or
+    ``--mode keras-int8``): it cannot be quantized again or converted to TFLite, and the
+    converter's own error is a page of MLIR."""
+    for layer in model.layers:
+        policy = getattr(getattr(layer, "dtype_policy", None), "name", "") or ""
+        if policy.startswith(("int8", "int4", "float8")):
+            raise CompressError(
+                f"model '{model.name}' is already quantized by Keras (layer '{layer.name}', "
+                f"{policy}); start from the float model it was made from")
 
 
 def _format(out: Path, opts: dict) -> str:
