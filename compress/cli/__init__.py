@@ -79,6 +79,7 @@ class _Group(click.Group):
                        "the traceback)", err=True)
             ctx.exit(1)
         finally:
+            INTERRUPT.pending = False  # handled here; later calls in this process start clean
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
 
