@@ -18,7 +18,8 @@ import sys
 
 __version__ = "0.1.0"
 
-# public name -> "module:attribute"; resolved lazily by __getattr__.
+# public name -> "module:attribute"; resolved lazily by __getattr__. The passes
+# (compress.prune, compress.share, ...) come from the registry, compress.passes.
 _API = {
     "CompressError": "compress.errors:CompressError",
     "load_model": "compress.io:load_model",
@@ -27,32 +28,38 @@ _API = {
     "model_report": "compress.report:model_report",
     "export_onnx": "compress.export:export_onnx",
     "export_tflite": "compress.export:export_tflite",
-    "verify": "compress.export:verify",
-    # passes (each issue's module); "module" alone means the module itself
-    "prune": "compress.pruning:prune",
-    "share": "compress.sharing",
+    "verify": "compress.runtime:verify",
     "hash_model": "compress.sharing:hash_model",
     "cluster_model": "compress.sharing:cluster_model",
-    "quantize": "compress.quantization:quantize",
-    "distill": "compress.distillation:distill",
     "callbacks": "compress.callbacks",
+    "passes": "compress.passes",
     "run_recipe": "compress.recipes:run_recipe",
 }
 
 
 def __getattr__(name):
-    if name not in _API:
-        raise AttributeError(f"module 'compress' has no attribute '{name}'")
-    module, _, attr = _API[name].partition(":")
-    value = importlib.import_module(module)
-    if attr:
-        value = getattr(value, attr)
+    if name.startswith("__"):
+        raise AttributeError(name)
+    if name in _API:
+        module, _, attr = _API[name].partition(":")
+        value = importlib.import_module(module)
+        if attr:
+            value = getattr(value, attr)
+    else:
+        from compress import passes
+
+        spec = passes.api_names().get(name)
+        if spec is None:
+            raise AttributeError(f"module 'compress' has no attribute '{name}'")
+        value = spec.resolve()
     globals()[name] = value
     return value
 
 
 def __dir__():
-    return sorted(list(globals()) + list(_API))
+    from compress import passes
+
+    return sorted(list(globals()) + list(_API) + list(passes.api_names()))
 
 
 class _RegisterLayersAfterKeras(importlib.abc.MetaPathFinder):

@@ -13,6 +13,7 @@ import contextlib
 import os
 import re
 import tempfile
+import weakref
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -64,8 +65,23 @@ def load_model(path: str | os.PathLike, unsafe: bool = False):
     except Exception as exc:  # Keras raises many types; turn each into one line.
         raise CompressError(f"{p}: {_explain_load_error(exc)}") from exc
     if unsafe:
-        model._compress_unsafe = True  # copies made by the passes may rebuild its Lambdas
+        mark_unsafe(model)  # copies made by the passes may rebuild its Lambdas
     return model
+
+
+# Models the user loaded with --unsafe (and copies of them), without an attribute hung on
+# Keras's objects: a weak set, so a model is forgotten when it is gone.
+_UNSAFE_MODELS: weakref.WeakSet = weakref.WeakSet()
+
+
+def mark_unsafe(model) -> None:
+    """Remember that ``model`` came from a file the user trusted (``--unsafe``)."""
+    _UNSAFE_MODELS.add(model)
+
+
+def loaded_unsafely(model) -> bool:
+    """Whether ``model`` (or the model it was copied from) was loaded with ``--unsafe``."""
+    return model in _UNSAFE_MODELS
 
 
 def _check_container(p: Path) -> None:
@@ -224,6 +240,20 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
     return Path(path)
+
+
+def write_artifact(path: str | os.PathLike, content: bytes, inputs: list | tuple = (),
+                   force: bool = False, suffixes: tuple = ()) -> Path:
+    """The one writer of a pass's artifact: :func:`check_output`, then written atomically.
+
+    Example:
+
+    >>> content, info = quantize(model, ds, mode="int8")                # doctest: +SKIP
+    >>> write_artifact("model.tflite", content, inputs=["model.keras"])  # doctest: +SKIP
+    PosixPath('model.tflite')
+    """
+    out = check_output(path, inputs=inputs, force=force, suffixes=suffixes)
+    return write_bytes(out, content)
 
 
 def save_model(model, path: str | os.PathLike, inputs: list | tuple = (), force: bool = False

@@ -47,6 +47,8 @@ class Option:
         low, high: inclusive bounds for numbers unless ``*_inclusive`` is False.
         cli: False hides the option from the CLI (recipe/Python only).
         flag: override the CLI flag (for example ``"--layers"``).
+        file: True for a ``str`` option naming an input file (a recipe's checks require
+            it to exist before anything runs).
     """
 
     name: str
@@ -60,6 +62,7 @@ class Option:
     high_inclusive: bool = True
     cli: bool = True
     flag: str | None = None
+    file: bool = False
 
     @property
     def cli_flag(self) -> str:

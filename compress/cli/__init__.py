@@ -19,34 +19,56 @@ import click
 from compress import __version__
 from compress.errors import INTERRUPT, CompressError
 
-# Commands that train: they get --checkpoint-dir, --strategy and --keep-last-good.
-TRAINING_COMMANDS = ("prune", "share", "quantize", "distill", "cascade", "run")
-# In --help order. A module that does not exist yet is simply not listed.
-COMMANDS = ("inspect", "export", "prune", "share", "quantize", "distill", "cascade", "run",
-            "demo")
+# Commands that are not passes; every pass command comes from the registry
+# (compress.passes), in its order, between inspect and run.
+_FIRST, _LAST = ("inspect",), ("run", "demo")
+
+
+def command_names() -> list[str]:
+    """Every command, in ``--help`` order."""
+    from compress import passes
+
+    return list(_FIRST) + [p.name for p in passes.all_passes() if p.cli] + list(_LAST)
+
+
+def training_command_names() -> list[str]:
+    """Commands that train: they get --checkpoint-dir, --strategy and --keep-last-good."""
+    from compress import passes
+
+    return [p.name for p in passes.all_passes() if p.cli and p.trains] + ["run"]
 
 
 class _Group(click.Group):
     """Loads command modules on demand; any failure is one line and exit 1 (130 on Ctrl-C)."""
 
     def list_commands(self, ctx):
-        return [name for name in COMMANDS if self._load(name) is not None]
+        return [name for name in command_names() if self._load(name) is not None]
 
     def get_command(self, ctx, name):
         return self._load(name)
 
     @staticmethod
     def _load(name):
-        if name not in COMMANDS:
+        if name not in command_names():
             return None
         try:
             module = importlib.import_module(f"compress.cli.{name}")
         except ModuleNotFoundError as exc:
-            if exc.name == f"compress.cli.{name}":
+            if exc.name != f"compress.cli.{name}":
+                raise
+            module = None
+        if module is not None:
+            command = module.command
+        else:  # a pass without a module of its own: the generic model-to-model command
+            from compress import passes
+            from compress.cli.pass_command import pass_command
+
+            spec = passes.find(name)
+            if spec is None:
                 return None
-            raise
-        command = module.command
-        if name in TRAINING_COMMANDS and not getattr(command, "_compress_training", False):
+            command = pass_command(spec)
+        if name in training_command_names() and \
+                not any(p.name == "checkpoint_dir" for p in command.params):
             _add_training_options(command)
         return command
 
@@ -118,14 +140,13 @@ def _add_training_options(command: click.Command) -> None:
             io.check_output(keep_last_good, inputs=[i for i in inputs if i],
                             force=bool(kwargs.get("force")), suffixes=io.MODEL_SUFFIXES)
         import_tensorflow()
-        from compress import training
+        from compress.training_context import TrainingContext
 
-        with training.checkpoints(checkpoint_dir), training.distributed(strategy), \
-                training.keep_last_good(keep_last_good, force=bool(kwargs.get("force"))):
+        with TrainingContext(checkpoint_dir=checkpoint_dir, keep_last_good=keep_last_good,
+                             strategy=strategy, force=bool(kwargs.get("force"))):
             return callback(*args, **kwargs)
 
     command.callback = run_with_training_options
-    command._compress_training = True
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
