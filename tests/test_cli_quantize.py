@@ -34,7 +34,11 @@ def test_quantize_without_data_explains(cli, mlp_file, tmp_path):
     result = cli("quantize", path, "-o", tmp_path / "m.tflite")
     assert result.exit_code == 1
     assert result.output.count("\n") == 1
-    assert "--data" in result.output and "--mode dynamic" in result.output
+    assert "--data" in result.output and "use mode dynamic" in result.output
+    assert not list(tmp_path.iterdir())
+    # export --quantize says the same: one message, owned by the pass
+    again = cli("export", path, "-o", tmp_path / "m.tflite", "--quantize", "int8")
+    assert again.exit_code == 1 and again.output == result.output
     assert not list(tmp_path.iterdir())
 
 
@@ -56,6 +60,10 @@ def test_export_quantize_dynamic(cli, mlp_file, tmp_path):
     assert result.exit_code == 0, result.output
     info = json.loads(result.output)
     assert info["mode"] == "dynamic" and info["format"] == "onnx" and out.exists()
+    assert info["path"] == str(out) and info["bytes"] == out.stat().st_size
+    again = cli("export", path, "-o", out, "--quantize", "dynamic")
+    assert again.exit_code == 1 and "already exists; pass --force" in again.output
+    assert cli("export", path, "-o", out, "--quantize", "dynamic", "--force").exit_code == 0
 
 
 def test_quantize_sparse_flag(cli, mlp_file, tmp_path):

@@ -12,8 +12,9 @@ def test_keras_int8_lists_float_layers_and_reloads(cnn_file, tmp_path):
     path, ds = cnn_file
     model = io.load_model(path)
     before = [w.copy() for w in model.get_weights()]
-    out = tmp_path / "cnn-int8.keras"
-    info = quantize(model, out, ds, mode="keras-int8", latency=False)
+    content, info = quantize(model, ds, mode="keras-int8", latency=False)
+    assert info["format"] == "keras" and info["bytes"] == len(content)
+    out = io.write_bytes(tmp_path / "cnn-int8.keras", content)
     assert info["float_layers"] == ["conv1", "bn1", "conv2"]
     reloaded = keras.models.load_model(out)
     kernel_dtypes = {w.path.split("/")[-1]: str(w.dtype)
@@ -26,12 +27,12 @@ def test_keras_int8_lists_float_layers_and_reloads(cnn_file, tmp_path):
     assert all("int8" not in str(w.dtype) for w in model.weights)
 
 
-def test_keras_int8_mlp_quantizes_every_layer(mlp_file, tmp_path):
+def test_keras_int8_mlp_quantizes_every_layer(mlp_file):
     from compress import io
     from compress.quantization import quantize
 
     path, ds = mlp_file
-    info = quantize(io.load_model(path), tmp_path / "m.keras", ds, mode="keras-int8")
+    _, info = quantize(io.load_model(path), ds, mode="keras-int8")
     assert info["float_layers"] == []
     assert info["top1_agreement"] >= 0.95
     assert info["latency_ms"]["1"] > 0
@@ -45,11 +46,12 @@ def test_a_keras_int8_model_is_refused_by_the_tflite_and_quantize_paths(mlp_file
     from compress.quantization import quantize
 
     path, ds = mlp_file
-    quantize(io.load_model(path), tmp_path / "k.keras", ds, mode="keras-int8", latency=False)
-    kint8 = io.load_model(tmp_path / "k.keras")
-    calls = [lambda: quantize(kint8, tmp_path / "q.tflite", ds, mode="int8", latency=False),
-             lambda: quantize(kint8, tmp_path / "q2.keras", ds, mode="keras-int8"),
-             lambda: export.export_tflite(kint8, tmp_path / "e.tflite")]
+    content, _ = quantize(io.load_model(path), ds, mode="keras-int8", latency=False)
+    kint8 = io.load_model(io.write_bytes(tmp_path / "k.keras", content))
+    calls = [lambda: quantize(kint8, ds, mode="int8", latency=False),
+             lambda: quantize(kint8, ds, mode="keras-int8"),
+             lambda: export.export_tflite(kint8, tmp_path / "e.tflite"),
+             lambda: export.export_artifact(kint8, ds, format="tflite")]
     for call in calls:
         with pytest.raises(CompressError, match="already quantized by Keras .layer 'fc1'"):
             call()

@@ -8,7 +8,7 @@ from bench.harness import Section, table
 
 def case_deployment(ctx) -> Section:
     from bench.baselines import trained
-    from compress import export
+    from compress import export, io, runtime
     from compress.pruning import prune
     from compress.quantization import quantize
     from compress.report import zipped_size
@@ -27,21 +27,22 @@ def case_deployment(ctx) -> Section:
             artifacts[(name, fmt)] = path
         for fmt in ("tflite", "onnx"):
             path = work / f"{name.split()[0]}-int8.{fmt}"
-            quantize(model, path, ds, mode="int8", force=True, latency=False)
+            content, _ = quantize(model, ds, mode="int8", format=fmt, latency=False)
+            io.write_bytes(path, content)
             artifacts[(f"{name} + int8", fmt)] = path
     runs = ctx.size(20, 100)
     rows, lat = [], {}
     for (name, fmt), path in artifacts.items():
-        runtime = "LiteRT" if fmt == "tflite" else "onnxruntime"
+        engine = "LiteRT" if fmt == "tflite" else "onnxruntime"
         cells = []
         for batch in (1, 32):
             for threads in (1, 2):
-                ms = export.runtime_latency_ms(path, ds.sample_shape, batch=batch,
-                                               threads=threads, runs=runs)
+                ms = runtime.runtime_latency_ms(path, ds.sample_shape, batch=batch,
+                                                threads=threads, runs=runs)
                 lat[(name, fmt, batch, threads)] = ms
                 cells.append(f"{ms:.3f}")
-        acc = export.artifact_accuracy(path, ds.x_test, ds.y_test)
-        rows.append([runtime, name, f"{acc:.2%}", f"{zipped_size(path) / 1024:.0f} KB"] + cells)
+        acc = runtime.artifact_accuracy(path, ds.x_test, ds.y_test)
+        rows.append([engine, name, f"{acc:.2%}", f"{zipped_size(path) / 1024:.0f} KB"] + cells)
     sec.add(f"Small CNN (3 Conv-BN-ReLU blocks) on Animal-MNIST, {len(ds.x_test)} test "
             "images; accuracy measured in the runtime. Latency in ms, median of "
             f"{runs} calls.")

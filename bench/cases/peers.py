@@ -101,9 +101,9 @@ def _save(model, path: Path) -> Path:
 def our_rows(ctx, model, ds, finetune_epochs: int) -> tuple[list[dict], list[str], float]:
     """Our passes on the same model and data: rows, notes, plain-fit seconds."""
     from bench.peers.tfmot_peer import kernel_sparsity, max_unique_kernel_values
-    from compress import training
-    from compress.export import artifact_accuracy
+    from compress import io, training
     from compress.report import zipped_size
+    from compress.runtime import artifact_accuracy
 
     work = ctx.work_dir / "peers"
     work.mkdir(parents=True, exist_ok=True)
@@ -189,9 +189,10 @@ def our_rows(ctx, model, ds, finetune_epochs: int) -> tuple[list[dict], list[str
             path.unlink()
         try:
             t0 = time.perf_counter()
-            info = quantize(model, path, ds, mode="int8", qat=True, epochs=finetune_epochs,
-                            latency=False)
+            content, info = quantize(model, ds, mode="int8", qat=True,
+                                     epochs=finetune_epochs, latency=False)
             secs = time.perf_counter() - t0
+            io.write_bytes(path, content)
         except Exception as exc:  # noqa: BLE001 - report it, measure the rest
             notes.append(f"Our QAT failed: `{_one_line(exc)}`")
             return rows, notes, plain_secs
@@ -207,10 +208,10 @@ def keras_builtins(ctx, model, ds) -> tuple[list[list], dict]:
     """Keras ``model.quantize("int8")`` vs the raw TFLite converter's full int8."""
     import tensorflow as tf
 
-    from compress import training
-    from compress.export import artifact_accuracy
+    from compress import io, training
     from compress.quiet import quiet_output
     from compress.report import zipped_size
+    from compress.runtime import artifact_accuracy
 
     work = ctx.work_dir / "peers"
     work.mkdir(parents=True, exist_ok=True)
@@ -260,7 +261,7 @@ def keras_builtins(ctx, model, ds) -> tuple[list[list], dict]:
 
     # Our quantize pass on the same model: the artifact is verified in its runtime before
     # it is written, and the accuracy is measured there (time includes both).
-    from compress.quantization import quantize
+    from compress.quantization import format_for, quantize
 
     ours = [("ours `compress quantize --mode int8` (`.tflite`)", "ours-int8.tflite",
              {"mode": "int8"}, "full int8, float I/O; verified in LiteRT; 256 samples"),
@@ -274,8 +275,10 @@ def keras_builtins(ctx, model, ds) -> tuple[list[list], dict]:
         path = work / name
         t0 = time.perf_counter()
         with quiet_output():
-            info = quantize(model, path, ds, force=True, latency=False, **options)
+            content, info = quantize(model, ds, latency=False,
+                                     **{**options, "format": format_for(path, options)})
         secs = time.perf_counter() - t0
+        io.write_bytes(path, content)
         rows.append([label, _pct(info["accuracy"]), f"{secs:.2f} s", _kb(info["bytes"]),
                      _kb(info["zipped_bytes"]), note])
         files[name] = str(path)

@@ -13,10 +13,19 @@ def _pts(x: float) -> str:
     return f"{100 * x:+.2f} pts"
 
 
+def _quantize_to(path: Path, model, ds, **options) -> dict:
+    """Run the quantize pass and keep its artifact at ``path`` (format from the suffix)."""
+    from compress import io
+    from compress.quantization import format_for, quantize
+
+    content, info = quantize(model, ds, **{**options, "format": format_for(path, options)})
+    io.write_bytes(path, content)
+    return {"path": str(path), **info}
+
+
 def case_quantization(ctx) -> Section:
     """PTQ on LeNet-300-100/mnist5k and the small CNN/animals, QAT, pruning + int8."""
     from bench.baselines import trained
-    from compress.quantization import quantize
 
     sec = Section("Quantization: int8 TFLite and ONNX int8 (accuracy, size, latency)",
                   issue="#5")
@@ -41,7 +50,7 @@ def case_quantization(ctx) -> Section:
             label = f"{fmt} {mode}" + "".join(
                 " per-tensor" if k == "per_channel" else f" {v}" for k, v in extra.items())
             path = work / f"{stem}-{label.replace(' ', '-')}.{fmt}"
-            info = quantize(model, path, ds, mode=mode, force=True, **extra)
+            info = _quantize_to(path, model, ds, mode=mode, **extra)
             infos[(name, label)] = info
             lat = info["latency_ratio"]
             rows.append([name, label, f"{info['float_accuracy']:.2%}", f"{info['accuracy']:.2%}",
@@ -276,7 +285,7 @@ def _size_why(sec: Section, work, float_bytes: int) -> None:
     parts the CPU kernels do not read would save (measured, not adopted)."""
     from tensorflow.lite.tools import flatbuffer_utils
 
-    from compress import export
+    from compress import runtime
     from compress.quantization.tflite import weight_arrays
 
     path = work / "small-cnn-tflite-int8.tflite"
@@ -309,8 +318,8 @@ def _size_why(sec: Section, work, float_bytes: int) -> None:
     stripped = work / "small-cnn-int8-stripped.tflite"
     stripped.write_bytes(bytes(flatbuffer_utils.convert_object_to_bytearray(model)))
     x = np.random.default_rng(0).random((64, 28, 28, 1), dtype=np.float32)
-    ref = export.run_artifact(path, x)
-    got = [export.run_artifact(p, x) for p in (stripped_bias, stripped)]
+    ref = runtime.run_artifact(path, x)
+    got = [runtime.run_artifact(p, x) for p in (stripped_bias, stripped)]
     diff = max(float(np.max(np.abs(g - ref))) for g in got)
     agree = min(float(np.mean(np.argmax(g, -1) == np.argmax(ref, -1))) for g in got)
     sec.add("**Small CNN int8 file, bytes.** Per-channel quantization stores a float32 scale "
@@ -381,7 +390,6 @@ def _qat(ctx, sec: Section, work) -> None:
     """
     from compress import training
     from compress.data import load_data, prepare
-    from compress.quantization import quantize
 
     training.set_seed(ctx.seed)
     base = _separable_cnn()
@@ -396,11 +404,10 @@ def _qat(ctx, sec: Section, work) -> None:
     training.set_seed(ctx.seed)
     training.compile_classifier(control, learning_rate=lr)
     training.fit(control, ds, epochs=epochs, verbose=0)
-    common = {"force": True, "latency": False}
-    ptq = quantize(control, work / "separable-ptq.tflite", ds, **common)
+    ptq = _quantize_to(work / "separable-ptq.tflite", control, ds, latency=False)
     training.set_seed(ctx.seed)
-    qat = quantize(base, work / "separable-qat.tflite", ds, qat=True, epochs=epochs,
-                   learning_rate=lr, **common)
+    qat = _quantize_to(work / "separable-qat.tflite", base, ds, qat=True, epochs=epochs,
+                       learning_rate=lr, latency=False)
     float_acc = ptq["float_accuracy"]
     loss = float_acc - ptq["accuracy"]
     recovered = (qat["accuracy"] - ptq["accuracy"]) / loss if loss > 0 else float("nan")
@@ -536,7 +543,6 @@ def _size_variants(model, stem: str, work, ds, h5: int, dense_acc: float,
     and, separately labelled, the size under zip's LZMA method."""
     import zipfile
 
-    from compress.quantization import quantize
     from compress.quantization.tflite import weight_arrays
 
     infos, rows = {}, []
@@ -546,8 +552,8 @@ def _size_variants(model, stem: str, work, ds, h5: int, dense_acc: float,
     for label, per_channel, csr in variants:
         path = work / (f"{stem}{'' if per_channel else '-per-tensor'}"
                        f"{'-sparse' if csr else ''}.tflite")
-        info = quantize(model, path, ds, force=True, latency=False, per_channel=per_channel,
-                        sparse=csr)
+        info = _quantize_to(path, model, ds, latency=False, per_channel=per_channel,
+                            sparse=csr)
         info["file"] = path
         arrays = weight_arrays(path)
         entropy = sum(_entropy_bits(a) for a in arrays) / 8

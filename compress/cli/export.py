@@ -12,18 +12,14 @@ from compress.cli.common import (
     seed_option,
     unsafe_option,
 )
+from compress.export import EXPORT_OPTIONS
 
 
 @click.command("export")
 @model_argument
-@click.option("--format", "fmt", type=click.Choice(["onnx", "tflite"]), default=None,
-              help="Target format; default from the output suffix (.onnx or .tflite).")
 @output_option
 @data_option
-@click.option("--samples", default=256, show_default=True, type=click.IntRange(1),
-              help="Inputs to verify the artifact on (real data with --data, else random).")
-@click.option("--atol", default=1e-4, show_default=True, type=click.FloatRange(min=0),
-              help="Largest allowed absolute output difference between Keras and the runtime.")
+@EXPORT_OPTIONS.click_options()
 @click.option("--quantize", "quantize", type=click.Choice(["int8", "dynamic", "float16"]),
               default=None, help="Quantize while exporting (as `compress quantize --mode`); "
               "int8 needs --data for calibration.")
@@ -35,8 +31,8 @@ from compress.cli.common import (
 @unsafe_option
 @json_option
 @force_option
-def command(model, fmt, output, data, samples, atol, seed, unsafe, as_json, force,
-            quantize=None, sparse=False):
+def command(model, output, data, seed, unsafe, as_json, force, quantize=None, sparse=False,
+            **options):
     """Export MODEL to ONNX or TFLite, then run the file in onnxruntime / LiteRT and
     compare its outputs with Keras (max abs diff and top-1 agreement). A disagreement
     beyond --atol is an error and nothing is written.
@@ -48,19 +44,11 @@ def command(model, fmt, output, data, samples, atol, seed, unsafe, as_json, forc
       compress export model.keras -o model.tflite --quantize int8 --data mnist5k
       compress export pruned.keras -o pruned.tflite --quantize int8 --sparse --data mnist5k
     """
-    from pathlib import Path
-
-    import numpy as np
-
     from compress import export, io
     from compress.cli.common import load_inputs
     from compress.errors import CompressError
 
-    suffix = Path(output).suffix.lower()
-    fmt = fmt or {".onnx": "onnx", ".tflite": "tflite"}.get(suffix)
-    if fmt is None:
-        raise CompressError(f"{output}: cannot tell the format; pass --format or use "
-                            ".onnx/.tflite")
+    fmt = export.format_for(output, options)
     if sparse and not quantize:
         raise CompressError("--sparse is a storage option of the quantized TFLite file; add "
                             "--quantize int8|dynamic|float16 (or use `compress quantize "
@@ -68,22 +56,16 @@ def command(model, fmt, output, data, samples, atol, seed, unsafe, as_json, forc
     if quantize:
         from compress.cli.quantize import emit_result, run_quantize
 
-        try:
-            result = run_quantize(model, output, data, seed, unsafe, force,
-                                  {"mode": quantize, "format": fmt, "sparse": sparse})
-        except CompressError as exc:  # its hints name quantize's flag; this command's is --quantize
-            raise CompressError(str(exc).replace("--mode ", "--quantize ")) from exc
+        result = run_quantize(model, output, data, seed, unsafe, force,
+                              {"mode": quantize, "format": fmt, "sparse": sparse})
         emit_result(result, as_json)
         return
-    io.check_output(output, inputs=[model], force=force, suffixes=(export.FORMATS[fmt],))
+    opts = EXPORT_OPTIONS.from_cli({**options, "format": fmt, "seed": seed})
+    out = io.check_output(output, inputs=[model], force=force, suffixes=(export.FORMATS[fmt],))
     loaded, dataset = load_inputs(model, data, seed, unsafe)
-    if dataset is not None:
-        x = dataset.x_test[:samples]
-    else:
-        shape = tuple(loaded.inputs[0].shape[1:])
-        x = np.random.default_rng(seed).random((samples,) + shape, dtype=np.float32)
-    result = export.export(loaded, output, fmt=fmt, x=x, force=force, inputs=[model], atol=atol)
-    result["format"] = fmt
+    content, info = export.export_artifact(loaded, dataset, **opts)
+    io.write_bytes(out, content)
+    result = {"path": str(out), **info}
     verified = (f"verified on {result['samples']} inputs: max abs diff "
                 f"{result['max_abs_diff']:.2e}, top-1 agreement {result['top1_agreement']:.2%}")
     emit(result, as_json, lines=[f"wrote {result['path']} ({result['bytes']:,} bytes, {fmt})",

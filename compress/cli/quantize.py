@@ -32,24 +32,21 @@ def command(model, output, data, seed, unsafe, as_json, force, **options):
 
 
 def run_quantize(model_path, output, data, seed, unsafe, force, options) -> dict:
-    """Check everything cheap first (options, output, data need), then load and quantize."""
-    from pathlib import Path
-
+    """Check everything cheap first (options, output, data need), then load, quantize and
+    write the artifact atomically."""
     from compress import io
     from compress.cli.common import load_inputs
-    from compress.errors import CompressError
-    from compress.quantization import SUFFIXES, _format, quantize
+    from compress.quantization import SUFFIXES, format_for, quantize, require_data
 
-    opts = QUANTIZE_OPTIONS.from_cli(options)
-    fmt = _format(Path(output), opts)
-    io.check_output(output, inputs=[model_path], force=force, suffixes=(SUFFIXES[fmt],))
-    if (opts["mode"] == "int8" or opts["qat"]) and not data:
-        raise CompressError("full-integer int8 calibrates activation ranges on real samples: "
-                            "pass --data NAME (for example --data mnist5k), or use "
-                            "--mode dynamic, which needs no data")
+    opts = QUANTIZE_OPTIONS.from_cli({**options, "seed": seed})
+    opts["format"] = format_for(output, opts)
+    out = io.check_output(output, inputs=[model_path], force=force,
+                          suffixes=(SUFFIXES[opts["format"]],))
+    require_data(opts, data)
     loaded, dataset = load_inputs(model_path, data, seed, unsafe)
-    info = quantize(loaded, output, dataset, force=force, inputs=[model_path], **opts)
-    return {"input": model_path, **info}
+    content, info = quantize(loaded, dataset, **opts)
+    io.write_bytes(out, content)
+    return {"input": model_path, "path": str(out), **info}
 
 
 def emit_result(result: dict, as_json: bool) -> None:

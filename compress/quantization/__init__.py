@@ -1,10 +1,12 @@
 """8-bit quantization: full-integer TFLite, ONNX int8, Keras int8, quantization-aware training.
 
-:func:`quantize` is the one pass that writes a file: its product is a deployment
-artifact (``.tflite``, ``.onnx``, or a Keras-int8 ``.keras``), not a Keras model. It
-writes the artifact atomically, runs it in its real runtime (LiteRT, onnxruntime, Keras)
-and reports accuracy, file size raw and zipped, and batch-1 latency single- and
-multi-threaded, side by side with the float model in the same runtime.
+:func:`quantize` is a pass whose product is a deployment artifact, not a Keras model: it
+returns the artifact's bytes (``.tflite``, ``.onnx``, or a Keras-int8 ``.keras`` file)
+and a report, and writes nothing; front-ends write the bytes (:func:`format_for` gives
+the format of an output path). The report comes from running the bytes in their real
+runtime (LiteRT, onnxruntime, Keras): accuracy, size raw and zipped, and batch-1
+latency single- and multi-threaded, side by side with the float model in the same
+runtime.
 
 Modes:
 
@@ -14,7 +16,7 @@ Modes:
 - ``dynamic``: int8 weights, float activations; needs no data. TFLite or ONNX.
 - ``float16``: half-precision weights (TFLite only).
 - ``keras-int8``: Keras's own ``model.quantize("int8")`` (Dense/EinsumDense/Embedding);
-  saved as ``.keras``; the layers that stayed float are listed.
+  a ``.keras`` file; the layers that stayed float are listed.
 
 With ``sparse=True`` (TFLite) the mostly-zero weight tensors of a pruned model are stored
 in TFLite's sparse format (CSR values plus column indices): the raw file shrinks with the
@@ -28,8 +30,10 @@ output quantized on the range it learned (TFLite; :mod:`compress.quantization.qa
 
 Example:
 
+>>> from compress import io
 >>> from compress.quantization import quantize
->>> info = quantize(model, "model.tflite", data, mode="int8")   # doctest: +SKIP
+>>> content, info = quantize(model, data, mode="int8")   # doctest: +SKIP
+>>> io.write_bytes("model.tflite", content)              # doctest: +SKIP
 >>> info["size_ratio"] < 0.3, info["accuracy"] >= info["float_accuracy"] - 0.003  # doctest: +SKIP
 (True, True)
 """
@@ -43,13 +47,16 @@ import numpy as np
 
 from compress.errors import CompressError
 from compress.options import Option, Schema
+from compress.passes import Pass
+from compress.runtime import refuse_keras_quantized
 
 QUANTIZE_OPTIONS = Schema("quantize", [
     Option("mode", str, "int8", "int8 (full-integer), dynamic (int8 weights), float16, or "
            "keras-int8 (Keras's model.quantize)",
            choices=("int8", "dynamic", "float16", "keras-int8")),
     Option("format", str, None, "artifact format; default from the output suffix "
-           "(.tflite, .onnx; .keras for keras-int8)", choices=("tflite", "onnx", "keras")),
+           "(.tflite, .onnx; .keras for keras-int8), else tflite",
+           choices=("tflite", "onnx", "keras")),
     Option("qat", bool, False, "quantization-aware fine-tuning (fake-quantized weights and "
            "activations, BatchNorm folded) before int8 conversion"),
     Option("epochs", int, 0, "QAT fine-tuning epochs (0 with --qat means 3)", low=0),
@@ -70,44 +77,48 @@ QUANTIZE_OPTIONS = Schema("quantize", [
            "int8 kernels from saturating on CPUs without VNNI"),
     Option("threads", int, 2, "threads of the multi-threaded latency measurement", low=1),
     Option("latency", bool, True, "measure batch-1 latency of both artifacts"),
+    Option("seed", int, 0, "seed of the random agreement inputs (without data)", cli=False),
 ])
 
 SUFFIXES = {"tflite": ".tflite", "onnx": ".onnx", "keras": ".keras"}
+# Inputs the artifact's top-1 agreement with Keras is measured on (export's rule).
+_AGREEMENT_SAMPLES = 256
+NEEDS_DATA = ("full-integer int8 calibrates activation ranges on real samples and none were "
+              "given: pass --data NAME (for example --data mnist5k), or use mode dynamic, "
+              "which needs no data")
 
 
-def quantize(model, path, data=None, *, force: bool = False, inputs: tuple = (),
-             **options) -> dict:
-    """Quantize ``model`` to an 8-bit (or float16) artifact at ``path`` and measure it.
+def quantize(model, data=None, *, verbose: int | str = 0, **options) -> tuple[bytes, dict]:
+    """Quantize ``model`` to an 8-bit (or float16) artifact and measure it; write nothing.
 
-    The input model is never modified. The artifact is written atomically and only
-    after it ran in its runtime; on any error nothing is written.
+    The input model is never modified. The artifact is returned only after it ran in its
+    runtime.
 
     Example:
 
-    >>> info = quantize(model, "lenet.tflite", ds, mode="int8")      # doctest: +SKIP
-    >>> info = quantize(model, "lenet.onnx", ds, calibration="entropy")  # doctest: +SKIP
+    >>> content, info = quantize(model, ds, mode="int8")                     # doctest: +SKIP
+    >>> content, info = quantize(model, ds, format="onnx", calibration="entropy")  # doctest: +SKIP
 
     Args:
         model: a single-input Keras classifier.
-        path: output file: ``.tflite``, ``.onnx``, or ``.keras`` for ``keras-int8``.
         data: a :class:`compress.data.Dataset` prepared for the model, or None. Needed
             for ``int8`` (calibration) and ``qat`` (fine-tuning); its test split gives
             the accuracies.
-        force: bool, default False. Overwrite an existing output.
-        inputs: files that must never be overwritten (the input model).
-        **options: see ``QUANTIZE_OPTIONS``: ``mode="int8"``, ``format=None``,
-            ``qat=False``, ``epochs=0``, ``learning_rate=1e-4``,
-            ``calibration_samples=256``, ``calibration="minmax"``,
-            ``interface="float"``, ``per_channel=True``, ``sparse=False``,
-            ``reduce_range=True``, ``threads=2``,
-            ``latency=True``.
+        verbose: Keras ``verbose`` of the QAT fine-tuning, default 0.
+        **options: see ``QUANTIZE_OPTIONS``: ``mode="int8"``, ``format=None``
+            (``tflite``; ``keras`` for ``keras-int8``), ``qat=False``, ``epochs=0``,
+            ``learning_rate=1e-4``, ``calibration_samples=256``,
+            ``calibration="minmax"``, ``interface="float"``, ``per_channel=True``,
+            ``sparse=False``, ``reduce_range=True``, ``threads=2``, ``latency=True``,
+            ``seed=0``.
 
     Returns:
-        A JSON-ready dict: ``path``, ``mode``, ``format``, ``bytes``, ``zipped_bytes``,
-        ``float_bytes``, ``float_zipped_bytes``, ``size_ratio``, ``accuracy`` and
-        ``float_accuracy`` (in the runtime, test split), ``top1_agreement`` with the
-        Keras model, ``latency_ms`` / ``float_latency_ms`` / ``latency_ratio`` keyed by
-        thread count, ``weight_zeros`` (fraction of zero weights in the model and in the
+        ``(content, info)``: the artifact's bytes, and a JSON-ready dict: ``mode``,
+        ``format``, ``bytes``, ``zipped_bytes``, ``float_bytes``,
+        ``float_zipped_bytes``, ``size_ratio``, ``accuracy`` and ``float_accuracy``
+        (in the runtime, test split), ``top1_agreement`` with the Keras model,
+        ``latency_ms`` / ``float_latency_ms`` / ``latency_ratio`` keyed by thread
+        count, ``weight_zeros`` (fraction of zero weights in the model and in the
         artifact), ``sparse_tensors`` (TFLite: tensors stored in the sparse format),
         plus ``float_layers`` (keras-int8) and ``qat`` details.
 
@@ -115,37 +126,54 @@ def quantize(model, path, data=None, *, force: bool = False, inputs: tuple = (),
         CompressError: bad options, no or misshapen calibration data, an op the format
             cannot quantize (the layer is named), an artifact that fails in its runtime.
     """
-    from compress import io
+    from compress.export import verification_inputs
 
     opts = QUANTIZE_OPTIONS.validate(options)
-    out = Path(path)
-    fmt = _format(out, opts)
+    fmt = artifact_format(opts)
     refuse_keras_quantized(model)
-    io.check_output(out, inputs=inputs, force=force, suffixes=(SUFFIXES[fmt],))
-    full_integer = opts["mode"] == "int8" or opts["qat"]
-    if full_integer and data is None:
-        raise CompressError(f"{out}: full-integer int8 calibrates activation ranges on real "
-                            "samples and none were given: pass --data NAME (for example "
-                            "--data mnist5k), or use --mode dynamic, which needs no data")
+    require_data(opts, data)
     x_cal, x_test, y_test = _arrays(model, data, opts["calibration_samples"])
-    info = {"path": str(out), "mode": opts["mode"], "format": fmt, "qat": None}
+    x_check = verification_inputs(model, data, _AGREEMENT_SAMPLES, opts["seed"])
+    info = {"mode": opts["mode"], "format": fmt, "qat": None}
     if opts["qat"]:
         from compress.quantization.qat import qat_finetune
 
         epochs = opts["epochs"] or 3
         model, info["qat"] = qat_finetune(model, data, epochs=epochs,
                                           learning_rate=opts["learning_rate"],
-                                          per_channel=opts["per_channel"])
+                                          per_channel=opts["per_channel"], verbose=verbose)
         opts["_qat_ranges"] = info["qat"].pop("activation_ranges")
     if fmt == "keras":
-        info.update(_keras_int8(model, out, x_test, y_test, opts))
+        content, measured = _keras_int8(model, x_check, x_test, y_test, opts)
     else:
-        info.update(_artifact(model, out, fmt, x_cal, x_test, y_test, opts))
-    if info.get("calibration_samples") is None and full_integer:
+        content, measured = _artifact(model, data, fmt, x_cal, x_check, x_test, y_test,
+                                      opts)
+    info.update(measured)
+    if info.get("calibration_samples") is None and needs_data(opts):
         info["calibration_samples"] = len(x_cal)
     if "latency_ratio" in info and opts["mode"] in ("int8", "dynamic"):
         info["latency_note"] = latency_note(info["latency_ratio"]["1"])
-    return info
+    return content, info
+
+
+def needs_data(options: dict) -> list[str]:
+    """The quantize options that need data: full-integer int8 calibrates, QAT trains.
+
+    >>> needs_data({"mode": "dynamic"}), needs_data({"mode": "int8"})
+    ([], ['mode int8'])
+    """
+    return [reason for reason, on in (
+        (f"mode {options.get('mode', 'int8')}", options.get("mode", "int8") == "int8"),
+        ("qat", bool(options.get("qat")))) if on]
+
+
+def require_data(options: dict, data) -> None:
+    """Refuse ``options`` that need data when ``data`` (a dataset or its name) is None.
+
+    Front-ends call it with the data's name, before loading anything.
+    """
+    if needs_data(options) and data is None:
+        raise CompressError(NEEDS_DATA)
 
 
 def latency_note(ratio: float, cpu: dict | None = None) -> str | None:
@@ -188,41 +216,55 @@ def suffix_for(options: dict) -> str:
     return SUFFIXES[options.get("format") or "tflite"]
 
 
-def refuse_keras_quantized(model) -> None:
-    """Refuse a model whose layers Keras already quantized (``model.quantize``, or
-    ``--mode keras-int8``): it cannot be quantized again or converted to TFLite, and the
-    converter's own error is a page of MLIR."""
-    for layer in model.layers:
-        policy = getattr(getattr(layer, "dtype_policy", None), "name", "") or ""
-        if policy.startswith(("int8", "int4", "float8")):
-            raise CompressError(
-                f"model '{model.name}' is already quantized by Keras (layer '{layer.name}', "
-                f"{policy}); start from the float model it was made from")
+def format_for(path, options: dict) -> str:
+    """The format of an artifact written to ``path``: ``options``' ``format``, else the
+    path's suffix (``keras`` for ``keras-int8``); refusals name ``path``.
+
+    Front-ends call it before loading anything, then check the output's suffix with
+    ``SUFFIXES[fmt]``.
+
+    Example:
+
+    >>> format_for("m.onnx", {"mode": "int8"}), format_for("m.keras", {"mode": "keras-int8"})
+    ('onnx', 'keras')
+    """
+    fmt = options.get("format")
+    if fmt is None and options.get("mode") != "keras-int8":
+        fmt = {v: k for k, v in SUFFIXES.items()}.get(Path(path).suffix.lower())
+        if fmt is None:
+            raise CompressError(f"{path}: cannot tell the format; use .tflite or .onnx (or "
+                                "pass --format)")
+    return artifact_format({**options, "format": fmt}, where=str(path))
 
 
-def _format(out: Path, opts: dict) -> str:
-    if opts["mode"] == "keras-int8":
-        if opts["format"] not in (None, "keras"):
-            raise CompressError(f"{out}: keras-int8 writes a .keras model, not "
-                                f"{opts['format']}")
-        if opts["sparse"]:
-            raise CompressError(f"{out}: --sparse is TFLite's sparse tensor format; use "
+def artifact_format(options: dict, where: str = "quantize") -> str:
+    """The artifact format that ``options`` produce, or a one-line refusal naming ``where``.
+
+    Example:
+
+    >>> artifact_format({"mode": "dynamic"}), artifact_format({"mode": "keras-int8"})
+    ('tflite', 'keras')
+    """
+    mode, fmt = options.get("mode", "int8"), options.get("format")
+    sparse, qat = options.get("sparse"), options.get("qat")
+    if mode == "keras-int8":
+        if fmt not in (None, "keras"):
+            raise CompressError(f"{where}: keras-int8 writes a .keras model, not {fmt}")
+        if sparse:
+            raise CompressError(f"{where}: --sparse is TFLite's sparse tensor format; use "
                                 ".tflite")
         return "keras"
-    fmt = opts["format"] or {v: k for k, v in SUFFIXES.items()}.get(out.suffix.lower())
-    if fmt is None:
-        raise CompressError(f"{out}: cannot tell the format; use .tflite or .onnx (or pass "
-                            "--format)")
+    fmt = fmt or "tflite"
     if fmt == "keras":
-        raise CompressError(f"{out}: a .keras output needs --mode keras-int8")
-    if fmt == "onnx" and opts["mode"] == "float16":
-        raise CompressError(f"{out}: float16 is TFLite only; use .tflite, or --mode int8 / "
+        raise CompressError(f"{where}: a .keras output needs mode keras-int8")
+    if fmt == "onnx" and mode == "float16":
+        raise CompressError(f"{where}: float16 is TFLite only; use .tflite, or mode int8 / "
                             "dynamic for ONNX")
-    if opts["qat"] and opts["mode"] != "int8":
-        raise CompressError("--qat trains for full-integer int8; use it with --mode int8")
-    if opts["sparse"] and fmt != "tflite":
-        raise CompressError(f"{out}: --sparse is TFLite's sparse tensor format; use .tflite")
-    if opts["sparse"] and opts["qat"]:
+    if qat and mode != "int8":
+        raise CompressError("--qat trains for full-integer int8; use it with mode int8")
+    if sparse and fmt != "tflite":
+        raise CompressError(f"{where}: --sparse is TFLite's sparse tensor format; use .tflite")
+    if sparse and qat:
         raise CompressError("--sparse cannot be combined with --qat (the QAT ranges are "
                             "applied after conversion); quantize without one of them")
     return fmt
@@ -239,19 +281,13 @@ def _arrays(model, data, n: int):
     return x_cal.astype(np.float32), x_test.astype(np.float32), np.asarray(data.y_test)
 
 
-def _check_inputs(model, x_test, seed: int = 0) -> np.ndarray:
-    if x_test is not None:
-        return x_test[:256]
-    shape = tuple(d or 1 for d in model.inputs[0].shape[1:])
-    return np.random.default_rng(seed).random((64,) + shape, dtype=np.float32)
-
-
-def _artifact(model, out: Path, fmt: str, x_cal, x_test, y_test, opts: dict) -> dict:
-    from compress import export, io
+def _artifact(model, data, fmt: str, x_cal, x_check, x_test, y_test, opts: dict
+              ) -> tuple[bytes, dict]:
+    """The TFLite or ONNX artifact's bytes, measured next to the float export."""
+    from compress.export import export_artifact
     from compress.training import predict
 
     mode = opts["mode"]
-    x_check = _check_inputs(model, x_test)
     expected = np.argmax(predict(model, x_check), -1)
     flatbuffer = None
     if fmt == "tflite":  # convert first: an unsupported op is reported before anything else
@@ -262,61 +298,61 @@ def _artifact(model, out: Path, fmt: str, x_cal, x_test, y_test, opts: dict) -> 
                              int8_io=opts["interface"] == "int8",
                              per_channel=opts["per_channel"], activation_ranges=ranges,
                              sparse=opts["sparse"])
-    with tempfile.TemporaryDirectory() as folder:
-        float_path = Path(folder) / f"float{SUFFIXES[fmt]}"
-        try:
-            if fmt == "onnx":
-                export.export_onnx(model, float_path, x=x_check)
-            else:
-                export.export_tflite(model, float_path, x=x_check)
-        except CompressError:
-            raise
-        except Exception as exc:  # the runtime refuses the float reference itself
-            raise CompressError(f"{out}: the float {fmt} reference does not run "
-                                f"({' '.join(str(exc).split())[:200]})") from exc
-        with io.atomic_path(out) as tmp:
-            if fmt == "tflite":
-                tmp.write_bytes(flatbuffer)
-            else:
-                from compress.quantization.onnx import quantize_onnx
+    try:
+        float_content, _ = export_artifact(model, data, format=fmt,
+                                           samples=_AGREEMENT_SAMPLES, seed=opts["seed"])
+    except CompressError:
+        raise
+    except Exception as exc:  # the runtime refuses the float reference itself
+        raise CompressError(f"the float {fmt} reference does not run "
+                            f"({' '.join(str(exc).split())[:200]})") from exc
+    if fmt == "tflite":
+        content = flatbuffer
+    else:
+        from compress.quantization.onnx import quantize_onnx
 
-                quantize_onnx(float_path, tmp, mode, representative=x_cal,
-                              calibration=opts["calibration"],
-                              per_channel=opts["per_channel"],
-                              reduce_range=opts["reduce_range"])
-            info = _measure(tmp, float_path, x_check, expected, x_test, y_test, opts)
-            info["weight_zeros"] = {"model": _zero_fraction(_model_kernels(model)),
-                                    "artifact": _zero_fraction(_artifact_weights(tmp, fmt))}
+        with tempfile.TemporaryDirectory() as folder:  # onnxruntime quantizes files
+            float_path, out = Path(folder) / "float.onnx", Path(folder) / "quantized.onnx"
+            float_path.write_bytes(float_content)
+            quantize_onnx(float_path, out, mode, representative=x_cal,
+                          calibration=opts["calibration"], per_channel=opts["per_channel"],
+                          reduce_range=opts["reduce_range"])
+            content = out.read_bytes()
+    info = _measure(content, float_content, fmt, x_check, expected, x_test, y_test, opts)
+    info["weight_zeros"] = {"model": _zero_fraction(_model_kernels(model)),
+                            "artifact": _zero_fraction(_artifact_weights(content, fmt))}
     info["calibration"] = (opts["calibration"] if fmt == "onnx" else "minmax") \
         if mode == "int8" else None
     info["interface"] = opts["interface"] if fmt == "tflite" and mode == "int8" else "float"
     if fmt == "tflite":
-        from compress.export import sparse_tensor_count
+        from compress.runtime import sparse_tensor_count
 
-        info["sparse_tensors"] = sparse_tensor_count(flatbuffer)
-    return info
+        info["sparse_tensors"] = sparse_tensor_count(content)
+    return content, info
 
 
-def _measure(path: Path, float_path: Path, x_check, expected, x_test, y_test,
-             opts: dict) -> dict:
-    from compress import export
-    from compress.report import zipped_size
+def _measure(content: bytes, float_content: bytes, fmt: str, x_check, expected, x_test,
+             y_test, opts: dict) -> dict:
+    from compress import runtime
 
     try:
-        got = export.run_artifact(path, x_check)
+        got = runtime.run_artifact(content, x_check, fmt=fmt)
     except Exception as exc:
         raise CompressError(f"quantized model failed to run in its runtime "
                             f"({' '.join(str(exc).split())[:200]}); nothing written") from exc
+    suffix = SUFFIXES[fmt]
     info = {
-        "bytes": path.stat().st_size, "zipped_bytes": zipped_size(path),
-        "float_bytes": float_path.stat().st_size, "float_zipped_bytes": zipped_size(float_path),
+        "bytes": len(content), "zipped_bytes": _zipped_size(content, suffix),
+        "float_bytes": len(float_content),
+        "float_zipped_bytes": _zipped_size(float_content, suffix),
         "top1_agreement": float(np.mean(np.argmax(got, -1) == expected)),
         "agreement_samples": len(x_check),
     }
     info["size_ratio"] = info["bytes"] / info["float_bytes"]
     if x_test is not None:
-        info["accuracy"] = export.artifact_accuracy(path, x_test, y_test)
-        info["float_accuracy"] = export.artifact_accuracy(float_path, x_test, y_test)
+        info["accuracy"] = runtime.artifact_accuracy(content, x_test, y_test, fmt=fmt)
+        info["float_accuracy"] = runtime.artifact_accuracy(float_content, x_test, y_test,
+                                                           fmt=fmt)
     if opts["latency"]:
         shape = tuple(x_check.shape[1:])
         info["latency_ms"], info["float_latency_ms"], info["latency_ratio"] = {}, {}, {}
@@ -325,26 +361,30 @@ def _measure(path: Path, float_path: Path, x_check, expected, x_test, y_test,
             # a busy spell slows both, and keep each one's best round.
             q = f = float("inf")
             for _ in range(3):
-                q = min(q, export.runtime_latency_ms(path, shape, threads=threads))
-                f = min(f, export.runtime_latency_ms(float_path, shape, threads=threads))
+                q = min(q, runtime.runtime_latency_ms(content, shape, threads=threads,
+                                                      fmt=fmt))
+                f = min(f, runtime.runtime_latency_ms(float_content, shape, threads=threads,
+                                                      fmt=fmt))
             info["latency_ms"][str(threads)] = q
             info["float_latency_ms"][str(threads)] = f
             info["latency_ratio"][str(threads)] = q / f
     return info
 
 
-def _keras_int8(model, out: Path, x_test, y_test, opts: dict) -> dict:
+def _keras_int8(model, x_check, x_test, y_test, opts: dict) -> tuple[bytes, dict]:
+    """The ``.keras`` file's bytes of Keras's own int8, measured reloaded from them."""
     from compress import io
     from compress.quantization.keras_int8 import keras_int8
     from compress.report import keras_latency_ms, saved_size, zipped_size
     from compress.training import accuracy, predict
 
     quantized, float_layers = keras_int8(model)
-    x_check = _check_inputs(model, x_test)
-    with io.atomic_path(out) as tmp:
-        quantized.save(tmp)
-        reloaded = io.load_model(tmp)
-        info = {"bytes": tmp.stat().st_size, "zipped_bytes": zipped_size(tmp)}
+    with tempfile.TemporaryDirectory() as folder:  # Keras saves to and loads from files
+        path = Path(folder) / "quantized.keras"
+        quantized.save(path)
+        content = path.read_bytes()
+        reloaded = io.load_model(path)
+        info = {"bytes": len(content), "zipped_bytes": zipped_size(path)}
     info["float_bytes"], info["float_zipped_bytes"] = saved_size(model)
     info["size_ratio"] = info["bytes"] / info["float_bytes"]
     info["float_layers"] = float_layers
@@ -360,19 +400,29 @@ def _keras_int8(model, out: Path, x_test, y_test, opts: dict) -> dict:
         info["latency_ratio"] = {"1": q / f}
     info["weight_zeros"] = {"model": _zero_fraction(_model_kernels(model)),
                             "artifact": _zero_fraction(_model_kernels(reloaded))}
-    return info
+    return content, info
+
+
+def _zipped_size(content: bytes, suffix: str) -> int:
+    """Zipped size of in-memory artifact bytes (the report measures files)."""
+    from compress.report import zipped_size
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / f"model{suffix}"
+        path.write_bytes(content)
+        return zipped_size(path)
 
 
 def _model_kernels(model) -> list[np.ndarray]:
     return [np.asarray(w) for w in model.weights if len(w.shape) >= 2]
 
 
-def _artifact_weights(path: Path, fmt: str) -> list[np.ndarray]:
+def _artifact_weights(content: bytes, fmt: str) -> list[np.ndarray]:
     if fmt == "onnx":
         from compress.quantization.onnx import weight_arrays
     else:
         from compress.quantization.tflite import weight_arrays
-    return weight_arrays(path)
+    return weight_arrays(content)
 
 
 def _zero_fraction(arrays: list[np.ndarray]) -> float:
@@ -380,4 +430,11 @@ def _zero_fraction(arrays: list[np.ndarray]) -> float:
     return float(sum(a.size - np.count_nonzero(a) for a in arrays) / total) if total else 0.0
 
 
-__all__ = ["QUANTIZE_OPTIONS", "quantize", "suffix_for"]
+PASS = Pass("quantize", "8-bit artifacts: full-integer or dynamic int8 and float16 TFLite, "
+            "ONNX int8, Keras int8, QAT", "compress.quantization:quantize", QUANTIZE_OPTIONS,
+            needs_data=needs_data, trains=True, produces="artifact", suffix=suffix_for,
+            order=40)
+
+
+__all__ = ["QUANTIZE_OPTIONS", "SUFFIXES", "format_for", "needs_data", "quantize",
+           "require_data", "suffix_for"]

@@ -1,6 +1,6 @@
 """ONNX int8: static QDQ quantization calibrated on real samples, and dynamic quantization.
 
-The float model is exported with :func:`compress.export.export_onnx` (Keras's own ONNX
+The float model is exported with :func:`compress.export.export_artifact` (Keras's own ONNX
 export), pre-processed with onnxruntime's ``quant_pre_process`` (shape inference and
 graph fusions such as Conv+BatchNorm) and quantized with ``onnxruntime.quantization``.
 QDQ models run in onnxruntime on CPU and are the form GPU execution providers
@@ -56,7 +56,7 @@ def quantize_onnx(float_path, out_path, mode: str = "int8",
                             "(float16 is TFLite only)")
     if mode == "int8" and (representative is None or len(representative) == 0):
         raise CompressError("static int8 ONNX needs calibration data: pass --data NAME, "
-                            "or use --mode dynamic (no data needed)")
+                            "or use mode dynamic (no data needed)")
     with tempfile.TemporaryDirectory() as folder:
         pre = Path(folder) / "pre.onnx"
         try:
@@ -88,7 +88,7 @@ def quantize_onnx(float_path, out_path, mode: str = "int8",
             raise
         except Exception as exc:
             raise CompressError(f"ONNX {mode} quantization failed "
-                                f"({' '.join(str(exc).split())[:200]}); try --mode dynamic "
+                                f"({' '.join(str(exc).split())[:200]}); try mode dynamic "
                                 "or --format tflite") from exc
 
 
@@ -114,10 +114,13 @@ class _Reader(CalibrationDataReader):
         self.pos = 0
 
 
-def weight_arrays(path) -> list[np.ndarray]:
-    """The weight initializers (rank >= 2) stored in an ``.onnx`` file."""
+def weight_arrays(artifact) -> list[np.ndarray]:
+    """The weight initializers (rank >= 2) stored in an ``.onnx`` file or its bytes."""
     import onnx
     from onnx import numpy_helper
 
-    model = onnx.load(str(path))
+    if isinstance(artifact, (bytes, bytearray, memoryview)):
+        model = onnx.load_from_string(bytes(artifact))
+    else:
+        model = onnx.load(str(artifact))
     return [numpy_helper.to_array(t) for t in model.graph.initializer if len(t.dims) >= 2]

@@ -83,7 +83,7 @@ def _chain(model) -> list:
         if len(inbound) != 1 or parents is None or len(parents) != 1 or \
                 parents[0].operation is not prev:
             raise CompressError(f"layer '{layer.name}': QAT supports sequential chains "
-                                "only (this model branches); use post-training --mode int8")
+                                "only (this model branches); use post-training mode int8")
     return layers
 
 

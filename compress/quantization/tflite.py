@@ -71,7 +71,7 @@ def convert(model, mode: str = "int8", representative: np.ndarray | None = None,
         raise CompressError(f"mode '{mode}': must be one of {', '.join(MODES)}")
     if mode == "int8" and (representative is None or len(representative) == 0):
         raise CompressError("full-integer int8 needs calibration data: pass --data NAME "
-                            "(a few hundred samples), or use --mode dynamic (no data needed)")
+                            "(a few hundred samples), or use mode dynamic (no data needed)")
     shape = tuple(model.inputs[0].shape[1:])
     dtype = model.inputs[0].dtype or "float32"
     model(np.zeros((1,) + tuple(d or 1 for d in shape), dtype=dtype), training=False)
@@ -162,25 +162,25 @@ def _explain(exc: Exception, model, mode: str) -> str:
     if op and op.group(1).startswith("tf."):  # a TensorFlow op with no TFLite builtin at all
         return (f"TFLite {mode} conversion failed: {what}{where} has no TFLite builtin "
                 "kernel; use --format onnx, or replace the layer")
-    fallback = ("use --mode dynamic (float activations) or --format onnx"
+    fallback = ("use mode dynamic (float activations) or --format onnx"
                 if mode == "int8" else "use --format onnx")
     return (f"TFLite {mode} conversion failed: {what}{where} has no {mode} TFLite kernel; "
             f"{fallback}")
 
 
-def weight_arrays(path) -> list[np.ndarray]:
-    """The constant weight tensors (rank >= 2) stored in a ``.tflite`` file.
+def weight_arrays(artifact) -> list[np.ndarray]:
+    """The constant weight tensors (rank >= 2) stored in a ``.tflite`` file or its bytes.
 
     Tensors in TFLite's sparse format are returned densified (as the interpreter's
     ``DENSIFY`` ops produce them), zeros included.
     """
     from ai_edge_litert.interpreter import Interpreter
 
-    from compress.export import has_sparse_tensors
+    from compress.runtime import has_sparse_tensors
 
-    if has_sparse_tensors(path):
-        return _densified_weights(path)
-    interp = Interpreter(model_path=str(path))
+    if has_sparse_tensors(artifact):
+        return _densified_weights(artifact)
+    interp = Interpreter(**_model_source(artifact))
     arrays = []
     for detail in interp.get_tensor_details():
         if len(detail["shape"]) < 2:
@@ -195,12 +195,19 @@ def weight_arrays(path) -> list[np.ndarray]:
     return arrays
 
 
-def _densified_weights(path) -> list[np.ndarray]:
+def _model_source(artifact) -> dict:
+    """The LiteRT ``Interpreter`` keyword naming a flatbuffer: in memory, or a file."""
+    if isinstance(artifact, (bytes, bytearray, memoryview)):
+        return {"model_content": bytes(artifact)}
+    return {"model_path": str(artifact)}
+
+
+def _densified_weights(artifact) -> list[np.ndarray]:
     """The dense weights of a sparse ``.tflite``: its ``DENSIFY`` outputs after one run,
     plus its other constant weights."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    interp = Interpreter(model_path=str(path), experimental_preserve_all_tensors=True,
+    interp = Interpreter(**_model_source(artifact), experimental_preserve_all_tensors=True,
                          experimental_op_resolver_type=OpResolverType
                          .BUILTIN_WITHOUT_DEFAULT_DELEGATES)
     densify = [op for op in interp._get_ops_details() if op["op_name"] == "DENSIFY"]

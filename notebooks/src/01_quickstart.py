@@ -23,7 +23,7 @@ import keras
 import matplotlib.pyplot as plt
 
 import compress
-from compress import export, training
+from compress import export, io, runtime, training
 from compress.callbacks import CosineSchedule, EarlyStopping, Pruning
 from compress.data import prepare
 from compress.models import build
@@ -84,15 +84,15 @@ print("loads with plain Keras:", type(keras.models.load_model(pruned_path)).__na
 # %%
 from compress.quantization import quantize
 
-tfl = work / "pruned-int8.tflite"
-q = quantize(pruned, tfl, data, mode="int8")
+content, q = quantize(pruned, data, mode="int8")  # the artifact's bytes and its report
+tfl = io.write_bytes(work / "pruned-int8.tflite", content)
 onnx_check = export.export_onnx(pruned, work / "pruned.onnx", x=data.x_test[:256])
 rows = [
     ("Keras (pruned)", after["accuracy"], after["zipped_bytes"]),
-    ("TFLite int8 (LiteRT)", export.artifact_accuracy(tfl, data.x_test, data.y_test),
+    ("TFLite int8 (LiteRT)", runtime.artifact_accuracy(tfl, data.x_test, data.y_test),
      compress.report.zipped_size(tfl)),
-    ("ONNX float (onnxruntime)", export.artifact_accuracy(work / "pruned.onnx", data.x_test,
-                                                          data.y_test),
+    ("ONNX float (onnxruntime)", runtime.artifact_accuracy(work / "pruned.onnx", data.x_test,
+                                                           data.y_test),
      compress.report.zipped_size(work / "pruned.onnx")),
 ]
 for name, acc, size in rows:

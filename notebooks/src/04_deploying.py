@@ -21,10 +21,10 @@ import_tensorflow()  # without the CUDA-probe lines TensorFlow prints at import
 import matplotlib.pyplot as plt
 
 import compress
-from compress import export, training
+from compress import export, io, runtime, training
 from compress.data import prepare
 from compress.models import build
-from compress.quantization import quantize
+from compress.quantization import format_for, quantize
 from compress.report import zipped_size
 
 training.set_seed(0)
@@ -50,13 +50,14 @@ for name, (path, mode) in artifacts.items():
     if mode is None:
         export.export(model, path, x=data.x_test[:256])
     else:
-        quantize(model, path, data, mode=mode)
+        content, _ = quantize(model, data, mode=mode, format=format_for(path, {"mode": mode}))
+        io.write_bytes(path, content)
 
 rows = []
 for name, (path, _) in artifacts.items():
-    acc = export.artifact_accuracy(path, data.x_test, data.y_test)
-    lat1 = export.runtime_latency_ms(path, data.sample_shape, batch=1, threads=1)
-    lat2 = export.runtime_latency_ms(path, data.sample_shape, batch=1, threads=2)
+    acc = runtime.artifact_accuracy(path, data.x_test, data.y_test)
+    lat1 = runtime.runtime_latency_ms(path, data.sample_shape, batch=1, threads=1)
+    lat2 = runtime.runtime_latency_ms(path, data.sample_shape, batch=1, threads=2)
     rows.append((name, acc, zipped_size(path), lat1, lat2))
     print(f"{name:18s} acc {acc:.2%}  zipped {zipped_size(path) / 1024:6.1f} KB  "
           f"b=1 latency {lat1:.3f} ms (1 thread) {lat2:.3f} ms (2 threads)")

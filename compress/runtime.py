@@ -1,0 +1,291 @@
+"""Run an exported artifact (ONNX or TFLite) in its real runtime, compare it, time it.
+
+An artifact is a file path or the artifact's bytes in memory (what the export and
+quantize passes return): onnxruntime and LiteRT both load either. For bytes the format
+is the ``fmt`` argument or sniffed from the content: TFLite flatbuffers carry the
+``TFL3`` identifier at bytes 4:8, ONNX files are a ``ModelProto`` whose first field
+(``ir_version``) every writer puts first. :func:`run_artifact` gives float outputs
+whatever the artifact's interface (int8 inputs and outputs are quantized and
+dequantized), :func:`verify` compares them with the Keras model's, and
+:func:`runtime_latency_ms` times one call.
+
+Example:
+
+>>> from compress.runtime import run_artifact, verify
+>>> y = run_artifact("model.tflite", x_test[:256])                   # doctest: +SKIP
+>>> verify(model, content, x_test[:256], fmt="onnx")["top1_agreement"]  # doctest: +SKIP
+1.0
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from compress.errors import CompressError
+from compress.quiet import quiet_output
+
+SUFFIXES = {".onnx": "onnx", ".tflite": "tflite"}
+# A protobuf's first byte is its first field's tag: field 1 (ir_version), varint.
+_ONNX_FIRST_BYTE = 0x08
+
+
+def artifact_format(artifact, fmt: str | None = None) -> str:
+    """``"onnx"`` or ``"tflite"``: ``fmt`` when given, else the content or the file suffix.
+
+    Example:
+
+    >>> artifact_format("model.onnx"), artifact_format(b"\\x1c\\x00\\x00\\x00TFL3")
+    ('onnx', 'tflite')
+
+    Args:
+        artifact: a path (``.onnx``, ``.tflite``) or the artifact's bytes.
+        fmt: str or None, default None. ``"onnx"`` or ``"tflite"``.
+
+    Raises:
+        CompressError: a format that cannot be told, or that is not onnx or tflite.
+    """
+    if fmt is not None:
+        if fmt not in SUFFIXES.values():
+            raise CompressError(f"{_name(artifact)}: unknown artifact format '{fmt}' "
+                                "(use onnx or tflite)")
+        return fmt
+    if _is_bytes(artifact):
+        content = bytes(artifact[:8])
+        if content[4:8] == b"TFL3":
+            return "tflite"
+        if content[:1] == bytes([_ONNX_FIRST_BYTE]):
+            return "onnx"
+        raise CompressError(f"{_name(artifact)}: not a TFLite or ONNX model; pass its format")
+    found = SUFFIXES.get(Path(artifact).suffix.lower())
+    if found is None:
+        raise CompressError(f"{artifact}: not an .onnx or .tflite file")
+    return found
+
+
+def refuse_keras_quantized(model) -> None:
+    """Refuse a model whose layers Keras already quantized (``model.quantize``, or
+    mode ``keras-int8``): it cannot be quantized again or converted to TFLite, and the
+    converter's own error is a page of MLIR."""
+    for layer in model.layers:
+        policy = getattr(getattr(layer, "dtype_policy", None), "name", "") or ""
+        if policy.startswith(("int8", "int4", "float8")):
+            raise CompressError(
+                f"model '{model.name}' is already quantized by Keras (layer '{layer.name}', "
+                f"{policy}); start from the float model it was made from")
+
+
+def onnx_session(artifact, threads: int | None = None):
+    """An onnxruntime CPU session for an ONNX file or ONNX bytes."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    model = bytes(artifact) if _is_bytes(artifact) else str(artifact)
+    return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+
+
+def run_onnx(artifact, x: np.ndarray, threads: int | None = None) -> np.ndarray:
+    """Outputs of an ONNX model (file or bytes) for ``x``, run in onnxruntime (CPU)."""
+    session = onnx_session(artifact, threads)
+    inp = session.get_inputs()[0]
+    x = np.asarray(x, dtype=_onnx_dtype(inp.type))
+    return session.run(None, {inp.name: x})[0]
+
+
+def _onnx_dtype(type_name: str):
+    return {"tensor(float)": np.float32, "tensor(uint8)": np.uint8, "tensor(int8)": np.int8,
+            "tensor(float16)": np.float16}.get(type_name, np.float32)
+
+
+def tflite_interpreter(artifact, threads: int | None = None):
+    """A LiteRT ``Interpreter`` for a ``.tflite`` file or flatbuffer bytes.
+
+    Files with sparse tensors run on LiteRT's builtin kernels: the default XNNPACK
+    delegate refuses weights densified at run time.
+    """
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    kwargs = {}
+    if has_sparse_tensors(artifact):
+        kwargs["experimental_op_resolver_type"] = \
+            OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    if _is_bytes(artifact):
+        return Interpreter(model_content=bytes(artifact), num_threads=threads, **kwargs)
+    return Interpreter(model_path=str(artifact), num_threads=threads, **kwargs)
+
+
+class TFLiteRunner:
+    """A LiteRT interpreter with float inputs and outputs, allocated once per input shape.
+
+    Integer interfaces are handled: inputs are quantized with the input tensor's scale
+    and zero point, outputs dequantized, so callers always see floats.
+
+    Example:
+
+    >>> runner = TFLiteRunner(content)          # doctest: +SKIP
+    >>> runner(x_test[:32]).shape               # doctest: +SKIP
+    (32, 10)
+
+    Args:
+        artifact: a ``.tflite`` path or flatbuffer bytes.
+        threads: int or None, default None (LiteRT's choice).
+    """
+
+    def __init__(self, artifact, threads: int | None = None):
+        self.interpreter = tflite_interpreter(artifact, threads)
+        self._allocated_shape = None  # the input shape the tensors were allocated for
+
+    def input_tensor(self, x: np.ndarray) -> np.ndarray:
+        """Allocate for ``x``'s shape if needed; return ``x`` in the input tensor's dtype."""
+        interp = self.interpreter
+        shape = tuple(x.shape)
+        if shape != self._allocated_shape:
+            inp = interp.get_input_details()[0]
+            if tuple(inp["shape"]) != shape:
+                interp.resize_tensor_input(inp["index"], list(shape))
+            with quiet_output():  # LiteRT announces its XNNPACK delegate on stderr
+                interp.allocate_tensors()
+            self._allocated_shape = shape
+        inp = interp.get_input_details()[0]
+        dtype = inp["dtype"]
+        if np.issubdtype(dtype, np.integer):
+            scale, zero = inp["quantization"]
+            x = np.clip(np.round(x / scale + zero), np.iinfo(dtype).min, np.iinfo(dtype).max)
+        return np.asarray(x).astype(dtype)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        interp = self.interpreter
+        interp.set_tensor(interp.get_input_details()[0]["index"], self.input_tensor(x))
+        interp.invoke()
+        out = interp.get_output_details()[0]
+        y = interp.get_tensor(out["index"])
+        if np.issubdtype(out["dtype"], np.integer):
+            scale, zero = out["quantization"]
+            y = (y.astype(np.float32) - zero) * scale
+        return y.astype(np.float32)
+
+
+def has_sparse_tensors(artifact) -> bool:
+    """Whether a ``.tflite`` file (or flatbuffer bytes) stores a tensor in TFLite's sparse format.
+
+    Such files (written with ``Optimize.EXPERIMENTAL_SPARSITY``) densify their weights
+    with ``DENSIFY`` ops, which the default XNNPACK delegate refuses, so they run on
+    LiteRT's builtin kernels.
+
+    Example:
+
+    >>> has_sparse_tensors("pruned-sparse.tflite")   # doctest: +SKIP
+    True
+    """
+    try:
+        content = bytes(artifact) if _is_bytes(artifact) else Path(artifact).read_bytes()
+        return sparse_tensor_count(content) > 0
+    except Exception:  # noqa: BLE001 - not a readable flatbuffer: the interpreter will say so
+        return False
+
+
+def sparse_tensor_count(content: bytes) -> int:
+    """How many tensors of a ``.tflite`` flatbuffer are stored in TFLite's sparse format."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.Model.GetRootAs(content, 0)
+    count = 0
+    for s in range(model.SubgraphsLength()):
+        graph = model.Subgraphs(s)
+        count += sum(graph.Tensors(t).Sparsity() is not None
+                     for t in range(graph.TensorsLength()))
+    return count
+
+
+def run_tflite(artifact, x: np.ndarray, threads: int | None = None, batch_size: int = 256
+               ) -> np.ndarray:
+    """Outputs of a TFLite model (file or bytes) for float inputs ``x``, in LiteRT."""
+    runner = TFLiteRunner(artifact, threads)
+    outs = [runner(np.asarray(x[start:start + batch_size]))
+            for start in range(0, len(x), batch_size)]
+    return np.concatenate(outs)
+
+
+def run_artifact(artifact, x: np.ndarray, threads: int | None = None,
+                 fmt: str | None = None) -> np.ndarray:
+    """Run an ONNX or TFLite artifact (a path, or bytes) on ``x`` in its runtime."""
+    if artifact_format(artifact, fmt) == "onnx":
+        return run_onnx(artifact, x, threads)
+    return run_tflite(artifact, x, threads)
+
+
+def verify(model, artifact, x: np.ndarray, fmt: str | None = None) -> dict:
+    """Compare the artifact's outputs with the Keras model's on ``x``.
+
+    Example:
+
+    >>> verify(model, "model.onnx", x_test[:256])   # doctest: +SKIP
+    {'samples': 256, 'max_abs_diff': 2.4e-07, 'top1_agreement': 1.0}
+
+    Args:
+        model: the Keras model the artifact was made from.
+        artifact: a path or the artifact's bytes.
+        x: inputs shaped like the model's.
+        fmt: str or None, default None. ``"onnx"`` or ``"tflite"`` (else sniffed).
+
+    Returns:
+        ``{"samples", "max_abs_diff", "top1_agreement"}``.
+    """
+    from compress.training import predict
+
+    expected = predict(model, x)
+    got = run_artifact(artifact, x, fmt=fmt)
+    if got.shape != expected.shape:
+        raise CompressError(f"{_name(artifact)}: output shape {got.shape} differs from Keras "
+                            f"{expected.shape}")
+    return {
+        "samples": len(x),
+        "max_abs_diff": float(np.max(np.abs(got - expected))) if len(x) else 0.0,
+        "top1_agreement": float(np.mean(np.argmax(got, -1) == np.argmax(expected, -1))),
+    }
+
+
+def artifact_accuracy(artifact, x: np.ndarray, y: np.ndarray, fmt: str | None = None
+                      ) -> float:
+    """Top-1 accuracy of an exported artifact (path or bytes), measured in its runtime."""
+    return float(np.mean(np.argmax(run_artifact(artifact, x, fmt=fmt), -1) == y))
+
+
+def runtime_latency_ms(artifact, sample_shape: tuple, batch: int = 1, threads: int = 1,
+                       runs: int = 100, fmt: str | None = None) -> float:
+    """Median latency of one ``batch``-sized call of the artifact (path or bytes) in its runtime."""
+    from compress.report import latency_ms
+
+    x = np.random.default_rng(0).random((batch,) + tuple(sample_shape), dtype=np.float32)
+    if artifact_format(artifact, fmt) == "onnx":
+        session = onnx_session(artifact, threads)
+        inp = session.get_inputs()[0]
+        feed = {inp.name: x.astype(_onnx_dtype(inp.type))}
+        return latency_ms(lambda _: session.run(None, feed), None, runs=runs)
+    runner = TFLiteRunner(artifact, threads)
+    interp = runner.interpreter
+    xi = runner.input_tensor(x)  # allocate and quantize once, outside the timed calls
+    index = interp.get_input_details()[0]["index"]
+
+    def call(_):
+        interp.set_tensor(index, xi)
+        interp.invoke()
+
+    return latency_ms(call, None, runs=runs)
+
+
+def _is_bytes(artifact) -> bool:
+    return isinstance(artifact, (bytes, bytearray, memoryview))
+
+
+def _name(artifact) -> str:
+    """How errors name an artifact: its path, or its size when it is in memory."""
+    if _is_bytes(artifact):
+        return f"artifact ({len(artifact):,} bytes in memory)"
+    return str(os.fspath(artifact))
