@@ -1,5 +1,10 @@
 """Training helpers shared by the passes: seeding, copying, compiling, fitting, scoring.
 
+Every fit the toolkit runs goes through :func:`fit_model` (or its Dataset form
+:func:`fit`), which applies the active
+:class:`~compress.training_context.TrainingContext` (backups to resume from, where the
+last good weights go on a NaN loss, the ``tf.distribute`` strategy) and Ctrl-C handling.
+
 Example:
 
 >>> from compress import training
@@ -17,15 +22,16 @@ True
 from __future__ import annotations
 
 import contextlib
-import json
-import os
-import signal
-import threading
 
 import keras
 import numpy as np
 
 from compress.errors import CompressError, raise_if_interrupted
+from compress.training_context import (
+    AtomicBackupAndRestore,
+    TrainingContext,
+    current_context,
+)
 
 
 def set_seed(seed: int) -> None:
@@ -44,9 +50,12 @@ def copy_model(model):
     from compress.layers import register_layers
 
     register_layers()
-    unsafe = getattr(model, "_compress_unsafe", False)
+    from compress import io
+
+    unsafe = io.loaded_unsafely(model)
     scope = contextlib.nullcontext()
     if unsafe:  # loaded with --unsafe: its Lambda layers may be rebuilt for the copy too
+        # Keras has no public form of this scope (load_model's safe_mode= is per call).
         from keras.src.saving.serialization_lib import SafeModeScope
 
         scope = SafeModeScope(False)
@@ -61,7 +70,7 @@ def copy_model(model):
             ) from exc
         raise
     if unsafe:
-        clone._compress_unsafe = True
+        io.mark_unsafe(clone)
     clone.set_weights(model.get_weights())
     return clone
 
@@ -91,161 +100,91 @@ def compile_classifier(model, learning_rate: float = 1e-3, optimizer: str = "ada
     model.compile(optimizer=opt, loss=loss, metrics=["accuracy"])
 
 
-_CHECKPOINTS = {"root": None, "count": 0}
+def fit(model, dataset, epochs: int = 1, batch_size: int = 64, callbacks=None,
+        verbose: int | str = "auto", validation: bool = True):
+    """``model.fit`` on the dataset's train split, validating on its val split.
+
+    The :class:`compress.data.Dataset` form of :func:`fit_model`, so it obeys the active
+    :class:`~compress.training_context.TrainingContext` the same way.
+
+    Args:
+        model: keras.Model, compiled.
+        dataset: compress.data.Dataset prepared for the model.
+        epochs: int, default 1.
+        batch_size: int, default 64.
+        callbacks: list of Keras callbacks or None, default None.
+        verbose: Keras ``verbose``, default ``"auto"``.
+        validation: bool, default True. Validate on the val split each epoch.
+    """
+    return fit_model(
+        model, dataset.x_train, dataset.y_train, epochs=epochs, batch_size=batch_size,
+        validation_data=(dataset.x_val, dataset.y_val) if validation else None,
+        callbacks=callbacks, verbose=verbose, shuffle=True)
 
 
-class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
-    """Keras's ``BackupAndRestore`` with every backup written atomically.
+def fit_model(model, x, y=None, *, validation_data=None, epochs: int = 1,
+              batch_size: int | None = None, callbacks=None, verbose: int | str = "auto",
+              shuffle: bool = True, target=None,
+              advice: str = "lower the learning rate or check the data"):
+    """``model.fit`` under the active training context: every fit the toolkit runs.
 
-    Keras writes ``latest.weights.h5`` in place, so a Ctrl-C that lands while it is being
-    written leaves a file with only some layers in it, and the resumed run fails with
-    "Layer ... expected 2 variables, but received 0". Here the weights and the epoch
-    counter go to temporary files first and are renamed over the backup together, with
-    SIGINT held back for the two renames: the folder always holds one whole epoch.
+    It adds, whatever the caller: a stop at the first NaN or infinite loss, raised as a
+    one-line :class:`CompressError` with the model left at its last good weights (the
+    end of its last finished epoch, or its starting weights, never NaN) and, in a context
+    with ``keep_last_good``, those saved to that file; a Ctrl-C that a finaliser swallowed
+    raised again at the next batch; and, in a context with ``checkpoint_dir``, an
+    :class:`~compress.training_context.AtomicBackupAndRestore` backup in the next
+    ``fitN`` sub-folder, so that running the same code again resumes it.
 
     Example:
 
-    >>> backup = AtomicBackupAndRestore("backup/")  # same arguments as Keras's
-    >>> model.fit(x, y, epochs=50, callbacks=[backup])  # run again to resume  # doctest: +SKIP
+    >>> fit_model(distiller, x, y, validation_data=(xv, yv), epochs=5,  # doctest: +SKIP
+    ...           batch_size=64, target=distiller.student)
+
+    Args:
+        model: keras.Model, compiled (a ``keras.distillation.Distiller`` too).
+        x: array, or a ``tf.data.Dataset`` (or generator) of ``(x, y)`` batches (then
+            ``y`` and ``batch_size`` are None).
+        y: array or None, default None.
+        validation_data: ``(x_val, y_val)`` or None, default None.
+        epochs: int, default 1.
+        batch_size: int or None, default None (Keras's 32 for arrays).
+        callbacks: list of Keras callbacks or None, default None.
+        verbose: Keras ``verbose``, default ``"auto"``.
+        shuffle: bool, default True. Shuffle arrays each epoch.
+        target: keras.Model or None, default None. The model whose last good weights are
+            kept (and saved), when it is not ``model`` itself (a distiller's student).
+        advice: str. What the NaN error suggests, in its parentheses.
+
+    Returns:
+        The Keras ``History``.
     """
-
-    def _save_model(self):
-        os.makedirs(self.backup_dir, exist_ok=True)
-        tmp_weights = os.path.join(self.backup_dir, f".partial-{os.getpid()}.weights.h5")
-        tmp_meta = os.path.join(self.backup_dir, f".partial-{os.getpid()}.json")
-        try:
-            self.model.save_weights(filepath=tmp_weights, overwrite=True)
-            with open(tmp_meta, "w", encoding="utf-8") as f:
-                json.dump({"epoch": self._current_epoch, "batch": self._last_batch_seen}, f)
-            with _sigint_held():
-                os.replace(tmp_weights, self._weights_path)
-                os.replace(tmp_meta, self._training_metadata_path)
-        finally:
-            for leftover in (tmp_weights, tmp_meta):
-                if os.path.exists(leftover):
-                    os.unlink(leftover)
-
-
-@contextlib.contextmanager
-def _sigint_held():
-    """Hold a Ctrl-C (SIGINT) back until the block is done, then act on it as usual.
-
-    Outside the main thread (where Python runs no signal handlers) it is a no-op.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    caught = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if caught:
-        if callable(previous):
-            previous(signal.SIGINT, None)
-        elif previous == signal.SIG_DFL:
-            raise KeyboardInterrupt
-
-
-@contextlib.contextmanager
-def checkpoints(directory):
-    """Make every :func:`fit` in the block resumable from ``directory``.
-
-    Each ``fit`` call gets its own sub-folder (``fit1``, ``fit2``, ... in call order), backed
-    up every epoch by :class:`AtomicBackupAndRestore`. Running the same command again with the
-    same folder after an interruption replays the finished fits (same seed, same result) and
-    resumes the interrupted one at its last finished epoch. The CLI's ``--checkpoint-dir``
-    uses this.
-    """
-    previous = dict(_CHECKPOINTS)
-    _CHECKPOINTS.update(root=None if directory is None else str(directory), count=0)
-    try:
-        yield
-    finally:
-        _CHECKPOINTS.update(previous)
-
-
-_STRATEGIES: dict = {}
-
-
-@contextlib.contextmanager
-def distributed(strategy: str | None):
-    """Run a block under a ``tf.distribute`` strategy: ``None``/``"none"`` or ``"mirrored"``.
-
-    Models loaded or copied inside the block get mirrored variables, so every ``fit`` in it
-    (fine-tuning, distillation, QAT, cascade stages) runs data-parallel over the local
-    devices. For several machines use ``tf.distribute.MultiWorkerMirroredStrategy`` the same
-    way (``with strategy.scope(): ...``) with ``TF_CONFIG`` set on each worker.
-    """
-    if strategy in (None, "none"):
-        yield None
-        return
-    import tensorflow as tf
-
-    if strategy != "mirrored":
-        raise CompressError(f"strategy '{strategy}': must be none or mirrored")
-    # One strategy per process: a second MirroredStrategy would reuse collective instance
-    # keys and fail with "Shape mismatch in the collective instance" on its first fit.
-    if _STRATEGIES.get(strategy) is None:
-        _STRATEGIES[strategy] = tf.distribute.MirroredStrategy()
-    chosen = _STRATEGIES[strategy]
-    with chosen.scope():
-        yield chosen
-
-
-def fit(model, dataset, epochs: int = 1, batch_size: int = 64, callbacks=None,
-        verbose: int | str = "auto", validation: bool = True,
-        checkpoint_dir: str | None = None):
-    """``model.fit`` on the dataset's train split, validating on its val split.
-
-    A NaN or infinite loss stops the run with a :class:`CompressError`; the model is left
-    with its last good weights (those at the end of the last finished epoch, or the
-    starting weights), never with NaN. Inside :func:`keep_last_good` they are also saved
-    to that file. With ``checkpoint_dir``, Keras's ``BackupAndRestore`` saves the state
-    every epoch, so an interrupted run started again with the same arguments resumes where
-    it stopped.
-    """
-    nan_stop = StopOnNaN()
+    context = current_context()
+    nan_stop = StopOnNaN(target=target)
     cbs = list(callbacks or []) + [nan_stop, _StopOnCtrlC()]
-    if checkpoint_dir is None and _CHECKPOINTS["root"]:
-        _CHECKPOINTS["count"] += 1
-        checkpoint_dir = f"{_CHECKPOINTS['root']}/fit{_CHECKPOINTS['count']}"
-    if checkpoint_dir:
-        cbs.append(AtomicBackupAndRestore(str(checkpoint_dir)))
-    history = model.fit(
-        dataset.x_train, dataset.y_train, epochs=epochs, batch_size=batch_size,
-        validation_data=(dataset.x_val, dataset.y_val) if validation else None,
-        callbacks=cbs, verbose=verbose, shuffle=True)
-    nan_stop.raise_if_stopped("lower the learning rate or check the data")
+    backup = context.next_backup_dir()
+    if backup:
+        # Last, so the backup holds the weights as every other callback left them.
+        cbs.append(AtomicBackupAndRestore(backup))
+        if not model.built:  # a Distiller is built by its first batch, too late to restore
+            model(_first_inputs(x), training=False)
+    kwargs = {} if batch_size is None else {"batch_size": batch_size}
+    history = model.fit(x, y, epochs=epochs, validation_data=validation_data,
+                        callbacks=cbs, verbose=verbose, shuffle=shuffle, **kwargs)
+    nan_stop.raise_if_stopped(advice, context)
     return history
 
 
-_LAST_GOOD = {"path": None, "force": False}
-
-
-@contextlib.contextmanager
-def keep_last_good(path, force: bool = False):
-    """Save the last good weights to ``path`` when a :func:`fit` in the block hits a NaN loss.
-
-    The CLI's ``--keep-last-good FILE`` uses this: the run still stops with an error (exit
-    code 1, no output written), and ``FILE`` holds the model being trained as it was at the
-    end of its last finished epoch, ready to inspect or to resume from with a lower
-    learning rate.
-
-    Example:
-
-    ```python
-    with keep_last_good("last_good.keras"):
-        prune_model(model, data=ds, sparsity=0.9, fine_tune_epochs=4)
-    ```
-    """
-    previous = dict(_LAST_GOOD)
-    _LAST_GOOD.update(path=None if path is None else str(path), force=force)
-    try:
-        yield
-    finally:
-        _LAST_GOOD.update(previous)
+def _first_inputs(x):
+    """One sample of ``x`` (an array, or a re-iterable dataset of ``(x, y)`` batches)."""
+    if hasattr(x, "shape"):
+        return x[:1]
+    if iter(x) is x:  # taking a batch from a one-shot generator would lose it for training
+        raise CompressError("checkpointing a fit of an unbuilt model needs array or "
+                            "tf.data.Dataset inputs, not a generator")
+    batch = next(iter(x))
+    inputs = batch[0] if isinstance(batch, (tuple, list)) else batch
+    return inputs[:1]
 
 
 class _StopOnCtrlC(keras.callbacks.Callback):
@@ -258,11 +197,15 @@ class _StopOnCtrlC(keras.callbacks.Callback):
 
 
 class StopOnNaN(keras.callbacks.Callback):
-    """Stops training at the first NaN/inf batch loss and puts the last good weights back.
+    """Stops training at the first NaN/inf loss or weights; puts the last good weights back.
 
-    The weights are copied at the start of training and at the end of every epoch that
-    finished with a finite loss; after a NaN they are restored into ``target`` (default:
-    the model being fit). :func:`fit` turns the stop into a :class:`CompressError`.
+    The loss is checked after every batch, the weights after every epoch (a loss that
+    clips NaN outputs can stay finite while the weights are not).
+
+    The weights are copied when the first epoch begins (after a backup was restored, so a
+    resumed fit keeps the restored weights) and at the end of every epoch that finished
+    with a finite loss; after a NaN they are restored into ``target`` (default: the model
+    being fit). :func:`fit_model` turns the stop into a :class:`CompressError`.
 
     Args:
         target: keras.Model or None, default None. The model whose weights are kept, when
@@ -282,7 +225,12 @@ class StopOnNaN(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         self.stopped = False
         self.last_good_epoch = 0
-        self._weights = self._kept().get_weights()
+        self._weights = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self._weights is None:  # the first epoch of this fit (later than 0 on resume)
+            self._weights = self._kept().get_weights()
+            self.last_good_epoch = epoch
 
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
@@ -297,22 +245,24 @@ class StopOnNaN(keras.callbacks.Callback):
         if all(np.isfinite(w).all() for w in weights if np.issubdtype(w.dtype, np.floating)):
             self._weights = weights
             self.last_good_epoch = epoch + 1
+        else:
+            self.stopped = True
+            self.model.stop_training = True
 
     def on_train_end(self, logs=None):
         if self.stopped and self._weights is not None:
             self._kept().set_weights(self._weights)
 
-    def raise_if_stopped(self, advice: str) -> None:
-        """Raise the one-line error for a NaN stop (saving the last good weights if asked)."""
+    def raise_if_stopped(self, advice: str, context: TrainingContext | None = None) -> None:
+        """Raise the one-line error for a NaN stop, saving the last good weights to the
+        ``context``'s ``keep_last_good`` file (default: the active context's)."""
         if not self.stopped:
             return
         kept = ("the starting weights" if not self.last_good_epoch
                 else f"the weights after epoch {self.last_good_epoch}")
         message = f"training stopped: the loss became NaN or infinite ({advice})"
-        if _LAST_GOOD["path"]:
-            from compress import io
-
-            saved = io.save_model(self._kept(), _LAST_GOOD["path"], force=_LAST_GOOD["force"])
+        saved = (context or current_context()).save_last_good(self._kept())
+        if saved:
             message += f"; {kept} were saved to {saved}"
         else:
             message += f"; the model keeps {kept}"

@@ -60,8 +60,8 @@ def test_shift_of_images_without_a_channel_axis():
 
 
 @pytest.mark.parametrize("augment, shift, shape, message", [
-    ("flip", 2, (8, 8, 1), "augment 'flip'"),
-    ("shift", 0, (8, 8, 1), "at least 1 pixel"),
+    ("flip", 2, (8, 8, 1), "augment: must be one of none, shift"),
+    ("shift", 0, (8, 8, 1), r"shift: must be >= 1"),
     ("shift", 2, (64,), "needs image inputs"),
     ("shift", 8, (8, 8, 1), "too small"),
 ])

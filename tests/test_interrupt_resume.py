@@ -1,5 +1,6 @@
 """Nothing lost: Ctrl-C leaves no output, --checkpoint-dir resumes, --strategy mirrored."""
 
+import json
 import os
 import signal
 import subprocess
@@ -117,7 +118,7 @@ def test_ctrl_c_while_a_backup_is_written_keeps_the_previous_epoch(tmp_path, mon
 
     import keras
 
-    from compress.training import AtomicBackupAndRestore
+    from compress.training_context import AtomicBackupAndRestore
 
     def model():
         m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="a"),
@@ -154,7 +155,7 @@ def test_ctrl_c_while_a_backup_is_written_keeps_the_previous_epoch(tmp_path, mon
 
 
 def test_a_ctrl_c_during_the_renames_is_held_until_they_are_done():
-    from compress.training import _sigint_held
+    from compress.training_context import _sigint_held
 
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     steps = []
@@ -204,3 +205,167 @@ sys.exit(main(["prune", r"{mlp_file[0]}", "-o", r"{out}", "--data", "digits", "-
     assert proc.returncode == 130, proc.stderr[-800:]
     assert "interrupted" in proc.stderr
     assert not out.exists()
+
+
+# -- resume of every training command: distill, cascade, share --method hash --------------
+# The interrupted run is the real CLI with each epoch slowed down (so that SIGINT lands
+# while the wanted fit is under way whatever the machine's load); the resumed run is the
+# plain CLI, whose Keras "Epoch N/M" lines show where each fit started.
+SLOW_CLI = """
+import sys, time
+import keras
+from compress import training
+from compress.cli import main
+
+fit_model = training.fit_model
+
+class OneEpochAtATime(keras.callbacks.Callback):
+    def on_epoch_begin(self, epoch, logs=None):
+        time.sleep(0.3)
+
+def slowed(model, x, y=None, *, callbacks=None, **kwargs):
+    return fit_model(model, x, y, callbacks=[*(callbacks or []), OneEpochAtATime()], **kwargs)
+
+training.fit_model = slowed
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _interrupt_at_epoch(args, metadata, epochs_done):
+    """Run the CLI with ``args`` (slowed down); send SIGINT once the backup ``metadata``
+    file counts ``epochs_done`` finished epochs. Returns (code, stdout, stderr, epochs
+    the backup holds)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # see above
+    try:
+        proc = subprocess.Popen([sys.executable, "-c", SLOW_CLI, *map(str, args)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV,
+                                text=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    deadline = time.time() + 180
+    while proc.poll() is None and time.time() < deadline:
+        if metadata.exists() and json.loads(metadata.read_text())["epoch"] >= epochs_done:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    held = json.loads(metadata.read_text())["epoch"] if metadata.exists() else None
+    return proc.returncode, out, err, held
+
+
+def _epoch_lines(stdout):
+    return [int(line.split("/")[0].split()[-1]) for line in stdout.splitlines()
+            if line.startswith("Epoch ")]
+
+
+def _resume(args):
+    resumed = subprocess.run(_compress(*args), capture_output=True, text=True, env=ENV,
+                             timeout=600, check=False)
+    assert resumed.returncode == 0, resumed.stderr[-800:]
+    return _epoch_lines(resumed.stdout)
+
+
+def _check_interrupted(code, err, out, ck, held, at_least):
+    assert code == 130, err[-800:]
+    assert "interrupted" in err and not out.exists()
+    assert held is not None and held >= at_least, f"backup holds {held} epochs"
+
+
+@pytest.mark.slow
+def test_distill_resumes_its_distillation_fit_at_the_last_finished_epoch(tmp_path, mlp_file):
+    out, ck = tmp_path / "student.keras", tmp_path / "ck"
+    args = ["distill", mlp_file[0], "-o", out, "--data", "digits", "--width", "0.5",
+            "--epochs", "5", "--checkpoint-dir", ck]
+    # fit1 is the labels-only baseline, fit2 the distillation (Distiller.fit)
+    code, _, err, held = _interrupt_at_epoch(args, ck / "fit2" / "training_metadata.json", 2)
+    _check_interrupted(code, err, out, ck, held, 2)
+    assert held < 5
+    epochs = _resume(args)
+    # the finished baseline is replayed whole; the distillation goes on after epoch `held`
+    assert epochs == [1, 2, 3, 4, 5] + list(range(held + 1, 6))
+    assert out.exists() and not any(ck.rglob("*.h5"))  # finished fits drop their backups
+
+
+@pytest.mark.slow
+def test_cascade_resumes_the_interrupted_stage(tmp_path, cnn_file):
+    out, ck = tmp_path / "cascade.keras", tmp_path / "ck"
+    args = ["cascade", cnn_file[0], "-o", out, "--data", "digits", "--epochs", "4", "--k", "0",
+            "--fine-tune-epochs", "2", "--checkpoint-dir", ck]
+    # two blocks: fit1 and fit2 are the stages, fit3 the end-to-end fine-tune
+    code, _, err, held = _interrupt_at_epoch(args, ck / "fit2" / "training_metadata.json", 1)
+    _check_interrupted(code, err, out, ck, held, 1)
+    assert held < 4
+    epochs = _resume(args)
+    assert epochs == [1, 2, 3, 4] + list(range(held + 1, 5)) + [1, 2]
+    assert out.exists() and not any(ck.rglob("*.h5"))
+
+
+@pytest.mark.slow
+def test_share_hash_resumes_its_fine_tune(tmp_path, mlp_file):
+    out, ck = tmp_path / "hashed.keras", tmp_path / "ck"
+    args = ["share", mlp_file[0], "-o", out, "--data", "digits", "--method", "hash",
+            "--epochs", "5", "--checkpoint-dir", ck]
+    code, _, err, held = _interrupt_at_epoch(args, ck / "fit1" / "training_metadata.json", 2)
+    _check_interrupted(code, err, out, ck, held, 2)
+    assert held < 5
+    epochs = _resume(args)
+    assert epochs == list(range(held + 1, 6))
+    assert out.exists() and not any(ck.rglob("*.h5"))
+
+
+# -- the same in process: fast, and the epoch counts exact --------------------------------
+def _stop_after(epoch):
+    """A callback that presses Ctrl-C at the end of 0-based ``epoch``, before its backup."""
+    import keras
+
+    def stop(e, logs):
+        if e == epoch:
+            raise KeyboardInterrupt
+
+    return keras.callbacks.LambdaCallback(on_epoch_end=stop)
+
+
+def _epochs_seen(seen):
+    import keras
+
+    return keras.callbacks.LambdaCallback(
+        on_epoch_begin=lambda e, logs: seen.append(e))
+
+
+def test_distill_in_a_training_context_resumes_the_distiller(tmp_path, mlp_file):
+    import keras
+
+    from compress.distillation import distill_step
+    from compress.training_context import TrainingContext
+
+    teacher, ds = keras.models.load_model(mlp_file[0]), mlp_file[1]
+    ck = tmp_path / "ck"
+    with pytest.raises(KeyboardInterrupt), TrainingContext(checkpoint_dir=ck):
+        distill_step(teacher, ds, width=0.5, epochs=4, callbacks=[_stop_after(1)])
+    # fit1 (the baseline) finished and dropped its backup; fit2 holds one finished epoch
+    assert sorted(p.name for p in ck.iterdir()) == ["fit2"]
+    assert json.loads((ck / "fit2" / "training_metadata.json").read_text())["epoch"] == 1
+    seen = []
+    with TrainingContext(checkpoint_dir=ck):
+        _, info = distill_step(teacher, ds, width=0.5, epochs=4,
+                               callbacks=[_epochs_seen(seen)])
+    assert seen == [1, 2, 3] and info["epochs_run"] == 3
+    assert 0.0 <= info["student_accuracy"] <= 1.0 and not any(ck.iterdir())
+
+
+def test_cascade_in_a_training_context_resumes_its_stage(tmp_path, cnn_file, digits):
+    import keras
+
+    from compress.cascade import cascade_train
+    from compress.training_context import TrainingContext
+
+    model = keras.models.load_model(cnn_file[0], compile=False)
+    ck = tmp_path / "ck"
+    with pytest.raises(KeyboardInterrupt), TrainingContext(checkpoint_dir=ck):
+        cascade_train(model, digits, epochs=3, k=0, callbacks=[_stop_after(1)])
+    assert json.loads((ck / "fit1" / "training_metadata.json").read_text())["epoch"] == 1
+    seen = []
+    with TrainingContext(checkpoint_dir=ck):
+        _, info = cascade_train(model, digits, epochs=3, k=0, callbacks=[_epochs_seen(seen)])
+    assert seen == [1, 2] + [0, 1, 2]  # stage 1 from its second epoch, then stage 2 whole
+    assert len(info["stages"]) == 2 and not any(ck.iterdir())

@@ -8,6 +8,7 @@ from conftest import file_digest
 from compress import training
 from compress.data import prepare
 from compress.errors import CompressError
+from compress.training_context import TrainingContext
 
 
 def _exploding_fit(model, ds, **kwargs):
@@ -58,7 +59,7 @@ def test_nan_in_the_first_epoch_restores_the_starting_weights(digits):
 def test_keep_last_good_saves_a_loadable_model(digits, tmp_path):
     model, ds = _mlp(digits)
     target = tmp_path / "last_good.keras"
-    with training.keep_last_good(target):
+    with TrainingContext(keep_last_good=target):
         seen, message = _exploding_fit(model, ds)
     assert f"were saved to {target}" in message
     loaded = keras.models.load_model(target)

@@ -53,14 +53,14 @@ def _e2e(ds, epochs, lr, batch, seed):
     import keras
 
     from compress import training
-    from compress.callbacks.cascade import _EpochTimer, training_memory_bytes
+    from compress.cascade.costs import EpochTimer, training_memory_bytes
     from compress.models import build
 
     training.set_seed(seed)
     model = build("cnn4", input_shape=ds.sample_shape, num_classes=ds.num_classes)
     model.compile(keras.optimizers.Adam(lr), "sparse_categorical_crossentropy",
                   metrics=["accuracy"])
-    timer = _EpochTimer()
+    timer = EpochTimer()
     from compress.callbacks import PlateauSchedule
 
     started = time.perf_counter()
@@ -73,7 +73,7 @@ def _e2e(ds, epochs, lr, batch, seed):
 
 def case_cascade(ctx) -> Section:
     """Cascade learning of the 4-block CNN on animals vs end-to-end, same total epochs."""
-    from compress.callbacks.cascade import cascade_train
+    from compress.cascade.cascade_pass import cascade_train
     from compress.data import load_data
     from compress.models import build
 

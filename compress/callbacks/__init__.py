@@ -16,7 +16,6 @@ _NAMES = {
     "retrain_on_all_data": "compress.callbacks.early_stopping",
     "CosineSchedule": "compress.callbacks.cosine",
     "PlateauSchedule": "compress.callbacks.plateau",
-    "CascadeTraining": "compress.callbacks.cascade",
 }
 
 

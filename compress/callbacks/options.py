@@ -1,29 +1,11 @@
-"""Option schemas of the cascade pass and of the training callbacks (no Keras import).
+"""Option schemas of the training callbacks, for recipes (no Keras import).
 
-Kept apart from the implementations so that the CLI (``compress cascade --help``) and the
-recipe validator can read them without importing TensorFlow.
+Kept apart from the implementations so that the recipe validator can read them without
+importing TensorFlow. :func:`compress.callbacks.from_config.build_callbacks` builds the
+callbacks from them.
 """
 
 from compress.options import Option, Schema
-
-CASCADE_OPTIONS = Schema("cascade", [
-    Option("epochs", int, 2, "starting epochs per stage (stage l trains epochs + k*l)", low=0),
-    Option("k", int, 1, "epochs added per stage index", low=0),
-    Option("learning_rate", float, 1e-3, "learning rate at the start of each stage", low=0.0,
-           low_inclusive=False),
-    Option("optimizer", str, "adam", "optimizer", choices=("adam", "sgd", "rmsprop")),
-    Option("batch_size", int, 64, "training batch size", low=1),
-    Option("output_block", str, "auto", "temporary output block: auto (global pooling for "
-           "feature maps), gap or flatten, then Dense softmax", choices=("auto", "gap",
-                                                                          "flatten")),
-    Option("plateau_patience", int, 1, "epochs without val_loss improvement before lr/10",
-           low=0),
-    Option("fine_tune_epochs", int, 0, "end-to-end fine-tune epochs after the cascade", low=0),
-    Option("fine_tune_lr", float, None, "fine-tune learning rate (default learning_rate/10)",
-           low=0.0, low_inclusive=False),
-    Option("cache", str, "memory", "where pseudo-inputs live: memory or disk (memory-mapped)",
-           choices=("memory", "disk")),
-])
 
 CALLBACK_OPTIONS = {
     "early_stopping": Schema("early_stopping", [

@@ -2,7 +2,7 @@
 
 import click
 
-from compress.callbacks.options import CASCADE_OPTIONS
+from compress.cascade.options import CASCADE_OPTIONS
 from compress.cli.common import common_options, output_option
 
 
@@ -35,14 +35,14 @@ def command(model, output, data, seed, unsafe, as_json, force, **options):
     is_builder = model in BUILDERS and not Path(model).exists()
     inputs = [] if is_builder else [model]
     io.check_output(output, inputs=inputs, force=force, suffixes=io.MODEL_SUFFIXES)
-    opts = CASCADE_OPTIONS.from_cli(options)
+    opts = CASCADE_OPTIONS.from_cli({**options, "seed": seed})
 
     from compress.quiet import import_tensorflow
 
     import_tensorflow()
     from compress import data as data_mod
     from compress import training
-    from compress.callbacks.cascade import cascade_train
+    from compress.cascade.cascade_pass import cascade_train
     from compress.models import build
     from compress.report import model_report
 
@@ -52,7 +52,7 @@ def command(model, output, data, seed, unsafe, as_json, force, **options):
         start = build(model, input_shape=dataset.sample_shape, num_classes=dataset.num_classes)
     else:
         start = io.load_model(model, unsafe=unsafe)
-    trained, info = cascade_train(start, dataset, seed=seed, verbose=verbose(as_json), **opts)
+    trained, info = cascade_train(start, dataset, verbose=verbose(as_json), **opts)
     io.save_model(trained, output, inputs=inputs, force=force)
     prepared = data_mod.prepare(trained, dataset)
     after = model_report(trained, prepared, name="cascade", path=output)

@@ -30,7 +30,7 @@ def command(model, output, data, seed, unsafe, as_json, force, **options):
     from compress import io
     from compress.errors import CompressError
 
-    opts = DISTILL_OPTIONS.from_cli(options)
+    opts = DISTILL_OPTIONS.from_cli({**options, "seed": seed})
     if not data:
         raise CompressError("distill needs --data (for example --data mnist5k)")
     inputs = [model] + ([opts["student"]] if opts["student"] else [])
@@ -48,8 +48,8 @@ def distill_files(model_path, output, data, seed, unsafe, force, opts, as_json):
     from compress.report import model_report
 
     teacher, dataset = load_inputs(model_path, data, seed, unsafe)
-    distilled, alone, info = distill_from_options(teacher, dataset, opts, seed=seed,
-                                                  unsafe=unsafe, verbose=verbose(as_json))
+    distilled, alone, info = distill_from_options(teacher, dataset, opts, unsafe=unsafe,
+                                                  verbose=verbose(as_json))
     io.save_model(distilled, output, inputs=[model_path], force=force)
     reports = [model_report(teacher, dataset, name="teacher",
                             path=None if os.path.isdir(model_path) else model_path)]

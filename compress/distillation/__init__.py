@@ -5,8 +5,11 @@
 - :func:`width_student`, :func:`depth_student` and :func:`make_student` derive students.
 - ``distill(..., augment="shift")`` is consistent teaching (Beyer et al. 2022): teacher
   and student see the same randomly shifted images (:func:`augmented_batches`).
-- :func:`distill_step` runs the CLI command / recipe step from :data:`DISTILL_OPTIONS`
-  (student from options, a labels-only baseline, then :func:`distill`).
+- :func:`distill_from_options` runs the CLI command and the recipe step from
+  :data:`DISTILL_OPTIONS` (student from options, a labels-only baseline, then
+  :func:`distill`); :func:`distill_step` is its pass-shaped form.
+- Every fit goes through ``compress.training.fit_model``, so ``--checkpoint-dir``,
+  ``--keep-last-good`` and ``--strategy`` (``compress.training_context``) apply.
 
 Example:
 
@@ -20,6 +23,7 @@ import importlib
 # DISTILL_OPTIONS) does not import Keras.
 _WHERE = {
     "DISTILL_OPTIONS": "compress.distillation.options",
+    "DISTILL_TRAINING_OPTIONS": "compress.distillation.options",
     "augmented_batches": "compress.distillation.augment",
     "check_augment": "compress.distillation.augment",
     "check_compatible": "compress.distillation.driver",
@@ -38,6 +42,7 @@ _WHERE = {
 
 __all__ = [
     "DISTILL_OPTIONS",
+    "DISTILL_TRAINING_OPTIONS",
     "augmented_batches",
     "check_augment",
     "check_compatible",

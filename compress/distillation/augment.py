@@ -17,9 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from compress.distillation.options import DISTILL_OPTIONS
 from compress.errors import CompressError
-
-AUGMENTATIONS = ("none", "shift")
 
 
 def check_augment(augment: str, shift: int, input_shape) -> None:
@@ -35,12 +34,10 @@ def check_augment(augment: str, shift: int, input_shape) -> None:
             that are not images (``(H, W)`` or ``(H, W, C)``), or images not larger than
             the shift.
     """
-    if augment not in AUGMENTATIONS:
-        raise CompressError(f"augment '{augment}': must be one of {', '.join(AUGMENTATIONS)}")
+    augment = DISTILL_OPTIONS.options["augment"].check(augment, "augment")
     if augment == "none":
         return
-    if int(shift) < 1:
-        raise CompressError(f"shift {shift}: must be at least 1 pixel")
+    shift = DISTILL_OPTIONS.options["shift"].check(shift, "shift")
     shape = tuple(input_shape)
     if len(shape) not in (2, 3) or any(d is None for d in shape[:2]):
         raise CompressError(f"augment 'shift' needs image inputs (H, W) or (H, W, C); the "

@@ -36,7 +36,7 @@ import keras
 import numpy as np
 
 from compress.distillation.augment import augmented_batches, check_augment
-from compress.distillation.options import DISTILL_OPTIONS
+from compress.distillation.options import DISTILL_OPTIONS, DISTILL_TRAINING_OPTIONS
 from compress.errors import CompressError
 
 # Probabilities below this are treated as this when no exact logits can be had
@@ -44,10 +44,7 @@ from compress.errors import CompressError
 _PROB_FLOOR = 1e-12
 
 
-def distill(teacher, student, data, *, temperature: float = 4.0, alpha: float = 0.9,
-            epochs: int = 10, learning_rate: float = 1e-3, batch_size: int = 64,
-            callbacks=None, feature_pairs=None, teacher_outputs: str = "auto",
-            augment: str = "none", shift: int = 2, verbose: int | str = 0):
+def distill(teacher, student, data, *, callbacks=None, verbose: int | str = 0, **options):
     """Train a copy of ``student`` to match ``teacher``'s softened outputs and the labels.
 
     Example:
@@ -62,28 +59,25 @@ def distill(teacher, student, data, *, temperature: float = 4.0, alpha: float = 
             ``constraint`` is kept on the copy). Never modified.
         data: compress.data.Dataset. Prepared for the teacher (``compress.data.prepare``);
             integer labels; the ``val`` split is used for validation.
-        temperature: float, default 4.0. Softmax temperature T (> 0).
-        alpha: float, default 0.9. Weight of the distillation term, in [0, 1]; 0 is plain
-            cross-entropy training, 1 uses the teacher only.
-        epochs: int, default 10.
-        learning_rate: float, default 1e-3. Adam learning rate.
-        batch_size: int, default 64.
         callbacks: list of keras.callbacks.Callback, default None. Passed to
             ``Distiller.fit``; their ``self.model`` is the ``Distiller`` (the student is
             ``self.model.student``).
-        feature_pairs: list of ``(teacher_layer, student_layer)`` tuples or
-            ``"teacher_layer:student_layer"`` strings, default None. Each pair adds an MSE
-            ``keras.distillation.FeatureDistillation`` term of weight 1; the two layers'
-            outputs must have the same shape.
-        teacher_outputs: str, default ``"auto"``. ``"logits"``, ``"probabilities"``, or
-            ``"auto"`` (probabilities when the teacher's last activation is a softmax).
-        augment: str, default ``"none"``. ``"shift"`` trains on randomly shifted images
-            (new shifts every epoch, zeros filled in): the teacher scores the same shifted
-            view the student sees, "consistent teaching" (Beyer et al. 2022), which turns a
-            small transfer set into a large one. Needs image inputs; validation is on the
-            unshifted val split. The order and shifts follow TensorFlow's global seed.
-        shift: int, default 2. Largest shift in pixels for ``augment="shift"``.
         verbose: int or str, default 0. Keras ``fit`` verbosity.
+        **options: validated by :data:`DISTILL_TRAINING_OPTIONS` (the training part of
+            ``DISTILL_OPTIONS``): ``temperature`` (4.0, softmax temperature T > 0),
+            ``alpha`` (0.9, weight of the distillation term in [0, 1]; 0 is plain
+            cross-entropy training, 1 uses the teacher only), ``epochs`` (10),
+            ``learning_rate`` (1e-3, Adam), ``batch_size`` (64), ``teacher_outputs``
+            (``"auto"``: probabilities when the teacher's last activation is a softmax;
+            or ``"logits"``, ``"probabilities"``), ``feature_pairs`` (None; a list of
+            ``"teacher_layer:student_layer"`` strings, each adding an MSE
+            ``keras.distillation.FeatureDistillation`` term of weight 1 between two
+            layers' outputs of the same shape), ``augment`` (``"none"``; ``"shift"``
+            trains on randomly shifted images, new shifts every epoch, the teacher
+            scoring the same shifted view the student sees: "consistent teaching", Beyer
+            et al. 2022; needs image inputs; validation is on the unshifted val split;
+            the order and shifts follow TensorFlow's global seed) and ``shift`` (2,
+            largest shift in pixels).
 
     Returns:
         ``(student_model, info)``: a plain Keras model with the given student's
@@ -94,12 +88,9 @@ def distill(teacher, student, data, *, temperature: float = 4.0, alpha: float = 
         CompressError: bad options, different input or output shapes, a teacher that is
             not a classifier, unknown or mismatched feature layers, NaN loss.
     """
-    opts = DISTILL_OPTIONS.validate({
-        "temperature": temperature, "alpha": alpha, "epochs": epochs,
-        "learning_rate": learning_rate, "batch_size": batch_size,
-        "teacher_outputs": teacher_outputs, "augment": augment, "shift": shift})
+    opts = DISTILL_TRAINING_OPTIONS.validate(options)
     kind, student_kind, pairs = check_compatible(teacher, student, data,
-                                                 opts["teacher_outputs"], feature_pairs)
+                                                 opts["teacher_outputs"], opts["feature_pairs"])
     check_augment(opts["augment"], opts["shift"], student.inputs[0].shape[1:])
 
     teacher_logits = logits_model(teacher, kind)
@@ -115,24 +106,28 @@ def distill(teacher, student, data, *, temperature: float = 4.0, alpha: float = 
         optimizer=keras.optimizers.Adam(opts["learning_rate"]),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"])
-    nan_stop = training.StopOnNaN(target=trained)
     has_val = data.x_val is not None and len(data.x_val) > 0
+    # The student gets its output activation back when training ends, before a NaN stop
+    # saves it (--keep-last-good), and in any case once the fit is left.
+    back = keras.callbacks.LambdaCallback(on_train_end=lambda logs: restore())
+    fit_args = {"epochs": opts["epochs"], "verbose": verbose,
+                "callbacks": list(callbacks or []) + [back],
+                "validation_data": (data.x_val, data.y_val) if has_val else None,
+                "target": trained,  # NaN: keep (and save) the student's last good weights
+                "advice": "distill: lower the learning rate or the temperature, or check "
+                          "the data"}
     try:
-        fit_args = {"epochs": opts["epochs"], "verbose": verbose,
-                    "validation_data": (data.x_val, data.y_val) if has_val else None,
-                    "callbacks": list(callbacks or []) + [nan_stop]}
         if opts["augment"] == "none":
-            history = distiller.fit(data.x_train, data.y_train, batch_size=opts["batch_size"],
-                                    shuffle=True, **fit_args)
+            history = training.fit_model(distiller, data.x_train, data.y_train,
+                                         batch_size=opts["batch_size"], shuffle=True,
+                                         **fit_args)
         else:
             # The Distiller calls the teacher on each batch it trains on: same shifted view.
-            history = distiller.fit(augmented_batches(
+            history = training.fit_model(distiller, augmented_batches(
                 data.x_train, data.y_train, opts["augment"], opts["shift"],
                 opts["batch_size"]), shuffle=False, **fit_args)
     finally:
         restore()
-    nan_stop.raise_if_stopped("distill: lower the learning rate or the temperature, or check "
-                              "the data")
 
     info = {
         "temperature": opts["temperature"],
@@ -227,11 +222,10 @@ def teacher_output_kind(teacher, teacher_outputs: str = "auto") -> str:
     """
     from compress.training import outputs_probabilities
 
+    teacher_outputs = DISTILL_OPTIONS.options["teacher_outputs"].check(teacher_outputs,
+                                                                       "teacher_outputs")
     if teacher_outputs in ("logits", "probabilities"):
         return teacher_outputs
-    if teacher_outputs != "auto":
-        raise CompressError(f"teacher_outputs '{teacher_outputs}': must be auto, logits or "
-                            "probabilities")
     if outputs_probabilities(teacher):
         return "probabilities"
     act = _activation_name(teacher.layers[-1])
@@ -371,19 +365,13 @@ def _check_models(teacher, student, data) -> None:
 
 
 def _parse_pairs(pairs) -> list[tuple[str, str]]:
+    """``(teacher_layer, student_layer)`` tuples from ``"teacher_layer:student_layer"``."""
     out = []
-    for item in pairs or []:
-        if isinstance(item, str):
-            t, sep, s = item.partition(":")
-            if not sep or not t or not s:
-                raise CompressError(f"feature pair '{item}': must be TEACHER_LAYER:STUDENT_LAYER")
-            out.append((t.strip(), s.strip()))
-        elif isinstance(item, (tuple, list)) and len(item) == 2 and \
-                all(isinstance(x, str) for x in item):
-            out.append((item[0], item[1]))
-        else:
-            raise CompressError(f"feature pair {item!r}: must be (teacher_layer, student_layer) "
-                                "or 'teacher_layer:student_layer'")
+    for item in DISTILL_OPTIONS.options["feature_pairs"].check(pairs, "feature_pairs") or []:
+        t, sep, s = item.partition(":")
+        if not sep or not t.strip() or not s.strip():
+            raise CompressError(f"feature pair '{item}': must be TEACHER_LAYER:STUDENT_LAYER")
+        out.append((t.strip(), s.strip()))
     return out
 
 

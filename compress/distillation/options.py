@@ -1,7 +1,10 @@
-"""The options of the distill step, shared by ``compress distill``, recipes and Python.
+"""The options of distillation, shared by ``compress distill``, recipes and Python.
 
-Kept apart from the Keras code so that the CLI can build its flags without importing
-TensorFlow (``compress --help`` stays fast).
+:data:`DISTILL_OPTIONS` is the distill step's schema (the CLI flags, the recipe step,
+``distill_step``'s keyword arguments); :data:`DISTILL_TRAINING_OPTIONS` is the part of it
+that trains a given student (``distill``'s keyword arguments): one declaration of each
+option. Kept apart from the Keras code so that the CLI can build its flags without
+importing TensorFlow (``compress --help`` stays fast).
 
 Example:
 
@@ -11,8 +14,9 @@ Example:
 """
 
 from compress.options import Option, Schema
+from compress.passes import Pass
 
-DISTILL_OPTIONS = Schema("distill", [
+_OPTIONS = [
     Option("temperature", float, 4.0, "softmax temperature T of the soft targets",
            low=0.0, low_inclusive=False),
     Option("alpha", float, 0.9, "weight of the distillation term (1 - alpha weighs the "
@@ -21,7 +25,8 @@ DISTILL_OPTIONS = Schema("distill", [
     Option("learning_rate", float, 1e-3, "Adam learning rate of the student",
            low=0.0, low_inclusive=False),
     Option("batch_size", int, 64, "training batch size", low=1),
-    Option("student", str, None, "student model file (default: derive one from the teacher)"),
+    Option("student", str, None, "student model file (default: derive one from the teacher)",
+           file=True),
     Option("width", float, None, "derive the student by scaling every hidden Dense/Conv "
            "width by this factor", low=0.0, low_inclusive=False, high=4.0),
     Option("depth", int, None, "derive the student by dropping this many hidden blocks",
@@ -36,4 +41,24 @@ DISTILL_OPTIONS = Schema("distill", [
     Option("shift", int, 2, "largest random shift in pixels with --augment shift", low=1),
     Option("baseline", bool, True, "also train the same student on labels alone (same "
            "epochs), to report what distillation adds"),
-])
+    Option("seed", int, 0, "seed set before the baseline and before distillation, so both "
+           "see the same shuffles (the CLI's --seed)", low=0, cli=False),
+]
+
+# Options of the step (which student, what is reported, seeding), not of training a
+# given student.
+STEP_OPTIONS = ("student", "width", "depth", "baseline", "seed")
+
+DISTILL_OPTIONS = Schema("distill", _OPTIONS)
+DISTILL_TRAINING_OPTIONS = Schema("distill", [o for o in _OPTIONS
+                                              if o.name not in STEP_OPTIONS])
+
+
+def needs_data(opts: dict) -> list[str]:
+    """Distillation always trains the student on data."""
+    return ["distillation"]
+
+
+PASS = Pass("distill", "train a smaller student on the model's soft targets (Hinton et al.)",
+            "compress.distillation.step:distill_step", DISTILL_OPTIONS, needs_data=needs_data,
+            trains=True, takes_callbacks=True, loads_files=True, order=50)

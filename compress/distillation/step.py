@@ -1,5 +1,10 @@
 """The distill step as the CLI and recipes run it: student from options, baseline, distill.
 
+:func:`distill_from_options` is the one place that turns :data:`DISTILL_OPTIONS` into a
+run: it loads (with the caller's ``unsafe``) or derives the student, trains the
+labels-only baseline when ``baseline`` is on, and distills. ``compress distill`` and the
+recipe step both call it; :func:`distill_step` is its pass-shaped form.
+
 Example:
 
 >>> from compress.distillation import distill_step
@@ -11,16 +16,9 @@ Example:
 from __future__ import annotations
 
 from compress.distillation.augment import check_augment
-from compress.distillation.driver import (
-    DISTILL_OPTIONS,
-    check_compatible,
-    copy_with_constraints,
-    distill,
-)
+from compress.distillation.driver import check_compatible, copy_with_constraints, distill
+from compress.distillation.options import DISTILL_OPTIONS, DISTILL_TRAINING_OPTIONS
 from compress.distillation.students import make_student
-
-_FIT_KEYS = ("temperature", "alpha", "epochs", "learning_rate", "batch_size",
-             "teacher_outputs", "feature_pairs", "augment", "shift")
 
 
 def train_alone(student, data, epochs: int = 10, learning_rate: float = 1e-3,
@@ -56,22 +54,21 @@ def train_alone(student, data, epochs: int = 10, learning_rate: float = 1e-3,
     if augment == "none":
         training.fit(model, data, epochs=epochs, batch_size=batch_size, verbose=verbose)
     else:
-        nan_stop = training.StopOnNaN()
         has_val = data.x_val is not None and len(data.x_val) > 0
-        model.fit(augmented_batches(data.x_train, data.y_train, augment, shift, batch_size),
-                  epochs=epochs, verbose=verbose, callbacks=[nan_stop], shuffle=False,
-                  validation_data=(data.x_val, data.y_val) if has_val else None)
-        nan_stop.raise_if_stopped("lower the learning rate or check the data")
+        training.fit_model(
+            model, augmented_batches(data.x_train, data.y_train, augment, shift, batch_size),
+            epochs=epochs, verbose=verbose, shuffle=False,
+            validation_data=(data.x_val, data.y_val) if has_val else None)
     # Hand back an uncompiled model like distill() does (a compiled one saves its optimizer).
     return copy_with_constraints(model)
 
 
 def distill_step(teacher, data, *, callbacks=None, verbose: int | str = 0,
-                 seed: int | None = None, unsafe: bool = False, **options):
+                 unsafe: bool = False, **options):
     """Build the student the options ask for, distill it, and compare with it trained alone.
 
-    The recipe runner's ``distill`` step; the CLI runs the same through
-    :func:`distill_from_options`.
+    The pass-shaped form of :func:`distill_from_options` (which ``compress distill``
+    and the recipe step call, and which also returns the student trained alone).
 
     Example:
 
@@ -83,15 +80,15 @@ def distill_step(teacher, data, *, callbacks=None, verbose: int | str = 0,
         data: compress.data.Dataset prepared for the teacher.
         callbacks: list of keras callbacks, default None. Passed to :func:`distill`.
         verbose: int or str, default 0. Keras ``fit`` verbosity.
-        seed: int, default None. When set, re-seeded before each training run so the
-            baseline and the distilled student see the same shuffles.
         unsafe: bool, default False. Load a ``student`` file with Keras safe_mode off.
         **options: see ``DISTILL_OPTIONS``: ``student`` (a model file), ``width``,
             ``depth`` (the default student is ``width=0.25``), ``temperature``, ``alpha``,
             ``epochs``, ``learning_rate``, ``batch_size``, ``teacher_outputs``,
             ``feature_pairs``, ``augment`` and ``shift`` (consistent teaching on shifted
             images; the baseline then trains on the same shifted batches), ``baseline``
-            (True: also train the student alone and report both accuracies).
+            (True: also train the student alone and report both accuracies), ``seed``
+            (0: set before each training run, so the baseline and the distilled student
+            see the same shuffles).
 
     Returns:
         ``(student_model, info)`` as :func:`distill`, with ``student_source`` and, with a
@@ -101,16 +98,28 @@ def distill_step(teacher, data, *, callbacks=None, verbose: int | str = 0,
         CompressError: bad options or models, before any training.
     """
     distilled, _, info = distill_from_options(teacher, data, options, callbacks=callbacks,
-                                              verbose=verbose, seed=seed, unsafe=unsafe)
+                                              verbose=verbose, unsafe=unsafe)
     return distilled, info
 
 
 def distill_from_options(teacher, data, options: dict, *, callbacks=None,
-                         verbose: int | str = 0, seed: int | None = None, unsafe: bool = False):
-    """:func:`distill_step`, also returning the student trained alone (or None).
+                         verbose: int | str = 0, unsafe: bool = False):
+    """Run the distill step from its options; the CLI and the recipe step both call this.
+
+    Example:
+
+    >>> distilled, alone, info = distill_from_options(              # doctest: +SKIP
+    ...     teacher, ds, {"width": 0.25, "epochs": 10, "seed": 0})
+
+    Args:
+        teacher: keras.Model. Never modified.
+        data: compress.data.Dataset prepared for the teacher.
+        options: dict. Validated by :data:`DISTILL_OPTIONS` (see :func:`distill_step`).
+        callbacks, verbose, unsafe: as :func:`distill_step`.
 
     Returns:
-        ``(distilled, alone_or_None, info)``.
+        ``(distilled, alone, info)``: the distilled student, the same student trained on
+        the labels alone (None without ``baseline``), and :func:`distill_step`'s info.
     """
     from compress import io, training
 
@@ -119,16 +128,14 @@ def distill_from_options(teacher, data, options: dict, *, callbacks=None,
     student = make_student(teacher, student=given, width=opts["width"], depth=opts["depth"])
     check_compatible(teacher, student, data, opts["teacher_outputs"], opts["feature_pairs"])
     check_augment(opts["augment"], opts["shift"], student.inputs[0].shape[1:])
-    fit = {k: opts[k] for k in _FIT_KEYS}
+    fit = {k: opts[k] for k in DISTILL_TRAINING_OPTIONS.names()}
     alone = None
     if opts["baseline"]:
-        if seed is not None:
-            training.set_seed(seed)
+        training.set_seed(opts["seed"])
         alone = train_alone(student, data, opts["epochs"], opts["learning_rate"],
                             opts["batch_size"], verbose=verbose, augment=opts["augment"],
                             shift=opts["shift"])
-    if seed is not None:
-        training.set_seed(seed)
+    training.set_seed(opts["seed"])
     distilled, info = distill(teacher, student, data, callbacks=callbacks, verbose=verbose,
                               **fit)
     info["student_source"] = (opts["student"] or

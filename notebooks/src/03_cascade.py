@@ -22,7 +22,7 @@ import matplotlib.pyplot as plt
 
 import compress
 from compress import training
-from compress.callbacks.cascade import cascade_train
+from compress.cascade import cascade_train
 from compress.data import prepare
 from compress.models import build
 

@@ -1,4 +1,4 @@
-"""Deep Cascade Learning: blocks, epochs + k*l, frozen blocks, cached inputs, plain result."""
+"""compress.cascade.cascade_pass: epochs + k*l, frozen blocks, cached inputs, plain result."""
 
 from __future__ import annotations
 
@@ -6,35 +6,10 @@ import keras
 import numpy as np
 import pytest
 
-from compress.callbacks.cascade import (
-    CASCADE_OPTIONS,
-    CascadeTraining,
-    build_callbacks,
-    cascade_train,
-    split_blocks,
-    training_memory_bytes,
-)
+from compress.cascade.cascade_pass import CascadeTraining, cascade_train, stage_epochs
+from compress.cascade.options import CASCADE_OPTIONS
 from compress.errors import CompressError
 from compress.models import build
-
-
-def test_split_blocks_of_builders():
-    blocks, head = split_blocks(build("small-cnn"))
-    assert [[la.name for la in b] for b in blocks] == [
-        ["conv1", "bn1", "relu1", "pool1"], ["conv2", "bn2", "relu2", "pool2"],
-        ["conv3", "bn3", "relu3"]]
-    assert [la.name for la in head] == ["gap", "predictions"]
-    blocks, head = split_blocks(build("lenet300"))
-    assert [[la.name for la in b] for b in blocks] == [["flatten", "fc1"], ["fc2"]]
-    assert [la.name for la in head] == ["predictions"]
-
-
-def test_functional_branches_are_refused():
-    inp = keras.Input((8,))
-    a, b = keras.layers.Dense(4)(inp), keras.layers.Dense(4)(inp)
-    model = keras.Model(inp, keras.layers.Dense(2)(keras.layers.Add()([a, b])))
-    with pytest.raises(CompressError, match="chain"):
-        split_blocks(model)
 
 
 def test_cascade_trains_each_block_for_epochs_plus_k_l_and_freezes_it(digits, cnn_file):
@@ -91,35 +66,18 @@ def test_layer_specs_and_fine_tune(digits):
     assert probs.shape == (5, 10) and np.allclose(probs.sum(-1), 1.0, atol=1e-5)
 
 
-def test_training_memory_estimate_is_smaller_for_later_stages():
-    model = build("cnn4")
-    full = training_memory_bytes(model, 64)
-    inp = keras.Input((3, 3, 64))
-    h = keras.layers.Conv2D(128, 3, padding="same")(inp)
-    out = keras.layers.Dense(10)(keras.layers.GlobalAveragePooling2D()(h))
-    assert training_memory_bytes(keras.Model(inp, out), 64) < full / 10
-
-
-def test_options_and_callbacks_from_mappings():
+def test_options_are_validated_by_the_schema_and_round_trip():
     with pytest.raises(CompressError, match="cascade.k"):
         CASCADE_OPTIONS.validate({"k": -1})
+    with pytest.raises(CompressError, match="cascade.k"):
+        CascadeTraining(k=-1)
     cascade = CascadeTraining(epochs=3, k=2)
     assert CascadeTraining.from_config(cascade.get_config()).options == cascade.options
-    cbs = build_callbacks({"plateau": {"patience": 2}, "cosine": {"warmup_epochs": 1},
-                           "early_stopping": None})
-    assert [type(c).__name__ for c in cbs] == ["EarlyStopping", "CosineSchedule",
-                                                "PlateauSchedule"]
-    assert cbs[1].warmup_epochs == 1.0 and cbs[2].patience == 2 and cbs[0].patience == 5
-    with pytest.raises(CompressError, match=r"steps\[0\]\.callbacks\.cosine\.floor"):
-        build_callbacks({"cosine": {"floor": -1}}, path="steps[0].callbacks")
-    with pytest.raises(CompressError, match="unknown callback"):
-        build_callbacks({"swa": {}})
+    assert stage_epochs(3, 2, 3) == [5, 7, 9]
 
 
 def test_a_nan_stage_stops_the_cascade_with_one_line(digits, cnn_file):
     import copy
-
-    from compress.errors import CompressError
 
     path, _ = cnn_file
     model = keras.models.load_model(path, compile=False)
