@@ -50,13 +50,36 @@ def test_fit_with_callback_reaches_sparsity_and_yields_plain_model(digits, tmp_p
     assert cb.get_config()["sparsity"] == 0.9
 
 
-def test_bad_arguments():
-    with pytest.raises(CompressError, match="sparsity"):
+def test_bad_arguments_get_the_schema_message():
+    from compress.callbacks.pruning import PRUNING_CALLBACK_OPTIONS
+
+    with pytest.raises(CompressError) as refused:
+        Pruning(sparsity=1.5)
+    assert str(refused.value) == "Pruning.sparsity: must be in [0.0, 1.0), got 1.5"
+    with pytest.raises(CompressError) as by_schema:
+        PRUNING_CALLBACK_OPTIONS.validate({"sparsity": 1.5})
+    assert str(by_schema.value) == str(refused.value)
+    with pytest.raises(CompressError, match=r"^Pruning.sparsity: must be in \[0.0, 1.0\)"):
         Pruning(sparsity=1.0)
-    with pytest.raises(CompressError, match="calibration"):
+    with pytest.raises(CompressError, match="Pruning.calibration: method 'obd' needs"):
         Pruning(method="obd")
-    with pytest.raises(CompressError, match="damping"):
+    with pytest.raises(CompressError, match="Pruning.damping: must be >= 0.0, got -1.0"):
         Pruning(method="obd", calibration=([0], [0]), damping=-1.0)
+    with pytest.raises(CompressError, match="Pruning.initial_sparsity: must be <= sparsity"):
+        Pruning(sparsity=0.5, initial_sparsity=0.6)
+    with pytest.raises(CompressError, match="Pruning.scope: must be one of layer, global"):
+        Pruning(scope="sensitivity")  # the pass's per-layer measurement is not a callback's
+    with pytest.raises(CompressError, match="Pruning.frequency: must be an integer"):
+        Pruning(frequency="often")
+
+
+def test_arguments_are_coerced_like_pass_options_and_config_round_trips():
+    cb = Pruning(sparsity=1 / 2, frequency=10.0, layers="fc.*", block=2)
+    assert cb.frequency == 10 and isinstance(cb.frequency, int)
+    assert cb.layers == ["fc.*"]  # one entry, as a recipe's `layers: "fc.*"`
+    config = cb.get_config()
+    assert Pruning(**config).get_config() == config
+    assert config["sparsity"] == 0.5 and config["seed"] == 0 and config["block"] == 2
 
 
 def test_balanced_callback_prunes_every_unit_equally(digits):

@@ -25,6 +25,18 @@ def test_prune_data_free_magnitude_writes_plain_sparse_model(cli, mlp_file, tmp_
     assert file_digest(path) == digest
 
 
+def test_prune_and_share_take_the_same_comma_separated_layers(cli, mlp_file, tmp_path):
+    path, _ = mlp_file
+    for command in (["prune", "--sparsity", "0.5"], ["share", "--method", "kmeans",
+                                                      "--clusters", "4"]):
+        res = cli(command[0], path, "-o", tmp_path / f"{command[0]}.keras", *command[1:],
+                  "--layers", "fc1,predict.*", "--json")
+        assert res.exit_code == 0, res.output
+        rows = json.loads(res.output)["pass"]["layers"]
+        assert [r.get("layer") or r["weight"].split("/")[0] for r in rows] == \
+            ["fc1", "predictions"], command
+
+
 def test_prune_obd_iterative_with_data_and_table(cli, mlp_file, tmp_path):
     path, _ = mlp_file
     out = tmp_path / "obd.h5"
@@ -52,6 +64,7 @@ def test_prune_structured_cnn_reduces_params(cli, cnn_file, tmp_path):
     (["--scope", "sensitivity"], "only data-free magnitude one-shot pruning is possible"),
     (["--sparsity", "1.0"], "--sparsity: must be in [0.0, 1.0)"),
     (["--layers", "nope.*"], "matches no prunable layer"),
+    (["--layers", "fc"], "layers 'fc': matches no prunable layer"),
     (["--data", "npz:/nonexistent.npz"], "no such data file"),
 ])
 def test_prune_bad_input_one_line_exit_1_no_output(cli, mlp_file, tmp_path, args, message):

@@ -56,7 +56,8 @@ def test_share_kmeans_reports_bits_and_distinct_values(cli, mlp_file, tmp_path):
     (["--method", "hash", "--factor", "0"], "factor"),
     (["--method", "kmeans", "--clusters", "1"], "clusters"),
     (["--method", "kmeans", "--clusters", "100000"], "clusters"),
-    (["--method", "hash", "--layers", "flatten"], "no layer"),
+    (["--method", "hash", "--layers", "flatten"], "'flatten': matches no shareable layer"),
+    (["--method", "hash", "--layers", "fc"], "layers 'fc': matches no shareable layer"),
     (["--method", "hash", "--epochs", "2"], "needs --data"),
     (["--method", "hash", "--dropout", "1"], "dropout"),
 ])

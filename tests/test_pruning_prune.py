@@ -209,3 +209,17 @@ def test_block_pruning_gradual_keeps_blocks_and_rejects_structured(mlp):
             prune(model, block=4, **kwargs)
     with pytest.raises(CompressError, match="block"):
         prune(model, block=0)
+
+
+def test_common_options_mean_the_same_in_prune_and_share(mlp):
+    from compress.layers import LAYERS_OPTION
+    from compress.sharing.share_options import HASH_OPTIONS, KMEANS_OPTIONS, SHARE_OPTIONS
+
+    for schema in (PRUNE_OPTIONS, SHARE_OPTIONS, HASH_OPTIONS, KMEANS_OPTIONS):
+        assert schema.options["layers"] is LAYERS_OPTION
+        seed = schema.options["seed"]
+        assert (seed.type, seed.default, seed.cli) == (int, 0, False)  # the CLI's --seed
+        assert "verbose" not in schema.options  # a keyword argument of every pass
+    model, _ = mlp
+    _, info = prune(model, sparsity=0.5, layers="fc.*")  # a recipe's single regex string
+    assert [r["weight"] for r in info["layers"]] == ["fc1/kernel", "fc2/kernel"]

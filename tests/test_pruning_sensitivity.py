@@ -90,7 +90,7 @@ def test_sensitivity_keeps_earlier_pruned_weights_pruned(mlp):
 
 def test_sensitivity_bad_input(mlp):
     model, ds = mlp
-    with pytest.raises(CompressError, match="sensitivity scope"):
+    with pytest.raises(CompressError, match="scope sensitivity need"):
         prune(model, sparsity=0.5, scope="sensitivity")
     with pytest.raises(CompressError, match="scope 'sensitivity'"):
         prune(model, ds, sparsity=0.5, scope="sensitivity", schedule="gradual", epochs=1)

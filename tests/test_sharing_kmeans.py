@@ -78,10 +78,13 @@ def test_cluster_model_refuses_bad_input(mlp_file):
     from compress.sharing import cluster_model
 
     model = keras.models.load_model(mlp_file[0])
-    with pytest.raises(CompressError, match="clusters"):
+    with pytest.raises(CompressError, match=r"^share.clusters: must be >= 2, got 1$"):
         cluster_model(model, clusters=1)
-    with pytest.raises(CompressError, match="more than the 160 weights"):
+    with pytest.raises(CompressError, match="share.clusters: must be at most the 160 weights "
+                                            "of layer 'predictions', got 161"):
         cluster_model(model, clusters=161, layers="predictions")
+    with pytest.raises(CompressError, match="share.factor: unknown option"):
+        cluster_model(model, factor=0.5)  # a hash option
     with pytest.raises(CompressError, match="needs data"):
         cluster_model(model, clusters=4, epochs=1)
 
@@ -96,8 +99,9 @@ def test_share_dispatches_and_validates(mlp_file):
     assert info["method"] == "kmeans" and info["clusters"] == 4
     _, info = share(model, method="hash", factor=0.5)
     assert info["method"] == "hash" and info["bits_per_weight"] == pytest.approx(16, rel=0.01)
-    with pytest.raises(CompressError, match=r"steps\[1\]\.share\.factor"):
-        share(model, path="steps[1].share", factor=2)
+    with pytest.raises(CompressError) as refused:
+        share(model, factor=2)
+    assert str(refused.value) == "share.factor: must be in (0.0, 1.0], got 2.0"
     with pytest.raises(CompressError, match="unknown option"):
         share(model, sparsity=0.5)
     assert SHARE_OPTIONS.validate({})["method"] == "hash"

@@ -199,7 +199,8 @@ def case_pruning_costs(ctx) -> Section:
     """What pruning costs (timed, so it runs alone): the Pruning callback's overhead, OBD's
     saliency pass against a gradient pass, and the structured CNN's latency."""
     from bench.baselines import trained
-    from compress.pruning import masks, saliency_scores
+    from compress.pruning import masks
+    from compress.pruning.criteria import saliency_scores
 
     sec = Section("Pruning: callback overhead, OBD saliency cost, structured speedup",
                   issue="#3")
@@ -309,7 +310,8 @@ def _diagonal_vs_actual(dense, x, y, damping, sparsity) -> list:
     """Per layer: OBD's predicted loss increase (undamped diagonal) for deleting the
     ``sparsity`` lowest-saliency weights (damped ranking) vs the measured increase."""
     from compress import training
-    from compress.pruning import masks, saliency_scores
+    from compress.pruning import masks
+    from compress.pruning.criteria import saliency_scores
 
     def loss(model):
         p = np.asarray(model.predict(x, verbose=0, batch_size=512))
@@ -406,9 +408,10 @@ def _structured(sec, ctx):
     from pathlib import Path
 
     from bench.baselines import trained
-    from compress.export import export_tflite, runtime_latency_ms
+    from compress.export import export_tflite
     from compress.pruning import prune
     from compress.report import keras_latency_ms
+    from compress.runtime import runtime_latency_ms
 
     dense, ds = trained("small-cnn", "animals", ctx)
     dense_acc = _acc(dense, ds)

@@ -23,8 +23,8 @@ def _mlp(hidden, dropout: float, name: str, factor: float | None = None, seed: i
     (hash seeds as ``hash_model`` derives them)."""
     import keras
 
-    from compress.sharing import HashedDense
-    from compress.sharing.hashing import layer_seed
+    from compress.sharing.hash_functions import layer_seed
+    from compress.sharing.hashed_layers import HashedDense
 
     def dense(units, activation, layer_name):
         if factor is None:
@@ -132,7 +132,7 @@ def case_hashing(ctx) -> Section:
     """HashedNets on LeNet-300-100 / mnist5k at 1/8 and 1/32 against the paper's
     same-storage baselines, then ONNX and TFLite exports of the 1/8 model."""
     from bench.baselines import trained
-    from compress import export, training
+    from compress import export, runtime, training
     from compress.report import count_nonzero, human_bytes
     from compress.sharing import hash_model
 
@@ -217,8 +217,8 @@ def case_hashing(ctx) -> Section:
         for name, model in (("dense", dense), ("hashed 1/8", hashed)):
             path = ctx.work_dir / f"sharing-{name.split()[0]}.{fmt}"
             check = export.export(model, path, fmt=fmt, x=x, force=True)
-            runtime_acc = export.artifact_accuracy(path, ds.x_test, ds.y_test)
-            latency = export.runtime_latency_ms(path, ds.sample_shape, runs=ctx.size(10, 30))
+            runtime_acc = runtime.artifact_accuracy(path, ds.x_test, ds.y_test)
+            latency = runtime.runtime_latency_ms(path, ds.sample_shape, runs=ctx.size(10, 30))
             sizes[(fmt, name)] = check
             export_rows.append([fmt, name, human_bytes(check["bytes"]),
                                 f"{check['max_abs_diff']:.1e}",

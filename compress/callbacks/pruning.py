@@ -2,14 +2,64 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import keras
 import numpy as np
+
+from compress.errors import CompressError
+from compress.options import Option, Schema
+from compress.pruning.criteria import criterion, saliency_scores
+from compress.pruning.masks import (
+    get_mask,
+    prunable_weights,
+    release_zeros,
+    select_masks,
+    set_mask,
+)
+from compress.pruning.prune_options import PRUNE_OPTIONS
+
+
+def _as_in_prune(name: str, **changes) -> Option:
+    """The prune pass's option ``name`` (same meaning, same checks), with ``changes``."""
+    return dataclasses.replace(PRUNE_OPTIONS.options[name], **changes)
+
+
+#: The constructor arguments of :class:`Pruning` (all but ``calibration``, an array pair),
+#: checked as every pass checks its options. Where an argument means what the prune
+#: pass's option of that name means, it is that option.
+PRUNING_CALLBACK_OPTIONS = Schema("Pruning", [
+    _as_in_prune("sparsity", help="final fraction of zero weights in each pruned layer"),
+    Option("initial_sparsity", float, 0.0, "sparsity at begin_step (at most sparsity)",
+           low=0.0, high=1.0, high_inclusive=False),
+    Option("begin_step", int, 0, "training step (batch) where pruning starts", low=0),
+    Option("end_step", int, None, "step where the final sparsity is reached (default: two "
+           "thirds of the first fit's steps)", low=0),
+    _as_in_prune("frequency", default=100),
+    Option("power", float, 3.0, "exponent of the polynomial schedule", low=0.0,
+           low_inclusive=False),
+    Option("schedule", str, "polynomial", "polynomial (Zhu & Gupta) or constant",
+           choices=("polynomial", "constant")),
+    _as_in_prune("method"),
+    _as_in_prune("scope", choices=("layer", "global"),
+                 help="rank weights within each layer (same sparsity in each) or across all "
+                      "layers (one threshold)"),
+    _as_in_prune("layers"),
+    _as_in_prune("skip_first_last"),
+    _as_in_prune("estimator"),
+    Option("release_on_end", bool, True, "remove the masks when training ends"),
+    _as_in_prune("balance"),
+    _as_in_prune("damping"),
+    _as_in_prune("block"),
+    _as_in_prune("seed", help="seed of OBD's random probes"),
+])
 
 
 class Pruning(keras.callbacks.Callback):
     """Prune weights during training, following a sparsity schedule.
 
-    Sparsity rises from ``initial_sparsity`` to ``sparsity`` along Zhu & Gupta's
+    Saliencies come from :mod:`compress.pruning.criteria`, as in the prune pass and
+    structured pruning. Sparsity rises from ``initial_sparsity`` to ``sparsity`` along Zhu & Gupta's
     polynomial ``s_t = s_f + (s_i - s_f) * (1 - (t - t0) / (t1 - t0)) ** power``, updated
     every ``frequency`` steps (``schedule="constant"`` holds ``sparsity`` from
     ``begin_step``). At each update the lowest-saliency weights of each layer are masked.
@@ -34,8 +84,9 @@ class Pruning(keras.callbacks.Callback):
         schedule: str, default ``"polynomial"``; or ``"constant"``.
         method: str, default ``"magnitude"``; or ``"obd"`` (needs ``calibration``).
         scope: str, default ``"layer"`` (same sparsity in each layer); or ``"global"``.
-        layers: list of str or None, default None. Layers to prune (names, class names
-            or regular expressions); None means every prunable layer.
+        layers: list of str or None, default None. Layers to prune: names, class names
+            or regular expressions matching the whole name (a string is one entry; see
+            :func:`compress.layers.select_layers`); None means every prunable layer.
         skip_first_last: bool, default False. Leave the first and last layers dense.
         calibration: tuple ``(x, y)`` or None, default None. Data for OBD saliencies.
         estimator: str, default ``"backprop"``. OBD Hessian-diagonal estimator.
@@ -49,48 +100,38 @@ class Pruning(keras.callbacks.Callback):
         block: int, default 1. Remove weights in blocks of ``block`` consecutive inputs of
             one unit (runs of zeros that compress better; see
             :func:`compress.pruning.masks.select_masks`).
+        seed: int, default 0. Seed of OBD's random Hessian probes.
+
+    Raises:
+        CompressError: an argument out of range or of the wrong type, checked by
+            :data:`PRUNING_CALLBACK_OPTIONS` like every pass option (for example
+            ``Pruning.sparsity: must be in [0.0, 1.0), got 1.5``), or OBD without
+            ``calibration``.
     """
 
     def __init__(self, sparsity=0.9, initial_sparsity=0.0, begin_step=0, end_step=None,
                  frequency=100, power=3.0, schedule="polynomial", method="magnitude",
                  scope="layer", layers=None, skip_first_last=False, calibration=None,
                  estimator="backprop", release_on_end=True, balance=False, damping=0.0,
-                 block=1):
+                 block=1, seed=0):
         super().__init__()
-        from compress.errors import CompressError
-
-        if not 0.0 <= sparsity < 1.0 or not 0.0 <= initial_sparsity <= sparsity:
-            raise CompressError(f"Pruning: need 0 <= initial_sparsity <= sparsity < 1, got "
-                                f"{initial_sparsity} and {sparsity}")
-        if schedule not in ("polynomial", "constant"):
-            raise CompressError(f"Pruning: schedule '{schedule}' must be polynomial or constant")
-        if method not in ("magnitude", "obd"):
-            raise CompressError(f"Pruning: method '{method}' must be magnitude or obd")
-        if method == "obd" and calibration is None:
-            raise CompressError("Pruning: method 'obd' needs calibration=(x, y)")
-        if damping < 0:
-            raise CompressError(f"Pruning: damping must be >= 0, got {damping}")
-        if frequency < 1:
-            raise CompressError(f"Pruning: frequency must be >= 1, got {frequency}")
-        if int(block) != block or block < 1:
-            raise CompressError(f"Pruning: block must be an integer >= 1, got {block}")
-        self.sparsity = float(sparsity)
-        self.initial_sparsity = float(initial_sparsity)
-        self.begin_step = int(begin_step)
-        self.end_step = None if end_step is None else int(end_step)
-        self.frequency = int(frequency)
-        self.power = float(power)
-        self.schedule = schedule
-        self.method = method
-        self.scope = scope
-        self.layers = layers
-        self.skip_first_last = bool(skip_first_last)
+        opts = PRUNING_CALLBACK_OPTIONS.validate({
+            "sparsity": sparsity, "initial_sparsity": initial_sparsity,
+            "begin_step": begin_step, "end_step": end_step, "frequency": frequency,
+            "power": power, "schedule": schedule, "method": method, "scope": scope,
+            "layers": layers, "skip_first_last": skip_first_last, "estimator": estimator,
+            "release_on_end": release_on_end, "balance": balance, "damping": damping,
+            "block": block, "seed": seed})
+        where = PRUNING_CALLBACK_OPTIONS.name
+        if opts["initial_sparsity"] > opts["sparsity"]:
+            raise CompressError(f"{where}.initial_sparsity: must be <= sparsity "
+                                f"({opts['sparsity']}), got {opts['initial_sparsity']}")
+        if criterion(opts["method"]).needs_data and calibration is None:
+            raise CompressError(f"{where}.calibration: method '{opts['method']}' needs "
+                                "calibration=(x, y)")
+        for name, value in opts.items():
+            setattr(self, name, value)
         self.calibration = calibration
-        self.estimator = estimator
-        self.release_on_end = bool(release_on_end)
-        self.balance = bool(balance)
-        self.damping = float(damping)
-        self.block = int(block)
         self.step = 0
         self.current = 0.0
         self.updates = []  # (step, sparsity) of every mask update
@@ -109,16 +150,14 @@ class Pruning(keras.callbacks.Callback):
         return self.sparsity + (self.initial_sparsity - self.sparsity) * (1 - frac) ** self.power
 
     def on_train_begin(self, logs=None):
-        from compress.pruning import masks
-
         if self.end_step is None:
             steps = (self.params or {}).get("steps") or 1
             epochs = (self.params or {}).get("epochs") or 1
             self.end_step = self.begin_step + max(1, int(steps * epochs * 2 / 3))
-        self._pairs = masks.prunable_weights(self.model, self.layers, self.skip_first_last)
+        self._pairs = prunable_weights(self.model, self.layers, self.skip_first_last)
         for _, var in self._pairs:
-            old = masks.get_mask(var)
-            masks.set_mask(var, old if old is not None else np.ones(tuple(var.shape)))
+            old = get_mask(var)
+            set_mask(var, old if old is not None else np.ones(tuple(var.shape)))
         # The train step was traced before the constraints existed: retrace it.
         self.model.make_train_function(force=True)
 
@@ -135,28 +174,17 @@ class Pruning(keras.callbacks.Callback):
             self.updates.append((step, target))
 
     def _update_masks(self, target: float) -> None:
-        from compress.pruning import masks
-        from compress.pruning.prune_pass import saliency_scores
-
         variables = [v for _, v in self._pairs]
         scores = saliency_scores(self.model, variables, self.method, self.calibration,
-                                 self.estimator, self.damping)
-        scores = [np.where(masks.get_mask(v) > 0, s, -np.inf) for v, s in zip(variables, scores)]
-        new = masks.select_masks(scores, target, self.scope, self.balance, self.block)
+                                 self.estimator, self.damping, self.seed)
+        scores = [np.where(get_mask(v) > 0, s, -np.inf) for v, s in zip(variables, scores)]
+        new = select_masks(scores, target, self.scope, self.balance, self.block)
         for var, m in zip(variables, new):
-            masks.set_mask(var, m)
+            set_mask(var, m)
 
     def on_train_end(self, logs=None):
         if self.release_on_end:
-            from compress.pruning.masks import release_zeros
-
             release_zeros(self.model)
 
     def get_config(self):
-        return {"sparsity": self.sparsity, "initial_sparsity": self.initial_sparsity,
-                "begin_step": self.begin_step, "end_step": self.end_step,
-                "frequency": self.frequency, "power": self.power, "schedule": self.schedule,
-                "method": self.method, "scope": self.scope, "layers": self.layers,
-                "skip_first_last": self.skip_first_last, "estimator": self.estimator,
-                "release_on_end": self.release_on_end, "balance": self.balance,
-                "damping": self.damping, "block": self.block}
+        return {name: getattr(self, name) for name in PRUNING_CALLBACK_OPTIONS.names()}

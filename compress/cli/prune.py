@@ -3,7 +3,7 @@
 import click
 
 from compress.cli.common import common_options, model_argument, output_option
-from compress.pruning.prune_pass import PRUNE_OPTIONS
+from compress.pruning.prune_options import PRUNE_OPTIONS
 
 
 @click.command("prune")
@@ -27,20 +27,15 @@ def command(model, output, data, seed, unsafe, as_json, force, **options):
           --schedule iterative --epochs 6 --sparsity 0.9
       compress prune cnn.keras -o small.keras --structured --sparsity 0.5 \\
           --data animals --epochs 3
+      compress prune model.keras -o pruned.keras --layers 'fc1,conv.*'
     """
     from compress import io
     from compress.cli.common import run_model_pass, verbose
-    from compress.errors import CompressError
+    from compress.pruning.prune_pass import PASS
 
     opts = PRUNE_OPTIONS.from_cli(options)
-    wants = [w for w, on in (("--method obd", opts["method"] == "obd"),
-                             ("--epochs (fine-tuning)", opts["epochs"] > 0),
-                             (f"--schedule {opts['schedule']}", opts["schedule"] != "oneshot"),
-                             ("--distill", opts["distill"])) if on]
-    if wants and not data:
-        raise CompressError(f"{', '.join(wants)} need(s) --data (for example --data mnist5k); "
-                            "without --data only data-free magnitude one-shot pruning is "
-                            "possible")
+    opts["seed"] = seed
+    PASS.require_data(opts, data, flags=True)
     io.check_output(output, inputs=[model], force=force, suffixes=io.MODEL_SUFFIXES)
 
     def apply(loaded, dataset):

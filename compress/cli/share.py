@@ -3,7 +3,7 @@
 import click
 
 from compress.cli.common import common_options, model_argument, output_option
-from compress.sharing import SHARE_OPTIONS
+from compress.sharing.share_options import SHARE_OPTIONS
 
 
 @click.command("share")
@@ -25,9 +25,10 @@ def command(model, output, data, seed, unsafe, as_json, force, **options):
           --data mnist5k --epochs 10
       compress share model.h5 -o clustered.keras --method kmeans --clusters 16 \\
           --data mnist5k --epochs 2
-      compress share model.keras -o out.keras --method hash --layers 'fc1|fc2' --json
+      compress share model.keras -o out.keras --method hash --layers 'fc1,fc2' --json
     """
     from compress.cli.common import run_model_pass, verbose
+    from compress.sharing import PASS
 
     opts = SHARE_OPTIONS.from_cli(options)
     opts["seed"] = seed
@@ -39,6 +40,6 @@ def command(model, output, data, seed, unsafe, as_json, force, **options):
 
         return share(loaded, dataset, verbose=verbose(as_json), **opts)
 
+    PASS.require_data(opts, data, flags=True)
     run_model_pass(model, output, data, seed, unsafe, force, as_json, apply, title,
-                   needs_data="fine-tuning (--epochs > 0)" if opts["epochs"] > 0 else None,
                    after_name=opts["method"])

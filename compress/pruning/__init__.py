@@ -1,7 +1,8 @@
 """Pruning for Keras 3: magnitude and Optimal Brain Damage, schedules, structured removal.
 
 Plain Keras models in, plain Keras models out: masks live in variable constraints during
-training and are gone from saved files.
+training and are gone from saved files. The saliency criteria (:mod:`compress.pruning.criteria`)
+serve the pass, the :class:`compress.callbacks.Pruning` callback and structured pruning.
 
 Example:
 
@@ -9,6 +10,7 @@ Example:
 >>> pruned, info = prune(model, ds, method="obd", sparsity=0.8, epochs=2)  # doctest: +SKIP
 """
 
+from compress.pruning.criteria import CRITERIA, saliency_scores, unit_scores
 from compress.pruning.masks import (
     ZeroMask,
     global_masks,
@@ -18,9 +20,11 @@ from compress.pruning.masks import (
     prunable_weights,
     release_zeros,
 )
-from compress.pruning.prune_pass import PRUNE_OPTIONS, prune, saliency_scores
+from compress.pruning.prune_options import PRUNE_OPTIONS
+from compress.pruning.prune_pass import prune
 
 __all__ = [
+    "CRITERIA",
     "PRUNE_OPTIONS",
     "ZeroMask",
     "global_masks",
@@ -36,6 +40,7 @@ __all__ = [
     "release_zeros",
     "saliency_scores",
     "sensitivity_masks",
+    "unit_scores",
 ]
 
 

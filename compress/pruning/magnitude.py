@@ -29,8 +29,3 @@ def han_threshold_mask(weights, quality: float) -> np.ndarray:
     w = np.asarray(weights, dtype="float64")
     return (np.abs(w) > quality * w.std()).astype("float32")
 
-
-def unit_norms(kernel, order: int = 2) -> np.ndarray:
-    """L1 (``order=1``) or L2 norm of each output unit/filter (the last axis)."""
-    k = np.asarray(kernel, dtype="float64").reshape(-1, np.shape(kernel)[-1])
-    return np.abs(k).sum(axis=0) if order == 1 else np.sqrt((k ** 2).sum(axis=0))

@@ -17,11 +17,10 @@ Example:
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 
 from compress.errors import CompressError
+from compress.layers import select_layers
 
 # layer class name -> attribute names of the weights pruned by default (biases, BatchNorm
 # and normalization parameters are left alone).
@@ -80,8 +79,9 @@ def prunable_weights(model, layers=None, skip_first_last: bool = False) -> list:
 
     Args:
         model: a Keras model (nested models are searched).
-        layers: list of str or None. Each entry selects layers by exact name, by class
-            name (``"Dense"``) or by a regular expression searched in the name. None
+        layers: list of str or None. Each entry selects layers by name, by class name
+            (``"Dense"``) or by a regular expression matching the whole name (the rule of
+            :func:`compress.layers.select_layers`, the same in every pass). None
             selects every prunable layer.
         skip_first_last: bool, default False. Leave the first and last prunable layers
             dense.
@@ -105,23 +105,9 @@ def prunable_weights(model, layers=None, skip_first_last: bool = False) -> list:
         if not candidates:
             raise CompressError(f"model '{model.name}': nothing left to prune once the first "
                                 "and last prunable layers are kept dense")
-    if layers:
-        chosen, names = [], set()
-        for sel in layers:
-            try:
-                pattern = re.compile(sel)
-            except re.error as exc:
-                raise CompressError(f"layers '{sel}': not a valid regular expression "
-                                    f"({exc})") from exc
-            hits = [c for c in candidates if c[0].name == sel or type(c[0]).__name__ == sel
-                    or pattern.search(c[0].name)]
-            if not hits:
-                raise CompressError(f"layers '{sel}': matches no prunable layer of model "
-                                    f"'{model.name}' (prunable: "
-                                    f"{', '.join(c[0].name for c in candidates)})")
-            names.update(id(c[0]) for c in hits)
-        candidates = [c for c in candidates if id(c[0]) in names]
-        del chosen
+    chosen = {id(la) for la in select_layers([c[0] for c in candidates], layers, "prunable",
+                                             model.name)}
+    candidates = [c for c in candidates if id(c[0]) in chosen]
     return [(layer, v) for layer, vars_ in candidates for v in vars_]
 
 

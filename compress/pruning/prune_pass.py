@@ -7,86 +7,24 @@ import time
 import numpy as np
 
 from compress.errors import CompressError
-from compress.options import Option, Schema
-
-PRUNE_OPTIONS = Schema("prune", [
-    Option("method", str, "magnitude", "saliency criterion: |w| or Optimal Brain Damage",
-           choices=("magnitude", "obd")),
-    Option("sparsity", float, 0.9, "fraction of weights (or units with --structured) removed",
-           low=0.0, high=1.0, high_inclusive=False),
-    Option("schedule", str, "oneshot", "oneshot, gradual (polynomial, Zhu & Gupta) or "
-           "iterative prune-retrain rounds (Han et al.)",
-           choices=("oneshot", "gradual", "iterative")),
-    Option("structured", bool, False, "remove whole units/filters and rebuild smaller layers"),
-    Option("two_four", bool, False, "semi-structured 2:4 sparsity (2 of every 4 input weights)"),
-    Option("block", int, 1, "remove weights in blocks of N consecutive inputs of one unit: "
-           "runs of zeros that zip smaller (TFLite stores Dense kernels input-minor)", low=1),
-    Option("scope", str, "layer", "rank weights within each layer (same sparsity in each), "
-           "across all layers (one threshold), or within each layer at per-layer sparsities "
-           "set by the validation loss measured when pruning each layer alone (sensitivity; "
-           "needs --data)", choices=("layer", "global", "sensitivity")),
-    Option("quality", float, None, "Han et al.'s per-layer threshold quality x std(w) "
-           "(replaces --sparsity)", low=0.0, low_inclusive=False),
-    Option("estimator", str, "backprop", "OBD Hessian-diagonal estimator",
-           choices=("backprop", "gauss_newton", "hutchinson", "fisher")),
-    Option("damping", float, 0.0, "OBD: Levenberg-Marquardt damping added to the Hessian "
-           "diagonal, relative to each layer's mean (0: plain OBD; large: ranks like "
-           "magnitude)", low=0.0),
-    Option("calibration", int, 1024, "training samples used for OBD saliencies", low=1),
-    Option("epochs", int, 0, "fine-tuning epochs (needs --data)", low=0),
-    Option("rounds", int, 3, "prune-retrain rounds of the iterative schedule", low=1),
-    Option("learning_rate", float, 5e-4, "fine-tuning learning rate", low=0.0,
-           low_inclusive=False),
-    Option("batch_size", int, 64, "fine-tuning batch size", low=1),
-    Option("frequency", int, 50, "steps between mask updates (gradual)", low=1),
-    Option("layers", list, None, "layers to prune: names, class names or regexes",
-           flag="--layers"),
-    Option("skip_first_last", bool, False, "leave the first and last prunable layers dense"),
-    Option("norm", str, "l2", "unit norm ranking units for --structured magnitude "
-           "(bn: |gamma| / sqrt(var + eps) x L1, the scale of the following BatchNorm)",
-           choices=("l1", "l2", "bn")),
-    Option("distill", bool, False, "fine-tune by distillation from the original model"),
-    Option("balance", bool, False, "rank the weights of each output unit separately: every "
-           "unit keeps the same fraction of its inputs, so no unit or class is cut off "
-           "(with --scope global the threshold still sets each layer's sparsity)"),
-    Option("steps", int, 1, "saliency re-estimations within one pruning round (OBD: delete "
-           "a few, re-estimate, repeat; no retraining between steps)", low=1),
-    Option("restore_best", bool, False, "gradual/fine-tuning: keep the weights of the epoch "
-           "with the best validation accuracy (gradual: only once the final sparsity is "
-           "reached)"),
-    Option("cosine", bool, False, "fine-tune with a cosine learning-rate decay"),
-])
-
-
-def saliency_scores(model, variables, method, calibration=None, estimator="backprop",
-                    damping=0.0):
-    """Per-weight saliencies (one array per variable): ``|w|`` or OBD's ``h w^2 / 2``
-    (with ``damping``, the Levenberg-Marquardt ``(h + damping * mean(h)) w^2 / 2``)."""
-    from compress.pruning.magnitude import magnitude_saliency
-
-    if method == "magnitude":
-        return [magnitude_saliency(np.asarray(v)) for v in variables]
-    from compress.pruning.obd import obd_saliency
-
-    x, y = calibration
-    return obd_saliency(model, x, y, variables, estimator=estimator, damping=damping)
+from compress.passes import Pass
+from compress.pruning.criteria import criterion, saliency_scores
+from compress.pruning.masks import (
+    _drop_compiled,
+    get_mask,
+    n_m_mask,
+    prunable_weights,
+    release_zeros,
+    select_masks,
+    set_mask,
+    weight_key,
+)
+from compress.pruning.prune_options import PRUNE_OPTIONS
 
 
 def _check_data(model, data, opts) -> None:
-    wants = []
-    if opts["method"] == "obd":
-        wants.append("OBD saliencies")
-    if opts["epochs"]:
-        wants.append("fine-tuning (epochs > 0)")
-    if opts["schedule"] != "oneshot":
-        wants.append(f"the {opts['schedule']} schedule")
-    if opts["distill"]:
-        wants.append("distillation")
-    if opts["scope"] == "sensitivity":
-        wants.append("the sensitivity scope")
-    if wants and data is None:
-        raise CompressError(f"prune: {' and '.join(wants)} need(s) data; without data only "
-                            "data-free magnitude one-shot pruning is possible")
+    if data is None:
+        PASS.require_data(opts, data)
     if opts["schedule"] != "oneshot" and not opts["epochs"]:
         raise CompressError(f"prune: the {opts['schedule']} schedule trains; give epochs >= 1")
     if opts["scope"] == "sensitivity" and (opts["schedule"] == "gradual" or opts["structured"]
@@ -133,11 +71,14 @@ def prune(model, data=None, *, verbose=0, **options):
             (0.9), ``schedule`` (``"oneshot"``), ``structured`` (False), ``two_four``,
             ``scope`` (``"layer"``; ``"global"``; ``"sensitivity"``: per-layer sparsities
             from the validation loss measured with each layer pruned alone, see
-            :mod:`compress.pruning.sensitivity`), ``quality``, ``estimator``, ``damping`` (0.0, OBD's
-            Levenberg-Marquardt term), ``balance`` (False), ``calibration``, ``epochs`` (0),
-            ``rounds``, ``learning_rate``, ``batch_size``, ``frequency``, ``layers``,
-            ``skip_first_last``, ``norm``, ``distill`` (False), ``steps`` (1),
-            ``restore_best`` (False), ``cosine`` (False).
+            :mod:`compress.pruning.sensitivity`), ``quality``, ``estimator``, ``damping``
+            (0.0, OBD's Levenberg-Marquardt term), ``balance`` (False), ``calibration``,
+            ``epochs`` (0), ``rounds``, ``learning_rate``, ``batch_size``, ``frequency``,
+            ``layers``, ``skip_first_last``, ``norm``, ``distill`` (False), ``steps`` (1),
+            ``restore_best`` (False), ``cosine`` (False), ``seed`` (0: fine-tuning and
+            OBD's random probes). ``layers`` is a list of layer names, class names or
+            regular expressions matching the whole name (see
+            :func:`compress.layers.select_layers`), as in every pass.
 
     Returns:
         ``(new_model, info)``; ``info`` holds the sparsity reached per layer.
@@ -146,17 +87,17 @@ def prune(model, data=None, *, verbose=0, **options):
         CompressError: bad options, missing or mismatched data, no prunable layer.
     """
     from compress import training
-    from compress.pruning import masks
 
     opts = PRUNE_OPTIONS.validate(options)
     _check_data(model, data, opts)
+    training.set_seed(opts["seed"])
     original = model
     model = training.copy_model(model)
     info = {"method": opts["method"], "schedule": opts["schedule"],
             "sparsity_requested": opts["sparsity"]}
     if opts["two_four"]:  # the 2:4 pattern fixes the sparsity; --sparsity is not used
         info.update(pattern="2:4", sparsity_requested=0.5)
-    if opts["method"] == "obd":
+    if criterion(opts["method"]).needs_data:
         info["estimator"] = opts["estimator"]
     calib = None if data is None else (data.x_train[:opts["calibration"]],
                                        data.y_train[:opts["calibration"]])
@@ -170,14 +111,15 @@ def prune(model, data=None, *, verbose=0, **options):
         t0 = time.perf_counter()
         model, sinfo = prune_units(model, opts["sparsity"], method=opts["method"],
                                    calibration=calib, estimator=opts["estimator"],
-                                   norm=opts["norm"], layers=opts["layers"])
+                                   norm=opts["norm"], layers=opts["layers"],
+                                   seed=opts["seed"])
         info.update(sinfo, saliency_seconds=time.perf_counter() - t0)
         if opts["epochs"]:
             _fine_tune(original, model, data, opts, opts["epochs"], verbose, masked=False)
         info["fine_tune_epochs"] = opts["epochs"]
         return model, info
 
-    pairs = masks.prunable_weights(model, opts["layers"], opts["skip_first_last"])
+    pairs = prunable_weights(model, opts["layers"], opts["skip_first_last"])
     variables = [v for _, v in pairs]
     t_saliency = 0.0
     if opts["schedule"] == "gradual":
@@ -187,7 +129,7 @@ def prune(model, data=None, *, verbose=0, **options):
                      method=opts["method"], scope=opts["scope"], layers=opts["layers"],
                      skip_first_last=opts["skip_first_last"], calibration=calib,
                      estimator=opts["estimator"], balance=opts["balance"],
-                     damping=opts["damping"], block=opts["block"])
+                     damping=opts["damping"], block=opts["block"], seed=opts["seed"])
         training.compile_classifier(model, opts["learning_rate"] * 2)
         extra = _extra_callbacks(opts, opts["learning_rate"] * 2, opts["epochs"],
                                  start=_final_epoch(opts["epochs"]))
@@ -207,12 +149,12 @@ def prune(model, data=None, *, verbose=0, **options):
                 new_masks = _masks(model, variables, opts, calib, step_target, data)
                 t_saliency += time.perf_counter() - t0
                 for var, m in zip(variables, new_masks):
-                    masks.set_mask(var, m)
+                    set_mask(var, m)
             epochs = opts["epochs"] if rounds == 1 else max(1, opts["epochs"] // rounds)
             if opts["epochs"]:
                 _fine_tune(original, model, data, opts, epochs, verbose, masked=True)
-        masks.release_zeros(model)
-        if opts["method"] == "obd":
+        release_zeros(model)
+        if criterion(opts["method"]).needs_data:
             info["saliency_seconds"] = t_saliency
         info["fine_tune_epochs"] = opts["epochs"]
     info.update(_sparsity_info(pairs))
@@ -220,39 +162,35 @@ def prune(model, data=None, *, verbose=0, **options):
 
 
 def _masks(model, variables, opts, calib, target, data=None):
-    from compress.pruning import masks
     from compress.pruning.magnitude import han_threshold_mask
 
     if opts["quality"] is not None and not opts["two_four"]:
         return [han_threshold_mask(np.asarray(v), opts["quality"]) * _old(v) for v in variables]
     scores = saliency_scores(model, variables, opts["method"], calib, opts["estimator"],
-                             opts["damping"])
+                             opts["damping"], opts["seed"])
     # Weights pruned in an earlier round stay pruned: rank them lowest.
     scores = [np.where(_old(v) > 0, s, -np.inf) for v, s in zip(variables, scores)]
     if opts["two_four"]:
-        return [masks.n_m_mask(s, 2, 4) for s in scores]
+        return [n_m_mask(s, 2, 4) for s in scores]
     if opts["scope"] == "sensitivity":
         from compress.pruning.sensitivity import sensitivity_masks
 
         out, _ = sensitivity_masks(model, variables, scores, data.x_val, data.y_val, target,
                                    opts["balance"])
         return out
-    return masks.select_masks(scores, target, opts["scope"], opts["balance"], opts["block"])
+    return select_masks(scores, target, opts["scope"], opts["balance"], opts["block"])
 
 
 def _old(variable):
-    from compress.pruning.masks import get_mask
-
     m = get_mask(variable)
     return np.ones(tuple(variable.shape), "float32") if m is None else m
 
 
 def _fine_tune(teacher, model, data, opts, epochs, verbose, masked):
     from compress import training
-    from compress.pruning import masks
 
     if masked:
-        masks._drop_compiled(model)
+        _drop_compiled(model)
     if opts["distill"]:
         try:
             from compress.distillation import distill
@@ -293,8 +231,6 @@ def _extra_callbacks(opts, learning_rate, epochs, start):
 
 
 def _sparsity_info(pairs) -> dict:
-    from compress.pruning.masks import weight_key
-
     rows, zeros, total = [], 0, 0
     for layer, var in pairs:
         w = np.asarray(var)
@@ -305,3 +241,19 @@ def _sparsity_info(pairs) -> dict:
         total += int(w.size)
     return {"sparsity_reached": zeros / total if total else 0.0, "pruned_params": total,
             "zeros": zeros, "layers": rows}
+
+
+def needs_data(opts: dict) -> list[str]:
+    """The prune options that need data (empty: data-free magnitude one-shot pruning)."""
+    return [reason for reason, on in (
+        (f"method {opts['method']}", criterion(opts["method"]).needs_data),
+        (f"epochs {opts['epochs']}", bool(opts["epochs"])),
+        (f"schedule {opts['schedule']}", opts["schedule"] != "oneshot"),
+        ("distill", opts["distill"]),
+        (f"scope {opts['scope']}", opts["scope"] == "sensitivity")) if on]
+
+
+PASS = Pass("prune", "zero the least salient weights (magnitude, OBD; unstructured, 2:4, "
+            "blocks) or remove whole units", "compress.pruning.prune_pass:prune",
+            PRUNE_OPTIONS, needs_data=needs_data, trains=True, order=20,
+            data_hint="without data only data-free magnitude one-shot pruning is possible")

@@ -22,6 +22,8 @@ from __future__ import annotations
 import numpy as np
 
 from compress.errors import CompressError
+from compress.layers import select_layers
+from compress.pruning.criteria import criterion, unit_scores
 
 PRODUCERS = ("Dense", "Conv1D", "Conv2D", "Conv3D", "SeparableConv1D", "SeparableConv2D")
 PRESERVING = ("BatchNormalization", "LayerNormalization", "Activation", "ReLU", "LeakyReLU",
@@ -103,35 +105,35 @@ def _channels(layer):
 
 
 def prune_units(model, fraction: float, method: str = "magnitude", calibration=None,
-                estimator: str = "backprop", norm: str = "l2", layers=None):
+                estimator: str = "backprop", norm: str = "l2", layers=None, seed: int = 0):
     """Remove ``fraction`` of the units/filters of each prunable group and rebuild.
 
     Args:
         model: a Sequential or functional Keras model (single input); not modified.
         fraction: float in [0, 1). Fraction of each group's channels removed (at least one
             channel is kept).
-        method: str, default ``"magnitude"`` (unit norm) or ``"obd"`` (summed saliency).
+        method: str, default ``"magnitude"`` (unit norm) or ``"obd"`` (summed saliency):
+            a criterion of :mod:`compress.pruning.criteria`, scored per unit by
+            :func:`~compress.pruning.criteria.unit_scores`.
         calibration: ``(x, y)`` for OBD, default None.
         estimator: str, default ``"backprop"``. OBD Hessian-diagonal estimator.
         norm: str, default ``"l2"``; or ``"l1"``, or ``"bn"``: the L1 norm times the
             scale ``|gamma| / sqrt(var + eps)`` of a BatchNormalization reading the layer
             directly (the channel's effective output scale; L1 alone without one).
-        layers: list of str or None. Producers to prune (names, class names or regexes);
+        layers: list of str or None. Producers to prune (names, class names or regular
+            expressions matching the whole name, see :func:`compress.layers.select_layers`);
             None means all that can be.
+        seed: int, default 0. Seed of randomized OBD estimators.
 
     Returns:
         ``(new_model, info)`` with ``info["units"] = {layer: [before, after]}``.
     """
-    import re
-
     import keras
-
-    from compress.pruning.magnitude import unit_norms
 
     if not 0.0 <= fraction < 1.0:
         raise CompressError(f"structured pruning: fraction must be in [0, 1), got {fraction}")
-    if method == "obd" and calibration is None:
-        raise CompressError("structured pruning: OBD needs calibration data")
+    if criterion(method).needs_data and calibration is None:
+        raise CompressError(f"structured pruning: {method} needs calibration data")
     if len(model.inputs) != 1:
         raise CompressError(f"structured pruning: model '{model.name}' must have one input")
     order, inbound, outputs = _graph(model)
@@ -188,37 +190,24 @@ def prune_units(model, fraction: float, method: str = "magnitude", calibration=N
 
     producers = [la for la in order if type(la).__name__ in PRODUCERS]
     if layers:
-        chosen = set()
-        for sel in layers:
-            hits = [p for p in producers if p.name == sel or type(p).__name__ == sel
-                    or re.search(sel, p.name)]
-            if not hits:
-                raise CompressError(f"layers '{sel}': matches no unit-producing layer")
-            chosen.update(p.name for p in hits)
+        chosen = {p.name for p in select_layers(producers, layers, "unit-producing",
+                                                model.name)}
         for p in producers:
             if p.name not in chosen:
                 groups.fix(p.name)
 
-    # Score channels per group root.
+    # Score channels per group root, by the criterion (summed over a group's producers).
+    kernels = [_out_kernel(p) for p in producers]
+    unit = dict(zip((p.name for p in producers),
+                    unit_scores(model, kernels, method, calibration, estimator, norm, seed)))
     scores = {}
-    saliency = {}
-    if method == "obd":
-        from compress.pruning.obd import obd_saliency
-
-        kernels = [_out_kernel(p) for p in producers]
-        x, y = calibration
-        for p, s in zip(producers, obd_saliency(model, x, y, kernels, estimator=estimator)):
-            saliency[p.name] = s.reshape(-1, s.shape[-1]).sum(axis=0)
     for p in producers:
         root = groups.find(p.name)
         if root in groups.fixed:
             continue
-        if method == "obd":
-            s = saliency[p.name]
-        else:
-            s = unit_norms(_out_kernel(p), 2 if norm == "l2" else 1)
-            if norm == "bn":
-                s = s * _bn_scale(p, order, inbound, len(s))
+        s = unit[p.name]
+        if method == "magnitude" and norm == "bn":
+            s = s * _bn_scale(p, order, inbound, len(s))
         scores[root] = scores.get(root, 0) + s
     keep = {}
     for root, s in scores.items():

@@ -15,28 +15,11 @@ Example:
 
 from __future__ import annotations
 
-from compress.options import Option, Schema
-
-SHARE_OPTIONS = Schema("share", [
-    Option("method", str, "hash", "weight sharing method", choices=("hash", "kmeans")),
-    Option("factor", float, 0.125, "hash: stored buckets per virtual weight", low=0.0,
-           high=1.0, low_inclusive=False),
-    Option("clusters", int, 16, "kmeans: centroids per layer", low=2),
-    Option("epochs", int, 0, "fine-tuning epochs after sharing (needs data)", low=0),
-    Option("layers", str, None, "regular expression on the names of layers to share "
-           "(default: every Dense and Conv2D)"),
-    Option("learning_rate", float, None, "Adam learning rate for fine-tuning (default 1e-3 "
-           "for hash, 1e-4 for kmeans)", low=0.0, low_inclusive=False),
-    Option("batch_size", int, 64, "fine-tuning batch size", low=1),
-    Option("init", str, "dense", "hash: start the buckets from the trained weights (dense) "
-           "or afresh (scratch, as HashedNets are trained)", choices=("dense", "scratch")),
-    Option("dropout", float, 0.0, "hash: training dropout on hidden units (Chen et al. "
-           "train hashed nets with it)", low=0.0, high=1.0, high_inclusive=False),
-    Option("seed", int, 0, "hash, k-means++ and training seed", cli=False),
-])
+from compress.passes import Pass
+from compress.sharing.share_options import HASH_OPTIONS, KMEANS_OPTIONS, SHARE_OPTIONS
 
 
-def share(model, data=None, path: str | None = None, verbose=0, **options):
+def share(model, data=None, *, verbose=0, **options):
     """Share weights with the method named by ``options["method"]``.
 
     Example:
@@ -46,49 +29,40 @@ def share(model, data=None, path: str | None = None, verbose=0, **options):
     Args:
         model: a Keras model (not modified).
         data: a :class:`compress.data.Dataset` prepared for the model, or None.
-        path: where the options came from, for error messages (e.g. ``steps[1].share``).
         verbose: Keras ``verbose`` for fine-tuning, default 0.
-        **options: see :data:`SHARE_OPTIONS`.
+        **options: see :data:`SHARE_OPTIONS`: ``method`` (``"hash"``), the options of
+            that method (:func:`hash_model`, :func:`cluster_model`) and the common ones,
+            ``layers`` (a list, as in prune), ``epochs``, ``learning_rate``,
+            ``batch_size``, ``seed`` (0). Options of the other method are accepted and
+            ignored (a recipe may switch methods with an override).
 
     Returns:
         ``(new_model, info)``.
     """
-    opts = SHARE_OPTIONS.validate(options, path=path)
-    common = {"layers": opts["layers"], "epochs": opts["epochs"], "seed": opts["seed"],
-              "learning_rate": opts["learning_rate"], "batch_size": opts["batch_size"],
-              "verbose": verbose}
+    opts = SHARE_OPTIONS.validate(options)
     if opts["method"] == "hash":
-        return hash_model(model, data, factor=opts["factor"], init=opts["init"],
-                          dropout=opts["dropout"], **common)
-    return cluster_model(model, data, clusters=opts["clusters"], **common)
+        from compress.sharing.hashing import hash_model
+
+        return hash_model(model, data, verbose=verbose,
+                          **{n: opts[n] for n in HASH_OPTIONS.names()})
+    from compress.sharing.kmeans import cluster_model
+
+    return cluster_model(model, data, verbose=verbose,
+                         **{n: opts[n] for n in KMEANS_OPTIONS.names()})
 
 
 def __getattr__(name):
     import importlib
 
     where = {"hash_model": "compress.sharing.hashing",
-             "HashedDense": "compress.sharing.hashing",
-             "HashedConv2D": "compress.sharing.hashing",
-             "cluster_model": "compress.sharing.kmeans",
              "materialize": "compress.sharing.hashing",
+             "HashedDense": "compress.sharing.hashed_layers",
+             "HashedConv2D": "compress.sharing.hashed_layers",
+             "cluster_model": "compress.sharing.kmeans",
              "kmeans_1d": "compress.sharing.kmeans"}
     if name not in where:
         raise AttributeError(f"module 'compress.sharing' has no attribute '{name}'")
     return getattr(importlib.import_module(where[name]), name)
-
-
-def hash_model(model, data=None, **kwargs):
-    """See :func:`compress.sharing.hashing.hash_model`."""
-    from compress.sharing.hashing import hash_model as run
-
-    return run(model, data, **kwargs)
-
-
-def cluster_model(model, data=None, **kwargs):
-    """See :func:`compress.sharing.kmeans.cluster_model`."""
-    from compress.sharing.kmeans import cluster_model as run
-
-    return run(model, data, **kwargs)
 
 
 __all__ = [
@@ -101,3 +75,12 @@ __all__ = [
     "materialize",
     "share",
 ]
+
+
+def needs_data(opts: dict) -> list[str]:
+    """The share options that need data (fine-tuning)."""
+    return [f"epochs {opts['epochs']}"] if opts["epochs"] else []
+
+
+PASS = Pass("share", "share weights: HashedNets buckets or k-means centroids per layer",
+            share, SHARE_OPTIONS, needs_data=needs_data, trains=True, order=30)

@@ -24,6 +24,8 @@ import keras
 import numpy as np
 
 from compress.errors import CompressError
+from compress.sharing.layer_selection import shareable_layers
+from compress.sharing.share_options import KMEANS_OPTIONS
 
 
 def kmeans_1d(values: np.ndarray, clusters: int, seed: int = 0, iterations: int = 30
@@ -83,9 +85,7 @@ def _nearest(x: np.ndarray, sorted_centroids: np.ndarray) -> np.ndarray:
     return np.searchsorted(mids, x).astype(np.int64)
 
 
-def cluster_model(model, data=None, *, clusters: int = 16, layers: str | None = None,
-                  epochs: int = 0, seed: int = 0, learning_rate: float | None = None,
-                  batch_size: int = 64, verbose=0):
+def cluster_model(model, data=None, *, verbose=0, **options):
     """Share each chosen layer's weights among ``clusters`` k-means centroids.
 
     The input model is not modified; the result is a plain Keras model.
@@ -98,32 +98,29 @@ def cluster_model(model, data=None, *, clusters: int = 16, layers: str | None = 
         model: a Keras model.
         data: a :class:`compress.data.Dataset` prepared for the model; needed when
             ``epochs > 0``.
-        clusters: int, default 16. Centroids per layer (2 to the layer's weight count).
-        layers: str or None, default None (every Dense/Conv2D). A regular expression on
-            layer names.
-        epochs: int, default 0. Fine-tuning epochs of the centroids.
-        seed: int, default 0. k-means++ and training seed.
-        learning_rate: float or None, default None (1e-4). Adam learning rate.
-        batch_size: int, default 64.
         verbose: 0 or 1, default 0. Print one line per fine-tuning epoch.
+        **options: checked by :data:`~compress.sharing.share_options.KMEANS_OPTIONS`:
+            ``clusters`` (16, centroids per layer, 2 to the layer's weight count),
+            ``layers`` (None: every Dense/Conv2D; else a list of names, class names or
+            regular expressions matching the whole name), ``epochs`` (0, fine-tuning
+            epochs of the centroids), ``seed`` (0, k-means++ and training seed),
+            ``learning_rate`` (None: 1e-4, Adam), ``batch_size`` (64).
 
     Returns:
         ``(new_model, info)``; ``info`` has the index bits, bits per weight (indices plus
         codebook) and per-layer rows.
     """
     from compress import training
-    from compress.sharing.layer_selection import select_layers
 
-    clusters = int(clusters)
-    if clusters < 2:
-        raise CompressError(f"clusters: must be >= 2, got {clusters}")
+    opts = KMEANS_OPTIONS.validate(options)
+    clusters, epochs, seed = opts["clusters"], opts["epochs"], opts["seed"]
     new = training.copy_model(model)
-    chosen = select_layers(new, layers, "clustered")
+    chosen = shareable_layers(new, opts["layers"], "clustered")
     for layer in chosen:
         size = int(np.prod(layer.kernel.shape))
         if clusters > size:
-            raise CompressError(f"clusters: {clusters} is more than the {size} weights of "
-                                f"layer '{layer.name}'")
+            raise CompressError(f"{KMEANS_OPTIONS.name}.clusters: must be at most the {size} "
+                                f"weights of layer '{layer.name}', got {clusters}")
     training.set_seed(seed)
     state = []
     for k, layer in enumerate(chosen):
@@ -133,8 +130,8 @@ def cluster_model(model, data=None, *, clusters: int = 16, layers: str | None = 
     if epochs > 0:
         if data is None:
             raise CompressError("fine-tuning (epochs > 0) needs data (--data NAME)")
-        state = _finetune_centroids(new, state, data, epochs, learning_rate or 1e-4,
-                                    batch_size, seed, verbose, clusters)
+        state = _finetune_centroids(new, state, data, epochs, opts["learning_rate"] or 1e-4,
+                                    opts["batch_size"], seed, verbose, clusters)
     index_bits = math.ceil(math.log2(clusters))
     rows, total_bits, total_weights = [], 0, 0
     for layer, centroids, _ in state:
@@ -148,7 +145,7 @@ def cluster_model(model, data=None, *, clusters: int = 16, layers: str | None = 
                          layer.kernel)).size), "bits_per_weight": bits / size})
     info = {"method": "kmeans", "clusters": clusters, "index_bits": index_bits,
             "layers": rows, "clustered_weights": total_weights,
-            "bits_per_weight": total_bits / total_weights, "epochs": int(epochs),
+            "bits_per_weight": total_bits / total_weights, "epochs": epochs,
             "stored_params": int(sum(int(np.prod(w.shape)) for w in new.weights))}
     if data is not None:
         info["accuracy"] = training.accuracy(new, data.x_test, data.y_test)

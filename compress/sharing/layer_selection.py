@@ -1,39 +1,46 @@
-"""Which layers of a model a sharing pass rewrites, and the report rows it returns."""
+"""Which layers of a model a sharing pass rewrites, and the fine-tuning both passes run."""
 
 from __future__ import annotations
-
-import re
 
 import keras
 
 from compress.errors import CompressError
+from compress.layers import layer_matches, select_layers
 
 SHAREABLE = (keras.layers.Dense, keras.layers.Conv2D)
 
 
-def select_layers(model, pattern: str | None, what: str) -> list:
-    """Top-level Dense/Conv2D layers whose name matches ``pattern`` (all when None).
+def shareable_layers(model, layers: list | None, what: str) -> list:
+    """Top-level Dense/Conv2D layers chosen by ``layers`` (every one when None).
 
-    A pattern that matches a weighted layer which cannot be shared, or no shareable layer
-    at all, raises :class:`CompressError`.
+    ``layers`` follows the one rule of every pass (:func:`compress.layers.select_layers`:
+    names, class names or regular expressions matching the whole name). An entry that
+    also selects a weighted layer which cannot be shared raises, rather than leaving that
+    layer silently dense.
+
+    Args:
+        model: a Keras model.
+        layers: list of str or None.
+        what: the participle naming the pass in errors (``"hashed"``, ``"clustered"``).
+
+    Raises:
+        CompressError: an entry selecting an unshareable weighted layer or no shareable
+            layer, or a model with no shareable layer at all.
     """
-    try:
-        regex = re.compile(pattern) if pattern else None
-    except re.error as exc:
-        raise CompressError(f"layers: invalid regular expression {pattern!r} ({exc})") from None
-    chosen = []
-    for layer in model.layers:
-        if regex is not None and not regex.search(layer.name):
-            continue
-        if _shareable(layer):
-            chosen.append(layer)
-        elif regex is not None and layer.weights:
-            raise CompressError(f"layer '{layer.name}' ({type(layer).__name__}) cannot be "
-                                f"{what}: only Dense and channels-last, ungrouped Conv2D can")
-    if not chosen:
-        raise CompressError(f"no layer to be {what}" + (f" matches --layers {pattern!r}"
-                                                        if pattern else " in the model"))
-    return chosen
+    if isinstance(layers, str):
+        layers = [layers]
+    if layers:
+        for layer in model.layers:
+            if (layer.weights and not _shareable(layer)
+                    and any(layer_matches(layer, sel) for sel in layers)):
+                raise CompressError(f"layer '{layer.name}' ({type(layer).__name__}) cannot be "
+                                    f"{what}: only Dense and channels-last, ungrouped Conv2D "
+                                    "can")
+    eligible = [layer for layer in model.layers if _shareable(layer)]
+    if not eligible:
+        raise CompressError(f"model '{model.name}': no layer to be {what} (only Dense and "
+                            "channels-last, ungrouped Conv2D can)")
+    return select_layers(eligible, layers, "shareable", model.name)
 
 
 def _shareable(layer) -> bool:
