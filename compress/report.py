@@ -330,3 +330,33 @@ def plot_reports(reports: list[dict], path: str | os.PathLike, title: str = "") 
     plt.close(fig)
     os.replace(tmp.name, path)
     return Path(path)
+
+
+def plot_sparsity(reports: list[dict], path: str | os.PathLike,
+                  title: str = "per-layer sparsity") -> Path:
+    """Save a PNG of each report's per-layer sparsity (reports with a ``layers`` table)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    for r in (r for r in reports if r and r.get("layers")):
+        ax.plot([row["layer"] for row in r["layers"]],
+                [100 * row["sparsity"] for row in r["layers"]], marker="o", label=r["name"])
+    ax.set_ylabel("sparsity (%)")
+    ax.set_title(title)
+    ax.tick_params(axis="x", rotation=45)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with tempfile.NamedTemporaryFile(suffix=".png", dir=Path(path).parent, delete=False) as tmp:
+        fig.savefig(tmp.name, dpi=100)
+    plt.close(fig)
+    os.replace(tmp.name, path)
+    return Path(path)
+
+
+def plot_recipe(reports: list[dict], size_path, sparsity_path, title: str = "") -> None:
+    """The two plots of a recipe report: accuracy vs size per step, per-layer sparsity."""
+    plot_reports(reports, size_path, title=f"{title}: accuracy vs size per step")
+    plot_sparsity(reports, sparsity_path)

@@ -9,8 +9,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from compress.errors import CompressError
-from compress.recipes import apply_override, load_recipe, run_recipe
+from compress.recipes import DEMO, apply_override, load_recipe, run_recipe
 
+# The shipped recipes, and the demo's (inside the package: `compress demo` runs it).
 RECIPES = sorted((Path(__file__).resolve().parent.parent / "recipes").glob("*.yaml"))
 
 
@@ -21,7 +22,7 @@ def test_there_are_shipped_recipes():
             "gpu-deployment"} <= names
 
 
-@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", RECIPES + [DEMO], ids=lambda p: p.stem)
 def test_shipped_recipes_validate_full_and_quick(path):
     full = load_recipe(path)
     quick = load_recipe(path, quick=True)
@@ -56,6 +57,21 @@ def _base():
     (lambda r: r.update(data="digitz"), "data: 'digitz' is not a dataset"),
     (lambda r: r["steps"].append({"export": {"format": "coreml"}}),
      "steps[2].export.format: must be one of onnx, tflite"),
+    # Every step's data rule is its pass's own (compress.passes), so --check catches what
+    # the run would: this one passed the check and failed mid-run.
+    (lambda r: r.pop("data") and r.update(model=__file__, steps=[
+        {"prune": {"scope": "sensitivity"}}]),
+     "steps[0].prune: scope sensitivity needs data (set 'data' at the top level)"),
+    (lambda r: r.pop("data") and r.update(model=__file__, steps=[
+        {"share": {"method": "kmeans", "epochs": 2}}]),
+     "steps[0].share: epochs 2 needs data"),
+    (lambda r: r["steps"][0]["prune"].update({"from": "start"}),
+     "steps[0].prune.from: must be one of previous, baseline"),
+    (lambda r: r.update(unsafe=True), "unsafe: a recipe cannot turn Keras safe mode off"),
+    (lambda r: r["steps"][0]["prune"].update(unsafe=True),
+     "steps[0].prune.unsafe: not a recipe step option (pass --unsafe to compress run)"),
+    (lambda r: r["steps"].append({"distill": {"student": "no/such.keras"}}),
+     "steps[2].distill.student: no/such.keras: no such file"),
 ])
 def test_errors_name_the_field(mutate, message):
     recipe = _base()
@@ -63,6 +79,30 @@ def test_errors_name_the_field(mutate, message):
     with pytest.raises(CompressError) as err:
         load_recipe(recipe)
     assert message in str(err.value)
+
+
+def test_check_refuses_sensitivity_without_data_on_the_command_line(cli, mlp_file,
+                                                                     tmp_path):
+    path = tmp_path / "sensitivity.yaml"
+    path.write_text(f"model: {mlp_file[0]}\nsteps:\n  - prune: {{scope: sensitivity}}\n")
+    result = cli("run", path, "--check")
+    assert result.exit_code == 1
+    assert "steps[0].prune: scope sensitivity needs data" in result.stderr
+
+
+def test_a_recipe_seed_reaches_every_pass_with_a_seed_option():
+    recipe = _base()
+    recipe["seed"] = 7
+    recipe["steps"].append({"share": {"method": "hash", "seed": 3}})
+    out = load_recipe(recipe)
+    assert out["steps"][0]["prune"]["seed"] == 7 and out["steps"][1]["quantize"]["seed"] == 7
+    assert out["steps"][2]["share"]["seed"] == 3  # a step's own seed wins
+
+
+def test_unsafe_recipe_needs_the_users_flag():
+    recipe = {**_base(), "unsafe": True}
+    assert load_recipe(recipe, unsafe=True)["unsafe"] is True
+    assert load_recipe(_base(), unsafe=True)["unsafe"] is True  # the user's flag holds
 
 
 def test_typo_in_a_file_fails_with_the_path(tmp_path):
@@ -133,6 +173,24 @@ def test_run_writes_reports_and_artifacts(tmp_path):
     assert "| accuracy |" in (out / "report.md").read_text()
     with pytest.raises(CompressError, match="not empty"):
         run_recipe(recipe, output=out)
+    # --force replaces the files a run writes and nothing else, whatever their names.
+    mine = {"report-2024-taxes.pdf": b"taxes", "stepmother.jpg": b"photo",
+            "holiday.png": b"png", "steps/notes.txt": b"notes", "keep.txt": b"keep",
+            "step9-prune.keras/inside.txt": b"a folder named like an artifact"}
+    for name, content in mine.items():
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_bytes(content)
+    stale = out / "step3-quantize.tflite"  # an earlier, longer run's artifact
+    stale.write_bytes(b"old")
+    recipe["steps"] = [{"prune": {"sparsity": 0.8}},
+                       {"export": {"format": "onnx", "from": "baseline"}}]
+    again = run_recipe(recipe, output=out, force=True)
+    for name, content in mine.items():
+        assert (out / name).read_bytes() == content, name
+    assert not stale.exists()
+    assert (out / "step2-export.onnx").exists() and not (out / "step2-export.tflite").exists()
+    # from: baseline: the export is of the dense baseline, not the pruned step before it
+    assert again["steps"][1]["before"]["sparsity"] < 0.1
 
 
 @pytest.mark.slow

@@ -1,4 +1,8 @@
-"""``compress demo``: the whole toolkit on embedded data, in a few minutes."""
+"""``compress demo``: the whole toolkit on embedded data, in a few minutes.
+
+The tour is a recipe shipped in the package (``compress/recipes/demo.yaml``), run by
+the recipe runner like any other.
+"""
 
 import click
 
@@ -14,20 +18,26 @@ from compress.cli.common import force_option
 def command(output, quick, seed, force):
     """Train LeNet-300-100 on the embedded mnist5k digits, run every pass on it (pruning
     by magnitude and OBD, structured pruning, HashedNets, k-means, distillation, int8
-    TFLite and ONNX), chain prune -> k-means -> int8, export ONNX and TFLite and verify
-    them in onnxruntime and LiteRT. Prints the before/after table and writes report.md,
-    report.json and report.png to OUTPUT.
+    ONNX), chain prune -> k-means -> int8 TFLite, export ONNX and TFLite and verify them in
+    onnxruntime and LiteRT. Prints the before/after table and writes report.md,
+    report.json and plots to OUTPUT.
+
+    \b
+    Examples:
+      compress demo
+      compress demo --quick -o /tmp/demo --force
+      compress run $(python -c "import compress.recipes as r; print(r.DEMO)") --check
     """
     from compress.quiet import import_tensorflow
 
     import_tensorflow()
     from compress.cli.common import progress_to_stderr
-    from compress.demo import run_demo
+    from compress.recipes import DEMO, run_recipe
     from compress.report import print_table
 
     console = progress_to_stderr()
-    result = run_demo(output, force=force, quick=quick, seed=seed,
-                      say=lambda msg: console.print(f"[bold]>>[/bold] {msg}"))
-    print_table(result["reports"], title="compress demo: LeNet-300-100 on mnist5k")
-    click.echo(f"wrote {output}/report.md, report.json and report.png "
-               f"({result['seconds']:.0f} s)")
+    result = run_recipe(DEMO, output=output, overrides=[f"seed={seed}"], force=force,
+                        quick=quick, progress=lambda msg: console.print(f"[bold]>>[/bold] {msg}"))
+    reports = [result["baseline"]] + [s["after"] for s in result["steps"]]
+    print_table(reports, title=result["recipe"])
+    click.echo(f"wrote {output}/report.md, report.json and plots ({result['seconds']:.0f} s)")

@@ -2,7 +2,7 @@
 
 import click
 
-from compress.cli.common import force_option, json_option
+from compress.cli.common import force_option, json_option, unsafe_option
 
 
 @click.command("run")
@@ -16,13 +16,16 @@ from compress.cli.common import force_option, json_option
               help="Run the recipe's reduced form (its 'quick' overrides: fewer epochs, less "
                    "data).")
 @click.option("--check", is_flag=True, help="Validate the recipe and exit without running it.")
+@unsafe_option
 @json_option
 @force_option
-def command(recipe, output, overrides, quick, check, as_json, force):
+def command(recipe, output, overrides, quick, check, unsafe, as_json, force):
     """Run RECIPE (YAML): build or load the model, then each step in order (train, prune,
     share, distill, cascade, quantize, export). Every step's before/after report goes to
     OUTPUT/report.json and OUTPUT/report.md with plots, beside each step's artifact. A
     step that fails leaves the finished steps' artifacts and a report saying where and why.
+    With --force the files an earlier run wrote are replaced; nothing else in OUTPUT is
+    touched. A recipe's own `unsafe: true` is refused unless you pass --unsafe.
 
     \b
     Examples:
@@ -39,7 +42,7 @@ def command(recipe, output, overrides, quick, check, as_json, force):
     from compress.recipes import load_recipe, run_recipe
 
     if check:
-        validated = load_recipe(recipe, list(overrides), quick=quick)
+        validated = load_recipe(recipe, list(overrides), quick=quick, unsafe=unsafe)
         if as_json:
             click.echo(json.dumps(validated, indent=2, default=str))
         else:
@@ -48,6 +51,7 @@ def command(recipe, output, overrides, quick, check, as_json, force):
         return
     console = progress_to_stderr()
     result = run_recipe(recipe, output=output, overrides=list(overrides), force=force, quick=quick,
+                        unsafe=unsafe,
                         verbose=0 if as_json else "auto",
                         progress=lambda msg: console.print(f"[bold]>>[/bold] {msg}"))
     reports = [result["baseline"]] + [s["after"] for s in result["steps"]]

@@ -1,0 +1,196 @@
+"""Reading and checking a recipe: every field validated before anything runs.
+
+Each step takes exactly the options of its pass (the same
+:class:`compress.options.Schema` as its CLI command and Python function), and the step
+kinds and their rules (does it need data, does it take callbacks) come from the pass
+registry, :mod:`compress.passes`. Errors name the field path, e.g.
+``steps[2].quantize.mode: must be one of int8, dynamic, float16, keras-int8``.
+
+Example:
+
+>>> recipe = load_recipe({"model": "lenet300", "data": "digits",
+...                       "steps": [{"prune": {"sparsity": 0.5}}]})
+>>> recipe["steps"][0]["prune"]["sparsity"], recipe["baseline"]["epochs"]
+(0.5, 5)
+>>> load_recipe({"model": "lenet300", "data": "digits", "steps": [{"prun": {}}]})
+Traceback (most recent call last):
+...
+compress.errors.CompressError: steps[0].prun: unknown step (use one of train, export, prune, share, quantize, distill, cascade)
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+from compress import passes
+from compress.errors import CompressError
+from compress.options import Option, Schema
+from compress.recipes.overrides import apply_override
+
+TOP_LEVEL = ("name", "description", "seed", "data", "model", "baseline", "steps", "output",
+             "unsafe", "subset", "quick")
+# Step keys that belong to the recipe, not to the pass: Keras callbacks for passes that
+# take them, which model the step starts from (the previous step's, or the baseline), and
+# the step's name in the report.
+STEP_EXTRAS = Schema("step", [
+    Option("from", str, "previous", "the model this step starts from: the previous step's "
+           "result or the baseline", choices=("previous", "baseline")),
+    Option("name", str, None, "the step's name in the report (default: its kind)"),
+])
+# CLI-only options that make no sense inside a recipe step.
+_NOT_IN_RECIPES = ("output", "force", "json", "unsafe")
+
+
+def step_kinds() -> list[str]:
+    """The recipe step kinds: every registered pass."""
+    return passes.names()
+
+
+def load_recipe(source, overrides: list[str] = (), quick: bool = False,
+                unsafe: bool = False) -> dict:
+    """Read a recipe (path or dict), apply overrides, validate it.
+
+    Args:
+        source: a recipe file path or an already-parsed dict.
+        overrides: ``PATH=VALUE`` strings (``compress run --set``), applied last.
+        quick: bool, default False. First apply the recipe's own ``quick`` overrides
+            (its reduced form: fewer epochs, a data ``subset``), as ``compress run --quick``.
+        unsafe: bool, default False. The user's own ``--unsafe``: only then may a recipe
+            say ``unsafe: true`` (load its model files with Keras safe mode off).
+    """
+    import yaml
+
+    if isinstance(source, dict):
+        recipe, where = copy.deepcopy(source), "recipe"
+    elif not isinstance(source, (str, os.PathLike)):
+        raise CompressError(f"recipe: must be a mapping with 'model' and 'steps', got "
+                            f"{type(source).__name__}")
+    else:
+        path = Path(source)
+        if not path.exists():
+            raise CompressError(f"{path}: no such recipe file")
+        if not path.is_file():
+            raise CompressError(f"{path}: is a folder, not a recipe file")
+        try:
+            recipe = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            at = f" at line {mark.line + 1}" if mark else ""
+            raise CompressError(f"{path}: not valid YAML{at}") from exc
+        except UnicodeDecodeError as exc:
+            raise CompressError(f"{path}: not a text file") from exc
+        where = str(path)
+    if not isinstance(recipe, dict):
+        raise CompressError(f"{where}: a recipe must be a mapping with 'model' and 'steps'")
+    quick_form = recipe.get("quick", [])
+    if not isinstance(quick_form, list) or not all(isinstance(q, str) for q in quick_form):
+        raise CompressError("quick: must be a list of PATH=VALUE strings")
+    for item in (list(quick_form) if quick else []) + list(overrides):
+        apply_override(recipe, item)
+    return validate_recipe(recipe, unsafe=unsafe)
+
+
+def validate_recipe(recipe: dict, unsafe: bool = False) -> dict:
+    """Check every field; return the recipe with each step's options completed.
+
+    Args:
+        recipe: the parsed recipe.
+        unsafe: bool, default False. Whether the user passed ``--unsafe`` (see
+            :func:`load_recipe`).
+    """
+    unknown = [k for k in recipe if k not in TOP_LEVEL]
+    if unknown:
+        raise CompressError(f"{unknown[0]}: unknown recipe key (known: {', '.join(TOP_LEVEL)})")
+    out = dict(recipe)
+    if "model" not in recipe:
+        raise CompressError("model: missing (a model file or a builder name such as lenet300)")
+    if not isinstance(recipe["model"], str):
+        raise CompressError(f"model: must be a file path or builder name, got {recipe['model']!r}")
+    out["seed"] = Option("seed", int, 0, "").check(recipe.get("seed", 0), "seed")
+    data = recipe.get("data")
+    if data is not None and not isinstance(data, str):
+        raise CompressError(f"data: must be a dataset name, got {data!r}")
+    from compress.data import NAMES
+
+    if data is not None and not data.startswith("npz:") and data not in NAMES:
+        raise CompressError(f"data: '{data}' is not a dataset (use one of {', '.join(NAMES)} "
+                            "or npz:PATH)")
+    for key in ("name", "description", "output"):
+        if key in recipe and not isinstance(recipe[key], str):
+            raise CompressError(f"{key}: must be a string, got {recipe[key]!r}")
+    if recipe.get("subset") is not None:
+        out["subset"] = Option("subset", int, None, "", low=10).check(recipe["subset"], "subset")
+    out["unsafe"] = Option("unsafe", bool, False, "").check(recipe.get("unsafe", False),
+                                                             "unsafe")
+    if out["unsafe"] and not unsafe:
+        raise CompressError("unsafe: a recipe cannot turn Keras safe mode off by itself; "
+                            "pass --unsafe on the command line if you trust its model files")
+    out["unsafe"] = bool(unsafe)
+    from compress.models import BUILDERS
+
+    train = passes.get("train")
+    builder = recipe["model"] in BUILDERS
+    if builder or recipe.get("baseline") is not None:
+        out["baseline"] = _validate_step(train, recipe.get("baseline") or {}, "baseline",
+                                         out["seed"], data)
+    steps = recipe.get("steps")
+    if not isinstance(steps, list) or not steps:
+        raise CompressError("steps: must be a non-empty list of steps")
+    kinds = step_kinds()
+    out["steps"] = []
+    for i, step in enumerate(steps):
+        where = f"steps[{i}]"
+        if not isinstance(step, dict) or len(step) != 1:
+            raise CompressError(f"{where}: each step is a mapping with one key, one of "
+                                f"{', '.join(kinds)}")
+        kind, body = next(iter(step.items()))
+        if kind not in kinds:
+            raise CompressError(f"{where}.{kind}: unknown step (use one of {', '.join(kinds)})")
+        out["steps"].append({kind: _validate_step(passes.get(kind), body, f"{where}.{kind}",
+                                                  out["seed"], data)})
+    if data is None and builder:
+        raise CompressError("data: a builder model needs data to train its baseline")
+    # References to files must resolve before anything runs.
+    if not builder and not Path(recipe["model"]).exists():
+        raise CompressError(f"model: {recipe['model']}: no such file (and not a builder: "
+                            f"{', '.join(BUILDERS)})")
+    return out
+
+
+def _validate_step(spec, body, where: str, seed: int, data) -> dict:
+    """One step's mapping: the pass's options, the recipe's extras, the data rule, files."""
+    if body is None:
+        body = {}
+    if not isinstance(body, dict):
+        raise CompressError(f"{where}: must be a mapping of options, got {body!r}")
+    body = dict(body)
+    for key in _NOT_IN_RECIPES:
+        if key in body and key not in spec.schema.options:
+            hint = ("pass --unsafe to compress run" if key == "unsafe"
+                    else "the recipe runner names outputs")
+            raise CompressError(f"{where}.{key}: not a recipe step option ({hint})")
+    callbacks = body.pop("callbacks", None)
+    extras = STEP_EXTRAS.validate({k: body.pop(k) for k in list(body)
+                                   if k in STEP_EXTRAS.options}, path=where)
+    if "seed" in spec.schema.options and "seed" not in body:
+        body["seed"] = seed  # the recipe's seed, unless the step sets its own
+    values = spec.schema.validate(body, path=where)
+    spec.require_data(values, data, where=where)
+    for name, option in spec.schema.options.items():
+        if getattr(option, "file", False) and values.get(name) and \
+                not Path(values[name]).exists():
+            raise CompressError(f"{where}.{name}: {values[name]}: no such file")
+    if callbacks is not None:
+        if not spec.takes_callbacks:
+            takers = [p.name for p in passes.all_passes() if p.takes_callbacks]
+            raise CompressError(f"{where}.callbacks: only {', '.join(takers)} steps and the "
+                                "baseline take callbacks")
+        from compress.callbacks.from_config import build_callbacks
+
+        build_callbacks(callbacks, f"{where}.callbacks")  # validates every field
+        values["callbacks"] = callbacks
+    if where != "baseline":
+        values.update(extras)
+    return values

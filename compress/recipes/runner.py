@@ -1,0 +1,241 @@
+"""Running a recipe: the model, then each step's pass, with a report of every step.
+
+Every step is a registered pass (:mod:`compress.passes`) run the same way: the pass gets
+the current model (or the baseline, with ``from: baseline``), the data and its options;
+a model result is saved as ``stepN-KIND.keras``, an artifact's bytes as
+``stepN-KIND.SUFFIX``; each is measured before and after. The runner is the only place
+that writes, and it writes only files of its own names.
+
+Example:
+
+>>> result = run_recipe("recipes/han2015-lenet300.yaml", output="out/han",
+...                     overrides=["steps[0].prune.sparsity=0.95"])     # doctest: +SKIP
+>>> result["steps"][-1]["after"]["accuracy"]                            # doctest: +SKIP
+0.97
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+import traceback
+from pathlib import Path
+
+from compress import passes
+from compress.errors import CompressError
+from compress.recipes.checks import STEP_EXTRAS, load_recipe
+
+# The files a run writes; --force replaces these and nothing else in the folder.
+_OWN_FILE = re.compile(r"(step\d+-[a-z0-9_-]+\.(keras|h5|tflite|onnx)|report\.(json|md)|"
+                       r"report-accuracy-size\.png|report-sparsity\.png)")
+
+
+def run_recipe(source, output: str | os.PathLike | None = None, overrides: list[str] = (),
+               force: bool = False, verbose: int | str = 0, progress=None,
+               quick: bool = False, unsafe: bool = False) -> dict:
+    """Run a recipe; write artifacts, ``report.json``, ``report.md`` and plots to ``output``.
+
+    Args:
+        source: a recipe file path, YAML already parsed into a dict.
+        output: the output folder (default: the recipe's ``output``, else ``recipe-out``).
+        overrides: ``PATH=VALUE`` strings, as ``compress run --set``.
+        force: bool, default False. Reuse a non-empty output folder: the files this run
+            writes are replaced, nothing else in it is touched.
+        quick: bool, default False. Run the recipe's reduced ``quick`` form.
+        unsafe: bool, default False. The user's ``--unsafe``: load model files with Keras
+            safe mode off (a recipe's own ``unsafe: true`` is refused without it).
+        verbose: Keras ``verbose`` for training steps.
+        progress: optional callable ``progress(message)`` for step announcements.
+
+    Returns:
+        The report dict (also written to ``output/report.json``). A step that fails
+        leaves the finished steps' artifacts and a report saying where and why, then
+        raises :class:`CompressError`.
+    """
+    recipe = load_recipe(source, overrides, quick=quick, unsafe=unsafe)
+    out = Path(output or recipe.get("output") or "recipe-out")
+    _prepare_output_dir(out, force)
+    say = progress or (lambda msg: None)
+
+    from compress.quiet import import_tensorflow
+
+    import_tensorflow()
+    from compress import io, training
+    from compress.report import model_report
+
+    seed = recipe["seed"]
+    training.set_seed(seed)
+    result = {"recipe": recipe.get("name", str(source) if not isinstance(source, dict)
+                                   else "recipe"),
+              "seed": seed, "data": recipe.get("data"), "model": recipe["model"],
+              "output": str(out), "status": "running", "steps": []}
+    started = time.perf_counter()
+    try:
+        say(f"loading {recipe['model']}")
+        baseline, dataset = _initial_model(recipe, verbose)
+        base = model_report(baseline, dataset, name="baseline")
+        base_path = out / "step0-baseline.keras"
+        io.save_model(baseline, base_path, force=True)
+        result["baseline"] = {**base, "artifact": str(base_path)}
+        current = baseline
+        for i, step in enumerate(recipe["steps"]):
+            kind, opts = next(iter(step.items()))
+            where = f"steps[{i}].{kind}"
+            say(where)
+            t0 = time.perf_counter()
+            source_model = baseline if opts.get("from") == "baseline" else current
+            before = model_report(source_model, dataset, name=f"before {kind}", latency=False)
+            try:
+                new, info, artifact, after = _run_step(kind, opts, source_model, dataset,
+                                                       out / f"step{i + 1}-{kind}", recipe,
+                                                       verbose)
+            except CompressError as exc:
+                raise CompressError(f"{where}: {exc}") from exc
+            except KeyboardInterrupt:
+                raise
+            except Exception as exc:
+                raise CompressError(f"{where}: {type(exc).__name__}: "
+                                    f"{' '.join(str(exc).split())[:300]}") from exc
+            if new is not None:
+                current = new
+            result["steps"].append({"step": where, "kind": kind, "options": _jsonable(opts),
+                                    "info": info, "artifact": artifact, "before": before,
+                                    "after": after, "seconds": time.perf_counter() - t0})
+        result["status"] = "finished"
+    except CompressError as exc:
+        result["status"] = "failed"
+        result["error"] = str(exc)
+        _write_reports(out, result, time.perf_counter() - started)
+        raise
+    except KeyboardInterrupt:
+        result["status"] = "interrupted"
+        result["error"] = "interrupted by the user"
+        _write_reports(out, result, time.perf_counter() - started)
+        raise
+    _write_reports(out, result, time.perf_counter() - started)
+    return result
+
+
+def _run_step(kind: str, opts: dict, model, dataset, stem: Path, recipe: dict, verbose):
+    """Run one pass and write its result; ``(new model or None, info, path, after)``."""
+    from compress import io
+    from compress.report import model_report
+
+    spec = passes.get(kind)
+    name = opts.get("name") or kind
+    kwargs = {k: v for k, v in opts.items() if k not in STEP_EXTRAS.options}
+    callbacks = kwargs.pop("callbacks", None)
+    if spec.takes_callbacks:
+        kwargs["callbacks"] = _callbacks(callbacks)
+    if spec.loads_files:
+        kwargs["unsafe"] = recipe["unsafe"]
+    result, info = spec.run(model, dataset, verbose=verbose, **kwargs)
+    if spec.produces == "model":
+        path = stem.with_suffix(".keras")
+        io.save_model(result, path, force=True)
+        return result, info, str(path), model_report(result, dataset, name=name, path=path)
+    path = io.write_bytes(stem.with_suffix(spec.artifact_suffix(kwargs)), result)
+    return None, info, str(path), _artifact_report(path, info, dataset, name)
+
+
+def _prepare_output_dir(out: Path, force: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise CompressError(f"{out}: output exists and is not a folder")
+    if out.exists() and any(out.iterdir()):
+        if not force:
+            raise CompressError(f"{out}: output folder is not empty; pass --force to reuse it")
+        for child in out.iterdir():  # an earlier run's files, never anything else
+            if _OWN_FILE.fullmatch(child.name) and child.is_file() and not child.is_symlink():
+                child.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    if not os.access(out, os.W_OK):
+        raise CompressError(f"{out}: output folder is not writable")
+
+
+def _initial_model(recipe: dict, verbose):
+    """The baseline: a builder trained on the data, or a file (trained if asked)."""
+    from compress import data as data_mod
+    from compress import io
+    from compress.models import BUILDERS, build
+    from compress.train import train
+
+    name = recipe["model"]
+    data_name = recipe.get("data")
+    subset = recipe.get("subset")
+    baseline = dict(recipe.get("baseline") or {})
+    callbacks = _callbacks(baseline.pop("callbacks", None))
+    if name in BUILDERS:
+        raw = data_mod.load_data(data_name, recipe["seed"])
+        raw = raw.take(subset, max(1, subset // 2)) if subset else raw
+        model = build(name, input_shape=raw.sample_shape, num_classes=raw.num_classes)
+        dataset = data_mod.prepare(model, raw)
+        train(model, dataset, verbose=verbose, callbacks=callbacks, in_place=True, **baseline)
+    else:
+        model = io.load_model(name, unsafe=recipe["unsafe"])
+        dataset = data_mod.prepare(model, data_mod.load_data(data_name, recipe["seed"])) \
+            if data_name else None
+        if dataset is not None and subset:
+            dataset = dataset.take(subset, max(1, subset // 2))
+        if recipe.get("baseline"):
+            model, _ = train(model, dataset, verbose=verbose, callbacks=callbacks, **baseline)
+    return model, dataset
+
+
+def _callbacks(mapping) -> list:
+    if not mapping:
+        return []
+    from compress.callbacks.from_config import build_callbacks
+
+    return build_callbacks(mapping)
+
+
+def _artifact_report(path: Path, info: dict, dataset, name: str) -> dict:
+    """A report of a deployed artifact (.tflite/.onnx/.keras), measured in its runtime."""
+    from compress import runtime
+    from compress.report import zipped_size
+
+    rep = {"name": f"{name} ({path.suffix[1:]})", "file_bytes": path.stat().st_size,
+           "zipped_bytes": zipped_size(path)}
+    if path.suffix in (".tflite", ".onnx") and dataset is not None:
+        rep["accuracy"] = runtime.artifact_accuracy(path, dataset.x_test, dataset.y_test)
+        rep["latency_ms"] = runtime.runtime_latency_ms(path, dataset.sample_shape, threads=1,
+                                                       runs=30)
+    elif "accuracy" in info:
+        rep["accuracy"] = info["accuracy"]
+    return rep
+
+
+def _jsonable(value):
+    return json.loads(json.dumps(value, default=str))
+
+
+def _write_reports(out: Path, result: dict, seconds: float) -> None:
+    from compress import io
+    from compress.report import markdown_table, plot_recipe
+
+    result["seconds"] = seconds
+    io.write_bytes(out / "report.json", json.dumps(result, indent=2, default=str).encode())
+    reports = ([result["baseline"]] if "baseline" in result else []) + \
+        [s["after"] for s in result["steps"]]
+    status = f"Status: **{result['status']}**" + (f" — {result['error']}"
+                                                  if result.get("error") else "")
+    setting = (f"Seed {result['seed']}, data `{result['data']}`, model `{result['model']}`, "
+               f"{seconds:.0f} s.")
+    lines = [f"# Recipe report: {result['recipe']}", "", status, "", setting, ""]
+    if reports:
+        lines += ["## Steps", "", markdown_table(reports), ""]
+        try:
+            plot_recipe(reports, out / "report-accuracy-size.png", out / "report-sparsity.png",
+                        title=result["recipe"])
+            lines += ["![accuracy vs size](report-accuracy-size.png)", "",
+                      "![per-layer sparsity](report-sparsity.png)", ""]
+        except Exception:  # noqa: BLE001 - a plot must never hide the report itself
+            lines += ["_(plots failed: " + traceback.format_exc(limit=1).splitlines()[-1]
+                      + ")_", ""]
+    for s in result["steps"]:
+        lines += [f"### {s['step']}", "", f"Artifact: `{s['artifact']}`, {s['seconds']:.1f} s.",
+                  "",
+                  "```json", json.dumps(s["info"], indent=1, default=str)[:2000], "```", ""]
+    io.write_bytes(out / "report.md", "\n".join(lines).encode())
