@@ -9,11 +9,22 @@ Example:
 
 from __future__ import annotations
 
+import weakref
+
 import keras
 import numpy as np
-from keras.src.utils import io_utils
 
+from compress.callbacks.console import print_msg
 from compress.errors import CompressError
+
+# The schedule driving each model's rate in a running fit (PlateauSchedule scales it), kept
+# here rather than as an attribute on the Keras model.
+_RUNNING: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def running_schedule(model):
+    """The :class:`CosineSchedule` driving ``model``'s rate in a running fit, or None."""
+    return _RUNNING.get(model)
 
 
 class CosineSchedule(keras.callbacks.Callback):
@@ -139,7 +150,7 @@ class CosineSchedule(keras.callbacks.Callback):
         self._graph = None
         self.scale = 1.0
         self.step = 0
-        self.model._compress_lr_schedule = self  # found by PlateauSchedule (see class doc)
+        _RUNNING[self.model] = self  # found by PlateauSchedule (see class doc)
         self._restarts = set(self._restart_steps(total))
         self._graph = _InGraphRate.attach(self.model, self._table)
 
@@ -162,7 +173,7 @@ class CosineSchedule(keras.callbacks.Callback):
             self._assign(value)
             self.learning_rate = value
         if self.verbose > 0 and step in self._restarts:
-            io_utils.print_msg(f"\nStep {step}: CosineSchedule warm restart at lr "
+            print_msg(f"\nStep {step}: CosineSchedule warm restart at lr "
                                f"{self._rate_at(step):.3g}.")
 
     def _rate_at(self, step: int) -> float:
@@ -179,8 +190,8 @@ class CosineSchedule(keras.callbacks.Callback):
             last = self._rate_at(max(self.step - 1, 0))
             self._graph.detach(last)
             self._graph = None
-        if getattr(self.model, "_compress_lr_schedule", None) is self:
-            del self.model._compress_lr_schedule
+        if _RUNNING.get(self.model) is self:
+            del _RUNNING[self.model]
 
     def _restart_steps(self, total: int) -> list[int]:
         if self.period_epochs is None:

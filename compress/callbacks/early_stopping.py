@@ -15,8 +15,8 @@ import math
 
 import keras
 import numpy as np
-from keras.src.utils import io_utils
 
+from compress.callbacks.console import print_msg
 from compress.errors import CompressError
 
 
@@ -85,7 +85,7 @@ class EarlyStopping(keras.callbacks.EarlyStopping):
     def on_train_end(self, logs=None):
         super().on_train_end(logs)
         if self.verbose > 0 and self.best is not None:
-            io_utils.print_msg(f"Best {self.monitor} {float(self.best):.6g} at epoch "
+            print_msg(f"Best {self.monitor} {float(self.best):.6g} at epoch "
                                f"{self.best_epoch + 1} (i* = {self.best_step} steps).")
 
     def _iterations(self) -> int:

@@ -61,7 +61,9 @@ class PlateauSchedule(keras.callbacks.ReduceLROnPlateau):
         self.reductions = []
 
     def _active_schedule(self):
-        return self.schedule or getattr(self.model, "_compress_lr_schedule", None)
+        from compress.callbacks.cosine import running_schedule
+
+        return self.schedule or running_schedule(self.model)
 
     def _reduce_optimizer_lr(self, optimizer, epoch, name=""):
         cosine = self._active_schedule()
