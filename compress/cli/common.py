@@ -100,22 +100,18 @@ def load_inputs(model_path: str, data: str | None, seed: int, unsafe: bool,
 
 def run_model_pass(model_path: str, output: str, data: str | None, seed: int, unsafe: bool,
                    force: bool, as_json: bool, apply, title: str,
-                   needs_data: str | None = None, after_name: str = "after") -> dict:
+                   after_name: str = "after") -> dict:
     """The flow every model-to-model command shares.
 
     Checks the output path first (nothing is computed for a refused output), loads the
     model and data, measures ``before``, runs ``apply(model, dataset) -> (new_model, info)``,
     saves atomically, measures ``after`` on the saved file, and prints the table or JSON.
-
-    Args:
-        needs_data: when set and ``--data`` is missing, refuse with this reason.
+    Whether ``--data`` is needed is the pass's own rule (``compress.passes``), checked
+    by the command before it calls this.
     """
     from compress import io
-    from compress.errors import CompressError
     from compress.report import model_report
 
-    if needs_data and not data:
-        raise CompressError(f"{needs_data} needs --data (for example --data mnist5k)")
     io.check_output(output, inputs=[model_path], force=force, suffixes=io.MODEL_SUFFIXES)
     model, dataset = load_inputs(model_path, data, seed, unsafe)
     before = model_report(model, dataset, name="before",
