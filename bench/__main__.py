@@ -44,7 +44,8 @@ UNTIMED = ("baselines", "distillation", "sharing-hash", "pruning", "quantization
 # Quick baselines take seconds; a case that needs one before it exists trains its own.
 QUICK_ORDER = ("tfmot-head-to-head", "quantization-qat-pruned", "distillation", "sharing-hash",
                "scaling", "callbacks-cascade", "pruning", "deployment", "callbacks-schedules",
-               "export-parity", "pruning-costs", "quantization", "baselines", "sharing-kmeans")
+               "export-parity", "pruning-costs", "quantization", "baselines", "sharing-kmeans",
+               "registry")
 
 
 def discover() -> dict:
