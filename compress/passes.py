@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -170,29 +171,45 @@ def unregister(name: str) -> None:
 
 
 def _discover() -> None:
-    """Import every module of the package that declares ``PASS = Pass(...)``."""
+    """Register every pass declared in this package (once per process)."""
     global _DISCOVERED
     if _DISCOVERED:
         return
     _DISCOVERED = True
-    root = Path(__file__).resolve().parent
+    for spec in discover(Path(__file__).resolve().parent):
+        _REGISTRY.setdefault(spec.name, spec)
+
+
+def discover(root: str | os.PathLike) -> list[Pass]:
+    """The passes declared in the package folder ``root`` (importable by its name).
+
+    Reads each module's source for a top-level ``PASS = Pass(`` line and imports only
+    those modules; ``cli`` sub-packages are skipped.
+
+    Example:
+
+    >>> [p.name for p in discover(Path(__file__).parent)][:1]    # doctest: +SKIP
+    ['export']
+    """
+    root = Path(root).resolve()
+    found = []
     for path in sorted(root.rglob("*.py")):
         relative = path.relative_to(root.parent)
-        if relative.parts[1] == "cli":
+        if len(relative.parts) > 1 and relative.parts[1] == "cli":
             continue
         try:
             text = path.read_text(encoding="utf-8")
-        except OSError:
+        except (OSError, UnicodeDecodeError):
             continue
         if _MARKER not in text:
             continue
         parts = list(relative.with_suffix("").parts)
         if parts[-1] == "__init__":
             parts.pop()
-        module = importlib.import_module(".".join(parts))
-        spec = getattr(module, "PASS", None)
+        spec = getattr(importlib.import_module(".".join(parts)), "PASS", None)
         if isinstance(spec, Pass):
-            _REGISTRY.setdefault(spec.name, spec)
+            found.append(spec)
+    return found
 
 
 def all_passes() -> list[Pass]:

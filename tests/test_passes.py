@@ -52,6 +52,27 @@ def test_one_data_refusal_worded_for_each_front_end():
     spec.require_data(spec.schema.validate({}), None, flags=True)  # data-free: no error
 
 
+def test_a_pass_module_is_found_by_its_declaration_alone(tmp_path, monkeypatch):
+    # A new pass is one module: the registry finds it by its `PASS = Pass(` line.
+    package = tmp_path / "plugin_pkg"
+    (package / "cli").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "cli" / "__init__.py").write_text("PASS = Pass(  # never imported\n")
+    (package / "helpers.py").write_text("raise RuntimeError('modules without PASS are not "
+                                        "imported')\n")
+    (package / "scale.py").write_text(
+        "from compress.options import Option, Schema\n"
+        "from compress.passes import Pass\n\n"
+        "SCALE_OPTIONS = Schema('scale2', [Option('factor', float, 1.0, 'x')])\n\n\n"
+        "def scale(model, data=None, *, verbose=0, **options):\n"
+        "    return model, SCALE_OPTIONS.validate(options)\n\n\n"
+        "PASS = Pass('scale2', 'scales', scale, SCALE_OPTIONS)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    found = passes.discover(package)
+    assert [p.name for p in found] == ["scale2"]
+    assert found[0].run("model", factor=2) == ("model", {"factor": 2.0})
+
+
 def test_unknown_pass_is_one_line_naming_the_known_ones():
     with pytest.raises(CompressError, match="unknown pass .*prune"):
         passes.get("prun")
