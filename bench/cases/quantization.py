@@ -168,6 +168,7 @@ def _latency_why(ctx, sec: Section, work, model, ds) -> None:
 
     from compress.quantization.tflite import convert
     from compress.quiet import quiet_output
+    from compress.report import cpu_info
 
     shape = tuple(ds.sample_shape)
     cal = np.asarray(ds.representative(256), np.float32).reshape((-1,) + shape)
@@ -190,7 +191,9 @@ def _latency_why(ctx, sec: Section, work, model, ds) -> None:
                      f"{t['bare']:.3f} ({t['bare'] / t['f']:.2f}x)",
                      f"{t['f_ref']:.3f} / {t['q_ref']:.3f}",
                      f"{t['q'] / t['f_ref']:.2f}x"])
-    sec.add(f"**Why int8 is not faster here.** CPU: {_cpu_flags()}. Whole small CNN, batch 1, "
+    heading = ("Where int8 is faster here" if cpu_info()["int8_dot_product"]
+               else "Why int8 is not faster here")
+    sec.add(f"**{heading}.** CPU: {_cpu_flags()}. Whole small CNN, batch 1, "
             f"invoke only (median of {runs}, best of {rounds} interleaved rounds):")
     sec.add(table(["threads", "float (XNNPACK) ms", "toolkit int8 (XNNPACK)",
                    "bare converter int8 (from_keras_model)",
@@ -215,19 +218,30 @@ def _latency_why(ctx, sec: Section, work, model, ds) -> None:
                 "microseconds:")
         sec.add(table(["layer", "float us", "int8 us", "int8 / float"], rows))
     _onnx_why(ctx, sec, work, model, shape)
-    sec.add("The toolkit's int8 file is as fast as the bare converter's (same graph: BatchNorm "
+    same = ("The toolkit's int8 file is as fast as the bare converter's (same graph: BatchNorm "
             "folded into the convolutions, per-channel int8 weights, int32 biases, every op "
-            "int8 and delegated to XNNPACK). On this x86 CPU without VNNI, XNNPACK's int8 "
-            "convolutions are no faster than its float ones (AVX2 has no 8-bit dot product; "
-            "the int8 kernels widen to 16 bits), and the first convolution, with one input "
-            "channel, is several times slower in int8 than in float: its cost is per output "
-            "(requantizing 28x28x32 values) rather than per multiply. Without the XNNPACK "
-            "delegate (the builtin kernels), int8 is faster than float; int8 with XNNPACK against "
-            "float without it is the only pairing measured here that comes near the "
-            "prototype's 0.30x (a plausible account of that number, not a verified one). "
-            "The 0.4x target needs int8 dot-product instructions (VNNI) or an integer-only "
-            "accelerator. onnxruntime shows the same pattern, and a fixed per-run cost of the session "
-            "that int8 does not shrink.")
+            "int8 and delegated to XNNPACK). ")
+    if cpu_info()["int8_dot_product"]:
+        sec.add(same + "This CPU has 8-bit dot-product instructions (VNNI), so XNNPACK's int8 "
+                "convolutions multiply four 8-bit pairs at once and beat its float ones, "
+                "except where the cost is per output rather than per multiply (the first "
+                "convolution, with one input channel, requantizes 28x28x32 values). "
+                "onnxruntime's int8 (QDQ) kernels gain less, with a fixed per-run cost of "
+                "the session that int8 does not shrink. On a CPU without VNNI (AVX2 only) the "
+                "same files measured no faster than float (an earlier run of this benchmark).")
+    else:
+        sec.add(same + "On this x86 CPU without VNNI, XNNPACK's int8 "
+                "convolutions are no faster than its float ones (AVX2 has no 8-bit dot "
+                "product; the int8 kernels widen to 16 bits), and the first convolution, with "
+                "one input channel, is several times slower in int8 than in float: its cost "
+                "is per output (requantizing 28x28x32 values) rather than per multiply. "
+                "Without the XNNPACK delegate (the builtin kernels), int8 is faster than "
+                "float; int8 with XNNPACK against float without it is the only pairing "
+                "measured here that comes near the prototype's 0.30x (a plausible account of "
+                "that number, not a verified one). The 0.4x target needs int8 dot-product "
+                "instructions (VNNI) or an integer-only accelerator. onnxruntime shows the "
+                "same pattern, and a fixed per-run cost of the session that int8 does not "
+                "shrink.")
 
 
 def _onnx_profile(path, shape: tuple, runs: int) -> tuple[list, float, float]:
