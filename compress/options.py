@@ -24,6 +24,7 @@ compress.errors.CompressError: steps[0].prune.sparsity: must be in [0.0, 1.0), g
 from __future__ import annotations
 
 import dataclasses
+import reprlib
 from collections.abc import Callable
 from typing import Any
 
@@ -31,6 +32,34 @@ from compress.errors import CompressError
 
 _TYPE_NAMES = {float: "a number", int: "an integer", str: "a string", bool: "true or false",
                list: "a list"}
+# What an error message may quote of a value: a recipe's value can be huge (or, through
+# YAML aliases, an exponential tree that only shares its nodes), and a one-line error
+# must stay one short line. reprlib bounds the work as well as the text.
+QUOTE_LIMIT = 80
+_QUOTER = reprlib.Repr()
+_QUOTER.maxlevel, _QUOTER.maxstring, _QUOTER.maxother = 3, QUOTE_LIMIT, QUOTE_LIMIT
+_QUOTER.maxlist = _QUOTER.maxtuple = _QUOTER.maxdict = _QUOTER.maxset = 6
+
+
+def shortened(text, limit: int = QUOTE_LIMIT) -> str:
+    """``str(text)``, cut to ``limit`` characters with ``...`` when longer."""
+    text = str(text) if isinstance(text, (str, int, float, bool, type(None))) else \
+        _QUOTER.repr(text)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def quoted(value, limit: int = QUOTE_LIMIT) -> str:
+    """``repr(value)`` for an error message, at most ``limit`` characters, cheap for any
+    value.
+
+    Example:
+
+    >>> quoted("lots")
+    "'lots'"
+    >>> len(quoted(list(range(10**6)))) <= QUOTE_LIMIT
+    True
+    """
+    return shortened(_QUOTER.repr(value), limit)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,7 +104,7 @@ class Option:
         value = self._coerce(value, where)
         if self.choices and value not in self.choices:
             raise CompressError(f"{where}: must be one of {', '.join(map(str, self.choices))}, "
-                                f"got {value!r}")
+                                f"got {quoted(value)}")
         if self.type in (int, float):
             lo_ok = self.low is None or (value >= self.low if self.low_inclusive
                                          else value > self.low)
@@ -92,15 +121,15 @@ class Option:
                 return value
             if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
                 return value.lower() in ("true", "yes", "1")
-            raise CompressError(f"{where}: must be {kind}, got {value!r}")
+            raise CompressError(f"{where}: must be {kind}, got {quoted(value)}")
         if self.type is list:
             if isinstance(value, str):
                 return [v.strip() for v in value.split(",") if v.strip()]
             if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
                 return list(value)
-            raise CompressError(f"{where}: must be {kind} of strings, got {value!r}")
+            raise CompressError(f"{where}: must be {kind} of strings, got {quoted(value)}")
         if isinstance(value, bool):  # bool is an int subclass; never accept it as a number
-            raise CompressError(f"{where}: must be {kind}, got {value!r}")
+            raise CompressError(f"{where}: must be {kind}, got {quoted(value)}")
         if self.type is float and isinstance(value, (int, float)):
             return float(value)
         if self.type is int and isinstance(value, int):
@@ -114,7 +143,7 @@ class Option:
                 return self.type(value)
             except ValueError:
                 pass
-        raise CompressError(f"{where}: must be {kind}, got {value!r}")
+        raise CompressError(f"{where}: must be {kind}, got {quoted(value)}")
 
     def _range_text(self) -> str:
         if self.low is not None and self.high is not None:
@@ -152,10 +181,10 @@ class Schema:
         path = self.name if path is None else path
         values = {} if values is None else values
         if not isinstance(values, dict):
-            raise CompressError(f"{path}: must be a mapping of options, got {values!r}")
+            raise CompressError(f"{path}: must be a mapping of options, got {quoted(values)}")
         unknown = [k for k in values if k not in self.options]
         if unknown:
-            raise CompressError(f"{path}.{unknown[0]}: unknown option "
+            raise CompressError(f"{path}.{shortened(unknown[0])}: unknown option "
                                 f"(known: {', '.join(self.options)})")
         out = {}
         for name, opt in self.options.items():

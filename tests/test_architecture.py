@@ -4,7 +4,7 @@ Every import counts, including those inside function bodies (the lazy ones that 
 ``compress --help`` fast): a lazy import is still a dependency. Layers, bottom up:
 
 - core: errors, options, passes (the registry), io, data, models, training,
-  training_context, report, runtime, export, quiet, layers
+  training_context, report, runtime, export, quiet, layers, graph_safety
 - passes: pruning, sharing, quantization, distillation, callbacks, cascade, train
 - front-ends: cli, recipes and the package facade ``compress/__init__.py``
 """
@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parent.parent / "compress"
 CORE, PASSES, FRONT = 0, 1, 2
 LAYER_NAMES = {CORE: "core", PASSES: "pass", FRONT: "front-end"}
 _CORE = {"errors", "options", "passes", "io", "data", "models", "training",
-         "training_context", "report", "runtime", "export", "quiet", "layers"}
+         "training_context", "report", "runtime", "export", "quiet", "layers",
+         "graph_safety"}
 _PASSES = {"pruning", "sharing", "quantization", "distillation", "callbacks", "cascade",
            "train"}
 _FRONT = {"cli", "recipes"}

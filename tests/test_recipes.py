@@ -1,6 +1,7 @@
 """compress.recipes: validation by field path, overrides, runs, failure reports, fuzzing."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -135,8 +136,91 @@ def test_overrides():
 def test_yaml_is_loaded_safely(tmp_path):
     path = tmp_path / "evil.yaml"
     path.write_text("model: !!python/object/apply:os.system ['echo hacked']\nsteps: []\n")
-    with pytest.raises(CompressError, match="not valid YAML"):
+    with pytest.raises(CompressError, match=r"line 1: '!!python/object/apply:os.system' is a "
+                                            "Python tag, refused"):
         load_recipe(path)
+    path.write_text("model: !custom 1\nsteps: []\n")
+    with pytest.raises(CompressError, match="unknown YAML tag '!custom'"):
+        load_recipe(path)
+
+
+def _alias_bomb(levels: int) -> str:
+    """Each level lists the previous one nine times: 9**levels values from a few lines."""
+    lines = ["l0: &l0 [x, x, x, x, x, x, x, x, x]"] + [
+        f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]" for i in range(1, levels + 1)]
+    return ("model: lenet300\ndata: digits\n" + "\n".join(lines)
+            + f"\nsteps:\n  - prune: {{sparsity: *l{levels}}}\n")
+
+
+def _flow_alias_bomb(levels: int) -> str:
+    """The same in one line, for --set."""
+    return "[&l0 [x, x, x, x, x, x, x, x, x], " + ", ".join(
+        f"&l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]" for i in range(1, levels + 1)) + "]"
+
+
+@pytest.mark.parametrize("levels", [4, 6])
+def test_a_yaml_alias_bomb_is_refused_before_it_is_built(tmp_path, levels):
+    path = tmp_path / "bomb.yaml"
+    path.write_text(_alias_bomb(levels))
+    assert path.stat().st_size < 1000
+    with pytest.raises(CompressError) as err:
+        load_recipe(path)
+    assert "aliases expand to more than 10000 values" in str(err.value)
+    assert len(str(err.value)) < 200
+
+
+def test_a_recursive_alias_and_deep_nesting_are_one_line(tmp_path):
+    path = tmp_path / "loop.yaml"
+    path.write_text("model: lenet300\nsteps: &s [*s]\n")
+    with pytest.raises(CompressError, match="refers to a value that contains it"):
+        load_recipe(path)
+    path.write_text("model: lenet300\nsteps: " + "[" * 3000 + "]" * 3000 + "\n")
+    with pytest.raises(CompressError, match="nested too deeply"):
+        load_recipe(path)
+
+
+def test_values_quoted_in_errors_are_cut_short():
+    recipe = _base()
+    recipe["steps"][0]["prune"]["sparsity"] = [list(range(1000))] * 1000
+    recipe["data"] = {"name": "x" * 10_000}
+    for mutate in (lambda r: r, lambda r: r.update(data="digits")):
+        mutate(recipe)
+        with pytest.raises(CompressError) as err:
+            load_recipe(recipe)
+        assert len(str(err.value)) < 160 and "..." in str(err.value)
+
+
+def test_recipe_file_problems_are_named(tmp_path):
+    loop = tmp_path / "loop.yaml"
+    os.symlink(loop.name, loop)
+    with pytest.raises(CompressError, match="symbolic link loop"):
+        load_recipe(loop)
+    big = tmp_path / "big.yaml"
+    big.write_text("description: " + "x" * 2**21 + "\n")
+    with pytest.raises(CompressError, match="too large for a recipe"):
+        load_recipe(big)
+
+
+def test_override_paths_are_read_strictly():
+    with pytest.raises(CompressError, match=r"steps\[-1\].prune.sparsity: negative indexes "
+                                            r"such as \[-1\] are not supported"):
+        apply_override(_base(), "steps[-1].prune.sparsity=0.5")
+    with pytest.raises(CompressError, match=r"steps is a list \(index it with \[N\]\), so it "
+                                            "has no key 'prune'"):
+        apply_override(_base(), "steps.prune.sparsity=0.5")
+    with pytest.raises(CompressError, match="cannot read the path at 'prune'"):
+        apply_override(_base(), "steps[0]prune=0.5")
+    with pytest.raises(CompressError, match="aliases expand"):
+        apply_override(_base(), "seed=" + _flow_alias_bomb(6))
+    recipe = {"steps": [{"prune": None}]}  # a step written without options
+    apply_override(recipe, "steps[0].prune.sparsity=0.5")
+    assert recipe == {"steps": [{"prune": {"sparsity": 0.5}}]}
+
+
+def test_a_seed_outside_numpys_range_is_refused():
+    for seed in (-1, 2**32):
+        with pytest.raises(CompressError, match=r"seed: must be in \[0, 4294967295\]"):
+            load_recipe({**_base(), "seed": seed})
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

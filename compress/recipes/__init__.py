@@ -1,6 +1,7 @@
 """YAML recipes: a model, data and an ordered chain of passes, rerunnable as one unit.
 
-A recipe is loaded with ``yaml.safe_load`` and validated in full before anything runs
+A recipe is read with safe loading and a budget on what its YAML aliases expand to
+(:mod:`compress.recipes.yaml_reader`) and validated in full before anything runs
 (:mod:`compress.recipes.checks`); ``--set`` overrides use a small path language
 (:mod:`compress.recipes.overrides`); the runner (:mod:`compress.recipes.runner`) runs
 each step's pass from the registry and writes a report. The demo behind ``compress demo``

@@ -21,13 +21,15 @@ compress.errors.CompressError: steps[0].prun: unknown step (use one of train, ex
 from __future__ import annotations
 
 import copy
+import errno
 import os
 from pathlib import Path
 
 from compress import passes
 from compress.errors import CompressError
-from compress.options import Option, Schema
+from compress.options import Option, Schema, quoted, shortened
 from compress.recipes.overrides import apply_override
+from compress.recipes.yaml_reader import read_yaml
 
 TOP_LEVEL = ("name", "description", "seed", "data", "model", "baseline", "steps", "output",
              "unsafe", "subset", "quick")
@@ -41,6 +43,10 @@ STEP_EXTRAS = Schema("step", [
 ])
 # CLI-only options that make no sense inside a recipe step.
 _NOT_IN_RECIPES = ("output", "force", "json", "unsafe")
+# A recipe is a few KB; a larger file is not one (and is not read into memory whole).
+MAX_RECIPE_BYTES = 2**20
+# NumPy's seeds are unsigned 32-bit integers.
+SEED = Option("seed", int, 0, "", low=0, high=2**32 - 1)
 
 
 def step_kinds() -> list[str]:
@@ -60,8 +66,6 @@ def load_recipe(source, overrides: list[str] = (), quick: bool = False,
         unsafe: bool, default False. The user's own ``--unsafe``: only then may a recipe
             say ``unsafe: true`` (load its model files with Keras safe mode off).
     """
-    import yaml
-
     if isinstance(source, dict):
         recipe, where = copy.deepcopy(source), "recipe"
     elif not isinstance(source, (str, os.PathLike)):
@@ -69,18 +73,7 @@ def load_recipe(source, overrides: list[str] = (), quick: bool = False,
                             f"{type(source).__name__}")
     else:
         path = Path(source)
-        if not path.exists():
-            raise CompressError(f"{path}: no such recipe file")
-        if not path.is_file():
-            raise CompressError(f"{path}: is a folder, not a recipe file")
-        try:
-            recipe = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            at = f" at line {mark.line + 1}" if mark else ""
-            raise CompressError(f"{path}: not valid YAML{at}") from exc
-        except UnicodeDecodeError as exc:
-            raise CompressError(f"{path}: not a text file") from exc
+        recipe = read_yaml(_read_recipe_text(path), str(path))
         where = str(path)
     if not isinstance(recipe, dict):
         raise CompressError(f"{where}: a recipe must be a mapping with 'model' and 'steps'")
@@ -90,6 +83,35 @@ def load_recipe(source, overrides: list[str] = (), quick: bool = False,
     for item in (list(quick_form) if quick else []) + list(overrides):
         apply_override(recipe, item)
     return validate_recipe(recipe, unsafe=unsafe)
+
+
+def _read_recipe_text(path: Path) -> str:
+    """The recipe file's text, or one line saying why it cannot be a recipe."""
+    try:
+        size = os.stat(path).st_size
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise CompressError(f"{path}: symbolic link loop (a link in this path points "
+                                "back to itself)") from None
+        if exc.errno == errno.ENOENT and path.is_symlink():
+            raise CompressError(f"{path}: broken symbolic link (it points to "
+                                f"{os.readlink(path)}, which does not exist)") from None
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            raise CompressError(f"{path}: no such recipe file") from None
+        raise CompressError(f"{path}: cannot read ({exc.strerror})") from None
+    if path.is_dir():
+        raise CompressError(f"{path}: is a folder, not a recipe file")
+    if not path.is_file():
+        raise CompressError(f"{path}: not a regular file, not a recipe file")
+    if size > MAX_RECIPE_BYTES:
+        raise CompressError(f"{path}: {size} bytes, too large for a recipe (limit "
+                            f"{MAX_RECIPE_BYTES}); refusing to read it")
+    try:
+        return path.read_text()
+    except UnicodeDecodeError as exc:
+        raise CompressError(f"{path}: not a text file") from exc
+    except OSError as exc:
+        raise CompressError(f"{path}: cannot read ({exc.strerror})") from None
 
 
 def validate_recipe(recipe: dict, unsafe: bool = False) -> dict:
@@ -102,24 +124,26 @@ def validate_recipe(recipe: dict, unsafe: bool = False) -> dict:
     """
     unknown = [k for k in recipe if k not in TOP_LEVEL]
     if unknown:
-        raise CompressError(f"{unknown[0]}: unknown recipe key (known: {', '.join(TOP_LEVEL)})")
+        raise CompressError(f"{shortened(unknown[0])}: unknown recipe key "
+                            f"(known: {', '.join(TOP_LEVEL)})")
     out = dict(recipe)
     if "model" not in recipe:
         raise CompressError("model: missing (a model file or a builder name such as lenet300)")
     if not isinstance(recipe["model"], str):
-        raise CompressError(f"model: must be a file path or builder name, got {recipe['model']!r}")
-    out["seed"] = Option("seed", int, 0, "").check(recipe.get("seed", 0), "seed")
+        raise CompressError("model: must be a file path or builder name, got "
+                            f"{quoted(recipe['model'])}")
+    out["seed"] = SEED.check(recipe.get("seed", 0), "seed")
     data = recipe.get("data")
     if data is not None and not isinstance(data, str):
-        raise CompressError(f"data: must be a dataset name, got {data!r}")
+        raise CompressError(f"data: must be a dataset name, got {quoted(data)}")
     from compress.data import NAMES
 
     if data is not None and not data.startswith("npz:") and data not in NAMES:
-        raise CompressError(f"data: '{data}' is not a dataset (use one of {', '.join(NAMES)} "
+        raise CompressError(f"data: {quoted(data)} is not a dataset (use one of {', '.join(NAMES)} "
                             "or npz:PATH)")
     for key in ("name", "description", "output"):
         if key in recipe and not isinstance(recipe[key], str):
-            raise CompressError(f"{key}: must be a string, got {recipe[key]!r}")
+            raise CompressError(f"{key}: must be a string, got {quoted(recipe[key])}")
     if recipe.get("subset") is not None:
         out["subset"] = Option("subset", int, None, "", low=10).check(recipe["subset"], "subset")
     out["unsafe"] = Option("unsafe", bool, False, "").check(recipe.get("unsafe", False),
@@ -147,7 +171,7 @@ def validate_recipe(recipe: dict, unsafe: bool = False) -> dict:
                                 f"{', '.join(kinds)}")
         kind, body = next(iter(step.items()))
         if kind not in kinds:
-            raise CompressError(f"{where}.{kind}: unknown step (use one of {', '.join(kinds)})")
+            raise CompressError(f"{where}.{shortened(kind)}: unknown step (use one of {', '.join(kinds)})")
         out["steps"].append({kind: _validate_step(passes.get(kind), body, f"{where}.{kind}",
                                                   out["seed"], data)})
     if data is None and builder:
@@ -164,7 +188,7 @@ def _validate_step(spec, body, where: str, seed: int, data) -> dict:
     if body is None:
         body = {}
     if not isinstance(body, dict):
-        raise CompressError(f"{where}: must be a mapping of options, got {body!r}")
+        raise CompressError(f"{where}: must be a mapping of options, got {quoted(body)}")
     body = dict(body)
     for key in _NOT_IN_RECIPES:
         if key in body and key not in spec.schema.options:
