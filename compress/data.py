@@ -190,32 +190,68 @@ def _load_npz(path: Path, seed: int) -> Dataset:
             np.issubdtype(a.dtype, np.floating) and np.all(a == np.round(a)))
         if key.startswith("y_") and (not whole or a.min() < 0):
             raise CompressError(f"{path}: labels '{key}' must be non-negative integers")
-    x, y = arrays["x_train"].astype("float32"), arrays["y_train"].astype("int64").reshape(-1)
-    if len(x) != len(y):
-        raise CompressError(f"{path}: x_train has {len(x)} samples but y_train has {len(y)}")
+    splits = _npz_splits(path, arrays)
+    x, y = splits["train"]
     name = f"npz:{path}"
-    if "x_test" in arrays and "y_test" in arrays:
-        x_test = arrays["x_test"].astype("float32")
-        y_test = arrays["y_test"].astype("int64").reshape(-1)
-        if "x_val" in arrays and "y_val" in arrays:
-            x_val, y_val = arrays["x_val"].astype("float32"), arrays["y_val"].astype("int64")
-            x_train, y_train = x, y
+    rng = np.random.default_rng(seed)
+    if "test" in splits:
+        x_test, y_test = splits["test"]
+        if "val" in splits:
+            (x_val, y_val), (x_train, y_train) = splits["val"], (x, y)
         else:
-            rng = np.random.default_rng(seed)
             idx = rng.permutation(len(x))
             n_val = max(1, len(x) // 10)
             x_val, y_val = x[idx[:n_val]], y[idx[:n_val]]
             x_train, y_train = x[idx[n_val:]], y[idx[n_val:]]
-        labels = np.concatenate([y_train, y_val.reshape(-1), y_test])
-        return Dataset(name, x_train, y_train, x_val, y_val.reshape(-1), x_test, y_test,
+        labels = np.concatenate([y_train, y_val, y_test])
+        return Dataset(name, x_train, y_train, x_val, y_val, x_test, y_test,
                        int(labels.max()) + 1)
     if len(x) < 10:
         raise CompressError(f"{path}: only {len(x)} samples; need at least 10 to split")
-    rng = np.random.default_rng(seed)
     idx = rng.permutation(len(x))
     n_test, n_val = max(1, len(x) // 5), max(1, len(x) // 10)
+    if "val" in splits:  # the given validation split, the test split taken from train
+        (x_val, y_val), te, tr = splits["val"], idx[:n_test], idx[n_test:]
+        labels = np.concatenate([y, y_val])
+        return Dataset(name, x[tr], y[tr], x_val, y_val, x[te], y[te], int(labels.max()) + 1)
     te, va, tr = idx[:n_test], idx[n_test:n_test + n_val], idx[n_test + n_val:]
     return Dataset(name, x[tr], y[tr], x[va], y[va], x[te], y[te], int(y.max()) + 1)
+
+
+def _npz_splits(path: Path, arrays: dict) -> dict:
+    """``{split: (x, y)}`` for every split in the file, each checked before any use.
+
+    Every split needs both arrays, one label per sample (an integer class, not one-hot)
+    and samples shaped like the training ones: a mismatch found after training would
+    waste it, and Keras's own error does not name the split.
+    """
+    splits = {}
+    for split in ("train", "val", "test"):
+        x_key, y_key = f"x_{split}", f"y_{split}"
+        if x_key not in arrays and y_key not in arrays:
+            continue
+        if x_key not in arrays or y_key not in arrays:
+            have, missing = (x_key, y_key) if x_key in arrays else (y_key, x_key)
+            raise CompressError(f"{path}: has '{have}' but no '{missing}'; give both arrays "
+                                f"of the {split} split")
+        x, y = arrays[x_key], arrays[y_key]
+        if x.ndim == 0 or y.ndim == 0:
+            raise CompressError(f"{path}: array '{x_key if x.ndim == 0 else y_key}' is a "
+                                "single number; give one row per sample")
+        per_sample = int(np.prod(y.shape[1:]))
+        if per_sample != 1:
+            raise CompressError(
+                f"{path}: labels '{y_key}' have shape {tuple(y.shape)}: give one integer "
+                "class per sample" + (" (one-hot labels: numpy.argmax(y, axis=1))"
+                                      if y.ndim == 2 else ""))
+        if len(x) != len(y):
+            raise CompressError(f"{path}: the {split} split has {len(x)} samples in '{x_key}' "
+                                f"but {len(y)} labels in '{y_key}'")
+        if split != "train" and x.shape[1:] != arrays["x_train"].shape[1:]:
+            raise CompressError(f"{path}: '{x_key}' samples have shape {tuple(x.shape[1:])} "
+                                f"but 'x_train' samples have {tuple(arrays['x_train'].shape[1:])}")
+        splits[split] = (x.astype("float32"), y.astype("int64").reshape(-1))
+    return splits
 
 
 def fit_to_model(x: np.ndarray, model, name: str = "data") -> np.ndarray:

@@ -174,6 +174,9 @@ def _write(model, path, fmt: str, x, force: bool, inputs, atol: float,
 def _exported(model, fmt: str, x, atol: float, where: str, opset: int | None = None
               ) -> tuple[bytes, dict]:
     """The artifact's bytes and its verification on ``x`` (None skips it)."""
+    from compress.training import check_finite
+
+    check_finite(model)
     if fmt == "tflite":
         refuse_keras_quantized(model)
     _ensure_called(model)

@@ -235,7 +235,9 @@ def verify(model, artifact, x: np.ndarray, fmt: str | None = None) -> dict:
         fmt: str or None, default None. ``"onnx"`` or ``"tflite"`` (else sniffed).
 
     Returns:
-        ``{"samples", "max_abs_diff", "top1_agreement"}``.
+        ``{"samples", "max_abs_diff", "top1_agreement"}``; NaN or infinite outputs give
+        an infinite difference and count as disagreeing (:func:`max_abs_diff`,
+        :func:`top1_agreement`), so no threshold passes them.
     """
     from compress.training import predict
 
@@ -246,15 +248,62 @@ def verify(model, artifact, x: np.ndarray, fmt: str | None = None) -> dict:
                             f"{expected.shape}")
     return {
         "samples": len(x),
-        "max_abs_diff": float(np.max(np.abs(got - expected))) if len(x) else 0.0,
-        "top1_agreement": float(np.mean(np.argmax(got, -1) == np.argmax(expected, -1))),
+        "max_abs_diff": max_abs_diff(got, expected),
+        "top1_agreement": top1_agreement(got, expected),
     }
+
+
+def max_abs_diff(got: np.ndarray, expected: np.ndarray) -> float:
+    """The largest ``|got - expected|``; infinite where either side is NaN or infinite.
+
+    A NaN difference would pass (and fail) no threshold, since every comparison with NaN
+    is False: ``diff <= atol`` must not hold for outputs that are not numbers.
+
+    Example:
+
+    >>> max_abs_diff(np.array([[0.5, 0.5]]), np.array([[0.5, 0.25]]))
+    0.25
+    >>> max_abs_diff(np.array([[np.nan, 1.0]]), np.array([[np.nan, 1.0]]))
+    inf
+    """
+    got, expected = np.asarray(got, np.float64), np.asarray(expected, np.float64)
+    if got.size == 0:
+        return 0.0
+    if not (np.isfinite(got).all() and np.isfinite(expected).all()):
+        return float("inf")
+    return float(np.max(np.abs(got - expected)))
+
+
+def top1_agreement(got: np.ndarray, expected: np.ndarray) -> float:
+    """Fraction of rows whose top-1 class agrees; a row with a NaN or infinite output on
+    either side disagrees (``argmax`` of NaN is index 0 on both sides, a false match).
+
+    ``expected`` may also be the expected class indices (one per row).
+
+    Example:
+
+    >>> outputs = np.array([[0.1, 0.9], [np.nan, 0.0]])
+    >>> top1_agreement(outputs, outputs)
+    0.5
+    """
+    got = np.asarray(got, np.float64)
+    expected = np.asarray(expected)
+    if len(got) == 0:
+        return 0.0
+    finite = np.isfinite(got.reshape(len(got), -1)).all(axis=1)
+    if expected.ndim == got.ndim:
+        labels = np.argmax(expected, -1)
+        finite &= np.isfinite(expected.astype(np.float64).reshape(len(expected), -1)).all(axis=1)
+    else:
+        labels = expected
+    return float(np.mean((np.argmax(got, -1) == labels) & finite))
 
 
 def artifact_accuracy(artifact, x: np.ndarray, y: np.ndarray, fmt: str | None = None
                       ) -> float:
-    """Top-1 accuracy of an exported artifact (path or bytes), measured in its runtime."""
-    return float(np.mean(np.argmax(run_artifact(artifact, x, fmt=fmt), -1) == y))
+    """Top-1 accuracy of an exported artifact (path or bytes), measured in its runtime
+    (a row with a NaN output counts as wrong)."""
+    return top1_agreement(run_artifact(artifact, x, fmt=fmt), np.asarray(y))
 
 
 def runtime_latency_ms(artifact, sample_shape: tuple, batch: int = 1, threads: int = 1,

@@ -27,11 +27,7 @@ import keras
 import numpy as np
 
 from compress.errors import CompressError, raise_if_interrupted
-from compress.training_context import (
-    AtomicBackupAndRestore,
-    TrainingContext,
-    current_context,
-)
+from compress.training_context import TrainingContext, current_context
 
 
 def set_seed(seed: int) -> None:
@@ -45,8 +41,64 @@ def set_seed(seed: int) -> None:
         pass
 
 
+def check_finite(model, what: str = "model") -> None:
+    """Refuse a model with a NaN or infinite weight, in one line naming the layer.
+
+    Such a model gives NaN outputs whatever a pass does with it; every pass checks its
+    input up front (:func:`copy_model` does, the passes that do not copy call this).
+
+    Example:
+
+    >>> check_finite(model)                                    # doctest: +SKIP
+
+    Args:
+        model: keras.Model.
+        what: str, default ``"model"``. How the message names it (``"teacher"``).
+
+    Raises:
+        CompressError: ``model 'm': layer 'fc1' has 3 NaN or infinite weights in
+            fc1/kernel; it cannot give finite outputs (retrain it or use an earlier file)``.
+    """
+    for layer, variable in _weights_by_layer(model):
+        values = np.asarray(variable)
+        if not np.issubdtype(values.dtype, np.floating):
+            continue
+        bad = values.size - int(np.count_nonzero(np.isfinite(values)))
+        if bad:
+            name = variable.name.split("/")[-1]
+            raise CompressError(
+                f"{what} '{model.name}': layer '{layer}' has {bad} NaN or infinite weight"
+                f"{'s' if bad > 1 else ''} in {layer}/{name}; it cannot give finite outputs "
+                "(retrain it or use an earlier file)")
+
+
+def _weights_by_layer(model):
+    """``(layer name, variable)`` for every weight of ``model``, nested models flattened."""
+    seen = set()
+
+    def walk(container):
+        for layer in getattr(container, "layers", []):
+            if getattr(layer, "layers", None) and layer is not container:
+                yield from walk(layer)
+                continue
+            for variable in layer.weights:
+                if id(variable) not in seen:
+                    seen.add(id(variable))
+                    yield layer.name, variable
+
+    yield from walk(model)
+    for variable in model.weights:  # weights of no layer (a subclassed model's own)
+        if id(variable) not in seen:
+            yield model.name, variable
+
+
 def copy_model(model):
-    """A new model with the same architecture and weights: passes never mutate their input."""
+    """A new model with the same architecture and weights: passes never mutate their input.
+
+    Refuses a model with NaN or infinite weights (:func:`check_finite`): passes copy their
+    input first, so this is where a broken input is stopped, before any work.
+    """
+    check_finite(model)
     from compress.layers import register_layers
 
     register_layers()
@@ -164,8 +216,9 @@ def fit_model(model, x, y=None, *, validation_data=None, epochs: int = 1,
     cbs = list(callbacks or []) + [nan_stop, _StopOnCtrlC()]
     backup = context.next_backup_dir()
     if backup:
-        # Last, so the backup holds the weights as every other callback left them.
-        cbs.append(AtomicBackupAndRestore(backup))
+        # Last, so the backup holds the weights as every other callback left them (and
+        # restores after their on_train_begin: a Pruning schedule's masks exist by then).
+        cbs.append(context.backup_callback(backup, cbs))
         if not model.built:  # a Distiller is built by its first batch, too late to restore
             model(_first_inputs(x), training=False)
     kwargs = {} if batch_size is None else {"batch_size": batch_size}
@@ -261,6 +314,10 @@ class StopOnNaN(keras.callbacks.Callback):
         kept = ("the starting weights" if not self.last_good_epoch
                 else f"the weights after epoch {self.last_good_epoch}")
         message = f"training stopped: the loss became NaN or infinite ({advice})"
+        if not all(np.isfinite(w).all() for w in self._kept().get_weights()
+                   if np.issubdtype(w.dtype, np.floating)):
+            raise CompressError(f"training stopped: {kept} were already NaN or infinite; "
+                                "nothing was saved")
         saved = (context or current_context()).save_last_good(self._kept())
         if saved:
             message += f"; {kept} were saved to {saved}"
@@ -281,4 +338,7 @@ def accuracy(model, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> floa
     """Top-1 accuracy of ``model`` on ``(x, y)``."""
     if len(x) == 0:
         raise CompressError("cannot measure accuracy on empty data")
-    return float(np.mean(np.argmax(predict(model, x, batch_size), axis=-1) == y))
+    outputs = predict(model, x, batch_size)
+    # argmax of a NaN row is 0: it must not count as right for the class-0 samples
+    finite = np.isfinite(outputs.reshape(len(outputs), -1)).all(axis=1)
+    return float(np.mean((np.argmax(outputs, axis=-1) == y) & finite))

@@ -18,16 +18,22 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import hashlib
 import json
 import os
 import signal
 import threading
 
 import keras
+import numpy as np
 
 from compress.errors import CompressError
 
 STRATEGIES = ("none", "mirrored")
+# Command options that do not change what is trained: a re-run that differs only in them
+# resumes (another output path, --force, --json, ...).
+_NOT_IDENTITY = frozenset({"output", "force", "as_json", "json", "unsafe", "debug",
+                           "checkpoint_dir", "keep_last_good", "strategy"})
 
 _ACTIVE: contextvars.ContextVar = contextvars.ContextVar("compress_training_context",
                                                         default=None)
@@ -60,10 +66,18 @@ class TrainingContext:
             devices. For several machines enter ``MultiWorkerMirroredStrategy().scope()``
             yourself, with ``TF_CONFIG`` set on each worker.
         force: bool, default False. Let ``keep_last_good`` replace an existing file.
+        command: str or None, default None. The command the block runs (``"prune"``).
+        options: dict or None, default None. The command's options. With ``command`` they
+            are the block's identity (:func:`command_identity`), stored with every backup:
+            a folder holding a backup of another command, of other options (files named
+            in them compared by content) or of another model is refused in one line when
+            the block is entered, instead of being resumed. The CLI passes both. Each
+            backup also records its fit's model architecture, epochs and steps, so another
+            model's backup is refused even without them.
     """
 
     def __init__(self, checkpoint_dir=None, keep_last_good=None, strategy: str | None = "none",
-                 force: bool = False):
+                 force: bool = False, command: str | None = None, options: dict | None = None):
         strategy = strategy or "none"
         if strategy not in STRATEGIES:
             raise CompressError(f"strategy '{strategy}': must be {' or '.join(STRATEGIES)}")
@@ -71,10 +85,19 @@ class TrainingContext:
         self.keep_last_good = None if keep_last_good is None else os.fspath(keep_last_good)
         self.strategy = strategy
         self.force = bool(force)
+        self.command = command
+        self.options = dict(options or {})
+        self.identity = None  # digest of command and options, set on entering with backups
         self.fits = 0
         self._entered = []
 
     def __enter__(self):
+        if self.checkpoint_dir:
+            # Before any work: a folder left by another command is refused now, not after
+            # the fits before the interrupted one were replayed.
+            if self.command is not None or self.options:
+                self.identity = command_identity(self.command, self.options)
+            refuse_foreign_backups(self.checkpoint_dir, self.identity)
         stack = contextlib.ExitStack()
         if self.strategy != "none":
             stack.enter_context(distribution_strategy(self.strategy).scope())
@@ -94,12 +117,26 @@ class TrainingContext:
             return None
         return os.path.join(self.checkpoint_dir, f"fit{self.fits}")
 
+    def backup_callback(self, backup_dir: str, callbacks=()):
+        """The :class:`AtomicBackupAndRestore` of one fit backed up to ``backup_dir``.
+
+        Callbacks among ``callbacks`` that define ``backup_state()`` and
+        ``restore_state(state)`` (the :class:`~compress.callbacks.Pruning` schedule) have
+        their state saved with every backup and put back on resume.
+        """
+        stateful = [cb for cb in callbacks if callable(getattr(cb, "backup_state", None))]
+        return AtomicBackupAndRestore(backup_dir, identity=self.identity,
+                                      where=self.checkpoint_dir, stateful=stateful)
+
     def save_last_good(self, model) -> str | None:
         """Save ``model`` to ``keep_last_good`` if it is set; return where, else None."""
         if not self.keep_last_good:
             return None
         from compress import io
 
+        if not all(np.isfinite(w).all() for w in model.get_weights()
+                   if np.issubdtype(np.asarray(w).dtype, np.floating)):
+            return None  # never save NaN as "last good"
         return str(io.save_model(model, self.keep_last_good, force=self.force))
 
     def __repr__(self):
@@ -126,41 +163,255 @@ def distribution_strategy(name: str):
     return _STRATEGY_CACHE[name]
 
 
+def foreign_backup_message(checkpoint_dir) -> str:
+    """The one line refusing a backup folder made by another command or model."""
+    return (f"checkpoint {checkpoint_dir} was made by another command or model; use a new "
+            "--checkpoint-dir or delete it")
+
+
+def command_identity(command: str | None, options: dict) -> str:
+    """A digest of a command and its options, as stored with its backups.
+
+    Options that do not change the training (the output path, ``force``, ``json``, ...)
+    are left out; a string naming an existing file or folder (the model, a recipe,
+    ``npz:PATH`` data) counts by its content, so an edited input is another command.
+
+    Example:
+
+    >>> a = command_identity("prune", {"sparsity": 0.5, "output": "a.keras"})
+    >>> a == command_identity("prune", {"sparsity": 0.5, "output": "b.keras"})
+    True
+    >>> a == command_identity("prune", {"sparsity": 0.9, "output": "a.keras"})
+    False
+    """
+    kept = {str(k): _identity_value(v) for k, v in sorted(options.items())
+            if k not in _NOT_IDENTITY}
+    text = json.dumps({"command": command, "options": kept}, sort_keys=True, default=repr)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _identity_value(value):
+    if isinstance(value, (str, os.PathLike)):
+        text = os.fspath(value)
+        if isinstance(text, bytes):
+            text = os.fsdecode(text)
+        path = text.removeprefix("npz:")
+        try:
+            if os.path.isfile(path):
+                return {"file": _file_digest(path)}
+            if os.path.isdir(path):
+                return {"folder": _folder_digest(path)}
+        except (OSError, ValueError):  # unreadable or not a path: the text is the identity
+            pass
+        return text
+    if isinstance(value, (list, tuple)):
+        return [_identity_value(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _identity_value(v) for k, v in sorted(value.items(), key=str)}
+    if callable(getattr(value, "get_weights", None)):  # a Keras model passed as an option
+        return {"model": weights_digest(value)}
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    return repr(value)
+
+
+def _file_digest(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _folder_digest(path) -> str:
+    digest = hashlib.sha256()
+    for root, dirs, files in os.walk(path):
+        dirs.sort()
+        for name in sorted(files):
+            full = os.path.join(root, name)
+            digest.update(os.path.relpath(full, path).encode("utf-8", "surrogateescape"))
+            digest.update(_file_digest(full).encode())
+    return digest.hexdigest()
+
+
+def weights_digest(model) -> str:
+    """A digest of a model's weight values (and their shapes and dtypes)."""
+    digest = hashlib.sha256()
+    for w in model.get_weights():
+        w = np.ascontiguousarray(w)
+        digest.update(f"{w.shape}{w.dtype}".encode())
+        digest.update(w.tobytes())
+    return digest.hexdigest()
+
+
+def refuse_foreign_backups(checkpoint_dir, identity: str | None) -> None:
+    """Refuse a folder holding a backup (``fitN/``) of another command: one line."""
+    try:
+        names = sorted(os.listdir(checkpoint_dir))
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    except OSError as exc:
+        raise CompressError(f"checkpoint {checkpoint_dir}: cannot be read "
+                            f"({exc.strerror or exc})") from exc
+    for name in names:
+        meta = os.path.join(checkpoint_dir, name, "training_metadata.json")
+        if name.startswith("fit") and os.path.isfile(meta):
+            stored = _read_metadata(meta, checkpoint_dir)
+            if stored.get("command") != identity:
+                raise CompressError(foreign_backup_message(checkpoint_dir))
+
+
+def _read_metadata(path, checkpoint_dir) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            stored = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise CompressError(f"checkpoint {checkpoint_dir}: unreadable backup {path}; delete "
+                            "the folder or use a new --checkpoint-dir") from exc
+    if not isinstance(stored, dict) or not isinstance(stored.get("epoch"), int):
+        raise CompressError(foreign_backup_message(checkpoint_dir))
+    return stored
+
+
 class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
-    """Keras's ``BackupAndRestore`` with every backup written atomically.
+    """Keras's ``BackupAndRestore``, written atomically, refusing another run's backup,
+    and saving the state of the fit's stateful callbacks with the weights.
 
     Keras writes ``latest.weights.h5`` in place, so a Ctrl-C that lands while it is being
     written leaves a file with only some layers in it, and the resumed run fails with
-    "Layer ... expected 2 variables, but received 0". Here the weights and the epoch
-    counter go to temporary files first and are renamed over the backup together, with
-    SIGINT held back for the two renames: the folder always holds one whole epoch.
+    "Layer ... expected 2 variables, but received 0". Here the weights, the callbacks'
+    state and the epoch counter go to temporary files first and are renamed over the
+    backup together, with SIGINT and SIGTERM held back for the renames: the folder always
+    holds one whole epoch.
+
+    Each backup records a fingerprint: the ``identity`` of the command, the fit's folder
+    (its place among the command's fits), the model's class and variables (shapes and
+    dtypes), the epochs and steps, and the stateful callbacks' classes. A backup whose
+    fingerprint differs is refused in one line (Keras would load whatever fits, or fail
+    with "A total of 3 objects could not be loaded").
+
+    Stateful callbacks define ``backup_state()`` (a dict of JSON values and NumPy arrays)
+    and ``restore_state(state)``, called after the weights were restored (their own
+    ``on_train_begin`` ran before): a gradual pruning schedule resumes at its step with its
+    masks, instead of starting over on a shorter fit.
 
     Example:
 
     >>> backup = AtomicBackupAndRestore("backup/")  # same arguments as Keras's
     >>> model.fit(x, y, epochs=50, callbacks=[backup])  # run again to resume  # doctest: +SKIP
+
+    Args:
+        backup_dir: str. The folder of this fit's backup.
+        identity: str or None, keyword-only. The command's identity
+            (:func:`command_identity`).
+        where: str or None, keyword-only. The folder named in the refusal (default
+            ``backup_dir``).
+        stateful: list of callbacks, keyword-only. Callbacks whose state is backed up.
     """
+
+    _STATE_FILE = "callbacks_state.npz"
+
+    def __init__(self, backup_dir, *args, identity: str | None = None, where=None,
+                 stateful=(), **kwargs):
+        super().__init__(backup_dir, *args, **kwargs)
+        self.identity = identity
+        self.where = where or backup_dir
+        self.stateful = list(stateful)
+        self._fingerprint = None
+        self._state_path = os.path.join(self.backup_dir, self._STATE_FILE)
+
+    def on_train_begin(self, logs=None):
+        self._fingerprint = self._fit_fingerprint()
+        super().on_train_begin(logs)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        # Keras reads the restored epoch (model._initial_epoch) once, just after
+        # on_train_begin, and never clears it: the next fit of the same model (the next
+        # round of an iterative prune) would silently skip that many epochs.
+        if getattr(self.model, "_initial_epoch", None) is not None:
+            self.model._initial_epoch = None
+
+    def _fit_fingerprint(self) -> str:
+        params = self.params or {}
+        described = {
+            "fit": os.path.basename(os.path.normpath(self.backup_dir)),
+            "model": type(self.model).__name__,
+            # Shapes, not names: automatic layer names depend on what the process built
+            # before, and a resumed run in the same process builds more.
+            "variables": [[list(v.shape), str(v.dtype)] for v in self.model.weights],
+            "epochs": params.get("epochs"), "steps": params.get("steps"),
+            "callbacks": [type(cb).__name__ for cb in self.stateful]}
+        return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
+
+    def _load_model(self):
+        if not os.path.exists(self._training_metadata_path):
+            if os.path.exists(self._weights_path):  # weights without their epoch: not ours
+                raise CompressError(foreign_backup_message(self.where))
+            return
+        stored = _read_metadata(self._training_metadata_path, self.where)
+        if stored.get("command") != self.identity or stored.get("fit") != self._fingerprint:
+            raise CompressError(foreign_backup_message(self.where))
+        states = stored.get("callbacks") or []
+        if len(states) != len(self.stateful):
+            raise CompressError(foreign_backup_message(self.where))
+        arrays = {}
+        if any(state.get("arrays") for state in states):
+            try:
+                with np.load(self._state_path, allow_pickle=False) as f:
+                    arrays = {k: f[k] for k in f.files}
+            except (OSError, ValueError) as exc:
+                raise CompressError(f"checkpoint {self.where}: unreadable backup "
+                                    f"{self._state_path}; delete the folder or use a new "
+                                    "--checkpoint-dir") from exc
+        super()._load_model()
+        for i, (cb, state) in enumerate(zip(self.stateful, states, strict=True)):
+            values = dict(state.get("values") or {})
+            for key in state.get("arrays") or []:
+                values[key] = arrays[f"{i}.{key}"]
+            cb.restore_state(values)
 
     def _save_model(self):
         os.makedirs(self.backup_dir, exist_ok=True)
         tmp_weights = os.path.join(self.backup_dir, f".partial-{os.getpid()}.weights.h5")
         tmp_meta = os.path.join(self.backup_dir, f".partial-{os.getpid()}.json")
+        tmp_state = os.path.join(self.backup_dir, f".partial-{os.getpid()}.npz")
         try:
             self.model.save_weights(filepath=tmp_weights, overwrite=True)
+            states, arrays = [], {}
+            for i, cb in enumerate(self.stateful):
+                values, names = {}, []
+                for key, value in cb.backup_state().items():
+                    if isinstance(value, np.ndarray):
+                        arrays[f"{i}.{key}"] = value
+                        names.append(key)
+                    else:
+                        values[key] = value
+                states.append({"class": type(cb).__name__, "values": values, "arrays": names})
+            if arrays:
+                with open(tmp_state, "wb") as f:
+                    np.savez(f, **arrays)
             with open(tmp_meta, "w", encoding="utf-8") as f:
-                json.dump({"epoch": self._current_epoch, "batch": self._last_batch_seen}, f)
+                json.dump({"epoch": self._current_epoch, "batch": self._last_batch_seen,
+                           "command": self.identity, "fit": self._fingerprint,
+                           "callbacks": states}, f)
             with _sigint_held():
+                if arrays:
+                    os.replace(tmp_state, self._state_path)
                 os.replace(tmp_weights, self._weights_path)
                 os.replace(tmp_meta, self._training_metadata_path)
         finally:
-            for leftover in (tmp_weights, tmp_meta):
+            for leftover in (tmp_weights, tmp_meta, tmp_state):
                 if os.path.exists(leftover):
                     os.unlink(leftover)
 
 
+_HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 @contextlib.contextmanager
 def _sigint_held():
-    """Hold a Ctrl-C (SIGINT) back until the block is done, then act on it as usual.
+    """Hold a Ctrl-C (SIGINT) or a SIGTERM back until the block is done, then act on it
+    as the handler in place before would have.
 
     Outside the main thread (where Python runs no signal handlers) it is a no-op.
     """
@@ -168,13 +419,19 @@ def _sigint_held():
         yield
         return
     caught = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    previous = {}
+    for signum in _HELD_SIGNALS:
+        previous[signum] = signal.signal(signum, lambda s, frame: caught.append(s))
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
-    if caught:
-        if callable(previous):
-            previous(signal.SIGINT, None)
-        elif previous == signal.SIG_DFL:
-            raise KeyboardInterrupt
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    for signum in dict.fromkeys(caught):
+        handler = previous[signum]
+        if callable(handler):
+            handler(signum, None)
+        elif handler == signal.SIG_DFL:
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            os.kill(os.getpid(), signum)  # the default action (SIGTERM: end the process)

@@ -1,5 +1,6 @@
 """The Pruning callback inside a user's own model.fit."""
 
+import numpy as np
 import pytest
 
 keras = pytest.importorskip("keras")
@@ -109,3 +110,49 @@ def test_block_callback_prunes_runs_of_inputs(digits):
     assert cb.get_config()["block"] == 4
     with pytest.raises(CompressError, match="block"):
         Pruning(block=0)
+
+
+def _interrupt_at_epoch(epoch):
+    """Ctrl-C as epoch ``epoch`` (0-based) begins: the epochs before it are backed up."""
+    def stop(e, logs=None):
+        if e == epoch:
+            raise KeyboardInterrupt
+
+    return keras.callbacks.LambdaCallback(on_epoch_begin=stop)
+
+
+def test_a_resumed_fit_keeps_the_schedule_and_its_masks(digits, tmp_path):
+    """Interrupted after 3 of 4 epochs and resumed, the schedule ends as if never stopped.
+
+    Without its state in the backup the resumed callback started again at step 0 with no
+    masks: 21 steps of a 56-step schedule, an under-pruned model.
+    """
+    from compress import training
+    from compress.data import prepare
+    from compress.training_context import TrainingContext
+
+    def run(*extra):
+        training.set_seed(0)
+        model = _model()
+        ds = prepare(model, digits)
+        cb = Pruning(sparsity=0.9, frequency=5)
+        training.fit_model(model, ds.x_train, ds.y_train, epochs=4, batch_size=64, verbose=0,
+                           callbacks=[cb, *extra])
+        return model, cb
+
+    whole, whole_cb = run()
+    ck = tmp_path / "ck"
+    with pytest.raises(KeyboardInterrupt), TrainingContext(checkpoint_dir=ck):
+        run(_interrupt_at_epoch(3))
+    assert (ck / "fit1" / "callbacks_state.npz").exists()
+    with TrainingContext(checkpoint_dir=ck):
+        resumed, resumed_cb = run()
+    assert len(whole_cb.updates) >= 9
+    assert resumed_cb.updates == whole_cb.updates
+    assert resumed_cb.step == whole_cb.step == 4 * 21
+    for name in ("fc1", "out"):
+        k = resumed.get_layer(name).kernel.numpy()
+        assert abs((k == 0).sum() - 0.9 * k.size) <= 1
+        np.testing.assert_array_equal(k == 0, whole.get_layer(name).kernel.numpy() == 0)
+    assert all(w.constraint is None for w in resumed.weights)
+    assert not any(ck.iterdir())  # the finished fit dropped its backup

@@ -62,12 +62,37 @@ def test_npz_user_data(tmp_path):
     assert ds.num_classes <= 3
 
 
+_TRAIN = {"x_train": np.zeros((20, 2)), "y_train": np.zeros(20, int)}
+
+
+def test_npz_given_validation_split_is_used(tmp_path):
+    rng = np.random.default_rng(0)
+    path = tmp_path / "d.npz"
+    np.savez(path, x_train=rng.random((50, 4)).astype("float32"),
+             y_train=rng.integers(0, 3, 50), x_val=np.ones((7, 4)), y_val=np.ones(7, int))
+    ds = load_data(f"npz:{path}", seed=0)
+    assert len(ds.x_val) == 7 and (ds.x_val == 1).all()  # it was silently dropped
+    assert len(ds.x_train) + len(ds.x_test) == 50
+
+
 @pytest.mark.parametrize("arrays,message", [
     ({"x_train": np.zeros((5, 2))}, "missing array 'y_train'"),
     ({"x_train": np.full((20, 2), np.nan), "y_train": np.zeros(20, int)}, "NaN or inf"),
     ({"x_train": np.zeros((0, 2)), "y_train": np.zeros(0, int)}, "empty"),
     ({"x_train": np.zeros((20, 2)), "y_train": -np.ones(20, int)}, "non-negative integers"),
     ({"x_train": np.zeros((20, 2)), "y_train": np.zeros(19, int)}, "has 20 samples"),
+    # every split is checked up front (these failed during or after training)
+    ({**_TRAIN, "x_test": np.zeros((50, 2)), "y_test": np.zeros(40, int)},
+     r"the test split has 50 samples in 'x_test' but 40 labels in 'y_test'$"),
+    ({**_TRAIN, "x_test": np.zeros((5, 2)), "y_test": np.zeros(5, int),
+      "x_val": np.zeros((30, 2)), "y_val": np.zeros(20, int)},
+     "the val split has 30 samples in 'x_val' but 20 labels in 'y_val'"),
+    ({**_TRAIN, "x_val": np.zeros((30, 2)), "y_val": np.zeros(20, int)}, "val split has 30"),
+    ({**_TRAIN, "x_test": np.zeros((5, 3)), "y_test": np.zeros(5, int)},
+     r"'x_test' samples have shape \(3,\) but 'x_train' samples have \(2,\)"),
+    ({**_TRAIN, "x_test": np.zeros((5, 2))}, "has 'x_test' but no 'y_test'"),
+    ({"x_train": np.zeros((20, 2)), "y_train": np.eye(10, dtype=int)[np.zeros(20, int)]},
+     r"labels 'y_train' have shape \(20, 10\).*one-hot"),
 ])
 def test_npz_bad_inputs(tmp_path, arrays, message):
     path = tmp_path / "bad.npz"

@@ -96,3 +96,59 @@ def test_cli_keep_last_good_is_checked_before_any_work(cli, mlp_file, tmp_path):
     assert taken.read_bytes() == b"precious" and not out.exists()
     same = cli("prune", model_path, "-o", out, "--data", "digits", "--keep-last-good", out)
     assert same.exit_code == 1 and "must differ from the output" in same.output
+
+
+def _with_nan(mlp_file):
+    from compress.io import load_model
+
+    model = load_model(mlp_file[0])
+    kernel = model.get_layer("fc2").kernel
+    values = np.asarray(kernel).copy()
+    values[1, 2] = np.nan
+    values[3, 4] = np.inf
+    kernel.assign(values)
+    return model, mlp_file[1]
+
+
+def test_every_pass_refuses_nan_weights_up_front_naming_the_layer(mlp_file):
+    from compress import export
+    from compress.distillation import distill_step
+    from compress.pruning import prune
+    from compress.quantization import quantize
+    from compress.sharing import cluster_model, hash_model
+
+    model, ds = _with_nan(mlp_file)
+    calls = {
+        "prune": lambda: prune(model, sparsity=0.5),  # wrote a NaN model, exit 0
+        "prune fine-tune": lambda: prune(model, ds, sparsity=0.5, epochs=1),  # blamed the rate
+        "kmeans": lambda: cluster_model(model, clusters=4),
+        "hash": lambda: hash_model(model, factor=0.5),
+        "quantize": lambda: quantize(model, None, mode="dynamic", latency=False),
+        "export": lambda: export.export_artifact(model, ds, format="onnx"),
+        "distill": lambda: distill_step(model, ds, epochs=1),
+    }
+    for name, call in calls.items():
+        with pytest.raises(CompressError) as refused:
+            call()
+        role = "teacher" if name == "distill" else "model"
+        assert str(refused.value) == (
+            f"{role} 'mlp': layer 'fc2' has 2 NaN or infinite weights in fc2/kernel; it cannot "
+            "give finite outputs (retrain it or use an earlier file)"), name
+
+
+def test_keep_last_good_never_saves_nan_weights(mlp_file, tmp_path):
+    model, ds = _with_nan(mlp_file)  # fit_model itself does not check its model
+    training.compile_classifier(model)
+    target = tmp_path / "last.keras"
+    with pytest.raises(CompressError) as stopped, TrainingContext(keep_last_good=target):
+        training.fit(model, ds, epochs=1, verbose=0)
+    assert str(stopped.value) == ("training stopped: the starting weights were already NaN or "
+                                  "infinite; nothing was saved")
+    assert not target.exists()
+
+
+def test_accuracy_does_not_count_nan_outputs_as_class_0(mlp_file):
+    model, ds = _with_nan(mlp_file)
+    zeros = ds.y_test == 0
+    assert zeros.any()
+    assert training.accuracy(model, ds.x_test[zeros], ds.y_test[zeros]) == 0.0

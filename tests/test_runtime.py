@@ -90,3 +90,17 @@ def test_a_keras_quantized_model_is_refused(mlp):
     quantized.quantize("int8")
     with pytest.raises(CompressError, match="already quantized by Keras .layer 'fc1'"):
         runtime.refuse_keras_quantized(quantized)
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "tflite"])
+def test_nan_outputs_never_pass_a_comparison(mlp, fmt):
+    """NaN inputs give NaN outputs on both sides: that is no agreement (it read 100%)."""
+    model, ds = mlp
+    content, _ = export.export_artifact(model, ds, format=fmt)
+    x = ds.x_test[:8].copy()
+    x[:4] = np.nan
+    check = runtime.verify(model, content, x, fmt=fmt)
+    assert check["max_abs_diff"] == float("inf") and not check["max_abs_diff"] <= 1e-4
+    assert check["top1_agreement"] == 0.5
+    y = np.zeros(8, int)
+    assert runtime.artifact_accuracy(content, x[:4], y[:4], fmt=fmt) == 0.0

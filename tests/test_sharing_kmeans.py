@@ -123,3 +123,49 @@ def test_pruned_zeros_stay_zero_through_clustering_and_finetuning(mlp_file):
     np.testing.assert_array_equal(out == 0, pruned == 0)
     assert np.unique(out[out != 0]).size <= 4
     assert info["layers"][0]["bits_per_weight"] > 2.0  # 4 clusters + the zero: 3-bit index
+
+
+def test_centroid_finetuning_is_a_fit_that_resumes(mlp_file, tmp_path, monkeypatch):
+    """The fine-tune obeys the training context: interrupted, it resumes where it was."""
+    import keras
+
+    from compress import training
+    from compress.sharing import cluster_model
+    from compress.training_context import TrainingContext
+
+    path, ds = mlp_file
+    model = keras.models.load_model(path)
+    options = {"clusters": 4, "layers": "fc1", "epochs": 3, "learning_rate": 1e-3}
+    plain, _ = cluster_model(model, ds, clusters=4, layers="fc1")
+    whole, whole_info = cluster_model(model, ds, **options)
+    real_fit, seen = training.fit_model, []
+
+    def fit_with(*extra):
+        def fit(*args, callbacks=None, **kwargs):
+            return real_fit(*args, callbacks=[*(callbacks or []), *extra], **kwargs)
+        return fit
+
+    def stop(epoch, logs=None):
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    ck = tmp_path / "ck"
+    monkeypatch.setattr(training, "fit_model",
+                        fit_with(keras.callbacks.LambdaCallback(on_epoch_begin=stop)))
+    with pytest.raises(KeyboardInterrupt), TrainingContext(checkpoint_dir=ck):
+        cluster_model(model, ds, **options)
+    assert (ck / "fit1" / "latest.weights.h5").exists()
+    monkeypatch.setattr(training, "fit_model", fit_with(keras.callbacks.LambdaCallback(
+        on_epoch_begin=lambda epoch, logs=None: seen.append(epoch))))
+    with TrainingContext(checkpoint_dir=ck):
+        resumed, info = cluster_model(model, ds, **options)
+    assert seen == [2]  # epochs 0 and 1 came from the backup
+    k_plain, k_whole, k_resumed = (np.asarray(m.get_layer("fc1").kernel)
+                                   for m in (plain, whole, resumed))
+    for value in np.unique(k_plain):  # the same membership, 4 shared values
+        assert np.unique(k_resumed[k_plain == value]).size == 1
+    assert np.unique(k_resumed).size <= 4
+    # the backed-up epochs were kept: the resumed centroids are the tuned ones
+    assert np.abs(k_resumed - k_whole).max() < 0.5 * np.abs(k_plain - k_whole).max()
+    assert abs(info["accuracy"] - whole_info["accuracy"]) <= 0.02
+    assert not any(ck.iterdir())

@@ -80,3 +80,64 @@ def test_keep_last_good_of_a_distillation_saves_the_student_as_it_was_given(tmp_
 def test_unknown_strategy_is_one_line():
     with pytest.raises(CompressError, match="strategy 'tpu': must be none or mirrored"):
         TrainingContext(strategy="tpu")
+
+
+def _interrupted_at(epoch):
+    def stop(e, logs=None):
+        if e == epoch:
+            raise KeyboardInterrupt
+
+    return keras.callbacks.LambdaCallback(on_epoch_begin=stop)
+
+
+def _backed_up(ck, model, x, y, **context):
+    """Fit 3 epochs in a context backing up to ``ck``, interrupted as epoch 2 begins."""
+    with pytest.raises(KeyboardInterrupt), TrainingContext(checkpoint_dir=ck, **context):
+        training.fit_model(model, x, y, epochs=3, verbose=0, callbacks=[_interrupted_at(2)])
+    assert (ck / "fit1" / "training_metadata.json").exists()
+
+
+def test_a_backup_of_another_model_is_refused_in_one_line(tmp_path):
+    model, x, y = _tiny()
+    ck = tmp_path / "ck"
+    _backed_up(ck, model, x, y)
+    wider = keras.Sequential([keras.Input((4,)), keras.layers.Dense(16, activation="relu"),
+                              keras.layers.Dense(3, activation="softmax")])
+    wider.compile(keras.optimizers.SGD(0.1), "sparse_categorical_crossentropy")
+    with pytest.raises(CompressError) as refused, TrainingContext(checkpoint_dir=ck):
+        training.fit_model(wider, x, y, epochs=3, verbose=0)
+    assert str(refused.value) == (f"checkpoint {ck} was made by another command or model; use "
+                                  "a new --checkpoint-dir or delete it")
+    # the same model with other epochs is another fit too
+    with pytest.raises(CompressError, match="made by another command or model"), \
+            TrainingContext(checkpoint_dir=ck):
+        training.fit_model(model, x, y, epochs=5, verbose=0)
+    assert (ck / "fit1" / "training_metadata.json").exists()  # refused, not overwritten
+
+
+def test_changed_options_are_refused_before_any_fit_and_the_same_ones_resume(tmp_path):
+    model, x, y = _tiny()
+    ck = tmp_path / "ck"
+    data = tmp_path / "data.npz"
+    data.write_bytes(b"first")
+    options = {"sparsity": 0.9, "epochs": 200, "data": f"npz:{data}", "output": "a.keras"}
+    _backed_up(ck, model, x, y, command="prune", options=options)
+    for changed in ({**options, "sparsity": 0.5}, {**options, "epochs": 16}):
+        with pytest.raises(CompressError, match=f"checkpoint {ck} was made by another"):
+            TrainingContext(checkpoint_dir=ck, command="prune", options=changed).__enter__()
+    with pytest.raises(CompressError, match="made by another command"):
+        TrainingContext(checkpoint_dir=ck, command="share", options=options).__enter__()
+    # another output path, --force or --json change nothing that is trained: it resumes
+    seen = []
+    record = keras.callbacks.LambdaCallback(on_epoch_begin=lambda e, logs: seen.append(e))
+    same = {**options, "output": "b.keras", "force": True, "as_json": True}
+    with TrainingContext(checkpoint_dir=ck, command="prune", options=same):
+        training.fit_model(model, x, y, epochs=3, verbose=0, callbacks=[record])
+        # the next fit of the same model runs whole (Keras kept the restored epoch)
+        training.fit_model(model, x, y, epochs=2, verbose=0, callbacks=[record])
+    assert seen == [2, 0, 1]
+    # an input file is compared by its content
+    _backed_up(ck, model, x, y, command="prune", options=options)
+    data.write_bytes(b"edited")
+    with pytest.raises(CompressError, match="made by another command"):
+        TrainingContext(checkpoint_dir=ck, command="prune", options=options).__enter__()

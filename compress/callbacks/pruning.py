@@ -17,7 +17,7 @@ from compress.pruning.masks import (
     select_masks,
     set_mask,
 )
-from compress.pruning.prune_options import PRUNE_OPTIONS
+from compress.pruning.prune_options import DEFAULT_SPARSITY, PRUNE_OPTIONS
 
 
 def _as_in_prune(name: str, **changes) -> Option:
@@ -29,7 +29,8 @@ def _as_in_prune(name: str, **changes) -> Option:
 #: checked as every pass checks its options. Where an argument means what the prune
 #: pass's option of that name means, it is that option.
 PRUNING_CALLBACK_OPTIONS = Schema("Pruning", [
-    _as_in_prune("sparsity", help="final fraction of zero weights in each pruned layer"),
+    _as_in_prune("sparsity", default=DEFAULT_SPARSITY,
+                 help="final fraction of zero weights in each pruned layer"),
     Option("initial_sparsity", float, 0.0, "sparsity at begin_step (at most sparsity)",
            low=0.0, high=1.0, high_inclusive=False),
     Option("begin_step", int, 0, "training step (batch) where pruning starts", low=0),
@@ -66,7 +67,10 @@ class Pruning(keras.callbacks.Callback):
     Masks are variable constraints applied inside the compiled train step after every
     optimizer update, so pruned weights stay exactly zero with any optimizer and no
     per-batch Python runs. At the end of training the masks are removed (the zeros stay):
-    the model is a plain Keras model that saves and loads without custom objects.
+    the model is a plain Keras model that saves and loads without custom objects. Under a
+    :class:`~compress.training_context.TrainingContext` with backups, the schedule's step
+    and masks are saved with each backup (:meth:`backup_state`), so a resumed fit ends
+    with the same mask updates as an uninterrupted one.
 
     Example:
 
@@ -185,6 +189,29 @@ class Pruning(keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         if self.release_on_end:
             release_zeros(self.model)
+
+    def backup_state(self) -> dict:
+        """The schedule's state (step, sparsity reached, updates, masks) for a backup.
+
+        :class:`~compress.training_context.AtomicBackupAndRestore` saves it with the
+        weights each epoch and calls :meth:`restore_state` on resume, so a resumed fit
+        carries on at its step with its masks (it would otherwise start the schedule again
+        over fewer steps and stop under-pruned).
+        """
+        state = {"step": self.step, "current": self.current, "end_step": self.end_step,
+                 "updates": [[int(step), float(s)] for step, s in self.updates]}
+        for j, (_, var) in enumerate(self._pairs or []):
+            state[f"mask{j}"] = get_mask(var)
+        return state
+
+    def restore_state(self, state: dict) -> None:
+        """Put back a state from :meth:`backup_state` (after ``on_train_begin``)."""
+        self.step = int(state["step"])
+        self.current = float(state["current"])
+        self.end_step = None if state["end_step"] is None else int(state["end_step"])
+        self.updates = [(int(step), float(s)) for step, s in state["updates"]]
+        for j, (_, var) in enumerate(self._pairs or []):
+            set_mask(var, state[f"mask{j}"])
 
     def get_config(self):
         return {name: getattr(self, name) for name in PRUNING_CALLBACK_OPTIONS.names()}

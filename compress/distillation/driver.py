@@ -337,10 +337,12 @@ def _logits_view(model, kind):
 
 def _check_models(teacher, student, data) -> None:
     from compress.data import check_labels
+    from compress.training import check_finite
 
     for role, m in (("teacher", teacher), ("student", student)):
         if not isinstance(m, keras.Model):
             raise CompressError(f"{role}: must be a keras.Model, got {type(m).__name__}")
+        check_finite(m, role)
         if getattr(m, "inputs", None) is None or len(m.inputs) != 1 or len(m.outputs) != 1:
             raise CompressError(f"{role} '{m.name}': only single-input, single-output "
                                 "functional or Sequential models are supported")

@@ -8,6 +8,8 @@ Example:
 
 >>> PRUNE_OPTIONS.validate({"sparsity": 0.5, "layers": "fc.*"})["layers"]
 ['fc.*']
+>>> resolve_sparsity(PRUNE_OPTIONS.validate({}))["sparsity"]
+0.9
 """
 
 from __future__ import annotations
@@ -17,11 +19,17 @@ from compress.options import Option, Schema
 from compress.pruning.criteria import CRITERIA
 from compress.pruning.obd import ESTIMATORS
 
+#: The sparsity of the prune pass when neither ``sparsity`` nor ``quality`` is given.
+DEFAULT_SPARSITY = 0.9
+
 PRUNE_OPTIONS = Schema("prune", [
     Option("method", str, "magnitude", "saliency criterion: |w| or Optimal Brain Damage",
            choices=tuple(CRITERIA)),
-    Option("sparsity", float, 0.9, "fraction of weights (or units with --structured) removed",
-           low=0.0, high=1.0, high_inclusive=False),
+    # No schema default: the pass tells "not given" (0.9 then) from a --sparsity that
+    # --quality would silently override.
+    Option("sparsity", float, None, "fraction of weights (or units with --structured) removed "
+           f"(default {DEFAULT_SPARSITY}; not with --quality)", low=0.0, high=1.0,
+           high_inclusive=False),
     Option("schedule", str, "oneshot", "oneshot, gradual (polynomial, Zhu & Gupta) or "
            "iterative prune-retrain rounds (Han et al.)",
            choices=("oneshot", "gradual", "iterative")),
@@ -34,7 +42,8 @@ PRUNE_OPTIONS = Schema("prune", [
            "set by the validation loss measured when pruning each layer alone (sensitivity; "
            "needs --data)", choices=("layer", "global", "sensitivity")),
     Option("quality", float, None, "Han et al.'s per-layer threshold quality x std(w) "
-           "(replaces --sparsity)", low=0.0, low_inclusive=False),
+           "(instead of --sparsity; magnitude, unstructured, oneshot or iterative)", low=0.0,
+           low_inclusive=False),
     Option("estimator", str, "backprop", "OBD Hessian-diagonal estimator",
            choices=ESTIMATORS),
     Option("damping", float, 0.0, "OBD: Levenberg-Marquardt damping added to the Hessian "
@@ -65,3 +74,29 @@ PRUNE_OPTIONS = Schema("prune", [
     Option("seed", int, 0, "seed of fine-tuning and of OBD's random probes (the CLI's --seed)",
            cli=False),
 ])
+
+
+def resolve_sparsity(opts: dict, where: str = "prune") -> dict:
+    """Validated options with ``sparsity`` filled in: :data:`DEFAULT_SPARSITY` unless
+    ``quality`` is given, which sets each layer's threshold instead (then None).
+
+    Raises:
+        CompressError: both ``sparsity`` and ``quality`` given, or a quality that is not a
+            finite number (infinity would zero every weight).
+    """
+    import math
+
+    from compress.errors import CompressError
+
+    opts = dict(opts)
+    if opts["quality"] is None:
+        if opts["sparsity"] is None:
+            opts["sparsity"] = DEFAULT_SPARSITY
+        return opts
+    if opts["sparsity"] is not None:
+        raise CompressError(f"{where}: --quality sets each layer's threshold and --sparsity "
+                            "a fraction of weights; give one of them")
+    if not math.isfinite(opts["quality"]):
+        raise CompressError(f"{where}: --quality must be a finite number, got "
+                            f"{opts['quality']} (it would zero every weight)")
+    return opts

@@ -19,7 +19,7 @@ from compress.pruning.masks import (
     set_mask,
     weight_key,
 )
-from compress.pruning.prune_options import PRUNE_OPTIONS
+from compress.pruning.prune_options import PRUNE_OPTIONS, resolve_sparsity
 
 
 def _check_data(model, data, opts) -> None:
@@ -39,6 +39,23 @@ def _check_data(model, data, opts) -> None:
         raise CompressError("prune: --block works with unstructured pruning by --sparsity "
                             "(layer or global scope), not with --structured, --two-four, "
                             "--quality or scope 'sensitivity'")
+    if opts["quality"] is not None:
+        # The threshold rule replaces the ranking: options that shape the ranking would be
+        # silently ignored.
+        ignored = [flag for flag, on in (
+            ("--structured", opts["structured"]), ("--two-four", opts["two_four"]),
+            ("--schedule gradual", opts["schedule"] == "gradual"),
+            (f"--method {opts['method']}", opts["method"] != "magnitude"),
+            (f"--scope {opts['scope']}", opts["scope"] != "layer"),
+            ("--balance", opts["balance"]), (f"--steps {opts['steps']}", opts["steps"] > 1))
+            if on]
+        if ignored:
+            raise CompressError(f"prune: --quality is Han et al.'s magnitude threshold per "
+                                f"layer and cannot be combined with {ignored[0]}; use "
+                                "--sparsity for it")
+    if opts["two_four"] and opts["sparsity"] not in (None, 0.5):
+        raise CompressError(f"prune: --two-four zeros 2 of every 4 weights (sparsity 0.5); "
+                            f"it cannot give --sparsity {opts['sparsity']}")
     if opts["distill"] and not opts["epochs"]:
         raise CompressError("prune: distillation fine-tunes; give epochs >= 1")
     if data is not None:
@@ -90,11 +107,14 @@ def prune(model, data=None, *, verbose=0, **options):
 
     opts = PRUNE_OPTIONS.validate(options)
     _check_data(model, data, opts)
+    opts = resolve_sparsity(opts)
     training.set_seed(opts["seed"])
     original = model
     model = training.copy_model(model)
     info = {"method": opts["method"], "schedule": opts["schedule"],
             "sparsity_requested": opts["sparsity"]}
+    if opts["quality"] is not None:
+        info["quality"] = opts["quality"]
     if opts["two_four"]:  # the 2:4 pattern fixes the sparsity; --sparsity is not used
         info.update(pattern="2:4", sparsity_requested=0.5)
     if criterion(opts["method"]).needs_data:
@@ -138,15 +158,17 @@ def prune(model, data=None, *, verbose=0, **options):
         info["mask_updates"] = len(cb.updates)
     else:
         rounds = opts["rounds"] if opts["schedule"] == "iterative" else 1
+        final = opts["sparsity"] or 0.0  # None with --quality: each layer's threshold rules
         for r in range(1, rounds + 1):
-            before = 1 - (1 - opts["sparsity"]) ** ((r - 1) / rounds)
-            target = 1 - (1 - opts["sparsity"]) ** (r / rounds)
+            before = 1 - (1 - final) ** ((r - 1) / rounds)
+            target = 1 - (1 - final) ** (r / rounds)
             n_steps = 1 if opts["quality"] is not None or opts["two_four"] else opts["steps"]
             for k in range(1, n_steps + 1):
                 # Geometric steps from `before` to `target`, saliencies re-estimated each.
                 step_target = 1 - (1 - before) * ((1 - target) / (1 - before)) ** (k / n_steps)
                 t0 = time.perf_counter()
-                new_masks = _masks(model, variables, opts, calib, step_target, data)
+                new_masks = _masks(model, variables, opts, calib, step_target, data,
+                                   names=[weight_key(layer, var) for layer, var in pairs])
                 t_saliency += time.perf_counter() - t0
                 for var, m in zip(variables, new_masks):
                     set_mask(var, m)
@@ -161,11 +183,20 @@ def prune(model, data=None, *, verbose=0, **options):
     return model, info
 
 
-def _masks(model, variables, opts, calib, target, data=None):
+def _masks(model, variables, opts, calib, target, data=None, names=None):
     from compress.pruning.magnitude import han_threshold_mask
 
-    if opts["quality"] is not None and not opts["two_four"]:
-        return [han_threshold_mask(np.asarray(v), opts["quality"]) * _old(v) for v in variables]
+    if opts["quality"] is not None:
+        masks = [han_threshold_mask(np.asarray(v), opts["quality"]) * _old(v) for v in variables]
+        names = names or [v.name for v in variables]
+        for v, m, name in zip(variables, masks, names, strict=True):
+            w = np.abs(np.asarray(v))
+            if not m.any() and w.any():
+                raise CompressError(
+                    f"prune: --quality {opts['quality']:g} would zero every weight of {name} "
+                    f"(its largest |w| is {w.max() / max(float(np.asarray(v).std()), 1e-30):.3g}"
+                    " x std(w)); use a smaller --quality")
+        return masks
     scores = saliency_scores(model, variables, opts["method"], calib, opts["estimator"],
                              opts["damping"], opts["seed"])
     # Weights pruned in an earlier round stay pruned: rank them lowest.

@@ -127,11 +127,13 @@ def quantize(model, data=None, *, verbose: int | str = 0, **options) -> tuple[by
             cannot quantize (the layer is named), an artifact that fails in its runtime.
     """
     from compress.export import verification_inputs
+    from compress.training import check_finite
 
     opts = QUANTIZE_OPTIONS.validate(options)
     fmt = artifact_format(opts)
     refuse_keras_quantized(model)
     require_data(opts, data)
+    check_finite(model)  # NaN weights would quantize to garbage that "agrees" with NaN
     x_cal, x_test, y_test = _arrays(model, data, opts["calibration_samples"])
     x_check = verification_inputs(model, data, _AGREEMENT_SAMPLES, opts["seed"])
     info = {"mode": opts["mode"], "format": fmt, "qat": None}
@@ -288,7 +290,7 @@ def _artifact(model, data, fmt: str, x_cal, x_check, x_test, y_test, opts: dict
     from compress.training import predict
 
     mode = opts["mode"]
-    expected = np.argmax(predict(model, x_check), -1)
+    expected = predict(model, x_check)
     flatbuffer = None
     if fmt == "tflite":  # convert first: an unsupported op is reported before anything else
         from compress.quantization.tflite import convert
@@ -345,7 +347,7 @@ def _measure(content: bytes, float_content: bytes, fmt: str, x_check, expected, 
         "bytes": len(content), "zipped_bytes": _zipped_size(content, suffix),
         "float_bytes": len(float_content),
         "float_zipped_bytes": _zipped_size(float_content, suffix),
-        "top1_agreement": float(np.mean(np.argmax(got, -1) == expected)),
+        "top1_agreement": runtime.top1_agreement(got, expected),
         "agreement_samples": len(x_check),
     }
     info["size_ratio"] = info["bytes"] / info["float_bytes"]
@@ -376,6 +378,7 @@ def _keras_int8(model, x_check, x_test, y_test, opts: dict) -> tuple[bytes, dict
     from compress import io
     from compress.quantization.keras_int8 import keras_int8
     from compress.report import keras_latency_ms, saved_size, zipped_size
+    from compress.runtime import top1_agreement
     from compress.training import accuracy, predict
 
     quantized, float_layers = keras_int8(model)
@@ -388,8 +391,8 @@ def _keras_int8(model, x_check, x_test, y_test, opts: dict) -> tuple[bytes, dict
     info["float_bytes"], info["float_zipped_bytes"] = saved_size(model)
     info["size_ratio"] = info["bytes"] / info["float_bytes"]
     info["float_layers"] = float_layers
-    info["top1_agreement"] = float(np.mean(np.argmax(predict(reloaded, x_check), -1) ==
-                                           np.argmax(predict(model, x_check), -1)))
+    info["top1_agreement"] = top1_agreement(predict(reloaded, x_check),
+                                            predict(model, x_check))
     if x_test is not None:
         info["accuracy"] = accuracy(reloaded, x_test, y_test)
         info["float_accuracy"] = accuracy(model, x_test, y_test)

@@ -68,6 +68,7 @@ def hash_model(model, data=None, *, verbose=0, **options):
     from compress import training
 
     opts = HASH_OPTIONS.validate(options)
+    training.check_finite(model)
     factor, seed, dropout, init = opts["factor"], opts["seed"], opts["dropout"], opts["init"]
     chosen = {layer.name: layer for layer in shareable_layers(model, opts["layers"], "hashed")}
     first = next(iter(chosen), None)

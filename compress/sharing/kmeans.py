@@ -4,7 +4,8 @@ Each chosen layer's kernel is clustered into ``clusters`` centroids (1-D k-means
 k-means++ seeding, per layer); every weight is replaced by its centroid, so the kernel
 can be stored as ``log2(clusters)``-bit indices plus a tiny codebook. Fine-tuning trains
 the centroids only: the gradient of a centroid is the sum of its members' gradients
-(biases and unclustered layers train normally). Exact zeros of a pruned kernel stay zero
+(biases and unclustered layers train normally), in a Keras ``fit`` that obeys the
+training context (``--checkpoint-dir`` resumes it). Exact zeros of a pruned kernel stay zero
 (Deep Compression clusters the surviving weights only). The result is a plain Keras model whose
 kernels hold ``clusters`` distinct values (which DEFLATE compresses well).
 
@@ -19,6 +20,7 @@ Example:
 from __future__ import annotations
 
 import math
+import types
 
 import keras
 import numpy as np
@@ -98,7 +100,7 @@ def cluster_model(model, data=None, *, verbose=0, **options):
         model: a Keras model.
         data: a :class:`compress.data.Dataset` prepared for the model; needed when
             ``epochs > 0``.
-        verbose: 0 or 1, default 0. Print one line per fine-tuning epoch.
+        verbose: Keras ``fit`` verbosity of the fine-tuning, default 0.
         **options: checked by :data:`~compress.sharing.share_options.KMEANS_OPTIONS`:
             ``clusters`` (16, centroids per layer, 2 to the layer's weight count),
             ``layers`` (None: every Dense/Conv2D; else a list of names, class names or
@@ -167,49 +169,103 @@ def _cluster_kernel(kernel: np.ndarray, clusters: int, seed: int):
 
 def _finetune_centroids(model, state, data, epochs, learning_rate, batch_size, seed, verbose,
                         clusters):
-    """Train centroids (gradient = sum over members), biases and unclustered weights."""
-    import tensorflow as tf
+    """Train centroids (gradient = sum over members), biases and unclustered weights.
 
+    A Keras fit of a :class:`CentroidTrainer` through :func:`compress.training.fit_model`,
+    so the training context applies: ``--checkpoint-dir`` backups (the centroids and the
+    optimizer state are the trainer's weights), the NaN stop and ``--keep-last-good`` (of
+    the clustered model), Ctrl-C.
+    """
     from compress import training
 
-    kernels = [layer.kernel for layer, _, _ in state]
-    kernel_ids = {id(k) for k in kernels}
-    others = [v for v in model.trainable_variables if id(v) not in kernel_ids]
-    centroids = [keras.Variable(c, name=f"{layer.name}_centroids")
-                 for layer, c, _ in state]
-    assigns = [tf.constant(a.reshape(-1), tf.int32) for _, _, a in state]
-    # a trailing zero centroid (pruned weights, see _cluster_kernel) never moves
-    frozen = [tf.constant(np.arange(len(c)) < clusters, tf.float32) for _, c, _ in state]
-    optimizer = keras.optimizers.Adam(learning_rate)
-    loss_fn = keras.losses.SparseCategoricalCrossentropy(
-        from_logits=not training.outputs_probabilities(model))
+    trainer = CentroidTrainer(model, [(layer.kernel, c, a) for layer, c, a in state], clusters)
+    trainer.compile(optimizer=keras.optimizers.Adam(learning_rate),
+                    loss=keras.losses.SparseCategoricalCrossentropy(
+                        from_logits=not training.outputs_probabilities(model)),
+                    jit_compile=False)
+    # Built on exactly the variables it updates (not on every trainable weight, as fit and
+    # a restored backup would build it), so that a backup's optimizer state loads back.
+    trainer.optimizer.build(trainer.updated_variables)
+    training.set_seed(seed)
+    training.fit_model(trainer, data.x_train, data.y_train, epochs=epochs,
+                       batch_size=batch_size, verbose=verbose, shuffle=True, target=model,
+                       advice="lower the learning rate")
+    return [(layer, np.asarray(c), a)
+            for (layer, _, a), c in zip(state, trainer.centroids, strict=True)]
 
-    @tf.function
-    def step(x, y):
+
+class CentroidTrainer(keras.Model):
+    """Fine-tunes a clustered model's centroids with ``fit``: every kernel stays its
+    centroids gathered by a fixed assignment.
+
+    Each step takes the loss gradient of every clustered kernel, sums it per centroid
+    (Han et al.'s shared-weight gradient), updates the centroids (a trailing zero
+    centroid of a pruned kernel never moves) and the model's other trainable weights with
+    the optimizer, then writes the gathered centroids back into the kernels. The
+    centroids are this model's weights, so a backup holds them.
+
+    Example:
+
+    >>> trainer = CentroidTrainer(model, [(layer.kernel, centroids, assign)], 16)  # doctest: +SKIP
+    >>> trainer.compile(optimizer="adam", loss="sparse_categorical_crossentropy")   # doctest: +SKIP
+
+    Args:
+        model: keras.Model whose kernels are already clustered; trained in place.
+        clustered: list of ``(kernel variable, centroids, assignment)``; the assignment
+            indexes the centroids for every kernel entry (flattened).
+        clusters: int. Trainable centroids per kernel; any after them stay fixed (zero).
+    """
+
+    def __init__(self, model, clustered, clusters: int):
+        import tensorflow as tf
+
+        super().__init__(name=f"{model.name}_centroids")
+        self.clustered_model = model  # tracked: its weights are in this model's backups
+        self.centroids = [
+            self.add_weight(shape=(len(c),), initializer=keras.initializers.Constant(c),
+                            name=f"centroids_{k}", trainable=True)
+            for k, (_, c, _) in enumerate(clustered)]
+        kernels = [kernel for kernel, _, _ in clustered]
+        kernel_ids = {id(k) for k in kernels}
+        # A plain namespace, which Keras does not track: these variables are the clustered
+        # model's, and must not be counted (and saved) a second time as this model's own.
+        self._fixed = types.SimpleNamespace(
+            kernels=kernels,
+            others=[v for v in model.trainable_variables if id(v) not in kernel_ids],
+            assigns=[tf.constant(np.asarray(a).reshape(-1), tf.int32) for _, _, a in clustered],
+            movable=[tf.constant(np.arange(len(c)) < clusters, tf.float32)
+                     for _, c, _ in clustered])
+        self._loss_mean = keras.metrics.Mean(name="loss")
+        self.built = True  # every part is built: the clustered model and the centroids
+
+    @property
+    def updated_variables(self) -> list:
+        """What the optimizer updates: the centroids, then the other trainable weights."""
+        return list(self.centroids) + list(self._fixed.others)
+
+    @property
+    def metrics(self):
+        return [self._loss_mean]
+
+    def call(self, x, training=False):
+        return self.clustered_model(x, training=training)
+
+    def train_step(self, data):
+        import tensorflow as tf
+
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         with tf.GradientTape() as tape:
-            loss = loss_fn(y, model(x, training=True))
-        grads = tape.gradient(loss, kernels + others)
+            y_pred = self(x, training=True)
+            loss = self.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight)
+        fixed = self._fixed
+        grads = tape.gradient(loss, fixed.kernels + fixed.others)
+        n = len(fixed.kernels)
         centroid_grads = [
-            tf.math.unsorted_segment_sum(tf.reshape(g, [-1]), a, c.shape[0]) * keep
-            for g, a, c, keep in zip(grads[:len(kernels)], assigns, centroids, frozen)]
-        optimizer.apply_gradients(zip(centroid_grads + [g for g in grads[len(kernels):]],
-                                      centroids + others))
-        for kernel, c, a in zip(kernels, centroids, assigns):
+            tf.math.unsorted_segment_sum(tf.reshape(g, [-1]), a, c.shape[0]) * movable
+            for g, a, c, movable in zip(grads[:n], fixed.assigns, self.centroids,
+                                        fixed.movable, strict=True)]
+        self.optimizer.apply(centroid_grads + list(grads[n:]), self.updated_variables)
+        for kernel, c, a in zip(fixed.kernels, self.centroids, fixed.assigns, strict=True):
             kernel.assign(tf.reshape(tf.gather(c, a), kernel.shape))
-        return loss
-
-    rng = np.random.default_rng(seed)
-    x_all, y_all = data.x_train, data.y_train
-    for epoch in range(epochs):
-        order = rng.permutation(len(x_all))
-        losses = []
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
-            losses.append(float(step(tf.constant(x_all[idx]), tf.constant(y_all[idx]))))
-        if not np.isfinite(losses[-1]):
-            raise CompressError("training stopped: the loss became NaN or infinite "
-                                "(lower the learning rate)")
-        if verbose:
-            print(f"centroid fine-tuning epoch {epoch + 1}/{epochs}: loss "
-                  f"{np.mean(losses):.4f}")
-    return [(layer, np.asarray(c), a) for (layer, _, a), c in zip(state, centroids)]
+        self._loss_mean.update_state(loss)
+        return {"loss": self._loss_mean.result()}
