@@ -10,18 +10,30 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
+import shutil
 import tempfile
 import weakref
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from compress.errors import CompressError, raise_if_interrupted
+from compress.errors import CompressError, interruptions_held, raise_if_interrupted
 
 MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+# Limits on what a .keras archive may unpack to, checked on the zip's central directory
+# before any byte is inflated (zipfile never returns more than a member's listed size).
+# Keras reads config.json (and metadata.json) whole into memory, and a model's is a few
+# MB at most; it extracts assets/ to a temporary folder. Keras stores members
+# uncompressed, and deflate alone packs real weights well under 100:1, so a large member
+# that claims more is a decompression bomb, not a model.
+MAX_CONFIG_BYTES = 32 * 2**20
+MAX_ASSETS_BYTES = 2**30
+MAX_EXPANSION = 100
+EXPANSION_FLOOR = 64 * 2**20
 
 
 def load_model(path: str | os.PathLike, unsafe: bool = False):
@@ -29,12 +41,17 @@ def load_model(path: str | os.PathLike, unsafe: bool = False):
 
     The file is opened read-only and never modified. ``safe_mode`` stays on unless
     ``unsafe=True``: with it off, Keras deserializes ``Lambda`` layers, which executes
-    Python code stored in the file, so pass it only for files you trust. The model is
-    loaded uncompiled; passes compile what they train.
+    Python code stored in the file, so pass it only for files you trust. A SavedModel's
+    graph is code too: without ``unsafe`` any op outside a pure-math allow-list (file I/O,
+    Python calls, unknown ops; :mod:`compress.graph_safety`) is refused before TensorFlow
+    loads it. A ``.keras`` archive whose members would unpack to more than the limits
+    above is refused before Keras reads it. The model is loaded uncompiled; passes compile
+    what they train.
 
     Args:
         path: the model file or SavedModel directory.
-        unsafe: bool, default False. Allow code execution from the file (``--unsafe``).
+        unsafe: bool, default False. Allow code execution from the file or folder
+            (``--unsafe``).
 
     Returns:
         A ``keras.Model``.
@@ -43,10 +60,12 @@ def load_model(path: str | os.PathLike, unsafe: bool = False):
         CompressError: one line naming the file and what is wrong with it.
     """
     p = Path(path)
-    if not p.exists():
-        raise CompressError(f"{p}: no such file")
+    try:
+        os.stat(p)
+    except OSError as exc:
+        raise CompressError(f"{p}: {_why_unreachable(p, exc)}") from None
     if p.is_dir():
-        return _load_saved_model_dir(p)
+        return _load_saved_model_dir(p, unsafe)
     if p.suffix.lower() not in MODEL_SUFFIXES:
         raise CompressError(f"{p}: unsupported model file type '{p.suffix}' "
                             f"(expected {', '.join(MODEL_SUFFIXES)} or a SavedModel folder)")
@@ -84,15 +103,34 @@ def loaded_unsafely(model) -> bool:
     return model in _UNSAFE_MODELS
 
 
+def _why_unreachable(p: Path, exc: OSError) -> str:
+    """Why ``os.stat`` failed, in the user's words (``Path.exists`` says False to all)."""
+    if exc.errno == errno.ELOOP:
+        return "symbolic link loop (a link in this path points back to itself)"
+    if exc.errno == errno.ENOENT and p.is_symlink():
+        return f"broken symbolic link (it points to {os.readlink(p)}, which does not exist)"
+    if exc.errno == errno.ENOENT:
+        return "no such file"
+    if exc.errno == errno.ENOTDIR:
+        return "no such file (a folder in this path is a file)"
+    if exc.errno == errno.EACCES:
+        return "permission denied (cannot reach this file)"
+    return f"cannot read ({exc.strerror})"
+
+
 def _check_container(p: Path) -> None:
-    with open(p, "rb") as f:
-        head = f.read(8)
+    try:
+        with open(p, "rb") as f:
+            head = f.read(8)
+    except OSError as exc:
+        raise CompressError(f"{p}: cannot read ({exc.strerror})") from None
     if p.suffix.lower() == ".keras":
         if not zipfile.is_zipfile(p):
             raise CompressError(f"{p}: not a valid .keras archive (truncated or corrupt file)")
         try:
             with zipfile.ZipFile(p) as zf:
                 names = zf.namelist()
+                _check_unpacked_sizes(p, zf.infolist())  # before testzip inflates anything
                 bad = zf.testzip()
         except (zipfile.BadZipFile, OSError, EOFError) as exc:
             raise CompressError(f"{p}: corrupt .keras archive ({exc})") from exc
@@ -113,6 +151,26 @@ def _check_container(p: Path) -> None:
     if not has_config:
         raise CompressError(f"{p}: HDF5 file holds weights only, no model architecture "
                             "(save the whole model with model.save)")
+
+
+def _check_unpacked_sizes(p: Path, members: list) -> None:
+    """Refuse a zip bomb from its central directory, before a byte is inflated."""
+    for info in members:
+        if info.filename in ("config.json", "metadata.json") and \
+                info.file_size > MAX_CONFIG_BYTES:
+            raise CompressError(f"{p}: {info.filename} unpacks to {_space(info.file_size)} "
+                                f"(a model's is under {_space(MAX_CONFIG_BYTES)}); refusing to "
+                                "read it")
+        if info.file_size > EXPANSION_FLOOR and \
+                info.file_size > MAX_EXPANSION * max(info.compress_size, 1):
+            raise CompressError(f"{p}: member {info.filename} unpacks to "
+                                f"{_space(info.file_size)} from {_space(info.compress_size)} "
+                                f"(over {MAX_EXPANSION}:1), a decompression bomb; refusing "
+                                "to read it")
+    assets = sum(i.file_size for i in members if i.filename.startswith("assets/"))
+    if assets > MAX_ASSETS_BYTES:
+        raise CompressError(f"{p}: assets/ unpacks to {_space(assets)} (limit "
+                            f"{_space(MAX_ASSETS_BYTES)}); refusing to extract it")
 
 
 def _explain_load_error(exc: Exception) -> str:
@@ -140,9 +198,11 @@ def _quoted_name(text: str) -> str:
     return ""
 
 
-def _load_saved_model_dir(p: Path):
-    if not (p / "saved_model.pb").exists():
+def _load_saved_model_dir(p: Path, unsafe: bool = False):
+    if not (p / "saved_model.pb").is_file():
         raise CompressError(f"{p}: is a directory but not a SavedModel (no saved_model.pb)")
+    if not unsafe:
+        _check_saved_model_graph(p)
     import keras
     import tensorflow as tf
 
@@ -164,29 +224,44 @@ def _load_saved_model_dir(p: Path):
                             ) from exc
 
 
+def _check_saved_model_graph(p: Path) -> None:
+    """Refuse a SavedModel whose graph holds an op outside the allow-list, by name."""
+    from compress.graph_safety import read_saved_model, unsafe_ops
+
+    try:
+        found = unsafe_ops(read_saved_model(p))
+    except (OSError, ValueError) as exc:
+        raise CompressError(f"{p}: could not read saved_model.pb "
+                            f"({' '.join(str(exc).split())[:200]})") from exc
+    if not found:
+        return
+    ops = list(dict.fromkeys(op for op, _ in found))
+    named = ", ".join(f"'{op}'" for op in ops[:3]) + (f" and {len(ops) - 3} more"
+                                                       if len(ops) > 3 else "")
+    raise CompressError(
+        f"{p}: the SavedModel's graph runs op {named} (in {found[0][1]}), outside the pure "
+        "math ops it may run without --unsafe (file I/O, Python and unknown ops act on this "
+        "machine); pass --unsafe only if you trust this folder")
+
+
 def check_output(path: str | os.PathLike, inputs: list | tuple = (), force: bool = False,
                  suffixes: tuple | None = None) -> Path:
     """Check that ``path`` may be written, before any work is done.
 
-    Refuses, with one line each: a path that is an existing directory, a path equal to
-    one of ``inputs`` (the input is never overwritten, even with ``force``), an existing
-    file without ``force``, a missing or unwritable parent folder, and a suffix outside
-    ``suffixes``.
+    Refuses, with one line each: a name the file system cannot hold (longer than its
+    NAME_MAX, or not encodable), a path that is an existing directory, a path equal to one
+    of ``inputs`` (the input is never overwritten, even with ``force``), an existing file
+    without ``force``, a missing or unwritable parent folder (a real write probe), and a
+    suffix outside ``suffixes``. Any name that passes can be written: the temporary file
+    beside it (:func:`atomic_path`) has a short name of its own.
     """
     out = Path(path)
-    if out.is_dir():
-        raise CompressError(f"{out}: output path is a directory; give a file name")
-    for item in inputs:
-        if item is not None and Path(item).exists() and out.exists() and \
-                os.path.samefile(out, item):
-            raise CompressError(f"{out}: output is the input file; choose another output path")
-        if item is not None and Path(item).resolve() == out.resolve():
-            raise CompressError(f"{out}: output is the input file; choose another output path")
-    if suffixes and out.suffix.lower() not in suffixes:
-        raise CompressError(f"{out}: output must end with {' or '.join(suffixes)}")
-    if out.exists() and not force:
-        raise CompressError(f"{out}: already exists; pass --force to overwrite")
     parent = out.parent if str(out.parent) else Path(".")
+    _check_name(out, parent)
+    try:
+        _check_target(out, inputs, force, suffixes)
+    except OSError as exc:  # a path too long as a whole, a loop of links, ...
+        raise CompressError(f"{out}: cannot be written ({exc.strerror})") from exc
     if not parent.is_dir():
         raise CompressError(f"{out}: folder {parent} does not exist")
     if not os.access(parent, os.W_OK):
@@ -200,44 +275,155 @@ def check_output(path: str | os.PathLike, inputs: list | tuple = (), force: bool
     return out
 
 
+def _check_target(out: Path, inputs, force: bool, suffixes) -> None:
+    if out.is_dir():
+        raise CompressError(f"{out}: output path is a directory; give a file name")
+    for item in inputs:
+        if item is not None and Path(item).exists() and out.exists() and \
+                os.path.samefile(out, item):
+            raise CompressError(f"{out}: output is the input file; choose another output path")
+        if item is not None and Path(item).resolve() == out.resolve():
+            raise CompressError(f"{out}: output is the input file; choose another output path")
+    if suffixes and out.suffix.lower() not in suffixes:
+        raise CompressError(f"{out}: output must end with {' or '.join(suffixes)}")
+    if out.exists() and not force:
+        raise CompressError(f"{out}: already exists; pass --force to overwrite")
+
+
+def _check_name(out: Path, parent: Path) -> None:
+    """The output's name and its temporary file's name must fit the folder's file system."""
+    try:
+        name = os.fsencode(out.name)
+    except UnicodeEncodeError as exc:
+        raise CompressError(f"{out}: the name cannot be encoded as a file name "
+                            f"({exc.reason})") from exc
+    if not name or out.name in (".", ".."):
+        raise CompressError(f"{out}: give a file name")
+    name_max = _name_max(parent)
+    longest = max(len(name), len(os.fsencode(_temp_name("XXXXXXXX", out))))
+    if longest > name_max:
+        shown = out if len(out.name) <= 60 else out.parent / f"{out.name[:40]}...{out.name[-12:]}"
+        raise CompressError(f"{shown}: the file name is {len(name)} bytes; this file system "
+                            f"allows {name_max}")
+
+
+def _name_max(folder: Path) -> int:
+    """The longest file name, in bytes, that ``folder``'s file system allows."""
+    try:
+        return os.pathconf(folder if folder.is_dir() else ".", "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):  # no pathconf (Windows), or no answer
+        return 255
+
+
+# The temporary file of an output: short and fixed, whatever the output's name, so any
+# name the file system allows can be written (one 251 bytes long included).
+_TEMP_PREFIX = ".tmp-"
+
+
+def _temp_name(random: str, out: Path) -> str:
+    return f"{_TEMP_PREFIX}{random}{_temp_suffix(out)}"
+
+
+def _temp_suffix(out: Path) -> str:
+    # Writers pick the format from the suffix (Keras: .keras or .h5, lower case only).
+    suffix = out.suffix.lower()
+    return f".partial{suffix}" if len(suffix) <= 16 else ".partial"
+
+
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, needs_bytes: int | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it over ``path`` only on success.
 
-    A failure or interruption (Ctrl-C) inside the block removes the temporary file, so
-    no half-written output is ever left under the final name.
+    A failure inside the block (a full disk included) is one line, and the temporary file
+    is removed: no half-written output is ever left, under the final name or another. A
+    Ctrl-C or SIGTERM that arrives while the block writes waits for it to finish (a
+    library's own clean-up cannot be cut short), then the temporary file is removed and
+    the interrupt goes on.
+
+    Args:
+        path: the output.
+        needs_bytes: int or None. The size about to be written, when it is known: refused
+            up front when the folder's file system has less free space.
     """
     out = Path(path)
+    folder = out.parent if str(out.parent) else Path(".")
+    if needs_bytes is not None:
+        check_free_space(out, needs_bytes)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=f".partial{out.suffix.lower()}",
-                                   dir=out.parent if str(out.parent) else ".")
+        fd, tmp = tempfile.mkstemp(prefix=_TEMP_PREFIX, suffix=_temp_suffix(out), dir=folder)
     except OSError as exc:
-        raise CompressError(f"{out}: cannot write in {out.parent} ({exc.strerror})") from exc
+        raise CompressError(f"{out}: cannot write in {folder} ({exc.strerror})") from exc
     os.close(fd)
     os.unlink(tmp)  # writers (Keras, converters) create the file themselves
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
+        try:
+            with interruptions_held():
+                yield tmp_path
+        except OSError as exc:  # ENOSPC, EIO, EDQUOT, ... from the writer
+            raise CompressError(f"{out}: cannot write ({_reason(exc)}); nothing was written"
+                                ) from exc
         if not tmp_path.exists():
             raise CompressError(f"{out}: the writer produced no file")
         raise_if_interrupted()
         try:
             os.replace(tmp_path, out)
         except OSError as exc:
-            raise CompressError(f"{out}: cannot write ({exc.strerror})") from exc
+            raise CompressError(f"{out}: cannot write ({_reason(exc)})") from exc
     finally:
-        if tmp_path.exists():
-            if tmp_path.is_dir():
-                import shutil
+        _remove(tmp_path)
 
-                shutil.rmtree(tmp_path, ignore_errors=True)
-            else:
-                tmp_path.unlink()
+
+def _remove(tmp_path: Path) -> None:
+    with contextlib.suppress(OSError):
+        if tmp_path.is_dir() and not tmp_path.is_symlink():
+            shutil.rmtree(tmp_path, ignore_errors=True)
+        elif tmp_path.exists() or tmp_path.is_symlink():
+            tmp_path.unlink()
+
+
+def _reason(exc: OSError) -> str:
+    """An OSError in a few words, on one line: its strerror, else its message."""
+    text = " ".join(str(exc.strerror or exc).split())
+    return text[:200] or type(exc).__name__
+
+
+# Room kept free beyond what is written: file-system blocks, the folder's own entry.
+_SPACE_MARGIN = 16 * 1024
+
+
+def check_free_space(path: str | os.PathLike, needs_bytes: int) -> None:
+    """Refuse in one line when ``path``'s folder has less free space than ``needs_bytes``.
+
+    Example:
+
+    >>> check_free_space("out.keras", 2**50)                 # doctest: +SKIP
+    Traceback (most recent call last):
+    compress.errors.CompressError: out.keras: not enough free space in . (about 1024.0 TiB
+    needed, 12.3 GiB free)
+    """
+    out = Path(path)
+    folder = out.parent if str(out.parent) else Path(".")
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:  # no answer (a pseudo file system): the write itself will tell
+        return
+    if needs_bytes + _SPACE_MARGIN > free:
+        raise CompressError(f"{out}: not enough free space in {folder} (about "
+                            f"{_space(needs_bytes + _SPACE_MARGIN)} needed, {_space(free)} free)")
+
+
+def _space(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically."""
-    with atomic_path(path) as tmp:
+    """Write ``data`` to ``path`` atomically (refused up front if the disk cannot hold it)."""
+    with atomic_path(path, needs_bytes=len(data)) as tmp:
         tmp.write_bytes(data)
     return Path(path)
 
@@ -260,6 +446,12 @@ def save_model(model, path: str | os.PathLike, inputs: list | tuple = (), force:
                ) -> Path:
     """Save ``model`` to ``.keras`` or ``.h5`` atomically, after :func:`check_output`.
 
+    The folder must have room for the file (checked first: from the weights for a
+    ``.keras``, exactly for an ``.h5``); a write that fails anyway (a disk that fills
+    meanwhile) is one line, and nothing is left behind.
+    An ``.h5`` is built in memory and written by Python: HDF5 writing to a disk that fills
+    under it leaves its library in a state that crashes the process (SIGSEGV) at exit.
+
     Args:
         model: the Keras model.
         path: output file; its suffix picks the format.
@@ -267,9 +459,44 @@ def save_model(model, path: str | os.PathLike, inputs: list | tuple = (), force:
         force: bool, default False. Overwrite an existing output.
     """
     out = check_output(path, inputs=inputs, force=force, suffixes=MODEL_SUFFIXES)
-    with atomic_path(out) as tmp:
-        deployable(model).save(tmp)
+    model = deployable(model)
+    if out.suffix.lower() != ".keras":
+        write_bytes(out, _hdf5_bytes(model))  # its exact size is checked against the disk
+        return out
+    with atomic_path(out, needs_bytes=_file_bytes(model)) as tmp:
+        model.save(tmp)
     return out
+
+
+def _hdf5_bytes(model) -> bytes:
+    """``model`` as the bytes of the ``.h5`` file ``model.save`` would write."""
+    import io as _bytes_io
+
+    import h5py
+
+    # Keras's public save writes .h5 only to a path; its saver also takes an open h5py
+    # file, here one in memory (h5py's file-object driver).
+    from keras.src.legacy.saving import legacy_h5_format
+
+    buffer = _bytes_io.BytesIO()
+    with h5py.File(buffer, "w") as f:
+        legacy_h5_format.save_model_to_hdf5(model, f)
+    return buffer.getvalue()
+
+
+def _file_bytes(model) -> int:
+    """About the size of ``model``'s file: its weights, a tenth more, and the format's
+    own few kilobytes per weight and for the architecture."""
+    import numpy as np
+
+    total = 0
+    for weight in model.weights:
+        try:
+            itemsize = np.dtype(weight.dtype).itemsize
+        except TypeError:  # a dtype NumPy does not name (bfloat16): at most 4 bytes
+            itemsize = 4
+        total += int(np.prod(weight.shape)) * itemsize
+    return total + total // 10 + 4096 * len(model.weights) + 32 * 1024
 
 
 def deployable(model):

@@ -62,7 +62,9 @@ def zipped_size(path: str | os.PathLike) -> int:
     """Bytes of ``path`` after DEFLATE at level 9: the size a deployment downloads."""
     buf = _io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
-        zf.write(path, arcname=Path(path).name)
+        # A zip stores names as UTF-8: a name that is not (PEP 383 surrogates) is replaced.
+        arcname = os.fsencode(Path(path).name).decode("utf-8", "replace")
+        zf.write(path, arcname=arcname)
     return len(buf.getvalue())
 
 

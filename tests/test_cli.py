@@ -73,3 +73,109 @@ def test_output_equal_to_input_refused(cli, cnn_file):
     path, _ = cnn_file
     result = cli("export", path, "-o", path, "--format", "onnx", "--force")
     assert result.exit_code == 1
+
+
+# A refusal that needs no TensorFlow must not wait for it (importing it takes 10 s or more
+# on a loaded machine): options, the data a pass needs, the output path, a missing input
+# and an unknown dataset are all checked first. One fresh interpreter runs every refusal
+# and reports, after each, its exit code, its stderr and whether TensorFlow or Keras came in.
+REFUSED_WITHOUT_TENSORFLOW = [
+    (["prune", "{model}", "-o", "{out}/p.keras", "--sparsity", "1.0"], "--sparsity"),
+    (["prune", "{model}", "-o", "{model}"], "is the input"),
+    (["prune", "{model}", "-o", "{existing}"], "already exists"),
+    (["prune", "{model}", "-o", "{out}/p.keras", "--method", "obd"], "--data"),
+    (["prune", "{model}", "-o", "{out}/p.keras", "--data", "cifar10"], "unknown dataset"),
+    (["prune", "{out}/missing.keras", "-o", "{out}/p.keras"], "no such file"),
+    (["prune", "{model}", "-o", "{out}/p.keras", "--keep-last-good", "{out}/p.keras"],
+     "--keep-last-good"),
+    (["prune", "{model}", "-o", "{out}/" + "n" * 300 + ".keras"], "file name is 306 bytes"),
+    (["share", "{model}", "-o", "{out}/s.keras", "--factor", "0"], "--factor"),
+    (["share", "{model}", "-o", "{out}/no/such/s.keras", "--method", "kmeans"],
+     "does not exist"),
+    (["quantize", "{model}", "-o", "{out}/q.tflite"], "--data"),
+    (["quantize", "{model}", "-o", "{out}/q.bin", "--mode", "dynamic"], ".bin"),
+    (["export", "{model}", "-o", "{out}/e.onnx", "--atol", "-1"], "--atol"),
+    (["distill", "{model}", "-o", "{out}/d.keras"], "--data"),
+    (["distill", "{model}", "-o", "{out}/d.keras", "--data", "digits", "--student",
+      "{out}/nobody.keras"], "no such file"),
+    (["cascade", "resnet9000", "-o", "{out}/c.keras", "--data", "digits"], "resnet9000"),
+    (["cascade", "lenet300", "-o", "{out}/c.keras", "--data", "npz:{out}/none.npz"],
+     "no such data file"),
+    (["inspect", "{model}", "--data", "cifar10"], "unknown dataset"),
+    (["run", "{out}/none.yaml", "-o", "{out}/r"], "no such recipe"),
+    (["run", "{recipe}", "-o", "{out}/r"], "unknown recipe key"),
+]
+
+_REFUSE_IN_ONE_PROCESS = """
+import json, sys
+from compress.cli import main
+for argv in json.loads(sys.argv[1]):
+    try:
+        main(argv)
+    except SystemExit as exc:
+        code = exc.code
+    print(json.dumps([code, "tensorflow" in sys.modules or "keras" in sys.modules]),
+          flush=True)
+"""
+
+
+def test_refusals_answer_without_importing_tensorflow(tmp_path):
+    model = tmp_path / "model.keras"
+    model.write_bytes(b"not loaded: every case is refused before the model is read")
+    existing = tmp_path / "existing.keras"
+    existing.write_bytes(b"x")
+    recipe = tmp_path / "typo.yaml"
+    recipe.write_text("model: lenet300\ndata: digits\nstepz: []\n")
+    names = {"model": model, "existing": existing, "out": tmp_path, "recipe": recipe}
+    argvs = [[a.format(**names) for a in argv] for argv, _ in REFUSED_WITHOUT_TENSORFLOW]
+    proc = subprocess.run([sys.executable, "-c", _REFUSE_IN_ONE_PROCESS, json.dumps(argvs)],
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-1000:]
+    results = [json.loads(line) for line in proc.stdout.splitlines()]
+    errors = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(results) == len(errors) == len(argvs), proc.stderr
+    for (argv, words), (code, imported), error in zip(REFUSED_WITHOUT_TENSORFLOW, results,
+                                                      errors):
+        assert code == 1 and error.startswith("error: ") and words in error, (argv, error)
+        assert not imported, f"{' '.join(argv)}: TensorFlow was imported to refuse it"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["existing.keras", "model.keras",
+                                                          "typo.yaml"]
+
+
+def test_the_longest_legal_output_name_is_written(cli, mlp_file, tmp_path):
+    """The temporary file's name was the output's plus 16 bytes: a 251-byte name failed
+    with "File name too long" after all the work was done."""
+    import os
+
+    name = "n" * (os.pathconf(tmp_path, "PC_NAME_MAX") - len(".keras")) + ".keras"
+    result = cli("prune", mlp_file[0], "-o", tmp_path / name, "--sparsity", "0.5", "--json")
+    assert result.exit_code == 0, result.output
+    assert [p.name for p in tmp_path.iterdir()] == [name]
+
+
+def test_names_that_are_not_utf8_are_read_written_and_printed(tmp_path, mlp_file):
+    """Such a name reaches Python with lone surrogates; printing it to stdout raised
+    "unexpected UnicodeEncodeError" after the output was written."""
+    import os
+    import shutil
+
+    folder = os.fsencode(tmp_path)
+    model = folder + b"/model-\xff.keras"
+    shutil.copyfile(mlp_file[0], model)
+    out = folder + b"/pruned-\xe9t\xe9.keras"
+    # stdout strict UTF-8, as under a desktop's UTF-8 locale (a C locale escapes instead);
+    # wide columns: no wrapped lines
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONIOENCODING="utf-8:strict",
+               COLUMNS="500")
+    proc = subprocess.run([sys.executable, "-m", "compress.cli", "prune", model, "-o", out,
+                           "--sparsity", "0.5"], capture_output=True, env=env, timeout=300,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr[-800:]
+    assert b"wrote " + out in proc.stdout
+    assert sorted(os.listdir(folder)) == [b"model-\xff.keras", b"pruned-\xe9t\xe9.keras"]
+    inspect = subprocess.run([sys.executable, "-m", "compress.cli", "inspect", out,
+                              "--no-latency"], capture_output=True, env=env, timeout=300,
+                             check=False)
+    assert inspect.returncode == 0, inspect.stderr[-800:]
+    # the table's title, its own bytes (a long temporary path wraps over several lines)
+    assert b"pruned-\xe9t\xe9" in b"".join(inspect.stdout.split())

@@ -369,3 +369,104 @@ def test_cascade_in_a_training_context_resumes_its_stage(tmp_path, cnn_file, dig
         _, info = cascade_train(model, digits, epochs=3, k=0, callbacks=[_epochs_seen(seen)])
     assert seen == [1, 2] + [0, 1, 2]  # stage 1 from its second epoch, then stage 2 whole
     assert len(info["stages"]) == 2 and not any(ck.iterdir())
+
+
+# -- SIGTERM: handled like Ctrl-C, with its own exit code (128 + 15) ---------------------
+def _private_tmpdir_env(tmp_path):
+    """An environment whose $TMPDIR is a fresh folder: whatever is left in it leaked."""
+    tmpdir = tmp_path / "tmpdir"
+    tmpdir.mkdir()
+    return dict(ENV, TMPDIR=str(tmpdir)), tmpdir
+
+
+def _assert_terminated_cleanly(code, err, out_dir, tmpdir):
+    assert code == 143, err[-800:]
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines[-1] == ("error: terminated (SIGTERM); the input is untouched and no partial "
+                         "output was left"), err[-800:]
+    assert "Traceback" not in err
+    assert sorted(p.name for p in out_dir.iterdir()) == [], "no output, no partial file"
+    assert list(tmpdir.iterdir()) == [], "no temporary folder left in $TMPDIR"
+
+
+@pytest.mark.slow
+def test_sigterm_during_training_exits_143_and_leaves_nothing(tmp_path, mlp_file):
+    digest = file_digest(mlp_file[0])
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    env, tmpdir = _private_tmpdir_env(tmp_path)
+    ck = tmp_path / "ck"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SLOW_CLI, "prune", str(mlp_file[0]), "-o",
+         str(out_dir / "pruned.keras"), "--data", "digits", "--epochs", "50", "--sparsity", "0.5",
+         "--checkpoint-dir", str(ck)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env=env, text=True)
+    metadata = ck / "fit1" / "training_metadata.json"
+    deadline = time.time() + 180
+    while proc.poll() is None and time.time() < deadline and not metadata.exists():
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    _assert_terminated_cleanly(proc.returncode, err, out_dir, tmpdir)
+    assert file_digest(mlp_file[0]) == digest
+    assert json.loads(metadata.read_text())["epoch"] >= 1, "the backup to resume from stays"
+
+
+# The SIGTERM lands while the output is being saved: right after Keras made its temporary
+# folder in $TMPDIR (every .keras save makes one), the moment the issue's run was killed in.
+TERMINATED_WHILE_SAVING = """
+import os, signal, sys, tempfile, time
+from compress import io
+from compress.cli import main
+
+real_save_model, real_mkdtemp = io.save_model, tempfile.mkdtemp
+
+def mkdtemp_then_sigterm(*args, **kwargs):
+    folder = real_mkdtemp(*args, **kwargs)
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(0.2)  # Python runs the handler here, inside Keras's save
+    return folder
+
+def save_model(*args, **kwargs):
+    tempfile.mkdtemp = mkdtemp_then_sigterm
+    try:
+        return real_save_model(*args, **kwargs)
+    finally:
+        tempfile.mkdtemp = real_mkdtemp
+
+io.save_model = save_model
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_sigterm_while_saving_leaves_no_partial_file_and_no_temp_folder(tmp_path, mlp_file):
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    env, tmpdir = _private_tmpdir_env(tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-c", TERMINATED_WHILE_SAVING, "prune", str(mlp_file[0]), "-o",
+         str(out_dir / "pruned.keras"), "--sparsity", "0.5"],
+        capture_output=True, text=True, env=env, timeout=300, check=False)
+    _assert_terminated_cleanly(proc.returncode, proc.stderr, out_dir, tmpdir)
+
+
+def test_a_signal_while_writing_waits_for_the_writer_then_removes_its_file(tmp_path):
+    """Under the CLI's handler a SIGTERM inside a write is held until the writer is done
+    (its own clean-up cannot be cut short), then raised, and nothing is left."""
+    from compress import io
+    from compress.errors import INTERRUPT, Terminated
+
+    previous = signal.signal(signal.SIGTERM, INTERRUPT.handler)
+    steps = []
+    try:
+        with pytest.raises(Terminated), io.atomic_path(tmp_path / "out.bin") as tmp:
+            tmp.write_bytes(b"half")
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)  # Python runs the handler here: it only remembers
+            tmp.write_bytes(b"whole")
+            steps.append("writer finished")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        INTERRUPT.pending = False
+    assert steps == ["writer finished"]
+    assert list(tmp_path.iterdir()) == []

@@ -138,3 +138,128 @@ def test_loads_h5_saved_by_keras2(tmp_path):
     model = io.load_model(path)
     assert model.count_params() == 4 * 8 + 8 + 8 * 3 + 3
     assert model.predict(np.ones((2, 4), "float32"), verbose=0).shape == (2, 3)
+
+
+def test_a_symbolic_link_loop_and_a_broken_link_are_named(tmp_path):
+    loop = tmp_path / "loop.keras"
+    os.symlink(loop.name, loop)
+    with pytest.raises(CompressError, match="symbolic link loop"):
+        io.load_model(loop)
+    broken = tmp_path / "broken.keras"
+    os.symlink("gone.keras", broken)
+    with pytest.raises(CompressError, match="broken symbolic link .*gone.keras"):
+        io.load_model(broken)
+
+
+def _zip_with(path, members):
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return path
+
+
+@pytest.mark.parametrize("member,size,expected", [
+    ("config.json", 100 * 2**20, "config.json unpacks to 100.0 MiB"),
+    ("metadata.json", 40 * 2**20, "metadata.json unpacks to"),
+    ("model.weights.h5", 200 * 2**20, "model.weights.h5 unpacks to 200.0 MiB from"),
+])
+def test_a_zip_bomb_is_refused_before_a_byte_is_inflated(tmp_path, monkeypatch, member, size,
+                                                         expected):
+    import zipfile
+
+    members = {"config.json": b"{}", "model.weights.h5": b"", member: b" " * size}
+    path = _zip_with(tmp_path / "bomb.keras", members)
+    assert path.stat().st_size < size / 100
+    inflated = []
+    monkeypatch.setattr(zipfile.ZipFile, "open", lambda *a, **k: inflated.append(a))
+    with pytest.raises(CompressError) as err:
+        io.load_model(path)
+    assert expected in str(err.value) and "refusing" in str(err.value)
+    assert inflated == []  # decided on the central directory alone
+
+
+def test_assets_that_unpack_too_far_are_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(io, "MAX_ASSETS_BYTES", 2**20)
+    path = _zip_with(tmp_path / "assets.keras", {"config.json": b"{}", "model.weights.h5": b"",
+                                                 "assets/a.bin": os.urandom(2**20),
+                                                 "assets/b.bin": os.urandom(16)})
+    with pytest.raises(CompressError, match="assets/ unpacks to"):
+        io.load_model(path)
+
+
+def test_an_unreadable_model_file_is_one_line(tmp_path, mlp_file):
+    if os.geteuid() == 0:
+        pytest.skip("root reads any file")
+    path = tmp_path / "locked.keras"
+    path.write_bytes(Path(mlp_file[0]).read_bytes())
+    path.chmod(0)
+    with pytest.raises(CompressError, match="cannot read"):
+        io.load_model(path)
+
+
+# -- writing: any legal name, full disks (issue 17) ----------------------------------------
+def _name_max(folder) -> int:
+    return os.pathconf(folder, "PC_NAME_MAX")
+
+
+def test_the_longest_legal_name_is_written(tmp_path):
+    name = "n" * (_name_max(tmp_path) - len(".keras")) + ".keras"
+    with io.atomic_path(io.check_output(tmp_path / name)) as tmp:
+        assert len(tmp.name) < 40 and tmp.name.endswith(".partial.keras")  # short, own name
+        tmp.write_bytes(b"whole")
+    assert [p.name for p in tmp_path.iterdir()] == [name]
+
+
+def test_a_name_longer_than_the_file_system_allows_is_refused(tmp_path):
+    limit = _name_max(tmp_path)
+    with pytest.raises(CompressError, match=f"file name is {limit + 1} bytes; this file "
+                                            f"system allows {limit}"):
+        io.check_output(tmp_path / ("n" * (limit + 1 - len(".keras")) + ".keras"))
+
+
+def test_a_name_that_is_not_utf8_is_written(tmp_path):
+    name = os.fsdecode(b"model-\xff.keras")  # as Python gets it from the command line
+    io.write_bytes(io.check_output(tmp_path / name), b"whole")
+    assert os.listdir(os.fsencode(tmp_path)) == [b"model-\xff.keras"]
+
+
+def test_a_full_disk_is_refused_before_the_write(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(io.shutil, "disk_usage",
+                        lambda folder: SimpleNamespace(total=2**30, used=2**30 - 4096, free=4096))
+    with pytest.raises(CompressError, match="not enough free space in"):
+        io.write_bytes(tmp_path / "out.bin", b"x" * 100_000)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_write_that_fails_is_one_line_and_leaves_nothing(tmp_path, mlp_file, monkeypatch):
+    import errno
+
+    import keras
+
+    def disk_fills(self, filepath, *args, **kwargs):
+        Path(filepath).write_bytes(b"PK\x03\x04 half an archive")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    model = io.load_model(mlp_file[0])
+    monkeypatch.setattr(keras.Model, "save", disk_fills)
+    with pytest.raises(CompressError,
+                       match=r"out\.keras: cannot write \(No space left on device\)"):
+        io.save_model(model, tmp_path / "out.keras")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_h5_is_written_as_keras_writes_it(tmp_path, mlp_file):
+    """.h5 files are built in memory (HDF5 on a disk that fills crashes the process)."""
+    model = io.load_model(mlp_file[0])
+    ours = io.save_model(model, tmp_path / "ours.h5")
+    model.save(tmp_path / "keras.h5")
+    again = io.load_model(ours)
+    assert [layer.get_config() for layer in again.layers] == \
+        [layer.get_config() for layer in io.load_model(tmp_path / "keras.h5").layers]
+    for got, want in zip(again.get_weights(), model.get_weights()):
+        np.testing.assert_array_equal(got, want)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keras.h5", "ours.h5"]

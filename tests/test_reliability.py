@@ -24,7 +24,8 @@ def files(tmp_path_factory, mlp_file, cnn_file):
     import keras
 
     d = tmp_path_factory.mktemp("catalogue")
-    f = {"mlp": str(mlp_file[0]), "cnn": str(cnn_file[0]), "dir": str(d)}
+    f = {"mlp": str(mlp_file[0]), "cnn": str(cnn_file[0]), "dir": str(d),
+         "long": "n" * 300}  # a file name longer than any file system allows
     (d / "empty.keras").write_bytes(b"")
     (d / "notes.h5").write_text("this is text, not a model\n")
     data = Path(mlp_file[0]).read_bytes()
@@ -83,7 +84,65 @@ def files(tmp_path_factory, mlp_file, cnn_file):
         "model: lenet300\ndata: digits\nbaseline: {epochs: 1}\nsubset: 100\nsteps:\n"
         f"  - distill: {{student: {d}/nobody.keras, epochs: 1}}\n")
     (d / "broken.yaml").write_text("model: [unclosed\n")
+    _hostile_loading_inputs(d)
+    _faulty_inputs(d, mlp_file[0])
     return f
+
+
+def _hostile_loading_inputs(d):
+    """A SavedModel that writes a file when served, a zip bomb, a link loop, YAML bombs."""
+    import zipfile
+
+    import tensorflow as tf
+
+    class Writes(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec((None, 8, 8, 1), tf.float32)])
+        def serve(self, x):
+            tf.io.write_file(str(d / "written-by-savedmodel.txt"), "pwned")  # must never run
+            return {"out": tf.reshape(x, (-1, 64))[:, :10]}
+
+    writes = Writes()
+    tf.saved_model.save(writes, str(d / "writes_file_savedmodel"),
+                        signatures={"serving_default": writes.serve})
+    with zipfile.ZipFile(d / "zip_bomb.keras", "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("config.json", b" " * (100 * 2**20))  # 100 MiB from about 100 KB
+        zf.writestr("model.weights.h5", b"")
+    os.symlink("link_loop.keras", d / "link_loop.keras")
+    levels = ["l0: &l0 [x, x, x, x, x, x, x, x, x]"] + [
+        f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]" for i in range(1, 7)]
+    (d / "alias_bomb.yaml").write_text("model: lenet300\ndata: digits\n" + "\n".join(levels)
+                                       + "\nsteps:\n  - prune: {sparsity: *l6}\n")
+    (d / "python_tag.yaml").write_text(
+        "model: !!python/object/apply:os.system ['echo hacked']\nsteps: []\n")
+
+
+def _faulty_inputs(d, mlp_path):
+    """A model with NaN weights, npz files with unequal splits, another command's backup."""
+    import json
+
+    import keras
+
+    model = keras.models.load_model(mlp_path)
+    kernel = np.asarray(model.get_layer("fc2").kernel).copy()
+    kernel[1, 2], kernel[3, 4] = np.nan, np.inf
+    model.get_layer("fc2").kernel.assign(kernel)
+    model.save(d / "nan_weights.keras")
+    rng = np.random.default_rng(1)
+
+    def split(n_x, n_y, **more):
+        return {"x_train": rng.random((100, 8, 8, 1)).astype("float32"),
+                "y_train": rng.integers(0, 10, 100), "x_test": rng.random((n_x, 8, 8, 1)),
+                "y_test": rng.integers(0, 10, n_y), **more}
+
+    np.savez(d / "ragged_test.npz", **split(50, 40))
+    np.savez(d / "ragged_val.npz", **split(50, 50, x_val=rng.random((30, 8, 8, 1)),
+                                          y_val=rng.integers(0, 10, 20)))
+    np.savez(d / "one_hot.npz", x_train=rng.random((40, 8, 8, 1)).astype("float32"),
+             y_train=np.eye(10, dtype="int64")[rng.integers(0, 10, 40)])
+    backup = d / "other_checkpoint" / "fit1"
+    backup.mkdir(parents=True)
+    (backup / "training_metadata.json").write_text(json.dumps(
+        {"epoch": 1, "batch": 0, "command": "0" * 64, "fit": None, "callbacks": []}))
 
 
 # (id, argv template, exit code, words expected in the one error line)
@@ -193,6 +252,47 @@ CLI_CASES = [
     ("run-invalid-yaml", ["run", "{dir}/broken.yaml", "-o", "{out}"], 1, "not valid YAML"),
     ("run-bad-override", ["run", "{dir}/wrong_type.yaml", "--set", "steps[9].x=1", "-o",
                           "{out}"], 1, "no item"),
+    ("inspect-savedmodel-writes-file", ["inspect", "{dir}/writes_file_savedmodel"], 1,
+     "runs op 'WriteFile'"),
+    ("inspect-zip-bomb", ["inspect", "{dir}/zip_bomb.keras"], 1,
+     "config.json unpacks to 100.0 MiB"),
+    ("inspect-symlink-loop", ["inspect", "{dir}/link_loop.keras"], 1, "symbolic link loop"),
+    ("inspect-negative-seed", ["inspect", "{mlp}", "--seed", "-1"], 1,
+     "--seed: must be in [0, 4294967295], got -1"),
+    ("run-yaml-alias-bomb", ["run", "{dir}/alias_bomb.yaml", "-o", "{out}"], 1,
+     "aliases expand to more than 10000 values"),
+    ("run-python-tag", ["run", "{dir}/python_tag.yaml", "-o", "{out}"], 1, "is a Python tag"),
+    ("run-negative-index", ["run", "{dir}/wrong_type.yaml", "--set",
+                            "steps[-1].prune.sparsity=0.5", "-o", "{out}"], 1,
+     "negative indexes such as [-1] are not supported"),
+    ("prune-name-too-long", ["prune", "{mlp}", "-o", "{out}-{long}.keras"], 1,
+     "this file system allows"),
+    ("export-name-too-long", ["export", "{mlp}", "-o", "{out}-{long}.onnx"], 1,
+     "this file system allows"),
+    ("prune-keep-last-good-too-long", ["prune", "{mlp}", "-o", "{out}.keras", "--data",
+                                       "digits", "--epochs", "1", "--keep-last-good",
+                                       "{out}-{long}.keras"], 1,
+     "this file system allows"),
+    ("prune-nan-weights", ["prune", "{dir}/nan_weights.keras", "-o", "{out}.keras",
+                           "--sparsity", "0.5"], 1, "layer 'fc2' has 2 NaN or infinite weights"),
+    ("export-nan-weights", ["export", "{dir}/nan_weights.keras", "-o", "{out}.onnx"], 1,
+     "NaN or infinite weights in fc2/kernel"),
+    ("prune-quality-inf", ["prune", "{mlp}", "-o", "{out}.keras", "--quality", "inf"], 1,
+     "--quality must be a finite number"),
+    ("prune-quality-zeros-a-layer", ["prune", "{mlp}", "-o", "{out}.keras", "--quality", "1e9"],
+     1, "would zero every weight of"),
+    ("prune-quality-and-sparsity", ["prune", "{mlp}", "-o", "{out}.keras", "--quality", "1",
+                                    "--sparsity", "0.5"], 1, "give one of them"),
+    ("inspect-npz-test-lengths", ["inspect", "{mlp}", "--data", "npz:{dir}/ragged_test.npz"], 1,
+     "the test split has 50 samples in 'x_test' but 40 labels in 'y_test'"),
+    ("inspect-npz-val-lengths", ["inspect", "{mlp}", "--data", "npz:{dir}/ragged_val.npz"], 1,
+     "the val split has 30 samples in 'x_val' but 20 labels in 'y_val'"),
+    ("inspect-npz-one-hot", ["inspect", "{mlp}", "--data", "npz:{dir}/one_hot.npz"], 1,
+     "one-hot labels"),
+    ("prune-checkpoint-of-another-command", ["prune", "{mlp}", "-o", "{out}.keras", "--data",
+                                             "digits", "--epochs", "1", "--checkpoint-dir",
+                                             "{dir}/other_checkpoint"], 1,
+     "was made by another command or model; use a new --checkpoint-dir or delete it"),
 ]
 
 
@@ -283,6 +383,92 @@ def test_python_api_refusals(files, mlp_file, tmp_path):
     for a, b in zip(weights, model.get_weights()):
         np.testing.assert_array_equal(a, b)  # the model object was never mutated
     assert not (tmp_path / "q.tflite").exists() and not (tmp_path / "r").exists()
+
+
+def _one_error_line(result) -> str:
+    errors = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and errors[0].startswith("error: "), errors
+    assert "Traceback" not in result.output
+    return errors[0]
+
+
+def test_a_disk_too_full_for_the_output_is_refused_before_writing(files, cli, tmp_path,
+                                                                   monkeypatch):
+    from types import SimpleNamespace
+
+    from compress import io
+
+    def almost_full(folder):
+        return SimpleNamespace(total=2**30, used=2**30 - 8192, free=8192)
+
+    before = _inputs(files)
+    monkeypatch.setattr(io.shutil, "disk_usage", almost_full)
+    result = cli("prune", files["mlp"], "-o", tmp_path / "pruned.h5", "--sparsity", "0.5")
+    line = _one_error_line(result)
+    RESULTS.append(("prune-disk-full", "prune {mlp} -o {out}.h5 (8 KiB free)",
+                    result.exit_code, line))
+    assert result.exit_code == 1 and "not enough free space in" in line
+    assert list(tmp_path.iterdir()) == [] and _inputs(files) == before
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 160 KiB file system (tmpfs): needs root, skipped where mounting is refused."""
+    import shutil
+    import subprocess
+
+    folder = tmp_path / "small-disk"
+    folder.mkdir()
+    mount = shutil.which("mount")
+    if mount is None or subprocess.run([mount, "-t", "tmpfs", "-o", "size=160k", "tmpfs",
+                                        str(folder)], capture_output=True,
+                                       check=False).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], capture_output=True, check=False)
+
+
+# The disk fills between the free-space check and the end of the write (another program
+# writing meanwhile): the check is switched off, the write itself meets ENOSPC.
+_DISK_FILLS_WHILE_WRITING = """
+import sys
+from compress import io
+io.check_free_space = lambda path, needs_bytes: None
+from compress.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_disk_that_fills_during_the_write_is_one_line_and_leaves_nothing(small_disk,
+                                                                          tmp_path):
+    """HDF5 crashed the process (SIGSEGV, exit 139, a 28-line h5py traceback) and left
+    ``.x.XXXX.partial.h5`` behind."""
+    import subprocess
+    import sys
+
+    import keras
+
+    wide = tmp_path / "wide.keras"  # its .h5 is about 170 KB: more than the disk holds
+    keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(512),
+                      keras.layers.Dense(10, activation="softmax")]).save(wide)
+    digest = file_digest(wide)
+    for case_id, script in (("prune-disk-full-real", None),
+                            ("prune-disk-fills-while-writing", _DISK_FILLS_WHILE_WRITING)):
+        command = ["-c", script] if script else ["-m", "compress.cli"]
+        proc = subprocess.run([sys.executable, *command, "prune", str(wide), "-o",
+                               str(small_disk / "pruned.h5"), "--sparsity", "0.5"],
+                              capture_output=True, text=True, timeout=300, check=False,
+                              env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+        errors = [line for line in proc.stderr.splitlines() if line.strip()]
+        RESULTS.append((case_id, "prune {dir}/wide.keras -o {out}.h5 (a 160 KiB disk)",
+                        proc.returncode, errors[-1] if errors else ""))
+        assert proc.returncode == 1, proc.stderr[-1500:]
+        assert len(errors) == 1 and errors[0].startswith("error: "), errors
+        assert ("not enough free space" if script is None else "No space left on device") \
+            in errors[0]
+        assert os.listdir(small_disk) == [] and file_digest(wide) == digest
 
 
 def test_write_summary_table():

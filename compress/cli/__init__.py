@@ -7,6 +7,7 @@ heavy libraries inside its body.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import signal
@@ -17,7 +18,13 @@ import traceback
 import click
 
 from compress import __version__
-from compress.errors import INTERRUPT, CompressError
+from compress.errors import (
+    INTERRUPT,
+    INTERRUPT_EXIT_CODE,
+    INTERRUPT_WHAT,
+    CompressError,
+    Terminated,
+)
 
 # Commands that are not passes; every pass command comes from the registry
 # (compress.passes), in its order, between inspect and run.
@@ -39,7 +46,8 @@ def training_command_names() -> list[str]:
 
 
 class _Group(click.Group):
-    """Loads command modules on demand; any failure is one line and exit 1 (130 on Ctrl-C)."""
+    """Loads command modules on demand; any failure is one line and exit 1 (130 on Ctrl-C,
+    143 on SIGTERM)."""
 
     def list_commands(self, ctx):
         return [name for name in command_names() if self._load(name) is not None]
@@ -75,25 +83,25 @@ class _Group(click.Group):
     def invoke(self, ctx):
         debug = bool(ctx.params.get("debug")) or os.environ.get("COMPRESS_DEBUG") == "1"
         INTERRUPT.pending = False
-        previous = None
-        if threading.current_thread() is threading.main_thread() and \
-                signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-            previous = signal.signal(signal.SIGINT, INTERRUPT.handler)
+        previous = _handle_signals()
         try:
-            return super().invoke(ctx)
+            with _printable_paths():
+                return super().invoke(ctx)
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (errors.Terminated)
+            _exit_interrupted(ctx, exc)
+        except (click.exceptions.ClickException, click.exceptions.Exit,
+                click.exceptions.Abort):
+            raise
         except CompressError as exc:
+            if INTERRUPT.pending:  # it failed because it was being stopped: say so
+                _exit_interrupted(ctx, exc)
             if debug:
                 traceback.print_exc()
             click.echo(f"error: {exc}", err=True)
             ctx.exit(exc.exit_code)
-        except KeyboardInterrupt:
-            click.echo("error: interrupted; the input is untouched and no output was written",
-                       err=True)
-            ctx.exit(130)
-        except (click.exceptions.ClickException, click.exceptions.Exit,
-                click.exceptions.Abort):
-            raise
         except Exception as exc:  # noqa: BLE001 - an unforeseen failure: one line, exit 1
+            if INTERRUPT.pending:
+                _exit_interrupted(ctx, exc)
             if debug:
                 traceback.print_exc()
             click.echo(f"error: unexpected {type(exc).__name__}: "
@@ -102,8 +110,58 @@ class _Group(click.Group):
             ctx.exit(1)
         finally:
             INTERRUPT.pending = False  # handled here; later calls in this process start clean
-            if previous is not None:
-                signal.signal(signal.SIGINT, previous)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+
+def _handle_signals() -> dict:
+    """Install the CLI's handler for Ctrl-C and SIGTERM; return the handlers it replaced.
+
+    Only where Python's defaults are in place (a test runner or an embedding program that
+    set its own keeps it), and only in the main thread, where Python runs handlers.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    previous = {}
+    for signum, default in ((signal.SIGINT, signal.default_int_handler),
+                            (signal.SIGTERM, signal.SIG_DFL)):
+        if signal.getsignal(signum) is default:
+            previous[signum] = signal.signal(signum, INTERRUPT.handler)
+    return previous
+
+
+def _exit_interrupted(ctx, exc: BaseException) -> None:
+    """One line and the signal's exit code: 130 for Ctrl-C, 143 for SIGTERM."""
+    signum = INTERRUPT.signum or (signal.SIGTERM if isinstance(exc, Terminated)
+                                  else signal.SIGINT)
+    click.echo(f"error: {INTERRUPT_WHAT[signum]}; the input is untouched and no partial output "
+               "was left", err=True)
+    ctx.exit(INTERRUPT_EXIT_CODE[signum])
+
+
+@contextlib.contextmanager
+def _printable_paths():
+    """Let stdout print any path the user gave, even one that is not valid UTF-8.
+
+    Such a name reaches Python as a string with lone surrogates (PEP 383); printing
+    ``wrote NAME`` to a strict UTF-8 stdout would fail after the output was written.
+    ``surrogateescape`` writes the name's own bytes back, as ``ls`` does.
+    """
+    stream = sys.stdout
+    errors = getattr(stream, "errors", None)
+    if errors != "strict" or not hasattr(stream, "reconfigure"):
+        yield
+        return
+    try:
+        stream.reconfigure(errors="surrogateescape")
+    except (ValueError, OSError):  # a stream that cannot change: leave it
+        yield
+        return
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ValueError, OSError):
+            stream.reconfigure(errors=errors)
 
 
 def _add_training_options(command: click.Command) -> None:
@@ -129,7 +187,7 @@ def _add_training_options(command: click.Command) -> None:
     def run_with_training_options(*args, checkpoint_dir=None, strategy="none",
                                   keep_last_good=None, **kwargs):
         from compress import io
-        from compress.quiet import import_tensorflow
+        from compress.cli.common import deferred_until_work
 
         if keep_last_good is not None:
             output = kwargs.get("output")
@@ -139,11 +197,17 @@ def _add_training_options(command: click.Command) -> None:
             inputs = [kwargs.get(k) for k in ("model", "student", "recipe")]
             io.check_output(keep_last_good, inputs=[i for i in inputs if i],
                             force=bool(kwargs.get("force")), suffixes=io.MODEL_SUFFIXES)
-        import_tensorflow()
-        from compress.training_context import TrainingContext
 
-        with TrainingContext(checkpoint_dir=checkpoint_dir, keep_last_good=keep_last_good,
-                             strategy=strategy, force=bool(kwargs.get("force"))):
+        def training_context():  # needs TensorFlow: entered once the command's checks passed
+            from compress.training_context import TrainingContext
+
+            # The command and its options are the backups' identity (a changed re-run is
+            # refused, not resumed).
+            return TrainingContext(checkpoint_dir=checkpoint_dir, keep_last_good=keep_last_good,
+                                   strategy=strategy, force=bool(kwargs.get("force")),
+                                   command=command.name, options=dict(kwargs))
+
+        with deferred_until_work(training_context):
             return callback(*args, **kwargs)
 
     command.callback = run_with_training_options

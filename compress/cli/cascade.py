@@ -1,5 +1,7 @@
 """``compress cascade MODEL_OR_BUILDER -o OUT --data NAME``: Deep Cascade Learning."""
 
+import os
+
 import click
 
 from compress.cascade.options import CASCADE_OPTIONS
@@ -25,29 +27,30 @@ def command(model, output, data, seed, unsafe, as_json, force, **options):
     """
     from pathlib import Path
 
+    from compress import data as data_mod
     from compress import io
-    from compress.cli.common import emit, verbose
+    from compress.cli.common import emit, start_work, verbose
     from compress.errors import CompressError
     from compress.models import BUILDERS
 
+    opts = CASCADE_OPTIONS.from_cli({**options, "seed": seed})
     if not data:
         raise CompressError("cascade needs --data (for example --data animals)")
     is_builder = model in BUILDERS and not Path(model).exists()
+    if not is_builder and not os.path.lexists(model):
+        raise CompressError(f"{model}: no such model file, and not a builder (builders: "
+                            f"{', '.join(BUILDERS)})")
     inputs = [] if is_builder else [model]
     io.check_output(output, inputs=inputs, force=force, suffixes=io.MODEL_SUFFIXES)
-    opts = CASCADE_OPTIONS.from_cli({**options, "seed": seed})
+    dataset = data_mod.load_data(data, seed)
 
-    from compress.quiet import import_tensorflow
-
-    import_tensorflow()
-    from compress import data as data_mod
+    start_work()  # every check above needs no TensorFlow
     from compress import training
     from compress.cascade.cascade_pass import cascade_train
     from compress.models import build
     from compress.report import model_report
 
     training.set_seed(seed)
-    dataset = data_mod.load_data(data, seed)
     if is_builder:
         start = build(model, input_shape=dataset.sample_shape, num_classes=dataset.num_classes)
     else:

@@ -28,9 +28,6 @@ def command(output, quick, seed, force):
       compress demo --quick -o /tmp/demo --force
       compress run $(python -c "import compress.recipes as r; print(r.DEMO)") --check
     """
-    from compress.quiet import import_tensorflow
-
-    import_tensorflow()
     from compress.cli.common import progress_to_stderr
     from compress.recipes import DEMO, run_recipe
     from compress.report import print_table

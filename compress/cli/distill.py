@@ -28,6 +28,7 @@ def command(model, output, data, seed, unsafe, as_json, force, **options):
           --data mnist5k --temperature 4 --alpha 0.9 --epochs 20 --json
     """
     from compress import io
+    from compress.cli.common import refuse_missing
     from compress.errors import CompressError
 
     opts = DISTILL_OPTIONS.from_cli({**options, "seed": seed})
@@ -35,6 +36,8 @@ def command(model, output, data, seed, unsafe, as_json, force, **options):
         raise CompressError("distill needs --data (for example --data mnist5k)")
     inputs = [model] + ([opts["student"]] if opts["student"] else [])
     io.check_output(output, inputs=inputs, force=force, suffixes=io.MODEL_SUFFIXES)
+    if opts["student"]:
+        refuse_missing(opts["student"])
     return distill_files(model, output, data, seed, unsafe, force, opts, as_json)
 
 

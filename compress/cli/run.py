@@ -35,14 +35,13 @@ def command(recipe, output, overrides, quick, check, unsafe, as_json, force):
     """
     import json
 
-    from compress.quiet import import_tensorflow
-
-    import_tensorflow()
-    from compress.cli.common import emit, progress_to_stderr
+    from compress.cli.common import emit, progress_to_stderr, start_work
+    from compress.quiet import quiet_output
     from compress.recipes import load_recipe, run_recipe
 
     if check:
-        validated = load_recipe(recipe, list(overrides), quick=quick, unsafe=unsafe)
+        with quiet_output():  # checking callbacks imports Keras: keep its chatter off
+            validated = load_recipe(recipe, list(overrides), quick=quick, unsafe=unsafe)
         if as_json:
             click.echo(json.dumps(validated, indent=2, default=str))
         else:
@@ -51,7 +50,7 @@ def command(recipe, output, overrides, quick, check, unsafe, as_json, force):
         return
     console = progress_to_stderr()
     result = run_recipe(recipe, output=output, overrides=list(overrides), force=force, quick=quick,
-                        unsafe=unsafe,
+                        unsafe=unsafe, start=start_work,
                         verbose=0 if as_json else "auto",
                         progress=lambda msg: console.print(f"[bold]>>[/bold] {msg}"))
     reports = [result["baseline"]] + [s["after"] for s in result["steps"]]

@@ -24,7 +24,8 @@ import traceback
 from pathlib import Path
 
 from compress import passes
-from compress.errors import CompressError
+from compress.errors import CompressError, Terminated
+from compress.quiet import quiet_output
 from compress.recipes.checks import STEP_EXTRAS, load_recipe
 
 # The files a run writes; --force replaces these and nothing else in the folder.
@@ -34,7 +35,7 @@ _OWN_FILE = re.compile(r"(step\d+-[a-z0-9_-]+\.(keras|h5|tflite|onnx)|report\.(j
 
 def run_recipe(source, output: str | os.PathLike | None = None, overrides: list[str] = (),
                force: bool = False, verbose: int | str = 0, progress=None,
-               quick: bool = False, unsafe: bool = False) -> dict:
+               quick: bool = False, unsafe: bool = False, start=None) -> dict:
     """Run a recipe; write artifacts, ``report.json``, ``report.md`` and plots to ``output``.
 
     Args:
@@ -48,20 +49,24 @@ def run_recipe(source, output: str | os.PathLike | None = None, overrides: list[
             safe mode off (a recipe's own ``unsafe: true`` is refused without it).
         verbose: Keras ``verbose`` for training steps.
         progress: optional callable ``progress(message)`` for step announcements.
+        start: optional callable, called once the recipe and the output folder have passed
+            their checks, to import TensorFlow (default
+            :func:`compress.quiet.import_tensorflow`; the CLI's also enters its training
+            context): a refused recipe never waits for TensorFlow.
 
     Returns:
         The report dict (also written to ``output/report.json``). A step that fails
         leaves the finished steps' artifacts and a report saying where and why, then
         raises :class:`CompressError`.
     """
-    recipe = load_recipe(source, overrides, quick=quick, unsafe=unsafe)
+    with quiet_output():  # checking callbacks imports Keras: keep TensorFlow's chatter off
+        recipe = load_recipe(source, overrides, quick=quick, unsafe=unsafe)
     out = Path(output or recipe.get("output") or "recipe-out")
     _prepare_output_dir(out, force)
     say = progress or (lambda msg: None)
-
-    from compress.quiet import import_tensorflow
-
-    import_tensorflow()
+    if start is None:
+        from compress.quiet import import_tensorflow as start
+    start()
     from compress import io, training
     from compress.report import model_report
 
@@ -109,9 +114,10 @@ def run_recipe(source, output: str | os.PathLike | None = None, overrides: list[
         result["error"] = str(exc)
         _write_reports(out, result, time.perf_counter() - started)
         raise
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (errors.Terminated)
         result["status"] = "interrupted"
-        result["error"] = "interrupted by the user"
+        result["error"] = ("terminated (SIGTERM)" if isinstance(exc, Terminated)
+                           else "interrupted by the user")
         _write_reports(out, result, time.perf_counter() - started)
         raise
     _write_reports(out, result, time.perf_counter() - started)
