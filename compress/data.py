@@ -164,8 +164,13 @@ def _array_from_numpy_pickle(path: Path) -> np.ndarray:
 def _load_npz(path: Path, seed: int) -> Dataset:
     if not path.exists():
         raise CompressError(f"{path}: no such data file")
-    with open(path, "rb") as f:
-        magic = f.read(4)
+    if path.is_dir():
+        raise CompressError(f"{path}: is a folder, not an .npz file")
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as exc:
+        raise CompressError(f"{path}: cannot read ({exc.strerror})") from None
     if magic != b"PK\x03\x04":  # np.load would read anything else as a pickle
         raise CompressError(f"{path}: not an .npz file (save the arrays with numpy.savez)")
     try:

@@ -130,6 +130,7 @@ def _check_container(p: Path) -> None:
         try:
             with zipfile.ZipFile(p) as zf:
                 names = zf.namelist()
+                _check_member_names(p, names)
                 _check_unpacked_sizes(p, zf.infolist())  # before testzip inflates anything
                 bad = zf.testzip()
         except (zipfile.BadZipFile, OSError, EOFError) as exc:
@@ -151,6 +152,22 @@ def _check_container(p: Path) -> None:
     if not has_config:
         raise CompressError(f"{p}: HDF5 file holds weights only, no model architecture "
                             "(save the whole model with model.save)")
+
+
+def _check_member_names(p: Path, names: list) -> None:
+    """Refuse a member whose name points outside the archive (absolute, or a ``..`` step).
+
+    Keras writes relative names only. It extracts an archive with assets to a temporary
+    folder and skips such names with a warning; an archive that holds them was made to
+    attack a reader, and is refused before anything is extracted.
+    """
+    for name in names:
+        parts = name.replace("\\", "/").split("/")
+        if name.startswith(("/", "\\")) or ".." in parts or re.match(r"[A-Za-z]:", name):
+            shown = name if len(name) <= 80 else name[:77] + "..."
+            raise CompressError(f"{p}: archive member '{shown}' points outside the archive "
+                                "(an absolute or '..' name); Keras never writes one, refusing "
+                                "this file")
 
 
 def _check_unpacked_sizes(p: Path, members: list) -> None:

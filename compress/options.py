@@ -24,6 +24,7 @@ compress.errors.CompressError: steps[0].prune.sparsity: must be in [0.0, 1.0), g
 from __future__ import annotations
 
 import dataclasses
+import math
 import reprlib
 from collections.abc import Callable
 from typing import Any
@@ -78,6 +79,9 @@ class Option:
         flag: override the CLI flag (for example ``"--layers"``).
         file: True for a ``str`` option naming an input file (a recipe's checks require
             it to exist before anything runs).
+        finite: a ``float`` option refuses NaN and infinity (an infinite temperature or
+            learning rate only turns the loss NaN after the work started); False leaves a
+            non-finite value to the pass, which explains it in its own words.
     """
 
     name: str
@@ -92,6 +96,7 @@ class Option:
     cli: bool = True
     flag: str | None = None
     file: bool = False
+    finite: bool = True
 
     @property
     def cli_flag(self) -> str:
@@ -105,6 +110,8 @@ class Option:
         if self.choices and value not in self.choices:
             raise CompressError(f"{where}: must be one of {', '.join(map(str, self.choices))}, "
                                 f"got {quoted(value)}")
+        if self.type is float and self.finite and not math.isfinite(value):
+            raise CompressError(f"{where}: must be a finite number, got {value}")
         if self.type in (int, float):
             lo_ok = self.low is None or (value >= self.low if self.low_inclusive
                                          else value > self.low)

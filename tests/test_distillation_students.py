@@ -80,10 +80,22 @@ def test_depth_student_drops_the_deepest_hidden_blocks():
                                                   "predictions"]
     assert two.count_params() < one.count_params() < teacher.count_params()
     assert tuple(named.outputs[0].shape) == (None, 10)
-    with pytest.raises(CompressError, match="can drop 1 to 2"):
+    with pytest.raises(CompressError, match="depth 3: the student can drop at most 2 of "
+                                            "the teacher's 3 hidden blocks"):
         depth_student(teacher, drop=3)
     with pytest.raises(CompressError, match="'predictions' is not a hidden"):
         depth_student(teacher, drop=["predictions"])
+
+
+def test_a_depth_out_of_range_says_how_many_blocks_can_go():
+    """It said "can drop 1 to 0 of the 1 hidden blocks" for a teacher with one block."""
+    one_block = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
+                                  keras.layers.Dense(16, name="fc1"),
+                                  keras.layers.Dense(10, activation="softmax")], name="small")
+    with pytest.raises(CompressError, match=r"depth 1: teacher 'small' has 1 hidden block\(s\) "
+                                            "and a student keeps at least one, so none can be "
+                                            "dropped"):
+        depth_student(one_block, drop=1)
 
 
 def test_depth_student_of_a_cnn_adapts_the_next_layer():

@@ -168,7 +168,7 @@ def _add_training_options(command: click.Command) -> None:
     """Give a training command --checkpoint-dir (resume), --strategy (tf.distribute) and
     --keep-last-good (where the last good weights go when a loss turns NaN)."""
     command.params.append(click.Option(
-        ["--checkpoint-dir"], default=None, type=click.Path(file_okay=False),
+        ["--checkpoint-dir"], default=None, type=click.Path(readable=False),
         help="Back up training every epoch to this folder; run the same command again to "
              "resume after an interruption (Keras BackupAndRestore, written atomically)."))
     command.params.append(click.Option(
@@ -178,7 +178,7 @@ def _add_training_options(command: click.Command) -> None:
              "machine's devices."))
     command.params.append(click.Option(
         ["--keep-last-good"], default=None, metavar="FILE",
-        type=click.Path(dir_okay=False),
+        type=click.Path(readable=False),
         help="If a loss turns NaN or infinite, save the model being trained as it was at "
              "the end of its last good epoch to FILE (.keras or .h5); the command still "
              "fails and writes no output."))
@@ -189,6 +189,10 @@ def _add_training_options(command: click.Command) -> None:
         from compress import io
         from compress.cli.common import deferred_until_work
 
+        if checkpoint_dir is not None and os.path.lexists(checkpoint_dir) and \
+                not os.path.isdir(checkpoint_dir):
+            raise CompressError(f"{checkpoint_dir}: --checkpoint-dir is a file, not a folder "
+                                "(give a folder; it is created if missing)")
         if keep_last_good is not None:
             output = kwargs.get("output")
             if output and os.path.abspath(output) == os.path.abspath(keep_last_good):

@@ -16,8 +16,10 @@ import click
 _DEFERRED: contextvars.ContextVar = contextvars.ContextVar("compress_cli_deferred",
                                                            default=())
 
+# Paths are click.Path(readable=False): click's own checks (readable, a file or a folder)
+# fail with exit 2 and usage lines; the commands refuse such paths in one line, exit 1.
 output_option = click.option("-o", "--output", "output", required=True,
-                             type=click.Path(dir_okay=True),
+                             type=click.Path(readable=False),
                              help="Output file. Refused if it exists, unless --force.")
 force_option = click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 json_option = click.option("--json", "as_json", is_flag=True,
@@ -42,7 +44,7 @@ def _check_seed(value: int) -> int:
     return Option("seed", int, 0, "", low=0, high=2**32 - 1).check(value, "--seed")
 
 
-model_argument = click.argument("model", type=click.Path(dir_okay=True))
+model_argument = click.argument("model", type=click.Path(readable=False))
 
 
 def common_options(func):
@@ -85,10 +87,13 @@ def _jsonable(obj):
 
 
 def progress_to_stderr():
-    """A rich Console on stderr for progress bars (keeps stdout clean for --json)."""
+    """A rich Console on stderr for progress bars (keeps stdout clean for --json).
+
+    Lines are never wrapped: a progress line naming a long path stays one line.
+    """
     from rich.console import Console
 
-    return Console(file=sys.stderr)
+    return Console(file=sys.stderr, soft_wrap=True)
 
 
 @contextlib.contextmanager
@@ -123,17 +128,20 @@ def start_work() -> None:
 
 
 def refuse_missing(path: str) -> None:
-    """Refuse an input path that names nothing, before TensorFlow is imported.
+    """Refuse an input path that names nothing, or that this user may not read, before
+    TensorFlow is imported.
 
-    Only the cheapest case: everything else about the file (a link, its type, its
+    Only the cheapest cases: everything else about the file (a link, its type, its
     contents) is :func:`compress.io.load_model`'s to judge, with the same words.
     """
     import os
 
-    if not os.path.lexists(path):
-        from compress.errors import CompressError
+    from compress.errors import CompressError
 
+    if not os.path.lexists(path):
         raise CompressError(f"{path}: no such file")
+    if os.path.exists(path) and not os.access(path, os.R_OK):
+        raise CompressError(f"{path}: permission denied (this user cannot read it)")
 
 
 def load_inputs(model_path: str, data: str | None, seed: int, unsafe: bool,

@@ -11,7 +11,7 @@ from compress.cli.common import force_option
 
 @click.command("demo")
 @click.option("-o", "--output", default="compress-demo", show_default=True,
-              type=click.Path(file_okay=False), help="Folder for the report and artifacts.")
+              type=click.Path(readable=False), help="Folder for the report and artifacts.")
 @click.option("--quick", is_flag=True, help="Fewer samples and epochs (a smoke run).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Random seed.")
 @force_option

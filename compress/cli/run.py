@@ -6,8 +6,8 @@ from compress.cli.common import force_option, json_option, unsafe_option
 
 
 @click.command("run")
-@click.argument("recipe", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", default=None, type=click.Path(file_okay=False),
+@click.argument("recipe", type=click.Path(readable=False))
+@click.option("-o", "--output", default=None, type=click.Path(readable=False),
               help="Output folder (default: the recipe's 'output', else ./recipe-out).")
 @click.option("--set", "overrides", multiple=True, metavar="PATH=VALUE",
               help="Override a recipe field, e.g. --set steps[0].prune.sparsity=0.95 "

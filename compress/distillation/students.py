@@ -105,8 +105,7 @@ def depth_student(teacher, drop=1, name: str | None = None):
                             f"got {drop!r}")
     if isinstance(drop, int):
         if not 1 <= drop < len(blocks):
-            raise CompressError(f"depth: can drop 1 to {len(blocks) - 1} of the "
-                                f"{len(blocks)} hidden blocks of '{teacher.name}', got {drop}")
+            raise CompressError(_depth_out_of_range(teacher, drop, len(blocks)))
         removed = blocks[len(blocks) - drop:]
     else:
         by_name = {layers[b[0]].name: b for b in blocks}
@@ -129,6 +128,16 @@ def depth_student(teacher, drop=1, name: str | None = None):
         raise CompressError(f"depth: dropping those blocks changes the output shape to "
                             f"{tuple(student.outputs[0].shape[1:])}")
     return student
+
+
+def _depth_out_of_range(teacher, drop: int, blocks: int) -> str:
+    """Why ``depth=drop`` cannot be done: at least one of the ``blocks`` must stay."""
+    if blocks < 2:
+        return (f"depth {drop}: teacher '{teacher.name}' has {blocks} hidden block(s) and a "
+                "student keeps at least one, so none can be dropped; use width or a "
+                "student file")
+    return (f"depth {drop}: the student can drop at most {blocks - 1} of the teacher's "
+            f"{blocks} hidden blocks (teacher '{teacher.name}'; at least one must stay)")
 
 
 def make_student(teacher, *, student=None, width=None, depth=None):

@@ -43,7 +43,7 @@ PRUNE_OPTIONS = Schema("prune", [
            "needs --data)", choices=("layer", "global", "sensitivity")),
     Option("quality", float, None, "Han et al.'s per-layer threshold quality x std(w) "
            "(instead of --sparsity; magnitude, unstructured, oneshot or iterative)", low=0.0,
-           low_inclusive=False),
+           low_inclusive=False, finite=False),  # resolve_sparsity explains infinity
     Option("estimator", str, "backprop", "OBD Hessian-diagonal estimator",
            choices=ESTIMATORS),
     Option("damping", float, 0.0, "OBD: Levenberg-Marquardt damping added to the Hessian "

@@ -16,9 +16,11 @@ Example:
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -62,13 +64,21 @@ def run_recipe(source, output: str | os.PathLike | None = None, overrides: list[
     with quiet_output():  # checking callbacks imports Keras: keep TensorFlow's chatter off
         recipe = load_recipe(source, overrides, quick=quick, unsafe=unsafe)
     out = Path(output or recipe.get("output") or "recipe-out")
-    _prepare_output_dir(out, force)
+    _check_output_dir(out, force)
+    raw = _read_data(recipe)  # NumPy only: a bad data file is refused before TensorFlow
     say = progress or (lambda msg: None)
     if start is None:
         from compress.quiet import import_tensorflow as start
     start()
     from compress import io, training
     from compress.report import model_report
+
+    # A model file that cannot be loaded (corrupt, or code refused in safe mode) or does
+    # not fit the data is refused like every command's input: before the output folder
+    # is created or cleaned, so a refused recipe writes nothing.
+    say(f"loading {recipe['model']}")
+    loaded, dataset = _read_model_file(recipe, raw)
+    _prepare_output_dir(out, force)
 
     seed = recipe["seed"]
     training.set_seed(seed)
@@ -78,8 +88,7 @@ def run_recipe(source, output: str | os.PathLike | None = None, overrides: list[
               "output": str(out), "status": "running", "steps": []}
     started = time.perf_counter()
     try:
-        say(f"loading {recipe['model']}")
-        baseline, dataset = _initial_model(recipe, verbose)
+        baseline, dataset = _initial_model(recipe, raw, loaded, dataset, verbose)
         base = model_report(baseline, dataset, name="baseline")
         base_path = out / "step0-baseline.keras"
         io.save_model(baseline, base_path, force=True)
@@ -146,46 +155,95 @@ def _run_step(kind: str, opts: dict, model, dataset, stem: Path, recipe: dict, v
     return None, info, str(path), _artifact_report(path, info, dataset, name)
 
 
-def _prepare_output_dir(out: Path, force: bool) -> None:
+def _check_output_dir(out: Path, force: bool) -> None:
+    """Refuse an output folder the run could not use, without touching it: a file, a
+    non-empty folder without ``force``, or a place where no folder can be made."""
     if out.exists() and not out.is_dir():
         raise CompressError(f"{out}: output exists and is not a folder")
-    if out.exists() and any(out.iterdir()):
-        if not force:
+    if out.is_dir():
+        if not force and any(out.iterdir()):
             raise CompressError(f"{out}: output folder is not empty; pass --force to reuse it")
+        folder = out
+    else:  # the nearest folder that exists: the run creates the rest
+        folder = out.parent
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        if not folder.is_dir():
+            raise CompressError(f"{out}: cannot create the output folder ({folder} is a file)")
+    try:  # a real probe: permissions, read-only mounts and pseudo file systems
+        if not os.access(folder, os.W_OK):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise CompressError(f"{out}: folder {folder} is not writable ({exc.strerror})"
+                            ) from exc
+
+
+def _prepare_output_dir(out: Path, force: bool) -> None:
+    _check_output_dir(out, force)
+    if out.is_dir() and force:
         for child in out.iterdir():  # an earlier run's files, never anything else
             if _OWN_FILE.fullmatch(child.name) and child.is_file() and not child.is_symlink():
                 child.unlink()
-    out.mkdir(parents=True, exist_ok=True)
-    if not os.access(out, os.W_OK):
-        raise CompressError(f"{out}: output folder is not writable")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CompressError(f"{out}: cannot create the output folder ({exc.strerror})"
+                            ) from exc
 
 
-def _initial_model(recipe: dict, verbose):
-    """The baseline: a builder trained on the data, or a file (trained if asked)."""
+def _read_data(recipe: dict):
+    """The recipe's data, read and checked (NumPy only), or None."""
+    from compress import data as data_mod
+
+    if not recipe.get("data"):
+        return None
+    try:
+        return data_mod.load_data(recipe["data"], recipe["seed"])
+    except CompressError as exc:
+        raise CompressError(f"data: {exc}") from exc
+
+
+def _read_model_file(recipe: dict, raw):
+    """A recipe's model file, loaded (safe mode unless --unsafe) with the data fitted to
+    it: ``(model, dataset)``; ``(None, None)`` for a builder."""
     from compress import data as data_mod
     from compress import io
-    from compress.models import BUILDERS, build
+    from compress.models import BUILDERS
+
+    if recipe["model"] in BUILDERS:
+        return None, None
+    try:
+        model = io.load_model(recipe["model"], unsafe=recipe["unsafe"])
+    except CompressError as exc:
+        raise CompressError(f"model: {exc}") from exc
+    dataset = data_mod.prepare(model, raw) if raw is not None else None
+    subset = recipe.get("subset")
+    if dataset is not None and subset:
+        dataset = dataset.take(subset, max(1, subset // 2))
+    return model, dataset
+
+
+def _initial_model(recipe: dict, raw, loaded, dataset, verbose):
+    """The baseline: a builder trained on the data, or the loaded file (trained if asked)."""
+    from compress import data as data_mod
+    from compress.models import build
     from compress.train import train
 
-    name = recipe["model"]
-    data_name = recipe.get("data")
     subset = recipe.get("subset")
     baseline = dict(recipe.get("baseline") or {})
     callbacks = _callbacks(baseline.pop("callbacks", None))
-    if name in BUILDERS:
-        raw = data_mod.load_data(data_name, recipe["seed"])
+    if loaded is None:
         raw = raw.take(subset, max(1, subset // 2)) if subset else raw
-        model = build(name, input_shape=raw.sample_shape, num_classes=raw.num_classes)
+        model = build(recipe["model"], input_shape=raw.sample_shape,
+                      num_classes=raw.num_classes)
         dataset = data_mod.prepare(model, raw)
         train(model, dataset, verbose=verbose, callbacks=callbacks, in_place=True, **baseline)
-    else:
-        model = io.load_model(name, unsafe=recipe["unsafe"])
-        dataset = data_mod.prepare(model, data_mod.load_data(data_name, recipe["seed"])) \
-            if data_name else None
-        if dataset is not None and subset:
-            dataset = dataset.take(subset, max(1, subset // 2))
-        if recipe.get("baseline"):
-            model, _ = train(model, dataset, verbose=verbose, callbacks=callbacks, **baseline)
+        return model, dataset
+    model = loaded
+    if recipe.get("baseline"):
+        model, _ = train(model, dataset, verbose=verbose, callbacks=callbacks, **baseline)
     return model, dataset
 
 
