@@ -3,7 +3,9 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
+import pytest
 from conftest import file_digest
 
 
@@ -179,3 +181,20 @@ def test_names_that_are_not_utf8_are_read_written_and_printed(tmp_path, mlp_file
     assert inspect.returncode == 0, inspect.stderr[-800:]
     # the table's title, its own bytes (a long temporary path wraps over several lines)
     assert b"pruned-\xe9t\xe9" in b"".join(inspect.stdout.split())
+
+
+@pytest.mark.slow
+def test_demo_quick_runs_the_shipped_recipe(cli, tmp_path):
+    """`make demo` runs `compress demo`: the shipped demo recipe through the recipe runner."""
+    out = tmp_path / "demo"
+    result = cli("demo", "--quick", "-o", out)
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["status"] == "finished"
+    kinds = {step["kind"] for step in report["steps"]}
+    assert kinds == {"prune", "share", "distill", "quantize", "export"}
+    for step in report["steps"]:
+        assert Path(step["artifact"]).stat().st_size > 0
+    # every exported or quantized artifact was measured in its runtime on the test split
+    measured = [s["after"] for s in report["steps"] if s["kind"] in ("export", "quantize")]
+    assert all(0.0 < r["accuracy"] <= 1.0 for r in measured)
