@@ -326,12 +326,7 @@ def plot_reports(reports: list[dict], path: str | os.PathLike, title: str = "") 
     ax2.invert_yaxis()
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    with tempfile.NamedTemporaryFile(suffix=".png", dir=Path(path).parent, delete=False) as tmp:
-        fig.savefig(tmp.name, dpi=110)
-    plt.close(fig)
-    os.replace(tmp.name, path)
-    return Path(path)
+    return _save_png(fig, path, dpi=110)
 
 
 def plot_sparsity(reports: list[dict], path: str | os.PathLike,
@@ -350,9 +345,16 @@ def plot_sparsity(reports: list[dict], path: str | os.PathLike,
     ax.set_title(title)
     ax.tick_params(axis="x", rotation=45)
     ax.legend(fontsize=8)
+    return _save_png(fig, path, dpi=100)
+
+
+def _save_png(fig, path, dpi: int) -> Path:
+    """Write a figure atomically (a temporary file beside ``path``, renamed) and close it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     with tempfile.NamedTemporaryFile(suffix=".png", dir=Path(path).parent, delete=False) as tmp:
-        fig.savefig(tmp.name, dpi=100)
+        fig.savefig(tmp.name, dpi=dpi)
     plt.close(fig)
     os.replace(tmp.name, path)
     return Path(path)

@@ -99,6 +99,19 @@ class _HashedKernel:
         """The ``m x n`` virtual kernel as a NumPy array."""
         return np.asarray(ops.convert_to_numpy(self.virtual_kernel_t())).T
 
+    def _init_hashed(self, factor, buckets, activation, use_bias, seed, dropout,
+                     kernel_initializer, bias_initializer) -> None:
+        """The constructor arguments HashedDense and HashedConv2D share."""
+        self.factor = None if factor is None else float(factor)
+        self.buckets_arg = None if buckets is None else int(buckets)
+        self.activation = keras.activations.get(activation)
+        self.use_bias = bool(use_bias)
+        self.hash_seed = int(seed)
+        self._init_dropout(dropout)
+        self.kernel_initializer = (keras.initializers.get(kernel_initializer)
+                                   if kernel_initializer is not None else None)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+
     def _init_dropout(self, dropout) -> None:
         self.dropout = float(dropout or 0.0)
         if not 0.0 <= self.dropout < 1.0:
@@ -156,15 +169,8 @@ class HashedDense(_HashedKernel, keras.layers.Layer):
                  **kwargs):
         super().__init__(**kwargs)
         self.units = int(units)
-        self.factor = None if factor is None else float(factor)
-        self.buckets_arg = None if buckets is None else int(buckets)
-        self.activation = keras.activations.get(activation)
-        self.use_bias = bool(use_bias)
-        self.hash_seed = int(seed)
-        self._init_dropout(dropout)
-        self.kernel_initializer = (keras.initializers.get(kernel_initializer)
-                                   if kernel_initializer is not None else None)
-        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self._init_hashed(factor, buckets, activation, use_bias, seed, dropout,
+                          kernel_initializer, bias_initializer)
         self.input_spec = keras.layers.InputSpec(min_ndim=2)
 
     def _fans(self):
@@ -231,15 +237,8 @@ class HashedConv2D(_HashedKernel, keras.layers.Layer):
         self.strides = _pair(strides)
         self.dilation_rate = _pair(dilation_rate)
         self.padding = str(padding).lower()
-        self.factor = None if factor is None else float(factor)
-        self.buckets_arg = None if buckets is None else int(buckets)
-        self.activation = keras.activations.get(activation)
-        self.use_bias = bool(use_bias)
-        self.hash_seed = int(seed)
-        self._init_dropout(dropout)
-        self.kernel_initializer = (keras.initializers.get(kernel_initializer)
-                                   if kernel_initializer is not None else None)
-        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self._init_hashed(factor, buckets, activation, use_bias, seed, dropout,
+                          kernel_initializer, bias_initializer)
         self.input_spec = keras.layers.InputSpec(ndim=4)
 
     def _fans(self):
