@@ -76,7 +76,8 @@ def test_npz_given_validation_split_is_used(tmp_path):
 
 
 @pytest.mark.parametrize("arrays,message", [
-    ({"x_train": np.zeros((5, 2))}, "missing array 'y_train'"),
+    ({"x_train": np.zeros((5, 2)), "y_test": np.zeros(5, int)}, "missing array 'y_train'"),
+    ({"x_train": np.zeros((5, 2))}, "only 5 samples"),  # inputs only: unlabelled, too few
     ({"x_train": np.full((20, 2), np.nan), "y_train": np.zeros(20, int)}, "NaN or inf"),
     ({"x_train": np.zeros((0, 2)), "y_train": np.zeros(0, int)}, "empty"),
     ({"x_train": np.zeros((20, 2)), "y_train": -np.ones(20, int)}, "non-negative integers"),

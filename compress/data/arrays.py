@@ -1,0 +1,269 @@
+"""In-memory data: :class:`Dataset` (arrays split three ways) and fitting it to a model.
+
+Inputs may be one array, or a dict / list of arrays for a model with several inputs;
+targets likewise one array, a dict / list for several outputs, or None (unlabelled data).
+
+Example:
+
+>>> import numpy as np
+>>> ds = Dataset("mine", np.zeros((8, 4)), np.zeros(8, int), np.zeros((2, 4)),
+...              np.zeros(2, int), np.zeros((2, 4)), np.zeros(2, int), num_classes=3)
+>>> ds.head("train", 3)[0].shape, ds.labelled
+((3, 4), True)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from compress.errors import CompressError
+
+SPLITS = ("train", "val", "test")
+
+
+def map_structure(fn, value):
+    """``fn`` applied to every array of ``value`` (an array, a dict, a list/tuple, or None)."""
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        return {k: map_structure(fn, v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(map_structure(fn, v) for v in value)
+    return fn(value)
+
+
+def leaves(value) -> list:
+    """The arrays of ``value`` in order (dict values in key order)."""
+    if value is None:
+        return []
+    if isinstance(value, dict):
+        return [a for k in value for a in leaves(value[k])]
+    if isinstance(value, (list, tuple)):
+        return [a for v in value for a in leaves(v)]
+    return [value]
+
+
+def length(value) -> int:
+    """Number of samples of ``value`` (its first array's length; 0 for None)."""
+    arrays = leaves(value)
+    return len(arrays[0]) if arrays else 0
+
+
+@dataclasses.dataclass
+class Dataset:
+    """Arrays of one dataset, split three ways, in memory.
+
+    ``x_*`` are arrays (or dicts / lists of arrays for several inputs); ``y_*`` are integer
+    class labels (or targets shaped like the model's output; dicts / lists for several
+    outputs), or None when the data has no labels. ``num_classes`` is 0 without labels.
+    """
+
+    name: str
+    x_train: object
+    y_train: object
+    x_val: object
+    y_val: object
+    x_test: object
+    y_test: object
+    num_classes: int
+    notes: list = dataclasses.field(default_factory=list)  # one-line remarks for the user
+
+    streaming = False  # the splits are arrays (see compress.data.streams.StreamDataset)
+
+    @property
+    def labelled(self) -> bool:
+        return self.y_train is not None
+
+    @property
+    def sample_shape(self) -> tuple:
+        """Shape of one sample of the (first) input."""
+        return tuple(leaves(self.x_train)[0].shape[1:])
+
+    def split(self, name: str) -> tuple:
+        """Return ``(x, y)`` for ``train``, ``val`` or ``test`` (``y`` None if unlabelled)."""
+        if name not in SPLITS:
+            raise CompressError(f"split '{name}': must be train, val or test")
+        return getattr(self, f"x_{name}"), getattr(self, f"y_{name}")
+
+    def size(self, name: str) -> int:
+        """Number of samples in a split."""
+        return length(self.split(name)[0])
+
+    def head(self, name: str, n: int | None) -> tuple:
+        """``(x, y)``: the first ``n`` samples of a split (all of it for None)."""
+        x, y = self.split(name)
+        cut = (lambda a: a) if n is None else (lambda a: a[:n])
+        return map_structure(cut, x), map_structure(cut, y)
+
+    def take(self, n_train: int | None = None, n_test: int | None = None) -> Dataset:
+        """A smaller copy (first ``n`` samples of each split), for quick runs and tests."""
+        n_val = None if n_train is None else max(1, n_train // 9)
+        (xt, yt), (xv, yv), (xs, ys) = (self.head("train", n_train), self.head("val", n_val),
+                                        self.head("test", n_test))
+        return dataclasses.replace(self, x_train=xt, y_train=yt, x_val=xv, y_val=yv,
+                                   x_test=xs, y_test=ys)
+
+    def representative(self, n: int = 256):
+        """The first ``n`` training samples: calibration data for quantization and OBD."""
+        return self.head("train", n)[0]
+
+    def batches(self, name: str, batch_size: int = 64, shuffle: bool = False, seed: int = 0):
+        """A ``tf.data.Dataset`` of ``(x, y)`` (or ``x``) batches of a split."""
+        import tensorflow as tf
+
+        x, y = self.split(name)
+        ds = tf.data.Dataset.from_tensor_slices(x if y is None else (x, y))
+        if shuffle:
+            ds = ds.shuffle(length(x), seed=seed, reshuffle_each_iteration=True)
+        return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+    def fit_args(self, batch_size: int = 64, validation: bool = True) -> dict:
+        """Keyword arguments of :func:`compress.training.fit_model` for the train split
+        (``x``, ``y``, ``batch_size``, ``validation_data``)."""
+        has_val = validation and self.size("val") > 0
+        return {"x": self.x_train, "y": self.y_train, "batch_size": batch_size,
+                "validation_data": ((self.x_val, self.y_val) if self.y_val is not None
+                                    else self.x_val) if has_val else None}
+
+
+def model_inputs(model) -> list:
+    """``[(name, shape without batch, dtype)]`` of the model's inputs."""
+    out = []
+    for i, t in enumerate(model.inputs):
+        name = getattr(t, "name", None) or f"input_{i}"
+        out.append((name.split(":")[0], tuple(t.shape[1:]), getattr(t, "dtype", None)))
+    return out
+
+
+def fit_to_model(x, model, name: str = "data"):
+    """Reshape samples ``x`` to the model's input shape (flatten or HWC), or refuse.
+
+    ``x`` is one array, or for a model with several inputs a dict keyed by input name or
+    a list in input order.
+
+    Raises:
+        CompressError: when the number of values per sample differs from the model's, or
+            the inputs do not match the model's.
+    """
+    if not hasattr(model, "inputs") or model.inputs is None:
+        return x
+    specs = model_inputs(model)
+    if len(specs) == 1:
+        if isinstance(x, dict) and len(x) == 1:
+            key = next(iter(x))
+            return {key: _fit_one(x[key], specs[0], name)}
+        if isinstance(x, (dict, list, tuple)):
+            raise CompressError(f"{name}: {len(leaves(x))} input arrays for a model with 1 "
+                                "input")
+        return _fit_one(x, specs[0], name)
+    if isinstance(x, dict):
+        missing = [s[0] for s in specs if s[0] not in x]
+        if missing:
+            raise CompressError(f"{name}: no array for model input '{missing[0]}' "
+                                f"(inputs: {', '.join(s[0] for s in specs)}; "
+                                f"data has: {', '.join(map(str, x))})")
+        return {s[0]: _fit_one(x[s[0]], s, f"{name} input '{s[0]}'") for s in specs}
+    if isinstance(x, (list, tuple)) and len(x) == len(specs):
+        return [_fit_one(a, s, f"{name} input '{s[0]}'") for a, s in zip(x, specs)]
+    got = len(x) if isinstance(x, (list, tuple)) else 1
+    raise CompressError(f"model '{model.name}' has {len(specs)} inputs "
+                        f"({', '.join(s[0] for s in specs)}) but {name} gives {got}; give a "
+                        "dict keyed by input name or a list in input order")
+
+
+def _fit_one(x, spec, name):
+    _, target, dtype = spec
+    x = np.asarray(x)
+    if any(d is None for d in target):
+        return x  # variable-size inputs: pass through, the model decides
+    want, have = int(np.prod(target)), int(np.prod(x.shape[1:]))
+    if want != have:
+        raise CompressError(f"{name}: samples of shape {tuple(x.shape[1:])} ({have} values) do "
+                            f"not fit model input {target} ({want} values)")
+    return x.reshape((len(x),) + target).astype(dtype or "float32", copy=False)
+
+
+def check_labels(model, num_classes: int, name: str = "data") -> None:
+    """Refuse a model whose output is not a class vector able to hold ``num_classes``."""
+    if len(model.outputs) != 1:
+        raise CompressError(f"model '{model.name}' has {len(model.outputs)} outputs; "
+                            "only single-output classifiers are supported here")
+    shape = tuple(model.outputs[0].shape)
+    if len(shape) != 2:
+        raise CompressError(f"model '{model.name}' output shape {shape} is not a class vector "
+                            "(batch, classes); not a classifier")
+    if shape[-1] < num_classes:
+        raise CompressError(f"{name}: labels go up to {num_classes - 1} but the model has only "
+                            f"{shape[-1]} outputs")
+
+
+def output_names(model) -> list[str]:
+    """The model's output names, in ``model.outputs`` order (Keras's ``output_names``)."""
+    names = list(getattr(model, "output_names", None) or [])
+    if len(names) == len(model.outputs):
+        return names
+    return [getattr(t, "name", f"output_{i}").split(":")[0].split("/")[0]
+            for i, t in enumerate(model.outputs)]
+
+
+def check_targets(model, y, name: str = "data") -> None:
+    """Refuse targets ``y`` that do not match the model's outputs, in one line.
+
+    One output: integer class labels below its width (a class vector), or targets shaped
+    like the output. Several outputs: a dict keyed by output name or a list in output order,
+    each checked the same way. ``y`` None (unlabelled data) is not checked.
+
+    Example:
+
+    >>> check_targets(model, np.array([0, 1, 2]))        # doctest: +SKIP
+    """
+    if y is None:
+        return
+    outputs = list(model.outputs)
+    names = output_names(model)
+    if len(outputs) == 1:
+        if isinstance(y, dict) and len(y) == 1:
+            y = next(iter(y.values()))
+        if isinstance(y, (dict, list, tuple)):
+            raise CompressError(f"{name}: {len(leaves(y))} target arrays for a model with 1 "
+                                "output")
+        return _check_one(model, outputs[0], np.asarray(y), name)
+    if isinstance(y, dict):
+        unknown = [k for k in y if k not in names]
+        if unknown:
+            raise CompressError(f"{name}: targets for '{unknown[0]}', which is not an output "
+                                f"of model '{model.name}' (outputs: {', '.join(names)})")
+        pairs = [(outputs[names.index(k)], v, k) for k, v in y.items()]
+    elif isinstance(y, (list, tuple)) and len(y) == len(outputs):
+        pairs = list(zip(outputs, y, names))
+    else:
+        raise CompressError(f"model '{model.name}' has {len(outputs)} outputs "
+                            f"({', '.join(names)}); {name} gives one target array: give a "
+                            "dict keyed by output name or a list in output order")
+    for out, v, key in pairs:
+        _check_one(model, out, np.asarray(v), f"{name} output '{key}'")
+
+
+def _check_one(model, output, y, name) -> None:
+    shape = tuple(output.shape[1:])
+    per_sample = tuple(y.shape[1:])
+    if per_sample == shape or (per_sample == () and shape == (1,)):
+        return  # targets shaped like the output (one-hot, regression, masks)
+    if per_sample in ((), (1,)):
+        whole = np.issubdtype(y.dtype, np.integer) or (
+            np.issubdtype(y.dtype, np.floating) and np.all(y == np.round(y)))
+        if len(shape) != 1:
+            raise CompressError(f"{name}: one label per sample but model '{model.name}' "
+                                f"outputs shape {shape}; not a classifier")
+        if whole and y.size:
+            if y.min() < 0:
+                raise CompressError(f"{name}: labels must be non-negative class ids, "
+                                    f"got {int(y.min())}")
+            if int(y.max()) >= shape[0]:
+                raise CompressError(f"{name}: labels go up to {int(y.max())} but the model "
+                                    f"has only {shape[0]} outputs")
+        return
+    raise CompressError(f"{name}: targets of shape {per_sample} do not match model "
+                        f"'{model.name}' output {shape}")

@@ -1,0 +1,327 @@
+"""Image folders: listed and checked without TensorFlow, then streamed with ``tf.data``.
+
+Layout, as ``keras.utils.image_dataset_from_directory`` reads it: one sub-folder per
+class (labels are the sub-folders in sorted order), or a flat folder of images (no labels).
+Files ending in .png, .jpg, .jpeg, .bmp or .gif are images; every one is opened with
+Pillow when the folder is listed (its header and, for PNG, its checksums), and those that
+cannot be read are skipped and counted in one note. Images of any size are resized to the
+model's input (bilinear); grey or colour images are decoded with the model's number of
+channels.
+
+:func:`scan` lists the files (no TensorFlow import, so a bad folder is refused at once);
+:meth:`ImageFolder.stream` gives a :class:`compress.data.streaming.StreamDataset` for a model:
+decoding, resizing and preprocessing run in a ``tf.data`` pipeline (parallel map,
+prefetch), batch by batch, so the images never need to fit in memory.
+
+Example:
+
+>>> from compress.data.folders import scan
+>>> folder = scan("photos/", preprocess="mobilenet_v2", val_split=0.2)   # doctest: +SKIP
+>>> folder.class_names                                                   # doctest: +SKIP
+['cats', 'dogs']
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import numpy as np
+
+from compress.errors import CompressError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+
+# Preprocessing by name. Each maps float RGB (or grey) pixels in [0, 255] to the model's
+# input range. The keras.applications families use the mode of their preprocess_input.
+MODES = {
+    "scale01": "[0, 1] (pixels / 255)",
+    "tf": "[-1, 1] (pixels / 127.5 - 1)",
+    "caffe": "BGR, ImageNet channel means subtracted",
+    "torch": "[0, 1], then ImageNet mean and standard deviation per channel",
+    "raw": "[0, 255] unchanged (models that rescale inside)",
+}
+FAMILIES = {
+    "mobilenet": "tf", "mobilenet_v2": "tf", "inception_v3": "tf",
+    "inception_resnet_v2": "tf", "xception": "tf", "nasnet": "tf", "resnet_v2": "tf",
+    "resnet": "caffe", "resnet50": "caffe", "vgg16": "caffe", "vgg19": "caffe",
+    "densenet": "torch",
+    "efficientnet": "raw", "efficientnet_v2": "raw", "convnext": "raw",
+    "mobilenet_v3": "raw",
+}
+PREPROCESSING = tuple(MODES) + tuple(FAMILIES)
+DEFAULT_PREPROCESS = "scale01"
+DEFAULT_VAL_SPLIT = 0.1
+
+
+def preprocess_mode(name: str | None) -> str:
+    """The mode (``scale01``, ``tf``, ``caffe``, ``torch``, ``raw``) of a preprocessing name.
+
+    >>> preprocess_mode("resnet50"), preprocess_mode(None)
+    ('caffe', 'scale01')
+    """
+    name = DEFAULT_PREPROCESS if name is None else name
+    if name in MODES:
+        return name
+    if name in FAMILIES:
+        return FAMILIES[name]
+    raise CompressError(f"--preprocess '{name}': unknown (use one of "
+                        f"{', '.join(PREPROCESSING)})")
+
+
+def preprocess_numpy(x: np.ndarray, mode: str) -> np.ndarray:
+    """Apply a preprocessing mode to float pixels in [0, 255], channels last (NumPy)."""
+    x = np.asarray(x, dtype="float32")
+    if mode == "scale01":
+        return x / 255.0
+    if mode == "tf":
+        return x / 127.5 - 1.0
+    if mode == "raw":
+        return x
+    if x.shape[-1] != 3:
+        raise CompressError(f"--preprocess {mode}: needs colour (3-channel) images; the model "
+                            f"takes {x.shape[-1]} channel(s)")
+    if mode == "caffe":
+        return x[..., ::-1] - np.array([103.939, 116.779, 123.68], "float32")
+    return (x / 255.0 - np.array([0.485, 0.456, 0.406], "float32")) / np.array(
+        [0.229, 0.224, 0.225], "float32")
+
+
+def _preprocess_tf(x, mode: str):
+    import tensorflow as tf
+
+    if mode == "scale01":
+        return x / 255.0
+    if mode == "tf":
+        return x / 127.5 - 1.0
+    if mode == "raw":
+        return x
+    if mode == "caffe":
+        return tf.reverse(x, axis=[-1]) - tf.constant([103.939, 116.779, 123.68])
+    return (x / 255.0 - tf.constant([0.485, 0.456, 0.406])) / tf.constant(
+        [0.229, 0.224, 0.225])
+
+
+@dataclasses.dataclass
+class ImageFolder:
+    """The checked file list of an image folder (and its validation part); nothing decoded.
+
+    ``labels`` are class indices (None for a flat folder); ``val_*`` the validation files,
+    from ``val_data`` or split off with ``val_split``. The test split is the validation
+    split (reports measure on it). ``sample_shape`` is the first image's ``(H, W, C)``.
+    """
+
+    name: str
+    train_files: list
+    train_labels: list | None
+    val_files: list
+    val_labels: list | None
+    class_names: list
+    preprocess: str
+    sample_shape: tuple
+    skipped: list = dataclasses.field(default_factory=list)
+    notes: list = dataclasses.field(default_factory=list)
+
+    streaming = True
+
+    @property
+    def labelled(self) -> bool:
+        return self.train_labels is not None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def count(self) -> int:
+        return len(self.train_files)
+
+    def take(self, n_train: int | None = None, n_test: int | None = None) -> ImageFolder:
+        """A smaller copy (the first files of each split), for quick runs and tests."""
+        def cut(a, n):
+            return a if a is None or n is None else a[:n]
+        return dataclasses.replace(
+            self, train_files=cut(self.train_files, n_train),
+            train_labels=cut(self.train_labels, n_train),
+            val_files=cut(self.val_files, n_test), val_labels=cut(self.val_labels, n_test))
+
+    def image_shape(self, model) -> tuple:
+        """``(H, W, C)`` the images are decoded to for ``model`` (its input), or refused."""
+        shape = tuple(model.inputs[0].shape[1:])
+        if len(model.inputs) != 1:
+            raise CompressError(f"{self.name}: an image folder feeds one input; model "
+                                f"'{model.name}' has {len(model.inputs)}")
+        if len(shape) == 3 and shape[-1] in (1, 3):
+            h, w, c = shape
+            return (h or self.sample_shape[0], w or self.sample_shape[1], c)
+        if len(shape) == 2 and None not in shape:  # (H, W): grey images
+            return (shape[0], shape[1], 1)
+        if len(shape) == 1 and shape[0] is not None:  # a flat input: square grey images
+            side = round(shape[0] ** 0.5)
+            if side * side == shape[0]:
+                return (side, side, 1)
+        raise CompressError(f"{self.name}: model '{model.name}' input {shape} is not an image "
+                            "(height, width, 1 or 3 channels); an image folder cannot feed it")
+
+    def stream(self, model, seed: int = 0):
+        """A :class:`~compress.data.streaming.StreamDataset` decoding the images for ``model``."""
+        import tensorflow as tf
+
+        from compress.data.streaming import StreamDataset
+
+        h, w, c = self.image_shape(model)
+        mode = preprocess_mode(self.preprocess)
+        if mode in ("caffe", "torch") and c != 3:
+            raise CompressError(f"--preprocess {self.preprocess}: needs colour (3-channel) "
+                                f"images; model '{model.name}' takes {c} channel(s)")
+        target = tuple(model.inputs[0].shape[1:])
+        target = tuple(d if d is not None else s for d, s in zip(target, (h, w, c)))
+        dtype = model.inputs[0].dtype or "float32"
+
+        def decode(path):
+            image = tf.io.decode_image(tf.io.read_file(path), channels=c,
+                                       expand_animations=False)
+            image = tf.cast(image, tf.float32)
+            same = tf.reduce_all(tf.shape(image)[:2] == tf.constant([h, w]))
+            image = tf.cond(same, lambda: image, lambda: tf.image.resize(image, (h, w)))
+            image = _preprocess_tf(image, mode)
+            return tf.cast(tf.reshape(image, target), dtype)
+
+        def source(files, labels):
+            def make(shuffle_now=False):
+                paths = tf.constant([str(f) for f in files])
+                ds = (tf.data.Dataset.from_tensor_slices(paths) if labels is None else
+                      tf.data.Dataset.from_tensor_slices((paths, tf.constant(labels, "int64"))))
+                if shuffle_now:  # file names only: shuffling costs no image memory
+                    ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+                if labels is None:
+                    return ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+                return ds.map(lambda p, y: (decode(p), y), num_parallel_calls=tf.data.AUTOTUNE)
+            return make
+
+        splits = {"train": (source(self.train_files, self.train_labels), len(self.train_files)),
+                  "val": (source(self.val_files, self.val_labels), len(self.val_files))}
+        splits["test"] = splits["val"]
+        labels = None if not self.labelled else {
+            "train": np.asarray(self.train_labels, "int64"),
+            "val": np.asarray(self.val_labels, "int64"),
+            "test": np.asarray(self.val_labels, "int64")}
+        return StreamDataset(self.name, splits, num_classes=self.num_classes,
+                             labelled=self.labelled, notes=list(self.notes), labels=labels)
+
+
+def scan(path: str, seed: int = 0, preprocess: str | None = None, val_data: str | None = None,
+         val_split: float | None = None) -> ImageFolder:
+    """List and check an image folder (and its validation folder or split); no decoding.
+
+    Raises:
+        CompressError: no such folder, no image in it, no readable image, images both at
+            the top and in class folders, an unknown ``preprocess``, a bad ``val_split``.
+    """
+    preprocess_mode(preprocess)  # an unknown name is refused before any file is read
+    if val_data is not None and val_split is not None:
+        raise CompressError("--val-data and --val-split both give the validation images; "
+                            "choose one")
+    if val_split is not None and not 0.0 < val_split < 1.0:
+        raise CompressError(f"--val-split {val_split:g}: must be between 0 and 1 (exclusive)")
+    files, labels, classes, skipped, first = _list(Path(path))
+    notes = []
+    if val_data is not None:
+        v_files, v_labels, v_classes, v_skipped, _ = _list(Path(val_data))
+        if (v_labels is None) != (labels is None):
+            raise CompressError(f"{val_data}: the validation folder is "
+                                f"{'flat (no labels)' if v_labels is None else 'in class folders'}"
+                                f" but {path} is {'flat' if labels is None else 'not'}")
+        if labels is not None and v_classes != classes:
+            extra = sorted(set(v_classes) - set(classes))
+            if extra:
+                raise CompressError(f"{val_data}: class folder '{extra[0]}' is not a class of "
+                                    f"{path} (classes: {', '.join(classes)})")
+            v_labels = [classes.index(v_classes[i]) for i in v_labels]
+        skipped += v_skipped
+    else:
+        fraction = DEFAULT_VAL_SPLIT if val_split is None else val_split
+        order = np.random.default_rng(seed).permutation(len(files))
+        n_val = max(1, round(len(files) * fraction))
+        if len(files) - n_val < 1:
+            raise CompressError(f"{path}: only {len(files)} readable image(s); need at least 2 "
+                                "to hold some out for validation (or give --val-data)")
+        val_idx, train_idx = sorted(order[:n_val]), sorted(order[n_val:])
+        v_files = [files[i] for i in val_idx]
+        v_labels = None if labels is None else [labels[i] for i in val_idx]
+        files = [files[i] for i in train_idx]
+        labels = None if labels is None else [labels[i] for i in train_idx]
+    if skipped:
+        shown = ", ".join(os.path.basename(str(s)) for s in skipped[:3])
+        more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+        notes.append(f"data {path}: skipped {len(skipped)} unreadable image file"
+                     f"{'s' if len(skipped) > 1 else ''} ({shown}{more})")
+    return ImageFolder(str(path), files, labels, v_files, v_labels, classes,
+                       preprocess or DEFAULT_PREPROCESS, first, skipped, notes)
+
+
+def _list(root: Path):
+    """``(files, labels or None, class names, skipped files, first image's (H, W, C))``."""
+    if not root.exists():
+        raise CompressError(f"{root}: no such folder")
+    if not root.is_dir():
+        raise CompressError(f"{root}: not a folder")
+    try:
+        entries = sorted(os.scandir(root), key=lambda e: e.name)
+    except OSError as exc:
+        raise CompressError(f"{root}: cannot read the folder ({exc.strerror})") from None
+    top = [Path(e.path) for e in entries if e.is_file() and _is_image_name(e.name)]
+    subdirs = [e for e in entries if e.is_dir() and not e.name.startswith(".")]
+    per_class = {}
+    for d in subdirs:
+        found = sorted(p for p in Path(d.path).rglob("*") if _is_image_name(p.name)
+                       and p.is_file())
+        if found:
+            per_class[d.name] = found
+    if top and per_class:
+        raise CompressError(f"{root}: has images at its top and in class folders "
+                            f"({', '.join(list(per_class)[:3])}); use one layout (class "
+                            "folders = labelled, a flat folder = unlabelled)")
+    if not top and not per_class:
+        raise CompressError(f"{root}: no images (files ending in {', '.join(IMAGE_SUFFIXES)}) "
+                            "in it or in its class folders")
+    classes = sorted(per_class)
+    candidates = [(p, None) for p in top] if top else [
+        (p, i) for i, c in enumerate(classes) for p in per_class[c]]
+    files, labels, skipped, first = [], [], [], None
+    for p, label in candidates:
+        shape = _image_shape(p)
+        if shape is None:
+            skipped.append(p)
+            continue
+        first = first or shape
+        files.append(str(p))
+        labels.append(label)
+    if not files:
+        raise CompressError(f"{root}: none of its {len(candidates)} image files could be read")
+    if top:
+        return files, None, [], skipped, first
+    present = sorted(set(labels))
+    if len(present) < len(classes):
+        empty = next(c for i, c in enumerate(classes) if i not in present)
+        raise CompressError(f"{root}: class folder '{empty}' has no readable image")
+    return files, labels, classes, skipped, first
+
+
+def _is_image_name(name: str) -> bool:
+    return name.lower().endswith(IMAGE_SUFFIXES) and not name.startswith(".")
+
+
+def _image_shape(path: Path) -> tuple | None:
+    """``(H, W, C)`` of a readable image, None when Pillow cannot read it."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            size, mode = image.size, image.mode
+            image.verify()  # PNG: chunk checksums; catches truncated and damaged files
+    except Exception:  # noqa: BLE001 - any failure means: not a readable image
+        return None
+    channels = 1 if mode in ("L", "1", "I", "I;16", "F") else 3
+    return (size[1], size[0], channels)
