@@ -82,6 +82,10 @@ class Option:
         finite: a ``float`` option refuses NaN and infinity (an infinite temperature or
             learning rate only turns the loss NaN after the work started); False leaves a
             non-finite value to the pass, which explains it in its own words.
+        cli_choice: False lets the CLI take any string for an option with ``choices``
+            (a long list, such as Keras loss names): the schema then refuses one outside
+            them in one line (exit 1), before anything is loaded, instead of click's usage
+            error.
     """
 
     name: str
@@ -97,6 +101,7 @@ class Option:
     flag: str | None = None
     file: bool = False
     finite: bool = True
+    cli_choice: bool = True
 
     @property
     def cli_flag(self) -> str:
@@ -213,7 +218,7 @@ class Schema:
                                         help=opt.help)(func)
                     continue
                 click_type = {float: float, int: int, str: str, list: str}[opt.type]
-                if opt.choices:
+                if opt.choices and opt.cli_choice:
                     click_type = click.Choice([str(c) for c in opt.choices])
                 func = click.option(opt.cli_flag, opt.name, type=click_type, default=None,
                                     help=help_text)(func)

@@ -1,8 +1,9 @@
 """What a model costs and how well it does: the base of every command's output.
 
 A report is a plain ``dict`` (JSON-ready): parameters, nonzero parameters, per-layer
-sparsity, saved and zip-compressed file size (what a deployment ships), accuracy on a
-split, and batch-1 latency. :func:`print_table` shows several side by side (before vs
+sparsity, saved and zip-compressed file size (what a deployment ships), the model's own
+task scores on a split (:mod:`compress.task`: accuracy for a classifier, MSE and MAE for a
+regression, never an accuracy that means nothing), and batch-1 latency. :func:`print_table` shows several side by side (before vs
 after), :func:`plot_reports` draws them.
 
 Example:
@@ -151,24 +152,30 @@ def keras_latency_ms(model, sample_shape: tuple | None = None, batch: int = 1,
 
 
 def model_report(model, data=None, split: str = "test", latency: bool = True,
-                 name: str | None = None, path: str | os.PathLike | None = None) -> dict:
+                 name: str | None = None, path: str | os.PathLike | None = None,
+                 task=None, reference=None) -> dict:
     """Measure ``model``.
 
     Args:
         model: a Keras model.
         data: a :class:`compress.data.Dataset` already fitted to the model (see
-            ``compress.data.prepare``), or None to skip accuracy.
-        split: str, default ``"test"``. Which split accuracy is measured on.
+            ``compress.data.prepare``), or None to skip the scores.
+        split: str, default ``"test"``. Which split the scores are measured on.
         latency: bool, default True. Measure batch-1 latency (50 runs).
         name: label of the column in tables (default the model's name).
         path: the model's file, if it has one: its size is reported as is; otherwise the
             model is saved to a temporary ``.keras`` file to measure it.
+        task: :class:`compress.task.Task` or None, default None (the model's own:
+            :func:`compress.task.resolve`). Give the same one to the reports compared
+            side by side.
+        reference: keras.Model or None, default None. The original model: with data that
+            has no labels, the report gives fidelity to it instead of scores
+            (:func:`fidelity`: top-1 agreement for a classifier, relative L2 error,
+            SQNR and PSNR for any output).
 
     Returns:
         A JSON-ready dict.
     """
-    from compress.training import accuracy
-
     if path is not None:
         raw, zipped = Path(path).stat().st_size, zipped_size(path)
     else:
@@ -185,11 +192,46 @@ def model_report(model, data=None, split: str = "test", latency: bool = True,
     }
     if data is not None:
         x, y = data.split(split)
-        report["accuracy"] = accuracy(model, x, y)
-        report["accuracy_split"] = split
+        from compress.task import resolve
+
+        if y is not None:
+            task = task or resolve(model, y=y)
+            report.update(task.evaluate(model, x, y))
+            report["task"] = task.kind
+            report["accuracy_split"] = split
+        elif reference is not None:  # no labels: how faithful to the original it stayed
+            task = task or resolve(reference)
+            report.update(fidelity(model, reference, x, task.is_classifier))
+            report["task"] = task.kind
+            report["accuracy_split"] = split
     if latency:
         report["latency_ms"] = keras_latency_ms(model)
     return report
+
+
+def fidelity(model, reference, x, classifier: bool) -> dict:
+    """How closely ``model`` reproduces ``reference`` (the original) on inputs ``x``: the
+    label-free report. ``top1_agreement`` for a classifier; for any output the relative
+    L2 error, the SQNR and the PSNR (peak: the reference's largest magnitude), in dB.
+
+    Example:
+
+    >>> fidelity(pruned, original, x_test, classifier=True)["top1_agreement"]  # doctest: +SKIP
+    0.98
+    """
+    from compress.agreement import comparison
+    from compress.training import predict
+
+    got, expected = predict(model, x), predict(reference, x)
+    check = comparison(got, expected, classifier)
+    mse = float(np.mean((np.asarray(got, np.float64) - expected) ** 2))
+    peak = float(np.max(np.abs(expected))) if np.size(expected) else 0.0
+    psnr = float("inf") if mse == 0 else (float(10 * np.log10(peak ** 2 / mse))
+                                          if np.isfinite(mse) and peak > 0 else float("-inf"))
+    out = {"rel_l2_error": check["rel_l2_error"], "sqnr_db": check["sqnr_db"], "psnr_db": psnr}
+    if "top1_agreement" in check:
+        out["top1_agreement"] = check["top1_agreement"]
+    return out
 
 
 _ROWS = [
@@ -199,6 +241,11 @@ _ROWS = [
     ("file_bytes", "file size", "bytes"),
     ("zipped_bytes", "zipped size", "bytes"),
     ("accuracy", "accuracy", "{:.2%}"),
+    ("mse", "MSE", "{:.4g}"),
+    ("mae", "MAE", "{:.4g}"),
+    ("top1_agreement", "top-1 agreement with original", "{:.2%}"),
+    ("rel_l2_error", "relative L2 error vs original", "{:.2%}"),
+    ("psnr_db", "PSNR vs original", "{:.1f} dB"),
     ("latency_ms", "latency b=1", "{:.3f} ms"),
 ]
 
@@ -222,14 +269,25 @@ def _fmt(value, fmt: str) -> str:
 def table_rows(reports: list[dict], extra: list[tuple] = ()) -> list[list[str]]:
     """Rows of ``[metric, value per report..., ratio last/first]`` for the keys present."""
     rows = []
-    for key, label, fmt in list(_ROWS) + list(extra):
+    # The model's own metrics beyond accuracy / MSE / MAE (auc, mape...), by name.
+    own = sorted({k for r in reports for k in (r.get("metrics") or {})})
+    own_rows = [(f"metrics.{k}", k, "{:.4g}") for k in own]
+    for key, label, fmt in list(_ROWS) + own_rows + list(extra):
+        if key.startswith("metrics."):
+            values = [(r.get("metrics") or {}).get(key[8:]) for r in reports]
+            if all(v is None for v in values):
+                continue
+            rows.append([label] + [_fmt(v, fmt) for v in values]
+                        + ([""] if len(reports) > 1 else []))
+            continue
         values = [r.get(key) for r in reports]
         if all(v is None for v in values):
             continue
         row = [label] + [_fmt(v, fmt) for v in values]
         if len(reports) > 1:
             first, last = values[0], values[-1]
-            if key in ("file_bytes", "zipped_bytes", "params", "nonzero", "latency_ms") and \
+            if key in ("file_bytes", "zipped_bytes", "params", "nonzero", "latency_ms",
+                       "mse", "mae") and \
                     first and last is not None:
                 row.append(f"{last / first:.2f}x")
             elif key == "accuracy" and first is not None and last is not None:
@@ -241,16 +299,19 @@ def table_rows(reports: list[dict], extra: list[tuple] = ()) -> list[list[str]]:
 
 
 _SHORT = [("nonzero", "nonzero", "{:,}"), ("zipped_bytes", "zipped", "bytes"),
-          ("accuracy", "accuracy", "{:.2%}"), ("latency_ms", "latency b=1", "{:.3f} ms")]
+          ("accuracy", "accuracy", "{:.2%}"), ("mse", "MSE", "{:.4g}"),
+          ("latency_ms", "latency b=1", "{:.3f} ms")]
 
 
 def model_rows(reports: list[dict]) -> tuple[list[str], list[list[str]]]:
     """One row per report (for many models): name, key metrics, size and accuracy vs first."""
-    header = ["model"] + [label for _, label, _ in _SHORT] + ["zipped vs first", "acc vs first"]
+    short = [c for c in _SHORT if c[0] != "mse" or any(r.get("mse") is not None
+                                                         for r in reports)]
+    header = ["model"] + [label for _, label, _ in short] + ["zipped vs first", "acc vs first"]
     first = reports[0]
     rows = []
     for r in reports:
-        row = [str(r.get("name", ""))] + [_fmt(r.get(k), f) for k, _, f in _SHORT]
+        row = [str(r.get("name", ""))] + [_fmt(r.get(k), f) for k, _, f in short]
         size = (f"{r['zipped_bytes'] / first['zipped_bytes']:.2f}x"
                 if r.get("zipped_bytes") and first.get("zipped_bytes") else "-")
         acc = (f"{(r['accuracy'] - first['accuracy']) * 100:+.2f} pts"
@@ -311,14 +372,17 @@ def plot_reports(reports: list[dict], path: str | os.PathLike, title: str = "") 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     names = [r["name"] for r in reports]
     sizes = [r["zipped_bytes"] / 1024 for r in reports]
-    accs = [100 * r.get("accuracy", float("nan")) for r in reports]
+    # A regression has no accuracy: plot its MSE instead of a meaningless line of NaNs.
+    key = "accuracy" if any(r.get("accuracy") is not None for r in reports) else "mse"
+    scale, label = (100, "test accuracy (%)") if key == "accuracy" else (1, "test MSE")
+    accs = [scale * (r.get(key) if r.get(key) is not None else float("nan")) for r in reports]
     ax1.scatter(sizes, accs)
     for n, s, a in zip(names, sizes, accs):
         ax1.annotate(n, (s, a), textcoords="offset points", xytext=(4, 4), fontsize=8)
     ax1.set_xscale("log")
     ax1.set_xlabel("zipped size (KB, log)")
-    ax1.set_ylabel("test accuracy (%)")
-    ax1.set_title("accuracy vs size")
+    ax1.set_ylabel(label)
+    ax1.set_title(f"{label.split(' (')[0].replace('test ', '')} vs size")
     ax1.grid(True, alpha=0.3)
     ax2.barh(names, sizes)
     ax2.set_xlabel("zipped size (KB)")

@@ -24,6 +24,16 @@ from pathlib import Path
 
 import numpy as np
 
+from compress.agreement import (  # noqa: F401 - re-exported: runtime.verify's checks
+    MIN_SQNR_DB,
+    MIN_TOP1_AGREEMENT,
+    agreement_summary,
+    comparison,
+    max_abs_diff,
+    rel_l2_error,
+    sqnr_db,
+    top1_agreement,
+)
 from compress.errors import CompressError
 from compress.quiet import quiet_output
 
@@ -220,24 +230,26 @@ def run_artifact(artifact, x: np.ndarray, threads: int | None = None,
     return run_tflite(artifact, x, threads)
 
 
-def verify(model, artifact, x: np.ndarray, fmt: str | None = None) -> dict:
+def verify(model, artifact, x: np.ndarray, fmt: str | None = None,
+           classifier: bool | None = None) -> dict:
     """Compare the artifact's outputs with the Keras model's on ``x``.
 
     Example:
 
     >>> verify(model, "model.onnx", x_test[:256])   # doctest: +SKIP
-    {'samples': 256, 'max_abs_diff': 2.4e-07, 'top1_agreement': 1.0}
+    {'samples': 256, 'max_abs_diff': 2.4e-07, 'rel_l2_error': 3.1e-07, 'sqnr_db': 130.2, 'top1_agreement': 1.0}
 
     Args:
         model: the Keras model the artifact was made from.
         artifact: a path or the artifact's bytes.
         x: inputs shaped like the model's.
         fmt: str or None, default None. ``"onnx"`` or ``"tflite"`` (else sniffed).
+        classifier: bool or None, default None. Whether top-1 agreement means something
+            (None: the model's task, :func:`compress.task.resolve`).
 
     Returns:
-        ``{"samples", "max_abs_diff", "top1_agreement"}``; NaN or infinite outputs give
-        an infinite difference and count as disagreeing (:func:`max_abs_diff`,
-        :func:`top1_agreement`), so no threshold passes them.
+        :func:`comparison` of the outputs plus ``samples``; NaN or infinite outputs give
+        an infinite difference and count as disagreeing, so no threshold passes them.
     """
     from compress.training import predict
 
@@ -246,57 +258,13 @@ def verify(model, artifact, x: np.ndarray, fmt: str | None = None) -> dict:
     if got.shape != expected.shape:
         raise CompressError(f"{_name(artifact)}: output shape {got.shape} differs from Keras "
                             f"{expected.shape}")
-    return {
-        "samples": len(x),
-        "max_abs_diff": max_abs_diff(got, expected),
-        "top1_agreement": top1_agreement(got, expected),
-    }
+    if classifier is None:
+        from compress.task import resolve
 
-
-def max_abs_diff(got: np.ndarray, expected: np.ndarray) -> float:
-    """The largest ``|got - expected|``; infinite where either side is NaN or infinite.
-
-    A NaN difference would pass (and fail) no threshold, since every comparison with NaN
-    is False: ``diff <= atol`` must not hold for outputs that are not numbers.
-
-    Example:
-
-    >>> max_abs_diff(np.array([[0.5, 0.5]]), np.array([[0.5, 0.25]]))
-    0.25
-    >>> max_abs_diff(np.array([[np.nan, 1.0]]), np.array([[np.nan, 1.0]]))
-    inf
-    """
-    got, expected = np.asarray(got, np.float64), np.asarray(expected, np.float64)
-    if got.size == 0:
-        return 0.0
-    if not (np.isfinite(got).all() and np.isfinite(expected).all()):
-        return float("inf")
-    return float(np.max(np.abs(got - expected)))
-
-
-def top1_agreement(got: np.ndarray, expected: np.ndarray) -> float:
-    """Fraction of rows whose top-1 class agrees; a row with a NaN or infinite output on
-    either side disagrees (``argmax`` of NaN is index 0 on both sides, a false match).
-
-    ``expected`` may also be the expected class indices (one per row).
-
-    Example:
-
-    >>> outputs = np.array([[0.1, 0.9], [np.nan, 0.0]])
-    >>> top1_agreement(outputs, outputs)
-    0.5
-    """
-    got = np.asarray(got, np.float64)
-    expected = np.asarray(expected)
-    if len(got) == 0:
-        return 0.0
-    finite = np.isfinite(got.reshape(len(got), -1)).all(axis=1)
-    if expected.ndim == got.ndim:
-        labels = np.argmax(expected, -1)
-        finite &= np.isfinite(expected.astype(np.float64).reshape(len(expected), -1)).all(axis=1)
-    else:
-        labels = expected
-    return float(np.mean((np.argmax(got, -1) == labels) & finite))
+        classifier = resolve(model).is_classifier
+    scale = np.abs(np.asarray(expected, np.float64))
+    return {"samples": len(x), **comparison(got, expected, classifier),
+            "max_abs_output": float(scale.max()) if scale.size else 0.0}
 
 
 def artifact_accuracy(artifact, x: np.ndarray, y: np.ndarray, fmt: str | None = None

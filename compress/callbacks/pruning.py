@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 
 import keras
 import numpy as np
@@ -36,6 +37,8 @@ PRUNING_CALLBACK_OPTIONS = Schema("Pruning", [
     Option("begin_step", int, 0, "training step (batch) where pruning starts", low=0),
     Option("end_step", int, None, "step where the final sparsity is reached (default: two "
            "thirds of the first fit's steps)", low=0),
+    Option("steps_per_epoch", int, None, "batches per epoch, for a fit whose length Keras "
+           "cannot tell (a tf.data pipeline of unknown cardinality) and no end_step", low=1),
     _as_in_prune("frequency", default=100),
     Option("power", float, 3.0, "exponent of the polynomial schedule", low=0.0,
            low_inclusive=False),
@@ -66,7 +69,10 @@ class Pruning(keras.callbacks.Callback):
     ``begin_step``). At each update the lowest-saliency weights of each layer are masked.
     Masks are variable constraints applied inside the compiled train step after every
     optimizer update, so pruned weights stay exactly zero with any optimizer and no
-    per-batch Python runs. At the end of training the masks are removed (the zeros stay):
+    per-batch Python runs. Weights that another callback puts back (``EarlyStopping``'s
+    ``restore_best_weights``, in either order in the callback list, during the fit or at
+    its end) are masked again, so a restore cannot silently undo the pruning; ``restores``
+    counts them. At the end of training the masks are removed (the zeros stay):
     the model is a plain Keras model that saves and loads without custom objects. Under a
     :class:`~compress.training_context.TrainingContext` with backups, the schedule's step
     and masks are saved with each backup (:meth:`backup_state`), so a resumed fit ends
@@ -82,7 +88,11 @@ class Pruning(keras.callbacks.Callback):
         initial_sparsity: float, default 0.0. Sparsity at ``begin_step``.
         begin_step: int, default 0. Training step (batch) where pruning starts.
         end_step: int or None, default None. Step where the final sparsity is reached;
-            None means two thirds of the first ``fit``'s steps.
+            None means two thirds of the first ``fit``'s steps (which Keras must know, or
+            ``steps_per_epoch`` must give: a pipeline of unknown length is refused in one
+            line, never turned into one-shot pruning).
+        steps_per_epoch: int or None, default None. Batches per epoch, for that default
+            ``end_step`` when the fit's length is unknown.
         frequency: int, default 100. Steps between mask updates.
         power: float, default 3. Exponent of the polynomial schedule.
         schedule: str, default ``"polynomial"``; or ``"constant"``.
@@ -117,7 +127,7 @@ class Pruning(keras.callbacks.Callback):
                  frequency=100, power=3.0, schedule="polynomial", method="magnitude",
                  scope="layer", layers=None, skip_first_last=False, calibration=None,
                  estimator="backprop", release_on_end=True, balance=False, damping=0.0,
-                 block=1, seed=0):
+                 block=1, seed=0, steps_per_epoch=None):
         super().__init__()
         opts = PRUNING_CALLBACK_OPTIONS.validate({
             "sparsity": sparsity, "initial_sparsity": initial_sparsity,
@@ -125,7 +135,7 @@ class Pruning(keras.callbacks.Callback):
             "power": power, "schedule": schedule, "method": method, "scope": scope,
             "layers": layers, "skip_first_last": skip_first_last, "estimator": estimator,
             "release_on_end": release_on_end, "balance": balance, "damping": damping,
-            "block": block, "seed": seed})
+            "block": block, "seed": seed, "steps_per_epoch": steps_per_epoch})
         where = PRUNING_CALLBACK_OPTIONS.name
         if opts["initial_sparsity"] > opts["sparsity"]:
             raise CompressError(f"{where}.initial_sparsity: must be <= sparsity "
@@ -139,7 +149,10 @@ class Pruning(keras.callbacks.Callback):
         self.step = 0
         self.current = 0.0
         self.updates = []  # (step, sparsity) of every mask update
+        self.restores = 0  # weights put back by another callback, masked again
         self._pairs = None
+        self._final_masks = None
+        self._fit_frame = None
 
     def target_sparsity(self, step: int) -> float:
         """The scheduled sparsity at training step ``step``."""
@@ -154,16 +167,62 @@ class Pruning(keras.callbacks.Callback):
         return self.sparsity + (self.initial_sparsity - self.sparsity) * (1 - frac) ** self.power
 
     def on_train_begin(self, logs=None):
+        self._final_masks = None
         if self.end_step is None:
-            steps = (self.params or {}).get("steps") or 1
+            steps = (self.params or {}).get("steps") or self.steps_per_epoch
+            if not steps and self.schedule == "polynomial":
+                # Guessing would reach the final sparsity within a few batches: one-shot
+                # pruning in disguise. Refuse in one line instead.
+                raise CompressError(
+                    "Pruning: this fit's number of steps per epoch is unknown (a tf.data "
+                    "pipeline of unknown length?); give Pruning(end_step=N) or "
+                    "Pruning(steps_per_epoch=N), or fit(..., steps_per_epoch=N)")
             epochs = (self.params or {}).get("epochs") or 1
-            self.end_step = self.begin_step + max(1, int(steps * epochs * 2 / 3))
+            self.end_step = self.begin_step + max(1, int((steps or 1) * epochs * 2 / 3))
         self._pairs = prunable_weights(self.model, self.layers, self.skip_first_last)
         for _, var in self._pairs:
             old = get_mask(var)
             set_mask(var, old if old is not None else np.ones(tuple(var.shape)))
         # The train step was traced before the constraints existed: retrace it.
         self.model.make_train_function(force=True)
+        self._guard_restores(sys._getframe(2))  # the fit (above Keras's CallbackList)
+
+    def _guard_restores(self, fit_frame) -> None:
+        """Mask again any weights put back with ``model.set_weights`` while ``fit_frame``
+        (the frame that runs this fit's callbacks) is running: that covers a restore by a
+        callback before or after this one in the list, and nothing after the fit."""
+        model = self.model
+        model.__dict__.pop("set_weights", None)
+        original = model.set_weights
+        self._watch(fit_frame)
+
+        def set_weights(weights, _pruning=self, _original=original):
+            _original(weights)
+            _pruning._after_restore()
+
+        object.__setattr__(model, "set_weights", set_weights)
+
+    def _watch(self, frame) -> None:
+        # Not the frame itself: a finished frame would keep the fit's data alive.
+        self._fit_frame = (id(frame), frame.f_code)
+
+    def _after_restore(self) -> None:
+        live = sys._getframe()
+        while live is not None and (id(live), live.f_code) != self._fit_frame:
+            live = live.f_back
+        if live is None:  # the fit is over: a later set_weights is the user's own
+            self.model.__dict__.pop("set_weights", None)
+            self._fit_frame = None
+            return
+        self.restores += 1
+        self._apply_masks()
+
+    def _apply_masks(self) -> None:
+        """Zero the masked weights now (the optimizer applies the masks only on updates)."""
+        masks = self._final_masks or [get_mask(var) for _, var in self._pairs or []]
+        for (_, var), mask in zip(self._pairs or [], masks):
+            if mask is not None:
+                var.assign(np.asarray(var) * np.asarray(mask, dtype=np.asarray(var).dtype))
 
     def on_train_batch_begin(self, batch, logs=None):
         step = self.step
@@ -187,8 +246,15 @@ class Pruning(keras.callbacks.Callback):
             set_mask(var, m)
 
     def on_train_end(self, logs=None):
+        # A callback before this one may have put back weights of an epoch with fewer
+        # zeros; those after it are caught by the guard (_guard_restores).
+        self._apply_masks()
         if self.release_on_end:
+            self._final_masks = [get_mask(var) for _, var in self._pairs or []]
             release_zeros(self.model)
+        # From here only the callbacks after this one can restore: while Keras's
+        # on_train_end dispatch (the caller) runs.
+        self._watch(sys._getframe(1))
 
     def backup_state(self) -> dict:
         """The schedule's state (step, sparsity reached, updates, masks) for a backup.

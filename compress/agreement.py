@@ -1,0 +1,152 @@
+"""How far an artifact's outputs are from its float model's: checks that can fail.
+
+Pure NumPy, shared by :mod:`compress.runtime` (artifacts in their runtimes),
+:mod:`compress.report` (label-free fidelity to the original model) and the passes:
+``max_abs_diff``, ``rel_l2_error`` and ``sqnr_db`` for any output, ``top1_agreement``
+only where argmax is the answer (a classifier with more than one unit: for one unit it
+agrees whatever the values), and :func:`agreement_summary`, the verdict against a
+threshold.
+
+Example:
+
+>>> import numpy as np
+>>> expected = np.array([[0.2, 0.8], [0.6, 0.4]])
+>>> sorted(comparison(expected + 0.01, expected, classifier=True))
+['max_abs_diff', 'rel_l2_error', 'sqnr_db', 'top1_agreement']
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def comparison(got: np.ndarray, expected: np.ndarray, classifier: bool) -> dict:
+    """How far ``got`` (an artifact's outputs) is from ``expected`` (its float model's).
+
+    Every check here can fail: ``max_abs_diff``, the relative L2 error
+    ``||got - expected|| / ||expected||`` and the SQNR ``-20 log10`` of it in dB (for any
+    output), and ``top1_agreement`` only for a classifier with more than one output unit:
+    for one unit, or a regression, argmax agrees whatever the values.
+
+    Example:
+
+    >>> c = comparison(np.array([[1.1], [2.0]]), np.array([[1.0], [2.0]]), classifier=False)
+    >>> round(c["rel_l2_error"], 4), round(c["sqnr_db"], 1), "top1_agreement" in c
+    (0.0447, 27.0, False)
+    """
+    out = {"max_abs_diff": max_abs_diff(got, expected),
+           "rel_l2_error": rel_l2_error(got, expected),
+           "sqnr_db": sqnr_db(got, expected)}
+    if classifier and np.asarray(expected).ndim >= 2 and np.asarray(expected).shape[-1] > 1:
+        out["top1_agreement"] = top1_agreement(got, expected)
+    return out
+
+
+#: The least SQNR (dB) of a quantized artifact's outputs against its float model's that
+#: counts as agreeing: a relative L2 error of 10%. int8 of a healthy model gives 25-45 dB.
+MIN_SQNR_DB = 20.0
+#: The least top-1 agreement of a quantized classifier with its float model (near-ties on
+#: random verification inputs may flip a few rows).
+MIN_TOP1_AGREEMENT = 0.9
+
+
+def agreement_summary(check: dict, min_sqnr_db: float = MIN_SQNR_DB,
+                      min_top1: float = MIN_TOP1_AGREEMENT) -> tuple[bool, str]:
+    """``(agrees, words)`` for a :func:`comparison`: a classifier is judged by its top-1
+    agreement, any other output by its SQNR; both thresholds can fail.
+
+    >>> agreement_summary({"rel_l2_error": 0.5, "sqnr_db": 6.0})
+    (False, 'SQNR 6.0 dB (relative L2 error 50.00%) is below 20 dB')
+    >>> agreement_summary({"rel_l2_error": 0.01, "sqnr_db": 40.0, "top1_agreement": 0.99})
+    (True, 'top-1 agreement 99.00%, SQNR 40.0 dB')
+    """
+    sqnr = f"SQNR {check['sqnr_db']:.1f} dB"
+    if "top1_agreement" in check:
+        top1 = check["top1_agreement"]
+        ok = top1 >= min_top1
+        words = f"top-1 agreement {top1:.2%}, {sqnr}"
+        return ok, words if ok else f"{words}: top-1 agreement is below {min_top1:.0%}"
+    ok = check["sqnr_db"] >= min_sqnr_db
+    words = f"{sqnr} (relative L2 error {check['rel_l2_error']:.2%})"
+    return ok, words if ok else f"{words} is below {min_sqnr_db:g} dB"
+
+
+def rel_l2_error(got: np.ndarray, expected: np.ndarray) -> float:
+    """``||got - expected|| / ||expected||``; infinite where either side is not finite.
+
+    >>> rel_l2_error(np.array([3.0, 4.0]), np.array([3.0, 4.0]))
+    0.0
+    >>> rel_l2_error(np.array([np.nan]), np.array([1.0]))
+    inf
+    """
+    got, expected = np.asarray(got, np.float64), np.asarray(expected, np.float64)
+    if got.size == 0:
+        return 0.0
+    if not (np.isfinite(got).all() and np.isfinite(expected).all()):
+        return float("inf")
+    diff = float(np.linalg.norm((got - expected).ravel()))
+    norm = float(np.linalg.norm(expected.ravel()))
+    if norm == 0.0:
+        return 0.0 if diff == 0.0 else float("inf")
+    return diff / norm
+
+
+def sqnr_db(got: np.ndarray, expected: np.ndarray) -> float:
+    """Signal-to-quantization-noise ratio in dB: ``-20 log10`` of :func:`rel_l2_error`
+    (infinite for identical outputs, minus infinity for non-finite ones).
+
+    >>> round(sqnr_db(np.array([1.01, 2.0]), np.array([1.0, 2.0])), 1)
+    47.0
+    """
+    err = rel_l2_error(got, expected)
+    if err == 0.0:
+        return float("inf")
+    if not np.isfinite(err):
+        return float("-inf")
+    return float(-20.0 * np.log10(err))
+
+
+def max_abs_diff(got: np.ndarray, expected: np.ndarray) -> float:
+    """The largest ``|got - expected|``; infinite where either side is NaN or infinite.
+
+    A NaN difference would pass (and fail) no threshold, since every comparison with NaN
+    is False: ``diff <= atol`` must not hold for outputs that are not numbers.
+
+    Example:
+
+    >>> max_abs_diff(np.array([[0.5, 0.5]]), np.array([[0.5, 0.25]]))
+    0.25
+    >>> max_abs_diff(np.array([[np.nan, 1.0]]), np.array([[np.nan, 1.0]]))
+    inf
+    """
+    got, expected = np.asarray(got, np.float64), np.asarray(expected, np.float64)
+    if got.size == 0:
+        return 0.0
+    if not (np.isfinite(got).all() and np.isfinite(expected).all()):
+        return float("inf")
+    return float(np.max(np.abs(got - expected)))
+
+
+def top1_agreement(got: np.ndarray, expected: np.ndarray) -> float:
+    """Fraction of rows whose top-1 class agrees; a row with a NaN or infinite output on
+    either side disagrees (``argmax`` of NaN is index 0 on both sides, a false match).
+
+    ``expected`` may also be the expected class indices (one per row).
+
+    Example:
+
+    >>> outputs = np.array([[0.1, 0.9], [np.nan, 0.0]])
+    >>> top1_agreement(outputs, outputs)
+    0.5
+    """
+    got = np.asarray(got, np.float64)
+    expected = np.asarray(expected)
+    if len(got) == 0:
+        return 0.0
+    finite = np.isfinite(got.reshape(len(got), -1)).all(axis=1)
+    if expected.ndim == got.ndim:
+        labels = np.argmax(expected, -1)
+        finite &= np.isfinite(expected.astype(np.float64).reshape(len(expected), -1)).all(axis=1)
+    else:
+        labels = expected
+    return float(np.mean((np.argmax(got, -1) == labels) & finite))

@@ -1,0 +1,537 @@
+"""The model's own task: what it is trained on, how its fine-tuning is compiled, how it is scored.
+
+Every pass that fine-tunes compiles its new model with one :class:`Task`, and every report
+scores models with the same one, so that a regressor is fine-tuned on its own loss and
+reported as MSE, never as a classifier's accuracy. :func:`resolve` finds it, first match
+wins:
+
+1. ``loss`` / ``metrics`` given by the user (``--loss mse --metrics mae,mape``, a recipe
+   step's ``loss:``, ``compress.prune(..., loss="mse")``): Keras names;
+2. the loss and metrics the model was compiled with (:func:`compress.io.load_model`
+   loads a model compiled when its file carries a loss);
+3. inferred from the output layer: softmax, or a linear multi-unit output with integer
+   labels, is a multi-class classifier (logits without softmax); sigmoid is binary (one
+   unit) or multi-label; any other one-unit output, or a multi-unit one whose targets are
+   real numbers, is a regression (mean squared error).
+
+Example:
+
+>>> import keras
+>>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+>>> task = resolve(model)
+>>> task.kind, task.loss_name, task.source
+('regression', 'mean_squared_error', 'inferred')
+>>> task.describe()
+'regression, loss mean_squared_error, metrics mae (inferred from the one-unit linear output)'
+>>> resolve(model, loss="huber").loss_name
+'huber'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from compress.errors import CompressError
+from compress.options import Option
+
+#: Keras loss names ``--loss`` accepts (checked before anything is loaded).
+LOSSES = ("mean_squared_error", "mse", "mean_absolute_error", "mae",
+          "mean_absolute_percentage_error", "mape", "mean_squared_logarithmic_error", "msle",
+          "huber", "log_cosh", "binary_crossentropy", "binary_focal_crossentropy",
+          "categorical_crossentropy", "categorical_focal_crossentropy",
+          "sparse_categorical_crossentropy", "kl_divergence", "poisson", "hinge",
+          "squared_hinge", "categorical_hinge", "cosine_similarity")
+
+#: The options every pass that fine-tunes takes (CLI flags, recipe keys, keywords).
+TASK_OPTIONS = [
+    Option("loss", str, None, "fine-tuning loss, a Keras name (default: the model's own "
+           "loss, else inferred from its output: softmax/logits cross-entropy, sigmoid "
+           "binary cross-entropy, linear mean squared error)", choices=LOSSES,
+           cli_choice=False),
+    Option("metrics", list, None, "metrics reported while fine-tuning, Keras names, "
+           "comma-separated (default: the model's own, else accuracy for classifiers, "
+           "mae for regression)"),
+]
+
+CLASSIFICATION, BINARY, MULTILABEL, REGRESSION = ("classification", "binary", "multilabel",
+                                                  "regression")
+_SHORT = {"mse": "mean_squared_error", "mae": "mean_absolute_error",
+          "mape": "mean_absolute_percentage_error", "msle": "mean_squared_logarithmic_error",
+          "kld": "kl_divergence", "kullback_leibler_divergence": "kl_divergence",
+          "logcosh": "log_cosh", "huber_loss": "huber"}
+_CLASSIFY = ("sparse_categorical_crossentropy", "categorical_crossentropy",
+             "categorical_focal_crossentropy", "categorical_hinge", "kl_divergence")
+_BINARY = ("binary_crossentropy", "binary_focal_crossentropy", "hinge", "squared_hinge")
+_REGRESS = ("mean_squared_error", "mean_absolute_error", "mean_absolute_percentage_error",
+            "mean_squared_logarithmic_error", "huber", "log_cosh", "poisson",
+            "cosine_similarity")
+# Metric names :meth:`Task.score` reports itself (accuracy, MSE, MAE).
+_SCORED = ("accuracy", "acc", "sparse_categorical_accuracy", "categorical_accuracy",
+           "binary_accuracy", "mae", "mean_absolute_error", "mse", "mean_squared_error")
+_DEFAULT_METRICS = {CLASSIFICATION: ["accuracy"], BINARY: ["binary_accuracy"],
+                    MULTILABEL: ["binary_accuracy"], REGRESSION: ["mae"]}
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """What a model is trained on, and how it is scored.
+
+    Args:
+        kind: str. ``"classification"`` (one class per sample, argmax is the answer),
+            ``"binary"``, ``"multilabel"`` or ``"regression"``.
+        loss: a Keras loss (a name, a function or a ``keras.losses.Loss``).
+        metrics: list. Keras metrics (names or objects).
+        source: str. ``"options"``, ``"model"`` (compiled with it) or ``"inferred"``.
+        from_logits: bool. The output is logits (no softmax or sigmoid).
+        reason: str. Why this task, in words (for the report's one line).
+        units: int. The output's last dimension (classes, labels or values).
+    """
+
+    kind: str
+    loss: Any
+    metrics: list
+    source: str
+    from_logits: bool = False
+    reason: str = ""
+    units: int = 1
+
+    @property
+    def is_classifier(self) -> bool:
+        """True when argmax of the output is the answer (top-1 accuracy means something)."""
+        return self.kind == CLASSIFICATION
+
+    @property
+    def has_accuracy(self) -> bool:
+        """True for every kind whose accuracy means something (all but regression)."""
+        return self.kind != REGRESSION
+
+    @property
+    def loss_name(self) -> str:
+        return loss_name(self.loss)
+
+    def describe(self) -> str:
+        """One line: the kind, the loss, the metrics and where they came from."""
+        metrics = ", ".join(_metric_name(m) for m in self.metrics) or "none"
+        why = {"options": "given", "model": "the model's own"}.get(self.source, "inferred")
+        if self.reason:
+            why = f"{why} from {self.reason}" if self.source == "inferred" else self.reason
+        return f"{self.kind}, loss {self.loss_name}, metrics {metrics} ({why})"
+
+    def compile(self, model, learning_rate: float = 1e-3, optimizer: str = "adam",
+                momentum: float = 0.9) -> None:
+        """Compile ``model`` for fine-tuning on this task.
+
+        Example:
+
+        >>> resolve(model).compile(model, learning_rate=5e-4)     # doctest: +SKIP
+
+        Args:
+            model: keras.Model.
+            learning_rate: float, default 1e-3.
+            optimizer: str, default ``"adam"``; or ``"sgd"`` (with ``momentum``),
+                ``"rmsprop"``.
+            momentum: float, default 0.9. SGD's momentum.
+        """
+        from compress.training import make_optimizer
+
+        model.compile(optimizer=make_optimizer(optimizer, learning_rate, momentum),
+                      loss=_fresh(self.loss), metrics=list(self.metrics))
+
+    def evaluate(self, model, x, y) -> dict:
+        """The task's scores of ``model`` on ``(x, y)``: ``accuracy`` where it means
+        something, ``mse`` and ``mae`` for a regression.
+
+        Example:
+
+        >>> resolve(model).evaluate(model, x_test, y_test)           # doctest: +SKIP
+        {'mse': 0.57, 'mae': 0.61}
+        """
+        from compress.training import predict
+
+        if len(x) == 0:
+            raise CompressError("cannot score a model on empty data")
+        outputs = predict(model, x)
+        scores = self.score(outputs, y)
+        own = self.own_metrics(outputs, y)
+        if own:
+            scores["metrics"] = own
+        return scores
+
+    def score(self, outputs, y) -> dict:
+        """:meth:`evaluate` on outputs already computed (an artifact's, in its runtime).
+
+        >>> import keras
+        >>> reg = resolve(keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)]))
+        >>> reg.score(np.array([[1.0], [3.0]]), np.array([1.0, 2.0]))
+        {'mse': 0.5, 'mae': 0.5}
+        """
+        out = np.asarray(outputs, np.float64)
+        if len(out) == 0:
+            raise CompressError("cannot score a model on empty data")
+        rows = out.reshape(len(out), -1)
+        finite = np.isfinite(rows).all(axis=1)
+        if self.kind == CLASSIFICATION:
+            y = np.asarray(y)
+            labels = np.argmax(y, -1) if y.ndim == out.ndim and y.shape == out.shape else y
+            labels = labels.reshape(np.argmax(out, -1).shape)
+            # argmax of a NaN row is 0: it must not count as right for the class-0 samples
+            right = (np.argmax(out, -1) == labels).reshape(len(out), -1).all(axis=1)
+            return {"accuracy": float(np.mean(right & finite))}
+        y = np.asarray(y, np.float64).reshape(out.shape)
+        if self.kind == REGRESSION:
+            if not finite.all():
+                return {"mse": float("inf"), "mae": float("inf")}
+            err = out - y
+            return {"mse": float(np.mean(err ** 2)), "mae": float(np.mean(np.abs(err)))}
+        threshold = 0.0 if self.from_logits else 0.5
+        right = ((out > threshold) == (y > 0.5)).reshape(len(out), -1).all(axis=1)
+        return {"accuracy": float(np.mean(right & finite))}
+
+    def own_metrics(self, outputs, y) -> dict:
+        """The task's other metrics (``auc``, ``mape``, the model's own...) on outputs,
+        by name; those :meth:`score` already gives, and any Keras cannot compute on
+        these outputs, are left out.
+
+        >>> import keras
+        >>> reg = resolve(keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)]),
+        ...               metrics=["mae", "mape"])
+        >>> reg.own_metrics(np.array([[1.0], [3.0]]), np.array([2.0, 2.0]))
+        {'mape': 50.0}
+        """
+        import keras
+
+        out, scores = np.asarray(outputs, np.float32), {}
+        y = np.asarray(y)
+        if self.kind != CLASSIFICATION:
+            y = y.astype(np.float32).reshape(out.shape)
+        for metric in self.metrics:
+            name = _metric_name(metric)
+            if name in _SCORED:
+                continue
+            try:
+                fn = keras.metrics.get(metric) if isinstance(metric, str) else metric
+                if isinstance(fn, type):
+                    fn = fn()
+                if isinstance(fn, keras.metrics.Metric):
+                    fn = type(fn).from_config(fn.get_config())  # fresh state
+                    fn.update_state(y, out)
+                    value = float(np.asarray(fn.result()))
+                else:
+                    value = float(np.mean(np.asarray(fn(y, out))))
+            except Exception:  # noqa: BLE001, S112 - not computable on these outputs
+                continue
+            scores[name] = value
+        return scores
+
+
+    def fit_to_teacher(self, student, teacher, data, *, epochs: int,
+                       learning_rate: float = 1e-3, batch_size: int = 64,
+                       verbose: int | str = 0, callbacks=None, temperature: float = 1.0):
+        """Label-free fine-tuning: train ``student`` in place to reproduce ``teacher``'s
+        outputs on ``data``'s inputs (its targets, if any, are not used).
+
+        The loss is the task's fidelity: KL divergence between the softened class
+        distributions for a classifier (on logits, ``keras.distillation``'s
+        ``LogitsDistillation``; on the probabilities themselves for a softmax output),
+        mean squared error between the outputs otherwise. Masks and other variable
+        constraints of ``student`` hold (the optimizer applies them).
+
+        Example:
+
+        >>> task.fit_to_teacher(pruned, original, unlabelled, epochs=3)  # doctest: +SKIP
+
+        Args:
+            student: keras.Model, trained in place.
+            teacher: keras.Model, never modified (a copy is frozen inside).
+            data: a :class:`compress.data.Dataset` (or streamed one), labelled or not.
+            epochs: int. learning_rate: float, default 1e-3 (Adam). batch_size: int,
+            default 64. verbose: Keras ``verbose``. callbacks: list or None.
+            temperature: float, default 1.0. Softmax temperature of the KL term.
+
+        Returns:
+            The Keras ``History``.
+        """
+        import keras
+
+        from compress import training
+
+        if self.kind == CLASSIFICATION and self.from_logits:
+            term = keras.distillation.LogitsDistillation(temperature=temperature,
+                                                         loss=keras.losses.KLDivergence())
+        elif self.kind == CLASSIFICATION:
+            term = keras.distillation.FeatureDistillation(loss=keras.losses.KLDivergence())
+        else:
+            term = keras.distillation.FeatureDistillation(loss="mse")
+        frozen = training.copy_model(teacher)
+        try:
+            distiller = keras.distillation.Distiller(
+                teacher=frozen, student=student, distillation_losses=[term],
+                student_loss_weight=0.0, name="fidelity")
+        except ValueError as exc:
+            raise CompressError(f"label-free fine-tuning: {' '.join(str(exc).split())}"
+                                ) from exc
+        # Keras wants the student's own loss; with weight 0 and no labels it is not used.
+        distiller.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=_fresh(self.loss))
+        if hasattr(data, "fit_args"):
+            args = data.fit_args(batch_size)
+        else:
+            args = {"x": data.x_train, "batch_size": batch_size, "validation_data": data.x_val}
+        validation = args.get("validation_data")
+        if isinstance(validation, tuple):  # the labels play no part: inputs only
+            validation = validation[0]
+        return training.fit_model(
+            distiller, args["x"], None, batch_size=args.get("batch_size"),
+            validation_data=validation, epochs=epochs, callbacks=callbacks,
+            verbose=verbose, shuffle=args.get("batch_size") is not None, target=student,
+            advice="lower the learning rate")
+
+
+def loss_name(loss) -> str:
+    """The snake-case name of a Keras loss given as a name, a function or an object.
+
+    >>> loss_name("mse"), loss_name("huber")
+    ('mean_squared_error', 'huber')
+    """
+    if isinstance(loss, str):
+        name = loss
+    else:
+        name = getattr(loss, "name", None) or getattr(loss, "__name__", None) or \
+            type(loss).__name__
+    name = _snake(str(name))
+    return _SHORT.get(name, name)
+
+
+def _metric_name(metric) -> str:
+    if isinstance(metric, str):
+        return metric
+    return getattr(metric, "name", None) or getattr(metric, "__name__", type(metric).__name__)
+
+
+def _snake(name: str) -> str:
+    if name.islower() or "_" in name:
+        return name
+    out = "".join("_" + c.lower() if c.isupper() else c for c in name).lstrip("_")
+    return out.replace("k_l_", "kl_")
+
+
+def _fresh(loss):
+    """A loss object for a new compile (a ``keras.losses.Loss`` instance is rebuilt from
+    its config, so two models never share one)."""
+    import keras
+
+    if isinstance(loss, keras.losses.Loss):
+        try:
+            return type(loss).from_config(loss.get_config())
+        except Exception:  # noqa: BLE001 - a custom loss without a config: share it
+            return loss
+    return loss
+
+
+def output_activation(model) -> str:
+    """The name of the activation that ends the model (``"linear"`` when none)."""
+    import keras
+
+    last = model.layers[-1] if getattr(model, "layers", None) else None
+    while last is not None and isinstance(last, (keras.layers.Dropout, keras.layers.Reshape,
+                                                 keras.layers.Flatten)):
+        index = model.layers.index(last)
+        last = model.layers[index - 1] if index > 0 else None
+    if isinstance(last, keras.layers.Softmax):
+        return "softmax"
+    if isinstance(last, keras.layers.Activation):
+        act = last.activation
+    else:
+        act = getattr(last, "activation", None)
+    name = getattr(act, "__name__", None) or "linear"
+    return str(name)
+
+
+def _units(model) -> int:
+    shape = tuple(model.outputs[0].shape) if getattr(model, "outputs", None) else ()
+    return int(shape[-1]) if shape and shape[-1] is not None else 1
+
+
+def _integer_labels(y, units: int) -> bool:
+    y = np.asarray(y)
+    if y.size == 0:
+        return True
+    if y.ndim > 1 and int(np.prod(y.shape[1:])) != 1:
+        return False
+    if np.issubdtype(y.dtype, np.integer):
+        return True
+    return bool(np.all(np.isfinite(y)) and np.all(y == np.round(y)) and y.min() >= 0
+                and y.max() < max(units, 2))
+
+
+def _kind_of_loss(name: str, units: int, inferred: str) -> str:
+    """The kind a loss trains for; ``inferred`` (from the output) for a loss it does not
+    know (a custom one)."""
+    if name in _CLASSIFY:
+        return CLASSIFICATION
+    if name in _BINARY:
+        return BINARY if units == 1 else MULTILABEL
+    return REGRESSION if name in _REGRESS else inferred
+
+
+def resolve(model, loss: str | None = None, metrics: list | None = None, y=None) -> Task:
+    """The task ``model`` is fine-tuned and scored on (see the module docstring).
+
+    Args:
+        model: keras.Model (compiled or not).
+        loss: str or None, default None. A Keras loss name that overrides the model's.
+        metrics: list of str or None, default None. Keras metric names.
+        y: array or None, default None. Targets: they tell a logits classifier from a
+            multi-output regression, and are checked against the task.
+
+    Raises:
+        CompressError: an unknown loss or metric name; targets the task cannot take
+            (real-valued or negative targets given to a classifier).
+    """
+    import keras
+
+    units = _units(model)
+    activation = output_activation(model)
+    probabilities = activation in ("softmax", "sigmoid")
+    if metrics is not None:
+        for name in metrics:
+            try:
+                keras.metrics.get(name)
+            except (ValueError, TypeError):
+                raise CompressError(f"metrics '{name}': not a Keras metric name (for example "
+                                    "accuracy, mae, mse, auc)") from None
+    own = getattr(model, "loss", None) if getattr(model, "compiled", False) else None
+    if loss is not None:
+        try:
+            keras.losses.get(loss)
+        except (ValueError, TypeError):
+            raise CompressError(f"loss '{loss}': not a Keras loss name (for example mse, mae, "
+                                "huber, binary_crossentropy, sparse_categorical_crossentropy)"
+                                ) from None
+        name = loss_name(loss)
+        kind = _kind_of_loss(name, units, REGRESSION)
+        if name == "sparse_categorical_crossentropy" or (
+                name == "categorical_crossentropy" and y is not None
+                and np.asarray(y).ndim == 1):
+            loss_obj = keras.losses.SparseCategoricalCrossentropy(from_logits=not probabilities)
+        elif name == "categorical_crossentropy":
+            loss_obj = keras.losses.CategoricalCrossentropy(from_logits=not probabilities)
+        elif name == "binary_crossentropy":
+            loss_obj = keras.losses.BinaryCrossentropy(from_logits=not probabilities)
+        else:
+            loss_obj = loss
+        task = Task(kind, loss_obj, list(metrics) if metrics is not None
+                    else _DEFAULT_METRICS[kind], "options", not probabilities)
+    elif own is not None and not isinstance(own, (list, tuple, dict)):
+        name = loss_name(own)
+        kind = _kind_of_loss(name, units, _inferred(activation, units, y, metrics).kind)
+        own_metrics = _compiled_metrics(model)
+        task = Task(kind, own, list(metrics) if metrics is not None else own_metrics,
+                    "model", not probabilities,
+                    reason="the model's own loss")
+    else:
+        task = _inferred(activation, units, y, metrics)
+    task = dataclasses.replace(task, units=units)
+    if y is not None:
+        check_targets(task, y)
+    return task
+
+
+def _compiled_metrics(model) -> list:
+    config = model.get_compile_config() if hasattr(model, "get_compile_config") else {}
+    metrics = (config or {}).get("metrics")
+    if isinstance(metrics, (list, tuple)) and all(isinstance(m, str) for m in metrics):
+        return list(metrics)
+    return []
+
+
+def _inferred(activation: str, units: int, y, metrics) -> Task:
+    import keras
+
+    targets = None if y is None else np.asarray(y)
+    if activation == "softmax" or (activation == "linear" and units > 1 and (
+            targets is None or _integer_labels(targets, units))):
+        logits = activation != "softmax"
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=logits)
+        if targets is not None and targets.ndim == 2 and targets.shape[1] == units > 1 \
+                and activation == "softmax" and not _integer_labels(targets, units):
+            loss = keras.losses.CategoricalCrossentropy(from_logits=False)
+        kind = CLASSIFICATION
+        reason = ("the softmax output" if not logits
+                  else f"the {units}-unit linear output (logits) with integer labels")
+    elif activation == "sigmoid":
+        kind = BINARY if units == 1 else MULTILABEL
+        loss = keras.losses.BinaryCrossentropy()
+        reason = "the one-unit sigmoid output" if units == 1 else \
+            f"the {units}-unit sigmoid output"
+        logits = False
+    else:
+        kind, loss, logits = REGRESSION, "mean_squared_error", False
+        reason = (f"the one-unit {activation} output" if units == 1
+                  else f"the {units}-unit {activation} output with real-valued targets")
+    return Task(kind, loss, list(metrics) if metrics is not None else _DEFAULT_METRICS[kind],
+                "inferred", logits, reason)
+
+
+#: Targets read from the head of a split to infer and check the task (a stream is not read
+#: whole for it).
+SAMPLE_TARGETS = 1024
+
+
+def sample_targets(data, split: str = "train", n: int = SAMPLE_TARGETS):
+    """Up to ``n`` targets of ``data``'s ``split`` as an array, read from its head; None
+    without data, without labels, or with several outputs' targets (dicts, lists).
+
+    >>> sample_targets(None) is None
+    True
+    """
+    if data is None:
+        return None
+    if hasattr(data, "head"):
+        _, y = data.head(split, n)
+    else:
+        y = getattr(data, f"y_{split}", None)
+        y = None if y is None else y[:n]
+    if y is None or isinstance(y, (dict, list, tuple)):
+        return None
+    return np.asarray(y)
+
+
+def check_targets(task: Task, y) -> None:
+    """Refuse targets the task cannot learn from, in one line (a regression target given to
+    a classifier trains at a loss of 0 or crashes inside Keras).
+
+    >>> import keras
+    >>> clf = resolve(keras.Sequential([keras.Input((2,)), keras.layers.Dense(3, "softmax")]))
+    >>> check_targets(clf, np.array([0.25, 0.5]))
+    Traceback (most recent call last):
+    ...
+    compress.errors.CompressError: targets: a classifier needs integer class labels in [0, 3), got real values such as 0.25 (a regression target? give --loss mse, or a model with a linear output)
+    """
+    y = np.asarray(y)
+    if y.size == 0 or y.dtype == object:
+        return
+    units = task.units
+    if task.loss_name == "categorical_crossentropy":  # one-hot targets
+        return
+    if task.kind == CLASSIFICATION and y.ndim <= 2 and int(np.prod(y.shape[1:])) == 1:
+        flat = y.reshape(-1)
+        if not np.issubdtype(flat.dtype, np.number):
+            return
+        bad = ~np.isfinite(flat.astype(np.float64)) | (flat != np.round(flat))
+        if bad.any():
+            raise CompressError(
+                f"targets: a classifier needs integer class labels in [0, {units}), got real "
+                f"values such as {flat[bad][0]:g} (a regression target? give --loss mse, or "
+                "a model with a linear output)")
+        if flat.min() < 0 or (units > 1 and flat.max() >= units):
+            raise CompressError(f"targets: labels go from {flat.min():g} to {flat.max():g} but "
+                                f"the classifier has {units} outputs (classes 0 to "
+                                f"{units - 1})")
+    if task.kind in (BINARY, MULTILABEL) and np.issubdtype(y.dtype, np.number) and (
+            y.min() < 0 or y.max() > 1):
+        raise CompressError(f"targets: a {task.kind} output needs targets in [0, 1], got "
+                            f"{y.min():g} to {y.max():g} (a regression target? give --loss "
+                            "mse)")
