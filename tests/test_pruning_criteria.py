@@ -88,7 +88,7 @@ def test_unit_scores_are_unit_norms_and_summed_obd_saliencies(mlp):
 def test_unknown_criteria_and_missing_calibration_are_refused(mlp):
     model, _ = mlp
     kernel = model.get_layer("fc1").kernel
-    with pytest.raises(CompressError, match="method: must be one of magnitude, obd, got 'snip'"):
+    with pytest.raises(CompressError, match="method: must be one of magnitude, obd, obs, got 'snip'"):
         criteria.saliency_scores(model, [kernel], "snip")
     with pytest.raises(CompressError, match="method 'obd': needs calibration data"):
         criteria.saliency_scores(model, [kernel], "obd")

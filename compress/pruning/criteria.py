@@ -8,6 +8,10 @@ is available to all three (and to ``--method``, whose choices are its keys).
 - ``magnitude``: ``|w|`` (Han et al. 2015), data-free.
 - ``obd``: Optimal Brain Damage, ``h w^2 / 2`` with ``h`` the Hessian diagonal of the
   loss on calibration data (LeCun et al. 1990); see :mod:`compress.pruning.obd`.
+- ``obs``: Optimal Brain Surgeon on each layer's output, ``w^2 / [H^-1]_qq`` with the
+  layer Hessian ``H = 2 X X^T``; as a score alone (this table) it is not compensated:
+  the prune pass's one-shot and iterative schedules prune with compensation
+  (:mod:`compress.pruning.obs`).
 
 Example:
 
@@ -57,8 +61,15 @@ def _obd(model, variables, calibration, estimator, damping, seed):
                         seed=seed)
 
 
+def _obs(model, variables, calibration, estimator, damping, seed):
+    from compress.pruning.obs import obs_saliency
+
+    return obs_saliency(model, variables, calibration[0])
+
+
 CRITERIA = {c.name: c for c in (Criterion("magnitude", False, _magnitude),
-                                Criterion("obd", True, _obd))}
+                                Criterion("obd", True, _obd),
+                                Criterion("obs", True, _obs))}
 
 
 def criterion(method: str) -> Criterion:

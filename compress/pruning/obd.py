@@ -22,6 +22,9 @@ estimators of the diagonal:
 - ``hutchinson``: ``E[v * Hv]`` with Rademacher ``v`` and Hessian-vector products
   (double backpropagation) of the true Hessian; can be negative (clipped at zero).
 - ``fisher``: the empirical Fisher, mean squared per-example gradient at the true labels.
+- ``layer``: the diagonal of each layer's own Hessian ``2 X X^T`` (its output error,
+  not the loss; :mod:`compress.pruning.hessian`): one forward pass, any architecture
+  whose pruned layers it supports, no labels.
 
 Per-example gradients come from one vectorized Jacobian (``tf.vectorized_map``), so a
 pass costs about one to three gradient passes over the data.
@@ -40,7 +43,7 @@ import numpy as np
 
 from compress.errors import CompressError
 
-ESTIMATORS = ("backprop", "gauss_newton", "hutchinson", "fisher")
+ESTIMATORS = ("backprop", "gauss_newton", "hutchinson", "fisher", "layer")
 
 
 def _log_probs(model, x):
@@ -79,6 +82,11 @@ def hessian_diagonal(model, x, y, variables=None, estimator: str = "backprop",
 
     if estimator not in ESTIMATORS:
         raise CompressError(f"estimator '{estimator}': must be one of {', '.join(ESTIMATORS)}")
+    if estimator == "layer":
+        from compress.pruning.hessian import layer_hessians
+
+        vs = list(model.trainable_variables if variables is None else variables)
+        return [h.diagonal() for h in layer_hessians(model, vs, x)]
     x = np.asarray(x)
     y = np.asarray(y).astype("int64").reshape(-1)
     if len(x) == 0 or len(x) != len(y):

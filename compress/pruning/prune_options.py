@@ -18,12 +18,14 @@ from compress.layers import LAYERS_OPTION
 from compress.options import Option, Schema
 from compress.pruning.criteria import CRITERIA
 from compress.pruning.obd import ESTIMATORS
+from compress.task import TASK_OPTIONS
 
 #: The sparsity of the prune pass when neither ``sparsity`` nor ``quality`` is given.
 DEFAULT_SPARSITY = 0.9
 
 PRUNE_OPTIONS = Schema("prune", [
-    Option("method", str, "magnitude", "saliency criterion: |w| or Optimal Brain Damage",
+    Option("method", str, "magnitude", "saliency criterion: |w|, Optimal Brain Damage, or "
+           "Optimal Brain Surgeon (obs: layer by layer, remaining weights compensated)",
            choices=tuple(CRITERIA)),
     # No schema default: the pass tells "not given" (0.9 then) from a --sparsity that
     # --quality would silently override.
@@ -44,12 +46,15 @@ PRUNE_OPTIONS = Schema("prune", [
     Option("quality", float, None, "Han et al.'s per-layer threshold quality x std(w) "
            "(instead of --sparsity; magnitude, unstructured, oneshot or iterative)", low=0.0,
            low_inclusive=False, finite=False),  # resolve_sparsity explains infinity
-    Option("estimator", str, "backprop", "OBD Hessian-diagonal estimator",
-           choices=ESTIMATORS),
+    Option("estimator", str, "backprop", "OBD Hessian-diagonal estimator (layer: the "
+           "diagonal of each layer's Hessian 2XX^T, one forward pass)", choices=ESTIMATORS),
+    Option("damp", float, 0.01, "OBS: dampening added to each layer Hessian's diagonal, "
+           "a fraction of its mean", low=0.0),
     Option("damping", float, 0.0, "OBD: Levenberg-Marquardt damping added to the Hessian "
            "diagonal, relative to each layer's mean (0: plain OBD; large: ranks like "
            "magnitude)", low=0.0),
-    Option("calibration", int, 1024, "training samples used for OBD saliencies", low=1),
+    Option("calibration", int, 1024, "training samples used for OBD/OBS saliencies",
+           low=1),
     Option("epochs", int, 0, "fine-tuning epochs (needs --data)", low=0),
     Option("rounds", int, 3, "prune-retrain rounds of the iterative schedule", low=1),
     Option("learning_rate", float, 5e-4, "fine-tuning learning rate", low=0.0,
@@ -71,6 +76,7 @@ PRUNE_OPTIONS = Schema("prune", [
            "with the best validation accuracy (gradual: only once the final sparsity is "
            "reached)"),
     Option("cosine", bool, False, "fine-tune with a cosine learning-rate decay"),
+    *TASK_OPTIONS,
     Option("seed", int, 0, "seed of fine-tuning and of OBD's random probes (the CLI's --seed)",
            cli=False),
 ])

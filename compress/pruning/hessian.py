@@ -1,0 +1,440 @@
+"""Layer Hessians ``H = 2 X X^T / N`` from calibration inputs, streamed batch by batch.
+
+The layer-wise reconstruction problem of OBC/SparseGPT (Frantar & Alistarh 2022, 2023):
+a layer computing ``y = W x`` (``W``: output units x inputs) whose weights change to
+``W'`` makes the squared error ``||W X - W' X||^2``; its Hessian in each row of ``W`` is
+``H = 2 X X^T``, the same for every output unit. ``X`` holds the layer's inputs over the
+calibration data: the input vectors of a Dense layer (every position of a sequence
+too), the unfolded input patches of a convolution (stride, padding, dilation and groups
+as the layer computes them), one ``k x k`` patch per channel for a depthwise convolution.
+
+A layer is a set of *problems*: a kernel seen as ``G`` matrices ``W[g]`` (rows: output
+units, columns: inputs) each with its own Hessian (``G`` is 1 for Dense, the number of
+groups of a grouped convolution, the number of channels of a depthwise one). A problem
+whose input dimension exceeds ``max_dim`` gets a block-diagonal Hessian (column blocks
+of at most ``max_dim``; ``block_diagonal`` says so), so memory stays bounded at about
+``G * max_dim * d * 8`` bytes.
+
+Supported: Dense, EinsumDense (a 2-D kernel contracting the input's last axis), Conv1D,
+Conv2D (groups too), DepthwiseConv2D, SeparableConv2D (its depthwise part, and its
+pointwise part on the depthwise output). Inputs are captured by hooking the layer's
+``call`` during an ordinary forward pass, so nested and functional models both work.
+
+Example:
+
+>>> hs = layer_hessians(model, [model.get_layer("fc1").kernel], x)   # doctest: +SKIP
+>>> hs[0].matrices(damp=0.01)[0].shape                             # doctest: +SKIP
+(1, 784, 784)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import weakref
+
+import numpy as np
+
+from compress.errors import CompressError
+
+#: Largest input dimension given a dense Hessian (8 * 4096^2 bytes = 128 MiB per block).
+MAX_DIM = 4096
+SUPPORTED = ("Dense", "EinsumDense", "Conv1D", "Conv2D", "DepthwiseConv2D", "SeparableConv2D")
+
+
+@dataclasses.dataclass
+class LayerHessian:
+    """The Hessians of one weight variable's problems.
+
+    Args:
+        layer: the Keras layer. variable: its kernel variable.
+        index: int array ``(G, rows, cols)``: ``W[g] = kernel.ravel()[index[g]]``.
+        splits: list of ``(a, b)`` column ranges with their own Hessian block (one range
+            ``(0, cols)`` unless block-diagonal).
+        sums: list (one per split) of float64 arrays ``(G, b - a, b - a)``: sums of
+            ``2 x x^T`` over the rows seen.
+        rows: int. Input vectors (samples x positions) accumulated.
+        seconds: float. Time spent capturing inputs and accumulating.
+    """
+
+    layer: object
+    variable: object
+    index: np.ndarray
+    splits: list
+    sums: list
+    rows: int = 0
+    seconds: float = 0.0
+    rows_fn: object = None
+    #: ``(model, layer)`` of an uncompressed copy: :func:`accumulate` then also sums
+    #: ``cross = 2 X_ref X^T`` (its inputs against this model's), per split.
+    reference: tuple | None = None
+    cross: list | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.layer.name}/{self.variable.name.split('/')[-1]}"
+
+    @property
+    def block_diagonal(self) -> bool:
+        return len(self.splits) > 1
+
+    @property
+    def nbytes(self) -> int:
+        return int(sum(s.nbytes for s in self.sums))
+
+    def matrices(self, damp: float = 0.0) -> list:
+        """Mean Hessians ``2 X X^T / N``, one ``(G, b, b)`` array per split, with
+        ``damp * mean(diagonal)`` added to each diagonal."""
+        out = []
+        for s in self.sums:
+            h = s / max(self.rows, 1)
+            if damp:
+                diag = np.einsum("gii->gi", h)
+                h = h + damp * diag.mean(axis=1)[:, None, None] * np.eye(h.shape[-1])
+            out.append(h)
+        return out
+
+    def diagonal(self) -> np.ndarray:
+        """``H_qq`` spread over the kernel's shape (every weight reading input ``q``)."""
+        diag = np.concatenate([np.einsum("gii->gi", s) for s in self.sums], axis=1)
+        diag = diag / max(self.rows, 1)
+        out = np.zeros(int(np.prod(self.variable.shape)))
+        out[self.index] = np.broadcast_to(diag[:, None, :], self.index.shape)
+        return out.reshape(tuple(self.variable.shape))
+
+    def info(self) -> dict:
+        g, _, cols = self.index.shape
+        return {"weight": self.name, "inputs": int(cols), "problems": int(g),
+                "rows": int(self.rows), "block_diagonal": self.block_diagonal,
+                "hessian_bytes": self.nbytes, "seconds": round(self.seconds, 4)}
+
+
+def owner(model, variable):
+    """``(layer, role)``: the leaf layer holding ``variable`` and which weight it is
+    (``"kernel"``, ``"depthwise"``, ``"pointwise"``).
+
+    Raises:
+        CompressError: the variable belongs to no leaf layer of the model.
+    """
+    from compress.pruning.masks import _leaves
+
+    for layer in _leaves(model):
+        for attr, role in (("kernel", "kernel"), ("depthwise_kernel", "depthwise"),
+                           ("pointwise_kernel", "pointwise")):
+            var = getattr(layer, attr, None)
+            if var is not None and var is variable:
+                if type(layer).__name__ == "SeparableConv2D" and role == "kernel":
+                    continue
+                return layer, role
+        if any(v is variable for v in layer.weights):
+            raise _unsupported(layer, f"weight '{variable.name}' is not a kernel of "
+                               f"{', '.join(SUPPORTED)}")
+    raise CompressError(f"layer Hessian: weight '{variable.name}' is not a kernel of a "
+                        f"layer of model '{model.name}'")
+
+
+def _unsupported(layer, why: str) -> CompressError:
+    return CompressError(f"layer '{layer.name}' ({type(layer).__name__}): {why}; its layer "
+                         "Hessian cannot be formed, leave it out with --layers")
+
+
+def _problem(layer, role, max_dim):
+    """``(index, splits, rows_fn)`` of one kernel; ``rows_fn(a)`` turns the layer's input
+    batch into a ``(G, n, cols)`` float32 tensor of input vectors."""
+    import tensorflow as tf
+
+    kind = type(layer).__name__
+    if kind not in SUPPORTED:
+        raise _unsupported(layer, f"supported layers are {', '.join(SUPPORTED)}")
+    if getattr(layer, "data_format", "channels_last") != "channels_last":
+        raise _unsupported(layer, "channels_first data")
+    if getattr(layer, "lora_enabled", False) or getattr(layer, "quantization_mode", None):
+        raise _unsupported(layer, "a LoRA or quantized kernel")
+    var = {"kernel": layer.kernel if kind != "SeparableConv2D" else None,
+           "depthwise": getattr(layer, "depthwise_kernel", None),
+           "pointwise": getattr(layer, "pointwise_kernel", None)}[role]
+    shape = tuple(var.shape)
+    size = int(np.prod(shape))
+
+    if kind in ("Dense", "EinsumDense"):
+        if kind == "EinsumDense":
+            lhs, rest = layer.equation.split(",")
+            kern, out = rest.split("->")
+            if len(shape) != 2 or kern[0] != lhs[-1] or kern[0] in out or kern[1] != out[-1]:
+                raise _unsupported(layer, f"equation '{layer.equation}' (only a 2-D kernel "
+                                   "contracting the input's last axis)")
+        d_in, d_out = shape
+        index = np.arange(size).reshape(d_in, d_out).T[None]
+
+        def rows_fn(a):
+            return tf.reshape(tf.cast(a, "float32"), (1, -1, d_in))
+    elif kind in ("Conv1D", "Conv2D") or (kind == "SeparableConv2D" and role == "depthwise") \
+            or kind == "DepthwiseConv2D":
+        depthwise = kind in ("DepthwiseConv2D", "SeparableConv2D")
+        ksize = shape[:-2]
+        rank = len(ksize)
+        if rank not in (1, 2):
+            raise _unsupported(layer, f"a {rank}-D kernel")
+        groups = int(getattr(layer, "groups", 1) or 1)
+        c_in, c_out = shape[-2], shape[-1]
+        k = int(np.prod(ksize))
+        flat = np.arange(size).reshape(k, c_in, c_out)
+        if depthwise:  # channel c: W[c] = (multiplier, k)
+            index = np.transpose(flat, (1, 2, 0))
+        else:  # group g: W[g] = (c_out / G, k * c_in) over its own inputs
+            cog = c_out // groups
+            index = np.stack([flat[:, :, g * cog:(g + 1) * cog].reshape(k * c_in, cog).T
+                              for g in range(groups)])
+        strides = tuple(np.broadcast_to(layer.strides, (rank,)))
+        dilation = tuple(np.broadcast_to(layer.dilation_rate, (rank,)))
+        padding = layer.padding
+        if rank == 1:
+            ksize, strides, dilation = (1, *ksize), (1, *strides), (1, *dilation)
+
+        def rows_fn(a):
+            a = tf.cast(a, "float32")
+            pad = padding
+            if rank == 1:
+                if padding == "causal":
+                    a = tf.pad(a, [[0, 0], [dilation[1] * (ksize[1] - 1), 0], [0, 0]])
+                    pad = "valid"
+                a = a[:, None]
+            p = tf.image.extract_patches(a, [1, *ksize, 1], [1, *strides, 1],
+                                         [1, *dilation, 1], pad.upper())
+            c = a.shape[-1]
+            p = tf.reshape(p, (-1, k, c))  # (n, k, channels), channels minor
+            if depthwise:
+                return tf.transpose(p, (2, 0, 1))  # (channels, n, k)
+            p = tf.reshape(p, (-1, k, groups, c // groups))
+            return tf.reshape(tf.transpose(p, (2, 0, 1, 3)), (groups, -1, k * (c // groups)))
+    else:  # SeparableConv2D pointwise: a 1x1 convolution of the depthwise output
+        d_in, d_out = shape[-2], shape[-1]
+        index = np.arange(size).reshape(d_in, d_out).T[None]
+
+        def rows_fn(a):
+            from keras import ops
+
+            y = ops.depthwise_conv(tf.cast(a, "float32"), tf.cast(layer.depthwise_kernel,
+                                                                  "float32"),
+                                   layer.strides, layer.padding, layer.data_format,
+                                   layer.dilation_rate)
+            return tf.reshape(y, (1, -1, d_in))
+    cols = index.shape[-1]
+    nblocks = -(-cols // max_dim)
+    width = -(-cols // nblocks)
+    width += -width % 4  # keep N:M groups of 4 inside one block
+    splits = [(a, min(a + width, cols)) for a in range(0, cols, width)]
+    return index, splits, rows_fn
+
+
+# model -> {(variable ids, splits): traced step or None}: repeated passes reuse one trace.
+_TRACED = weakref.WeakKeyDictionary()
+
+
+class _Stop(Exception):
+    """Raised by a hook once the captured layer has run: the rest of the model is skipped."""
+
+
+def _batches(x, batch_size):
+    import keras
+
+    leaves = keras.tree.flatten(x)
+    n = len(leaves[0])
+    for start in range(0, n, batch_size):
+        cut = slice(start, start + batch_size)
+        yield keras.tree.map_structure(lambda a, cut=cut: a[cut], x)
+
+
+def _forward(model, hooks, xb, stop_layer=None):
+    """Run ``model`` on one batch calling ``hooks[id(layer)](input)`` inside each hooked
+    layer's call; stops right after ``stop_layer`` ran."""
+    from compress.pruning.masks import _leaves
+
+    patched = []
+    for layer in _leaves(model):
+        fn = hooks.get(id(layer))
+        if fn is None:
+            continue
+        original = layer.call
+
+        def hooked(*args, _fn=fn, _orig=original, _layer=layer, **kwargs):
+            _fn(args[0] if args else kwargs["inputs"])
+            out = _orig(*args, **kwargs)
+            if _layer is stop_layer:
+                raise _Stop
+            return out
+
+        layer.call = hooked
+        patched.append(layer)
+    try:
+        model(xb, training=False)
+    except _Stop:
+        pass
+    finally:
+        for layer in patched:
+            del layer.call
+
+
+def accumulate(model, hessians: list, x, batch_size: int = 128, stop_early: bool = True):
+    """Add the calibration inputs ``x`` (streamed ``batch_size`` samples at a time) into
+    each of ``hessians`` (:class:`LayerHessian`), with one forward pass per batch."""
+    import tensorflow as tf
+
+    fns = {}
+    by_layer = {}
+    for h in hessians:
+        by_layer.setdefault(id(h.layer), []).append(h)
+    for key, hs in by_layer.items():
+        def hook(a, _hs=hs):
+            for h in _hs:
+                rows = h.rows_fn(a)
+                h.rows += int(rows.shape[1])
+                for i, (lo, hi) in enumerate(h.splits):
+                    part = rows[:, :, lo:hi]
+                    h.sums[i] += 2.0 * tf.einsum("gni,gnj->gij", part, part).numpy()
+                    if h.reference is not None:
+                        ref = h.pending[:, :, lo:hi]
+                        h.cross[i] += 2.0 * tf.einsum("gni,gnj->gij", ref, part).numpy()
+        fns[key] = hook
+    if not stop_early and not any(h.reference for h in hessians) and \
+            _accumulate_traced(model, hessians, x, batch_size):
+        return
+    single = hessians[0].layer if len(by_layer) == 1 else None
+    if single is not None and len(getattr(single, "_inbound_nodes", [])) > 1:
+        single = None  # a shared layer: every call counts, run the whole model
+    refs = [h for h in hessians if h.reference is not None]
+    for xb in _batches(x, batch_size):
+        t0 = time.perf_counter()
+        for h in refs:  # the uncompressed inputs of the same samples, before this model's
+            got = []
+            _forward(h.reference[0], {id(h.reference[1]): got.append}, xb,
+                     stop_layer=h.reference[1])
+            h.pending = h.rows_fn(got[0])
+        _forward(model, fns, xb, stop_layer=single if stop_early else None)
+        spent = time.perf_counter() - t0
+        for h in hessians:  # the forward pass and the products, shared by its layers
+            h.seconds += spent / len(hessians)
+
+
+def _accumulate_traced(model, hessians, x, batch_size) -> bool:
+    """:func:`accumulate` through one traced function per run: a Keras model from the
+    model's inputs to every layer's input. False (nothing done) when a layer is not a
+    node of the model's own graph (nested models, shared layers): hooks then."""
+    import keras
+    import tensorflow as tf
+
+    key = tuple((id(h.variable), tuple(h.splits)) for h in hessians)
+    cache = _TRACED.setdefault(model, {})
+    if key not in cache:
+        layers = list({id(h.layer): h.layer for h in hessians}.values())
+        try:
+            feat = keras.Model(model.inputs, [layer.input for layer in layers])
+        except Exception:  # noqa: BLE001 - any graph Keras cannot cut: fall back to hooks
+            cache[key] = None
+            return False
+        pos = {id(layer): i for i, layer in enumerate(layers)}
+        plan = [(pos[id(h.layer)], h.rows_fn, list(h.splits)) for h in hessians]
+
+        @tf.function(reduce_retracing=True)
+        def step(xb):
+            acts = feat(xb, training=False)
+            acts = acts if isinstance(acts, (list, tuple)) else [acts]
+            out = []
+            for at, rows_fn, splits in plan:
+                rows = rows_fn(acts[at])
+                out.append([tf.shape(rows)[1]] + [
+                    2.0 * tf.einsum("gni,gnj->gij", rows[:, :, lo:hi], rows[:, :, lo:hi])
+                    for lo, hi in splits])
+            return out
+
+        cache[key] = step
+    step = cache[key]
+    if step is None:
+        return False
+
+    for xb in _batches(x, batch_size):
+        t0 = time.perf_counter()
+        for h, (n, *sums) in zip(hessians, step(xb)):
+            h.rows += int(n)
+            for i, s in enumerate(sums):
+                h.sums[i] += s.numpy()
+        spent = time.perf_counter() - t0
+        for h in hessians:
+            h.seconds += spent / len(hessians)
+    return True
+
+
+def new_hessian(model, variable, max_dim: int = MAX_DIM, reference=None) -> LayerHessian:
+    """An empty :class:`LayerHessian` for ``variable`` (a kernel of ``model``);
+    ``reference``: an uncompressed copy of ``model`` whose inputs to the same layer are
+    the target (``cross`` is then accumulated too)."""
+    from compress.pruning.masks import _leaves
+
+    layer, role = owner(model, variable)
+    index, splits, rows_fn = _problem(layer, role, max_dim)
+    g = index.shape[0]
+    zeros = [np.zeros((g, hi - lo, hi - lo)) for lo, hi in splits]
+    h = LayerHessian(layer, variable, index, splits, zeros, rows_fn=rows_fn)
+    if reference is not None:
+        mine, theirs = _leaves(model), _leaves(reference)
+        at = next(i for i, la in enumerate(mine) if la is layer)
+        if len(mine) != len(theirs) or type(theirs[at]) is not type(layer):
+            raise CompressError(f"layer Hessian: reference model '{reference.name}' does not "
+                                f"have the layers of '{model.name}'")
+        h.reference = (reference, theirs[at])
+        h.cross = [np.zeros_like(z) for z in zeros]
+    return h
+
+
+def check_calibration(model, x, where: str = "layer Hessian") -> None:
+    """Refuse calibration inputs that do not fit the model (one line)."""
+    import keras
+
+    leaves = keras.tree.flatten(x)
+    if not leaves or len(leaves[0]) == 0:
+        raise CompressError(f"{where}: no calibration samples; give --data")
+    for a, spec in zip(leaves, model.inputs):
+        want = tuple(spec.shape[1:])
+        have = tuple(np.shape(a)[1:])
+        if len(want) != len(have) or any(w is not None and w != h for w, h in zip(want, have)):
+            raise CompressError(f"{where}: calibration samples have shape {have} but model "
+                                f"'{model.name}' takes {want}")
+
+
+def layer_hessians(model, variables, x, *, max_dim: int = MAX_DIM,
+                   batch_size: int = 128) -> list:
+    """The :class:`LayerHessian` of each kernel in ``variables`` from one forward pass
+    per batch over ``x`` (the inputs of the model as it is now: not sequential).
+
+    Example:
+
+    >>> [h.info()["inputs"] for h in layer_hessians(model, kernels, x)]  # doctest: +SKIP
+    [784, 300, 100]
+
+    Args:
+        model: a Keras model. variables: kernels of its supported layers.
+        x: calibration inputs shaped for the model (arrays, or their structure).
+        max_dim: int, default :data:`MAX_DIM`. Input dimensions above it get a
+            block-diagonal Hessian.
+        batch_size: int, default 128. Samples per forward pass.
+
+    Raises:
+        CompressError: an unsupported layer, or inputs that do not fit the model.
+    """
+    check_calibration(model, x)
+    hs = [new_hessian(model, v, max_dim) for v in variables]
+    accumulate(model, hs, x, batch_size, stop_early=False)
+    return hs
+
+
+def diagonal_saliency(model, variables, x, **kwargs) -> list:
+    """OBD saliencies ``w^2 H_qq / 2`` from the layer Hessians' diagonals (the
+    ``layer`` estimator of ``--method obd``: one forward pass).
+
+    Example:
+
+    >>> s = diagonal_saliency(model, [model.get_layer("fc1").kernel], x)  # doctest: +SKIP
+    """
+    hs = layer_hessians(model, variables, x, **kwargs)
+    return [0.5 * h.diagonal() * np.square(np.asarray(h.variable, dtype="float64"))
+            for h in hs]
