@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export TF_CPP_MIN_LOG_LEVEL ?= 3
 export PIP_DISABLE_PIP_VERSION_CHECK = 1
 
-.PHONY: install demo test test-fast bench bench-quick lint clean
+.PHONY: install demo test test-fast bench bench-quick bench-zoo lint clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,11 @@ bench: install
 
 bench-quick: install
 	$(PY) -m bench --quick
+
+# The model zoo (issue 19) is a part of its own: 30-45 minutes on 2 cores. It rewrites
+# docs/models.md; its section goes to bench/out/BENCHMARKS.zoo.md.
+bench-zoo: install
+	$(PY) -m bench --only zoo --out bench/out/BENCHMARKS.zoo.md
 
 lint: install
 	$(VENV)/bin/ruff check compress tests bench

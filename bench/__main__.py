@@ -10,7 +10,9 @@ default of ``--quick``, N = 2) every case runs in one of N child processes, whic
 cases one by one from a shared queue. Children send their sections and shared facts back
 as JSON; the cases that summarise others (the published-results table) run last in this
 process. A case that fails is reported in the output with its error and the run exits
-non-zero after finishing the others.
+non-zero after finishing the others. A case marked ``separate = True`` (the model zoo,
+30-45 minutes) is a part of its own: a full run leaves it out; ``--only NAME`` (``make
+bench-zoo``) runs it, and quick runs include it.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # this order: the dense baselines first (the cases after it find them trained), then the
 # longest first, so that no long case starts last and runs alone at the end.
 UNTIMED = ("baselines", "distillation", "sharing-hash", "pruning", "quantization-qat-pruned",
-           "export-parity", "sharing-kmeans")
+           "export-parity", "sharing-kmeans", "tasks-regression")
 # Quick mode runs every case in parallel, longest first (case times of the last quick run).
 # Quick baselines take seconds; a case that needs one before it exists trains its own.
 QUICK_ORDER = ("tfmot-head-to-head", "quantization-qat-pruned", "distillation", "sharing-hash",
@@ -101,6 +103,8 @@ def main(argv=None) -> int:
         print("\n".join(cases))
         return 0
     names = args.only or list(cases)
+    if not args.only and not args.quick:  # parts of their own (make bench-zoo) stay out
+        names = [n for n in names if not getattr(cases[n], "separate", False)]
     unknown = [n for n in names if n not in cases]
     if unknown:
         print(f"error: unknown case(s): {', '.join(unknown)} (see --list)", file=sys.stderr)

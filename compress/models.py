@@ -96,6 +96,82 @@ def cnn4(input_shape=(28, 28, 1), num_classes=10, width=1.0):
 
 BUILDERS = {"lenet300": lenet300, "lenet5": lenet5, "small-cnn": small_cnn, "cnn4": cnn4}
 
+# The smallest member of each keras.applications family (Keras 3.15 ships no RegNet or
+# ResNetRS), its smallest input side (Inception 75, Xception 71) and width options.
+APPLICATIONS = {
+    "ConvNeXtTiny": (32, {}), "DenseNet121": (32, {}), "EfficientNetB0": (32, {}),
+    "EfficientNetV2B0": (32, {}), "InceptionResNetV2": (75, {}), "InceptionV3": (75, {}),
+    "MobileNet": (32, {"alpha": 0.25}), "MobileNetV2": (32, {"alpha": 0.35}),
+    "MobileNetV3Small": (32, {}), "MobileNetV3Large": (32, {}), "NASNetMobile": (32, {}),
+    "ResNet50": (32, {}), "ResNet50V2": (32, {}), "VGG16": (32, {}), "Xception": (71, {}),
+}
+
+
+def application(name: str, size: int | None = None, num_classes: int = 10,
+                calibration=None, **kwargs):
+    """A ``keras.applications`` architecture with random weights (nothing downloaded).
+
+    With ``calibration`` (images shaped like the input), every BatchNormalization's
+    moving mean and variance are set to the statistics of that batch: a randomly
+    initialised EfficientNet or MobileNetV3 otherwise outputs a softmax uniform to
+    1e-7 (every class tied), on which no top-1 comparison means anything.
+
+    Example:
+
+    >>> model = application("MobileNetV3Small", 32)                   # doctest: +SKIP
+    >>> model.output.shape                                          # doctest: +SKIP
+    (None, 10)
+
+    Args:
+        name: str. A key of :data:`APPLICATIONS` or any ``keras.applications`` name.
+        size: int or None. Input side; default the family's smallest in ``APPLICATIONS``
+            (32 elsewhere).
+        num_classes: int, default 10. Classes of the softmax head.
+        calibration: array or None. Images ``(n, size, size, 3)`` for the BatchNorm
+            statistics.
+        **kwargs: further arguments of the application (``alpha``, ``include_top``...).
+    """
+    import keras
+
+    builder = getattr(keras.applications, name, None)
+    if builder is None or not callable(builder):
+        raise CompressError(f"model '{name}': not a keras.applications architecture")
+    default, options = APPLICATIONS.get(name, (32, {}))
+    side = size or default
+    top = kwargs.get("include_top", True)
+    model = builder(weights=None, input_shape=(side, side, 3),
+                    **({"classes": num_classes} if top else {}), **{**options, **kwargs})
+    if calibration is not None:
+        recalibrate_batchnorm(model, calibration)
+    return model
+
+
+def recalibrate_batchnorm(model, x) -> None:
+    """Set every BatchNormalization's moving statistics (nested models too) to those of
+    the batch ``x`` (one forward pass in training mode with momentum 0)."""
+    import keras
+    import numpy as np
+
+    norms = [la for la in _leaves(model) if isinstance(la, keras.layers.BatchNormalization)]
+    momenta = [la.momentum for la in norms]
+    for la in norms:
+        la.momentum = 0.0
+    try:
+        model(np.asarray(x, "float32"), training=True)
+    finally:
+        for la, m in zip(norms, momenta):
+            la.momentum = m
+
+
+def _leaves(model):
+    import keras
+
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            yield from _leaves(layer)
+        else:
+            yield layer
+
 
 def build(name: str, input_shape=(28, 28, 1), num_classes=10, width=1.0):
     """Build a named model (``lenet300``, ``lenet5``, ``small-cnn``)."""

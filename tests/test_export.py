@@ -105,3 +105,44 @@ def test_format_for_an_output_path():
     assert export.format_for("m.tflite", {"format": "onnx"}) == "onnx"  # the suffix check
     with pytest.raises(CompressError, match="m.bin: cannot tell the format"):  # is io's
         export.format_for("m.bin", {})
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "tflite"])
+def test_export_copy_handles_grouped_convs_normalization_gelu_and_float16(tmp_path, fmt):
+    # Each of these failed in a converter (tf2onnx: Normalization's captured statistics
+    # became missing inputs, a grouped conv's XLA function an invalid graph, GELU's Erfc
+    # an unknown op; mixed_float16 failed parity or needed Flex ops). The artifact is
+    # made from an equivalent float32 copy, verified, and the report says so.
+    import keras
+
+    layers = keras.layers
+    policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        inp = keras.Input((8, 8, 4))
+        h = layers.Normalization(mean=[0.5, 0.2, 0.1, 0.0], variance=[4.0, 1.0, 0.25, 1.0],
+                                 name="norm")(inp)
+        h = layers.Conv2D(8, 3, padding="same", groups=2, name="grouped")(h)
+        h = layers.Conv2D(8, 3, padding="same", groups=8, name="depthwise_as_groups")(h)
+        h = layers.Dense(8, activation="gelu", name="pointwise")(h)
+        h = layers.GlobalAveragePooling2D()(h)
+        out = layers.Dense(5, activation="softmax", dtype="float32", name="probs")(h)
+        model = keras.Model(inp, out)
+    finally:
+        keras.config.set_dtype_policy(policy)
+    copy, notes = export.export_copy(model, fmt)
+    assert len(notes) == 3 + (fmt == "onnx")  # float32, grouped, Normalization (+ GELU)
+    assert copy.get_layer("depthwise_as_groups").__class__.__name__ == "DepthwiseConv2D"
+    assert copy.get_layer("grouped").groups == 1
+    assert all(la.dtype_policy.name == "float32" for la in copy.layers)
+    x = np.random.default_rng(0).normal(size=(32, 8, 8, 4)).astype("float32")
+    np.testing.assert_allclose(copy(x).numpy(), model(x).numpy(), atol=2e-2)
+    check = export.export(model, tmp_path / f"m.{fmt}", x=x)
+    assert check["max_abs_diff"] <= 1e-4 and check["top1_agreement"] == 1.0
+    assert "float32 copy (the model computes in mixed_float16)" in check["export_copy"]
+    assert "grouped convolutions" in check["export_copy"] and "Normalization" in \
+        check["export_copy"]
+    assert ("GELU" in check["export_copy"]) == (fmt == "onnx")
+    assert 0.0 < check["copy_max_abs_diff"] < 2e-2
+    plain = keras.Sequential([keras.Input((4,)), layers.Dense(2)])
+    assert export.export_copy(plain) == (plain, [])  # nothing to change: no copy

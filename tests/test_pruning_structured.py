@@ -110,3 +110,74 @@ def test_half_channels_per_conv_and_rebuilt_equals_masked_model_bn_ranking():
     x = rng.normal(size=(6, 12, 12, 1)).astype("float32")
     np.testing.assert_allclose(small(x).numpy(), masked(x).numpy(), rtol=1e-4, atol=1e-5)
     assert small.count_params() < model.count_params() / 2
+
+
+def _dependency_model():
+    """Residual, squeeze-and-excitation, hard-swish ``keras.ops``, depthwise and grouped
+    convolutions, Reshape, a Dense on a 4-D tensor with layer scale, and a nested model:
+    every kind of channel dependency of MobileNetV3, EfficientNet and ConvNeXt."""
+    from keras.src.applications.convnext import LayerScale
+
+    layers = keras.layers
+    inner_in = keras.Input((6, 6, 8))
+    d = layers.DepthwiseConv2D(3, padding="same", use_bias=False, name="dw")(inner_in)
+    g = layers.Conv2D(8, 3, padding="same", groups=8, use_bias=False, name="gconv")(d)
+    se = layers.GlobalAveragePooling2D(name="squeeze_pool")(g)
+    se = layers.Reshape((1, 1, 8), name="se_reshape")(se)
+    se = layers.Conv2D(4, 1, activation="relu", name="sq")(se)
+    se = layers.Conv2D(8, 1, activation="sigmoid", name="ex")(se)
+    block = keras.Model(inner_in, layers.Multiply(name="se_mul")([g, se]), name="block")
+
+    inp = keras.Input((6, 6, 3))
+    a = layers.Conv2D(8, 1, name="c1")(inp)
+    hard_sigmoid = layers.ReLU(6.0)(a + 3.0) * (1.0 / 6.0)  # keras.ops, as MobileNetV3
+    a = layers.Multiply(name="hard_swish")([a, hard_sigmoid])
+    m = block(a)
+    e = layers.Dense(8, name="pw")(m)  # a pointwise Dense on the 4-D tensor (ConvNeXt)
+    e = LayerScale(1.0, 8, name="layer_scale")(e)
+    r = layers.Add(name="residual")([m, e])
+    out = layers.Dense(3, name="out")(layers.GlobalAveragePooling2D(name="pool")(r))
+    return keras.Model(inp, out, name="dependencies")
+
+
+def test_dependency_groups_remove_aligned_channels_exactly():
+    # Channels 1, 2, 5, 6 are silenced in every producer of the residual group (c1, ex,
+    # pw) and two squeeze units in sq: they carry nothing, so removing them through the
+    # hard-swish ops, the nested block's depthwise/grouped convolutions and SE multiply,
+    # the 4-D Dense, the layer scale and the residual Add changes no output.
+    keras.utils.set_random_seed(0)
+    model = _dependency_model()
+    dead = [1, 2, 5, 6]
+    _kill(model.get_layer("c1"), dead)
+    block = model.get_layer("block")
+    _kill(block.get_layer("ex"), dead)
+    _kill(block.get_layer("sq"), [0, 3])
+    _kill(model.get_layer("pw"), dead)
+    x = np.random.default_rng(0).normal(size=(4, 6, 6, 3)).astype("float32")
+    small, info = prune_units(model, 0.5)
+    assert info["units"] == {"c1": [8, 4], "sq": [4, 2], "ex": [8, 4], "pw": [8, 4],
+                             "out": [3, 3]}
+    assert info["not_pruned"] == {"reaches the model output": ["out"]}
+    np.testing.assert_allclose(small(x).numpy(), model(x).numpy(), atol=1e-5)
+    inner = small.get_layer("block")  # nesting kept, inner layers resized
+    assert inner.get_layer("gconv").groups == 4 and inner.get_layer("dw").kernel.shape[2] == 4
+    assert small.get_layer("layer_scale").gamma.shape == (4,)
+    assert small.count_params() < 0.6 * model.count_params()
+
+
+def test_layers_that_cannot_be_resized_are_named_not_skipped():
+    # A Conv2DTranspose (a layer kind the dependency graph does not resize) keeps the
+    # channels feeding it whole, and the report says which producers and why.
+    layers = keras.layers
+    inp = keras.Input((6, 6, 3))
+    a = layers.Conv2D(8, 3, padding="same", name="c1")(inp)
+    b = layers.Conv2DTranspose(8, 3, padding="same", name="up")(a)
+    c = layers.Conv2D(8, 3, padding="same", name="c2")(b)
+    out = layers.Dense(2, name="out")(layers.Flatten()(c))
+    small, info = prune_units(keras.Model(inp, out), 0.5)
+    assert info["units"]["c2"] == [8, 4] and info["units"]["c1"] == [8, 8]
+    assert info["not_pruned"] == {
+        "feeds 'up' (Conv2DTranspose), which structured pruning cannot resize": ["c1"],
+        "reaches the model output": ["out"]}
+    assert "c1" in info["kept_whole"] and "up" in info["kept_whole"]
+    assert small.output.shape == (None, 2)

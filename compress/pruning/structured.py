@@ -1,20 +1,28 @@
 """Structured pruning: remove whole units, filters and channels and rebuild smaller layers.
 
-Every producer of channels (``Dense``, ``Conv1D/2D/3D``, ``SeparableConv*``) gets a
-channel group. Groups flow through channel-preserving layers (activations,
-normalization, pooling, dropout, depthwise convolutions); ``Add``/``Multiply``-style
-merges join the groups of their inputs (channels that must stay aligned are pruned
-together), ``Concatenate`` stacks them, ``Flatten`` maps each channel to its positions.
-Groups that reach a model output or an unknown layer are kept whole. The lowest-scoring
-channels of each group are removed (score: unit L1/L2 norm, or OBD saliency summed over
-the unit, over every producer in the group) and the model is rebuilt with smaller
-layers and sliced weights: a smaller plain Keras model, faster at batch 1.
+The model's operation graph (:mod:`compress.pruning.graph`, nested models walked into)
+becomes a dependency graph of channel groups, as in Torch-Pruning: every producer of
+channels (``Dense``, ``Conv1D/2D/3D``, ``SeparableConv*``) starts a group; groups flow
+through channel-wise layers and ops (activations, ``keras.ops`` elementwise functions,
+Batch/LayerNormalization, pooling, dropout, depthwise and channel-grouped convolutions,
+layer scale, channel-preserving ``Reshape``); residual ``Add``/``Subtract``/``Multiply``
+(squeeze-and-excitation) merges join the groups of their inputs, so channels that must
+stay aligned are removed together; ``Concatenate`` stacks them and ``Flatten`` maps each
+channel to its positions. A ``Dense`` acting on the last axis of a 4-D tensor (ConvNeXt's
+pointwise layers) is a producer like any other. Groups that reach a model output or a
+layer that cannot be resized are kept whole, and ``info["not_pruned"]`` names each such
+producer and why: nothing is skipped silently. The lowest-scoring channels of each group
+are removed (score: unit L1/L2 norm, or OBD saliency summed over the unit, over every
+producer in the group) and the model is rebuilt with smaller layers and sliced weights,
+nesting kept: a smaller plain Keras model, faster at batch 1.
 
 Example:
 
 >>> small, info = prune_units(model, 0.5)    # doctest: +SKIP
 >>> info["units"]                            # doctest: +SKIP
 {'conv1': [32, 16], 'conv2': [64, 32], 'conv3': [64, 32]}
+>>> info["not_pruned"]                       # doctest: +SKIP
+{'reaches the model output': ['predictions']}
 """
 
 from __future__ import annotations
@@ -24,29 +32,38 @@ import numpy as np
 from compress.errors import CompressError
 from compress.layers import select_layers
 from compress.pruning.criteria import criterion, unit_scores
+from compress.pruning.graph import fresh, rebuild, trace
 
 PRODUCERS = ("Dense", "Conv1D", "Conv2D", "Conv3D", "SeparableConv1D", "SeparableConv2D")
-PRESERVING = ("BatchNormalization", "LayerNormalization", "Activation", "ReLU", "LeakyReLU",
+PRESERVING = ("BatchNormalization", "Activation", "ReLU", "LeakyReLU",
               "PReLU", "ELU", "Softmax", "Dropout", "SpatialDropout1D", "SpatialDropout2D",
-              "SpatialDropout3D", "GaussianNoise", "GaussianDropout", "MaxPooling1D",
-              "MaxPooling2D", "MaxPooling3D", "AveragePooling1D", "AveragePooling2D",
-              "AveragePooling3D", "GlobalAveragePooling1D", "GlobalAveragePooling2D",
-              "GlobalAveragePooling3D", "GlobalMaxPooling1D", "GlobalMaxPooling2D",
-              "GlobalMaxPooling3D", "ZeroPadding1D", "ZeroPadding2D", "ZeroPadding3D",
-              "UpSampling1D", "UpSampling2D", "UpSampling3D", "Cropping1D", "Cropping2D",
-              "Cropping3D", "DepthwiseConv1D", "DepthwiseConv2D", "Identity",
-              "ActivityRegularization")
-MERGES = ("Add", "Subtract", "Multiply", "Maximum", "Minimum", "Average")
+              "SpatialDropout3D", "GaussianNoise", "GaussianDropout", "AlphaDropout",
+              "MaxPooling1D", "MaxPooling2D", "MaxPooling3D", "AveragePooling1D",
+              "AveragePooling2D", "AveragePooling3D", "GlobalAveragePooling1D",
+              "GlobalAveragePooling2D", "GlobalAveragePooling3D", "GlobalMaxPooling1D",
+              "GlobalMaxPooling2D", "GlobalMaxPooling3D", "ZeroPadding1D", "ZeroPadding2D",
+              "ZeroPadding3D", "UpSampling1D", "UpSampling2D", "UpSampling3D", "Cropping1D",
+              "Cropping2D", "Cropping3D", "Identity", "ActivityRegularization",
+              "StochasticDepth", "LayerScale", "LayerNormalization")
+# keras.ops functions applied elementwise (one tensor in, same shape out).
+ELEMENTWISE_OPS = ("Relu", "Relu6", "Sigmoid", "HardSigmoid", "HardSilu", "HardSwish", "Silu",
+                   "Swish", "Gelu", "Elu", "Selu", "LeakyRelu", "Softplus", "Softsign",
+                   "Mish", "LogSigmoid", "Tanh", "Abs", "Absolute", "Negative", "Exp",
+                   "Log", "Sqrt", "Square", "Clip", "Cast", "Sign", "Sin", "Cos", "Erf",
+                   "Identity", "Reciprocal", "Rsqrt", "Softmax")
+MERGES = ("Add", "Subtract", "Multiply", "Maximum", "Minimum", "Average", "Divide",
+          "TrueDivide")
+CHANNEL_CONFIG = {"LayerScale": "projection_dim"}  # config keys holding the channel count
 
 
 class _Groups:
-    """Union-find over channel groups; a group marked fixed is never pruned."""
+    """Union-find over channel groups; a fixed group is never pruned (with the reason)."""
 
     def __init__(self):
-        self.parent, self.fixed, self.size = {}, set(), {}
+        self.parent, self.reason = {}, {}
 
-    def new(self, key, size):
-        self.parent[key], self.size[key] = key, size
+    def new(self, key):
+        self.parent[key] = key
         return key
 
     def find(self, key):
@@ -59,57 +76,150 @@ class _Groups:
         ra, rb = self.find(a), self.find(b)
         if ra != rb:
             self.parent[rb] = ra
-            if rb in self.fixed:
-                self.fixed.add(ra)
+            if rb in self.reason and ra not in self.reason:
+                self.reason[ra] = self.reason[rb]
 
-    def fix(self, key):
-        self.fixed.add(self.find(key))
+    def fix(self, key, reason):
+        self.reason.setdefault(self.find(key), reason)
 
-
-def _segments_fix(groups, segs):
-    for g, _ in segs:
-        if g is not None:
-            groups.fix(g)
+    def fixed(self, key):
+        return self.find(key) in self.reason
 
 
-def _graph(model):
-    """``(layers in order, {layer name: [input layer names]}, output layer names)``."""
-    import keras
+class _Flat:
+    """The segments of a tensor flattened by ``Flatten``: ``spatial`` positions each."""
 
-    if isinstance(model, keras.Sequential):
-        layers = list(model.layers)
-        inbound, prev = {}, None
-        for layer in layers:
-            inbound[layer.name] = [prev] if prev else ["__input__"]
-            prev = layer.name
-        return layers, inbound, [layers[-1].name]
-    layers = [la for la in model.layers if type(la).__name__ != "InputLayer"]
-    inbound = {}
-    for layer in layers:
-        nodes = layer._inbound_nodes
-        if len(nodes) != 1:
-            raise CompressError(f"structured pruning: layer '{layer.name}' is used "
-                                f"{len(nodes)} times (shared layers are not supported)")
-        names = []
-        for t in nodes[0].input_tensors:
-            op = t._keras_history.operation
-            names.append("__input__" if type(op).__name__ == "InputLayer" else op.name)
-        inbound[layer.name] = names
-    outputs = [t._keras_history.operation.name for t in model.outputs]
-    return layers, inbound, outputs
+    def __init__(self, segs, spatial):
+        self.segs, self.spatial = segs, spatial
 
 
-def _channels(layer):
-    shape = layer.output.shape if hasattr(layer, "output") else None
-    return int(shape[-1])
+def _fix_all(groups, segs, reason):
+    for s in segs:
+        if isinstance(s, _Flat):
+            _fix_all(groups, s.segs, reason)
+        elif s[0] is not None:
+            groups.fix(s[0], reason)
+
+
+def _last(shape):
+    return int(shape[-1]) if shape and shape[-1] is not None else 0
+
+
+def _kind(op):
+    return type(op).__name__
+
+
+def _is_depthwise(op, in_ch):
+    """Channel ``i`` out depends on channel ``i`` in only (multiplier 1, or groups == C)."""
+    kind = _kind(op)
+    if kind.startswith("DepthwiseConv"):
+        return op.depth_multiplier == 1
+    return (kind in ("Conv1D", "Conv2D", "Conv3D") and getattr(op, "groups", 1) > 1
+            and op.groups == in_ch == op.filters)
+
+
+def _normalizes_channels(op, rank: int) -> bool:
+    """A Batch/LayerNormalization over the last axis (others are not channel-wise here)."""
+    axis = getattr(op, "axis", None)
+    if _kind(op) == "LayerNormalization":
+        return list(axis) in ([-1], [rank - 1])
+    if _kind(op) == "BatchNormalization":
+        return axis in (-1, rank - 1)
+    return True
+
+
+def _analyse(t, groups, layer_of):
+    """Channel segments of every tensor; fixes groups that cannot be resized."""
+    segs = {k: [(None, _last(t.shape[k]))] for k in t.inputs}
+    uses = {}
+    for step in t.steps:
+        uses[id(step.op)] = uses.get(id(step.op), 0) + 1
+    for step in t.steps:
+        op, kind = step.op, _kind(step.op)
+        ins = [segs[k] for k in step.inputs]
+        out_shape = t.shape[step.outputs[0]] if step.outputs else None
+        c_out = _last(out_shape)
+        in_ch = _last(t.shape[step.inputs[0]]) if step.inputs else 0
+        name = getattr(op, "name", kind)
+        weighted = bool(getattr(op, "weights", None))
+        out = None
+        shared = weighted and uses[id(op)] > 1
+        reason = (f"feeds '{name}', a layer used {uses[id(op)]} times (shared)" if shared
+                  else f"feeds '{name}' ({kind}), which structured pruning cannot resize")
+        if shared:
+            pass  # one layer, several inputs: their channels cannot be resized apart
+        elif kind in PRODUCERS and len(ins) == 1 and getattr(op, "groups", 1) == 1 and \
+                getattr(op, "data_format", "channels_last") != "channels_first" and \
+                len(step.outputs) == 1 and layer_of.get(op.name, op) is op:
+            layer_of[op.name] = op
+            out = [(groups.new(op.name), c_out)]
+        elif len(ins) == 1 and (_is_depthwise(op, in_ch) or kind in PRESERVING or (
+                kind in ELEMENTWISE_OPS and out_shape == t.shape[step.inputs[0]])):
+            if c_out == in_ch and _normalizes_channels(op, len(out_shape)):
+                out = ins[0]
+        elif kind in MERGES and ins:
+            out = _merge(groups, step, ins, t, c_out, name)
+        elif kind == "Concatenate" and getattr(op, "axis", None) in (-1, len(out_shape) - 1):
+            if all(not any(isinstance(s, _Flat) for s in x) for x in ins):
+                out = [s for x in ins for s in x]
+        elif kind == "Flatten" and len(ins) == 1 and not any(isinstance(s, _Flat) for s in ins[0]):
+            shape = t.shape[step.inputs[0]]
+            if all(d is not None for d in shape[1:]):
+                out = [_Flat(ins[0], int(np.prod(shape[1:-1])))]
+        elif kind == "Reshape" and len(ins) == 1 and in_ch == c_out and \
+                tuple(op.target_shape)[-1] == in_ch and \
+                not any(isinstance(s, _Flat) for s in ins[0]):
+            out = ins[0]
+        if out is None:
+            for x in ins:
+                _fix_all(groups, x, reason)
+            out = [(None, c_out)]
+        for k in step.outputs:
+            segs[k] = out
+    for k in t.outputs:
+        _fix_all(groups, segs[k], "reaches the model output")
+    return segs
+
+
+def _merge(groups, step, ins, t, c_out, name):
+    """Elementwise merge: inputs of the output's width are aligned channel by channel."""
+    for a in step.args + list(step.kwargs.values()):
+        shape = getattr(a, "shape", None)
+        if not hasattr(a, "_keras_history") and shape is not None and len(shape) and \
+                shape[-1] not in (1, None):
+            return None  # a constant array per channel cannot be sliced here
+    wide = [x for x, k in zip(ins, step.inputs) if _last(t.shape[k]) == c_out]
+    if not wide or any(isinstance(s, _Flat) for x in wide for s in x):
+        return None
+    base = wide[0]
+    for other in wide[1:]:
+        if [n for _, n in other] != [n for _, n in base]:
+            for x in wide:
+                _fix_all(groups, x, f"merged in '{name}' with differently grouped channels")
+            return [(None, c_out)]
+        for (ga, _), (gb, _) in zip(base, other):
+            if ga is None or gb is None:
+                for g in (ga, gb):
+                    if g is not None:
+                        groups.fix(g, f"merged in '{name}' with channels that stay")
+            else:
+                groups.union(ga, gb)
+    return base
 
 
 def prune_units(model, fraction: float, method: str = "magnitude", calibration=None,
                 estimator: str = "backprop", norm: str = "l2", layers=None, seed: int = 0):
     """Remove ``fraction`` of the units/filters of each prunable group and rebuild.
 
+    Example:
+
+    >>> small, info = prune_units(model, 0.3)          # doctest: +SKIP
+    >>> small.output.shape == model.output.shape       # doctest: +SKIP
+    True
+
     Args:
-        model: a Sequential or functional Keras model (single input); not modified.
+        model: a Sequential or functional Keras model (nested models are walked into);
+            not modified.
         fraction: float in [0, 1). Fraction of each group's channels removed (at least one
             channel is kept).
         method: str, default ``"magnitude"`` (unit norm) or ``"obd"`` (summed saliency):
@@ -126,170 +236,139 @@ def prune_units(model, fraction: float, method: str = "magnitude", calibration=N
         seed: int, default 0. Seed of randomized OBD estimators.
 
     Returns:
-        ``(new_model, info)`` with ``info["units"] = {layer: [before, after]}``.
+        ``(new_model, info)`` with ``info["units"] = {layer: [before, after]}``,
+        ``info["not_pruned"] = {reason: [producer names]}`` and the same as one line in
+        ``info["kept_whole"]`` (every producer left whole is named, with why).
     """
-    import keras
-
     if not 0.0 <= fraction < 1.0:
         raise CompressError(f"structured pruning: fraction must be in [0, 1), got {fraction}")
     if criterion(method).needs_data and calibration is None:
         raise CompressError(f"structured pruning: {method} needs calibration data")
-    if len(model.inputs) != 1:
-        raise CompressError(f"structured pruning: model '{model.name}' must have one input")
-    order, inbound, outputs = _graph(model)
-    {la.name: la for la in order}
-    groups = _Groups()
-    out_segs = {"__input__": [(None, int(model.inputs[0].shape[-1]))]}
-    flat_of = {}  # layer name -> spatial size S when its input was flattened
-    in_segs = {}
-    for layer in order:
-        kind = type(layer).__name__
-        ins = [out_segs[n] for n in inbound[layer.name]]
-        in_segs[layer.name] = ins
-        if kind in PRODUCERS:
-            out_segs[layer.name] = [(groups.new(layer.name, _channels(layer)), _channels(layer))]
-        elif kind in PRESERVING:
-            out_segs[layer.name] = ins[0]
-        elif kind in MERGES:
-            base = ins[0]
-            for other in ins[1:]:
-                if [n for _, n in other] != [n for _, n in base]:
-                    for s in ins:
-                        _segments_fix(groups, s)
-                    break
-                for (ga, _), (gb, _) in zip(base, other):
-                    if ga is None or gb is None:
-                        for g in (ga, gb):
-                            if g is not None:
-                                groups.fix(g)
-                    else:
-                        groups.union(ga, gb)
-            out_segs[layer.name] = base
-        elif kind == "Concatenate" and layer.axis in (-1, len(layer.output.shape) - 1):
-            out_segs[layer.name] = [s for segs in ins for s in segs]
-        elif kind == "Flatten":
-            shape = layer.input.shape if not isinstance(layer.input, list) else None
-            if shape is None or any(d is None for d in shape[1:]):
-                _segments_fix(groups, ins[0])
-                out_segs[layer.name] = [(None, _channels(layer))]
-            else:
-                flat_of[layer.name] = int(np.prod(shape[1:-1]))
-                out_segs[layer.name] = [("flat", layer.name)]
-        else:
-            for s in ins:
-                _segments_fix(groups, [x for x in s if x[0] != "flat"])
-                for x in s:
-                    if x[0] == "flat":
-                        _segments_fix(groups, out_segs_of_flat(in_segs, x[1]))
-            out_segs[layer.name] = [(None, _channels(layer))]
-    for name in outputs:
-        segs = out_segs[name]
-        if segs and segs[0][0] == "flat":
-            segs = out_segs_of_flat(in_segs, segs[0][1])
-        _segments_fix(groups, segs)
-
-    producers = [la for la in order if type(la).__name__ in PRODUCERS]
+    t = trace(model)
+    groups, producers = _Groups(), {}
+    segs = _analyse(t, groups, producers)
     if layers:
-        chosen = {p.name for p in select_layers(producers, layers, "unit-producing",
-                                                model.name)}
-        for p in producers:
-            if p.name not in chosen:
-                groups.fix(p.name)
+        chosen = {p.name for p in select_layers(list(producers.values()), layers,
+                                                "unit-producing", model.name)}
+        for name in producers:
+            if name not in chosen:
+                groups.fix(name, "not selected by --layers")
 
-    # Score channels per group root, by the criterion (summed over a group's producers).
-    kernels = [_out_kernel(p) for p in producers]
-    unit = dict(zip((p.name for p in producers),
-                    unit_scores(model, kernels, method, calibration, estimator, norm, seed)))
+    kernels = [_out_kernel(p) for p in producers.values()]
+    unit = dict(zip(producers, unit_scores(model, kernels, method, calibration, estimator,
+                                           norm, seed)))
     scores = {}
-    for p in producers:
-        root = groups.find(p.name)
-        if root in groups.fixed:
+    for name, p in producers.items():
+        if groups.fixed(name):
             continue
-        s = unit[p.name]
+        s = unit[name]
         if method == "magnitude" and norm == "bn":
-            s = s * _bn_scale(p, order, inbound, len(s))
+            s = s * _bn_scale(t, p, len(s))
+        root = groups.find(name)
         scores[root] = scores.get(root, 0) + s
     keep = {}
     for root, s in scores.items():
         n = len(s)
         k = max(1, n - round(fraction * n))
         keep[root] = np.sort(np.argsort(-s, kind="stable")[:k])
+    not_pruned = {}
+    for name in producers:
+        if groups.fixed(name):
+            not_pruned.setdefault(groups.reason[groups.find(name)], []).append(name)
     if not keep:
+        first = next(iter(not_pruned.items()), ("no producers", []))
         raise CompressError(f"structured pruning: model '{model.name}' has no units that can "
-                            "be removed (every channel group reaches an output or an "
-                            "unsupported layer)")
+                            f"be removed ({first[0]}: {', '.join(first[1][:3])})")
 
     def kept(seg_list):
         idx, off = [], 0
-        for g, n in seg_list:
+        for s in seg_list:
+            if isinstance(s, _Flat):
+                c = sum(n for _, n in s.segs)
+                ch = kept(s.segs)
+                idx.extend((np.arange(s.spatial)[:, None] * c + ch[None, :]).reshape(-1) + off)
+                off += s.spatial * c
+                continue
+            g, n = s
             r = groups.find(g) if g is not None else None
             idx.extend((keep[r] if r in keep else np.arange(n)) + off)
             off += n
         return np.asarray(idx, dtype="int64")
 
-    def in_index(name):
-        segs = in_segs[name][0]
-        if segs and segs[0][0] == "flat":
-            inner = out_segs_of_flat(in_segs, segs[0][1])
-            c = sum(n for _, n in inner)
-            ch = kept(inner)
-            spatial = flat_of[segs[0][1]]
-            return (np.arange(spatial)[:, None] * c + ch[None, :]).reshape(-1)
-        return kept(segs)
+    new_units = {n: len(keep[groups.find(n)]) for n in producers
+                 if groups.find(n) in keep}
+    step_of = {id(s.op): s for s in t.steps}
 
-    new_units = {}
-    for p in producers:
-        root = groups.find(p.name)
-        if root in keep:
-            new_units[p.name] = len(keep[root])
+    def make_layer(op):
+        step = step_of.get(id(op))
+        config = op.get_config() if hasattr(op, "get_config") else None
+        if step is None or config is None:
+            return fresh(op)
+        kind = _kind(op)
+        in_new = len(kept(segs[step.inputs[0]])) if step.inputs else None
+        if op.name in new_units:
+            config["units" if "units" in config else "filters"] = new_units[op.name]
+        elif step.inputs and _is_depthwise(op, _last(t.shape[step.inputs[0]])) and \
+                not kind.startswith("Depthwise"):
+            config["filters"] = config["groups"] = in_new
+        elif kind == "Reshape" and step.inputs:
+            config["target_shape"] = tuple(config["target_shape"][:-1]) + (in_new,)
+        elif kind in CHANNEL_CONFIG and step.inputs:
+            config[CHANNEL_CONFIG[kind]] = in_new
+        else:
+            return fresh(op)
+        return op.__class__.from_config(config)
 
-    def clone(layer):
-        config = layer.get_config()
-        if layer.name in new_units:
-            config["units" if "units" in config else "filters"] = new_units[layer.name]
-        return layer.__class__.from_config(config)
-
-    new = keras.models.clone_model(model, clone_function=clone)
-    for layer in order:
-        target = new.get_layer(layer.name)
-        weights = layer.get_weights()
-        if not weights:
+    new, mapping = rebuild(model, make_layer)
+    if getattr(model, "compiled", False):  # keep the model's own loss, as clone_model does
+        new.compile_from_config(model.get_compile_config())
+    for step in t.steps:
+        op = step.op
+        if not getattr(op, "weights", None) or id(op) not in mapping:
             continue
-        kind = type(layer).__name__
-        idx_in = in_index(layer.name)
-        root = groups.find(layer.name) if kind in PRODUCERS else None
-        idx_out = keep.get(root) if root is not None else None
-        out = []
-        for w, var in zip(weights, layer.weights):
-            vname = var.name.split("/")[-1]
-            if kind in PRODUCERS:
-                if vname in ("kernel", "pointwise_kernel"):
-                    w = np.take(w, idx_in, axis=-2)  # (..., in, out)
-                    if idx_out is not None:
-                        w = np.take(w, idx_out, axis=-1)
-                elif vname == "depthwise_kernel":
-                    w = np.take(w, idx_in, axis=-2)
-                elif vname == "bias" and idx_out is not None:
-                    w = np.take(w, idx_out, axis=-1)
-            elif kind in PRESERVING:
-                if vname == "depthwise_kernel" or (kind.startswith("Depthwise") and
-                                                   vname == "kernel"):
-                    w = np.take(w, idx_in, axis=-2)
-                elif w.ndim >= 1 and w.shape[-1] == sum(n for _, n in in_segs[layer.name][0]
-                                                        if isinstance(n, int)):
-                    w = np.take(w, idx_in, axis=-1)
-            out.append(w)
-        target.set_weights(out)
-    before = {p.name: _channels(p) for p in producers}
-    info = {"structured": True, "fraction": fraction,
-            "units": {n: [before[n], new_units.get(n, before[n])] for n in before},
+        idx_in = kept(segs[step.inputs[0]]) if step.inputs else None
+        out = _sliced(op, idx_in, keep.get(groups.find(op.name)) if op.name in producers
+                      else None, _last(t.shape[step.inputs[0]]) if step.inputs else 0)
+        mapping[id(op)].set_weights(out)
+    units = {}
+    for n, p in producers.items():
+        before = _last(t.shape[step_of[id(p)].outputs[0]])
+        units[n] = [before, new_units.get(n, before)]
+    info = {"structured": True, "fraction": fraction, "units": units,
             "params_before": int(model.count_params()), "params_after": int(new.count_params())}
+    if not_pruned:
+        info["not_pruned"] = not_pruned
+        info["kept_whole"] = "; ".join(
+            f"{len(names)} ({', '.join(names[:4])}{', ...' if len(names) > 4 else ''}): "
+            f"{reason}" for reason, names in not_pruned.items())
     return new, info
 
 
-def out_segs_of_flat(in_segs, flatten_name):
-    """The channel segments entering the Flatten layer ``flatten_name``."""
-    return in_segs[flatten_name][0]
+def _sliced(op, idx_in, idx_out, in_ch):
+    """``op``'s weights with input channels ``idx_in`` and output units ``idx_out`` kept."""
+    kind = _kind(op)
+    out = []
+    for w, var in zip(op.get_weights(), op.weights):
+        vname = var.name.split("/")[-1]
+        if kind in PRODUCERS and not _is_depthwise(op, in_ch):
+            if vname == "pointwise_kernel" and op.depth_multiplier > 1:
+                m = op.depth_multiplier
+                w = np.take(w, (idx_in[:, None] * m + np.arange(m)).reshape(-1), axis=-2)
+                w = np.take(w, idx_out, axis=-1) if idx_out is not None else w
+            elif vname in ("kernel", "pointwise_kernel"):
+                w = np.take(w, idx_in, axis=-2)  # (..., in, out)
+                if idx_out is not None:
+                    w = np.take(w, idx_out, axis=-1)
+            elif vname == "depthwise_kernel":
+                w = np.take(w, idx_in, axis=-2)
+            elif vname == "bias" and idx_out is not None:
+                w = np.take(w, idx_out, axis=-1)
+        elif vname == "depthwise_kernel" or (kind.startswith("Depthwise") and vname == "kernel"):
+            w = np.take(w, idx_in, axis=-2)
+        elif w.ndim >= 1 and w.shape[-1] == in_ch:
+            w = np.take(w, idx_in, axis=-1)
+        out.append(w)
+    return out
 
 
 def _out_kernel(layer):
@@ -300,11 +379,12 @@ def _out_kernel(layer):
     raise CompressError(f"layer '{layer.name}' has no kernel")
 
 
-def _bn_scale(producer, order, inbound, n):
+def _bn_scale(t, producer, n):
     """``|gamma| / sqrt(moving_var + eps)`` of the BatchNorm fed directly by ``producer``."""
-    for layer in order:
-        if type(layer).__name__ == "BatchNormalization" and \
-                inbound.get(layer.name) == [producer.name]:
+    out = next(s.outputs[0] for s in t.steps if s.op is producer)
+    for step in t.consumers.get(out, []):
+        layer = step.op
+        if _kind(layer) == "BatchNormalization":
             scale = 1.0 / np.sqrt(np.asarray(layer.moving_variance, "float64") + layer.epsilon)
             if layer.scale:
                 scale = scale * np.abs(np.asarray(layer.gamma, "float64"))

@@ -72,6 +72,9 @@ def convert(model, mode: str = "int8", representative: np.ndarray | None = None,
     if mode == "int8" and (representative is None or len(representative) == 0):
         raise CompressError("full-integer int8 needs calibration data: pass --data NAME "
                             "(a few hundred samples), or use mode dynamic (no data needed)")
+    from compress.export import export_copy
+
+    model, _ = export_copy(model, "tflite")  # float32, no grouped convolutions (see export_copy)
     shape = tuple(model.inputs[0].shape[1:])
     dtype = model.inputs[0].dtype or "float32"
     model(np.zeros((1,) + tuple(d or 1 for d in shape), dtype=dtype), training=False)

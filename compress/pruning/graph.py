@@ -1,0 +1,199 @@
+"""The operation graph of a Keras model, nested models inlined, and its rebuild.
+
+:func:`trace` lists every call of a layer or ``keras.ops`` operation in topological
+order, with nested models (a ``MobileNetV2`` base used as a layer, a ``Sequential`` inside
+a functional model) walked into: their inner tensors are aliases of the outer ones, so a
+channel analysis sees one flat graph. :func:`rebuild` replays the graph with new layers
+(``make_layer(old) -> new``) and keeps the nesting: each nested model is rebuilt as a
+new nested model. Structured pruning uses both (the dependency graph of channels).
+
+Example:
+
+>>> steps = trace(model)                                          # doctest: +SKIP
+>>> [type(s.op).__name__ for s in steps][:3]                       # doctest: +SKIP
+['Rescaling', 'Conv2D', 'BatchNormalization']
+>>> new, mapping = rebuild(model, lambda layer: layer.__class__.from_config(
+...     layer.get_config()))                                       # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from compress.errors import CompressError
+
+
+@dataclass
+class Step:
+    """One call of ``op``: input tensor keys (KerasTensors only), output keys, and the
+    ``args`` (the call's positional arguments: tensors and constants) as given."""
+
+    op: object
+    inputs: list
+    outputs: list
+    args: list = field(default_factory=list)
+    kwargs: dict = field(default_factory=dict)
+    scope: tuple = ()
+
+
+def is_model(op) -> bool:
+    """True for a Keras model (functional or Sequential) used as a layer."""
+    import keras
+
+    return isinstance(op, keras.Model)
+
+
+def _functional(model):
+    """The functional graph behind ``model`` (a Sequential keeps one once built)."""
+    import keras
+
+    if isinstance(model, keras.Sequential):
+        fn = getattr(model, "_functional", None)
+        if fn is None:
+            raise CompressError(f"model '{model.name}' has no input shape (build it with "
+                                "keras.Input first)")
+        return fn
+    if not hasattr(model, "_nodes_by_depth"):
+        raise CompressError(f"model '{model.name}' is subclassed: its graph cannot be read "
+                            "(rebuild it as a functional model)")
+    return model
+
+
+def _nodes(fn):
+    depth_keys = sorted(fn._nodes_by_depth.keys(), reverse=True)
+    for depth in depth_keys:
+        for node in fn._nodes_by_depth[depth]:
+            if node.operation is None or node.is_input:
+                continue
+            yield node
+
+
+class Trace:
+    """The flat graph: ``steps``, model ``inputs``/``outputs`` keys, ``shape`` per key,
+    and ``consumers`` per key (steps reading it)."""
+
+    def __init__(self):
+        self.steps, self.inputs, self.outputs = [], [], []
+        self.shape, self.consumers, self.alias = {}, {}, {}
+
+    def key(self, tensor) -> int:
+        k = id(tensor)
+        while k in self.alias:
+            k = self.alias[k]
+        return k
+
+
+def trace(model) -> Trace:
+    """The flat, topologically ordered list of calls of ``model`` (nested models inlined).
+
+    Raises:
+        CompressError: a subclassed model (no graph to read).
+    """
+    t = Trace()
+    fn = _functional(model)
+    for x in fn.inputs:
+        t.inputs.append(t.key(x))
+        t.shape[t.key(x)] = tuple(x.shape)
+    _walk(fn, t, ())
+    t.outputs = [t.key(x) for x in fn.outputs]
+    for step in t.steps:
+        for k in step.inputs:
+            t.consumers.setdefault(k, []).append(step)
+    return t
+
+
+def _walk(fn, t: Trace, scope: tuple) -> None:
+    from keras import KerasTensor, tree
+
+    for node in _nodes(fn):
+        op = node.operation
+        flat_in = [x for x in tree.flatten((node.arguments.args, node.arguments.kwargs))
+                   if isinstance(x, KerasTensor)]
+        if is_model(op):
+            inner = _functional(op)
+            if len(inner.inputs) != len(flat_in):
+                raise CompressError(f"nested model '{op.name}' is called with "
+                                    f"{len(flat_in)} inputs for {len(inner.inputs)}")
+            for a, b in zip(inner.inputs, flat_in):
+                t.alias[id(a)] = t.key(b)
+            _walk(inner, t, scope + (op.name,))
+            for a, b in zip(node.outputs, tree.flatten(inner.outputs)):
+                t.alias[id(a)] = t.key(b)
+            continue
+        step = Step(op, [t.key(x) for x in flat_in], [t.key(x) for x in node.outputs],
+                    list(node.arguments.args), dict(node.arguments.kwargs), scope)
+        for x in node.outputs:
+            t.shape[t.key(x)] = tuple(x.shape)
+        t.steps.append(step)
+
+
+def rebuild(model, make_layer):
+    """A new model with the graph of ``model``, each layer replaced by ``make_layer(layer)``.
+
+    ``make_layer`` gets every layer and every ``keras.ops`` operation that is not a model;
+    nested models are rebuilt recursively (nesting and names kept). Weights are not
+    copied: the caller sets them through the returned mapping.
+
+    Returns:
+        ``(new_model, mapping)``: ``mapping[id(old_layer)]`` is the new layer.
+    """
+    mapping = {}
+    new = _rebuild_model(model, None, make_layer, mapping)
+    return new, mapping
+
+
+def _rebuild_model(model, input_shapes, make_layer, mapping):
+    import keras
+    from keras import tree
+
+    fn = _functional(model)
+    inputs = []
+    for i, x in enumerate(fn.inputs):
+        shape = tuple(x.shape[1:]) if input_shapes is None else tuple(input_shapes[i][1:])
+        name = x._keras_history.operation.name
+        inputs.append(keras.Input(shape=shape, dtype=x.dtype, name=name))
+    if isinstance(model, keras.Sequential):
+        layers = [_new_op(la, make_layer, mapping) for la in model.layers]
+        new = keras.Sequential([inputs[0]] + layers, name=model.name)
+        return new
+    tensors = {id(a): b for a, b in zip(fn.inputs, inputs)}
+    for node in _nodes(fn):
+        if any(id(x) not in tensors for x in node.input_tensors):
+            continue
+        args, kwargs = node.arguments.fill_in(tensors)
+        op = node.operation
+        if is_model(op):
+            flat = [x for x in tree.flatten((args, kwargs)) if isinstance(x, keras.KerasTensor)]
+            if id(op) not in mapping:
+                mapping[id(op)] = _rebuild_model(op, [tuple(x.shape) for x in flat],
+                                                 make_layer, mapping)
+            outputs = mapping[id(op)](*args, **kwargs)
+        else:
+            outputs = _new_op(op, make_layer, mapping)(*args, **kwargs)
+        for a, b in zip(node.outputs, tree.flatten(outputs)):
+            tensors[id(a)] = b
+    outputs = tree.pack_sequence_as(fn._outputs_struct,
+                                    [tensors[id(x)] for x in tree.flatten(fn.outputs)])
+    ins = tree.pack_sequence_as(fn._inputs_struct, inputs)
+    return keras.Model(ins, outputs, name=model.name)
+
+
+def _new_op(op, make_layer, mapping):
+    if id(op) not in mapping:
+        if is_model(op):
+            raise CompressError(f"nested model '{op.name}' inside a Sequential model cannot "
+                                "be rebuilt")
+        mapping[id(op)] = make_layer(op)
+    return mapping[id(op)]
+
+
+def fresh(op):
+    """A new, unbuilt copy of the layer or operation ``op`` from its config."""
+    try:
+        return op.__class__.from_config(op.get_config())
+    except Exception:  # a stateless op without a usable config is reused
+        import keras
+
+        if isinstance(op, keras.layers.Layer) and op.weights:
+            raise
+        return op
