@@ -27,7 +27,7 @@ import keras
 import numpy as np
 
 from compress.errors import CompressError, raise_if_interrupted
-from compress.training_context import TrainingContext, current_context
+from compress.training_context import TrainingContext, backup_epoch, current_context
 
 
 def set_seed(seed: int) -> None:
@@ -136,17 +136,22 @@ def outputs_probabilities(model) -> bool:
     return act is not None and getattr(act, "__name__", "") == "softmax"
 
 
+def make_optimizer(name: str = "adam", learning_rate: float = 1e-3, momentum: float = 0.9):
+    """A fresh Keras optimizer by name: ``adam``, ``sgd`` (with ``momentum``) or
+    ``rmsprop``; another name is one line."""
+    if name == "adam":
+        return keras.optimizers.Adam(learning_rate)
+    if name == "sgd":
+        return keras.optimizers.SGD(learning_rate, momentum=momentum)
+    if name == "rmsprop":
+        return keras.optimizers.RMSprop(learning_rate)
+    raise CompressError(f"optimizer '{name}': must be adam, sgd or rmsprop")
+
+
 def compile_classifier(model, learning_rate: float = 1e-3, optimizer: str = "adam",
                        momentum: float = 0.9) -> None:
     """Compile ``model`` for integer-label classification (logits or probabilities)."""
-    if optimizer == "adam":
-        opt = keras.optimizers.Adam(learning_rate)
-    elif optimizer == "sgd":
-        opt = keras.optimizers.SGD(learning_rate, momentum=momentum)
-    elif optimizer == "rmsprop":
-        opt = keras.optimizers.RMSprop(learning_rate)
-    else:
-        raise CompressError(f"optimizer '{optimizer}': must be adam, sgd or rmsprop")
+    opt = make_optimizer(optimizer, learning_rate, momentum)
     loss = keras.losses.SparseCategoricalCrossentropy(
         from_logits=not outputs_probabilities(model))
     model.compile(optimizer=opt, loss=loss, metrics=["accuracy"])
@@ -168,10 +173,11 @@ def fit(model, dataset, epochs: int = 1, batch_size: int = 64, callbacks=None,
         verbose: Keras ``verbose``, default ``"auto"``.
         validation: bool, default True. Validate on the val split each epoch.
     """
+    args = dataset.fit_args(batch_size, validation=validation)  # arrays, or streamed batches
     return fit_model(
-        model, dataset.x_train, dataset.y_train, epochs=epochs, batch_size=batch_size,
-        validation_data=(dataset.x_val, dataset.y_val) if validation else None,
-        callbacks=callbacks, verbose=verbose, shuffle=True)
+        model, args["x"], args["y"], epochs=epochs, batch_size=args["batch_size"],
+        validation_data=args["validation_data"],
+        callbacks=callbacks, verbose=verbose, shuffle=args["batch_size"] is not None)
 
 
 def fit_model(model, x, y=None, *, validation_data=None, epochs: int = 1,
@@ -203,7 +209,11 @@ def fit_model(model, x, y=None, *, validation_data=None, epochs: int = 1,
         batch_size: int or None, default None (Keras's 32 for arrays).
         callbacks: list of Keras callbacks or None, default None.
         verbose: Keras ``verbose``, default ``"auto"``.
-        shuffle: bool, default True. Shuffle arrays each epoch.
+        shuffle: bool, default True. Shuffle arrays each epoch. The order of epoch ``e``
+            is a function of ``e`` and of a seed drawn from NumPy's global generator
+            when the fit starts (:func:`set_seed` fixes it), not of the epochs run
+            before: a fit resumed at epoch ``e`` sees the orders an uninterrupted one
+            would (:func:`epoch_shuffled`).
         target: keras.Model or None, default None. The model whose last good weights are
             kept (and saved), when it is not ``model`` itself (a distiller's student).
         advice: str. What the NaN error suggests, in its parentheses.
@@ -214,6 +224,10 @@ def fit_model(model, x, y=None, *, validation_data=None, epochs: int = 1,
     context = current_context()
     nan_stop = StopOnNaN(target=target)
     cbs = list(callbacks or []) + [nan_stop, _StopOnCtrlC()]
+    from compress import progress
+
+    if progress.is_on() and verbose in (0, "0"):  # Keras's own bar is off: plain lines
+        cbs.append(progress.epoch_callback(cbs))
     backup = context.next_backup_dir()
     if backup:
         # Last, so the backup holds the weights as every other callback left them (and
@@ -222,10 +236,76 @@ def fit_model(model, x, y=None, *, validation_data=None, epochs: int = 1,
         if not model.built:  # a Distiller is built by its first batch, too late to restore
             model(_first_inputs(x), training=False)
     kwargs = {} if batch_size is None else {"batch_size": batch_size}
+    if shuffle and _sliceable(x, y):
+        # Keras's own shuffle is not a function of the epoch (under set_seed it even
+        # repeats one order every epoch): shuffle here, so that a resumed fit matches.
+        seed = int(np.random.randint(2**31 - 1))
+        x, steps = epoch_shuffled(x, y, batch_size or 32, epochs,
+                                  start=backup_epoch(backup) if backup else 0, seed=seed)
+        y, shuffle, kwargs = None, False, {"steps_per_epoch": steps}
     history = model.fit(x, y, epochs=epochs, validation_data=validation_data,
                         callbacks=cbs, verbose=verbose, shuffle=shuffle, **kwargs)
     nan_stop.raise_if_stopped(advice, context)
     return history
+
+
+def _sliceable(x, y) -> bool:
+    """True for NumPy inputs (an array, or a tuple/dict of them) of one length."""
+    if isinstance(x, list) or isinstance(y, list):  # tf.data would stack a list
+        return False
+    arrays = keras.tree.flatten(x) + ([] if y is None else keras.tree.flatten(y))
+    return bool(arrays) and all(isinstance(a, np.ndarray) and a.ndim >= 1 for a in arrays) \
+        and len({len(a) for a in arrays}) == 1 and len(arrays[0]) > 0
+
+
+def epoch_shuffled(x, y, batch_size: int, epochs: int, start: int = 0, seed: int = 0):
+    """A ``tf.data.Dataset`` of the batches of epochs ``start`` to ``epochs - 1``, each
+    epoch in its own order, and the number of batches per epoch.
+
+    The order of epoch ``e`` is a stateless shuffle seeded by ``(seed, e)``: it does not
+    depend on the epochs before it, so the batches of a fit resumed at ``start`` are those
+    an uninterrupted fit sees from ``start`` on. Batches are cut as Keras cuts arrays
+    (the last one smaller); float64 arrays become ``keras.config.floatx()``.
+
+    Example:
+
+    >>> data, steps = epoch_shuffled(x, y, 64, epochs=5, start=2, seed=7)  # doctest: +SKIP
+    >>> model.fit(data, epochs=5, initial_epoch=2, steps_per_epoch=steps)  # doctest: +SKIP
+
+    Args:
+        x: array, or a tuple/dict of arrays, of one length ``n``.
+        y: array or None.
+        batch_size: int.
+        epochs: int. The fit's epochs.
+        start: int, default 0. The first epoch to give batches for.
+        seed: int, default 0.
+
+    Returns:
+        ``(dataset, steps)``: ``dataset`` yields ``(x, y)`` batches (``x`` alone when
+        ``y`` is None), ``steps`` is ``ceil(n / batch_size)``.
+    """
+    import tensorflow as tf
+
+    def as_tensor(a):
+        if a.dtype == np.float64:
+            a = a.astype(keras.config.floatx())
+        return tf.convert_to_tensor(a)
+
+    data = keras.tree.map_structure(as_tensor, x if y is None else (x, y))
+    n = len(keras.tree.flatten(x)[0])
+    steps = -(-n // int(batch_size))
+
+    def order(epoch):
+        shuffled = tf.random.experimental.stateless_shuffle(
+            tf.range(n, dtype=tf.int64), seed=tf.stack([tf.constant(seed, tf.int64), epoch]))
+        return tf.data.Dataset.from_tensor_slices(shuffled).batch(int(batch_size))
+
+    indices = tf.data.Dataset.range(int(start), int(epochs)).flat_map(order)
+    batches = tf.data.Dataset.zip((indices, tf.data.Dataset.from_tensors(data).repeat()))
+    batches = batches.map(
+        lambda i, d: keras.tree.map_structure(lambda t: tf.gather(t, i, axis=0), d),
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return batches.prefetch(tf.data.AUTOTUNE), steps
 
 
 def _first_inputs(x):

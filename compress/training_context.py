@@ -261,6 +261,17 @@ def refuse_foreign_backups(checkpoint_dir, identity: str | None) -> None:
                 raise CompressError(foreign_backup_message(checkpoint_dir))
 
 
+def backup_epoch(backup_dir) -> int:
+    """The epochs a fit's backup folder holds (0 when there is none, or it is unreadable:
+    :class:`AtomicBackupAndRestore` then refuses it when the fit begins)."""
+    try:
+        with open(os.path.join(backup_dir, "training_metadata.json"), encoding="utf-8") as f:
+            epoch = json.load(f).get("epoch")
+    except (OSError, ValueError, AttributeError):
+        return 0
+    return epoch if isinstance(epoch, int) and epoch > 0 else 0
+
+
 def _read_metadata(path, checkpoint_dir) -> dict:
     try:
         with open(path, encoding="utf-8") as f:
@@ -293,7 +304,12 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
     Stateful callbacks define ``backup_state()`` (a dict of JSON values and NumPy arrays)
     and ``restore_state(state)``, called after the weights were restored (their own
     ``on_train_begin`` ran before): a gradual pruning schedule resumes at its step with its
-    masks, instead of starting over on a shorter fit.
+    masks, instead of starting over on a shorter fit. The :mod:`compress.callbacks`
+    ``EarlyStopping``, ``CosineSchedule`` and ``PlateauSchedule`` are such callbacks. The
+    model's random-generator states (dropout, noise layers), which Keras's backup leaves
+    out, are saved too; with the optimizer's state (in the weights file) and the per-epoch
+    shuffle of :func:`compress.training.fit_model`, a resumed fit ends where an
+    uninterrupted one would.
 
     Example:
 
@@ -352,10 +368,11 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
         if stored.get("command") != self.identity or stored.get("fit") != self._fingerprint:
             raise CompressError(foreign_backup_message(self.where))
         states = stored.get("callbacks") or []
-        if len(states) != len(self.stateful):
+        randoms = _random_states(self.model)
+        if len(states) != len(self.stateful) or stored.get("random", 0) != len(randoms):
             raise CompressError(foreign_backup_message(self.where))
         arrays = {}
-        if any(state.get("arrays") for state in states):
+        if randoms or any(state.get("arrays") for state in states):
             try:
                 with np.load(self._state_path, allow_pickle=False) as f:
                     arrays = {k: f[k] for k in f.files}
@@ -364,6 +381,8 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
                                     f"{self._state_path}; delete the folder or use a new "
                                     "--checkpoint-dir") from exc
         super()._load_model()
+        for j, variable in enumerate(randoms):
+            variable.assign(arrays[f"random.{j}"])
         for i, (cb, state) in enumerate(zip(self.stateful, states, strict=True)):
             values = dict(state.get("values") or {})
             for key in state.get("arrays") or []:
@@ -377,7 +396,9 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
         tmp_state = os.path.join(self.backup_dir, f".partial-{os.getpid()}.npz")
         try:
             self.model.save_weights(filepath=tmp_weights, overwrite=True)
-            states, arrays = [], {}
+            randoms = _random_states(self.model)
+            states = []
+            arrays = {f"random.{j}": np.asarray(v) for j, v in enumerate(randoms)}
             for i, cb in enumerate(self.stateful):
                 values, names = {}, []
                 for key, value in cb.backup_state().items():
@@ -393,7 +414,7 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
             with open(tmp_meta, "w", encoding="utf-8") as f:
                 json.dump({"epoch": self._current_epoch, "batch": self._last_batch_seen,
                            "command": self.identity, "fit": self._fingerprint,
-                           "callbacks": states}, f)
+                           "callbacks": states, "random": len(randoms)}, f)
             with _sigint_held():
                 if arrays:
                     os.replace(tmp_state, self._state_path)
@@ -403,6 +424,14 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
             for leftover in (tmp_weights, tmp_meta, tmp_state):
                 if os.path.exists(leftover):
                     os.unlink(leftover)
+
+
+def _random_states(model) -> list:
+    """The model's random-generator states (its layers' ``SeedGenerator`` variables, which
+    ``save_weights`` leaves out): a resumed fit must draw the dropout masks and noise an
+    uninterrupted one would."""
+    weights = {id(w) for w in model.weights}
+    return [v for v in model.variables if id(v) not in weights]
 
 
 _HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM)

@@ -49,7 +49,8 @@ def test_cluster_model_leaves_few_distinct_values_and_input_intact(mlp_file):
     assert info["index_bits"] == 3
     assert 3.0 < info["bits_per_weight"] < 3.5
     dense_acc = info["accuracy"]
-    assert dense_acc > 0.7
+    # 8 shared values, no fine-tune: 0.68 to 0.78 over seeds 0-4 (the model: 0.75 to 0.82)
+    assert dense_acc > 0.6
 
 
 def test_finetuning_moves_centroids_only(mlp_file):

@@ -193,6 +193,20 @@ class CosineSchedule(keras.callbacks.Callback):
         if _RUNNING.get(self.model) is self:
             del _RUNNING[self.model]
 
+    def backup_state(self) -> dict:
+        """The schedule's state for a backup: the scale a :class:`PlateauSchedule` set (the
+        step follows from the epoch a resumed fit starts at, the rate from both).
+
+        Example:
+
+        >>> cosine.restore_state(cosine.backup_state())              # doctest: +SKIP
+        """
+        return {"scale": float(self.scale)}
+
+    def restore_state(self, state: dict) -> None:
+        """Put back a state from :meth:`backup_state` (after ``on_train_begin``)."""
+        self.scale = float(state["scale"])
+
     def _restart_steps(self, total: int) -> list[int]:
         if self.period_epochs is None:
             return []

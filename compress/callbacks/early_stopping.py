@@ -88,6 +88,40 @@ class EarlyStopping(keras.callbacks.EarlyStopping):
             print_msg(f"Best {self.monitor} {float(self.best):.6g} at epoch "
                                f"{self.best_epoch + 1} (i* = {self.best_step} steps).")
 
+    def backup_state(self) -> dict:
+        """The stopping state (best value, epoch and step, patience count, best weights)
+        for a backup: :class:`~compress.training_context.AtomicBackupAndRestore` saves it
+        each epoch and calls :meth:`restore_state` on resume, so a resumed fit stops and
+        restores the best weights as an uninterrupted one would.
+
+        Example:
+
+        >>> stop.restore_state(stop.backup_state())                  # doctest: +SKIP
+        """
+        state = {"wait": int(self.wait), "stopped_epoch": int(self.stopped_epoch),
+                 "best": None if self.best is None else float(self.best),
+                 "best_epoch": int(self.best_epoch), "best_step": int(self.best_step),
+                 "evaluations": int(self.evaluations),
+                 "start_iterations": int(self._start_iterations),
+                 "best_weights": self.best_weights is not None}
+        for i, w in enumerate(self.best_weights or []):
+            state[f"best_weights.{i}"] = np.array(w)
+        return state
+
+    def restore_state(self, state: dict) -> None:
+        """Put back a state from :meth:`backup_state` (after ``on_train_begin``)."""
+        self.wait = int(state["wait"])
+        self.stopped_epoch = int(state["stopped_epoch"])
+        self.best = state["best"]
+        self.best_epoch = int(state["best_epoch"])
+        self.best_step = int(state["best_step"])
+        self.evaluations = int(state["evaluations"])
+        self._start_iterations = int(state["start_iterations"])
+        self.best_weights = None
+        if state["best_weights"]:
+            count = sum(1 for k in state if k.startswith("best_weights."))
+            self.best_weights = [state[f"best_weights.{i}"] for i in range(count)]
+
     def _iterations(self) -> int:
         opt = getattr(self.model, "optimizer", None)
         if opt is None:

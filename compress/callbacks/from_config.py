@@ -34,13 +34,8 @@ def build_callbacks(mapping: dict | None, path: str = "callbacks") -> list:
     from compress.callbacks.early_stopping import EarlyStopping
     from compress.callbacks.plateau import PlateauSchedule
 
+    check_callbacks(mapping, path)
     mapping = mapping or {}
-    if not isinstance(mapping, dict):
-        raise CompressError(f"{path}: must be a mapping of callback names to options")
-    unknown = [k for k in mapping if k not in CALLBACK_OPTIONS]
-    if unknown:
-        raise CompressError(f"{path}.{unknown[0]}: unknown callback "
-                            f"(known: {', '.join(CALLBACK_OPTIONS)})")
     classes = {"early_stopping": EarlyStopping, "cosine": CosineSchedule,
                "plateau": PlateauSchedule}
     out = []
@@ -49,3 +44,29 @@ def build_callbacks(mapping: dict | None, path: str = "callbacks") -> list:
             opts = schema.validate(mapping[name] or {}, path=f"{path}.{name}")
             out.append(classes[name](**opts))
     return out
+
+
+def check_callbacks(mapping, path: str = "callbacks") -> None:
+    """Check a step's ``callbacks:`` mapping against :data:`CALLBACK_OPTIONS`, as
+    :func:`build_callbacks` does before it builds them, but without building them:
+    checking a recipe needs no Keras (nor TensorFlow).
+
+    Example:
+
+    >>> from compress.callbacks.from_config import check_callbacks
+    >>> check_callbacks({"cosine": {"warmup_epochs": 1}})
+    >>> check_callbacks({"cosin": None})
+    Traceback (most recent call last):
+    ...
+    compress.errors.CompressError: callbacks.cosin: unknown callback (known: early_stopping, cosine, plateau)
+    """
+    mapping = mapping or {}
+    if not isinstance(mapping, dict):
+        raise CompressError(f"{path}: must be a mapping of callback names to options")
+    unknown = [k for k in mapping if k not in CALLBACK_OPTIONS]
+    if unknown:
+        raise CompressError(f"{path}.{unknown[0]}: unknown callback "
+                            f"(known: {', '.join(CALLBACK_OPTIONS)})")
+    for name, schema in CALLBACK_OPTIONS.items():
+        if name in mapping:
+            schema.validate(mapping[name] or {}, path=f"{path}.{name}")

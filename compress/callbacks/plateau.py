@@ -74,6 +74,25 @@ class PlateauSchedule(keras.callbacks.ReduceLROnPlateau):
                 target.learning_rate))))
         return reduced
 
+    def backup_state(self) -> dict:
+        """The plateau state (best value, patience and cooldown counts, reductions) for a
+        backup; the reduced rate itself is the optimizer's (or the cosine's scale).
+
+        Example:
+
+        >>> plateau.restore_state(plateau.backup_state())            # doctest: +SKIP
+        """
+        return {"wait": int(self.wait), "cooldown_counter": int(self.cooldown_counter),
+                "best": None if self.best is None else float(self.best),
+                "reductions": [[int(e), float(r)] for e, r in self.reductions]}
+
+    def restore_state(self, state: dict) -> None:
+        """Put back a state from :meth:`backup_state` (after ``on_train_begin``)."""
+        self.wait = int(state["wait"])
+        self.cooldown_counter = int(state["cooldown_counter"])
+        self.best = state["best"]
+        self.reductions = [(int(e), float(r)) for e, r in state["reductions"]]
+
     def get_config(self):
         return {"monitor": self.monitor, "factor": self.factor, "patience": self.patience,
                 "verbose": self.verbose, "mode": self.mode, "min_delta": self.min_delta,

@@ -179,6 +179,11 @@ class QATDepthwiseConv2D(keras.layers.DepthwiseConv2D, _ActivationRange):
 class QATDense(keras.layers.Dense, _ActivationRange):
     """Dense trained with fake-quantized kernel (per output unit) and output."""
 
+    # Dense saves only its kernel and bias: a --checkpoint-dir backup must hold the
+    # activation ranges too, or the resumed fit cannot load it ("expected 5 variables").
+    save_own_variables = keras.layers.Layer.save_own_variables
+    load_own_variables = keras.layers.Layer.load_own_variables
+
     def build(self, input_shape):
         super().build(input_shape)
         self._build_range()
@@ -195,7 +200,8 @@ _QAT_TWINS = {keras.layers.Conv2D: QATConv2D, keras.layers.DepthwiseConv2D: QATD
 
 
 def qat_finetune(model, data, epochs: int = 3, learning_rate: float = 1e-4,
-                 per_channel: bool = True, batch_size: int = 64, verbose: int | str = 0):
+                 per_channel: bool = True, batch_size: int = 64, verbose: int | str = 0,
+                 task=None):
     """Fold BatchNorm, fine-tune with fake quantization, return the plain folded model.
 
     Args:
@@ -207,6 +213,7 @@ def qat_finetune(model, data, epochs: int = 3, learning_rate: float = 1e-4,
             use (per-tensor if False).
         batch_size: int, default 64.
         verbose: Keras ``verbose`` for the fit, default 0.
+        task: :class:`compress.task.Task` or None, default None (the model's own).
 
     Returns:
         ``(model, info)``: a new plain Keras model (BatchNorm folded, QAT-trained
@@ -235,7 +242,11 @@ def qat_finetune(model, data, epochs: int = 3, learning_rate: float = 1e-4,
     for layer, clone in pairs:
         for src, dst in zip(layer.weights, clone.weights):  # kernel, bias come first
             dst.assign(src)
-    training.compile_classifier(qmodel, learning_rate=learning_rate)
+    from compress.task import resolve, sample_targets
+
+    # The model's own task (its loss, else inferred from the output), not always a classifier.
+    task = task or resolve(model, y=sample_targets(data))
+    task.compile(qmodel, learning_rate=learning_rate)
     history = training.fit(qmodel, data, epochs=epochs, batch_size=batch_size,
                            verbose=verbose)
     for layer, clone in pairs:
@@ -251,4 +262,10 @@ def qat_finetune(model, data, epochs: int = 3, learning_rate: float = 1e-4,
             "val_accuracy": float(history.history.get("val_accuracy", [float("nan")])[-1]),
             "test_accuracy": (training.accuracy(qmodel, data.x_test, data.y_test)
                               if getattr(data, "x_test", None) is not None else None)}
+    if not task.is_classifier:  # accuracy means nothing here: the task's own scores
+        info.pop("val_accuracy")
+        labelled = getattr(data, "y_test", None) is not None
+        info["test_accuracy"] = None
+        info.update({f"test_{k}": v for k, v in (task.evaluate(
+            qmodel, data.x_test, data.y_test) if labelled else {}).items()})
     return folded, info

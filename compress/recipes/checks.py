@@ -26,13 +26,14 @@ import os
 from pathlib import Path
 
 from compress import passes
+from compress.callbacks.from_config import check_callbacks
 from compress.errors import CompressError
 from compress.options import Option, Schema, quoted, shortened
 from compress.recipes.overrides import apply_override
 from compress.recipes.yaml_reader import read_yaml
 
 TOP_LEVEL = ("name", "description", "seed", "data", "model", "baseline", "steps", "output",
-             "unsafe", "subset", "quick")
+             "unsafe", "subset", "quick", "preprocess", "val_data", "val_split", "import")
 # Step keys that belong to the recipe, not to the pass: Keras callbacks for passes that
 # take them, which model the step starts from (the previous step's, or the baseline), and
 # the step's name in the report.
@@ -136,11 +137,21 @@ def validate_recipe(recipe: dict, unsafe: bool = False) -> dict:
     data = recipe.get("data")
     if data is not None and not isinstance(data, str):
         raise CompressError(f"data: must be a dataset name, got {quoted(data)}")
-    from compress.data import NAMES
+    from compress.data import NAMES, is_data_name
+    from compress.data.folders import preprocess_mode
 
-    if data is not None and not data.startswith("npz:") and data not in NAMES:
-        raise CompressError(f"data: {quoted(data)} is not a dataset (use one of {', '.join(NAMES)} "
-                            "or npz:PATH)")
+    if data is not None and not is_data_name(data):
+        raise CompressError(f"data: {quoted(data)} is not a dataset (use one of {', '.join(NAMES)}, "
+                            "npz:PATH, PATH.npy or an image folder)")
+    for key in ("preprocess", "val_data", "val_split"):  # image-folder settings of 'data'
+        if recipe.get(key) is not None and data is None:
+            raise CompressError(f"{key}: applies to 'data' (an image folder); set 'data'")
+    if recipe.get("preprocess") is not None:
+        preprocess_mode(str(recipe["preprocess"]))
+    if recipe.get("val_split") is not None:
+        out["val_split"] = Option("val_split", float, None, "", low=0.0, high=1.0,
+                                  low_inclusive=False, high_inclusive=False).check(
+            recipe["val_split"], "val_split")
     for key in ("name", "description", "output"):
         if key in recipe and not isinstance(recipe[key], str):
             raise CompressError(f"{key}: must be a string, got {quoted(recipe[key])}")
@@ -152,6 +163,15 @@ def validate_recipe(recipe: dict, unsafe: bool = False) -> dict:
         raise CompressError("unsafe: a recipe cannot turn Keras safe mode off by itself; "
                             "pass --unsafe on the command line if you trust its model files")
     out["unsafe"] = bool(unsafe)
+    imports = recipe.get("import") or []
+    imports = [imports] if isinstance(imports, str) else imports
+    if not isinstance(imports, list) or not all(isinstance(m, str) and m for m in imports):
+        raise CompressError("import: must be a module name or .py path, or a list of them")
+    if imports and not unsafe:  # importing runs the module's code, as --import does
+        raise CompressError("import: a recipe cannot run Python modules by itself; pass "
+                            "--unsafe on the command line if you trust them (or --import "
+                            "MODULE)")
+    out["import"] = imports
     from compress.models import BUILDERS
 
     train = passes.get("train")
@@ -183,6 +203,7 @@ def validate_recipe(recipe: dict, unsafe: bool = False) -> dict:
     return out
 
 
+
 def _validate_step(spec, body, where: str, seed: int, data) -> dict:
     """One step's mapping: the pass's options, the recipe's extras, the data rule, files."""
     if body is None:
@@ -211,9 +232,7 @@ def _validate_step(spec, body, where: str, seed: int, data) -> dict:
             takers = [p.name for p in passes.all_passes() if p.takes_callbacks]
             raise CompressError(f"{where}.callbacks: only {', '.join(takers)} steps and the "
                                 "baseline take callbacks")
-        from compress.callbacks.from_config import build_callbacks
-
-        build_callbacks(callbacks, f"{where}.callbacks")  # validates every field
+        check_callbacks(callbacks, f"{where}.callbacks")
         values["callbacks"] = callbacks
     if where != "baseline":
         values.update(extras)

@@ -1,0 +1,42 @@
+"""compress.recipes.checks: a recipe is checked without TensorFlow, callbacks included."""
+
+import json
+import subprocess
+import sys
+
+_CHECK = """
+import json, sys
+from compress.errors import CompressError
+from compress.recipes import load_recipe
+try:
+    recipe = load_recipe(sys.argv[1])
+    outcome = sorted(recipe["baseline"]["callbacks"])
+except CompressError as exc:
+    outcome = str(exc)
+print(json.dumps([outcome, "keras" in sys.modules, "tensorflow" in sys.modules]))
+"""
+
+RECIPE = """model: lenet300
+data: digits
+baseline: {epochs: 1, callbacks: {cosine: {warmup_epochs: 1}, early_stopping: {patience: 2}}}
+steps:
+  - cascade: {epochs: 1, callbacks: {plateau: {patience: 1, factor: %s}}}
+"""
+
+
+def _check(tmp_path, factor):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(RECIPE % factor)
+    proc = subprocess.run([sys.executable, "-c", _CHECK, str(path)], capture_output=True,
+                          text=True, timeout=120, check=True)
+    return json.loads(proc.stdout)
+
+
+def test_a_recipe_with_callbacks_is_checked_without_keras(tmp_path):
+    assert _check(tmp_path, 0.5) == [["cosine", "early_stopping"], False, False]
+
+
+def test_a_bad_callback_option_is_refused_without_keras(tmp_path):
+    assert _check(tmp_path, 1.5) == [
+        "steps[0].cascade.callbacks.plateau.factor: must be in (0.0, 1.0), got 1.5",
+        False, False]
