@@ -45,8 +45,11 @@ def load_model(path: str | os.PathLike, unsafe: bool = False):
     graph is code too: without ``unsafe`` any op outside a pure-math allow-list (file I/O,
     Python calls, unknown ops; :mod:`compress.graph_safety`) is refused before TensorFlow
     loads it. A ``.keras`` archive whose members would unpack to more than the limits
-    above is refused before Keras reads it. The model is loaded uncompiled; passes compile
-    what they train.
+    above is refused before Keras reads it. A file saved with a loss loads compiled with
+    that loss and its metrics (the model's own task, :mod:`compress.task`, which passes
+    fine-tune on); one without stays uncompiled. The loss is read in the same safe mode
+    as the model: a loss that cannot be read safely (a Lambda) leaves the model
+    uncompiled, and the task is then inferred from its output.
 
     Args:
         path: the model file or SavedModel directory.
@@ -59,19 +62,9 @@ def load_model(path: str | os.PathLike, unsafe: bool = False):
     Raises:
         CompressError: one line naming the file and what is wrong with it.
     """
-    p = Path(path)
-    try:
-        os.stat(p)
-    except OSError as exc:
-        raise CompressError(f"{p}: {_why_unreachable(p, exc)}") from None
+    p = check_model_file(path)
     if p.is_dir():
         return _load_saved_model_dir(p, unsafe)
-    if p.suffix.lower() not in MODEL_SUFFIXES:
-        raise CompressError(f"{p}: unsupported model file type '{p.suffix}' "
-                            f"(expected {', '.join(MODEL_SUFFIXES)} or a SavedModel folder)")
-    if p.stat().st_size == 0:
-        raise CompressError(f"{p}: empty file, not a Keras model")
-    _check_container(p)
 
     import keras
 
@@ -85,7 +78,100 @@ def load_model(path: str | os.PathLike, unsafe: bool = False):
         raise CompressError(f"{p}: {_explain_load_error(exc)}") from exc
     if unsafe:
         mark_unsafe(model)  # copies made by the passes may rebuild its Lambdas
+    _compile_as_saved(model, p, unsafe)
     return model
+
+
+def check_model_file(path: str | os.PathLike) -> Path:
+    """Every check of a model file that needs no TensorFlow: it exists and can be read,
+    its type, and its container (a ``.keras`` zip's members and sizes, an HDF5 signature).
+    A SavedModel folder is only checked to exist here (its graph is checked on load).
+    The CLI calls it before importing TensorFlow, so a corrupt file is refused at once.
+
+    Example:
+
+    >>> check_model_file("missing.keras")
+    Traceback (most recent call last):
+    ...
+    compress.errors.CompressError: missing.keras: no such file
+    """
+    p = Path(path)
+    try:
+        os.stat(p)
+    except OSError as exc:
+        raise CompressError(f"{p}: {_why_unreachable(p, exc)}") from None
+    if p.is_dir():
+        return p
+    if p.suffix.lower() not in MODEL_SUFFIXES:
+        raise CompressError(f"{p}: unsupported model file type '{p.suffix}' "
+                            f"(expected {', '.join(MODEL_SUFFIXES)} or a SavedModel folder)")
+    if p.stat().st_size == 0:
+        raise CompressError(f"{p}: empty file, not a Keras model")
+    _check_container(p)
+    return p
+
+
+def _saved_compile_config(p: Path) -> dict | None:
+    """The compile settings a ``.keras`` or ``.h5`` file was saved with (None: none)."""
+    import json
+
+    try:
+        if p.suffix.lower() == ".keras":
+            with zipfile.ZipFile(p) as zf:
+                config = json.loads(zf.read("config.json"))
+            return config.get("compile_config") or None
+        import h5py
+
+        with h5py.File(p, "r") as f:
+            raw = f.attrs.get("training_config")
+        if raw is None:
+            return None
+        config = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+        config["optimizer"] = config.pop("optimizer_config", None)
+        return config
+    except Exception:  # noqa: BLE001 - the model itself loaded; its loss is optional
+        return None
+
+
+def _compile_as_saved(model, p: Path, unsafe: bool) -> None:
+    """Compile ``model`` with the loss and metrics its file carries, read in the user's
+    safe mode; leave it uncompiled when it carries none, or one that cannot be read.
+
+    Not ``load_model(compile=True)``: Keras fails on its own ``.h5`` files' string losses
+    (``"mse"``), and a compile failure would refuse a model that loads fine.
+    """
+    config = _saved_compile_config(p)
+    if not config or config.get("loss") is None:
+        return
+    import keras
+
+    # Keras has no public form of this scope (load_model's safe_mode= is per call).
+    from keras.src.saving.serialization_lib import SafeModeScope
+
+    def read(module, value):
+        if isinstance(value, str):
+            module.get(value)  # an unknown name raises here, not in a pass
+            return value
+        if isinstance(value, dict):
+            # round trip: a model copy (clone_model) rebuilds it from its config
+            obj = module.deserialize(value)
+            module.deserialize(keras.saving.serialize_keras_object(obj))
+            return obj
+        raise ValueError(f"unsupported entry {type(value).__name__}")
+
+    try:
+        with SafeModeScope(not unsafe):
+            loss = read(keras.losses, config["loss"])
+            metrics = config.get("metrics") or []
+            metrics = [read(keras.metrics, m) for m in metrics] if isinstance(
+                metrics, list) else []
+            try:
+                optimizer = keras.optimizers.deserialize(config["optimizer"])
+            except Exception:  # noqa: BLE001 - the optimizer is not the task: Keras's default
+                optimizer = "rmsprop"
+            model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
+    except Exception:  # noqa: BLE001, S110 - an unreadable loss: the task is inferred instead
+        pass
 
 
 # Models the user loaded with --unsafe (and copies of them), without an attribute hung on
@@ -201,10 +287,57 @@ def _explain_load_error(exc: Exception) -> str:
                           r"['\"`]([^'\"`]+)['\"`]", text, re.IGNORECASE)
         name = f"'{found.group(1)}'" if found else _quoted_name(text)
         return (f"unknown custom layer or object {name}: import the module that defines it "
-                "and register it with @keras.saving.register_keras_serializable").strip()
+                "(--import MODULE or --import file.py) and register it with "
+                "@keras.saving.register_keras_serializable").strip()
     if "truncated" in low or "unable to open" in low or "bad zip" in low:
         return "corrupt or truncated model file"
     return f"could not load the model ({text[:200]})"
+
+
+def import_modules(specs) -> list:
+    """Import the user's modules (dotted names or ``.py`` paths) before a model loads, so
+    that the custom layers they register with ``@keras.saving.register_keras_serializable``
+    deserialize. This runs the modules' code: only on the user's explicit ``--import``
+    (or a recipe's ``import:`` with ``--unsafe``).
+
+    Example:
+
+    >>> import_modules(["my_layers", "./blocks.py"])   # doctest: +SKIP
+    [<module 'my_layers' ...>, <module 'blocks' ...>]
+
+    Raises:
+        CompressError: a module that is missing or fails on import: its own error, one line.
+    """
+    import importlib
+    import importlib.util
+    import sys
+
+    modules = []
+    for spec in specs:
+        spec = str(spec)
+        try:
+            if spec.endswith(".py") or os.sep in spec or "/" in spec:
+                path = Path(spec)
+                if not path.is_file():
+                    raise CompressError(f"--import {spec}: no such file")
+                name = re.sub(r"\W", "_", path.stem)
+                found = importlib.util.spec_from_file_location(name, path)
+                module = importlib.util.module_from_spec(found)
+                sys.modules[name] = module
+                try:
+                    found.loader.exec_module(module)
+                except BaseException:
+                    sys.modules.pop(name, None)
+                    raise
+            else:
+                module = importlib.import_module(spec)
+        except CompressError:
+            raise
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - the user's code, their error
+            text = " ".join(str(exc).split())[:200]
+            raise CompressError(f"--import {spec}: {type(exc).__name__}: {text}") from None
+        modules.append(module)
+    return modules
 
 
 def _quoted_name(text: str) -> str:

@@ -1,7 +1,8 @@
 """``train``: (re)train a model on its data, as a recipe step or a baseline.
 
 The recipe step ``train`` and a recipe's ``baseline`` use it; it compiles a copy of the
-model for integer-label classification and fits it on the data's train split (validating
+model for its own task (:mod:`compress.task`: the model's loss, ``loss``/``metrics``
+options, else inferred from its output) and fits it on the data's train split (validating
 on its val split), with the recipe's callbacks.
 
 Example:
@@ -16,12 +17,14 @@ from __future__ import annotations
 
 from compress.options import Option, Schema
 from compress.passes import Pass
+from compress.task import TASK_OPTIONS
 
 TRAIN_OPTIONS = Schema("train", [
     Option("epochs", int, 5, "training epochs", low=0),
     Option("learning_rate", float, 1e-3, "learning rate", low=0.0, low_inclusive=False),
     Option("optimizer", str, "adam", "optimizer", choices=("adam", "sgd", "rmsprop")),
     Option("batch_size", int, 64, "batch size", low=1),
+    *TASK_OPTIONS,
 ])
 
 
@@ -29,7 +32,7 @@ def train(model, data=None, *, verbose=0, callbacks=None, in_place: bool = False
     """Train ``model`` on ``data``; return the trained model and ``{"epochs": n}``.
 
     Args:
-        model: a Keras classifier (not modified unless ``in_place``).
+        model: a Keras model (not modified unless ``in_place``).
         data: a :class:`compress.data.Dataset` prepared for the model.
         verbose: Keras ``verbose``, default 0.
         callbacks: list of Keras callbacks or None.
@@ -44,8 +47,10 @@ def train(model, data=None, *, verbose=0, callbacks=None, in_place: bool = False
     if data is None:
         raise CompressError("train: needs data")
     target = model if in_place else training.copy_model(model)
-    training.compile_classifier(target, learning_rate=opts["learning_rate"],
-                                optimizer=opts["optimizer"])
+    from compress.task import resolve, sample_targets
+
+    task = resolve(model, opts["loss"], opts["metrics"], y=sample_targets(data))
+    task.compile(target, learning_rate=opts["learning_rate"], optimizer=opts["optimizer"])
     training.fit(target, data, epochs=opts["epochs"], batch_size=opts["batch_size"],
                  callbacks=list(callbacks or []), verbose=verbose)
     return target, {"epochs": opts["epochs"]}

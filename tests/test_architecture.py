@@ -4,7 +4,8 @@ Every import counts, including those inside function bodies (the lazy ones that 
 ``compress --help`` fast): a lazy import is still a dependency. Layers, bottom up:
 
 - core: errors, options, passes (the registry), io, data, models, training,
-  training_context, report, runtime, export, quiet, layers, graph_safety
+  training_context, report, runtime, export, quiet, layers, graph_safety, task,
+  agreement, progress
 - passes: pruning, sharing, quantization, distillation, callbacks, cascade, train
 - front-ends: cli, recipes and the package facade ``compress/__init__.py``
 """
@@ -22,7 +23,7 @@ CORE, PASSES, FRONT = 0, 1, 2
 LAYER_NAMES = {CORE: "core", PASSES: "pass", FRONT: "front-end"}
 _CORE = {"errors", "options", "passes", "io", "data", "models", "training",
          "training_context", "report", "runtime", "export", "quiet", "layers",
-         "graph_safety"}
+         "graph_safety", "task", "agreement", "progress"}
 _PASSES = {"pruning", "sharing", "quantization", "distillation", "callbacks", "cascade",
            "train"}
 _FRONT = {"cli", "recipes"}

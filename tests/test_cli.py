@@ -66,6 +66,26 @@ def test_export_onnx_and_refuse_overwrite(cli, tmp_path, cnn_file):
     assert file_digest(path) == digest
 
 
+def test_export_precision_fp16_writes_a_half_onnx_measured_against_float(cli, tmp_path,
+                                                                        cnn_file):
+    import onnx
+
+    path, _ = cnn_file
+    out = tmp_path / "cnn-fp16.onnx"
+    result = cli("export", path, "-o", out, "--precision", "fp16", "--data", "digits",
+                 "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["mode"] == "float16" and data["format"] == "onnx"
+    assert data["top1_agreement"] >= 0.98
+    kinds = {t.data_type for t in onnx.load(str(out)).graph.initializer if len(t.dims) >= 2}
+    assert kinds == {onnx.TensorProto.FLOAT16}
+    both = cli("export", path, "-o", tmp_path / "x.onnx", "--precision", "fp16",
+               "--quantize", "int8", "--data", "digits")
+    assert both.exit_code == 1 and "two different artifacts" in both.stderr
+    assert not (tmp_path / "x.onnx").exists()
+
+
 def test_export_usage_error_is_exit_2(cli, cnn_file, tmp_path):
     result = cli("export", cnn_file[0], "--format", "coreml", "-o", tmp_path / "x.onnx")
     assert result.exit_code == 2
@@ -198,3 +218,32 @@ def test_demo_quick_runs_the_shipped_recipe(cli, tmp_path):
     # every exported or quantized artifact was measured in its runtime on the test split
     measured = [s["after"] for s in report["steps"] if s["kind"] in ("export", "quantize")]
     assert all(0.0 < r["accuracy"] <= 1.0 for r in measured)
+
+
+def test_progress_is_plain_lines_on_stderr_and_json_stays_pure(cli, tmp_path, mlp_file,
+                                                               monkeypatch):
+    """With progress on (a terminal, or COMPRESS_PROGRESS=1 as here): a first line before
+    TensorFlow loads, the phases, one plain line per epoch with its loss and an ETA, on
+    stderr only; --quiet silences it; stdout is the JSON alone."""
+    from compress import progress
+
+    path, _ = mlp_file
+    monkeypatch.setenv("COMPRESS_PROGRESS", "1")
+    try:
+        result = cli("prune", path, "-o", tmp_path / "p.keras", "--sparsity", "0.5",
+                     "--data", "digits", "--epochs", "2", "--json")
+        assert result.exit_code == 0, result.output
+        json.loads(result.stdout)  # nothing else on stdout
+        lines = result.stderr.splitlines()
+        assert lines[0] == "compress: starting TensorFlow"
+        assert any(line.startswith("compress: loading ") for line in lines)
+        assert any("masks to 50.0% sparsity" in line for line in lines)
+        epochs = [line for line in lines if "training: epoch" in line]
+        assert [e.split("epoch ")[1].split(",")[0] for e in epochs] == ["1/2", "2/2"]
+        assert "loss " in epochs[0] and "ETA" in epochs[0] and "ETA" not in epochs[1]
+        assert "\x1b" not in result.stderr  # no escape codes
+        quiet = cli("prune", path, "-o", tmp_path / "q.keras", "--sparsity", "0.5",
+                    "--data", "digits", "--epochs", "1", "--json", "--quiet")
+        assert quiet.exit_code == 0 and not quiet.stderr.strip()
+    finally:
+        progress.set_on(False)

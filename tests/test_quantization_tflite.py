@@ -198,7 +198,8 @@ def test_wrong_shape_calibration_data_is_refused(mlp_file):
 
     path, ds = mlp_file
     bad = dataclasses.replace(ds, x_train=np.zeros((50, 5, 5, 1), np.float32))
-    with pytest.raises(CompressError, match="calibration data: samples of shape"):
+    with pytest.raises(CompressError,
+                       match=r"digits: samples of shape \(5, 5, 1\).*do not fit model input"):
         quantize(_load(path), bad)
 
 
@@ -242,8 +243,7 @@ def test_format_from_options_or_output_suffix():
         format_for("m.bin", {"mode": "int8"})
     with pytest.raises(CompressError, match="m.keras: a .keras output needs mode keras-int8"):
         format_for("m.keras", {"mode": "int8"})
-    with pytest.raises(CompressError, match="quantize: float16 is TFLite only"):
-        artifact_format({"mode": "float16", "format": "onnx"})
+    assert artifact_format({"mode": "float16", "format": "onnx"}) == "onnx"
     with pytest.raises(CompressError, match="keras-int8 writes a .keras model, not onnx"):
         artifact_format({"mode": "keras-int8", "format": "onnx"})
     with pytest.raises(CompressError, match="--qat trains for full-integer int8"):

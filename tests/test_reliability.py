@@ -202,7 +202,9 @@ def _hostile_archives_and_data(d, mlp_path, cnn_path):
     (d / "pickle.npz").write_bytes(pickle.dumps({"x_train": touch}, protocol=2))
     np.savez(d / "object.npz", x_train=np.array([touch] * 40, dtype=object),
              y_train=rng.integers(0, 10, 40))
-    np.savez(d / "no_labels.npz", x_train=rng.random((40, 8, 8, 1)).astype("float32"))
+    # labels for one split but not for training (inputs alone would be unlabelled data)
+    np.savez(d / "no_labels.npz", x_train=rng.random((40, 8, 8, 1)).astype("float32"),
+             y_val=np.zeros(4, int))
 
 
 def _recipes(d, mlp_path):

@@ -29,7 +29,7 @@ def command(model, output, data, seed, unsafe, as_json, force, **options):
 
     from compress import data as data_mod
     from compress import io
-    from compress.cli.common import emit, start_work, verbose
+    from compress.cli.common import emit, read_data, start_work, verbose
     from compress.errors import CompressError
     from compress.models import BUILDERS
 
@@ -42,7 +42,9 @@ def command(model, output, data, seed, unsafe, as_json, force, **options):
                             f"{', '.join(BUILDERS)})")
     inputs = [] if is_builder else [model]
     io.check_output(output, inputs=inputs, force=force, suffixes=io.MODEL_SUFFIXES)
-    dataset = data_mod.load_data(data, seed)
+    dataset = read_data(data, seed)  # with --preprocess / --val-data / --val-split
+    if not is_builder:
+        io.check_model_file(model)  # a corrupt file is refused before TensorFlow loads
 
     start_work()  # every check above needs no TensorFlow
     from compress import training

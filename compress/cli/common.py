@@ -22,16 +22,111 @@ output_option = click.option("-o", "--output", "output", required=True,
                              type=click.Path(readable=False),
                              help="Output file. Refused if it exists, unless --force.")
 force_option = click.option("--force", is_flag=True, help="Overwrite an existing output file.")
-json_option = click.option("--json", "as_json", is_flag=True,
-                           help="Print the result as JSON on stdout (progress goes to stderr).")
-unsafe_option = click.option(
+_json_flag = click.option("--json", "as_json", is_flag=True,
+                          help="Print the result as JSON on stdout (progress goes to stderr).")
+
+
+def _set_progress(ctx, param, quiet):
+    from compress import progress
+
+    progress.set_on(progress.default_for_cli(quiet=quiet), quiet=quiet)
+    return quiet
+
+
+_quiet_flag = click.option(
+    "--quiet", "-q", is_flag=True, expose_value=False, callback=_set_progress,
+    help="No progress lines on stderr (errors still print). Progress is on when stderr is "
+         "a terminal, or with COMPRESS_PROGRESS=1; it is plain text, one line per phase "
+         "and per epoch (loss, sparsity, ETA).")
+
+
+def json_option(func):
+    """--json (the result as JSON on stdout) and --quiet (no progress on stderr)."""
+    return _json_flag(_quiet_flag(func))
+_unsafe_flag = click.option(
     "--unsafe", is_flag=True,
     help="Load models with Keras safe_mode off. This EXECUTES Python code stored in the file "
          "(Lambda layers): use only for files you trust.")
-data_option = click.option(
-    "--data", "data", default=None, metavar="NAME",
-    help="Dataset: digits, mnist5k, animals, or npz:PATH (x_train, y_train, optional "
-         "x_val/y_val/x_test/y_test).")
+
+
+def _keep_imports(ctx, param, value):
+    if value:
+        ctx.meta.setdefault("compress_imports", []).extend(value)
+    return value
+
+
+_import_option = click.option(
+    "--import", "imports", multiple=True, expose_value=False, metavar="MODULE",
+    callback=_keep_imports,
+    help="Import MODULE (a dotted module name or a .py file; repeatable) before loading, "
+         "so the custom layers it registers load. This RUNS that module's code.")
+
+
+def unsafe_option(func):
+    """--unsafe and --import MODULE: the two ways a user chooses to run code."""
+    return _unsafe_flag(_import_option(func))
+_data_name_option = click.option(
+    "--data", "data", default=None, metavar="NAME|DIR|FILE",
+    help="Data: digits, mnist5k, animals; npz:PATH (x_train, optional y_train, "
+         "x_val/y_val/x_test/y_test); PATH.npy (inputs only); or an image folder DIR "
+         "(class sub-folders = labelled, flat = unlabelled), resized to the model's input.")
+
+
+def _keep_data_setting(ctx, param, value):
+    if value is not None:
+        ctx.meta.setdefault("compress_data", {})[param.name] = value
+    return value
+
+
+_data_settings_options = [
+    click.option("--preprocess", default=None, expose_value=False, metavar="NAME",
+                 callback=_keep_data_setting,
+                 help="Image folders: pixel preprocessing: scale01 (default, [0, 1]), tf "
+                      "([-1, 1]), caffe, torch, raw, or a keras.applications family "
+                      "(mobilenet_v2, resnet50, efficientnet, ...)."),
+    click.option("--val-data", default=None, expose_value=False, metavar="DIR",
+                 callback=_keep_data_setting,
+                 help="Image folders: a folder of validation images (same layout)."),
+    click.option("--val-split", default=None, type=float, expose_value=False,
+                 callback=_keep_data_setting,
+                 help="Image folders: fraction of the images held out for validation "
+                      "(default 0.1)."),
+]
+
+
+def data_option(func):
+    """--data and the image-folder settings --preprocess, --val-data, --val-split."""
+    for deco in reversed([_data_name_option, *_data_settings_options]):
+        func = deco(func)
+    return func
+
+
+def data_settings() -> dict:
+    """The image-folder settings given on the command line (``preprocess``, ``val_data``,
+    ``val_split``), as :func:`compress.data.load_data` keywords."""
+    ctx = click.get_current_context(silent=True)
+    return dict(ctx.meta.get("compress_data", {})) if ctx is not None else {}
+
+
+def read_data(data: str | None, seed: int):
+    """``--data`` read and checked (no TensorFlow), with its settings; None without it.
+
+    Its notes (skipped image files) go to stderr, one line each.
+    """
+    from compress import data as data_mod
+
+    settings = data_settings()
+    if not data:
+        if settings:
+            from compress.errors import CompressError
+
+            flag = "--" + next(iter(settings)).replace("_", "-")
+            raise CompressError(f"{flag} applies to --data (an image folder); give --data DIR")
+        return None
+    raw = data_mod.load_data(data, seed, **settings)
+    for note in getattr(raw, "notes", []):
+        click.echo(note, err=True)
+    return raw
 seed_option = click.option("--seed", default=0, show_default=True, type=int,
                            callback=lambda ctx, param, value: _check_seed(value),
                            help="Random seed (data split, initialisation, sampling).")
@@ -55,8 +150,17 @@ def common_options(func):
 
 
 def verbose(as_json: bool) -> int | str:
-    """Keras ``verbose`` for fits: the progress bar, unless stdout must stay pure JSON."""
-    return 0 if as_json else "auto"
+    """Keras ``verbose`` for fits: none with ``--json`` (stdout stays pure JSON) or
+    ``--quiet``; none either where :mod:`compress.progress` prints its plain epoch lines
+    on stderr instead (progress on, stdout not a terminal); else Keras's own output (a
+    bar in a terminal, one line per epoch when piped)."""
+    from compress import progress
+
+    if as_json or progress.is_quiet():
+        return 0
+    if progress.is_on() and not sys.stdout.isatty():
+        return 0
+    return "auto"
 
 
 def emit(result: dict, as_json: bool, reports: list | None = None, title: str | None = None,
@@ -118,9 +222,16 @@ def start_work() -> None:
     """Every check that needs no TensorFlow has passed: import it, then enter what the
     command's options deferred (:func:`deferred_until_work`). Call it once, before loading
     or building any model."""
+    from compress import progress
     from compress.quiet import import_tensorflow
 
+    progress.say("starting TensorFlow")
     import_tensorflow()
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None and ctx.meta.get("compress_imports"):  # --import: before any load
+        from compress.io import import_modules
+
+        import_modules(ctx.meta["compress_imports"])
     waiting = _DEFERRED.get()
     _DEFERRED.set(())
     for enter in waiting:
@@ -157,11 +268,15 @@ def load_inputs(model_path: str, data: str | None, seed: int, unsafe: bool,
     from compress import data as data_mod
 
     refuse_missing(model_path)
-    raw = data_mod.load_data(data, seed) if data else None
+    raw = read_data(data, seed)
+    from compress import io
+
+    io.check_model_file(model_path)  # a corrupt file is refused before TensorFlow loads
     start_work()
-    from compress import io, training
+    from compress import progress, training
 
     training.set_seed(seed)
+    progress.say(f"loading {model_path}")
     model = io.load_model(model_path, unsafe=unsafe)
     if single_io and (len(model.inputs) != 1 or len(model.outputs) != 1):
         from compress.errors import CompressError
@@ -176,29 +291,41 @@ def load_inputs(model_path: str, data: str | None, seed: int, unsafe: bool,
 
 def run_model_pass(model_path: str, output: str, data: str | None, seed: int, unsafe: bool,
                    force: bool, as_json: bool, apply, title: str,
-                   after_name: str = "after") -> dict:
+                   after_name: str = "after", task_options: dict | None = None) -> dict:
     """The flow every model-to-model command shares.
 
     Checks the output path first (nothing is computed for a refused output), loads the
     model and data, measures ``before``, runs ``apply(model, dataset) -> (new_model, info)``,
     saves atomically, measures ``after`` on the saved file, and prints the table or JSON.
     Whether ``--data`` is needed is the pass's own rule (``compress.passes``), checked
-    by the command before it calls this.
+    by the command before it calls this. Both reports score the model's own task
+    (:func:`compress.task.resolve`, with ``task_options``' ``loss``/``metrics``), so
+    they compare like with like: accuracy for a classifier, MSE for a regression.
     """
     from compress import io
     from compress.report import model_report
 
     io.check_output(output, inputs=[model_path], force=force, suffixes=io.MODEL_SUFFIXES)
     model, dataset = load_inputs(model_path, data, seed, unsafe)
+    task = None
+    if dataset is not None:
+        from compress.task import resolve, sample_targets
+
+        task = resolve(model, (task_options or {}).get("loss"),
+                       (task_options or {}).get("metrics"), y=sample_targets(dataset, "test"))
     before = model_report(model, dataset, name="before",
-                          path=None if _is_dir(model_path) else model_path)
+                          path=None if _is_dir(model_path) else model_path, task=task,
+                          reference=model)
     new_model, info = apply(model, dataset)
     io.save_model(new_model, output, inputs=[model_path], force=force)
-    after = model_report(new_model, dataset, name=after_name, path=output)
+    after = model_report(new_model, dataset, name=after_name, path=output, task=task,
+                         reference=model)
     result = {"input": model_path, "output": output, "before": before, "after": after,
               "pass": info}
     lines = [f"wrote {output}"] + [f"  {k}: {v}" for k, v in info.items()
                                    if not isinstance(v, (list, dict))]
+    if task is not None and "task" not in info:
+        lines.append(f"  task: {task.describe()}")
     emit(result, as_json, reports=[before, after], title=title, lines=lines)
     return result
 

@@ -47,10 +47,12 @@ def distill_files(model_path, output, data, seed, unsafe, force, opts, as_json):
 
     from compress import io
     from compress.cli.common import emit, load_inputs, verbose
+
+    # First the checks that need no TensorFlow (the files, the data), then the imports.
+    teacher, dataset = load_inputs(model_path, data, seed, unsafe)
     from compress.distillation import distill_from_options
     from compress.report import model_report
 
-    teacher, dataset = load_inputs(model_path, data, seed, unsafe)
     distilled, alone, info = distill_from_options(teacher, dataset, opts, unsafe=unsafe,
                                                   verbose=verbose(as_json))
     io.save_model(distilled, output, inputs=[model_path], force=force)

@@ -23,6 +23,10 @@ from compress.export import EXPORT_OPTIONS
 @click.option("--quantize", "quantize", type=click.Choice(["int8", "dynamic", "float16"]),
               default=None, help="Quantize while exporting (as `compress quantize --mode`); "
               "int8 needs --data for calibration.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32",
+              help="fp16: float16 weights and compute with float32 inputs and outputs (the "
+              "form GPUs run; ONNX through onnxruntime's float16 converter, TFLite float16 "
+              "weights); the same as --quantize float16.")
 @click.option("--sparse", is_flag=True, default=False,
               help="With --quantize, TFLite: store mostly-zero (pruned) weight tensors in "
               "TFLite's sparse format (as `compress quantize --sparse`): a smaller raw file, "
@@ -32,7 +36,7 @@ from compress.export import EXPORT_OPTIONS
 @json_option
 @force_option
 def command(model, output, data, seed, unsafe, as_json, force, quantize=None, sparse=False,
-            **options):
+            precision="fp32", **options):
     """Export MODEL to ONNX or TFLite, then run the file in onnxruntime / LiteRT and
     compare its outputs with Keras (max abs diff and top-1 agreement). A disagreement
     beyond --atol is an error and nothing is written.
@@ -42,6 +46,7 @@ def command(model, output, data, seed, unsafe, as_json, force, quantize=None, sp
       compress export model.keras -o model.onnx --data mnist5k
       compress export model.h5 --format tflite -o model.tflite
       compress export model.keras -o model.tflite --quantize int8 --data mnist5k
+      compress export model.keras -o model-fp16.onnx --precision fp16
       compress export pruned.keras -o pruned.tflite --quantize int8 --sparse --data mnist5k
     """
     from compress import export, io
@@ -49,6 +54,11 @@ def command(model, output, data, seed, unsafe, as_json, force, quantize=None, sp
     from compress.errors import CompressError
 
     fmt = export.format_for(output, options)
+    if precision == "fp16":
+        if quantize not in (None, "float16"):
+            raise CompressError(f"--precision fp16 and --quantize {quantize} ask for two "
+                                "different artifacts; give one of them")
+        quantize = "float16"
     if sparse and not quantize:
         raise CompressError("--sparse is a storage option of the quantized TFLite file; add "
                             "--quantize int8|dynamic|float16 (or use `compress quantize "
@@ -66,7 +76,11 @@ def command(model, output, data, seed, unsafe, as_json, force, quantize=None, sp
     content, info = export.export_artifact(loaded, dataset, **opts)
     io.write_bytes(out, content)
     result = {"path": str(out), **info}
+    agreement = (f"top-1 agreement {result['top1_agreement']:.2%}"
+                 if "top1_agreement" in result else f"SQNR {result['sqnr_db']:.1f} dB")
     verified = (f"verified on {result['samples']} inputs: max abs diff "
-                f"{result['max_abs_diff']:.2e}, top-1 agreement {result['top1_agreement']:.2%}")
-    emit(result, as_json, lines=[f"wrote {result['path']} ({result['bytes']:,} bytes, {fmt})",
-                                 verified])
+                f"{result['max_abs_diff']:.2e}, {agreement}")
+    lines = [f"wrote {result['path']} ({result['bytes']:,} bytes, {fmt})", verified]
+    if result.get("export_copy"):  # the artifact was made from a converter-friendly copy
+        lines.append(f"note: {result['export_copy']}")
+    emit(result, as_json, lines=lines)

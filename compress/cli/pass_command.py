@@ -43,7 +43,7 @@ def run_pass_command(spec, model, output, data, seed, unsafe, as_json, force, op
         return run_model_pass(model, output, data, seed, unsafe, force, as_json,
                               lambda loaded, ds: spec.run(loaded, ds, verbose=verbose(as_json),
                                                           **opts),
-                              title=spec.name, after_name=spec.name)
+                              title=spec.name, after_name=spec.name, task_options=opts)
     io.check_output(output, inputs=[model], force=force, suffixes=(spec.artifact_suffix(opts),))
     loaded, dataset = load_inputs(model, data, seed, unsafe)
     content, info = spec.run(loaded, dataset, verbose=verbose(as_json), **opts)

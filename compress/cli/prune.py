@@ -51,4 +51,5 @@ def command(model, output, data, seed, unsafe, as_json, force, **options):
         return new_model, info
 
     run_model_pass(model, output, data, seed, unsafe, force, as_json, apply,
-                   title=f"prune ({opts['method']}, {opts['schedule']})", after_name="pruned")
+                   title=f"prune ({opts['method']}, {opts['schedule']})", after_name="pruned",
+                   task_options=opts)

@@ -67,7 +67,9 @@ def emit_result(result: dict, as_json: bool) -> None:
     table.add_column(result["mode"])
     rows = [("file size", "float_bytes", "bytes", human_bytes),
             ("zipped size", "float_zipped_bytes", "zipped_bytes", human_bytes),
-            ("accuracy", "float_accuracy", "accuracy", "{:.2%}".format)]
+            ("accuracy", "float_accuracy", "accuracy", "{:.2%}".format),
+            ("test MSE", "float_mse", "mse", "{:.4g}".format),
+            ("test MAE", "float_mae", "mae", "{:.4g}".format)]
     for label, f_key, q_key, fmt in rows:
         if q_key in result:
             table.add_row(label, fmt(result[f_key]), fmt(result[q_key]))
@@ -75,10 +77,18 @@ def emit_result(result: dict, as_json: bool) -> None:
         f = result["float_latency_ms"][threads]
         table.add_row(f"latency b=1, {threads} thread(s)", f"{f:.3f} ms",
                       f"{q:.3f} ms ({q / f:.2f}x)")
+    if not result.get("verified", True):  # a check that can fail, and did: say so loudly
+        table.add_row("agreement", "", f"[bold red]WARNING: {result['agreement']}[/]")
     console = Console()
     console.print(table)
-    console.print(f"wrote {result['path']} ({result['size_ratio']:.2f}x the float size; "
-                  f"top-1 agreement with Keras {result['top1_agreement']:.2%})")
+    if result.get("verified", True):
+        console.print(f"wrote {result['path']} ({result['size_ratio']:.2f}x the float size; "
+                      f"verified against Keras: {result.get('agreement', '')})")
+    else:
+        console.print(f"wrote {result['path']} ({result['size_ratio']:.2f}x the float size)")
+        console.print(f"[bold red]warning:[/] the {result['mode']} model disagrees with its "
+                      f"float model on {result['agreement_samples']} inputs: "
+                      f"{result['agreement']}")
     if result.get("float_layers"):
         console.print("stayed float (Keras int8 covers Dense/EinsumDense/Embedding only): "
                       + ", ".join(result["float_layers"]))
@@ -88,6 +98,8 @@ def emit_result(result: dict, as_json: bool) -> None:
                       f"({zeros['model']:.1%} in the model)")
     if result.get("latency_note"):
         console.print(result["latency_note"])
+    if result.get("export_copy"):  # e.g. a mixed_float16 model, quantized via float32
+        console.print(f"note: {result['export_copy']}")
     if result.get("qat"):
         console.print("QAT: " + ", ".join(f"{k} {v}" for k, v in result["qat"].items()
                                           if not isinstance(v, (list, dict))))

@@ -42,4 +42,4 @@ def command(model, output, data, seed, unsafe, as_json, force, **options):
 
     PASS.require_data(opts, data, flags=True)
     run_model_pass(model, output, data, seed, unsafe, force, as_json, apply, title,
-                   after_name=opts["method"])
+                   after_name=opts["method"], task_options=opts)

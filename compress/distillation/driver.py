@@ -33,8 +33,8 @@ Example:
 from __future__ import annotations
 
 import keras
-import numpy as np
 
+from compress.data import as_dataset, prepare
 from compress.distillation.augment import augmented_batches, check_augment
 from compress.distillation.options import DISTILL_OPTIONS, DISTILL_TRAINING_OPTIONS
 from compress.errors import CompressError
@@ -89,8 +89,10 @@ def distill(teacher, student, data, *, callbacks=None, verbose: int | str = 0, *
             not a classifier, unknown or mismatched feature layers, NaN loss.
     """
     opts = DISTILL_TRAINING_OPTIONS.validate(options)
+    data = as_dataset(data)  # a tf.data.Dataset, arrays, (x, y), a name: one form
     kind, student_kind, pairs = check_compatible(teacher, student, data,
                                                  opts["teacher_outputs"], opts["feature_pairs"])
+    data = prepare(teacher, data)  # the models are checked first, in their own words
     check_augment(opts["augment"], opts["shift"], student.inputs[0].shape[1:])
 
     teacher_logits = logits_model(teacher, kind)
@@ -106,20 +108,21 @@ def distill(teacher, student, data, *, callbacks=None, verbose: int | str = 0, *
         optimizer=keras.optimizers.Adam(opts["learning_rate"]),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"])
-    has_val = data.x_val is not None and len(data.x_val) > 0
+    stream = data.fit_args(opts["batch_size"])  # arrays, or streamed batches
     # The student gets its output activation back when training ends, before a NaN stop
     # saves it (--keep-last-good), and in any case once the fit is left.
     back = keras.callbacks.LambdaCallback(on_train_end=lambda logs: restore())
     fit_args = {"epochs": opts["epochs"], "verbose": verbose,
                 "callbacks": list(callbacks or []) + [back],
-                "validation_data": (data.x_val, data.y_val) if has_val else None,
+                "validation_data": stream["validation_data"],
                 "target": trained,  # NaN: keep (and save) the student's last good weights
                 "advice": "distill: lower the learning rate or the temperature, or check "
                           "the data"}
     try:
         if opts["augment"] == "none":
-            history = training.fit_model(distiller, data.x_train, data.y_train,
-                                         batch_size=opts["batch_size"], shuffle=True,
+            history = training.fit_model(distiller, stream["x"], stream["y"],
+                                         batch_size=stream["batch_size"],
+                                         shuffle=stream["batch_size"] is not None,
                                          **fit_args)
         else:
             # The Distiller calls the teacher on each batch it trains on: same shifted view.
@@ -359,10 +362,10 @@ def _check_models(teacher, student, data) -> None:
                             "of 2 or more classes: not a classifier, so logits distillation "
                             "does not apply")
     check_labels(teacher, data.num_classes, data.name)
-    if data.x_train is None or len(data.x_train) == 0:
+    if data.size("train") == 0:
         raise CompressError(f"{data.name}: no training samples")
-    if tuple(np.shape(data.x_train)[1:]) != t_in:
-        raise CompressError(f"{data.name}: samples of shape {tuple(np.shape(data.x_train)[1:])} "
+    if data.sample_shape != t_in:
+        raise CompressError(f"{data.name}: samples of shape {data.sample_shape} "
                             f"do not match the models' input {t_in} (use compress.data.prepare)")
 
 

@@ -50,7 +50,9 @@ def train_alone(student, data, epochs: int = 10, learning_rate: float = 1e-3,
 
     check_augment(augment, shift, student.inputs[0].shape[1:])
     model = copy_with_constraints(student)
-    training.compile_classifier(model, learning_rate=learning_rate)
+    from compress.task import resolve, sample_targets
+
+    resolve(student, y=sample_targets(data)).compile(model, learning_rate=learning_rate)
     if augment == "none":
         training.fit(model, data, epochs=epochs, batch_size=batch_size, verbose=verbose)
     else:
@@ -124,9 +126,13 @@ def distill_from_options(teacher, data, options: dict, *, callbacks=None,
     from compress import io, training
 
     opts = DISTILL_OPTIONS.validate(options)
+    from compress.data import as_dataset, prepare
+
+    data = as_dataset(data)  # a tf.data.Dataset, arrays, (x, y), a name: one form
     given = io.load_model(opts["student"], unsafe=unsafe) if opts["student"] else None
     student = make_student(teacher, student=given, width=opts["width"], depth=opts["depth"])
     check_compatible(teacher, student, data, opts["teacher_outputs"], opts["feature_pairs"])
+    data = prepare(teacher, data)  # the models are checked first, in their own words
     check_augment(opts["augment"], opts["shift"], student.inputs[0].shape[1:])
     fit = {k: opts[k] for k in DISTILL_TRAINING_OPTIONS.names()}
     alone = None

@@ -6,6 +6,7 @@ import time
 
 import numpy as np
 
+from compress.data import as_dataset
 from compress.errors import CompressError
 from compress.passes import Pass
 from compress.pruning.criteria import criterion, saliency_scores
@@ -58,9 +59,14 @@ def _check_data(model, data, opts) -> None:
                             f"it cannot give --sparsity {opts['sparsity']}")
     if opts["distill"] and not opts["epochs"]:
         raise CompressError("prune: distillation fine-tunes; give epochs >= 1")
+    if opts["method"] == "obs" and not opts["structured"] and (
+            opts["scope"] == "sensitivity" or opts["block"] > 1 or opts["balance"]):
+        raise CompressError("prune: --method obs prunes each layer with compensation "
+                            "(scope layer or global); it takes neither --scope sensitivity, "
+                            "--block nor --balance")
     if data is not None:
         want = tuple(model.inputs[0].shape[1:])
-        have = tuple(data.x_train.shape[1:])
+        have = data.sample_shape
         if len(want) != len(have) or any(w is not None and w != h for w, h in zip(want, have)):
             raise CompressError(f"prune: data '{data.name}' samples have shape {have} but the "
                                 f"model takes {want}")
@@ -106,21 +112,36 @@ def prune(model, data=None, *, verbose=0, **options):
     from compress import training
 
     opts = PRUNE_OPTIONS.validate(options)
+    data = as_dataset(data, model)  # a tf.data.Dataset, arrays, (x, y), a name: one form
     _check_data(model, data, opts)
     opts = resolve_sparsity(opts)
     training.set_seed(opts["seed"])
+    from compress.task import resolve, sample_targets
+
+    opts["_task"] = resolve(model, opts["loss"], opts["metrics"], y=sample_targets(data))
+    # Inputs only: fine-tuning becomes distillation from the original model (fidelity).
+    opts["_labelled"] = data is None or bool(getattr(data, "labelled", True))
+    if not opts["_labelled"] and opts["schedule"] == "gradual":
+        raise CompressError("prune: the gradual schedule trains on labels and this data has "
+                            "none; use --schedule oneshot or iterative with --epochs (then "
+                            "fine-tuning distills from the original model)")
     original = model
     model = training.copy_model(model)
     info = {"method": opts["method"], "schedule": opts["schedule"],
             "sparsity_requested": opts["sparsity"]}
+    if opts["epochs"]:
+        info["task"] = opts["_task"].describe()
+        if not opts["_labelled"]:
+            info["task"] += "; no labels: fine-tuned by distillation from the original"
     if opts["quality"] is not None:
         info["quality"] = opts["quality"]
     if opts["two_four"]:  # the 2:4 pattern fixes the sparsity; --sparsity is not used
         info.update(pattern="2:4", sparsity_requested=0.5)
-    if criterion(opts["method"]).needs_data:
+    if opts["method"] == "obd":
         info["estimator"] = opts["estimator"]
-    calib = None if data is None else (data.x_train[:opts["calibration"]],
-                                       data.y_train[:opts["calibration"]])
+    # Only the calibration samples are read (a stream is not materialised for them).
+    calib = None if data is None else data.head("train", opts["calibration"])
+    from compress import progress
 
     if opts["structured"]:
         from compress.pruning.structured import prune_units
@@ -129,6 +150,7 @@ def prune(model, data=None, *, verbose=0, **options):
             raise CompressError("prune: --structured supports the oneshot schedule "
                                 "(then fine-tune with --epochs)")
         t0 = time.perf_counter()
+        progress.say(f"removing {opts['sparsity']:.0%} of the units ({opts['method']})")
         model, sinfo = prune_units(model, opts["sparsity"], method=opts["method"],
                                    calibration=calib, estimator=opts["estimator"],
                                    norm=opts["norm"], layers=opts["layers"],
@@ -141,6 +163,9 @@ def prune(model, data=None, *, verbose=0, **options):
 
     pairs = prunable_weights(model, opts["layers"], opts["skip_first_last"])
     variables = [v for _, v in pairs]
+    if opts["schedule"] == "gradual":
+        progress.say(f"gradual pruning to {opts['sparsity']:.0%} over {opts['epochs']} "
+                     "epochs")
     t_saliency = 0.0
     if opts["schedule"] == "gradual":
         from compress.callbacks.pruning import Pruning
@@ -150,7 +175,7 @@ def prune(model, data=None, *, verbose=0, **options):
                      skip_first_last=opts["skip_first_last"], calibration=calib,
                      estimator=opts["estimator"], balance=opts["balance"],
                      damping=opts["damping"], block=opts["block"], seed=opts["seed"])
-        training.compile_classifier(model, opts["learning_rate"] * 2)
+        opts["_task"].compile(model, opts["learning_rate"] * 2)
         extra = _extra_callbacks(opts, opts["learning_rate"] * 2, opts["epochs"],
                                  start=_final_epoch(opts["epochs"]))
         training.fit(model, data, epochs=opts["epochs"], batch_size=opts["batch_size"],
@@ -167,6 +192,8 @@ def prune(model, data=None, *, verbose=0, **options):
                 # Geometric steps from `before` to `target`, saliencies re-estimated each.
                 step_target = 1 - (1 - before) * ((1 - target) / (1 - before)) ** (k / n_steps)
                 t0 = time.perf_counter()
+                progress.say(f"round {r}/{rounds}: {opts['method']} masks to "
+                             f"{step_target:.1%} sparsity")
                 new_masks = _masks(model, variables, opts, calib, step_target, data,
                                    names=[weight_key(layer, var) for layer, var in pairs])
                 t_saliency += time.perf_counter() - t0
@@ -178,6 +205,8 @@ def prune(model, data=None, *, verbose=0, **options):
         release_zeros(model)
         if criterion(opts["method"]).needs_data:
             info["saliency_seconds"] = t_saliency
+        if "_obs" in opts:
+            info["obs"] = opts["_obs"]
         info["fine_tune_epochs"] = opts["epochs"]
     info.update(_sparsity_info(pairs))
     return model, info
@@ -196,6 +225,16 @@ def _masks(model, variables, opts, calib, target, data=None, names=None):
                     f"prune: --quality {opts['quality']:g} would zero every weight of {name} "
                     f"(its largest |w| is {w.max() / max(float(np.asarray(v).std()), 1e-30):.3g}"
                     " x std(w)); use a smaller --quality")
+        return masks
+    if opts["method"] == "obs":  # compensates the kept weights: not a score to rank by
+        from compress.pruning.obs import obs_masks
+
+        if opts["scope"] == "global":  # magnitude's one threshold sets each layer's share
+            target = [1 - float(m.mean()) for m in select_masks(
+                [np.abs(np.asarray(v)) for v in variables], target, "global")]
+        masks, opts["_obs"] = obs_masks(model, variables, calib[0], target,
+                                        n=2 * opts["two_four"], m=4 * opts["two_four"],
+                                        damp=opts["damp"], old=[_old(v) for v in variables])
         return masks
     scores = saliency_scores(model, variables, opts["method"], calib, opts["estimator"],
                              opts["damping"], opts["seed"])
@@ -218,7 +257,11 @@ def _old(variable):
 
 
 def _fine_tune(teacher, model, data, opts, epochs, verbose, masked):
-    from compress import training
+    from compress import progress, training
+
+    progress.say(f"fine-tuning {epochs} epoch(s)"
+                 + (" by distillation from the original" if opts["distill"]
+                    or not opts["_labelled"] else ""))
 
     if masked:
         _drop_compiled(model)
@@ -235,7 +278,13 @@ def _fine_tune(teacher, model, data, opts, epochs, verbose, masked):
         if student is not model:
             model.set_weights(student.get_weights())
         return
-    training.compile_classifier(model, opts["learning_rate"])
+    if not opts["_labelled"]:  # inputs only: the original model is the teacher
+        opts["_task"].fit_to_teacher(
+            model, teacher, data, epochs=epochs, learning_rate=opts["learning_rate"],
+            batch_size=opts["batch_size"], verbose=verbose,
+            callbacks=_extra_callbacks(opts, opts["learning_rate"], epochs, start=0))
+        return
+    opts["_task"].compile(model, opts["learning_rate"])
     training.fit(model, data, epochs=epochs, batch_size=opts["batch_size"], verbose=verbose,
                  callbacks=_extra_callbacks(opts, opts["learning_rate"], epochs, start=0))
 
@@ -256,7 +305,11 @@ def _extra_callbacks(opts, learning_rate, epochs, start):
     if opts["restore_best"]:
         from compress.callbacks import EarlyStopping
 
-        cbs.append(EarlyStopping(monitor="val_accuracy", mode="max", patience=epochs,
+        # A regression has no accuracy: its own loss says which epoch was best.
+        monitor = ("val_accuracy" if opts["_task"].is_classifier and opts["_labelled"]
+                   else "val_loss")
+        cbs.append(EarlyStopping(monitor=monitor, mode="max" if monitor == "val_accuracy"
+                                 else "min", patience=epochs,
                                  restore_best_weights=True, start_from_epoch=start))
     return cbs
 
@@ -284,7 +337,8 @@ def needs_data(opts: dict) -> list[str]:
         (f"scope {opts['scope']}", opts["scope"] == "sensitivity")) if on]
 
 
-PASS = Pass("prune", "zero the least salient weights (magnitude, OBD; unstructured, 2:4, "
-            "blocks) or remove whole units", "compress.pruning.prune_pass:prune",
+PASS = Pass("prune", "zero the least salient weights (magnitude, OBD, OBS with "
+            "compensation; unstructured, 2:4, blocks) or remove whole units",
+            "compress.pruning.prune_pass:prune",
             PRUNE_OPTIONS, needs_data=needs_data, trains=True, order=20,
             data_hint="without data only data-free magnitude one-shot pruning is possible")

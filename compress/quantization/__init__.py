@@ -14,7 +14,8 @@ Modes:
   per-channel scales, int8 activations with per-tensor scales calibrated on
   ``calibration_samples`` training samples, int32 biases. TFLite or ONNX (static QDQ).
 - ``dynamic``: int8 weights, float activations; needs no data. TFLite or ONNX.
-- ``float16``: half-precision weights (TFLite only).
+- ``float16``: half-precision weights (TFLite: float16 weights dequantized at load; ONNX:
+  float16 weights and compute with float32 inputs and outputs, the form GPUs run).
 - ``keras-int8``: Keras's own ``model.quantize("int8")`` (Dense/EinsumDense/Embedding);
   a ``.keras`` file; the layers that stayed float are listed.
 
@@ -45,10 +46,12 @@ from pathlib import Path
 
 import numpy as np
 
+from compress.data import as_dataset
 from compress.errors import CompressError
 from compress.options import Option, Schema
 from compress.passes import Pass
 from compress.runtime import refuse_keras_quantized
+from compress.task import TASK_OPTIONS
 
 QUANTIZE_OPTIONS = Schema("quantize", [
     Option("mode", str, "int8", "int8 (full-integer), dynamic (int8 weights), float16, or "
@@ -77,6 +80,7 @@ QUANTIZE_OPTIONS = Schema("quantize", [
            "int8 kernels from saturating on CPUs without VNNI"),
     Option("threads", int, 2, "threads of the multi-threaded latency measurement", low=1),
     Option("latency", bool, True, "measure batch-1 latency of both artifacts"),
+    *TASK_OPTIONS,
     Option("seed", int, 0, "seed of the random agreement inputs (without data)", cli=False),
 ])
 
@@ -133,17 +137,24 @@ def quantize(model, data=None, *, verbose: int | str = 0, **options) -> tuple[by
     fmt = artifact_format(opts)
     refuse_keras_quantized(model)
     require_data(opts, data)
+    data = as_dataset(data, model)  # a tf.data.Dataset, arrays, (x, y), a name: one form
     check_finite(model)  # NaN weights would quantize to garbage that "agrees" with NaN
     x_cal, x_test, y_test = _arrays(model, data, opts["calibration_samples"])
     x_check = verification_inputs(model, data, _AGREEMENT_SAMPLES, opts["seed"])
-    info = {"mode": opts["mode"], "format": fmt, "qat": None}
+    from compress.task import resolve
+
+    # The model's own task decides what agreement and scores mean (top-1 and accuracy for
+    # a classifier; SQNR and MSE for a regression, whose one unit always "agrees").
+    opts["_task"] = resolve(model, opts["loss"], opts["metrics"], y=y_test)
+    info = {"mode": opts["mode"], "format": fmt, "qat": None, "task": opts["_task"].kind}
     if opts["qat"]:
         from compress.quantization.qat import qat_finetune
 
         epochs = opts["epochs"] or 3
         model, info["qat"] = qat_finetune(model, data, epochs=epochs,
                                           learning_rate=opts["learning_rate"],
-                                          per_channel=opts["per_channel"], verbose=verbose)
+                                          per_channel=opts["per_channel"], verbose=verbose,
+                                          task=opts["_task"])
         opts["_qat_ranges"] = info["qat"].pop("activation_ranges")
     if fmt == "keras":
         content, measured = _keras_int8(model, x_check, x_test, y_test, opts)
@@ -259,9 +270,6 @@ def artifact_format(options: dict, where: str = "quantize") -> str:
     fmt = fmt or "tflite"
     if fmt == "keras":
         raise CompressError(f"{where}: a .keras output needs mode keras-int8")
-    if fmt == "onnx" and mode == "float16":
-        raise CompressError(f"{where}: float16 is TFLite only; use .tflite, or mode int8 / "
-                            "dynamic for ONNX")
     if qat and mode != "int8":
         raise CompressError("--qat trains for full-integer int8; use it with mode int8")
     if sparse and fmt != "tflite":
@@ -278,14 +286,18 @@ def _arrays(model, data, n: int):
 
     if data is None:
         return None, None, None
+    # Only n calibration samples are read; the test split is read whole (measured in the
+    # runtime on arrays), its targets None for unlabelled data.
     x_cal = fit_to_model(np.asarray(data.representative(n)), model, "calibration data")
     x_test = fit_to_model(np.asarray(data.x_test), model, "test data")
-    return x_cal.astype(np.float32), x_test.astype(np.float32), np.asarray(data.y_test)
+    y_test = None if data.y_test is None else np.asarray(data.y_test)
+    return x_cal.astype(np.float32), x_test.astype(np.float32), y_test
 
 
 def _artifact(model, data, fmt: str, x_cal, x_check, x_test, y_test, opts: dict
               ) -> tuple[bytes, dict]:
     """The TFLite or ONNX artifact's bytes, measured next to the float export."""
+    from compress import progress
     from compress.export import export_artifact
     from compress.training import predict
 
@@ -296,12 +308,15 @@ def _artifact(model, data, fmt: str, x_cal, x_check, x_test, y_test, opts: dict
         from compress.quantization.tflite import convert
 
         ranges = (opts.get("_qat_ranges") or None) if opts["qat"] else None
+        progress.say(f"converting to {mode} TFLite"
+                     + (f" (calibrating on {len(x_cal)} samples)" if x_cal is not None
+                        and mode == "int8" else ""))
         flatbuffer = convert(model, mode, representative=x_cal,
                              int8_io=opts["interface"] == "int8",
                              per_channel=opts["per_channel"], activation_ranges=ranges,
                              sparse=opts["sparse"])
     try:
-        float_content, _ = export_artifact(model, data, format=fmt,
+        float_content, float_info = export_artifact(model, data, format=fmt,
                                            samples=_AGREEMENT_SAMPLES, seed=opts["seed"])
     except CompressError:
         raise
@@ -316,11 +331,16 @@ def _artifact(model, data, fmt: str, x_cal, x_check, x_test, y_test, opts: dict
         with tempfile.TemporaryDirectory() as folder:  # onnxruntime quantizes files
             float_path, out = Path(folder) / "float.onnx", Path(folder) / "quantized.onnx"
             float_path.write_bytes(float_content)
+            progress.say(f"quantizing the ONNX export to {mode}")
             quantize_onnx(float_path, out, mode, representative=x_cal,
                           calibration=opts["calibration"], per_channel=opts["per_channel"],
                           reduce_range=opts["reduce_range"])
             content = out.read_bytes()
+    progress.say(f"verifying the {fmt} artifact in "
+                 f"{'LiteRT' if fmt == 'tflite' else 'onnxruntime'}")
     info = _measure(content, float_content, fmt, x_check, expected, x_test, y_test, opts)
+    if float_info.get("export_copy"):  # e.g. a mixed_float16 model quantized via float32
+        info["export_copy"] = float_info["export_copy"]
     info["weight_zeros"] = {"model": _zero_fraction(_model_kernels(model)),
                             "artifact": _zero_fraction(_artifact_weights(content, fmt))}
     info["calibration"] = (opts["calibration"] if fmt == "onnx" else "minmax") \
@@ -347,14 +367,16 @@ def _measure(content: bytes, float_content: bytes, fmt: str, x_check, expected, 
         "bytes": len(content), "zipped_bytes": _zipped_size(content, suffix),
         "float_bytes": len(float_content),
         "float_zipped_bytes": _zipped_size(float_content, suffix),
-        "top1_agreement": runtime.top1_agreement(got, expected),
+        **runtime.comparison(got, expected, opts["_task"].is_classifier),
         "agreement_samples": len(x_check),
     }
+    info["verified"], info["agreement"] = runtime.agreement_summary(info)
     info["size_ratio"] = info["bytes"] / info["float_bytes"]
-    if x_test is not None:
-        info["accuracy"] = runtime.artifact_accuracy(content, x_test, y_test, fmt=fmt)
-        info["float_accuracy"] = runtime.artifact_accuracy(float_content, x_test, y_test,
-                                                           fmt=fmt)
+    if x_test is not None and y_test is not None:  # the task's own scores, in the runtime
+        task = opts["_task"]
+        info.update(task.score(runtime.run_artifact(content, x_test, fmt=fmt), y_test))
+        info.update({f"float_{k}": v for k, v in task.score(
+            runtime.run_artifact(float_content, x_test, fmt=fmt), y_test).items()})
     if opts["latency"]:
         shape = tuple(x_check.shape[1:])
         info["latency_ms"], info["float_latency_ms"], info["latency_ratio"] = {}, {}, {}
@@ -378,8 +400,8 @@ def _keras_int8(model, x_check, x_test, y_test, opts: dict) -> tuple[bytes, dict
     from compress import io
     from compress.quantization.keras_int8 import keras_int8
     from compress.report import keras_latency_ms, saved_size, zipped_size
-    from compress.runtime import top1_agreement
-    from compress.training import accuracy, predict
+    from compress.runtime import agreement_summary, comparison
+    from compress.training import predict
 
     quantized, float_layers = keras_int8(model)
     with tempfile.TemporaryDirectory() as folder:  # Keras saves to and loads from files
@@ -391,11 +413,13 @@ def _keras_int8(model, x_check, x_test, y_test, opts: dict) -> tuple[bytes, dict
     info["float_bytes"], info["float_zipped_bytes"] = saved_size(model)
     info["size_ratio"] = info["bytes"] / info["float_bytes"]
     info["float_layers"] = float_layers
-    info["top1_agreement"] = top1_agreement(predict(reloaded, x_check),
-                                            predict(model, x_check))
-    if x_test is not None:
-        info["accuracy"] = accuracy(reloaded, x_test, y_test)
-        info["float_accuracy"] = accuracy(model, x_test, y_test)
+    task = opts["_task"]
+    info.update(comparison(predict(reloaded, x_check), predict(model, x_check),
+                           task.is_classifier))
+    info["verified"], info["agreement"] = agreement_summary(info)
+    if x_test is not None and y_test is not None:
+        info.update(task.evaluate(reloaded, x_test, y_test))
+        info.update({f"float_{k}": v for k, v in task.evaluate(model, x_test, y_test).items()})
     if opts["latency"]:
         shape = tuple(x_check.shape[1:])
         q, f = keras_latency_ms(reloaded, shape), keras_latency_ms(model, shape)
@@ -433,8 +457,8 @@ def _zero_fraction(arrays: list[np.ndarray]) -> float:
     return float(sum(a.size - np.count_nonzero(a) for a in arrays) / total) if total else 0.0
 
 
-PASS = Pass("quantize", "8-bit artifacts: full-integer or dynamic int8 and float16 TFLite, "
-            "ONNX int8, Keras int8, QAT", "compress.quantization:quantize", QUANTIZE_OPTIONS,
+PASS = Pass("quantize", "8-bit artifacts: full-integer or dynamic int8 and float16 TFLite "
+            "and ONNX, Keras int8, QAT", "compress.quantization:quantize", QUANTIZE_OPTIONS,
             needs_data=needs_data, trains=True, produces="artifact", suffix=suffix_for,
             order=40)
 

@@ -71,6 +71,8 @@ def run_recipe(source, output: str | os.PathLike | None = None, overrides: list[
         from compress.quiet import import_tensorflow as start
     start()
     from compress import io, training
+
+    io.import_modules(recipe.get("import", []))  # allowed only with --unsafe (checks.py)
     from compress.report import model_report
 
     # A model file that cannot be loaded (corrupt, or code refused in safe mode) or does
@@ -200,7 +202,9 @@ def _read_data(recipe: dict):
     if not recipe.get("data"):
         return None
     try:
-        return data_mod.load_data(recipe["data"], recipe["seed"])
+        return data_mod.load_data(recipe["data"], recipe["seed"], **{
+            k: recipe[k] for k in ("preprocess", "val_data", "val_split")
+            if recipe.get(k) is not None})
     except CompressError as exc:
         raise CompressError(f"data: {exc}") from exc
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
+from compress.data import as_dataset
 from compress.errors import CompressError
 from compress.sharing.hash_functions import bucket_means
 from compress.sharing.hashed_layers import HashedConv2D, HashedDense, hashed_like
@@ -68,6 +69,7 @@ def hash_model(model, data=None, *, verbose=0, **options):
     from compress import training
 
     opts = HASH_OPTIONS.validate(options)
+    data = as_dataset(data, model)  # a tf.data.Dataset, arrays, (x, y), a name: one form
     training.check_finite(model)
     factor, seed, dropout, init = opts["factor"], opts["seed"], opts["dropout"], opts["init"]
     chosen = {layer.name: layer for layer in shareable_layers(model, opts["layers"], "hashed")}
@@ -101,8 +103,11 @@ def hash_model(model, data=None, *, verbose=0, **options):
         rows.append({"layer": layer.name, "type": type(layer).__name__,
                      "virtual": int(flat.size), "buckets": layer.num_buckets,
                      "factor": layer.num_buckets / flat.size})
+    from compress.task import resolve, sample_targets
+
+    task = resolve(model, opts["loss"], opts["metrics"], y=sample_targets(data))
     finetune(new, data, opts["epochs"], opts["learning_rate"] or 1e-3, opts["batch_size"],
-             verbose)
+             verbose, task=task, teacher=model)
     virtual = sum(r["virtual"] for r in rows)
     stored = sum(r["buckets"] for r in rows)
     info = {"method": "hash", "factor": factor, "layers": rows,
@@ -111,8 +116,8 @@ def hash_model(model, data=None, *, verbose=0, **options):
             "dense_params": int(sum(int(np.prod(w.shape)) for w in model.weights)),
             "bits_per_weight": 32.0 * stored / virtual, "epochs": opts["epochs"],
             "init": init, "dropout": dropout}
-    if data is not None:
-        info["accuracy"] = training.accuracy(new, data.x_test, data.y_test)
+    if data is not None and data.y_test is not None:  # the task's own: accuracy, or MSE+MAE
+        info.update(task.evaluate(new, data.x_test, data.y_test))
     return new, info
 
 

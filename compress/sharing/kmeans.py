@@ -25,6 +25,7 @@ import types
 import keras
 import numpy as np
 
+from compress.data import as_dataset
 from compress.errors import CompressError
 from compress.sharing.layer_selection import shareable_layers
 from compress.sharing.share_options import KMEANS_OPTIONS
@@ -115,7 +116,11 @@ def cluster_model(model, data=None, *, verbose=0, **options):
     from compress import training
 
     opts = KMEANS_OPTIONS.validate(options)
+    data = as_dataset(data, model)  # a tf.data.Dataset, arrays, (x, y), a name: one form
     clusters, epochs, seed = opts["clusters"], opts["epochs"], opts["seed"]
+    from compress.task import resolve, sample_targets
+
+    task = resolve(model, opts["loss"], opts["metrics"], y=sample_targets(data))
     new = training.copy_model(model)
     chosen = shareable_layers(new, opts["layers"], "clustered")
     for layer in chosen:
@@ -132,8 +137,12 @@ def cluster_model(model, data=None, *, verbose=0, **options):
     if epochs > 0:
         if data is None:
             raise CompressError("fine-tuning (epochs > 0) needs data (--data NAME)")
+        if not getattr(data, "labelled", True):
+            raise CompressError("share: k-means fine-tuning trains the centroids on labels "
+                                "and this data has none; use --epochs 0, or --method hash "
+                                "(which fine-tunes by distillation from the original)")
         state = _finetune_centroids(new, state, data, epochs, opts["learning_rate"] or 1e-4,
-                                    opts["batch_size"], seed, verbose, clusters)
+                                    opts["batch_size"], seed, verbose, clusters, task)
     index_bits = math.ceil(math.log2(clusters))
     rows, total_bits, total_weights = [], 0, 0
     for layer, centroids, _ in state:
@@ -149,8 +158,8 @@ def cluster_model(model, data=None, *, verbose=0, **options):
             "layers": rows, "clustered_weights": total_weights,
             "bits_per_weight": total_bits / total_weights, "epochs": epochs,
             "stored_params": int(sum(int(np.prod(w.shape)) for w in new.weights))}
-    if data is not None:
-        info["accuracy"] = training.accuracy(new, data.x_test, data.y_test)
+    if data is not None and data.y_test is not None:  # the task's own: accuracy, or MSE+MAE
+        info.update(task.evaluate(new, data.x_test, data.y_test))
     return new, info
 
 
@@ -168,7 +177,7 @@ def _cluster_kernel(kernel: np.ndarray, clusters: int, seed: int):
 
 
 def _finetune_centroids(model, state, data, epochs, learning_rate, batch_size, seed, verbose,
-                        clusters):
+                        clusters, task):
     """Train centroids (gradient = sum over members), biases and unclustered weights.
 
     A Keras fit of a :class:`CentroidTrainer` through :func:`compress.training.fit_model`,
@@ -179,16 +188,16 @@ def _finetune_centroids(model, state, data, epochs, learning_rate, batch_size, s
     from compress import training
 
     trainer = CentroidTrainer(model, [(layer.kernel, c, a) for layer, c, a in state], clusters)
-    trainer.compile(optimizer=keras.optimizers.Adam(learning_rate),
-                    loss=keras.losses.SparseCategoricalCrossentropy(
-                        from_logits=not training.outputs_probabilities(model)),
+    trainer.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=task.loss,
                     jit_compile=False)
     # Built on exactly the variables it updates (not on every trainable weight, as fit and
     # a restored backup would build it), so that a backup's optimizer state loads back.
     trainer.optimizer.build(trainer.updated_variables)
     training.set_seed(seed)
-    training.fit_model(trainer, data.x_train, data.y_train, epochs=epochs,
-                       batch_size=batch_size, verbose=verbose, shuffle=True, target=model,
+    args = data.fit_args(batch_size, validation=False)  # arrays, or streamed batches
+    training.fit_model(trainer, args["x"], args["y"], epochs=epochs,
+                       batch_size=args["batch_size"], verbose=verbose,
+                       shuffle=args["batch_size"] is not None, target=model,
                        advice="lower the learning rate")
     return [(layer, np.asarray(c), a)
             for (layer, _, a), c in zip(state, trainer.centroids, strict=True)]

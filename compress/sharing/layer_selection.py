@@ -52,9 +52,11 @@ def _shareable(layer) -> bool:
 
 
 def finetune(model, data, epochs: int, learning_rate: float, batch_size: int,
-             verbose) -> None:
+             verbose, task=None, teacher=None) -> None:
     """Fine-tune ``model`` in place on ``data`` (a pass's own new model only), for at most
-    ``epochs`` epochs, keeping the weights of the best validation loss (patience 5)."""
+    ``epochs`` epochs, keeping the weights of the best validation loss (patience 5), on
+    ``task`` (a :class:`compress.task.Task`; default: the one of ``model``). Data without
+    labels fine-tunes by distillation from ``teacher`` (the original model)."""
     import keras
 
     from compress import training
@@ -63,8 +65,17 @@ def finetune(model, data, epochs: int, learning_rate: float, batch_size: int,
         return
     if data is None:
         raise CompressError("fine-tuning (epochs > 0) needs data (--data NAME)")
-    training.compile_classifier(model, learning_rate=learning_rate)
+    from compress.task import resolve, sample_targets
+
+    task = task or resolve(model, y=sample_targets(data))
     stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=5,
                                          restore_best_weights=True)
+    if not getattr(data, "labelled", True):
+        if teacher is None:
+            raise CompressError("fine-tuning without labels needs the original model")
+        task.fit_to_teacher(model, teacher, data, epochs=epochs, learning_rate=learning_rate,
+                            batch_size=batch_size, verbose=verbose, callbacks=[stop])
+        return
+    task.compile(model, learning_rate=learning_rate)
     training.fit(model, data, epochs=epochs, batch_size=batch_size, callbacks=[stop],
                  verbose=verbose)

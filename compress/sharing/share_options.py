@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from compress.layers import LAYERS_OPTION
 from compress.options import Option, Schema
+from compress.task import TASK_OPTIONS
 
 _OPTIONS = {o.name: o for o in [
     Option("method", str, "hash", "weight sharing method", choices=("hash", "kmeans")),
@@ -35,6 +36,7 @@ _OPTIONS = {o.name: o for o in [
            "or afresh (scratch, as HashedNets are trained)", choices=("dense", "scratch")),
     Option("dropout", float, 0.0, "hash: training dropout on hidden units (Chen et al. "
            "train hashed nets with it)", low=0.0, high=1.0, high_inclusive=False),
+    *TASK_OPTIONS,
     Option("seed", int, 0, "hash, k-means++ and training seed (the CLI's --seed)", cli=False),
 ]}
 
@@ -43,7 +45,7 @@ def _schema(*names: str) -> Schema:
     return Schema("share", [_OPTIONS[n] for n in names])
 
 
-_COMMON = ("epochs", "layers", "learning_rate", "batch_size", "seed")
+_COMMON = ("epochs", "layers", "learning_rate", "batch_size", "loss", "metrics", "seed")
 
 SHARE_OPTIONS = _schema(*_OPTIONS)
 HASH_OPTIONS = _schema("factor", *_COMMON, "init", "dropout")
