@@ -71,6 +71,16 @@ def agreement_summary(check: dict, min_sqnr_db: float = MIN_SQNR_DB,
     return ok, words if ok else f"{words} is below {min_sqnr_db:g} dB"
 
 
+def _empty_or_not_finite(got: np.ndarray, expected: np.ndarray) -> float | None:
+    """0.0 for empty outputs, infinity where either side holds a NaN or an infinity (a
+    NaN difference would pass no threshold, and fail none), else None: compare them."""
+    if got.size == 0:
+        return 0.0
+    if not (np.isfinite(got).all() and np.isfinite(expected).all()):
+        return float("inf")
+    return None
+
+
 def rel_l2_error(got: np.ndarray, expected: np.ndarray) -> float:
     """``||got - expected|| / ||expected||``; infinite where either side is not finite.
 
@@ -80,10 +90,9 @@ def rel_l2_error(got: np.ndarray, expected: np.ndarray) -> float:
     inf
     """
     got, expected = np.asarray(got, np.float64), np.asarray(expected, np.float64)
-    if got.size == 0:
-        return 0.0
-    if not (np.isfinite(got).all() and np.isfinite(expected).all()):
-        return float("inf")
+    early = _empty_or_not_finite(got, expected)
+    if early is not None:
+        return early
     diff = float(np.linalg.norm((got - expected).ravel()))
     norm = float(np.linalg.norm(expected.ravel()))
     if norm == 0.0:
@@ -120,10 +129,9 @@ def max_abs_diff(got: np.ndarray, expected: np.ndarray) -> float:
     inf
     """
     got, expected = np.asarray(got, np.float64), np.asarray(expected, np.float64)
-    if got.size == 0:
-        return 0.0
-    if not (np.isfinite(got).all() and np.isfinite(expected).all()):
-        return float("inf")
+    early = _empty_or_not_finite(got, expected)
+    if early is not None:
+        return early
     return float(np.max(np.abs(got - expected)))
 
 

@@ -70,37 +70,39 @@ def preprocess_mode(name: str | None) -> str:
                         f"{', '.join(PREPROCESSING)})")
 
 
-def preprocess_numpy(x: np.ndarray, mode: str) -> np.ndarray:
-    """Apply a preprocessing mode to float pixels in [0, 255], channels last (NumPy)."""
-    x = np.asarray(x, dtype="float32")
+_CAFFE_MEAN = np.array([103.939, 116.779, 123.68], "float32")  # BGR
+_TORCH_MEAN = np.array([0.485, 0.456, 0.406], "float32")
+_TORCH_STD = np.array([0.229, 0.224, 0.225], "float32")
+
+
+def _preprocess(x, mode: str, flip_channels):
+    """One preprocessing mode on float pixels in [0, 255], channels last; the arithmetic
+    works on NumPy arrays and TensorFlow tensors alike (``flip_channels`` reverses the
+    last axis in the array's own library)."""
     if mode == "scale01":
         return x / 255.0
     if mode == "tf":
         return x / 127.5 - 1.0
     if mode == "raw":
         return x
-    if x.shape[-1] != 3:
+    if mode == "caffe":
+        return flip_channels(x) - _CAFFE_MEAN
+    return (x / 255.0 - _TORCH_MEAN) / _TORCH_STD
+
+
+def preprocess_numpy(x: np.ndarray, mode: str) -> np.ndarray:
+    """Apply a preprocessing mode to float pixels in [0, 255], channels last (NumPy)."""
+    x = np.asarray(x, dtype="float32")
+    if mode not in ("scale01", "tf", "raw") and x.shape[-1] != 3:
         raise CompressError(f"--preprocess {mode}: needs colour (3-channel) images; the model "
                             f"takes {x.shape[-1]} channel(s)")
-    if mode == "caffe":
-        return x[..., ::-1] - np.array([103.939, 116.779, 123.68], "float32")
-    return (x / 255.0 - np.array([0.485, 0.456, 0.406], "float32")) / np.array(
-        [0.229, 0.224, 0.225], "float32")
+    return _preprocess(x, mode, lambda a: a[..., ::-1])
 
 
 def _preprocess_tf(x, mode: str):
     import tensorflow as tf
 
-    if mode == "scale01":
-        return x / 255.0
-    if mode == "tf":
-        return x / 127.5 - 1.0
-    if mode == "raw":
-        return x
-    if mode == "caffe":
-        return tf.reverse(x, axis=[-1]) - tf.constant([103.939, 116.779, 123.68])
-    return (x / 255.0 - tf.constant([0.485, 0.456, 0.406])) / tf.constant(
-        [0.229, 0.224, 0.225])
+    return _preprocess(x, mode, lambda t: tf.reverse(t, axis=[-1]))
 
 
 @dataclasses.dataclass
