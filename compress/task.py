@@ -190,6 +190,70 @@ class Task:
         right = ((out > threshold) == (y > 0.5)).reshape(len(out), -1).all(axis=1)
         return {"accuracy": float(np.mean(right & finite))}
 
+    def evaluate_data(self, model, data, split: str = "test", batch_size: int = 256,
+                      predict=None) -> dict:
+        """:meth:`evaluate` on a whole split of ``data``, read batch by batch: a stream is
+        never held in memory (the scores are accumulated; the model's own metrics are
+        Keras metrics updated batch after batch).
+
+        Example:
+
+        >>> resolve(model).evaluate_data(model, stream, "test")     # doctest: +SKIP
+        {'mse': 0.57, 'mae': 0.61}
+
+        Args:
+            model: keras.Model (or None with ``predict``).
+            data: a :class:`compress.data.Dataset` or streamed one, labelled.
+            split: str, default ``"test"``.
+            batch_size: int, default 256 (a batched pipeline keeps its own batches).
+            predict: callable ``x -> outputs`` or None, default None (``model`` in
+                inference mode): an artifact's runtime, for example.
+        """
+        from compress.data.streaming import iter_batches
+        from compress.training import predict as keras_predict
+
+        run = predict or (lambda x: keras_predict(model, x))
+        return self.score_batches((np.asarray(run(x)), y)
+                                  for x, y in iter_batches(data, split, batch_size))
+
+    def score_batches(self, pairs) -> dict:
+        """:meth:`score` and :meth:`own_metrics` accumulated over ``(outputs, y)`` batches
+        (an iterable: nothing but one batch is held).
+
+        >>> import keras
+        >>> reg = resolve(keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)]))
+        >>> reg.score_batches([(np.array([[1.0]]), np.array([1.0])),
+        ...                    (np.array([[3.0]]), np.array([2.0]))])
+        {'mse': 0.5, 'mae': 0.5}
+        """
+        scores = _Scores(self)
+        for outputs, y in pairs:
+            scores.add(outputs, y)
+        return scores.result()
+
+    def fidelity_loss(self):
+        """``(loss, targets)`` of label-free training to reproduce a model: ``targets``
+        turns the original's outputs into the training targets. KL divergence of the
+        class distributions for a classifier (softmax output; on logits the
+        cross-entropy to the original's softmax, which differs from it by a constant),
+        mean squared error between the outputs otherwise.
+
+        >>> import keras
+        >>> reg = resolve(keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)]))
+        >>> reg.fidelity_loss()[0]
+        'mean_squared_error'
+        """
+        import keras
+
+        if self.kind == CLASSIFICATION and self.from_logits:
+            import tensorflow as tf
+
+            return (keras.losses.CategoricalCrossentropy(from_logits=True),
+                    lambda out: tf.nn.softmax(tf.cast(out, "float32")))
+        if self.kind == CLASSIFICATION:
+            return keras.losses.KLDivergence(), lambda out: out
+        return "mean_squared_error", lambda out: out
+
     def own_metrics(self, outputs, y) -> dict:
         """The task's other metrics (``auc``, ``mape``, the model's own...) on outputs,
         by name; those :meth:`score` already gives, and any Keras cannot compute on
@@ -289,6 +353,70 @@ class Task:
             advice="lower the learning rate")
 
 
+class _Scores:
+    """:meth:`Task.score` and :meth:`Task.own_metrics` accumulated over batches."""
+
+    def __init__(self, task: Task):
+        import keras
+
+        self.task, self.n, self.sums, self.metrics, self.means = task, 0, {}, {}, {}
+        for metric in task.metrics:
+            name = _metric_name(metric)
+            if name in _SCORED:
+                continue
+            try:
+                fn = keras.metrics.get(metric) if isinstance(metric, str) else metric
+                if isinstance(fn, type):
+                    fn = fn()
+                if isinstance(fn, keras.metrics.Metric):
+                    fn = type(fn).from_config(fn.get_config())  # fresh state
+            except Exception:  # noqa: BLE001, S112 - not a metric Keras can build
+                continue
+            self.metrics[name] = fn
+
+    def add(self, outputs, y) -> None:
+        import keras
+
+        out = np.asarray(outputs)
+        n = len(out)
+        if n == 0:
+            return
+        elements = max(int(np.size(out)), 1) if self.task.kind == REGRESSION else n
+        for key, value in self.task.score(out, y).items():
+            self.sums[key] = self.sums.get(key, 0.0) + value * elements
+        yt = np.asarray(y)
+        if self.task.kind != CLASSIFICATION:
+            yt = yt.astype(np.float32).reshape(out.shape)
+        for name, fn in list(self.metrics.items()):
+            try:
+                if isinstance(fn, keras.metrics.Metric):
+                    fn.update_state(yt, out.astype(np.float32))
+                else:
+                    value = float(np.mean(np.asarray(fn(yt, out.astype(np.float32)))))
+                    self.means[name] = self.means.get(name, 0.0) + value * n
+            except Exception:  # noqa: BLE001 - not computable on these outputs
+                del self.metrics[name]
+                self.means.pop(name, None)
+        self.n += n
+        self.elements = getattr(self, "elements", 0) + elements
+
+    def result(self) -> dict:
+        import keras
+
+        if self.n == 0:
+            raise CompressError("cannot score a model on empty data")
+        scores = {k: v / self.elements for k, v in self.sums.items()}
+        own = {}
+        for name, fn in self.metrics.items():
+            if isinstance(fn, keras.metrics.Metric):
+                own[name] = float(np.asarray(fn.result()))
+            elif name in self.means:
+                own[name] = self.means[name] / self.n
+        if own:
+            scores["metrics"] = own
+        return scores
+
+
 def loss_name(loss) -> str:
     """The snake-case name of a Keras loss given as a name, a function or an object.
 
@@ -315,6 +443,21 @@ def _snake(name: str) -> str:
         return name
     out = "".join("_" + c.lower() if c.isupper() else c for c in name).lstrip("_")
     return out.replace("k_l_", "kl_")
+
+
+def per_sample_loss(loss):
+    """A callable ``(y_true, y_pred) -> per-sample losses`` (no reduction over the batch)
+    for a Keras loss name, function or ``keras.losses.Loss`` object.
+
+    >>> import numpy as np
+    >>> per_sample_loss("mse")(np.array([[1.0], [2.0]]), np.array([[1.0], [4.0]])).numpy()
+    array([0., 4.])
+    """
+    import keras
+
+    if isinstance(loss, keras.losses.Loss):
+        return loss.call
+    return keras.losses.get(loss) if isinstance(loss, str) else loss
 
 
 def _fresh(loss):
@@ -392,6 +535,8 @@ def resolve(model, loss: str | None = None, metrics: list | None = None, y=None)
     """
     import keras
 
+    if len(getattr(model, "outputs", None) or ()) > 1:  # one Task per output
+        return resolve_outputs(model, loss, metrics, y)
     units = _units(model)
     activation = output_activation(model)
     probabilities = activation in ("softmax", "sigmoid")
@@ -433,6 +578,10 @@ def resolve(model, loss: str | None = None, metrics: list | None = None, y=None)
                     reason="the model's own loss")
     else:
         task = _inferred(activation, units, y, metrics)
+        decided = task.reason.endswith(("targets", "labels"))  # the targets decided
+        if decided and isinstance(y, TargetSample) and not y.whole:  # ... from a head
+            task = dataclasses.replace(task, reason=f"{task.reason} (judged from the "
+                                       f"first {len(y)} targets)")
     task = dataclasses.replace(task, units=units)
     if y is not None:
         check_targets(task, y)
@@ -480,23 +629,40 @@ def _inferred(activation: str, units: int, y, metrics) -> Task:
 SAMPLE_TARGETS = 1024
 
 
+class TargetSample(np.ndarray):
+    """Targets read from the head of a split (:func:`sample_targets`): ``whole`` is False
+    when the split has more, so that an inference they decide says it saw only these."""
+
+    whole = True
+
+
 def sample_targets(data, split: str = "train", n: int = SAMPLE_TARGETS):
-    """Up to ``n`` targets of ``data``'s ``split`` as an array, read from its head; None
-    without data, without labels, or with several outputs' targets (dicts, lists).
+    """Up to ``n`` targets of ``data``'s ``split`` as an array, read from its head (a
+    stream is never read further); None without data, without labels, or with several
+    outputs' targets (dicts, lists).
 
     >>> sample_targets(None) is None
     True
+    >>> from compress.data import Dataset
+    >>> ds = Dataset("d", np.zeros((3000, 2)), np.ones(3000), None, None, None, None, 2)
+    >>> y = sample_targets(ds)
+    >>> len(y), y.whole
+    (1024, False)
     """
-    if data is None:
+    if data is None or not getattr(data, "labelled", True):
         return None
     if hasattr(data, "head"):
-        _, y = data.head(split, n)
+        # n + 1 read: the extra one tells whether the split holds more than the sample.
+        _, y = data.head(split, n + 1)
     else:
         y = getattr(data, f"y_{split}", None)
-        y = None if y is None else y[:n]
+        y = None if y is None else y[:n + 1]
     if y is None or isinstance(y, (dict, list, tuple)):
         return None
-    return np.asarray(y)
+    y = np.asarray(y)
+    out = y[:n].view(TargetSample)
+    out.whole = len(y) <= n
+    return out
 
 
 def check_targets(task: Task, y) -> None:
@@ -535,3 +701,306 @@ def check_targets(task: Task, y) -> None:
         raise CompressError(f"targets: a {task.kind} output needs targets in [0, 1], got "
                             f"{y.min():g} to {y.max():g} (a regression target? give --loss "
                             "mse)")
+
+
+# --------------------------------------------------------------------------------------
+# Several outputs: one Task per output. resolve() returns a MultiOutputTask for a model
+# with more than one output. Each output's task, first match wins: the user's loss (for
+# every output, as Keras applies one loss), the loss the model was compiled with for that
+# output (a dict or list), else inferred from that output's layer. Fine-tuning compiles
+# the per-output losses (and the model's loss weights); reports score each output on its
+# own terms, as {"outputs": {name: scores}} plus "NAME accuracy" / "NAME mse" entries of
+# "metrics" (the report table shows them).
+
+MULTI_OUTPUT = "multi-output"
+
+
+def output_names(model) -> list[str]:
+    """The model's output names in ``model.outputs`` order."""
+    from compress.data.arrays import output_names as names
+
+    return names(model)
+
+
+def by_output(names: list[str], value, what: str = "outputs") -> dict:
+    """``value`` (a dict keyed by output name, a list/tuple in output order, or one array
+    for one output) as a dict ``{name: array}`` in ``names`` order.
+
+    A dict whose keys are not the names (an artifact's ``output_0``, ``Identity:0``...)
+    is taken in its own order when it has as many entries.
+
+    >>> by_output(["a", "b"], [np.zeros(1), np.ones(1)])["b"]
+    array([1.])
+    """
+    if isinstance(value, dict):
+        if all(n in value for n in names):
+            return {n: value[n] for n in names}
+        values = list(value.values())
+    elif isinstance(value, (list, tuple)):
+        values = list(value)
+    else:
+        values = [value]
+    if len(values) != len(names):
+        raise CompressError(f"{what}: {len(values)} arrays for {len(names)} outputs "
+                            f"({', '.join(names)})")
+    return dict(zip(names, values))
+
+
+def _output_layer(model, index: int):
+    history = getattr(model.outputs[index], "_keras_history", None)
+    return getattr(history, "operation", None) if history is not None else None
+
+
+@dataclasses.dataclass(frozen=True)
+class MultiOutputTask:
+    """One :class:`Task` per output, used where a single Task would be.
+
+    Example:
+
+    >>> import keras
+    >>> x = keras.Input((4,), name="x")
+    >>> h = keras.layers.Dense(8, activation="relu")(x)
+    >>> model = keras.Model(x, {"cls": keras.layers.Dense(3, activation="softmax",
+    ...                                                   name="cls")(h),
+    ...                         "score": keras.layers.Dense(1, name="score")(h)})
+    >>> task = resolve(model)
+    >>> [(name, t.kind) for name, t in task.tasks.items()]
+    [('cls', 'classification'), ('score', 'regression')]
+    >>> task.score({"cls": np.array([[0.1, 0.8, 0.1]]), "score": np.array([[2.0]])},
+    ...            {"cls": np.array([1]), "score": np.array([1.0])})["outputs"]
+    {'cls': {'accuracy': 1.0}, 'score': {'mse': 1.0, 'mae': 1.0}}
+
+    Args:
+        tasks: dict. Output name -> Task, in the model's output order.
+        source: str. ``"options"``, ``"model"`` or ``"inferred"``.
+        loss_weights: dict or None. The model's own loss weights per output.
+    """
+
+    tasks: dict
+    source: str
+    loss_weights: dict | None = None
+    kind: str = MULTI_OUTPUT
+    from_logits: bool = False
+    units: int = 0
+
+    @property
+    def is_classifier(self) -> bool:
+        return False  # argmax of several outputs together means nothing
+
+    @property
+    def has_accuracy(self) -> bool:
+        return False
+
+    @property
+    def loss(self) -> dict:
+        return {n: t.loss for n, t in self.tasks.items()}
+
+    @property
+    def metrics(self) -> dict:
+        return {n: list(t.metrics) for n, t in self.tasks.items()}
+
+    @property
+    def loss_name(self) -> str:
+        return ", ".join(f"{n}: {t.loss_name}" for n, t in self.tasks.items())
+
+    def describe(self) -> str:
+        """One line: each output's kind, loss and metrics."""
+        parts = [f"{n} {t.kind} (loss {t.loss_name}, metrics "
+                 f"{', '.join(_metric_name(m) for m in t.metrics) or 'none'})"
+                 for n, t in self.tasks.items()]
+        why = {"options": "given", "model": "the model's own losses"}.get(self.source,
+                                                                        "inferred per output")
+        return f"{MULTI_OUTPUT}: {'; '.join(parts)} ({why})"
+
+    def compile(self, model, learning_rate: float = 1e-3, optimizer: str = "adam",
+                momentum: float = 0.9) -> None:
+        """Compile ``model`` with each output's loss and metrics (and the model's own loss
+        weights)."""
+        from compress.training import make_optimizer
+
+        kwargs = {"loss_weights": dict(self.loss_weights)} if self.loss_weights else {}
+        model.compile(optimizer=make_optimizer(optimizer, learning_rate, momentum),
+                      loss={n: _fresh(t.loss) for n, t in self.tasks.items()},
+                      metrics={n: list(t.metrics) for n, t in self.tasks.items()}, **kwargs)
+
+    def score(self, outputs, y) -> dict:
+        """Each output scored by its own task: ``{"outputs": {name: scores}, "metrics":
+        {"NAME key": value}}``."""
+        names = list(self.tasks)
+        outs, ys = by_output(names, outputs), by_output(names, y, "targets")
+        return _flat({n: self.tasks[n].score(outs[n], ys[n]) for n in names})
+
+    def evaluate(self, model, x, y) -> dict:
+        """:meth:`score` of ``model``'s outputs on ``(x, y)``."""
+        from compress.training import predict
+
+        return self.score(predict(model, x), y)
+
+    def evaluate_data(self, model, data, split: str = "test", batch_size: int = 256,
+                      predict=None) -> dict:
+        """:meth:`evaluate` on a whole split, batch by batch (a stream is never held)."""
+        from compress.data.streaming import iter_batches
+        from compress.training import predict as keras_predict
+
+        run = predict or (lambda x: keras_predict(model, x))
+        names = list(self.tasks)
+        scores = {n: _Scores(t) for n, t in self.tasks.items()}
+        for x, y in iter_batches(data, split, batch_size):
+            outs, ys = by_output(names, run(x)), by_output(names, y, "targets")
+            for n in names:
+                scores[n].add(np.asarray(outs[n]), np.asarray(ys[n]))
+        return _flat({n: s.result() for n, s in scores.items()})
+
+    def fidelity_loss(self):
+        """``(losses, targets)``: each output's label-free loss; ``targets`` maps the
+        original's outputs (a dict by name) to training targets."""
+        pairs = {n: t.fidelity_loss() for n, t in self.tasks.items()}
+        return ({n: p[0] for n, p in pairs.items()},
+                lambda out: {n: pairs[n][1](v) for n, v in by_output(list(pairs), out).items()})
+
+    def fit_to_teacher(self, student, teacher, data, *, epochs: int,
+                       learning_rate: float = 1e-3, batch_size: int = 64,
+                       verbose: int | str = 0, callbacks=None, temperature: float = 1.0):
+        """Label-free fine-tuning of a multi-output ``student``: each output learns the
+        teacher's with its own fidelity loss (KL for classifiers, MSE otherwise), on the
+        training inputs (arrays)."""
+        import keras
+
+        from compress import training
+
+        if getattr(data, "streaming", False):
+            raise CompressError("label-free fine-tuning of a model with several outputs "
+                                "needs the data as arrays (npz:, NumPy), not a stream")
+        names = list(self.tasks)
+        losses = {}
+        for n, t in self.tasks.items():
+            if t.kind == CLASSIFICATION:
+                losses[n] = (keras.losses.CategoricalCrossentropy(from_logits=True)
+                             if t.from_logits else keras.losses.KLDivergence())
+            else:
+                losses[n] = "mean_squared_error"
+
+        def targets(x):
+            out = by_output(names, training.predict(teacher, x))
+            return {n: (_softmax(v) if self.tasks[n].kind == CLASSIFICATION
+                        and self.tasks[n].from_logits else v) for n, v in out.items()}
+
+        student.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=losses)
+        validation = data.x_val if data.size("val") else None
+        return training.fit_model(
+            student, data.x_train, targets(data.x_train), batch_size=batch_size,
+            validation_data=None if validation is None else (validation,
+                                                             targets(validation)),
+            epochs=epochs, callbacks=callbacks, verbose=verbose,
+            advice="lower the learning rate")
+
+
+def _softmax(v):
+    e = np.exp(v - v.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _flat(per: dict) -> dict:
+    metrics = {}
+    for name, scores in per.items():
+        for key, value in scores.items():
+            if isinstance(value, dict):  # the task's own metrics
+                metrics.update({f"{name} {k}": v for k, v in value.items()})
+            else:
+                metrics[f"{name} {key}"] = value
+    return {"outputs": per, "metrics": metrics}
+
+
+def resolve_outputs(model, loss: str | None = None, metrics: list | None = None,
+                    y=None) -> MultiOutputTask:
+    """One task per output of ``model`` (see :class:`MultiOutputTask`).
+
+    Args:
+        model: keras.Model with several outputs.
+        loss: str or None. One Keras loss name for every output.
+        metrics: list or None. Keras metric names for every output.
+        y: dict / list of targets or None: checked per output.
+    """
+    names = output_names(model)
+    own = getattr(model, "loss", None) if getattr(model, "compiled", False) else None
+    if isinstance(own, (list, tuple)):
+        own = dict(zip(names, own))
+    own_metrics = _own_metrics(model, names)
+    config = model.get_compile_config() if hasattr(model, "get_compile_config") else None
+    weights = (config or {}).get("loss_weights")
+    if isinstance(weights, (list, tuple)):
+        weights = dict(zip(names, weights))
+    ys = by_output(names, y, "targets") if y is not None else {}
+    tasks = {}
+    source = "options" if loss is not None else "model" if isinstance(own, dict) \
+        else "inferred"
+    for i, name in enumerate(names):
+        single = _OneOutput(model.outputs[i], _output_layer(model, i),
+                            own.get(name) if isinstance(own, dict) and loss is None else None,
+                            own_metrics.get(name))
+        task = resolve(single, loss, metrics if metrics is not None else
+                       (own_metrics.get(name) if single.loss is not None else None),
+                       y=ys.get(name))
+        tasks[name] = dataclasses.replace(task, units=int(model.outputs[i].shape[-1] or 1))
+    return MultiOutputTask(tasks, source, weights if isinstance(weights, dict) else None)
+
+
+def _own_metrics(model, names: list[str]) -> dict:
+    config = model.get_compile_config() if hasattr(model, "get_compile_config") else None
+    metrics = (config or {}).get("metrics")
+    if isinstance(metrics, (list, tuple)) and len(metrics) == len(names):
+        metrics = dict(zip(names, metrics))
+    if not isinstance(metrics, dict):
+        return {}
+    return {n: ([m] if isinstance(m, str) else list(m)) for n, m in metrics.items()
+            if isinstance(m, str) or (isinstance(m, (list, tuple)) and
+                                      all(isinstance(v, str) for v in m))}
+
+
+class _OneOutput:
+    """A stand-in for a one-output model, so that :func:`resolve` reads one output's
+    layer, width and compiled loss."""
+
+    def __init__(self, tensor, layer, loss, metrics):
+        self.outputs = [tensor]
+        self.layers = [layer] if layer is not None else []
+        self.loss = loss
+        self.compiled = loss is not None
+        self._metrics = metrics or []
+
+    def get_compile_config(self):
+        return {"metrics": list(self._metrics)}
+
+
+def fidelity_outputs(model, reference, data, split: str = "test",
+                     batch_size: int = 256) -> dict:
+    """Label-free fidelity of ``model`` to ``reference`` (the original), output by output:
+    ``{"outputs": {name: {rel_l2_error, sqnr_db[, top1_agreement]}}, "metrics": {"NAME
+    sqnr_db": ...}}`` plus the worst ``rel_l2_error`` and ``sqnr_db`` at the top level.
+
+    >>> fidelity_outputs(pruned, original, unlabelled, "test")["outputs"]  # doctest: +SKIP
+    {'cls': {'rel_l2_error': 0.04, 'sqnr_db': 27.9, 'top1_agreement': 0.98}, ...}
+    """
+    from compress.agreement import output_comparison
+    from compress.data.streaming import iter_batches
+    from compress.training import predict
+
+    names = output_names(reference)
+    got, expected = {n: [] for n in names}, {n: [] for n in names}
+    for x, _ in iter_batches(data, split, batch_size):
+        for store, m in ((got, model), (expected, reference)):
+            for n, v in by_output(names, predict(m, x)).items():
+                store[n].append(np.asarray(v))
+    if not expected[names[0]]:
+        raise CompressError("cannot score a model on empty data")
+    task = resolve(reference)
+    classifier = {n: t.is_classifier for n, t in getattr(task, "tasks", {}).items()}
+    check = output_comparison({n: np.concatenate(v) for n, v in got.items()},
+                              {n: np.concatenate(v) for n, v in expected.items()},
+                              classifier, names)
+    per = {n: {k: v for k, v in c.items() if k in ("rel_l2_error", "sqnr_db",
+                                                     "top1_agreement")}
+           for n, c in check["outputs"].items()}
+    metrics = {f"{n} {k}": v for n, c in per.items() for k, v in c.items()}
+    return {"rel_l2_error": check["rel_l2_error"], "sqnr_db": check["sqnr_db"],
+            "outputs": per, "metrics": metrics}

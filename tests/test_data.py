@@ -80,7 +80,7 @@ def test_npz_given_validation_split_is_used(tmp_path):
     ({"x_train": np.zeros((5, 2))}, "only 5 samples"),  # inputs only: unlabelled, too few
     ({"x_train": np.full((20, 2), np.nan), "y_train": np.zeros(20, int)}, "NaN or inf"),
     ({"x_train": np.zeros((0, 2)), "y_train": np.zeros(0, int)}, "empty"),
-    ({"x_train": np.zeros((20, 2)), "y_train": -np.ones(20, int)}, "non-negative integers"),
+    ({"x_train": np.zeros((20, 2)), "y_train": np.full(20, np.inf)}, "'y_train' contain NaN"),
     ({"x_train": np.zeros((20, 2)), "y_train": np.zeros(19, int)}, "has 20 samples"),
     # every split is checked up front (these failed during or after training)
     ({**_TRAIN, "x_test": np.zeros((50, 2)), "y_test": np.zeros(40, int)},

@@ -82,15 +82,19 @@ def split_blocks(model) -> tuple[list[list], list]:
     return blocks, head
 
 
-def output_block(kind: str, features_shape: tuple, num_classes: int, stage: int) -> list:
-    """The temporary output block of a stage: pooling or flatten, then Dense softmax.
+def output_block(kind: str, features_shape: tuple, num_classes: int, stage: int,
+                 activation: str = "softmax") -> list:
+    """The temporary output block of a stage: pooling or flatten, then a Dense layer
+    shaped like the model's output (softmax for a classifier; the model's own output
+    activation otherwise: linear for a regression, sigmoid for multi-label).
 
     Args:
         kind: str. ``"auto"`` (global average pooling for 1-D/2-D feature maps, else
             flatten), ``"gap"`` or ``"flatten"``.
         features_shape: tuple. The block's output shape, without the batch axis.
-        num_classes: int.
+        num_classes: int. Units of the Dense layer (classes, or output values).
         stage: int. Stage number, for the layer names (``cascade_out{stage}_...``).
+        activation: str, default ``"softmax"``. The Dense layer's activation.
     """
     layers = []
     if len(features_shape) > 1:
@@ -100,8 +104,8 @@ def output_block(kind: str, features_shape: tuple, num_classes: int, stage: int)
             layers.append(keras.layers.GlobalAveragePooling2D(name=f"cascade_out{stage}_gap"))
         else:
             layers.append(keras.layers.GlobalAveragePooling1D(name=f"cascade_out{stage}_gap"))
-    layers.append(keras.layers.Dense(num_classes, activation="softmax",
-                                     name=f"cascade_out{stage}_softmax"))
+    layers.append(keras.layers.Dense(num_classes, activation=activation,
+                                     name=f"cascade_out{stage}_{activation}"))
     return layers
 
 

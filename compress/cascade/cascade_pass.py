@@ -5,6 +5,11 @@ train block l (and the output block) for ``epochs + k * l`` epochs with the lear
 divided by 10 when the validation loss plateaus, freeze it, discard the output block and
 forward-propagate the data once through the frozen block: the cached *pseudo-inputs* are
 the next stage's training data, so frozen blocks are never run again while training.
+Streamed data (a ``tf.data`` pipeline, an image folder, or ``cache="stream"``) is instead
+mapped batch by batch through the frozen blocks, so no split is ever held in memory.
+
+Each stage trains on the model's own task (:mod:`compress.task`); without labels, on the
+fidelity to the input model (its outputs are the targets).
 
 Every stage and the fine-tune are fits of ``compress.training.fit_model``, so a training
 context's backups (``--checkpoint-dir``: one ``fitN`` folder per stage), last good weights
@@ -57,10 +62,141 @@ def _forward(layers, x: np.ndarray, batch_size: int, cache_dir) -> np.ndarray:
     return out
 
 
+# -- the stage data -----------------------------------------------------------------------
+class _StageData:
+    """The training, validation and test data of the current stage: pseudo-inputs (the
+    inputs through the frozen blocks) and targets (labels, or the original model's outputs
+    without labels).
+
+    Arrays in memory are cached once per stage (``cache`` ``memory`` or ``disk``); a
+    stream (or ``cache`` ``stream``) is mapped batch by batch through the frozen blocks and
+    never held.
+    """
+
+    def __init__(self, dataset, task, teacher, batch_size: int, cache: str):
+        self.dataset, self.task, self.teacher = dataset, task, teacher
+        self.batch_size = batch_size
+        self.labelled = dataset.labelled
+        self.streamed = getattr(dataset, "streaming", False) or cache == "stream"
+        self.cache_dir = tempfile.TemporaryDirectory(prefix="cascade-") \
+            if cache == "disk" and not self.streamed else None
+        self.frozen: list = []  # the frozen layers, in order
+        self._fidelity = None if self.labelled else task.fidelity_loss()
+        if not self.streamed:
+            self.feats = {k: dataset.split(k)[0] for k in ("train", "val", "test")}
+            self.targets = {k: self._targets(k) for k in self.feats}
+
+    def _targets(self, split):
+        if self.labelled:
+            return self.dataset.split(split)[1]
+        from compress.training import predict
+
+        return np.asarray(self._fidelity[1](predict(self.teacher, self.dataset.split(split)
+                                                    [0])))
+
+    @property
+    def input_shape(self) -> tuple:
+        if not self.streamed:
+            return tuple(self.feats["train"].shape[1:])
+        shape = tuple(self.dataset.sample_shape)
+        if self.frozen:
+            block = keras.Sequential([keras.Input(shape)] + self.frozen)
+            shape = tuple(block.outputs[0].shape[1:])
+        return shape
+
+    def freeze(self, block: list) -> None:
+        """``block`` is trained: the next stages read its outputs."""
+        for layer in block:
+            layer.trainable = False  # freeze layer l
+        if self.streamed:
+            self.frozen = self.frozen + list(block)
+            return
+        where = self.cache_dir.name if self.cache_dir else None
+        self.feats = {k: _forward(block, v, 512, where) for k, v in self.feats.items()}
+
+    def stream(self, split: str, shuffle: bool = False):
+        """A ``tf.data.Dataset`` of ``(pseudo-inputs, targets)`` batches of a split."""
+        import tensorflow as tf
+
+        base = self.dataset.batches(split, self.batch_size, shuffle=shuffle)
+        prefix = keras.Sequential([keras.Input(self.dataset.sample_shape)] + self.frozen) \
+            if self.frozen else None
+        teacher, labelled = self.teacher, self.labelled
+        fidelity = self._fidelity
+
+        def pseudo(x):
+            return prefix(x, training=False) if prefix is not None else x
+
+        if labelled:
+            def to_stage(*e):
+                return pseudo(e[0]), e[1]
+        else:
+            def to_stage(x):
+                return pseudo(x), fidelity[1](teacher(x, training=False))
+        return base.map(to_stage).prefetch(tf.data.AUTOTUNE)
+
+    def fit_args(self) -> dict:
+        if self.streamed:
+            return {"x": self.stream("train", shuffle=True), "y": None, "batch_size": None,
+                    "validation_data": self.stream("val"), "shuffle": False}
+        return {"x": self.feats["train"], "y": self.targets["train"],
+                "batch_size": self.batch_size,
+                "validation_data": (self.feats["val"], self.targets["val"]), "shuffle": True}
+
+    def batches(self, split: str):
+        """``(pseudo-inputs, targets)`` NumPy batches of a split."""
+        if self.streamed:
+            yield from self.stream(split).as_numpy_iterator()
+            return
+        x, y = self.feats[split], self.targets[split]
+        for start in range(0, len(x), 512):
+            yield x[start:start + 512], y[start:start + 512]
+
+    def scores(self, model, split: str) -> dict:
+        """``model``'s scores on a split: the task's (accuracy; MSE and MAE for a
+        regression) with labels, the fidelity to the original without."""
+        from compress.training import predict
+
+        if self.labelled:
+            return self.task.score_batches((predict(model, x), y)
+                                           for x, y in self.batches(split))
+        if self.task.is_classifier:  # agreement with the original's top-1 class
+            scores = self.task.score_batches((predict(model, x), np.argmax(y, -1))
+                                             for x, y in self.batches(split))
+            return {"top1_agreement": scores["accuracy"]}
+        scores = self.task.score_batches((predict(model, x), y)
+                                         for x, y in self.batches(split))
+        return {"mse_to_original": scores["mse"]} if "mse" in scores else scores
+
+    def compile(self, model, optimizer) -> None:
+        from compress.task import _fresh
+
+        if self.labelled:
+            model.compile(optimizer, _fresh(self.task.loss), metrics=list(self.task.metrics))
+        else:
+            model.compile(optimizer, _fresh(self._fidelity[0]))
+
+    def cleanup(self) -> None:
+        if self.cache_dir is not None:
+            self.cache_dir.cleanup()
+
+
+def _prefixed(prefix: str, scores: dict) -> dict:
+    return {f"{prefix}_{k}": v for k, v in scores.items() if k != "metrics"}
+
+
 # -- the driver --------------------------------------------------------------------------
 def cascade_train(model_or_specs, data, *, verbose: int | str = 0, callbacks=None,
                   **options):
     """Train a model layer-wise by Deep Cascade Learning (Algorithm 2); a pass.
+
+    Each stage trains on the model's own task (:mod:`compress.task`: its loss and
+    metrics, ``loss``/``metrics`` to override; a regression on mean squared error, and
+    its temporary output blocks linear). Without labels each stage learns to reproduce
+    the input model's outputs (KL divergence for a classifier, mean squared error
+    otherwise), and the scores are its fidelity to it. Streamed data (a ``tf.data``
+    pipeline, an image folder) is read batch by batch, each batch through the frozen
+    blocks (nothing is cached); arrays in memory cache the pseudo-inputs (``cache``).
 
     Example:
 
@@ -72,91 +208,105 @@ def cascade_train(model_or_specs, data, *, verbose: int | str = 0, callbacks=Non
         model_or_specs: a ``keras.Sequential`` or functional chain (not modified; a copy is
             trained), or a list of layer specs: each item a ``keras.layers.Layer``, its
             config dict, or a list of those forming one block (a default head is added).
-        data: a ``compress.data.Dataset`` or a dataset name (``animals``, ``digits``, ...).
+        data: any data :func:`compress.data.as_dataset` takes (a dataset name, a
+            ``compress.data.Dataset``, a ``tf.data.Dataset``, arrays, an image folder).
         verbose: Keras ``verbose`` for each stage's ``fit``, default 0.
         callbacks: list or None, default None. Extra callbacks for every stage's ``fit``
             (their ``model`` is the stage model: block l and its output block).
         **options: see :data:`CASCADE_OPTIONS`: ``epochs`` (2), ``k`` (1),
             ``learning_rate`` (1e-3), ``optimizer`` ("adam"), ``batch_size`` (64),
             ``output_block`` ("auto"), ``plateau_patience`` (1), ``fine_tune_epochs`` (0),
-            ``fine_tune_lr`` (learning_rate/10), ``cache`` ("memory" or "disk"),
-            ``seed`` (0: initialisation and shuffling).
+            ``fine_tune_lr`` (learning_rate/10), ``cache`` ("memory", "disk" or
+            "stream"), ``seed`` (0: initialisation and shuffling), ``loss``, ``metrics``.
 
     Returns:
         ``(model, info)``: the trained plain Keras model (same layers as the input, all
-        trainable again) and a JSON-ready dict with ``stages`` (per stage: layers,
-        epochs, val/test accuracy, seconds, seconds per epoch, estimated training memory,
-        trainable parameters, learning-rate reductions) and the final test accuracy.
+        trainable again) and a JSON-ready dict with ``task``, ``stages`` (per stage:
+        layers, epochs, ``val_*``/``test_*`` scores: ``accuracy`` for a classifier,
+        ``mse``/``mae`` for a regression, ``top1_agreement``/``mse_to_original`` without
+        labels; seconds, seconds per epoch, estimated training memory, trainable
+        parameters, learning-rate reductions) and the final ``test_*`` scores.
+
+    Raises:
+        CompressError: bad options or data, a model that is not a chain, a NaN stage;
+            unlabelled data with layer specs (no trained model to learn from).
     """
     from compress import training
     from compress.callbacks.plateau import PlateauSchedule
-    from compress.data import Dataset, load_data, prepare
+    from compress.data import as_dataset
+    from compress.task import output_activation, resolve, sample_targets
 
     opts = CASCADE_OPTIONS.validate(options)
     training.set_seed(opts["seed"])
-    dataset = load_data(data, opts["seed"]) if isinstance(data, str) else data
-    if not isinstance(dataset, Dataset):
-        raise CompressError("cascade: data must be a dataset name or a compress.data.Dataset")
+    dataset = as_dataset(data, seed=opts["seed"]) if not hasattr(data, "labelled") else data
+    teacher = None
     if isinstance(model_or_specs, keras.Model):
+        teacher = model_or_specs
         model = training.copy_model(model_or_specs)
         blocks, head = split_blocks(model)
-        dataset = prepare(model, dataset)
     elif isinstance(model_or_specs, (list, tuple)):
+        if not dataset.labelled:
+            raise CompressError("cascade: the data has no labels and layer specs give no "
+                                "trained model to learn from; give labelled data, or a "
+                                "trained model (label-free cascade reproduces its outputs)")
         model, blocks, head = model_from_specs(model_or_specs, dataset.sample_shape,
                                                dataset.num_classes, opts["output_block"])
-        dataset = prepare(model, dataset)
     else:
         raise CompressError("cascade: pass a Keras model or a list of layer specs")
+    dataset = as_dataset(dataset, model)
+    task = resolve(model, opts["loss"], opts["metrics"], y=sample_targets(dataset))
+    if len(model.outputs) != 1 or len(model.outputs[0].shape) != 2:
+        raise CompressError(f"cascade: model '{model.name}' output shape "
+                            f"{tuple(model.outputs[0].shape)}: temporary output blocks give "
+                            "one vector per sample (batch, units)")
+    activation = "softmax" if task.kind == "classification" and not task.from_logits \
+        else output_activation(model)
     was_trainable = {id(la): la.trainable for la in model.layers}
-    cache_dir = tempfile.TemporaryDirectory(prefix="cascade-") if opts["cache"] == "disk" \
-        else None
-    feats = {"train": dataset.x_train, "val": dataset.x_val, "test": dataset.x_test}
+    stage_data = _StageData(dataset, task, teacher, opts["batch_size"], opts["cache"])
     stages = []
     try:
         for index, block in enumerate(blocks, start=1):
             last = index == len(blocks)
-            inp = keras.Input(feats["train"].shape[1:])
+            shape = stage_data.input_shape
+            inp = keras.Input(shape)
             h = inp
             for layer in block:
                 h = layer(h)
             out_layers = head if last else output_block(
-                opts["output_block"], tuple(h.shape[1:]), dataset.num_classes, index)
+                opts["output_block"], tuple(h.shape[1:]), task.units, index, activation)
             for layer in out_layers:
                 h = layer(h)
             stage_model = keras.Model(inp, h, name=f"cascade_stage{index}")
-            stage_model.compile(_optimizer(opts["optimizer"], opts["learning_rate"]),
-                                "sparse_categorical_crossentropy", metrics=["accuracy"])
+            stage_data.compile(stage_model, _optimizer(opts["optimizer"],
+                                                       opts["learning_rate"]))
             n_epochs = opts["epochs"] + opts["k"] * index
             timer = EpochTimer()
             plateau = PlateauSchedule(monitor="val_loss", factor=0.1,
                                       patience=opts["plateau_patience"], min_delta=0.0)
             started = time.perf_counter()
-            training.fit_model(stage_model, feats["train"], dataset.y_train, epochs=n_epochs,
-                               batch_size=opts["batch_size"],
-                               validation_data=(feats["val"], dataset.y_val),
+            args = stage_data.fit_args()
+            training.fit_model(stage_model, args["x"], args["y"], epochs=n_epochs,
+                               batch_size=args["batch_size"],
+                               validation_data=args["validation_data"],
                                callbacks=[timer, plateau, *(callbacks or [])],
-                               verbose=verbose, shuffle=True,
+                               verbose=verbose, shuffle=args["shuffle"],
                                advice=f"cascade stage {index}: lower the learning rate or "
                                       "check the data")
             seconds = time.perf_counter() - started
             stages.append({
                 "stage": index, "layers": [la.name for la in block],
                 "output_block": [la.name for la in out_layers], "epochs": n_epochs,
-                "val_accuracy": training.accuracy(stage_model, feats["val"], dataset.y_val),
-                "test_accuracy": training.accuracy(stage_model, feats["test"],
-                                                   dataset.y_test),
+                **_prefixed("val", stage_data.scores(stage_model, "val")),
+                **_prefixed("test", stage_data.scores(stage_model, "test")),
                 "seconds": seconds, "seconds_per_epoch": timer.per_epoch(),
                 "train_memory_bytes": training_memory_bytes(stage_model, opts["batch_size"]),
                 "trainable_params": int(sum(np.prod(w.shape)
                                             for w in stage_model.trainable_weights)),
                 "lr_reductions": [e for e, _ in plateau.reductions],
-                "input_shape": list(feats["train"].shape[1:]),
+                "input_shape": list(shape),
             })
             if not last:
-                for layer in block:
-                    layer.trainable = False  # freeze layer l
-                where = cache_dir.name if cache_dir else None
-                feats = {k: _forward(block, v, 512, where) for k, v in feats.items()}
+                stage_data.freeze(block)
         for layer in model.layers:
             layer.trainable = was_trainable.get(id(layer), True)
         fine_tune = None
@@ -168,14 +318,16 @@ def cascade_train(model_or_specs, data, *, verbose: int | str = 0, callbacks=Non
             for layer in model.layers:
                 if isinstance(layer, keras.layers.BatchNormalization):
                     layer.trainable = False
-            model.compile(_optimizer(opts["optimizer"], lr), "sparse_categorical_crossentropy",
-                          metrics=["accuracy"])
+            end_to_end = _StageData(dataset, task, teacher, opts["batch_size"],
+                                    "stream" if stage_data.streamed else "memory")
+            end_to_end.compile(model, _optimizer(opts["optimizer"], lr))
             timer = EpochTimer()
             started = time.perf_counter()
-            training.fit_model(model, dataset.x_train, dataset.y_train,
-                               epochs=opts["fine_tune_epochs"], batch_size=opts["batch_size"],
-                               validation_data=(dataset.x_val, dataset.y_val),
-                               callbacks=[timer], verbose=verbose, shuffle=True,
+            args = end_to_end.fit_args()
+            training.fit_model(model, args["x"], args["y"], epochs=opts["fine_tune_epochs"],
+                               batch_size=args["batch_size"],
+                               validation_data=args["validation_data"],
+                               callbacks=[timer], verbose=verbose, shuffle=args["shuffle"],
                                advice="cascade fine-tune: lower fine_tune_lr or check the data")
             for layer in model.layers:
                 layer.trainable = was_trainable.get(id(layer), True)
@@ -184,15 +336,18 @@ def cascade_train(model_or_specs, data, *, verbose: int | str = 0, callbacks=Non
                          "seconds_per_epoch": timer.per_epoch(),
                          "train_memory_bytes": training_memory_bytes(model,
                                                                      opts["batch_size"])}
+        final = _StageData(dataset, task, teacher, opts["batch_size"], "stream")
+        test_scores = _prefixed("test", final.scores(model, "test"))
     finally:
-        if cache_dir is not None:
-            cache_dir.cleanup()
+        stage_data.cleanup()
     info = {
-        "method": "cascade", "options": opts, "blocks": len(blocks), "stages": stages,
+        "method": "cascade", "options": opts, "task": task.describe()
+        + ("" if dataset.labelled else "; no labels: each stage reproduces the input "
+           "model's outputs"), "blocks": len(blocks), "stages": stages,
         "fine_tune": fine_tune,
         "total_epochs": sum(s["epochs"] for s in stages) + opts["fine_tune_epochs"],
         "seconds": sum(s["seconds"] for s in stages) + (fine_tune or {}).get("seconds", 0.0),
-        "test_accuracy": training.accuracy(model, dataset.x_test, dataset.y_test),
+        **test_scores,
         "end_to_end_train_memory_bytes": training_memory_bytes(model, opts["batch_size"]),
     }
     return model, info

@@ -12,6 +12,7 @@ Example:
 
 from compress.options import Option, Schema
 from compress.passes import Pass
+from compress.task import TASK_OPTIONS
 
 CASCADE_OPTIONS = Schema("cascade", [
     Option("epochs", int, 2, "starting epochs per stage (stage l trains epochs + k*l)", low=0),
@@ -28,10 +29,12 @@ CASCADE_OPTIONS = Schema("cascade", [
     Option("fine_tune_epochs", int, 0, "end-to-end fine-tune epochs after the cascade", low=0),
     Option("fine_tune_lr", float, None, "fine-tune learning rate (default learning_rate/10)",
            low=0.0, low_inclusive=False),
-    Option("cache", str, "memory", "where pseudo-inputs live: memory or disk (memory-mapped)",
-           choices=("memory", "disk")),
+    Option("cache", str, "memory", "where pseudo-inputs live: memory, disk (memory-mapped) "
+           "or stream (each batch through the frozen blocks, nothing kept; always so for "
+           "streamed data such as image folders)", choices=("memory", "disk", "stream")),
     Option("seed", int, 0, "seed of initialisation and shuffling (the CLI's --seed)", low=0,
            cli=False),
+    *TASK_OPTIONS,
 ])
 
 

@@ -62,10 +62,15 @@ def command(model, output, data, seed, unsafe, as_json, force, **options):
     prepared = data_mod.prepare(trained, dataset)
     after = model_report(trained, prepared, name="cascade", path=output)
     result = {"input": model, "output": output, "after": after, "pass": info}
+    def scores(d, prefix):  # the task's own: accuracy, or MSE and MAE for a regression
+        return ", ".join(f"{prefix} {k[len(prefix) + 1:].replace('_', ' ')} "
+                         + (f"{v:.2%}" if k.endswith(("accuracy", "agreement")) else f"{v:.4g}")
+                         for k, v in d.items() if k.startswith(prefix + "_")
+                         and isinstance(v, float))
+
     lines = [f"wrote {output}"] + [
         f"  stage {s['stage']} ({', '.join(s['layers'])}): {s['epochs']} epochs, "
-        f"val acc {s['val_accuracy']:.2%}, {s['seconds_per_epoch']:.2f} s/epoch, "
+        f"{scores(s, 'val')}, {s['seconds_per_epoch']:.2f} s/epoch, "
         f"~{s['train_memory_bytes'] / 2**20:.1f} MiB" for s in info["stages"]]
-    lines.append(f"  test accuracy {info['test_accuracy']:.2%} after {info['total_epochs']} "
-                 "epochs")
+    lines.append(f"  {scores(info, 'test')} after {info['total_epochs']} epochs")
     emit(result, as_json, reports=[after], title="cascade", lines=lines)

@@ -196,6 +196,8 @@ def _load_npz(path: Path, seed: int) -> Dataset:
                             "(save plain numeric arrays)") from exc
     except Exception as exc:
         raise CompressError(f"{path}: not a readable .npz file") from exc
+    if any("/" in k for k in arrays):  # x_train/INPUT, y_train/OUTPUT: several inputs/outputs
+        return _load_npz_named(path, arrays, seed)
     if "x_train" in arrays and not any(k.startswith("y_") for k in arrays):
         return _unlabelled(f"npz:{path}", path, arrays, seed)
     for key in ("x_train", "y_train"):
@@ -208,11 +210,14 @@ def _load_npz(path: Path, seed: int) -> Dataset:
             raise CompressError(f"{path}: array '{key}' has non-numeric dtype {a.dtype}")
         if key.startswith("x_") and not np.all(np.isfinite(a)):
             raise CompressError(f"{path}: array '{key}' contains NaN or inf")
-        whole = np.issubdtype(a.dtype, np.integer) or (
-            np.issubdtype(a.dtype, np.floating) and np.all(a == np.round(a)))
-        if key.startswith("y_") and (not whole or a.min() < 0):
-            raise CompressError(f"{path}: labels '{key}' must be non-negative integers")
-    splits = _npz_splits(path, arrays)
+        if key.startswith("y_") and not np.all(np.isfinite(a)):
+            raise CompressError(f"{path}: targets '{key}' contain NaN or inf")
+    # Whole non-negative numbers are class labels; anything else (negative or fractional
+    # values) is a regression target, checked against the model's task once it is loaded
+    # (compress.task.check_targets refuses a regression target given to a classifier).
+    targets = [a for k, a in arrays.items() if k.startswith("y_")]
+    labels = all(_whole_non_negative(a) for a in targets)
+    splits = _npz_splits(path, arrays, labels)
     x, y = splits["train"]
     name = f"npz:{path}"
     rng = np.random.default_rng(seed)
@@ -225,26 +230,36 @@ def _load_npz(path: Path, seed: int) -> Dataset:
             n_val = max(1, len(x) // 10)
             x_val, y_val = x[idx[:n_val]], y[idx[:n_val]]
             x_train, y_train = x[idx[n_val:]], y[idx[n_val:]]
-        labels = np.concatenate([y_train, y_val, y_test])
         return Dataset(name, x_train, y_train, x_val, y_val, x_test, y_test,
-                       int(labels.max()) + 1)
+                       _num_classes(labels, y_train, y_val, y_test))
     if len(x) < 10:
         raise CompressError(f"{path}: only {len(x)} samples; need at least 10 to split")
     idx = rng.permutation(len(x))
     n_test, n_val = max(1, len(x) // 5), max(1, len(x) // 10)
     if "val" in splits:  # the given validation split, the test split taken from train
         (x_val, y_val), te, tr = splits["val"], idx[:n_test], idx[n_test:]
-        labels = np.concatenate([y, y_val])
-        return Dataset(name, x[tr], y[tr], x_val, y_val, x[te], y[te], int(labels.max()) + 1)
+        return Dataset(name, x[tr], y[tr], x_val, y_val, x[te], y[te],
+                       _num_classes(labels, y, y_val))
     te, va, tr = idx[:n_test], idx[n_test:n_test + n_val], idx[n_test + n_val:]
-    return Dataset(name, x[tr], y[tr], x[va], y[va], x[te], y[te], int(y.max()) + 1)
+    return Dataset(name, x[tr], y[tr], x[va], y[va], x[te], y[te], _num_classes(labels, y))
 
 
-def _npz_splits(path: Path, arrays: dict) -> dict:
+def _whole_non_negative(a: np.ndarray) -> bool:
+    return bool((np.issubdtype(a.dtype, np.integer) or np.all(a == np.round(a)))
+                and a.min() >= 0)
+
+
+def _num_classes(labels: bool, *ys) -> int:
+    """Classes of integer labels (the largest + 1); 0 for regression targets."""
+    return int(max(y.max() for y in ys)) + 1 if labels else 0
+
+
+def _npz_splits(path: Path, arrays: dict, labels: bool = True) -> dict:
     """``{split: (x, y)}`` for every split in the file, each checked before any use.
 
-    Every split needs both arrays, one label per sample (an integer class, not one-hot)
-    and samples shaped like the training ones: a mismatch found after training would
+    Every split needs both arrays, one label per sample (an integer class, not one-hot;
+    or with ``labels`` False, regression targets of any shape) and samples shaped like the
+    training ones: a mismatch found after training would
     waste it, and Keras's own error does not name the split.
     """
     splits = {}
@@ -261,7 +276,7 @@ def _npz_splits(path: Path, arrays: dict) -> dict:
             raise CompressError(f"{path}: array '{x_key if x.ndim == 0 else y_key}' is a "
                                 "single number; give one row per sample")
         per_sample = int(np.prod(y.shape[1:]))
-        if per_sample != 1:
+        if per_sample != 1 and labels:
             raise CompressError(
                 f"{path}: labels '{y_key}' have shape {tuple(y.shape)}: give one integer "
                 "class per sample" + (" (one-hot labels: numpy.argmax(y, axis=1))"
@@ -272,7 +287,8 @@ def _npz_splits(path: Path, arrays: dict) -> dict:
         if split != "train" and x.shape[1:] != arrays["x_train"].shape[1:]:
             raise CompressError(f"{path}: '{x_key}' samples have shape {tuple(x.shape[1:])} "
                                 f"but 'x_train' samples have {tuple(arrays['x_train'].shape[1:])}")
-        splits[split] = (x.astype("float32"), y.astype("int64").reshape(-1))
+        splits[split] = (x.astype("float32"), y.astype("int64").reshape(-1) if labels
+                         else y.astype("float32"))
     return splits
 
 
@@ -336,3 +352,61 @@ def _load_npy(path: Path, seed: int) -> Dataset:
     except Exception as exc:
         raise CompressError(f"{path}: not a readable .npy file") from exc
     return _unlabelled(f"npy:{path}", path, {"x_train": np.asarray(x)}, seed)
+
+
+def _load_npz_named(path: Path, arrays: dict, seed: int) -> Dataset:
+    """An ``.npz`` for a model with several inputs or outputs: ``x_SPLIT/INPUT`` and
+    ``y_SPLIT/OUTPUT`` keys (a plain ``x_SPLIT`` or ``y_SPLIT`` is the one input or output),
+    grouped into dicts keyed by name; splits not given are taken from train (seeded: 20%
+    test, 10% validation). Targets are checked against the model later (their names, their
+    shapes), not here.
+    """
+    from compress.data.arrays import leaves, length, map_structure
+
+    groups: dict = {}
+    for key, a in arrays.items():
+        head, _, name = key.partition("/")
+        if head not in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test") or (
+                "/" in key and not name):
+            raise CompressError(f"{path}: array '{key}': keys are x_SPLIT or x_SPLIT/INPUT and "
+                                "y_SPLIT or y_SPLIT/OUTPUT (SPLIT: train, val, test)")
+        _check_inputs(path, key, a)
+        if name:
+            if not isinstance(groups.setdefault(head, {}), dict):
+                raise CompressError(f"{path}: has both '{head}' and '{key}'")
+            groups[head][name] = a.astype("float32") if head[0] == "x" else a
+        elif head in groups:
+            raise CompressError(f"{path}: has both '{head}' and '{head}/...'")
+        else:
+            groups[head] = a.astype("float32") if head[0] == "x" else a
+    if "x_train" not in groups:
+        raise CompressError(f"{path}: missing array 'x_train' or 'x_train/INPUT'")
+    labelled = "y_train" in groups
+    for split in ("train", "val", "test"):
+        x, y = groups.get(f"x_{split}"), groups.get(f"y_{split}")
+        if (x is None) != (y is None) and labelled:
+            raise CompressError(f"{path}: the {split} split needs both x_{split} and y_{split}")
+        counts = {len(a) for a in leaves(x) + leaves(y)}
+        if len(counts) > 1:
+            raise CompressError(f"{path}: the {split} split's arrays have different numbers "
+                                f"of samples ({', '.join(map(str, sorted(counts)))})")
+    x, y = groups["x_train"], groups.get("y_train")
+    n = length(x)
+    given = [s for s in ("val", "test") if f"x_{s}" in groups]
+    if len(given) < 2 and n < 10:
+        raise CompressError(f"{path}: only {n} samples; need at least 10 to split")
+    idx = np.random.default_rng(seed).permutation(n)
+    n_test = 0 if "test" in given else max(1, n // 5)
+    n_val = 0 if "val" in given else max(1, n // 10)
+
+    def part(sel):
+        return map_structure(lambda a: a[sel], x), map_structure(lambda a: a[sel], y)
+    out = {"train": part(idx[n_test + n_val:]) if n_test + n_val else (x, y)}
+    out["test"] = ((groups["x_test"], groups.get("y_test")) if "test" in given
+                   else part(idx[:n_test]))
+    out["val"] = ((groups["x_val"], groups.get("y_val")) if "val" in given
+                  else part(idx[n_test:n_test + n_val]))
+    return Dataset(f"npz:{path}", *out["train"], *out["val"], *out["test"],
+                   int(np.max(y)) + 1 if isinstance(y, np.ndarray) and
+                   np.issubdtype(y.dtype, np.integer) and y.ndim == 1 else 0)
+

@@ -163,6 +163,43 @@ class StreamDataset:
     y_test = property(lambda self: self.targets("test"))
 
 
+def has_samples(data, split: str = "test") -> bool:
+    """Whether ``data`` (arrays or a stream) has samples in ``split``; a stream of unknown
+    length is taken to have some."""
+    from compress.data.arrays import length
+
+    if isinstance(data, StreamDataset):
+        return split in data.splits and data.size(split) != 0
+    x = getattr(data, f"x_{split}", None)
+    return x is not None and length(x) > 0
+
+
+def iter_batches(data, split: str, batch_size: int = 256):
+    """``(x, y)`` NumPy batches of a split of ``data`` (``y`` None unlabelled), in order:
+    arrays are sliced, a stream is read batch by batch (never all of it at once).
+
+    Example:
+
+    >>> import numpy as np
+    >>> from compress.data.arrays import Dataset
+    >>> ds = Dataset("d", np.zeros((5, 2)), None, None, None, np.zeros((5, 2)), None, 0)
+    >>> [len(x) for x, _ in iter_batches(ds, "test", 2)]
+    [2, 2, 1]
+    """
+    if getattr(data, "streaming", False):
+        for element in data.batches(split, batch_size).as_numpy_iterator():
+            if data.labelled:
+                yield element[0], element[1]
+            else:
+                yield element, None
+        return
+    x, y = data.split(split)
+    for start in range(0, length(x), batch_size):
+        def cut(a, start=start):
+            return a[start:start + batch_size]
+        yield map_structure(cut, x), map_structure(cut, y)
+
+
 def _spec_leaves(spec):
     if isinstance(spec, dict):
         return [s for k in spec for s in _spec_leaves(spec[k])]

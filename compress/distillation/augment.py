@@ -9,7 +9,7 @@ train a student alone on hard labels, the fair baseline for it.
 Example:
 
 >>> from compress.distillation.augment import augmented_batches
->>> batches = augmented_batches(ds.x_train, ds.y_train, "shift", shift=2,  # doctest: +SKIP
+>>> batches = augmented_batches(ds, None, "shift", shift=2,  # doctest: +SKIP
 ...                             batch_size=128, seed=0)
 """
 
@@ -47,23 +47,29 @@ def check_augment(augment: str, shift: int, input_shape) -> None:
                             "small for it")
 
 
-def augmented_batches(x, y, augment: str = "shift", shift: int = 2, batch_size: int = 64,
-                      seed: int | None = None):
-    """A ``tf.data.Dataset`` of shuffled ``(x, y)`` batches, each image randomly shifted.
+def augmented_batches(x, y=None, augment: str = "shift", shift: int = 2,
+                      batch_size: int = 64, seed: int | None = None):
+    """A ``tf.data.Dataset`` of shuffled ``(x, y)`` (or ``x``) batches, each image randomly
+    shifted.
 
     Each image moves by a whole number of pixels drawn uniformly in ``[-shift, shift]`` on
     each axis, the uncovered border filled with zeros (Hinton et al.'s "jitter"). New
     shifts and a new order are drawn every epoch; with a ``seed`` the sequence repeats
-    from run to run.
+    from run to run. The shift is a ``tf.data`` map: given a
+    :class:`compress.data.Dataset` or a streamed one, its training split is read batch by
+    batch (a stream is never held in memory; its order is its own).
 
     Example:
 
+    >>> batches = augmented_batches(data, None, "shift", shift=2, batch_size=128)  # doctest: +SKIP
     >>> batches = augmented_batches(x, y, "shift", shift=2, batch_size=128)  # doctest: +SKIP
     >>> model.fit(batches, epochs=10)                                         # doctest: +SKIP
 
     Args:
-        x: np.ndarray. Images, ``(N, H, W)`` or ``(N, H, W, C)``.
-        y: np.ndarray. Labels, ``(N, ...)``.
+        x: np.ndarray of images, ``(N, H, W)`` or ``(N, H, W, C)``; or a
+            :class:`compress.data.Dataset` / streamed dataset (then ``y`` is not given:
+            its training split's targets, or none when it has no labels).
+        y: np.ndarray or None. Labels, ``(N, ...)``; None for images only.
         augment: str, default ``"shift"``. ``"shift"``, or ``"none"`` for plain shuffled
             batches.
         shift: int, default 2. Largest shift in pixels.
@@ -76,21 +82,34 @@ def augmented_batches(x, y, augment: str = "shift", shift: int = 2, batch_size: 
     """
     import tensorflow as tf
 
-    check_augment(augment, shift, np.shape(x)[1:])
-    x = np.asarray(x, dtype="float32")
-    data = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(
-        len(x), seed=seed, reshuffle_each_iteration=True)
+    if hasattr(x, "batches"):  # a compress dataset: its training split, streamed
+        data = x
+        check_augment(augment, shift, data.sample_shape)
+        samples = data.batches("train", batch_size, shuffle=True, seed=seed).unbatch()
+        labelled = data.labelled
+        shape = tuple(data.sample_shape)
+    else:
+        check_augment(augment, shift, np.shape(x)[1:])
+        x = np.asarray(x, dtype="float32")
+        samples = tf.data.Dataset.from_tensor_slices(x if y is None else (x, y)).shuffle(
+            len(x), seed=seed, reshuffle_each_iteration=True)
+        labelled = y is not None
+        shape = tuple(x.shape[1:])
     if augment == "shift":
         p = int(shift)
-        pad = [[p, p], [p, p]] + [[0, 0]] * (x.ndim - 3)
-        size = tf.constant(x.shape[1:], dtype=tf.int32)
+        pad = [[p, p], [p, p]] + [[0, 0]] * (len(shape) - 2)
+        size = tf.constant(shape, dtype=tf.int32)
 
-        def shifted(pair, crop_seed):
-            image, label = pair
-            padded = tf.pad(image, pad)
-            return tf.image.stateless_random_crop(padded, size, seed=crop_seed), label
+        def move(image, crop_seed):
+            padded = tf.pad(tf.cast(image, "float32"), pad)
+            return tf.image.stateless_random_crop(padded, size, seed=crop_seed)
+
+        def shifted(element, crop_seed):
+            if labelled:
+                return (move(element[0], crop_seed),) + tuple(element[1:])
+            return move(element, crop_seed)
 
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-        data = tf.data.Dataset.zip((data, seeds)).map(
+        samples = tf.data.Dataset.zip((samples, seeds)).map(
             shifted, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return data.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    return samples.batch(batch_size).prefetch(tf.data.AUTOTUNE)

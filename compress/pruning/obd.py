@@ -2,8 +2,9 @@
 
 The saliency of weight ``k`` is the loss increase a second-order Taylor expansion
 predicts when it is set to zero, ``s_k = h_kk * w_k**2 / 2``, with ``h_kk`` the diagonal
-of the Hessian of the training loss (cross-entropy on the calibration data). Four
-estimators of the diagonal:
+of the Hessian of the training loss: the model's own (:mod:`compress.task`: cross-entropy
+for a classifier, binary cross-entropy for sigmoid outputs, mean squared error for a
+regression) on the calibration data. Five estimators of the diagonal:
 
 - ``backprop`` (the default): LeCun et al.'s own recipe, one backward pass of second
   derivatives under the Levenberg-Marquardt approximation. At the softmax
@@ -57,26 +58,84 @@ def _log_probs(model, x):
     return tf.nn.log_softmax(tf.cast(out, "float32"))
 
 
+def _flat_outputs(model, x):
+    import tensorflow as tf
+
+    out = tf.cast(model(x, training=False), "float32")
+    return tf.reshape(out, (tf.shape(out)[0], -1))
+
+
+def output_curvature(task) -> str:
+    """How the loss curves at the model's output, for the Gauss-Newton diagonals:
+    ``"softmax"`` (cross-entropy of a classifier: ``p (1 - p)`` at the logits, with the
+    exact ``diag(p) - p p^T`` at the last layer), ``"sigmoid"`` / ``"sigmoid_logits"``
+    (binary cross-entropy of sigmoid probabilities or of logits: ``p (1 - p) / k`` at the
+    logits), or ``"mse"`` (``2 / k`` per output value: exact for mean squared error, the
+    squared error's curvature for the other regression losses, whose own second
+    derivative is zero almost everywhere). ``k`` is the number of output values.
+
+    >>> import keras
+    >>> from compress.task import resolve
+    >>> output_curvature(resolve(keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])))
+    'mse'
+    """
+    from compress.task import BINARY, CLASSIFICATION, MULTILABEL
+
+    if task.kind == CLASSIFICATION:
+        return "softmax"
+    if task.kind in (BINARY, MULTILABEL):
+        return "sigmoid_logits" if task.from_logits else "sigmoid"
+    return "mse"
+
+
+def _curvature_at_output(kind: str, out):
+    """``d2L/dout^2`` (Gauss-Newton, per output value) for curvatures other than softmax;
+    ``out`` is the model's output, flattened per sample."""
+    import tensorflow as tf
+
+    k = float(max(int(out.shape[-1] or 1), 1))
+    if kind == "sigmoid":
+        p = tf.clip_by_value(out, 1e-6, 1.0 - 1e-6)
+        return 1.0 / (k * p * (1.0 - p))
+    if kind == "sigmoid_logits":
+        p = tf.sigmoid(out)
+        return p * (1.0 - p) / k
+    return tf.ones_like(out) * (2.0 / k)
+
+
 def hessian_diagonal(model, x, y, variables=None, estimator: str = "backprop",
                      batch_size: int = 32, samples: int = 1, exact: bool = False,
-                     seed: int = 0) -> list:
-    """Estimate the diagonal of the Hessian of the mean cross-entropy on ``(x, y)``.
+                     seed: int = 0, task=None) -> list:
+    """Estimate the diagonal of the Hessian of the model's own mean loss on ``(x, y)``.
+
+    The loss is the task's (:mod:`compress.task`): cross-entropy for a classifier,
+    binary cross-entropy for sigmoid outputs, mean squared error for a regression. The
+    Gauss-Newton estimators (``backprop``, ``gauss_newton``) do not read the targets, so
+    they also serve label-free data (``y`` None): at the original model the Hessian of
+    the fidelity loss (KL divergence to its own outputs, or MSE to them) is exactly that
+    Gauss-Newton matrix. ``fisher`` and ``hutchinson`` need the targets.
 
     Args:
-        model: a Keras classifier (softmax or logits output).
+        model: a Keras model.
         x: inputs, already shaped for the model.
-        y: integer labels.
+        y: targets (integer labels for a classifier), or None (label-free).
         variables: list of weight variables, default None (every trainable weight).
         estimator: str, default ``"backprop"``. One of ``backprop``, ``gauss_newton``,
-            ``hutchinson``, ``fisher``.
+            ``hutchinson``, ``fisher``, ``layer``.
         batch_size: int, default 32. Examples per vectorized pass.
         samples: int, default 1. Random probes per batch (Gauss-Newton, Hutchinson).
-        exact: bool, default False. Gauss-Newton: sum over every class instead of
-            sampling (one pass per class).
+        exact: bool, default False. Gauss-Newton: sum over every class (output value)
+            instead of sampling (one pass per class).
         seed: int, default 0. Seed of the random probes.
+        task: :class:`compress.task.Task` or None, default None (the model's own,
+            :func:`compress.task.resolve`).
 
     Returns:
         A list of NumPy arrays, one per variable, of the variable's shape.
+
+    Raises:
+        CompressError: an unknown estimator; ``fisher`` or ``hutchinson`` without
+            targets; inputs and targets of different lengths.
     """
     import tensorflow as tf
 
@@ -87,26 +146,66 @@ def hessian_diagonal(model, x, y, variables=None, estimator: str = "backprop",
 
         vs = list(model.trainable_variables if variables is None else variables)
         return [h.diagonal() for h in layer_hessians(model, vs, x)]
+    if task is None:
+        from compress.task import resolve
+
+        task = resolve(model, y=y)
+    curvature = output_curvature(task)
+    classifier = curvature == "softmax"
     x = np.asarray(x)
-    y = np.asarray(y).astype("int64").reshape(-1)
-    if len(x) == 0 or len(x) != len(y):
-        raise CompressError(f"OBD calibration data: {len(x)} inputs and {len(y)} labels")
+    if y is None:
+        if estimator in ("fisher", "hutchinson"):
+            raise CompressError(f"estimator '{estimator}' needs labels (the loss at the true "
+                                "targets) and the data has none; use --estimator backprop, "
+                                "gauss_newton or layer")
+    elif classifier:
+        y = np.asarray(y)
+        units = int(model.outputs[0].shape[-1])
+        if y.ndim == 2 and y.shape[1] == units > 1:  # one-hot or soft targets
+            y = np.argmax(y, -1)
+        y = y.astype("int64").reshape(-1)
+    else:
+        y = np.asarray(y, "float32").reshape((len(y),) + tuple(model.outputs[0].shape[1:]))
+    if len(x) == 0 or (y is not None and len(x) != len(y)):
+        raise CompressError(f"OBD calibration data: {len(x)} inputs and "
+                            f"{0 if y is None else len(y)} labels")
     variables = list(model.trainable_variables if variables is None else variables)
     if estimator == "backprop":
-        diag = _backprop_diagonal(model, x, y, variables, max(batch_size, 128))
+        diag = _backprop_diagonal(model, x, y, variables, max(batch_size, 128), curvature)
         if diag is not None:
             return diag
         estimator, exact = "gauss_newton", True  # not a supported chain: exact GN
     rng = tf.random.Generator.from_seed(seed)
-    n_classes = int(model.outputs[0].shape[-1])
+    feature = _log_probs if classifier else _flat_outputs
+    n_classes = int(np.prod(model.outputs[0].shape[1:])) if not classifier else \
+        int(model.outputs[0].shape[-1])
     total = [tf.zeros(tuple(v.shape), "float32") for v in variables]
+    if not classifier:
+        from compress.task import _fresh, per_sample_loss
+
+        sample_loss = per_sample_loss(_fresh(task.loss))
+
+    def losses(xb, yb):
+        """Per-example losses at the targets."""
+        if classifier:
+            return -tf.gather(_log_probs(model, xb), yb, batch_dims=1)
+        out = tf.cast(model(xb, training=False), "float32")
+        per = sample_loss(tf.cast(yb, "float32"), out)
+        return tf.reshape(per, (tf.shape(out)[0], -1))[:, 0] if per.shape.rank > 1 else per
 
     @tf.function(reduce_retracing=True)
     def per_example_squares(xb, weights):
-        # weights: (batch, classes) coefficients c; returns sum_n (d/dw sum_c c_nc log p_nc)^2
+        # weights: (batch, classes) coefficients c; returns sum_n (d/dw sum_c c_nc f_nc)^2
+        # with f the log-probabilities (classifier) or the outputs (any other task)
         with tf.GradientTape() as tape:
-            logp = _log_probs(model, xb)
-            f = tf.reduce_sum(weights * logp, axis=-1)
+            f = tf.reduce_sum(weights * feature(model, xb), axis=-1)
+        jac = tape.jacobian(f, variables, experimental_use_pfor=True)
+        return [tf.reduce_sum(tf.square(j), axis=0) for j in jac]
+
+    @tf.function(reduce_retracing=True)
+    def per_example_loss_squares(xb, yb):
+        with tf.GradientTape() as tape:
+            f = losses(xb, yb)
         jac = tape.jacobian(f, variables, experimental_use_pfor=True)
         return [tf.reduce_sum(tf.square(j), axis=0) for j in jac]
 
@@ -116,8 +215,7 @@ def hessian_diagonal(model, x, y, variables=None, estimator: str = "backprop",
               for v in variables]
         with tf.GradientTape() as outer:
             with tf.GradientTape() as inner:
-                logp = _log_probs(model, xb)
-                loss = -tf.reduce_sum(tf.gather(logp, yb, batch_dims=1))
+                loss = tf.reduce_sum(losses(xb, yb))
             grads = inner.gradient(loss, variables)
             dot = tf.add_n([tf.reduce_sum(g * v) for g, v in zip(grads, vs)])
         hv = outer.gradient(dot, variables)
@@ -125,15 +223,18 @@ def hessian_diagonal(model, x, y, variables=None, estimator: str = "backprop",
 
     for start in range(0, len(x), batch_size):
         xb = tf.constant(x[start:start + batch_size], dtype=model.inputs[0].dtype or "float32")
-        yb = tf.constant(y[start:start + batch_size])
+        yb = None if y is None else tf.constant(y[start:start + batch_size])
         nb = int(xb.shape[0])
         if estimator == "fisher":
-            coef = tf.one_hot(yb, n_classes)
-            adds = [per_example_squares(xb, coef)]
+            adds = [per_example_squares(xb, tf.one_hot(yb, n_classes)) if classifier
+                    else per_example_loss_squares(xb, yb)]
         elif estimator == "gauss_newton":
-            p = tf.exp(_log_probs(model, xb))
+            if classifier:
+                weight = tf.sqrt(tf.exp(_log_probs(model, xb)))
+            else:
+                weight = tf.sqrt(_curvature_at_output(curvature, _flat_outputs(model, xb)))
             if exact:
-                adds = [per_example_squares(xb, tf.sqrt(p) * tf.one_hot([c] * nb, n_classes))
+                adds = [per_example_squares(xb, weight * tf.one_hot([c] * nb, n_classes))
                         for c in range(n_classes)]
                 adds = [[tf.add_n(parts) for parts in zip(*adds)]]
             else:
@@ -142,11 +243,14 @@ def hessian_diagonal(model, x, y, variables=None, estimator: str = "backprop",
                     signs = tf.cast(rng.uniform((nb, n_classes), 0, 2, dtype="int32") * 2 - 1,
                                     "float32")
                     adds.append([a / samples for a in per_example_squares(xb, signs *
-                                                                          tf.sqrt(p))])
+                                                                          weight)])
         else:
             adds = [[a / samples for a in hvp_probe(xb, yb)] for _ in range(samples)]
         for add in adds:
             total = [t + a for t, a in zip(total, add)]
+        from compress import progress  # here: compress.pruning loads before compress
+
+        progress.update(start + nb, len(x), "sample")  # the saliency phase's display
     diag = [np.asarray(t) / len(x) for t in total]
     if estimator == "hutchinson":
         diag = [np.maximum(d, 0.0) for d in diag]
@@ -154,7 +258,7 @@ def hessian_diagonal(model, x, y, variables=None, estimator: str = "backprop",
 
 
 def obd_saliency(model, x, y, variables=None, estimator: str = "backprop",
-                 damping: float = 0.0, **kwargs) -> list:
+                 damping: float = 0.0, task=None, **kwargs) -> list:
     """OBD saliencies ``h_kk * w_k**2 / 2`` of ``variables`` on the data ``(x, y)``.
 
     With ``damping`` the diagonal is the Levenberg-Marquardt one, ``h_kk + lambda``,
@@ -165,19 +269,22 @@ def obd_saliency(model, x, y, variables=None, estimator: str = "backprop",
     (``damping -> inf`` ranks like magnitude, 0 is plain OBD).
 
     Args:
-        model: a Keras classifier.
-        x, y: calibration inputs and integer labels.
+        model: a Keras model.
+        x, y: calibration inputs and targets (integer labels for a classifier), or ``y``
+            None (label-free: the Gauss-Newton estimators need no targets).
         variables: list of weight variables, default None (every trainable weight).
         estimator: str, default ``"backprop"``; see :func:`hessian_diagonal`.
         damping: float, default 0.0. Levenberg-Marquardt damping, relative to the mean
             of each variable's diagonal.
+        task: :class:`compress.task.Task` or None, default None (the model's own loss:
+            :func:`compress.task.resolve`).
         **kwargs: passed to :func:`hessian_diagonal` (``batch_size``, ``samples``, ...).
 
     Returns:
         A list of NumPy arrays, one per variable.
     """
     variables = list(model.trainable_variables if variables is None else variables)
-    diag = hessian_diagonal(model, x, y, variables, estimator=estimator, **kwargs)
+    diag = hessian_diagonal(model, x, y, variables, estimator=estimator, task=task, **kwargs)
     if damping:
         diag = [np.asarray(h) + damping * float(np.mean(h)) for h in diag]
     return [0.5 * h * np.square(np.asarray(v, dtype="float64")) for h, v in zip(diag, variables)]
@@ -226,7 +333,7 @@ def _is_softmax(fn) -> bool:
     return getattr(fn, "__name__", "") == "softmax"
 
 
-def _backprop_diagonal(model, x, y, variables, batch_size):
+def _backprop_diagonal(model, x, y, variables, batch_size, curvature: str = "softmax"):
     """LeCun's backward pass of diagonal second derivatives (LM approximation).
 
     Returns None when the model is not a supported Sequential chain or when a variable is
@@ -255,20 +362,23 @@ def _backprop_diagonal(model, x, y, variables, batch_size):
             return keras.ops.matmul(a, kernel)
         return layer.convolution_op(a, kernel)
 
-    key = tuple(id(v) for v in variables)
+    key = (tuple(id(v) for v in variables), curvature)
     cached = _BACKPROP_FNS.setdefault(model, {})
     if key in cached:
         batch_diag = cached[key]
     else:
         batch_diag = cached[key] = tf.function(
             lambda xb: _backprop_batch(xb, layers, index, wanted, variables, softmax_layer,
-                                       linear), reduce_retracing=True)
+                                       linear, curvature), reduce_retracing=True)
 
     total = None
     for start in range(0, len(x), batch_size):
         xb = tf.constant(x[start:start + batch_size], dtype=dtype)
         part = batch_diag(xb)
         total = part if total is None else [t + q for t, q in zip(total, part)]
+        from compress import progress
+
+        progress.update(min(start + batch_size, len(x)), len(x), "sample")
     return [np.asarray(t, dtype="float64") / len(x) for t in total]
 
 
@@ -277,7 +387,8 @@ def _backprop_diagonal(model, x, y, variables, batch_size):
 _BACKPROP_FNS = weakref.WeakKeyDictionary()
 
 
-def _backprop_batch(xb, layers, index, wanted, variables, softmax_layer, linear):
+def _backprop_batch(xb, layers, index, wanted, variables, softmax_layer, linear,
+                    curvature="softmax"):
     """One batch of :func:`_backprop_diagonal` (summed over the batch), traced once."""
     import tensorflow as tf
 
@@ -297,16 +408,22 @@ def _backprop_batch(xb, layers, index, wanted, variables, softmax_layer, linear)
                 h = layer(h, training=False)
         # Start: GN diagonal of the cross-entropy w.r.t. the logits, p (1 - p).
         stop = len(layers)
-        if softmax_layer:
-            logits = inputs[-1]
-            stop -= 1
+        if curvature != "softmax":  # any other loss: its curvature at the output itself
+            out = tf.cast(h, "float32")
+            flat = tf.reshape(out, (tf.shape(out)[0], -1))
+            d2 = tf.reshape(_curvature_at_output(curvature, flat), tf.shape(out))
+            p, out_linear_done, at_logits = None, False, False
         else:
-            logits = pre.get(stop - 1, h)
-        p = tf.nn.softmax(tf.cast(logits, "float32"))
-        d2 = p * (1.0 - p)
-        out_linear_done = softmax_layer or (stop - 1) in pre
-        # The layer producing the logits (its output is exactly the logits, 2-D).
-        at_logits = len(logits.shape) == 2 and (stop - 1) in pre
+            if softmax_layer:
+                logits = inputs[-1]
+                stop -= 1
+            else:
+                logits = pre.get(stop - 1, h)
+            p = tf.nn.softmax(tf.cast(logits, "float32"))
+            d2 = p * (1.0 - p)
+            out_linear_done = softmax_layer or (stop - 1) in pre
+            # The layer producing the logits (its output is exactly the logits, 2-D).
+            at_logits = len(logits.shape) == 2 and (stop - 1) in pre
         sums = {}
         for i in range(stop - 1, -1, -1):
             layer, a = layers[i], inputs[i]

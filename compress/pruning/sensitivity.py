@@ -24,42 +24,92 @@ import weakref
 
 import numpy as np
 
+from compress.data.arrays import leaves
 from compress.errors import CompressError
 
 #: Sparsities at which each layer's loss is measured.
 GRID = tuple(np.round(np.r_[np.arange(0.0, 0.951, 0.05), 0.97, 0.99], 4))
 
 
+#: Held-out samples the losses are measured on: the loss is measured about twenty times
+#: per layer on the same samples, so they are held in memory; only they are read from the
+#: validation split (a stream is not read whole).
+SENSITIVITY_SAMPLES = 1024
+
 _LOSS_FNS = weakref.WeakKeyDictionary()
 
 
-def layer_loss_curves(model, variables, scores, x, y, grid=GRID, mask_fn=None) -> list:
-    """Per variable, ``(sparsities, losses)``: the mean cross-entropy on ``(x, y)`` after
+def held_out(data, n: int = SENSITIVITY_SAMPLES) -> tuple:
+    """``(x, y)``: the first ``n`` samples of ``data``'s validation split, the only ones
+    :func:`sensitivity_masks` reads (``y`` None for unlabelled data).
+
+    >>> import numpy as np
+    >>> from compress.data import Dataset
+    >>> ds = Dataset("d", *[np.zeros((3000, 2)), None] * 3, num_classes=0)
+    >>> held_out(ds)[0].shape
+    (1024, 2)
+    """
+    return data.head("val", n)
+
+
+def layer_loss_curves(model, variables, scores, x, y, grid=GRID, mask_fn=None,
+                      task=None) -> list:
+    """Per variable, ``(sparsities, losses)``: the model's own loss on ``(x, y)`` after
     zeroing that variable's lowest-scored weights at each sparsity of ``grid`` (from its
     current sparsity up), every other weight unchanged.
 
+    The loss is the task's (:mod:`compress.task`: cross-entropy for a classifier, mean
+    squared error for a regression, ...). Without targets (``y`` None) it is the
+    fidelity to the model as it is now (KL divergence for a classifier, MSE otherwise).
+
     Args:
-        model: a Keras classifier holding ``variables``.
+        model: a Keras model holding ``variables``.
         variables: list of weight variables.
         scores: list of saliency arrays, one per variable (already pruned weights
             ``-inf``).
-        x, y: held-out inputs and integer labels.
+        x, y: held-out inputs and targets (integer labels for a classifier), or ``y``
+            None.
         grid: sequence of float, default :data:`GRID`.
         mask_fn: callable ``(scores, sparsity) -> mask``, default
             :func:`compress.pruning.masks.lowest_mask`.
+        task: :class:`compress.task.Task` or None, default None (the model's own).
     """
     import tensorflow as tf
 
     from compress.pruning.masks import lowest_mask
-    from compress.pruning.obd import _log_probs
+    from compress.task import CLASSIFICATION, resolve
 
     mask_fn = mask_fn or lowest_mask
     xt = tf.constant(np.asarray(x), dtype=model.inputs[0].dtype or "float32")
-    yt = tf.constant(np.asarray(y).astype("int64").reshape(-1))
-    if model not in _LOSS_FNS:  # traced once per model: stepwise pruning calls this often
-        _LOSS_FNS[model] = tf.function(lambda xb, yb: -tf.reduce_mean(
-            tf.gather(_log_probs(model, xb), yb, batch_dims=1)), reduce_retracing=True)
-    loss_fn = _LOSS_FNS[model]
+    task = task or resolve(model, y=y)
+    labels = y is not None and task.kind == CLASSIFICATION and \
+        int(np.prod(np.shape(y)[1:])) == 1
+    fns = _LOSS_FNS.setdefault(model, {})  # traced once per model and loss
+    if labels:
+        from compress.pruning.obd import _log_probs
+
+        yt = tf.constant(np.asarray(y).astype("int64").reshape(-1))
+        key = "cross_entropy"
+        if key not in fns:
+            fns[key] = tf.function(lambda xb, yb: -tf.reduce_mean(
+                tf.gather(_log_probs(model, xb), yb, batch_dims=1)), reduce_retracing=True)
+    else:
+        from compress.task import _fresh, per_sample_loss
+
+        if y is None:  # no labels: fidelity to the model before any cut
+            loss_obj, targets = task.fidelity_loss()
+            yt = tf.constant(np.asarray(targets(model(xt, training=False)), "float32"))
+            key = ("fidelity", task.kind, task.from_logits)
+        else:
+            loss_obj = _fresh(task.loss)
+            yt = tf.constant(np.asarray(y, "float32").reshape(
+                (len(xt),) + tuple(model.outputs[0].shape[1:])))
+            key = ("task", task.loss_name)
+        if key not in fns:
+            fn = per_sample_loss(loss_obj)
+            fns[key] = tf.function(lambda xb, yb: tf.reduce_mean(
+                fn(yb, tf.cast(model(xb, training=False), "float32"))), reduce_retracing=True)
+    loss_fn = fns[key]
 
     def loss():
         return loss_fn(xt, yt)
@@ -120,10 +170,13 @@ def allocate_sparsities(curves, sizes, sparsity: float) -> list:
     return alloc
 
 
-def sensitivity_masks(model, variables, scores, x, y, sparsity: float, balance=False):
+def sensitivity_masks(model, variables, scores, x, y, sparsity: float, balance=False,
+                      task=None):
     """Masks reaching ``sparsity`` overall with per-layer sparsities from
-    :func:`allocate_sparsities` on losses measured on ``(x, y)``; inside each layer the
-    lowest ``scores`` go.
+    :func:`allocate_sparsities` on losses measured on ``(x, y)`` (at most
+    :data:`SENSITIVITY_SAMPLES` held-out samples: :func:`held_out`; ``y`` None measures
+    the fidelity to the model instead); inside each layer the lowest ``scores`` go.
+    ``task`` is the :class:`compress.task.Task` (default: the model's own).
 
     Returns:
         ``(masks, sparsities)``: lists, one entry per variable.
@@ -133,10 +186,10 @@ def sensitivity_masks(model, variables, scores, x, y, sparsity: float, balance=F
     """
     from compress.pruning.masks import balanced_mask, lowest_mask
 
-    if x is None or len(x) == 0:
+    if x is None or len(leaves(x)) == 0 or len(leaves(x)[0]) == 0:
         raise CompressError("prune: scope 'sensitivity' measures the loss on validation "
                             "data; the dataset has none")
     mask_fn = balanced_mask if balance else lowest_mask
-    curves = layer_loss_curves(model, variables, scores, x, y, mask_fn=mask_fn)
+    curves = layer_loss_curves(model, variables, scores, x, y, mask_fn=mask_fn, task=task)
     alloc = allocate_sparsities(curves, [int(np.size(s)) for s in scores], sparsity)
     return [mask_fn(s, a) for s, a in zip(scores, alloc)], alloc

@@ -260,12 +260,13 @@ def qat_finetune(model, data, epochs: int = 3, learning_rate: float = 1e-4,
     info = {"epochs": epochs, "folded_batchnorm": n_folded,
             "fake_quantized_layers": len(ranges), "activation_ranges": ranges,
             "val_accuracy": float(history.history.get("val_accuracy", [float("nan")])[-1]),
-            "test_accuracy": (training.accuracy(qmodel, data.x_test, data.y_test)
-                              if getattr(data, "x_test", None) is not None else None)}
-    if not task.is_classifier:  # accuracy means nothing here: the task's own scores
+            "test_accuracy": None}
+    from compress.data.streaming import has_samples
+
+    if getattr(data, "labelled", False) and has_samples(data, "test"):  # batch by batch
+        info.update({f"test_{k}": v for k, v in task.evaluate_data(qmodel, data, "test")
+                     .items() if k != "metrics"})
+    if not task.is_classifier:  # accuracy means nothing here
         info.pop("val_accuracy")
-        labelled = getattr(data, "y_test", None) is not None
-        info["test_accuracy"] = None
-        info.update({f"test_{k}": v for k, v in (task.evaluate(
-            qmodel, data.x_test, data.y_test) if labelled else {}).items()})
+        info.pop("test_accuracy", None)
     return folded, info

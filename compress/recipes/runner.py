@@ -154,7 +154,7 @@ def _run_step(kind: str, opts: dict, model, dataset, stem: Path, recipe: dict, v
         io.save_model(result, path, force=True)
         return result, info, str(path), model_report(result, dataset, name=name, path=path)
     path = io.write_bytes(stem.with_suffix(spec.artifact_suffix(kwargs)), result)
-    return None, info, str(path), _artifact_report(path, info, dataset, name)
+    return None, info, str(path), _artifact_report(path, info, dataset, name, model)
 
 
 def _check_output_dir(out: Path, force: bool) -> None:
@@ -259,15 +259,26 @@ def _callbacks(mapping) -> list:
     return build_callbacks(mapping)
 
 
-def _artifact_report(path: Path, info: dict, dataset, name: str) -> dict:
-    """A report of a deployed artifact (.tflite/.onnx/.keras), measured in its runtime."""
+def _artifact_report(path: Path, info: dict, dataset, name: str, model) -> dict:
+    """A report of a deployed artifact (.tflite/.onnx/.keras), measured in its runtime and
+    scored on the task of ``model`` (the model it was made from): accuracy for a
+    classifier, MSE/MAE for a regressor, never an argmax of a one-unit output."""
     from compress import runtime
     from compress.report import zipped_size
+    from compress.task import resolve
 
     rep = {"name": f"{name} ({path.suffix[1:]})", "file_bytes": path.stat().st_size,
            "zipped_bytes": zipped_size(path)}
     if path.suffix in (".tflite", ".onnx") and dataset is not None:
-        rep["accuracy"] = runtime.artifact_accuracy(path, dataset.x_test, dataset.y_test)
+        outputs = runtime.run_artifact(path, dataset.x_test)
+        if dataset.y_test is not None:
+            rep.update(resolve(model, y=dataset.y_test).score(outputs, dataset.y_test))
+        else:  # no labels: fidelity to the model it was made from
+            from compress.agreement import comparison
+            from compress.training import predict
+
+            classifier = resolve(model).is_classifier
+            rep["fidelity"] = comparison(outputs, predict(model, dataset.x_test), classifier)
         rep["latency_ms"] = runtime.runtime_latency_ms(path, dataset.sample_shape, threads=1,
                                                        runs=30)
     elif "accuracy" in info:
