@@ -20,6 +20,64 @@ from __future__ import annotations
 import numpy as np
 
 
+def named_outputs(value, names: list | None = None) -> dict:
+    """Outputs given as one array, a list in output order or a dict, as ``{name: array}``.
+
+    With ``names`` (the model's output names, in order), a dict keyed by them is taken by
+    name and anything else in order (an artifact's ``output_0``, ``Identity:0``...).
+
+    >>> list(named_outputs([np.zeros(1), np.ones(1)], ["cls", "score"]))
+    ['cls', 'score']
+    """
+    if isinstance(value, dict):
+        if names is None or not all(n in value for n in names):
+            values = list(value.values())
+            names = names if names is not None and len(names) == len(values) else list(value)
+            return dict(zip(names, values))
+        return {n: value[n] for n in names}
+    values = list(value) if isinstance(value, (list, tuple)) else [value]
+    if names is None or len(names) != len(values):
+        names = [f"output_{i}" for i in range(len(values))] if len(values) > 1 else ["output"]
+    return dict(zip(names, values))
+
+
+def output_comparison(got, expected, classifier, names: list | None = None) -> dict:
+    """:func:`comparison` of every output of a model with several: ``outputs`` holds each
+    output's (with ``max_abs_output``, its scale), and the top level the worst of them.
+
+    ``classifier`` is a bool, or a dict ``{output name: bool}``.
+
+    >>> c = output_comparison({"a": np.array([[1.0, 0.0]]), "b": np.array([[2.0]])},
+    ...                       {"a": np.array([[0.9, 0.1]]), "b": np.array([[2.0]])},
+    ...                       {"a": True, "b": False})
+    >>> sorted(c["outputs"]), c["top1_agreement"], c["outputs"]["b"]["max_abs_diff"]
+    (['a', 'b'], 1.0, 0.0)
+    """
+    expected = named_outputs(expected, names)
+    got = named_outputs(got, list(expected))
+    per = {}
+    for name, want in expected.items():
+        is_cls = classifier.get(name, False) if isinstance(classifier, dict) else classifier
+        want = np.asarray(want)
+        have = np.asarray(got[name])
+        if have.shape != want.shape:
+            from compress.errors import CompressError
+
+            raise CompressError(f"output '{name}': shape {have.shape} differs from Keras "
+                                f"{want.shape}")
+        scale = np.abs(want.astype(np.float64))
+        per[name] = {**comparison(have, want, is_cls),
+                     "max_abs_output": float(scale.max()) if scale.size else 0.0}
+    out = {"max_abs_diff": max(c["max_abs_diff"] for c in per.values()),
+           "rel_l2_error": max(c["rel_l2_error"] for c in per.values()),
+           "sqnr_db": min(c["sqnr_db"] for c in per.values())}
+    top1 = [c["top1_agreement"] for c in per.values() if "top1_agreement" in c]
+    if top1:
+        out["top1_agreement"] = min(top1)
+    out["outputs"] = per
+    return out
+
+
 def comparison(got: np.ndarray, expected: np.ndarray, classifier: bool) -> dict:
     """How far ``got`` (an artifact's outputs) is from ``expected`` (its float model's).
 
@@ -34,6 +92,9 @@ def comparison(got: np.ndarray, expected: np.ndarray, classifier: bool) -> dict:
     >>> round(c["rel_l2_error"], 4), round(c["sqnr_db"], 1), "top1_agreement" in c
     (0.0447, 27.0, False)
     """
+    if isinstance(expected, (dict, list, tuple)) or isinstance(got, dict) or \
+            isinstance(classifier, dict):  # several outputs: each compared on its own
+        return output_comparison(got, expected, classifier)
     out = {"max_abs_diff": max_abs_diff(got, expected),
            "rel_l2_error": rel_l2_error(got, expected),
            "sqnr_db": sqnr_db(got, expected)}
@@ -60,6 +121,11 @@ def agreement_summary(check: dict, min_sqnr_db: float = MIN_SQNR_DB,
     >>> agreement_summary({"rel_l2_error": 0.01, "sqnr_db": 40.0, "top1_agreement": 0.99})
     (True, 'top-1 agreement 99.00%, SQNR 40.0 dB')
     """
+    if "outputs" in check:  # several outputs: each judged on its own terms
+        verdicts = {name: agreement_summary(c, min_sqnr_db, min_top1)
+                    for name, c in check["outputs"].items()}
+        return (all(ok for ok, _ in verdicts.values()),
+                "; ".join(f"{name}: {words}" for name, (_, words) in verdicts.items()))
     sqnr = f"SQNR {check['sqnr_db']:.1f} dB"
     if "top1_agreement" in check:
         top1 = check["top1_agreement"]

@@ -82,6 +82,110 @@ def load_model(path: str | os.PathLike, unsafe: bool = False):
     return model
 
 
+def parse_input_shape(text: str) -> tuple:
+    """``--input-shape``: one sample's shape, comma-separated positive integers.
+
+    >>> parse_input_shape("28,28,1")
+    (28, 28, 1)
+    >>> parse_input_shape("28x28")
+    Traceback (most recent call last):
+    ...
+    compress.errors.CompressError: --input-shape '28x28': give one sample's shape as comma-separated positive integers, without the batch dimension (e.g. 28,28,1)
+    """
+    parts = [p.strip() for p in str(text).split(",")]
+    if not parts or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise CompressError(f"--input-shape '{text}': give one sample's shape as "
+                            "comma-separated positive integers, without the batch dimension "
+                            "(e.g. 28,28,1)")
+    return tuple(int(p) for p in parts)
+
+
+def with_input_signature(model, shape: tuple | None = None, sample: tuple | None = None,
+                         where: str = "model"):
+    """``(model, note)``: a subclassed model (no ``inputs``) wrapped into a functional one,
+    ``keras.Input(shape)`` then the model, so that every pass can read its input signature;
+    any other model as it is (``note`` None).
+
+    The shape is ``shape`` (``--input-shape``), else ``sample`` (the data's sample shape).
+    A ``shape`` that contradicts the model's inputs, or that the model cannot be called on,
+    is refused in one line.
+
+    Example:
+
+    >>> wrapped, note = with_input_signature(subnet, (28, 28, 1))   # doctest: +SKIP
+    >>> wrapped.inputs[0].shape                                      # doctest: +SKIP
+    (None, 28, 28, 1)
+    """
+    import keras
+
+    inputs = _inputs_or_none(model)
+    if inputs is not None:
+        if shape is not None:
+            if len(inputs) != 1:
+                raise CompressError(f"{where}: --input-shape gives one input but model "
+                                    f"'{model.name}' has {len(inputs)}")
+            have = tuple(inputs[0].shape[1:])
+            if len(have) != len(shape) or any(h is not None and h != s
+                                              for h, s in zip(have, shape)):
+                raise CompressError(f"{where}: --input-shape {','.join(map(str, shape))} "
+                                    f"contradicts model '{model.name}', whose input is "
+                                    f"{tuple(have)}")
+        return model, None
+    shape = shape or sample
+    if shape is None:
+        raise CompressError(f"{where}: model '{model.name}' is subclassed and has no input "
+                            "signature; give --input-shape D1,D2,... (one sample's shape, "
+                            "e.g. 28,28,1) or --data")
+    inp = keras.Input(tuple(shape), name="input")
+    try:
+        out = model(inp)
+    except Exception as exc:  # noqa: BLE001 - the model refuses this shape, in its own words
+        raise CompressError(f"{where}: model '{model.name}' cannot take inputs of shape "
+                            f"{tuple(shape)} ({' '.join(str(exc).split())[:200]})") from None
+    wrapped = keras.Model(inp, out, name=model.name)
+    if getattr(model, "compiled", False) and getattr(model, "loss", None) is not None:
+        try:
+            metrics = (model.get_compile_config() or {}).get("metrics") or []
+            wrapped.compile(optimizer="adam", loss=model.loss, metrics=metrics)
+        except Exception:  # noqa: BLE001, S110 - the task is then inferred from the output
+            pass
+    if loaded_unsafely(model):
+        mark_unsafe(wrapped)
+    return wrapped, (f"subclassed model '{model.name}' ({type(model).__name__}) wrapped into "
+                     f"a functional model with input shape {tuple(shape)}; the output file "
+                     "holds it as a layer (load it with the same --import)")
+
+
+def ensure_signature(model, data=None):
+    """``model``, or for a subclassed one (no input signature) the functional wrapper of
+    :func:`with_input_signature` with the sample shape of ``data`` (a Dataset, arrays or
+    an ``(x, y)`` tuple of one input): the passes' Python API calls it first.
+
+    >>> ensure_signature(subnet, x_train).inputs[0].shape   # doctest: +SKIP
+    (None, 28, 28, 1)
+    """
+    if _inputs_or_none(model) is not None:
+        return model
+    sample = None
+    try:
+        x = data[0] if isinstance(data, tuple) else data
+        if hasattr(x, "shape"):
+            sample = tuple(x.shape[1:])
+        elif hasattr(x, "sample_shape"):
+            sample = tuple(x.sample_shape)
+    except Exception:  # noqa: BLE001, S110 - no shape to be had: the refusal says what to give
+        pass
+    return with_input_signature(model, None, sample, where=f"model '{model.name}'")[0]
+
+
+def _inputs_or_none(model):
+    try:
+        inputs = model.inputs
+    except AttributeError:
+        return None
+    return inputs or None
+
+
 def check_model_file(path: str | os.PathLike) -> Path:
     """Every check of a model file that needs no TensorFlow: it exists and can be read,
     its type, and its container (a ``.keras`` zip's members and sizes, an HDF5 signature).
@@ -159,17 +263,26 @@ def _compile_as_saved(model, p: Path, unsafe: bool) -> None:
             return obj
         raise ValueError(f"unsupported entry {type(value).__name__}")
 
+    def each(module, value):  # one entry, or a dict / list of them (several outputs)
+        if isinstance(value, dict) and "class_name" not in value:
+            return {k: each(module, v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [each(module, v) for v in value]
+        return read(module, value)
+
     try:
         with SafeModeScope(not unsafe):
-            loss = read(keras.losses, config["loss"])
+            loss = each(keras.losses, config["loss"])
             metrics = config.get("metrics") or []
-            metrics = [read(keras.metrics, m) for m in metrics] if isinstance(
-                metrics, list) else []
+            metrics = each(keras.metrics, metrics) if isinstance(metrics, (list, dict)) \
+                else []
+            weights = config.get("loss_weights")
+            extra = {"loss_weights": weights} if isinstance(weights, (dict, list)) else {}
             try:
                 optimizer = keras.optimizers.deserialize(config["optimizer"])
             except Exception:  # noqa: BLE001 - the optimizer is not the task: Keras's default
                 optimizer = "rmsprop"
-            model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
+            model.compile(optimizer=optimizer, loss=loss, metrics=metrics, **extra)
     except Exception:  # noqa: BLE001, S110 - an unreadable loss: the task is inferred instead
         pass
 

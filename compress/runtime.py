@@ -30,6 +30,7 @@ from compress.agreement import (  # noqa: F401 - re-exported: runtime.verify's c
     agreement_summary,
     comparison,
     max_abs_diff,
+    output_comparison,
     rel_l2_error,
     sqnr_db,
     top1_agreement,
@@ -87,8 +88,52 @@ def refuse_keras_quantized(model) -> None:
                 f"{policy}); start from the float model it was made from")
 
 
+# onnxruntime execution providers by --provider name, in the order a session tries them
+# (TensorRT and CUDA fall back to the CPU for the nodes they do not take).
+PROVIDERS = {"cpu": ["CPUExecutionProvider"],
+             "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+             "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider",
+                          "CPUExecutionProvider"]}
+_PROVIDER = {"name": "cpu"}
+
+
+def set_provider(name: str) -> str:
+    """Choose the onnxruntime execution provider of every later ONNX session (the
+    verification and latency of export, quantize and inspect): ``cpu``, ``cuda`` or
+    ``tensorrt``. One not in ``onnxruntime.get_available_providers()`` is refused in one
+    line (``cuda`` and ``tensorrt`` need the ``gpu`` extra, ``onnxruntime-gpu``, and a GPU).
+
+    Example:
+
+    >>> set_provider("cpu")
+    'cpu'
+    """
+    if name not in PROVIDERS:
+        raise CompressError(f"provider '{name}': must be {', '.join(PROVIDERS)}")
+    if name == "cpu":  # always there; no onnxruntime import for the default
+        _PROVIDER["name"] = name
+        return name
+    import onnxruntime as ort
+
+    wanted = PROVIDERS[name][0]
+    available = ort.get_available_providers()
+    if wanted not in available:
+        raise CompressError(
+            f"--provider {name}: onnxruntime here has no {wanted} (available: "
+            f"{', '.join(available)}); install the gpu extra (pip install "
+            "'keras-compress[gpu]') on a machine with an NVIDIA GPU, or use --provider cpu")
+    _PROVIDER["name"] = name
+    return name
+
+
+def provider() -> str:
+    """The execution provider ONNX sessions use now (:func:`set_provider`)."""
+    return _PROVIDER["name"]
+
+
 def onnx_session(artifact, threads: int | None = None):
-    """An onnxruntime CPU session for an ONNX file or ONNX bytes."""
+    """An onnxruntime session for an ONNX file or ONNX bytes, on the chosen execution
+    provider (:func:`set_provider`; the CPU unless one was chosen)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -97,20 +142,62 @@ def onnx_session(artifact, threads: int | None = None):
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
     model = bytes(artifact) if _is_bytes(artifact) else str(artifact)
-    return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model, opts, providers=PROVIDERS[provider()])
 
 
 def run_onnx(artifact, x: np.ndarray, threads: int | None = None) -> np.ndarray:
-    """Outputs of an ONNX model (file or bytes) for ``x``, run in onnxruntime (CPU)."""
+    """Outputs of an ONNX model (file or bytes) for ``x``, run in onnxruntime (CPU).
+
+    Several inputs: ``x`` is a dict keyed by input name (or a list in the file's input
+    order). Several outputs: a dict ``{output name: array}`` in the file's order.
+    """
     session = onnx_session(artifact, threads)
-    inp = session.get_inputs()[0]
-    x = np.asarray(x, dtype=_onnx_dtype(inp.type))
-    return session.run(None, {inp.name: x})[0]
+    feed = _onnx_feed(session, x)
+    outs = session.run(None, feed)
+    if len(outs) == 1:
+        return outs[0]
+    return {o.name.split(":")[0]: v for o, v in zip(session.get_outputs(), outs)}
+
+
+def _onnx_feed(session, x) -> dict:
+    inputs = session.get_inputs()
+    if len(inputs) == 1 and not isinstance(x, (dict, list, tuple)):
+        return {inputs[0].name: np.asarray(x, dtype=_onnx_dtype(inputs[0].type))}
+    values = _by_input_name([i.name for i in inputs], x)
+    return {i.name: np.asarray(values[i.name], dtype=_onnx_dtype(i.type)) for i in inputs}
+
+
+def _by_input_name(names: list[str], x) -> dict:
+    """``x`` (a dict keyed by the model's input names, a list in order, or one array) as
+    a dict keyed by an artifact's input ``names`` (``serving_default_NAME:0`` and the like
+    match ``NAME``)."""
+    if isinstance(x, dict):
+        out = {}
+        for name in names:
+            key = name if name in x else next(
+                (k for k in x if _plain(name) == k), None)
+            if key is None:
+                raise CompressError(f"the artifact's input '{name}' has no array (inputs "
+                                    f"given: {', '.join(map(str, x))})")
+            out[name] = x[key]
+        return out
+    values = list(x) if isinstance(x, (list, tuple)) else [x]
+    if len(values) != len(names):
+        raise CompressError(f"the artifact has {len(names)} inputs ({', '.join(names)}) but "
+                            f"{len(values)} arrays were given")
+    return dict(zip(names, values))
+
+
+def _plain(name: str) -> str:
+    """An artifact tensor's name without TFLite's signature prefix and ``:0`` suffix."""
+    name = name.split(":")[0]
+    return name.removeprefix("serving_default_")
 
 
 def _onnx_dtype(type_name: str):
     return {"tensor(float)": np.float32, "tensor(uint8)": np.uint8, "tensor(int8)": np.int8,
-            "tensor(float16)": np.float16}.get(type_name, np.float32)
+            "tensor(float16)": np.float16, "tensor(int32)": np.int32,
+            "tensor(int64)": np.int64, "tensor(bool)": np.bool_}.get(type_name, np.float32)
 
 
 def tflite_interpreter(artifact, threads: int | None = None):
@@ -150,6 +237,14 @@ class TFLiteRunner:
     def __init__(self, artifact, threads: int | None = None):
         self.interpreter = tflite_interpreter(artifact, threads)
         self._allocated_shape = None  # the input shape the tensors were allocated for
+        self._signature = None
+        interp = self.interpreter
+        if len(interp.get_input_details()) > 1 or len(interp.get_output_details()) > 1:
+            # several inputs or outputs: by name, through the model's signature (the
+            # details list them in an order of their own)
+            keys = list(interp.get_signature_list())
+            if keys:
+                self._signature = interp.get_signature_runner(keys[0])
 
     def input_tensor(self, x: np.ndarray) -> np.ndarray:
         """Allocate for ``x``'s shape if needed; return ``x`` in the input tensor's dtype."""
@@ -163,22 +258,57 @@ class TFLiteRunner:
                 interp.allocate_tensors()
             self._allocated_shape = shape
         inp = interp.get_input_details()[0]
-        dtype = inp["dtype"]
-        if np.issubdtype(dtype, np.integer):
-            scale, zero = inp["quantization"]
-            x = np.clip(np.round(x / scale + zero), np.iinfo(dtype).min, np.iinfo(dtype).max)
-        return np.asarray(x).astype(dtype)
+        return _quantized(x, inp)
+
+    def _call_signature(self, x):
+        runner = self._signature
+        details = runner.get_input_details()
+        values = _by_input_name(list(details), x)
+        feed = {name: _quantized(np.asarray(values[name]), details[name])
+                for name in details}
+        outs = runner(**feed)
+        out_details = runner.get_output_details()
+        result = {name: _dequantized(outs[name], out_details[name])
+                  for name in sorted(outs, key=_natural)}
+        return next(iter(result.values())) if len(result) == 1 else result
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
+        if self._signature is not None:
+            return self._call_signature(x)
         interp = self.interpreter
         interp.set_tensor(interp.get_input_details()[0]["index"], self.input_tensor(x))
         interp.invoke()
         out = interp.get_output_details()[0]
         y = interp.get_tensor(out["index"])
-        if np.issubdtype(out["dtype"], np.integer):
-            scale, zero = out["quantization"]
+        scale, zero = out["quantization"]
+        if np.issubdtype(out["dtype"], np.integer) and scale:
             y = (y.astype(np.float32) - zero) * scale
         return y.astype(np.float32)
+
+
+def _quantized(x: np.ndarray, detail: dict) -> np.ndarray:
+    """``x`` as the input tensor wants it: quantized for an int8/uint8 input with a scale,
+    cast for any other (token ids of an int32 input have no scale: scale 0)."""
+    dtype = detail["dtype"]
+    scale, zero = detail["quantization"]
+    if np.issubdtype(dtype, np.integer) and scale:
+        x = np.clip(np.round(np.asarray(x, np.float32) / scale + zero),
+                    np.iinfo(dtype).min, np.iinfo(dtype).max)
+    return np.asarray(x).astype(dtype)
+
+
+def _dequantized(y: np.ndarray, detail: dict) -> np.ndarray:
+    scale, zero = detail["quantization"]
+    if np.issubdtype(detail["dtype"], np.integer) and scale:
+        y = (y.astype(np.float32) - zero) * scale
+    return np.asarray(y).astype(np.float32)
+
+
+def _natural(name: str):
+    """Sort key: ``output_2`` before ``output_10``."""
+    head = name.rstrip("0123456789")
+    tail = name[len(head):]
+    return (head, int(tail) if tail else -1)
 
 
 def has_sparse_tensors(artifact) -> bool:
@@ -217,8 +347,18 @@ def run_tflite(artifact, x: np.ndarray, threads: int | None = None, batch_size: 
                ) -> np.ndarray:
     """Outputs of a TFLite model (file or bytes) for float inputs ``x``, in LiteRT."""
     runner = TFLiteRunner(artifact, threads)
-    outs = [runner(np.asarray(x[start:start + batch_size]))
-            for start in range(0, len(x), batch_size)]
+    if isinstance(x, (dict, list, tuple)):  # several inputs
+        from keras import tree
+
+        n = len(tree.flatten(x)[0])
+        outs = [runner(tree.map_structure(
+                    lambda a, s=start: np.asarray(a)[s:s + batch_size], x))
+                for start in range(0, n, batch_size)]
+    else:
+        outs = [runner(np.asarray(x[start:start + batch_size]))
+                for start in range(0, len(x), batch_size)]
+    if outs and isinstance(outs[0], dict):
+        return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
     return np.concatenate(outs)
 
 
@@ -255,6 +395,21 @@ def verify(model, artifact, x: np.ndarray, fmt: str | None = None,
 
     expected = predict(model, x)
     got = run_artifact(artifact, x, fmt=fmt)
+    if isinstance(expected, (dict, list, tuple)) or isinstance(got, dict):
+        # several outputs: each compared (and scaled) on its own, by the model's names
+        from compress.data.arrays import length, output_names
+
+        if classifier is None:
+            from compress.task import resolve
+
+            task = resolve(model)
+            classifier = {n: t.is_classifier for n, t in getattr(task, "tasks", {}).items()}
+        names = output_names(model)
+        try:
+            check = output_comparison(got, expected, classifier, names)
+        except CompressError as exc:
+            raise CompressError(f"{_name(artifact)}: {exc}") from None
+        return {"samples": length(x), **check}
     if got.shape != expected.shape:
         raise CompressError(f"{_name(artifact)}: output shape {got.shape} differs from Keras "
                             f"{expected.shape}")
@@ -263,7 +418,9 @@ def verify(model, artifact, x: np.ndarray, fmt: str | None = None,
 
         classifier = resolve(model).is_classifier
     scale = np.abs(np.asarray(expected, np.float64))
-    return {"samples": len(x), **comparison(got, expected, classifier),
+    from compress.data.arrays import length
+
+    return {"samples": length(x), **comparison(got, expected, classifier),
             "max_abs_output": float(scale.max()) if scale.size else 0.0}
 
 
@@ -279,13 +436,19 @@ def runtime_latency_ms(artifact, sample_shape: tuple, batch: int = 1, threads: i
     """Median latency of one ``batch``-sized call of the artifact (path or bytes) in its runtime."""
     from compress.report import latency_ms
 
-    x = np.random.default_rng(0).random((batch,) + tuple(sample_shape), dtype=np.float32)
+    rng = np.random.default_rng(0)
+    if isinstance(sample_shape, dict):  # several inputs: {input name: sample shape}
+        x = {k: rng.random((batch,) + tuple(v), dtype=np.float32)
+             for k, v in sample_shape.items()}
+    else:
+        x = rng.random((batch,) + tuple(sample_shape), dtype=np.float32)
     if artifact_format(artifact, fmt) == "onnx":
         session = onnx_session(artifact, threads)
-        inp = session.get_inputs()[0]
-        feed = {inp.name: x.astype(_onnx_dtype(inp.type))}
+        feed = _onnx_feed(session, x)
         return latency_ms(lambda _: session.run(None, feed), None, runs=runs)
     runner = TFLiteRunner(artifact, threads)
+    if runner._signature is not None:
+        return latency_ms(lambda _: runner(x), None, runs=runs)
     interp = runner.interpreter
     xi = runner.input_tensor(x)  # allocate and quantize once, outside the timed calls
     index = interp.get_input_details()[0]["index"]

@@ -226,8 +226,9 @@ def fit_model(model, x, y=None, *, validation_data=None, epochs: int = 1,
     cbs = list(callbacks or []) + [nan_stop, _StopOnCtrlC()]
     from compress import progress
 
-    if progress.is_on() and verbose in (0, "0"):  # Keras's own bar is off: plain lines
-        cbs.append(progress.epoch_callback(cbs))
+    display = progress.epoch_callback(cbs) if progress.is_on() and verbose in (0, "0") \
+        else None  # Keras's own bar is off: the fit is one phase of the progress display
+    cbs += [display] if display is not None else []
     backup = context.next_backup_dir()
     if backup:
         # Last, so the backup holds the weights as every other callback left them (and
@@ -243,8 +244,9 @@ def fit_model(model, x, y=None, *, validation_data=None, epochs: int = 1,
         x, steps = epoch_shuffled(x, y, batch_size or 32, epochs,
                                   start=backup_epoch(backup) if backup else 0, seed=seed)
         y, shuffle, kwargs = None, False, {"steps_per_epoch": steps}
-    history = model.fit(x, y, epochs=epochs, validation_data=validation_data,
-                        callbacks=cbs, verbose=verbose, shuffle=shuffle, **kwargs)
+    with progress.closing(display):
+        history = model.fit(x, y, epochs=epochs, validation_data=validation_data,
+                            callbacks=cbs, verbose=verbose, shuffle=shuffle, **kwargs)
     nan_stop.raise_if_stopped(advice, context)
     return history
 
@@ -305,7 +307,11 @@ def epoch_shuffled(x, y, batch_size: int, epochs: int, start: int = 0, seed: int
     batches = batches.map(
         lambda i, d: keras.tree.map_structure(lambda t: tf.gather(t, i, axis=0), d),
         num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return batches.prefetch(tf.data.AUTOTUNE), steps
+    # Under --strategy multiworker each worker takes its share of every global batch
+    # (DATA: the same batches as one process, split), never a share of the files.
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return batches.prefetch(tf.data.AUTOTUNE).with_options(options), steps
 
 
 def _first_inputs(x):
@@ -407,11 +413,34 @@ class StopOnNaN(keras.callbacks.Callback):
 
 
 def predict(model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Model outputs for ``x`` in batches, as a NumPy array, without Keras's progress bar."""
+    """Model outputs for ``x`` in batches, as a NumPy array, without Keras's progress bar.
+
+    ``x`` may be a dict or list of arrays (several inputs); a model with several outputs
+    gives them in its own structure (a dict or list of arrays).
+    """
+    if isinstance(x, (dict, list, tuple)) or len(getattr(model, "outputs", None) or "1") > 1:
+        return _predict_structure(model, x, batch_size)
     outs = []
     for start in range(0, len(x), batch_size):
         outs.append(np.asarray(model(x[start:start + batch_size], training=False)))
     return np.concatenate(outs) if outs else np.zeros((0,))
+
+
+def _predict_structure(model, x, batch_size: int):
+    """:func:`predict` for inputs given as a dict or list of arrays (several inputs)."""
+    from keras import tree
+
+    from compress.data.arrays import length
+
+    n, outs = length(x), []
+    for start in range(0, n, batch_size):
+        batch = tree.map_structure(lambda a, s=start: np.asarray(a)[s:s + batch_size], x)
+        if isinstance(batch, tuple):
+            batch = list(batch)
+        outs.append(tree.map_structure(np.asarray, model(batch, training=False)))
+    if not outs:
+        return np.zeros((0,))
+    return tree.map_structure(lambda *parts: np.concatenate(parts), *outs)
 
 
 def accuracy(model, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> float:

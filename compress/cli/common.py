@@ -35,9 +35,10 @@ def _set_progress(ctx, param, quiet):
 
 _quiet_flag = click.option(
     "--quiet", "-q", is_flag=True, expose_value=False, callback=_set_progress,
-    help="No progress lines on stderr (errors still print). Progress is on when stderr is "
-         "a terminal, or with COMPRESS_PROGRESS=1; it is plain text, one line per phase "
-         "and per epoch (loss, sparsity, ETA).")
+    help="No progress on stderr (errors still print). Progress is on when stderr is a "
+         "terminal (one line redrawn per phase, with a bar and ETAs) or with "
+         "COMPRESS_PROGRESS=1 (plain lines: a phase's start, each epoch, its end), with "
+         "the loss, sparsity, the phase's ETA and the overall ETA.")
 
 
 def json_option(func):
@@ -62,9 +63,47 @@ _import_option = click.option(
          "so the custom layers it registers load. This RUNS that module's code.")
 
 
+def _set_provider(ctx, param, value):
+    from compress.runtime import set_provider
+
+    return set_provider(value)  # refused in one line, before any work, if not installed
+
+
+provider_option = click.option(
+    "--provider", type=click.Choice(["cpu", "cuda", "tensorrt"]), default="cpu",
+    show_default=True, expose_value=False, callback=_set_provider,
+    help="onnxruntime execution provider that verifies and times ONNX artifacts: cuda and "
+         "tensorrt need the gpu extra (onnxruntime-gpu) and an NVIDIA GPU.")
+
+
+def _keep_input_shape(ctx, param, value):
+    if value:
+        from compress.io import parse_input_shape
+
+        ctx.meta["compress_input_shape"] = parse_input_shape(value)
+    return value
+
+
+_input_shape_option = click.option(
+    "--input-shape", "input_shape", default=None, expose_value=False, metavar="D1,D2,...",
+    callback=_keep_input_shape,
+    help="The shape of one input sample, without the batch dimension, comma-separated "
+         "(e.g. --input-shape 28,28,1). Gives a subclassed model (which has no input "
+         "signature) its input: it is wrapped into a functional model, keras.Input(shape) "
+         "then the model. Default: the shape of the --data samples. A shape that "
+         "contradicts the model's is refused.")
+
+
 def unsafe_option(func):
-    """--unsafe and --import MODULE: the two ways a user chooses to run code."""
-    return _unsafe_flag(_import_option(func))
+    """--unsafe and --import MODULE: the two ways a user chooses to run code; and
+    --input-shape, how a loaded subclassed model gets its input signature."""
+    return _unsafe_flag(_import_option(_input_shape_option(func)))
+
+
+def input_shape() -> tuple | None:
+    """``--input-shape`` as a tuple of ints, or None."""
+    ctx = click.get_current_context(silent=True)
+    return ctx.meta.get("compress_input_shape") if ctx is not None else None
 _data_name_option = click.option(
     "--data", "data", default=None, metavar="NAME|DIR|FILE",
     help="Data: digits, mnist5k, animals; npz:PATH (x_train, optional y_train, "
@@ -151,14 +190,14 @@ def common_options(func):
 
 def verbose(as_json: bool) -> int | str:
     """Keras ``verbose`` for fits: none with ``--json`` (stdout stays pure JSON) or
-    ``--quiet``; none either where :mod:`compress.progress` prints its plain epoch lines
-    on stderr instead (progress on, stdout not a terminal); else Keras's own output (a
-    bar in a terminal, one line per epoch when piped)."""
+    ``--quiet``; none either where :mod:`compress.progress` shows the fit on stderr
+    instead (progress on); else Keras's own output (a bar in a terminal, one line per
+    epoch when piped)."""
     from compress import progress
 
     if as_json or progress.is_quiet():
         return 0
-    if progress.is_on() and not sys.stdout.isatty():
+    if progress.is_on():
         return 0
     return "auto"
 
@@ -261,9 +300,10 @@ def load_inputs(model_path: str, data: str | None, seed: int, unsafe: bool,
     data to it.
 
     The data is read and checked first, before TensorFlow is imported (:func:`start_work`):
-    a bad ``--data`` is refused in well under a second. With ``single_io`` (every command
-    but ``inspect``), a model with several inputs or outputs is refused in one line before
-    any work.
+    a bad ``--data`` is refused in well under a second. Models with several inputs or
+    outputs are taken by every command (``single_io`` is kept for callers and ignored). A
+    subclassed model is wrapped into a functional one with the ``--input-shape`` or the
+    data's sample shape (:func:`compress.io.with_input_signature`); a note says so.
     """
     from compress import data as data_mod
 
@@ -272,21 +312,32 @@ def load_inputs(model_path: str, data: str | None, seed: int, unsafe: bool,
     from compress import io
 
     io.check_model_file(model_path)  # a corrupt file is refused before TensorFlow loads
-    start_work()
-    from compress import progress, training
+    from compress import progress
 
-    training.set_seed(seed)
-    progress.say(f"loading {model_path}")
-    model = io.load_model(model_path, unsafe=unsafe)
-    if single_io and (len(model.inputs) != 1 or len(model.outputs) != 1):
-        from compress.errors import CompressError
+    with progress.phase("loading", detail=model_path, fixed=True):  # the first line
+        start_work()
+        from compress import training
 
-        raise CompressError(
-            f"{model_path}: model '{model.name}' has {len(model.inputs)} input(s) and "
-            f"{len(model.outputs)} output(s); this command supports single-input, "
-            "single-output models (compress inspect reports any model)")
+        training.set_seed(seed)
+        model = io.load_model(model_path, unsafe=unsafe)
+    sample = _sample_shape(raw)
+    model, note = io.with_input_signature(model, input_shape(), sample, where=model_path)
+    if note:
+        click.echo(f"note: {note}", err=True)
+        ctx = click.get_current_context(silent=True)
+        if ctx is not None:
+            ctx.meta["compress_input_note"] = note
     dataset = data_mod.prepare(model, raw) if raw is not None else None
     return model, dataset
+
+
+def _sample_shape(raw):
+    """The shape of one sample of in-memory data with one input (None otherwise)."""
+    try:
+        x = getattr(raw, "x_train", None)
+        return tuple(x.shape[1:]) if hasattr(x, "shape") else None
+    except Exception:  # noqa: BLE001 - a stream: no shape without reading it
+        return None
 
 
 def run_model_pass(model_path: str, output: str, data: str | None, seed: int, unsafe: bool,
@@ -313,19 +364,28 @@ def run_model_pass(model_path: str, output: str, data: str | None, seed: int, un
 
         task = resolve(model, (task_options or {}).get("loss"),
                        (task_options or {}).get("metrics"), y=sample_targets(dataset, "test"))
-    before = model_report(model, dataset, name="before",
-                          path=None if _is_dir(model_path) else model_path, task=task,
-                          reference=model)
+    from compress import progress
+
+    with progress.phase("measuring", detail=model_path):
+        before = model_report(model, dataset, name="before",
+                              path=None if _is_dir(model_path) else model_path, task=task,
+                              reference=model)
+    progress.expect("saving", 2)  # saved, then measured like the input
     new_model, info = apply(model, dataset)
-    io.save_model(new_model, output, inputs=[model_path], force=force)
-    after = model_report(new_model, dataset, name=after_name, path=output, task=task,
-                         reference=model)
+    with progress.phase("saving", detail=output):
+        io.save_model(new_model, output, inputs=[model_path], force=force)
+        after = model_report(new_model, dataset, name=after_name, path=output, task=task,
+                             reference=model)
     result = {"input": model_path, "output": output, "before": before, "after": after,
               "pass": info}
     lines = [f"wrote {output}"] + [f"  {k}: {v}" for k, v in info.items()
                                    if not isinstance(v, (list, dict))]
     if task is not None and "task" not in info:
         lines.append(f"  task: {task.describe()}")
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None and ctx.meta.get("compress_input_note"):  # a wrapped subclassed model
+        result["input_note"] = ctx.meta["compress_input_note"]
+        lines.append(f"  note: {result['input_note']}")
     emit(result, as_json, reports=[before, after], title=title, lines=lines)
     return result
 

@@ -9,6 +9,7 @@ from compress.cli.common import (
     json_option,
     model_argument,
     output_option,
+    provider_option,
     seed_option,
     unsafe_option,
 )
@@ -31,6 +32,7 @@ from compress.export import EXPORT_OPTIONS
               help="With --quantize, TFLite: store mostly-zero (pruned) weight tensors in "
               "TFLite's sparse format (as `compress quantize --sparse`): a smaller raw file, "
               "not a smaller zipped one; runs on LiteRT's builtin kernels (slower).")
+@provider_option
 @seed_option
 @unsafe_option
 @json_option
@@ -38,8 +40,12 @@ from compress.export import EXPORT_OPTIONS
 def command(model, output, data, seed, unsafe, as_json, force, quantize=None, sparse=False,
             precision="fp32", **options):
     """Export MODEL to ONNX or TFLite, then run the file in onnxruntime / LiteRT and
-    compare its outputs with Keras (max abs diff and top-1 agreement). A disagreement
-    beyond --atol is an error and nothing is written.
+    compare its outputs with Keras (max abs diff and top-1 agreement), output by output
+    for a model with several. Parity is relative to each output's scale: an output
+    passes when max|runtime - Keras| <= atol * max(1, max|Keras output|), so --atol is
+    absolute for outputs within [-1, 1] (probabilities) and relative beyond (large
+    logits, regressions). A disagreement beyond it is an error and nothing is written.
+    Subclassed models get their input shape from --data or --input-shape.
 
     \b
     Examples:
@@ -79,8 +85,20 @@ def command(model, output, data, seed, unsafe, as_json, force, quantize=None, sp
     agreement = (f"top-1 agreement {result['top1_agreement']:.2%}"
                  if "top1_agreement" in result else f"SQNR {result['sqnr_db']:.1f} dB")
     verified = (f"verified on {result['samples']} inputs: max abs diff "
-                f"{result['max_abs_diff']:.2e}, {agreement}")
-    lines = [f"wrote {result['path']} ({result['bytes']:,} bytes, {fmt})", verified]
+                f"{result['max_abs_diff']:.2e} (output scale "
+                f"{result.get('max_abs_output', 0.0):.3g}, tolerance "
+                f"{result.get('tolerance', 0.0):.2e}), {agreement}")
+    lines = [f"wrote {result['path']} ({result['bytes']:,} bytes, {fmt})"]
+    if result.get("outputs"):  # several outputs: parity per output
+        lines.append(f"verified on {result['samples']} inputs, per output:")
+        for name, one in result["outputs"].items():
+            extra = (f", top-1 agreement {one['top1_agreement']:.2%}"
+                     if "top1_agreement" in one else f", SQNR {one['sqnr_db']:.1f} dB")
+            lines.append(f"  {name}: max abs diff {one['max_abs_diff']:.2e} (output scale "
+                         f"{one['max_abs_output']:.3g}, tolerance {one['tolerance']:.2e})"
+                         f"{extra}")
+    else:
+        lines.append(verified)
     if result.get("export_copy"):  # the artifact was made from a converter-friendly copy
         lines.append(f"note: {result['export_copy']}")
     emit(result, as_json, lines=lines)

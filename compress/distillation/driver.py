@@ -90,6 +90,9 @@ def distill(teacher, student, data, *, callbacks=None, verbose: int | str = 0, *
     """
     opts = DISTILL_TRAINING_OPTIONS.validate(options)
     data = as_dataset(data)  # a tf.data.Dataset, arrays, (x, y), a name: one form
+    if several_io(teacher):
+        return distill_outputs(teacher, student, data, callbacks=callbacks, verbose=verbose,
+                               **opts)
     kind, student_kind, pairs = check_compatible(teacher, student, data,
                                                  opts["teacher_outputs"], opts["feature_pairs"])
     data = prepare(teacher, data)  # the models are checked first, in their own words
@@ -126,8 +129,8 @@ def distill(teacher, student, data, *, callbacks=None, verbose: int | str = 0, *
                                          **fit_args)
         else:
             # The Distiller calls the teacher on each batch it trains on: same shifted view.
-            history = training.fit_model(distiller, augmented_batches(
-                data.x_train, data.y_train, opts["augment"], opts["shift"],
+            history = training.fit_model(distiller, augmented_batches(  # streamed
+                data, None, opts["augment"], opts["shift"],
                 opts["batch_size"]), shuffle=False, **fit_args)
     finally:
         restore()
@@ -149,9 +152,132 @@ def distill(teacher, student, data, *, callbacks=None, verbose: int | str = 0, *
         "constrained_variables": sum(v.constraint is not None for v in trained.weights),
         "history": {k: [float(x) for x in v] for k, v in history.history.items()},
     }
-    if data.x_test is not None and len(data.x_test):
-        info["teacher_accuracy"] = training.accuracy(teacher, data.x_test, data.y_test)
-        info["student_accuracy"] = training.accuracy(trained, data.x_test, data.y_test)
+    from compress.data.streaming import has_samples
+
+    if data.labelled and has_samples(data, "test"):
+        # the teacher's task, scored batch by batch (a stream is never held): accuracy
+        # for a classifier, MSE/MAE for a regression
+        from compress.task import resolve
+
+        task = resolve(teacher)
+        for who, model in (("teacher", teacher), ("student", trained)):
+            scores = task.evaluate_data(model, data, "test")
+            info.update({f"{who}_{k}": v for k, v in scores.items() if k != "metrics"})
+    return trained, info
+
+
+def several_io(model) -> bool:
+    """Whether ``model`` has several inputs or several outputs."""
+    return len(getattr(model, "inputs", None) or ()) > 1 or \
+        len(getattr(model, "outputs", None) or ()) > 1
+
+
+def distill_outputs(teacher, student, data, *, callbacks=None, verbose: int | str = 0,
+                    **options):
+    """:func:`distill` for models with several inputs or outputs: a per-output loss.
+
+    Each output of the student learns its teacher's output and its labels: for a
+    classifier output ``alpha * T**2 * KL(softmax(z_t / T) || softmax(z_s / T)) +
+    (1 - alpha) * its own loss`` (logits taken as ``log`` of a softmax output), for any
+    other output ``alpha * MSE(teacher, student) + (1 - alpha) * its own loss`` (the
+    model's own per-output losses, :class:`compress.task.MultiOutputTask`). Without labels only the
+    teacher terms train. Options as :func:`distill` (``feature_pairs`` and ``augment``
+    are refused here).
+
+    Example:
+
+    >>> student, info = distill_outputs(teacher, student, ds, epochs=5)   # doctest: +SKIP
+    >>> info["outputs"]["score"]["mse"]                                   # doctest: +SKIP
+    0.41
+    """
+    import tensorflow as tf
+
+    from compress import training
+    from compress.task import by_output, output_names, resolve, sample_targets
+
+    opts = DISTILL_TRAINING_OPTIONS.validate(options)
+    if opts["feature_pairs"] or opts["augment"] != "none":
+        raise CompressError("distill: feature_pairs and augment take single-input, "
+                            "single-output models; leave them out for this model")
+    for role, m in (("teacher", teacher), ("student", student)):
+        if getattr(m, "inputs", None) is None:
+            raise CompressError(f"{role} '{m.name}': has no input signature (subclassed); "
+                                "give --input-shape")
+    if [tuple(t.shape[1:]) for t in teacher.inputs] != \
+            [tuple(t.shape[1:]) for t in student.inputs] or \
+            [tuple(t.shape[1:]) for t in teacher.outputs] != \
+            [tuple(t.shape[1:]) for t in student.outputs]:
+        raise CompressError(f"teacher '{teacher.name}' and student '{student.name}' differ "
+                            "in their inputs or outputs; the student must take the "
+                            "teacher's inputs and give its outputs")
+    data = prepare(teacher, data)
+    task = resolve(teacher, y=sample_targets(data))
+    tasks = getattr(task, "tasks", None) or {output_names(teacher)[0]: task}
+    names = list(tasks)
+    trained = copy_with_constraints(student)
+    frozen = copy_with_constraints(teacher)
+    frozen.trainable = False
+    temperature, alpha = opts["temperature"], opts["alpha"]
+    label_losses = {n: keras.losses.get(t.loss) if isinstance(t.loss, str) else t.loss
+                    for n, t in tasks.items()}
+
+    def logits(t, out):
+        out = tf.cast(out, "float32")
+        return out if t.from_logits else tf.math.log(tf.maximum(out, _PROB_FLOOR))
+
+    class _OutputDistiller(keras.Model):
+        def __init__(self):
+            super().__init__(name="output_distiller")
+            self.student, self.teacher = trained, frozen
+
+        def call(self, x, training=False):
+            return self.student(x, training=training)
+
+        def train_step(self, batch):
+            x, y = (batch[0], batch[1]) if isinstance(batch, tuple) and len(batch) > 1 \
+                else (batch, None)
+            soft = by_output(names, self.teacher(x, training=False))
+            with tf.GradientTape() as tape:
+                out = by_output(names, self.student(x, training=True))
+                ys = by_output(names, y, "targets") if y is not None else {}
+                total = 0.0
+                for n, t in tasks.items():
+                    if t.kind == "classification":
+                        kd = keras.losses.KLDivergence()(
+                            tf.nn.softmax(logits(t, soft[n]) / temperature),
+                            tf.nn.softmax(logits(t, out[n]) / temperature)) * temperature ** 2
+                    else:
+                        kd = keras.losses.MeanSquaredError()(soft[n], out[n])
+                    term = alpha * kd
+                    if n in ys and alpha < 1.0:
+                        term += (1.0 - alpha) * tf.reduce_mean(
+                            label_losses[n](ys[n], out[n]))
+                    total += term
+            variables = self.student.trainable_variables
+            self.optimizer.apply(tape.gradient(total, variables), variables)
+            return {"loss": total}
+
+    distiller = _OutputDistiller()
+    distiller.compile(optimizer=keras.optimizers.Adam(opts["learning_rate"]))
+    stream = data.fit_args(opts["batch_size"])
+    history = training.fit_model(
+        distiller, stream["x"], stream["y"], batch_size=stream["batch_size"],
+        shuffle=stream["batch_size"] is not None, epochs=opts["epochs"], verbose=verbose,
+        callbacks=callbacks, target=trained,
+        advice="distill: lower the learning rate or the temperature, or check the data")
+    info = {"temperature": temperature, "alpha": alpha, "epochs": opts["epochs"],
+            "epochs_run": len(history.history.get("loss", [])),
+            "learning_rate": opts["learning_rate"], "batch_size": opts["batch_size"],
+            "augment": "none", "shift": None, "teacher_outputs": "per output",
+            "student_outputs": "per output", "feature_pairs": [],
+            "loss": "per output: KL on softened classes, MSE otherwise, plus the own loss",
+            "teacher_params": int(teacher.count_params()),
+            "student_params": int(trained.count_params()),
+            "constrained_variables": sum(v.constraint is not None for v in trained.weights),
+            "history": {k: [float(v) for v in vs] for k, vs in history.history.items()}}
+    if data.labelled and data.size("test"):
+        info["teacher_scores"] = task.evaluate_data(teacher, data, "test")
+        info["student_scores"] = task.evaluate_data(trained, data, "test")
     return trained, info
 
 

@@ -56,11 +56,11 @@ def train_alone(student, data, epochs: int = 10, learning_rate: float = 1e-3,
     if augment == "none":
         training.fit(model, data, epochs=epochs, batch_size=batch_size, verbose=verbose)
     else:
-        has_val = data.x_val is not None and len(data.x_val) > 0
+        has_val = data.size("val") is None or data.size("val") > 0  # None: a stream
         training.fit_model(
-            model, augmented_batches(data.x_train, data.y_train, augment, shift, batch_size),
+            model, augmented_batches(data, None, augment, shift, batch_size),  # streamed
             epochs=epochs, verbose=verbose, shuffle=False,
-            validation_data=(data.x_val, data.y_val) if has_val else None)
+            validation_data=data.batches("val", batch_size) if has_val else None)
     # Hand back an uncompiled model like distill() does (a compiled one saves its optimizer).
     return copy_with_constraints(model)
 
@@ -130,10 +130,21 @@ def distill_from_options(teacher, data, options: dict, *, callbacks=None,
 
     data = as_dataset(data)  # a tf.data.Dataset, arrays, (x, y), a name: one form
     given = io.load_model(opts["student"], unsafe=unsafe) if opts["student"] else None
-    student = make_student(teacher, student=given, width=opts["width"], depth=opts["depth"])
-    check_compatible(teacher, student, data, opts["teacher_outputs"], opts["feature_pairs"])
+    from compress.distillation.driver import several_io
+
+    multi = several_io(teacher)
+    if multi and given is None and opts["width"] is None and opts["depth"] is None:
+        student, source = pruned_student(teacher, data)
+    else:
+        student = make_student(teacher, student=given, width=opts["width"],
+                               depth=opts["depth"])
+        source = None
+    if not multi:
+        check_compatible(teacher, student, data, opts["teacher_outputs"],
+                         opts["feature_pairs"])
     data = prepare(teacher, data)  # the models are checked first, in their own words
-    check_augment(opts["augment"], opts["shift"], student.inputs[0].shape[1:])
+    if not multi:
+        check_augment(opts["augment"], opts["shift"], student.inputs[0].shape[1:])
     fit = {k: opts[k] for k in DISTILL_TRAINING_OPTIONS.names()}
     alone = None
     if opts["baseline"]:
@@ -144,12 +155,41 @@ def distill_from_options(teacher, data, options: dict, *, callbacks=None,
     training.set_seed(opts["seed"])
     distilled, info = distill(teacher, student, data, callbacks=callbacks, verbose=verbose,
                               **fit)
-    info["student_source"] = (opts["student"] or
+    info["student_source"] = (opts["student"] or source or
                               (f"depth -{opts['depth']}" if opts["depth"] else
                                f"width x{opts['width'] or 0.25:g}"))
+    if alone is not None and "student_scores" in info:  # several outputs: own scores
+        info["student_alone_scores"] = info_scores(alone, teacher, data)
     if alone is not None and "student_accuracy" in info:
         alone_acc = training.accuracy(alone, data.x_test, data.y_test)
         info["student_alone_accuracy"] = alone_acc
         gap = info["teacher_accuracy"] - alone_acc
         info["gap_closed"] = (info["student_accuracy"] - alone_acc) / gap if gap > 0 else None
     return distilled, alone, info
+
+
+def info_scores(model, teacher, data) -> dict:
+    """``model``'s scores on the test split, on the teacher's task (per output)."""
+    from compress.task import resolve, sample_targets
+
+    return resolve(teacher, y=sample_targets(data)).evaluate_data(model, data, "test")
+
+
+def pruned_student(teacher, data, fraction: float = 0.5):
+    """``(student, source)``: the default student of a model that no builder can shrink
+    (several inputs or outputs): a structurally pruned copy of the teacher (``fraction``
+    of the prunable units removed), else, when structured pruning cannot shrink it, the
+    width-scaled copy (x0.5, fresh weights).
+    """
+    from compress.errors import CompressError
+    from compress.pruning import prune
+
+    try:
+        student, _ = prune(teacher, data, structured=True, sparsity=fraction)
+        if student.count_params() < teacher.count_params():
+            return student, f"structurally pruned copy ({fraction:.0%} of the units removed)"
+    except CompressError:
+        pass
+    note = f"width x{fraction:g} (structured pruning could not shrink it)"
+    return make_student(teacher, width=fraction), note
+

@@ -112,6 +112,9 @@ def prune(model, data=None, *, verbose=0, **options):
     from compress import training
 
     opts = PRUNE_OPTIONS.validate(options)
+    from compress.io import ensure_signature
+
+    model = ensure_signature(model, data)  # a subclassed model: wrapped, with an input
     data = as_dataset(data, model)  # a tf.data.Dataset, arrays, (x, y), a name: one form
     _check_data(model, data, opts)
     opts = resolve_sparsity(opts)
@@ -143,6 +146,13 @@ def prune(model, data=None, *, verbose=0, **options):
     calib = None if data is None else data.head("train", opts["calibration"])
     from compress import progress
 
+    rounds = opts["rounds"] if opts["schedule"] == "iterative" else 1  # the plan: overall ETA
+    if opts["schedule"] != "gradual":  # gradual: the schedule's saliencies are in training
+        progress.expect("saliency", 2, runs=rounds * (
+            1 if opts["quality"] is not None or opts["two_four"] or opts["structured"]
+            else opts["steps"]))
+    progress.expect("training", opts["epochs"], runs=rounds)
+
     if opts["structured"]:
         from compress.pruning.structured import prune_units
 
@@ -150,11 +160,12 @@ def prune(model, data=None, *, verbose=0, **options):
             raise CompressError("prune: --structured supports the oneshot schedule "
                                 "(then fine-tune with --epochs)")
         t0 = time.perf_counter()
-        progress.say(f"removing {opts['sparsity']:.0%} of the units ({opts['method']})")
-        model, sinfo = prune_units(model, opts["sparsity"], method=opts["method"],
-                                   calibration=calib, estimator=opts["estimator"],
-                                   norm=opts["norm"], layers=opts["layers"],
-                                   seed=opts["seed"])
+        with progress.phase("saliency", detail=f"removing {opts['sparsity']:.0%} of the "
+                            f"units ({opts['method']})"):
+            model, sinfo = prune_units(model, opts["sparsity"], method=opts["method"],
+                                       calibration=calib, estimator=opts["estimator"],
+                                       norm=opts["norm"], layers=opts["layers"],
+                                       seed=opts["seed"])
         info.update(sinfo, saliency_seconds=time.perf_counter() - t0)
         if opts["epochs"]:
             _fine_tune(original, model, data, opts, opts["epochs"], verbose, masked=False)
@@ -192,10 +203,10 @@ def prune(model, data=None, *, verbose=0, **options):
                 # Geometric steps from `before` to `target`, saliencies re-estimated each.
                 step_target = 1 - (1 - before) * ((1 - target) / (1 - before)) ** (k / n_steps)
                 t0 = time.perf_counter()
-                progress.say(f"round {r}/{rounds}: {opts['method']} masks to "
-                             f"{step_target:.1%} sparsity")
-                new_masks = _masks(model, variables, opts, calib, step_target, data,
-                                   names=[weight_key(layer, var) for layer, var in pairs])
+                with progress.phase("saliency", detail=f"round {r}/{rounds}: "
+                                    f"{opts['method']} masks to {step_target:.1%} sparsity"):
+                    new_masks = _masks(model, variables, opts, calib, step_target, data,
+                                       names=[weight_key(layer, var) for layer, var in pairs])
                 t_saliency += time.perf_counter() - t0
                 for var, m in zip(variables, new_masks):
                     set_mask(var, m)
@@ -243,10 +254,10 @@ def _masks(model, variables, opts, calib, target, data=None, names=None):
     if opts["two_four"]:
         return [n_m_mask(s, 2, 4) for s in scores]
     if opts["scope"] == "sensitivity":
-        from compress.pruning.sensitivity import sensitivity_masks
+        from compress.pruning.sensitivity import held_out, sensitivity_masks
 
-        out, _ = sensitivity_masks(model, variables, scores, data.x_val, data.y_val, target,
-                                   opts["balance"])
+        out, _ = sensitivity_masks(model, variables, scores, *held_out(data), target,
+                                   opts["balance"], task=opts.get("_task"))
         return out
     return select_masks(scores, target, opts["scope"], opts["balance"], opts["block"])
 

@@ -22,6 +22,7 @@ import tempfile
 
 import numpy as np
 
+from compress import progress
 from compress.errors import CompressError
 from compress.quiet import quiet_output
 
@@ -75,14 +76,27 @@ def convert(model, mode: str = "int8", representative: np.ndarray | None = None,
     from compress.export import export_copy
 
     model, _ = export_copy(model, "tflite")  # float32, no grouped convolutions (see export_copy)
-    shape = tuple(model.inputs[0].shape[1:])
-    dtype = model.inputs[0].dtype or "float32"
-    model(np.zeros((1,) + tuple(d or 1 for d in shape), dtype=dtype), training=False)
+    from compress.data.arrays import model_inputs
+
+    specs = model_inputs(model)
+    zeros = {name: np.zeros((1,) + tuple(d or 1 for d in shape), dtype=dtype or "float32")
+             for name, shape, dtype in specs}
+    model(zeros if len(specs) > 1 else zeros[specs[0][0]], training=False)
     with tempfile.TemporaryDirectory() as folder:
         archive = keras.export.ExportArchive()
         archive.track(model)
-        archive.add_endpoint("serve", functools.partial(model.__call__, training=False),
-                             input_signature=[tf.TensorSpec((None,) + shape, dtype)])
+        if len(specs) == 1:
+            shape, dtype = specs[0][1], specs[0][2] or "float32"
+            archive.add_endpoint("serve", functools.partial(model.__call__, training=False),
+                                 input_signature=[tf.TensorSpec((None,) + shape, dtype)])
+        else:  # several inputs: one named argument each, so the signature keeps the names
+            names = [name for name, _, _ in specs]
+
+            def serve(*tensors):
+                return model(dict(zip(names, tensors)), training=False)
+            archive.add_endpoint("serve", serve, input_signature=[
+                tf.TensorSpec((None,) + shape, dtype or "float32", name=name)
+                for name, shape, dtype in specs])
         with quiet_output():
             archive.write_out(folder, verbose=False)
         converter = tf.lite.TFLiteConverter.from_saved_model(folder)
@@ -98,9 +112,16 @@ def convert(model, mode: str = "int8", representative: np.ndarray | None = None,
         if mode == "float16":
             converter.target_spec.supported_types = [tf.float16]
         if mode == "int8":
-            calib = np.asarray(representative, dtype=np.float32)
-            converter.representative_dataset = lambda: ([calib[i:i + 1]]
-                                                        for i in range(len(calib)))
+            if isinstance(representative, dict):  # several inputs: every one, by name
+                calib = {k: np.asarray(v, np.float32) for k, v in representative.items()}
+                count = len(next(iter(calib.values())))
+                samples = ({k: v[i:i + 1] for k, v in calib.items()} for i in range(count))
+            else:
+                calib = np.asarray(representative, dtype=np.float32)
+                count = len(calib)
+                samples = ([calib[i:i + 1]] for i in range(count))
+            converter.representative_dataset = lambda: progress.counted(  # its display
+                samples, count)
             converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
             if not per_channel:
                 converter._experimental_disable_per_channel = True

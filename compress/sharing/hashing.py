@@ -116,8 +116,8 @@ def hash_model(model, data=None, *, verbose=0, **options):
             "dense_params": int(sum(int(np.prod(w.shape)) for w in model.weights)),
             "bits_per_weight": 32.0 * stored / virtual, "epochs": opts["epochs"],
             "init": init, "dropout": dropout}
-    if data is not None and data.y_test is not None:  # the task's own: accuracy, or MSE+MAE
-        info.update(task.evaluate(new, data.x_test, data.y_test))
+    if data is not None and data.labelled:  # the task's own: accuracy, or MSE+MAE
+        info.update(task.evaluate_data(new, data, "test"))  # batch by batch
     return new, info
 
 

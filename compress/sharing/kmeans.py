@@ -116,6 +116,9 @@ def cluster_model(model, data=None, *, verbose=0, **options):
     from compress import training
 
     opts = KMEANS_OPTIONS.validate(options)
+    from compress.io import ensure_signature
+
+    model = ensure_signature(model, data)  # a subclassed model: wrapped, with an input
     data = as_dataset(data, model)  # a tf.data.Dataset, arrays, (x, y), a name: one form
     clusters, epochs, seed = opts["clusters"], opts["epochs"], opts["seed"]
     from compress.task import resolve, sample_targets
@@ -158,8 +161,8 @@ def cluster_model(model, data=None, *, verbose=0, **options):
             "layers": rows, "clustered_weights": total_weights,
             "bits_per_weight": total_bits / total_weights, "epochs": epochs,
             "stored_params": int(sum(int(np.prod(w.shape)) for w in new.weights))}
-    if data is not None and data.y_test is not None:  # the task's own: accuracy, or MSE+MAE
-        info.update(task.evaluate(new, data.x_test, data.y_test))
+    if data is not None and data.labelled:  # the task's own: accuracy, or MSE+MAE
+        info.update(task.evaluate_data(new, data, "test"))  # batch by batch
     return new, info
 
 

@@ -1,0 +1,222 @@
+"""Models with several inputs or outputs, and subclassed ones, through every pass.
+
+Tiny models (8x8 images, a few hundred samples) saved to ``.keras`` files and loaded back,
+with ``.npz`` data in the ``x_SPLIT/INPUT`` and ``y_SPLIT/OUTPUT`` key convention.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import numpy as np
+import pytest
+
+N = 240
+
+SUBNET = textwrap.dedent('''
+    import keras
+
+    @keras.saving.register_keras_serializable(package="multi_io_test")
+    class SubNet(keras.Model):
+        def __init__(self, classes=4, **kwargs):
+            super().__init__(**kwargs)
+            self.classes = classes
+            self.conv = keras.layers.Conv2D(4, 3, activation="relu")
+            self.flat = keras.layers.Flatten()
+            self.hidden = keras.layers.Dense(16, activation="relu")
+            self.head = keras.layers.Dense(classes, activation="softmax")
+
+        def call(self, x):
+            return self.head(self.hidden(self.flat(self.conv(x))))
+
+        def get_config(self):
+            return {**super().get_config(), "classes": self.classes}
+''')
+
+
+def _data(seed=0):
+    rng = np.random.default_rng(seed)
+    image = rng.normal(size=(N, 8, 8, 1)).astype("float32")
+    extra = rng.normal(size=(N, 6)).astype("float32")
+    label = ((image.mean(axis=(1, 2, 3)) * 8 > 0).astype("int64")
+             + 2 * (extra[:, 1] > 0).astype("int64"))
+    score = (image.mean(axis=(1, 2, 3)) * 8 + extra[:, 2]).astype("float32")
+    return image, extra, label, score
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """Paths of the two-input, two-output and subclassed models and their npz data."""
+    import keras
+
+    d = tmp_path_factory.mktemp("multi_io")
+    image, extra, label, score = _data()
+    keras.utils.set_random_seed(0)
+    ia, ib = keras.Input((8, 8, 1), name="image"), keras.Input((6,), name="extra")
+    h = keras.layers.Flatten(name="flat")(keras.layers.Conv2D(4, 3, activation="relu",
+                                                              name="conv")(ia))
+    h = keras.layers.Concatenate(name="concat")(
+        [h, keras.layers.Dense(8, activation="relu", name="extra_dense")(ib)])
+    h = keras.layers.Dense(16, activation="relu", name="hidden")(h)
+    two_in = keras.Model([ia, ib], keras.layers.Dense(4, activation="softmax", name="cls")(h),
+                         name="two_in")
+    two_in.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    two_in.fit({"image": image, "extra": extra}, label, epochs=8, verbose=0)
+    two_in.save(d / "two_in.keras")
+    np.savez(d / "two_in.npz", **{"x_train/image": image, "x_train/extra": extra,
+                                  "y_train": label})
+
+    ix = keras.Input((8, 8, 1), name="image")
+    h = keras.layers.Flatten(name="flat")(keras.layers.Conv2D(4, 3, activation="relu",
+                                                              name="conv")(ix))
+    h = keras.layers.Dense(16, activation="relu", name="hidden")(h)
+    two_out = keras.Model(ix, {"cls": keras.layers.Dense(2, activation="softmax",
+                                                         name="cls")(h),
+                               "score": keras.layers.Dense(1, name="score")(h)},
+                          name="two_out")
+    two_out.compile("adam", loss={"cls": "sparse_categorical_crossentropy", "score": "mse"},
+                    metrics={"cls": ["accuracy"], "score": ["mae"]})
+    cls = label % 2
+    two_out.fit(image, {"cls": cls, "score": score}, epochs=8, verbose=0)
+    two_out.save(d / "two_out.keras")
+    np.savez(d / "two_out.npz", **{"x_train": image, "y_train/cls": cls,
+                                   "y_train/score": score})
+    np.save(d / "images.npy", image)
+
+    module = d / "subnet_module.py"
+    module.write_text(SUBNET)
+    namespace: dict = {}
+    exec(compile(SUBNET, str(module), "exec"), namespace)  # noqa: S102 - our own test code
+    sub = namespace["SubNet"]()
+    sub.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    sub.fit(image, label, epochs=2, verbose=0)
+    sub.save(d / "sub.keras")
+    np.savez(d / "sub.npz", x_train=image, y_train=label)
+    keras.saving.get_custom_objects().pop("multi_io_test>SubNet", None)
+    return d
+
+
+def _json(result):
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output[result.output.index("{"):])
+
+
+def test_npz_keys_name_inputs_and_outputs(models):
+    from compress.data import load_data
+
+    two_in = load_data(f"npz:{models / 'two_in.npz'}")
+    assert sorted(two_in.x_train) == ["extra", "image"] and two_in.num_classes == 4
+    assert two_in.size("train") + two_in.size("val") + two_in.size("test") == N
+    two_out = load_data(f"npz:{models / 'two_out.npz'}")
+    assert sorted(two_out.y_test) == ["cls", "score"]
+    assert two_out.y_test["score"].dtype == np.float32
+
+
+def test_two_input_model_prunes_quantizes_and_exports(models, cli, tmp_path):
+    model, data = models / "two_in.keras", f"npz:{models / 'two_in.npz'}"
+    pruned = _json(cli("prune", model, "-o", tmp_path / "p.keras", "--data", data,
+                       "--method", "obd", "--estimator", "layer", "--sparsity", "0.5",
+                       "--epochs", "1", "--json", "-q"))
+    assert pruned["after"]["sparsity"] > 0.4 and "accuracy" in pruned["after"]
+    shared = _json(cli("share", model, "-o", tmp_path / "s.keras", "--data", data,
+                       "--method", "kmeans", "--json", "-q"))
+    assert abs(shared["after"]["accuracy"] - shared["before"]["accuracy"]) < 0.15
+    q = _json(cli("quantize", model, "-o", tmp_path / "q.tflite", "--data", data,
+                  "--json", "-q", "--no-latency"))
+    assert q["verified"] and q["top1_agreement"] >= 0.9 and q["sqnr_db"] > 20
+    assert abs(q["accuracy"] - q["float_accuracy"]) < 0.1
+    e = _json(cli("export", model, "-o", tmp_path / "e.onnx", "--data", data, "--json", "-q"))
+    assert e["max_abs_diff"] <= e["tolerance"] and e["top1_agreement"] == 1.0
+
+
+def test_two_output_model_is_scored_and_checked_per_output(models, cli, tmp_path):
+    model, data = models / "two_out.keras", f"npz:{models / 'two_out.npz'}"
+    pruned = _json(cli("prune", model, "-o", tmp_path / "p.keras", "--data", data,
+                       "--sparsity", "0.5", "--epochs", "1", "--json", "-q"))
+    after = pruned["after"]["outputs"]
+    assert set(after["cls"]) == {"accuracy"} and {"mse", "mae"} <= set(after["score"])
+    assert "multi-output" in pruned["pass"]["task"] and "model's own" in pruned["pass"]["task"]
+    q = _json(cli("quantize", model, "-o", tmp_path / "q.onnx", "--data", data, "--json",
+                  "-q", "--no-latency"))
+    assert "top1_agreement" in q["outputs"]["cls"]  # two classes: argmax means something
+    assert "top1_agreement" not in q["outputs"]["score"]  # one unit: SQNR only
+    assert q["outputs"]["score"]["sqnr_db"] > 15
+    assert set(q["output_scores"]["score"]) >= {"mse"}
+    for fmt in ("tflite", "onnx"):
+        e = _json(cli("export", model, "-o", tmp_path / f"e.{fmt}", "--data", data,
+                      "--json", "-q"))
+        assert set(e["outputs"]) == {"cls", "score"}
+        for one in e["outputs"].values():
+            assert one["max_abs_diff"] <= one["tolerance"] and one["max_abs_output"] > 0
+
+
+def test_two_output_model_without_labels_reports_fidelity_per_output(models, cli, tmp_path):
+    r = _json(cli("prune", models / "two_out.keras", "-o", tmp_path / "p.keras", "--data",
+                  models / "images.npy", "--sparsity", "0.7", "--epochs", "1", "--json",
+                  "-q"))
+    after = r["after"]["outputs"]
+    assert "top1_agreement" in after["cls"] and "top1_agreement" not in after["score"]
+    assert 0 < after["score"]["rel_l2_error"] < 1 and np.isfinite(after["score"]["sqnr_db"])
+
+
+def test_two_output_model_distills_into_a_pruned_copy(models, cli, tmp_path):
+    r = _json(cli("distill", models / "two_out.keras", "-o", tmp_path / "s.keras", "--data",
+                  f"npz:{models / 'two_out.npz'}", "--epochs", "2", "--no-baseline",
+                  "--json", "-q"))
+    info = r["pass"]
+    assert "pruned" in info["student_source"] or "width" in info["student_source"]
+    assert info["student_params"] < info["teacher_params"]
+    assert set(info["student_scores"]["outputs"]) == {"cls", "score"}
+
+
+def test_subclassed_model_gets_an_input_signature(models, cli, tmp_path):
+    sub, module = models / "sub.keras", models / "subnet_module.py"
+    no_shape = cli("prune", sub, "-o", tmp_path / "p.keras", "--import", module)
+    assert no_shape.exit_code == 1 and "--input-shape" in no_shape.output
+    pruned = _json(cli("prune", sub, "-o", tmp_path / "p.keras", "--import", module,
+                       "--input-shape", "8,8,1", "--sparsity", "0.5", "--json", "-q"))
+    assert pruned["after"]["sparsity"] > 0.4 and "wrapped" in pruned["input_note"]
+    e = _json(cli("export", sub, "-o", tmp_path / "e.tflite", "--import", module,
+                  "--data", f"npz:{models / 'sub.npz'}", "--json", "-q"))
+    assert e["top1_agreement"] == 1.0
+    wrong = cli("export", sub, "-o", tmp_path / "w.onnx", "--import", module,
+                "--input-shape", "8,8,3")
+    assert wrong.exit_code == 1 and "cannot take inputs of shape" in wrong.output
+    assert len(wrong.output.strip().splitlines()) == 1
+
+
+def test_export_parity_is_relative_to_the_output_scale_and_can_fail(tmp_path):
+    import keras
+
+    from compress.errors import CompressError
+    from compress.export import _verified, export_artifact
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(
+        3, kernel_initializer=keras.initializers.Constant(50.0))])
+    x = np.random.default_rng(0).random((32, 6), dtype=np.float32)
+    _, info = export_artifact(model, x, format="onnx")
+    assert info["max_abs_output"] > 100  # the tolerance scales with it
+    assert info["tolerance"] == pytest.approx(1e-4 * info["max_abs_output"])
+    perturbed = keras.models.clone_model(model)
+    perturbed.set_weights([w * 1.001 for w in model.get_weights()])
+    other, _ = export_artifact(perturbed, x, format="onnx")
+    with pytest.raises(CompressError, match="output scale"):
+        _verified(model, other, "onnx", x, 1e-4, "perturbed.onnx")
+
+
+def test_python_api_takes_a_subclassed_model_with_arrays(models):
+    import keras
+
+    import compress
+
+    namespace: dict = {}
+    exec(compile(SUBNET, "subnet_module.py", "exec"), namespace)  # noqa: S102 - test code
+    try:
+        sub = compress.load_model(models / "sub.keras")
+        image, _, label, _ = _data()
+        pruned, info = compress.prune(sub, (image[:64], label[:64]), sparsity=0.5)
+        assert pruned.inputs[0].shape[1:] == (8, 8, 1) and info["sparsity_reached"] >= 0.45
+    finally:
+        keras.saving.get_custom_objects().pop("multi_io_test>SubNet", None)
