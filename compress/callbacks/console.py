@@ -17,10 +17,14 @@ import sys
 
 import keras
 
+from compress import progress
+
 
 def print_msg(message: str) -> None:
-    """Print ``message`` like Keras's callbacks do (stdout, or the log without a console)."""
+    """Print ``message`` like Keras's callbacks do (stdout, or the log without a console),
+    on a clean line: a progress line being redrawn in the terminal is wiped first."""
     if keras.config.is_interactive_logging_enabled():
+        progress.clear_line()
         sys.stdout.write(message + "\n")
         sys.stdout.flush()
     else:
