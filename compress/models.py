@@ -178,3 +178,73 @@ def build(name: str, input_shape=(28, 28, 1), num_classes=10, width=1.0):
     if name not in BUILDERS:
         raise CompressError(f"model '{name}': unknown builder (use one of {', '.join(BUILDERS)})")
     return BUILDERS[name](input_shape=input_shape, num_classes=num_classes, width=width)
+
+
+# KerasHub models from small configs (random weights; a preset would download): the
+# transformer cases of the zoo. Sizes are keyword arguments of the constructors.
+KERASHUB = {
+    "BertTextClassifier": {"vocabulary_size": 100, "num_layers": 2, "num_heads": 4,
+                           "hidden_dim": 32, "intermediate_dim": 64,
+                           "max_sequence_length": 16},
+    "GPT2Backbone": {"vocabulary_size": 100, "num_layers": 2, "num_heads": 4,
+                     "hidden_dim": 32, "intermediate_dim": 64, "max_sequence_length": 16},
+    "ViTImageClassifier": {"image_shape": (32, 32, 3), "patch_size": 8, "num_layers": 2,
+                           "num_heads": 4, "hidden_dim": 32, "mlp_dim": 64},
+}
+
+
+def kerashub(name: str, num_classes: int = 2, **config):
+    """A KerasHub model built from a small config with random weights (nothing downloaded).
+
+    ``BertTextClassifier`` (``preprocessor=None``: it takes ``token_ids``,
+    ``segment_ids`` and ``padding_mask``), ``GPT2Backbone`` (``token_ids``,
+    ``padding_mask``; outputs the hidden sequence) or ``ViTImageClassifier`` (images).
+
+    Example:
+
+    >>> model = kerashub("BertTextClassifier")                     # doctest: +SKIP
+    >>> sorted(model.input)                                        # doctest: +SKIP
+    ['padding_mask', 'segment_ids', 'token_ids']
+
+    Args:
+        name: str. A key of :data:`KERASHUB`.
+        num_classes: int, default 2. Classes of a classifier's head.
+        **config: backbone arguments replacing those of :data:`KERASHUB`.
+    """
+    if name not in KERASHUB:
+        raise CompressError(f"model '{name}': not a KerasHub zoo model (use one of "
+                            f"{', '.join(KERASHUB)})")
+    import keras_hub
+
+    config = {**KERASHUB[name], **config}
+    if name == "BertTextClassifier":
+        backbone = keras_hub.models.BertBackbone(**config)
+        return keras_hub.models.BertTextClassifier(backbone, num_classes, preprocessor=None)
+    if name == "ViTImageClassifier":
+        backbone = keras_hub.models.ViTBackbone(**config)
+        return keras_hub.models.ViTImageClassifier(backbone, num_classes, preprocessor=None)
+    return keras_hub.models.GPT2Backbone(**config)
+
+
+def kerashub_inputs(model, n: int, seed: int = 0):
+    """``n`` random inputs for a :func:`kerashub` model: token ids, segment ids and
+    padding masks (the last quarter of each sequence padded) as int32, images in
+    [0, 1); a dict keyed by input name, or one array for a single input."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name, t in zip([x.name for x in model.inputs], model.inputs):
+        shape = (n,) + tuple(16 if d is None else int(d) for d in t.shape[1:])
+        if name == "token_ids":
+            vocab = getattr(getattr(model, "backbone", model), "vocabulary_size", 100)
+            out[name] = rng.integers(1, vocab, shape).astype("int32")
+        elif name == "padding_mask":
+            mask = np.ones(shape, "int32")
+            mask[:, shape[1] - shape[1] // 4:] = 0
+            out[name] = mask
+        elif name == "segment_ids":
+            out[name] = np.zeros(shape, "int32")
+        else:
+            out[name] = rng.random(shape, dtype=np.float32)
+    return out if len(out) > 1 else next(iter(out.values()))

@@ -181,3 +181,39 @@ def test_layers_that_cannot_be_resized_are_named_not_skipped():
         "reaches the model output": ["out"]}
     assert "c1" in info["kept_whole"] and "up" in info["kept_whole"]
     assert small.output.shape == (None, 2)
+
+
+def test_attention_heads_removed_whole_and_the_file_reloads(tmp_path):
+    """A Keras MultiHeadAttention loses its lowest-norm heads (here: the zeroed ones, which
+    carry nothing), rebuilt from its config with fewer heads: same outputs, reloadable."""
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((10, 16))
+    att = keras.layers.MultiHeadAttention(4, 8, name="mha")
+    h = keras.layers.LayerNormalization(name="ln")(keras.layers.Add()([inp, att(inp, inp)]))
+    h = keras.layers.Dense(16, name="ffn_out")(keras.layers.Dense(32, activation="relu",
+                                                                  name="ffn_in")(h))
+    model = keras.Model(inp, keras.layers.Add()([h, inp]))
+    dead = [1, 3]
+    for dense in (att._query_dense, att._key_dense, att._value_dense):
+        w = dense.get_weights()
+        w[0][:, dead] = 0.0
+        w[1][dead] = 0.0
+        dense.set_weights(w)
+    w = att._output_dense.get_weights()
+    w[0][dead] = 0.0
+    att._output_dense.set_weights(w)
+    x = np.random.default_rng(0).normal(size=(4, 10, 16)).astype("float32")
+
+    small, info = prune_units(model, 0.5)
+    assert info["heads"] == {"mha": [4, 2]} and info["units"]["ffn_in"] == [32, 16]
+    path = tmp_path / "small.keras"
+    small.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    assert loaded.get_layer("mha").num_heads == 2
+    assert loaded.count_params() < 0.7 * model.count_params()
+    kept = np.asarray(loaded.get_layer("ffn_in").kernel)
+    full = model.get_layer("ffn_in").get_weights()
+    gone = [u for u in range(32) if not any(np.array_equal(full[0][:, u], c) for c in kept.T)]
+    _kill(model.get_layer("ffn_in"), gone)  # what pruning removed, zeroed in the original
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0),
+                               atol=1e-5)

@@ -5,7 +5,10 @@ Xception 71), its BatchNorm statistics set from real photographs (patches of
 scikit-learn's two sample images; a random EfficientNet otherwise outputs a uniform
 softmax), and run through inspect, magnitude pruning, structured pruning, k-means
 sharing, int8 TFLite, int8 ONNX and float ONNX/TFLite export, each verified as the CLI
-verifies it. A cell is "ok" with its check and time, or the pass's one-line refusal;
+verifies it. The KerasHub rows (a BERT text classifier taking token ids, segment ids and a
+padding mask, a GPT-2 backbone, a ViT image classifier) are built from small configs
+with random weights (:func:`compress.models.kerashub`) and fed random token ids with
+padded tails (random images for ViT). A cell is "ok" with its check and time, or the pass's one-line refusal;
 anything else is "unexpected". The table is written to ``docs/models.md``.
 
 Example:
@@ -32,7 +35,8 @@ SAMPLES = 16  # calibration and verification inputs: enough to run every check
 # process (a 55M-parameter model's memory is returned before the next one is built).
 ORDER = ("MobileNet", "MobileNetV3Small", "MobileNetV2", "MobileNetV3Large",
          "EfficientNetB0", "EfficientNetV2B0", "NASNetMobile", "DenseNet121", "ResNet50V2",
-         "ResNet50", "VGG16", "InceptionV3", "Xception", "ConvNeXtTiny", "InceptionResNetV2")
+         "ResNet50", "VGG16", "InceptionV3", "Xception", "ConvNeXtTiny", "InceptionResNetV2",
+         "BertTextClassifier", "GPT2Backbone", "ViTImageClassifier")
 FAMILY_TIMEOUT = 900  # seconds per family
 
 
@@ -91,19 +95,22 @@ def family_row(name: str, work: Path, seed: int = 0, out: Path | None = None) ->
     from compress import io
     from compress.data import load_data, prepare
     from compress.export import export_artifact
-    from compress.models import APPLICATIONS, application
+    from compress.models import APPLICATIONS, KERASHUB, application
     from compress.pruning import prune
     from compress.quantization import quantize
     from compress.report import model_report
     from compress.sharing import share
 
-    side = APPLICATIONS[name][0]
-    x = _photos(side, 3 * SAMPLES, seed)
-    npz = work / f"photos{side}.npz"
-    if not npz.exists():
-        np.savez(npz, x_train=x[:2 * SAMPLES], x_test=x[2 * SAMPLES:])
     try:
-        model = application(name, side, calibration=x[:2 * SAMPLES])
+        if name in KERASHUB:
+            model, npz = _kerashub(name, work, seed)
+        else:
+            side = APPLICATIONS[name][0]
+            x = _photos(side, 3 * SAMPLES, seed)
+            npz = work / f"photos{side}.npz"
+            if not npz.exists():
+                np.savez(npz, x_train=x[:2 * SAMPLES], x_test=x[2 * SAMPLES:])
+            model = application(name, side, calibration=x[:2 * SAMPLES])
         path = work / f"{name}.keras"
         model.save(path)
         model = io.load_model(path)  # as a user's file: saved, then loaded back
@@ -125,7 +132,10 @@ def family_row(name: str, work: Path, seed: int = 0, out: Path | None = None) ->
             raise AssertionError(f"output shape {small.output.shape} != "
                                  f"{model.output.shape}")
         kept = sum(len(v) for v in info.get("not_pruned", {}).values())
+        heads = info.get("heads", {})
         return (f"params {info['params_after'] / info['params_before']:.0%}"
+                + (f", heads {sum(b for b, _ in heads.values())} -> "
+                   f"{sum(a for _, a in heads.values())}" if heads else "")
                 + (f", {kept} kept whole" if kept else ""))
 
     def kmeans():
@@ -156,6 +166,39 @@ def family_row(name: str, work: Path, seed: int = 0, out: Path | None = None) ->
     return cells
 
 
+def _kerashub(name: str, work: Path, seed: int):
+    """A small-config KerasHub model and its npz data (random ids or images, labelled for
+    the classifiers; input arrays keyed ``x_SPLIT/INPUT``)."""
+    import numpy as np
+
+    from compress.models import kerashub, kerashub_inputs
+
+    classes = {"BertTextClassifier": 2, "ViTImageClassifier": 10}.get(name)
+    model = kerashub(name, num_classes=classes or 2)
+    x = kerashub_inputs(model, 3 * SAMPLES, seed)
+    arrays = {}
+    for split, part in (("train", slice(0, 2 * SAMPLES)), ("test", slice(2 * SAMPLES, None))):
+        if isinstance(x, dict):
+            arrays.update({f"x_{split}/{k}": v[part] for k, v in x.items()})
+        else:
+            arrays[f"x_{split}"] = x[part]
+        if classes:
+            labels = np.random.default_rng(seed).integers(0, classes, 3 * SAMPLES)
+            arrays[f"y_{split}"] = labels[part]
+    npz = work / f"{name}.npz"
+    np.savez(npz, **arrays)
+    return model, npz
+
+
+def _label(name: str) -> str:
+    from compress.models import APPLICATIONS
+
+    if name in APPLICATIONS:
+        side = APPLICATIONS[name][0]
+        return f"{name} ({side}x{side})"
+    return f"{name} (KerasHub, small config)"
+
+
 def _family_in_child(name: str, work: Path, seed: int) -> list[str]:
     """:func:`family_row` in a child process; a crash or timeout fills the rest."""
     out = work / f"{name}.json"
@@ -180,13 +223,14 @@ def _family_in_child(name: str, work: Path, seed: int) -> list[str]:
 
 
 def case_zoo(ctx) -> Section:
-    from compress.models import APPLICATIONS
+    from compress.models import APPLICATIONS, KERASHUB
 
     sec = Section("Model zoo: every pass on each keras.applications family", issue="#19")
     work = ctx.work_dir / "zoo"
     work.mkdir(parents=True, exist_ok=True)
     only = os.environ.get("ZOO_FAMILIES")  # e.g. "MobileNet,ResNet50": a partial run
-    names = list(QUICK) if ctx.quick else [n for n in ORDER if n in APPLICATIONS]
+    names = list(QUICK) if ctx.quick else [n for n in ORDER
+                                           if n in APPLICATIONS or n in KERASHUB]
     if only:
         names = [n for n in names if n in only.split(",")]
     # the full run writes docs/models.md (after every family: a cut-off run leaves rows)
@@ -195,8 +239,7 @@ def case_zoo(ctx) -> Section:
     t0 = time.perf_counter()
     rows = []
     for name in names:
-        side = APPLICATIONS[name][0]
-        rows.append([f"{name} ({side}x{side})"] + _family_in_child(name, work, ctx.seed))
+        rows.append([_label(name)] + _family_in_child(name, work, ctx.seed))
         rows.sort()
         summary, markdown = _page(rows, time.perf_counter() - t0)
         docs.write_text(markdown + "\n")
@@ -224,7 +267,9 @@ def _page(rows: list, seconds: float) -> tuple[str, str]:
         "# Model coverage",
         ("Every pass on the smallest member of each `keras.applications` family (Keras "
         "3.15 ships no RegNet or ResNetRS), built with `weights=None` at a reduced input, "
-        "BatchNorm statistics from real photographs, written by `python -m bench --only "
+        "BatchNorm statistics from real photographs, and three KerasHub models (BERT "
+        "classifier, GPT-2 backbone, ViT classifier) from small configs with random weights "
+        "and random token ids or images, written by `python -m bench --only "
         f"zoo` (bench/cases/zoo.py). {SAMPLES} calibration/verification samples. A cell "
         "is ok (with its check: parameters kept, export max abs diff, int8 SQNR and top-1 "
         "agreement with Keras; **flagged** when the int8 check warns) or the pass's "

@@ -7,6 +7,7 @@ from compress.cli.common import (
     emit,
     json_option,
     model_argument,
+    provider_option,
     seed_option,
     unsafe_option,
 )
@@ -21,6 +22,7 @@ from compress.cli.common import (
               help="Show the per-layer sparsity table.")
 @click.option("--latency/--no-latency", default=True, show_default=True,
               help="Measure batch-1 latency of the Keras model.")
+@provider_option
 @seed_option
 @unsafe_option
 @json_option

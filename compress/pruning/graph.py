@@ -115,16 +115,23 @@ def _walk(fn, t: Trace, scope: tuple) -> None:
                 raise CompressError(f"nested model '{op.name}' is called with "
                                     f"{len(flat_in)} inputs for {len(inner.inputs)}")
             for a, b in zip(inner.inputs, flat_in):
-                t.alias[id(a)] = t.key(b)
+                _alias(t, a, b)
             _walk(inner, t, scope + (op.name,))
             for a, b in zip(node.outputs, tree.flatten(inner.outputs)):
-                t.alias[id(a)] = t.key(b)
+                _alias(t, a, b)
             continue
         step = Step(op, [t.key(x) for x in flat_in], [t.key(x) for x in node.outputs],
                     list(node.arguments.args), dict(node.arguments.kwargs), scope)
         for x in node.outputs:
             t.shape[t.key(x)] = tuple(x.shape)
         t.steps.append(step)
+
+
+def _alias(t: Trace, inner, outer) -> None:
+    """``inner`` stands for ``outer``. A task model called on its backbone's own inputs
+    (KerasHub's ``BertTextClassifier``) passes the very same tensors: no alias then."""
+    if t.key(outer) != id(inner):
+        t.alias[id(inner)] = t.key(outer)
 
 
 def rebuild(model, make_layer):
@@ -191,9 +198,11 @@ def fresh(op):
     """A new, unbuilt copy of the layer or operation ``op`` from its config."""
     try:
         return op.__class__.from_config(op.get_config())
-    except Exception:  # a stateless op without a usable config is reused
+    except Exception as exc:  # noqa: BLE001 - a stateless op without a usable config is reused
         import keras
 
         if isinstance(op, keras.layers.Layer) and op.weights:
-            raise
+            why = " ".join(str(exc).split("Exception encountered:")[-1].split())[:160]
+            raise CompressError(f"layer '{op.name}' ({type(op).__name__}) cannot be "
+                                f"rebuilt from its own config: {why}") from None
         return op

@@ -14,7 +14,10 @@ layer that cannot be resized are kept whole, and ``info["not_pruned"]`` names ea
 producer and why: nothing is skipped silently. The lowest-scoring channels of each group
 are removed (score: unit L1/L2 norm, or OBD saliency summed over the unit, over every
 producer in the group) and the model is rebuilt with smaller layers and sliced weights,
-nesting kept: a smaller plain Keras model, faster at batch 1.
+nesting kept: a smaller plain Keras model, faster at batch 1. In transformers
+(``MultiHeadAttention``, KerasHub's BERT/GPT-2/ViT blocks) the hidden width stays and
+whole attention heads and feed-forward units go instead (:mod:`compress.pruning.attention`;
+``info["heads"]`` and ``info["ffn_units"]`` give ``[before, after]`` per layer).
 
 Example:
 
@@ -31,6 +34,7 @@ import numpy as np
 
 from compress.errors import CompressError
 from compress.layers import select_layers
+from compress.pruning import attention
 from compress.pruning.criteria import criterion, unit_scores
 from compress.pruning.graph import fresh, rebuild, trace
 
@@ -146,6 +150,9 @@ def _analyse(t, groups, layer_of):
         shared = weighted and uses[id(op)] > 1
         reason = (f"feeds '{name}', a layer used {uses[id(op)]} times (shared)" if shared
                   else f"feeds '{name}' ({kind}), which structured pruning cannot resize")
+        if not shared and attention.is_transformer(op):
+            reason = (f"feeds '{name}' ({kind}), whose hidden width stays (its heads and "
+                      "feed-forward units are pruned instead)")
         if shared:
             pass  # one layer, several inputs: their channels cannot be resized apart
         elif kind in PRODUCERS and len(ins) == 1 and getattr(op, "groups", 1) == 1 and \
@@ -244,19 +251,42 @@ def prune_units(model, fraction: float, method: str = "magnitude", calibration=N
         raise CompressError(f"structured pruning: fraction must be in [0, 1), got {fraction}")
     if criterion(method).needs_data and calibration is None:
         raise CompressError(f"structured pruning: {method} needs calibration data")
+
     t = trace(model)
     groups, producers = _Groups(), {}
     segs = _analyse(t, groups, producers)
+    blocks = [s for s in t.steps if attention.rewrites(s.op)]
+    chosen = None
     if layers:
-        chosen = {p.name for p in select_layers(list(producers.values()), layers,
+        chosen = {p.name for p in select_layers(list(producers.values()) +
+                                                [s.op for s in blocks
+                                                 if attention.is_transformer(s.op)], layers,
                                                 "unit-producing", model.name)}
         for name in producers:
             if name not in chosen:
                 groups.fix(name, "not selected by --layers")
+    not_pruned, plans, uses = {}, {}, {}
+    sequential = _sequential_names(model)
+    for step in blocks:
+        uses[id(step.op)] = uses.get(id(step.op), 0) + 1
+    for step in blocks:
+        why = attention.why_whole(step)
+        if uses[id(step.op)] > 1:
+            why = f"used {uses[id(step.op)]} times (shared)"
+        elif (step.scope[-1] if step.scope else model.name) in sequential:
+            why = why or "inside a Sequential model (rebuilt layer by layer)"
+        if chosen is not None and step.op.name not in chosen and \
+                attention.is_transformer(step.op):
+            why = "not selected by --layers"
+        if why:
+            not_pruned.setdefault(f"attention kept whole: {why}", []).append(step.op.name)
+        else:
+            plans[id(step.op)] = attention.Plan(step.op, fraction, "l1" if norm == "l1"
+                                                else "l2")
 
     kernels = [_out_kernel(p) for p in producers.values()]
     unit = dict(zip(producers, unit_scores(model, kernels, method, calibration, estimator,
-                                           norm, seed)))
+                                           norm, seed))) if kernels else {}
     scores = {}
     for name, p in producers.items():
         if groups.fixed(name):
@@ -271,11 +301,10 @@ def prune_units(model, fraction: float, method: str = "magnitude", calibration=N
         n = len(s)
         k = max(1, n - round(fraction * n))
         keep[root] = np.sort(np.argsort(-s, kind="stable")[:k])
-    not_pruned = {}
     for name in producers:
         if groups.fixed(name):
             not_pruned.setdefault(groups.reason[groups.find(name)], []).append(name)
-    if not keep:
+    if not keep and not plans:
         first = next(iter(not_pruned.items()), ("no producers", []))
         raise CompressError(f"structured pruning: model '{model.name}' has no units that can "
                             f"be removed ({first[0]}: {', '.join(first[1][:3])})")
@@ -300,6 +329,8 @@ def prune_units(model, fraction: float, method: str = "magnitude", calibration=N
     step_of = {id(s.op): s for s in t.steps}
 
     def make_layer(op):
+        if id(op) in plans:
+            return plans[id(op)].make()
         step = step_of.get(id(op))
         config = op.get_config() if hasattr(op, "get_config") else None
         if step is None or config is None:
@@ -324,24 +355,44 @@ def prune_units(model, fraction: float, method: str = "magnitude", calibration=N
         new.compile_from_config(model.get_compile_config())
     for step in t.steps:
         op = step.op
-        if not getattr(op, "weights", None) or id(op) not in mapping:
+        if not getattr(op, "weights", None) or id(op) not in mapping or id(op) in plans:
             continue
         idx_in = kept(segs[step.inputs[0]]) if step.inputs else None
         out = _sliced(op, idx_in, keep.get(groups.find(op.name)) if op.name in producers
                       else None, _last(t.shape[step.inputs[0]]) if step.inputs else 0)
         mapping[id(op)].set_weights(out)
+    heads, ffn_units = {}, {}
+    for plan in plans.values():
+        plan.load()
+        heads.update(plan.heads)
+        ffn_units.update(plan.ffn_units)
     units = {}
     for n, p in producers.items():
         before = _last(t.shape[step_of[id(p)].outputs[0]])
         units[n] = [before, new_units.get(n, before)]
     info = {"structured": True, "fraction": fraction, "units": units,
             "params_before": int(model.count_params()), "params_after": int(new.count_params())}
+    if plans:
+        info["heads"], info["ffn_units"] = heads, ffn_units
+        if method != "magnitude":
+            info["heads_scored_by"] = "weight norm (OBD scores the channel groups only)"
     if not_pruned:
         info["not_pruned"] = not_pruned
         info["kept_whole"] = "; ".join(
             f"{len(names)} ({', '.join(names[:4])}{', ...' if len(names) > 4 else ''}): "
             f"{reason}" for reason, names in not_pruned.items())
     return new, info
+
+
+def _sequential_names(model) -> set:
+    """Names of the Sequential models in ``model``'s nest (``model`` included)."""
+    import keras
+
+    names = {model.name} if isinstance(model, keras.Sequential) else set()
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            names |= _sequential_names(layer)
+    return names
 
 
 def _sliced(op, idx_in, idx_out, in_ch):
@@ -391,3 +442,17 @@ def _bn_scale(t, producer, n):
             if scale.shape == (n,):
                 return scale
     return np.ones(n)
+
+
+def plain_copy(model):
+    """An equal copy of ``model`` with KerasHub's transformer blocks and ViT's patch
+    embedding rewritten in plain Keras layers (nothing removed: structured pruning at 0),
+    e.g. for converters that cannot see inside KerasHub's layers (ViT's GELU in ONNX).
+
+    Example:
+
+    >>> copy = plain_copy(vit)                                   # doctest: +SKIP
+    >>> abs(copy.predict(x) - vit.predict(x)).max() < 1e-5        # doctest: +SKIP
+    True
+    """
+    return prune_units(model, 0.0)[0]
