@@ -49,7 +49,7 @@ def test_quantize_refuses_existing_output_and_bad_mode(cli, mlp_file, tmp_path):
     result = cli("quantize", path, "-o", out, "--mode", "dynamic")
     assert result.exit_code == 1 and "already exists" in result.output
     assert out.read_bytes() == b"old"
-    result = cli("quantize", path, "-o", tmp_path / "x.tflite", "--mode", "int4")
+    result = cli("quantize", path, "-o", tmp_path / "x.tflite", "--mode", "int3")
     assert result.exit_code == 2
 
 

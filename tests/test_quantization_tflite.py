@@ -226,7 +226,7 @@ def test_bad_options_are_refused(mlp_file):
     path, ds = mlp_file
     model = _load(path)
     with pytest.raises(CompressError, match="quantize.mode: must be one of"):
-        quantize(model, ds, mode="int4")
+        quantize(model, ds, mode="int3")
     for options in ({"path": "m.tflite"}, {"force": True}, {"inputs": ()}):
         with pytest.raises(CompressError, match="unknown option"):
             quantize(model, ds, **options)  # a pass neither names nor writes files

@@ -2,7 +2,12 @@
 
 import click
 
-from compress.cli.common import common_options, model_argument, output_option
+from compress.cli.common import (
+    common_options,
+    model_argument,
+    output_option,
+    provider_option,
+)
 from compress.quantization import QUANTIZE_OPTIONS
 
 
@@ -10,6 +15,10 @@ from compress.quantization import QUANTIZE_OPTIONS
 @model_argument
 @output_option
 @QUANTIZE_OPTIONS.click_options()
+@click.option("--per-tensor", "per_tensor", is_flag=True, default=False,
+              help="one weight scale per tensor (the same as --no-per-channel): the fast "
+                   "int8 path of many NPUs/DSPs; see --equalize and --bias-correction")
+@provider_option
 @common_options
 def command(model, output, data, seed, unsafe, as_json, force, **options):
     """Quantize MODEL to int8 (or float16) for deployment, run the result in its runtime
@@ -25,7 +34,11 @@ def command(model, output, data, seed, unsafe, as_json, force, **options):
       compress quantize model.keras -o model.onnx --data mnist5k --calibration entropy
       compress quantize model.h5 -o model.tflite --mode dynamic
       compress quantize model.keras -o model.tflite --data animals --qat --epochs 3
+      compress quantize model.keras -o model.tflite --data animals --per-tensor \
+          --equalize --bias-correction --debug-layers
       compress quantize model.keras -o model-int8.keras --mode keras-int8 --data mnist5k
+      compress quantize model.keras -o model.tflite --data mnist5k --rounding gptq
+      compress quantize model.keras -o model-int4.onnx --data mnist5k --mode int4 --rounding gptq
     """
     result = run_quantize(model, output, data, seed, unsafe, force, options)
     emit_result(result, as_json)
@@ -39,6 +52,8 @@ def run_quantize(model_path, output, data, seed, unsafe, force, options) -> dict
     from compress.quantization import SUFFIXES, format_for, quantize, require_data
 
     opts = QUANTIZE_OPTIONS.from_cli({**options, "seed": seed})
+    if options.get("per_tensor"):
+        opts["per_channel"] = False
     opts["format"] = format_for(output, opts)
     out = io.check_output(output, inputs=[model_path], force=force,
                           suffixes=(SUFFIXES[opts["format"]],))
@@ -73,14 +88,26 @@ def emit_result(result: dict, as_json: bool) -> None:
     for label, f_key, q_key, fmt in rows:
         if q_key in result:
             table.add_row(label, fmt(result[f_key]), fmt(result[q_key]))
+    for key, value in (result.get("metrics") or {}).items():  # per output (several)
+        f = (result.get("float_metrics") or {}).get(key)
+        fmt = "{:.2%}".format if key.endswith("accuracy") else "{:.4g}".format
+        table.add_row(key, "-" if f is None else fmt(f), fmt(value))
     for threads, q in result.get("latency_ms", {}).items():
         f = result["float_latency_ms"][threads]
         table.add_row(f"latency b=1, {threads} thread(s)", f"{f:.3f} ms",
                       f"{q:.3f} ms ({q / f:.2f}x)")
     if not result.get("verified", True):  # a check that can fail, and did: say so loudly
         table.add_row("agreement", "", f"[bold red]WARNING: {result['agreement']}[/]")
+    for r in (result.get("layer_sqnr") or {}).get("layers", [])[:5]:  # --debug-layers
+        table.add_row(f"SQNR {r['layer']} ({r['op']})", "", f"{r['sqnr_db']:.1f} dB")
     console = Console()
     console.print(table)
+    for name, check in (result.get("outputs") or {}).items():
+        if isinstance(check, dict) and "sqnr_db" in check:
+            top1 = (f", top-1 agreement {check['top1_agreement']:.2%}"
+                    if "top1_agreement" in check else "")
+            console.print(f"output {name}: SQNR {check['sqnr_db']:.1f} dB, relative L2 "
+                          f"error {check['rel_l2_error']:.2%}{top1}")
     if result.get("verified", True):
         console.print(f"wrote {result['path']} ({result['size_ratio']:.2f}x the float size; "
                       f"verified against Keras: {result.get('agreement', '')})")
@@ -92,6 +119,13 @@ def emit_result(result: dict, as_json: bool) -> None:
     if result.get("float_layers"):
         console.print("stayed float (Keras int8 covers Dense/EinsumDense/Embedding only): "
                       + ", ".join(result["float_layers"]))
+    if result.get("rounding"):
+        r = result["rounding"]
+        console.print(f"weights rounded ({r['rounding']}) onto the {r['grid']} grid"
+                      + (f": {len(r['layers'])} layers with layer Hessians, "
+                         f"{r['seconds']:.1f} s" if r["layers"] else ""))
+    if result.get("storage"):
+        console.print(f"stored as {result['storage']}")
     zeros = result.get("weight_zeros") or {}
     if zeros.get("model", 0) > 0.01:
         console.print(f"zero weights kept: {zeros['artifact']:.1%} in the artifact "
@@ -100,6 +134,8 @@ def emit_result(result: dict, as_json: bool) -> None:
         console.print(result["latency_note"])
     if result.get("export_copy"):  # e.g. a mixed_float16 model, quantized via float32
         console.print(f"note: {result['export_copy']}")
+    if result.get("equalization"):
+        console.print(f"note: {result['equalization']['note']}")
     if result.get("qat"):
         console.print("QAT: " + ", ".join(f"{k} {v}" for k, v in result["qat"].items()
                                           if not isinstance(v, (list, dict))))

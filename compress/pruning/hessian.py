@@ -390,6 +390,10 @@ def check_calibration(model, x, where: str = "layer Hessian") -> None:
     """Refuse calibration inputs that do not fit the model (one line)."""
     import keras
 
+    if isinstance(x, dict):  # several inputs: in the model's input order, by name
+        from compress.data.arrays import model_inputs
+
+        x = [x.get(spec[0], a) for spec, a in zip(model_inputs(model), x.values())]
     leaves = keras.tree.flatten(x)
     if not leaves or len(leaves[0]) == 0:
         raise CompressError(f"{where}: no calibration samples; give --data")

@@ -28,6 +28,7 @@ import time
 
 import numpy as np
 
+from compress import progress
 from compress.errors import CompressError
 
 
@@ -48,6 +49,24 @@ def _cholesky_inverse_upper(h: np.ndarray, name: str, damp: float) -> np.ndarray
     more = "more damping (--damp 0.01)" if not damp else f"more damping than {damp:g}"
     raise CompressError(f"layer '{name}': its Hessian is singular; use {more} or more "
                         "calibration samples")
+
+
+def damped(h: np.ndarray, damp: float) -> np.ndarray:
+    """A stack of Hessians ``(G, d, d)`` (changed in place) with ``damp`` times the mean
+    diagonal added to each diagonal, and a small diagonal for inputs that were always zero
+    in calibration (their weights cost nothing there, so changing them is free)."""
+    cols = h.shape[-1]
+    diag = np.einsum("gii->gi", h)
+    dead = diag == 0
+    mean = np.where(dead, 0.0, diag).sum(1) / np.maximum((~dead).sum(1), 1)
+    mean = np.where(mean > 0, mean, 1.0)
+    gi, qi = np.nonzero(dead)
+    # Pruning them is free (ranked first) but not forced: kept ones keep their value
+    # for inputs that calibration never lit.
+    h[gi, qi, qi] = max(damp, 1e-6) * mean[gi]
+    if damp:
+        h[:, np.arange(cols), np.arange(cols)] += damp * mean[:, None]
+    return h
 
 
 def sparsegpt_prune(w, h, sparsity: float = 0.0, n: int = 0, m: int = 0,
@@ -98,17 +117,7 @@ def sparsegpt_prune(w, h, sparsity: float = 0.0, n: int = 0, m: int = 0,
             return round(sparsity * count)
     if m and block % m:
         block += m - block % m
-    diag = np.einsum("gii->gi", h)
-    dead = diag == 0  # inputs always zero in calibration: their weights cost nothing there
-    mean = np.where(dead, 0.0, diag).sum(1) / np.maximum((~dead).sum(1), 1)
-    mean = np.where(mean > 0, mean, 1.0)
-    gi, qi = np.nonzero(dead)
-    # Removing them is free (ranked first) but not forced: kept ones keep their value
-    # for inputs that calibration never lit.
-    h[gi, qi, qi] = max(damp, 1e-6) * mean[gi]
-    if damp:
-        h[:, np.arange(cols), np.arange(cols)] += damp * mean[:, None]
-    u = _cholesky_inverse_upper(h, name, damp)
+    u = _cholesky_inverse_upper(damped(h, damp), name, damp)
     mask = np.zeros(w.shape, bool)
     losses = np.zeros(g)
     for i1 in range(0, cols, block):
@@ -204,6 +213,21 @@ class _Quota:
         return k
 
 
+def refit(hess, flat: np.ndarray, damp: float) -> None:
+    """Replace the flat kernel ``flat`` (in place) by ``W* = argmin ||W X_ref - W* X||^2 +
+    lam ||W* - W||^2``: the fit of the reference model's outputs of this layer from the
+    inputs the already-compressed layers before it now produce (``hess.cross``), so that
+    OBS or GPTQ from ``W*`` on ``H = 2 X X^T`` minimises the error to the reference."""
+    for (lo, hi), h, c in zip(hess.splits, hess.matrices(), hess.cross):
+        idx = hess.index[:, :, lo:hi]
+        mean = np.einsum("gii->gi", h).mean(axis=1)
+        # A group whose inputs were all zero (a dead channel) keeps its weights: W* = W.
+        lam = max(damp, 1e-6) * np.where(mean > 0, mean, 1.0)[:, None, None]
+        eye = np.eye(hi - lo)
+        rhs = flat[idx] @ (c / max(hess.rows, 1)) + lam * flat[idx]
+        flat[idx] = np.swapaxes(np.linalg.solve(h + lam * eye, np.swapaxes(rhs, 1, 2)), 1, 2)
+
+
 def prune_layer(hess, sparsity: float, *, n: int = 0, m: int = 0, damp: float = 0.01,
                 block: int = 128, fixed=None) -> tuple:
     """OBS-prune the kernel of one :class:`compress.pruning.hessian.LayerHessian` and
@@ -221,16 +245,7 @@ def prune_layer(hess, sparsity: float, *, n: int = 0, m: int = 0, damp: float = 
     flat = kernel.reshape(-1)
     cols = hess.index.shape[-1]
     if hess.cross is not None:
-        # Start from W* = argmin ||W X_ref - W* X||^2 + lam ||W* - W||^2, the fit of the
-        # reference's outputs from the inputs the compressed layers before now produce:
-        # OBS from W* on H = 2 X X^T then minimises the error to the reference itself.
-        for (lo, hi), h, c in zip(hess.splits, hess.matrices(), hess.cross):
-            idx = hess.index[:, :, lo:hi]
-            lam = max(damp, 1e-6) * np.einsum("gii->gi", h).mean(axis=1)[:, None, None]
-            eye = np.eye(hi - lo)
-            rhs = flat[idx] @ (c / max(hess.rows, 1)) + lam * flat[idx]
-            flat[idx] = np.swapaxes(np.linalg.solve(h + lam * eye, np.swapaxes(rhs, 1, 2)),
-                                    1, 2)
+        refit(hess, flat, damp)
     if not damp and hess.rows < cols:
         raise CompressError(f"layer '{hess.layer.name}': {hess.rows} calibration inputs for "
                             f"{cols} weights per unit make its Hessian singular; give more "
@@ -320,6 +335,7 @@ def obs_masks(model, variables, x, sparsity: float, *, n: int = 0, m: int = 0,
                                 fixed=None if old is None else old[i])
         masks.append(keep)
         rows.append(row)
+        progress.update(i + 1, len(hessians), "layer")  # the saliency phase's display
     info = {"damp": damp, "sequential": sequential, "corrected": reference is not None,
             "hessian_seconds": round(sum(r["seconds"] for r in rows), 4),
             "obs_seconds": round(sum(r["obs_seconds"] for r in rows), 4),
@@ -349,4 +365,5 @@ def obs_saliency(model, variables, x, damp: float = 0.01, **kwargs) -> list:
             idx = h.index[:, :, lo:hi]
             score[idx] = w[idx] ** 2 / hinv_diag[:, None, :]
         out.append(score.reshape(tuple(h.variable.shape)))
+        progress.update(len(out), len(variables), "layer")
     return out

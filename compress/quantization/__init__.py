@@ -18,12 +18,31 @@ Modes:
   float16 weights and compute with float32 inputs and outputs, the form GPUs run).
 - ``keras-int8``: Keras's own ``model.quantize("int8")`` (Dense/EinsumDense/Embedding);
   a ``.keras`` file; the layers that stayed float are listed.
+- ``int4``: weight-only, symmetric per-channel 4-bit grid (``[-7, 7] * max|w_c| / 7``),
+  every kernel snapped in Keras and exported as a float artifact (its accuracy, not its
+  size: no runtime here stores 4-bit convolution weights).
+- ``gptq`` / ``awq``: Keras's own calibrate on token sequences only (a tokenizer, int32
+  token windows, transformer blocks); refused in one line that says so.
+
+``rounding="gptq"`` (modes ``int8`` and ``int4``) rounds the kernels column by column with
+second-order compensation (GPTQ, :mod:`compress.quantization.gptq`) onto exactly the grid
+the converter then uses (per-channel ``max|w_c| / 127``; onnxruntime's 7-bit ``/ 64`` with
+``reduce_range``), so the artifact's int8 weights are the GPTQ codes.
 
 With ``sparse=True`` (TFLite) the mostly-zero weight tensors of a pruned model are stored
 in TFLite's sparse format (CSR values plus column indices): the raw file shrinks with the
 sparsity, but the zipped file does not (the indices compress worse than runs of zeros),
 the weights are densified in memory when the interpreter prepares, and the file runs on
 LiteRT's builtin kernels, because the XNNPACK delegate refuses it.
+
+With ``equalize=True`` and/or ``bias_correction=True`` (int8) the artifact is converted
+from a copy prepared as in Nagel et al. 2019 (BatchNorm folded, cross-layer equalization
+with ReLU6 made ReLU, biases corrected for the weights' rounding error;
+:mod:`compress.quantization.equalize`); the float reference stays the input model, and
+``info["equalization"]`` gives the copy's float difference. ``per_channel=False`` (CLI
+``--per-tensor``) is where they matter. ``debug_layers=True`` adds ``layer_sqnr``: each
+int8 op's SQNR against its float copy, lowest first
+(:mod:`compress.quantization.debug`).
 
 With ``qat=True`` the model is first fine-tuned for ``epochs`` with fake-quantized
 weights and activations (BatchNorm folded), then converted as ``int8`` with each layer's
@@ -54,9 +73,13 @@ from compress.runtime import refuse_keras_quantized
 from compress.task import TASK_OPTIONS
 
 QUANTIZE_OPTIONS = Schema("quantize", [
-    Option("mode", str, "int8", "int8 (full-integer), dynamic (int8 weights), float16, or "
-           "keras-int8 (Keras's model.quantize)",
-           choices=("int8", "dynamic", "float16", "keras-int8")),
+    Option("mode", str, "int8", "int8 (full-integer), dynamic (int8 weights), float16, "
+           "keras-int8 (Keras's model.quantize), or int4 (weights on a per-channel 4-bit "
+           "grid, stored as float); gptq/awq (Keras's own) are explained, not run",
+           choices=("int8", "dynamic", "float16", "keras-int8", "int4", "gptq", "awq")),
+    Option("rounding", str, "nearest", "weight rounding onto the converter's grid: nearest, "
+           "or gptq (column by column with second-order compensation from layer Hessians "
+           "on the calibration samples; modes int8 and int4)", choices=("nearest", "gptq")),
     Option("format", str, None, "artifact format; default from the output suffix "
            "(.tflite, .onnx; .keras for keras-int8), else tflite",
            choices=("tflite", "onnx", "keras")),
@@ -73,11 +96,22 @@ QUANTIZE_OPTIONS = Schema("quantize", [
            "for integer-only devices", choices=("float", "int8")),
     Option("per_channel", bool, True, "per-channel weight scales; per-tensor if off, which "
            "keeps a k-means-shared model's code book (fewer int8 codes, smaller zipped file)"),
+    Option("equalize", bool, False, "int8: cross-layer equalization on a copy before "
+           "conversion (BatchNorm folded, ReLU6 made ReLU, channel ranges balanced; Nagel "
+           "et al. 2019): for per-tensor int8 of depthwise-separable networks"),
+    Option("bias_correction", bool, False, "int8: on a copy, correct each layer's bias for "
+           "the mean output error of rounding its weights, measured on the calibration data"),
+    Option("debug_layers", bool, False, "int8 TFLite: per-layer SQNR of the artifact "
+           "(TFLite's QuantizationDebugger on the calibration data), worst layers listed"),
     Option("sparse", bool, False, "TFLite: store mostly-zero (pruned) weight tensors in "
            "TFLite's sparse format: a smaller raw file (not zipped), densified when the "
            "interpreter prepares; runs on LiteRT's builtin kernels (no XNNPACK), slower"),
     Option("reduce_range", bool, True, "ONNX: 7-bit weights, which keep onnxruntime's x86 "
            "int8 kernels from saturating on CPUs without VNNI"),
+    Option("layout", str, "cpu", "ONNX int8 layout: cpu (asymmetric activations, 7-bit "
+           "weights per --reduce-range) or gpu (what TensorRT and CUDA take: symmetric "
+           "activations and per-channel weights, zero points 0, full 8-bit)",
+           choices=("cpu", "gpu")),
     Option("threads", int, 2, "threads of the multi-threaded latency measurement", low=1),
     Option("latency", bool, True, "measure batch-1 latency of both artifacts"),
     *TASK_OPTIONS,
@@ -113,6 +147,7 @@ def quantize(model, data=None, *, verbose: int | str = 0, **options) -> tuple[by
             (``tflite``; ``keras`` for ``keras-int8``), ``qat=False``, ``epochs=0``,
             ``learning_rate=1e-4``, ``calibration_samples=256``,
             ``calibration="minmax"``, ``interface="float"``, ``per_channel=True``,
+            ``equalize=False``, ``bias_correction=False``, ``debug_layers=False``,
             ``sparse=False``, ``reduce_range=True``, ``threads=2``, ``latency=True``,
             ``seed=0``.
 
@@ -134,6 +169,9 @@ def quantize(model, data=None, *, verbose: int | str = 0, **options) -> tuple[by
     from compress.training import check_finite
 
     opts = QUANTIZE_OPTIONS.validate(options)
+    from compress.io import ensure_signature
+
+    model = ensure_signature(model, data)  # a subclassed model: wrapped, with an input
     fmt = artifact_format(opts)
     refuse_keras_quantized(model)
     require_data(opts, data)
@@ -156,14 +194,36 @@ def quantize(model, data=None, *, verbose: int | str = 0, **options) -> tuple[by
                                           per_channel=opts["per_channel"], verbose=verbose,
                                           task=opts["_task"])
         opts["_qat_ranges"] = info["qat"].pop("activation_ranges")
+    original = model
+    if opts["equalize"] or opts["bias_correction"]:  # on a copy; the float reference stays
+        from compress.quantization.equalize import prepare_for_int8
+
+        model, info["equalization"] = prepare_for_int8(model, x_cal, x_test, y_test, fmt,
+                                                       opts)
+    if opts["mode"] == "int4" or opts["rounding"] == "gptq":
+        from compress.quantization.gptq import grid_model
+
+        model, info["rounding"] = grid_model(model, x_cal, fmt, opts)
     if fmt == "keras":
         content, measured = _keras_int8(model, x_check, x_test, y_test, opts)
+    elif opts["mode"] == "int4":
+        from compress.quantization.gptq import int4_artifacts
+        from compress.training import predict
+
+        content, float_content, note = int4_artifacts(model, original, data, fmt, opts)
+        measured = _measure(content, float_content, fmt, x_check, predict(model, x_check),
+                            x_test, y_test, opts)
+        measured["storage"] = note
     else:
         content, measured = _artifact(model, data, fmt, x_cal, x_check, x_test, y_test,
-                                      opts)
+                                      opts, reference=original)
     info.update(measured)
+    if opts["debug_layers"]:
+        from compress.quantization.debug import layer_sqnr
+
+        info["layer_sqnr"] = layer_sqnr(model, x_cal, per_channel=opts["per_channel"])
     if info.get("calibration_samples") is None and needs_data(opts):
-        info["calibration_samples"] = len(x_cal)
+        info["calibration_samples"] = _length(x_cal)
     if "latency_ratio" in info and opts["mode"] in ("int8", "dynamic"):
         info["latency_note"] = latency_note(info["latency_ratio"]["1"])
     return content, info
@@ -177,6 +237,7 @@ def needs_data(options: dict) -> list[str]:
     """
     return [reason for reason, on in (
         (f"mode {options.get('mode', 'int8')}", options.get("mode", "int8") == "int8"),
+        ("rounding gptq", options.get("rounding") == "gptq"),
         ("qat", bool(options.get("qat")))) if on]
 
 
@@ -260,6 +321,12 @@ def artifact_format(options: dict, where: str = "quantize") -> str:
     """
     mode, fmt = options.get("mode", "int8"), options.get("format")
     sparse, qat = options.get("sparse"), options.get("qat")
+    from compress.quantization.gptq import check_rounding
+
+    check_rounding(options)
+    from compress.quantization.equalize import check_options
+
+    check_options(options)
     if mode == "keras-int8":
         if fmt not in (None, "keras"):
             raise CompressError(f"{where}: keras-int8 writes a .keras model, not {fmt}")
@@ -277,7 +344,31 @@ def artifact_format(options: dict, where: str = "quantize") -> str:
     if sparse and qat:
         raise CompressError("--sparse cannot be combined with --qat (the QAT ranges are "
                             "applied after conversion); quantize without one of them")
+    if options.get("layout", "cpu") == "gpu" and (fmt != "onnx" or mode != "int8"):
+        raise CompressError(f"{where}: --layout gpu is the static int8 ONNX layout; use mode "
+                            "int8 with an .onnx output")
+    if options.get("layout") == "gpu" and options.get("per_channel") is False:
+        raise CompressError("--layout gpu quantizes weights per channel; drop --per-tensor")
     return fmt
+
+
+def classifiers(task):
+    """Whether top-1 agreement means something: a bool, or per output a dict
+    ``{output name: bool}`` (a model with several outputs)."""
+    tasks = getattr(task, "tasks", None)
+    if tasks:
+        return {name: t.is_classifier for name, t in tasks.items()}
+    return task.is_classifier
+
+
+def _length(x) -> int:
+    from compress.data.arrays import length
+
+    return length(x)
+
+
+#: The most test samples of a stream (tf.data, an image folder) an artifact is scored on.
+STREAM_TEST_SAMPLES = 10_000
 
 
 def _arrays(model, data, n: int):
@@ -286,38 +377,65 @@ def _arrays(model, data, n: int):
 
     if data is None:
         return None, None, None
-    # Only n calibration samples are read; the test split is read whole (measured in the
-    # runtime on arrays), its targets None for unlabelled data.
+    # Only n calibration samples are read. The artifact is scored in its runtime on
+    # arrays: the whole test split of in-memory data, at most STREAM_TEST_SAMPLES of a
+    # stream (its first ones; the report says so). Targets are None for unlabelled data.
+    from compress.data.streaming import StreamDataset
+    from compress.export import named_inputs
+
+    x_t, y_t = data.head("test", STREAM_TEST_SAMPLES if isinstance(data, StreamDataset)
+                         else None)
+    if isinstance(data, StreamDataset) and _length(x_t) == STREAM_TEST_SAMPLES:
+        data.notes.append(f"data {data.name}: the int8 artifact is scored on the first "
+                          f"{STREAM_TEST_SAMPLES} test samples of the stream")
+    if len(model.inputs) > 1 or len(model.outputs) > 1:  # dicts keyed by input name
+        x_cal = named_inputs(model, fit_to_model(data.representative(n), model,
+                                                 "calibration data"))
+        x_test = named_inputs(model, fit_to_model(x_t, model, "test data"))
+
+        def f32(x):
+            return {k: np.asarray(v, np.float32) for k, v in x.items()} \
+                if isinstance(x, dict) else np.asarray(x, np.float32)
+        return f32(x_cal), f32(x_test), y_t
     x_cal = fit_to_model(np.asarray(data.representative(n)), model, "calibration data")
-    x_test = fit_to_model(np.asarray(data.x_test), model, "test data")
-    y_test = None if data.y_test is None else np.asarray(data.y_test)
+    x_test = fit_to_model(np.asarray(x_t), model, "test data")
+    y_test = None if y_t is None else np.asarray(y_t)
     return x_cal.astype(np.float32), x_test.astype(np.float32), y_test
 
 
-def _artifact(model, data, fmt: str, x_cal, x_check, x_test, y_test, opts: dict
-              ) -> tuple[bytes, dict]:
-    """The TFLite or ONNX artifact's bytes, measured next to the float export."""
+def _artifact(model, data, fmt: str, x_cal, x_check, x_test, y_test, opts: dict,
+              reference=None) -> tuple[bytes, dict]:
+    """The TFLite or ONNX artifact's bytes, measured next to the float export (of
+    ``reference``, the model before GPTQ rounding, when given)."""
     from compress import progress
     from compress.export import export_artifact
     from compress.training import predict
 
     mode = opts["mode"]
+    progress.expect("conversion", 2)  # the plan: overall ETA
+    progress.expect("export", 1)
+    progress.expect("verification", 2, runs=2)  # the float reference's, then the artifact's
     expected = predict(model, x_check)
     flatbuffer = None
     if fmt == "tflite":  # convert first: an unsupported op is reported before anything else
         from compress.quantization.tflite import convert
 
         ranges = (opts.get("_qat_ranges") or None) if opts["qat"] else None
-        progress.say(f"converting to {mode} TFLite"
-                     + (f" (calibrating on {len(x_cal)} samples)" if x_cal is not None
-                        and mode == "int8" else ""))
-        flatbuffer = convert(model, mode, representative=x_cal,
-                             int8_io=opts["interface"] == "int8",
-                             per_channel=opts["per_channel"], activation_ranges=ranges,
-                             sparse=opts["sparse"])
+        with progress.phase("conversion", unit="sample", detail=f"{mode} TFLite"
+                            + (f", calibrating on {_length(x_cal)} samples" if x_cal is not None
+                               and mode == "int8" else "")):
+            flatbuffer = convert(model, mode, representative=x_cal,
+                                 int8_io=opts["interface"] == "int8",
+                                 per_channel=opts["per_channel"], activation_ranges=ranges,
+                                 sparse=opts["sparse"])
     try:
-        float_content, float_info = export_artifact(model, data, format=fmt,
-                                           samples=_AGREEMENT_SAMPLES, seed=opts["seed"])
+        float_content, float_info = export_artifact(
+            model if reference is None else reference, data, format=fmt,
+            samples=_AGREEMENT_SAMPLES, seed=opts["seed"])
+        source = float_content  # ONNX quantizes this export: the GPTQ-rounded one if any
+        if fmt == "onnx" and reference is not None:
+            source = export_artifact(model, data, format=fmt, samples=_AGREEMENT_SAMPLES,
+                                     seed=opts["seed"])[0]
     except CompressError:
         raise
     except Exception as exc:  # the runtime refuses the float reference itself
@@ -330,15 +448,16 @@ def _artifact(model, data, fmt: str, x_cal, x_check, x_test, y_test, opts: dict
 
         with tempfile.TemporaryDirectory() as folder:  # onnxruntime quantizes files
             float_path, out = Path(folder) / "float.onnx", Path(folder) / "quantized.onnx"
-            float_path.write_bytes(float_content)
-            progress.say(f"quantizing the ONNX export to {mode}")
-            quantize_onnx(float_path, out, mode, representative=x_cal,
-                          calibration=opts["calibration"], per_channel=opts["per_channel"],
-                          reduce_range=opts["reduce_range"])
+            float_path.write_bytes(source)
+            with progress.phase("conversion", unit="batch", detail=f"ONNX {mode}"):
+                quantize_onnx(float_path, out, mode, representative=x_cal,
+                              calibration=opts["calibration"],
+                              per_channel=opts["per_channel"],
+                              reduce_range=opts["reduce_range"], layout=opts["layout"])
             content = out.read_bytes()
-    progress.say(f"verifying the {fmt} artifact in "
-                 f"{'LiteRT' if fmt == 'tflite' else 'onnxruntime'}")
-    info = _measure(content, float_content, fmt, x_check, expected, x_test, y_test, opts)
+    with progress.phase("verification", detail=f"the {mode} {fmt} artifact in "
+                        f"{'LiteRT' if fmt == 'tflite' else 'onnxruntime'}"):
+        info = _measure(content, float_content, fmt, x_check, expected, x_test, y_test, opts)
     if float_info.get("export_copy"):  # e.g. a mixed_float16 model quantized via float32
         info["export_copy"] = float_info["export_copy"]
     info["weight_zeros"] = {"model": _zero_fraction(_model_kernels(model)),
@@ -367,18 +486,24 @@ def _measure(content: bytes, float_content: bytes, fmt: str, x_check, expected, 
         "bytes": len(content), "zipped_bytes": _zipped_size(content, suffix),
         "float_bytes": len(float_content),
         "float_zipped_bytes": _zipped_size(float_content, suffix),
-        **runtime.comparison(got, expected, opts["_task"].is_classifier),
-        "agreement_samples": len(x_check),
+        **runtime.comparison(got, expected, classifiers(opts["_task"])),
+        "agreement_samples": _length(x_check),
     }
     info["verified"], info["agreement"] = runtime.agreement_summary(info)
     info["size_ratio"] = info["bytes"] / info["float_bytes"]
     if x_test is not None and y_test is not None:  # the task's own scores, in the runtime
         task = opts["_task"]
-        info.update(task.score(runtime.run_artifact(content, x_test, fmt=fmt), y_test))
-        info.update({f"float_{k}": v for k, v in task.score(
-            runtime.run_artifact(float_content, x_test, fmt=fmt), y_test).items()})
+        scores = task.score(runtime.run_artifact(content, x_test, fmt=fmt), y_test)
+        float_scores = task.score(runtime.run_artifact(float_content, x_test, fmt=fmt),
+                                  y_test)
+        if "outputs" in scores:  # several outputs: "outputs" holds the agreement checks
+            info["output_scores"] = scores.pop("outputs")
+            info["float_output_scores"] = float_scores.pop("outputs")
+        info.update(scores)
+        info.update({f"float_{k}": v for k, v in float_scores.items()})
     if opts["latency"]:
-        shape = tuple(x_check.shape[1:])
+        shape = ({k: tuple(v.shape[1:]) for k, v in x_check.items()}
+                 if isinstance(x_check, dict) else tuple(x_check.shape[1:]))
         info["latency_ms"], info["float_latency_ms"], info["latency_ratio"] = {}, {}, {}
         for threads in sorted({1, opts["threads"]}):
             # Other processes share the CPU: alternate quantized and float rounds, so that
@@ -415,7 +540,7 @@ def _keras_int8(model, x_check, x_test, y_test, opts: dict) -> tuple[bytes, dict
     info["float_layers"] = float_layers
     task = opts["_task"]
     info.update(comparison(predict(reloaded, x_check), predict(model, x_check),
-                           task.is_classifier))
+                           classifiers(task)))
     info["verified"], info["agreement"] = agreement_summary(info)
     if x_test is not None and y_test is not None:
         info.update(task.evaluate(reloaded, x_test, y_test))

@@ -1,0 +1,187 @@
+"""Per-layer quality of a full-integer int8 TFLite model: which layers lose most.
+
+TFLite's ``tf.lite.experimental.QuantizationDebugger`` converts the model in debug mode:
+after every quantized op it inserts a float copy of the op, fed with the same
+(dequantized) int8 inputs, and a ``NumericVerify`` op that compares the two outputs. Run
+on calibration samples, that gives each op's own error, not the error it inherits from
+the layers before it. Here each op gets its signal-to-quantization-noise ratio,
+``SQNR = 10 log10(E[f^2] / E[(f - q)^2])`` dB (``f`` the float op's output, ``q`` the
+dequantized int8 one), and the Keras layer it comes from; the lowest SQNR comes first.
+The debug model uses the same converter settings as the artifact (calibration samples,
+per-channel or per-tensor weights), so the numbers describe the file that is written.
+
+Example:
+
+>>> from compress.quantization.debug import layer_sqnr
+>>> report = layer_sqnr(model, x_train[:256], per_channel=False)   # doctest: +SKIP
+>>> report["layers"][0]                                              # doctest: +SKIP
+{'layer': 'block_3_depthwise', 'op': 'DEPTHWISE_CONV_2D', 'sqnr_db': 11.2, ...}
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import tempfile
+
+import numpy as np
+
+from compress.errors import CompressError
+from compress.quiet import quiet_output
+
+DEBUG_SAMPLES = 64  # samples the debug model runs on (each one invoke, batch 1)
+WORST = 5  # layers the table lists
+_KINDS = {"CONV_2D": ("Conv2D", "Conv1D"), "DEPTHWISE_CONV_2D": ("DepthwiseConv2D",),
+          "FULLY_CONNECTED": ("Dense", "EinsumDense"), "CONV_3D": ("Conv3D",)}
+
+
+def layer_sqnr(model, representative: np.ndarray, per_channel: bool = True,
+               samples: int = DEBUG_SAMPLES) -> dict:
+    """Per-op SQNR of ``model``'s full-integer int8 TFLite conversion (see module doc).
+
+    Args:
+        model: a single-input Keras model (float32 graph as the converter sees it).
+        representative: float array of calibration samples (the artifact's).
+        per_channel: bool, default True. Per-channel weight scales (per-tensor if False).
+        samples: int, default 64. Calibration samples the debug model runs on.
+
+    Returns:
+        A JSON-ready dict: ``layers`` (one dict per quantized op output, lowest SQNR
+        first: ``layer`` (the Keras layer), ``op``, ``sqnr_db``, ``rmse``, ``scale``,
+        ``tensor``), ``worst`` (the ``layer`` names of the lowest five), ``samples``
+        and ``method``.
+
+    Raises:
+        CompressError: the debug conversion fails (the message says why, in one line).
+    """
+    import tensorflow as tf
+
+    if isinstance(representative, (dict, list, tuple)) or len(model.inputs) != 1:
+        raise CompressError("--debug-layers runs TFLite's quantization debugger, which "
+                            "takes single-input models; quantize without it")
+    x = np.asarray(representative, dtype=np.float32)
+    if len(x) == 0:
+        raise CompressError("--debug-layers needs calibration samples: pass --data")
+    debug_x = x[:samples]
+    options = tf.lite.experimental.QuantizationDebugOptions(
+        layer_direct_compare_metrics={"signal_power": _signal_power,
+                                      "noise_power": _noise_power})
+    try:
+        with _converter(model, x, per_channel) as converter, quiet_output():
+            debugger = tf.lite.experimental.QuantizationDebugger(
+                converter=converter, debug_options=options,
+                debug_dataset=lambda: ([debug_x[i:i + 1]] for i in range(len(debug_x))))
+            # The float side of each comparison is read after the run: keep every tensor
+            # (by default the interpreter reuses their memory, and a late op's float
+            # copy reads as garbage).
+            debugger._quant_interpreter = tf.lite.Interpreter(
+                model_content=debugger.quant_model, experimental_preserve_all_tensors=True)
+            debugger._initialize_stats()
+            debugger.run()
+    except CompressError:
+        raise
+    except Exception as exc:
+        raise CompressError("--debug-layers: TFLite's quantization debugger failed ("
+                            f"{' '.join(str(exc).split())[:200]}); quantize without it"
+                            ) from exc
+    names = _layer_names(model)
+    last = model.layers[-1]  # the op writing the model's output gets the signature's name
+    output_layer = (last.name, type(last).__name__)
+    rows = []
+    interp = debugger._quant_interpreter  # the debug model the statistics come from
+    for name, metrics in debugger.layer_statistics.items():
+        op = debugger._numeric_verify_op_details[name]  # NumericVerify(quantized, float)
+        tensor_idx = op["inputs"][0]
+        op_name = interp._get_op_details(debugger._defining_op[tensor_idx])["op_name"]
+        detail = interp._get_tensor_details(tensor_idx, subgraph_index=0)
+        tensor = debugger._get_operand_name_and_index(name)[0]
+        signal, noise = float(metrics["signal_power"]), float(metrics["noise_power"])
+        sqnr = 10 * np.log10(signal / noise) if noise > 0 and signal > 0 else \
+            (float("inf") if noise == 0 else float("-inf"))
+        rows.append({"layer": _keras_layer(tensor, op_name, names, output_layer),
+                     "op": op_name,
+                     "sqnr_db": round(float(sqnr), 2), "rmse": float(np.sqrt(noise)),
+                     "scale": float(detail["quantization_parameters"]["scales"][0]),
+                     "tensor": tensor})
+    rows.sort(key=lambda r: r["sqnr_db"])
+    return {"layers": rows, "worst": [r["layer"] for r in rows[:WORST]],
+            "samples": len(debug_x),
+            "method": "TFLite QuantizationDebugger: each int8 op against its float copy on "
+                      "the same dequantized inputs (the op's own error)"}
+
+
+def _signal_power(f, q, scale, zero_point) -> float:
+    return float(np.mean(np.square(np.asarray(f, dtype=np.float64))))
+
+
+def _noise_power(f, q, scale, zero_point) -> float:
+    deq = (np.asarray(q, dtype=np.float64) - zero_point) * scale
+    return float(np.mean(np.square(np.asarray(f, dtype=np.float64) - deq)))
+
+
+class _converter:
+    """A ``TFLiteConverter`` set up as :func:`compress.quantization.tflite.convert` sets it
+    for full-integer int8, on a SavedModel in a temporary folder (a context manager)."""
+
+    def __init__(self, model, representative: np.ndarray, per_channel: bool):
+        self.model, self.x, self.per_channel = model, representative, per_channel
+
+    def __enter__(self):
+        import keras
+        import tensorflow as tf
+
+        from compress.export import export_copy
+
+        model, _ = export_copy(self.model, "tflite")
+        shape = tuple(model.inputs[0].shape[1:])
+        dtype = model.inputs[0].dtype or "float32"
+        model(np.zeros((1,) + tuple(d or 1 for d in shape), dtype=dtype), training=False)
+        self.folder = tempfile.TemporaryDirectory()
+        archive = keras.export.ExportArchive()
+        archive.track(model)
+        archive.add_endpoint("serve", functools.partial(model.__call__, training=False),
+                             input_signature=[tf.TensorSpec((None,) + shape, dtype)])
+        with quiet_output():
+            archive.write_out(self.folder.name, verbose=False)
+        converter = tf.lite.TFLiteConverter.from_saved_model(self.folder.name)
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        x = self.x
+        converter.representative_dataset = lambda: ([x[i:i + 1]] for i in range(len(x)))
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        if not self.per_channel:
+            converter._experimental_disable_per_channel = True
+        return converter
+
+    def __exit__(self, *exc):
+        self.folder.cleanup()
+        return False
+
+
+def _layer_names(model) -> dict:
+    """``{name: class name}`` of every layer, nested models' included."""
+    import keras
+
+    out = {}
+    for layer in model.layers:
+        out[layer.name] = type(layer).__name__
+        if isinstance(layer, keras.Model):
+            out.update(_layer_names(layer))
+    return out
+
+
+def _keras_layer(tensor: str, op: str, names: dict, output_layer: tuple) -> str:
+    """The Keras layer a TFLite tensor name comes from: of the layer names in it, one of
+    the op's kind (the convolution, not its fused BatchNorm or ReLU), else the first; the
+    model's output tensor (named after the signature) is its last layer's."""
+    found = []
+    for part in re.split(r"[;/]", tensor):
+        for candidate in (part, re.sub(r"_\d+$", "", part)):
+            if candidate in names and candidate not in found:
+                found.append(candidate)
+    kinds = _KINDS.get(op, ())
+    if not found and tensor.startswith("StatefulPartitionedCall"):
+        return output_layer[0] if output_layer[1] in kinds else f"{output_layer[0]} ({op})"
+    for name in found:
+        if names[name] in kinds:
+            return name
+    return found[0] if found else tensor.split(";")[0][:80]
