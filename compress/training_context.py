@@ -29,7 +29,7 @@ import numpy as np
 
 from compress.errors import CompressError
 
-STRATEGIES = ("none", "mirrored")
+STRATEGIES = ("none", "mirrored", "multiworker")
 # Command options that do not change what is trained: a re-run that differs only in them
 # resumes (another output path, --force, --json, ...).
 _NOT_IDENTITY = frozenset({"output", "force", "as_json", "json", "unsafe", "debug",
@@ -63,8 +63,10 @@ class TrainingContext:
         strategy: str, default ``"none"``. ``"mirrored"`` enters
             ``tf.distribute.MirroredStrategy`` for the block: models loaded, built or
             copied inside it get mirrored variables and train data-parallel over the local
-            devices. For several machines enter ``MultiWorkerMirroredStrategy().scope()``
-            yourself, with ``TF_CONFIG`` set on each worker.
+            devices. ``"multiworker"`` enters ``tf.distribute.MultiWorkerMirroredStrategy``
+            over the processes ``TF_CONFIG`` names (:mod:`compress.cluster`): every worker
+            runs the same code; the chief alone writes backups (see :func:`is_chief`).
+            It must be entered before TensorFlow runs its first operation.
         force: bool, default False. Let ``keep_last_good`` replace an existing file.
         command: str or None, default None. The command the block runs (``"prune"``).
         options: dict or None, default None. The command's options. With ``command`` they
@@ -80,7 +82,8 @@ class TrainingContext:
                  force: bool = False, command: str | None = None, options: dict | None = None):
         strategy = strategy or "none"
         if strategy not in STRATEGIES:
-            raise CompressError(f"strategy '{strategy}': must be {' or '.join(STRATEGIES)}")
+            raise CompressError(f"strategy '{strategy}': must be "
+                                f"{', '.join(STRATEGIES[:-1])} or {STRATEGIES[-1]}")
         self.checkpoint_dir = None if checkpoint_dir is None else os.fspath(checkpoint_dir)
         self.keep_last_good = None if keep_last_good is None else os.fspath(keep_last_good)
         self.strategy = strategy
@@ -126,7 +129,8 @@ class TrainingContext:
         """
         stateful = [cb for cb in callbacks if callable(getattr(cb, "backup_state", None))]
         return AtomicBackupAndRestore(backup_dir, identity=self.identity,
-                                      where=self.checkpoint_dir, stateful=stateful)
+                                      where=self.checkpoint_dir, stateful=stateful,
+                                      writes=self.strategy != "multiworker" or is_chief())
 
     def save_last_good(self, model) -> str | None:
         """Save ``model`` to ``keep_last_good`` if it is set; return where, else None."""
@@ -153,14 +157,165 @@ def current_context() -> TrainingContext:
 
 
 def distribution_strategy(name: str):
-    """The process's one ``tf.distribute`` strategy called ``name`` (``"mirrored"``)."""
+    """The process's one ``tf.distribute`` strategy called ``name`` (``"mirrored"`` or
+    ``"multiworker"``)."""
     import tensorflow as tf
 
-    if name != "mirrored":
-        raise CompressError(f"strategy '{name}': must be mirrored here")
+    if name not in ("mirrored", "multiworker"):
+        raise CompressError(f"strategy '{name}': must be mirrored or multiworker here")
     if name not in _STRATEGY_CACHE:
-        _STRATEGY_CACHE[name] = tf.distribute.MirroredStrategy()
+        _STRATEGY_CACHE[name] = (tf.distribute.MirroredStrategy() if name == "mirrored"
+                                 else _multiworker_strategy())
     return _STRATEGY_CACHE[name]
+
+
+def is_chief() -> bool:
+    """False only in a non-chief worker of a ``multiworker`` run: it trains like the others
+    but writes no backup (the chief's is every worker's: their weights are the same)."""
+    strategy = _STRATEGY_CACHE.get("multiworker")
+    return strategy is None or bool(strategy.extended.should_checkpoint)
+
+
+def _multiworker_strategy():
+    """``MultiWorkerMirroredStrategy`` over ``TF_CONFIG``'s workers, on CPU collectives
+    (ring), waiting at most :func:`compress.cluster.connect_timeout` seconds for the
+    cluster: an unreachable worker is one line, not a hang."""
+    import tensorflow as tf
+
+    # The coordination service's registration and heartbeat timeouts have no public knob;
+    # configured before the strategy, they replace its defaults (wait forever).
+    from tensorflow.python.eager import context as tf_context
+
+    from compress import cluster
+
+    info = cluster.read_tf_config()
+    timeout = cluster.connect_timeout()
+    ctx = tf_context.context()
+    if ctx._context_handle is not None:  # no public "initialized" query
+        raise CompressError("--strategy multiworker must be chosen before TensorFlow runs "
+                            "anything (enter the TrainingContext first)")
+    from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2
+
+    jobs = [coordination_config_pb2.CoordinatedJob(name=job, num_tasks=n) for job, n in
+            (("chief", sum(t == "chief" for t, _, _ in info.tasks)),
+             ("worker", sum(t == "worker" for t, _, _ in info.tasks))) if n]
+    leader = "chief" if any(t == "chief" for t, _, _ in info.tasks) else "worker"
+    ctx.configure_coordination_service(
+        service_type="standalone", service_leader=f"/job:{leader}/replica:0/task:0",
+        coordinated_jobs=jobs, cluster_register_timeout_in_ms=int(timeout * 1000),
+        heartbeat_timeout_in_ms=int(min(timeout, 30) * 1000),
+        shutdown_barrier_timeout_in_ms=int(timeout * 1000))
+    options = tf.distribute.experimental.CommunicationOptions(
+        implementation=tf.distribute.experimental.CommunicationImplementation.RING)
+    _patch_symbolic_build()
+    done = _connect_watchdog(timeout, info)
+    try:
+        strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+        # A first all-reduce, bounded in time: the constructor returns before the other
+        # workers are there, and the first collective would wait for them forever.
+        one = strategy.run(lambda: tf.constant(1.0))
+        strategy.extended.reduce_to(
+            tf.distribute.ReduceOp.SUM, one, one,
+            options=tf.distribute.experimental.CommunicationOptions(timeout_seconds=timeout))
+        return strategy
+    except (tf.errors.DeadlineExceededError, tf.errors.UnavailableError,
+            tf.errors.AbortedError, tf.errors.InternalError,
+            tf.errors.CancelledError) as exc:
+        raise CompressError(_not_connected(info, timeout)) from exc
+    finally:
+        done()
+
+
+def _patch_symbolic_build():
+    """Let Keras build a model from its first batch under MultiWorkerMirroredStrategy.
+
+    Keras 3.15's TensorFlow trainer ``strategy.reduce("MEAN", batch)``-s the first
+    distributed batch (a tuple) to read its shapes, which MultiWorkerMirroredStrategy
+    refuses ("Attempt to convert a value (PerReplica...)"); the local replica's batch has
+    the same structure and dtypes, which is all the build reads.
+    """
+    import tensorflow as tf
+    from keras.src.backend.tensorflow import trainer as tf_trainer
+
+    original = tf_trainer.TensorFlowTrainer._maybe_symbolic_build
+    if getattr(original, "compress_local_batch", False):
+        return
+
+    def local(value, strategy):
+        if isinstance(value, tf.distribute.DistributedValues):
+            return strategy.experimental_local_results(value)[0]
+        return value
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        strategy = self._distribute_strategy
+        if iterator is None or not isinstance(
+                strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            return original(self, iterator=iterator, data_batch=data_batch)
+        for _, _, it in iterator:
+            batch = next(it)
+            data_batch = tuple(local(v, strategy) for v in batch) \
+                if isinstance(batch, tuple) else local(batch, strategy)
+            break
+        with strategy.scope():
+            self._symbolic_build(data_batch=data_batch)
+
+    _maybe_symbolic_build.compress_local_batch = True
+    tf_trainer.TensorFlowTrainer._maybe_symbolic_build = _maybe_symbolic_build
+
+    # The step's logs (scalars) are averaged with reduce("MEAN", axis=0), which fails on a
+    # scalar ("Invalid reduction dimension 0"): average them over every replica of every
+    # worker instead, so that all workers' callbacks see the same numbers (a callback
+    # acting on one worker's own loss could stop that worker alone: a hang).
+    reduce_per_replica = tf_trainer.reduce_per_replica
+
+    def reduce_logs(values, strategy, reduction):
+        if reduction in ("auto", "mean") and isinstance(
+                strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            return keras.tree.map_structure(
+                lambda v: strategy.reduce("MEAN", v, axis=None), values)
+        return reduce_per_replica(values, strategy, reduction)
+
+    tf_trainer.reduce_per_replica = reduce_logs
+
+
+def _not_connected(info, timeout) -> str:
+    others = ", ".join(a for t, i, a in info.tasks if (t, i) != (info.task_type, info.index))
+    return (f"multiworker: the cluster did not connect within {timeout:g} s ({info.name} at "
+            f"{info.address}; others: {others or 'none'}); check that every worker is "
+            "started with the same TF_CONFIG and that the addresses are reachable")
+
+
+_WATCHDOG = """import select, sys
+line = sys.stdin.readline()
+if not select.select([sys.stdin], [], [], float(sys.argv[1]))[0]:
+    sys.stderr.write(line)
+    sys.stderr.flush()
+"""
+
+
+def _connect_watchdog(timeout, info):
+    """Bound the wait for the cluster where TensorFlow's own timeout does not: a helper
+    process prints the one line after ``timeout`` s, and ``faulthandler`` (a C thread: the
+    waiting call may hold the GIL, so no Python thread would run) ends this process with
+    exit code 1 just after. Returns the function that calls both off."""
+    import faulthandler
+    import subprocess
+    import sys
+
+    helper = subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(timeout)],
+                              stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    helper.stdin.write(f"error: {_not_connected(info, timeout)}\n")
+    helper.stdin.flush()
+    devnull = open(os.devnull, "w")  # noqa: SIM115 - closed by stop()
+    faulthandler.dump_traceback_later(timeout + 2, exit=True, file=devnull)
+
+    def stop():
+        faulthandler.cancel_dump_traceback_later()
+        devnull.close()
+        helper.stdin.close()  # EOF: the helper ends without a word
+        helper.wait()
+
+    return stop
 
 
 def foreign_backup_message(checkpoint_dir) -> str:
@@ -323,13 +478,17 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
         where: str or None, keyword-only. The folder named in the refusal (default
             ``backup_dir``).
         stateful: list of callbacks, keyword-only. Callbacks whose state is backed up.
+        writes: bool, keyword-only, default True. False in the non-chief workers of a
+            multiworker run: they restore from the chief's backup; theirs goes to a
+            temporary folder deleted at once.
     """
 
     _STATE_FILE = "callbacks_state.npz"
 
     def __init__(self, backup_dir, *args, identity: str | None = None, where=None,
-                 stateful=(), **kwargs):
+                 stateful=(), writes: bool = True, **kwargs):
         super().__init__(backup_dir, *args, **kwargs)
+        self.writes = bool(writes)
         self.identity = identity
         self.where = where or backup_dir
         self.stateful = list(stateful)
@@ -389,7 +548,34 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
                 values[key] = arrays[f"{i}.{key}"]
             cb.restore_state(values)
 
+    def on_train_end(self, logs=None):
+        if self.writes:  # a multiworker run's other workers leave the chief's folder be
+            super().on_train_end(logs)
+
     def _save_model(self):
+        if not self.writes:
+            # Another worker of a multiworker run: it must read the variables as the chief
+            # does (reading a sync-on-read variable is a collective operation the chief
+            # waits in), so it writes the same backup, into a folder of its own that is
+            # deleted at once (as TensorFlow's write_filepath does): the chief's folder
+            # has one writer, and every worker resumes from it.
+            import tempfile
+
+            paths = (self.backup_dir, self._weights_path, self._training_metadata_path,
+                     self._state_path)
+            with tempfile.TemporaryDirectory(prefix="compress-worker-backup-") as scratch:
+                self.backup_dir = scratch
+                self._weights_path, self._training_metadata_path, self._state_path = (
+                    os.path.join(scratch, os.path.basename(p)) for p in paths[1:])
+                try:
+                    self._write_backup()
+                finally:
+                    (self.backup_dir, self._weights_path, self._training_metadata_path,
+                     self._state_path) = paths
+            return
+        self._write_backup()
+
+    def _write_backup(self):
         os.makedirs(self.backup_dir, exist_ok=True)
         tmp_weights = os.path.join(self.backup_dir, f".partial-{os.getpid()}.weights.h5")
         tmp_meta = os.path.join(self.backup_dir, f".partial-{os.getpid()}.json")

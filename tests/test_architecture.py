@@ -23,7 +23,7 @@ CORE, PASSES, FRONT = 0, 1, 2
 LAYER_NAMES = {CORE: "core", PASSES: "pass", FRONT: "front-end"}
 _CORE = {"errors", "options", "passes", "io", "data", "models", "training",
          "training_context", "report", "runtime", "export", "quiet", "layers",
-         "graph_safety", "task", "agreement", "progress"}
+         "graph_safety", "task", "agreement", "progress", "cluster"}
 _PASSES = {"pruning", "sharing", "quantization", "distillation", "callbacks", "cascade",
            "train"}
 _FRONT = {"cli", "recipes"}

@@ -78,7 +78,7 @@ def test_keep_last_good_of_a_distillation_saves_the_student_as_it_was_given(tmp_
 
 
 def test_unknown_strategy_is_one_line():
-    with pytest.raises(CompressError, match="strategy 'tpu': must be none or mirrored"):
+    with pytest.raises(CompressError, match="strategy 'tpu': must be none, mirrored or multiworker"):
         TrainingContext(strategy="tpu")
 
 

@@ -28,7 +28,7 @@ from compress.errors import (
 
 # Commands that are not passes; every pass command comes from the registry
 # (compress.passes), in its order, between inspect and run.
-_FIRST, _LAST = ("inspect",), ("run", "demo")
+_FIRST, _LAST = ("inspect",), ("run", "launch", "demo")
 
 
 def command_names() -> list[str]:
@@ -172,10 +172,11 @@ def _add_training_options(command: click.Command) -> None:
         help="Back up training every epoch to this folder; run the same command again to "
              "resume after an interruption (Keras BackupAndRestore, written atomically)."))
     command.params.append(click.Option(
-        ["--strategy"], type=click.Choice(["none", "mirrored"]), default="none",
+        ["--strategy"], type=click.Choice(["none", "mirrored", "multiworker"]), default="none",
         show_default=True,
         help="Distribute training with tf.distribute: mirrored = data-parallel over this "
-             "machine's devices."))
+             "machine's devices; multiworker = over the processes TF_CONFIG names (the "
+             "chief writes; see 'compress launch' for local workers)."))
     command.params.append(click.Option(
         ["--keep-last-good"], default=None, metavar="FILE",
         type=click.Path(readable=False),
@@ -211,8 +212,13 @@ def _add_training_options(command: click.Command) -> None:
                                    strategy=strategy, force=bool(kwargs.get("force")),
                                    command=command.name, options=dict(kwargs))
 
-        with deferred_until_work(training_context):
-            return callback(*args, **kwargs)
+        with contextlib.ExitStack() as worker:
+            if strategy == "multiworker":  # TF_CONFIG checked now; other workers write nothing
+                from compress.cli.launch import as_worker
+
+                kwargs, keep_last_good = as_worker(worker, kwargs, keep_last_good)
+            with deferred_until_work(training_context):
+                return callback(*args, **kwargs)
 
     command.callback = run_with_training_options
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 
+from compress import progress
 from compress.errors import CompressError
 from compress.quiet import quiet_output
 
@@ -31,7 +32,7 @@ CALIBRATION = ("minmax", "entropy", "percentile")
 def quantize_onnx(float_path, out_path, mode: str = "int8",
                   representative: np.ndarray | None = None, calibration: str = "minmax",
                   per_channel: bool = True, reduce_range: bool = True,
-                  batch_size: int = 16) -> None:
+                  batch_size: int = 16, layout: str = "cpu") -> None:
     """Quantize the float ONNX file at ``float_path`` into ``out_path``.
 
     Args:
@@ -49,6 +50,10 @@ def quantize_onnx(float_path, out_path, mode: str = "int8",
             weights on CPUs without VNNI (a small CNN measured 81% instead of 90%).
             Turn off for VNNI CPUs and GPU execution providers.
         batch_size: int, default 16. Calibration batch size.
+        layout: str, default ``"cpu"``. ``"gpu"`` (static int8 only): the layout GPU
+            runtimes want (TensorRT takes only zero points of 0): symmetric activations,
+            symmetric per-channel weights, full 8-bit (``per_channel`` and
+            ``reduce_range`` are then True and False), QDQ.
     """
     from onnxruntime import quantization as q
 
@@ -60,6 +65,13 @@ def quantize_onnx(float_path, out_path, mode: str = "int8",
     if mode == "int8" and (representative is None or len(representative) == 0):
         raise CompressError("static int8 ONNX needs calibration data: pass --data NAME, "
                             "or use mode dynamic (no data needed)")
+    if layout not in ("cpu", "gpu"):
+        raise CompressError(f"layout '{layout}': must be cpu or gpu")
+    if layout == "gpu" and mode != "int8":
+        raise CompressError("layout gpu is the static int8 layout; use mode int8")
+    symmetric = layout == "gpu"
+    if symmetric:
+        per_channel, reduce_range = True, False
     with tempfile.TemporaryDirectory() as folder:
         pre = Path(folder) / "pre.onnx"
         try:
@@ -78,14 +90,15 @@ def quantize_onnx(float_path, out_path, mode: str = "int8",
                     method = {"minmax": q.CalibrationMethod.MinMax,
                               "entropy": q.CalibrationMethod.Entropy,
                               "percentile": q.CalibrationMethod.Percentile}[calibration]
-                    reader = _Reader(str(pre), np.asarray(representative, np.float32),
-                                     batch_size)
+                    reader = _Reader(str(pre), representative if isinstance(
+                        representative, dict) else np.asarray(representative, np.float32),
+                        batch_size)
                     q.quantize_static(
                         str(pre), str(out_path), reader, quant_format=q.QuantFormat.QDQ,
                         per_channel=per_channel, reduce_range=reduce_range,
                         activation_type=q.QuantType.QInt8,
                         weight_type=q.QuantType.QInt8, calibrate_method=method,
-                        extra_options={"ActivationSymmetric": False,
+                        extra_options={"ActivationSymmetric": symmetric,
                                        "WeightSymmetric": True})
         except CompressError:
             raise
@@ -150,14 +163,26 @@ class _Reader(CalibrationDataReader):
         graph = onnx.load(model_path, load_external_data=False).graph
         initializers = {i.name for i in graph.initializer}
         self.name = next(i.name for i in graph.input if i.name not in initializers)
-        self.batches = [x[i:i + batch_size] for i in range(0, len(x), batch_size)]
+        if isinstance(x, dict):  # several inputs, keyed by input name (as exported)
+            import onnx.helper
+
+            # each input in the graph's own element type (token ids stay int32)
+            types = {i.name: onnx.helper.tensor_dtype_to_np_dtype(
+                i.type.tensor_type.elem_type) for i in graph.input}
+            n = len(next(iter(x.values())))
+            self.batches = [{k: np.asarray(v[i:i + batch_size], types.get(k, np.float32))
+                             for k, v in x.items()} for i in range(0, n, batch_size)]
+        else:
+            self.batches = [x[i:i + batch_size] for i in range(0, len(x), batch_size)]
         self.pos = 0
 
     def get_next(self):
         if self.pos >= len(self.batches):
             return None
         self.pos += 1
-        return {self.name: self.batches[self.pos - 1]}
+        progress.update(self.pos, len(self.batches), "batch")  # the conversion's display
+        batch = self.batches[self.pos - 1]
+        return batch if isinstance(batch, dict) else {self.name: batch}
 
     def rewind(self):
         self.pos = 0
