@@ -276,11 +276,8 @@ class Task:
             if name in _SCORED:
                 continue
             try:
-                fn = keras.metrics.get(metric) if isinstance(metric, str) else metric
-                if isinstance(fn, type):
-                    fn = fn()
+                fn = _fresh_metric(metric)
                 if isinstance(fn, keras.metrics.Metric):
-                    fn = type(fn).from_config(fn.get_config())  # fresh state
                     fn.update_state(y, out)
                     value = float(np.asarray(fn.result()))
                 else:
@@ -357,7 +354,6 @@ class _Scores:
     """:meth:`Task.score` and :meth:`Task.own_metrics` accumulated over batches."""
 
     def __init__(self, task: Task):
-        import keras
 
         self.task, self.n, self.sums, self.metrics, self.means = task, 0, {}, {}, {}
         for metric in task.metrics:
@@ -365,11 +361,7 @@ class _Scores:
             if name in _SCORED:
                 continue
             try:
-                fn = keras.metrics.get(metric) if isinstance(metric, str) else metric
-                if isinstance(fn, type):
-                    fn = fn()
-                if isinstance(fn, keras.metrics.Metric):
-                    fn = type(fn).from_config(fn.get_config())  # fresh state
+                fn = _fresh_metric(metric)
             except Exception:  # noqa: BLE001, S112 - not a metric Keras can build
                 continue
             self.metrics[name] = fn
@@ -415,6 +407,18 @@ class _Scores:
         if own:
             scores["metrics"] = own
         return scores
+
+
+def _fresh_metric(metric):
+    """A Keras metric by name or object, with fresh state; a plain function as it is."""
+    import keras
+
+    fn = keras.metrics.get(metric) if isinstance(metric, str) else metric
+    if isinstance(fn, type):
+        fn = fn()
+    if isinstance(fn, keras.metrics.Metric):
+        fn = type(fn).from_config(fn.get_config())  # fresh state
+    return fn
 
 
 def loss_name(loss) -> str:

@@ -19,7 +19,7 @@ import pytest
 keras = pytest.importorskip("keras")
 pytest.importorskip("keras_hub")
 
-from compress.models import kerashub, kerashub_inputs
+from compress.models import _leaves, kerashub, kerashub_inputs
 from compress.pruning.structured import prune_units
 
 CASES = {"bert": ("BertTextClassifier", 2), "gpt2": ("GPT2Backbone", 0),
@@ -149,14 +149,6 @@ def test_rewrite_in_plain_keras_layers_is_exact(hub, short, tmp_path):
     # ViT's class token is folded into position 0 of the position table
     assert model.count_params() - same.count_params() == (32 if short == "vit" else 0)
     np.testing.assert_allclose(_predict(same, x), _predict(model, x), atol=1e-5)
-
-
-def _leaves(model):
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            yield from _leaves(layer)
-        else:
-            yield layer
 
 
 def _layer(model, name):

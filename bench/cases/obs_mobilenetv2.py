@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 
+from bench.cases.obs import _timed
 from bench.harness import Section, table
 
 METHODS = {  # curve name -> prune options (per-layer sparsity: the same allocation)
@@ -207,12 +208,6 @@ def _plot(ctx, levels, curves, dense_acc):
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
-
-
-def _timed(fn):
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
 
 
 CASES = {"pruning-obs-mobilenetv2": case_obs_mobilenetv2}
