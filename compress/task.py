@@ -354,7 +354,6 @@ class _Scores:
     """:meth:`Task.score` and :meth:`Task.own_metrics` accumulated over batches."""
 
     def __init__(self, task: Task):
-
         self.task, self.n, self.sums, self.metrics, self.means = task, 0, {}, {}, {}
         for metric in task.metrics:
             name = _metric_name(metric)
