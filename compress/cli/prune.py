@@ -27,6 +27,8 @@ def command(model, output, data, seed, unsafe, as_json, force, **options):
           --schedule iterative --epochs 6 --sparsity 0.9
       compress prune cnn.keras -o small.keras --structured --sparsity 0.5 \\
           --data animals --epochs 3
+      compress prune cnn.keras -o small.keras --structured --method obs \\
+          --sparsity 0.5 --data animals   # OBS-chosen units, consumers refit
       compress prune model.keras -o pruned.keras --layers 'fc1,conv.*'
     """
     from compress import io

@@ -36,6 +36,7 @@ __all__ = [
     "obd_saliency",
     "prunable_weights",
     "prune",
+    "prune_channels_obs",
     "prune_units",
     "release_zeros",
     "saliency_scores",
@@ -48,6 +49,7 @@ def __getattr__(name):
     import importlib
 
     where = {"prune_units": "compress.pruning.structured",
+             "prune_channels_obs": "compress.pruning.structured_obs",
              "magnitude_saliency": "compress.pruning.magnitude",
              "obd_saliency": "compress.pruning.obd",
              "hessian_diagonal": "compress.pruning.obd",

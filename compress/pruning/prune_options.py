@@ -25,7 +25,8 @@ DEFAULT_SPARSITY = 0.9
 
 PRUNE_OPTIONS = Schema("prune", [
     Option("method", str, "magnitude", "saliency criterion: |w|, Optimal Brain Damage, or "
-           "Optimal Brain Surgeon (obs: layer by layer, remaining weights compensated)",
+           "Optimal Brain Surgeon (obs: layer by layer, remaining weights compensated; "
+           "with --structured, units chosen by OBS and their consumers refit)",
            choices=tuple(CRITERIA)),
     # No schema default: the pass tells "not given" (0.9 then) from a --sparsity that
     # --quality would silently override.

@@ -162,10 +162,17 @@ def prune(model, data=None, *, verbose=0, **options):
         t0 = time.perf_counter()
         with progress.phase("saliency", detail=f"removing {opts['sparsity']:.0%} of the "
                             f"units ({opts['method']})"):
-            model, sinfo = prune_units(model, opts["sparsity"], method=opts["method"],
-                                       calibration=calib, estimator=opts["estimator"],
-                                       norm=opts["norm"], layers=opts["layers"],
-                                       seed=opts["seed"])
+            if opts["method"] == "obs":  # OBS-chosen channels, consumers refit
+                from compress.pruning.structured_obs import prune_channels_obs
+
+                model, sinfo = prune_channels_obs(model, opts["sparsity"], calib[0],
+                                                  damp=opts["damp"], norm=opts["norm"],
+                                                  layers=opts["layers"])
+            else:
+                model, sinfo = prune_units(model, opts["sparsity"], method=opts["method"],
+                                           calibration=calib, estimator=opts["estimator"],
+                                           norm=opts["norm"], layers=opts["layers"],
+                                           seed=opts["seed"])
         info.update(sinfo, saliency_seconds=time.perf_counter() - t0)
         if opts["epochs"]:
             _fine_tune(original, model, data, opts, opts["epochs"], verbose, masked=False)

@@ -215,7 +215,8 @@ def _merge(groups, step, ins, t, c_out, name):
 
 
 def prune_units(model, fraction: float, method: str = "magnitude", calibration=None,
-                estimator: str = "backprop", norm: str = "l2", layers=None, seed: int = 0):
+                estimator: str = "backprop", norm: str = "l2", layers=None, seed: int = 0,
+                select=None):
     """Remove ``fraction`` of the units/filters of each prunable group and rebuild.
 
     Example:
@@ -241,6 +242,9 @@ def prune_units(model, fraction: float, method: str = "magnitude", calibration=N
             expressions matching the whole name, see :func:`compress.layers.select_layers`);
             None means all that can be.
         seed: int, default 0. Seed of randomized OBD estimators.
+        select: callable or None. ``select(trace, groups, segs, producers, keep) -> keep``
+            may replace the kept channels of any group (``keep``: group root -> sorted
+            indices) before the rebuild; structured OBS chooses its channels this way.
 
     Returns:
         ``(new_model, info)`` with ``info["units"] = {layer: [before, after]}``,
@@ -301,6 +305,8 @@ def prune_units(model, fraction: float, method: str = "magnitude", calibration=N
         n = len(s)
         k = max(1, n - round(fraction * n))
         keep[root] = np.sort(np.argsort(-s, kind="stable")[:k])
+    if select is not None:  # structured OBS (compress.pruning.structured_obs)
+        keep = select(t, groups, segs, producers, keep)
     for name in producers:
         if groups.fixed(name):
             not_pruned.setdefault(groups.reason[groups.find(name)], []).append(name)
