@@ -467,7 +467,7 @@ def _pruned(ctx, sec: Section, work, model, ds) -> None:
     dense_acc = training.accuracy(model, ds.x_test, ds.y_test)
     from compress.pruning import prune
 
-    epochs = ctx.size(3, 18)
+    epochs = ctx.size(1, 18)
     pruned, _ = prune(model, ds, method="magnitude", sparsity=0.9, schedule="gradual",
                       epochs=epochs, learning_rate=5e-4, frequency=20, scope="global",
                       cosine=True, restore_best=True)
@@ -484,7 +484,7 @@ def _pruned(ctx, sec: Section, work, model, ds) -> None:
                        cosine=True, restore_best=True, block=BLOCK)
     blocked_acc = training.accuracy(blocked, ds.x_test, ds.y_test)
     b_infos, b_rows = _size_variants(blocked, f"lenet300-block{BLOCK}-int8", work, ds, h5,
-                                     dense_acc, sparse=False)
+                                     dense_acc, sparse=False, quick=ctx.quick)
     for label in list(b_infos):
         infos[f"block-{BLOCK} pruning, {label}"] = b_infos.pop(label)
     for row in b_rows:
@@ -551,10 +551,11 @@ def _sparse_format(ctx, sec: Section, infos: dict, ds) -> None:
 
 
 def _size_variants(model, stem: str, work, ds, h5: int, dense_acc: float,
-                   sparse: bool = True):
+                   sparse: bool = True, quick: bool = False):
     """Full-int8 files of ``model`` with per-channel and per-tensor weight scales: accuracy,
     zipped size (DEFLATE, the target's measure), the order-0 entropy bound of the weights,
-    and, separately labelled, the size under zip's LZMA method."""
+    and, separately labelled, the size under zip's LZMA method. ``quick`` (a harness
+    check): per-tensor scales only."""
     import zipfile
 
     from compress.quantization.tflite import weight_arrays
@@ -563,6 +564,8 @@ def _size_variants(model, stem: str, work, ds, h5: int, dense_acc: float,
     variants = [("per-channel", True, False), ("per-tensor", False, False)]
     if sparse:
         variants.append(("per-tensor, TFLite sparse format", False, True))
+    if quick:
+        variants = variants[1:]
     for label, per_channel, csr in variants:
         path = work / (f"{stem}{'' if per_channel else '-per-tensor'}"
                        f"{'-sparse' if csr else ''}.tflite")
@@ -609,7 +612,7 @@ def _deep_compression(ctx, sec: Section, work, pruned, ds, h5: int, dense_acc: f
 
     clustered, _ = cluster_model(pruned, ds, clusters=16, epochs=ctx.size(1, 2))
     infos, rows = _size_variants(clustered, "lenet300-deep-compression", work, ds, h5,
-                                 dense_acc, sparse=False)
+                                 dense_acc, sparse=False, quick=ctx.quick)
     best = max(infos, key=lambda k: infos[k]["h5_ratio"])
     info = infos[best]
     ratio, drop = info["h5_ratio"], dense_acc - info["accuracy"]
