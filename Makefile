@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export TF_CPP_MIN_LOG_LEVEL ?= 3
 export PIP_DISABLE_PIP_VERSION_CHECK = 1
 
-.PHONY: install demo test test-fast bench bench-quick bench-zoo lint clean
+.PHONY: install demo test test-fast bench bench-quick bench-zoo bench-mobilenetv2-peers lint clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ bench-quick: install
 # docs/models.md; its section goes to bench/out/BENCHMARKS.zoo.md.
 bench-zoo: install
 	$(PY) -m bench --only zoo --out bench/out/BENCHMARKS.zoo.md
+
+# TFMOT vs ours on the trained MobileNetV2 (issue 20): 10-12 minutes, a part of its own.
+bench-mobilenetv2-peers: install
+	$(PY) -m bench --only tfmot-mobilenetv2 --out bench/out/BENCHMARKS.tfmot-mobilenetv2.md
 
 lint: install
 	$(VENV)/bin/ruff check compress tests bench
