@@ -41,7 +41,8 @@ EXPORT_OPTIONS = Schema("export", [
            "else seeded random inputs)", low=1),
     Option("atol", float, 1e-4, "parity tolerance, relative to each output's scale: an "
            "output passes when max|runtime - Keras| <= atol * max(1, max|Keras output|) "
-           "(absolute for outputs within [-1, 1])", low=0.0),
+           "(absolute for outputs within [-1, 1]); one beyond it passes when it is within "
+           "that of a float64 copy of the model (Keras's own float32 rounding)", low=0.0),
     Option("seed", int, 0, "seed of the random verification inputs (without data)",
            cli=False),
 ])
@@ -53,7 +54,9 @@ def export_artifact(model, data=None, *, verbose=0, **options) -> tuple[bytes, d
     The artifact runs in onnxruntime or LiteRT on :func:`verification_inputs` (the
     data's test split, else seeded random inputs) and must agree with Keras: a max
     absolute difference within ``atol`` (relative to the largest output when that is above
-    1) and, for a classifier, top-1 agreement of 100%.
+    1) and, for a classifier, top-1 agreement of 100%. Where Keras's own float32 outputs
+    are the ones off (a deep network's rounding), the artifact passes when it meets the
+    same rule against a float64 copy of the model (``float64_reference`` says so).
 
     Example:
 
@@ -249,10 +252,12 @@ def export_copy(model, fmt: str = "tflite"):
     XLA function that tf2onnx writes as an invalid graph), and folds ``Normalization``
     into a ``Rescaling`` with constant per-channel scale and offset (tf2onnx turns its
     captured mean and variance into missing graph inputs). For ONNX, the exact GELU
-    activation is written with ``erf`` (TensorFlow's uses ``Erfc``, which ONNX does not
-    have). Nested models are copied
-    too. The outputs agree with ``model``'s to float rounding (float16 rounding for a
-    mixed-precision model); the artifact is verified against the copy it was made from,
+    activation is written with ``erf`` (TensorFlow's uses ``Erfc``, which onnxruntime
+    rejects), also in the layers custom layers own (KerasHub's ViT MLP), and constant
+    tensors kept by layers (ViT's position ids) become arrays (tf2onnx would make them
+    graph inputs). Nested models are copied too; a layer that needs no change and that
+    its config cannot rebuild is shared. The outputs agree with ``model``'s to float
+    rounding (float16 rounding for a mixed-precision model); the artifact is verified against the copy it was made from,
     and the copy's own difference from ``model`` is reported (``copy_max_abs_diff``).
 
     Example:
@@ -276,7 +281,8 @@ def export_copy(model, fmt: str = "tflite"):
     grouped = [la.name for la in layers if getattr(la, "groups", 1) > 1
                and type(la).__name__ in ("Conv1D", "Conv2D", "Conv3D")]
     norms = [la.name for la in layers if type(la).__name__ == "Normalization"]
-    gelus = [la.name for la in layers if fmt == "onnx" and _activation(la) == "gelu"]
+    # exact GELU anywhere, also inside custom layers (KerasHub's ViT MLP builds its Dense)
+    gelus = [la.name for la in _sublayers(model) if fmt == "onnx" and _exact_gelu(la)]
     if not (policies or grouped or norms or gelus):
         return model, []
     pairs = []
@@ -287,6 +293,12 @@ def export_copy(model, fmt: str = "tflite"):
             weights = _grouped_weights(old, new, weights)
         if weights:
             new.set_weights([np.asarray(w, np.float32) if policies else w for w in weights])
+    shared = {id(la) for la in _sublayers(model)}  # layers the copy reuses: never changed
+    for layer in _sublayers(copy):
+        if fmt == "onnx" and id(layer) not in shared:
+            if _exact_gelu(layer):  # also the layers custom layers build in build()
+                layer.activation = _gelu_erf
+            _constants_as_arrays(layer)
     notes = []
     if policies:
         notes.append(f"exported through a float32 copy (the model computes in "
@@ -304,6 +316,17 @@ def export_copy(model, fmt: str = "tflite"):
 def _activation(layer):
     act = getattr(layer, "activation", None)
     return getattr(act, "__name__", None)
+
+
+def _exact_gelu(layer) -> bool:
+    """Whether ``layer`` applies Keras's exact GELU (TensorFlow writes it with ``Erfc``)."""
+    return _activation(layer) == "gelu" and not getattr(layer, "approximate", False)
+
+
+def _sublayers(model):
+    """Every layer of ``model`` at any depth: nested models and the layers that custom
+    layers own (KerasHub's blocks)."""
+    return model._flatten_layers(include_self=False, recursive=True)
 
 
 def _gelu_erf(x):
@@ -345,7 +368,14 @@ def _copy_model(model, pairs, to_float32: bool, fmt: str):
         elif kind in ("Conv1D", "Conv2D", "Conv3D") and op.groups > 1:
             new = _ungrouped(op, config)
         else:
-            new = op.__class__.from_config(config)
+            try:
+                new = _from_config(op.__class__, config)
+            except Exception as exc:  # noqa: BLE001 - a layer its config cannot rebuild
+                if _rewritten_inside(op, to_float32, fmt):
+                    raise CompressError(
+                        f"layer '{op.name}' ({kind}): its config does not rebuild it, so "
+                        f"no {fmt} export copy can be made ({_one_line(exc)[:160]})") from None
+                return op  # nothing in it changes: the copy shares it as it is
         pairs.append((op, new))
         return new
 
@@ -355,6 +385,48 @@ def _copy_model(model, pairs, to_float32: bool, fmt: str):
         return keras.Sequential([keras.Input(shape=inp.shape[1:], dtype=inp.dtype)] + layers,
                                 name=model.name)
     return keras.models.clone_model(model, clone_function=clone)
+
+
+def _from_config(cls, config: dict):
+    """``cls.from_config(config)``, retried without the keys its constructor does not
+    take: KerasHub's ``ViTPatchingAndEmbedding`` writes derived sizes (``num_patches``,
+    ``num_positions``) into its config that its ``__init__`` refuses."""
+    import inspect
+
+    import keras
+
+    try:
+        return cls.from_config(config)
+    except (TypeError, ValueError):
+        taken = set(inspect.signature(keras.layers.Layer.__init__).parameters)
+        for klass in cls.__mro__:
+            if klass is keras.layers.Layer or "__init__" not in vars(klass):
+                continue
+            params = inspect.signature(klass.__init__).parameters
+            taken |= set(params)
+            if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+                break
+        return cls.from_config({k: v for k, v in config.items() if k in taken})
+
+
+def _constants_as_arrays(layer) -> None:
+    """Constant tensors a layer keeps (ViT's ``position_ids``) as NumPy arrays: the
+    traced function then holds them as constants, where a captured tensor becomes an
+    extra ONNX graph input that nothing feeds."""
+    import keras
+    import tensorflow as tf
+
+    for key, value in list(vars(layer).items()):
+        if isinstance(value, tf.Tensor) and not isinstance(value, (tf.Variable,
+                                                                   keras.Variable)):
+            setattr(layer, key, np.asarray(value))
+
+
+def _rewritten_inside(layer, to_float32: bool, fmt: str) -> bool:
+    """Whether the export copy must change ``layer`` or a layer it owns."""
+    inner = [layer, *_sublayers(layer)]
+    return (to_float32 and any(la.dtype_policy.name != "float32" for la in inner)) or \
+        (fmt == "onnx" and any(_exact_gelu(la) for la in inner))
 
 
 def _folded_normalization(op, config):
@@ -416,20 +488,84 @@ def _verified(model, content: bytes, fmt: str, x, atol: float, where: str) -> di
     # (probabilities, most logits) and relative to the largest output beyond, since
     # float32 rounding grows with it (ResNet50's logits: 1.2e-4 at a scale of 3.9).
     outputs = check.get("outputs") or {None: check}
+    failed = []
     for name, one in outputs.items():
-        scale = one.get("max_abs_output", 1.0)
-        tolerance = atol * max(1.0, scale)
-        one["tolerance"] = tolerance
+        one["tolerance"] = atol * max(1.0, one.get("max_abs_output", 1.0))
         top1 = one.get("top1_agreement")  # classifiers only: one unit always "agrees"
-        if not one["max_abs_diff"] <= tolerance or (top1 is not None and top1 < 1.0):
-            agreement = f" or top-1 agreement {top1:.2%} < 100%" if top1 is not None else ""
-            which = f" output '{name}'" if name is not None else ""
-            raise CompressError(
-                f"{where}: exported model disagrees with Keras{which} (max abs diff "
-                f"{one['max_abs_diff']:.2e} > {tolerance:.2e} = atol {atol:g} x max(1, "
-                f"output scale {scale:.3g}){agreement}; SQNR {one['sqnr_db']:.1f} dB); "
-                "nothing written")
+        if not one["max_abs_diff"] <= one["tolerance"] or (top1 is not None and top1 < 1.0):
+            failed.append(name)
+    # Keras's own float32 output is rounded too (ResNet50's softmax: 1.2e-4 off the exact
+    # result); the artifact passes when it is within the tolerance of a float64 copy.
+    exact = _against_float64(model, content, fmt, x, {
+        name: "top1_agreement" in one for name, one in outputs.items()}) if failed else None
+    for name in failed:
+        one = outputs[name]
+        scale, tolerance, top1 = one.get("max_abs_output", 1.0), one["tolerance"], \
+            one.get("top1_agreement")
+        ex = (exact or {}).get(name)
+        if ex and ex["max_abs_diff"] <= tolerance and ex.get("top1_agreement", 1.0) == 1.0:
+            one["float64_reference"] = ex
+            continue
+        agreement = f", top-1 agreement {top1:.2%} < 100%" if top1 is not None and \
+            top1 < 1.0 else ""
+        which = f" output '{name}'" if name is not None else ""
+        versus = (f"; against a float64 copy: artifact {ex['max_abs_diff']:.2e}, Keras "
+                  f"{ex['keras_max_abs_diff']:.2e}" if ex else "")
+        over = ">" if one["max_abs_diff"] > tolerance else "<="
+        raise CompressError(
+            f"{where}: exported model disagrees with Keras{which} (max abs diff "
+            f"{one['max_abs_diff']:.2e} {over} {tolerance:.2e} = atol {atol:g} x max(1, "
+            f"output scale {scale:.3g}){agreement}; SQNR {one['sqnr_db']:.1f} dB{versus}); "
+            "nothing written")
     return check
+
+
+def _against_float64(model, content: bytes, fmt: str, x, classifier: dict
+                     ) -> dict | None:
+    """Per output (``classifier``: ``{name: bool}``; one output is named None), the
+    artifact's and Keras's float32 outputs compared with a float64 copy of ``model``
+    (``max_abs_diff``, ``top1_agreement`` of the artifact, ``keras_max_abs_diff``), or None where no float64 copy can be made (a model that
+    does not compute in float32, a layer its config cannot rebuild in float64)."""
+    import keras
+
+    from compress.agreement import comparison, max_abs_diff, named_outputs
+    from compress.runtime import run_artifact
+    from compress.training import predict
+
+    if not (hasattr(model, "_nodes_by_depth") or isinstance(model, keras.Sequential)) or \
+            any(la.dtype_policy.name != "float32" for la in _sublayers(model)):
+        return None
+
+    def clone(op):
+        if isinstance(op, keras.Model):
+            return keras.models.clone_model(op, clone_function=clone)
+        config = op.get_config()
+        if "dtype" in config:
+            config["dtype"] = "float64"
+        return _from_config(op.__class__, config)
+
+    try:
+        copy = keras.models.clone_model(model, clone_function=clone)
+        weights = model.get_weights()
+        if [w.shape for w in copy.get_weights()] != [w.shape for w in weights]:
+            return None
+        copy.set_weights([np.asarray(w, np.float64) for w in weights])
+        names = [str(n) for n in classifier]
+        exact = named_outputs(predict(copy, x), names)
+    except Exception:  # noqa: BLE001 - no float64 copy: the float32 check stands alone
+        return None
+    keras32 = named_outputs(predict(model, x), names)
+    got = named_outputs(run_artifact(content, x, fmt=fmt), names)
+    out = {}
+    for key, name in zip(classifier, names):
+        want = np.asarray(exact[name], np.float64)
+        one = comparison(np.asarray(got[name], np.float64), want, classifier[key])
+        out[key] = {"max_abs_diff": one["max_abs_diff"],
+                    "keras_max_abs_diff": max_abs_diff(np.asarray(keras32[name], np.float64),
+                                                       want),
+                    **({"top1_agreement": one["top1_agreement"]}
+                       if "top1_agreement" in one else {})}
+    return out
 
 
 def _one_line(exc: Exception) -> str:

@@ -142,7 +142,25 @@ def onnx_session(artifact, threads: int | None = None):
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
     model = bytes(artifact) if _is_bytes(artifact) else str(artifact)
-    return ort.InferenceSession(model, opts, providers=PROVIDERS[provider()])
+    try:
+        return ort.InferenceSession(model, opts, providers=PROVIDERS[provider()])
+    except Exception as exc:  # onnxruntime's InvalidGraph, NotImplemented, Fail...
+        if isinstance(exc, OSError):  # a missing or unreadable file: said as is
+            raise
+        text = " ".join(str(exc).split())
+        op = _missing_op(text)
+        raise CompressError(
+            f"{_name(artifact)}: onnxruntime cannot load the ONNX graph"
+            + (f" (at its {op} node)" if op else "")
+            + f": {text[:240]}") from None
+
+
+def _missing_op(text: str) -> str | None:
+    """The ONNX op an onnxruntime load error names (``In Node, ("name", Erfc, ...)``)."""
+    import re
+
+    found = re.search(r'In Node, \("[^"]*", (\w+),', text)
+    return found.group(1) if found else None
 
 
 def run_onnx(artifact, x: np.ndarray, threads: int | None = None) -> np.ndarray:

@@ -167,3 +167,48 @@ def test_bert_int8_artifacts_take_int32_token_ids_and_are_verified(cli, hub, tmp
                   "--json")
     assert out.exists()
     assert report["verified"] and report["sqnr_db"] >= 20, report
+
+
+@pytest.mark.parametrize("command", ["export", "quantize"])
+def test_vit_exports_to_onnx_with_its_gelu_written_with_erf(cli, hub, tmp_path, command):
+    """The exact GELU of the Dense layers KerasHub's ViT MLP builds becomes TensorFlow's
+    Erfc, which onnxruntime rejects: the export copy writes it with Erf (and holds ViT's
+    position ids as constants, not as an unfed graph input); parity and SQNR are checked."""
+    _, path, npz, _ = hub["vit"]
+    out = tmp_path / "vit.onnx"
+    mode = ["--mode", "int8"] if command == "quantize" else []
+    report = _run(cli, command, path, "--data", f"npz:{npz}", *mode, "-o", out, "--json")
+    report = report.get("pass", report)
+    assert out.exists() and "GELU written with erf (2 layers)" in report["export_copy"]
+    if command == "export":
+        assert report["max_abs_diff"] <= report["tolerance"] and report["sqnr_db"] > 80
+    else:
+        assert report["verified"] and report["sqnr_db"] >= 20, report
+
+
+def test_export_refusal_compares_keras_and_the_artifact_with_a_float64_copy(cli, hub,
+                                                                           tmp_path):
+    # a tolerance no float32 computation meets: refused, naming how far the artifact and
+    # Keras's own float32 outputs are from a float64 copy of the model
+    _, path, npz, _ = hub["vit"]
+    out = tmp_path / "vit.onnx"
+    result = cli("export", path, "--data", f"npz:{npz}", "-o", out, "--atol", "1e-12")
+    assert result.exit_code == 1 and not out.exists()
+    assert "disagrees with Keras" in result.output and "float64 copy: artifact" in \
+        result.output and "Traceback" not in result.output
+
+
+def test_an_onnx_graph_onnxruntime_rejects_is_refused_in_one_line():
+    from onnx import TensorProto, helper
+
+    from compress import runtime
+    from compress.errors import CompressError
+
+    spec = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1]) for n in "xy"]
+    graph = helper.make_graph([helper.make_node("Erfc", ["x"], ["y"], name="gelu")], "g",
+                              spec[:1], spec[1:])
+    content = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(CompressError, match=r"cannot load the ONNX graph \(at its Erfc "
+                       r"node\)") as caught:
+        runtime.run_artifact(content.SerializeToString(), np.zeros(1, np.float32), fmt="onnx")
+    assert "\n" not in str(caught.value)

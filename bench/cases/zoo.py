@@ -153,6 +153,10 @@ def family_row(name: str, work: Path, seed: int = 0, out: Path | None = None) ->
         def run():
             _, info = export_artifact(model, ds, format=fmt, samples=SAMPLES)
             note = " (copy)" if info.get("export_copy") else ""
+            exact = info.get("float64_reference")  # Keras's float32 itself off the exact
+            if exact:
+                note += (f"; vs float64: artifact {exact['max_abs_diff']:.0e}, Keras "
+                         f"{exact['keras_max_abs_diff']:.0e}")
             return f"diff {info['max_abs_diff']:.0e}{note}"
         return run
 
