@@ -44,7 +44,9 @@ def command(model, output, data, seed, unsafe, as_json, force, quantize=None, sp
     for a model with several. Parity is relative to each output's scale: an output
     passes when max|runtime - Keras| <= atol * max(1, max|Keras output|), so --atol is
     absolute for outputs within [-1, 1] (probabilities) and relative beyond (large
-    logits, regressions). A disagreement beyond it is an error and nothing is written.
+    logits, regressions). An output beyond it passes only when it meets the same rule
+    against a float64 copy of the model (Keras's own float32 rounding on deep networks;
+    the report says so). Any other disagreement is an error and nothing is written.
     Subclassed models get their input shape from --data or --input-shape.
 
     \b
