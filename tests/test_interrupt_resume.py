@@ -1,4 +1,5 @@
-"""Nothing lost: Ctrl-C leaves no output, --checkpoint-dir resumes, --strategy mirrored."""
+"""Nothing lost: Ctrl-C leaves no output, --checkpoint-dir resumes. (--strategy mirrored on
+two logical CPUs, for prune, distill, k-means, hashing and QAT: tests/test_multiworker.py.)"""
 
 import json
 import os
@@ -74,38 +75,6 @@ def test_checkpoint_dir_resumes_the_same_command(tmp_path, mlp_file):
     assert done and epochs, "Keras printed its epoch lines"
     assert epochs[0] > 1, f"resumed at epoch {epochs[0]}, after {max(done)} done"
     assert out.exists()
-
-
-@pytest.mark.slow
-def test_mirrored_strategy_on_two_logical_cpus(tmp_path, mlp_file):
-    out = tmp_path / "pruned.keras"
-    dist = tmp_path / "student.keras"
-    script = f"""
-import tensorflow as tf
-cpu = tf.config.list_physical_devices("CPU")[0]
-tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-from compress.cli import main
-for argv in (["prune", r"{mlp_file[0]}", "-o", r"{out}", "--data", "digits", "--epochs", "2",
-              "--sparsity", "0.8", "--strategy", "mirrored", "--json"],
-             ["distill", r"{mlp_file[0]}", "-o", r"{dist}", "--data", "digits", "--epochs", "1",
-              "--width", "0.5", "--strategy", "mirrored", "--json", "--no-baseline"],
-             ["quantize", r"{mlp_file[0]}", "-o", r"{tmp_path}/q.tflite", "--data", "digits",
-              "--qat", "--epochs", "1", "--strategy", "mirrored", "--json", "--no-latency"]):
-    main(argv, standalone_mode=False)
-print("REPLICAS", tf.distribute.MirroredStrategy().num_replicas_in_sync)
-"""
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          env=ENV, timeout=600, check=False)
-    assert proc.returncode == 0, proc.stderr[-1500:]
-    assert "REPLICAS 2" in proc.stdout
-    import keras
-
-    pruned = keras.models.load_model(out)
-    kernels = [np.asarray(layer.kernel) for layer in pruned.layers if hasattr(layer, "kernel")]
-    zero = sum(int((k == 0).sum()) for k in kernels) / sum(k.size for k in kernels)
-    assert zero >= 0.79  # masks held across replicas
-    assert keras.models.load_model(dist).count_params() < pruned.count_params()
-    assert (tmp_path / "q.tflite").stat().st_size > 0
 
 
 def test_ctrl_c_while_a_backup_is_written_keeps_the_previous_epoch(tmp_path, monkeypatch):

@@ -3,8 +3,8 @@ one (tf.distribute.MultiWorkerMirroredStrategy on 127.0.0.1), the chief alone wr
 
 The runs happen in subprocesses (logical devices and the multi-worker runtime must be set
 up before TensorFlow starts); they are few and small: one recipe (train, gradual 90%
-pruning, distillation) on 1 process, on ``mirrored`` over 2 logical CPU devices and on 2
-workers, then one killed-and-resumed launch.
+pruning, distillation, k-means sharing, hashed layers, QAT) on 1 process, on ``mirrored``
+over 2 logical CPU devices and on 2 workers, then one killed-and-resumed launch.
 """
 
 from __future__ import annotations
@@ -74,6 +74,9 @@ baseline: {{epochs: 2, learning_rate: 0.002}}
 steps:
   - prune: {{sparsity: 0.9, schedule: gradual, epochs: 2, frequency: 5}}
   - distill: {{width: 0.5, epochs: 2, baseline: false}}
+  - share: {{method: kmeans, clusters: 8, epochs: 1, from: baseline}}
+  - share: {{method: hash, factor: 0.25, epochs: 1, from: baseline}}
+  - quantize: {{mode: int8, format: tflite, qat: true, epochs: 1, from: baseline}}
 """)
     single = subprocess.run([sys.executable, "-c", SCRIPT, recipe, root, data,
                              root / "reference.keras", *PRUNE], capture_output=True,
@@ -99,7 +102,8 @@ def _kernels(path):
 
 def _accuracies(folder) -> dict:
     report = json.loads((folder / "report.json").read_text())
-    return {s["kind"]: s["after"]["accuracy"] for s in report["steps"]}
+    return {s["kind"] + (f" {s['options']['method']}" if s["kind"] == "share" else ""):
+            s["after"]["accuracy"] for s in report["steps"]}
 
 
 def test_one_process_mirrored_and_two_workers_give_the_same_results(runs):
@@ -125,6 +129,32 @@ def test_one_process_mirrored_and_two_workers_give_the_same_results(runs):
     assert accuracy["none"]["prune"] > 0.5  # a trained model (chance: 0.1)
     assert sorted(p.name for p in (root / "multiworker").iterdir()) == \
         sorted(p.name for p in (root / "none").iterdir())
+
+
+def test_kmeans_hashing_and_qat_match_one_process_and_mirrored(runs):
+    """The other training passes of the recipe: k-means sharing (custom train step),
+    hashed layers and QAT (moving activation ranges) under 2 workers."""
+    root = runs["root"]
+    accuracy = {s: _accuracies(root / s) for s in ("none", "mirrored", "multiworker")}
+    for step in ("share kmeans", "share hash", "quantize"):
+        assert accuracy["none"][step] > 0.5, (step, accuracy)  # trained (chance: 0.1)
+        for strategy in ("mirrored", "multiworker"):
+            assert abs(accuracy[strategy][step] - accuracy["none"][step]) <= 0.005, \
+                (strategy, step, accuracy)
+    # 2 workers do the 2-replica arithmetic of mirrored exactly: the same shared weights
+    import keras
+
+    from compress.layers import register_layers
+
+    register_layers()  # HashedDense
+    for name in ("step3-share.keras", "step4-share.keras"):
+        for a, b in zip(keras.models.load_model(root / "mirrored" / name).get_weights(),
+                        keras.models.load_model(root / "multiworker" / name).get_weights(),
+                        strict=True):
+            np.testing.assert_array_equal(a, b)
+    centroids = [np.unique(k) for k in _kernels(root / "multiworker" / "step3-share.keras")]
+    assert all(len(c) <= 8 for c in centroids)  # still 8 shared values per layer
+    assert (root / "multiworker" / "step5-quantize.tflite").stat().st_size > 0
 
 
 def _children(pid: int) -> list[int]:
