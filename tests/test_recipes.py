@@ -40,7 +40,8 @@ def _base():
 
 @pytest.mark.parametrize("mutate,message", [
     (lambda r: r["steps"][1]["quantize"].update(mode="int3"),
-     "steps[1].quantize.mode: must be one of int8, dynamic, float16, keras-int8, int4, gptq, awq"),
+     ("steps[1].quantize.mode: must be one of int8, dynamic, float16, keras-int8, "
+      "keras-int4, int4, gptq, awq")),
     (lambda r: r["steps"][0]["prune"].update(sparsty=0.5), "steps[0].prune.sparsty: unknown"),
     (lambda r: r["steps"][0]["prune"].update(sparsity=1.5), "steps[0].prune.sparsity: must be"),
     (lambda r: r["steps"][0]["prune"].update(sparsity="high"),

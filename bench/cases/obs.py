@@ -64,6 +64,9 @@ def case_obs(ctx) -> Section:
         two_four[method] = _acc(model, ds)
     sec.add(f"2:4 one-shot: magnitude **{two_four['magnitude']:.2%}**, OBS "
             f"**{two_four['obs']:.2%}**.")
+    from bench.cases.keras_quant import keras_quantizer_rows
+
+    keras_quantizer_rows(sec, ctx, dense, ds, dense_acc)
     last = obs_info[levels[-1]]["obs"]
     sec.add("Layer-wise OBS at " + f"{levels[-1]:.0%}: " + ", ".join(
         f"{r['weight']} ({r['inputs']} inputs, predicted output error "

@@ -37,6 +37,7 @@ def command(model, output, data, seed, unsafe, as_json, force, **options):
       compress quantize model.keras -o model.tflite --data animals --per-tensor \
           --equalize --bias-correction --debug-layers
       compress quantize model.keras -o model-int8.keras --mode keras-int8 --data mnist5k
+      compress quantize model.keras -o model-gptq.keras --mode gptq --data mnist5k
       compress quantize model.keras -o model.tflite --data mnist5k --rounding gptq
       compress quantize model.keras -o model-int4.onnx --data mnist5k --mode int4 --rounding gptq
     """
@@ -116,9 +117,15 @@ def emit_result(result: dict, as_json: bool) -> None:
         console.print(f"[bold red]warning:[/] the {result['mode']} model disagrees with its "
                       f"float model on {result['agreement_samples']} inputs: "
                       f"{result['agreement']}")
+    if result.get("quantized_layers"):
+        console.print("quantized by Keras: " + ", ".join(
+            f"{k} ({v})" for k, v in result["quantized_layers"].items()))
     if result.get("float_layers"):
-        console.print("stayed float (Keras int8 covers Dense/EinsumDense/Embedding only): "
+        kinds = "Dense/EinsumDense" + ("" if result["mode"] in ("gptq", "awq") else "/Embedding")
+        console.print(f"stayed float (Keras's {result['mode']} covers {kinds} only): "
                       + ", ".join(result["float_layers"]))
+    for fmt, outcome in (result.get("exports") or {}).items():
+        console.print(f"export to {fmt}: {outcome}")
     if result.get("rounding"):
         r = result["rounding"]
         console.print(f"weights rounded ({r['rounding']}) onto the {r['grid']} grid"

@@ -18,11 +18,14 @@ Modes:
   float16 weights and compute with float32 inputs and outputs, the form GPUs run).
 - ``keras-int8``: Keras's own ``model.quantize("int8")`` (Dense/EinsumDense/Embedding);
   a ``.keras`` file; the layers that stayed float are listed.
+- ``keras-int4``, ``gptq``, ``awq``: Keras's own ``model.quantize("int4")`` and its GPTQ
+  and AWQ (4-bit, groups of 128; calibrated on ``calibration_samples`` training samples,
+  the model's layers one chain), a ``.keras`` file; ``info["exports"]`` says in one line
+  per format what the project's TFLite and ONNX export does with it
+  (:mod:`compress.quantization.keras_modes`).
 - ``int4``: weight-only, symmetric per-channel 4-bit grid (``[-7, 7] * max|w_c| / 7``),
   every kernel snapped in Keras and exported as a float artifact (its accuracy, not its
   size: no runtime here stores 4-bit convolution weights).
-- ``gptq`` / ``awq``: Keras's own calibrate on token sequences only (a tokenizer, int32
-  token windows, transformer blocks); refused in one line that says so.
 
 ``rounding="gptq"`` (modes ``int8`` and ``int4``) rounds the kernels column by column with
 second-order compensation (GPTQ, :mod:`compress.quantization.gptq`) onto exactly the grid
@@ -69,14 +72,17 @@ from compress.data import as_dataset
 from compress.errors import CompressError
 from compress.options import Option, Schema
 from compress.passes import Pass
+from compress.quantization.keras_modes import KERAS_MODES
 from compress.runtime import refuse_keras_quantized
 from compress.task import TASK_OPTIONS
 
 QUANTIZE_OPTIONS = Schema("quantize", [
     Option("mode", str, "int8", "int8 (full-integer), dynamic (int8 weights), float16, "
-           "keras-int8 (Keras's model.quantize), or int4 (weights on a per-channel 4-bit "
-           "grid, stored as float); gptq/awq (Keras's own) are explained, not run",
-           choices=("int8", "dynamic", "float16", "keras-int8", "int4", "gptq", "awq")),
+           "int4 (weights on a per-channel 4-bit grid, stored as float), or Keras's own "
+           "model.quantize, written as .keras: keras-int8, keras-int4, gptq, awq (4-bit, "
+           "calibrated on --data)",
+           choices=("int8", "dynamic", "float16", "keras-int8", "keras-int4", "int4", "gptq",
+                    "awq")),
     Option("rounding", str, "nearest", "weight rounding onto the converter's grid: nearest, "
            "or gptq (column by column with second-order compensation from layer Hessians "
            "on the calibration samples; modes int8 and int4)", choices=("nearest", "gptq")),
@@ -114,6 +120,8 @@ QUANTIZE_OPTIONS = Schema("quantize", [
            choices=("cpu", "gpu")),
     Option("threads", int, 2, "threads of the multi-threaded latency measurement", low=1),
     Option("latency", bool, True, "measure batch-1 latency of both artifacts"),
+    Option("exports", bool, True, "modes keras-int4, gptq, awq: also try the project's "
+           "TFLite and ONNX export of the result and say in one line each what happens"),
     *TASK_OPTIONS,
     Option("seed", int, 0, "seed of the random agreement inputs (without data)", cli=False),
 ])
@@ -205,7 +213,7 @@ def quantize(model, data=None, *, verbose: int | str = 0, **options) -> tuple[by
 
         model, info["rounding"] = grid_model(model, x_cal, fmt, opts)
     if fmt == "keras":
-        content, measured = _keras_int8(model, x_check, x_test, y_test, opts)
+        content, measured = _keras_int8(model, x_check, x_test, y_test, opts, x_cal)
     elif opts["mode"] == "int4":
         from compress.quantization.gptq import int4_artifacts
         from compress.training import predict
@@ -236,7 +244,8 @@ def needs_data(options: dict) -> list[str]:
     ([], ['mode int8'])
     """
     return [reason for reason, on in (
-        (f"mode {options.get('mode', 'int8')}", options.get("mode", "int8") == "int8"),
+        (f"mode {options.get('mode', 'int8')}",
+         options.get("mode", "int8") in ("int8", "gptq", "awq")),
         ("rounding gptq", options.get("rounding") == "gptq"),
         ("qat", bool(options.get("qat")))) if on]
 
@@ -247,7 +256,11 @@ def require_data(options: dict, data) -> None:
     Front-ends call it with the data's name, before loading anything.
     """
     if needs_data(options) and data is None:
-        raise CompressError(NEEDS_DATA)
+        mode = options.get("mode")
+        raise CompressError(NEEDS_DATA if mode not in ("gptq", "awq") else
+                            f"mode {mode} calibrates Keras's {mode.upper()} on real samples "
+                            "and none were given: pass --data NAME (for example --data "
+                            "mnist5k), or use mode keras-int4, which needs no data")
 
 
 def latency_note(ratio: float, cpu: dict | None = None) -> str | None:
@@ -285,7 +298,7 @@ def suffix_for(options: dict) -> str:
     >>> suffix_for({"mode": "keras-int8"}), suffix_for({"format": "onnx"})
     ('.keras', '.onnx')
     """
-    if options.get("mode") == "keras-int8":
+    if options.get("mode") in KERAS_MODES:
         return ".keras"
     return SUFFIXES[options.get("format") or "tflite"]
 
@@ -303,7 +316,7 @@ def format_for(path, options: dict) -> str:
     ('onnx', 'keras')
     """
     fmt = options.get("format")
-    if fmt is None and options.get("mode") != "keras-int8":
+    if fmt is None and options.get("mode") not in KERAS_MODES:
         fmt = {v: k for k, v in SUFFIXES.items()}.get(Path(path).suffix.lower())
         if fmt is None:
             raise CompressError(f"{path}: cannot tell the format; use .tflite or .onnx (or "
@@ -323,20 +336,27 @@ def artifact_format(options: dict, where: str = "quantize") -> str:
     sparse, qat = options.get("sparse"), options.get("qat")
     from compress.quantization.gptq import check_rounding
 
-    check_rounding(options)
+    if mode not in KERAS_MODES:  # Keras's own modes choose their own weights
+        check_rounding(options)
     from compress.quantization.equalize import check_options
 
     check_options(options)
-    if mode == "keras-int8":
+    if mode in KERAS_MODES:
         if fmt not in (None, "keras"):
-            raise CompressError(f"{where}: keras-int8 writes a .keras model, not {fmt}")
+            raise CompressError(f"{where}: {mode} writes a .keras model (Keras's own "
+                                f"quantized layers), not {fmt}; use .keras")
         if sparse:
             raise CompressError(f"{where}: --sparse is TFLite's sparse tensor format; use "
                                 ".tflite")
+        if (options.get("rounding") or "nearest") != "nearest" or qat:
+            raise CompressError(f"{where}: mode {mode} is Keras's own quantizer; --rounding "
+                                "gptq and --qat apply to modes int8/int4 (use --mode gptq "
+                                "for Keras's GPTQ)")
         return "keras"
     fmt = fmt or "tflite"
     if fmt == "keras":
-        raise CompressError(f"{where}: a .keras output needs mode keras-int8")
+        raise CompressError(f"{where}: a .keras output needs one of Keras's own modes: "
+                            + ", ".join(KERAS_MODES))
     if qat and mode != "int8":
         raise CompressError("--qat trains for full-integer int8; use it with mode int8")
     if sparse and fmt != "tflite":
@@ -520,24 +540,40 @@ def _measure(content: bytes, float_content: bytes, fmt: str, x_check, expected, 
     return info
 
 
-def _keras_int8(model, x_check, x_test, y_test, opts: dict) -> tuple[bytes, dict]:
-    """The ``.keras`` file's bytes of Keras's own int8, measured reloaded from them."""
+def _keras_int8(model, x_check, x_test, y_test, opts: dict, x_cal=None
+                ) -> tuple[bytes, dict]:
+    """The ``.keras`` file's bytes of Keras's own quantizer (``opts["mode"]``), measured
+    reloaded from them."""
     from compress import io
-    from compress.quantization.keras_int8 import keras_int8
+    from compress.quantization.keras_modes import complete_save, keras_quantize
     from compress.report import keras_latency_ms, saved_size, zipped_size
     from compress.runtime import agreement_summary, comparison
     from compress.training import predict
 
-    quantized, float_layers = keras_int8(model)
+    mode = opts["mode"]
+    quantized, layers = keras_quantize(model, mode, x_cal)
     with tempfile.TemporaryDirectory() as folder:  # Keras saves to and loads from files
         path = Path(folder) / "quantized.keras"
-        quantized.save(path)
+        with complete_save(quantized):
+            quantized.save(path)
         content = path.read_bytes()
-        reloaded = io.load_model(path)
+        try:
+            reloaded = io.load_model(path)
+        except CompressError:
+            raise
+        except Exception as exc:  # Keras wrote a file it cannot read: say so, write nothing
+            raise CompressError(f"mode {mode}: the .keras file Keras saved does not load back "
+                                f"({' '.join(str(exc).split())[:200]}); nothing "
+                                "written") from exc
         info = {"bytes": len(content), "zipped_bytes": zipped_size(path)}
     info["float_bytes"], info["float_zipped_bytes"] = saved_size(model)
     info["size_ratio"] = info["bytes"] / info["float_bytes"]
-    info["float_layers"] = float_layers
+    info["float_layers"] = layers["float"]
+    info["quantized_layers"] = layers["quantized"]
+    if mode != "keras-int8" and opts["exports"]:
+        from compress.quantization.keras_modes import export_outcomes
+
+        info["exports"] = export_outcomes(reloaded, opts["seed"])
     task = opts["_task"]
     info.update(comparison(predict(reloaded, x_check), predict(model, x_check),
                            classifiers(task)))

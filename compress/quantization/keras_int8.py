@@ -3,7 +3,8 @@
 Keras 3 quantizes ``Dense``, ``EinsumDense`` and ``Embedding`` layers in place (int8
 kernels with per-output-channel scales, activations quantized on the fly); convolutions
 and everything else keep float weights. The result is still a Keras model, saved as
-``.keras`` and loaded back with plain ``keras.models.load_model``.
+``.keras`` and loaded back with plain ``keras.models.load_model``. Keras's other modes
+(int4, GPTQ, AWQ) are in :mod:`compress.quantization.keras_modes`.
 
 Example:
 
@@ -28,15 +29,7 @@ def keras_int8(model):
         ``(quantized_model, float_layers)``: the new model, and the names of the layers
         that own weights but stayed float because Keras cannot quantize their type.
     """
-    from compress.report import leaf_layers
-    from compress.training import copy_model
+    from compress.quantization.keras_modes import keras_quantize
 
-    quantized = copy_model(model)
-    float_layers = [layer.name for layer in leaf_layers(quantized)
-                    if type(layer).__name__ not in SUPPORTED]
-    import warnings
-
-    with warnings.catch_warnings():  # Keras warns once per layer it cannot quantize
-        warnings.simplefilter("ignore", UserWarning)
-        quantized.quantize("int8")
-    return quantized, float_layers
+    quantized, layers = keras_quantize(model, "keras-int8")
+    return quantized, layers["float"]
