@@ -33,10 +33,11 @@ bench: install
 bench-quick: install
 	$(PY) -m bench --quick
 
-# The model zoo (issue 19) is a part of its own: 30-45 minutes on 2 cores. It rewrites
+# The model zoo (issue 19) is a part of its own: 30-45 minutes on 2 cores, and its speed,
+# memory and int8-SQNR probes (zoo-speed) about 20 more. It rewrites
 # docs/models.md; its section goes to bench/out/BENCHMARKS.zoo.md.
 bench-zoo: install
-	$(PY) -m bench --only zoo --out bench/out/BENCHMARKS.zoo.md
+	$(PY) -m bench --only zoo zoo-speed --out bench/out/BENCHMARKS.zoo.md
 
 # TFMOT vs ours on the trained MobileNetV2 (issue 20): 10-12 minutes, a part of its own.
 bench-mobilenetv2-peers: install
