@@ -241,10 +241,12 @@ def test_format_from_options_or_output_suffix():
     assert format_for("m.tflite", {"mode": "keras-int8"}) == "keras"  # io refuses the suffix
     with pytest.raises(CompressError, match="m.bin: cannot tell the format"):
         format_for("m.bin", {"mode": "int8"})
-    with pytest.raises(CompressError, match="m.keras: a .keras output needs mode keras-int8"):
+    with pytest.raises(CompressError, match="m.keras: a .keras output needs one of "
+                       "Keras.s own modes: keras-int8, keras-int4, gptq, awq"):
         format_for("m.keras", {"mode": "int8"})
     assert artifact_format({"mode": "float16", "format": "onnx"}) == "onnx"
-    with pytest.raises(CompressError, match="keras-int8 writes a .keras model, not onnx"):
+    with pytest.raises(CompressError, match=r"keras-int8 writes a .keras model \(Keras.s "
+                       r"own quantized layers\), not onnx"):
         artifact_format({"mode": "keras-int8", "format": "onnx"})
     with pytest.raises(CompressError, match="--qat trains for full-integer int8"):
         artifact_format({"mode": "dynamic", "qat": True})

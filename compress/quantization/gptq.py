@@ -275,14 +275,6 @@ def _round_layer(h, qmax, per_channel, damp, block, depthwise, act_order) -> dic
     return row
 
 
-KERAS_ONLY = ("{mode}: Keras's {name} ({config}) calibrates on text only: it needs a "
-              "tokenizer, casts the calibration data to int32 token windows and quantizes "
-              "the Dense/EinsumDense layers of the transformer blocks named by "
-              "model.get_quantization_layer_structure(), so it cannot run on a model "
-              "calibrated with array data; use --mode int4 --rounding gptq (or --mode int8 "
-              "--rounding gptq), the same compensation onto the converter's grid")
-
-
 def check_rounding(options: dict) -> None:
     """Refuse quantize options that do not go with GPTQ rounding or int4 (one line).
 
@@ -293,10 +285,6 @@ def check_rounding(options: dict) -> None:
     compress.errors.CompressError: --rounding gptq rounds weights onto the int8 or int4 grid of the artifact; mode dynamic quantizes them itself at conversion: use --mode int8 or --mode int4
     """
     mode, rounding = options.get("mode", "int8"), options.get("rounding") or "nearest"
-    if mode in ("gptq", "awq"):
-        raise CompressError(KERAS_ONLY.format(
-            mode=f"mode {mode}", name=mode.upper(),
-            config=f"keras.quantizers.{mode.upper()}Config"))
     if rounding == "gptq" and mode not in ("int8", "int4"):
         raise CompressError(f"--rounding gptq rounds weights onto the int8 or int4 grid of "
                             f"the artifact; mode {mode} quantizes them itself at "
