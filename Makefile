@@ -22,10 +22,10 @@ demo: install
 	$(VENV)/bin/compress demo --force
 
 test: install
-	$(PY) -m pytest -n 2 --dist loadfile -q -ra
+	$(PY) -m pytest -n 2 --dist loadfile --no-loadscope-reorder -q -ra
 
 test-fast: install
-	$(PY) -m pytest -n 2 --dist loadfile -q -m "not slow"
+	$(PY) -m pytest -n 2 --dist loadfile --no-loadscope-reorder -q -m "not slow"
 
 bench: install
 	$(PY) -m bench
