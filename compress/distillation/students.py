@@ -50,6 +50,13 @@ def width_student(teacher, width: float = 0.25, name: str | None = None):
     if not isinstance(width, (int, float)) or isinstance(width, bool) or \
             not 0.0 < width <= 4.0:
         raise CompressError(f"width: must be in (0, 4.0], got {width!r}")
+    for layer in teacher.layers:
+        if isinstance(layer, keras.Model) and not isinstance(layer, keras.Sequential) \
+                and not hasattr(layer, "_operations"):  # Functional has them
+            raise CompressError(f"teacher '{teacher.name}': its layer '{layer.name}' is a "
+                                f"subclassed model ({type(layer).__name__}), whose widths "
+                                "live in its own code; give --student FILE (a model taking "
+                                "the same inputs)")
     outputs = _output_layers(teacher)
     scaled = []
 

@@ -90,6 +90,8 @@ def _read_recipe_text(path: Path) -> str:
     """The recipe file's text, or one line saying why it cannot be a recipe."""
     try:
         size = os.stat(path).st_size
+    except ValueError:  # a NUL in the name: no file can have it
+        raise CompressError(f"{str(path)!r}: not a file name (it holds a NUL)") from None
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise CompressError(f"{path}: symbolic link loop (a link in this path points "

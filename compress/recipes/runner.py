@@ -222,6 +222,9 @@ def _read_model_file(recipe: dict, raw):
         model = io.load_model(recipe["model"], unsafe=recipe["unsafe"])
     except CompressError as exc:
         raise CompressError(f"model: {exc}") from exc
+    x = getattr(raw, "x_train", None)  # a subclassed model: wrapped with the data's shape
+    sample = tuple(x.shape[1:]) if hasattr(x, "shape") else None
+    model, _ = io.with_input_signature(model, None, sample, where=f"model {recipe['model']}")
     dataset = data_mod.prepare(model, raw) if raw is not None else None
     subset = recipe.get("subset")
     if dataset is not None and subset:

@@ -125,7 +125,7 @@ def cluster_model(model, data=None, *, verbose=0, **options):
 
     task = resolve(model, opts["loss"], opts["metrics"], y=sample_targets(data))
     new = training.copy_model(model)
-    chosen = shareable_layers(new, opts["layers"], "clustered")
+    chosen = shareable_layers(new, opts["layers"], "clustered", nested=True)
     for layer in chosen:
         size = int(np.prod(layer.kernel.shape))
         if clusters > size:

@@ -10,8 +10,10 @@ from compress.layers import layer_matches, select_layers
 SHAREABLE = (keras.layers.Dense, keras.layers.Conv2D)
 
 
-def shareable_layers(model, layers: list | None, what: str) -> list:
-    """Top-level Dense/Conv2D layers chosen by ``layers`` (every one when None).
+def shareable_layers(model, layers: list | None, what: str, nested: bool = False) -> list:
+    """Top-level Dense/Conv2D layers chosen by ``layers`` (every one when None); with
+    ``nested``, those inside nested and subclassed models too (k-means edits kernels in
+    place, so it reaches them; hashing replaces layers, so it does not).
 
     ``layers`` follows the one rule of every pass (:func:`compress.layers.select_layers`:
     names, class names or regular expressions matching the whole name). An entry that
@@ -29,18 +31,27 @@ def shareable_layers(model, layers: list | None, what: str) -> list:
     """
     if isinstance(layers, str):
         layers = [layers]
+    candidates = _leaves(model) if nested else model.layers
     if layers:
-        for layer in model.layers:
+        for layer in candidates:
             if (layer.weights and not _shareable(layer)
                     and any(layer_matches(layer, sel) for sel in layers)):
                 raise CompressError(f"layer '{layer.name}' ({type(layer).__name__}) cannot be "
                                     f"{what}: only Dense and channels-last, ungrouped Conv2D "
                                     "can")
-    eligible = [layer for layer in model.layers if _shareable(layer)]
+    eligible = [layer for layer in candidates if _shareable(layer)]
     if not eligible:
         raise CompressError(f"model '{model.name}': no layer to be {what} (only Dense and "
                             "channels-last, ungrouped Conv2D can)")
     return select_layers(eligible, layers, "shareable", model.name)
+
+
+def _leaves(model) -> list:
+    """The layers of ``model`` with those of its nested models in place of them."""
+    out = []
+    for layer in model.layers:
+        out.extend(_leaves(layer) if isinstance(layer, keras.Model) else [layer])
+    return out
 
 
 def _shareable(layer) -> bool:
