@@ -316,19 +316,7 @@ def prune_units(model, fraction: float, method: str = "magnitude", calibration=N
                             f"be removed ({first[0]}: {', '.join(first[1][:3])})")
 
     def kept(seg_list):
-        idx, off = [], 0
-        for s in seg_list:
-            if isinstance(s, _Flat):
-                c = sum(n for _, n in s.segs)
-                ch = kept(s.segs)
-                idx.extend((np.arange(s.spatial)[:, None] * c + ch[None, :]).reshape(-1) + off)
-                off += s.spatial * c
-                continue
-            g, n = s
-            r = groups.find(g) if g is not None else None
-            idx.extend((keep[r] if r in keep else np.arange(n)) + off)
-            off += n
-        return np.asarray(idx, dtype="int64")
+        return kept_indices(seg_list, groups, keep)
 
     new_units = {n: len(keep[groups.find(n)]) for n in producers
                  if groups.find(n) in keep}
@@ -389,6 +377,24 @@ def prune_units(model, fraction: float, method: str = "magnitude", calibration=N
             f"{reason}" for reason, names in not_pruned.items())
     return new, info
 
+
+
+def kept_indices(seg_list, groups, keep) -> np.ndarray:
+    """The kept input-channel indices of a tensor made of ``seg_list`` (groups and flattened
+    spatial segments), given ``keep`` (group root -> kept channel indices)."""
+    idx, off = [], 0
+    for s in seg_list:
+        if isinstance(s, _Flat):
+            c = sum(n for _, n in s.segs)
+            ch = kept_indices(s.segs, groups, keep)
+            idx.extend((np.arange(s.spatial)[:, None] * c + ch[None, :]).reshape(-1) + off)
+            off += s.spatial * c
+            continue
+        g, n = s
+        r = groups.find(g) if g is not None else None
+        idx.extend((keep[r] if r in keep else np.arange(n)) + off)
+        off += n
+    return np.asarray(idx, dtype="int64")
 
 def _sequential_names(model) -> set:
     """Names of the Sequential models in ``model``'s nest (``model`` included)."""

@@ -115,21 +115,9 @@ def _roots(seg_list, groups) -> set:
 
 def _kept(seg_list, groups, keep):
     """Kept input-channel indices of a tensor (as ``prune_units`` slices it)."""
-    from compress.pruning.structured import _Flat
+    from compress.pruning.structured import kept_indices
 
-    idx, off = [], 0
-    for s in seg_list:
-        if isinstance(s, _Flat):
-            c = sum(n for _, n in s.segs)
-            ch = _kept(s.segs, groups, keep)
-            idx.extend((np.arange(s.spatial)[:, None] * c + ch[None, :]).reshape(-1) + off)
-            off += s.spatial * c
-            continue
-        g, n = s
-        r = groups.find(g) if g is not None else None
-        idx.extend((keep[r] if r in keep else np.arange(n)) + off)
-        off += n
-    return np.asarray(idx, dtype="int64")
+    return kept_indices(seg_list, groups, keep)
 
 
 def _positions(seg_list, groups, root, n) -> list:
