@@ -56,8 +56,11 @@ def case_obs_mobilenetv2(ctx) -> Section:
                else None)
         for name, opts in METHODS.items():
             t0 = time.perf_counter()
+            # one-shot, no retraining: BatchNorm re-estimation (on by default) stays off,
+            # so the curves compare the criteria alone
             curves[label][name] = [_acc(prune(dense, ds, sparsity=s, calibration=cal,
-                                              layers=few, **opts)[0], ds) for s in levels]
+                                              layers=few, bn_recalibrate=False, **opts)[0],
+                                        ds) for s in levels]
             seconds[(label, name)] = (time.perf_counter() - t0) / len(levels)
         rows = [[f"{s:.0%}"] + [f"{curves[label][n][i]:.2%}" for n in METHODS]
                 for i, s in enumerate(levels)]
@@ -87,7 +90,8 @@ def case_obs_mobilenetv2(ctx) -> Section:
     eligible = [la.name for la in dense.layers if type(la).__name__ in ("Conv2D", "Dense")
                 and la.kernel.shape[-2] % 4 == 0][:ctx.size(4, None)]
     two_four = {m: _acc(prune(dense, ds, method=m, two_four=True, calibration=cal,
-                              layers=eligible)[0], ds) for m in ("magnitude", "obs")}
+                              layers=eligible, bn_recalibrate=False)[0], ds)
+                for m in ("magnitude", "obs")}
     d_mag, d_obs = (dense_acc[label] - two_four[m] for m in ("magnitude", "obs"))
     sec.add(f"2:4 one-shot on MobileNetV2 ({len(eligible)} Conv2D/Dense layers whose inputs "
             f"per unit divide by 4): magnitude **{two_four['magnitude']:.2%}**, OBS "

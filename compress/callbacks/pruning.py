@@ -115,6 +115,14 @@ class Pruning(keras.callbacks.Callback):
             one unit (runs of zeros that compress better; see
             :func:`compress.pruning.masks.select_masks`).
         seed: int, default 0. Seed of OBD's random Hessian probes.
+        recalibrate_bn: array (or structure of arrays) or None, default None. Training
+            inputs (a few hundred) on which every BatchNormalization layer's moving
+            mean/variance is re-estimated when training ends, after the last mask update
+            (:func:`compress.pruning.batchnorm.recalibrate_batchnorm`: exact averages, no
+            weight update): with momentum 0.99 the statistics otherwise still describe
+            the denser network of the last updates. A restore by a later callback
+            (``EarlyStopping(restore_best_weights=True)``) puts back older statistics; they
+            are re-estimated again. ``recalibrated`` holds ``{"layers", "samples"}``.
 
     Raises:
         CompressError: an argument out of range or of the wrong type, checked by
@@ -127,7 +135,7 @@ class Pruning(keras.callbacks.Callback):
                  frequency=100, power=3.0, schedule="polynomial", method="magnitude",
                  scope="layer", layers=None, skip_first_last=False, calibration=None,
                  estimator="backprop", release_on_end=True, balance=False, damping=0.0,
-                 block=1, seed=0, steps_per_epoch=None):
+                 block=1, seed=0, steps_per_epoch=None, recalibrate_bn=None):
         super().__init__()
         opts = PRUNING_CALLBACK_OPTIONS.validate({
             "sparsity": sparsity, "initial_sparsity": initial_sparsity,
@@ -146,6 +154,8 @@ class Pruning(keras.callbacks.Callback):
         for name, value in opts.items():
             setattr(self, name, value)
         self.calibration = calibration
+        self.recalibrate_bn = recalibrate_bn
+        self.recalibrated = None  # {"layers", "samples"} once re-estimated
         self.step = 0
         self.current = 0.0
         self.updates = []  # (step, sparsity) of every mask update
@@ -216,6 +226,15 @@ class Pruning(keras.callbacks.Callback):
             return
         self.restores += 1
         self._apply_masks()
+        if self._final_masks is not None:  # after on_train_end: older statistics came back
+            self._recalibrate()
+
+    def _recalibrate(self) -> None:
+        if self.recalibrate_bn is None:
+            return
+        from compress.pruning.batchnorm import recalibrate_batchnorm
+
+        self.recalibrated = recalibrate_batchnorm(self.model, self.recalibrate_bn)
 
     def _apply_masks(self) -> None:
         """Zero the masked weights now (the optimizer applies the masks only on updates)."""
@@ -249,9 +268,10 @@ class Pruning(keras.callbacks.Callback):
         # A callback before this one may have put back weights of an epoch with fewer
         # zeros; those after it are caught by the guard (_guard_restores).
         self._apply_masks()
+        self._final_masks = [get_mask(var) for _, var in self._pairs or []]
         if self.release_on_end:
-            self._final_masks = [get_mask(var) for _, var in self._pairs or []]
             release_zeros(self.model)
+        self._recalibrate()
         # From here only the callbacks after this one can restore: while Keras's
         # on_train_end dispatch (the caller) runs.
         self._watch(sys._getframe(1))

@@ -47,6 +47,9 @@ def command(model, output, data, seed, unsafe, as_json, force, **options):
         if "layers" in info:
             info["per_layer"] = ", ".join(f"{r['weight']} {r['sparsity']:.1%}"
                                           for r in info["layers"])
+        if info.get("left_out"):  # OBD/OBS: layers whose Hessian cannot be formed
+            info["left_dense"] = (", ".join(info["left_out"])
+                                  + " (no layer Hessian; the reasons are in --json)")
         if not opts["structured"]:
             info["note"] = ("zeros shrink the zipped file; dense kernels run at the same "
                             "speed (use --structured for a latency drop)")

@@ -112,6 +112,8 @@ def distill(teacher, student, data, *, callbacks=None, verbose: int | str = 0, *
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"])
     stream = data.fit_args(opts["batch_size"])  # arrays, or streamed batches
+    if not getattr(data, "labelled", True):  # the teacher's top-1 stands in for labels
+        stream = _teacher_labels(teacher, stream, data, opts["augment"])
     # The student gets its output activation back when training ends, before a NaN stop
     # saves it (--keep-last-good), and in any case once the fit is left.
     back = keras.callbacks.LambdaCallback(on_train_end=lambda logs: restore())
@@ -164,6 +166,27 @@ def distill(teacher, student, data, *, callbacks=None, verbose: int | str = 0, *
             scores = task.evaluate_data(model, data, "test")
             info.update({f"{who}_{k}": v for k, v in scores.items() if k != "metrics"})
     return trained, info
+
+
+def _teacher_labels(teacher, stream, data, augment: str) -> dict:
+    """:meth:`fit_args` of unlabelled in-memory data with the teacher's top-1 classes as
+    the labels (the student-loss term then learns the teacher's hard decisions).
+
+    Raises:
+        CompressError: unlabelled streamed data, or ``augment`` (labels of shifted views).
+    """
+    import numpy as np
+
+    from compress.training import predict
+
+    if stream["batch_size"] is None or augment != "none":
+        raise CompressError(f"{data.name}: has no labels; distill takes unlabelled data only "
+                            "in memory and without --augment (the teacher's top-1 classes "
+                            "become the labels): give labelled data")
+    val = stream["validation_data"]
+    return {**stream, "y": np.argmax(predict(teacher, stream["x"]), -1),
+            "validation_data": None if val is None or isinstance(val, tuple) else
+            (val, np.argmax(predict(teacher, val), -1))}
 
 
 def several_io(model) -> bool:

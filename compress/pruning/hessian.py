@@ -15,9 +15,10 @@ whose input dimension exceeds ``max_dim`` gets a block-diagonal Hessian (column 
 of at most ``max_dim``; ``block_diagonal`` says so), so memory stays bounded at about
 ``G * max_dim * d * 8`` bytes.
 
-Supported: Dense, EinsumDense (a 2-D kernel contracting the input's last axis), Conv1D,
-Conv2D (groups too), DepthwiseConv2D, SeparableConv2D (its depthwise part, and its
-pointwise part on the depthwise output). Inputs are captured by hooking the layer's
+Supported: Dense, EinsumDense (a Dense on the input's last axes flattened: the kernel's
+leading axes contract them, its other axes are outputs, as the query/key/value and output
+projections of attention), Conv1D, Conv2D (groups too), DepthwiseConv2D, SeparableConv2D
+(its depthwise part, and its pointwise part on the depthwise output). Inputs are captured by hooking the layer's
 ``call`` during an ordinary forward pass, so nested and functional models both work.
 
 Example:
@@ -116,9 +117,10 @@ def owner(model, variable):
     Raises:
         CompressError: the variable belongs to no leaf layer of the model.
     """
-    from compress.pruning.masks import _leaves
+    from compress.pruning.masks import deep_leaves
 
-    for layer in _leaves(model):
+    leaves = deep_leaves(model)
+    for layer in leaves:
         for attr, role in (("kernel", "kernel"), ("depthwise_kernel", "depthwise"),
                            ("pointwise_kernel", "pointwise")):
             var = getattr(layer, attr, None)
@@ -126,6 +128,7 @@ def owner(model, variable):
                 if type(layer).__name__ == "SeparableConv2D" and role == "kernel":
                     continue
                 return layer, role
+    for layer in reversed(leaves):  # the innermost layer holding it, not its parent
         if any(v is variable for v in layer.weights):
             raise _unsupported(layer, f"weight '{variable.name}' is not a kernel of "
                                f"{', '.join(SUPPORTED)}")
@@ -133,9 +136,28 @@ def owner(model, variable):
                         f"layer of model '{model.name}'")
 
 
+def hessian_problem(model, variable) -> str | None:
+    """Why the layer Hessian of ``variable`` cannot be formed (the one-line refusal
+    :func:`new_hessian` would raise), or None when it can.
+
+    Example:
+
+    >>> hessian_problem(model, model.get_layer("tokens").embeddings)  # doctest: +SKIP
+    "layer 'tokens' (Embedding): weight 'embeddings' is not a kernel of Dense, ..."
+    """
+    try:
+        layer, role = owner(model, variable)
+        _problem(layer, role, MAX_DIM)
+    except CompressError as exc:
+        return str(exc)
+    return None
+
+
 def _unsupported(layer, why: str) -> CompressError:
-    return CompressError(f"layer '{layer.name}' ({type(layer).__name__}): {why}; its layer "
-                         "Hessian cannot be formed, leave it out with --layers")
+    from compress.pruning.masks import layer_path
+
+    return CompressError(f"layer '{layer_path(layer)}' ({type(layer).__name__}): {why}; its "
+                         "layer Hessian cannot be formed, leave it out with --layers")
 
 
 def _problem(layer, role, max_dim):
@@ -157,13 +179,17 @@ def _problem(layer, role, max_dim):
     size = int(np.prod(shape))
 
     if kind in ("Dense", "EinsumDense"):
+        d_in, d_out = shape[0], size // max(shape[0], 1)
         if kind == "EinsumDense":
-            lhs, rest = layer.equation.split(",")
-            kern, out = rest.split("->")
-            if len(shape) != 2 or kern[0] != lhs[-1] or kern[0] in out or kern[1] != out[-1]:
-                raise _unsupported(layer, f"equation '{layer.equation}' (only a 2-D kernel "
-                                   "contracting the input's last axis)")
-        d_in, d_out = shape
+            from compress.pruning.masks import einsum_contracted
+
+            k = einsum_contracted(layer.equation, len(shape))
+            if k is None:
+                raise _unsupported(layer, f"equation '{layer.equation}' (only a kernel whose "
+                                   "leading axes contract the input's last axes and whose "
+                                   "other axes are output axes)")
+            d_in = int(np.prod(shape[:k]))
+            d_out = size // d_in
         index = np.arange(size).reshape(d_in, d_out).T[None]
 
         def rows_fn(a):
@@ -248,10 +274,10 @@ def _batches(x, batch_size):
 def _forward(model, hooks, xb, stop_layer=None):
     """Run ``model`` on one batch calling ``hooks[id(layer)](input)`` inside each hooked
     layer's call; stops right after ``stop_layer`` ran."""
-    from compress.pruning.masks import _leaves
+    from compress.pruning.masks import deep_leaves
 
     patched = []
-    for layer in _leaves(model):
+    for layer in deep_leaves(model):
         fn = hooks.get(id(layer))
         if fn is None:
             continue
@@ -368,7 +394,7 @@ def new_hessian(model, variable, max_dim: int = MAX_DIM, reference=None) -> Laye
     """An empty :class:`LayerHessian` for ``variable`` (a kernel of ``model``);
     ``reference``: an uncompressed copy of ``model`` whose inputs to the same layer are
     the target (``cross`` is then accumulated too)."""
-    from compress.pruning.masks import _leaves
+    from compress.pruning.masks import deep_leaves
 
     layer, role = owner(model, variable)
     index, splits, rows_fn = _problem(layer, role, max_dim)
@@ -376,7 +402,7 @@ def new_hessian(model, variable, max_dim: int = MAX_DIM, reference=None) -> Laye
     zeros = [np.zeros((g, hi - lo, hi - lo)) for lo, hi in splits]
     h = LayerHessian(layer, variable, index, splits, zeros, rows_fn=rows_fn)
     if reference is not None:
-        mine, theirs = _leaves(model), _leaves(reference)
+        mine, theirs = deep_leaves(model), deep_leaves(reference)
         at = next(i for i, la in enumerate(mine) if la is layer)
         if len(mine) != len(theirs) or type(theirs[at]) is not type(layer):
             raise CompressError(f"layer Hessian: reference model '{reference.name}' does not "

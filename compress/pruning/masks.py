@@ -20,7 +20,6 @@ from __future__ import annotations
 import numpy as np
 
 from compress.errors import CompressError
-from compress.layers import select_layers
 
 # layer class name -> attribute names of the weights pruned by default (biases, BatchNorm
 # and normalization parameters are left alone).
@@ -74,26 +73,81 @@ def _leaves(model):
     return out
 
 
+def _sublayers(layer) -> list:
+    """The layers tracked directly by a (non-Model) layer, e.g. the Dense layers of a
+    KerasHub ``TransformerDecoder`` or of a user's registered block."""
+    try:
+        return list(layer._flatten_layers(include_self=False, recursive=False))
+    except Exception:  # noqa: BLE001 - not a Keras layer with tracked sub-layers
+        return []
+
+
+def deep_leaves(model, _prefix: str = "") -> list:
+    """Every layer of ``model`` that computes: the layers of nested models in their place
+    (as :func:`_leaves`), and, after any other layer that tracks sub-layers (a custom
+    ``Layer`` holding Dense layers), those sub-layers, recursively. A sub-layer of a
+    non-Model layer is recorded with its path (``block/fc1``, see :func:`weight_key`).
+
+    Example:
+
+    >>> [la.name for la in deep_leaves(model)]        # doctest: +SKIP
+    ['tokens', 'block', 'fc1', 'fc2', 'head']
+    """
+    out = []
+    for layer in model.layers:
+        if hasattr(layer, "layers") and getattr(layer, "layers", None) and layer is not model:
+            out.extend(deep_leaves(layer, _prefix))
+            continue
+        if _prefix:
+            object.__setattr__(layer, "_compress_path", f"{_prefix}/{layer.name}")
+        out.append(layer)
+        if type(layer).__name__ not in PRUNABLE:
+            out.extend(_inside(layer, f"{_prefix}/{layer.name}" if _prefix else layer.name))
+    return out
+
+
+def _inside(layer, path: str) -> list:
+    out = []
+    for sub in _sublayers(layer):
+        object.__setattr__(sub, "_compress_path", f"{path}/{sub.name}")
+        out.append(sub)
+        if type(sub).__name__ not in PRUNABLE:
+            out.extend(_inside(sub, f"{path}/{sub.name}"))
+    return out
+
+
+def layer_path(layer) -> str:
+    """``layer``'s name, or ``parent/name`` for a layer inside a custom layer (set by
+    :func:`deep_leaves`)."""
+    return getattr(layer, "_compress_path", None) or layer.name
+
+
 def prunable_weights(model, layers=None, skip_first_last: bool = False) -> list:
     """The ``(layer, variable)`` pairs that pruning acts on, in model order.
 
+    Prunable layers inside nested models and inside custom (non-Model) layers, such as
+    the Dense and EinsumDense layers of a KerasHub transformer block, are found too;
+    those inside a custom layer are named by their path (``transformer_layer_0/
+    feedforward_intermediate_dense``).
+
     Args:
-        model: a Keras model (nested models are searched).
-        layers: list of str or None. Each entry selects layers by name, by class name
-            (``"Dense"``) or by a regular expression matching the whole name (the rule of
-            :func:`compress.layers.select_layers`, the same in every pass). None
-            selects every prunable layer.
+        model: a Keras model (nested models and layers are searched).
+        layers: list of str or None. Each entry selects layers by name, by path, by class
+            name (``"Dense"``) or by a regular expression matching the whole name or
+            path (the rule of :func:`compress.layers.select_layers`, the same in every
+            pass). None selects every prunable layer.
         skip_first_last: bool, default False. Leave the first and last prunable layers
             dense.
 
     Raises:
         CompressError: no prunable layer, or a selector that matches nothing.
     """
-    candidates = []
-    for layer in _leaves(model):
+    candidates, seen = [], set()
+    for layer in deep_leaves(model):
         attrs = PRUNABLE.get(type(layer).__name__)
-        if not attrs:
+        if not attrs or id(layer) in seen:  # a layer tracked twice counts once
             continue
+        seen.add(id(layer))
         vars_ = [getattr(layer, a) for a in attrs if getattr(layer, a, None) is not None]
         if vars_:
             candidates.append((layer, vars_))
@@ -105,15 +159,83 @@ def prunable_weights(model, layers=None, skip_first_last: bool = False) -> list:
         if not candidates:
             raise CompressError(f"model '{model.name}': nothing left to prune once the first "
                                 "and last prunable layers are kept dense")
-    chosen = {id(la) for la in select_layers([c[0] for c in candidates], layers, "prunable",
-                                             model.name)}
+    chosen = {id(la) for la in _select([c[0] for c in candidates], layers, model.name)}
     candidates = [c for c in candidates if id(c[0]) in chosen]
     return [(layer, v) for layer, vars_ in candidates for v in vars_]
 
 
+def _select(layers: list, selectors, model_name: str) -> list:
+    """:func:`compress.layers.select_layers` matching a nested layer's path as well."""
+    from compress.layers import _pattern, layer_matches
+
+    if not selectors:
+        return list(layers)
+    if isinstance(selectors, str):
+        selectors = [selectors]
+    chosen = set()
+    for sel in selectors:
+        hits = [id(la) for la in layers if layer_matches(la, sel) or layer_path(la) == sel
+                or _pattern(sel).fullmatch(layer_path(la)) is not None]
+        if not hits:
+            _no_match(sel, layers, model_name)
+        chosen.update(hits)
+    return [la for la in layers if id(la) in chosen]
+
+
+def _no_match(sel, layers, model_name):
+    raise CompressError(f"layers '{sel}': matches no prunable layer of model '{model_name}' "
+                        f"(prunable: {', '.join(layer_path(la) for la in layers)})")
+
+
 def weight_key(layer, variable) -> str:
-    """``layer/weight`` name used in reports."""
-    return f"{layer.name}/{variable.name.split('/')[-1]}"
+    """``layer/weight`` name used in reports (``block/fc1/kernel`` for a layer inside a
+    custom layer, see :func:`layer_path`)."""
+    return f"{layer_path(layer)}/{variable.name.split('/')[-1]}"
+
+
+def einsum_contracted(equation: str, rank: int):
+    """How many leading kernel axes an EinsumDense ``equation`` contracts with the
+    input's last axes, when the layer is a Dense on those axes flattened (the other
+    kernel axes all output axes, none shared with the input); else None.
+
+    Example:
+
+    >>> einsum_contracted("abc,cde->abde", 3), einsum_contracted("abcd,cde->abe", 3)
+    (1, 2)
+    >>> einsum_contracted("ab,bc->ac", 2), einsum_contracted("abc,bd->acd", 2) is None
+    (1, True)
+    """
+    try:
+        lhs, rest = equation.replace(" ", "").split(",")
+        kern, out = rest.split("->")
+    except ValueError:
+        return None
+    if len(kern) != rank or "." in kern:
+        return None
+    k = 0
+    while k < len(kern) and kern[k] not in out:
+        k += 1
+    contracted, produced = kern[:k], kern[k:]
+    if not k or not lhs.endswith(contracted) or any(c in out for c in contracted) \
+            or any(c not in out or c in lhs for c in produced):
+        return None
+    return k
+
+
+def matmul_shape(layer, variable):
+    """``(inputs, outputs)``: the 2-D matrix an EinsumDense kernel of more than 2 axes
+    is (attention's ``(hidden, heads, head_dim)`` query kernel is ``(hidden, heads *
+    head_dim)``), or None for any other weight (its input axis is the second to last).
+    Block and 2:4 pruning group weights along that matrix's input axis."""
+    shape = tuple(variable.shape)
+    if type(layer).__name__ != "EinsumDense" or variable is not getattr(layer, "kernel", None) \
+            or len(shape) <= 2:
+        return None
+    k = einsum_contracted(layer.equation, len(shape))
+    if k is None:
+        return None
+    d_in = int(np.prod(shape[:k]))
+    return d_in, int(np.prod(shape)) // d_in
 
 
 def keep_zeros(model, layers=None) -> int:
@@ -147,7 +269,7 @@ def keep_zeros(model, layers=None) -> int:
 def release_zeros(model) -> int:
     """Remove the masks :func:`keep_zeros` (or pruning) attached; returns how many."""
     n = 0
-    for layer in _leaves(model):
+    for layer in deep_leaves(model):
         for var in layer.weights:
             if isinstance(var.constraint, ZeroMask):
                 var.constraint = None

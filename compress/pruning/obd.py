@@ -121,7 +121,8 @@ def hessian_diagonal(model, x, y, variables=None, estimator: str = "backprop",
         y: targets (integer labels for a classifier), or None (label-free).
         variables: list of weight variables, default None (every trainable weight).
         estimator: str, default ``"backprop"``. One of ``backprop``, ``gauss_newton``,
-            ``hutchinson``, ``fisher``, ``layer``.
+            ``hutchinson``, ``fisher``, ``layer``. A model with several inputs or
+            outputs gets ``layer`` (the others take one input and one output).
         batch_size: int, default 32. Examples per vectorized pass.
         samples: int, default 1. Random probes per batch (Gauss-Newton, Hutchinson).
         exact: bool, default False. Gauss-Newton: sum over every class (output value)
@@ -141,7 +142,9 @@ def hessian_diagonal(model, x, y, variables=None, estimator: str = "backprop",
 
     if estimator not in ESTIMATORS:
         raise CompressError(f"estimator '{estimator}': must be one of {', '.join(ESTIMATORS)}")
-    if estimator == "layer":
+    # The output-curvature estimators take one input array and one output; a model with
+    # several inputs or outputs gets the layer Hessians, which need only its inputs.
+    if estimator == "layer" or len(model.inputs) > 1 or len(model.outputs) > 1:
         from compress.pruning.hessian import layer_hessians
 
         vs = list(model.trainable_variables if variables is None else variables)

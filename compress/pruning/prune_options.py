@@ -58,7 +58,8 @@ PRUNE_OPTIONS = Schema("prune", [
            low=1),
     Option("epochs", int, 0, "fine-tuning epochs (needs --data)", low=0),
     Option("rounds", int, 3, "prune-retrain rounds of the iterative schedule", low=1),
-    Option("learning_rate", float, 5e-4, "fine-tuning learning rate", low=0.0,
+    Option("learning_rate", float, 5e-4, "fine-tuning learning rate (the gradual schedule "
+           "trains at twice it: it recovers from every mask update)", low=0.0,
            low_inclusive=False),
     Option("batch_size", int, 64, "fine-tuning batch size", low=1),
     Option("frequency", int, 50, "steps between mask updates (gradual)", low=1),
@@ -77,6 +78,10 @@ PRUNE_OPTIONS = Schema("prune", [
            "with the best validation accuracy (gradual: only once the final sparsity is "
            "reached)"),
     Option("cosine", bool, False, "fine-tune with a cosine learning-rate decay"),
+    Option("bn_recalibrate", bool, True, "with data: re-estimate every BatchNorm layer's "
+           "moving mean/variance on 1024 training samples after pruning and fine-tuning "
+           "(exact averages, no weight update): the old statistics describe the denser "
+           "network"),
     *TASK_OPTIONS,
     Option("seed", int, 0, "seed of fine-tuning and of OBD's random probes (the CLI's --seed)",
            cli=False),

@@ -13,6 +13,7 @@ from compress.pruning.criteria import criterion, saliency_scores
 from compress.pruning.masks import (
     _drop_compiled,
     get_mask,
+    matmul_shape,
     n_m_mask,
     prunable_weights,
     release_zeros,
@@ -21,6 +22,14 @@ from compress.pruning.masks import (
     weight_key,
 )
 from compress.pruning.prune_options import PRUNE_OPTIONS, resolve_sparsity
+
+#: The gradual schedule trains at this multiple of ``learning_rate`` (default 5e-4 -> 1e-3).
+#: ``learning_rate`` is set for fine-tuning an already pruned model, where a small step
+#: keeps what pruning (and OBS's compensation) left; the gradual schedule instead trains
+#: from the dense model through every mask update and must recover from each, which the
+#: larger (Adam's default) step does in its few epochs. Set with the schedule when it was
+#: written; the benchmarks' gradual numbers use it (``info["learning_rate"]`` reports it).
+GRADUAL_LR_FACTOR = 2
 
 
 def _check_data(model, data, opts) -> None:
@@ -96,10 +105,13 @@ def prune(model, data=None, *, verbose=0, **options):
             from the validation loss measured with each layer pruned alone, see
             :mod:`compress.pruning.sensitivity`), ``quality``, ``estimator``, ``damping``
             (0.0, OBD's Levenberg-Marquardt term), ``balance`` (False), ``calibration``,
-            ``epochs`` (0), ``rounds``, ``learning_rate``, ``batch_size``, ``frequency``,
+            ``epochs`` (0), ``rounds``, ``learning_rate`` (5e-4; the gradual schedule
+            trains at twice it, :data:`GRADUAL_LR_FACTOR`), ``batch_size``, ``frequency``,
             ``layers``, ``skip_first_last``, ``norm``, ``distill`` (False), ``steps`` (1),
             ``restore_best`` (False), ``cosine`` (False), ``seed`` (0: fine-tuning and
-            OBD's random probes). ``layers`` is a list of layer names, class names or
+            OBD's random probes), ``bn_recalibrate`` (True: with data, the BatchNorm
+            moving statistics are re-estimated at the end, see :func:`_recalibrate`;
+            sparsity and weights unchanged). ``layers`` is a list of layer names, class names or
             regular expressions matching the whole name (see
             :func:`compress.layers.select_layers`), as in every pass.
 
@@ -177,9 +189,11 @@ def prune(model, data=None, *, verbose=0, **options):
         if opts["epochs"]:
             _fine_tune(original, model, data, opts, opts["epochs"], verbose, masked=False)
         info["fine_tune_epochs"] = opts["epochs"]
+        _recalibrate(model, data, opts, info)  # the consumers of removed units see new inputs
         return model, info
 
     pairs = prunable_weights(model, opts["layers"], opts["skip_first_last"])
+    pairs = _leave_out(model, pairs, opts, info)
     variables = [v for _, v in pairs]
     if opts["schedule"] == "gradual":
         progress.say(f"gradual pruning to {opts['sparsity']:.0%} over {opts['epochs']} "
@@ -193,12 +207,15 @@ def prune(model, data=None, *, verbose=0, **options):
                      skip_first_last=opts["skip_first_last"], calibration=calib,
                      estimator=opts["estimator"], balance=opts["balance"],
                      damping=opts["damping"], block=opts["block"], seed=opts["seed"])
-        opts["_task"].compile(model, opts["learning_rate"] * 2)
-        extra = _extra_callbacks(opts, opts["learning_rate"] * 2, opts["epochs"],
+        lr = opts["learning_rate"] * GRADUAL_LR_FACTOR
+        info["learning_rate"] = lr
+        opts["_task"].compile(model, lr)
+        extra = _extra_callbacks(opts, lr, opts["epochs"],
                                  start=_final_epoch(opts["epochs"]))
         training.fit(model, data, epochs=opts["epochs"], batch_size=opts["batch_size"],
                      callbacks=[cb] + extra, verbose=verbose)
         info["mask_updates"] = len(cb.updates)
+        _recalibrate(model, data, opts, info)
     else:
         rounds = opts["rounds"] if opts["schedule"] == "iterative" else 1
         final = opts["sparsity"] or 0.0  # None with --quality: each layer's threshold rules
@@ -213,7 +230,8 @@ def prune(model, data=None, *, verbose=0, **options):
                 with progress.phase("saliency", detail=f"round {r}/{rounds}: "
                                     f"{opts['method']} masks to {step_target:.1%} sparsity"):
                     new_masks = _masks(model, variables, opts, calib, step_target, data,
-                                       names=[weight_key(layer, var) for layer, var in pairs])
+                                       names=[weight_key(layer, var) for layer, var in pairs],
+                                       views=[matmul_shape(la, var) for la, var in pairs])
                 t_saliency += time.perf_counter() - t0
                 for var, m in zip(variables, new_masks):
                     set_mask(var, m)
@@ -221,16 +239,96 @@ def prune(model, data=None, *, verbose=0, **options):
             if opts["epochs"]:
                 _fine_tune(original, model, data, opts, epochs, verbose, masked=True)
         release_zeros(model)
+        _recalibrate(model, data, opts, info)
         if criterion(opts["method"]).needs_data:
             info["saliency_seconds"] = t_saliency
         if "_obs" in opts:
             info["obs"] = opts["_obs"]
+        if opts.get("_dense_two_four"):  # named, never skipped silently
+            info["two_four_left_dense"] = opts["_dense_two_four"]
         info["fine_tune_epochs"] = opts["epochs"]
     info.update(_sparsity_info(pairs))
     return model, info
 
 
-def _masks(model, variables, opts, calib, target, data=None, names=None):
+def _layer_hessians_used(model, opts) -> bool:
+    """Whether the saliencies of ``opts`` come from layer Hessians (OBS; OBD's ``layer``
+    estimator, which a model with several inputs or outputs always gets)."""
+    if opts["quality"] is not None or opts["schedule"] == "gradual":
+        return False
+    if opts["method"] == "obs":
+        return True
+    return opts["method"] == "obd" and (opts["estimator"] == "layer" or len(model.inputs) > 1
+                                        or len(model.outputs) > 1)
+
+
+def _leave_out(model, pairs, opts, info) -> list:
+    """``pairs`` less the weights whose layer Hessian cannot be formed (an Embedding, a
+    multi-axis EinsumDense) when the saliencies need one: left dense and named in
+    ``info["left_out"]`` ({weight: reason}). Weights the user selected with ``--layers``
+    are refused in one line instead, as is a model where nothing is left."""
+    if not _layer_hessians_used(model, opts):
+        return pairs
+    from compress.pruning.hessian import hessian_problem
+
+    kept, left = [], {}
+    for layer, var in pairs:
+        why = hessian_problem(model, var)
+        if why is None:
+            kept.append((layer, var))
+        elif opts["layers"]:
+            raise CompressError(why)
+        else:
+            left[weight_key(layer, var)] = why
+    if not kept:
+        raise CompressError(f"prune --method {opts['method']}: no prunable layer of model "
+                            f"'{model.name}' has a layer Hessian ({next(iter(left.values()))})")
+    if left:
+        info["left_out"] = left
+    return kept
+
+
+def _recalibrate(model, data, opts, info) -> None:
+    """Re-estimate the BatchNorm statistics of the pruned ``model`` (in place) on
+    training samples, as the last step of a pass given data (``bn_recalibrate``): the
+    moving statistics otherwise still describe the denser network (one-shot: the dense
+    one; gradual: a mix of the last mask updates, at momentum 0.99). Only the moving
+    mean/variance change: weights, zeros and sparsity stay. ``info["bn_recalibrate"]``
+    says how many layers and samples, and the validation scores before and after."""
+    from compress import progress
+    from compress.pruning.batchnorm import SAMPLES, batchnorm_layers, recalibrate_batchnorm
+
+    if not opts["bn_recalibrate"] or data is None:
+        return
+    if not batchnorm_layers(model):  # nothing to do, and the report says so
+        info["bn_recalibrate"] = {"layers": 0, "samples": 0}
+        return
+    x = data.head("train", SAMPLES)[0]
+    val = _val_head(data) if opts["_labelled"] else None
+    before = None if val is None else opts["_task"].evaluate(model, *val)
+    with progress.phase("bn", detail="re-estimating BatchNorm statistics"):
+        out = recalibrate_batchnorm(model, x)
+    if val is not None and out["layers"]:
+        out.update(val_before=before, val_after=opts["_task"].evaluate(model, *val))
+    info["bn_recalibrate"] = out
+
+
+def _val_head(data, n: int = 2048):
+    """The first ``n`` labelled validation samples, or None when there are none."""
+    from compress.data.arrays import length
+
+    try:
+        x, y = data.head("val", n)
+    except CompressError:  # a stream without a val split
+        return None
+    return None if y is None or not length(x) else (x, y)
+
+
+def _masks(model, variables, opts, calib, target, data=None, names=None, views=None):
+    """The new 0/1 mask of each of ``variables``. ``views``: per variable, None or the
+    ``(inputs, outputs)`` matrix a multi-axis EinsumDense kernel is
+    (:func:`~compress.pruning.masks.matmul_shape`): its block and 2:4 groups run along
+    that matrix's input axis."""
     from compress.pruning.magnitude import han_threshold_mask
 
     if opts["quality"] is not None:
@@ -258,8 +356,26 @@ def _masks(model, variables, opts, calib, target, data=None, names=None):
                              opts["damping"], opts["seed"])
     # Weights pruned in an earlier round stay pruned: rank them lowest.
     scores = [np.where(_old(v) > 0, s, -np.inf) for v, s in zip(variables, scores)]
+    if opts["scope"] != "sensitivity" and views and any(views):
+        shapes = [np.shape(s) for s in scores]
+        flat = [np.reshape(s, w) if w else s for s, w in zip(scores, views)]
+        old = [np.reshape(_old(v), w) if w else _old(v) for v, w in zip(variables, views)]
+        masks = _select(flat, old, opts, target, names or [v.name for v in variables])
+        return [np.reshape(m, shape) for m, shape in zip(masks, shapes)]
+    return _select(scores, [_old(v) for v in variables], opts, target,
+                   names or [v.name for v in variables], model, variables, data)
+
+
+def _select(scores, olds, opts, target, names, model=None, variables=None, data=None):
     if opts["two_four"]:
-        return [n_m_mask(s, 2, 4) for s in scores]
+        # A kernel whose input dimension is not a multiple of 4 (a first convolution on 1 or
+        # 3 channels) stays dense, as NVIDIA's ASP leaves it; none fitting is refused.
+        fits = [np.ndim(s) >= 2 and np.shape(s)[-2] % 4 == 0 for s in scores]
+        if not any(fits):
+            raise CompressError("prune --two-four: no prunable layer has an input dimension "
+                                "divisible by 4; use --block 4 or unstructured pruning")
+        opts["_dense_two_four"] = [n for n, ok in zip(names, fits) if not ok]
+        return [n_m_mask(s, 2, 4) if ok else o for s, o, ok in zip(scores, olds, fits)]
     if opts["scope"] == "sensitivity":
         from compress.pruning.sensitivity import held_out, sensitivity_masks
 

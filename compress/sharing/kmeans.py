@@ -126,11 +126,14 @@ def cluster_model(model, data=None, *, verbose=0, **options):
     task = resolve(model, opts["loss"], opts["metrics"], y=sample_targets(data))
     new = training.copy_model(model)
     chosen = shareable_layers(new, opts["layers"], "clustered", nested=True)
+    from compress.pruning.masks import deep_leaves, layer_path
+
+    deep_leaves(new)  # records the path of a layer inside a custom layer (``block/fc1``)
     for layer in chosen:
         size = int(np.prod(layer.kernel.shape))
         if clusters > size:
             raise CompressError(f"{KMEANS_OPTIONS.name}.clusters: must be at most the {size} "
-                                f"weights of layer '{layer.name}', got {clusters}")
+                                f"weights of layer '{layer_path(layer)}', got {clusters}")
     training.set_seed(seed)
     state = []
     for k, layer in enumerate(chosen):
@@ -154,7 +157,7 @@ def cluster_model(model, data=None, *, verbose=0, **options):
         bits = size * math.ceil(math.log2(slots)) + 32 * slots
         total_bits += bits
         total_weights += size
-        rows.append({"layer": layer.name, "type": type(layer).__name__, "weights": size,
+        rows.append({"layer": layer_path(layer), "type": type(layer).__name__, "weights": size,
                      "clusters": clusters, "distinct": int(np.unique(np.asarray(
                          layer.kernel)).size), "bits_per_weight": bits / size})
     info = {"method": "kmeans", "clusters": clusters, "index_bits": index_bits,

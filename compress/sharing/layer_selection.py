@@ -12,7 +12,8 @@ SHAREABLE = (keras.layers.Dense, keras.layers.Conv2D)
 
 def shareable_layers(model, layers: list | None, what: str, nested: bool = False) -> list:
     """Top-level Dense/Conv2D layers chosen by ``layers`` (every one when None); with
-    ``nested``, those inside nested and subclassed models too (k-means edits kernels in
+    ``nested``, those inside nested and subclassed models and inside custom layers (a
+    KerasHub transformer block) too (k-means edits kernels in
     place, so it reaches them; hashing replaces layers, so it does not).
 
     ``layers`` follows the one rule of every pass (:func:`compress.layers.select_layers`:
@@ -31,7 +32,8 @@ def shareable_layers(model, layers: list | None, what: str, nested: bool = False
     """
     if isinstance(layers, str):
         layers = [layers]
-    candidates = _leaves(model) if nested else model.layers
+    candidates = list({id(la): la for la in _leaves(model)}.values()) if nested \
+        else model.layers
     if layers:
         for layer in candidates:
             if (layer.weights and not _shareable(layer)
@@ -41,16 +43,28 @@ def shareable_layers(model, layers: list | None, what: str, nested: bool = False
                                     "can")
     eligible = [layer for layer in candidates if _shareable(layer)]
     if not eligible:
+        inside = [la for la in model.layers if isinstance(la, keras.Model)
+                  and any(_shareable(leaf) for leaf in _leaves(la))]
+        if inside and not nested:  # hashing rebuilds the top-level graph only
+            raise CompressError(f"model '{model.name}': no top-level layer to be {what}: its "
+                                f"Dense/Conv2D layers are inside the nested model "
+                                f"'{inside[0].name}' ({type(inside[0]).__name__}); use "
+                                "--method kmeans, which reaches them")
         raise CompressError(f"model '{model.name}': no layer to be {what} (only Dense and "
                             "channels-last, ungrouped Conv2D can)")
     return select_layers(eligible, layers, "shareable", model.name)
 
 
 def _leaves(model) -> list:
-    """The layers of ``model`` with those of its nested models in place of them."""
+    """The layers of ``model`` with those of its nested models, and the sub-layers of its
+    custom (non-Model) layers, in place of them."""
     out = []
-    for layer in model.layers:
-        out.extend(_leaves(layer) if isinstance(layer, keras.Model) else [layer])
+    for layer in getattr(model, "layers", None) or model._flatten_layers(
+            include_self=False, recursive=False):  # a custom layer: its tracked sub-layers
+        out.extend(_leaves(layer) if isinstance(layer, keras.Model) or (
+            not _shareable(layer) and list(layer._flatten_layers(include_self=False,
+                                                                recursive=False)))
+            else [layer])
     return out
 
 
