@@ -33,6 +33,18 @@ from compress.quiet import quiet_output
 from compress.runtime import refuse_keras_quantized, verify
 
 FORMATS = {"onnx": ".onnx", "tflite": ".tflite"}
+# An ill-conditioned network (a random EfficientNetV2B0 of the model zoo: logits up to 420,
+# relative error growing from 1e-7 to 3e-4 through its stage-6 squeeze-and-excitation
+# blocks) leaves every float32 evaluation beyond 1e-4 of a float64 copy: on its 16 zoo
+# inputs Keras eager 9.7e-4, Keras graph 1.3e-4..4.4e-4 (batch size, threads), onnxruntime
+# 6.3e-4 (1.7e-3 without graph optimizations), LiteRT 4.8e-4; the float64 copy itself
+# moves 1.4e-4 when its inputs move by float32 rounding. The largest of these is 1.8x
+# the Keras distance the check measures; an artifact within 2x of it is as exact as float32
+# evaluation gets, and a wrong op is far outside it.
+FLOAT32_NOISE_FACTOR = 2.0
+# The noise rule serves the default tolerance only: an --atol below it is the user's own
+# demand, met by the atol rule or refused.
+NOISE_RULE_MIN_ATOL = 1e-4
 
 EXPORT_OPTIONS = Schema("export", [
     Option("format", str, None, "target format; default from the output suffix (.onnx or "
@@ -42,7 +54,10 @@ EXPORT_OPTIONS = Schema("export", [
     Option("atol", float, 1e-4, "parity tolerance, relative to each output's scale: an "
            "output passes when max|runtime - Keras| <= atol * max(1, max|Keras output|) "
            "(absolute for outputs within [-1, 1]); one beyond it passes when it is within "
-           "that of a float64 copy of the model (Keras's own float32 rounding)", low=0.0),
+           "that of a float64 copy of the model (Keras's own float32 rounding), or, where "
+           "Keras's float32 output is itself further than that from the float64 copy (an "
+           "ill-conditioned network) and atol is at least the default, within 2x Keras's own "
+           "distance to it; top-1 must agree on every input", low=0.0),
     Option("seed", int, 0, "seed of the random verification inputs (without data)",
            cli=False),
 ])
@@ -56,7 +71,12 @@ def export_artifact(model, data=None, *, verbose=0, **options) -> tuple[bytes, d
     absolute difference within ``atol`` (relative to the largest output when that is above
     1) and, for a classifier, top-1 agreement of 100%. Where Keras's own float32 outputs
     are the ones off (a deep network's rounding), the artifact passes when it meets the
-    same rule against a float64 copy of the model (``float64_reference`` says so).
+    same rule against a float64 copy of the model. Where no float32 evaluation can meet
+    it (an ill-conditioned network: Keras's own float32 output is beyond ``atol`` of the
+    float64 copy), the artifact passes when it is no further from the float64 copy than
+    :data:`FLOAT32_NOISE_FACTOR` times Keras's own distance, with 100% top-1 agreement
+    against the copy. ``float64_reference`` says which rule passed it (``rule``:
+    ``"atol"`` or ``"keras float32"``) and the distance it allowed (``allowed``).
 
     Example:
 
@@ -495,7 +515,8 @@ def _verified(model, content: bytes, fmt: str, x, atol: float, where: str) -> di
         if not one["max_abs_diff"] <= one["tolerance"] or (top1 is not None and top1 < 1.0):
             failed.append(name)
     # Keras's own float32 output is rounded too (ResNet50's softmax: 1.2e-4 off the exact
-    # result); the artifact passes when it is within the tolerance of a float64 copy.
+    # result); the artifact passes when it is within the tolerance of a float64 copy, or
+    # where Keras's float32 is itself beyond that, within 2x Keras's distance to the copy.
     exact = _against_float64(model, content, fmt, x, {
         name: "top1_agreement" in one for name, one in outputs.items()}) if failed else None
     for name in failed:
@@ -503,14 +524,20 @@ def _verified(model, content: bytes, fmt: str, x, atol: float, where: str) -> di
         scale, tolerance, top1 = one.get("max_abs_output", 1.0), one["tolerance"], \
             one.get("top1_agreement")
         ex = (exact or {}).get(name)
-        if ex and ex["max_abs_diff"] <= tolerance and ex.get("top1_agreement", 1.0) == 1.0:
-            one["float64_reference"] = ex
+        noise = atol >= NOISE_RULE_MIN_ATOL
+        rule = float64_rule(ex, tolerance, noise) if ex else None
+        if rule:
+            one["float64_reference"] = {**ex, **rule}
             continue
         agreement = f", top-1 agreement {top1:.2%} < 100%" if top1 is not None and \
             top1 < 1.0 else ""
         which = f" output '{name}'" if name is not None else ""
-        versus = (f"; against a float64 copy: artifact {ex['max_abs_diff']:.2e}, Keras "
-                  f"{ex['keras_max_abs_diff']:.2e}" if ex else "")
+        versus = (f"; against a float64 copy: artifact {ex['max_abs_diff']:.2e} > "
+                  f"{_allowed(ex, tolerance, noise):.2e} allowed (Keras float32 "
+                  f"{ex['keras_max_abs_diff']:.2e}; {FLOAT32_NOISE_FACTOR:g}x that where "
+                  f"beyond the tolerance)"
+                  + (f", top-1 {ex['top1_agreement']:.2%}" if ex.get("top1_agreement", 1.0)
+                     < 1.0 else "") if ex else "")
         over = ">" if one["max_abs_diff"] > tolerance else "<="
         raise CompressError(
             f"{where}: exported model disagrees with Keras{which} (max abs diff "
@@ -518,6 +545,43 @@ def _verified(model, content: bytes, fmt: str, x, atol: float, where: str) -> di
             f"output scale {scale:.3g}){agreement}; SQNR {one['sqnr_db']:.1f} dB{versus}); "
             "nothing written")
     return check
+
+
+def float64_rule(exact: dict, tolerance: float, noise: bool = True) -> dict | None:
+    """Which float64 rule an artifact beyond ``tolerance`` of Keras passes, or None.
+
+    ``exact`` holds the artifact's (``max_abs_diff``, ``top1_agreement``) and Keras's
+    float32 (``keras_max_abs_diff``) distances to a float64 copy of the model. Rule
+    ``"atol"``: the artifact is within ``tolerance`` of the copy. Rule ``"keras float32"``:
+    Keras's own float32 output is beyond ``tolerance`` of the copy (no float32 evaluation
+    gets closer), and the artifact is within :data:`FLOAT32_NOISE_FACTOR` times that.
+    Either needs 100% top-1 agreement with the copy. A model whose Keras float32 output is
+    within ``tolerance`` of the copy gets no more than ``tolerance``; so does every model
+    with ``noise=False`` (a tolerance the user set below the default).
+
+    Example:
+
+    >>> float64_rule({"max_abs_diff": 6e-4, "keras_max_abs_diff": 9.7e-4}, 1e-4)
+    {'rule': 'keras float32', 'allowed': 0.00194}
+    >>> float64_rule({"max_abs_diff": 6e-4, "keras_max_abs_diff": 8e-5}, 1e-4) is None
+    True
+    >>> float64_rule({"max_abs_diff": 9e-5, "keras_max_abs_diff": 8e-5}, 1e-4)
+    {'rule': 'atol', 'allowed': 0.0001}
+    """
+    if exact.get("top1_agreement", 1.0) < 1.0:
+        return None
+    allowed = _allowed(exact, tolerance, noise)
+    if exact["max_abs_diff"] > allowed:
+        return None
+    return {"rule": "atol" if exact["max_abs_diff"] <= tolerance else "keras float32",
+            "allowed": allowed}
+
+
+def _allowed(exact: dict, tolerance: float, noise: bool = True) -> float:
+    """``tolerance``, or where Keras's float32 output is beyond it from the float64 copy,
+    :data:`FLOAT32_NOISE_FACTOR` times Keras's distance."""
+    keras32 = exact["keras_max_abs_diff"]
+    return tolerance if keras32 <= tolerance or not noise else FLOAT32_NOISE_FACTOR * keras32
 
 
 def _against_float64(model, content: bytes, fmt: str, x, classifier: dict

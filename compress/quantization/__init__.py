@@ -570,6 +570,8 @@ def _keras_int8(model, x_check, x_test, y_test, opts: dict, x_cal=None
     info["size_ratio"] = info["bytes"] / info["float_bytes"]
     info["float_layers"] = layers["float"]
     info["quantized_layers"] = layers["quantized"]
+    if layers.get("notes"):  # e.g. a mixed_float16 model, quantized through a float32 copy
+        info["export_copy"] = "; ".join(layers["notes"])
     if mode != "keras-int8" and opts["exports"]:
         from compress.quantization.keras_modes import export_outcomes
 

@@ -63,14 +63,25 @@ def keras_quantize(model, mode: str, x=None) -> tuple:
 
     Returns:
         ``(quantized_model, layers)``: the new model, and ``{"quantized": {name: Keras
-        dtype policy}, "float": [names of layers with weights that stayed float]}``.
+        dtype policy}, "float": [names of layers with weights that stayed float],
+        "notes": [how the copy differs from ``model``]}``. A mixed-precision model
+        (``mixed_float16``) is quantized through a float32 copy (Keras's int8 refuses a
+        float16 compute dtype); a functional wrapper around one subclassed model (what
+        :func:`compress.io.with_input_signature` makes) is quantized as a functional
+        model of the subclassed model's layers, since the subclass rebuilds its Dense
+        layers in float when loaded and the int8 file would not load back. Both are said
+        in ``notes``; the caller checks the result against ``model`` itself.
 
     Raises:
-        CompressError: gptq/awq on a model Keras cannot calibrate (one line, why).
+        CompressError: gptq/awq on a model Keras cannot calibrate (one line, why); a
+            subclassed model that cannot be traced into layers (one line, what to do).
     """
-    from compress.training import copy_model
-
-    quantized = copy_model(model)
+    notes = []
+    source, copy_notes = _float32_source(model)
+    notes += copy_notes
+    source, flat_notes = _flattened(source, mode)
+    notes += flat_notes
+    quantized = _copy(source)
     keras_mode, config = KERAS_MODES[mode], None
     if mode in CALIBRATED:
         config = _calibration_config(quantized, mode, x)
@@ -89,11 +100,122 @@ def keras_quantize(model, mode: str, x=None) -> tuple:
     # compile config (loss, metrics) stays.
     if getattr(quantized, "optimizer", None) is not None:
         quantized.optimizer = None
-    return quantized, layer_modes(quantized)
+    layers = {**layer_modes(quantized), "notes": notes}
+    if not layers["quantized"]:  # an unchanged float copy is no quantized model
+        kinds = sorted({type(lay).__name__ for lay in _leaf_layers(quantized) if lay.weights})
+        raise CompressError(f"mode {mode}: Keras's model.quantize quantizes Dense, EinsumDense "
+                            f"and Embedding layers only, and model '{model.name}' has none "
+                            f"(its layers with weights: {', '.join(kinds[:6]) or 'none'}), so "
+                            "nothing would be quantized: use --mode int8 or --mode dynamic "
+                            "with a .tflite or .onnx output")
+    return quantized, layers
+
+
+def _leaf_layers(model) -> list:
+    from compress.report import leaf_layers
+
+    return leaf_layers(model)
+
+
+def _float32_source(model) -> tuple:
+    """``(model, [])``, or for a mixed-precision model (``mixed_float16``) a float32 copy
+    (:func:`compress.export.export_copy`, the one the TFLite/ONNX export makes) and the
+    note that says so: Keras's int8 refuses a float16 compute dtype ("doesn't work well
+    with compute_dtype='float16'")."""
+    from compress.export import export_copy
+    from compress.report import leaf_layers
+
+    if not any(lay.dtype_policy.compute_dtype != "float32"
+               and not lay.dtype_policy.quantization_mode for lay in leaf_layers(model)):
+        return model, []
+    copy, notes = export_copy(model, "tflite")
+    if copy is model:
+        return model, []
+    return copy, [n.replace("exported through", "quantized through") for n in notes]
+
+
+def _flattened(model, mode: str) -> tuple:
+    """``(model, [])``, or for a functional wrapper around one subclassed model (input,
+    then the model) a functional model of that model's own layers, traced through its
+    ``call``, and the note that says so.
+
+    Keras saves a quantized Dense as int8 kernel + scale, but a subclassed model's
+    ``from_config`` builds its Dense layers in float, so the file does not load back
+    ("Layer 'dense' expected 2 variables"). Traced, each layer's int8 policy is in the
+    file's config. A subclassed model whose ``call`` cannot be traced is refused in one
+    line, before anything is written.
+    """
+    import keras
+
+    inner = [lay for lay in getattr(model, "layers", [])
+             if not isinstance(lay, keras.layers.InputLayer)]
+    subclassed = [lay for lay in inner if _is_subclassed(lay) and _has_targets(lay)]
+    if not subclassed:
+        return model, []
+    sub = subclassed[0]
+    why = (f"mode {mode}: model '{model.name}' holds the subclassed model '{sub.name}' "
+           f"({type(sub).__name__}), whose from_config builds its Dense layers in float, so "
+           "the int8 .keras file Keras saves would not load back")
+    if len(inner) != 1 or len(model.inputs) != 1:
+        raise CompressError(f"{why}; nothing written: use --mode int8 or --mode dynamic "
+                            "with a .tflite or .onnx output")
+    try:
+        inp = keras.Input(tuple(model.inputs[0].shape[1:]), name=model.inputs[0].name)
+        flat = keras.Model(inp, sub.call(inp), name=model.name)
+    except Exception as exc:  # noqa: BLE001 - its call is not a chain of Keras layers
+        raise CompressError(f"{why}, and its call could not be traced into layers "
+                            f"({' '.join(str(exc).split())[:120]}); nothing written: use "
+                            "--mode int8 or --mode dynamic with a .tflite or .onnx "
+                            "output") from None
+    note = (f"subclassed model '{sub.name}' ({type(sub).__name__}) saved as a functional "
+            "model of its layers (its class rebuilds float Dense layers, so its int8 file "
+            "would not load back)")
+    return flat, [note]
+
+
+def _is_subclassed(layer) -> bool:
+    import keras
+
+    return (isinstance(layer, keras.Model) and not isinstance(layer, keras.Sequential)
+            and getattr(layer, "_nodes_by_depth", None) is None)
+
+
+def _has_targets(layer) -> bool:
+    import keras
+
+    targets = (keras.layers.Dense, keras.layers.EinsumDense, keras.layers.Embedding)
+    return any(isinstance(sub, targets) for sub in layer._flatten_layers())
+
+
+def _copy(model):
+    """A copy to quantize. A KerasHub backbone is copied through a file: an in-memory
+    clone's layer paths differ from the ones a loaded model gets, and the backbone keys
+    the quantized layers' policies by path, so Keras's int8 file of such a clone did not
+    load back ("expected 2 variables"). (A KerasHub task model, which holds its backbone,
+    needs the in-memory clone: through a file its head did not load back.)"""
+    from compress.training import copy_model
+
+    if not any(c.__name__ == "Backbone" and c.__module__.startswith("keras_hub")
+               for c in type(model).__mro__):
+        return copy_model(model)
+    import tempfile
+    from pathlib import Path
+
+    from compress import io
+    from compress.training import check_finite
+
+    check_finite(model)
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "copy.keras"
+        model.save(path)
+        return io.load_model(path, unsafe=io.loaded_unsafely(model))
 
 
 def layer_modes(model) -> dict:
     """Which leaf layers Keras quantized (their dtype policy) and which kept float weights.
+
+    Layers inside custom layers (a KerasHub transformer block's Dense and EinsumDense) are
+    looked at one by one, named by their path.
 
     >>> layer_modes(keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]))  # doctest: +SKIP
     {'quantized': {}, 'float': ['dense']}
@@ -101,11 +223,22 @@ def layer_modes(model) -> dict:
     from compress.report import leaf_layers
 
     quantized, float_layers = {}, []
-    for layer in leaf_layers(model):
+
+    def visit(layer, top: bool):
+        name = layer.name if top else getattr(layer, "path", layer.name)
+        subs = [] if getattr(layer, "quantization_mode", None) else list(
+            layer._flatten_layers(include_self=False, recursive=False))
+        own = not subs or getattr(layer, "_trainable_variables", None) \
+            or getattr(layer, "_non_trainable_variables", None)
         if getattr(layer, "quantization_mode", None):
-            quantized[layer.name] = layer.dtype_policy.name
-        elif layer.weights:
-            float_layers.append(layer.name)
+            quantized[name] = layer.dtype_policy.name
+        elif own and layer.weights:
+            float_layers.append(name)
+        for sub in subs:
+            visit(sub, False)
+
+    for layer in leaf_layers(model):
+        visit(layer, True)
     return {"quantized": quantized, "float": float_layers}
 
 

@@ -38,53 +38,109 @@ _FOLDABLE = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Den
 def fold_batchnorm(model):
     """A new model with every BatchNormalization folded into the layer before it.
 
-    A BatchNorm folds when it follows a Conv2D, DepthwiseConv2D or Dense with a linear
-    activation and normalizes the last axis; others are kept as they are. Works on
-    sequential chains (``keras.Sequential`` or a functional model where every layer has
-    one input).
+    A BatchNorm folds when it is the only reader of a Conv2D, DepthwiseConv2D or Dense
+    with a linear activation (channels last) and normalizes the last axis; it leaves the
+    graph (an ``Identity`` layer of the same name in a Sequential model). Other BatchNorms are kept as they are. Works on
+    Sequential and Functional models, branches included (nested models are copied whole).
+
+    Example:
+
+    >>> folded, n = fold_batchnorm(model)   # doctest: +SKIP
 
     Args:
         model: a Keras model (not modified).
 
     Returns:
         ``(folded_model, n_folded)``.
+
+    Raises:
+        CompressError: a model whose layer graph cannot be rebuilt (subclassed).
     """
-    layers = _chain(model)
-    new_layers, n_folded, i = [], 0, 0
-    while i < len(layers):
-        layer = layers[i]
-        nxt = layers[i + 1] if i + 1 < len(layers) else None
+    folds = _fold_plan(model)
+    absorbed = {bn.name for bn in folds.values()}
+
+    def clone(layer):
+        if layer.name in absorbed:
+            return keras.layers.Identity(name=layer.name)
         config = layer.get_config()
-        weights = layer.get_weights()
-        if (isinstance(layer, _FOLDABLE) and isinstance(nxt, keras.layers.BatchNormalization)
-                and config.get("activation", "linear") == "linear"
-                and nxt.axis in (-1, len(nxt.input.shape) - 1)):
-            weights = _fold(layer, weights, nxt)
+        if layer.name in folds:
             config["use_bias"] = True
-            n_folded += 1
-            i += 1  # the BatchNorm is absorbed
-        clone = type(layer).from_config(config)
-        new_layers.append((clone, weights))
-        i += 1
-    folded = keras.Sequential([keras.Input(tuple(model.inputs[0].shape[1:]))] +
-                              [c for c, _ in new_layers], name=f"{model.name}_folded")
-    for clone, weights in new_layers:
-        clone.set_weights(weights)
-    return folded, n_folded
+        return type(layer).from_config(config)
+
+    def call(layer, *args, **kwargs):  # a folded BatchNorm's output is its input
+        return args[0] if layer.name in absorbed else layer(*args, **kwargs)
+
+    folded = _rebuild(model, clone, call)
+    for layer in _top_layers(model):
+        if layer.name in absorbed:
+            continue
+        weights = layer.get_weights()
+        if layer.name in folds:
+            weights = _fold(layer, weights, folds[layer.name])
+        folded.get_layer(layer.name).set_weights(weights)
+    return folded, len(folds)
 
 
-def _chain(model) -> list:
-    layers = [lay for lay in model.layers if not isinstance(lay, keras.layers.InputLayer)]
+def _top_layers(model) -> list:
+    return [lay for lay in model.layers if not isinstance(lay, keras.layers.InputLayer)]
+
+
+def _rebuild(model, clone_function, call_function=None):
+    """``model``'s graph with each top-level layer replaced by ``clone_function(layer)``
+    (and, in a Functional model, called by ``call_function(new_layer, *args, **kwargs)``)."""
     if isinstance(model, keras.Sequential):
-        return layers
-    for prev, layer in itertools.pairwise(layers):
-        inbound = getattr(layer, "_inbound_nodes", None) or [None]
-        parents = getattr(inbound[0], "parent_nodes", None)
-        if len(inbound) != 1 or parents is None or len(parents) != 1 or \
-                parents[0].operation is not prev:
-            raise CompressError(f"layer '{layer.name}': QAT supports sequential chains "
-                                "only (this model branches); use post-training mode int8")
-    return layers
+        call_function = None  # layers are listed, not called: an Identity stays
+    try:
+        return keras.models.clone_model(model, clone_function=clone_function,
+                                        call_function=call_function)
+    except Exception as exc:  # a subclassed model: no graph to rebuild
+        raise CompressError(f"model '{model.name}': QAT rebuilds the model's layer graph and "
+                            f"cannot ({type(exc).__name__}: {' '.join(str(exc).split())[:120]}"
+                            "); use post-training mode int8") from exc
+
+
+def _consumers(model) -> dict:
+    """``{layer name: [names of the layers and ops reading its output]}``; a model output
+    is read by ``"<output>"``."""
+    if isinstance(model, keras.Sequential):
+        chain = [lay.name for lay in _top_layers(model)] + ["<output>"]
+        return {a: [b] for a, b in itertools.pairwise(chain)}
+    out = {}
+
+    def producer(tensor):
+        history = getattr(tensor, "_keras_history", None)
+        return history.operation.name if history else None
+
+    for nodes in model._nodes_by_depth.values():
+        for node in nodes:
+            if node.is_input:
+                continue
+            for tensor in node.input_tensors:
+                if producer(tensor):
+                    out.setdefault(producer(tensor), []).append(node.operation.name)
+    for tensor in keras.tree.flatten(model.outputs):
+        out.setdefault(producer(tensor), []).append("<output>")
+    return out
+
+
+def _fold_plan(model) -> dict:
+    """``{layer name: the BatchNormalization that folds into it}``."""
+    consumers = _consumers(model)
+    by_name = {lay.name: lay for lay in model.layers}
+    plan = {}
+    for layer in _top_layers(model):
+        after = consumers.get(layer.name, [])
+        if type(layer) not in _FOLDABLE or len(after) != 1 or after[0] not in by_name \
+                or layer.get_config().get("activation", "linear") != "linear" \
+                or getattr(layer, "data_format", "channels_last") != "channels_last" \
+                or getattr(layer, "groups", 1) != 1:
+            continue
+        bn = by_name[after[0]]
+        if isinstance(bn, keras.layers.BatchNormalization) \
+                and sum(names.count(bn.name) for names in consumers.values()) == 1 \
+                and bn.axis in (-1, len(bn.input.shape) - 1):
+            plan[layer.name] = bn
+    return plan
 
 
 def _fold(layer, weights, bn) -> list:
@@ -195,6 +251,18 @@ class QATDense(keras.layers.Dense, _ActivationRange):
         return self._fake_quant_output(self.activation(x), training)
 
 
+def _wrappable(layer) -> bool:
+    """Whether a QAT twin reproduces ``layer`` (plain, channels-last, ungrouped)."""
+    return (type(layer) in _QAT_TWINS and getattr(layer, "groups", 1) == 1
+            and getattr(layer, "data_format", "channels_last") == "channels_last"
+            and not getattr(layer, "quantization_mode", None))
+
+
+def _names(names: list, shown: int = 4) -> str:
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(f"'{n}'" for n in names[:shown]) + more or "its layers"
+
+
 _QAT_TWINS = {keras.layers.Conv2D: QATConv2D, keras.layers.DepthwiseConv2D: QATDepthwiseConv2D,
               keras.layers.Dense: QATDense}
 
@@ -205,8 +273,11 @@ def qat_finetune(model, data, epochs: int = 3, learning_rate: float = 1e-4,
     """Fold BatchNorm, fine-tune with fake quantization, return the plain folded model.
 
     Args:
-        model: a Keras classifier, a sequential chain (not modified).
-        data: a :class:`compress.data.Dataset` prepared for the model.
+        model: a Keras Sequential or Functional model (not modified). Its top-level
+            Conv2D, DepthwiseConv2D and Dense layers are fake-quantized; layers of other
+            kinds (and nested models) train in float and are listed in ``float_layers``.
+        data: a :class:`compress.data.Dataset` prepared for the model; without labels
+            the QAT model learns the float model's outputs (``Task.fit_to_teacher``).
         epochs: int, default 3. Fine-tuning epochs.
         learning_rate: float, default 1e-4. Adam learning rate.
         per_channel: bool, default True. Per-channel weight scales, as the converter will
@@ -218,9 +289,10 @@ def qat_finetune(model, data, epochs: int = 3, learning_rate: float = 1e-4,
     Returns:
         ``(model, info)``: a new plain Keras model (BatchNorm folded, QAT-trained
         weights) and a dict with ``epochs``, ``folded_batchnorm``,
-        ``fake_quantized_layers``, ``activation_ranges`` (one ``(min, max)`` per
-        Conv2D/DepthwiseConv2D/Dense in order, None where the output is a softmax or
-        sigmoid, for :func:`compress.quantization.tflite.convert`), ``val_accuracy``
+        ``fake_quantized_layers``, ``float_layers`` (names), ``trained_on`` (labels, or
+        the float model's outputs), ``activation_ranges`` (``{layer name: (min, max)}``
+        per fake-quantized layer, None where the output is a softmax or sigmoid, for
+        :func:`compress.quantization.tflite.convert`), ``val_accuracy``
         and ``test_accuracy`` (the fake-quantized Keras model on the test split: what
         the int8 file should reproduce).
     """
@@ -229,36 +301,54 @@ def qat_finetune(model, data, epochs: int = 3, learning_rate: float = 1e-4,
     if data is None:
         raise CompressError("QAT fine-tunes on data: pass --data NAME")
     folded, n_folded = fold_batchnorm(model)
-    layers = [keras.Input(tuple(folded.inputs[0].shape[1:]))]
-    pairs = []
-    for layer in folded.layers:
-        twin = _QAT_TWINS.get(type(layer))
+
+    def twin_clone(layer):
+        twin = _QAT_TWINS.get(type(layer)) if _wrappable(layer) else None
         clone = (twin or type(layer)).from_config(layer.get_config())
         if twin:
             clone.per_channel = per_channel
-        layers.append(clone)
-        pairs.append((layer, clone))
-    qmodel = keras.Sequential(layers, name=f"{model.name}_qat")
+        return clone
+
+    qmodel = _rebuild(folded, twin_clone)
+    pairs = [(layer, qmodel.get_layer(layer.name)) for layer in _top_layers(folded)]
     for layer, clone in pairs:
         for src, dst in zip(layer.weights, clone.weights):  # kernel, bias come first
             dst.assign(src)
+    twins = [(layer, clone) for layer, clone in pairs if type(clone) in _QAT_TWINS.values()]
+    # Layers with weights that train in float (the converter calibrates their outputs):
+    # BatchNorms that follow no conv/Dense, other layer kinds, nested models.
+    float_layers = [layer.name for layer, clone in pairs if layer.weights
+                    and type(clone) not in _QAT_TWINS.values()]
+    if not twins:
+        raise CompressError(f"model '{model.name}': QAT fake-quantizes Conv2D, "
+                            "DepthwiseConv2D and Dense layers of the model's own graph and "
+                            f"it has none ({_names(float_layers)} would all train in "
+                            "float); use post-training mode int8")
     from compress.task import resolve, sample_targets
 
     # The model's own task (its loss, else inferred from the output), not always a classifier.
     task = task or resolve(model, y=sample_targets(data))
-    task.compile(qmodel, learning_rate=learning_rate)
-    history = training.fit(qmodel, data, epochs=epochs, batch_size=batch_size,
-                           verbose=verbose)
+    labelled = bool(getattr(data, "labelled", True))
+    if labelled:
+        task.compile(qmodel, learning_rate=learning_rate)
+        history = training.fit(qmodel, data, epochs=epochs, batch_size=batch_size,
+                               verbose=verbose)
+    else:  # inputs only: the float model is the teacher (as prune and hash share do)
+        history = task.fit_to_teacher(qmodel, model, data, epochs=epochs,
+                                      learning_rate=learning_rate, batch_size=batch_size,
+                                      verbose=verbose)
     for layer, clone in pairs:
         layer.set_weights([np.asarray(w) for w in clone.weights[:len(layer.weights)]])
-    ranges = []
-    for layer, clone in pairs:
-        if type(clone) in _QAT_TWINS.values():
-            act = layer.get_config().get("activation", "linear")
-            lo, hi = float(clone.act_min.numpy()), float(clone.act_max.numpy())
-            ranges.append(None if act in ("softmax", "sigmoid") else (lo, max(hi, lo + 1e-6)))
-    info = {"epochs": epochs, "folded_batchnorm": n_folded,
-            "fake_quantized_layers": len(ranges), "activation_ranges": ranges,
+    ranges = {}
+    for layer, clone in twins:
+        act = layer.get_config().get("activation", "linear")
+        lo, hi = float(clone.act_min.numpy()), float(clone.act_max.numpy())
+        ranges[layer.name] = None if act in ("softmax", "sigmoid") else (lo, max(hi, lo + 1e-6))
+    info = {"epochs": epochs, "trained_on": "labels" if labelled else
+            "the float model's outputs (the data has no labels)",
+            "folded_batchnorm": n_folded,
+            "fake_quantized_layers": len(ranges), "float_layers": float_layers,
+            "activation_ranges": ranges,
             "val_accuracy": float(history.history.get("val_accuracy", [float("nan")])[-1]),
             "test_accuracy": None}
     from compress.data.streaming import has_samples
@@ -266,7 +356,7 @@ def qat_finetune(model, data, epochs: int = 3, learning_rate: float = 1e-4,
     if getattr(data, "labelled", False) and has_samples(data, "test"):  # batch by batch
         info.update({f"test_{k}": v for k, v in task.evaluate_data(qmodel, data, "test")
                      .items() if k != "metrics"})
-    if not task.is_classifier:  # accuracy means nothing here
+    if not task.is_classifier or not labelled:  # accuracy means nothing here
         info.pop("val_accuracy")
         info.pop("test_accuracy", None)
     return folded, info

@@ -45,9 +45,11 @@ def convert(model, mode: str = "int8", representative: np.ndarray | None = None,
         int8_io: bool, default False. For ``"int8"``: int8 input and output tensors
             (a microcontroller interface) instead of float ones.
         per_channel: bool, default True. Per-channel weight scales (per-tensor if False).
-        activation_ranges: list or None, default None. For ``"int8"``: one ``(min, max)``
-            (or None: keep the calibrated range) per Conv2D/DepthwiseConv2D/Dense output
-            in graph order, as learned by quantization-aware training
+        activation_ranges: dict, list or None, default None. For ``"int8"``:
+            ``{layer name: (min, max)}`` (or None: keep the calibrated range) of
+            Conv2D/DepthwiseConv2D/Dense outputs, matched to the converted ops by the
+            layer names in their tensor names (a list: one per such op in graph order),
+            as learned by quantization-aware training
             (:func:`compress.quantization.qat.qat_finetune`); those outputs are
             quantized on exactly these grids instead of the calibrated ones.
         sparse: bool, default False. Also ``Optimize.EXPERIMENTAL_SPARSITY``: weight
@@ -162,6 +164,8 @@ def _quantize_with_ranges(calibrated: bytes, ranges: list, int8_io: bool) -> byt
         code = model.operatorCodes[op.opcodeIndex]
         if max(code.builtinCode, code.deprecatedBuiltinCode) in _RANGED_OPS:
             outputs.append(graph.tensors[op.outputs[0]])
+    if isinstance(ranges, dict):
+        ranges = _ranges_by_name(outputs, ranges)
     if len(outputs) != len(ranges):
         raise CompressError(f"QAT ranges do not match the converted graph ({len(ranges)} "
                             f"learned, {len(outputs)} conv/dense ops); convert without --qat")
@@ -173,6 +177,40 @@ def _quantize_with_ranges(calibrated: bytes, ranges: list, int8_io: bool) -> byt
         return lite_convert.mlir_quantize(
             bytes(flatbuffer_utils.convert_object_to_bytearray(model)),
             input_data_type=io_type, output_data_type=io_type)
+
+
+def _ranges_by_name(outputs: list, ranges: dict) -> list:
+    """The learned range of each conv/dense op output, found by the one layer name its
+    tensor name holds (``.../NAME/...``, fused ops joined by ``;``); in a branching graph
+    the ops' order need not be the layers' order. TensorFlow may have made every layer's
+    name scope unique with a suffix (``NAME_1/``): the names are read both ways, and the
+    reading that gives each op at most one layer, each layer once, is used (an op of a
+    layer that trained in float, e.g. a SeparableConv2D, keeps its calibrated range)."""
+    names = [t.name.decode() if isinstance(t.name, bytes) else str(t.name) for t in outputs]
+    why = "no reading of the op names"
+    for suffix in ("", r"_\d+"):
+        found = []
+        for name in names:
+            hits = [layer for layer in ranges
+                    if re.search(rf"(^|[/;]){re.escape(layer)}{suffix}/", name)]
+            if len(hits) > 1:
+                why = f"op output '{name[:60]}' names {len(hits)} fake-quantized layers"
+                break
+            found.append(hits[0] if hits else None)  # a layer trained in float: calibrated
+        layers = [layer for layer in found if layer is not None]
+        missing = [layer for layer in ranges if layer not in layers]
+        unnamed = [i for i, (name, layer) in enumerate(zip(names, found))
+                   if layer is None and "/" not in name]
+        if len(found) == len(names) and len(missing) == 1 and len(unnamed) == 1:
+            # A model output's tensor is named by the signature (StatefulPartitionedCall:0)
+            found[unnamed[0]] = missing[0]
+            layers.append(missing[0])
+        if len(found) == len(names) and sorted(layers) == sorted(ranges):
+            return [ranges[layer] if layer else None for layer in found]
+        if len(found) == len(names):
+            why = "a fake-quantized layer matches no conv/dense op, or several"
+    raise CompressError(f"QAT ranges do not match the converted graph ({why}); convert "
+                        "without --qat")
 
 
 def _explain(exc: Exception, model, mode: str) -> str:

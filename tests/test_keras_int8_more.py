@@ -1,0 +1,135 @@
+"""``--mode keras-int8`` on the zoo's two hand-written shapes it failed (issue 19): a
+``mixed_float16`` model (Keras's int8 refuses a float16 compute dtype) is quantized
+through a float32 copy and the report says so; a subclassed model (its class rebuilds
+float Dense layers, so Keras's int8 file of it did not load back) is quantized as a
+functional model of its layers. Both are checked against the original model's outputs.
+"""
+
+from __future__ import annotations
+
+import textwrap
+
+import numpy as np
+
+SUBNET = textwrap.dedent('''
+    import keras
+
+    @keras.saving.register_keras_serializable(package="keras_int8_more_test")
+    class TinyNet(keras.Model):
+        def __init__(self, classes=10, **kwargs):
+            super().__init__(**kwargs)
+            self.classes = classes
+            self.flat = keras.layers.Flatten()
+            self.hidden = keras.layers.Dense(16, activation="relu")
+            self.head = keras.layers.Dense(classes, activation="softmax")
+
+        def call(self, x):
+            return self.head(self.hidden(self.flat(x)))
+
+        def get_config(self):
+            return {**super().get_config(), "classes": self.classes}
+''')
+KEY = "keras_int8_more_test>TinyNet"
+
+
+def _fit(model):
+    from compress.data import load_data
+
+    ds = load_data("digits", seed=0)
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(ds.x_train, ds.y_train, epochs=2, verbose=0)
+    return ds
+
+
+def test_a_mixed_float16_model_is_quantized_through_a_float32_copy(cli, tmp_path):
+    import keras
+
+    from compress import io
+
+    keras.utils.set_random_seed(0)
+    policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        inp = keras.Input((8, 8, 1))
+        h = keras.layers.Conv2D(4, 3, activation="relu", name="conv")(inp)
+        h = keras.layers.Flatten()(h)
+        h = keras.layers.Dense(16, activation="relu", name="hidden")(h)
+        h = keras.layers.Dense(10, name="logits")(h)
+        out = keras.layers.Activation("softmax", dtype="float32", name="probs")(h)
+        model = keras.Model(inp, out, name="mixed")
+    finally:
+        keras.config.set_dtype_policy(policy)
+    _fit(model)
+    model.save(tmp_path / "m.keras")
+    out = tmp_path / "q.keras"
+    r = cli("quantize", tmp_path / "m.keras", "-o", out, "--mode", "keras-int8",
+            "--data", "digits", "--no-latency")
+    assert r.exit_code == 0, r.output
+    assert "note: quantized through a float32 copy (the model computes in mixed_float16)" \
+        in " ".join(r.output.split())
+    assert "verified against Keras" in r.output  # the output check vs the mixed model
+    quantized = io.load_model(out)
+    policies = {lay.name: lay.dtype_policy.name for lay in quantized.layers}
+    assert policies["hidden"] == policies["logits"] == "int8_from_float32"
+    assert policies["conv"] == "float32"
+    x = np.random.default_rng(0).uniform(0, 16, (32, 8, 8, 1)).astype("float32")
+    original = io.load_model(tmp_path / "m.keras")
+    assert original.get_layer("conv").dtype_policy.name == "mixed_float16"  # input unchanged
+    agree = np.mean(np.argmax(quantized.predict(x, verbose=0), -1)
+                    == np.argmax(original.predict(x, verbose=0), -1))
+    assert agree >= 0.9
+
+
+def test_a_subclassed_model_quantizes_to_a_file_that_loads_back(cli, tmp_path):
+    import keras
+
+    module = tmp_path / "tinynet.py"
+    module.write_text(SUBNET)
+    namespace: dict = {}
+    exec(compile(SUBNET, str(module), "exec"), namespace)  # noqa: S102 - our own test code
+    try:
+        keras.utils.set_random_seed(0)
+        model = namespace["TinyNet"](name="tiny")
+        ds = _fit(model)
+        model.save(tmp_path / "sub.keras")
+        reference = model.predict(ds.x_test, verbose=0)
+    finally:
+        keras.saving.get_custom_objects().pop(KEY, None)
+    out = tmp_path / "q.keras"
+    r = cli("quantize", tmp_path / "sub.keras", "-o", out, "--mode", "keras-int8",
+            "--data", "digits", "--import", module, "--no-latency")
+    assert r.exit_code == 0, r.output
+    text = " ".join(r.output.split())
+    assert "subclassed model 'tiny' (TinyNet) saved as a functional model of its layers" \
+        in text and "verified against Keras" in text
+    quantized = keras.models.load_model(out)  # plain Keras, no --import: its layers only
+    assert sorted(p for p in (lay.dtype_policy.name for lay in quantized.layers)
+                  if "int8" in p) == ["int8_from_float32"] * 2
+    got = quantized.predict(ds.x_test, verbose=0)
+    assert np.mean(np.argmax(got, -1) == np.argmax(reference, -1)) >= 0.95
+
+
+def test_a_subclassed_model_whose_call_cannot_be_traced_is_refused_in_one_line(cli, tmp_path):
+    import keras
+
+    source = SUBNET.replace("TinyNet", "TfNet").replace(
+        "return self.head(self.hidden(self.flat(x)))",
+        "import tensorflow as tf\n        return self.head(tf.nn.relu(self.hidden(self.flat(x))))")
+    module = tmp_path / "tfnet.py"
+    module.write_text(source)
+    namespace: dict = {}
+    exec(compile(source, str(module), "exec"), namespace)  # noqa: S102 - our own test code
+    try:
+        model = namespace["TfNet"](name="tfnet")
+        model(np.zeros((1, 8, 8, 1), "float32"))
+        model.save(tmp_path / "sub.keras")
+    finally:
+        keras.saving.get_custom_objects().pop("keras_int8_more_test>TfNet", None)
+    out = tmp_path / "q.keras"
+    r = cli("quantize", tmp_path / "sub.keras", "-o", out, "--mode", "keras-int8",
+            "--data", "digits", "--import", module, "--no-latency")
+    assert r.exit_code == 1 and not out.exists()
+    lines = [ln for ln in r.output.strip().splitlines() if not ln.startswith("note:")]
+    assert len(lines) == 1, r.output  # the wrapping note, then the one-line refusal
+    assert "subclassed model 'tfnet' (TfNet)" in lines[0] and "could not be traced" in lines[0]
+    assert "--mode int8" in lines[0]
