@@ -1,0 +1,211 @@
+"""The zoo's hand-written cases (#19): model shapes the ``keras.applications`` families
+do not cover, each built small, with its data as an npz file.
+
+- ``Subclassed``: a registered ``keras.Model`` subclass (its own ``call``); it has no
+  input signature, so the zoo gives it the data's sample shape, as the CLI does.
+- ``TransferNest``: ``MobileNetV2(include_top=False)`` used as a layer under a new head.
+- ``TwoInput`` / ``TwoOutput``: an image and a feature vector in; a class and a score out.
+- ``CustomLayer``: a model with a registered custom layer (``ChannelGain``).
+- ``MixedFloat16``: a model built under the ``mixed_float16`` dtype policy.
+
+The two registered classes live in bench/zoo_user_layers.py and are loaded the way
+``--import bench/zoo_user_layers.py`` loads them (:func:`compress.io.import_modules`); the
+saved files load only after that. Data follow the npz key convention of
+:func:`compress.data.load_data`: ``x_SPLIT/INPUT`` and ``y_SPLIT/OUTPUT`` for several
+inputs or outputs (tests/test_multi_io.py).
+
+Example:
+
+>>> from bench.zoo_models import CASES
+>>> model, npz, imports = CASES["TwoInput"][1](Path("/tmp/w"), seed=0)   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+USER_MODULE = Path(__file__).resolve().parent / "zoo_user_layers.py"
+# its registered names (not imported from it: importing would register them)
+REGISTERED = ("zoo_bench>ChannelGain", "zoo_bench>SubNet")
+N = 240  # samples of the small multi-input/output data (8x8 images, 6 features)
+
+
+def _user_module():
+    from compress import io
+
+    (module,) = io.import_modules([USER_MODULE])  # what --import FILE.py does
+    return module
+
+
+def forget_user_classes() -> None:
+    """Unregister the user module's classes: a saved model then needs ``--import`` again."""
+    import keras
+
+    for key in REGISTERED:
+        keras.saving.get_custom_objects().pop(key, None)
+
+
+def _small_data(seed: int):
+    """``(image, extra, label, score)``: 8x8 images, 6 features, 4 classes, a score."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    image = rng.normal(size=(N, 8, 8, 1)).astype("float32")
+    extra = rng.normal(size=(N, 6)).astype("float32")
+    label = ((image.mean(axis=(1, 2, 3)) * 8 > 0).astype("int64")
+             + 2 * (extra[:, 1] > 0).astype("int64"))
+    score = (image.mean(axis=(1, 2, 3)) * 8 + extra[:, 2]).astype("float32")
+    return image, extra, label, score
+
+
+def _photos_npz(work: Path, seed: int):
+    """32x32 photo patches (bench/cases/zoo.py's) and their npz (no labels)."""
+    import numpy as np
+
+    from bench.cases.zoo import SAMPLES, _photos
+
+    x = _photos(32, 3 * SAMPLES, seed)
+    npz = work / "photos32.npz"
+    if not npz.exists():
+        np.savez(npz, x_train=x[:2 * SAMPLES], x_test=x[2 * SAMPLES:])
+    return x[:2 * SAMPLES], npz
+
+
+def subclassed(work: Path, seed: int = 0):
+    """A registered ``keras.Model`` subclass trained briefly on the small images."""
+    import keras
+    import numpy as np
+
+    image, _, label, _ = _small_data(seed)
+    keras.utils.set_random_seed(seed)
+    model = _user_module().SubNet(classes=4, name="subnet")
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(image, label, epochs=2, verbose=0)
+    npz = work / "subclassed.npz"
+    np.savez(npz, x_train=image, y_train=label)
+    return model, npz, [str(USER_MODULE)]
+
+
+def transfer_nest(work: Path, seed: int = 0):
+    """``MobileNetV2(include_top=False, alpha=0.35)`` as a layer, pooled, a Dense head."""
+    import keras
+
+    from compress.models import application, recalibrate_batchnorm
+
+    x, npz = _photos_npz(work, seed)
+    keras.utils.set_random_seed(seed)
+    base = application("MobileNetV2", 32, include_top=False, alpha=0.35)
+    inp = keras.Input((32, 32, 3))
+    out = keras.layers.Dense(10, activation="softmax", name="head")(
+        keras.layers.GlobalAveragePooling2D(name="pool")(base(inp)))
+    model = keras.Model(inp, out, name="transfer")
+    recalibrate_batchnorm(model, x)
+    return model, npz, []
+
+
+def two_input(work: Path, seed: int = 0):
+    """An image and a feature vector in, 4 classes out (trained 8 epochs)."""
+    import keras
+    import numpy as np
+
+    image, extra, label, _ = _small_data(seed)
+    keras.utils.set_random_seed(seed)
+    ia, ib = keras.Input((8, 8, 1), name="image"), keras.Input((6,), name="extra")
+    h = keras.layers.Flatten(name="flat")(keras.layers.Conv2D(4, 3, activation="relu",
+                                                              name="conv")(ia))
+    h = keras.layers.Concatenate(name="concat")(
+        [h, keras.layers.Dense(8, activation="relu", name="extra_dense")(ib)])
+    h = keras.layers.Dense(16, activation="relu", name="hidden")(h)
+    model = keras.Model([ia, ib], keras.layers.Dense(4, activation="softmax", name="cls")(h),
+                        name="two_in")
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit({"image": image, "extra": extra}, label, epochs=8, verbose=0)
+    npz = work / "two_input.npz"
+    np.savez(npz, **{"x_train/image": image, "x_train/extra": extra, "y_train": label})
+    return model, npz, []
+
+
+def two_output(work: Path, seed: int = 0):
+    """An image in; a 2-class softmax and a regression score out (trained 8 epochs)."""
+    import keras
+    import numpy as np
+
+    image, _, label, score = _small_data(seed)
+    keras.utils.set_random_seed(seed)
+    ix = keras.Input((8, 8, 1), name="image")
+    h = keras.layers.Flatten(name="flat")(keras.layers.Conv2D(4, 3, activation="relu",
+                                                              name="conv")(ix))
+    h = keras.layers.Dense(16, activation="relu", name="hidden")(h)
+    model = keras.Model(ix, {"cls": keras.layers.Dense(2, activation="softmax",
+                                                       name="cls")(h),
+                             "score": keras.layers.Dense(1, name="score")(h)},
+                        name="two_out")
+    model.compile("adam", loss={"cls": "sparse_categorical_crossentropy", "score": "mse"},
+                  metrics={"cls": ["accuracy"], "score": ["mae"]})
+    cls = label % 2
+    model.fit(image, {"cls": cls, "score": score}, epochs=8, verbose=0)
+    npz = work / "two_output.npz"
+    np.savez(npz, **{"x_train": image, "y_train/cls": cls, "y_train/score": score})
+    return model, npz, []
+
+
+def custom_layer(work: Path, seed: int = 0):
+    """Three convolutions with the user's ``ChannelGain`` after the first, a Dense head."""
+    import keras
+
+    from compress.models import recalibrate_batchnorm
+
+    x, npz = _photos_npz(work, seed)
+    user = _user_module()
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((32, 32, 3))
+    h = keras.layers.Rescaling(1 / 255.0, name="scale")(inp)
+    h = keras.layers.Conv2D(8, 3, activation="relu", name="c1")(h)
+    h = user.ChannelGain(name="gain")(h)
+    h = keras.layers.Conv2D(16, 3, activation="relu", name="c2")(h)
+    h = keras.layers.Conv2D(16, 3, activation="relu", name="c3")(h)
+    out = keras.layers.Dense(10, activation="softmax", name="out")(
+        keras.layers.GlobalAveragePooling2D()(h))
+    model = keras.Model(inp, out, name="custom")
+    recalibrate_batchnorm(model, x)
+    return model, npz, [str(USER_MODULE)]
+
+
+def mixed_float16(work: Path, seed: int = 0):
+    """Conv, BatchNorm, conv, Dense logits under ``mixed_float16``; a float32 softmax."""
+    import keras
+
+    from compress.models import recalibrate_batchnorm
+
+    x, npz = _photos_npz(work, seed)
+    keras.utils.set_random_seed(seed)
+    policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        inp = keras.Input((32, 32, 3))
+        h = keras.layers.Rescaling(1 / 255.0, name="scale")(inp)
+        h = keras.layers.Conv2D(16, 3, name="c1")(h)
+        h = keras.layers.BatchNormalization(name="bn1")(h)
+        h = keras.layers.ReLU()(h)
+        h = keras.layers.Conv2D(16, 3, activation="relu", name="c2")(h)
+        h = keras.layers.GlobalAveragePooling2D()(h)
+        out = keras.layers.Dense(10, name="logits")(h)
+        out = keras.layers.Activation("softmax", dtype="float32", name="probs")(out)
+        model = keras.Model(inp, out, name="mixed")
+    finally:
+        keras.config.set_dtype_policy(policy)
+    recalibrate_batchnorm(model, x)
+    return model, npz, []
+
+
+#: name -> (label in the table, builder ``(work, seed) -> (model, npz, imports)``)
+CASES = {
+    "Subclassed": ("Subclassed (hand-written: keras.Model subclass, 8x8)", subclassed),
+    "TransferNest": ("TransferNest (hand-written: MobileNetV2 base as a layer, 32x32)",
+                     transfer_nest),
+    "TwoInput": ("TwoInput (hand-written: 8x8 image + 6 features)", two_input),
+    "TwoOutput": ("TwoOutput (hand-written: class + score)", two_output),
+    "CustomLayer": ("CustomLayer (hand-written: registered layer, --import)", custom_layer),
+    "MixedFloat16": ("MixedFloat16 (hand-written: mixed_float16 policy, 32x32)",
+                     mixed_float16),
+}
