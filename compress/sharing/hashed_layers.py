@@ -91,8 +91,14 @@ class _HashedKernel:
 
     def _training_table(self):
         if getattr(self, "_table", None) is None:
+            import tensorflow as tf
+
             index, sign = hash_table(self._m, self._n, self.num_buckets, self.hash_seed)
-            self._table = (index.T.astype(np.int32), sign.T.astype(np.float32))
+            # Eager tensors: every traced step captures them by reference. NumPy arrays
+            # would be copied into each graph as constants (tens of bytes per weight).
+            with tf.init_scope():  # eager even when first asked for inside a trace
+                self._table = (tf.constant(index.T.astype(np.int32)),
+                               tf.constant(sign.T.astype(np.float32)))
         return self._table
 
     def virtual_kernel(self) -> np.ndarray:
