@@ -76,16 +76,57 @@ def artifact_format(artifact, fmt: str | None = None) -> str:
     return found
 
 
+# Dtype-policy name prefixes of Keras's quantized layers (keras/src/dtype_policies:
+# QUANTIZATION_MODES): "int8_from_float32", "int4/128_from_float32",
+# "gptq/4/128_from_float32", "awq/4/128_from_float32", "float8_from_float32".
+KERAS_QUANTIZED_PREFIXES = ("int8", "int4", "float8", "gptq", "awq")
+
+
+def keras_quantized_layer(model):
+    """``(layer, policy name)`` of the first layer, at any depth (a KerasHub task model's
+    backbone, a nested model), that Keras quantized, or None for a float model.
+
+    Example:
+
+    >>> keras_quantized_layer(model) is None                  # doctest: +SKIP
+    True
+    >>> model.quantize("int8"); keras_quantized_layer(model)  # doctest: +SKIP
+    (<Dense name=fc1, built=True>, 'int8_from_float32')
+    """
+    walk = getattr(model, "_flatten_layers", None)
+    layers = list(walk(include_self=True, recursive=True)) if walk else \
+        list(getattr(model, "layers", []))
+    for layer in layers:
+        policy = getattr(layer, "dtype_policy", None)
+        name = str(getattr(policy, "name", "") or "")
+        if getattr(policy, "quantization_mode", None) or \
+                name.startswith(KERAS_QUANTIZED_PREFIXES):
+            return layer, name
+    return None
+
+
 def refuse_keras_quantized(model) -> None:
-    """Refuse a model whose layers Keras already quantized (``model.quantize``, or
-    mode ``keras-int8``): it cannot be quantized again or converted to TFLite, and the
-    converter's own error is a page of MLIR."""
-    for layer in model.layers:
-        policy = getattr(getattr(layer, "dtype_policy", None), "name", "") or ""
-        if policy.startswith(("int8", "int4", "float8")):
-            raise CompressError(
-                f"model '{model.name}' is already quantized by Keras (layer '{layer.name}', "
-                f"{policy}); start from the float model it was made from")
+    """Refuse a model any of whose layers, nested ones included, Keras already quantized
+    (``model.quantize`` int8, int4, float8, GPTQ or AWQ, or modes ``keras-int8``,
+    ``keras-int4``, ``gptq``, ``awq``): it cannot be quantized again or converted to
+    TFLite, and the converter's own error is a page of MLIR.
+
+    Example:
+
+    >>> refuse_keras_quantized(float_model)   # doctest: +SKIP
+    >>> refuse_keras_quantized(int8_model)    # doctest: +SKIP
+    Traceback (most recent call last):
+    CompressError: model 'm' is already quantized by Keras (layer 'fc1', int8_from_float32); ...
+
+    Raises:
+        CompressError: one line naming the model, the layer and its dtype policy.
+    """
+    found = keras_quantized_layer(model)
+    if found is not None:
+        layer, policy = found
+        raise CompressError(
+            f"model '{model.name}' is already quantized by Keras (layer '{layer.name}', "
+            f"{policy}); start from the float model it was made from")
 
 
 # onnxruntime execution providers by --provider name, in the order a session tries them

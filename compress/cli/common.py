@@ -295,9 +295,10 @@ def refuse_missing(path: str) -> None:
 
 
 def load_inputs(model_path: str, data: str | None, seed: int, unsafe: bool,
-                single_io: bool = True):
+                single_io: bool = True, echo_note: bool = True):
     """Read the data, then seed, load the model (safe mode unless --unsafe) and fit the
-    data to it.
+    data to it. With ``echo_note=False`` the command says itself what became of a wrapped
+    subclassed model (the note is still in ``ctx.meta["compress_input_note"]``).
 
     The data is read and checked first, before TensorFlow is imported (:func:`start_work`):
     a bad ``--data`` is refused in well under a second. Models with several inputs or
@@ -323,7 +324,8 @@ def load_inputs(model_path: str, data: str | None, seed: int, unsafe: bool,
     sample = _sample_shape(raw)
     model, note = io.with_input_signature(model, input_shape(), sample, where=model_path)
     if note:
-        click.echo(f"note: {note}", err=True)
+        if echo_note:
+            click.echo(f"note: {note}", err=True)
         ctx = click.get_current_context(silent=True)
         if ctx is not None:
             ctx.meta["compress_input_note"] = note

@@ -59,10 +59,42 @@ def run_quantize(model_path, output, data, seed, unsafe, force, options) -> dict
     out = io.check_output(output, inputs=[model_path], force=force,
                           suffixes=(SUFFIXES[opts["format"]],))
     require_data(opts, data)
-    loaded, dataset = load_inputs(model_path, data, seed, unsafe)
+    # A wrapped subclassed model is said once, at the end, as what the artifact holds.
+    loaded, dataset = load_inputs(model_path, data, seed, unsafe, echo_note=False)
     content, info = quantize(loaded, dataset, **opts)
     io.write_bytes(out, content)
-    return {"input": model_path, "path": str(out), **info}
+    result = {"input": model_path, "path": str(out), **info}
+    ctx = click.get_current_context(silent=True)
+    wrapped = ctx is not None and ctx.meta.get("compress_input_note")
+    note = input_note(loaded, info) if wrapped else None
+    if note:
+        result["input_note"] = note
+    return result
+
+
+def input_note(wrapper, info: dict) -> str | None:
+    """What the artifact holds of a subclassed model that was wrapped into a functional
+    one (``wrapper``: input, then the model), or None where the pass's own note (mode
+    keras-int8 and Keras's other modes: a functional model of its layers) says it.
+
+    Example:
+
+    >>> input_note(wrapped_tinynet, {"format": "tflite"})   # doctest: +SKIP
+    "subclassed model 'tiny' (TinyNet) traced with input shape (8, 8, 1) into the ..."
+    """
+    import keras
+
+    inner = [lay for lay in wrapper.layers if not isinstance(lay, keras.layers.InputLayer)]
+    sub = inner[0] if len(inner) == 1 else wrapper
+    name = f"subclassed model '{sub.name}' ({type(sub).__name__})"
+    if name in (info.get("export_copy") or ""):  # flattened: the pass said so
+        return None
+    shape = tuple(wrapper.inputs[0].shape[1:])
+    if info["format"] == "keras":
+        return (f"{name} wrapped into a functional model with input shape {shape}; the "
+                ".keras file holds it as a layer (load it with the same --import)")
+    return (f"{name} traced with input shape {shape} into the artifact's graph, which runs "
+            "without --import")
 
 
 def emit_result(result: dict, as_json: bool) -> None:
@@ -141,6 +173,8 @@ def emit_result(result: dict, as_json: bool) -> None:
         console.print(result["latency_note"])
     if result.get("export_copy"):  # e.g. a mixed_float16 model, quantized via float32
         console.print(f"note: {result['export_copy']}")
+    if result.get("input_note"):  # a subclassed model, wrapped to be traced
+        console.print(f"note: {result['input_note']}")
     if result.get("equalization"):
         console.print(f"note: {result['equalization']['note']}")
     if result.get("qat"):

@@ -50,6 +50,9 @@ int8 op's SQNR against its float copy, lowest first
 With ``qat=True`` the model is first fine-tuned for ``epochs`` with fake-quantized
 weights and activations (BatchNorm folded), then converted as ``int8`` with each layer's
 output quantized on the range it learned (TFLite; :mod:`compress.quantization.qat`).
+As in every mode, the agreement and the float scores are the input model's (what the
+user ships today); ``info["qat"]["trained_float_agreement"]`` is the artifact's against
+the QAT-trained float model.
 
 Example:
 
@@ -163,7 +166,7 @@ def quantize(model, data=None, *, verbose: int | str = 0, **options) -> tuple[by
         ``(content, info)``: the artifact's bytes, and a JSON-ready dict: ``mode``,
         ``format``, ``bytes``, ``zipped_bytes``, ``float_bytes``,
         ``float_zipped_bytes``, ``size_ratio``, ``accuracy`` and ``float_accuracy``
-        (in the runtime, test split), ``top1_agreement`` with the Keras model,
+        (in the runtime, test split), ``top1_agreement`` with the input Keras model,
         ``latency_ms`` / ``float_latency_ms`` / ``latency_ratio`` keyed by thread
         count, ``weight_zeros`` (fraction of zero weights in the model and in the
         artifact), ``sparse_tensors`` (TFLite: tensors stored in the sparse format),
@@ -193,6 +196,9 @@ def quantize(model, data=None, *, verbose: int | str = 0, **options) -> tuple[by
     # a classifier; SQNR and MSE for a regression, whose one unit always "agrees").
     opts["_task"] = resolve(model, opts["loss"], opts["metrics"], y=y_test)
     info = {"mode": opts["mode"], "format": fmt, "qat": None, "task": opts["_task"].kind}
+    # Every reported number compares with the user's float model (what ships today), not
+    # with a copy made on the way (QAT-trained, equalized, GPTQ-rounded, int4-snapped).
+    original = model
     if opts["qat"]:
         from compress.quantization.qat import qat_finetune
 
@@ -202,7 +208,7 @@ def quantize(model, data=None, *, verbose: int | str = 0, **options) -> tuple[by
                                           per_channel=opts["per_channel"], verbose=verbose,
                                           task=opts["_task"])
         opts["_qat_ranges"] = info["qat"].pop("activation_ranges")
-    original = model
+        trained = model
     if opts["equalize"] or opts["bias_correction"]:  # on a copy; the float reference stays
         from compress.quantization.equalize import prepare_for_int8
 
@@ -219,13 +225,15 @@ def quantize(model, data=None, *, verbose: int | str = 0, **options) -> tuple[by
         from compress.training import predict
 
         content, float_content, note = int4_artifacts(model, original, data, fmt, opts)
-        measured = _measure(content, float_content, fmt, x_check, predict(model, x_check),
-                            x_test, y_test, opts)
+        measured = _measure(content, float_content, fmt, x_check,
+                            predict(original, x_check), x_test, y_test, opts)
         measured["storage"] = note
     else:
         content, measured = _artifact(model, data, fmt, x_cal, x_check, x_test, y_test,
                                       opts, reference=original)
     info.update(measured)
+    if opts["qat"]:  # the artifact against the QAT-trained float model it was converted from
+        info["qat"].update(_qat_float_agreement(content, fmt, trained, x_check, opts))
     if opts["debug_layers"]:
         from compress.quantization.debug import layer_sqnr
 
@@ -425,8 +433,9 @@ def _arrays(model, data, n: int):
 
 def _artifact(model, data, fmt: str, x_cal, x_check, x_test, y_test, opts: dict,
               reference=None) -> tuple[bytes, dict]:
-    """The TFLite or ONNX artifact's bytes, measured next to the float export (of
-    ``reference``, the model before GPTQ rounding, when given)."""
+    """The TFLite or ONNX artifact's bytes, measured next to the float export of
+    ``reference`` (the user's model, before QAT, equalization or GPTQ rounding) when
+    given, else of ``model``; its agreement is with ``reference``'s Keras outputs."""
     from compress import progress
     from compress.export import export_artifact
     from compress.training import predict
@@ -435,7 +444,7 @@ def _artifact(model, data, fmt: str, x_cal, x_check, x_test, y_test, opts: dict,
     progress.expect("conversion", 2)  # the plan: overall ETA
     progress.expect("export", 1)
     progress.expect("verification", 2, runs=2)  # the float reference's, then the artifact's
-    expected = predict(model, x_check)
+    expected = predict(model if reference is None else reference, x_check)
     flatbuffer = None
     if fmt == "tflite":  # convert first: an unsupported op is reported before anything else
         from compress.quantization.tflite import convert
@@ -480,7 +489,9 @@ def _artifact(model, data, fmt: str, x_cal, x_check, x_test, y_test, opts: dict,
         info = _measure(content, float_content, fmt, x_check, expected, x_test, y_test, opts)
     if float_info.get("export_copy"):  # e.g. a mixed_float16 model quantized via float32
         info["export_copy"] = float_info["export_copy"]
-    info["weight_zeros"] = {"model": _zero_fraction(_model_kernels(model)),
+    # "model": the user's (rounding onto a grid can zero weights that were not zero)
+    user = model if reference is None else reference
+    info["weight_zeros"] = {"model": _zero_fraction(_model_kernels(user)),
                             "artifact": _zero_fraction(_artifact_weights(content, fmt))}
     info["calibration"] = (opts["calibration"] if fmt == "onnx" else "minmax") \
         if mode == "int8" else None
@@ -538,6 +549,19 @@ def _measure(content: bytes, float_content: bytes, fmt: str, x_check, expected, 
             info["float_latency_ms"][str(threads)] = f
             info["latency_ratio"][str(threads)] = q / f
     return info
+
+
+def _qat_float_agreement(content: bytes, fmt: str, trained, x_check, opts: dict) -> dict:
+    """The artifact's agreement with the QAT-trained float model (``trained_float_*``):
+    the report's own agreement is with the user's float model."""
+    from compress import runtime
+    from compress.training import predict
+
+    check = runtime.comparison(runtime.run_artifact(content, x_check, fmt=fmt),
+                               predict(trained, x_check), classifiers(opts["_task"]))
+    return {"trained_float_agreement": runtime.agreement_summary(check)[1],
+            **{f"trained_float_{k}": v for k, v in check.items()
+               if k in ("top1_agreement", "sqnr_db")}}
 
 
 def _keras_int8(model, x_check, x_test, y_test, opts: dict, x_cal=None

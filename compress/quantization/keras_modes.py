@@ -168,8 +168,9 @@ def _flattened(model, mode: str) -> tuple:
                             "--mode int8 or --mode dynamic with a .tflite or .onnx "
                             "output") from None
     note = (f"subclassed model '{sub.name}' ({type(sub).__name__}) saved as a functional "
-            "model of its layers (its class rebuilds float Dense layers, so its int8 file "
-            "would not load back)")
+            f"model of its layers, input shape {tuple(model.inputs[0].shape[1:])}: the file "
+            f"loads with plain Keras, without --import (its class would rebuild its Dense "
+            f"layers in float, and the {mode} file would not load back)")
     return flat, [note]
 
 

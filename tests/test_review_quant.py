@@ -1,0 +1,162 @@
+"""Review findings on quantization: a Keras-quantized model is refused whatever Keras mode
+made it and however deep the layer sits; QAT's agreement is with the user's float model;
+the CLI says one consistent thing about a subclassed model it quantized."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+
+def _digits_mlp(name="mlp"):
+    import keras
+
+    from compress.data import load_data, prepare
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        keras.Input((8, 8, 1)), keras.layers.Flatten(name="flatten"),
+        keras.layers.Dense(16, activation="relu", name="fc1"),
+        keras.layers.Dense(10, activation="softmax", name="predictions")], name=name)
+    ds = prepare(model, load_data("digits", seed=0))
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(ds.x_train, ds.y_train, epochs=2, verbose=0)
+    return model, ds
+
+
+def test_a_nested_keras_int8_layer_is_refused_naming_it():
+    import keras
+
+    from compress import export, runtime
+    from compress.errors import CompressError
+
+    inner_in = keras.Input((8,))
+    inner = keras.Model(inner_in, keras.layers.Dense(4, name="deep")(inner_in), name="inner")
+    outer_in = keras.Input((8,))
+    outer = keras.Model(outer_in, keras.layers.Softmax()(inner(outer_in)), name="outer")
+    runtime.refuse_keras_quantized(outer)  # float: accepted
+    assert runtime.keras_quantized_layer(outer) is None
+    inner.quantize("int8")  # the top level of `outer` holds only the nested model
+    assert all(not (getattr(lay.dtype_policy, "quantization_mode", None))
+               for lay in outer.layers)
+    message = ("model 'outer' is already quantized by Keras (layer 'deep', "
+               "int8_from_float32); start from the float model it was made from")
+    with pytest.raises(CompressError) as caught:
+        runtime.refuse_keras_quantized(outer)
+    assert str(caught.value) == message
+    with pytest.raises(CompressError, match="layer 'deep', int8_from_float32"):
+        export.export_artifact(outer, format="tflite", samples=4)
+
+
+@pytest.mark.parametrize("policy_class, mode", [("GPTQDTypePolicy", "gptq/4/128"),
+                                                ("AWQDTypePolicy", "awq/4/128")])
+def test_gptq_and_awq_layers_are_refused(policy_class, mode):
+    import keras
+
+    from compress import runtime
+    from compress.errors import CompressError
+
+    policy = getattr(keras.dtype_policies, policy_class)(mode, "float32")
+    inp = keras.Input((8,))
+    inner = keras.Model(inp, keras.layers.Dense(4, name="q", dtype=policy)(inp), name="block")
+    outer_in = keras.Input((8,))
+    outer = keras.Model(outer_in, inner(outer_in), name="task")
+    with pytest.raises(CompressError,
+                       match=f"model 'task' is already quantized by Keras .layer 'q', "
+                             f"{mode}_from_float32.; start from the float model"):
+        runtime.refuse_keras_quantized(outer)
+
+
+def test_qat_agreement_is_with_the_users_float_model():
+    from compress import runtime
+    from compress.export import verification_inputs
+    from compress.quantization import quantize
+
+    model, ds = _digits_mlp()
+    before = [w.copy() for w in model.get_weights()]
+    content, info = quantize(model, ds, qat=True, epochs=1, learning_rate=3e-2,
+                             latency=False)
+    x = verification_inputs(model, ds, 256, 0)
+    got = runtime.run_artifact(content, x, fmt="tflite")
+    expected = model.predict(x, verbose=0)
+    assert info["top1_agreement"] == pytest.approx(runtime.top1_agreement(got, expected))
+    assert info["sqnr_db"] == pytest.approx(runtime.sqnr_db(got, expected), abs=1e-3)
+    # the float column is the user's model too (its own float export, in LiteRT)
+    keras_accuracy = float(np.mean(np.argmax(model.predict(ds.x_test, verbose=0), -1)
+                                   == ds.y_test))
+    assert info["float_accuracy"] == pytest.approx(keras_accuracy, abs=0.01)
+    # the artifact against the QAT-trained float model is reported apart
+    qat = info["qat"]
+    assert 0.0 <= qat["trained_float_top1_agreement"] <= 1.0
+    assert "top-1 agreement" in qat["trained_float_agreement"]
+    for a, b in zip(before, model.get_weights()):  # the input model is untouched
+        np.testing.assert_array_equal(a, b)
+
+
+SUBNET = '''
+import keras
+
+@keras.saving.register_keras_serializable(package="review_quant_test")
+class SubNet(keras.Model):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.flat = keras.layers.Flatten()
+        self.hidden = keras.layers.Dense(16, activation="relu")
+        self.head = keras.layers.Dense(10, activation="softmax")
+
+    def call(self, x):
+        return self.head(self.hidden(self.flat(x)))
+'''
+
+
+@pytest.mark.parametrize("output, mode, says, never", [
+    ("q.keras", "keras-int8",
+     ("note: subclassed model 'sub' (SubNet) saved as a functional model of its layers, "
+      "input shape (8, 8, 1): the file loads with plain Keras, without --import"),
+     ("holds it as a layer", "with the same --import", "wrapped into")),
+    ("q.tflite", "dynamic",
+     ("note: subclassed model 'sub' (SubNet) traced with input shape (8, 8, 1) into the "
+      "artifact's graph, which runs without --import"),
+     ("holds it as a layer", "with the same --import", "saved as a functional")),
+])
+def test_cli_notes_on_a_subclassed_model_agree_with_the_artifact(cli, tmp_path, output,
+                                                                 mode, says, never):
+    import keras
+
+    module = tmp_path / "subnet.py"
+    module.write_text(SUBNET)
+    namespace: dict = {}
+    exec(compile(SUBNET, str(module), "exec"), namespace)  # noqa: S102 - our own test code
+    try:
+        keras.utils.set_random_seed(0)
+        model = namespace["SubNet"](name="sub")
+        model(np.zeros((1, 8, 8, 1), "float32"))
+        model.save(tmp_path / "sub.keras")
+    finally:
+        keras.saving.get_custom_objects().pop("review_quant_test>SubNet", None)
+    out = tmp_path / output
+    r = cli("quantize", tmp_path / "sub.keras", "-o", out, "--mode", mode, "--data", "digits",
+            "--import", module, "--no-latency")
+    assert r.exit_code == 0, r.output
+    text = " ".join(r.output.split())
+    assert text.count("note:") == 1 and says in text, r.output
+    assert not any(phrase in text for phrase in never), r.output
+    if mode == "keras-int8":  # what the note says: plain Keras loads it, no --import
+        reloaded = keras.models.load_model(out)
+        assert sum("int8" in lay.dtype_policy.name for lay in reloaded.layers) == 2
+
+
+def test_int4_agreement_is_with_the_float_model_not_the_snapped_copy():
+    """Mode int4 exports a copy snapped onto the 4-bit grid: compared with that copy, its
+    float artifact would agree almost exactly, whatever the rounding cost."""
+    from compress import runtime
+    from compress.export import verification_inputs
+    from compress.quantization import quantize
+
+    model, ds = _digits_mlp("mlp4")
+    content, info = quantize(model, ds, mode="int4", latency=False)
+    x = verification_inputs(model, ds, 256, 0)
+    got = runtime.run_artifact(content, x, fmt="tflite")
+    expected = model.predict(x, verbose=0)
+    assert info["sqnr_db"] == pytest.approx(runtime.sqnr_db(got, expected), abs=1e-3)
+    assert info["top1_agreement"] == pytest.approx(runtime.top1_agreement(got, expected))
