@@ -160,3 +160,29 @@ def test_int4_agreement_is_with_the_float_model_not_the_snapped_copy():
     expected = model.predict(x, verbose=0)
     assert info["sqnr_db"] == pytest.approx(runtime.sqnr_db(got, expected), abs=1e-3)
     assert info["top1_agreement"] == pytest.approx(runtime.top1_agreement(got, expected))
+
+
+def test_cli_export_note_on_a_subclassed_model_says_what_the_artifact_holds(cli, tmp_path):
+    """``compress export`` of a subclassed model: one note, saying the graph was traced
+    into the artifact (not that a .keras file holds it as a layer)."""
+    import keras
+
+    module = tmp_path / "subnet.py"
+    module.write_text(SUBNET)
+    namespace: dict = {}
+    exec(compile(SUBNET, str(module), "exec"), namespace)  # noqa: S102 - our own test code
+    try:
+        keras.utils.set_random_seed(0)
+        model = namespace["SubNet"](name="sub")
+        model(np.zeros((1, 8, 8, 1), "float32"))
+        model.save(tmp_path / "sub.keras")
+    finally:
+        keras.saving.get_custom_objects().pop("review_quant_test>SubNet", None)
+    r = cli("export", tmp_path / "sub.keras", "-o", tmp_path / "e.onnx", "--format", "onnx",
+            "--data", "digits", "--import", module)
+    assert r.exit_code == 0, r.output
+    text = " ".join(r.output.split())
+    assert text.count("note:") == 1, r.output
+    assert ("note: subclassed model 'sub' (SubNet) traced with input shape (8, 8, 1) into "
+            "the artifact's graph, which runs without --import") in text, r.output
+    assert "holds it as a layer" not in text, r.output

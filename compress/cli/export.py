@@ -80,10 +80,17 @@ def command(model, output, data, seed, unsafe, as_json, force, quantize=None, sp
         return
     opts = EXPORT_OPTIONS.from_cli({**options, "format": fmt, "seed": seed})
     out = io.check_output(output, inputs=[model], force=force, suffixes=(export.FORMATS[fmt],))
-    loaded, dataset = load_inputs(model, data, seed, unsafe)
+    loaded, dataset = load_inputs(model, data, seed, unsafe, echo_note=False)
     content, info = export.export_artifact(loaded, dataset, **opts)
     io.write_bytes(out, content)
     result = {"path": str(out), **info}
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None and ctx.meta.get("compress_input_note"):  # a wrapped subclassed model
+        from compress.cli.quantize import input_note
+
+        note = input_note(loaded, {"format": fmt, "export_copy": info.get("export_copy")})
+        if note:
+            result["input_note"] = note
     agreement = (f"top-1 agreement {result['top1_agreement']:.2%}"
                  if "top1_agreement" in result else f"SQNR {result['sqnr_db']:.1f} dB")
     verified = (f"verified on {result['samples']} inputs: max abs diff "
@@ -103,4 +110,6 @@ def command(model, output, data, seed, unsafe, as_json, force, quantize=None, sp
         lines.append(verified)
     if result.get("export_copy"):  # the artifact was made from a converter-friendly copy
         lines.append(f"note: {result['export_copy']}")
+    if result.get("input_note"):
+        lines.append(f"note: {result['input_note']}")
     emit(result, as_json, lines=lines)
