@@ -69,7 +69,7 @@ def layer_matches(layer, selector: str) -> bool:
 
 
 def select_layers(layers: list, selectors: list | None, what: str,
-                  model_name: str | None = None) -> list:
+                  model_name: str | None = None, names: list | None = None) -> list:
     """The layers of ``layers`` chosen by ``selectors``, in their order (all when None).
 
     Args:
@@ -78,6 +78,10 @@ def select_layers(layers: list, selectors: list | None, what: str,
             one selector.
         what: the adjective naming the eligible layers in errors (``"prunable"``).
         model_name: str or None, the model named in errors.
+        names: list of str or None, one per layer: another name each layer answers to
+            as well (the ``parent/name`` path of a layer nested in a custom layer, see
+            :func:`compress.pruning.masks.layer_path`), matched like its name and listed
+            in errors instead of it.
 
     Raises:
         CompressError: an invalid regular expression, or a selector matching none of
@@ -87,13 +91,15 @@ def select_layers(layers: list, selectors: list | None, what: str,
         return list(layers)
     if isinstance(selectors, str):
         selectors = [selectors]
+    names = [la.name for la in layers] if names is None else list(names)
     chosen = set()
     for sel in selectors:
-        hits = [id(la) for la in layers if layer_matches(la, sel)]
+        hits = [id(la) for la, n in zip(layers, names, strict=True) if layer_matches(la, sel)
+                or n == sel or _pattern(sel).fullmatch(n) is not None]
         if not hits:
             where = f" of model '{model_name}'" if model_name else ""
             raise CompressError(f"layers '{sel}': matches no {what} layer{where} ({what}: "
-                                f"{', '.join(la.name for la in layers) or 'none'})")
+                                f"{', '.join(names) or 'none'})")
         chosen.update(hits)
     return [la for la in layers if id(la) in chosen]
 

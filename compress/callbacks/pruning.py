@@ -13,11 +13,14 @@ from compress.options import Option, Schema
 from compress.pruning.criteria import criterion, saliency_scores
 from compress.pruning.masks import (
     get_mask,
+    matmul_shape,
     prunable_weights,
     release_zeros,
     select_masks,
+    select_viewed,
     set_mask,
 )
+from compress.pruning.obd import uses_layer_hessians
 from compress.pruning.prune_options import DEFAULT_SPARSITY, PRUNE_OPTIONS
 
 
@@ -67,6 +70,14 @@ class Pruning(keras.callbacks.Callback):
     polynomial ``s_t = s_f + (s_i - s_f) * (1 - (t - t0) / (t1 - t0)) ** power``, updated
     every ``frequency`` steps (``schedule="constant"`` holds ``sparsity`` from
     ``begin_step``). At each update the lowest-saliency weights of each layer are masked.
+    As in the prune pass, a multi-axis EinsumDense kernel (the ``(hidden, heads,
+    head_dim)`` kernels of ``MultiHeadAttention``) is ranked as the ``(inputs, outputs)``
+    matrix it is (:func:`compress.pruning.masks.matmul_shape`), so ``balance`` and
+    ``block`` group its weights per output unit; and where the saliencies need layer
+    Hessians (OBD with the ``layer`` estimator, which a model with several inputs or
+    outputs always gets) a weight whose layer Hessian cannot be formed (an Embedding)
+    stays dense and is named in ``left_out`` (``{weight: reason}``; empty when none), or
+    is refused in one line when ``layers`` selected it.
     Masks are variable constraints applied inside the compiled train step after every
     optimizer update, so pruned weights stay exactly zero with any optimizer and no
     per-batch Python runs. Weights that another callback puts back (``EarlyStopping``'s
@@ -160,6 +171,8 @@ class Pruning(keras.callbacks.Callback):
         self.current = 0.0
         self.updates = []  # (step, sparsity) of every mask update
         self.restores = 0  # weights put back by another callback, masked again
+        self.left_out = {}  # {weight: reason}: no layer Hessian, left dense
+        self._views = None
         self._pairs = None
         self._final_masks = None
         self._fit_frame = None
@@ -190,6 +203,13 @@ class Pruning(keras.callbacks.Callback):
             epochs = (self.params or {}).get("epochs") or 1
             self.end_step = self.begin_step + max(1, int((steps or 1) * epochs * 2 / 3))
         self._pairs = prunable_weights(self.model, self.layers, self.skip_first_last)
+        self.left_out = {}
+        if uses_layer_hessians(self.model, self.method, self.estimator):
+            from compress.pruning.hessian import hessian_leave_out
+
+            self._pairs, self.left_out = hessian_leave_out(
+                self.model, self._pairs, bool(self.layers), f"Pruning(method={self.method!r})")
+        self._views = [matmul_shape(layer, var) for layer, var in self._pairs]
         for _, var in self._pairs:
             old = get_mask(var)
             set_mask(var, old if old is not None else np.ones(tuple(var.shape)))
@@ -260,7 +280,8 @@ class Pruning(keras.callbacks.Callback):
         scores = saliency_scores(self.model, variables, self.method, self.calibration,
                                  self.estimator, self.damping, self.seed)
         scores = [np.where(get_mask(v) > 0, s, -np.inf) for v, s in zip(variables, scores)]
-        new = select_masks(scores, target, self.scope, self.balance, self.block)
+        new = select_viewed(scores, self._views, lambda flat: select_masks(
+            flat, target, self.scope, self.balance, self.block))
         for var, m in zip(variables, new):
             set_mask(var, m)
 

@@ -468,3 +468,35 @@ def diagonal_saliency(model, variables, x, **kwargs) -> list:
     hs = layer_hessians(model, variables, x, **kwargs)
     return [0.5 * h.diagonal() * np.square(np.asarray(h.variable, dtype="float64"))
             for h in hs]
+
+
+def hessian_leave_out(model, pairs, selected: bool, who: str) -> tuple[list, dict]:
+    """``(kept, left)``: ``pairs`` less the weights whose layer Hessian cannot be formed
+    (an Embedding, a multi-axis EinsumDense), which stay dense and are named in ``left``
+    (``{weight: reason}``), for saliencies that need layer Hessians (OBS, OBD's
+    ``layer`` estimator; :func:`compress.pruning.obd.uses_layer_hessians`). When the
+    user ``selected`` the layers such a weight is refused in one line instead, as is a
+    model where nothing is left; ``who`` names the caller in that refusal
+    (``prune --method obd``).
+
+    Example:
+
+    >>> kept, left = hessian_leave_out(model, pairs, False, "Pruning")  # doctest: +SKIP
+    >>> left  # doctest: +SKIP
+    {'tokens/embeddings': "layer 'tokens' (Embedding): ..."}
+    """
+    from compress.pruning.masks import weight_key
+
+    kept, left = [], {}
+    for layer, var in pairs:
+        why = hessian_problem(model, var)
+        if why is None:
+            kept.append((layer, var))
+        elif selected:
+            raise CompressError(why)
+        else:
+            left[weight_key(layer, var)] = why
+    if not kept and left:
+        raise CompressError(f"{who}: no prunable layer of model '{model.name}' has a layer "
+                            f"Hessian ({next(iter(left.values()))})")
+    return kept, left

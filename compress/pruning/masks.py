@@ -159,32 +159,30 @@ def prunable_weights(model, layers=None, skip_first_last: bool = False) -> list:
         if not candidates:
             raise CompressError(f"model '{model.name}': nothing left to prune once the first "
                                 "and last prunable layers are kept dense")
-    chosen = {id(la) for la in _select([c[0] for c in candidates], layers, model.name)}
+    from compress.layers import select_layers
+
+    found = [c[0] for c in candidates]
+    chosen = {id(la) for la in select_layers(found, layers, "prunable", model.name,
+                                             names=[layer_path(la) for la in found])}
     candidates = [c for c in candidates if id(c[0]) in chosen]
     return [(layer, v) for layer, vars_ in candidates for v in vars_]
 
 
-def _select(layers: list, selectors, model_name: str) -> list:
-    """:func:`compress.layers.select_layers` matching a nested layer's path as well."""
-    from compress.layers import _pattern, layer_matches
+def select_viewed(scores: list, views: list, select) -> list:
+    """``select(flat)`` run on each of ``scores`` seen as its ``views`` matrix (None: as
+    it is; see :func:`matmul_shape`), the masks it returns put back in the scores'
+    shapes: an attention kernel ``(hidden, heads, head_dim)`` is ranked, balanced and
+    blocked as the ``(hidden, heads * head_dim)`` Dense kernel it is.
 
-    if not selectors:
-        return list(layers)
-    if isinstance(selectors, str):
-        selectors = [selectors]
-    chosen = set()
-    for sel in selectors:
-        hits = [id(la) for la in layers if layer_matches(la, sel) or layer_path(la) == sel
-                or _pattern(sel).fullmatch(layer_path(la)) is not None]
-        if not hits:
-            _no_match(sel, layers, model_name)
-        chosen.update(hits)
-    return [la for la in layers if id(la) in chosen]
+    Example:
 
-
-def _no_match(sel, layers, model_name):
-    raise CompressError(f"layers '{sel}': matches no prunable layer of model '{model_name}' "
-                        f"(prunable: {', '.join(layer_path(la) for la in layers)})")
+    >>> s = np.arange(8.0).reshape(2, 2, 2)
+    >>> select_viewed([s], [(2, 4)], lambda f: select_masks(f, 0.5))[0].shape
+    (2, 2, 2)
+    """
+    views = list(views or [None] * len(scores))
+    flat = [np.reshape(s, w) if w else s for s, w in zip(scores, views, strict=True)]
+    return [np.reshape(m, np.shape(s)) for m, s in zip(select(flat), scores, strict=True)]
 
 
 def weight_key(layer, variable) -> str:

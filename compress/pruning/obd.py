@@ -103,6 +103,29 @@ def _curvature_at_output(kind: str, out):
     return tf.ones_like(out) * (2.0 / k)
 
 
+def effective_estimator(model, estimator: str) -> str:
+    """The estimator :func:`hessian_diagonal` uses for ``model``: ``estimator``, or
+    ``"layer"`` (the layer Hessians) for a model with several inputs or outputs, which
+    the output-curvature estimators cannot take. Reports name this one.
+
+    Example:
+
+    >>> effective_estimator(two_input_model, "backprop")  # doctest: +SKIP
+    'layer'
+    """
+    if len(model.inputs) > 1 or len(model.outputs) > 1:
+        return "layer"
+    return estimator
+
+
+def uses_layer_hessians(model, method: str, estimator: str) -> bool:
+    """Whether ``method``'s saliencies of ``model`` come from layer Hessians (OBS; OBD
+    with the ``layer`` estimator, which a model with several inputs or outputs always
+    gets), so a weight whose layer Hessian cannot be formed must be left out."""
+    return method == "obs" or (method == "obd"
+                               and effective_estimator(model, estimator) == "layer")
+
+
 def hessian_diagonal(model, x, y, variables=None, estimator: str = "backprop",
                      batch_size: int = 32, samples: int = 1, exact: bool = False,
                      seed: int = 0, task=None) -> list:
@@ -144,7 +167,7 @@ def hessian_diagonal(model, x, y, variables=None, estimator: str = "backprop",
         raise CompressError(f"estimator '{estimator}': must be one of {', '.join(ESTIMATORS)}")
     # The output-curvature estimators take one input array and one output; a model with
     # several inputs or outputs gets the layer Hessians, which need only its inputs.
-    if estimator == "layer" or len(model.inputs) > 1 or len(model.outputs) > 1:
+    if effective_estimator(model, estimator) == "layer":
         from compress.pruning.hessian import layer_hessians
 
         vs = list(model.trainable_variables if variables is None else variables)

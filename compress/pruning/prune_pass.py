@@ -18,6 +18,7 @@ from compress.pruning.masks import (
     prunable_weights,
     release_zeros,
     select_masks,
+    select_viewed,
     set_mask,
     weight_key,
 )
@@ -152,8 +153,10 @@ def prune(model, data=None, *, verbose=0, **options):
         info["quality"] = opts["quality"]
     if opts["two_four"]:  # the 2:4 pattern fixes the sparsity; --sparsity is not used
         info.update(pattern="2:4", sparsity_requested=0.5)
-    if opts["method"] == "obd":
-        info["estimator"] = opts["estimator"]
+    if opts["method"] == "obd":  # the one used: a multi-input/output model's is "layer"
+        from compress.pruning.obd import effective_estimator
+
+        info["estimator"] = effective_estimator(model, opts["estimator"])
     # Only the calibration samples are read (a stream is not materialised for them).
     calib = None if data is None else data.head("train", opts["calibration"])
     from compress import progress
@@ -215,6 +218,8 @@ def prune(model, data=None, *, verbose=0, **options):
         training.fit(model, data, epochs=opts["epochs"], batch_size=opts["batch_size"],
                      callbacks=[cb] + extra, verbose=verbose)
         info["mask_updates"] = len(cb.updates)
+        if cb.left_out:  # named, never skipped silently
+            info["left_out"] = cb.left_out
         _recalibrate(model, data, opts, info)
     else:
         rounds = opts["rounds"] if opts["schedule"] == "iterative" else 1
@@ -256,10 +261,9 @@ def _layer_hessians_used(model, opts) -> bool:
     estimator, which a model with several inputs or outputs always gets)."""
     if opts["quality"] is not None or opts["schedule"] == "gradual":
         return False
-    if opts["method"] == "obs":
-        return True
-    return opts["method"] == "obd" and (opts["estimator"] == "layer" or len(model.inputs) > 1
-                                        or len(model.outputs) > 1)
+    from compress.pruning.obd import uses_layer_hessians
+
+    return uses_layer_hessians(model, opts["method"], opts["estimator"])
 
 
 def _leave_out(model, pairs, opts, info) -> list:
@@ -269,20 +273,10 @@ def _leave_out(model, pairs, opts, info) -> list:
     are refused in one line instead, as is a model where nothing is left."""
     if not _layer_hessians_used(model, opts):
         return pairs
-    from compress.pruning.hessian import hessian_problem
+    from compress.pruning.hessian import hessian_leave_out
 
-    kept, left = [], {}
-    for layer, var in pairs:
-        why = hessian_problem(model, var)
-        if why is None:
-            kept.append((layer, var))
-        elif opts["layers"]:
-            raise CompressError(why)
-        else:
-            left[weight_key(layer, var)] = why
-    if not kept:
-        raise CompressError(f"prune --method {opts['method']}: no prunable layer of model "
-                            f"'{model.name}' has a layer Hessian ({next(iter(left.values()))})")
+    kept, left = hessian_leave_out(model, pairs, bool(opts["layers"]),
+                                   f"prune --method {opts['method']}")
     if left:
         info["left_out"] = left
     return kept
@@ -357,11 +351,9 @@ def _masks(model, variables, opts, calib, target, data=None, names=None, views=N
     # Weights pruned in an earlier round stay pruned: rank them lowest.
     scores = [np.where(_old(v) > 0, s, -np.inf) for v, s in zip(variables, scores)]
     if opts["scope"] != "sensitivity" and views and any(views):
-        shapes = [np.shape(s) for s in scores]
-        flat = [np.reshape(s, w) if w else s for s, w in zip(scores, views)]
         old = [np.reshape(_old(v), w) if w else _old(v) for v, w in zip(variables, views)]
-        masks = _select(flat, old, opts, target, names or [v.name for v in variables])
-        return [np.reshape(m, shape) for m, shape in zip(masks, shapes)]
+        return select_viewed(scores, views, lambda flat: _select(
+            flat, old, opts, target, names or [v.name for v in variables]))
     return _select(scores, [_old(v) for v in variables], opts, target,
                    names or [v.name for v in variables], model, variables, data)
 
