@@ -7,28 +7,10 @@ functional model of its layers. Both are checked against the original model's ou
 
 from __future__ import annotations
 
-import textwrap
-
 import numpy as np
+from _models import load_source, subclassed_source
 
-SUBNET = textwrap.dedent('''
-    import keras
-
-    @keras.saving.register_keras_serializable(package="keras_int8_more_test")
-    class TinyNet(keras.Model):
-        def __init__(self, classes=10, **kwargs):
-            super().__init__(**kwargs)
-            self.classes = classes
-            self.flat = keras.layers.Flatten()
-            self.hidden = keras.layers.Dense(16, activation="relu")
-            self.head = keras.layers.Dense(classes, activation="softmax")
-
-        def call(self, x):
-            return self.head(self.hidden(self.flat(x)))
-
-        def get_config(self):
-            return {**super().get_config(), "classes": self.classes}
-''')
+SUBNET = subclassed_source("keras_int8_more_test", "TinyNet", classes=10, hidden=16)
 KEY = "keras_int8_more_test>TinyNet"
 
 
@@ -84,9 +66,7 @@ def test_a_subclassed_model_quantizes_to_a_file_that_loads_back(cli, tmp_path):
     import keras
 
     module = tmp_path / "tinynet.py"
-    module.write_text(SUBNET)
-    namespace: dict = {}
-    exec(compile(SUBNET, str(module), "exec"), namespace)  # noqa: S102 - our own test code
+    namespace = load_source(SUBNET, module)
     try:
         keras.utils.set_random_seed(0)
         model = namespace["TinyNet"](name="tiny")
@@ -116,9 +96,7 @@ def test_a_subclassed_model_whose_call_cannot_be_traced_is_refused_in_one_line(c
         "return self.head(self.hidden(self.flat(x)))",
         "import tensorflow as tf\n        return self.head(tf.nn.relu(self.hidden(self.flat(x))))")
     module = tmp_path / "tfnet.py"
-    module.write_text(source)
-    namespace: dict = {}
-    exec(compile(source, str(module), "exec"), namespace)  # noqa: S102 - our own test code
+    namespace = load_source(source, module)
     try:
         model = namespace["TfNet"](name="tfnet")
         model(np.zeros((1, 8, 8, 1), "float32"))

@@ -7,94 +7,32 @@ with ``.npz`` data in the ``x_SPLIT/INPUT`` and ``y_SPLIT/OUTPUT`` key conventio
 from __future__ import annotations
 
 import json
-import textwrap
 
 import numpy as np
 import pytest
 
-N = 240
-
-SUBNET = textwrap.dedent('''
-    import keras
-
-    @keras.saving.register_keras_serializable(package="multi_io_test")
-    class SubNet(keras.Model):
-        def __init__(self, classes=4, **kwargs):
-            super().__init__(**kwargs)
-            self.classes = classes
-            self.conv = keras.layers.Conv2D(4, 3, activation="relu")
-            self.flat = keras.layers.Flatten()
-            self.hidden = keras.layers.Dense(16, activation="relu")
-            self.head = keras.layers.Dense(classes, activation="softmax")
-
-        def call(self, x):
-            return self.head(self.hidden(self.flat(self.conv(x))))
-
-        def get_config(self):
-            return {**super().get_config(), "classes": self.classes}
-''')
-
-
-def _data(seed=0):
-    rng = np.random.default_rng(seed)
-    image = rng.normal(size=(N, 8, 8, 1)).astype("float32")
-    extra = rng.normal(size=(N, 6)).astype("float32")
-    label = ((image.mean(axis=(1, 2, 3)) * 8 > 0).astype("int64")
-             + 2 * (extra[:, 1] > 0).astype("int64"))
-    score = (image.mean(axis=(1, 2, 3)) * 8 + extra[:, 2]).astype("float32")
-    return image, extra, label, score
+from bench import zoo_models
+from bench.zoo_models import USER_MODULE, N
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    """Paths of the two-input, two-output and subclassed models and their npz data."""
-    import keras
-
+    """Paths of the two-input, two-output and subclassed models and their npz data: the
+    zoo's hand-written builders (bench/zoo_models.py), so both test the same models."""
     d = tmp_path_factory.mktemp("multi_io")
-    image, extra, label, score = _data()
-    keras.utils.set_random_seed(0)
-    ia, ib = keras.Input((8, 8, 1), name="image"), keras.Input((6,), name="extra")
-    h = keras.layers.Flatten(name="flat")(keras.layers.Conv2D(4, 3, activation="relu",
-                                                              name="conv")(ia))
-    h = keras.layers.Concatenate(name="concat")(
-        [h, keras.layers.Dense(8, activation="relu", name="extra_dense")(ib)])
-    h = keras.layers.Dense(16, activation="relu", name="hidden")(h)
-    two_in = keras.Model([ia, ib], keras.layers.Dense(4, activation="softmax", name="cls")(h),
-                         name="two_in")
-    two_in.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
-    two_in.fit({"image": image, "extra": extra}, label, epochs=8, verbose=0)
-    two_in.save(d / "two_in.keras")
-    np.savez(d / "two_in.npz", **{"x_train/image": image, "x_train/extra": extra,
-                                  "y_train": label})
-
-    ix = keras.Input((8, 8, 1), name="image")
-    h = keras.layers.Flatten(name="flat")(keras.layers.Conv2D(4, 3, activation="relu",
-                                                              name="conv")(ix))
-    h = keras.layers.Dense(16, activation="relu", name="hidden")(h)
-    two_out = keras.Model(ix, {"cls": keras.layers.Dense(2, activation="softmax",
-                                                         name="cls")(h),
-                               "score": keras.layers.Dense(1, name="score")(h)},
-                          name="two_out")
-    two_out.compile("adam", loss={"cls": "sparse_categorical_crossentropy", "score": "mse"},
-                    metrics={"cls": ["accuracy"], "score": ["mae"]})
-    cls = label % 2
-    two_out.fit(image, {"cls": cls, "score": score}, epochs=8, verbose=0)
-    two_out.save(d / "two_out.keras")
-    np.savez(d / "two_out.npz", **{"x_train": image, "y_train/cls": cls,
-                                   "y_train/score": score})
-    np.save(d / "images.npy", image)
-
-    module = d / "subnet_module.py"
-    module.write_text(SUBNET)
-    namespace: dict = {}
-    exec(compile(SUBNET, str(module), "exec"), namespace)  # noqa: S102 - our own test code
-    sub = namespace["SubNet"]()
-    sub.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
-    sub.fit(image, label, epochs=2, verbose=0)
-    sub.save(d / "sub.keras")
-    np.savez(d / "sub.npz", x_train=image, y_train=label)
-    keras.saving.get_custom_objects().pop("multi_io_test>SubNet", None)
+    for name, build in (("two_in", zoo_models.two_input), ("two_out", zoo_models.two_output),
+                        ("sub", zoo_models.subclassed)):
+        model, npz, _ = build(d, seed=0)
+        model.save(d / f"{name}.keras")
+        npz.rename(d / f"{name}.npz")
+    zoo_models.forget_user_classes()  # a saved subclassed model needs --import again
+    np.save(d / "images.npy", _data()[0])
     return d
+
+
+def _data(seed=0):
+    """``(image, extra, label, score)`` of the models' data (bench/zoo_models.py)."""
+    return zoo_models._small_data(seed)
 
 
 def _json(result):
@@ -171,7 +109,7 @@ def test_two_output_model_distills_into_a_pruned_copy(models, cli, tmp_path):
 
 
 def test_subclassed_model_gets_an_input_signature(models, cli, tmp_path):
-    sub, module = models / "sub.keras", models / "subnet_module.py"
+    sub, module = models / "sub.keras", USER_MODULE
     no_shape = cli("prune", sub, "-o", tmp_path / "p.keras", "--import", module)
     assert no_shape.exit_code == 1 and "--input-shape" in no_shape.output
     pruned = _json(cli("prune", sub, "-o", tmp_path / "p.keras", "--import", module,
@@ -207,16 +145,14 @@ def test_export_parity_is_relative_to_the_output_scale_and_can_fail(tmp_path):
 
 
 def test_python_api_takes_a_subclassed_model_with_arrays(models):
-    import keras
-
     import compress
+    from compress import io
 
-    namespace: dict = {}
-    exec(compile(SUBNET, "subnet_module.py", "exec"), namespace)  # noqa: S102 - test code
+    io.import_modules([USER_MODULE])  # what --import does
     try:
         sub = compress.load_model(models / "sub.keras")
         image, _, label, _ = _data()
         pruned, info = compress.prune(sub, (image[:64], label[:64]), sparsity=0.5)
         assert pruned.inputs[0].shape[1:] == (8, 8, 1) and info["sparsity_reached"] >= 0.45
     finally:
-        keras.saving.get_custom_objects().pop("multi_io_test>SubNet", None)
+        zoo_models.forget_user_classes()

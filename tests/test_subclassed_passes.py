@@ -9,28 +9,11 @@ refuses in one line, exit 1, nothing written.
 from __future__ import annotations
 
 import json
-import textwrap
 
 import pytest
+from _models import load_source, subclassed_source
 
-SUBMLP = textwrap.dedent('''
-    import keras
-
-    @keras.saving.register_keras_serializable(package="subclassed_passes_test")
-    class SubMLP(keras.Model):
-        def __init__(self, classes=10, **kwargs):
-            super().__init__(**kwargs)
-            self.classes = classes
-            self.flat = keras.layers.Flatten()
-            self.hidden = keras.layers.Dense(24, activation="relu")
-            self.head = keras.layers.Dense(classes, activation="softmax")
-
-        def call(self, x):
-            return self.head(self.hidden(self.flat(x)))
-
-        def get_config(self):
-            return {**super().get_config(), "classes": self.classes}
-''')
+SUBMLP = subclassed_source("subclassed_passes_test", "SubMLP", classes=10, hidden=24)
 KEY = "subclassed_passes_test>SubMLP"
 
 
@@ -43,9 +26,7 @@ def sub(tmp_path_factory):
 
     d = tmp_path_factory.mktemp("subclassed")
     module = d / "submlp_module.py"
-    module.write_text(SUBMLP)
-    namespace: dict = {}
-    exec(compile(SUBMLP, str(module), "exec"), namespace)  # noqa: S102 - our own test code
+    namespace = load_source(SUBMLP, module)
     try:
         keras.utils.set_random_seed(0)
         ds = load_data("digits", seed=0)

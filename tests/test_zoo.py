@@ -19,37 +19,16 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
+from bench import zoo_models
+from bench.cases.zoo import _photos
 from compress import io
-
-CUSTOM = '''
-import keras
-
-
-@keras.saving.register_keras_serializable(package="zoo")
-class ChannelGain(keras.layers.Layer):
-    """A per-channel gain: a user's custom layer."""
-
-    def build(self, shape):
-        self.gain = self.add_weight(shape=(shape[-1],), initializer="ones")
-
-    def call(self, x):
-        return x * self.gain
-'''
 
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory):
-    """32x32 patches of the two scikit-learn sample photographs, as an npz data file."""
-    from sklearn.datasets import load_sample_images
-
-    rng = np.random.default_rng(0)
-    images = load_sample_images().images
-    patches = []
-    for _ in range(48):
-        im = images[rng.integers(2)]
-        y, x = rng.integers(0, im.shape[0] - 96), rng.integers(0, im.shape[1] - 96)
-        patches.append(im[y:y + 96:3, x:x + 96:3].astype("float32"))
-    x = np.stack(patches)
+    """32x32 patches of the two scikit-learn sample photographs, as an npz data file
+    (the zoo benchmark's, bench/cases/zoo.py)."""
+    x = _photos(32, 48, 0)
     path = tmp_path_factory.mktemp("zoo") / "photos.npz"
     np.savez(path, x_train=x[:24], x_test=x[24:])
     return path, x
@@ -84,44 +63,15 @@ def zoo(tmp_path_factory, photos):
     cases["convnext"] = _save(ConvNeXt(depths=[1, 1, 1, 1], projection_dims=[8, 16, 32, 64],
                                        input_shape=(32, 32, 3), weights=None, classes=10,
                                        name="convnext_mini"), folder, "convnext")
-    base = application("MobileNetV2", 32, include_top=False, alpha=0.35)
-    inp = keras.Input((32, 32, 3))
-    out = keras.layers.Dense(10, activation="softmax", name="head")(
-        keras.layers.GlobalAveragePooling2D(name="pool")(base(inp)))
-    nest = keras.Model(inp, out, name="transfer")
-    recalibrate_batchnorm(nest, x)
-    cases["nested"] = _save(nest, folder, "nested")
-
-    module = folder / "zoo_custom_layers.py"
-    module.write_text(CUSTOM)
-    (user_module,) = io.import_modules([module])  # the user's module registers its layer
-    inp = keras.Input((32, 32, 3))
-    h = keras.layers.Conv2D(8, 3, activation="relu", name="c1")(inp)
-    h = user_module.ChannelGain(name="gain")(h)
-    h = keras.layers.Conv2D(16, 3, activation="relu", name="c2")(h)
-    h = keras.layers.Conv2D(16, 3, activation="relu", name="c3")(h)
-    out = keras.layers.Dense(10, activation="softmax", name="out")(
-        keras.layers.GlobalAveragePooling2D()(h))
-    cases["custom"] = _save(keras.Model(inp, out, name="custom"), folder, "custom")
-    keras.saving.get_custom_objects().pop("zoo>ChannelGain", None)  # only --import brings it
-
-    policy = keras.config.dtype_policy()
-    keras.config.set_dtype_policy("mixed_float16")
-    try:
-        inp = keras.Input((32, 32, 3))
-        h = keras.layers.Conv2D(16, 3, name="c1")(inp)
-        h = keras.layers.BatchNormalization(name="bn1")(h)
-        h = keras.layers.ReLU()(h)
-        h = keras.layers.Conv2D(16, 3, activation="relu", name="c2")(h)
-        h = keras.layers.GlobalAveragePooling2D()(h)
-        out = keras.layers.Dense(10, name="logits")(h)
-        out = keras.layers.Activation("softmax", dtype="float32", name="probs")(out)
-        mixed = keras.Model(inp, out, name="mixed")
-    finally:
-        keras.config.set_dtype_policy(policy)
-    cases["mixed_float16"] = _save(mixed, folder, "mixed")
+    # the zoo benchmark's hand-written cases (bench/zoo_models.py), built the same way
+    for name, build in (("nested", zoo_models.transfer_nest),
+                        ("custom", zoo_models.custom_layer),
+                        ("mixed_float16", zoo_models.mixed_float16)):
+        model, _, _ = build(folder, seed=0)
+        cases[name] = _save(model, folder, name)
+    zoo_models.forget_user_classes()  # only --import brings the custom layer back
     extra = {name: [] for name in cases}
-    extra["custom"] = ["--import", str(module)]
+    extra["custom"] = ["--import", str(zoo_models.USER_MODULE)]
     return {name: (path, extra[name]) for name, path in cases.items()}
 
 
@@ -193,7 +143,7 @@ def test_failed_import_is_one_line_and_writes_nothing(cli, zoo, tmp_path):
     assert result.exit_code == 1 and not out.exists()
     assert result.output.strip() == ("error: --import " + str(bad) +
                                      ": RuntimeError: the user module is broken")
-    keras.saving.get_custom_objects().pop("zoo>ChannelGain", None)  # as in a new process
+    zoo_models.forget_user_classes()  # as in a new process
     missing = cli("export", path, "-o", out)  # without --import the layer is unknown
     assert missing.exit_code == 1 and "--import" in missing.output and not out.exists()
 
