@@ -387,6 +387,20 @@ def case_zoo(ctx) -> Section:
     sec.target(">= 95% of the (case, pass) cells ok", f"{ok / max(len(cells), 1):.0%}",
                ">= 95%", ok / max(len(cells), 1) >= 0.95)
     sec.target("zero 'unexpected' errors (crashes count)", unexpected, 0, unexpected == 0)
+    # Float export parity (issue 19: max abs diff <= 1e-4 relative to the output scale on
+    # every float export): an export cell is "ok" only when the check passed.
+    exports = [r[1 + list(columns).index(c)] for r in shown for c in
+               ("export ONNX", "export TFLite") if c in columns]
+    if exports:
+        missed = [f"{r[0].split(' (')[0]} {c}" for r in shown for c in
+                  ("export ONNX", "export TFLite") if c in columns and
+                  "disagrees" in r[1 + list(columns).index(c)]]
+        passed = sum(c.startswith("ok") for c in exports)
+        sec.target("float export parity (max abs diff <= 1e-4 x max(1, output scale), or the "
+                   "float64 rule) on every export ONNX / TFLite cell",
+                   f"{passed} of {len(exports)}" + (f" (missed: {', '.join(missed)})"
+                                                     if missed else ""),
+                   f"{len(exports)} of {len(exports)}", passed == len(exports))
     return sec
 
 
