@@ -57,3 +57,20 @@ def load_source(source: str, module) -> dict:
     namespace: dict = {}
     exec(compile(source, str(module), "exec"), namespace)  # noqa: S102 - our own test code
     return namespace
+
+
+def attention_classifier():
+    """``(model, x, y)``: a ``MultiHeadAttention(2 heads, key_dim 4)`` layer named "mha" on
+    6 positions of 8 features, average pooling and a 3-class softmax head "head"; 32
+    random samples and labels. Seeded: the same weights and data on every call."""
+    import keras
+    import numpy as np
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((6, 8))
+    mha = keras.layers.MultiHeadAttention(2, 4, name="mha")
+    h = keras.layers.GlobalAveragePooling1D()(mha(inp, inp))
+    model = keras.Model(inp, keras.layers.Dense(3, activation="softmax", name="head")(h))
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(32, 6, 8)).astype("float32")
+    return model, x, rng.integers(0, 3, 32)

@@ -4,6 +4,7 @@ KerasHub transformer block; OBD/OBS leave out layers whose Hessian cannot be for
 import keras
 import numpy as np
 import pytest
+from _models import attention_classifier
 
 from compress import training
 from compress.errors import CompressError
@@ -114,14 +115,8 @@ def test_attention_einsum_kernels_get_layer_hessians():
     # layers on flattened axes: OBS forms their Hessians and prunes them.
     from compress.pruning.hessian import layer_hessians
 
-    keras.utils.set_random_seed(0)
-    inp = keras.Input((6, 8))
-    mha = keras.layers.MultiHeadAttention(2, 4, name="mha")
-    h = keras.layers.GlobalAveragePooling1D()(mha(inp, inp))
-    model = keras.Model(inp, keras.layers.Dense(3, activation="softmax", name="head")(h))
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(32, 6, 8)).astype("float32")
-    y = rng.integers(0, 3, 32)
+    model, x, y = attention_classifier()
+    mha = model.get_layer("mha")
     hess = layer_hessians(model, [mha._query_dense.kernel], x)[0]
     assert hess.rows == 32 * 6  # every position is an input vector
     np.testing.assert_allclose(hess.diagonal()[:, 0, 0],

@@ -5,6 +5,7 @@ selection by path goes through compress.layers.select_layers."""
 import keras
 import numpy as np
 import pytest
+from _models import attention_classifier
 
 from compress import io
 from compress.callbacks import Pruning
@@ -20,14 +21,8 @@ def _saved(model, tmp_path, name):
 
 
 def _attention_model(tmp_path):
-    keras.utils.set_random_seed(0)
-    inp = keras.Input((6, 8))
-    mha = keras.layers.MultiHeadAttention(2, 4, name="mha")
-    h = keras.layers.GlobalAveragePooling1D()(mha(inp, inp))
-    model = keras.Model(inp, keras.layers.Dense(3, activation="softmax", name="head")(h))
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(32, 6, 8)).astype("float32")
-    return _saved(model, tmp_path, "attention"), x, rng.integers(0, 3, 32)
+    model, x, y = attention_classifier()
+    return _saved(model, tmp_path, "attention"), x, y
 
 
 def _kernels(model):

@@ -109,6 +109,25 @@ class SubNet(keras.Model):
 '''
 
 
+def _saved_subnet(tmp_path):
+    """``SUBNET``'s model saved as ``tmp_path/sub.keras`` (named "sub"), its class then
+    unregistered so that loading needs ``--import``; returns the module's path."""
+    import keras
+
+    module = tmp_path / "subnet.py"
+    module.write_text(SUBNET)
+    namespace: dict = {}
+    exec(compile(SUBNET, str(module), "exec"), namespace)  # noqa: S102 - our own test code
+    try:
+        keras.utils.set_random_seed(0)
+        model = namespace["SubNet"](name="sub")
+        model(np.zeros((1, 8, 8, 1), "float32"))
+        model.save(tmp_path / "sub.keras")
+    finally:
+        keras.saving.get_custom_objects().pop("review_quant_test>SubNet", None)
+    return module
+
+
 @pytest.mark.parametrize("output, mode, says, never", [
     ("q.keras", "keras-int8",
      ("note: subclassed model 'sub' (SubNet) saved as a functional model of its layers, "
@@ -123,17 +142,7 @@ def test_cli_notes_on_a_subclassed_model_agree_with_the_artifact(cli, tmp_path, 
                                                                  mode, says, never):
     import keras
 
-    module = tmp_path / "subnet.py"
-    module.write_text(SUBNET)
-    namespace: dict = {}
-    exec(compile(SUBNET, str(module), "exec"), namespace)  # noqa: S102 - our own test code
-    try:
-        keras.utils.set_random_seed(0)
-        model = namespace["SubNet"](name="sub")
-        model(np.zeros((1, 8, 8, 1), "float32"))
-        model.save(tmp_path / "sub.keras")
-    finally:
-        keras.saving.get_custom_objects().pop("review_quant_test>SubNet", None)
+    module = _saved_subnet(tmp_path)
     out = tmp_path / output
     r = cli("quantize", tmp_path / "sub.keras", "-o", out, "--mode", mode, "--data", "digits",
             "--import", module, "--no-latency")
@@ -165,19 +174,8 @@ def test_int4_agreement_is_with_the_float_model_not_the_snapped_copy():
 def test_cli_export_note_on_a_subclassed_model_says_what_the_artifact_holds(cli, tmp_path):
     """``compress export`` of a subclassed model: one note, saying the graph was traced
     into the artifact (not that a .keras file holds it as a layer)."""
-    import keras
 
-    module = tmp_path / "subnet.py"
-    module.write_text(SUBNET)
-    namespace: dict = {}
-    exec(compile(SUBNET, str(module), "exec"), namespace)  # noqa: S102 - our own test code
-    try:
-        keras.utils.set_random_seed(0)
-        model = namespace["SubNet"](name="sub")
-        model(np.zeros((1, 8, 8, 1), "float32"))
-        model.save(tmp_path / "sub.keras")
-    finally:
-        keras.saving.get_custom_objects().pop("review_quant_test>SubNet", None)
+    module = _saved_subnet(tmp_path)
     r = cli("export", tmp_path / "sub.keras", "-o", tmp_path / "e.onnx", "--format", "onnx",
             "--data", "digits", "--import", module)
     assert r.exit_code == 0, r.output
