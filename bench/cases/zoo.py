@@ -211,8 +211,11 @@ def family_row(name: str, work: Path, seed: int = 0, out: Path | None = None,
             note = " (copy)" if info.get("export_copy") else ""
             exact = info.get("float64_reference")  # Keras's float32 itself off the exact
             if exact:
+                modes = exact.get("keras_modes") or {}
+                worst = max(modes, key=modes.get) if modes else None
                 note += (f"; vs float64: artifact {exact['max_abs_diff']:.0e}, Keras "
                          f"{exact['keras_max_abs_diff']:.0e}"
+                         + (f" ({worst})" if worst else "")
                          + (" (within 2x Keras)" if exact.get("rule") == "keras float32"
                             else ""))
             return f"diff {info['max_abs_diff']:.0e}{note}"
