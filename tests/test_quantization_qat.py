@@ -88,3 +88,32 @@ def test_qat_int8_litert_matches_fake_quant_keras():
     fake_quant = info["qat"]["test_accuracy"]
     assert fake_quant > 0.5
     assert abs(info["accuracy"] - fake_quant) <= 0.02, (info["accuracy"], fake_quant)
+
+
+def test_qat_ranges_follow_the_kernels_when_scope_names_collide(tmp_path):
+    """Layers named ``dense`` and ``dense_1`` (Keras's defaults): TensorFlow scopes the
+    first as ``dense_1/`` in the converted graph, so a name reading gives the output op the
+    hidden layer's ReLU range and clips a regressor's output; matched by kernel, the int8
+    file reproduces the QAT model."""
+    import keras
+
+    from compress import io, training
+    from compress.data import load_data, prepare
+    from compress.quantization import quantize
+
+    training.set_seed(0)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(600, 8)).astype("float32")
+    y = (x @ rng.normal(size=8)).astype("float32")  # targets within about [-7, 7]
+    np.savez(tmp_path / "reg.npz", x_train=x[:500], y_train=y[:500], x_test=x[500:],
+             y_test=y[500:])
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(32, "relu", name="dense"),
+                              keras.layers.Dense(1, name="dense_1")])
+    model.compile("adam", "mse")
+    model.fit(x[:500], y[:500], epochs=30, verbose=0)
+    model.save(tmp_path / "reg.keras")
+    model = io.load_model(tmp_path / "reg.keras")
+    ds = prepare(model, load_data(f"npz:{tmp_path / 'reg.npz'}", 0))
+    _, info = quantize(model, ds, qat=True, epochs=2, latency=False)
+    assert info["qat"]["trained_float_sqnr_db"] >= 20.0, info["qat"]
+    assert info["sqnr_db"] >= 20.0 and "accuracy" not in info

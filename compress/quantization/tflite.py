@@ -138,20 +138,23 @@ def convert(model, mode: str = "int8", representative: np.ndarray | None = None,
         except Exception as exc:
             raise CompressError(_explain(exc, model, mode)) from exc
     if mode == "int8" and activation_ranges is not None:
-        flatbuffer = _quantize_with_ranges(flatbuffer, activation_ranges, int8_io)
+        flatbuffer = _quantize_with_ranges(flatbuffer, activation_ranges, int8_io, model)
     return flatbuffer
 
 
 _RANGED_OPS = {3: "CONV_2D", 4: "DEPTHWISE_CONV_2D", 9: "FULLY_CONNECTED"}
 
 
-def _quantize_with_ranges(calibrated: bytes, ranges: list, int8_io: bool) -> bytes:
+def _quantize_with_ranges(calibrated: bytes, ranges: list, int8_io: bool,
+                          keras_model=None) -> bytes:
     """Quantize a calibrated flatbuffer with the given output ranges of its conv/dense ops.
 
     The TFLite converter ignores FakeQuant ranges when it calibrates, and without
     calibration it leaves convolutions in float; so the calibrated statistics of each
     conv/dense output (the fused-activation output) are replaced by the learned range,
     kept whole (a negative minimum included) so the int8 grid is the one trained on.
+    A dict of ranges is matched to the ops by each layer's kernel (``keras_model``'s), else by
+    the layer names in the op names.
     """
     import tensorflow as tf
     from tensorflow.lite.python import convert as lite_convert
@@ -159,13 +162,15 @@ def _quantize_with_ranges(calibrated: bytes, ranges: list, int8_io: bool) -> byt
 
     model = flatbuffer_utils.read_model_from_bytearray(bytearray(calibrated))
     graph = model.subgraphs[0]
-    outputs = []
+    outputs, kernels = [], []
     for op in graph.operators:
         code = model.operatorCodes[op.opcodeIndex]
         if max(code.builtinCode, code.deprecatedBuiltinCode) in _RANGED_OPS:
             outputs.append(graph.tensors[op.outputs[0]])
+            kernels.append(_float_buffer(model, graph, op.inputs[1]))
     if isinstance(ranges, dict):
-        ranges = _ranges_by_name(outputs, ranges)
+        ranges = (_ranges_by_kernel(kernels, ranges, keras_model)
+                  if keras_model is not None else None) or _ranges_by_name(outputs, ranges)
     if len(outputs) != len(ranges):
         raise CompressError(f"QAT ranges do not match the converted graph ({len(ranges)} "
                             f"learned, {len(outputs)} conv/dense ops); convert without --qat")
@@ -177,6 +182,48 @@ def _quantize_with_ranges(calibrated: bytes, ranges: list, int8_io: bool) -> byt
         return lite_convert.mlir_quantize(
             bytes(flatbuffer_utils.convert_object_to_bytearray(model)),
             input_data_type=io_type, output_data_type=io_type)
+
+
+def _float_buffer(model, graph, index: int) -> np.ndarray | None:
+    """The float32 constant tensor ``index`` of a flatbuffer graph, flat, or None."""
+    if index < 0:
+        return None
+    tensor = graph.tensors[index]
+    data = model.buffers[tensor.buffer].data if tensor.buffer < len(model.buffers) else None
+    if tensor.type != 0 or data is None or len(data) == 0:  # 0: FLOAT32
+        return None
+    return np.frombuffer(bytes(bytearray(data)), np.float32)
+
+
+def _ranges_by_kernel(kernels: list, ranges: dict, keras_model) -> list | None:
+    """The learned range of each conv/dense op, found by its weights: an op whose float
+    filter holds exactly the values of one fake-quantized layer's kernel (in any layout)
+    is that layer's. None unless every layer is found at exactly one op (a kernel the
+    converter changed, or two layers with the same values: the names decide). The
+    names alone can mislead: TensorFlow may scope layer ``dense`` as ``dense_1/``, the
+    name of another layer."""
+    wanted = {}
+    for name in ranges:
+        try:
+            weights = keras_model.get_layer(name).weights
+        except ValueError:
+            return None
+        if not weights:
+            return None
+        wanted[name] = np.sort(np.asarray(weights[0], np.float32).ravel())
+    found = []
+    for kernel in kernels:
+        key = None if kernel is None else np.sort(kernel)
+        hits = [name for name, values in wanted.items()
+                if key is not None and values.shape == key.shape and
+                np.array_equal(values, key)]
+        if len(hits) > 1:
+            return None
+        found.append(hits[0] if hits else None)
+    layers = [name for name in found if name is not None]
+    if sorted(layers) != sorted(ranges):
+        return None
+    return [ranges[name] if name else None for name in found]
 
 
 def _ranges_by_name(outputs: list, ranges: dict) -> list:
