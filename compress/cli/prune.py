@@ -12,13 +12,14 @@ from compress.pruning.prune_options import PRUNE_OPTIONS
 @PRUNE_OPTIONS.click_options()
 @common_options
 def command(model, output, data, seed, unsafe, as_json, force, **options):
-    """Prune MODEL (magnitude or Optimal Brain Damage) and save a plain Keras model to OUT.
+    """Prune MODEL (magnitude, Optimal Brain Damage or Optimal Brain Surgeon) and save a
+    plain Keras model to the -o file.
 
     Unstructured pruning zeros weights (smaller zipped file; dense kernels do not run
     faster). --structured removes whole units/filters and rebuilds smaller layers (a
     measured latency drop). Without --data only data-free magnitude one-shot pruning is
-    possible: OBD, fine-tuning (--epochs), --schedule gradual/iterative and --distill
-    need --data.
+    possible: OBD, OBS, fine-tuning (--epochs), --schedule gradual/iterative and
+    --distill need --data.
 
     \b
     Examples:

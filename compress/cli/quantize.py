@@ -34,7 +34,7 @@ def command(model, output, data, seed, unsafe, as_json, force, **options):
       compress quantize model.keras -o model.onnx --data mnist5k --calibration entropy
       compress quantize model.h5 -o model.tflite --mode dynamic
       compress quantize model.keras -o model.tflite --data animals --qat --epochs 3
-      compress quantize model.keras -o model.tflite --data animals --per-tensor \
+      compress quantize model.keras -o model.tflite --data animals --per-tensor \\
           --equalize --bias-correction --debug-layers
       compress quantize model.keras -o model-int8.keras --mode keras-int8 --data mnist5k
       compress quantize model.keras -o model-gptq.keras --mode gptq --data mnist5k
