@@ -67,7 +67,7 @@ def default_for_cli(quiet: bool = False) -> bool:
     forced = os.environ.get("COMPRESS_PROGRESS", "").strip()
     if forced in ("0", "1"):
         return forced == "1"
-    return _isatty(sys.stderr)
+    return isatty(sys.stderr)
 
 
 def set_on(value: bool, quiet: bool = False) -> None:
@@ -104,7 +104,8 @@ def enabled(value: bool = True, stream=None, plan: bool = False):
             var.reset(token)
 
 
-def _isatty(stream) -> bool:
+def isatty(stream) -> bool:
+    """Whether ``stream`` is a terminal (False for anything without a real one)."""
     try:
         return bool(stream.isatty())
     except (AttributeError, ValueError):
@@ -286,7 +287,7 @@ class Phase:
         self.start = clock()
         self._from = 0.0  # the fraction at which timing started (a resumed fit)
         self._stream = stream
-        self._tty = on and _isatty(stream)
+        self._tty = on and isatty(stream)
         self._last = self.start
         self._plan = _PLAN.get() if on else None
 
@@ -567,7 +568,7 @@ def epoch_callback(callbacks=(), what: str = "training"):
                     max(self._epochs, 1)
             self.phase.refresh()
 
-    return StepProgress() if _ON.get() and _isatty(_stream()) else EpochProgress()
+    return StepProgress() if _ON.get() and isatty(_stream()) else EpochProgress()
 
 
 @contextlib.contextmanager

@@ -159,7 +159,7 @@ def test_cli_terminal_progress_is_one_redrawn_line_per_phase(cli, tmp_path, mlp_
     the training line shows the epoch, the loss, the sparsity and ETAs."""
     path, _ = mlp_file
     monkeypatch.delenv("COMPRESS_PROGRESS", raising=False)
-    monkeypatch.setattr(progress, "_isatty", lambda stream: True)
+    monkeypatch.setattr(progress, "isatty", lambda stream: True)
     monkeypatch.setattr(progress, "TTY_INTERVAL", 0.0)  # every update drawn: all visible
     try:
         result = _prune(cli, path, tmp_path / "t.keras", "--method", "obd")
@@ -178,3 +178,16 @@ def test_cli_terminal_progress_is_one_redrawn_line_per_phase(cli, tmp_path, mlp_
         assert "step " in training  # per batch in a terminal
     finally:
         progress.set_on(False)
+
+
+def test_cli_piped_keras_fit_output_is_one_plain_line_per_epoch(cli, tmp_path, mlp_file,
+                                                                monkeypatch):
+    """Progress off and stdout piped (a log file, CI): Keras's own fit output is one
+    plain line per epoch, without its bar's colour codes and carriage returns."""
+    path, _ = mlp_file
+    monkeypatch.setenv("COMPRESS_PROGRESS", "0")
+    result = cli("prune", path, "-o", tmp_path / "p.keras", "--sparsity", "0.5", "--data",
+                 "digits", "--epochs", "2")
+    assert result.exit_code == 0, result.output
+    assert "Epoch 2/2" in result.stdout and "loss:" in result.stdout
+    assert "\x1b[" not in result.stdout and "\r" not in result.stdout

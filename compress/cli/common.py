@@ -191,15 +191,16 @@ def common_options(func):
 def verbose(as_json: bool) -> int | str:
     """Keras ``verbose`` for fits: none with ``--json`` (stdout stays pure JSON) or
     ``--quiet``; none either where :mod:`compress.progress` shows the fit on stderr
-    instead (progress on); else Keras's own output (a bar in a terminal, one line per
-    epoch when piped)."""
+    instead (progress on); else Keras's own output: its bar in a terminal, one plain line
+    per epoch when stdout is piped (Keras's ``"auto"`` would write the bar's colour codes
+    and carriage returns into the log)."""
     from compress import progress
 
     if as_json or progress.is_quiet():
         return 0
     if progress.is_on():
         return 0
-    return "auto"
+    return "auto" if progress.isatty(sys.stdout) else 2
 
 
 def emit(result: dict, as_json: bool, reports: list | None = None, title: str | None = None,
