@@ -178,3 +178,18 @@ def test_bad_options_are_one_line(cli, separable_file, tmp_path, args, words):
     assert result.exit_code == 1, result.output
     assert result.output.count("\n") == 1 and words in result.output, result.output
     assert not list(tmp_path.iterdir())
+
+
+def test_debug_layers_name_each_op_by_its_kernel_when_scope_names_collide():
+    """Keras's default names ``dense`` and ``dense_1``: TensorFlow scopes the first layer
+    as ``dense_1/``, so its op's name reads as the second layer; each row still names
+    its own layer."""
+    import keras
+
+    from compress.quantization.debug import layer_sqnr
+
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(32, "relu", name="dense"),
+                              keras.layers.Dense(3, name="dense_1")])
+    x = np.random.default_rng(0).normal(size=(32, 8)).astype("float32")
+    rows = layer_sqnr(model, x, samples=8)["layers"]
+    assert sorted(r["layer"] for r in rows) == ["dense", "dense_1"], rows

@@ -84,7 +84,7 @@ def layer_sqnr(model, representative: np.ndarray, per_channel: bool = True,
         raise CompressError("--debug-layers: TFLite's quantization debugger failed ("
                             f"{' '.join(str(exc).split())[:200]}); quantize without it"
                             ) from exc
-    names = _layer_names(model)
+    names, sizes = _layer_names(model), _kernel_sizes(model)
     last = model.layers[-1]  # the op writing the model's output gets the signature's name
     output_layer = (last.name, type(last).__name__)
     rows = []
@@ -92,13 +92,18 @@ def layer_sqnr(model, representative: np.ndarray, per_channel: bool = True,
     for name, metrics in debugger.layer_statistics.items():
         op = debugger._numeric_verify_op_details[name]  # NumericVerify(quantized, float)
         tensor_idx = op["inputs"][0]
-        op_name = interp._get_op_details(debugger._defining_op[tensor_idx])["op_name"]
+        defining = interp._get_op_details(debugger._defining_op[tensor_idx])
+        op_name = defining["op_name"]
+        inputs = list(defining.get("inputs", ()))
+        kernel = int(np.prod(interp._get_tensor_details(inputs[1], subgraph_index=0)["shape"])
+                     ) if op_name in _KINDS and len(inputs) > 1 and inputs[1] >= 0 else None
         detail = interp._get_tensor_details(tensor_idx, subgraph_index=0)
         tensor = debugger._get_operand_name_and_index(name)[0]
         signal, noise = float(metrics["signal_power"]), float(metrics["noise_power"])
         sqnr = 10 * np.log10(signal / noise) if noise > 0 and signal > 0 else \
             (float("inf") if noise == 0 else float("-inf"))
-        rows.append({"layer": _keras_layer(tensor, op_name, names, output_layer),
+        rows.append({"layer": _keras_layer(tensor, op_name, names, output_layer,
+                                           kernel, sizes),
                      "op": op_name,
                      "sqnr_db": round(float(sqnr), 2), "rmse": float(np.sqrt(noise)),
                      "scale": float(detail["quantization_parameters"]["scales"][0]),
@@ -169,15 +174,43 @@ def _layer_names(model) -> dict:
     return out
 
 
-def _keras_layer(tensor: str, op: str, names: dict, output_layer: tuple) -> str:
+def _kernel_sizes(model) -> dict:
+    """``{name: number of kernel entries}`` of every layer with weights, nested models'
+    included (a TFLite filter holds the same entries in another layout)."""
+    import keras
+
+    out = {}
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            out.update(_kernel_sizes(layer))
+        elif layer.weights:
+            out[layer.name] = int(np.prod(layer.weights[0].shape))
+    return out
+
+
+def _keras_layer(tensor: str, op: str, names: dict, output_layer: tuple,
+                 kernel: int | None = None, sizes: dict | None = None) -> str:
     """The Keras layer a TFLite tensor name comes from: of the layer names in it, one of
     the op's kind (the convolution, not its fused BatchNorm or ReLU), else the first; the
-    model's output tensor (named after the signature) is its last layer's."""
+    model's output tensor (named after the signature) is its last layer's. A name with a
+    suffix is ambiguous (TensorFlow may scope layer ``dense`` as ``dense_1/``, the name of
+    another layer): where the op's filter has ``kernel`` entries, the names whose layer
+    kernel (``sizes``) has as many are kept, if any.
+
+    Example:
+
+    >>> _keras_layer("m/dense_1/MatMul;m/dense_1/Relu", "FULLY_CONNECTED",
+    ...              {"dense": "Dense", "dense_1": "Dense"}, ("dense_1", "Dense"),
+    ...              kernel=256, sizes={"dense": 256, "dense_1": 32})
+    'dense'
+    """
     found = []
     for part in re.split(r"[;/]", tensor):
         for candidate in (part, re.sub(r"_\d+$", "", part)):
             if candidate in names and candidate not in found:
                 found.append(candidate)
+    if kernel is not None and sizes:
+        found = [n for n in found if sizes.get(n) == kernel] or found
     kinds = _KINDS.get(op, ())
     if not found and tensor.startswith("StatefulPartitionedCall"):
         return output_layer[0] if output_layer[1] in kinds else f"{output_layer[0]} ({op})"
