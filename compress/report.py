@@ -372,19 +372,31 @@ _SHORT = [("nonzero", "nonzero", "{:,}"), ("zipped_bytes", "zipped", "bytes"),
 
 
 def model_rows(reports: list[dict]) -> tuple[list[str], list[list[str]]]:
-    """One row per report (for many models): name, key metrics, size and accuracy vs first."""
-    short = [c for c in _SHORT if c[0] != "mse" or any(r.get("mse") is not None
-                                                         for r in reports)]
-    header = ["model"] + [label for _, label, _ in short] + ["zipped vs first", "acc vs first"]
+    """One row per report (for many models): name, key metrics, size and quality vs first
+    (accuracy in points; for a regressor, which has none, the MSE ratio).
+
+    Example:
+
+    >>> model_rows([{"name": "a", "mse": 0.2}, {"name": "b", "mse": 0.3}])[0]
+    ['model', 'nonzero', 'zipped', 'MSE', 'latency b=1', 'zipped vs first', 'MSE vs first']
+    """
+    present = {k for k, _, _ in _SHORT if any(r.get(k) is not None for r in reports)}
+    short = [c for c in _SHORT if c[0] in present or c[0] not in ("mse", "accuracy")]
+    quality = "accuracy" if "accuracy" in present else "mse" if "mse" in present else None
+    header = ["model"] + [label for _, label, _ in short] + ["zipped vs first"] + (
+        [{"accuracy": "acc vs first", "mse": "MSE vs first"}[quality]] if quality else [])
     first = reports[0]
     rows = []
     for r in reports:
         row = [str(r.get("name", ""))] + [_fmt(r.get(k), f) for k, _, f in short]
-        size = (f"{r['zipped_bytes'] / first['zipped_bytes']:.2f}x"
-                if r.get("zipped_bytes") and first.get("zipped_bytes") else "-")
-        acc = (f"{(r['accuracy'] - first['accuracy']) * 100:+.2f} pts"
-               if r.get("accuracy") is not None and first.get("accuracy") is not None else "-")
-        rows.append(row + [size, acc])
+        row.append(f"{r['zipped_bytes'] / first['zipped_bytes']:.2f}x"
+                   if r.get("zipped_bytes") and first.get("zipped_bytes") else "-")
+        if quality:
+            now, then = r.get(quality), first.get(quality)
+            row.append("-" if now is None or then is None else
+                       f"{(now - then) * 100:+.2f} pts" if quality == "accuracy" else
+                       f"{now / then:.2f}x" if then else "-")
+        rows.append(row)
     return header, rows
 
 
@@ -493,6 +505,9 @@ def _save_png(fig, path, dpi: int) -> Path:
 
 
 def plot_recipe(reports: list[dict], size_path, sparsity_path, title: str = "") -> None:
-    """The two plots of a recipe report: accuracy vs size per step, per-layer sparsity."""
-    plot_reports(reports, size_path, title=f"{title}: accuracy vs size per step")
+    """The two plots of a recipe report: accuracy (a regressor's MSE) vs size per step,
+    per-layer sparsity."""
+    quality = "accuracy" if any(r.get("accuracy") is not None for r in reports) else \
+        "MSE" if any(r.get("mse") is not None for r in reports) else "accuracy"
+    plot_reports(reports, size_path, title=f"{title}: {quality} vs size per step")
     plot_sparsity(reports, sparsity_path)

@@ -191,3 +191,9 @@ def test_cli_piped_keras_fit_output_is_one_plain_line_per_epoch(cli, tmp_path, m
     assert result.exit_code == 0, result.output
     assert "Epoch 2/2" in result.stdout and "loss:" in result.stdout
     assert "\x1b[" not in result.stdout and "\r" not in result.stdout
+    recipe = tmp_path / "r.yaml"  # compress run: the same
+    recipe.write_text(f"name: r\ndata: digits\nmodel: {path}\nsteps:\n"
+                      "  - prune: {sparsity: 0.5, epochs: 2}\n")
+    result = cli("run", recipe, "-o", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    assert "Epoch 2/2" in result.stdout and "\x1b[" not in result.stdout

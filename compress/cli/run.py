@@ -35,7 +35,7 @@ def command(recipe, output, overrides, quick, check, unsafe, as_json, force):
     """
     import json
 
-    from compress.cli.common import emit, progress_to_stderr, start_work
+    from compress.cli.common import emit, progress_to_stderr, start_work, verbose
     from compress.quiet import quiet_output
     from compress.recipes import load_recipe, run_recipe
 
@@ -51,7 +51,7 @@ def command(recipe, output, overrides, quick, check, unsafe, as_json, force):
     console = progress_to_stderr()
     result = run_recipe(recipe, output=output, overrides=list(overrides), force=force, quick=quick,
                         unsafe=unsafe, start=start_work,
-                        verbose=0 if as_json else "auto",
+                        verbose=verbose(as_json),
                         progress=lambda msg: console.print(f"[bold]>>[/bold] {msg}"))
     reports = [result["baseline"]] + [s["after"] for s in result["steps"]]
     emit(result, as_json, reports=reports, title=result["recipe"],
