@@ -313,3 +313,38 @@ def test_the_cli_reports_a_regression_as_mse(regressor_file, diabetes, cli, tmp_
     assert bad.exit_code == 1 and not (tmp_path / "p3.keras").exists()
     assert bad.output.startswith("error: --loss: must be one of mean_squared_error, mse")
     assert bad.output.count("\n") == 1 and "got 'msee'" in bad.output
+
+
+def test_a_sigmoid_binary_classifier_with_0_1_labels_runs_every_data_pass(cli, tmp_path):
+    # Before: "labels go up to 1 but the model has only 1 outputs" (quantize, export...)
+    # and "data has 2 classes but the model has 1 outputs" (prune), for the most common
+    # binary head there is: one sigmoid unit trained on labels 0/1.
+    import json
+
+    import keras
+    from sklearn.datasets import load_breast_cancer
+
+    from compress import training
+
+    x, y = load_breast_cancer(return_X_y=True)
+    x = ((x - x.mean(0)) / x.std(0)).astype("float32")
+    np.savez(tmp_path / "bc.npz", x_train=x[:450], y_train=y[:450], x_test=x[450:],
+             y_test=y[450:])
+    training.set_seed(0)
+    model = keras.Sequential([keras.Input((30,)), keras.layers.Dense(16, "relu"),
+                              keras.layers.Dense(1, "sigmoid")])
+    model.compile("adam", "binary_crossentropy", metrics=["accuracy"])
+    model.fit(x[:450], y[:450], epochs=20, verbose=0)
+    model.save(tmp_path / "bc.keras")
+    data = f"npz:{tmp_path / 'bc.npz'}"
+    pruned = cli("prune", tmp_path / "bc.keras", "-o", tmp_path / "p.keras", "--data", data,
+                 "--sparsity", "0.5", "--epochs", "1", "--json")
+    assert pruned.exit_code == 0, pruned.output
+    report = json.loads(pruned.output)
+    assert report["after"]["task"] == "binary" and report["after"]["accuracy"] > 0.85
+    int8 = cli("quantize", tmp_path / "bc.keras", "-o", tmp_path / "q.tflite", "--data", data,
+               "--json", "--no-latency")
+    assert int8.exit_code == 0, int8.output
+    assert json.loads(int8.output)["accuracy"] > 0.85
+    assert cli("prune", tmp_path / "bc.keras", "-o", tmp_path / "x.keras", "--data",
+               "digits").exit_code == 1  # ten classes for one unit: still refused

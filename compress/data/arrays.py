@@ -185,6 +185,18 @@ def _fit_one(x, spec, name):
     return x.reshape((len(x),) + target).astype(dtype or "float32", copy=False)
 
 
+def holds_classes(width: int, num_classes: int) -> bool:
+    """Whether an output of ``width`` units can hold labels ``0 .. num_classes - 1``: one
+    unit per class, or one unit for labels 0/1 (a sigmoid binary classifier).
+
+    Example:
+
+    >>> holds_classes(1, 2), holds_classes(10, 10), holds_classes(2, 3)
+    (True, True, False)
+    """
+    return width >= num_classes or (width == 1 and num_classes <= 2)
+
+
 def check_labels(model, num_classes: int, name: str = "data") -> None:
     """Refuse a model whose output is not a class vector able to hold ``num_classes``."""
     if len(model.outputs) != 1:
@@ -194,7 +206,7 @@ def check_labels(model, num_classes: int, name: str = "data") -> None:
     if len(shape) != 2:
         raise CompressError(f"model '{model.name}' output shape {shape} is not a class vector "
                             "(batch, classes); not a classifier")
-    if shape[-1] < num_classes:
+    if not holds_classes(shape[-1], num_classes):
         raise CompressError(f"{name}: labels go up to {num_classes - 1} but the model has only "
                             f"{shape[-1]} outputs")
 

@@ -508,8 +508,8 @@ def _check_models(teacher, student, data) -> None:
                             "distillation needs the same classes")
     if len(t_out) != 1 or t_out[0] is None or t_out[0] < 2:
         raise CompressError(f"teacher '{teacher.name}' output shape {t_out} is not a vector "
-                            "of 2 or more classes: not a classifier, so logits distillation "
-                            "does not apply; to shrink it, use prune --structured or share "
+                            "of 2 or more classes (one unit: a binary or regression head), so "
+                            "logits distillation does not apply; to shrink it, use prune --structured or share "
                             "with --epochs (they fine-tune on the model's own loss)")
     check_labels(teacher, data.num_classes, data.name)
     if data.size("train") == 0:

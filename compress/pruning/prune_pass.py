@@ -80,8 +80,10 @@ def _check_data(model, data, opts) -> None:
         if len(want) != len(have) or any(w is not None and w != h for w, h in zip(want, have)):
             raise CompressError(f"prune: data '{data.name}' samples have shape {have} but the "
                                 f"model takes {want}")
+        from compress.data.arrays import holds_classes
+
         out = int(model.outputs[0].shape[-1])
-        if data.num_classes > out:
+        if not holds_classes(out, data.num_classes):
             raise CompressError(f"prune: data '{data.name}' has {data.num_classes} classes but "
                                 f"the model has {out} outputs")
 
