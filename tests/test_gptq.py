@@ -184,3 +184,15 @@ def test_gptq_needs_calibration_samples(mlp_file):
     model = keras.models.load_model(mlp_file[0])
     with pytest.raises(CompressError, match="--rounding nearest"):
         round_model(model, None, qmax=7)
+
+
+def test_gptq_warns_of_far_too_few_calibration_samples(mlp_file):
+    import keras
+
+    model = keras.models.load_model(mlp_file[0])
+    x = mlp_file[1].x_train
+    _, info = round_model(model, x[:4], qmax=7)  # 4 vectors for fc1's 64 inputs
+    assert info["thin_hessians"].startswith("fc1/kernel had 4 calibration input vectors "
+                                            "for 64 inputs per unit")
+    assert info["thin_hessians"].endswith("(--calibration-samples)")
+    assert "thin_hessians" not in round_model(model, x[:256], qmax=7)[1]

@@ -264,3 +264,18 @@ def test_cli_prune_obs_bad_input_one_line_exit_1(cli, mnist_model_file, tmp_path
     res = cli("prune", mnist_model_file, "-o", out, "--method", "obs", "--scope",
               "sensitivity", "--data", "mnist5k")
     assert res.exit_code == 1 and "--method obs" in res.output and not out.exists()
+
+
+def test_cli_prune_obs_warns_of_far_too_few_calibration_samples(cli, mnist_model_file,
+                                                                 tmp_path):
+    """8 samples for 784 inputs per unit: written (damping keeps the Hessian invertible),
+    with a warning naming the layer and asking for more samples; 256 do not warn."""
+    res = cli("prune", mnist_model_file, "-o", tmp_path / "few.keras", "--method", "obs",
+              "--sparsity", "0.5", "--data", "mnist5k", "--calibration", "8", "--json")
+    assert res.exit_code == 0, res.output
+    warning = json.loads(res.output)["pass"]["warning"]
+    assert warning.startswith("fc1/kernel had 8 calibration input vectors for 784 inputs")
+    assert "give more samples (--calibration)" in warning and "out/kernel" not in warning
+    res = cli("prune", mnist_model_file, "-o", tmp_path / "enough.keras", "--method", "obs",
+              "--sparsity", "0.5", "--data", "mnist5k", "--calibration", "256", "--json")
+    assert "warning" not in json.loads(res.output)["pass"]

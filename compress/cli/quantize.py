@@ -163,6 +163,8 @@ def emit_result(result: dict, as_json: bool) -> None:
         console.print(f"weights rounded ({r['rounding']}) onto the {r['grid']} grid"
                       + (f": {len(r['layers'])} layers with layer Hessians, "
                          f"{r['seconds']:.1f} s" if r["layers"] else ""))
+        if r.get("thin_hessians"):
+            console.print(f"[bold red]warning:[/] {r['thin_hessians']}")
     if result.get("storage"):
         console.print(f"stored as {result['storage']}")
     zeros = result.get("weight_zeros") or {}

@@ -412,6 +412,30 @@ def new_hessian(model, variable, max_dim: int = MAX_DIM, reference=None) -> Laye
     return h
 
 
+def thin_hessians(rows: list, flag: str = "--calibration") -> str | None:
+    """A warning naming the layers whose Hessian had far fewer calibration input vectors
+    (``rows``) than inputs per unit (``inputs``: under a quarter), or None: such a Hessian
+    is far from full rank and mostly the damping holds it up, so the compensation fits
+    those few samples. (Fewer rows than inputs alone is common and works: 256 MNIST digits
+    for 784 pixels, many of them always 0.)
+
+    Example:
+
+    >>> thin_hessians([{"weight": "fc1/kernel", "rows": 4, "inputs": 784},
+    ...                {"weight": "fc2/kernel", "rows": 4, "inputs": 3}])
+    'fc1/kernel had 4 calibration input vectors for 784 inputs per unit: its Hessian is far from full rank (mostly the damping holds it up) and the compensation fits those few samples; give more samples (--calibration)'
+    """
+    thin = [r for r in rows if 4 * r["rows"] < r["inputs"]]
+    if not thin:
+        return None
+    names = ", ".join(f"{r['weight']} had {r['rows']} calibration input vectors for "
+                      f"{r['inputs']} inputs per unit" for r in thin[:3])
+    more = f" (and {len(thin) - 3} more layers)" if len(thin) > 3 else ""
+    its = "its Hessian is" if len(thin) == 1 else "their Hessians are"
+    return (f"{names}{more}: {its} far from full rank (mostly the damping holds it up) and "
+            f"the compensation fits those few samples; give more samples ({flag})")
+
+
 def check_calibration(model, x, where: str = "layer Hessian") -> None:
     """Refuse calibration inputs that do not fit the model (one line)."""
     import keras

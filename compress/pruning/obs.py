@@ -362,6 +362,9 @@ def obs_masks(model, variables, x, sparsity: float, *, n: int = 0, m: int = 0,
             "obs_seconds": round(sum(r["obs_seconds"] for r in rows), 4),
             "block_diagonal": [r["weight"] for r in rows if r["block_diagonal"]],
             "layers": rows}
+    thin = hs.thin_hessians(rows)
+    if thin:
+        info["thin_hessians"] = thin
     return masks, info
 
 

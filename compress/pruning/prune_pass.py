@@ -251,6 +251,8 @@ def prune(model, data=None, *, verbose=0, **options):
             info["saliency_seconds"] = t_saliency
         if "_obs" in opts:
             info["obs"] = opts["_obs"]
+            if opts["_obs"].get("thin_hessians"):
+                info["warning"] = opts["_obs"]["thin_hessians"]
         if opts.get("_dense_two_four"):  # named, never skipped silently
             info["two_four_left_dense"] = opts["_dense_two_four"]
         info["fine_tune_epochs"] = opts["epochs"]

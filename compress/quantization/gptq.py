@@ -237,6 +237,9 @@ def round_model(model, x=None, *, qmax: int = 127, rounding: str = "gptq",
                                            is_depthwise(h.layer, h.variable), act_order))
     info["hessian_seconds"] = round(sum(r["seconds"] for r in info["layers"]), 3)
     info["seconds"] = round(time.perf_counter() - t0, 3)
+    thin = hs.thin_hessians(info["layers"], "--calibration-samples")
+    if thin:
+        info["thin_hessians"] = thin
     return new, info
 
 
