@@ -499,11 +499,13 @@ KERASHUB_NOTE = (
     "Keras is 6e-5 to 1.2e-4 from a float64 copy of the model, run to run, with oneDNN's "
     "reduction order), an artifact passes only when it meets the same 1e-4 against the "
     "float64 copy (the cell then says `vs float64`). Where no float32 evaluation can meet "
-    "1e-4 (Keras's own float32 output is beyond it from the float64 copy: EfficientNetV2B0, "
+    "1e-4 (Keras's own float32 output, from an eager call or its compiled `predict`, which "
+    "round apart, is beyond it from the float64 copy: EfficientNetV2B0, "
     "whose random weights give logits up to 420 and relative error growing 1e-7 -> 3e-4 "
     "through its stage-6 squeeze-and-excitation blocks, in Keras, onnxruntime and LiteRT "
     "alike), the artifact passes within 2x Keras's own distance to the float64 copy, with "
-    "100% top-1 against it (the cell says `within 2x Keras`).")
+    "100% top-1 against it (the cell says `within 2x Keras`; `Keras 1e-04 (predict)` names "
+    "the evaluation that was furthest).")
 
 
 # 2-3 hours on 2 cores (big models, SavedModel writes, five conversions and three trainings
