@@ -303,7 +303,8 @@ def export_copy(model, fmt: str = "tflite"):
     norms = [la.name for la in layers if type(la).__name__ == "Normalization"]
     # exact GELU anywhere, also inside custom layers (KerasHub's ViT MLP builds its Dense)
     gelus = [la.name for la in _sublayers(model) if fmt == "onnx" and _exact_gelu(la)]
-    if not (policies or grouped or norms or gelus):
+    rnns = [la.name for la in layers if fmt == "tflite" and _unrollable(la)]
+    if not (policies or grouped or norms or gelus or rnns):
         return model, []
     pairs = []
     copy = _copy_model(model, pairs, bool(policies), fmt)
@@ -330,6 +331,9 @@ def export_copy(model, fmt: str = "tflite"):
         notes.append(f"Normalization folded into constant scale and offset ({', '.join(norms)})")
     if gelus:
         notes.append(f"GELU written with erf ({len(gelus)} layers)")
+    if rnns:
+        notes.append(f"recurrent layers unrolled over their time steps, which TFLite's "
+                     f"builtin ops then run ({', '.join(rnns)})")
     return copy, notes
 
 
@@ -383,6 +387,8 @@ def _copy_model(model, pairs, to_float32: bool, fmt: str):
         if fmt == "onnx" and _activation(op) == "gelu" and \
                 not getattr(op, "approximate", False) and "activation" in config:
             config["activation"] = _gelu_erf
+        if fmt == "tflite" and _unrollable(op):
+            config = _unrolled(config)
         if kind == "Normalization":
             new = _folded_normalization(op, config)
         elif kind in ("Conv1D", "Conv2D", "Conv3D") and op.groups > 1:
@@ -405,6 +411,51 @@ def _copy_model(model, pairs, to_float32: bool, fmt: str):
         return keras.Sequential([keras.Input(shape=inp.shape[1:], dtype=inp.dtype)] + layers,
                                 name=model.name)
     return keras.models.clone_model(model, clone_function=clone)
+
+
+#: Time steps up to which a recurrent layer is unrolled for TFLite (a longer sequence
+#: would make a graph of that many copies of the cell).
+MAX_UNROLL = 256
+_RECURRENT = ("LSTM", "GRU", "SimpleRNN")
+
+
+def _unrollable(layer) -> bool:
+    """Whether ``layer`` is a Keras LSTM/GRU/SimpleRNN (or a Bidirectional one) that runs
+    as a loop over a fixed number of time steps (at most :data:`MAX_UNROLL`). Keras 3
+    writes that loop as TensorList ops, which TFLite has no builtin kernel for (the
+    converter's fused LSTM only recognises Keras 2's); unrolled, every step is plain
+    MatMul/Add/Sigmoid/Tanh ops that TFLite runs, in float and in int8.
+
+    Example:
+
+    >>> import keras
+    >>> rnn = keras.layers.LSTM(4)
+    >>> _ = keras.Sequential([keras.Input((6, 3)), rnn])
+    >>> _unrollable(rnn), _unrollable(keras.layers.Dense(4))
+    (True, False)
+    """
+    kind = type(layer).__name__
+    cells = [layer.forward_layer, layer.backward_layer] if kind == "Bidirectional" else \
+        [layer] if kind in _RECURRENT else []
+    if not cells or any(type(c).__name__ not in _RECURRENT or c.unroll for c in cells):
+        return False
+    try:
+        steps = layer.input.shape[1]
+    except (AttributeError, ValueError, IndexError):  # no single input to read it from
+        return False
+    return steps is not None and steps <= MAX_UNROLL
+
+
+def _unrolled(config: dict) -> dict:
+    """A recurrent layer's config (a Bidirectional's, its two layers') with ``unroll``."""
+    config = dict(config)
+    for key in ("layer", "backward_layer"):
+        inner = config.get(key)
+        if isinstance(inner, dict) and isinstance(inner.get("config"), dict):
+            config[key] = {**inner, "config": {**inner["config"], "unroll": True}}
+    if "unroll" in config:
+        config["unroll"] = True
+    return config
 
 
 def _from_config(cls, config: dict):
@@ -503,7 +554,11 @@ def _verified(model, content: bytes, fmt: str, x, atol: float, where: str) -> di
         return {}
     with progress.phase("verification", detail=f"the {fmt} export in "
                         f"{'LiteRT' if fmt == 'tflite' else 'onnxruntime'}"):
-        check = verify(model, content, x, fmt=fmt)
+        try:
+            check = verify(model, content, x, fmt=fmt)
+        except CompressError as exc:  # named by the model, not by the bytes in memory
+            raise CompressError(f"{where}: the {fmt} export "
+                                f"{str(exc).split(': ', 1)[-1]}; nothing written") from None
     # Parity relative to each output's scale: atol is absolute for outputs within [-1, 1]
     # (probabilities, most logits) and relative to the largest output beyond, since
     # float32 rounding grows with it (ResNet50's logits: 1.2e-4 at a scale of 3.9).

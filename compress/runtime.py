@@ -20,6 +20,7 @@ Example:
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -404,18 +405,32 @@ def sparse_tensor_count(content: bytes) -> int:
 
 def run_tflite(artifact, x: np.ndarray, threads: int | None = None, batch_size: int = 256
                ) -> np.ndarray:
-    """Outputs of a TFLite model (file or bytes) for float inputs ``x``, in LiteRT."""
-    runner = TFLiteRunner(artifact, threads)
-    if isinstance(x, (dict, list, tuple)):  # several inputs
-        from keras import tree
+    """Outputs of a TFLite model (file or bytes) for float inputs ``x``, in LiteRT.
 
-        n = len(tree.flatten(x)[0])
-        outs = [runner(tree.map_structure(
-                    lambda a, s=start: np.asarray(a)[s:s + batch_size], x))
-                for start in range(0, n, batch_size)]
-    else:
-        outs = [runner(np.asarray(x[start:start + batch_size]))
-                for start in range(0, len(x), batch_size)]
+    Raises:
+        CompressError: the file holds TensorFlow (Flex) ops, which LiteRT's builtin
+            kernels do not run.
+    """
+    runner = TFLiteRunner(artifact, threads)
+    try:
+        if isinstance(x, (dict, list, tuple)):  # several inputs
+            from keras import tree
+
+            n = len(tree.flatten(x)[0])
+            outs = [runner(tree.map_structure(
+                        lambda a, s=start: np.asarray(a)[s:s + batch_size], x))
+                    for start in range(0, n, batch_size)]
+        else:
+            outs = [runner(np.asarray(x[start:start + batch_size]))
+                    for start in range(0, len(x), batch_size)]
+    except RuntimeError as exc:
+        flex = sorted(set(re.findall(r"\((Flex\w+)\)", str(exc))))
+        if "Select TensorFlow op" not in str(exc):
+            raise
+        raise CompressError(
+            f"{_name(artifact)}: holds TensorFlow ops ({', '.join(flex) or 'Flex ops'}) that "
+            "LiteRT runs only with the Flex delegate, not with its builtin kernels; export "
+            "with --format onnx, or replace the layer") from None
     if outs and isinstance(outs[0], dict):
         return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
     return np.concatenate(outs)

@@ -204,3 +204,45 @@ def test_ill_conditioned_export_passes_within_2x_keras_float32_and_can_fail(tmp_
                                      atol=1.0)[0]
     with pytest.raises(CompressError, match="disagrees with Keras"):
         export._verified(accurate, content, "onnx", x, 1e-4, "m")
+
+
+def test_recurrent_layers_are_unrolled_for_tflite_in_float_and_int8(tmp_path):
+    """Keras 3's LSTM/GRU loop is TensorList ops, which TFLite has no builtin for ("op
+    tf.TensorListReserve in layer 'lstm' has no TFLite builtin kernel"); the TFLite copy
+    unrolls them over their fixed time steps (a Bidirectional GRU too)."""
+    import keras
+
+    from compress import training
+    from compress.quantization import tflite
+
+    training.set_seed(0)
+    model = keras.Sequential([
+        keras.Input((6, 3)), keras.layers.LSTM(8, return_sequences=True, name="lstm"),
+        keras.layers.Bidirectional(keras.layers.GRU(4), name="bigru"),
+        keras.layers.Dense(3, activation="softmax")])
+    model.save(tmp_path / "rnn.keras")
+    model = io.load_model(tmp_path / "rnn.keras")
+    x = np.random.default_rng(0).normal(size=(32, 6, 3)).astype("float32")
+    _, check = export.export_artifact(model, x, format="tflite")
+    assert check["max_abs_diff"] <= 1e-4 and check["top1_agreement"] == 1.0
+    assert "unrolled" in check["export_copy"] and "lstm, bigru" in check["export_copy"]
+    int8 = runtime.verify(model, tflite.convert(model, "int8", x), x)
+    assert int8["sqnr_db"] >= 20, int8
+    assert not model.get_layer("lstm").unroll  # the user's model is not changed
+
+
+def test_a_tflite_export_with_tensorflow_ops_is_refused_in_one_line(monkeypatch):
+    """A recurrent layer too long to unroll stays a TensorList loop, which the converter
+    keeps as Flex ops: LiteRT's builtin kernels cannot run the file; one line, not a raw
+    RuntimeError from the interpreter."""
+    import keras
+
+    monkeypatch.setattr(export, "MAX_UNROLL", 2)
+    model = keras.Sequential([keras.Input((6, 3)), keras.layers.LSTM(4, name="lstm"),
+                              keras.layers.Dense(2, activation="softmax")], name="seq")
+    x = np.random.default_rng(0).normal(size=(8, 6, 3)).astype("float32")
+    with pytest.raises(CompressError) as err:
+        export.export_artifact(model, x, format="tflite")
+    assert str(err.value).startswith("model 'seq': the tflite export holds TensorFlow ops "
+                                     "(FlexTensorListReserve)")
+    assert "--format onnx" in str(err.value) and "\n" not in str(err.value)

@@ -114,12 +114,16 @@ def convert(model, mode: str = "int8", representative: np.ndarray | None = None,
         if mode == "float16":
             converter.target_spec.supported_types = [tf.float16]
         if mode == "int8":
+            # each input in its own dtype (token ids stay int32: LiteRT refuses a float
+            # calibration sample for an int32 input)
+            dtypes = {name: dtype or "float32" for name, _, dtype in specs}
             if isinstance(representative, dict):  # several inputs: every one, by name
-                calib = {k: np.asarray(v, np.float32) for k, v in representative.items()}
+                calib = {k: np.asarray(v, dtypes.get(k, "float32"))
+                         for k, v in representative.items()}
                 count = len(next(iter(calib.values())))
                 samples = ({k: v[i:i + 1] for k, v in calib.items()} for i in range(count))
             else:
-                calib = np.asarray(representative, dtype=np.float32)
+                calib = np.asarray(representative, dtype=specs[0][2] or "float32")
                 count = len(calib)
                 samples = ([calib[i:i + 1]] for i in range(count))
             converter.representative_dataset = lambda: progress.counted(  # its display
@@ -271,6 +275,9 @@ def _explain(exc: Exception, model, mode: str) -> str:
     if op and op.group(1).startswith("tf."):  # a TensorFlow op with no TFLite builtin at all
         return (f"TFLite {mode} conversion failed: {what}{where} has no TFLite builtin "
                 "kernel; use --format onnx, or replace the layer")
+    if not op and not any(w in text.lower() for w in ("legaliz", "not supported", "unsupported",
+                                                     "kernel", "quantiz")):
+        return f"TFLite {mode} conversion failed ({text[:240]})"  # the converter's own words
     fallback = ("use mode dynamic (float activations) or --format onnx"
                 if mode == "int8" else "use --format onnx")
     return (f"TFLite {mode} conversion failed: {what}{where} has no {mode} TFLite kernel; "
