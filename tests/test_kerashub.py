@@ -215,3 +215,15 @@ def test_an_onnx_graph_onnxruntime_rejects_is_refused_in_one_line():
                        r"node\)") as caught:
         runtime.run_artifact(content.SerializeToString(), np.zeros(1, np.float32), fmt="onnx")
     assert "\n" not in str(caught.value)
+
+
+def test_debug_layers_on_a_three_input_model(cli, hub, tmp_path):
+    """--debug-layers on BERT (token ids, segment ids, padding mask): the debugger gets
+    each input in its own dtype and in the debug model's own input order."""
+    _model, path, npz, _x = hub["bert"]
+    report = _run(cli, "quantize", path, "--data", f"npz:{npz}", "-o", tmp_path / "b.tflite",
+                  "--debug-layers", "--json", "--no-latency")
+    rows = report["layer_sqnr"]["layers"]
+    assert len(rows) > 10 and not any(np.isnan(r["sqnr_db"]) for r in rows)
+    assert sum(np.isfinite(r["sqnr_db"]) for r in rows) > 10  # inf: an op that loses nothing
+    assert report["layer_sqnr"]["worst"][0] == rows[0]["layer"]

@@ -20,7 +20,6 @@ Example:
 
 from __future__ import annotations
 
-import functools
 import re
 import tempfile
 
@@ -40,8 +39,9 @@ def layer_sqnr(model, representative: np.ndarray, per_channel: bool = True,
     """Per-op SQNR of ``model``'s full-integer int8 TFLite conversion (see module doc).
 
     Args:
-        model: a single-input Keras model (float32 graph as the converter sees it).
-        representative: float array of calibration samples (the artifact's).
+        model: a Keras model (float32 graph as the converter sees it).
+        representative: calibration samples (the artifact's): an array, or a dict by
+            input name for a model with several inputs (token ids stay integers).
         per_channel: bool, default True. Per-channel weight scales (per-tensor if False).
         samples: int, default 64. Calibration samples the debug model runs on.
 
@@ -56,21 +56,36 @@ def layer_sqnr(model, representative: np.ndarray, per_channel: bool = True,
     """
     import tensorflow as tf
 
-    if isinstance(representative, (dict, list, tuple)) or len(model.inputs) != 1:
-        raise CompressError("--debug-layers runs TFLite's quantization debugger, which "
-                            "takes single-input models; quantize without it")
-    x = np.asarray(representative, dtype=np.float32)
-    if len(x) == 0:
+    from compress.quantization.tflite import calibration_samples
+
+    several = isinstance(representative, dict)
+    if isinstance(representative, (list, tuple)) or several != (len(model.inputs) > 1):
+        raise CompressError("--debug-layers takes the calibration samples as one array for "
+                            "a single-input model or a dict by input name for several; "
+                            "quantize without it")
+    x = {k: np.asarray(v) for k, v in representative.items()} if several else \
+        np.asarray(representative)
+    count = len(next(iter(x.values()))) if several else len(x)
+    if count == 0:
         raise CompressError("--debug-layers needs calibration samples: pass --data")
-    debug_x = x[:samples]
+    debug_x = {k: v[:samples] for k, v in x.items()} if several else x[:samples]
     options = tf.lite.experimental.QuantizationDebugOptions(
         layer_direct_compare_metrics={"signal_power": _signal_power,
                                       "noise_power": _noise_power})
     try:
-        with _converter(model, x, per_channel) as converter, quiet_output():
+        context = _converter(model, x, per_channel)
+        with context as converter, quiet_output():
+            make, _ = calibration_samples(debug_x, context.specs)
+
+            def debug_dataset():  # a list in the debug model's own input order
+                order = [_input_key(d["name"], context.specs)
+                         for d in debugger._quant_interpreter.get_input_details()
+                         ] if several else None
+                for sample in make():
+                    yield [sample[k] for k in order] if isinstance(sample, dict) else sample
+
             debugger = tf.lite.experimental.QuantizationDebugger(
-                converter=converter, debug_options=options,
-                debug_dataset=lambda: ([debug_x[i:i + 1]] for i in range(len(debug_x))))
+                converter=converter, debug_options=options, debug_dataset=debug_dataset)
             # The float side of each comparison is read after the run: keep every tensor
             # (by default the interpreter reuses their memory, and a late op's float
             # copy reads as garbage).
@@ -115,6 +130,21 @@ def layer_sqnr(model, representative: np.ndarray, per_channel: bool = True,
                       "the same dequantized inputs (the op's own error)"}
 
 
+def _input_key(tensor: str, specs) -> str:
+    """The model input a TFLite input tensor feeds (``serving_default_token_ids:0`` ->
+    ``token_ids``): the longest input name its name holds.
+
+    >>> _input_key("serving_default_padding_mask:0", [("token_ids", (), "int32"),
+    ...                                                ("padding_mask", (), "int32")])
+    'padding_mask'
+    """
+    hits = [name for name, _, _ in specs if name in tensor]
+    if not hits:
+        raise CompressError(f"--debug-layers: the debug model's input '{tensor}' matches no "
+                            "model input; quantize without it")
+    return max(hits, key=len)
+
+
 def _signal_power(f, q, scale, zero_point) -> float:
     return float(np.mean(np.square(np.asarray(f, dtype=np.float64))))
 
@@ -126,32 +156,22 @@ def _noise_power(f, q, scale, zero_point) -> float:
 
 class _converter:
     """A ``TFLiteConverter`` set up as :func:`compress.quantization.tflite.convert` sets it
-    for full-integer int8, on a SavedModel in a temporary folder (a context manager)."""
+    for full-integer int8, on a SavedModel in a temporary folder (a context manager);
+    ``specs`` are the inputs of the copy it converts."""
 
-    def __init__(self, model, representative: np.ndarray, per_channel: bool):
+    def __init__(self, model, representative, per_channel: bool):
         self.model, self.x, self.per_channel = model, representative, per_channel
 
     def __enter__(self):
-        import keras
         import tensorflow as tf
 
-        from compress.export import export_copy
+        from compress.quantization.tflite import calibration_samples, saved_model_converter
 
-        model, _ = export_copy(self.model, "tflite")
-        shape = tuple(model.inputs[0].shape[1:])
-        dtype = model.inputs[0].dtype or "float32"
-        model(np.zeros((1,) + tuple(d or 1 for d in shape), dtype=dtype), training=False)
         self.folder = tempfile.TemporaryDirectory()
-        archive = keras.export.ExportArchive()
-        archive.track(model)
-        archive.add_endpoint("serve", functools.partial(model.__call__, training=False),
-                             input_signature=[tf.TensorSpec((None,) + shape, dtype)])
-        with quiet_output():
-            archive.write_out(self.folder.name, verbose=False)
-        converter = tf.lite.TFLiteConverter.from_saved_model(self.folder.name)
+        converter, _, self.specs = saved_model_converter(self.model, self.folder.name)
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        x = self.x
-        converter.representative_dataset = lambda: ([x[i:i + 1]] for i in range(len(x)))
+        samples, _ = calibration_samples(self.x, self.specs)
+        converter.representative_dataset = samples
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         if not self.per_channel:
             converter._experimental_disable_per_channel = True

@@ -67,7 +67,6 @@ def convert(model, mode: str = "int8", representative: np.ndarray | None = None,
         CompressError: no calibration data for int8, or an op the converter cannot
             express in the requested mode (the layer is named).
     """
-    import keras
     import tensorflow as tf
 
     if mode not in MODES:
@@ -75,33 +74,8 @@ def convert(model, mode: str = "int8", representative: np.ndarray | None = None,
     if mode == "int8" and (representative is None or len(representative) == 0):
         raise CompressError("full-integer int8 needs calibration data: pass --data NAME "
                             "(a few hundred samples), or use mode dynamic (no data needed)")
-    from compress.export import export_copy
-
-    model, _ = export_copy(model, "tflite")  # float32, no grouped convolutions (see export_copy)
-    from compress.data.arrays import model_inputs
-
-    specs = model_inputs(model)
-    zeros = {name: np.zeros((1,) + tuple(d or 1 for d in shape), dtype=dtype or "float32")
-             for name, shape, dtype in specs}
-    model(zeros if len(specs) > 1 else zeros[specs[0][0]], training=False)
     with tempfile.TemporaryDirectory() as folder:
-        archive = keras.export.ExportArchive()
-        archive.track(model)
-        if len(specs) == 1:
-            shape, dtype = specs[0][1], specs[0][2] or "float32"
-            archive.add_endpoint("serve", functools.partial(model.__call__, training=False),
-                                 input_signature=[tf.TensorSpec((None,) + shape, dtype)])
-        else:  # several inputs: one named argument each, so the signature keeps the names
-            names = [name for name, _, _ in specs]
-
-            def serve(*tensors):
-                return model(dict(zip(names, tensors)), training=False)
-            archive.add_endpoint("serve", serve, input_signature=[
-                tf.TensorSpec((None,) + shape, dtype or "float32", name=name)
-                for name, shape, dtype in specs])
-        with quiet_output():
-            archive.write_out(folder, verbose=False)
-        converter = tf.lite.TFLiteConverter.from_saved_model(folder)
+        converter, model, specs = saved_model_converter(model, folder)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
         if mode != "float32":
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -114,20 +88,9 @@ def convert(model, mode: str = "int8", representative: np.ndarray | None = None,
         if mode == "float16":
             converter.target_spec.supported_types = [tf.float16]
         if mode == "int8":
-            # each input in its own dtype (token ids stay int32: LiteRT refuses a float
-            # calibration sample for an int32 input)
-            dtypes = {name: dtype or "float32" for name, _, dtype in specs}
-            if isinstance(representative, dict):  # several inputs: every one, by name
-                calib = {k: np.asarray(v, dtypes.get(k, "float32"))
-                         for k, v in representative.items()}
-                count = len(next(iter(calib.values())))
-                samples = ({k: v[i:i + 1] for k, v in calib.items()} for i in range(count))
-            else:
-                calib = np.asarray(representative, dtype=specs[0][2] or "float32")
-                count = len(calib)
-                samples = ([calib[i:i + 1]] for i in range(count))
+            samples, count = calibration_samples(representative, specs)
             converter.representative_dataset = lambda: progress.counted(  # its display
-                samples, count)
+                samples(), count)
             converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
             if not per_channel:
                 converter._experimental_disable_per_channel = True
@@ -144,6 +107,64 @@ def convert(model, mode: str = "int8", representative: np.ndarray | None = None,
     if mode == "int8" and activation_ranges is not None:
         flatbuffer = _quantize_with_ranges(flatbuffer, activation_ranges, int8_io, model)
     return flatbuffer
+
+
+def saved_model_converter(model, folder: str) -> tuple:
+    """``(converter, copy, specs)``: the TFLite export copy of ``model``
+    (:func:`compress.export.export_copy`: float32, no grouped convolutions, recurrent
+    layers unrolled) written to ``folder`` as a SavedModel with one ``serve`` endpoint (one
+    named argument per input, so the signature keeps the names), a ``TFLiteConverter``
+    from it, and the copy's ``(name, shape, dtype)`` inputs."""
+    import keras
+    import tensorflow as tf
+
+    from compress.data.arrays import model_inputs
+    from compress.export import export_copy
+
+    model, _ = export_copy(model, "tflite")
+    specs = model_inputs(model)
+    zeros = {name: np.zeros((1,) + tuple(d or 1 for d in shape), dtype=dtype or "float32")
+             for name, shape, dtype in specs}
+    model(zeros if len(specs) > 1 else zeros[specs[0][0]], training=False)
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    if len(specs) == 1:
+        shape, dtype = specs[0][1], specs[0][2] or "float32"
+        archive.add_endpoint("serve", functools.partial(model.__call__, training=False),
+                             input_signature=[tf.TensorSpec((None,) + shape, dtype)])
+    else:
+        names = [name for name, _, _ in specs]
+
+        def serve(*tensors):
+            return model(dict(zip(names, tensors)), training=False)
+        archive.add_endpoint("serve", serve, input_signature=[
+            tf.TensorSpec((None,) + shape, dtype or "float32", name=name)
+            for name, shape, dtype in specs])
+    with quiet_output():
+        archive.write_out(folder, verbose=False)
+    return tf.lite.TFLiteConverter.from_saved_model(folder), model, specs
+
+
+def calibration_samples(representative, specs) -> tuple:
+    """``(make, count)``: ``make()`` yields the calibration samples one at a time as a
+    TFLite representative dataset wants them (a list for one input, a dict by name for
+    several), each input in its own dtype: token ids stay int32 (LiteRT refuses a float
+    sample for an int32 input).
+
+    Example:
+
+    >>> make, n = calibration_samples(np.zeros((3, 2)), [("x", (2,), "int32")])
+    >>> n, next(make())[0].dtype
+    (3, dtype('int32'))
+    """
+    dtypes = {name: dtype or "float32" for name, _, dtype in specs}
+    if isinstance(representative, dict):  # several inputs: every one, by name
+        calib = {k: np.asarray(v, dtypes.get(k, "float32")) for k, v in representative.items()}
+        count = len(next(iter(calib.values())))
+        return (lambda: ({k: v[i:i + 1] for k, v in calib.items()} for i in range(count)),
+                count)
+    calib = np.asarray(representative, dtype=specs[0][2] or "float32")
+    return (lambda: ([calib[i:i + 1]] for i in range(len(calib)))), len(calib)
 
 
 _RANGED_OPS = {3: "CONV_2D", 4: "DEPTHWISE_CONV_2D", 9: "FULLY_CONNECTED"}
