@@ -5,6 +5,7 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
+from compress.errors import CompressError
 from compress.pruning import prune
 from compress.pruning.structured import prune_units
 
@@ -181,6 +182,14 @@ def test_layers_that_cannot_be_resized_are_named_not_skipped():
         "reaches the model output": ["out"]}
     assert "c1" in info["kept_whole"] and "up" in info["kept_whole"]
     assert small.output.shape == (None, 2)
+    # nothing to prune at all: the refusal names the recurrent and embedding layers too
+    text = keras.Sequential([keras.Input((12,), dtype="int32"),
+                             layers.Embedding(50, 8, name="emb"), layers.LSTM(8, name="lstm"),
+                             layers.Dense(2, name="out")], name="text")
+    with pytest.raises(CompressError, match=r"no units that can be removed \(reaches the "
+                       r"model output: out; layers it does not resize: emb \(Embedding\), "
+                       r"lstm \(LSTM\)\)"):
+        prune_units(text, 0.5)
 
 
 def test_attention_heads_removed_whole_and_the_file_reloads(tmp_path):

@@ -311,9 +311,20 @@ def prune_units(model, fraction: float, method: str = "magnitude", calibration=N
         if groups.fixed(name):
             not_pruned.setdefault(groups.reason[groups.find(name)], []).append(name)
     if not keep and not plans:
-        first = next(iter(not_pruned.items()), ("no producers", []))
+        why = "; ".join(f"{reason}: {', '.join(names[:3])}"
+                        for reason, names in list(not_pruned.items())[:3]) or "no producers"
+        # layers with weights that no rule here resizes (LSTM, Embedding...): named too
+        other = list(dict.fromkeys(
+            f"{s.op.name} ({type(s.op).__name__})" for s in t.steps
+            if getattr(s.op, "weights", None) and type(s.op).__name__ not in PRODUCERS
+            and type(s.op).__name__ not in PRESERVING and s.op.name not in producers
+            and not type(s.op).__name__.startswith("Depthwise")  # channel-wise: followed
+            and not type(s.op).__name__.endswith("Normalization")
+            and not attention.is_transformer(s.op)))
+        if other:
+            why += f"; layers it does not resize: {', '.join(other[:3])}"
         raise CompressError(f"structured pruning: model '{model.name}' has no units that can "
-                            f"be removed ({first[0]}: {', '.join(first[1][:3])})")
+                            f"be removed ({why})")
 
     def kept(seg_list):
         return kept_indices(seg_list, groups, keep)
