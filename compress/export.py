@@ -304,7 +304,8 @@ def export_copy(model, fmt: str = "tflite"):
     # exact GELU anywhere, also inside custom layers (KerasHub's ViT MLP builds its Dense)
     gelus = [la.name for la in _sublayers(model) if fmt == "onnx" and _exact_gelu(la)]
     rnns = [la.name for la in layers if fmt == "tflite" and _unrollable(la)]
-    if not (policies or grouped or norms or gelus or rnns):
+    augments = [la.name for la in layers if fmt == "onnx" and _augmentation(la)]
+    if not (policies or grouped or norms or gelus or rnns or augments):
         return model, []
     pairs = []
     copy = _copy_model(model, pairs, bool(policies), fmt)
@@ -331,6 +332,9 @@ def export_copy(model, fmt: str = "tflite"):
         notes.append(f"Normalization folded into constant scale and offset ({', '.join(norms)})")
     if gelus:
         notes.append(f"GELU written with erf ({len(gelus)} layers)")
+    if augments:
+        notes.append(f"augmentation layers, which pass inputs through at inference, left out "
+                     f"of the ONNX copy ({', '.join(augments)})")
     if rnns:
         notes.append(f"recurrent layers unrolled over their time steps, which TFLite's "
                      f"builtin ops then run ({', '.join(rnns)})")
@@ -387,6 +391,8 @@ def _copy_model(model, pairs, to_float32: bool, fmt: str):
         if fmt == "onnx" and _activation(op) == "gelu" and \
                 not getattr(op, "approximate", False) and "activation" in config:
             config["activation"] = _gelu_erf
+        if fmt == "onnx" and _augmentation(op):  # its random ops are no valid ONNX
+            return keras.layers.Identity(name=op.name)
         if fmt == "tflite" and _unrollable(op):
             config = _unrolled(config)
         if kind == "Normalization":
@@ -411,6 +417,24 @@ def _copy_model(model, pairs, to_float32: bool, fmt: str):
         return keras.Sequential([keras.Input(shape=inp.shape[1:], dtype=inp.dtype)] + layers,
                                 name=model.name)
     return keras.models.clone_model(model, clone_function=clone)
+
+
+#: Keras's random augmentation layers: inputs pass through unchanged at inference, but
+#: their traced graph keeps the random ops (StatelessRandomUniformV2), which tf2onnx
+#: writes into an ONNX graph onnxruntime rejects. RandomCrop is not one: it may resize.
+AUGMENTATION = ("AugMix", "CutMix", "MixUp", "RandAugment")
+
+
+def _augmentation(layer) -> bool:
+    """Whether ``layer`` is a random augmentation layer (identity at inference).
+
+    >>> import keras
+    >>> _augmentation(keras.layers.RandomFlip()), _augmentation(keras.layers.RandomCrop(8, 8))
+    (True, False)
+    """
+    kind = type(layer).__name__
+    return type(layer).__module__.startswith("keras") and kind != "RandomCrop" and (
+        kind.startswith("Random") or kind in AUGMENTATION)
 
 
 #: Time steps up to which a recurrent layer is unrolled for TFLite (a longer sequence
@@ -557,7 +581,7 @@ def _verified(model, content: bytes, fmt: str, x, atol: float, where: str) -> di
         try:
             check = verify(model, content, x, fmt=fmt)
         except CompressError as exc:  # named by the model, not by the bytes in memory
-            raise CompressError(f"{where}: the {fmt} export "
+            raise CompressError(f"{where}: {fmt} export: "
                                 f"{str(exc).split(': ', 1)[-1]}; nothing written") from None
     # Parity relative to each output's scale: atol is absolute for outputs within [-1, 1]
     # (probabilities, most logits) and relative to the largest output beyond, since

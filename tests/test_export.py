@@ -243,6 +243,26 @@ def test_a_tflite_export_with_tensorflow_ops_is_refused_in_one_line(monkeypatch)
     x = np.random.default_rng(0).normal(size=(8, 6, 3)).astype("float32")
     with pytest.raises(CompressError) as err:
         export.export_artifact(model, x, format="tflite")
-    assert str(err.value).startswith("model 'seq': the tflite export holds TensorFlow ops "
+    assert str(err.value).startswith("model 'seq': tflite export: holds TensorFlow ops "
                                      "(FlexTensorListReserve)")
     assert "--format onnx" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_augmentation_layers_are_left_out_of_the_onnx_copy(tmp_path):
+    """RandomFlip/RandomRotation/RandomZoom pass inputs through at inference, but their
+    traced random ops made an ONNX graph onnxruntime rejects ("INVALID_GRAPH ...
+    StatelessRandomUniformV2"); the ONNX copy leaves them out and says so."""
+    import keras
+
+    layers = keras.layers
+    model = keras.Sequential([
+        keras.Input((16, 16, 3)), layers.RandomFlip("horizontal"), layers.RandomRotation(0.1),
+        layers.RandomZoom(0.1), layers.Rescaling(1 / 255.0), layers.Conv2D(4, 3),
+        layers.GlobalAveragePooling2D(), layers.Dense(2, activation="softmax")], name="aug")
+    model.save(tmp_path / "aug.keras")
+    model = io.load_model(tmp_path / "aug.keras")
+    x = np.random.default_rng(0).random((8, 16, 16, 3)).astype("float32") * 255
+    _, check = export.export_artifact(model, x, format="onnx")
+    assert check["max_abs_diff"] <= 1e-4 and check["top1_agreement"] == 1.0
+    assert "left out of the ONNX copy (random_flip, random_rotation, random_zoom)" in \
+        check["export_copy"] and check["copy_max_abs_diff"] == 0.0
