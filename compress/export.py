@@ -321,23 +321,17 @@ def export_copy(model, fmt: str = "tflite"):
             if _exact_gelu(layer):  # also the layers custom layers build in build()
                 layer.activation = _gelu_erf
             _constants_as_arrays(layer)
-    notes = []
-    if policies:
-        notes.append(f"exported through a float32 copy (the model computes in "
-                     f"{', '.join(policies)})")
-    if grouped:
-        notes.append(f"grouped convolutions run as depthwise/full ones ({len(grouped)}: "
-                     f"{', '.join(grouped[:3])}{', ...' if len(grouped) > 3 else ''})")
-    if norms:
-        notes.append(f"Normalization folded into constant scale and offset ({', '.join(norms)})")
-    if gelus:
-        notes.append(f"GELU written with erf ({len(gelus)} layers)")
-    if augments:
-        notes.append(f"augmentation layers, which pass inputs through at inference, left out "
-                     f"of the ONNX copy ({', '.join(augments)})")
-    if rnns:
-        notes.append(f"recurrent layers unrolled over their time steps, which TFLite's "
-                     f"builtin ops then run ({', '.join(rnns)})")
+    notes = [note for names, note in (
+        (policies, ("exported through a float32 copy (the model computes in "
+                    f"{', '.join(policies)})")),
+        (grouped, f"grouped convolutions run as depthwise/full ones ({len(grouped)}: "
+                  + ", ".join(grouped[:3]) + (", ...)" if len(grouped) > 3 else ")")),
+        (norms, f"Normalization folded into constant scale and offset ({', '.join(norms)})"),
+        (gelus, f"GELU written with erf ({len(gelus)} layers)"),
+        (augments, ("augmentation layers, which pass inputs through at inference, left out "
+                    f"of the ONNX copy ({', '.join(augments)})")),
+        (rnns, ("recurrent layers unrolled over their time steps, which TFLite's builtin "
+                f"ops then run ({', '.join(rnns)})"))) if names]
     return copy, notes
 
 
