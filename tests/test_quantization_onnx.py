@@ -77,3 +77,29 @@ def test_float16_onnx_halves_the_file_and_stays_close_to_float(mlp_file, tmp_pat
     ref, out = (s.run(None, {s.get_inputs()[0].name: x})[0] for s in run)
     assert np.abs(out - ref).max() <= 1e-2 * np.abs(ref).max()
     assert info["format"] == "onnx" and info["top1_agreement"] >= 0.98
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "tflite"])
+def test_a_single_int32_token_input_calibrates_as_int32(fmt):
+    """Token ids of a one-input text model: the calibration samples keep the input's
+    int32 (onnxruntime: "Unexpected input data type. Actual: (tensor(float)), expected:
+    (tensor(int32))"; LiteRT refused them the same way)."""
+    import keras
+
+    from compress import runtime, training
+    from compress.data import Dataset
+    from compress.quantization import quantize
+
+    training.set_seed(0)
+    model = keras.Sequential([keras.Input((10,), dtype="int32"), keras.layers.Embedding(50, 8),
+                              keras.layers.GlobalAveragePooling1D(),
+                              keras.layers.Dense(3, activation="softmax")], name="text")
+    dense = model.layers[-1]  # logits far apart: top-1 is not decided by rounding
+    dense.set_weights([w * 30 for w in dense.get_weights()])
+    x = np.random.default_rng(0).integers(0, 50, size=(120, 10)).astype("int32")
+    y = np.random.default_rng(1).integers(0, 3, size=120)
+    ds = Dataset("tokens", x[:80], y[:80], x[80:100], y[80:100], x[100:], y[100:],
+                 num_classes=3)
+    content, info = quantize(model, ds, format=fmt, latency=False)
+    assert info["verified"] and info["sqnr_db"] >= 20, info
+    assert runtime.verify(model, content, x[100:], fmt=fmt)["top1_agreement"] >= 0.9

@@ -91,8 +91,7 @@ def quantize_onnx(float_path, out_path, mode: str = "int8",
                               "entropy": q.CalibrationMethod.Entropy,
                               "percentile": q.CalibrationMethod.Percentile}[calibration]
                     reader = _Reader(str(pre), representative if isinstance(
-                        representative, dict) else np.asarray(representative, np.float32),
-                        batch_size)
+                        representative, dict) else np.asarray(representative), batch_size)
                     q.quantize_static(
                         str(pre), str(out_path), reader, quant_format=q.QuantFormat.QDQ,
                         per_channel=per_channel, reduce_range=reduce_range,
@@ -159,20 +158,20 @@ class _Reader(CalibrationDataReader):
 
     def __init__(self, model_path: str, x: np.ndarray, batch_size: int):
         import onnx
+        import onnx.helper
 
         graph = onnx.load(model_path, load_external_data=False).graph
         initializers = {i.name for i in graph.initializer}
         self.name = next(i.name for i in graph.input if i.name not in initializers)
+        # each input in the graph's own element type (token ids stay int32)
+        types = {i.name: onnx.helper.tensor_dtype_to_np_dtype(
+            i.type.tensor_type.elem_type) for i in graph.input}
         if isinstance(x, dict):  # several inputs, keyed by input name (as exported)
-            import onnx.helper
-
-            # each input in the graph's own element type (token ids stay int32)
-            types = {i.name: onnx.helper.tensor_dtype_to_np_dtype(
-                i.type.tensor_type.elem_type) for i in graph.input}
             n = len(next(iter(x.values())))
             self.batches = [{k: np.asarray(v[i:i + batch_size], types.get(k, np.float32))
                              for k, v in x.items()} for i in range(0, n, batch_size)]
         else:
+            x = np.asarray(x, types.get(self.name, np.float32))
             self.batches = [x[i:i + batch_size] for i in range(0, len(x), batch_size)]
         self.pos = 0
 
