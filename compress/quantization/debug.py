@@ -197,15 +197,9 @@ def _layer_names(model) -> dict:
 def _kernel_sizes(model) -> dict:
     """``{name: number of kernel entries}`` of every layer with weights, nested models'
     included (a TFLite filter holds the same entries in another layout)."""
-    import keras
+    from compress.models import _leaves
 
-    out = {}
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            out.update(_kernel_sizes(layer))
-        elif layer.weights:
-            out[layer.name] = int(np.prod(layer.weights[0].shape))
-    return out
+    return {la.name: int(np.prod(la.weights[0].shape)) for la in _leaves(model) if la.weights}
 
 
 def _keras_layer(tensor: str, op: str, names: dict, output_layer: tuple,
