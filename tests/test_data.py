@@ -75,8 +75,22 @@ def test_npz_given_validation_split_is_used(tmp_path):
     assert len(ds.x_train) + len(ds.x_test) == 50
 
 
+def test_npz_of_x_and_y_is_one_training_split(tmp_path):
+    # numpy.savez(path, x=x, y=y), the first thing a user writes, was refused for want of
+    # 'x_train'
+    rng = np.random.default_rng(0)
+    x, y = rng.random((50, 4)).astype("float32"), rng.integers(0, 3, 50)
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    ds = load_data(f"npz:{tmp_path / 'd.npz'}", seed=0)
+    assert ds.num_classes == 3 and len(ds.x_train) + len(ds.x_val) + len(ds.x_test) == 50
+    assert sorted(np.concatenate([ds.y_train, ds.y_val, ds.y_test]).tolist()) == sorted(y)
+    np.savez(tmp_path / "u.npz", x=x)
+    assert load_data(f"npz:{tmp_path / 'u.npz'}", seed=0).y_train is None
+
+
 @pytest.mark.parametrize("arrays,message", [
     ({"x_train": np.zeros((5, 2)), "y_test": np.zeros(5, int)}, "missing array 'y_train'"),
+    ({"x": np.zeros((5, 2)), "labels": np.zeros(5, int)}, "or x and y$"),
     ({"x_train": np.zeros((5, 2))}, "only 5 samples"),  # inputs only: unlabelled, too few
     ({"x_train": np.full((20, 2), np.nan), "y_train": np.zeros(20, int)}, "NaN or inf"),
     ({"x_train": np.zeros((0, 2)), "y_train": np.zeros(0, int)}, "empty"),

@@ -107,7 +107,7 @@ def input_shape() -> tuple | None:
 _data_name_option = click.option(
     "--data", "data", default=None, metavar="NAME|DIR|FILE",
     help="Data: digits, mnist5k, animals; npz:PATH (x_train, optional y_train, "
-         "x_val/y_val/x_test/y_test); PATH.npy (inputs only); or an image folder DIR "
+         "x_val/y_val/x_test/y_test; or x, y); PATH.npy (inputs only); or an image folder DIR "
          "(class sub-folders = labelled, flat = unlabelled), resized to the model's input.")
 
 

@@ -8,7 +8,8 @@ Names:
   package's gzipped arrays without unpickling (its own loader downloads MNIST).
 - ``npz:PATH``: the user's own ``x_train`` and ``y_train`` (``y_train`` may be left out:
   unlabelled) and optional ``x_val``/``y_val``/``x_test``/``y_test`` arrays, loaded with
-  ``allow_pickle=False``.
+  ``allow_pickle=False``; a file of just ``x`` and ``y`` (``numpy.savez(path, x=x, y=y)``)
+  is read as ``x_train`` and ``y_train``, its other splits taken from it.
 - ``PATH.npy`` (or ``npy:PATH``): one array of inputs, no labels.
 - ``DIR``: an image folder (:mod:`compress.data.folders`), read lazily.
 
@@ -198,11 +199,15 @@ def _load_npz(path: Path, seed: int) -> Dataset:
         raise CompressError(f"{path}: not a readable .npz file") from exc
     if any("/" in k for k in arrays):  # x_train/INPUT, y_train/OUTPUT: several inputs/outputs
         return _load_npz_named(path, arrays, seed)
+    if set(arrays) in ({"x"}, {"x", "y"}):  # numpy.savez(path, x=..., y=...): one split
+        arrays = {f"{k}_train": a for k, a in arrays.items()}
     if "x_train" in arrays and not any(k.startswith("y_") for k in arrays):
         return _unlabelled(f"npz:{path}", path, arrays, seed)
     for key in ("x_train", "y_train"):
         if key not in arrays:
-            raise CompressError(f"{path}: missing array '{key}' (has: {', '.join(arrays)})")
+            raise CompressError(f"{path}: missing array '{key}' (has: {', '.join(arrays)}); "
+                                "name the arrays x_train, y_train (optional x_val, y_val, "
+                                "x_test, y_test), or x and y")
     for key, a in arrays.items():
         if a.size == 0:
             raise CompressError(f"{path}: array '{key}' is empty")
