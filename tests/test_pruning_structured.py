@@ -167,18 +167,19 @@ def test_dependency_groups_remove_aligned_channels_exactly():
 
 
 def test_layers_that_cannot_be_resized_are_named_not_skipped():
-    # A Conv2DTranspose (a layer kind the dependency graph does not resize) keeps the
-    # channels feeding it whole, and the report says which producers and why.
+    # A GroupNormalization (a layer kind the dependency graph does not resize: its groups
+    # tie channels together) keeps the channels feeding it whole, and the report says which
+    # producers and why.
     layers = keras.layers
     inp = keras.Input((6, 6, 3))
     a = layers.Conv2D(8, 3, padding="same", name="c1")(inp)
-    b = layers.Conv2DTranspose(8, 3, padding="same", name="up")(a)
+    b = layers.GroupNormalization(4, name="up")(a)
     c = layers.Conv2D(8, 3, padding="same", name="c2")(b)
     out = layers.Dense(2, name="out")(layers.Flatten()(c))
     small, info = prune_units(keras.Model(inp, out), 0.5)
     assert info["units"]["c2"] == [8, 4] and info["units"]["c1"] == [8, 8]
     assert info["not_pruned"] == {
-        "feeds 'up' (Conv2DTranspose), which structured pruning cannot resize": ["c1"],
+        "feeds 'up' (GroupNormalization), which structured pruning cannot resize": ["c1"],
         "reaches the model output": ["out"]}
     assert "c1" in info["kept_whole"] and "up" in info["kept_whole"]
     assert small.output.shape == (None, 2)
@@ -226,3 +227,28 @@ def test_attention_heads_removed_whole_and_the_file_reloads(tmp_path):
     _kill(model.get_layer("ffn_in"), gone)  # what pruning removed, zeroed in the original
     np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0),
                                atol=1e-5)
+
+
+def test_transposed_convolutions_are_resized_on_both_sides():
+    # an autoencoder / U-Net decoder: Conv2DTranspose kernels are (kh, kw, filters, inputs),
+    # the other way round from Conv2D's; such layers were kept whole ("cannot resize")
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 1))
+    e = keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu", name="enc")(inp)
+    d = keras.layers.Conv2DTranspose(6, 3, strides=2, padding="same", activation="relu",
+                                     name="dec")(e)
+    d = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="mix")(d)
+    out = keras.layers.Conv2DTranspose(1, 3, padding="same", name="out")(d)
+    model = keras.Model(inp, out)
+    _kill(model.get_layer("enc"), [0, 3, 5, 6])
+    w = model.get_layer("dec").get_weights()  # dead output channels: axis -2, and the bias
+    w[0][..., [1, 4, 5], :] = 0.0
+    w[1][[1, 4, 5]] = 0.0
+    model.get_layer("dec").set_weights(w)
+    _kill(model.get_layer("mix"), [2, 3])
+    small, info = prune_units(model, 0.5)
+    assert info["units"] == {"enc": [8, 4], "dec": [6, 3], "mix": [4, 2], "out": [1, 1]}
+    x = np.random.default_rng(0).normal(size=(4, 8, 8, 1)).astype("float32")
+    np.testing.assert_allclose(small.predict(x, verbose=0), model.predict(x, verbose=0),
+                               atol=1e-5)
+    assert small.get_layer("dec").kernel.shape == (3, 3, 3, 4)

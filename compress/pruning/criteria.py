@@ -107,7 +107,7 @@ def saliency_scores(model, variables, method, calibration=None, estimator="backp
 
 
 def unit_scores(model, kernels, method, calibration=None, estimator="backprop",
-                norm: str = "l2", seed=0) -> list:
+                norm: str = "l2", seed=0, unit_axes=None) -> list:
     """Per-output-unit saliencies (the last axis) of each kernel, for removing whole units.
 
     A unit's score combines its weights' saliencies: the L2 norm for ``magnitude`` with
@@ -119,11 +119,14 @@ def unit_scores(model, kernels, method, calibration=None, estimator="backprop",
             :func:`saliency_scores` (``kernels`` are the variables).
         norm: str, default ``"l2"``; ``"l1"`` (``"bn"`` counts as ``"l1"`` here: the
             BatchNorm scale is applied by structured pruning, which knows the graph).
+        unit_axes: list of int or None. Each kernel's axis of output units (default -1;
+            -2 for a transposed convolution).
     """
     scores = saliency_scores(model, kernels, method, calibration, estimator, seed=seed)
     out = []
-    for s in scores:
-        per_unit = np.asarray(s, dtype="float64").reshape(-1, np.shape(s)[-1])
+    for s, axis in zip(scores, unit_axes or [-1] * len(scores)):
+        s = np.moveaxis(np.asarray(s, dtype="float64"), axis, -1)
+        per_unit = s.reshape(-1, s.shape[-1])
         out.append(np.sqrt((per_unit ** 2).sum(axis=0)) if method == "magnitude"
                    and norm == "l2" else per_unit.sum(axis=0))
     return out

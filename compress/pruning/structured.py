@@ -2,7 +2,7 @@
 
 The model's operation graph (:mod:`compress.pruning.graph`, nested models walked into)
 becomes a dependency graph of channel groups, as in Torch-Pruning: every producer of
-channels (``Dense``, ``Conv1D/2D/3D``, ``SeparableConv*``) starts a group; groups flow
+channels (``Dense``, ``Conv1D/2D/3D``, ``SeparableConv*``, ``Conv*Transpose``) starts a group; groups flow
 through channel-wise layers and ops (activations, ``keras.ops`` elementwise functions,
 Batch/LayerNormalization, pooling, dropout, depthwise and channel-grouped convolutions,
 layer scale, channel-preserving ``Reshape``); residual ``Add``/``Subtract``/``Multiply``
@@ -38,7 +38,9 @@ from compress.pruning import attention
 from compress.pruning.criteria import criterion, unit_scores
 from compress.pruning.graph import fresh, rebuild, trace
 
-PRODUCERS = ("Dense", "Conv1D", "Conv2D", "Conv3D", "SeparableConv1D", "SeparableConv2D")
+TRANSPOSED = ("Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose")  # kernel (..., out, in)
+PRODUCERS = ("Dense", "Conv1D", "Conv2D", "Conv3D", "SeparableConv1D",
+             "SeparableConv2D") + TRANSPOSED
 PRESERVING = ("BatchNormalization", "Activation", "ReLU", "LeakyReLU",
               "PReLU", "ELU", "Softmax", "Dropout", "SpatialDropout1D", "SpatialDropout2D",
               "SpatialDropout3D", "GaussianNoise", "GaussianDropout", "AlphaDropout",
@@ -289,8 +291,9 @@ def prune_units(model, fraction: float, method: str = "magnitude", calibration=N
                                                 else "l2")
 
     kernels = [_out_kernel(p) for p in producers.values()]
-    unit = dict(zip(producers, unit_scores(model, kernels, method, calibration, estimator,
-                                           norm, seed))) if kernels else {}
+    unit = dict(zip(producers, unit_scores(
+        model, kernels, method, calibration, estimator, norm, seed,
+        unit_axes=[unit_axis(p) for p in producers.values()]))) if kernels else {}
     scores = {}
     for name, p in producers.items():
         if groups.fixed(name):
@@ -429,6 +432,10 @@ def _sliced(op, idx_in, idx_out, in_ch):
                 m = op.depth_multiplier
                 w = np.take(w, (idx_in[:, None] * m + np.arange(m)).reshape(-1), axis=-2)
                 w = np.take(w, idx_out, axis=-1) if idx_out is not None else w
+            elif vname == "kernel" and kind in TRANSPOSED:  # (..., out, in)
+                w = np.take(w, idx_in, axis=-1)
+                if idx_out is not None:
+                    w = np.take(w, idx_out, axis=-2)
             elif vname in ("kernel", "pointwise_kernel"):
                 w = np.take(w, idx_in, axis=-2)  # (..., in, out)
                 if idx_out is not None:
@@ -443,6 +450,12 @@ def _sliced(op, idx_in, idx_out, in_ch):
             w = np.take(w, idx_in, axis=-1)
         out.append(w)
     return out
+
+
+def unit_axis(layer) -> int:
+    """The axis of ``layer``'s kernel that holds its output units (``-1``; ``-2`` for a
+    transposed convolution, whose kernel is ``(..., filters, input channels)``)."""
+    return -2 if _kind(layer) in TRANSPOSED else -1
 
 
 def _out_kernel(layer):

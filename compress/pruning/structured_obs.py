@@ -300,7 +300,7 @@ def prune_channels_obs(model, fraction: float, x, *, choose: str = "obs",
             pruning cannot handle.
     """
     from compress.pruning.hessian import check_calibration
-    from compress.pruning.structured import prune_units
+    from compress.pruning.structured import PRODUCERS, prune_units
 
     if choose not in ("obs", "norm"):
         raise CompressError(f"structured obs: choose must be 'obs' or 'norm', got {choose!r}")
@@ -311,9 +311,7 @@ def prune_channels_obs(model, fraction: float, x, *, choose: str = "obs",
     def select(t, groups, segs, producers, keep):
         cons, why = [], {}
         for step in t.steps:
-            if type(step.op).__name__ not in ("Dense", "Conv1D", "Conv2D", "Conv3D",
-                                              "SeparableConv1D", "SeparableConv2D") \
-                    or not step.inputs:
+            if type(step.op).__name__ not in PRODUCERS or not step.inputs:
                 continue
             roots = {r for r in _roots(segs[step.inputs[0]], groups) if r in keep}
             if not roots:
