@@ -156,3 +156,14 @@ def test_python_api_takes_a_subclassed_model_with_arrays(models):
         assert pruned.inputs[0].shape[1:] == (8, 8, 1) and info["sparsity_reached"] >= 0.45
     finally:
         zoo_models.forget_user_classes()
+
+
+def test_one_target_array_for_two_outputs_says_how_to_name_them(models, cli, tmp_path):
+    # an .npz of x and y for a two-output model: the refusal spoke of Python dicts and lists
+    x = np.load(models / "two_out.npz")
+    np.savez(tmp_path / "xy.npz", x=x["x_train"], y=x["y_train/cls"])
+    r = cli("export", models / "two_out.keras", "-o", tmp_path / "e.onnx", "--data",
+            f"npz:{tmp_path / 'xy.npz'}")
+    assert r.exit_code == 1 and not (tmp_path / "e.onnx").exists()
+    assert r.output.strip().endswith("gives one target array: name the arrays y_train/cls, "
+                                     "y_train/score in the .npz"), r.output

@@ -251,9 +251,11 @@ def check_targets(model, y, name: str = "data") -> None:
     elif isinstance(y, (list, tuple)) and len(y) == len(outputs):
         pairs = list(zip(outputs, y, names))
     else:
+        how = (f"name the arrays {', '.join(f'y_train/{n}' for n in names)} in the .npz"
+               if str(name).startswith("npz:") else
+               "give a dict keyed by output name or a list in output order")
         raise CompressError(f"model '{model.name}' has {len(outputs)} outputs "
-                            f"({', '.join(names)}); {name} gives one target array: give a "
-                            "dict keyed by output name or a list in output order")
+                            f"({', '.join(names)}); {name} gives one target array: {how}")
     for out, v, key in pairs:
         _check_one(model, out, np.asarray(v), f"{name} output '{key}'")
 
