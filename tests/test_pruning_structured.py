@@ -252,3 +252,18 @@ def test_transposed_convolutions_are_resized_on_both_sides():
     np.testing.assert_allclose(small.predict(x, verbose=0), model.predict(x, verbose=0),
                                atol=1e-5)
     assert small.get_layer("dec").kernel.shape == (3, 3, 3, 4)
+
+
+def test_channels_first_convolutions_are_named_in_the_refusal():
+    # they were left out silently: the refusal named only the output layer
+    layers = keras.layers
+    model = keras.Sequential([
+        keras.Input((3, 8, 8)),
+        layers.Conv2D(4, 3, data_format="channels_first", name="c1"),
+        layers.Conv2D(4, 3, data_format="channels_first", name="c2"),
+        layers.GlobalAveragePooling2D(data_format="channels_first"),
+        layers.Dense(2, name="out")])
+    with pytest.raises(CompressError, match=r"no units that can be removed \(not resized: "
+                       r"channels_first data \(only channels_last layers are resized\): "
+                       r"c1, c2; reaches the model output: out\)"):
+        prune_units(model, 0.5)

@@ -134,8 +134,9 @@ def _normalizes_channels(op, rank: int) -> bool:
     return True
 
 
-def _analyse(t, groups, layer_of):
-    """Channel segments of every tensor; fixes groups that cannot be resized."""
+def _analyse(t, groups, layer_of, skipped=None):
+    """Channel segments of every tensor; fixes groups that cannot be resized. Layers of a
+    producing kind that are not resized are added to ``skipped`` (reason -> names)."""
     segs = {k: [(None, _last(t.shape[k]))] for k in t.inputs}
     uses = {}
     for step in t.steps:
@@ -180,6 +181,12 @@ def _analyse(t, groups, layer_of):
                 not any(isinstance(s, _Flat) for s in ins[0]):
             out = ins[0]
         if out is None:
+            if kind in PRODUCERS and skipped is not None and not shared:
+                why = ("channels_first data (only channels_last layers are resized)"
+                       if getattr(op, "data_format", "") == "channels_first" else
+                       "a grouped convolution" if getattr(op, "groups", 1) > 1 else
+                       "several inputs or outputs")
+                skipped.setdefault(f"not resized: {why}", []).append(name)
             for x in ins:
                 _fix_all(groups, x, reason)
             out = [(None, c_out)]
@@ -259,8 +266,8 @@ def prune_units(model, fraction: float, method: str = "magnitude", calibration=N
         raise CompressError(f"structured pruning: {method} needs calibration data")
 
     t = trace(model)
-    groups, producers = _Groups(), {}
-    segs = _analyse(t, groups, producers)
+    groups, producers, skipped = _Groups(), {}, {}
+    segs = _analyse(t, groups, producers, skipped)
     blocks = [s for s in t.steps if attention.rewrites(s.op)]
     chosen = None
     if layers:
@@ -271,7 +278,7 @@ def prune_units(model, fraction: float, method: str = "magnitude", calibration=N
         for name in producers:
             if name not in chosen:
                 groups.fix(name, "not selected by --layers")
-    not_pruned, plans, uses = {}, {}, {}
+    not_pruned, plans, uses = dict(skipped), {}, {}
     sequential = _sequential_names(model)
     for step in blocks:
         uses[id(step.op)] = uses.get(id(step.op), 0) + 1
