@@ -205,22 +205,28 @@ def top1_agreement(got: np.ndarray, expected: np.ndarray) -> float:
     """Fraction of rows whose top-1 class agrees; a row with a NaN or infinite output on
     either side disagrees (``argmax`` of NaN is index 0 on both sides, a false match).
 
-    ``expected`` may also be the expected class indices (one per row).
+    ``expected`` may also be the expected class indices (one per row). An output with
+    classes at every position (``(batch, height, width, classes)`` of a segmenter,
+    ``(batch, steps, classes)`` of a tagger) is compared position by position, as Keras's
+    accuracy metrics count it: the fraction of pixels or tokens whose class agrees.
 
     Example:
 
     >>> outputs = np.array([[0.1, 0.9], [np.nan, 0.0]])
     >>> top1_agreement(outputs, outputs)
     0.5
+    >>> pixels = np.zeros((1, 2, 2, 3)); pixels[0, 0, 0, 1] = 1.0  # one of 4 pixels moves
+    >>> top1_agreement(pixels, np.zeros((1, 2, 2, 3)))
+    0.75
     """
     got = np.asarray(got, np.float64)
     expected = np.asarray(expected)
     if len(got) == 0:
         return 0.0
-    finite = np.isfinite(got.reshape(len(got), -1)).all(axis=1)
     if expected.ndim == got.ndim:
         labels = np.argmax(expected, -1)
-        finite &= np.isfinite(expected.astype(np.float64).reshape(len(expected), -1)).all(axis=1)
+        expected_finite = np.isfinite(expected.astype(np.float64)).all(axis=-1)
     else:
-        labels = expected
+        labels, expected_finite = expected.reshape(got.shape[:-1]), True
+    finite = np.isfinite(got).all(axis=-1) & expected_finite
     return float(np.mean((np.argmax(got, -1) == labels) & finite))

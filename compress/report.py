@@ -262,7 +262,7 @@ def fidelity_data(model, reference, data, split: str, classifier: bool,
 
         return fidelity_outputs(model, reference, data, split, batch_size)
     diff2 = ref2 = peak = 0.0
-    rows = agree = elements = 0
+    rows = agree = elements = positions = 0
     finite = True
     top1 = classifier
     for x, _ in iter_batches(data, split, batch_size):
@@ -275,11 +275,10 @@ def fidelity_data(model, reference, data, split: str, classifier: bool,
             ref2 += float(np.sum(expected ** 2))
             peak = max(peak, float(np.max(np.abs(expected))) if expected.size else 0.0)
         top1 = top1 and expected.ndim >= 2 and expected.shape[-1] > 1
-        if top1:
-            good = np.isfinite(got.reshape(len(got), -1)).all(1) & \
-                np.isfinite(expected.reshape(len(got), -1)).all(1)
-            agree += int(np.sum((np.argmax(got, -1) == np.argmax(expected, -1))
-                                .reshape(len(got), -1).all(1) & good))
+        if top1:  # per row; per position (pixel, token) for outputs of classes per position
+            good = np.isfinite(got).all(-1) & np.isfinite(expected).all(-1)
+            agree += int(np.sum((np.argmax(got, -1) == np.argmax(expected, -1)) & good))
+            positions += int(good.size)
         rows += len(got)
         elements += int(got.size)
     if rows == 0:
@@ -298,7 +297,7 @@ def fidelity_data(model, reference, data, split: str, classifier: bool,
                                           if np.isfinite(mse) and peak > 0 else float("-inf"))
     out = {"rel_l2_error": rel, "sqnr_db": sqnr, "psnr_db": psnr}
     if top1:
-        out["top1_agreement"] = agree / rows
+        out["top1_agreement"] = agree / max(positions, 1)
     return out
 
 

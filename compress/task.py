@@ -177,9 +177,11 @@ class Task:
             y = np.asarray(y)
             labels = np.argmax(y, -1) if y.ndim == out.ndim and y.shape == out.shape else y
             labels = labels.reshape(np.argmax(out, -1).shape)
-            # argmax of a NaN row is 0: it must not count as right for the class-0 samples
-            right = (np.argmax(out, -1) == labels).reshape(len(out), -1).all(axis=1)
-            return {"accuracy": float(np.mean(right & finite))}
+            # argmax of a NaN row is 0: it must not count as right for the class-0 samples;
+            # classes at every position (a segmenter's pixels, a tagger's tokens) are
+            # counted position by position, as Keras's accuracy metrics do
+            right = (np.argmax(out, -1) == labels) & np.isfinite(out).all(axis=-1)
+            return {"accuracy": float(np.mean(right))}
         y = np.asarray(y, np.float64).reshape(out.shape)
         if self.kind == REGRESSION:
             if not finite.all():
@@ -685,7 +687,8 @@ def check_targets(task: Task, y) -> None:
     units = task.units
     if task.loss_name == "categorical_crossentropy":  # one-hot targets
         return
-    if task.kind == CLASSIFICATION and y.ndim <= 2 and int(np.prod(y.shape[1:])) == 1:
+    if task.kind == CLASSIFICATION and ((y.ndim <= 2 and int(np.prod(y.shape[1:])) == 1) or (
+            task.loss_name == "sparse_categorical_crossentropy" and y.ndim > 1)):
         flat = y.reshape(-1)
         if not np.issubdtype(flat.dtype, np.number):
             return

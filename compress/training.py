@@ -448,6 +448,8 @@ def accuracy(model, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> floa
     if len(x) == 0:
         raise CompressError("cannot measure accuracy on empty data")
     outputs = predict(model, x, batch_size)
-    # argmax of a NaN row is 0: it must not count as right for the class-0 samples
-    finite = np.isfinite(outputs.reshape(len(outputs), -1)).all(axis=1)
-    return float(np.mean((np.argmax(outputs, axis=-1) == y) & finite))
+    # argmax of a NaN row is 0: it must not count as right for the class-0 samples; an
+    # output of classes per position (pixels, tokens) is scored position by position
+    finite = np.isfinite(outputs).all(axis=-1)
+    labels = np.asarray(y).reshape(finite.shape)
+    return float(np.mean((np.argmax(outputs, axis=-1) == labels) & finite))

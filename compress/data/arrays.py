@@ -265,6 +265,12 @@ def _check_one(model, output, y, name) -> None:
     per_sample = tuple(y.shape[1:])
     if per_sample == shape or (per_sample == () and shape == (1,)):
         return  # targets shaped like the output (one-hot, regression, masks)
+    if len(shape) >= 2 and per_sample in (shape[:-1], shape[:-1] + (1,)) and \
+            np.issubdtype(y.dtype, np.integer):  # a class per position: pixels, tokens
+        if y.size and (y.min() < 0 or y.max() >= max(shape[-1], 2)):
+            raise CompressError(f"{name}: labels go from {int(y.min())} to {int(y.max())} but "
+                                f"model '{model.name}' has {shape[-1]} classes per position")
+        return
     if per_sample in ((), (1,)):
         whole = np.issubdtype(y.dtype, np.integer) or (
             np.issubdtype(y.dtype, np.floating) and np.all(y == np.round(y)))

@@ -507,10 +507,13 @@ def _check_models(teacher, student, data) -> None:
         raise CompressError(f"teacher output {t_out} and student output {s_out} differ; "
                             "distillation needs the same classes")
     if len(t_out) != 1 or t_out[0] is None or t_out[0] < 2:
-        raise CompressError(f"teacher '{teacher.name}' output shape {t_out} is not a vector "
-                            "of 2 or more classes (one unit: a binary or regression head), so "
-                            "logits distillation does not apply; to shrink it, use prune --structured or share "
-                            "with --epochs (they fine-tune on the model's own loss)")
+        what = ("has an output at every position (a segmenter, a tagger, a decoder); "
+                "distillation here matches one class vector per sample" if len(t_out) > 1
+                else "is not a vector of 2 or more classes (one unit: a binary or "
+                "regression head), so logits distillation does not apply")
+        raise CompressError(f"teacher '{teacher.name}' output shape {t_out} {what}; to shrink "
+                            "it, use prune --structured or share with --epochs (they "
+                            "fine-tune on the model's own loss)")
     check_labels(teacher, data.num_classes, data.name)
     if data.size("train") == 0:
         raise CompressError(f"{data.name}: no training samples")

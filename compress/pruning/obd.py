@@ -105,8 +105,10 @@ def _curvature_at_output(kind: str, out):
 
 def effective_estimator(model, estimator: str) -> str:
     """The estimator :func:`hessian_diagonal` uses for ``model``: ``estimator``, or
-    ``"layer"`` (the layer Hessians) for a model with several inputs or outputs, which
-    the output-curvature estimators cannot take. Reports name this one.
+    ``"layer"`` (the layer Hessians) for a model with several inputs or outputs, or the
+    Gauss-Newton estimators (``backprop``, ``gauss_newton``) of a classifier with classes
+    at every position (a segmenter, a tagger), which they cannot take. Reports name this
+    one.
 
     Example:
 
@@ -115,6 +117,11 @@ def effective_estimator(model, estimator: str) -> str:
     """
     if len(model.inputs) > 1 or len(model.outputs) > 1:
         return "layer"
+    if estimator in ("backprop", "gauss_newton") and len(model.outputs[0].shape) > 2:
+        from compress.task import CLASSIFICATION, resolve
+
+        if resolve(model).kind == CLASSIFICATION:
+            return "layer"
     return estimator
 
 
@@ -189,7 +196,8 @@ def hessian_diagonal(model, x, y, variables=None, estimator: str = "backprop",
         units = int(model.outputs[0].shape[-1])
         if y.ndim == 2 and y.shape[1] == units > 1:  # one-hot or soft targets
             y = np.argmax(y, -1)
-        y = y.astype("int64").reshape(-1)
+        # one class per sample, or per position (a segmenter's pixels, a tagger's tokens)
+        y = y.astype("int64").reshape((len(y),) + tuple(model.outputs[0].shape[1:-1]))
     else:
         y = np.asarray(y, "float32").reshape((len(y),) + tuple(model.outputs[0].shape[1:]))
     if len(x) == 0 or (y is not None and len(x) != len(y)):
@@ -212,9 +220,11 @@ def hessian_diagonal(model, x, y, variables=None, estimator: str = "backprop",
         sample_loss = per_sample_loss(_fresh(task.loss))
 
     def losses(xb, yb):
-        """Per-example losses at the targets."""
+        """Per-example losses at the targets (classes per position: their mean)."""
         if classifier:
-            return -tf.gather(_log_probs(model, xb), yb, batch_dims=1)
+            lp = _log_probs(model, xb)
+            per = -tf.reduce_sum(tf.one_hot(yb, int(lp.shape[-1])) * lp, axis=-1)
+            return tf.reduce_mean(tf.reshape(per, (tf.shape(lp)[0], -1)), axis=-1)
         out = tf.cast(model(xb, training=False), "float32")
         per = sample_loss(tf.cast(yb, "float32"), out)
         return tf.reshape(per, (tf.shape(out)[0], -1))[:, 0] if per.shape.rank > 1 else per
@@ -251,9 +261,8 @@ def hessian_diagonal(model, x, y, variables=None, estimator: str = "backprop",
         xb = tf.constant(x[start:start + batch_size], dtype=model.inputs[0].dtype or "float32")
         yb = None if y is None else tf.constant(y[start:start + batch_size])
         nb = int(xb.shape[0])
-        if estimator == "fisher":
-            adds = [per_example_squares(xb, tf.one_hot(yb, n_classes)) if classifier
-                    else per_example_loss_squares(xb, yb)]
+        if estimator == "fisher":  # the squared per-example gradients of the loss
+            adds = [per_example_loss_squares(xb, yb)]
         elif estimator == "gauss_newton":
             if classifier:
                 weight = tf.sqrt(tf.exp(_log_probs(model, xb)))

@@ -102,9 +102,13 @@ def layer_loss_curves(model, variables, scores, x, y, grid=GRID, mask_fn=None,
             key = ("fidelity", task.kind, task.from_logits)
         else:
             loss_obj = _fresh(task.loss)
-            yt = tf.constant(np.asarray(y, "float32").reshape(
-                (len(xt),) + tuple(model.outputs[0].shape[1:])))
-            key = ("task", task.loss_name)
+            shape = tuple(model.outputs[0].shape[1:])
+            if task.kind == CLASSIFICATION and np.size(y) == len(xt) * int(np.prod(shape[:-1])):
+                # a class per position (pixels, tokens): integer labels, the model's loss
+                yt = tf.constant(np.asarray(y).astype("int64").reshape((len(xt),) + shape[:-1]))
+            else:
+                yt = tf.constant(np.asarray(y, "float32").reshape((len(xt),) + shape))
+            key = ("task", task.loss_name, yt.dtype.name)
         if key not in fns:
             fn = per_sample_loss(loss_obj)
             fns[key] = tf.function(lambda xb, yb: tf.reduce_mean(
