@@ -186,6 +186,27 @@ def _inputs_or_none(model):
     return inputs or None
 
 
+def check_model_type(path: str | os.PathLike) -> Path:
+    """That ``path`` can be reached and is of a model type (a suffix or a folder), reading
+    nothing: the commands say this before what else they lack (a ``.tflite`` given to
+    ``quantize`` is not "missing --data").
+
+    >>> check_model_type(__file__)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    compress.errors.CompressError: ...: unsupported model file type '.py' (expected .keras, .h5, .hdf5 or a SavedModel folder)
+    """
+    p = Path(path)
+    try:
+        os.stat(p)
+    except OSError as exc:
+        raise CompressError(f"{p}: {_why_unreachable(p, exc)}") from None
+    if not p.is_dir() and p.suffix.lower() not in MODEL_SUFFIXES:
+        raise CompressError(f"{p}: unsupported model file type '{p.suffix}' "
+                            f"(expected {', '.join(MODEL_SUFFIXES)} or a SavedModel folder)")
+    return p
+
+
 def check_model_file(path: str | os.PathLike) -> Path:
     """Every check of a model file that needs no TensorFlow: it exists and can be read,
     its type, and its container (a ``.keras`` zip's members and sizes, an HDF5 signature).
@@ -199,16 +220,9 @@ def check_model_file(path: str | os.PathLike) -> Path:
     ...
     compress.errors.CompressError: missing.keras: no such file
     """
-    p = Path(path)
-    try:
-        os.stat(p)
-    except OSError as exc:
-        raise CompressError(f"{p}: {_why_unreachable(p, exc)}") from None
+    p = check_model_type(path)
     if p.is_dir():
         return p
-    if p.suffix.lower() not in MODEL_SUFFIXES:
-        raise CompressError(f"{p}: unsupported model file type '{p.suffix}' "
-                            f"(expected {', '.join(MODEL_SUFFIXES)} or a SavedModel folder)")
     if p.stat().st_size == 0:
         raise CompressError(f"{p}: empty file, not a Keras model")
     _check_container(p)

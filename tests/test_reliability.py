@@ -233,6 +233,9 @@ CLI_CASES = [
     ("inspect-custom-layer", ["inspect", "{dir}/custom.keras"], 1, "unknown custom layer"),
     ("inspect-lambda-safe-mode", ["inspect", "{dir}/lambda.keras"], 1, "--unsafe"),
     ("inspect-wrong-suffix", ["inspect", "{dir}/model.pt"], 1, "unsupported model file type"),
+    # the file type first: "needs --data" would send the user after the wrong problem
+    ("quantize-not-a-keras-file", ["quantize", "{dir}/model.pt", "-o", "{out}.tflite"], 1,
+     "unsupported model file type '.pt'"),
     ("inspect-dir-not-savedmodel", ["inspect", "{dir}/not_saved_model"], 1, "not a SavedModel"),
     ("inspect-unknown-data", ["inspect", "{mlp}", "--data", "cifar10"], 1, "unknown dataset"),
     ("inspect-data-shape", ["inspect", "{mlp}", "--data", "npz:{dir}/shape.npz"], 1,
@@ -370,7 +373,7 @@ CLI_CASES = [
     ("inspect-npz-val-lengths", ["inspect", "{mlp}", "--data", "npz:{dir}/ragged_val.npz"], 1,
      "the val split has 30 samples in 'x_val' but 20 labels in 'y_val'"),
     ("inspect-npz-one-hot", ["inspect", "{mlp}", "--data", "npz:{dir}/one_hot.npz"], 1,
-     "one-hot labels"),
+     "look one-hot"),
     ("prune-checkpoint-of-another-command", ["prune", "{mlp}", "-o", "{out}.keras", "--data",
                                              "digits", "--epochs", "1", "--checkpoint-dir",
                                              "{dir}/other_checkpoint"], 1,

@@ -38,6 +38,7 @@ def run_pass_command(spec, model, output, data, seed, unsafe, as_json, force, op
     opts = spec.schema.from_cli(options)
     if "seed" in spec.schema.options:
         opts["seed"] = seed
+    io.check_model_type(model)  # not a model at all: said before what it lacks
     spec.require_data(opts, data, flags=True)
     if spec.produces == "model":
         return run_model_pass(model, output, data, seed, unsafe, force, as_json,

@@ -38,6 +38,7 @@ def command(model, output, data, seed, unsafe, as_json, force, **options):
 
     opts = PRUNE_OPTIONS.from_cli(options)
     opts["seed"] = seed
+    io.check_model_type(model)  # not a model at all: said before what it lacks
     PASS.require_data(opts, data, flags=True)
     io.check_output(output, inputs=[model], force=force, suffixes=io.MODEL_SUFFIXES)
 

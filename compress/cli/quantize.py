@@ -58,6 +58,7 @@ def run_quantize(model_path, output, data, seed, unsafe, force, options) -> dict
     opts["format"] = format_for(output, opts)
     out = io.check_output(output, inputs=[model_path], force=force,
                           suffixes=(SUFFIXES[opts["format"]],))
+    io.check_model_type(model_path)  # not a model at all: said before what it lacks
     require_data(opts, data)
     # A wrapped subclassed model is said once, at the end, as what the artifact holds.
     loaded, dataset = load_inputs(model_path, data, seed, unsafe, echo_note=False)

@@ -40,6 +40,9 @@ def command(model, output, data, seed, unsafe, as_json, force, **options):
 
         return share(loaded, dataset, verbose=verbose(as_json), **opts)
 
+    from compress import io
+
+    io.check_model_type(model)  # not a model at all: said before what it lacks
     PASS.require_data(opts, data, flags=True)
     run_model_pass(model, output, data, seed, unsafe, force, as_json, apply, title,
                    after_name=opts["method"], task_options=opts)
