@@ -30,11 +30,20 @@ def command(model, data, split, show_layers, latency, seed, unsafe, as_json):
     """Report a model: parameters, nonzeros, per-layer sparsity, file and zipped size,
     accuracy (with --data) and batch-1 latency.
 
+    A .tflite or .onnx artifact is read without TensorFlow: its inputs and outputs (type,
+    shape, int8 scale and zero point), stored weights by type (int8 per-channel or
+    per-tensor), operators by kind, and batch-1 latency in LiteRT or onnxruntime.
+
     \b
     Examples:
       compress inspect model.h5
       compress inspect model.keras --data mnist5k --json
+      compress inspect model.tflite      # what the converter wrote
     """
+    from compress import artifacts
+
+    if artifacts.is_artifact(model):
+        return _inspect_artifact(model, data, latency, as_json)
     from compress.cli.common import load_inputs
     from compress.report import model_report
 
@@ -49,6 +58,28 @@ def command(model, data, split, show_layers, latency, seed, unsafe, as_json):
                  f"{r['sparsity']:6.1%} zero" for r in report["layers"]]
         lines.insert(0, "per-layer sparsity:")
     emit(report, as_json, reports=[report], title=f"{model}", lines=lines)
+
+
+def _inspect_artifact(path, data, latency, as_json):
+    """``inspect`` of a .tflite/.onnx file: its structure, and its latency in its runtime."""
+    from compress import artifacts, runtime
+    from compress.cli.common import refuse_missing
+    from compress.errors import CompressError
+
+    refuse_missing(path)
+    if data is not None:
+        raise CompressError(f"{path}: --data scores a Keras model on its task; an artifact "
+                            "alone has none (quantize and export score the artifact against "
+                            "the model they start from)")
+    report = artifacts.summary(path)
+    shapes = artifacts.sample_shapes(report)
+    if latency and shapes is not None:
+        report["latency_ms"] = runtime.runtime_latency_ms(path, shapes, threads=1,
+                                                          fmt=report["format"])
+        report["runtime"] = ("LiteRT" if report["format"] == "tflite" else
+                             f"onnxruntime {runtime.provider()}")
+    emit(report, as_json, lines=artifacts.lines(report))
+    return report
 
 
 def _is_dir(path):

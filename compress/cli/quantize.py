@@ -150,6 +150,8 @@ def emit_result(result: dict, as_json: bool) -> None:
         console.print(f"[bold red]warning:[/] the {result['mode']} model disagrees with its "
                       f"float model on {result['agreement_samples']} inputs: "
                       f"{result['agreement']}")
+    if result.get("nothing_quantized"):
+        console.print(f"[bold red]warning:[/] {result['nothing_quantized']}")
     if result.get("quantized_layers"):
         console.print("quantized by Keras: " + ", ".join(
             f"{k} ({v})" for k, v in result["quantized_layers"].items()))

@@ -232,6 +232,8 @@ def quantize(model, data=None, *, verbose: int | str = 0, **options) -> tuple[by
         content, measured = _artifact(model, data, fmt, x_cal, x_check, x_test, y_test,
                                       opts, reference=original)
     info.update(measured)
+    if fmt in ("tflite", "onnx") and opts["mode"] in ("int8", "dynamic"):
+        info.update(_stored_in_int8(content, fmt, opts["mode"]))
     if opts["qat"]:  # the artifact against the QAT-trained float model it was converted from
         info["qat"].update(_qat_float_agreement(content, fmt, trained, x_check, opts))
     if opts["debug_layers"]:
@@ -629,6 +631,24 @@ def _zipped_size(content: bytes, suffix: str) -> int:
 
 def _model_kernels(model) -> list[np.ndarray]:
     return [np.asarray(w) for w in model.weights if len(w.shape) >= 2]
+
+
+def _stored_in_int8(content: bytes, fmt: str, mode: str) -> dict:
+    """The share of the artifact's stored weight values in 8 bits, and a warning when it
+    is none: the converter may leave a model in float (TFLite's dynamic-range mode keeps
+    tensors under 1,024 values float) and the artifact is then the float model."""
+    from compress.artifacts import quantized_share, structure
+
+    share = quantized_share(structure(content, fmt)["weights"])
+    out = {"int8_weight_share": share}
+    if share == 0:
+        why = (": TFLite's dynamic-range mode keeps weight tensors under 1,024 values in "
+               "float" if fmt == "tflite" and mode == "dynamic" else "")
+        out["nothing_quantized"] = (f"no weight is stored in 8 bits{why}; this artifact is "
+                                    "the float model (use the full-integer mode, int8, for "
+                                    "small layers)" if mode == "dynamic" else
+                                    f"no weight is stored in 8 bits{why}")
+    return out
 
 
 def _artifact_weights(content: bytes, fmt: str) -> list[np.ndarray]:
