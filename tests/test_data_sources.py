@@ -204,6 +204,35 @@ def test_image_folder_streams_resized_labelled_images(image_folder, cnn_file, di
     assert not unlabelled.labelled and unlabelled.head("train", 3)[0].shape == (3, 8, 8, 1)
 
 
+def test_a_model_that_rescales_pixels_itself_gets_them_in_0_255(image_folder, digits3, cli,
+                                                                tmp_path):
+    # Rescaling(1/255) inside (the keras.io pattern): the folder gave [0, 1] pixels, which the
+    # model scaled again, and a trained model scored chance, silently
+    import keras
+
+    from compress.data import load_data, prepare
+
+    keras.utils.set_random_seed(0)
+    x, y = digits3
+    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Rescaling(1 / 255),
+                              keras.layers.Flatten(), keras.layers.Dense(3, activation="softmax")])
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(np.round(x * 255), y, epochs=60, verbose=0)
+    data = prepare(model, load_data(str(image_folder), seed=0))
+    images, _ = data.head("train", 8)
+    assert images.max() > 100 and any("scales pixels itself (Rescaling 0.003922)" in n
+                                      for n in data.notes)
+    path = tmp_path / "rescales.keras"
+    model.save(path)
+    r = cli("inspect", path, "--data", image_folder, "--json", "--no-latency")
+    assert r.exit_code == 0, r.output
+    accuracy = json.loads(r.output[r.output.index("{"):])["accuracy"]
+    assert accuracy > 0.8 and "--preprocess raw" in r.output  # the note, on stderr
+    forced = cli("inspect", path, "--data", image_folder, "--preprocess", "scale01", "--json",
+                 "--no-latency")
+    assert json.loads(forced.output[forced.output.index("{"):])["accuracy"] < 0.6
+
+
 def test_preprocessing_matches_keras_applications():
     import importlib
 

@@ -120,7 +120,8 @@ def _keep_data_setting(ctx, param, value):
 _data_settings_options = [
     click.option("--preprocess", default=None, expose_value=False, metavar="NAME",
                  callback=_keep_data_setting,
-                 help="Image folders: pixel preprocessing: scale01 (default, [0, 1]), tf "
+                 help="Image folders: pixel preprocessing: scale01 (default, [0, 1]; "
+                      "raw for a model that rescales pixels itself), tf "
                       "([-1, 1]), caffe, torch, raw, or a keras.applications family "
                       "(mobilenet_v2, resnet50, efficientnet, ...)."),
     click.option("--val-data", default=None, expose_value=False, metavar="DIR",
@@ -331,6 +332,10 @@ def load_inputs(model_path: str, data: str | None, seed: int, unsafe: bool,
         if ctx is not None:
             ctx.meta["compress_input_note"] = note
     dataset = data_mod.prepare(model, raw) if raw is not None else None
+    said = list(getattr(raw, "notes", None) or [])
+    for note in getattr(dataset, "notes", None) or []:  # what fitting to the model found
+        if note not in said:
+            click.echo(note, err=True)
     return model, dataset
 
 

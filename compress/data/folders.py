@@ -167,15 +167,30 @@ class ImageFolder:
                             "(height, width, 1 or 3 channels); an image folder cannot feed it")
 
     def stream(self, model, seed: int = 0):
-        """A :class:`~compress.data.streaming.StreamDataset` decoding the images for ``model``."""
+        """A :class:`~compress.data.streaming.StreamDataset` decoding the images for ``model``.
+
+        Without ``--preprocess``, a model that scales pixels itself (a ``Rescaling`` or an
+        ``Normalization`` to pixel statistics before its first trained layer, as in the
+        keras.io image classification examples and EfficientNet) gets them in [0, 255]
+        (``raw``), said in a note; any other model gets [0, 1] (``scale01``).
+        """
         import tensorflow as tf
 
         from compress.data.streaming import StreamDataset
 
         h, w, c = self.image_shape(model)
-        mode = preprocess_mode(self.preprocess)
+        notes = list(self.notes)
+        preprocess = self.preprocess
+        if preprocess is None:
+            inside = rescales_inside(model)
+            preprocess = "raw" if inside else DEFAULT_PREPROCESS
+            if inside:
+                notes.append(f"data {self.name}: model '{model.name}' scales pixels itself "
+                             f"({inside}): images are given in [0, 255] (--preprocess raw); "
+                             "pass --preprocess to choose")
+        mode = preprocess_mode(preprocess)
         if mode in ("caffe", "torch") and c != 3:
-            raise CompressError(f"--preprocess {self.preprocess}: needs colour (3-channel) "
+            raise CompressError(f"--preprocess {preprocess}: needs colour (3-channel) "
                                 f"images; model '{model.name}' takes {c} channel(s)")
         target = tuple(model.inputs[0].shape[1:])
         target = tuple(d if d is not None else s for d, s in zip(target, (h, w, c)))
@@ -210,7 +225,7 @@ class ImageFolder:
             "val": np.asarray(self.val_labels, "int64"),
             "test": np.asarray(self.val_labels, "int64")}
         return StreamDataset(self.name, splits, num_classes=self.num_classes,
-                             labelled=self.labelled, notes=list(self.notes), labels=labels)
+                             labelled=self.labelled, notes=notes, labels=labels)
 
 
 def scan(path: str, seed: int = 0, preprocess: str | None = None, val_data: str | None = None,
@@ -260,7 +275,34 @@ def scan(path: str, seed: int = 0, preprocess: str | None = None, val_data: str 
         notes.append(f"data {path}: skipped {len(skipped)} unreadable image file"
                      f"{'s' if len(skipped) > 1 else ''} ({shown}{more})")
     return ImageFolder(str(path), files, labels, v_files, v_labels, classes,
-                       preprocess or DEFAULT_PREPROCESS, first, skipped, notes)
+                       preprocess, first, skipped, notes)
+
+
+def rescales_inside(model) -> str | None:
+    """How ``model`` scales [0, 255] pixels itself before its first trained layer: a
+    ``Rescaling`` by at most 1/100, or a ``Normalization`` whose means are pixel-sized
+    (above 2); None when it does not (it then expects inputs already scaled).
+
+    >>> import keras
+    >>> m = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Rescaling(1 / 255),
+    ...                       keras.layers.Conv2D(4, 3)])
+    >>> rescales_inside(m)
+    'Rescaling 0.003922'
+    >>> rescales_inside(keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3)]))
+    """
+    from compress.models import _leaves
+
+    for layer in _leaves(model):
+        kind = type(layer).__name__
+        if kind == "Rescaling":
+            scale = float(np.max(np.abs(np.asarray(layer.scale, "float64"))))
+            return f"Rescaling {scale:.4g}" if scale <= 0.01 else None
+        if kind == "Normalization" and getattr(layer, "mean", None) is not None:
+            mean = float(np.max(np.abs(np.asarray(layer.mean, "float64"))))
+            return f"Normalization, mean up to {mean:.4g}" if mean > 2 else None
+        if layer.trainable_weights:
+            return None
+    return None
 
 
 def _list(root: Path):
