@@ -233,6 +233,25 @@ def test_a_model_that_rescales_pixels_itself_gets_them_in_0_255(image_folder, di
     assert json.loads(forced.output[forced.output.index("{"):])["accuracy"] < 0.6
 
 
+def test_named_datasets_scale_for_such_a_model_and_own_arrays_are_warned(tmp_path):
+    import keras
+
+    from compress.data import load_data, prepare
+
+    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Rescaling(1 / 255),
+                              keras.layers.Flatten(), keras.layers.Dense(10)])
+    digits = prepare(model, load_data("digits", seed=0))
+    assert 200 < digits.x_train.max() <= 255 and "given in [0, 255]" in digits.notes[-1]
+    x = np.random.default_rng(0).random((40, 8, 8, 1)).astype("float32")
+    np.savez(tmp_path / "own.npz", x_train=x, y_train=np.arange(40) % 10)
+    own = prepare(model, load_data(f"npz:{tmp_path / 'own.npz'}", seed=0))
+    assert own.x_train.max() <= 1.0  # the user's arrays are theirs: a warning only
+    assert own.notes[-1].startswith("warning:") and "expects [0, 255]" in own.notes[-1]
+    plain = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
+                              keras.layers.Dense(10)])
+    assert prepare(plain, load_data("digits", seed=0)).x_train.max() <= 1.0
+
+
 def test_preprocessing_matches_keras_applications():
     import importlib
 

@@ -309,11 +309,39 @@ def prepare(model, dataset):
                 check_targets(model, dataset.split(split)[1], f"{dataset.name} ({split})")
     import dataclasses
 
+    dataset = _pixel_range(dataset, model)
     return dataclasses.replace(
         dataset,
         x_train=fit_to_model(dataset.x_train, model, dataset.name),
         x_val=fit_to_model(dataset.x_val, model, dataset.name),
         x_test=fit_to_model(dataset.x_test, model, dataset.name))
+
+
+def _pixel_range(dataset: Dataset, model) -> Dataset:
+    """A named image dataset (pixels in [0, 1]) given in [0, 255] to a model that scales
+    pixels itself (:func:`compress.data.folders.rescales_inside`), with a note; the user's
+    own arrays are kept as they are, with a warning when they look like [0, 1] pixels."""
+    import dataclasses
+
+    from compress.data.folders import rescales_inside
+    from compress.data.named import NAMES
+
+    x = dataset.x_train
+    if not isinstance(x, np.ndarray) or not np.issubdtype(x.dtype, np.floating) or \
+            x.size == 0 or float(np.max(x)) > 1.0 or float(np.min(x)) < 0.0:
+        return dataset
+    inside = rescales_inside(model)
+    if not inside:
+        return dataset
+    if dataset.name in NAMES:
+        note = (f"data {dataset.name}: model '{model.name}' scales pixels itself ({inside}): "
+                "the images are given in [0, 255]")
+        return dataclasses.replace(
+            dataset, notes=[*dataset.notes, note],
+            **{k: getattr(dataset, k) * np.float32(255) for k in ("x_train", "x_val", "x_test")})
+    note = (f"warning: data {dataset.name}: inputs are in [0, 1] but model '{model.name}' scales "
+            f"pixels itself ({inside}), which expects [0, 255]: the scores may be wrong")
+    return dataclasses.replace(dataset, notes=[*dataset.notes, note])
 
 
 def _fit_stream_dataset(dataset: StreamDataset, model) -> StreamDataset:
