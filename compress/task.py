@@ -188,9 +188,11 @@ class Task:
                 return {"mse": float("inf"), "mae": float("inf")}
             err = out - y
             return {"mse": float(np.mean(err ** 2)), "mae": float(np.mean(np.abs(err)))}
+        # binary and multi-label: each output value right or not, as Keras's binary_accuracy
+        # (a binary segmenter's pixels; a sample counted only when all were right read 0%)
         threshold = 0.0 if self.from_logits else 0.5
-        right = ((out > threshold) == (y > 0.5)).reshape(len(out), -1).all(axis=1)
-        return {"accuracy": float(np.mean(right & finite))}
+        right = ((out > threshold) == (y > 0.5)) & np.isfinite(out)
+        return {"accuracy": float(np.mean(right))}
 
     def evaluate_data(self, model, data, split: str = "test", batch_size: int = 256,
                       predict=None) -> dict:

@@ -125,3 +125,38 @@ def test_distilling_a_segmenter_is_refused_in_words_that_fit_it(segmenter, cli, 
             f"npz:{d / 'seg.npz'}")
     assert r.exit_code == 1 and "an output at every position" in r.output
     assert "one unit" not in r.output and not (tmp_path / "s.keras").exists()
+
+
+def test_a_binary_segmenter_is_scored_per_pixel_as_keras_does(cli, tmp_path):
+    # a sigmoid mask: a sample counted as right only when all its pixels were read 0.00%
+    # against Keras's binary_accuracy of ~70%
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(160, 12, 12, 2)).astype("float32")
+    y = (x[..., 0] > x[..., 1]).astype("int64")
+    inp = keras.Input((12, 12, 2))
+    h = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inp)
+    model = keras.Model(inp, keras.layers.Conv2D(1, 1, activation="sigmoid")(h))
+    model.compile("adam", "binary_crossentropy", metrics=["binary_accuracy"])
+    model.fit(x[:128], y[:128, ..., None], epochs=5, verbose=0)
+    keras_acc = model.evaluate(x[128:], y[128:, ..., None], verbose=0)[1]
+    model.save(tmp_path / "bseg.keras")
+    np.savez(tmp_path / "bseg.npz", x_train=x[:128], y_train=y[:128], x_test=x[128:],
+             y_test=y[128:])
+    r = _json(cli("prune", tmp_path / "bseg.keras", "-o", tmp_path / "p.keras", "--data",
+                  f"npz:{tmp_path / 'bseg.npz'}", "--sparsity", "0.3", "--json", "-q"))
+    assert 0.5 < r["before"]["accuracy"] == pytest.approx(keras_acc, abs=1e-4)
+
+
+def test_multilabel_accuracy_is_per_label_as_keras_binary_accuracy():
+    from compress.task import resolve
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="sigmoid")])
+    task = resolve(model)
+    out = np.array([[0.9, 0.1, 0.8], [0.2, 0.7, 0.4], [np.nan, 0.9, 0.9]])
+    y = np.array([[1, 0, 0], [0, 1, 0], [1, 1, 1]])
+    # 2 of 3, 3 of 3, and 2 of 3 (the NaN value counts as wrong) = 7 of 9
+    assert task.score(out, y)["accuracy"] == pytest.approx(7 / 9)
+    metric = keras.metrics.BinaryAccuracy()
+    metric.update_state(y[:2], out[:2])
+    assert task.score(out[:2], y[:2])["accuracy"] == pytest.approx(float(metric.result()))
