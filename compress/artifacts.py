@@ -166,7 +166,9 @@ def _onnx(content: bytes) -> dict:
             channels = int(np.prod(shape)) if shape else 1
         _weights_entry(weights, dtype.name, values, values * dtype.itemsize, channels)
     ops = Counter(n.op_type for n in graph.node)
-    return {"inputs": [value_info(v) for v in graph.input if v.name not in init],
+    external = sum(t.data_location == onnx.TensorProto.EXTERNAL for t in graph.initializer)
+    return {"external_data": external,
+            "inputs": [value_info(v) for v in graph.input if v.name not in init],
             "outputs": [value_info(v) for v in graph.output],
             "ops": dict(ops.most_common()), "weights": weights,
             "opset": max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
@@ -209,6 +211,10 @@ def lines(s: dict) -> list[str]:
         out.append(f"  {s['sparse_tensors']} tensors in TFLite's sparse format")
     ops = ", ".join(f"{k} {v}" for k, v in s["ops"].items())
     out.append(f"operators ({sum(s['ops'].values())}): {ops}")
+    if s.get("external_data"):
+        out.append(f"  {s['external_data']} tensors stored outside the file (external data)")
     if "latency_ms" in s:
         out.append(f"latency b=1, 1 thread: {s['latency_ms']:.3f} ms ({s['runtime']})")
+    if s.get("latency_not_measured"):
+        out.append(f"latency not measured: {s['latency_not_measured']}")
     return out

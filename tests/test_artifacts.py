@@ -97,3 +97,30 @@ def test_dynamic_mode_that_quantizes_nothing_says_so(cli, tmp_path):
     assert r["int8_weight_share"] == pytest.approx(2048 / 2048, abs=0.02)
     assert "nothing_quantized" not in r
     assert np.isfinite(r["sqnr_db"])
+
+
+def test_an_onnx_file_with_external_data_is_described_not_run(artifacts, cli, tmp_path):
+    # a user's ONNX file may point its weights at other files: inspect reads the structure
+    # and does not hand the file to onnxruntime, which would open them
+    import onnx
+
+    model = onnx.load(str(artifacts / "fp16.onnx"))
+    onnx.save_model(model, str(tmp_path / "ext.onnx"), save_as_external_data=True,
+                    all_tensors_to_one_file=True, location="weights.bin", size_threshold=0)
+    r = _json(cli("inspect", tmp_path / "ext.onnx", "--json"))
+    assert r["external_data"] >= 3 and "external data" in r["latency_not_measured"]
+    assert "latency_ms" not in r and r["weights"]["float16"]["values"] == WEIGHTS + BIASES
+
+
+def test_a_tflite_file_its_runtime_refuses_is_still_described(artifacts, cli, tmp_path,
+                                                              monkeypatch):
+    from compress import runtime
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("Encountered unresolved custom op: MyOp.\n Node number 0")
+
+    monkeypatch.setattr(runtime, "runtime_latency_ms", refuse)
+    r = cli("inspect", artifacts / "int8.tflite")
+    assert r.exit_code == 0 and "FULLY_CONNECTED 3" in r.output
+    assert "latency not measured: the runtime refused it (RuntimeError: Encountered " \
+           "unresolved custom op: MyOp. Node number 0)" in " ".join(r.output.split())

@@ -73,11 +73,21 @@ def _inspect_artifact(path, data, latency, as_json):
                             "the model they start from)")
     report = artifacts.summary(path)
     shapes = artifacts.sample_shapes(report)
-    if latency and shapes is not None:
-        report["latency_ms"] = runtime.runtime_latency_ms(path, shapes, threads=1,
-                                                          fmt=report["format"])
-        report["runtime"] = ("LiteRT" if report["format"] == "tflite" else
-                             f"onnxruntime {runtime.provider()}")
+    why = ("it reads weights from other files (external data), which inspect does not open"
+           if report.get("external_data") else
+           "an input is not numeric" if shapes is None else None)
+    if latency and why:
+        report["latency_not_measured"] = why
+    elif latency:
+        try:
+            report["latency_ms"] = runtime.runtime_latency_ms(path, shapes, threads=1,
+                                                              fmt=report["format"])
+            report["runtime"] = ("LiteRT" if report["format"] == "tflite" else
+                                 f"onnxruntime {runtime.provider()}")
+        except Exception as exc:  # noqa: BLE001 - the structure is still worth reporting
+            text = " ".join(str(exc).split())[:160]
+            report["latency_not_measured"] = (f"the runtime refused it ({type(exc).__name__}: "
+                                              f"{text})")
     emit(report, as_json, lines=artifacts.lines(report))
     return report
 
