@@ -30,6 +30,7 @@ from compress.errors import CompressError
 from compress.options import Option, Schema
 from compress.passes import Pass
 from compress.quiet import quiet_output
+from compress.report import UNKNOWN_SIZE, concrete_shape
 from compress.runtime import refuse_keras_quantized, verify
 
 FORMATS = {"onnx": ".onnx", "tflite": ".tflite"}
@@ -102,7 +103,24 @@ def export_artifact(model, data=None, *, verbose=0, **options) -> tuple[bytes, d
     fmt = opts["format"] or "onnx"
     x = verification_inputs(model, data, opts["samples"], opts["seed"])
     content, check = _exported(model, fmt, x, opts["atol"], where=f"model '{model.name}'")
-    return content, {"format": fmt, "bytes": len(content), **check}
+    info = {"format": fmt, "bytes": len(content), **check}
+    note = unknown_size_note(model, data)
+    if note:
+        info["input_size_note"] = note
+    return content, info
+
+
+def unknown_size_note(model, data) -> str | None:
+    """A note when the model's inputs have unknown sizes and no data gives them."""
+    if data is not None:
+        return None
+    unknown = [t for t in model.inputs if concrete_shape(t.shape[1:], t.dtype) !=
+               concrete_shape(t.shape[1:], "int32")]  # image axes of unknown size
+    if not unknown:
+        return None
+    return (f"input size unknown ({', '.join(str(tuple(t.shape)) for t in unknown)}): checked "
+            f"and timed on random inputs of size {UNKNOWN_SIZE} on those axes; pass --data "
+            "for the real size")
 
 
 def _suffix(options: dict) -> str:
@@ -133,10 +151,11 @@ def verification_inputs(model, data=None, samples: int = 256, seed: int = 0) -> 
         return named_inputs(model, fit_to_model(x, model, "test data"))
     rng = np.random.default_rng(seed)
     if len(model.inputs) > 1:  # several inputs: a dict keyed by input name
-        return {name: rng.random((samples,) + tuple(d or 1 for d in t.shape[1:]),
+        return {name: rng.random((samples,) + concrete_shape(t.shape[1:], t.dtype),
                                  dtype=np.float32)
                 for name, t in zip(_input_names(model), model.inputs)}
-    shape = tuple(d or 1 for d in model.inputs[0].shape[1:])
+    t = model.inputs[0]
+    shape = concrete_shape(t.shape[1:], t.dtype)
     return rng.random((samples,) + shape, dtype=np.float32)
 
 

@@ -122,20 +122,40 @@ def cpu_info(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> dict:
             "int8_dot_product": any(f in flags for f in INT8_DOT_FLAGS)}
 
 
+#: The size random inputs take on an image axis the model leaves unknown (a fully
+#: convolutional model's height and width) in export checks and latencies: 1 made a 3x3
+#: convolution see one pixel, a check of almost nothing.
+UNKNOWN_SIZE = 32
+
+
+def concrete_shape(shape, dtype="float32") -> tuple:
+    """One sample's ``shape`` (no batch axis) with its unknown sizes filled: image axes
+    (a float input of 3 or more axes) with :data:`UNKNOWN_SIZE`, others (a sequence's
+    length, whose position table may be short) with 1.
+
+    >>> concrete_shape((None, None, 3)), concrete_shape((None,), "int32")
+    ((32, 32, 3), (1,))
+    """
+    image = len(shape) >= 3 and np.issubdtype(np.dtype(dtype or "float32"), np.floating)
+    fill = UNKNOWN_SIZE if image else 1
+    return tuple(fill if d is None else int(d) for d in shape)
+
+
 def keras_latency_ms(model, sample_shape: tuple | None = None, batch: int = 1,
                      runs: int = 50) -> float:
     """Median batch-``batch`` latency of the model's compiled forward pass.
 
     ``sample_shape`` is one input's shape without the batch axis; by default every input of
-    the model gets a random tensor of its own shape and dtype (unknown sizes read as 1), so
-    models with several inputs are timed too.
+    the model gets a random tensor of its own shape and dtype (unknown sizes read as
+    :func:`concrete_shape`, as the export checks take them), so models with several inputs
+    are timed too.
     """
     import tensorflow as tf
 
     rng = np.random.default_rng(0)
 
     def sample(shape, dtype="float32"):
-        shape = (batch,) + tuple(1 if d is None else int(d) for d in shape)
+        shape = (batch,) + concrete_shape(shape, dtype)
         if np.issubdtype(np.dtype(dtype), np.floating):
             return tf.constant(rng.random(shape, dtype=np.float32).astype(dtype))
         return tf.zeros(shape, dtype=dtype)

@@ -160,3 +160,25 @@ def test_multilabel_accuracy_is_per_label_as_keras_binary_accuracy():
     metric = keras.metrics.BinaryAccuracy()
     metric.update_state(y[:2], out[:2])
     assert task.score(out[:2], y[:2])["accuracy"] == pytest.approx(float(metric.result()))
+
+
+def test_a_fully_convolutional_model_takes_masks_and_says_what_size_it_was_checked_at(
+        segmenter, cli, tmp_path):
+    # Input((None, None, 3)): masks of (12, 12) were refused against an output of
+    # (None, None, 3); without data, inputs of unknown size were checked (and timed) at
+    # 1x1 pixels, where a 3x3 convolution sees almost nothing, without saying so
+    d, *_ = segmenter
+    inp = keras.Input((None, None, 3))
+    h = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inp)
+    model = keras.Model(inp, keras.layers.Conv2D(3, 1, activation="softmax")(h))
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.save(tmp_path / "fcn.keras")
+    q = _json(cli("quantize", tmp_path / "fcn.keras", "-o", tmp_path / "q.tflite", "--data",
+                  f"npz:{d / 'seg.npz'}", "--json", "-q", "--no-latency"))
+    assert q["verified"] and 0 <= q["accuracy"] <= 1 and "input_size_note" not in q
+    e = _json(cli("export", tmp_path / "fcn.keras", "-o", tmp_path / "e.onnx", "--json",
+                  "-q"))
+    assert "size 32 on those axes" in e["input_size_note"] and e["top1_agreement"] == 1.0
+    text = cli("inspect", tmp_path / "fcn.keras")
+    assert "note: input size unknown ((None, None, None, 3)): timed on random inputs of " \
+           "size 32" in " ".join(text.output.split())

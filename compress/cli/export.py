@@ -112,4 +112,6 @@ def command(model, output, data, seed, unsafe, as_json, force, quantize=None, sp
         lines.append(f"note: {result['export_copy']}")
     if result.get("input_note"):
         lines.append(f"note: {result['input_note']}")
+    if result.get("input_size_note"):
+        lines.append(f"note: {result['input_size_note']}")
     emit(result, as_json, lines=lines)

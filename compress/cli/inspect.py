@@ -57,6 +57,12 @@ def command(model, data, split, show_layers, latency, seed, unsafe, as_json):
         lines = [f"  {r['layer']:<24} {r['type']:<22} {r['params']:>10,} params  "
                  f"{r['sparsity']:6.1%} zero" for r in report["layers"]]
         lines.insert(0, "per-layer sparsity:")
+    from compress.export import unknown_size_note
+
+    note = unknown_size_note(loaded, dataset) if latency else None
+    if note:
+        report["input_size_note"] = note.replace("checked and timed", "timed")
+        lines.append(f"note: {report['input_size_note']}")
     emit(report, as_json, reports=[report], title=f"{model}", lines=lines)
 
 

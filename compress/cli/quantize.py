@@ -180,6 +180,8 @@ def emit_result(result: dict, as_json: bool) -> None:
         console.print(f"note: {result['export_copy']}")
     if result.get("input_note"):  # a subclassed model, wrapped to be traced
         console.print(f"note: {result['input_note']}")
+    if result.get("input_size_note"):  # unknown input sizes, no data: random inputs
+        console.print(f"note: {result['input_size_note']}")
     if result.get("equalization"):
         console.print(f"note: {result['equalization']['note']}")
     if result.get("qat"):

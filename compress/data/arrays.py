@@ -260,12 +260,20 @@ def check_targets(model, y, name: str = "data") -> None:
         _check_one(model, out, np.asarray(v), f"{name} output '{key}'")
 
 
+def _fits(per_sample: tuple, shape: tuple) -> bool:
+    """Whether targets of ``per_sample`` shape fit an output of ``shape``, whose unknown
+    sizes (None: a fully convolutional model's height and width) take any size."""
+    return len(per_sample) == len(shape) and all(
+        d is None or d == s for s, d in zip(per_sample, shape))
+
+
 def _check_one(model, output, y, name) -> None:
     shape = tuple(output.shape[1:])
     per_sample = tuple(y.shape[1:])
-    if per_sample == shape or (per_sample == () and shape == (1,)):
+    if _fits(per_sample, shape) or (per_sample == () and shape == (1,)):
         return  # targets shaped like the output (one-hot, regression, masks)
-    if len(shape) >= 2 and per_sample in (shape[:-1], shape[:-1] + (1,)) and \
+    if len(shape) >= 2 and (_fits(per_sample, shape[:-1]) or
+                            _fits(per_sample, shape[:-1] + (1,))) and \
             np.issubdtype(y.dtype, np.integer):  # a class per position: pixels, tokens
         if y.size and (y.min() < 0 or y.max() >= max(shape[-1], 2)):
             raise CompressError(f"{name}: labels go from {int(y.min())} to {int(y.max())} but "

@@ -176,7 +176,7 @@ def quantize(model, data=None, *, verbose: int | str = 0, **options) -> tuple[by
         CompressError: bad options, no or misshapen calibration data, an op the format
             cannot quantize (the layer is named), an artifact that fails in its runtime.
     """
-    from compress.export import verification_inputs
+    from compress.export import unknown_size_note, verification_inputs
     from compress.training import check_finite
 
     opts = QUANTIZE_OPTIONS.validate(options)
@@ -196,6 +196,8 @@ def quantize(model, data=None, *, verbose: int | str = 0, **options) -> tuple[by
     # a classifier; SQNR and MSE for a regression, whose one unit always "agrees").
     opts["_task"] = resolve(model, opts["loss"], opts["metrics"], y=y_test)
     info = {"mode": opts["mode"], "format": fmt, "qat": None, "task": opts["_task"].kind}
+    if fmt != "keras" and unknown_size_note(model, data):
+        info["input_size_note"] = unknown_size_note(model, data)
     # Every reported number compares with the user's float model (what ships today), not
     # with a copy made on the way (QAT-trained, equalized, GPTQ-rounded, int4-snapped).
     original = model
