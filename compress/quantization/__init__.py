@@ -244,7 +244,8 @@ def quantize(model, data=None, *, verbose: int | str = 0, **options) -> tuple[by
         info["layer_sqnr"] = layer_sqnr(model, x_cal, per_channel=opts["per_channel"])
     if info.get("calibration_samples") is None and needs_data(opts):
         info["calibration_samples"] = _length(x_cal)
-    if "latency_ratio" in info and opts["mode"] in ("int8", "dynamic"):
+    if "latency_ratio" in info and opts["mode"] in ("int8", "dynamic") and \
+            not info.get("nothing_quantized"):  # a float file: no int8 kernel to explain
         info["latency_note"] = latency_note(info["latency_ratio"]["1"])
     return content, info
 
