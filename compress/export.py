@@ -31,7 +31,7 @@ from compress.options import Option, Schema
 from compress.passes import Pass
 from compress.quiet import quiet_output
 from compress.report import UNKNOWN_SIZE, concrete_shape
-from compress.runtime import refuse_keras_quantized, verify
+from compress.runtime import refuse_keras_quantized, refuse_lookup_tables, verify
 
 FORMATS = {"onnx": ".onnx", "tflite": ".tflite"}
 # An ill-conditioned network (a random EfficientNetV2B0 of the model zoo: logits up to 420,
@@ -255,6 +255,7 @@ def _exported(model, fmt: str, x, atol: float, where: str, opset: int | None = N
     check_finite(model)
     if fmt == "tflite":
         refuse_keras_quantized(model)
+    refuse_lookup_tables(model, fmt)
     reference = model
     model, notes = export_copy(model, fmt)
     _ensure_called(model)

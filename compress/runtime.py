@@ -130,6 +130,30 @@ def refuse_keras_quantized(model) -> None:
             f"{policy}); start from the float model it was made from")
 
 
+#: Keras preprocessing layers that look values up in a hash table or take strings: their
+#: TensorFlow ops have no TFLite builtin kernel and no ONNX runtime takes them.
+LOOKUP_LAYERS = ("StringLookup", "IntegerLookup", "TextVectorization", "Hashing",
+                 "HashedCrossing")
+
+
+def refuse_lookup_tables(model, fmt: str) -> None:
+    """Refuse, in one line, a model holding a lookup-table preprocessing layer, before a
+    converter fails on it (TFLite's message suggested ONNX, where it fails too).
+
+    Raises:
+        CompressError: naming the layer and what to do.
+    """
+    walk = getattr(model, "_flatten_layers", None)
+    layers = list(walk(include_self=False, recursive=True)) if walk else []
+    layer = next((la for la in layers if type(la).__name__ in LOOKUP_LAYERS), None)
+    if layer is not None:
+        raise CompressError(
+            f"model '{model.name}': layer '{layer.name}' ({type(layer).__name__}) looks values "
+            f"up in a table, which neither TFLite's builtin ops nor onnxruntime run; {fmt} needs "
+            "the model without it: apply it in the input pipeline (tf.data) and export the "
+            "model that takes its output")
+
+
 # onnxruntime execution providers by --provider name, in the order a session tries them
 # (TensorRT and CUDA fall back to the CPU for the nodes they do not take).
 PROVIDERS = {"cpu": ["CPUExecutionProvider"],

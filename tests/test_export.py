@@ -266,3 +266,22 @@ def test_augmentation_layers_are_left_out_of_the_onnx_copy(tmp_path):
     assert check["max_abs_diff"] <= 1e-4 and check["top1_agreement"] == 1.0
     assert "left out of the ONNX copy (random_flip, random_rotation, random_zoom)" in \
         check["export_copy"] and check["copy_max_abs_diff"] == 0.0
+
+
+@pytest.mark.parametrize("command,suffix", [("export", "onnx"), ("quantize", "tflite")])
+def test_a_lookup_table_layer_is_refused_in_one_line_for_both_formats(cli, tmp_path, command,
+                                                                      suffix):
+    # TFLite's refusal advised --format onnx, where the export failed too (INVALID_GRAPH)
+    import keras
+
+    model = keras.Sequential([keras.Input((5,), dtype="int64"),
+                              keras.layers.IntegerLookup(vocabulary=[1, 2, 3], name="ids"),
+                              keras.layers.Embedding(5, 4), keras.layers.Flatten(),
+                              keras.layers.Dense(2, activation="softmax")], name="lk")
+    model.save(tmp_path / "lk.keras")
+    out = tmp_path / f"out.{suffix}"
+    r = cli(command, tmp_path / "lk.keras", "-o", out, "--mode" if command == "quantize"
+            else "--samples", "dynamic" if command == "quantize" else "8")
+    assert r.exit_code == 1 and not out.exists()
+    assert r.output.startswith("error: model 'lk': layer 'ids' (IntegerLookup) looks values up")
+    assert len(r.output.strip().splitlines()) == 1, r.output

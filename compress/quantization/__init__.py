@@ -76,7 +76,7 @@ from compress.errors import CompressError
 from compress.options import Option, Schema
 from compress.passes import Pass
 from compress.quantization.keras_modes import KERAS_MODES
-from compress.runtime import refuse_keras_quantized
+from compress.runtime import refuse_keras_quantized, refuse_lookup_tables
 from compress.task import TASK_OPTIONS
 
 QUANTIZE_OPTIONS = Schema("quantize", [
@@ -185,6 +185,8 @@ def quantize(model, data=None, *, verbose: int | str = 0, **options) -> tuple[by
     model = ensure_signature(model, data)  # a subclassed model: wrapped, with an input
     fmt = artifact_format(opts)
     refuse_keras_quantized(model)
+    if fmt != "keras":
+        refuse_lookup_tables(model, fmt)
     require_data(opts, data)
     data = as_dataset(data, model)  # a tf.data.Dataset, arrays, (x, y), a name: one form
     check_finite(model)  # NaN weights would quantize to garbage that "agrees" with NaN
