@@ -170,3 +170,53 @@ def test_centroid_finetuning_is_a_fit_that_resumes(mlp_file, tmp_path, monkeypat
     assert np.abs(k_resumed - k_whole).max() < 0.5 * np.abs(k_plain - k_whole).max()
     assert abs(info["accuracy"] - whole_info["accuracy"]) <= 0.02
     assert not any(ck.iterdir())
+
+
+def test_finetuning_without_labels_follows_the_original(mlp_file, tmp_path):
+    # unlabelled data was refused ("trains the centroids on labels"); it now trains the
+    # centroids to reproduce the original model, as the other label-free passes do
+    import keras
+
+    from compress.data import load_data
+    from compress.report import fidelity
+    from compress.sharing import cluster_model
+
+    path, ds = mlp_file
+    model = keras.models.load_model(path)
+    np.save(tmp_path / "inputs.npy", ds.x_train)
+    inputs = load_data(str(tmp_path / "inputs.npy"), seed=0)
+    assert not inputs.labelled
+    plain, _ = cluster_model(model, inputs, clusters=2)
+    tuned, _ = cluster_model(model, inputs, clusters=2, epochs=4, learning_rate=1e-3)
+    for m in (plain, tuned):
+        assert max(np.unique(np.asarray(m.get_layer(n).kernel)).size
+                   for n in ("fc1", "fc2", "predictions")) <= 2
+    before = fidelity(plain, model, ds.x_test, classifier=True)
+    after = fidelity(tuned, model, ds.x_test, classifier=True)
+    # 2 centroids per layer: 3.0 -> 4.1 dB, top-1 agreement 25% -> 44% when written
+    assert after["sqnr_db"] > before["sqnr_db"] + 0.5  # closer to the original
+    assert after["top1_agreement"] > before["top1_agreement"] + 0.1
+
+
+def test_finetuning_without_labels_takes_a_stream(tmp_path):
+    # a flat image folder is a stream: the original's outputs are computed in the pipeline
+    import keras
+    from PIL import Image
+
+    from compress.data import load_data, prepare
+    from compress.sharing import cluster_model
+
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "flat"
+    folder.mkdir()
+    for i in range(40):
+        Image.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8), "L").save(
+            folder / f"{i:03d}.png")
+    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
+                              keras.layers.Dense(16, activation="relu"),
+                              keras.layers.Dense(3, activation="softmax")])
+    data = prepare(model, load_data(str(folder), seed=0))
+    assert data.streaming and not data.labelled
+    tuned, info = cluster_model(model, data, clusters=4, epochs=1)
+    assert info["epochs"] == 1 and np.unique(np.asarray(tuned.layers[1].kernel)).size <= 4

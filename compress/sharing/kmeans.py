@@ -143,12 +143,9 @@ def cluster_model(model, data=None, *, verbose=0, **options):
     if epochs > 0:
         if data is None:
             raise CompressError("fine-tuning (epochs > 0) needs data (--data NAME)")
-        if not getattr(data, "labelled", True):
-            raise CompressError("share: k-means fine-tuning trains the centroids on labels "
-                                "and this data has none; use --epochs 0, or --method hash "
-                                "(which fine-tunes by distillation from the original)")
         state = _finetune_centroids(new, state, data, epochs, opts["learning_rate"] or 1e-4,
-                                    opts["batch_size"], seed, verbose, clusters, task)
+                                    opts["batch_size"], seed, verbose, clusters, task,
+                                    teacher=model)
     index_bits = math.ceil(math.log2(clusters))
     rows, total_bits, total_weights = [], 0, 0
     for layer, centroids, _ in state:
@@ -183,30 +180,49 @@ def _cluster_kernel(kernel: np.ndarray, clusters: int, seed: int):
 
 
 def _finetune_centroids(model, state, data, epochs, learning_rate, batch_size, seed, verbose,
-                        clusters, task):
+                        clusters, task, teacher=None):
     """Train centroids (gradient = sum over members), biases and unclustered weights.
 
     A Keras fit of a :class:`CentroidTrainer` through :func:`compress.training.fit_model`,
     so the training context applies: ``--checkpoint-dir`` backups (the centroids and the
     optimizer state are the trainer's weights), the NaN stop and ``--keep-last-good`` (of
-    the clustered model), Ctrl-C.
+    the clustered model), Ctrl-C. Data without labels trains on ``teacher``'s outputs
+    (the original model) with the task's fidelity loss, as the other passes' label-free
+    fine-tuning does.
     """
     from compress import training
 
+    loss = task.loss
+    args = data.fit_args(batch_size, validation=False)  # arrays, or streamed batches
+    if not getattr(data, "labelled", True):
+        if teacher is None:
+            raise CompressError("k-means fine-tuning without labels needs the original model")
+        loss, targets = task.fidelity_loss()
+        args["x"], args["y"] = _teacher_targets(teacher, args["x"], targets, args["batch_size"])
     trainer = CentroidTrainer(model, [(layer.kernel, c, a) for layer, c, a in state], clusters)
-    trainer.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=task.loss,
+    trainer.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss,
                     jit_compile=False)
     # Built on exactly the variables it updates (not on every trainable weight, as fit and
     # a restored backup would build it), so that a backup's optimizer state loads back.
     trainer.optimizer.build(trainer.updated_variables)
     training.set_seed(seed)
-    args = data.fit_args(batch_size, validation=False)  # arrays, or streamed batches
     training.fit_model(trainer, args["x"], args["y"], epochs=epochs,
                        batch_size=args["batch_size"], verbose=verbose,
                        shuffle=args["batch_size"] is not None, target=model,
                        advice="lower the learning rate")
     return [(layer, np.asarray(c), a)
             for (layer, _, a), c in zip(state, trainer.centroids, strict=True)]
+
+
+def _teacher_targets(teacher, x, targets, batch_size):
+    """``(x, y)`` for label-free training: ``y`` is ``targets`` of the teacher's outputs,
+    computed once for arrays, batch by batch inside the pipeline for a stream."""
+    from compress import training
+
+    if batch_size is not None:  # arrays
+        return x, targets(training.predict(teacher, x))
+    frozen = training.copy_model(teacher)
+    return x.map(lambda xb: (xb, targets(frozen(xb, training=False)))), None
 
 
 class CentroidTrainer(keras.Model):
