@@ -30,7 +30,7 @@ from compress.errors import CompressError
 from compress.options import Option, Schema
 from compress.passes import Pass
 from compress.quiet import quiet_output
-from compress.report import UNKNOWN_SIZE, concrete_shape
+from compress.report import concrete_shape
 from compress.runtime import refuse_keras_quantized, refuse_lookup_tables, verify
 
 FORMATS = {"onnx": ".onnx", "tflite": ".tflite"}
@@ -114,13 +114,18 @@ def unknown_size_note(model, data) -> str | None:
     """A note when the model's inputs have unknown sizes and no data gives them."""
     if data is not None:
         return None
-    unknown = [t for t in model.inputs if concrete_shape(t.shape[1:], t.dtype) !=
-               concrete_shape(t.shape[1:], "int32")]  # image axes of unknown size
-    if not unknown:
+    parts = []
+    for t in model.inputs:
+        shape = tuple(t.shape)
+        if None not in shape[1:]:
+            continue
+        size = concrete_shape(shape[1:], t.dtype)[shape[1:].index(None)]
+        parts.append(f"{shape} at {size}" if size > 1 else
+                     f"{shape} at length 1, a weak check of a sequence model")
+    if not parts:
         return None
-    return (f"input size unknown ({', '.join(str(tuple(t.shape)) for t in unknown)}): checked "
-            f"and timed on random inputs of size {UNKNOWN_SIZE} on those axes; pass --data "
-            "for the real size")
+    return (f"input size unknown: checked and timed on random inputs of "
+            f"{'; '.join(parts)} on the unknown axes; pass --data for the real size")
 
 
 def _suffix(options: dict) -> str:

@@ -285,3 +285,22 @@ def test_a_lookup_table_layer_is_refused_in_one_line_for_both_formats(cli, tmp_p
     assert r.exit_code == 1 and not out.exists()
     assert r.output.startswith("error: model 'lk': layer 'ids' (IntegerLookup) looks values up")
     assert len(r.output.strip().splitlines()) == 1, r.output
+
+
+def test_unknown_sequence_length_is_said_to_be_a_weak_check(cli, tmp_path):
+    import json
+
+    import keras
+
+    model = keras.Sequential([keras.Input((None,), dtype="int32"), keras.layers.Embedding(20, 4),
+                              keras.layers.GlobalAveragePooling1D(), keras.layers.Dense(3)])
+    model.save(tmp_path / "seq.keras")
+    r = cli("export", tmp_path / "seq.keras", "-o", tmp_path / "s.onnx", "--json", "-q")
+    assert r.exit_code == 0, r.output
+    note = json.loads(r.output[r.output.index("{"):])["input_size_note"]
+    assert "(None, None) at length 1, a weak check of a sequence model" in note
+    fixed = keras.Sequential([keras.Input((6,), dtype="int32"), keras.layers.Embedding(20, 4),
+                              keras.layers.GlobalAveragePooling1D(), keras.layers.Dense(3)])
+    fixed.save(tmp_path / "fixed.keras")
+    r = cli("export", tmp_path / "fixed.keras", "-o", tmp_path / "f.onnx", "--json", "-q")
+    assert "input_size_note" not in json.loads(r.output[r.output.index("{"):])
