@@ -167,19 +167,19 @@ def test_dependency_groups_remove_aligned_channels_exactly():
 
 
 def test_layers_that_cannot_be_resized_are_named_not_skipped():
-    # A GroupNormalization (a layer kind the dependency graph does not resize: its groups
-    # tie channels together) keeps the channels feeding it whole, and the report says which
-    # producers and why.
+    # A UnitNormalization (a layer kind the dependency graph does not resize: every
+    # channel's output depends on all of them) keeps the channels feeding it whole, and
+    # the report says which producers and why.
     layers = keras.layers
     inp = keras.Input((6, 6, 3))
     a = layers.Conv2D(8, 3, padding="same", name="c1")(inp)
-    b = layers.GroupNormalization(4, name="up")(a)
+    b = layers.UnitNormalization(name="up")(a)
     c = layers.Conv2D(8, 3, padding="same", name="c2")(b)
     out = layers.Dense(2, name="out")(layers.Flatten()(c))
     small, info = prune_units(keras.Model(inp, out), 0.5)
     assert info["units"]["c2"] == [8, 4] and info["units"]["c1"] == [8, 8]
     assert info["not_pruned"] == {
-        "feeds 'up' (GroupNormalization), which structured pruning cannot resize": ["c1"],
+        "feeds 'up' (UnitNormalization), which structured pruning cannot resize": ["c1"],
         "reaches the model output": ["out"]}
     assert "c1" in info["kept_whole"] and "up" in info["kept_whole"]
     assert small.output.shape == (None, 2)
@@ -267,3 +267,32 @@ def test_channels_first_convolutions_are_named_in_the_refusal():
                        r"channels_first data \(only channels_last layers are resized\): "
                        r"c1, c2; reaches the model output: out\)"):
         prune_units(model, 0.5)
+
+
+def test_group_normalization_loses_whole_groups():
+    # GroupNormalization was a wall ("cannot resize"): channels now go a group at a time,
+    # the groups chosen by their summed scores, and the layer keeps its group size
+    keras.utils.set_random_seed(0)
+    layers = keras.layers
+    inp = keras.Input((6, 6, 3))
+    a = layers.Conv2D(8, 3, padding="same", name="c1")(inp)
+    g = layers.GroupNormalization(4, name="gn")(a)  # 4 groups of 2 channels
+    b = layers.Conv2D(4, 3, padding="same", name="c2")(layers.ReLU()(g))
+    out = layers.Dense(3, name="out")(layers.GlobalAveragePooling2D()(b))
+    model = keras.Model(inp, out)
+    _kill(model.get_layer("c1"), [2, 3, 6, 7])  # groups 1 and 3 carry nothing
+    _kill(model.get_layer("c2"), [1, 2])
+    small, info = prune_units(model, 0.5)
+    assert info["units"] == {"c1": [8, 4], "c2": [4, 2], "out": [3, 3]}
+    gn = small.get_layer("gn")
+    assert gn.groups == 2 and small.get_layer("c1").kernel.shape[-1] == 4
+    kept = [c for c in range(8) if any(np.array_equal(
+        np.asarray(model.get_layer("c1").kernel)[..., c], np.asarray(
+            small.get_layer("c1").kernel)[..., j]) for j in range(4))]
+    assert kept == [0, 1, 4, 5]  # groups 0 and 2, whole
+    np.testing.assert_allclose(np.asarray(gn.gamma),
+                               np.asarray(model.get_layer("gn").gamma)[kept])
+    # a dead group normalizes to its beta (0, the default): removing it changes nothing
+    x = np.random.default_rng(0).normal(size=(4, 6, 6, 3)).astype("float32")
+    np.testing.assert_allclose(small.predict(x, verbose=0), model.predict(x, verbose=0),
+                               atol=1e-4)

@@ -154,3 +154,22 @@ def test_cli_structured_obs_without_data_is_refused(cli, tmp_path):
     lines = [line for line in res.output.strip().splitlines() if line]
     assert len(lines) == 1 and "--method obs" in lines[0] and "--data" in lines[0], res.output
     assert "Traceback" not in res.output and not out.exists()
+
+
+def test_a_group_normalization_group_loses_whole_groups_and_is_still_refit():
+    import keras
+
+    keras.utils.set_random_seed(0)
+    layers = keras.layers
+    inp = keras.Input((6, 6, 3))
+    a = layers.Conv2D(8, 3, padding="same", name="c1")(inp)
+    g = layers.GroupNormalization(4, name="gn")(a)
+    b = layers.Conv2D(6, 3, padding="same", name="c2")(g)
+    model = keras.Model(inp, layers.Dense(3, name="out")(layers.GlobalAveragePooling2D()(b)))
+    x = np.random.default_rng(0).normal(size=(64, 6, 6, 3)).astype("float32")
+    small, info = prune_channels_obs(model, 0.5, x)
+    assert small.get_layer("gn").groups == 2 and info["units"]["c1"] == [8, 4]
+    assert info["chosen_by_norm"] == {
+        "feeds a GroupNormalization: whole groups by l2 norm": ["c1"]}
+    refit = info["compensated"]["c2"]  # the consumer of the normalized groups is refit
+    assert refit["error_compensated"] < refit["error_uncompensated"]

@@ -4,8 +4,9 @@ The model's operation graph (:mod:`compress.pruning.graph`, nested models walked
 becomes a dependency graph of channel groups, as in Torch-Pruning: every producer of
 channels (``Dense``, ``Conv1D/2D/3D``, ``SeparableConv*``, ``Conv*Transpose``) starts a group; groups flow
 through channel-wise layers and ops (activations, ``keras.ops`` elementwise functions,
-Batch/LayerNormalization, pooling, dropout, depthwise and channel-grouped convolutions,
-layer scale, channel-preserving ``Reshape``); residual ``Add``/``Subtract``/``Multiply``
+Batch/LayerNormalization, GroupNormalization (whole groups of channels at a time),
+pooling, dropout, depthwise and channel-grouped convolutions, layer scale,
+channel-preserving ``Reshape``); residual ``Add``/``Subtract``/``Multiply``
 (squeeze-and-excitation) merges join the groups of their inputs, so channels that must
 stay aligned are removed together; ``Concatenate`` stacks them and ``Flatten`` maps each
 channel to its positions. A ``Dense`` acting on the last axis of a 4-D tensor (ConvNeXt's
@@ -67,6 +68,7 @@ class _Groups:
 
     def __init__(self):
         self.parent, self.reason = {}, {}
+        self.block = {}  # root -> channels that go together (a GroupNormalization's group)
 
     def new(self, key):
         self.parent[key] = key
@@ -84,6 +86,14 @@ class _Groups:
             self.parent[rb] = ra
             if rb in self.reason and ra not in self.reason:
                 self.reason[ra] = self.reason[rb]
+            if rb in self.block:
+                self.require_block(ra, self.block.pop(rb))
+
+    def require_block(self, key, size: int):
+        """Channels of ``key``'s group go ``size`` at a time (whole normalization groups)."""
+        root = self.find(key)
+        if self.block.setdefault(root, size) != size:
+            self.fix(root, "feeds GroupNormalization layers of different group sizes")
 
     def fix(self, key, reason):
         self.reason.setdefault(self.find(key), reason)
@@ -163,6 +173,12 @@ def _analyse(t, groups, layer_of, skipped=None):
                 len(step.outputs) == 1 and layer_of.get(op.name, op) is op:
             layer_of[op.name] = op
             out = [(groups.new(op.name), c_out)]
+        elif kind == "GroupNormalization" and len(ins) == 1 and c_out == in_ch and \
+                getattr(op, "axis", -1) in (-1, len(out_shape) - 1) and len(ins[0]) == 1 and \
+                not isinstance(ins[0][0], _Flat):
+            if ins[0][0][0] is not None:  # whole groups of channels are removed together
+                groups.require_block(ins[0][0][0], in_ch // op.groups)
+            out = ins[0]
         elif len(ins) == 1 and (_is_depthwise(op, in_ch) or kind in PRESERVING or (
                 kind in ELEMENTWISE_OPS and out_shape == t.shape[step.inputs[0]])):
             if c_out == in_ch and _normalizes_channels(op, len(out_shape)):
@@ -312,11 +328,13 @@ def prune_units(model, fraction: float, method: str = "magnitude", calibration=N
         scores[root] = scores.get(root, 0) + s
     keep = {}
     for root, s in scores.items():
-        n = len(s)
-        k = max(1, n - round(fraction * n))
-        keep[root] = np.sort(np.argsort(-s, kind="stable")[:k])
+        keep[root] = _top_channels(s, fraction, groups.block.get(root, 1))
     if select is not None:  # structured OBS (compress.pruning.structured_obs)
         keep = select(t, groups, segs, producers, keep)
+        for root, b in groups.block.items():  # a selector must keep whole groups too
+            if root in keep and not _whole_blocks(keep[root], b):
+                raise CompressError(f"structured pruning: the channels chosen for '{root}' "
+                                    f"split its GroupNormalization groups of {b}")
     for name in producers:
         if groups.fixed(name):
             not_pruned.setdefault(groups.reason[groups.find(name)], []).append(name)
@@ -361,6 +379,8 @@ def prune_units(model, fraction: float, method: str = "magnitude", calibration=N
             config["target_shape"] = tuple(config["target_shape"][:-1]) + (in_new,)
         elif kind in CHANNEL_CONFIG and step.inputs:
             config[CHANNEL_CONFIG[kind]] = in_new
+        elif kind == "GroupNormalization" and step.inputs:
+            config["groups"] = in_new // (_last(t.shape[step.inputs[0]]) // op.groups)
         else:
             return fresh(op)
         return op.__class__.from_config(config)
@@ -398,6 +418,35 @@ def prune_units(model, fraction: float, method: str = "magnitude", calibration=N
             f"{reason}" for reason, names in not_pruned.items())
     return new, info
 
+
+
+def _top_channels(scores: np.ndarray, fraction: float, block: int = 1) -> np.ndarray:
+    """The sorted indices of the channels kept: the best-scoring ``1 - fraction`` of them,
+    ``block`` at a time (whole normalization groups, by their summed score).
+
+    >>> _top_channels(np.array([1.0, 5.0, 2.0, 4.0]), 0.5).tolist()
+    [1, 3]
+    >>> _top_channels(np.array([1.0, 5.0, 2.0, 4.0]), 0.5, block=2).tolist()  # 6 vs 6: first
+    [0, 1]
+    """
+    n = len(scores)
+    if block > 1 and n % block == 0:
+        per = np.asarray(scores, "float64").reshape(n // block, block).sum(axis=1)
+        kept = _top_channels(per, fraction)
+        return (kept[:, None] * block + np.arange(block)).reshape(-1)
+    k = max(1, n - round(fraction * n))
+    return np.sort(np.argsort(-scores, kind="stable")[:k])
+
+
+def _whole_blocks(indices, block: int) -> bool:
+    """Whether ``indices`` (sorted) are whole consecutive blocks of ``block`` channels."""
+    idx = np.asarray(indices).reshape(-1)
+    if block <= 1:
+        return True
+    if len(idx) % block:
+        return False
+    rows = idx.reshape(-1, block)
+    return bool(np.all(rows[:, 0] % block == 0) and np.all(np.diff(rows, axis=1) == 1))
 
 
 def kept_indices(seg_list, groups, keep) -> np.ndarray:

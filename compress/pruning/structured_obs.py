@@ -293,7 +293,9 @@ def prune_channels_obs(model, fraction: float, x, *, choose: str = "obs",
         ``inputs`` [before, after] and the relative output reconstruction error on the
         calibration data, ``error_uncompensated`` and ``error_compensated``),
         ``several_consumers`` (groups compensated at more than one consumer),
-        ``not_compensated`` ({reason: [groups]}) and ``channels_chosen_by``.
+        ``not_compensated`` ({reason: [groups]}), ``channels_chosen_by`` and
+        ``chosen_by_norm`` ({reason: [groups]}: groups feeding a GroupNormalization lose
+        whole normalization groups, chosen by norm, and are still compensated).
 
     Raises:
         CompressError: bad fraction or calibration inputs, or a model structured
@@ -340,6 +342,9 @@ def prune_channels_obs(model, fraction: float, x, *, choose: str = "obs",
             n_remove = n - len(kept)
             mine = [c for c in ready if root in c.roots]
             if not n_remove or root in why or not mine:
+                continue
+            if groups.block.get(root, 1) > 1:  # GroupNormalization: whole groups, by norm
+                found.setdefault("whole_groups", []).append(root)  # (still compensated)
                 continue
             problems = []
             for c in mine:
@@ -404,6 +409,9 @@ def prune_channels_obs(model, fraction: float, x, *, choose: str = "obs",
                 structured_obs_seconds=round(time.perf_counter() - t0, 3))
     if several:
         info["several_consumers"] = several
+    if found.get("whole_groups"):
+        info["chosen_by_norm"] = {f"feeds a GroupNormalization: whole groups by {norm} norm":
+                                  [label[r] for r in found["whole_groups"]]}
     if not_compensated:
         info["not_compensated"] = not_compensated
     return new, info
