@@ -110,8 +110,9 @@ def export_artifact(model, data=None, *, verbose=0, **options) -> tuple[bytes, d
     return content, info
 
 
-def unknown_size_note(model, data) -> str | None:
-    """A note when the model's inputs have unknown sizes and no data gives them."""
+def unknown_size_note(model, data, done: str = "checked and timed") -> str | None:
+    """A note when the model's inputs have unknown sizes and no data gives them (``done``:
+    what was done on the random inputs)."""
     if data is not None:
         return None
     parts = []
@@ -124,7 +125,7 @@ def unknown_size_note(model, data) -> str | None:
                      f"{shape} at length 1, a weak check of a sequence model")
     if not parts:
         return None
-    return (f"input size unknown: checked and timed on random inputs of "
+    return (f"input size unknown: {done} on random inputs of "
             f"{'; '.join(parts)} on the unknown axes; pass --data for the real size")
 
 

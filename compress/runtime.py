@@ -94,16 +94,20 @@ def keras_quantized_layer(model):
     >>> model.quantize("int8"); keras_quantized_layer(model)  # doctest: +SKIP
     (<Dense name=fc1, built=True>, 'int8_from_float32')
     """
-    walk = getattr(model, "_flatten_layers", None)
-    layers = list(walk(include_self=True, recursive=True)) if walk else \
-        list(getattr(model, "layers", []))
-    for layer in layers:
+    for layer in _all_layers(model):
         policy = getattr(layer, "dtype_policy", None)
         name = str(getattr(policy, "name", "") or "")
         if getattr(policy, "quantization_mode", None) or \
                 name.startswith(KERAS_QUANTIZED_PREFIXES):
             return layer, name
     return None
+
+
+def _all_layers(model) -> list:
+    """``model`` and every layer in it, at any depth (nested models, custom layers)."""
+    walk = getattr(model, "_flatten_layers", None)
+    return list(walk(include_self=True, recursive=True)) if walk else \
+        list(getattr(model, "layers", []))
 
 
 def refuse_keras_quantized(model) -> None:
@@ -143,9 +147,8 @@ def refuse_lookup_tables(model, fmt: str) -> None:
     Raises:
         CompressError: naming the layer and what to do.
     """
-    walk = getattr(model, "_flatten_layers", None)
-    layers = list(walk(include_self=False, recursive=True)) if walk else []
-    layer = next((la for la in layers if type(la).__name__ in LOOKUP_LAYERS), None)
+    layer = next((la for la in _all_layers(model) if type(la).__name__ in LOOKUP_LAYERS),
+                 None)
     if layer is not None:
         raise CompressError(
             f"model '{model.name}': layer '{layer.name}' ({type(layer).__name__}) looks values "

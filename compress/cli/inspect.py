@@ -59,10 +59,10 @@ def command(model, data, split, show_layers, latency, seed, unsafe, as_json):
         lines.insert(0, "per-layer sparsity:")
     from compress.export import unknown_size_note
 
-    note = unknown_size_note(loaded, dataset) if latency else None
+    note = unknown_size_note(loaded, dataset, done="timed") if latency else None
     if note:
-        report["input_size_note"] = note.replace("checked and timed", "timed")
-        lines.append(f"note: {report['input_size_note']}")
+        report["input_size_note"] = note
+        lines.append(f"note: {note}")
     emit(report, as_json, reports=[report], title=f"{model}", lines=lines)
 
 

@@ -198,8 +198,9 @@ def quantize(model, data=None, *, verbose: int | str = 0, **options) -> tuple[by
     # a classifier; SQNR and MSE for a regression, whose one unit always "agrees").
     opts["_task"] = resolve(model, opts["loss"], opts["metrics"], y=y_test)
     info = {"mode": opts["mode"], "format": fmt, "qat": None, "task": opts["_task"].kind}
-    if fmt != "keras" and unknown_size_note(model, data):
-        info["input_size_note"] = unknown_size_note(model, data)
+    size_note = unknown_size_note(model, data) if fmt != "keras" else None
+    if size_note:
+        info["input_size_note"] = size_note
     # Every reported number compares with the user's float model (what ships today), not
     # with a copy made on the way (QAT-trained, equalized, GPTQ-rounded, int4-snapped).
     original = model
