@@ -176,13 +176,16 @@ def _onnx(content: bytes) -> dict:
 
 
 def sample_shapes(s: dict):
-    """The per-sample input shape(s) for a latency run (a dynamic size counts as 1), or
-    None when an input is not numeric."""
+    """The per-sample input shape(s) for a latency run, unknown sizes filled as for Keras
+    models (:func:`compress.report.concrete_shape`: 32 on image axes, else 1), or None
+    when an input is not numeric."""
+    from compress.report import concrete_shape
+
     shapes = {}
     for i in s["inputs"]:
         if not np.issubdtype(np.dtype(i["dtype"]), np.number):
             return None
-        shapes[i["name"]] = tuple(d or 1 for d in i["shape"][1:])
+        shapes[i["name"]] = concrete_shape(tuple(i["shape"][1:]), i["dtype"])
     if len(shapes) == 1:
         return next(iter(shapes.values()))
     return shapes
@@ -214,7 +217,8 @@ def lines(s: dict) -> list[str]:
     if s.get("external_data"):
         out.append(f"  {s['external_data']} tensors stored outside the file (external data)")
     if "latency_ms" in s:
-        out.append(f"latency b=1, 1 thread: {s['latency_ms']:.3f} ms ({s['runtime']})")
+        out.append(f"latency b=1, 1 thread: {s['latency_ms']:.3f} ms ({s['runtime']})"
+                   + (f" at input size {s['latency_input']}" if "latency_input" in s else ""))
     if s.get("latency_not_measured"):
         out.append(f"latency not measured: {s['latency_not_measured']}")
     return out

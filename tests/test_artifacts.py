@@ -125,3 +125,16 @@ def test_a_tflite_file_its_runtime_refuses_is_still_described(artifacts, cli, tm
     assert r.exit_code == 0 and "FULLY_CONNECTED 3" in r.output
     assert "latency not measured: the runtime refused it (RuntimeError: Encountered " \
            "unresolved custom op: MyOp. Node number 0)" in " ".join(r.output.split())
+
+
+def test_an_artifact_of_unknown_image_size_is_timed_at_the_size_keras_models_get(cli,
+                                                                                tmp_path):
+    # a fully convolutional model's file was timed on 1x1 images
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((None, None, 3))
+    model = keras.Model(inp, keras.layers.Conv2D(4, 3, padding="same")(inp))
+    model.save(tmp_path / "fcn.keras")
+    r = cli("export", tmp_path / "fcn.keras", "-o", tmp_path / "fcn.tflite", "-q")
+    assert r.exit_code == 0, r.output
+    s = _json(cli("inspect", tmp_path / "fcn.tflite", "--json"))
+    assert s["latency_input"] == [32, 32, 3] and s["latency_ms"] > 0

@@ -90,6 +90,8 @@ def _inspect_artifact(path, data, latency, as_json):
                                                               fmt=report["format"])
             report["runtime"] = ("LiteRT" if report["format"] == "tflite" else
                                  f"onnxruntime {runtime.provider()}")
+            if any(None in t["shape"][1:] for t in report["inputs"]):  # sizes it chose
+                report["latency_input"] = shapes
         except Exception as exc:  # noqa: BLE001 - the structure is still worth reporting
             text = " ".join(str(exc).split())[:160]
             report["latency_not_measured"] = (f"the runtime refused it ({type(exc).__name__}: "
