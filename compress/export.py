@@ -6,7 +6,7 @@ by ``compress export``, the recipe ``export`` step and the keyword arguments. Th
 writers :func:`export_onnx`, :func:`export_tflite` and :func:`export` are the same
 export followed by an atomic write. ONNX goes through Keras's own
 ``model.export(format="onnx")`` (``tf2onnx.convert.from_keras`` fails on Keras 3
-models); TFLite through ``model.export(format="litert")``. Running and measuring
+models), of a wrapper that calls the model in inference mode; TFLite through ``model.export(format="litert")``. Running and measuring
 artifacts is :mod:`compress.runtime`.
 
 Example:
@@ -271,7 +271,12 @@ def _exported(model, fmt: str, x, atol: float, where: str, opset: int | None = N
         tmp = Path(folder) / f"model{FORMATS[fmt]}"
         try:
             with progress.phase("export", detail=f"{where} to {fmt}"), quiet_output():
-                model.export(str(tmp), format=keras_format, verbose=False, **kwargs)
+                if fmt == "onnx":  # traced in inference mode (see _inference_only)
+                    _inference_only(model).export(
+                        str(tmp), format="onnx", verbose=False,
+                        input_signature=_input_signature(model), **kwargs)
+                else:  # Keras's LiteRT export traces model(x, training=False) itself
+                    model.export(str(tmp), format=keras_format, verbose=False, **kwargs)
         except Exception as exc:
             name = {"onnx": "ONNX", "tflite": "TFLite"}[fmt]
             raise CompressError(f"{where}: {name} export failed ({_one_line(exc)})") from exc
@@ -581,6 +586,46 @@ def _grouped_weights(old, new, weights):
         full[..., g * cin_g:(g + 1) * cin_g, g * per:(g + 1) * per] = \
             kernel[..., g * per:(g + 1) * per]
     return [full] + weights[1:]
+
+
+def _inference_only(model):
+    """``model`` as a Keras model that calls it with ``training=False``, for ONNX export.
+
+    Keras's ONNX export traces ``model.__call__`` without ``training``, and in a
+    functional model the layers then take it from the call context, which the first
+    layer built with ``training=True`` in its call sets for all the layers after it:
+    keras.io's image classifier (``RandomFlip`` and ``RandomRotation`` first, whose call
+    defaults to ``training=True``) exported every BatchNormalization with batch
+    statistics, 13 logits away from ``predict``. The LiteRT export and ``predict``
+    pass ``training=False``; so does this wrapper. Its ONNX inputs and outputs have the
+    names the model's own export gives them.
+
+    Example:
+
+    >>> import keras
+    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    >>> _inference_only(model).inner is model
+    True
+    """
+    import keras
+
+    class InferenceOnly(keras.Model):
+        def __init__(self, inner):
+            super().__init__(name=inner.name)
+            self.inner = inner
+            self.built = True
+
+        def call(self, inputs):
+            return self.inner(inputs, training=False)
+
+    return InferenceOnly(model)
+
+
+def _input_signature(model):
+    """The input signature Keras's own export reads from ``model`` (batch size None)."""
+    from keras.src.export.export_utils import get_input_signature
+
+    return get_input_signature(model)
 
 
 def _ensure_called(model) -> None:

@@ -118,7 +118,8 @@ class Task:
         why = {"options": "given", "model": "the model's own"}.get(self.source, "inferred")
         if self.reason:
             why = f"{why} from {self.reason}" if self.source == "inferred" else self.reason
-        return f"{self.kind}, loss {self.loss_name}, metrics {metrics} ({why})"
+        logits = " from logits" if self.from_logits and self.kind != REGRESSION else ""
+        return f"{self.kind}, loss {self.loss_name}{logits}, metrics {metrics} ({why})"
 
     def compile(self, model, learning_rate: float = 1e-3, optimizer: str = "adam",
                 momentum: float = 0.9) -> None:
@@ -596,11 +597,30 @@ def resolve(model, loss: str | None = None, metrics: list | None = None, y=None)
 
 
 def _compiled_metrics(model) -> list:
+    """The metrics ``model`` was compiled with: names, and Keras's own metric objects
+    (``BinaryAccuracy(name="acc")``), rebuilt from their saved configs; [] when any of
+    them is not a Keras metric (a custom class or function is not rebuilt from a file)."""
+    import keras
+
     config = model.get_compile_config() if hasattr(model, "get_compile_config") else {}
     metrics = (config or {}).get("metrics")
-    if isinstance(metrics, (list, tuple)) and all(isinstance(m, str) for m in metrics):
-        return list(metrics)
-    return []
+    if not isinstance(metrics, (list, tuple)):
+        return []
+    out = []
+    for metric in metrics:
+        if isinstance(metric, str):
+            out.append(metric)
+        elif isinstance(metric, dict) and metric.get("module") == "keras.metrics" \
+                and not metric.get("registered_name") \
+                and hasattr(keras.metrics, str(metric.get("class_name"))):
+            try:
+                out.append(getattr(keras.metrics, metric["class_name"]).from_config(
+                    metric.get("config") or {}))
+            except (TypeError, ValueError):
+                return []
+        else:
+            return []
+    return out
 
 
 def _inferred(activation: str, units: int, y, metrics) -> Task:

@@ -204,6 +204,41 @@ def test_image_folder_streams_resized_labelled_images(image_folder, cnn_file, di
     assert not unlabelled.labelled and unlabelled.head("train", 3)[0].shape == (3, 8, 8, 1)
 
 
+def test_class_folders_keep_their_labels_and_a_missing_class_is_warned(image_folder,
+                                                                       cnn_file, tmp_path):
+    # A test folder without class_1 gave class_2's images label 1: a silent accuracy drop
+    # (a 10-class model: 83% -> 12%). An empty folder was dropped the same way.
+    import shutil
+
+    from compress.data import load_data, prepare
+
+    _, model = cnn_file  # 3 classes
+    empty = tmp_path / "empty_class"
+    shutil.copytree(image_folder, empty)
+    for f in (empty / "class_1").iterdir():
+        f.unlink()
+    folder = load_data(str(empty), seed=0)
+    assert folder.class_names == ["class_0", "class_1", "class_2"]  # as Keras lists them
+    assert set(folder.train_labels + folder.val_labels) == {0, 2}  # class_2 keeps label 2
+    assert any("'class_1' (label 1) holds no image; kept as a class" in n for n in folder.notes)
+    assert not any(n.startswith("warning") for n in prepare(model, folder).notes)
+
+    missing = tmp_path / "missing_class"
+    shutil.copytree(image_folder, missing)
+    shutil.rmtree(missing / "class_1")
+    data = prepare(model, load_data(str(missing), seed=0))
+    warned = [n for n in data.notes if n.startswith("warning")]
+    assert len(warned) == 1 and "2 class folders (class_0, class_2) for model" in warned[0]
+    assert "3 classes" in warned[0] and "add it (empty is fine)" in warned[0]
+
+    numbered = tmp_path / "numbered"
+    for i in range(11):
+        shutil.copytree(image_folder / f"class_{i % 3}", numbered / str(i))
+    folder = load_data(str(numbered), seed=0)
+    assert folder.class_names[:3] == ["0", "1", "10"]
+    assert any("folder '10' is label 2" in n for n in folder.notes)
+
+
 def test_a_model_that_rescales_pixels_itself_gets_them_in_0_255(image_folder, digits3, cli,
                                                                 tmp_path):
     # Rescaling(1/255) inside (the keras.io pattern): the folder gave [0, 1] pixels, which the

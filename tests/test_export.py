@@ -268,6 +268,38 @@ def test_augmentation_layers_are_left_out_of_the_onnx_copy(tmp_path):
         check["export_copy"] and check["copy_max_abs_diff"] == 0.0
 
 
+def test_onnx_export_is_traced_in_inference_mode_after_augmentation_layers(tmp_path):
+    """keras.io's image classifier: RandomFlip and RandomRotation first, then
+    BatchNormalization. Keras's ONNX export traced the model without ``training``, and the
+    augmentation layers' ``training=True`` (their call's default, stored in the graph) ran
+    every BatchNormalization after them on batch statistics: the export was refused as 13
+    logits away from Keras. It is now traced as ``predict`` runs the model."""
+    import keras
+    import onnxruntime as ort
+
+    layers = keras.layers
+    inputs = keras.Input((16, 16, 3))
+    x = layers.RandomRotation(0.1)(layers.RandomFlip("horizontal")(inputs))
+    x = layers.Conv2D(8, 3, strides=2, padding="same")(layers.Rescaling(1 / 255.0)(x))
+    x = layers.Activation("relu")(layers.BatchNormalization(name="bn")(x))
+    x = layers.Dropout(0.25)(layers.GlobalAveragePooling2D()(x))
+    model = keras.Model(inputs, layers.Dense(1)(x), name="kio")
+    bn = model.get_layer("bn")
+    rng = np.random.default_rng(0)
+    bn.moving_mean.assign(rng.normal(size=8).astype("float32"))  # trained statistics
+    bn.moving_variance.assign(rng.uniform(0.05, 0.2, size=8).astype("float32"))
+    model.save(tmp_path / "kio.keras")
+    model = io.load_model(tmp_path / "kio.keras")
+    x = rng.random((8, 16, 16, 3)).astype("float32") * 255
+    assert np.abs(np.asarray(model(x)) - model.predict(x, verbose=0)).max() > 1e-2  # the trap
+    content, check = export.export_artifact(model, x, format="onnx")
+    assert check["max_abs_diff"] <= 1e-4
+    session = ort.InferenceSession(content)
+    assert [i.name for i in session.get_inputs()] == [model.inputs[0].name]
+    np.testing.assert_allclose(session.run(None, {session.get_inputs()[0].name: x})[0],
+                               model.predict(x, verbose=0), atol=1e-4)
+
+
 @pytest.mark.parametrize("command,suffix", [("export", "onnx"), ("quantize", "tflite")])
 def test_a_lookup_table_layer_is_refused_in_one_line_for_both_formats(cli, tmp_path, command,
                                                                       suffix):

@@ -74,6 +74,29 @@ def test_a_file_with_a_loss_loads_compiled_and_its_task_is_its_own(regressor_fil
     assert resolve(io.load_model(tmp_path / "bare.keras")).source == "inferred"
 
 
+def test_a_logits_model_keeps_its_compiled_metric_objects_and_says_logits(tmp_path):
+    """keras.io's binary classifier: ``Dense(1)`` logits compiled with
+    ``BinaryCrossentropy(from_logits=True)`` and ``metrics=[BinaryAccuracy(name="acc")]``.
+    The metric object was dropped ("metrics none") and the task line did not say that the
+    loss takes logits (the report scores them at 0, not 0.5)."""
+    import keras
+
+    from compress import io
+    from compress.task import resolve
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)], name="logit")
+    model.compile("adam", keras.losses.BinaryCrossentropy(from_logits=True),
+                  metrics=[keras.metrics.BinaryAccuracy(name="acc"), "mae"])
+    model.save(tmp_path / "logit.keras")
+    task = resolve(io.load_model(tmp_path / "logit.keras"))
+    assert task.kind == "binary" and task.from_logits
+    assert isinstance(task.metrics[0], keras.metrics.BinaryAccuracy) and task.metrics[1] == "mae"
+    assert task.describe() == ("binary, loss binary_crossentropy from logits, metrics acc, "
+                               "mae (the model's own loss)")
+    scores = task.score(np.array([[-0.2], [0.3]], "float32"), np.array([0, 1]))
+    assert scores["accuracy"] == 1.0  # logits judged at 0
+
+
 def test_regression_fine_tune_uses_mse_and_the_report_shows_mse(regressor_file, diabetes):
     # Before: fine-tuning used sparse categorical cross-entropy, and the report said
     # "accuracy 100% -> 100%" while the test MSE got worse.

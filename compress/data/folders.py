@@ -188,6 +188,15 @@ class ImageFolder:
                 notes.append(f"data {self.name}: model '{model.name}' scales pixels itself "
                              f"({inside}): images are given in [0, 255] (--preprocess raw); "
                              "pass --preprocess to choose")
+        units = _class_units(model)
+        if self.labelled and units and units > self.num_classes:
+            shown = ", ".join(self.class_names[:3]) + (", ..." if self.num_classes > 3
+                                                       else "")
+            notes.append(f"warning: data {self.name}: {self.num_classes} class folder"
+                         f"{'s' if self.num_classes > 1 else ''} ({shown}) for model "
+                         f"'{model.name}''s {units} classes: a folder's label is its "
+                         "position in sorted order, so if a class folder is missing the "
+                         "labels after it are wrong; add it (empty is fine)")
         mode = preprocess_mode(preprocess)
         if mode in ("caffe", "torch") and c != 3:
             raise CompressError(f"--preprocess {preprocess}: needs colour (3-channel) "
@@ -269,6 +278,8 @@ def scan(path: str, seed: int = 0, preprocess: str | None = None, val_data: str 
         v_labels = None if labels is None else [labels[i] for i in val_idx]
         files = [files[i] for i in train_idx]
         labels = None if labels is None else [labels[i] for i in train_idx]
+    if labels is not None:
+        notes += _class_notes(path, classes, labels)
     if skipped:
         shown = ", ".join(os.path.basename(str(s)) for s in skipped[:3])
         more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
@@ -276,6 +287,27 @@ def scan(path: str, seed: int = 0, preprocess: str | None = None, val_data: str 
                      f"{'s' if len(skipped) > 1 else ''} ({shown}{more})")
     return ImageFolder(str(path), files, labels, v_files, v_labels, classes,
                        preprocess, first, skipped, notes)
+
+
+def _class_notes(path, classes: list, labels: list) -> list:
+    """What a user must know about how the class folders became labels: empty folders
+    (a class without images keeps its label), and numbered folders whose sorted order is
+    not their numeric order (Keras's order: '10' is label 2 of 0..10)."""
+    notes = []
+    empty = [f"'{c}' (label {i})" for i, c in enumerate(classes) if i not in set(labels)]
+    if empty:
+        many = len(empty) > 1
+        notes.append(f"data {path}: class folder{'s' if many else ''} "
+                     f"{', '.join(empty[:3])}{' ...' if len(empty) > 3 else ''} "
+                     f"hold{'' if many else 's'} no image; kept as "
+                     f"{'classes' if many else 'a class'} so that the labels after "
+                     f"{'them' if many else 'it'} stay in place")
+    if all(c.isdigit() for c in classes) and classes != sorted(classes, key=int):
+        moved = next(c for i, c in enumerate(classes) if int(c) != i)
+        notes.append(f"data {path}: the class folders are numbers, and labels follow their "
+                     f"names in sorted order, as Keras's image_dataset_from_directory "
+                     f"gives them: folder '{moved}' is label {classes.index(moved)}")
+    return notes
 
 
 def rescales_inside(model) -> str | None:
@@ -305,6 +337,16 @@ def rescales_inside(model) -> str | None:
     return None
 
 
+def _class_units(model) -> int | None:
+    """The width of ``model``'s single class-vector output ``(batch, classes)`` with more
+    than one class, else None (a one-unit binary head holds 2 classes: nothing to warn)."""
+    outputs = getattr(model, "outputs", None) or []
+    if len(outputs) != 1:
+        return None
+    shape = tuple(outputs[0].shape)
+    return shape[-1] if len(shape) == 2 and shape[-1] and shape[-1] > 1 else None
+
+
 def _list(root: Path):
     """``(files, labels or None, class names, skipped files, first image's (H, W, C))``."""
     if not root.exists():
@@ -317,17 +359,18 @@ def _list(root: Path):
         raise CompressError(f"{root}: cannot read the folder ({exc.strerror})") from None
     top = [Path(e.path) for e in entries if e.is_file() and _is_image_name(e.name)]
     subdirs = [e for e in entries if e.is_dir() and not e.name.startswith(".")]
+    # Every sub-folder is a class, an empty one too, as in Keras's
+    # image_dataset_from_directory: a label is the folder's position in sorted order, so
+    # an empty folder keeps the labels of the classes after it where they belong.
     per_class = {}
     for d in subdirs:
-        found = sorted(p for p in Path(d.path).rglob("*") if _is_image_name(p.name)
-                       and p.is_file())
-        if found:
-            per_class[d.name] = found
-    if top and per_class:
+        per_class[d.name] = sorted(p for p in Path(d.path).rglob("*")
+                                   if _is_image_name(p.name) and p.is_file())
+    if top and any(per_class.values()):
         raise CompressError(f"{root}: has images at its top and in class folders "
-                            f"({', '.join(list(per_class)[:3])}); use one layout (class "
-                            "folders = labelled, a flat folder = unlabelled)")
-    if not top and not per_class:
+                            f"({', '.join(c for c in per_class if per_class[c])[:60]}); use "
+                            "one layout (class folders = labelled, a flat folder = unlabelled)")
+    if not top and not any(per_class.values()):
         raise CompressError(f"{root}: no images (files ending in {', '.join(IMAGE_SUFFIXES)}) "
                             "in it or in its class folders")
     classes = sorted(per_class)
@@ -346,10 +389,10 @@ def _list(root: Path):
         raise CompressError(f"{root}: none of its {len(candidates)} image files could be read")
     if top:
         return files, None, [], skipped, first
-    present = sorted(set(labels))
-    if len(present) < len(classes):
-        empty = next(c for i, c in enumerate(classes) if i not in present)
-        raise CompressError(f"{root}: class folder '{empty}' has no readable image")
+    present = set(labels)
+    unreadable = [c for i, c in enumerate(classes) if i not in present and per_class[c]]
+    if unreadable:
+        raise CompressError(f"{root}: class folder '{unreadable[0]}' has no readable image")
     return files, labels, classes, skipped, first
 
 
