@@ -1,6 +1,7 @@
 """BatchNorm re-estimation after pruning (``bn_recalibrate``, compress.pruning.batchnorm)."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -121,6 +122,15 @@ def test_cli_no_bn_recalibrate_keeps_statistics_and_model_without_bn_has_nothing
               "--no-bn-recalibrate", "--json")
     assert res.exit_code == 0, res.output
     assert "bn_recalibrate" not in json.loads(res.output)["pass"]
+    # On, the plain report says so: a score change that the new statistics made is not
+    # the pruning's (a model with stale statistics went 56% -> 98% "by pruning")
+    on = cli("prune", path, "-o", tmp_path / "on.keras", "--data", "digits", "--sparsity",
+             "0.5")
+    assert on.exit_code == 0, on.output
+    line = " ".join(on.output.split())
+    assert "bn_recalibrate: BatchNorm statistics of 2 layers re-estimated on" in line
+    assert re.search(r"\(validation accuracy \d+\.\d\d% -> \d+\.\d\d% from that alone\)",
+                     line), line
     for a, b in zip(_stats(load_model(out)), _stats(model)):
         np.testing.assert_array_equal(a, b)
     mlp_path, ds = mlp_file

@@ -388,6 +388,8 @@ def run_model_pass(model_path: str, output: str, data: str | None, seed: int, un
               "pass": info}
     lines = [f"wrote {output}"] + [f"  {k}: {v}" for k, v in info.items()
                                    if not isinstance(v, (list, dict))]
+    if (info.get("bn_recalibrate") or {}).get("layers"):
+        lines.append(f"  bn_recalibrate: {recalibration_line(info['bn_recalibrate'])}")
     if task is not None and "task" not in info:
         lines.append(f"  task: {task.describe()}")
     ctx = click.get_current_context(silent=True)
@@ -396,6 +398,28 @@ def run_model_pass(model_path: str, output: str, data: str | None, seed: int, un
         lines.append(f"  note: {result['input_note']}")
     emit(result, as_json, reports=[before, after], title=title, lines=lines)
     return result
+
+
+def recalibration_line(out: dict) -> str:
+    """``info["bn_recalibrate"]`` in words: a change of the score that comes from the
+    re-estimated BatchNorm statistics, not from the pass, must be visible.
+
+    >>> recalibration_line({"layers": 6, "samples": 1024, "val_before": {"accuracy": 0.5625},
+    ...                     "val_after": {"accuracy": 0.9722}})
+    'BatchNorm statistics of 6 layers re-estimated on 1024 training samples (validation accuracy 56.25% -> 97.22% from that alone)'
+    """
+    text = (f"BatchNorm statistics of {out['layers']} layer{'s' if out['layers'] != 1 else ''}"
+            f" re-estimated on {out['samples']} training samples")
+    before, after = out.get("val_before") or {}, out.get("val_after") or {}
+    key = next((k for k in before if k in after), None)
+    if key is None:
+        return text
+
+    def shown(value):
+        return f"{value:.2%}" if key == "accuracy" or key.endswith(" accuracy") \
+            else f"{value:.4g}"
+    return (f"{text} (validation {key} {shown(before[key])} -> {shown(after[key])} "
+            "from that alone)")
 
 
 def _is_dir(path: str) -> bool:
