@@ -34,6 +34,7 @@ from compress.options import Option
 
 LAYER_MODULES: tuple = (
     "compress.sharing.hashed_layers",
+    "compress.losses",  # not a layer: a loss a compiled model may carry
 )
 
 #: The ``layers`` option of every pass that takes one (prune, share, the Pruning callback).

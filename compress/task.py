@@ -581,9 +581,12 @@ def resolve(model, loss: str | None = None, metrics: list | None = None, y=None)
         name = loss_name(own)
         kind = _kind_of_loss(name, units, _inferred(activation, units, y, metrics).kind)
         own_metrics = _compiled_metrics(model)
+        reason = "the model's own loss"
+        if name in _ONE_HOT_LOSSES and kind == CLASSIFICATION and not _one_hot_rows(y, units):
+            # keras.io's MNIST convnet: compiled on one-hot rows, given class numbers here
+            own, reason = on_class_numbers(own), "the model's own loss, on class numbers"
         task = Task(kind, own, list(metrics) if metrics is not None else own_metrics,
-                    "model", not probabilities,
-                    reason="the model's own loss")
+                    "model", not probabilities, reason=reason)
     else:
         task = _inferred(activation, units, y, metrics)
         decided = task.reason.endswith(("targets", "labels"))  # the targets decided
@@ -594,6 +597,35 @@ def resolve(model, loss: str | None = None, metrics: list | None = None, y=None)
     if y is not None:
         check_targets(task, y)
     return task
+
+
+#: Keras losses that take one-hot rows; a model compiled with one is fine-tuned on the class
+#: numbers the data gives (:func:`on_class_numbers`).
+_ONE_HOT_LOSSES = ("categorical_crossentropy", "categorical_focal_crossentropy",
+                   "categorical_hinge")
+
+
+def _one_hot_rows(y, units: int) -> bool:
+    """Whether targets ``y`` are rows as wide as a ``units``-class output (one-hot)."""
+    if y is None:
+        return False
+    shape = np.shape(y)
+    return len(shape) >= 2 and shape[-1] == units > 1
+
+
+def on_class_numbers(loss):
+    """``loss``, a Keras loss on one-hot rows (a name, function or object), taking class
+    numbers instead (:class:`compress.losses.OnClassNumbers`): its name and keyword
+    arguments (``from_logits``, ``label_smoothing``, focal ``gamma``) are kept.
+
+    Example:
+
+    >>> on_class_numbers("categorical_crossentropy").name
+    'categorical_crossentropy'
+    """
+    from compress.losses import OnClassNumbers
+
+    return OnClassNumbers(loss, name=loss_name(loss))
 
 
 def _compiled_metrics(model) -> list:

@@ -5,7 +5,7 @@ Every import counts, including those inside function bodies (the lazy ones that 
 
 - core: errors, options, passes (the registry), io, data, models, training,
   training_context, report, runtime, export, quiet, layers, graph_safety, task,
-  agreement, progress, artifacts
+  agreement, progress, artifacts, losses
 - passes: pruning, sharing, quantization, distillation, callbacks, cascade, train
 - front-ends: cli, recipes and the package facade ``compress/__init__.py``
 """
@@ -23,7 +23,8 @@ CORE, PASSES, FRONT = 0, 1, 2
 LAYER_NAMES = {CORE: "core", PASSES: "pass", FRONT: "front-end"}
 _CORE = {"errors", "options", "passes", "io", "data", "models", "training",
          "training_context", "report", "runtime", "export", "quiet", "layers",
-         "graph_safety", "task", "agreement", "progress", "cluster", "artifacts"}
+         "graph_safety", "task", "agreement", "progress", "cluster", "artifacts",
+         "losses"}
 _PASSES = {"pruning", "sharing", "quantization", "distillation", "callbacks", "cascade",
            "train"}
 _FRONT = {"cli", "recipes"}

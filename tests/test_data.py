@@ -106,14 +106,38 @@ def test_npz_of_x_and_y_is_one_training_split(tmp_path):
     ({**_TRAIN, "x_test": np.zeros((5, 3)), "y_test": np.zeros(5, int)},
      r"'x_test' samples have shape \(3,\) but 'x_train' samples have \(2,\)"),
     ({**_TRAIN, "x_test": np.zeros((5, 2))}, "has 'x_test' but no 'y_test'"),
-    ({"x_train": np.zeros((20, 2)), "y_train": np.eye(10, dtype=int)[np.zeros(20, int)]},
-     r"labels 'y_train' have shape \(20, 10\).*one-hot"),
 ])
 def test_npz_bad_inputs(tmp_path, arrays, message):
     path = tmp_path / "bad.npz"
     np.savez(path, **arrays)
     with pytest.raises(CompressError, match=message):
         load_data(f"npz:{path}")
+
+
+def test_one_hot_npz_labels_are_class_numbers_for_a_classifier_only(tmp_path, digits):
+    # keras.io's MNIST convnet saves keras.utils.to_categorical labels: refused before
+    import keras
+
+    from compress.data import prepare
+
+    rows = np.eye(10, dtype="float32")
+    np.savez(tmp_path / "onehot.npz", x_train=digits.x_train, y_train=rows[digits.y_train],
+             x_test=digits.x_test, y_test=rows[digits.y_test])
+    softmax = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
+                                keras.layers.Dense(10, activation="softmax")])
+    np.savez(tmp_path / "numbers.npz", x_train=digits.x_train, y_train=digits.y_train,
+             x_test=digits.x_test, y_test=digits.y_test)
+    data = prepare(softmax, load_data(f"npz:{tmp_path / 'onehot.npz'}"))
+    same = prepare(softmax, load_data(f"npz:{tmp_path / 'numbers.npz'}"))
+    for split in ("train", "val", "test"):
+        np.testing.assert_array_equal(data.split(split)[1], same.split(split)[1])
+    assert data.num_classes == 10 and data.y_train.dtype == np.int64
+    assert any("one-hot rows of 10 classes: read as class numbers" in n for n in data.notes)
+    # a sigmoid output's rows are multi-label targets: they stay rows
+    sigmoid = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
+                                keras.layers.Dense(10, activation="sigmoid")])
+    kept = prepare(sigmoid, load_data(f"npz:{tmp_path / 'onehot.npz'}"))
+    assert kept.y_train.ndim == 2 and kept.y_train.shape[1] == 10
 
 
 def test_npz_with_object_array_refused_without_pickle(tmp_path):

@@ -165,7 +165,7 @@ def _faulty_inputs(d, mlp_path):
     np.savez(d / "ragged_val.npz", **split(50, 50, x_val=rng.random((30, 8, 8, 1)),
                                           y_val=rng.integers(0, 10, 20)))
     np.savez(d / "one_hot.npz", x_train=rng.random((40, 8, 8, 1)).astype("float32"),
-             y_train=np.eye(10, dtype="int64")[rng.integers(0, 10, 40)])
+             y_train=np.eye(12, dtype="int64")[rng.integers(0, 12, 40)])
     backup = d / "other_checkpoint" / "fit1"
     backup.mkdir(parents=True)
     (backup / "training_metadata.json").write_text(json.dumps(
@@ -372,8 +372,9 @@ CLI_CASES = [
      "the test split has 50 samples in 'x_test' but 40 labels in 'y_test'"),
     ("inspect-npz-val-lengths", ["inspect", "{mlp}", "--data", "npz:{dir}/ragged_val.npz"], 1,
      "the val split has 30 samples in 'x_val' but 20 labels in 'y_val'"),
-    ("inspect-npz-one-hot", ["inspect", "{mlp}", "--data", "npz:{dir}/one_hot.npz"], 1,
-     "look one-hot"),
+    ("inspect-npz-one-hot-wider-than-the-model", ["inspect", "{mlp}", "--data",
+                                                  "npz:{dir}/one_hot.npz"], 1,
+     "targets of shape (12,) do not match model 'mlp' output (10,)"),
     ("prune-checkpoint-of-another-command", ["prune", "{mlp}", "-o", "{out}.keras", "--data",
                                              "digits", "--epochs", "1", "--checkpoint-dir",
                                              "{dir}/other_checkpoint"], 1,

@@ -3,6 +3,7 @@ Pruning callback beside EarlyStopping: the failures of issue 18, each reproduced
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -95,6 +96,43 @@ def test_a_logits_model_keeps_its_compiled_metric_objects_and_says_logits(tmp_pa
                                "mae (the model's own loss)")
     scores = task.score(np.array([[-0.2], [0.3]], "float32"), np.array([0, 1]))
     assert scores["accuracy"] == 1.0  # logits judged at 0
+
+
+def test_a_model_compiled_on_one_hot_rows_fine_tunes_on_class_numbers(cli, digits, tmp_path):
+    """keras.io's MNIST convnet is compiled with categorical_crossentropy; every
+    fine-tuning pass crashed on the class numbers the data gives ("Arguments `target` and
+    `output` must have the same rank")."""
+    import keras
+
+    from compress import io
+    from compress.losses import OnClassNumbers
+    from compress.task import resolve
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
+                              keras.layers.Dense(10, activation="softmax")], name="cc")
+    model.compile("adam", keras.losses.CategoricalCrossentropy(label_smoothing=0.1),
+                  metrics=["accuracy"])
+    model.fit(digits.x_train, np.eye(10)[digits.y_train], epochs=3, verbose=0)
+    model.save(tmp_path / "cc.keras")
+    task = resolve(io.load_model(tmp_path / "cc.keras"), y=digits.y_train)
+    assert isinstance(task.loss, OnClassNumbers) and task.loss_name == "categorical_crossentropy"
+    assert task.describe().endswith("(the model's own loss, on class numbers)")
+    y_pred = model.predict(digits.x_test[:32], verbose=0)
+    want = keras.losses.CategoricalCrossentropy(label_smoothing=0.1)(
+        np.eye(10)[digits.y_test[:32]], y_pred)
+    assert float(task.loss(digits.y_test[:32], y_pred)) == pytest.approx(float(want), rel=1e-5)
+    # one-hot targets keep the loss as compiled
+    assert not isinstance(resolve(model, y=np.eye(10)[digits.y_train]).loss, OnClassNumbers)
+    # a model compiled with the adapter saves and loads (registered, safe mode)
+    net = keras.models.clone_model(model)
+    net.compile("adam", task.loss)
+    net.save(tmp_path / "adapted.keras")
+    assert isinstance(io.load_model(tmp_path / "adapted.keras").loss, OnClassNumbers)
+    r = cli("prune", tmp_path / "cc.keras", "-o", tmp_path / "p.keras", "--data", "digits",
+            "--sparsity", "0.5", "--epochs", "1", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["after"]["accuracy"] > 0.5
 
 
 def test_regression_fine_tune_uses_mse_and_the_report_shows_mse(regressor_file, diabetes):

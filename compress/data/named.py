@@ -259,16 +259,11 @@ def _num_classes(labels: bool, *ys) -> int:
     return int(max(y.max() for y in ys)) + 1 if labels else 0
 
 
-def _one_hot(y: np.ndarray) -> bool:
-    """Whether ``y`` of shape ``(samples, k)`` holds one-hot rows (a single 1, else 0)."""
-    return y.ndim == 2 and bool(np.isin(y, (0, 1)).all()) and bool((y.sum(axis=1) == 1).all())
-
-
 def _npz_splits(path: Path, arrays: dict, labels: bool = True) -> dict:
     """``{split: (x, y)}`` for every split in the file, each checked before any use.
 
-    Every split needs both arrays, one label per sample (an integer class, not one-hot) or
-    one per position (a segmentation mask; or with ``labels`` False, regression targets of
+    Every split needs both arrays, one label per sample (an integer class, or a one-hot row
+    that :func:`compress.data.prepare` makes one for a classifier) or one per position (a segmentation mask; or with ``labels`` False, regression targets of
     any shape) and samples shaped like the
     training ones: a mismatch found after training would
     waste it, and Keras's own error does not name the split.
@@ -286,11 +281,7 @@ def _npz_splits(path: Path, arrays: dict, labels: bool = True) -> dict:
         if x.ndim == 0 or y.ndim == 0:
             raise CompressError(f"{path}: array '{x_key if x.ndim == 0 else y_key}' is a "
                                 "single number; give one row per sample")
-        per_sample = int(np.prod(y.shape[1:]))
-        if per_sample != 1 and labels and _one_hot(y):
-            raise CompressError(
-                f"{path}: labels '{y_key}' have shape {tuple(y.shape)} and look one-hot: "
-                "give one integer class per sample (numpy.argmax(y, axis=1))")
+        per_sample = int(np.prod(y.shape[1:]))  # one-hot rows: class numbers in prepare()
         if len(x) != len(y):
             raise CompressError(f"{path}: the {split} split has {len(x)} samples in '{x_key}' "
                                 f"but {len(y)} labels in '{y_key}'")

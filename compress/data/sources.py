@@ -301,6 +301,7 @@ def prepare(model, dataset):
         return dataset
     if not isinstance(dataset, Dataset):
         return as_dataset(dataset, model)
+    dataset = _class_numbers(dataset, model)
     if dataset.labelled:
         if _single_output_classes(model, dataset.y_train):
             _check_classes(model, dataset.num_classes, dataset.name)
@@ -315,6 +316,37 @@ def prepare(model, dataset):
         x_train=fit_to_model(dataset.x_train, model, dataset.name),
         x_val=fit_to_model(dataset.x_val, model, dataset.name),
         x_test=fit_to_model(dataset.x_test, model, dataset.name))
+
+
+def _class_numbers(dataset: Dataset, model) -> Dataset:
+    """``dataset`` with one-hot label rows made class numbers (their argmax), said in a
+    note, when ``model`` is a single-output classifier as wide as the rows (softmax or
+    logits; per position too): ``keras.utils.to_categorical`` labels, as keras.io's MNIST
+    convnet saves them. A sigmoid output's rows are multi-label targets and stay."""
+    import dataclasses
+
+    from compress.task import output_activation
+
+    outputs = getattr(model, "outputs", None) or []
+    if not dataset.labelled or len(outputs) != 1:
+        return dataset
+    shape = tuple(outputs[0].shape)
+    if len(shape) < 2 or not shape[-1] or shape[-1] < 2 or output_activation(model) == "sigmoid":
+        return dataset
+    ys = [dataset.split(s)[1] for s in SPLITS]
+    if not all(isinstance(y, np.ndarray) and y.ndim == len(shape) and y.shape[-1] == shape[-1]
+               and _one_hot_rows(y) for y in ys):
+        return dataset
+    note = (f"data {dataset.name}: labels are one-hot rows of {shape[-1]} classes: read as "
+            "class numbers (their argmax)")
+    return dataclasses.replace(
+        dataset, num_classes=shape[-1], notes=[*dataset.notes, note],
+        **{f"y_{s}": np.argmax(y, axis=-1).astype("int64") for s, y in zip(SPLITS, ys)})
+
+
+def _one_hot_rows(y: np.ndarray) -> bool:
+    """Whether every row of ``y`` along its last axis is one-hot (a single 1, else 0)."""
+    return bool(np.isin(y, (0, 1)).all()) and bool((y.sum(axis=-1) == 1).all())
 
 
 def _pixel_range(dataset: Dataset, model) -> Dataset:
