@@ -10,6 +10,8 @@ Example:
 >>> loss = OnClassNumbers("categorical_crossentropy")
 >>> round(float(loss(np.array([1]), np.array([[0.25, 0.75]]))), 4)  # -log 0.75
 0.2877
+>>> round(float(loss(np.array([[0.0, 1.0]]), np.array([[0.25, 0.75]]))), 4)  # rows too
+0.2877
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ class OnClassNumbers(keras.losses.Loss):
     """A Keras loss on one-hot rows (``categorical_crossentropy``, its focal form,
     ``categorical_hinge``) taking class numbers: each label becomes a one-hot row as wide
     as the output, then the loss runs with the keyword arguments it was compiled with
-    (``from_logits``, ``label_smoothing``, focal ``alpha``/``gamma``).
+    (``from_logits``, ``label_smoothing``, focal ``alpha``/``gamma``). Targets that are
+    one-hot rows already go to the loss as they are.
 
     Args:
         loss: a Keras loss name, a built-in loss object or function on one-hot rows.
@@ -41,7 +44,9 @@ class OnClassNumbers(keras.losses.Loss):
 
     def call(self, y_true, y_pred):
         y_true = ops.convert_to_tensor(y_true)
-        if len(y_true.shape) == len(y_pred.shape) and y_true.shape[-1] == 1:
+        if len(y_true.shape) == len(y_pred.shape):
+            if y_true.shape[-1] != 1:  # one-hot rows already: the loss as compiled
+                return self.fn(ops.cast(y_true, y_pred.dtype), y_pred, **self.fn_kwargs)
             y_true = ops.squeeze(y_true, -1)
         rows = ops.one_hot(ops.cast(y_true, "int32"), y_pred.shape[-1], dtype=y_pred.dtype)
         return self.fn(rows, y_pred, **self.fn_kwargs)
