@@ -100,7 +100,43 @@ def comparison(got: np.ndarray, expected: np.ndarray, classifier: bool) -> dict:
            "sqnr_db": sqnr_db(got, expected)}
     if classifier and np.asarray(expected).ndim >= 2 and np.asarray(expected).shape[-1] > 1:
         out["top1_agreement"] = top1_agreement(got, expected)
+    if constant(expected):
+        out["constant_reference"] = True
     return out
+
+
+def constant(outputs) -> bool:
+    """Whether a model gave (to float rounding) the same outputs for every one of several
+    inputs: an agreement with such a model holds whatever its inputs (a collapsed or
+    untrained model, or inputs scaled otherwise than it expects).
+
+    >>> constant(np.array([[0.5, 0.5], [0.5, 0.5]])), constant(np.array([[0.5], [0.6]]))
+    (True, False)
+    >>> constant(np.array([[0.5]]))  # one input: nothing to compare
+    False
+    """
+    values = np.asarray(outputs, np.float64)
+    if values.ndim < 1 or len(values) < 2 or not np.isfinite(values).all():
+        return False
+    spread = float(np.max(np.ptp(values, axis=0)))
+    return spread <= 1e-6 * max(1.0, float(np.max(np.abs(values))))
+
+
+def constant_note(check: dict, samples: int, model: str = "the model") -> str | None:
+    """The warning a :func:`comparison` with a constant reference calls for, else None.
+
+    >>> constant_note({"constant_reference": True}, 40, "model 'tl'")
+    "model 'tl' gives the same output for all 40 check inputs: an agreement with it says nothing about inputs (is it trained, and are its inputs scaled as it expects?)"
+    """
+    names = [n for n, c in (check.get("outputs") or {}).items()
+             if c.get("constant_reference")]
+    if not check.get("constant_reference") and not names:
+        return None
+    which = f"output{'s' if len(names) > 1 else ''} {', '.join(names)} of {model}" \
+        if names else model
+    return (f"{which} gives the same output for all {samples} check inputs: an agreement "
+            "with it says nothing about inputs (is it trained, and are its inputs scaled "
+            "as it expects?)")
 
 
 #: The least SQNR (dB) of a quantized artifact's outputs against its float model's that

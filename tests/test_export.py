@@ -300,6 +300,37 @@ def test_onnx_export_is_traced_in_inference_mode_after_augmentation_layers(tmp_p
                                model.predict(x, verbose=0), atol=1e-4)
 
 
+@pytest.mark.parametrize("command", ["export", "quantize"])
+def test_a_model_whose_output_never_changes_is_warned_not_just_verified(cli, tmp_path, command):
+    # keras.io's transfer-learning recipe with a collapsed base: every input gave the same
+    # logit, and int8 was "verified against Keras: SQNR 138.6 dB"
+    import keras
+
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(
+        2, kernel_initializer="zeros", bias_initializer=keras.initializers.Constant(0.3))],
+        name="stuck")
+    model.save(tmp_path / "stuck.keras")
+    out = tmp_path / ("stuck.onnx" if command == "export" else "stuck.tflite")
+    r = cli(command, tmp_path / "stuck.keras", "-o", out, "--data",
+            "npz:" + str(_npz(tmp_path)))
+    assert r.exit_code == 0, r.output
+    said = " ".join(r.output.split())
+    assert "gives the same output for all" in said and "says nothing about inputs" in said
+    healthy = keras.Sequential([keras.Input((6,)), keras.layers.Dense(2)], name="fine")
+    healthy.save(tmp_path / "fine.keras")
+    r = cli(command, tmp_path / "fine.keras", "-o", tmp_path / ("f" + out.suffix), "--data",
+            "npz:" + str(_npz(tmp_path)))
+    assert r.exit_code == 0 and "same output" not in r.output, r.output
+
+
+def _npz(tmp_path):
+    path = tmp_path / "six.npz"
+    if not path.exists():
+        rng = np.random.default_rng(0)
+        np.savez(path, x_train=rng.normal(size=(64, 6)).astype("float32"))
+    return path
+
+
 @pytest.mark.parametrize("command,suffix", [("export", "onnx"), ("quantize", "tflite")])
 def test_a_lookup_table_layer_is_refused_in_one_line_for_both_formats(cli, tmp_path, command,
                                                                       suffix):

@@ -152,6 +152,11 @@ def emit_result(result: dict, as_json: bool) -> None:
                       f"{result['agreement']}")
     if result.get("nothing_quantized"):
         console.print(f"[bold red]warning:[/] {result['nothing_quantized']}")
+    from compress.agreement import constant_note
+
+    same = constant_note(result, result.get("agreement_samples", 0), "the float model")
+    if same:
+        console.print(f"[bold red]warning:[/] {same}")
     if result.get("quantized_layers"):
         console.print("quantized by Keras: " + ", ".join(
             f"{k} ({v})" for k, v in result["quantized_layers"].items()))
