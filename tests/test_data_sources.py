@@ -268,6 +268,41 @@ def test_a_model_that_rescales_pixels_itself_gets_them_in_0_255(image_folder, di
     assert json.loads(forced.output[forced.output.index("{"):])["accuracy"] < 0.6
 
 
+def test_a_model_taking_uint8_pixels_gets_0_255_from_folders_and_named_data(image_folder,
+                                                                           digits3, cli,
+                                                                           tmp_path):
+    # keras.Input(dtype="uint8") with no Rescaling to spot: [0, 1] pixels were cast to
+    # uint8, nearly all 0, and a trained model scored 17% on a folder (60% in Keras)
+    import keras
+
+    from compress.data import load_data, prepare
+
+    keras.utils.set_random_seed(0)
+    x, y = digits3
+    model = keras.Sequential([keras.Input((8, 8, 1), dtype="uint8"), keras.layers.Rescaling(1.0),
+                              keras.layers.Flatten(), keras.layers.Dense(3, activation="softmax")],
+                             name="u8")
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit(np.round(x * 255).astype("uint8"), y, epochs=60, verbose=0)
+    data = prepare(model, load_data(str(image_folder), seed=0))
+    images, _ = data.head("train", 8)
+    assert images.dtype == np.uint8 and images.max() > 100
+    assert any("takes uint8 pixels: images are given in [0, 255]" in n for n in data.notes)
+    path = tmp_path / "u8.keras"
+    model.save(path)
+    r = cli("inspect", path, "--data", image_folder, "--json", "--no-latency")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output[r.output.index("{"):])["accuracy"] > 0.8
+    wide = keras.Sequential([keras.Input((8, 8, 1), dtype="uint8"), keras.layers.Rescaling(1.0),
+                             keras.layers.Flatten(), keras.layers.Dense(10)], name="u8wide")
+    named = prepare(wide, load_data("digits", seed=0))  # [0, 1] floats: scaled, rounded
+    assert named.x_train.dtype == np.uint8 and named.x_train.max() == 255
+    np.savez(tmp_path / "own.npz", x_train=x, y_train=y)  # the user's [0, 1] arrays: warned
+    own = prepare(model, load_data(f"npz:{tmp_path / 'own.npz'}"))
+    assert any(n.startswith("warning") and "takes uint8 pixels" in n and "become 0 or 1" in n
+               for n in own.notes)
+
+
 def test_named_datasets_scale_for_such_a_model_and_own_arrays_are_warned(tmp_path):
     import keras
 

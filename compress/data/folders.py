@@ -183,11 +183,14 @@ class ImageFolder:
         preprocess = self.preprocess
         if preprocess is None:
             inside = rescales_inside(model)
-            preprocess = "raw" if inside else DEFAULT_PREPROCESS
-            if inside:
-                notes.append(f"data {self.name}: model '{model.name}' scales pixels itself "
-                             f"({inside}): images are given in [0, 255] (--preprocess raw); "
-                             "pass --preprocess to choose")
+            integer = integer_input(model)
+            preprocess = "raw" if inside or integer else DEFAULT_PREPROCESS
+            if inside or integer:
+                why = f"scales pixels itself ({inside})" if inside else \
+                    f"takes {integer} pixels"
+                notes.append(f"data {self.name}: model '{model.name}' {why}: images are "
+                             "given in [0, 255] (--preprocess raw); pass --preprocess to "
+                             "choose")
         units = _class_units(model)
         if self.labelled and units and units > self.num_classes:
             shown = ", ".join(self.class_names[:3]) + (", ..." if self.num_classes > 3
@@ -212,6 +215,8 @@ class ImageFolder:
             same = tf.reduce_all(tf.shape(image)[:2] == tf.constant([h, w]))
             image = tf.cond(same, lambda: image, lambda: tf.image.resize(image, (h, w)))
             image = _preprocess_tf(image, mode)
+            if not tf.as_dtype(dtype).is_floating:  # resized pixels: round, not truncate
+                image = tf.round(image)
             return tf.cast(tf.reshape(image, target), dtype)
 
         def source(files, labels):
@@ -308,6 +313,23 @@ def _class_notes(path, classes: list, labels: list) -> list:
                      f"names in sorted order, as Keras's image_dataset_from_directory "
                      f"gives them: folder '{moved}' is label {classes.index(moved)}")
     return notes
+
+
+def integer_input(model) -> str | None:
+    """The integer dtype of ``model``'s single image input (``uint8`` pixels, as TFLite
+    and many exported models take them), else None: such a model is given [0, 255]
+    pixels, since [0, 1] values cast to an integer become 0 (or 1).
+
+    >>> import keras
+    >>> integer_input(keras.Sequential([keras.Input((8, 8, 3), dtype="uint8"),
+    ...                                 keras.layers.Rescaling(1 / 255)]))
+    'uint8'
+    """
+    inputs = getattr(model, "inputs", None) or []
+    if len(inputs) != 1 or len(inputs[0].shape) not in (3, 4):
+        return None
+    dtype = str(getattr(inputs[0], "dtype", None) or "float32")
+    return dtype if dtype.startswith(("uint", "int")) else None
 
 
 def rescales_inside(model) -> str | None:

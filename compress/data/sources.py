@@ -351,11 +351,13 @@ def _one_hot_rows(y: np.ndarray) -> bool:
 
 def _pixel_range(dataset: Dataset, model) -> Dataset:
     """A named image dataset (pixels in [0, 1]) given in [0, 255] to a model that scales
-    pixels itself (:func:`compress.data.folders.rescales_inside`), with a note; the user's
-    own arrays are kept as they are, with a warning when they look like [0, 1] pixels."""
+    pixels itself (:func:`compress.data.folders.rescales_inside`) or takes integer pixels
+    (:func:`~compress.data.folders.integer_input`), with a note; the user's own arrays
+    are kept as they are, with a warning when they look like [0, 1] pixels for such a
+    model (an integer input would cut them to 0)."""
     import dataclasses
 
-    from compress.data.folders import rescales_inside
+    from compress.data.folders import integer_input, rescales_inside
     from compress.data.named import NAMES
 
     x = dataset.x_train
@@ -363,16 +365,22 @@ def _pixel_range(dataset: Dataset, model) -> Dataset:
             x.size == 0 or float(np.max(x)) > 1.0 or float(np.min(x)) < 0.0:
         return dataset
     inside = rescales_inside(model)
-    if not inside:
-        return dataset
+    integer = integer_input(model)
+    if not inside and not (integer and not np.all(x == np.round(x))):
+        return dataset  # [0, 1] floats for a float model; 0/1 values for an integer one
+    why = f"scales pixels itself ({inside})" if inside else f"takes {integer} pixels"
     if dataset.name in NAMES:
-        note = (f"data {dataset.name}: model '{model.name}' scales pixels itself ({inside}): "
-                "the images are given in [0, 255]")
+        note = f"data {dataset.name}: model '{model.name}' {why}: the images are given in [0, 255]"
+
+        def scaled(a):
+            a = a * np.float32(255)
+            return np.round(a) if integer else a
         return dataclasses.replace(
             dataset, notes=[*dataset.notes, note],
-            **{k: getattr(dataset, k) * np.float32(255) for k in ("x_train", "x_val", "x_test")})
-    note = (f"warning: data {dataset.name}: inputs are in [0, 1] but model '{model.name}' scales "
-            f"pixels itself ({inside}), which expects [0, 255]: the scores may be wrong")
+            **{k: scaled(getattr(dataset, k)) for k in ("x_train", "x_val", "x_test")})
+    effect = "cast to integers they become 0 or 1" if integer else "the scores may be wrong"
+    note = (f"warning: data {dataset.name}: inputs are in [0, 1] but model '{model.name}' "
+            f"{why}, which expects [0, 255]: {effect}")
     return dataclasses.replace(dataset, notes=[*dataset.notes, note])
 
 
