@@ -434,5 +434,20 @@ def test_recipe_reads_an_image_folder(image_folder, cnn_file, tmp_path):
               "steps": [{"prune": {"sparsity": 0.5, "epochs": 1}}]}
     result = run_recipe(recipe)
     assert any("prune" in str(step) for step in result["steps"])
+    assert "data_notes" not in result
     with pytest.raises(CompressError, match="preprocess 'nope': unknown"):
         run_recipe({**recipe, "preprocess": "nope"})
+    # the data's notes and warnings are said and kept in the report (a recipe said none)
+    import shutil
+
+    partial = tmp_path / "two_classes"
+    shutil.copytree(image_folder, partial)
+    shutil.rmtree(partial / "class_1")
+    said = []
+    result = run_recipe({**recipe, "data": str(partial), "output": str(tmp_path / "o2")},
+                        progress=said.append)
+    warned = [n for n in result["data_notes"] if n.startswith("warning")]
+    assert len(warned) == 1 and "2 class folders (class_0, class_2)" in warned[0]
+    assert warned[0] in said
+    assert said.index(warned[0]) < said.index("steps[0].prune")  # before any training
+    assert f"- {warned[0]}" in (tmp_path / "o2" / "report.md").read_text()

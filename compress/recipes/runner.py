@@ -89,8 +89,23 @@ def run_recipe(source, output: str | os.PathLike | None = None, overrides: list[
               "seed": seed, "data": recipe.get("data"), "model": recipe["model"],
               "output": str(out), "status": "running", "steps": []}
     started = time.perf_counter()
+    said = []
+
+    def data_notes(*sources):
+        # what reading and fitting the data found (skipped files, a class folder missing,
+        # pixels scaled for the model, one-hot labels): said once, kept in the report
+        for found in sources:
+            for note in getattr(found, "notes", None) or []:
+                if note not in said:
+                    said.append(note)
+                    say(note)
+        if said:
+            result["data_notes"] = list(said)
+
+    data_notes(raw, dataset)  # before any training: a warning here may stop the run
     try:
         baseline, dataset = _initial_model(recipe, raw, loaded, dataset, verbose)
+        data_notes(dataset)
         base = model_report(baseline, dataset, name="baseline")
         base_path = out / "step0-baseline.keras"
         io.save_model(baseline, base_path, force=True)
@@ -306,6 +321,8 @@ def _write_reports(out: Path, result: dict, seconds: float) -> None:
     setting = (f"Seed {result['seed']}, data `{result['data']}`, model `{result['model']}`, "
                f"{seconds:.0f} s.")
     lines = [f"# Recipe report: {result['recipe']}", "", status, "", setting, ""]
+    if result.get("data_notes"):
+        lines += ["Data:", ""] + [f"- {note}" for note in result["data_notes"]] + [""]
     if reports:
         lines += ["## Steps", "", markdown_table(reports), ""]
         try:
