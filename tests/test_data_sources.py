@@ -226,6 +226,10 @@ def test_class_folders_keep_their_labels_and_a_missing_class_is_warned(image_fol
     missing = tmp_path / "missing_class"
     shutil.copytree(image_folder, missing)
     shutil.rmtree(missing / "class_1")
+    from compress.data import as_dataset
+
+    with pytest.warns(UserWarning, match="2 class folders .* add it"):  # the Python API
+        as_dataset(str(missing), model)
     data = prepare(model, load_data(str(missing), seed=0))
     warned = [n for n in data.notes if n.startswith("warning")]
     assert len(warned) == 1 and "2 class folders (class_0, class_2) for model" in warned[0]

@@ -73,10 +73,12 @@ def as_dataset(data, model=None, *, validation=None, name: str | None = None, se
         return None
     if isinstance(data, (Dataset, StreamDataset)) and validation is None:
         return prepare(model, data) if model is not None else data
-    if isinstance(data, str):
+    if isinstance(data, str):  # the Python API's path or name: its warnings are raised
         from compress.data.named import load_data
 
-        return as_dataset(load_data(data, seed), model, validation=validation, name=name)
+        ds = as_dataset(load_data(data, seed), model, validation=validation, name=name)
+        _warn(ds)
+        return ds
     from compress.data.folders import ImageFolder
 
     if isinstance(data, ImageFolder):
@@ -109,6 +111,16 @@ def as_dataset(data, model=None, *, validation=None, name: str | None = None, se
             raise CompressError(f"{name}: empty dataset (no samples)")
         ds.num_classes = _classes(first[1], None)
     return prepare(model, ds) if model is not None else ds
+
+
+def _warn(dataset) -> None:
+    """Raise the dataset's warning notes as Python warnings (the CLI and recipes print
+    every note; a Python caller who passed a path would otherwise see none)."""
+    import warnings
+
+    for note in getattr(dataset, "notes", None) or []:
+        if note.startswith("warning: "):
+            warnings.warn(note[len("warning: "):], UserWarning, stacklevel=3)
 
 
 def _describe(data) -> str:
