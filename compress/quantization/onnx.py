@@ -105,6 +105,55 @@ def quantize_onnx(float_path, out_path, mode: str = "int8",
             raise CompressError(f"ONNX {mode} quantization failed "
                                 f"({' '.join(str(exc).split())[:200]}); try mode dynamic "
                                 "or --format tflite") from exc
+    compact_names(out_path)
+
+
+#: Suffixes onnxruntime's quantizer appends to the names of the tensors it adds (weights
+#: made int8, their scales and zero points, the outputs of QuantizeLinear/DequantizeLinear).
+QUANTIZER_SUFFIXES = ("_quantized", "_scale", "_zero_point", "_QuantizeLinear_Output",
+                      "_DequantizeLinear_Output")
+
+
+def compact_names(path) -> None:
+    """Give the tensors the quantizer added short names (``q0``, ``q1``, ...) and its
+    QuantizeLinear/DequantizeLinear nodes none, in the file at ``path``.
+
+    Each added tensor is named after the original one, whose path (tf2onnx's
+    ``functional_1/functional_1/block/.../ReadVariableOp:0``) is then repeated in up to six
+    names per node: a small transformer's int8 file was 1.17x its float file (112 KB of
+    its 174 KB were node records), 0.55x after. The model's own tensors and nodes, its
+    inputs and outputs keep their names, so a viewer still shows the Keras layers. A
+    graph with subgraphs (If, Loop) is left as it is.
+    """
+    import onnx
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+           for node in graph.node for a in node.attribute):
+        return
+    keep = {v.name for v in graph.input} | {v.name for v in graph.output}
+    names = {}
+
+    def short(name):
+        if not name or name in keep or not name.endswith(QUANTIZER_SUFFIXES):
+            return name
+        return names.setdefault(name, f"q{len(names)}")
+
+    for node in graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            node.name = ""
+        node.input[:] = [short(n) for n in node.input]
+        node.output[:] = [short(n) for n in node.output]
+    for tensor in graph.initializer:
+        tensor.name = short(tensor.name)
+    for info in graph.value_info:
+        info.name = short(info.name)
+    if len(set(names.values())) != len(names) or set(names.values()) & {
+            n for node in graph.node for n in [*node.input, *node.output]
+            if n not in names.values() and n}:
+        return  # a clash with a name already there: keep the file as it was
+    onnx.save(model, str(path))
 
 
 def to_float16(content: bytes) -> bytes:
