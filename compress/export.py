@@ -156,13 +156,57 @@ def verification_inputs(model, data=None, samples: int = 256, seed: int = 0) -> 
         x, _ = as_dataset(data).head("test", samples)  # inputs only: targets unchecked
         return named_inputs(model, fit_to_model(x, model, "test data"))
     rng = np.random.default_rng(seed)
+    drawn = [_random_input(model, t, samples, rng) for t in model.inputs]
     if len(model.inputs) > 1:  # several inputs: a dict keyed by input name
-        return {name: rng.random((samples,) + concrete_shape(t.shape[1:], t.dtype),
-                                 dtype=np.float32)
-                for name, t in zip(_input_names(model), model.inputs)}
-    t = model.inputs[0]
-    shape = concrete_shape(t.shape[1:], t.dtype)
-    return rng.random((samples,) + shape, dtype=np.float32)
+        return dict(zip(_input_names(model), drawn))
+    return drawn[0]
+
+
+def _random_input(model, tensor, samples: int, rng) -> np.ndarray:
+    """Seeded inputs for ``tensor``, one of ``model``'s inputs: uniform in [0, 1) for a
+    float input; for an integer one, ids drawn below the vocabulary of the embedding
+    that reads it (uniform [0, 1) cast to integers was all 0: every token a padding
+    token, and a masked model gave one output for all of them), or 1 where no embedding
+    reads it (a padding mask: every position kept)."""
+    shape = (samples,) + concrete_shape(tensor.shape[1:], tensor.dtype)
+    dtype = str(getattr(tensor, "dtype", None) or "float32")
+    if not dtype.startswith(("int", "uint")):
+        return rng.random(shape, dtype=np.float32)
+    high = _vocabulary(model, tensor)
+    if high is None:
+        return np.ones(shape, dtype)
+    return rng.integers(0, high, shape).astype(dtype)
+
+
+def _vocabulary(model, tensor) -> int | None:
+    """The largest ``input_dim`` among the embeddings in the layers that read ``tensor``
+    directly (KerasHub's token-and-position embedding holds its own), else None.
+
+    >>> import keras
+    >>> inp = keras.Input((5,), dtype="int32")
+    >>> m = keras.Model(inp, keras.layers.Embedding(30, 4)(inp))
+    >>> _vocabulary(m, inp)
+    30
+    """
+    import keras
+
+    found = []
+    for layer in model.layers:
+        for node in getattr(layer, "_inbound_nodes", []):
+            tensors = list(node.input_tensors)
+            if not any(t is tensor for t in tensors):
+                continue
+            if isinstance(layer, keras.Model):  # a nested model: follow its own input
+                inner = list(getattr(layer, "inputs", None) or [])
+                if len(inner) == len(tensors):
+                    dim = _vocabulary(layer, inner[[t is tensor for t in tensors].index(True)])
+                    found += [dim] if dim else []
+                continue
+            for sub in [layer, *getattr(layer, "_flatten_layers", list)()]:
+                dim = getattr(sub, "input_dim", None)
+                if isinstance(dim, int) and dim > 0:
+                    found.append(dim)
+    return max(found) if found else None
 
 
 def _input_names(model) -> list[str]:

@@ -300,6 +300,30 @@ def test_onnx_export_is_traced_in_inference_mode_after_augmentation_layers(tmp_p
                                model.predict(x, verbose=0), atol=1e-4)
 
 
+def test_token_inputs_are_verified_on_ids_below_the_vocabulary_without_data(tmp_path):
+    # uniform [0, 1) inputs cast to int32 were all 0: every token the padding token, and
+    # a mask_zero model gave one output for all 256 "check inputs"
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((12,), dtype="int32")
+    h = keras.layers.Embedding(50, 8, mask_zero=True)(inp)
+    h = keras.layers.LSTM(8)(h)
+    model = keras.Model(inp, keras.layers.Dense(3, activation="softmax")(h), name="masked")
+    x = export.verification_inputs(model, None, samples=64)
+    assert x.dtype == np.int32 and x.min() >= 0 and x.max() < 50 and len(np.unique(x)) > 40
+    _, check = export.export_artifact(model, None, format="onnx")
+    assert "constant_reference" not in check and check["max_abs_diff"] <= 1e-4
+    # an integer input no embedding reads (a padding mask) keeps every position
+    ids, mask = keras.Input((6,), dtype="int32", name="ids"), keras.Input((6,), dtype="int32",
+                                                                           name="mask")
+    h = keras.layers.Embedding(20, 4)(ids) * keras.ops.expand_dims(
+        keras.ops.cast(mask, "float32"), -1)
+    two = keras.Model([ids, mask], keras.layers.Dense(2)(keras.layers.Flatten()(h)))
+    drawn = export.verification_inputs(two, None, samples=8)
+    assert drawn["mask"].min() == 1 and drawn["ids"].max() < 20
+
+
 @pytest.mark.parametrize("command", ["export", "quantize"])
 def test_a_model_whose_output_never_changes_is_warned_not_just_verified(cli, tmp_path, command):
     # keras.io's transfer-learning recipe with a collapsed base: every input gave the same
