@@ -266,3 +266,17 @@ def top1_agreement(got: np.ndarray, expected: np.ndarray) -> float:
         labels, expected_finite = expected.reshape(got.shape[:-1]), True
     finite = np.isfinite(got).all(axis=-1) & expected_finite
     return float(np.mean((np.argmax(got, -1) == labels) & finite))
+
+
+def xnnpack_note(check: dict) -> str | None:
+    """The note for an artifact that LiteRT's XNNPACK delegate could not prepare.
+
+    >>> xnnpack_note({"xnnpack_refused": "Node 3 failed to prepare"})[:44]
+    "LiteRT's default XNNPACK delegate could not "
+    """
+    why = check.get("xnnpack_refused")
+    if not why:
+        return None
+    return ("LiteRT's default XNNPACK delegate could not prepare this model (" + why + "): "
+            "it was verified and timed on LiteRT's builtin kernels; where a runtime applies "
+            "XNNPACK by default, turn it off for this model")

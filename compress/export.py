@@ -326,6 +326,11 @@ def _exported(model, fmt: str, x, atol: float, where: str, opset: int | None = N
             raise CompressError(f"{where}: {name} export failed ({_one_line(exc)})") from exc
         content = tmp.read_bytes()
     check = _verified(model, content, fmt, x, atol, where)
+    if fmt == "tflite" and x is not None:
+        from compress.runtime import xnnpack_refused
+
+        if xnnpack_refused(content):
+            check = {**check, "xnnpack_refused": xnnpack_refused(content)}
     if notes:
         check = {**check, "export_copy": "; ".join(notes)}
         if x is not None and model is not reference:
@@ -533,8 +538,11 @@ def _unrollable(layer) -> bool:
     if not cells or any(type(c).__name__ not in _RECURRENT or c.unroll for c in cells):
         return False
     try:
-        steps = layer.input.shape[1]
-    except (AttributeError, ValueError, IndexError):  # no single input to read it from
+        first = layer.input
+        # a masked input (Embedding(mask_zero=True) before it) comes as [inputs, mask]
+        first = first[0] if isinstance(first, (list, tuple)) else first
+        steps = first.shape[1]
+    except (AttributeError, ValueError, IndexError, TypeError):  # no input to read it from
         return False
     return steps is not None and steps <= MAX_UNROLL
 

@@ -287,21 +287,43 @@ def _onnx_dtype(type_name: str):
             "tensor(int64)": np.int64, "tensor(bool)": np.bool_}.get(type_name, np.float32)
 
 
-def tflite_interpreter(artifact, threads: int | None = None):
+def tflite_interpreter(artifact, threads: int | None = None, builtin: bool = False):
     """A LiteRT ``Interpreter`` for a ``.tflite`` file or flatbuffer bytes.
 
     Files with sparse tensors run on LiteRT's builtin kernels: the default XNNPACK
-    delegate refuses weights densified at run time.
+    delegate refuses weights densified at run time; so do files the delegate failed to
+    prepare before (:func:`xnnpack_refused`), and any with ``builtin``.
     """
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     kwargs = {}
-    if has_sparse_tensors(artifact):
+    if builtin or has_sparse_tensors(artifact) or _artifact_key(artifact) in _NO_XNNPACK:
         kwargs["experimental_op_resolver_type"] = \
             OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
     if _is_bytes(artifact):
         return Interpreter(model_content=bytes(artifact), num_threads=threads, **kwargs)
     return Interpreter(model_path=str(artifact), num_threads=threads, **kwargs)
+
+
+#: Artifacts whose ops LiteRT's default XNNPACK delegate failed to prepare: ``{key: why}``.
+_NO_XNNPACK: dict = {}
+
+
+def _artifact_key(artifact) -> str:
+    import hashlib
+
+    content = bytes(artifact) if _is_bytes(artifact) else Path(artifact).read_bytes()
+    return hashlib.sha1(content).hexdigest()
+
+
+def xnnpack_refused(artifact) -> str | None:
+    """Why LiteRT's default XNNPACK delegate could not prepare ``artifact`` (which then
+    ran on LiteRT's builtin kernels, as :func:`tflite_interpreter` runs it), or None when
+    it did or was never asked. A masked recurrent layer's int8 graph is one such.
+
+    >>> xnnpack_refused(b"never run")
+    """
+    return _NO_XNNPACK.get(_artifact_key(artifact))
 
 
 class TFLiteRunner:
@@ -321,8 +343,9 @@ class TFLiteRunner:
         threads: int or None, default None (LiteRT's choice).
     """
 
-    def __init__(self, artifact, threads: int | None = None):
-        self.interpreter = tflite_interpreter(artifact, threads)
+    def __init__(self, artifact, threads: int | None = None, builtin: bool = False):
+        self._artifact, self._threads = artifact, threads
+        self.interpreter = tflite_interpreter(artifact, threads, builtin)
         self._allocated_shape = None  # the input shape the tensors were allocated for
         self._signature = None
         interp = self.interpreter
@@ -360,6 +383,19 @@ class TFLiteRunner:
         return next(iter(result.values())) if len(result) == 1 else result
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
+        try:
+            return self._call(x)
+        except RuntimeError as exc:
+            # XNNPACK builds its runtime at the first invoke, and fails there for some
+            # graphs (a masked LSTM's int8 ops): run on LiteRT's builtin kernels instead,
+            # and remember it (xnnpack_refused) for the report
+            if "XNNPACK" not in str(exc) or _artifact_key(self._artifact) in _NO_XNNPACK:
+                raise
+            _NO_XNNPACK[_artifact_key(self._artifact)] = " ".join(str(exc).split())[:160]
+            self.__init__(self._artifact, self._threads, builtin=True)
+            return self._call(x)
+
+    def _call(self, x: np.ndarray) -> np.ndarray:
         if self._signature is not None:
             return self._call_signature(x)
         interp = self.interpreter
@@ -548,6 +584,7 @@ def runtime_latency_ms(artifact, sample_shape: tuple, batch: int = 1, threads: i
         feed = _onnx_feed(session, x)
         return latency_ms(lambda _: session.run(None, feed), None, runs=runs)
     runner = TFLiteRunner(artifact, threads)
+    runner(x)  # once untimed: a delegate that cannot prepare the graph is replaced here
     if runner._signature is not None:
         return latency_ms(lambda _: runner(x), None, runs=runs)
     interp = runner.interpreter

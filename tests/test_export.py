@@ -1,5 +1,6 @@
 """compress.export: ONNX and TFLite artifacts agree with Keras in the real runtimes."""
 
+import json
 import os
 
 import numpy as np
@@ -229,6 +230,61 @@ def test_recurrent_layers_are_unrolled_for_tflite_in_float_and_int8(tmp_path):
     int8 = runtime.verify(model, tflite.convert(model, "int8", x), x)
     assert int8["sqnr_db"] >= 20, int8
     assert not model.get_layer("lstm").unroll  # the user's model is not changed
+
+
+def test_a_masked_recurrent_model_is_unrolled_for_tflite(cli, tmp_path):
+    """Embedding(mask_zero=True) feeds the LSTM [inputs, mask]: the unroll rule read no
+    time steps from that and the export was refused (FlexTensorListReserve)."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((10,), dtype="int32")
+    h = keras.layers.Embedding(40, 8, mask_zero=True)(inp)
+    h = keras.layers.Bidirectional(keras.layers.LSTM(8), name="bilstm")(h)
+    model = keras.Model(inp, keras.layers.Dense(1, activation="sigmoid")(h), name="masked")
+    model.save(tmp_path / "masked.keras")
+    rng = np.random.default_rng(0)
+    x = rng.integers(1, 40, (200, 10)).astype("int32")
+    x[:, :4] *= rng.integers(0, 2, (200, 4)).astype("int32")  # padding at the front
+    np.savez(tmp_path / "ids.npz", x_train=x, y_train=(x[:, -1] > 20).astype("int32"))
+    r = cli("export", tmp_path / "masked.keras", "-o", tmp_path / "m.tflite", "--data",
+            f"npz:{tmp_path / 'ids.npz'}", "--json")
+    assert r.exit_code == 0, r.output
+    check = json.loads(r.output)
+    assert "bilstm" in check["export_copy"] and check["max_abs_diff"] <= 1e-4
+    r = cli("quantize", tmp_path / "masked.keras", "-o", tmp_path / "q.tflite", "--data",
+            f"npz:{tmp_path / 'ids.npz'}")
+    assert r.exit_code == 0 and (tmp_path / "q.tflite").exists(), r.output
+
+
+def test_a_graph_xnnpack_cannot_prepare_runs_on_litert_s_own_kernels(mlp_file, monkeypatch):
+    """A trained masked BiLSTM's int8 file failed at its first invoke ("failed to create
+    XNNPACK runtime ... failed to prepare"), and quantize stopped with it: the artifact
+    now runs on LiteRT's builtin kernels, and the report says so. The delegate's failure
+    is simulated here: which graphs it refuses depends on trained quantization scales."""
+    from ai_edge_litert import interpreter as litert
+
+    from compress.quantization import quantize
+
+    real = litert.Interpreter
+
+    class Picky(real):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._delegated = "experimental_op_resolver_type" not in kwargs
+
+        def invoke(self):
+            if self._delegated:
+                raise RuntimeError("failed to create XNNPACK runtimeNode number 7 "
+                                   "(TfLiteXNNPackDelegate) failed to prepare.")
+            return super().invoke()
+
+    monkeypatch.setattr(litert, "Interpreter", Picky)
+    path, ds = mlp_file
+    content, info = quantize(io.load_model(path), ds, format="tflite")
+    assert info["verified"] and "failed to prepare" in info["xnnpack_refused"]
+    assert runtime.xnnpack_refused(content) == info["xnnpack_refused"]
+    assert info["accuracy"] > 0.5 and set(info["latency_ms"]) >= {"1"}
 
 
 def test_a_tflite_export_with_tensorflow_ops_is_refused_in_one_line(monkeypatch):

@@ -108,11 +108,13 @@ def command(model, output, data, seed, unsafe, as_json, force, quantize=None, sp
                          f"{extra}")
     else:
         lines.append(verified)
-    from compress.agreement import constant_note
+    from compress.agreement import constant_note, xnnpack_note
 
     same = constant_note(result, result.get("samples", 0), f"model '{loaded.name}'")
     if same:
         lines.append(f"warning: {same}")
+    if xnnpack_note(result):
+        lines.append(f"note: {xnnpack_note(result)}")
     if result.get("export_copy"):  # the artifact was made from a converter-friendly copy
         lines.append(f"note: {result['export_copy']}")
     if result.get("input_note"):

@@ -152,11 +152,15 @@ def emit_result(result: dict, as_json: bool) -> None:
                       f"{result['agreement']}")
     if result.get("nothing_quantized"):
         console.print(f"[bold red]warning:[/] {result['nothing_quantized']}")
-    from compress.agreement import constant_note
+    from compress.agreement import constant_note, xnnpack_note
 
     same = constant_note(result, result.get("agreement_samples", 0), "the float model")
     if same:
         console.print(f"[bold red]warning:[/] {same}")
+    if xnnpack_note(result):
+        console.print(f"note: {xnnpack_note(result)}")
+    if result.get("larger_than_float"):
+        console.print(f"note: {result['larger_than_float']}")
     if result.get("quantized_layers"):
         console.print("quantized by Keras: " + ", ".join(
             f"{k} ({v})" for k, v in result["quantized_layers"].items()))

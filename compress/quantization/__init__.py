@@ -239,6 +239,8 @@ def quantize(model, data=None, *, verbose: int | str = 0, **options) -> tuple[by
     info.update(measured)
     if fmt in ("tflite", "onnx") and opts["mode"] in ("int8", "dynamic"):
         info.update(_stored_in_int8(content, fmt, opts["mode"]))
+        if info.get("size_ratio", 0) > 1:
+            info["larger_than_float"] = _larger_note(content, fmt, info)
     if opts["qat"]:  # the artifact against the QAT-trained float model it was converted from
         info["qat"].update(_qat_float_agreement(content, fmt, trained, x_check, opts))
     if opts["debug_layers"]:
@@ -530,6 +532,8 @@ def _measure(content: bytes, float_content: bytes, fmt: str, x_check, expected, 
     }
     info["verified"], info["agreement"] = runtime.agreement_summary(info)
     info["size_ratio"] = info["bytes"] / info["float_bytes"]
+    if fmt == "tflite" and runtime.xnnpack_refused(content):
+        info["xnnpack_refused"] = runtime.xnnpack_refused(content)
     if x_test is not None and y_test is not None:  # the task's own scores, in the runtime
         task = opts["_task"]
         scores = task.score(runtime.run_artifact(content, x_test, fmt=fmt), y_test)
@@ -655,6 +659,30 @@ def _stored_in_int8(content: bytes, fmt: str, mode: str) -> dict:
                                     "small layers)" if mode == "dynamic" else
                                     f"no weight is stored in 8 bits{why}")
     return out
+
+
+def _larger_note(content: bytes, fmt: str, info: dict) -> str:
+    """Why a quantized file came out larger than its float one: its weights are a small
+    part of it, and every op's tensors carry quantization parameters (an unrolled LSTM:
+    one set per time step; a small model's QDQ nodes).
+
+    >>> _larger_note(b"", "tflite", {"size_ratio": 1.5, "zipped_bytes": 9,
+    ...              "float_zipped_bytes": 10})  # no readable file: no breakdown
+    'the file is 1.50x its float one (zipped 0.90x)'
+    """
+    from compress.artifacts import structure
+
+    try:
+        s = structure(content, fmt)
+        ops = sum(s["ops"].values())
+        weights = sum(w["bytes"] for w in s["weights"].values())
+        where = (f": its weights are {weights:,} of its {len(content):,} bytes; the rest is "
+                 f"the graph of {ops:,} ops and their tensors' quantization parameters")
+    except Exception:  # noqa: BLE001 - an explanation must never fail the command
+        where = ""
+    zipped = info["zipped_bytes"] / max(1, info["float_zipped_bytes"])
+    return (f"the file is {info['size_ratio']:.2f}x its float one (zipped {zipped:.2f}x)"
+            f"{where}")
 
 
 def _artifact_weights(content: bytes, fmt: str) -> list[np.ndarray]:
