@@ -221,6 +221,12 @@ def test_class_folders_keep_their_labels_and_a_missing_class_is_warned(image_fol
     assert folder.class_names == ["class_0", "class_1", "class_2"]  # as Keras lists them
     assert set(folder.train_labels + folder.val_labels) == {0, 2}  # class_2 keeps label 2
     assert any("'class_1' (label 1) holds no image; kept as a class" in n for n in folder.notes)
+    one = tmp_path / "one_image"  # a class whose only image went to validation: not empty
+    shutil.copytree(image_folder, one)
+    for f in sorted((one / "class_1").iterdir())[1:]:
+        f.unlink()
+    split = load_data(str(one), seed=0, val_split=0.5)
+    assert not any("holds no image" in n for n in split.notes)
     assert not any(n.startswith("warning") for n in prepare(model, folder).notes)
 
     missing = tmp_path / "missing_class"

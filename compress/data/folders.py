@@ -257,7 +257,8 @@ def scan(path: str, seed: int = 0, preprocess: str | None = None, val_data: str 
     if val_split is not None and not 0.0 < val_split < 1.0:
         raise CompressError(f"--val-split {val_split:g}: must be between 0 and 1 (exclusive)")
     files, labels, classes, skipped, first = _list(Path(path))
-    notes = []
+    # before any split: a class whose images all went to validation is not empty
+    notes = _class_notes(path, classes, labels) if labels is not None else []
     if val_data is not None:
         v_files, v_labels, v_classes, v_skipped, _ = _list(Path(val_data))
         if (v_labels is None) != (labels is None):
@@ -283,8 +284,6 @@ def scan(path: str, seed: int = 0, preprocess: str | None = None, val_data: str 
         v_labels = None if labels is None else [labels[i] for i in val_idx]
         files = [files[i] for i in train_idx]
         labels = None if labels is None else [labels[i] for i in train_idx]
-    if labels is not None:
-        notes += _class_notes(path, classes, labels)
     if skipped:
         shown = ", ".join(os.path.basename(str(s)) for s in skipped[:3])
         more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
@@ -299,7 +298,8 @@ def _class_notes(path, classes: list, labels: list) -> list:
     (a class without images keeps its label), and numbered folders whose sorted order is
     not their numeric order (Keras's order: '10' is label 2 of 0..10)."""
     notes = []
-    empty = [f"'{c}' (label {i})" for i, c in enumerate(classes) if i not in set(labels)]
+    present = set(labels)
+    empty = [f"'{c}' (label {i})" for i, c in enumerate(classes) if i not in present]
     if empty:
         many = len(empty) > 1
         notes.append(f"data {path}: class folder{'s' if many else ''} "
