@@ -297,7 +297,8 @@ def tflite_interpreter(artifact, threads: int | None = None, builtin: bool = Fal
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     kwargs = {}
-    if builtin or has_sparse_tensors(artifact) or _artifact_key(artifact) in _NO_XNNPACK:
+    if builtin or has_sparse_tensors(artifact) or (
+            _NO_XNNPACK and _artifact_key(artifact) in _NO_XNNPACK):  # hash only then
         kwargs["experimental_op_resolver_type"] = \
             OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
     if _is_bytes(artifact):
@@ -323,7 +324,7 @@ def xnnpack_refused(artifact) -> str | None:
 
     >>> xnnpack_refused(b"never run")
     """
-    return _NO_XNNPACK.get(_artifact_key(artifact))
+    return _NO_XNNPACK.get(_artifact_key(artifact)) if _NO_XNNPACK else None
 
 
 class TFLiteRunner:
