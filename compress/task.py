@@ -582,7 +582,9 @@ def resolve(model, loss: str | None = None, metrics: list | None = None, y=None)
         kind = _kind_of_loss(name, units, _inferred(activation, units, y, metrics).kind)
         own_metrics = _compiled_metrics(model)
         reason = "the model's own loss"
-        if name in _ONE_HOT_LOSSES and kind == CLASSIFICATION and not _one_hot_rows(y, units):
+        rank = len(model.outputs[0].shape) if getattr(model, "outputs", None) else 2
+        if name in _ONE_HOT_LOSSES and kind == CLASSIFICATION and \
+                not _one_hot_rows(y, units, rank):
             # keras.io's MNIST convnet: compiled on one-hot rows, given class numbers here
             own, reason = on_class_numbers(own), "the model's own loss, on class numbers"
         task = Task(kind, own, list(metrics) if metrics is not None else own_metrics,
@@ -605,12 +607,18 @@ _ONE_HOT_LOSSES = ("categorical_crossentropy", "categorical_focal_crossentropy",
                    "categorical_hinge")
 
 
-def _one_hot_rows(y, units: int) -> bool:
-    """Whether targets ``y`` are rows as wide as a ``units``-class output (one-hot)."""
+def _one_hot_rows(y, units: int, rank: int = 2) -> bool:
+    """Whether targets ``y`` are one-hot rows for a ``units``-class output of ``rank``
+    dimensions: shaped like it (a mask of class numbers is one dimension short, even
+    where its width happens to equal ``units``).
+
+    >>> _one_hot_rows(np.zeros((4, 3)), 3), _one_hot_rows(np.zeros((4, 8, 3)), 3, rank=4)
+    (True, False)
+    """
     if y is None:
         return False
     shape = np.shape(y)
-    return len(shape) >= 2 and shape[-1] == units > 1
+    return len(shape) == rank and shape[-1] == units > 1
 
 
 def on_class_numbers(loss):
