@@ -122,7 +122,8 @@ def constant(outputs) -> bool:
     return spread <= 1e-6 * max(1.0, float(np.max(np.abs(values))))
 
 
-def constant_note(check: dict, samples: int, model: str = "the model") -> str | None:
+def constant_note(check: dict, samples: int, model: str = "the model",
+                  random: bool = False) -> str | None:
     """The warning a :func:`comparison` with a constant reference calls for, else None.
 
     >>> constant_note({"constant_reference": True}, 40, "model 'tl'")
@@ -134,6 +135,9 @@ def constant_note(check: dict, samples: int, model: str = "the model") -> str | 
         return None
     which = f"output{'s' if len(names) > 1 else ''} {', '.join(names)} of {model}" \
         if names else model
+    if random:  # seeded random inputs: a trained model may saturate on noise
+        return (f"{which} gives the same output for all {samples} random check inputs: an "
+                "agreement with it says little; pass --data to check on real inputs")
     return (f"{which} gives the same output for all {samples} check inputs: an agreement "
             "with it says nothing about inputs (is it trained, and are its inputs scaled "
             "as it expects?)")

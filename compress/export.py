@@ -166,13 +166,16 @@ def _random_input(model, tensor, samples: int, rng) -> np.ndarray:
     """Seeded inputs for ``tensor``, one of ``model``'s inputs: uniform in [0, 1) for a
     float input; for an integer one, ids drawn below the vocabulary of the embedding
     that reads it (uniform [0, 1) cast to integers was all 0: every token a padding
-    token, and a masked model gave one output for all of them), or 1 where no embedding
-    reads it (a padding mask: every position kept)."""
+    token, and a masked model gave one output for all of them), pixels in [0, 255] for a
+    ``uint8`` input no embedding reads, or 1 for any other integer input no embedding
+    reads (a padding mask: every position kept)."""
     shape = (samples,) + concrete_shape(tensor.shape[1:], tensor.dtype)
     dtype = str(getattr(tensor, "dtype", None) or "float32")
     if not dtype.startswith(("int", "uint")):
         return rng.random(shape, dtype=np.float32)
     high = _vocabulary(model, tensor)
+    if high is None and dtype == "uint8":  # pixels
+        high = 256
     if high is None:
         return np.ones(shape, dtype)
     return rng.integers(0, high, shape).astype(dtype)

@@ -378,6 +378,10 @@ def test_token_inputs_are_verified_on_ids_below_the_vocabulary_without_data(tmp_
     two = keras.Model([ids, mask], keras.layers.Dense(2)(keras.layers.Flatten()(h)))
     drawn = export.verification_inputs(two, None, samples=8)
     assert drawn["mask"].min() == 1 and drawn["ids"].max() < 20
+    pixels = keras.Sequential([keras.Input((4, 4, 1), dtype="uint8"), keras.layers.Rescaling(1.0),
+                               keras.layers.Flatten(), keras.layers.Dense(2)])
+    drawn = export.verification_inputs(pixels, None, samples=8)  # uint8 images: pixels
+    assert drawn.dtype == np.uint8 and drawn.max() > 200
 
 
 @pytest.mark.parametrize("command", ["export", "quantize"])
@@ -396,6 +400,11 @@ def test_a_model_whose_output_never_changes_is_warned_not_just_verified(cli, tmp
     assert r.exit_code == 0, r.output
     said = " ".join(r.output.split())
     assert "gives the same output for all" in said and "says nothing about inputs" in said
+    if command == "export":  # no data: random inputs, on which a trained model may saturate
+        r = cli(command, tmp_path / "stuck.keras", "-o", tmp_path / "r.onnx")
+        said = " ".join(r.output.split())
+        assert r.exit_code == 0 and "256 random check inputs" in said
+        assert "pass --data to check on real inputs" in said
     healthy = keras.Sequential([keras.Input((6,)), keras.layers.Dense(2)], name="fine")
     healthy.save(tmp_path / "fine.keras")
     r = cli(command, tmp_path / "fine.keras", "-o", tmp_path / ("f" + out.suffix), "--data",

@@ -110,7 +110,8 @@ def command(model, output, data, seed, unsafe, as_json, force, quantize=None, sp
         lines.append(verified)
     from compress.agreement import constant_note, xnnpack_note
 
-    same = constant_note(result, result.get("samples", 0), f"model '{loaded.name}'")
+    same = constant_note(result, result.get("samples", 0), f"model '{loaded.name}'",
+                         random=dataset is None)
     if same:
         lines.append(f"warning: {same}")
     if xnnpack_note(result):

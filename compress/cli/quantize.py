@@ -65,6 +65,8 @@ def run_quantize(model_path, output, data, seed, unsafe, force, options) -> dict
     content, info = quantize(loaded, dataset, **opts)
     io.write_bytes(out, content)
     result = {"input": model_path, "path": str(out), **info}
+    if dataset is None:
+        result["random_check_inputs"] = True
     ctx = click.get_current_context(silent=True)
     wrapped = ctx is not None and ctx.meta.get("compress_input_note")
     note = input_note(loaded, info) if wrapped else None
@@ -154,7 +156,8 @@ def emit_result(result: dict, as_json: bool) -> None:
         console.print(f"[bold red]warning:[/] {result['nothing_quantized']}")
     from compress.agreement import constant_note, xnnpack_note
 
-    same = constant_note(result, result.get("agreement_samples", 0), "the float model")
+    same = constant_note(result, result.get("agreement_samples", 0), "the float model",
+                         random=result.get("random_check_inputs", False))
     if same:
         console.print(f"[bold red]warning:[/] {same}")
     if xnnpack_note(result):
