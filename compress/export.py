@@ -6,8 +6,9 @@ by ``compress export``, the recipe ``export`` step and the keyword arguments. Th
 writers :func:`export_onnx`, :func:`export_tflite` and :func:`export` are the same
 export followed by an atomic write. ONNX goes through Keras's own
 ``model.export(format="onnx")`` (``tf2onnx.convert.from_keras`` fails on Keras 3
-models), of a wrapper that calls the model in inference mode; TFLite through ``model.export(format="litert")``. Running and measuring
-artifacts is :mod:`compress.runtime`.
+models), of a wrapper that calls the model in inference mode; TFLite through
+``model.export(format="litert")``. Running and measuring artifacts is
+:mod:`compress.runtime`.
 
 Example:
 
@@ -332,8 +333,9 @@ def _exported(model, fmt: str, x, atol: float, where: str, opset: int | None = N
     if fmt == "tflite" and x is not None:
         from compress.runtime import xnnpack_refused
 
-        if xnnpack_refused(content):
-            check = {**check, "xnnpack_refused": xnnpack_refused(content)}
+        refused = xnnpack_refused(content)
+        if refused:
+            check = {**check, "xnnpack_refused": refused}
     if notes:
         check = {**check, "export_copy": "; ".join(notes)}
         if x is not None and model is not reference:

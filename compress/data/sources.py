@@ -347,7 +347,7 @@ def _class_numbers(dataset: Dataset, model) -> Dataset:
         return dataset
     ys = [dataset.split(s)[1] for s in SPLITS]
     if not all(isinstance(y, np.ndarray) and y.ndim == len(shape) and y.shape[-1] == shape[-1]
-               and _one_hot_rows(y) for y in ys):
+               and _all_one_hot(y) for y in ys):
         return dataset
     note = (f"data {dataset.name}: labels are one-hot rows of {shape[-1]} classes: read as "
             "class numbers (their argmax)")
@@ -356,7 +356,7 @@ def _class_numbers(dataset: Dataset, model) -> Dataset:
         **{f"y_{s}": np.argmax(y, axis=-1).astype("int64") for s, y in zip(SPLITS, ys)})
 
 
-def _one_hot_rows(y: np.ndarray) -> bool:
+def _all_one_hot(y: np.ndarray) -> bool:
     """Whether every row of ``y`` along its last axis is one-hot (a single 1, else 0)."""
     return bool(np.isin(y, (0, 1)).all()) and bool((y.sum(axis=-1) == 1).all())
 

@@ -532,8 +532,9 @@ def _measure(content: bytes, float_content: bytes, fmt: str, x_check, expected, 
     }
     info["verified"], info["agreement"] = runtime.agreement_summary(info)
     info["size_ratio"] = info["bytes"] / info["float_bytes"]
-    if fmt == "tflite" and runtime.xnnpack_refused(content):
-        info["xnnpack_refused"] = runtime.xnnpack_refused(content)
+    refused = runtime.xnnpack_refused(content) if fmt == "tflite" else None
+    if refused:
+        info["xnnpack_refused"] = refused
     if x_test is not None and y_test is not None:  # the task's own scores, in the runtime
         task = opts["_task"]
         scores = task.score(runtime.run_artifact(content, x_test, fmt=fmt), y_test)
