@@ -72,6 +72,22 @@ def test_names_the_quantizer_added_are_short_and_the_model_s_own_kept(mlp_file, 
         session = ort.InferenceSession(content)
         outputs.append(session.run(None, {session.get_inputs()[0].name: x})[0])
     np.testing.assert_array_equal(outputs[0], outputs[1])  # the same computation
+    # a model tensor already named like a short name ("q0") is not reused
+    clash = onnx.load_from_string(raw)
+    outs = {o.name for o in clash.graph.output}
+    old = next(n for node in clash.graph.node for n in node.output
+               if n not in outs and not n.endswith(qonnx.QUANTIZER_SUFFIXES))
+    for node in clash.graph.node:
+        node.input[:] = ["q0" if n == old else n for n in node.input]
+        node.output[:] = ["q0" if n == old else n for n in node.output]
+    onnx.save(clash, str(tmp_path / "clash.onnx"))
+    qonnx.compact_names(tmp_path / "clash.onnx")
+    fixed = onnx.load(str(tmp_path / "clash.onnx"))
+    onnx.checker.check_model(fixed)
+    assert sum(n == "q0" for node in fixed.graph.node for n in node.output) == 1
+    session = ort.InferenceSession(str(tmp_path / "clash.onnx"))
+    np.testing.assert_array_equal(
+        session.run(None, {session.get_inputs()[0].name: x})[0], outputs[0])
 
 
 def test_dynamic_int8_needs_no_data(mlp_file):

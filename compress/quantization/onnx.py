@@ -123,7 +123,8 @@ def compact_names(path) -> None:
     names per node: a small transformer's int8 file was 1.17x its float file (112 KB of
     its 174 KB were node records), 0.55x after. The model's own tensors and nodes, its
     inputs and outputs keep their names, so a viewer still shows the Keras layers. A
-    graph with subgraphs (If, Loop) is left as it is.
+    short name the graph already uses is skipped. A graph with subgraphs (If, Loop) is
+    left as it is.
     """
     import onnx
 
@@ -134,11 +135,19 @@ def compact_names(path) -> None:
         return
     keep = {v.name for v in graph.input} | {v.name for v in graph.output}
     names = {}
+    taken = {n for node in graph.node for n in [*node.input, *node.output]} | \
+        {t.name for t in graph.initializer}  # a short name must not be one of these
 
     def short(name):
         if not name or name in keep or not name.endswith(QUANTIZER_SUFFIXES):
             return name
-        return names.setdefault(name, f"q{len(names)}")
+        if name not in names:
+            i = len(names)
+            while f"q{i}" in taken:
+                i += 1
+            names[name] = f"q{i}"
+            taken.add(names[name])
+        return names[name]
 
     for node in graph.node:
         if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
@@ -149,10 +158,6 @@ def compact_names(path) -> None:
         tensor.name = short(tensor.name)
     for info in graph.value_info:
         info.name = short(info.name)
-    if len(set(names.values())) != len(names) or set(names.values()) & {
-            n for node in graph.node for n in [*node.input, *node.output]
-            if n not in names.values() and n}:
-        return  # a clash with a name already there: keep the file as it was
     onnx.save(model, str(path))
 
 
