@@ -131,6 +131,71 @@ def test_unfolded_patches_reproduce_each_layer(conv_model):
         np.testing.assert_allclose(y.reshape(-1), want.reshape(-1), atol=1e-5)
 
 
+_UNFOLDED = [  # (input shape, layer): strides, padding, groups, dilation, output padding
+    ((5, 6, 7, 4), {"cls": "Conv3D", "filters": 6, "kernel_size": 3, "strides": 2,
+                    "padding": "same", "groups": 2}),
+    ((6, 6, 6, 2), {"cls": "Conv3D", "filters": 3, "kernel_size": (2, 3, 1),
+                    "dilation_rate": (2, 1, 1)}),
+    ((5, 7, 3), {"cls": "Conv2DTranspose", "filters": 4, "kernel_size": 3, "strides": 2,
+                 "padding": "same"}),
+    ((5, 7, 3), {"cls": "Conv2DTranspose", "filters": 4, "kernel_size": (3, 2),
+                 "strides": (2, 3), "output_padding": (1, 1)}),
+    ((5, 7, 3), {"cls": "Conv2DTranspose", "filters": 4, "kernel_size": 3,
+                 "dilation_rate": 2, "padding": "same"}),
+    ((9, 3), {"cls": "Conv1DTranspose", "filters": 5, "kernel_size": 4, "strides": 2,
+              "padding": "same"}),
+    ((3, 4, 5, 2), {"cls": "Conv3DTranspose", "filters": 3, "kernel_size": 2, "strides": 2}),
+]
+
+
+@pytest.mark.parametrize("shape,spec", _UNFOLDED)
+def test_unfolded_inputs_reproduce_3d_and_transposed_convolutions(shape, spec):
+    """Conv3D and transposed convolutions have layer Hessians: their input vectors (the
+    layer's own op run with an identity kernel) times the kernel's rows give the layer's
+    output exactly."""
+    import keras
+
+    from compress.pruning.hessian import new_hessian
+
+    spec = dict(spec)
+    layer = getattr(keras.layers, spec.pop("cls"))(use_bias=False, name="k", **spec)
+    inp = keras.Input(shape)
+    model = keras.Model(inp, layer(inp))
+    x = np.random.default_rng(0).normal(size=(3, *shape)).astype("float32")
+    h = new_hessian(model, layer.kernel)
+    w = np.asarray(layer.kernel).reshape(-1)[h.index]  # (G, output channels, inputs)
+    assert sorted(h.index.reshape(-1)) == list(range(int(np.prod(layer.kernel.shape))))
+    y = np.einsum("gnc,grc->ngr", h.rows_fn(x).numpy(), w)
+    np.testing.assert_allclose(y.reshape(-1), np.asarray(layer(x)).reshape(-1), atol=1e-5)
+
+
+def test_obs_prunes_a_transposed_convolution_with_compensation():
+    """A decoder's Conv2DTranspose is pruned by OBS (it was left dense): half its
+    weights, and a smaller output error than magnitude's at the same sparsity."""
+    import keras
+
+    from compress.pruning.masks import lowest_mask
+    from compress.pruning.obs import obs_masks
+
+    rng = np.random.default_rng(1)
+    inp = keras.Input((6, 6, 4))
+    layer = keras.layers.Conv2DTranspose(6, 3, strides=2, padding="same", name="up")
+    model = keras.Model(inp, layer(inp))
+    x = (rng.normal(size=(64, 6, 6, 4)) @ rng.normal(size=(4, 4))).astype("float32")
+    w0 = np.asarray(layer.kernel)
+    masks, info = obs_masks(model, [layer.kernel], x, 0.5)
+    def conv(kernel):
+        return np.asarray(keras.ops.conv_transpose(x, kernel, 2, "same"))
+
+    ref = conv(w0)
+    obs_err = np.sum((ref - conv(np.asarray(layer.kernel))) ** 2)
+    mag_err = np.sum((ref - conv(w0 * lowest_mask(np.abs(w0), 0.5))) ** 2)
+    assert masks[0].mean() == pytest.approx(0.5, abs=0.02)
+    assert np.all(np.asarray(layer.kernel)[masks[0] == 0] == 0)
+    assert info["layers"][0]["inputs"] == 9 * 4
+    assert obs_err < 0.7 * mag_err, (obs_err, mag_err)
+
+
 def test_one_traced_pass_equals_the_hooked_pass(conv_model):
     from compress.pruning.hessian import accumulate, layer_hessians, new_hessian
 

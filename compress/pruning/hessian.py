@@ -17,8 +17,10 @@ of at most ``max_dim``; ``block_diagonal`` says so), so memory stays bounded at 
 
 Supported: Dense, EinsumDense (a Dense on the input's last axes flattened: the kernel's
 leading axes contract them, its other axes are outputs, as the query/key/value and output
-projections of attention), Conv1D, Conv2D (groups too), DepthwiseConv2D, SeparableConv2D
-(its depthwise part, and its pointwise part on the depthwise output). Inputs are captured by hooking the layer's
+projections of attention), Conv1D, Conv2D, Conv3D (groups too), Conv1D/2D/3DTranspose
+(rows are output channels, columns the input channels at each kernel position, as the
+transposed convolution spreads them), DepthwiseConv2D, SeparableConv2D (its depthwise
+part, and its pointwise part on the depthwise output). Inputs are captured by hooking the layer's
 ``call`` during an ordinary forward pass, so nested and functional models both work.
 
 Example:
@@ -40,7 +42,13 @@ from compress.errors import CompressError
 
 #: Largest input dimension given a dense Hessian (8 * 4096^2 bytes = 128 MiB per block).
 MAX_DIM = 4096
-SUPPORTED = ("Dense", "EinsumDense", "Conv1D", "Conv2D", "DepthwiseConv2D", "SeparableConv2D")
+SUPPORTED = ("Dense", "EinsumDense", "Conv1D", "Conv2D", "Conv3D", "Conv1DTranspose",
+             "Conv2DTranspose", "Conv3DTranspose", "DepthwiseConv2D", "SeparableConv2D")
+#: Transposed convolutions: kernel ``(*k, outputs, inputs)``, rows are output channels.
+TRANSPOSED = ("Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose")
+#: Widest unfolded input (kernel positions x channels) of a Conv3D or transposed
+#: convolution: its patches come from a convolution with a ``(cols, cols)`` identity.
+MAX_UNFOLD = 8192
 
 
 @dataclasses.dataclass
@@ -194,6 +202,8 @@ def _problem(layer, role, max_dim):
 
         def rows_fn(a):
             return tf.reshape(tf.cast(a, "float32"), (1, -1, d_in))
+    elif kind == "Conv3D" or kind in TRANSPOSED:
+        index, rows_fn = _unfolded(layer, kind, shape)
     elif kind in ("Conv1D", "Conv2D") or (kind == "SeparableConv2D" and role == "depthwise") \
             or kind == "DepthwiseConv2D":
         depthwise = kind in ("DepthwiseConv2D", "SeparableConv2D")
@@ -251,6 +261,56 @@ def _problem(layer, role, max_dim):
     width += -width % 4  # keep N:M groups of 4 inside one block
     splits = [(a, min(a + width, cols)) for a in range(0, cols, width)]
     return index, splits, rows_fn
+
+
+def _unfolded(layer, kind, shape):
+    """``(index, rows_fn)`` of a Conv3D or a transposed convolution, whose input vectors
+    are computed by the layer's own op (keras.ops ``conv``/``conv_transpose``, the same
+    strides, padding, output padding and dilation) run with an identity kernel: output
+    channel ``p * C + c`` of it is input channel ``c`` seen at kernel position ``p``, the
+    column of the kernel entry ``(p, c)`` (grouped Conv3D: per group, as Conv2D)."""
+    import tensorflow as tf
+    from keras import ops
+
+    ksize = shape[:-2]
+    k = int(np.prod(ksize))
+    size = int(np.prod(shape))
+    if kind in TRANSPOSED:  # kernel (*k, out, in): row j = W[:, j, :], columns (p, c)
+        c_out, c_in = shape[-2], shape[-1]
+        groups = 1
+        index = np.transpose(np.arange(size).reshape(k, c_out, c_in), (1, 0, 2)).reshape(
+            c_out, k * c_in)[None]
+    else:
+        c_in, c_out = shape[-2], shape[-1]
+        groups = int(getattr(layer, "groups", 1) or 1)
+        cog = c_out // groups
+        flat = np.arange(size).reshape(k, c_in, c_out)
+        index = np.stack([flat[:, :, g * cog:(g + 1) * cog].reshape(k * c_in, cog).T
+                          for g in range(groups)])
+    channels = c_in * groups
+    if k * channels > MAX_UNFOLD:
+        raise _unsupported(layer, f"{k * channels} unfolded inputs (kernel positions x "
+                           f"channels; at most {MAX_UNFOLD})")
+    eye = np.eye(k * channels, dtype="float32")
+    if kind in TRANSPOSED:  # (*k, out = k*C, in = C): out p*C + c reads in c at p
+        eye = np.transpose(eye.reshape(k, channels, k * channels), (0, 2, 1))
+        eye = tf.constant(eye.reshape(*ksize, k * channels, channels))
+    else:
+        eye = tf.constant(eye.reshape(*ksize, channels, k * channels))
+
+    def rows_fn(a):
+        a = tf.cast(a, "float32")
+        if kind in TRANSPOSED:
+            p = ops.conv_transpose(a, eye, layer.strides, layer.padding,
+                                   layer.output_padding, layer.data_format,
+                                   layer.dilation_rate)
+        else:
+            p = ops.conv(a, eye, layer.strides, layer.padding, layer.data_format,
+                         layer.dilation_rate)
+        p = tf.reshape(p, (-1, k, groups, channels // groups))
+        return tf.reshape(tf.transpose(p, (2, 0, 1, 3)), (groups, -1, k * (channels // groups)))
+
+    return index, rows_fn
 
 
 # model -> {(variable ids, splits): traced step or None}: repeated passes reuse one trace.

@@ -37,6 +37,11 @@ PRUNABLE = {
     "SeparableConv1D": ("depthwise_kernel", "pointwise_kernel"),
     "SeparableConv2D": ("depthwise_kernel", "pointwise_kernel"),
     "Embedding": ("embeddings",),
+    # The cells of LSTM, GRU and SimpleRNN layers (Bidirectional ones too): the input and
+    # the recurrent kernel, as Han et al.'s ESE and See et al. prune recurrent networks.
+    "LSTMCell": ("kernel", "recurrent_kernel"),
+    "GRUCell": ("kernel", "recurrent_kernel"),
+    "SimpleRNNCell": ("kernel", "recurrent_kernel"),
 }
 
 
@@ -153,7 +158,7 @@ def prunable_weights(model, layers=None, skip_first_last: bool = False) -> list:
             candidates.append((layer, vars_))
     if not candidates:
         raise CompressError(f"model '{model.name}' has no prunable layers "
-                            f"(supported: {', '.join(sorted(PRUNABLE))})")
+                            f"(supported: {', '.join(sorted(k.replace('Cell', '') for k in PRUNABLE))})")
     if skip_first_last:
         candidates = candidates[1:-1]
         if not candidates:
@@ -166,6 +171,39 @@ def prunable_weights(model, layers=None, skip_first_last: bool = False) -> list:
                                              names=[layer_path(la) for la in found])}
     candidates = [c for c in candidates if id(c[0]) in chosen]
     return [(layer, v) for layer, vars_ in candidates for v in vars_]
+
+
+# Layers whose weights scale single values (not matrices), whatever their shape.
+_ELEMENTWISE = ("PReLU",)
+
+
+def unreached_weights(model) -> list:
+    """``[(weight key, size)]`` of the matrices that pruning cannot reach: trainable
+    weights with two or more axes longer than 1 of layers outside :data:`PRUNABLE`,
+    such as a custom layer's own ``add_weight`` kernel or a ConvLSTM2D's, in model
+    order. Biases, norms, PReLU slopes and other vectors are left out, as pruning leaves
+    them alone by design.
+
+    Example:
+
+    >>> unreached_weights(model)  # doctest: +SKIP
+    [('conv_lstm2d/conv_lstm_cell/kernel', 1152)]
+    """
+    reached, out = set(), []
+    leaves = deep_leaves(model)
+    for layer in leaves:
+        for attr in PRUNABLE.get(type(layer).__name__, ()):
+            v = getattr(layer, attr, None)
+            if v is not None:
+                reached.add(id(v))
+    for layer in leaves:
+        if type(layer).__name__ in PRUNABLE or type(layer).__name__ in _ELEMENTWISE:
+            continue
+        for v in getattr(layer, "_trainable_variables", layer.trainable_weights):
+            if id(v) not in reached and sum(int(d) > 1 for d in v.shape) >= 2:
+                reached.add(id(v))
+                out.append((weight_key(layer, v), int(np.prod(v.shape))))
+    return out
 
 
 def select_viewed(scores: list, views: list, select) -> list:

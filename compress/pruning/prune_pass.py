@@ -257,7 +257,39 @@ def prune(model, data=None, *, verbose=0, **options):
             info["two_four_left_dense"] = opts["_dense_two_four"]
         info["fine_tune_epochs"] = opts["epochs"]
     info.update(_sparsity_info(pairs))
+    _coverage(model, opts, info)
     return model, info
+
+
+def _coverage(model, opts, info) -> None:
+    """Say what the requested sparsity did not reach: the prunable weights left dense
+    for want of a layer Hessian (OBS, OBD's layer estimator), when they hold a tenth of
+    the prunable values or more, as a ``warning`` with the sparsity of all of them; and
+    (without ``--layers``) the matrices of layers no pruning method handles
+    (``not_reached``: a custom layer's own weights, a ConvLSTM2D), with their sizes."""
+    from compress.pruning.masks import unreached_weights
+
+    left = info.get("left_out") or {}
+    if left and opts["sparsity"]:
+        every = prunable_weights(model, opts["layers"], opts["skip_first_last"])
+        total = sum(int(np.prod(v.shape)) for _, v in every)
+        zeros = sum(int(np.size(v) - np.count_nonzero(np.asarray(v))) for _, v in every)
+        dense = total - info["pruned_params"]
+        info["sparsity_of_prunable"] = zeros / total if total else 0.0
+        if total and dense >= 0.1 * total:
+            word = "weight" if len(left) == 1 else "weights"
+            msg = (f"{len(left)} {word} ({dense:,} of the {total:,} prunable values) stay "
+                   f"dense for want of a layer Hessian: the prunable weights are "
+                   f"{zeros / total:.1%} zero, not the {opts['sparsity']:.0%} asked; "
+                   "--method magnitude prunes them all")
+            info["warning"] = f"{info['warning']}; {msg}" if info.get("warning") else msg
+    if not opts["layers"]:
+        missed = unreached_weights(model)
+        if missed:
+            shown = ", ".join(f"{k} ({n:,})" for k, n in missed[:4])
+            more = f" and {len(missed) - 4} more" if len(missed) > 4 else ""
+            info["not_reached"] = (f"{shown}{more}: no pruning method handles these "
+                                   "layers' weights; they stay dense")
 
 
 def _layer_hessians_used(model, opts) -> bool:

@@ -142,15 +142,22 @@ def gptq_round(w, h, scale, qmax: int, block: int = 128, damp: float = 0.01, pin
     return (codes[0] if squeeze else codes), loss
 
 
+#: Layers whose int8 grid is known to be the converters' (TFLite and onnxruntime, per
+#: output channel): GPTQ rounds these; other kernels, Conv3D and transposed convolutions
+#: among them, are rounded to nearest (``other_kernels``).
+GRID_KINDS = ("Dense", "EinsumDense", "Conv1D", "Conv2D", "DepthwiseConv2D",
+              "SeparableConv2D")
+
+
 def quantizable_kernels(model) -> list:
-    """``(layer, variable)`` of every kernel with a layer Hessian, in model order."""
-    from compress.pruning.hessian import SUPPORTED
+    """``(layer, variable)`` of every kernel GPTQ rounds (:data:`GRID_KINDS`), in model
+    order."""
     from compress.pruning.masks import _leaves
 
     out = []
     for layer in _leaves(model):
         kind = type(layer).__name__
-        if kind not in SUPPORTED:
+        if kind not in GRID_KINDS:
             continue
         attrs = ("depthwise_kernel", "pointwise_kernel") if kind == "SeparableConv2D" else \
             ("kernel",)
