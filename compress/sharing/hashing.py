@@ -21,7 +21,7 @@ from compress.data import as_dataset
 from compress.errors import CompressError
 from compress.sharing.hash_functions import bucket_means
 from compress.sharing.hashed_layers import HashedConv2D, HashedDense, hashed_like
-from compress.sharing.layer_selection import finetune, shareable_layers
+from compress.sharing.layer_selection import coverage, finetune, shareable_layers
 from compress.sharing.share_options import HASH_OPTIONS
 
 __all__ = ["HashedConv2D", "HashedDense", "hash_model", "materialize"]
@@ -90,6 +90,8 @@ def hash_model(model, data=None, *, verbose=0, **options):
         raise CompressError(f"cannot rebuild the model with hashed layers ({exc})") from exc
     rows = []
     for layer in new.layers:
+        if isinstance(layer, keras.layers.InputLayer):  # no weights; a model built in
+            continue  # memory has its clone's inputs named after the tensors (keras_tensor)
         source = model.get_layer(layer.name)
         if layer.name not in chosen:
             layer.set_weights(source.get_weights())
@@ -116,6 +118,8 @@ def hash_model(model, data=None, *, verbose=0, **options):
             "dense_params": int(sum(int(np.prod(w.shape)) for w in model.weights)),
             "bits_per_weight": 32.0 * stored / virtual, "epochs": opts["epochs"],
             "init": init, "dropout": dropout}
+    if not opts["layers"]:
+        info.update(coverage(new, [new.get_layer(n) for n in chosen], virtual, "hashed"))
     if data is not None and data.labelled:  # the task's own: accuracy, or MSE+MAE
         info.update(task.evaluate_data(new, data, "test"))  # batch by batch
     return new, info
@@ -151,6 +155,8 @@ def materialize(model):
 
     new = keras.models.clone_model(model, clone_function=clone)
     for layer in new.layers:
+        if isinstance(layer, keras.layers.InputLayer):  # named after the tensor: no weights
+            continue
         source = model.get_layer(layer.name)
         if isinstance(source, (HashedDense, HashedConv2D)):
             weights = [source.virtual_kernel().reshape(layer.kernel.shape)]

@@ -161,6 +161,10 @@ def cluster_model(model, data=None, *, verbose=0, **options):
             "layers": rows, "clustered_weights": total_weights,
             "bits_per_weight": total_bits / total_weights, "epochs": epochs,
             "stored_params": int(sum(int(np.prod(w.shape)) for w in new.weights))}
+    if not opts["layers"]:
+        from compress.sharing.layer_selection import coverage
+
+        info.update(coverage(new, chosen, total_weights, "clustered"))
     if data is not None and data.labelled:  # the task's own: accuracy, or MSE+MAE
         info.update(task.evaluate_data(new, data, "test"))  # batch by batch
     return new, info

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import keras
+import numpy as np
 
 from compress.errors import CompressError
 from compress.layers import layer_matches, select_layers
@@ -53,6 +54,45 @@ def shareable_layers(model, layers: list | None, what: str, nested: bool = False
         raise CompressError(f"model '{model.name}': no layer to be {what} (only Dense and "
                             "channels-last, ungrouped Conv2D can)")
     return select_layers(eligible, layers, "shareable", model.name)
+
+
+def coverage(model, shared, done: int, what: str) -> dict:
+    """What a sharing pass left as it was: ``not_reached`` names the weight matrices
+    (two or more axes longer than 1: an Embedding, a recurrent cell's kernels, a
+    DepthwiseConv2D, a custom layer's own kernel) of layers outside ``shared``, with
+    their sizes; a ``warning`` is added when they hold more values than the ``done``
+    ones of the ``shared`` layers (the report's bits per weight then describe the
+    smaller part). ``model`` is the pass's new model (its layers get report paths).
+    Empty when every matrix is shared.
+
+    Example:
+
+    >>> coverage(new, [new.get_layer("head")], 16, "clustered")  # doctest: +SKIP
+    {'not_reached': 'emb/embeddings (800), ...: ...', 'warning': '16 of the 6,050 ...'}
+    """
+    from compress.pruning.masks import _ELEMENTWISE, deep_leaves, weight_key
+
+    ids = {id(la) for la in shared}
+    missed, seen = [], set()
+    for layer in deep_leaves(model):
+        if id(layer) in ids or type(layer).__name__ in _ELEMENTWISE:
+            continue
+        for v in getattr(layer, "_trainable_variables", layer.trainable_weights):
+            if id(v) not in seen and sum(int(d) > 1 for d in v.shape) >= 2:
+                seen.add(id(v))
+                missed.append((weight_key(layer, v), int(np.prod(v.shape))))
+    if not missed:
+        return {}
+    shown = ", ".join(f"{k} ({n:,})" for k, n in missed[:4])
+    more = f" and {len(missed) - 4} more" if len(missed) > 4 else ""
+    out = {"not_reached": f"{shown}{more}: only Dense and Conv2D kernels can be {what}; "
+                          "these keep their float weights"}
+    rest = sum(n for _, n in missed)
+    if rest > done:
+        out["warning"] = (f"{done:,} of the model's {done + rest:,} weight-matrix values "
+                          f"are {what} ({done / (done + rest):.1%}); the rest are not "
+                          "(not_reached)")
+    return out
 
 
 def _leaves(model) -> list:
