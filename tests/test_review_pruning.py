@@ -70,13 +70,20 @@ def test_callback_leaves_out_what_has_no_layer_hessian_as_the_pass_does(tmp_path
     model, x, y = _embedding_model(tmp_path)
     _, info = prune(model, (x, y), method="obd", estimator="layer", sparsity=0.5)
     model.compile("adam", "sparse_categorical_crossentropy")
+    # Inputs alone are calibration enough (a bare array was read as a pair (x, y));
+    # a user's own fit gets a warning naming what stays dense, as the pass reports it.
     cb = Pruning(sparsity=0.5, schedule="constant", frequency=1, method="obd",
-                 estimator="layer", calibration=(x, y))
-    model.fit(x, y, batch_size=16, epochs=1, verbose=0, callbacks=[cb])
+                 estimator="layer", calibration=x)
+    from compress.callbacks.pruning import LeftDenseWarning
+
+    with pytest.warns(LeftDenseWarning, match="leaves emb/embeddings dense: no layer Hessian"):
+        model.fit(x, y, batch_size=16, epochs=1, verbose=0, callbacks=[cb])
     assert set(cb.left_out) == set(info["left_out"]) == {"emb/embeddings"}
     assert "Embedding" in cb.left_out["emb/embeddings"]
     assert np.all(np.asarray(model.get_layer("emb").embeddings) != 0)  # left dense
     assert np.mean(np.asarray(model.get_layer("head").kernel) == 0) == pytest.approx(0.5)
+    with pytest.raises(CompressError, match="calibration: give inputs x .* got str"):
+        Pruning(sparsity=0.5, method="obs", calibration="cal.npz")
     # Selected by the user: refused in one line, as the pass refuses it.
     cb = Pruning(sparsity=0.5, schedule="constant", method="obd", estimator="layer",
                  calibration=(x, y), layers=["emb", "head"])

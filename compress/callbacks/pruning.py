@@ -113,7 +113,9 @@ class Pruning(keras.callbacks.Callback):
             or regular expressions matching the whole name (a string is one entry; see
             :func:`compress.layers.select_layers`); None means every prunable layer.
         skip_first_last: bool, default False. Leave the first and last layers dense.
-        calibration: tuple ``(x, y)`` or None, default None. Data for OBD saliencies.
+        calibration: tuple ``(x, y)``, inputs ``x`` alone (an array, or a dict of them
+            for a model with several inputs: OBS and OBD need no labels), or None,
+            default None. Data for OBD and OBS saliencies.
         estimator: str, default ``"backprop"``. OBD Hessian-diagonal estimator.
         release_on_end: bool, default True. Remove the masks when training ends.
         balance: bool, default False. Rank the weights of each output unit separately, so
@@ -164,7 +166,7 @@ class Pruning(keras.callbacks.Callback):
                                 "calibration=(x, y)")
         for name, value in opts.items():
             setattr(self, name, value)
-        self.calibration = calibration
+        self.calibration = _calibration_pair(calibration, where)
         self.recalibrate_bn = recalibrate_bn
         self.recalibrated = None  # {"layers", "samples"} once re-estimated
         self.step = 0
@@ -209,6 +211,16 @@ class Pruning(keras.callbacks.Callback):
 
             self._pairs, self.left_out = hessian_leave_out(
                 self.model, self._pairs, bool(self.layers), f"Pruning(method={self.method!r})")
+            if self.left_out:  # a user's own fit sees no report: say it here
+                import warnings
+
+                names = list(self.left_out)
+                shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more"
+                                                if len(names) > 3 else "")
+                warnings.warn(f"Pruning(method={self.method!r}) leaves {shown} dense: no "
+                              "layer Hessian (the reasons are in the callback's left_out); "
+                              "method 'magnitude' prunes every prunable weight",
+                              LeftDenseWarning, stacklevel=2)
         self._views = [matmul_shape(layer, var) for layer, var in self._pairs]
         for _, var in self._pairs:
             old = get_mask(var)
@@ -322,3 +334,21 @@ class Pruning(keras.callbacks.Callback):
 
     def get_config(self):
         return {name: getattr(self, name) for name in PRUNING_CALLBACK_OPTIONS.names()}
+
+
+class LeftDenseWarning(UserWarning):
+    """:class:`Pruning` left weights dense for want of a layer Hessian (``left_out``)."""
+
+
+def _calibration_pair(calibration, where: str):
+    """``calibration`` as the ``(x, y)`` pair the saliencies read: inputs alone (an
+    array, a tensor or a dict of them) become ``(x, None)``; anything else is refused in
+    one line (a bare array was read as a pair, its first sample taken for ``x``)."""
+    if calibration is None or (isinstance(calibration, (tuple, list))
+                               and len(calibration) == 2):
+        return None if calibration is None else tuple(calibration)
+    if isinstance(calibration, dict) or hasattr(calibration, "shape"):
+        return calibration, None
+    raise CompressError(f"{where}.calibration: give inputs x (an array) or a pair (x, y), "
+                        f"got {type(calibration).__name__}")
+

@@ -217,8 +217,14 @@ def prune(model, data=None, *, verbose=0, **options):
         opts["_task"].compile(model, lr)
         extra = _extra_callbacks(opts, lr, opts["epochs"],
                                  start=_final_epoch(opts["epochs"]))
-        training.fit(model, data, epochs=opts["epochs"], batch_size=opts["batch_size"],
-                     callbacks=[cb] + extra, verbose=verbose)
+        import warnings
+
+        from compress.callbacks.pruning import LeftDenseWarning
+
+        with warnings.catch_warnings():  # the pass reports left_out itself
+            warnings.simplefilter("ignore", LeftDenseWarning)
+            training.fit(model, data, epochs=opts["epochs"], batch_size=opts["batch_size"],
+                         callbacks=[cb] + extra, verbose=verbose)
         info["mask_updates"] = len(cb.updates)
         if cb.left_out:  # named, never skipped silently
             info["left_out"] = cb.left_out
@@ -274,7 +280,7 @@ def _coverage(model, opts, info) -> None:
         every = prunable_weights(model, opts["layers"], opts["skip_first_last"])
         total = sum(int(np.prod(v.shape)) for _, v in every)
         zeros = sum(int(np.size(v) - np.count_nonzero(np.asarray(v))) for _, v in every)
-        dense = total - info["pruned_params"]
+        dense = sum(int(np.prod(v.shape)) for la, v in every if weight_key(la, v) in left)
         info["sparsity_of_prunable"] = zeros / total if total else 0.0
         if total and dense >= 0.1 * total:
             word = "weight" if len(left) == 1 else "weights"
