@@ -184,3 +184,24 @@ def test_cli_export_note_on_a_subclassed_model_says_what_the_artifact_holds(cli,
     assert ("note: subclassed model 'sub' (SubNet) traced with input shape (8, 8, 1) into "
             "the artifact's graph, which runs without --import") in text, r.output
     assert "holds it as a layer" not in text, r.output
+
+
+def test_top1_failure_on_an_undecided_model_names_its_near_ties():
+    """An int8 file of a barely trained two-class model (outputs near 0.5/0.5) flipped 15
+    of 50 answers at SQNR 53.7 dB: the warning said only "top-1 agreement is below
+    90%". It still fails (the answers differ), and now says how many flips are near-ties
+    of the float model; a low-SQNR artifact gets no such excuse."""
+    from compress.agreement import agreement_summary, comparison
+
+    rng = np.random.default_rng(0)
+    p = 0.5 + rng.normal(scale=1e-3, size=200)
+    expected = np.stack([p, 1 - p], axis=1)
+    got = expected + rng.normal(scale=1e-3, size=expected.shape)
+    check = comparison(got, expected, classifier=True)
+    ok, words = agreement_summary(check)
+    assert not ok and check["sqnr_db"] > 40
+    assert check["near_ties"] >= 0.8 * check["top1_flips"] > 20
+    assert f"({check['near_ties']} of the {check['top1_flips']} flips are near-ties" in words
+    broken = comparison(rng.uniform(size=expected.shape), expected, classifier=True)
+    ok, words = agreement_summary(broken)
+    assert not ok and "near-ties" not in words
