@@ -20,7 +20,10 @@ leading axes contract them, its other axes are outputs, as the query/key/value a
 projections of attention), Conv1D, Conv2D, Conv3D (groups too), Conv1D/2D/3DTranspose
 (rows are output channels, columns the input channels at each kernel position, as the
 transposed convolution spreads them), DepthwiseConv2D, SeparableConv2D (its depthwise
-part, and its pointwise part on the depthwise output). Inputs are captured by hooking the layer's
+part, and its pointwise part on the depthwise output), and the cells of LSTM, GRU and
+SimpleRNN layers: the input kernel on ``x_t`` and the recurrent kernel on ``h_{t-1}``,
+summed over every time step (a GRU's recurrent kernel needs ``reset_after=True``, Keras's
+default: otherwise its candidate reads the reset-gated state). Inputs are captured by hooking the layer's
 ``call`` during an ordinary forward pass, so nested and functional models both work.
 
 Example:
@@ -43,7 +46,11 @@ from compress.errors import CompressError
 #: Largest input dimension given a dense Hessian (8 * 4096^2 bytes = 128 MiB per block).
 MAX_DIM = 4096
 SUPPORTED = ("Dense", "EinsumDense", "Conv1D", "Conv2D", "Conv3D", "Conv1DTranspose",
-             "Conv2DTranspose", "Conv3DTranspose", "DepthwiseConv2D", "SeparableConv2D")
+             "Conv2DTranspose", "Conv3DTranspose", "DepthwiseConv2D", "SeparableConv2D",
+             "LSTMCell", "GRUCell", "SimpleRNNCell")
+#: Recurrent cells: the input kernel reads ``x_t``, the recurrent kernel ``h_{t-1}``, at
+#: every time step (the cell is hooked once per step).
+CELLS = ("LSTMCell", "GRUCell", "SimpleRNNCell")
 #: Transposed convolutions: kernel ``(*k, outputs, inputs)``, rows are output channels.
 TRANSPOSED = ("Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose")
 #: Widest unfolded input (kernel positions x channels) of a Conv3D or transposed
@@ -130,7 +137,8 @@ def owner(model, variable):
     leaves = deep_leaves(model)
     for layer in leaves:
         for attr, role in (("kernel", "kernel"), ("depthwise_kernel", "depthwise"),
-                           ("pointwise_kernel", "pointwise")):
+                           ("pointwise_kernel", "pointwise"),
+                           ("recurrent_kernel", "recurrent")):
             var = getattr(layer, attr, None)
             if var is not None and var is variable:
                 if type(layer).__name__ == "SeparableConv2D" and role == "kernel":
@@ -182,11 +190,24 @@ def _problem(layer, role, max_dim):
         raise _unsupported(layer, "a LoRA or quantized kernel")
     var = {"kernel": layer.kernel if kind != "SeparableConv2D" else None,
            "depthwise": getattr(layer, "depthwise_kernel", None),
-           "pointwise": getattr(layer, "pointwise_kernel", None)}[role]
+           "pointwise": getattr(layer, "pointwise_kernel", None),
+           "recurrent": getattr(layer, "recurrent_kernel", None)}[role]
     shape = tuple(var.shape)
     size = int(np.prod(shape))
 
-    if kind in ("Dense", "EinsumDense"):
+    if kind in CELLS:  # x_t @ kernel, h_{t-1} @ recurrent_kernel: Dense at every step
+        if role == "recurrent" and kind == "GRUCell" and not layer.reset_after:
+            raise _unsupported(layer, "a GRU with reset_after=False (its candidate reads "
+                               "the reset-gated state, not h_{t-1})")
+        d_in, d_out = shape
+        index = np.arange(size).reshape(d_in, d_out).T[None]
+
+        def rows_fn(a, _recurrent=role == "recurrent"):
+            x, states = a  # the cell's (inputs, states), see _forward
+            if _recurrent:
+                x = states[0] if isinstance(states, (list, tuple)) else states
+            return tf.reshape(tf.cast(x, "float32"), (1, -1, d_in))
+    elif kind in ("Dense", "EinsumDense"):
         d_in, d_out = shape[0], size // max(shape[0], 1)
         if kind == "EinsumDense":
             from compress.pruning.masks import einsum_contracted
@@ -337,14 +358,26 @@ def _forward(model, hooks, xb, stop_layer=None):
     from compress.pruning.masks import deep_leaves
 
     patched = []
-    for layer in deep_leaves(model):
+    leaves = deep_leaves(model)
+    for layer in leaves:
         fn = hooks.get(id(layer))
         if fn is None:
             continue
         original = layer.call
+        # TensorFlow's RNN loop (not unrolled) calls its cell once more before the loop,
+        # at time 0 with the initial state, to learn the output's shape; that call is
+        # not a step of the sequence and is skipped (tests check h_{t-1} step by step).
+        rnn = next((la for la in leaves if getattr(la, "cell", None) is layer), None)
+        skip = [int(type(layer).__name__ in CELLS and not getattr(rnn, "unroll", False))]
 
-        def hooked(*args, _fn=fn, _orig=original, _layer=layer, **kwargs):
-            _fn(args[0] if args else kwargs["inputs"])
+        def hooked(*args, _fn=fn, _orig=original, _layer=layer, _skip=skip, **kwargs):
+            first = args[0] if args else kwargs["inputs"]
+            if type(_layer).__name__ in CELLS:  # one step: (x_t, states)
+                first = (first, args[1] if len(args) > 1 else kwargs["states"])
+            if _skip[0]:
+                _skip[0] -= 1
+            else:
+                _fn(first)
             out = _orig(*args, **kwargs)
             if _layer is stop_layer:
                 raise _Stop
@@ -375,17 +408,23 @@ def accumulate(model, hessians: list, x, batch_size: int = 128, stop_early: bool
             for h in _hs:
                 rows = h.rows_fn(a)
                 h.rows += int(rows.shape[1])
+                # the reference's inputs of the same call (a cell: of the same time step)
+                pending = None if h.reference is None else (
+                    h.pending.pop(0) if len(h.pending) > 1 else h.pending[0])
                 for i, (lo, hi) in enumerate(h.splits):
                     part = rows[:, :, lo:hi]
                     h.sums[i] += 2.0 * tf.einsum("gni,gnj->gij", part, part).numpy()
-                    if h.reference is not None:
-                        ref = h.pending[:, :, lo:hi]
+                    if pending is not None:
+                        ref = pending[:, :, lo:hi]
                         h.cross[i] += 2.0 * tf.einsum("gni,gnj->gij", ref, part).numpy()
         fns[key] = hook
     if not stop_early and not any(h.reference for h in hessians) and \
+            not any(type(h.layer).__name__ in CELLS for h in hessians) and \
             _accumulate_traced(model, hessians, x, batch_size):
         return
     single = hessians[0].layer if len(by_layer) == 1 else None
+    if single is not None and type(single).__name__ in CELLS:
+        single = None  # called at every time step: run the whole model
     if single is not None and len(getattr(single, "_inbound_nodes", [])) > 1:
         single = None  # a shared layer: every call counts, run the whole model
     refs = [h for h in hessians if h.reference is not None]
@@ -393,9 +432,11 @@ def accumulate(model, hessians: list, x, batch_size: int = 128, stop_early: bool
         t0 = time.perf_counter()
         for h in refs:  # the uncompressed inputs of the same samples, before this model's
             got = []
-            _forward(h.reference[0], {id(h.reference[1]): got.append}, xb,
-                     stop_layer=h.reference[1])
-            h.pending = h.rows_fn(got[0])
+            ref = h.reference[1]  # a cell is called at every time step, a shared layer
+            many = type(ref).__name__ in CELLS or len(getattr(ref, "_inbound_nodes", [])) > 1
+            _forward(h.reference[0], {id(ref): got.append}, xb,
+                     stop_layer=None if many else ref)
+            h.pending = [h.rows_fn(g) for g in (got if many else got[:1])]
         _forward(model, fns, xb, stop_layer=single if stop_early else None)
         spent = time.perf_counter() - t0
         for h in hessians:  # the forward pass and the products, shared by its layers
