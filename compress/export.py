@@ -326,9 +326,25 @@ def _exported(model, fmt: str, x, atol: float, where: str, opset: int | None = N
                 else:  # Keras's LiteRT export traces model(x, training=False) itself
                     model.export(str(tmp), format=keras_format, verbose=False, **kwargs)
         except Exception as exc:
-            name = {"onnx": "ONNX", "tflite": "TFLite"}[fmt]
-            raise CompressError(f"{where}: {name} export failed ({_one_line(exc)})") from exc
-        content = tmp.read_bytes()
+            if fmt == "onnx":
+                raise CompressError(f"{where}: ONNX export failed ({_one_line(exc)})") from exc
+            content = None  # TFLite: the builtin-ops converter below names the op and layer
+        else:
+            content = tmp.read_bytes()
+    if fmt == "tflite":
+        from compress.runtime import flex_ops
+
+        if content is None or flex_ops(content):  # Keras failed or kept TensorFlow ops
+            from compress.quantization.tflite import convert
+
+            try:
+                with progress.phase("export", detail=f"{where} to tflite, builtin ops"), \
+                        quiet_output():
+                    content = convert(model, "float32", notes=notes)
+            except CompressError as exc:
+                if content is None:
+                    raise CompressError(f"{where}: {exc}") from None
+                # else keep Keras's file: its verification names the Flex ops
     check = _verified(model, content, fmt, x, atol, where)
     if fmt == "tflite" and x is not None:
         from compress.runtime import xnnpack_refused

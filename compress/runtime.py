@@ -467,6 +467,30 @@ def sparse_tensor_count(content: bytes) -> int:
     return count
 
 
+def fixed_batch(interpreter) -> int | None:
+    """The batch size a LiteRT model's first input was converted with, or None when it
+    is free (``shape_signature`` -1)."""
+    details = interpreter.get_input_details()
+    sig = details[0].get("shape_signature") if details else None
+    if sig is None or not len(sig) or int(sig[0]) < 0:
+        return None
+    return int(sig[0])
+
+
+def flex_ops(content: bytes) -> list[str]:
+    """The TensorFlow (Flex) ops a ``.tflite`` flatbuffer holds: LiteRT's builtin kernels
+    cannot run them (``FlexConv2D``)."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.Model.GetRootAs(content, 0)
+    names = []
+    for i in range(model.OperatorCodesLength()):
+        custom = (model.OperatorCodes(i).CustomCode() or b"").decode(errors="replace")
+        if custom.startswith("Flex"):
+            names.append(custom)
+    return sorted(set(names))
+
+
 def run_tflite(artifact, x: np.ndarray, threads: int | None = None, batch_size: int = 256
                ) -> np.ndarray:
     """Outputs of a TFLite model (file or bytes) for float inputs ``x``, in LiteRT.
@@ -476,6 +500,8 @@ def run_tflite(artifact, x: np.ndarray, threads: int | None = None, batch_size: 
             kernels do not run.
     """
     runner = TFLiteRunner(artifact, threads)
+    if fixed_batch(runner.interpreter) == 1:  # converted at batch 1: one sample at a time
+        batch_size = 1
     try:
         if isinstance(x, (dict, list, tuple)):  # several inputs
             from keras import tree
@@ -585,6 +611,10 @@ def runtime_latency_ms(artifact, sample_shape: tuple, batch: int = 1, threads: i
         feed = _onnx_feed(session, x)
         return latency_ms(lambda _: session.run(None, feed), None, runs=runs)
     runner = TFLiteRunner(artifact, threads)
+    fixed = fixed_batch(runner.interpreter)
+    if fixed is not None and fixed != batch:
+        raise CompressError(f"{_name(artifact)}: converted with a fixed batch size of "
+                            f"{fixed}, so it cannot be timed at batch {batch}")
     runner(x)  # once untimed: a delegate that cannot prepare the graph is replaced here
     if runner._signature is not None:
         return latency_ms(lambda _: runner(x), None, runs=runs)

@@ -232,6 +232,57 @@ def test_recurrent_layers_are_unrolled_for_tflite_in_float_and_int8(tmp_path):
     assert not model.get_layer("lstm").unroll  # the user's model is not changed
 
 
+def _unet_decoder(tmp_path):
+    """keras.io's U-Net pattern, small: a Conv2DTranspose-UpSampling2D decoder whose
+    residual Conv2D TensorFlow leaves with run-time shapes at a free batch size."""
+    import keras
+    from keras import layers
+
+    from compress import training
+
+    training.set_seed(0)
+    inputs = keras.Input((16, 16, 3))
+    x = layers.Activation("relu")(layers.BatchNormalization()(
+        layers.Conv2D(8, 3, strides=2, padding="same")(inputs)))
+    prev = x
+    x = layers.BatchNormalization()(layers.Conv2D(8, 3, padding="same")(x))
+    x = layers.MaxPooling2D(3, strides=2, padding="same")(x)
+    prev = x = layers.add([x, layers.Conv2D(8, 1, strides=2, padding="same")(prev)])
+    for filters in (8, 4):
+        x = layers.Activation("relu")(x)
+        x = layers.BatchNormalization()(layers.Conv2DTranspose(filters, 3, padding="same")(x))
+        x = layers.UpSampling2D(2)(x)
+        residual = layers.Conv2D(filters, 1, padding="same", name=f"res{filters}")(
+            layers.UpSampling2D(2)(prev))
+        prev = x = layers.add([x, residual])
+    outputs = layers.Conv2D(3, 3, activation="softmax", padding="same")(x)
+    keras.Model(inputs, outputs).save(tmp_path / "unet.keras")
+    return io.load_model(tmp_path / "unet.keras")
+
+
+def test_a_decoder_tflite_cannot_take_at_a_free_batch_size_converts_at_batch_1(tmp_path):
+    """keras.io's U-Net could not be exported to TFLite at all ("op tf.Conv2D in layer
+    'conv2d' has no TFLite builtin kernel", which also named the wrong layer): at a free
+    batch size TensorFlow computes the decoder's shapes at run time. It converts at a
+    fixed batch size of 1 (float and int8), said in a note, and runs one sample at a
+    time."""
+    from compress.quantization import tflite
+
+    model = _unet_decoder(tmp_path)
+    x = np.random.default_rng(0).random((12, 16, 16, 3)).astype("float32")
+    with pytest.raises(CompressError, match="op tf.Conv2D in layer 'res4' has no TFLite"):
+        tflite._convert(model, "float32", None, False, True, None, False)  # free batch
+    _, check = export.export_artifact(model, x, format="tflite")
+    assert check["max_abs_diff"] <= 1e-4 and check["top1_agreement"] == 1.0
+    assert check["export_copy"].startswith("converted with a fixed batch size of 1")
+    assert "tf.Conv2D in layer 'res4'" in check["export_copy"]
+    notes = []
+    int8 = tflite.convert(model, "int8", x, notes=notes)
+    assert len(notes) == 1 and "fixed batch size of 1" in notes[0]
+    assert runtime.verify(model, int8, x)["sqnr_db"] >= 20
+    assert runtime.run_tflite(int8, x).shape == (12, 16, 16, 3)  # 12 runs of batch 1
+
+
 def test_a_masked_recurrent_model_is_unrolled_for_tflite(cli, tmp_path):
     """Embedding(mask_zero=True) feeds the LSTM [inputs, mask]: the unroll rule read no
     time steps from that and the export was refused (FlexTensorListReserve)."""
@@ -288,20 +339,43 @@ def test_a_graph_xnnpack_cannot_prepare_runs_on_litert_s_own_kernels(mlp_file, m
 
 
 def test_a_tflite_export_with_tensorflow_ops_is_refused_in_one_line(monkeypatch):
-    """A recurrent layer too long to unroll stays a TensorList loop, which the converter
-    keeps as Flex ops: LiteRT's builtin kernels cannot run the file; one line, not a raw
-    RuntimeError from the interpreter."""
+    """A recurrent layer too long to unroll stays a TensorList loop: at a free batch size
+    the converter keeps it as Flex ops, at batch 1 LiteRT's builtin WHILE runs it (the
+    export converts there, with a note). A file that does hold Flex ops is refused in one
+    line by the runtime, not with a raw RuntimeError; an op with no builtin kernel at
+    all is refused naming the op and the layer."""
     import keras
+    import tensorflow as tf
 
     monkeypatch.setattr(export, "MAX_UNROLL", 2)
     model = keras.Sequential([keras.Input((6, 3)), keras.layers.LSTM(4, name="lstm"),
                               keras.layers.Dense(2, activation="softmax")], name="seq")
     x = np.random.default_rng(0).normal(size=(8, 6, 3)).astype("float32")
+    _, check = export.export_artifact(model, x, format="tflite")
+    assert check["max_abs_diff"] <= 1e-4
+    assert "fixed batch size of 1" in check["export_copy"]
+    assert "tf.TensorListReserve in layer 'lstm'" in check["export_copy"]
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS,
+                                           tf.lite.OpsSet.SELECT_TF_OPS]
+    flex = converter.convert()
+    assert runtime.flex_ops(flex)
     with pytest.raises(CompressError) as err:
-        export.export_artifact(model, x, format="tflite")
-    assert str(err.value).startswith("model 'seq': tflite export: holds TensorFlow ops "
-                                     "(FlexTensorListReserve)")
+        runtime.run_tflite(flex, x)
+    assert "holds TensorFlow ops (FlexTensorList" in str(err.value)
     assert "--format onnx" in str(err.value) and "\n" not in str(err.value)
+
+    class Inverse(keras.layers.Layer):
+        def call(self, x):
+            return keras.ops.erfinv(keras.ops.clip(x, -0.9, 0.9))
+
+    odd = keras.Sequential([keras.Input((4,)), keras.layers.Dense(4), Inverse(name="inv"),
+                            keras.layers.Dense(2)], name="odd")
+    with pytest.raises(CompressError) as err:
+        export.export_artifact(odd, x[:, 0, :].repeat(2, axis=1)[:, :4], format="tflite")
+    assert str(err.value) == ("model 'odd': TFLite float32 conversion failed: op tf.Erfinv "
+                              "in layer 'inv' has no TFLite builtin kernel; use --format "
+                              "onnx, or replace the layer")
 
 
 def test_augmentation_layers_are_left_out_of_the_onnx_copy(tmp_path):

@@ -455,7 +455,7 @@ def _artifact(model, data, fmt: str, x_cal, x_check, x_test, y_test, opts: dict,
     progress.expect("export", 1)
     progress.expect("verification", 2, runs=2)  # the float reference's, then the artifact's
     expected = predict(model if reference is None else reference, x_check)
-    flatbuffer = None
+    flatbuffer, conversion_notes = None, []
     if fmt == "tflite":  # convert first: an unsupported op is reported before anything else
         from compress.quantization.tflite import convert
 
@@ -466,7 +466,7 @@ def _artifact(model, data, fmt: str, x_cal, x_check, x_test, y_test, opts: dict,
             flatbuffer = convert(model, mode, representative=x_cal,
                                  int8_io=opts["interface"] == "int8",
                                  per_channel=opts["per_channel"], activation_ranges=ranges,
-                                 sparse=opts["sparse"])
+                                 sparse=opts["sparse"], notes=conversion_notes)
     try:
         float_content, float_info = export_artifact(
             model if reference is None else reference, data, format=fmt,
@@ -497,8 +497,10 @@ def _artifact(model, data, fmt: str, x_cal, x_check, x_test, y_test, opts: dict,
     with progress.phase("verification", detail=f"the {mode} {fmt} artifact in "
                         f"{'LiteRT' if fmt == 'tflite' else 'onnxruntime'}"):
         info = _measure(content, float_content, fmt, x_check, expected, x_test, y_test, opts)
-    if float_info.get("export_copy"):  # e.g. a mixed_float16 model quantized via float32
-        info["export_copy"] = float_info["export_copy"]
+    copy_notes = [n for n in (float_info.get("export_copy") or "").split("; ") if n]
+    copy_notes += [n for n in conversion_notes if n not in copy_notes]  # fixed batch size
+    if copy_notes:  # e.g. a mixed_float16 model quantized via float32
+        info["export_copy"] = "; ".join(copy_notes)
     # "model": the user's (rounding onto a grid can zero weights that were not zero)
     user = model if reference is None else reference
     info["weight_zeros"] = {"model": _zero_fraction(_model_kernels(user)),

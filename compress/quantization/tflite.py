@@ -29,10 +29,23 @@ from compress.quiet import quiet_output
 MODES = ("float32", "int8", "dynamic", "float16")
 
 
+#: Why an artifact has a fixed batch size of 1 (:func:`convert`'s fallback).
+FIXED_BATCH_NOTE = ("converted with a fixed batch size of 1 (run it one sample at a time): "
+                    "with a free batch size the converter kept {what}, which LiteRT's "
+                    "builtin kernels cannot run, as its shapes were computed at run time")
+
+
 def convert(model, mode: str = "int8", representative: np.ndarray | None = None,
             int8_io: bool = False, per_channel: bool = True,
-            activation_ranges: list | None = None, sparse: bool = False) -> bytes:
+            activation_ranges: list | None = None, sparse: bool = False,
+            notes: list | None = None) -> bytes:
     """Convert a Keras model to TFLite flatbuffer bytes.
+
+    The input keeps a free batch size; when that graph leaves a TensorFlow op the builtin
+    kernels cannot take (a Conv2D after a Conv2DTranspose and UpSampling2D, whose shapes
+    TensorFlow then computes at run time: keras.io's U-Net), the model is converted
+    again with a fixed batch size of 1, where every shape is known, and
+    :data:`FIXED_BATCH_NOTE` is appended to ``notes``.
 
     Args:
         model: a built single-input Keras model.
@@ -52,6 +65,7 @@ def convert(model, mode: str = "int8", representative: np.ndarray | None = None,
             as learned by quantization-aware training
             (:func:`compress.quantization.qat.qat_finetune`); those outputs are
             quantized on exactly these grids instead of the calibrated ones.
+        notes: list or None. Receives a note when the batch size had to be fixed.
         sparse: bool, default False. Also ``Optimize.EXPERIMENTAL_SPARSITY``: weight
             tensors that are mostly zeros (a pruned model) are stored in TFLite's sparse
             format (CSR: nonzero values plus uint8/uint16 column indices) and densified
@@ -67,15 +81,35 @@ def convert(model, mode: str = "int8", representative: np.ndarray | None = None,
         CompressError: no calibration data for int8, or an op the converter cannot
             express in the requested mode (the layer is named).
     """
-    import tensorflow as tf
 
     if mode not in MODES:
         raise CompressError(f"mode '{mode}': must be one of {', '.join(MODES)}")
     if mode == "int8" and (representative is None or len(representative) == 0):
         raise CompressError("full-integer int8 needs calibration data: pass --data NAME "
                             "(a few hundred samples), or use mode dynamic (no data needed)")
+    args = (model, mode, representative, int8_io, per_channel, activation_ranges, sparse)
+    try:
+        return _convert(*args)
+    except CompressError as exc:
+        op = re.search(r"op (tf\.\w+)( in layer '[^']+')?", str(exc))
+        if not op or "has no TFLite builtin kernel" not in str(exc):
+            raise
+        try:
+            flatbuffer = _convert(*args, batch=1)
+        except CompressError:
+            raise exc from None  # the free-batch failure names the op as well
+        if notes is not None:
+            notes.append(FIXED_BATCH_NOTE.format(what=f"{op.group(1)}{op.group(2) or ''}"))
+        return flatbuffer
+
+
+def _convert(model, mode, representative, int8_io, per_channel, activation_ranges, sparse,
+             batch: int | None = None) -> bytes:
+    """:func:`convert` at one batch size (None: free)."""
+    import tensorflow as tf
+
     with tempfile.TemporaryDirectory() as folder:
-        converter, model, specs = saved_model_converter(model, folder)
+        converter, model, specs = saved_model_converter(model, folder, batch)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
         if mode != "float32":
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -109,12 +143,13 @@ def convert(model, mode: str = "int8", representative: np.ndarray | None = None,
     return flatbuffer
 
 
-def saved_model_converter(model, folder: str) -> tuple:
+def saved_model_converter(model, folder: str, batch: int | None = None) -> tuple:
     """``(converter, copy, specs)``: the TFLite export copy of ``model``
     (:func:`compress.export.export_copy`: float32, no grouped convolutions, recurrent
     layers unrolled) written to ``folder`` as a SavedModel with one ``serve`` endpoint (one
-    named argument per input, so the signature keeps the names), a ``TFLiteConverter``
-    from it, and the copy's ``(name, shape, dtype)`` inputs."""
+    named argument per input, so the signature keeps the names; ``batch``: the batch
+    size, None for a free one), a ``TFLiteConverter`` from it, and the copy's ``(name,
+    shape, dtype)`` inputs."""
     import keras
     import tensorflow as tf
 
@@ -131,14 +166,14 @@ def saved_model_converter(model, folder: str) -> tuple:
     if len(specs) == 1:
         shape, dtype = specs[0][1], specs[0][2] or "float32"
         archive.add_endpoint("serve", functools.partial(model.__call__, training=False),
-                             input_signature=[tf.TensorSpec((None,) + shape, dtype)])
+                             input_signature=[tf.TensorSpec((batch,) + shape, dtype)])
     else:
         names = [name for name, _, _ in specs]
 
         def serve(*tensors):
             return model(dict(zip(names, tensors)), training=False)
         archive.add_endpoint("serve", serve, input_signature=[
-            tf.TensorSpec((None,) + shape, dtype or "float32", name=name)
+            tf.TensorSpec((batch,) + shape, dtype or "float32", name=name)
             for name, shape, dtype in specs])
     with quiet_output():
         archive.write_out(folder, verbose=False)
@@ -288,8 +323,11 @@ def _ranges_by_name(outputs: list, ranges: dict) -> list:
 def _explain(exc: Exception, model, mode: str) -> str:
     """One line: which layer holds the op the converter refused, and what to do instead."""
     text = " ".join(str(exc).split())
-    layer = next((lay.name for lay in model.layers
-                  if re.search(rf"[/\"'(]{re.escape(lay.name)}[/\"'_)]", text)), None)
+    # the longest name that matches: "conv2d_4_1/convolution" is layer conv2d_4 (Keras adds
+    # the call's _1), not conv2d
+    layer = max((lay.name for lay in model.layers
+                 if re.search(rf"[/\"'(]{re.escape(lay.name)}[/\"'_)]", text)),
+                key=len, default=None)
     op = re.search(r"'(tf\.\w+|tfl\.\w+)'", text)
     what = f"op {op.group(1)}" if op else "an op"
     where = f" in layer '{layer}'" if layer else ""
