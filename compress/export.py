@@ -21,6 +21,8 @@ True
 
 from __future__ import annotations
 
+import functools
+import re
 import tempfile
 from pathlib import Path
 
@@ -335,12 +337,10 @@ def _exported(model, fmt: str, x, atol: float, where: str, opset: int | None = N
         from compress.runtime import flex_ops
 
         if content is None or flex_ops(content):  # Keras failed or kept TensorFlow ops
-            from compress.quantization.tflite import convert
-
             try:
                 with progress.phase("export", detail=f"{where} to tflite, builtin ops"), \
                         quiet_output():
-                    content = convert(model, "float32", notes=notes)
+                    content = builtin_tflite(model, notes=notes)
             except CompressError as exc:
                 if content is None:
                     raise CompressError(f"{where}: {exc}") from None
@@ -361,6 +361,111 @@ def _exported(model, fmt: str, x, atol: float, where: str, opset: int | None = N
             copy, ref = named_outputs(predict(model, x)), named_outputs(predict(reference, x))
             check["copy_max_abs_diff"] = max(max_abs_diff(copy[k], ref[k]) for k in ref)
     return content, check
+
+
+#: Why an artifact has a fixed batch size of 1 (:func:`convert`'s fallback).
+FIXED_BATCH_NOTE = ("converted with a fixed batch size of 1 (run it one sample at a time): "
+                    "with a free batch size the converter kept {what}, which LiteRT's "
+                    "builtin kernels cannot run, as its shapes were computed at run time")
+
+
+def saved_model_converter(model, folder: str, batch: int | None = None) -> tuple:
+    """``(converter, copy, specs)``: the TFLite export copy of ``model``
+    (:func:`compress.export.export_copy`: float32, no grouped convolutions, recurrent
+    layers unrolled) written to ``folder`` as a SavedModel with one ``serve`` endpoint (one
+    named argument per input, so the signature keeps the names; ``batch``: the batch
+    size, None for a free one), a ``TFLiteConverter`` from it, and the copy's ``(name,
+    shape, dtype)`` inputs."""
+    import keras
+    import tensorflow as tf
+
+    from compress.data.arrays import model_inputs
+
+    model, _ = export_copy(model, "tflite")
+    specs = model_inputs(model)
+    zeros = {name: np.zeros((1,) + tuple(d or 1 for d in shape), dtype=dtype or "float32")
+             for name, shape, dtype in specs}
+    model(zeros if len(specs) > 1 else zeros[specs[0][0]], training=False)
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    if len(specs) == 1:
+        shape, dtype = specs[0][1], specs[0][2] or "float32"
+        archive.add_endpoint("serve", functools.partial(model.__call__, training=False),
+                             input_signature=[tf.TensorSpec((batch,) + shape, dtype)])
+    else:
+        names = [name for name, _, _ in specs]
+
+        def serve(*tensors):
+            return model(dict(zip(names, tensors)), training=False)
+        archive.add_endpoint("serve", serve, input_signature=[
+            tf.TensorSpec((batch,) + shape, dtype or "float32", name=name)
+            for name, shape, dtype in specs])
+    with quiet_output():
+        archive.write_out(folder, verbose=False)
+    return tf.lite.TFLiteConverter.from_saved_model(folder), model, specs
+
+
+def explain_conversion(exc: Exception, model, mode: str) -> str:
+    """One line: which layer holds the op the converter refused, and what to do instead."""
+    text = " ".join(str(exc).split())
+    # the longest name that matches: "conv2d_4_1/convolution" is layer conv2d_4 (Keras adds
+    # the call's _1), not conv2d
+    layer = max((lay.name for lay in model.layers
+                 if re.search(rf"[/\"'(]{re.escape(lay.name)}[/\"'_)]", text)),
+                key=len, default=None)
+    op = re.search(r"'(tf\.\w+|tfl\.\w+)'", text)
+    what = f"op {op.group(1)}" if op else "an op"
+    where = f" in layer '{layer}'" if layer else ""
+    if op and op.group(1).startswith("tf."):  # a TensorFlow op with no TFLite builtin at all
+        return (f"TFLite {mode} conversion failed: {what}{where} has no TFLite builtin "
+                "kernel; use --format onnx, or replace the layer")
+    if not op and not any(w in text.lower() for w in ("legaliz", "not supported", "unsupported",
+                                                     "kernel", "quantiz")):
+        return f"TFLite {mode} conversion failed ({text[:240]})"  # the converter's own words
+    fallback = ("use mode dynamic (float activations) or --format onnx"
+                if mode == "int8" else "use --format onnx")
+    return (f"TFLite {mode} conversion failed: {what}{where} has no {mode} TFLite kernel; "
+            f"{fallback}")
+
+
+def free_or_fixed_batch(convert_at, notes: list | None = None) -> bytes:
+    """``convert_at(None)`` (a TFLite conversion at a free batch size); when that graph
+    leaves a TensorFlow op the builtin kernels cannot take (shapes TensorFlow computes at
+    run time: keras.io's U-Net decoder, a recurrent loop too long to unroll),
+    ``convert_at(1)``, where every shape is known, with :data:`FIXED_BATCH_NOTE` appended
+    to ``notes``. The free-batch error is raised when both fail."""
+    try:
+        return convert_at(None)
+    except CompressError as exc:
+        op = re.search(r"op (tf\.\w+)( in layer '[^']+')?", str(exc))
+        if not op or "has no TFLite builtin kernel" not in str(exc):
+            raise
+        try:
+            flatbuffer = convert_at(1)
+        except CompressError:
+            raise exc from None  # the free-batch failure names the op as well
+        if notes is not None:
+            notes.append(FIXED_BATCH_NOTE.format(what=f"{op.group(1)}{op.group(2) or ''}"))
+        return flatbuffer
+
+
+def builtin_tflite(model, notes: list | None = None) -> bytes:
+    """``model`` as a float32 TFLite flatbuffer of builtin ops only (no Flex ops), at a
+    free batch size or else at batch 1 (:func:`free_or_fixed_batch`)."""
+
+    def at(batch):
+        import tensorflow as tf
+
+        with tempfile.TemporaryDirectory() as folder:
+            converter, copy, _ = saved_model_converter(model, folder, batch)
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+            try:
+                with quiet_output():
+                    return converter.convert()
+            except Exception as exc:
+                raise CompressError(explain_conversion(exc, copy, "float32")) from exc
+
+    return free_or_fixed_batch(at, notes)
 
 
 def export_copy(model, fmt: str = "tflite"):

@@ -177,33 +177,37 @@ def prunable_weights(model, layers=None, skip_first_last: bool = False) -> list:
 _ELEMENTWISE = ("PReLU",)
 
 
-def unreached_weights(model) -> list:
-    """``[(weight key, size)]`` of the matrices that pruning cannot reach: trainable
-    weights with two or more axes longer than 1 of layers outside :data:`PRUNABLE`,
-    such as a custom layer's own ``add_weight`` kernel or a ConvLSTM2D's, in model
-    order. Biases, norms, PReLU slopes and other vectors are left out, as pruning leaves
-    them alone by design.
+def unreached_weights(model, reached=None) -> list:
+    """``[(weight key, size)]`` of the matrices left out: trainable weights with two or
+    more axes longer than 1 of the layers not in ``reached`` (default: the layers of a
+    :data:`PRUNABLE` type), such as a custom layer's own ``add_weight`` kernel or a
+    ConvLSTM2D's, in model order. Biases, norms, PReLU slopes and other vectors are not
+    listed: pruning and sharing leave them alone by design.
 
     Example:
 
     >>> unreached_weights(model)  # doctest: +SKIP
     [('conv_lstm2d/conv_lstm_cell/kernel', 1152)]
     """
-    reached, out = set(), []
     leaves = deep_leaves(model)
+    if reached is None:
+        reached = [la for la in leaves if type(la).__name__ in PRUNABLE]
+    skip = {id(la) for la in reached}
+    seen, out = set(), []
     for layer in leaves:
-        for attr in PRUNABLE.get(type(layer).__name__, ()):
-            v = getattr(layer, attr, None)
-            if v is not None:
-                reached.add(id(v))
-    for layer in leaves:
-        if type(layer).__name__ in PRUNABLE or type(layer).__name__ in _ELEMENTWISE:
+        if id(layer) in skip or type(layer).__name__ in _ELEMENTWISE:
             continue
         for v in getattr(layer, "_trainable_variables", layer.trainable_weights):
-            if id(v) not in reached and sum(int(d) > 1 for d in v.shape) >= 2:
-                reached.add(id(v))
+            if id(v) not in seen and sum(int(d) > 1 for d in v.shape) >= 2:
+                seen.add(id(v))
                 out.append((weight_key(layer, v), int(np.prod(v.shape))))
     return out
+
+
+def listed(weights: list, shown: int = 4) -> str:
+    """``[(key, size)]`` in words: ``"a (1,024), b (64) and 3 more"``."""
+    text = ", ".join(f"{k} ({n:,})" for k, n in weights[:shown])
+    return text + (f" and {len(weights) - shown} more" if len(weights) > shown else "")
 
 
 def select_viewed(scores: list, views: list, select) -> list:

@@ -273,7 +273,7 @@ def _coverage(model, opts, info) -> None:
     the prunable values or more, as a ``warning`` with the sparsity of all of them; and
     (without ``--layers``) the matrices of layers no pruning method handles
     (``not_reached``: a custom layer's own weights, a ConvLSTM2D), with their sizes."""
-    from compress.pruning.masks import unreached_weights
+    from compress.pruning.masks import listed, unreached_weights
 
     left = info.get("left_out") or {}
     if left and opts["sparsity"]:
@@ -292,9 +292,7 @@ def _coverage(model, opts, info) -> None:
     if not opts["layers"]:
         missed = unreached_weights(model)
         if missed:
-            shown = ", ".join(f"{k} ({n:,})" for k, n in missed[:4])
-            more = f" and {len(missed) - 4} more" if len(missed) > 4 else ""
-            info["not_reached"] = (f"{shown}{more}: no pruning method handles these "
+            info["not_reached"] = (f"{listed(missed)}: no pruning method handles these "
                                    "layers' weights; they stay dense")
 
 

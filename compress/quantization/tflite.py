@@ -16,7 +16,6 @@ True
 
 from __future__ import annotations
 
-import functools
 import re
 import tempfile
 
@@ -24,15 +23,10 @@ import numpy as np
 
 from compress import progress
 from compress.errors import CompressError
+from compress.export import explain_conversion, free_or_fixed_batch, saved_model_converter
 from compress.quiet import quiet_output
 
 MODES = ("float32", "int8", "dynamic", "float16")
-
-
-#: Why an artifact has a fixed batch size of 1 (:func:`convert`'s fallback).
-FIXED_BATCH_NOTE = ("converted with a fixed batch size of 1 (run it one sample at a time): "
-                    "with a free batch size the converter kept {what}, which LiteRT's "
-                    "builtin kernels cannot run, as its shapes were computed at run time")
 
 
 def convert(model, mode: str = "int8", representative: np.ndarray | None = None,
@@ -44,8 +38,8 @@ def convert(model, mode: str = "int8", representative: np.ndarray | None = None,
     The input keeps a free batch size; when that graph leaves a TensorFlow op the builtin
     kernels cannot take (a Conv2D after a Conv2DTranspose and UpSampling2D, whose shapes
     TensorFlow then computes at run time: keras.io's U-Net), the model is converted
-    again with a fixed batch size of 1, where every shape is known, and
-    :data:`FIXED_BATCH_NOTE` is appended to ``notes``.
+    again with a fixed batch size of 1, where every shape is known, and a note is
+    appended to ``notes`` (:func:`compress.export.free_or_fixed_batch`).
 
     Args:
         model: a built single-input Keras model.
@@ -88,19 +82,7 @@ def convert(model, mode: str = "int8", representative: np.ndarray | None = None,
         raise CompressError("full-integer int8 needs calibration data: pass --data NAME "
                             "(a few hundred samples), or use mode dynamic (no data needed)")
     args = (model, mode, representative, int8_io, per_channel, activation_ranges, sparse)
-    try:
-        return _convert(*args)
-    except CompressError as exc:
-        op = re.search(r"op (tf\.\w+)( in layer '[^']+')?", str(exc))
-        if not op or "has no TFLite builtin kernel" not in str(exc):
-            raise
-        try:
-            flatbuffer = _convert(*args, batch=1)
-        except CompressError:
-            raise exc from None  # the free-batch failure names the op as well
-        if notes is not None:
-            notes.append(FIXED_BATCH_NOTE.format(what=f"{op.group(1)}{op.group(2) or ''}"))
-        return flatbuffer
+    return free_or_fixed_batch(lambda batch: _convert(*args, batch=batch), notes)
 
 
 def _convert(model, mode, representative, int8_io, per_channel, activation_ranges, sparse,
@@ -137,47 +119,10 @@ def _convert(model, mode, representative, int8_io, per_channel, activation_range
             with quiet_output():
                 flatbuffer = converter.convert()
         except Exception as exc:
-            raise CompressError(_explain(exc, model, mode)) from exc
+            raise CompressError(explain_conversion(exc, model, mode)) from exc
     if mode == "int8" and activation_ranges is not None:
         flatbuffer = _quantize_with_ranges(flatbuffer, activation_ranges, int8_io, model)
     return flatbuffer
-
-
-def saved_model_converter(model, folder: str, batch: int | None = None) -> tuple:
-    """``(converter, copy, specs)``: the TFLite export copy of ``model``
-    (:func:`compress.export.export_copy`: float32, no grouped convolutions, recurrent
-    layers unrolled) written to ``folder`` as a SavedModel with one ``serve`` endpoint (one
-    named argument per input, so the signature keeps the names; ``batch``: the batch
-    size, None for a free one), a ``TFLiteConverter`` from it, and the copy's ``(name,
-    shape, dtype)`` inputs."""
-    import keras
-    import tensorflow as tf
-
-    from compress.data.arrays import model_inputs
-    from compress.export import export_copy
-
-    model, _ = export_copy(model, "tflite")
-    specs = model_inputs(model)
-    zeros = {name: np.zeros((1,) + tuple(d or 1 for d in shape), dtype=dtype or "float32")
-             for name, shape, dtype in specs}
-    model(zeros if len(specs) > 1 else zeros[specs[0][0]], training=False)
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    if len(specs) == 1:
-        shape, dtype = specs[0][1], specs[0][2] or "float32"
-        archive.add_endpoint("serve", functools.partial(model.__call__, training=False),
-                             input_signature=[tf.TensorSpec((batch,) + shape, dtype)])
-    else:
-        names = [name for name, _, _ in specs]
-
-        def serve(*tensors):
-            return model(dict(zip(names, tensors)), training=False)
-        archive.add_endpoint("serve", serve, input_signature=[
-            tf.TensorSpec((batch,) + shape, dtype or "float32", name=name)
-            for name, shape, dtype in specs])
-    with quiet_output():
-        archive.write_out(folder, verbose=False)
-    return tf.lite.TFLiteConverter.from_saved_model(folder), model, specs
 
 
 def calibration_samples(representative, specs) -> tuple:
@@ -318,29 +263,6 @@ def _ranges_by_name(outputs: list, ranges: dict) -> list:
             why = "a fake-quantized layer matches no conv/dense op, or several"
     raise CompressError(f"QAT ranges do not match the converted graph ({why}); convert "
                         "without --qat")
-
-
-def _explain(exc: Exception, model, mode: str) -> str:
-    """One line: which layer holds the op the converter refused, and what to do instead."""
-    text = " ".join(str(exc).split())
-    # the longest name that matches: "conv2d_4_1/convolution" is layer conv2d_4 (Keras adds
-    # the call's _1), not conv2d
-    layer = max((lay.name for lay in model.layers
-                 if re.search(rf"[/\"'(]{re.escape(lay.name)}[/\"'_)]", text)),
-                key=len, default=None)
-    op = re.search(r"'(tf\.\w+|tfl\.\w+)'", text)
-    what = f"op {op.group(1)}" if op else "an op"
-    where = f" in layer '{layer}'" if layer else ""
-    if op and op.group(1).startswith("tf."):  # a TensorFlow op with no TFLite builtin at all
-        return (f"TFLite {mode} conversion failed: {what}{where} has no TFLite builtin "
-                "kernel; use --format onnx, or replace the layer")
-    if not op and not any(w in text.lower() for w in ("legaliz", "not supported", "unsupported",
-                                                     "kernel", "quantiz")):
-        return f"TFLite {mode} conversion failed ({text[:240]})"  # the converter's own words
-    fallback = ("use mode dynamic (float activations) or --format onnx"
-                if mode == "int8" else "use --format onnx")
-    return (f"TFLite {mode} conversion failed: {what}{where} has no {mode} TFLite kernel; "
-            f"{fallback}")
 
 
 def weight_arrays(artifact) -> list[np.ndarray]:

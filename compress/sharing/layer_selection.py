@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import keras
-import numpy as np
 
 from compress.errors import CompressError
 from compress.layers import layer_matches, select_layers
@@ -70,22 +69,12 @@ def coverage(model, shared, done: int, what: str) -> dict:
     >>> coverage(new, [new.get_layer("head")], 16, "clustered")  # doctest: +SKIP
     {'not_reached': 'emb/embeddings (800), ...: ...', 'warning': '16 of the 6,050 ...'}
     """
-    from compress.pruning.masks import _ELEMENTWISE, deep_leaves, weight_key
+    from compress.pruning.masks import listed, unreached_weights
 
-    ids = {id(la) for la in shared}
-    missed, seen = [], set()
-    for layer in deep_leaves(model):
-        if id(layer) in ids or type(layer).__name__ in _ELEMENTWISE:
-            continue
-        for v in getattr(layer, "_trainable_variables", layer.trainable_weights):
-            if id(v) not in seen and sum(int(d) > 1 for d in v.shape) >= 2:
-                seen.add(id(v))
-                missed.append((weight_key(layer, v), int(np.prod(v.shape))))
+    missed = unreached_weights(model, reached=shared)
     if not missed:
         return {}
-    shown = ", ".join(f"{k} ({n:,})" for k, n in missed[:4])
-    more = f" and {len(missed) - 4} more" if len(missed) > 4 else ""
-    out = {"not_reached": f"{shown}{more}: only Dense and Conv2D kernels can be {what}; "
+    out = {"not_reached": f"{listed(missed)}: only Dense and Conv2D kernels can be {what}; "
                           "these keep their float weights"}
     rest = sum(n for _, n in missed)
     if rest > done:
