@@ -351,6 +351,13 @@ def test_recurrent_kernels_are_pruned_and_unreached_weights_are_named(tmp_path):
     x = np.random.default_rng(0).integers(0, 30, (4, 10))
     np.testing.assert_allclose(back.predict(x, verbose=0), pruned.predict(x, verbose=0),
                                atol=1e-6)
+    video = keras.Sequential([keras.Input((3, 6, 6, 1)), keras.layers.ConvLSTM2D(
+        4, 3, name="clstm"), keras.layers.Flatten(), keras.layers.Dense(2)])
+    _, info = prune(video, sparsity=0.5)  # ConvLSTM2D's cell too
+    rows = {w["weight"]: w["sparsity"] for w in info["layers"]}
+    for name in ("clstm/conv_lstm_cell/kernel", "clstm/conv_lstm_cell/recurrent_kernel"):
+        assert rows[name] == pytest.approx(0.5, abs=0.02)
+    assert "not_reached" not in info
 
 
 def test_obs_warns_when_the_weights_it_leaves_dense_fall_short_of_the_target():

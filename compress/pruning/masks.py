@@ -42,6 +42,7 @@ PRUNABLE = {
     "LSTMCell": ("kernel", "recurrent_kernel"),
     "GRUCell": ("kernel", "recurrent_kernel"),
     "SimpleRNNCell": ("kernel", "recurrent_kernel"),
+    "ConvLSTMCell": ("kernel", "recurrent_kernel"),  # ConvLSTM1D/2D/3D
 }
 
 
