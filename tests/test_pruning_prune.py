@@ -372,3 +372,16 @@ def test_obs_warns_when_the_weights_it_leaves_dense_fall_short_of_the_target():
     assert info["sparsity_of_prunable"] == pytest.approx(0.5 * (1 - 240 / 1188), abs=0.01)
     assert "stay dense for want of a layer Hessian" in info["warning"]
     assert "not the 50% asked; --method magnitude prunes them all" in info["warning"]
+
+
+def test_the_coverage_warning_quotes_the_sparsity_asked_with_two_four():
+    """--two-four asks for 50% whatever --sparsity's default (0.9) says; the warning
+    quoted 90%."""
+    from compress.pruning.prune_pass import _coverage
+
+    inp = keras.Input((4,), dtype="int32")
+    h = keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(50, 8, name="emb")(inp))
+    model = keras.Model(inp, keras.layers.Dense(4, name="head")(h))
+    info = {"left_out": {"emb/embeddings": "no layer Hessian"}, "sparsity_requested": 0.5}
+    _coverage(model, {"sparsity": 0.9, "layers": None, "skip_first_last": False}, info)
+    assert "not the 50% asked" in info["warning"]

@@ -286,7 +286,8 @@ def _coverage(model, opts, info) -> None:
             word = "weight" if len(left) == 1 else "weights"
             msg = (f"{len(left)} {word} ({dense:,} of the {total:,} prunable values) stay "
                    f"dense for want of a layer Hessian: the prunable weights are "
-                   f"{zeros / total:.1%} zero, not the {opts['sparsity']:.0%} asked; "
+                   f"{zeros / total:.1%} zero, not the "
+                   f"{info.get('sparsity_requested', opts['sparsity']):.0%} asked; "
                    "--method magnitude prunes them all")
             info["warning"] = f"{info['warning']}; {msg}" if info.get("warning") else msg
     if not opts["layers"]:
