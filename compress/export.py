@@ -776,7 +776,10 @@ def _inference_only(model):
     defaults to ``training=True``) exported every BatchNormalization with batch
     statistics, 13 logits away from ``predict``. The LiteRT export and ``predict``
     pass ``training=False``; so does this wrapper. Its ONNX inputs and outputs have the
-    names the model's own export gives them.
+    names the model's own export gives them; its own name, which tf2onnx puts before
+    every node and weight name, is one letter (named as the model, it repeated the
+    model's name in each of them: MobileNetV2's file grew 12 KB, its fp16 file from
+    0.519x to 0.525x of float32).
 
     Example:
 
@@ -789,7 +792,7 @@ def _inference_only(model):
 
     class InferenceOnly(keras.Model):
         def __init__(self, inner):
-            super().__init__(name=inner.name)
+            super().__init__(name="k")  # a prefix of every ONNX name: keep it short
             self.inner = inner
             self.built = True
 
