@@ -312,21 +312,28 @@ def _unfolded(layer, kind, shape):
     if k * channels > MAX_UNFOLD:
         raise _unsupported(layer, f"{k * channels} unfolded inputs (kernel positions x "
                            f"channels; at most {MAX_UNFOLD})")
-    eye = np.eye(k * channels, dtype="float32")
-    if kind in TRANSPOSED:  # (*k, out = k*C, in = C): out p*C + c reads in c at p
-        eye = np.transpose(eye.reshape(k, channels, k * channels), (0, 2, 1))
-        eye = tf.constant(eye.reshape(*ksize, k * channels, channels))
-    else:
-        eye = tf.constant(eye.reshape(*ksize, channels, k * channels))
+    made = []  # the identity kernel, built at the first batch (not for a mere check)
+
+    def identity():
+        if not made:
+            eye = np.eye(k * channels, dtype="float32")
+            if kind in TRANSPOSED:  # (*k, out = k*C, in = C): out p*C + c reads in c at p
+                eye = np.transpose(eye.reshape(k, channels, k * channels), (0, 2, 1))
+                eye = eye.reshape(*ksize, k * channels, channels)
+            else:
+                eye = eye.reshape(*ksize, channels, k * channels)
+            with tf.init_scope():  # eager, also when first called inside a traced step
+                made.append(tf.constant(eye))
+        return made[0]
 
     def rows_fn(a):
         a = tf.cast(a, "float32")
         if kind in TRANSPOSED:
-            p = ops.conv_transpose(a, eye, layer.strides, layer.padding,
+            p = ops.conv_transpose(a, identity(), layer.strides, layer.padding,
                                    layer.output_padding, layer.data_format,
                                    layer.dilation_rate)
         else:
-            p = ops.conv(a, eye, layer.strides, layer.padding, layer.data_format,
+            p = ops.conv(a, identity(), layer.strides, layer.padding, layer.data_format,
                          layer.dilation_rate)
         p = tf.reshape(p, (-1, k, groups, channels // groups))
         return tf.reshape(tf.transpose(p, (2, 0, 1, 3)), (groups, -1, k * (channels // groups)))
