@@ -333,6 +333,8 @@ def _exported(model, fmt: str, x, atol: float, where: str, opset: int | None = N
             content = None  # TFLite: the builtin-ops converter below names the op and layer
         else:
             content = tmp.read_bytes()
+            if fmt == "onnx":
+                content = unscoped_onnx(content, model.name)
     if fmt == "tflite":
         from compress.runtime import flex_ops
 
@@ -800,6 +802,85 @@ def _inference_only(model):
             return self.inner(inputs, training=False)
 
     return InferenceOnly(model)
+
+
+def unscoped_onnx(content: bytes, model_name: str) -> bytes:
+    """The ONNX bytes with the scope prefix tf2onnx writes before every node, tensor and
+    weight name removed: the export wrapper's (``k_1/``, :func:`_inference_only`) and then
+    the model's own (``mobilenetv2_0.35_96_1/``), so that names start with the Keras layer
+    (``block_1_expand_1/convolution``). Inputs and outputs keep their names. Every
+    reference is renamed by the same rule, in subgraphs too; where a shortened name would
+    equal another name in the graph, nothing is renamed.
+
+    Those prefixes were 3-4% of MobileNetV2's float32 file, and as names do not halve,
+    they kept its float16 file at 0.521x the float32 one.
+
+    Example:
+
+    >>> import onnx
+    >>> graph = onnx.helper.make_graph(
+    ...     [onnx.helper.make_node("Relu", ["x"], ["k_1/net_1/relu_1/Relu:0"],
+    ...                            name="k_1/net_1/relu_1/Relu")], "g",
+    ...     [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+    ...     [onnx.helper.make_tensor_value_info("k_1/net_1/relu_1/Relu:0",
+    ...                                         onnx.TensorProto.FLOAT, [1])])
+    >>> out = onnx.load_from_string(unscoped_onnx(
+    ...     onnx.helper.make_model(graph).SerializeToString(), "net"))
+    >>> out.graph.node[0].name
+    'relu_1/Relu'
+    """
+    import re
+
+    import onnx
+
+    proto = onnx.load_from_string(content)
+    rule = re.compile(r"^k(?:_\d+)?/(?:" + re.escape(model_name) + r"(?:_\d+)?/)?")
+    graphs, stack = [], [proto.graph]
+    while stack:  # the main graph and every subgraph (If, Loop, Scan bodies)
+        graph = stack.pop()
+        graphs.append(graph)
+        for node in graph.node:
+            for attr in node.attribute:
+                stack.extend([attr.g] if attr.type == onnx.AttributeProto.GRAPH else
+                             list(attr.graphs))
+    kept = {v.name for v in proto.graph.input} | {v.name for v in proto.graph.output}
+
+    def names(graph):
+        for node in graph.node:
+            yield node.name
+            yield from node.input
+            yield from node.output
+        yield from (t.name for t in graph.initializer)
+        yield from (t.values.name for t in graph.sparse_initializer)
+        yield from (v.name for v in [*graph.value_info, *graph.input, *graph.output])
+
+    every = {n for g in graphs for n in names(g) if n}
+    renamed = {n: rule.sub("", n, count=1) for n in every if n not in kept}
+    renamed = {k: v for k, v in renamed.items() if v != k}
+    if not renamed or not _distinct(every, renamed):
+        return content
+
+    def new(name):
+        return renamed.get(name, name)
+
+    for graph in graphs:
+        for node in graph.node:
+            node.name = new(node.name)
+            node.input[:] = [new(n) for n in node.input]
+            node.output[:] = [new(n) for n in node.output]
+        for tensor in graph.initializer:
+            tensor.name = new(tensor.name)
+        for tensor in graph.sparse_initializer:
+            tensor.values.name = new(tensor.values.name)
+        for info in [*graph.value_info, *graph.input, *graph.output]:
+            info.name = new(info.name)
+    return proto.SerializeToString()
+
+
+def _distinct(every: set, renamed: dict) -> bool:
+    """Whether renaming by ``renamed`` keeps all of ``every``'s names distinct."""
+    after = [renamed.get(n, n) for n in every]
+    return len(set(after)) == len(after) and "" not in after
 
 
 def _input_signature(model):

@@ -80,16 +80,10 @@ def case_device(ctx) -> Section:
             sizes.append([name, f"{b['fp32.onnx']:,}", f"{b['fp16.onnx']:,}",
                           f"{b['fp16.onnx'] / b['fp32.onnx']:.3f}x"])
     if sizes:
-        sec.add("float16 ONNX file sizes (the artifacts measured above):")
+        sec.add("float16 ONNX file sizes (the artifacts measured above; the size and output "
+                "targets are measured on every bench run, here, in the section 'float16 ONNX: "
+                "size and outputs against float32', as neither needs the device):")
         sec.add(table(["model", "float32 bytes", "float16 bytes", "ratio"], sizes))
-        worst = max(float(s[3][:-1]) for s in sizes)
-        errs = [r["fp16_rel_err"] for r in result.get("onnxruntime") or []
-                if r["model"] != "mobilenetv2"]
-        sec.target("fp16 ONNX file <= 0.52x float32 (every model)", f"{worst:.3f}x", "0.52x",
-                   worst <= 0.52)
-        if errs:
-            sec.target("fp16 ONNX outputs within 1e-2 relative of float32 (trained models, "
-                       "onnxruntime CPU)", f"{max(errs):.1e}", "1e-2", max(errs) <= 1e-2)
     gpu_providers = [p for p in result.get("providers", [])
                      if p.startswith(("CUDA", "Tensorrt"))]
     sec.target("fp16 and int8 ONNX latency vs float32 in onnxruntime CUDA / TensorRT",
