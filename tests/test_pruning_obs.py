@@ -255,8 +255,15 @@ def test_two_four_pattern_holds_exactly(conv_model):
         groups = np.moveaxis(keep, -2, -1).reshape(-1, 4)  # 4 consecutive inputs of a unit
         assert np.all(groups.sum(axis=1) == 2)
         assert np.all(np.asarray(v)[keep == 0] == 0)
-    with pytest.raises(CompressError, match="'dw'.*2:4 sparsity needs an input dimension"):
-        obs_masks(clone, [clone.get_layer("dw").kernel], x, 0.5, n=2, m=4)
+    # A depthwise kernel (9 inputs per channel) takes no 2:4 group: left dense, marked
+    # (it was refused, failing a whole `prune --method obs --two-four` of a MobileNet).
+    dw = clone.get_layer("dw").kernel
+    before = np.asarray(dw).copy()
+    masks, info = obs_masks(clone, [dw, clone.get_layer("fc").kernel], x, 0.5, n=2, m=4)
+    assert masks[0].all() and info["layers"][0]["n_m_left_dense"]
+    np.testing.assert_array_equal(np.asarray(dw), before)
+    assert not info["layers"][1].get("n_m_left_dense") and masks[1].mean() == 0.5
+    assert "thin_hessians" not in info  # the skipped layer saw no rows, and is no warning
 
 
 def test_bad_input_is_one_line(conv_model):

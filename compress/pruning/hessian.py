@@ -533,7 +533,7 @@ def thin_hessians(rows: list, flag: str = "--calibration") -> str | None:
     ...                {"weight": "fc2/kernel", "rows": 4, "inputs": 3}])
     'fc1/kernel had 4 calibration input vectors for 784 inputs per unit: its Hessian is far from full rank (mostly the damping holds it up) and the compensation fits those few samples; give more samples (--calibration)'
     """
-    thin = [r for r in rows if 4 * r["rows"] < r["inputs"]]
+    thin = [r for r in rows if 4 * r["rows"] < r["inputs"] and not r.get("n_m_left_dense")]
     if not thin:
         return None
     names = ", ".join(f"{r['weight']} had {r['rows']} calibration input vectors for "

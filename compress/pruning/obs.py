@@ -296,6 +296,23 @@ def prune_layer(hess, sparsity: float, *, n: int = 0, m: int = 0, damp: float = 
     return keep.reshape(kernel.shape), info
 
 
+def n_m_fits(hess, m: int) -> bool:
+    """Whether an N:M pattern (groups of ``m`` along the input channels) fits the layer
+    of ``hess``: its kernel's input-channel axis and each unit's inputs (a Conv2D's
+    ``kh * kw * cin``) are multiples of ``m``. A first convolution on 1 or 3 channels, or
+    a depthwise one (9 inputs per unit), does not fit.
+
+    >>> from types import SimpleNamespace as S
+    >>> conv = lambda cin: S(variable=np.zeros((3, 3, cin, 8)),
+    ...                      splits=[(0, 9 * cin)])
+    >>> n_m_fits(conv(3), 4), n_m_fits(conv(8), 4)
+    (False, True)
+    """
+    shape = tuple(hess.variable.shape)
+    return len(shape) >= 2 and shape[-2] % m == 0 and \
+        not any((hi - lo) % m for lo, hi in hess.splits)
+
+
 def obs_masks(model, variables, x, sparsity: float, *, n: int = 0, m: int = 0,
               damp: float = 0.01, block: int = 128, sequential: bool = True,
               max_dim: int | None = None, batch_size: int = 128, old=None,
@@ -316,6 +333,8 @@ def obs_masks(model, variables, x, sparsity: float, *, n: int = 0, m: int = 0,
         sparsity: float in [0, 1), or one per variable. Fraction of each layer removed
             (ignored with ``n``).
         n, m: int, default 0. N:M pattern (2:4: ``n=2, m=4``, 2 of every 4 removed).
+            A layer the pattern does not fit (:func:`n_m_fits`) is left dense, its row
+            marked ``n_m_left_dense``.
         damp: float, default 0.01. Dampening, a fraction of the mean Hessian diagonal.
         block: int, default 128. Columns per lazy-update block.
         sequential: bool, default True. Measure each layer's Hessian after the layers
@@ -350,6 +369,14 @@ def obs_masks(model, variables, x, sparsity: float, *, n: int = 0, m: int = 0,
     masks, rows = [], []
     sparsities = list(sparsity) if np.ndim(sparsity) else [sparsity] * len(hessians)
     for i, h in enumerate(hessians):
+        if n and not n_m_fits(h, m):  # left dense, as magnitude's N:M and NVIDIA's ASP do
+            masks.append(np.ones(tuple(h.variable.shape), "float32") if old is None
+                         else np.asarray(old[i], "float32"))
+            rows.append({**h.info(), "n_m_left_dense": True, "seconds": 0.0,
+                         "obs_seconds": 0.0, "predicted_error": 0.0,
+                         "sparsity": float(1 - masks[-1].mean())})
+            progress.update(i + 1, len(hessians), "layer")
+            continue
         if sequential:
             hs.accumulate(model, [h], x, batch_size)
         keep, row = prune_layer(h, sparsities[i], n=n, m=m, damp=damp, block=block,

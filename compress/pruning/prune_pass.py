@@ -359,6 +359,10 @@ def _val_head(data, n: int = 2048):
     return None if y is None or not length(x) else (x, y)
 
 
+TWO_FOUR_NONE_FIT = ("prune --two-four: no prunable layer has an input dimension divisible "
+                     "by 4; use --block 4 or unstructured pruning")
+
+
 def _masks(model, variables, opts, calib, target, data=None, names=None, views=None):
     """The new 0/1 mask of each of ``variables``. ``views``: per variable, None or the
     ``(inputs, outputs)`` matrix a multi-axis EinsumDense kernel is
@@ -386,6 +390,13 @@ def _masks(model, variables, opts, calib, target, data=None, names=None, views=N
         masks, opts["_obs"] = obs_masks(model, variables, calib[0], target,
                                         n=2 * opts["two_four"], m=4 * opts["two_four"],
                                         damp=opts["damp"], old=[_old(v) for v in variables])
+        if opts["two_four"]:
+            rows = opts["_obs"]["layers"]
+            if all(r.get("n_m_left_dense") for r in rows):
+                raise CompressError(TWO_FOUR_NONE_FIT)
+            names = names or [v.name for v in variables]
+            opts["_dense_two_four"] = [n for n, r in zip(names, rows, strict=True)
+                                       if r.get("n_m_left_dense")]
         return masks
     scores = saliency_scores(model, variables, opts["method"], calib, opts["estimator"],
                              opts["damping"], opts["seed"])
@@ -405,8 +416,7 @@ def _select(scores, olds, opts, target, names, model=None, variables=None, data=
         # 3 channels) stays dense, as NVIDIA's ASP leaves it; none fitting is refused.
         fits = [np.ndim(s) >= 2 and np.shape(s)[-2] % 4 == 0 for s in scores]
         if not any(fits):
-            raise CompressError("prune --two-four: no prunable layer has an input dimension "
-                                "divisible by 4; use --block 4 or unstructured pruning")
+            raise CompressError(TWO_FOUR_NONE_FIT)
         opts["_dense_two_four"] = [n for n, ok in zip(names, fits) if not ok]
         return [n_m_mask(s, 2, 4) if ok else o for s, o, ok in zip(scores, olds, fits)]
     if opts["scope"] == "sensitivity":
