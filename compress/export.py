@@ -834,7 +834,11 @@ def unscoped_onnx(content: bytes, model_name: str) -> bytes:
     import onnx
 
     proto = onnx.load_from_string(content)
-    rule = re.compile(r"^k(?:_\d+)?/(?:" + re.escape(model_name) + r"(?:_\d+)?/)?")
+    # the scope anywhere (loop bodies flatten it: ``..._k_1_net_1_lstm_1_while_...``), then
+    # a wrapper scope left at the start
+    scope = re.compile(r"(?<![A-Za-z0-9])k(?:_\d+)?([/_])" + re.escape(model_name)
+                       + r"(?:_\d+)?\1")
+    start = re.compile(r"^k(?:_\d+)?/")
     graphs, stack = [], [proto.graph]
     while stack:  # the main graph and every subgraph (If, Loop, Scan bodies)
         graph = stack.pop()
@@ -855,7 +859,7 @@ def unscoped_onnx(content: bytes, model_name: str) -> bytes:
         yield from (v.name for v in [*graph.value_info, *graph.input, *graph.output])
 
     every = {n for g in graphs for n in names(g) if n}
-    renamed = {n: rule.sub("", n, count=1) for n in every if n not in kept}
+    renamed = {n: start.sub("", scope.sub("", n)) for n in every if n not in kept}
     renamed = {k: v for k, v in renamed.items() if v != k}
     if not renamed or not _distinct(every, renamed):
         return content

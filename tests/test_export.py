@@ -470,6 +470,12 @@ def test_onnx_names_start_with_the_keras_layer_and_stay_consistent(tmp_path):
     renamed = onnx.load_from_string(export.unscoped_onnx(one_node(["k_1/net_1/w", "y"]),
                                                          "net")).graph
     assert renamed.initializer[0].name == renamed.node[0].input[1] == "w"
+    looped = onnx.load_from_string(export.unscoped_onnx(  # a loop body flattens the scope
+        one_node(["k_1_net_1_while_body_k_1/net_1/w", "y"]), "net")).graph
+    assert looped.initializer[0].name == "while_body_w"
+    dark = onnx.load_from_string(export.unscoped_onnx(one_node(["dark_net_1_w", "y"]),
+                                                      "net")).graph
+    assert dark.initializer[0].name == "dark_net_1_w"  # not a scope: 'k' inside a word
 
 
 def test_token_inputs_are_verified_on_ids_below_the_vocabulary_without_data(tmp_path):
