@@ -128,7 +128,8 @@ def layer_path(layer) -> str:
     return getattr(layer, "_compress_path", None) or layer.name
 
 
-def prunable_weights(model, layers=None, skip_first_last: bool = False) -> list:
+def prunable_weights(model, layers=None, skip_first_last: bool = False,
+                     what: str = "prunable") -> list:
     """The ``(layer, variable)`` pairs that pruning acts on, in model order.
 
     Prunable layers inside nested models and inside custom (non-Model) layers, such as
@@ -144,6 +145,7 @@ def prunable_weights(model, layers=None, skip_first_last: bool = False) -> list:
             pass). None selects every prunable layer.
         skip_first_last: bool, default False. Leave the first and last prunable layers
             dense.
+        what: the adjective naming these layers in errors (k-means: ``"clusterable"``).
 
     Raises:
         CompressError: no prunable layer, or a selector that matches nothing.
@@ -158,7 +160,7 @@ def prunable_weights(model, layers=None, skip_first_last: bool = False) -> list:
         if vars_:
             candidates.append((layer, vars_))
     if not candidates:
-        raise CompressError(f"model '{model.name}' has no prunable layers "
+        raise CompressError(f"model '{model.name}' has no {what} layers "
                             f"(supported: {', '.join(sorted(k.replace('Cell', '') for k in PRUNABLE))})")
     if skip_first_last:
         candidates = candidates[1:-1]
@@ -168,7 +170,7 @@ def prunable_weights(model, layers=None, skip_first_last: bool = False) -> list:
     from compress.layers import select_layers
 
     found = [c[0] for c in candidates]
-    chosen = {id(la) for la in select_layers(found, layers, "prunable", model.name,
+    chosen = {id(la) for la in select_layers(found, layers, what, model.name,
                                              names=[layer_path(la) for la in found])}
     candidates = [c for c in candidates if id(c[0]) in chosen]
     return [(layer, v) for layer, vars_ in candidates for v in vars_]

@@ -1,7 +1,8 @@
 """Weight sharing by k-means (Deep Compression, Han et al. 2016), for Keras 3.
 
-Each chosen layer's kernel is clustered into ``clusters`` centroids (1-D k-means with
-k-means++ seeding, per layer); every weight is replaced by its centroid, so the kernel
+Each chosen weight matrix (those pruning acts on: Dense, EinsumDense, every convolution,
+embeddings, recurrent cells) is clustered into ``clusters`` centroids (1-D k-means with
+k-means++ seeding, per matrix); every weight is replaced by its centroid, so the kernel
 can be stored as ``log2(clusters)``-bit indices plus a tiny codebook. Fine-tuning trains
 the centroids only: the gradient of a centroid is the sum of its members' gradients
 (biases and unclustered layers train normally), in a Keras ``fit`` that obeys the
@@ -27,7 +28,6 @@ import numpy as np
 
 from compress.data import as_dataset
 from compress.errors import CompressError
-from compress.sharing.layer_selection import shareable_layers
 from compress.sharing.share_options import KMEANS_OPTIONS
 
 
@@ -103,10 +103,11 @@ def cluster_model(model, data=None, *, verbose=0, **options):
             ``epochs > 0``.
         verbose: Keras ``fit`` verbosity of the fine-tuning, default 0.
         **options: checked by :data:`~compress.sharing.share_options.KMEANS_OPTIONS`:
-            ``clusters`` (16, centroids per layer, 2 to the layer's weight count),
-            ``layers`` (None: every Dense/Conv2D; else a list of names, class names or
-            regular expressions matching the whole name), ``epochs`` (0, fine-tuning
-            epochs of the centroids), ``seed`` (0, k-means++ and training seed),
+            ``clusters`` (16, centroids per weight matrix, 2 to its weight count),
+            ``layers`` (None: every matrix of :func:`clusterable_weights`; else a list
+            of names, class names or regular expressions matching the whole name),
+            ``epochs`` (0, fine-tuning epochs of the centroids), ``seed`` (0, k-means++
+            and training seed),
             ``learning_rate`` (None: 1e-4, Adam), ``batch_size`` (64).
 
     Returns:
@@ -125,21 +126,15 @@ def cluster_model(model, data=None, *, verbose=0, **options):
 
     task = resolve(model, opts["loss"], opts["metrics"], y=sample_targets(data))
     new = training.copy_model(model)
-    chosen = shareable_layers(new, opts["layers"], "clustered", nested=True)
-    from compress.pruning.masks import deep_leaves, layer_path
+    from compress.pruning.masks import layer_path, weight_key
 
-    deep_leaves(new)  # records the path of a layer inside a custom layer (``block/fc1``)
-    for layer in chosen:
-        size = int(np.prod(layer.kernel.shape))
-        if clusters > size:
-            raise CompressError(f"{KMEANS_OPTIONS.name}.clusters: must be at most the {size} "
-                                f"weights of layer '{layer_path(layer)}', got {clusters}")
+    pairs, small = clusterable_weights(new, opts["layers"], clusters)
     training.set_seed(seed)
     state = []
-    for k, layer in enumerate(chosen):
-        centroids, assign = _cluster_kernel(np.asarray(layer.kernel), clusters, seed + k)
-        layer.kernel.assign(centroids[assign].reshape(layer.kernel.shape))
-        state.append((layer, centroids, assign))
+    for k, (layer, variable) in enumerate(pairs):
+        centroids, assign = _cluster_kernel(np.asarray(variable), clusters, seed + k)
+        variable.assign(centroids[assign].reshape(variable.shape))
+        state.append((layer, variable, centroids, assign))
     if epochs > 0:
         if data is None:
             raise CompressError("fine-tuning (epochs > 0) needs data (--data NAME)")
@@ -148,26 +143,73 @@ def cluster_model(model, data=None, *, verbose=0, **options):
                                     teacher=model)
     index_bits = math.ceil(math.log2(clusters))
     rows, total_bits, total_weights = [], 0, 0
-    for layer, centroids, _ in state:
-        size = int(np.prod(layer.kernel.shape))
+    for layer, variable, centroids, _ in state:
+        size = int(np.prod(variable.shape))
         slots = len(centroids)  # clusters, plus one fixed zero for a pruned kernel
         bits = size * math.ceil(math.log2(slots)) + 32 * slots
         total_bits += bits
         total_weights += size
-        rows.append({"layer": layer_path(layer), "type": type(layer).__name__, "weights": size,
-                     "clusters": clusters, "distinct": int(np.unique(np.asarray(
-                         layer.kernel)).size), "bits_per_weight": bits / size})
+        rows.append({"layer": layer_path(layer), "weight": weight_key(layer, variable),
+                     "type": type(layer).__name__, "weights": size, "clusters": clusters,
+                     "distinct": int(np.unique(np.asarray(variable)).size),
+                     "bits_per_weight": bits / size})
     info = {"method": "kmeans", "clusters": clusters, "index_bits": index_bits,
             "layers": rows, "clustered_weights": total_weights,
             "bits_per_weight": total_bits / total_weights, "epochs": epochs,
             "stored_params": int(sum(int(np.prod(w.shape)) for w in new.weights))}
+    if small:
+        from compress.pruning.masks import listed
+
+        info["left_float"] = (f"{listed(small)}: no more values than --clusters "
+                              f"{clusters}; they keep their float weights")
     if not opts["layers"]:
         from compress.sharing.layer_selection import coverage
 
-        info.update(coverage(new, chosen, total_weights, "clustered"))
+        info.update(coverage(new, list({id(la): la for la, *_ in state}.values()),
+                             total_weights, "clustered", why=CLUSTERABLE_ONLY))
     if data is not None and data.labelled:  # the task's own: accuracy, or MSE+MAE
         info.update(task.evaluate_data(new, data, "test"))  # batch by batch
     return new, info
+
+
+#: Why k-means leaves a weight matrix in float (``not_reached``).
+CLUSTERABLE_ONLY = ("k-means reaches the weights of the layer kinds pruning does (Dense, "
+                    "EinsumDense, convolutions, embeddings, recurrent cells)")
+
+
+def clusterable_weights(model, layers, clusters: int) -> tuple[list, list]:
+    """``(pairs, small)``: the ``(layer, variable)`` pairs k-means clusters, in model
+    order: every weight matrix pruning acts on (:data:`compress.pruning.masks.PRUNABLE`:
+    Dense, EinsumDense, every convolution, depthwise and pointwise kernels, embeddings,
+    the input and recurrent kernels of LSTM/GRU/SimpleRNN/ConvLSTM cells), inside nested
+    models and custom layers too, chosen by ``layers`` as in every pass; and ``small``,
+    ``[(weight key, size)]`` of those with no more values than ``clusters``, left in
+    float (a matrix the user named with ``layers`` is refused instead).
+
+    Example:
+
+    >>> pairs, small = clusterable_weights(model, None, 16)   # doctest: +SKIP
+    >>> [v.path for _, v in pairs]                             # doctest: +SKIP
+    ['conv1d/kernel', 'lstm/lstm_cell/kernel', 'lstm/lstm_cell/recurrent_kernel', ...]
+    """
+    from compress.pruning.masks import layer_path, prunable_weights, weight_key
+
+    pairs, small = [], []
+    for layer, variable in prunable_weights(model, layers, what="clusterable"):
+        size, key = int(np.prod(variable.shape)), weight_key(layer, variable)
+        if size > clusters or (layers and size == clusters):
+            pairs.append((layer, variable))
+        elif layers:
+            name = f"layer '{layer_path(layer)}'" if key == f"{layer_path(layer)}/kernel" \
+                else f"'{key}'"
+            raise CompressError(f"{KMEANS_OPTIONS.name}.clusters: must be at most the {size} "
+                                f"weights of {name}, got {clusters}")
+        else:
+            small.append((key, size))
+    if not pairs:
+        raise CompressError(f"model '{model.name}': every weight matrix has no more values "
+                            f"than --clusters {clusters}; use fewer clusters")
+    return pairs, small
 
 
 def _cluster_kernel(kernel: np.ndarray, clusters: int, seed: int):
@@ -203,7 +245,7 @@ def _finetune_centroids(model, state, data, epochs, learning_rate, batch_size, s
             raise CompressError("k-means fine-tuning without labels needs the original model")
         loss, targets = task.fidelity_loss()
         args["x"], args["y"] = _teacher_targets(teacher, args["x"], targets, args["batch_size"])
-    trainer = CentroidTrainer(model, [(layer.kernel, c, a) for layer, c, a in state], clusters)
+    trainer = CentroidTrainer(model, [(v, c, a) for _, v, c, a in state], clusters)
     trainer.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss,
                     jit_compile=False)
     # Built on exactly the variables it updates (not on every trainable weight, as fit and
@@ -214,8 +256,8 @@ def _finetune_centroids(model, state, data, epochs, learning_rate, batch_size, s
                        batch_size=args["batch_size"], verbose=verbose,
                        shuffle=args["batch_size"] is not None, target=model,
                        advice="lower the learning rate")
-    return [(layer, np.asarray(c), a)
-            for (layer, _, a), c in zip(state, trainer.centroids, strict=True)]
+    return [(layer, v, np.asarray(c), a)
+            for (layer, v, _, a), c in zip(state, trainer.centroids, strict=True)]
 
 
 def _teacher_targets(teacher, x, targets, batch_size):

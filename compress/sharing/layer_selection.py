@@ -55,7 +55,11 @@ def shareable_layers(model, layers: list | None, what: str, nested: bool = False
     return select_layers(eligible, layers, "shareable", model.name)
 
 
-def coverage(model, shared, done: int, what: str) -> dict:
+#: Why hashing leaves a weight matrix in float (k-means gives its own reason).
+HASHABLE_ONLY = "only Dense and Conv2D kernels can be hashed"
+
+
+def coverage(model, shared, done: int, what: str, why: str = HASHABLE_ONLY) -> dict:
     """What a sharing pass left as it was: ``not_reached`` names the weight matrices
     (two or more axes longer than 1: an Embedding, a recurrent cell's kernels, a
     DepthwiseConv2D, a custom layer's own kernel) of layers outside ``shared``, with
@@ -74,8 +78,7 @@ def coverage(model, shared, done: int, what: str) -> dict:
     missed = unreached_weights(model, reached=shared)
     if not missed:
         return {}
-    out = {"not_reached": f"{listed(missed)}: only Dense and Conv2D kernels can be {what}; "
-                          "these keep their float weights"}
+    out = {"not_reached": f"{listed(missed)}: {why}; these keep their float weights"}
     rest = sum(n for _, n in missed)
     if rest > done:
         out["warning"] = (f"{done:,} of the model's {done + rest:,} weight-matrix values "
