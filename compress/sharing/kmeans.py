@@ -207,8 +207,9 @@ def clusterable_weights(model, layers, clusters: int) -> tuple[list, list]:
         else:
             small.append((key, size))
     if not pairs:
-        raise CompressError(f"model '{model.name}': every weight matrix has no more values "
-                            f"than --clusters {clusters}; use fewer clusters")
+        key, size = max(small, key=lambda s: s[1])
+        raise CompressError(f"{KMEANS_OPTIONS.name}.clusters: must be below the {size} weights "
+                            f"of the largest matrix '{key}', got {clusters}")
     return pairs, small
 
 
