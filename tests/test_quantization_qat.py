@@ -117,3 +117,36 @@ def test_qat_ranges_follow_the_kernels_when_scope_names_collide(tmp_path):
     _, info = quantize(model, ds, qat=True, epochs=2, latency=False)
     assert info["qat"]["trained_float_sqnr_db"] >= 20.0, info["qat"]
     assert info["sqnr_db"] >= 20.0 and "accuracy" not in info
+
+
+def test_qat_warns_when_most_weights_train_in_float(cli, tmp_path):
+    """An LSTM classifier: QAT fake-quantized the Dense head only (1 of 3 weighted
+    layers, 2% of the matrices) and reported "fake_quantized_layers 1" as if the model
+    had been taught int8. The report now warns, naming what trained in float; a CNN
+    whose layers are all fake-quantized gets no such line."""
+    import keras
+
+    from compress.quantization.qat import qat_finetune
+
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(96, 6, 3)).astype("float32")
+    y = (x[:, :, 0].sum(1) > 0).astype("int64")
+    model = keras.Sequential([keras.Input((6, 3)), keras.layers.LSTM(8, name="lstm"),
+                              keras.layers.Dense(2, activation="softmax", name="head")])
+    path = tmp_path / "lstm.keras"
+    model.save(path)
+    np.savez(tmp_path / "d.npz", x_train=x[:64], y_train=y[:64], x_test=x[64:],
+             y_test=y[64:])
+    r = cli("quantize", path, "-o", tmp_path / "q.tflite", "--data", f"npz:{tmp_path}/d.npz",
+            "--qat", "--epochs", "1")
+    assert r.exit_code == 0, r.output
+    assert "warning: 'lstm' (352 of the 368 weight-matrix values) trained in float" in \
+        " ".join(r.output.split())
+    from compress.data import as_dataset
+
+    cnn = _bn_model()
+    data = as_dataset((rng.random((32, 8, 8, 1)).astype("float32"), rng.integers(0, 10, 32)),
+                      cnn)
+    _, info = qat_finetune(cnn, data, epochs=1)
+    assert "float_note" not in info

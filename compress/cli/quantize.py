@@ -198,4 +198,7 @@ def emit_result(result: dict, as_json: bool) -> None:
         console.print(f"note: {result['equalization']['note']}")
     if result.get("qat"):
         console.print("QAT: " + ", ".join(f"{k} {v}" for k, v in result["qat"].items()
-                                          if not isinstance(v, (list, dict))))
+                                          if not isinstance(v, (list, dict))
+                                          and k != "float_note"))
+        if result["qat"].get("float_note"):
+            console.print(f"[bold red]warning:[/] {result['qat']['float_note']}")

@@ -359,4 +359,34 @@ def qat_finetune(model, data, epochs: int = 3, learning_rate: float = 1e-4,
     if not task.is_classifier or not labelled:  # accuracy means nothing here
         info.pop("val_accuracy")
         info.pop("test_accuracy", None)
+    note = float_share_note([la for la, _ in pairs if la.name in float_layers],
+                            [la for la, _ in twins])
+    if note:
+        info["float_note"] = note
     return folded, info
+
+
+def float_share_note(float_layers: list, fake_quantized: list) -> str | None:
+    """A warning when the layers that trained in float hold a tenth or more of the
+    weight-matrix values (an LSTM, an Embedding, a Conv1D, a nested model): QAT then
+    taught little of the model to live with int8, which the converter applies to those
+    layers post-training.
+
+    >>> import keras
+    >>> lstm, head = keras.layers.LSTM(8), keras.layers.Dense(2)
+    >>> _ = keras.Sequential([keras.Input((5, 3)), lstm, head])
+    >>> float_share_note([lstm], [head])
+    "'lstm' (352 of the 368 weight-matrix values) trained in float: QAT fake-quantizes Conv2D, DepthwiseConv2D and Dense layers; the converter quantizes the others post-training, as mode int8 does"
+    """
+    def matrices(layer):
+        return sum(int(np.prod(w.shape)) for w in layer.trainable_weights
+                   if sum(int(d) > 1 for d in w.shape) >= 2)
+
+    left = {la.name: matrices(la) for la in float_layers}
+    left = {k: v for k, v in left.items() if v}
+    total = sum(left.values()) + sum(matrices(la) for la in fake_quantized)
+    if not left or sum(left.values()) < 0.1 * total:
+        return None
+    return (f"{_names(list(left))} ({sum(left.values()):,} of the {total:,} weight-matrix "
+            "values) trained in float: QAT fake-quantizes Conv2D, DepthwiseConv2D and Dense "
+            "layers; the converter quantizes the others post-training, as mode int8 does")
