@@ -373,7 +373,7 @@ def float_share_note(float_layers: list, fake_quantized: list) -> str | None:
     layers post-training.
 
     >>> import keras
-    >>> lstm, head = keras.layers.LSTM(8), keras.layers.Dense(2)
+    >>> lstm, head = keras.layers.LSTM(8, name="lstm"), keras.layers.Dense(2)
     >>> _ = keras.Sequential([keras.Input((5, 3)), lstm, head])
     >>> float_share_note([lstm], [head])
     "'lstm' (352 of the 368 weight-matrix values) trained in float: QAT fake-quantizes Conv2D, DepthwiseConv2D and Dense layers; the converter quantizes the others post-training, as mode int8 does"
