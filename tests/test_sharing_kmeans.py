@@ -245,6 +245,11 @@ def test_hashing_names_the_weights_it_does_not_reach():
                                           "lstm/lstm_cell/recurrent_kernel (576): only "
                                           "Dense and Conv2D kernels can be hashed")
     assert info["warning"].startswith("36 of the model's 1,236 weight-matrix values are")
+    gru = keras.Sequential([keras.Input((5, 3)), keras.layers.GRU(4, name="gru"),
+                            keras.layers.Dense(2, name="head")])
+    _, info = share(gru, method="hash", factor=0.5)  # its (2, 12) bias is no matrix
+    assert info["not_reached"].startswith("gru/gru_cell/kernel (36), "
+                                          "gru/gru_cell/recurrent_kernel (48): only")
 
 
 def test_kmeans_clusters_every_weight_matrix_pruning_reaches(tmp_path):

@@ -201,6 +201,8 @@ def unreached_weights(model, reached=None) -> list:
         if id(layer) in skip or type(layer).__name__ in _ELEMENTWISE:
             continue
         for v in getattr(layer, "_trainable_variables", layer.trainable_weights):
+            if v.name == "bias":  # a GRU's (2, 3 * units): two bias vectors, not a matrix
+                continue
             if id(v) not in seen and sum(int(d) > 1 for d in v.shape) >= 2:
                 seen.add(id(v))
                 out.append((weight_key(layer, v), int(np.prod(v.shape))))
