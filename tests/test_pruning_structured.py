@@ -183,14 +183,62 @@ def test_layers_that_cannot_be_resized_are_named_not_skipped():
         "reaches the model output": ["out"]}
     assert "c1" in info["kept_whole"] and "up" in info["kept_whole"]
     assert small.output.shape == (None, 2)
-    # nothing to prune at all: the refusal names the recurrent and embedding layers too
+    # nothing to prune at all: the refusal names the embedding and Bidirectional layers too
     text = keras.Sequential([keras.Input((12,), dtype="int32"),
-                             layers.Embedding(50, 8, name="emb"), layers.LSTM(8, name="lstm"),
+                             layers.Embedding(50, 8, name="emb"),
+                             layers.Bidirectional(layers.LSTM(8), name="bi"),
                              layers.Dense(2, name="out")], name="text")
     with pytest.raises(CompressError, match=r"no units that can be removed \(reaches the "
                        r"model output: out; layers it does not resize: emb \(Embedding\), "
-                       r"lstm \(LSTM\)\)"):
+                       r"bi \(Bidirectional\)\)"):
         prune_units(text, 0.5)
+
+
+def _kill_recurrent(layer, units):
+    """Zero every gate's columns of ``units`` (kernel, recurrent kernel, bias) and their
+    recurrent rows: such a unit's state stays 0 from its zero start (LSTM: the candidate
+    is tanh(0); GRU: tanh(0) mixed with a zero state; SimpleRNN: tanh(0))."""
+    gates = {"LSTM": 4, "GRU": 3, "SimpleRNN": 1}[type(layer).__name__]
+    cols = [g * layer.units + j for g in range(gates) for j in units]
+    kernel, recurrent, bias = layer.get_weights()
+    kernel[:, cols] = 0.0
+    recurrent[:, cols] = 0.0
+    recurrent[units, :] = 0.0
+    bias[..., cols] = 0.0
+    layer.set_weights([kernel, recurrent, bias])
+
+
+def test_recurrent_units_are_removed_exactly(tmp_path):
+    """LSTM, GRU and SimpleRNN layers were kept whole ("cannot resize"), so structured
+    pruning refused a recurrent model outright. Their units are now removed: in every
+    gate of the input and recurrent kernels and the bias, the recurrent kernel's rows,
+    and the next layer's inputs. Units that carry nothing go first, and the smaller
+    model computes exactly what the original did."""
+    layers = keras.layers
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((7, 3))
+    h = layers.GRU(8, return_sequences=True, name="gru")(inp)
+    h = layers.SimpleRNN(6, return_sequences=True, name="rnn")(h)
+    h = layers.LSTM(6, name="lstm")(h)
+    model = keras.Model(inp, layers.Dense(2, name="out")(h))
+    for name, units in {"gru": [1, 2, 6, 7], "rnn": [0, 4, 5], "lstm": [2, 3, 5]}.items():
+        _kill_recurrent(model.get_layer(name), units)
+    small, info = prune_units(model, 0.5)
+    assert info["units"] == {"gru": [8, 4], "rnn": [6, 3], "lstm": [6, 3], "out": [2, 2]}
+    cell = small.get_layer("lstm").cell
+    assert cell.kernel.shape == (3, 12) and cell.recurrent_kernel.shape == (3, 12)
+    assert small.get_layer("gru").cell.bias.shape == (2, 12)  # reset_after: two rows
+    x = np.random.default_rng(0).normal(size=(5, 7, 3)).astype("float32")
+    np.testing.assert_allclose(small.predict(x, verbose=0), model.predict(x, verbose=0),
+                               atol=1e-5)
+    small.save(tmp_path / "small.keras")
+    back = keras.models.load_model(tmp_path / "small.keras", safe_mode=True)
+    np.testing.assert_allclose(back.predict(x, verbose=0), small.predict(x, verbose=0),
+                               atol=1e-6)
+    _, info = prune(model, (x, np.zeros(5, "int64")), structured=True, method="obs",
+                    sparsity=0.5)  # OBS refits the Dense; an RNN consumer is named
+    assert "read by 'rnn' (SimpleRNN), which is not refit" in " ".join(
+        info["not_compensated"])
 
 
 def test_attention_heads_removed_whole_and_the_file_reloads(tmp_path):

@@ -2,7 +2,9 @@
 
 The model's operation graph (:mod:`compress.pruning.graph`, nested models walked into)
 becomes a dependency graph of channel groups, as in Torch-Pruning: every producer of
-channels (``Dense``, ``Conv1D/2D/3D``, ``SeparableConv*``, ``Conv*Transpose``) starts a group; groups flow
+channels (``Dense``, ``Conv1D/2D/3D``, ``SeparableConv*``, ``Conv*Transpose``, and the
+units of ``LSTM``/``GRU``/``SimpleRNN`` layers, each unit's columns in every gate and its
+row of the recurrent kernel) starts a group; groups flow
 through channel-wise layers and ops (activations, ``keras.ops`` elementwise functions,
 Batch/LayerNormalization, GroupNormalization (whole groups of channels at a time),
 pooling, dropout, depthwise and channel-grouped convolutions, layer scale,
@@ -40,8 +42,11 @@ from compress.pruning.criteria import criterion, unit_scores
 from compress.pruning.graph import fresh, rebuild, trace
 
 TRANSPOSED = ("Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose")  # kernel (..., out, in)
+#: Recurrent layers and their gates: a unit's columns are one per gate in the input and
+#: recurrent kernels (``(in, gates * units)``), and its row of the recurrent kernel.
+RECURRENT = {"LSTM": 4, "GRU": 3, "SimpleRNN": 1}
 PRODUCERS = ("Dense", "Conv1D", "Conv2D", "Conv3D", "SeparableConv1D",
-             "SeparableConv2D") + TRANSPOSED
+             "SeparableConv2D") + TRANSPOSED + tuple(RECURRENT)
 PRESERVING = ("BatchNormalization", "Activation", "ReLU", "LeakyReLU",
               "PReLU", "ELU", "Softmax", "Dropout", "SpatialDropout1D", "SpatialDropout2D",
               "SpatialDropout3D", "GaussianNoise", "GaussianDropout", "AlphaDropout",
@@ -170,6 +175,7 @@ def _analyse(t, groups, layer_of, skipped=None):
             pass  # one layer, several inputs: their channels cannot be resized apart
         elif kind in PRODUCERS and len(ins) == 1 and getattr(op, "groups", 1) == 1 and \
                 getattr(op, "data_format", "channels_last") != "channels_first" and \
+                not getattr(op, "stateful", False) and \
                 len(step.outputs) == 1 and layer_of.get(op.name, op) is op:
             layer_of[op.name] = op
             out = [(groups.new(op.name), c_out)]
@@ -201,6 +207,7 @@ def _analyse(t, groups, layer_of, skipped=None):
                 why = ("channels_first data (only channels_last layers are resized)"
                        if getattr(op, "data_format", "") == "channels_first" else
                        "a grouped convolution" if getattr(op, "groups", 1) > 1 else
+                       "a stateful recurrent layer" if getattr(op, "stateful", False) else
                        "several inputs or outputs")
                 skipped.setdefault(f"not resized: {why}", []).append(name)
             for x in ins:
@@ -313,10 +320,14 @@ def prune_units(model, fraction: float, method: str = "magnitude", calibration=N
             plans[id(step.op)] = attention.Plan(step.op, fraction, "l1" if norm == "l1"
                                                 else "l2")
 
-    kernels = [_out_kernel(p) for p in producers.values()]
-    unit = dict(zip(producers, unit_scores(
-        model, kernels, method, calibration, estimator, norm, seed,
-        unit_axes=[unit_axis(p) for p in producers.values()]))) if kernels else {}
+    parts = {n: _scored_kernels(p) for n, p in producers.items()}
+    flat = unit_scores(model, [v for vs in parts.values() for v, _ in vs], method,
+                       calibration, estimator, norm, seed,
+                       unit_axes=[a for vs in parts.values() for _, a in vs]) if parts else []
+    unit, i = {}, 0
+    for n, p in producers.items():
+        unit[n] = _per_unit(p, flat[i:i + len(parts[n])], method, norm)
+        i += len(parts[n])
     scores = {}
     for name, p in producers.items():
         if groups.fixed(name):
@@ -480,6 +491,8 @@ def _sequential_names(model) -> set:
 def _sliced(op, idx_in, idx_out, in_ch):
     """``op``'s weights with input channels ``idx_in`` and output units ``idx_out`` kept."""
     kind = _kind(op)
+    if kind in RECURRENT:
+        return _sliced_recurrent(op, idx_in, idx_out)
     out = []
     for w, var in zip(op.get_weights(), op.weights):
         vname = var.name.split("/")[-1]
@@ -506,6 +519,56 @@ def _sliced(op, idx_in, idx_out, in_ch):
             w = np.take(w, idx_in, axis=-1)
         out.append(w)
     return out
+
+
+def _sliced_recurrent(op, idx_in, idx_out) -> list:
+    """An LSTM/GRU/SimpleRNN's weights with input channels ``idx_in`` and units
+    ``idx_out`` (None: all) kept: the kernel's rows and, in every gate, the unit's
+    columns; the recurrent kernel's rows and columns; the bias's columns (a GRU's
+    ``(2, 3 * units)`` bias too).
+
+    >>> import keras
+    >>> lstm = keras.layers.LSTM(3)
+    >>> _ = keras.Sequential([keras.Input((4, 2)), lstm])
+    >>> [w.shape for w in _sliced_recurrent(lstm, np.arange(2), np.array([0, 2]))]
+    [(2, 8), (2, 8), (8,)]
+    """
+    gates, units = RECURRENT[_kind(op)], op.units
+    cols = np.arange(units) if idx_out is None else np.asarray(idx_out)
+    gated = (np.arange(gates)[:, None] * units + cols[None, :]).reshape(-1)
+    out = []
+    for w, var in zip(op.get_weights(), op.weights):
+        vname = var.name.split("/")[-1]
+        if vname == "kernel" and idx_in is not None:
+            w = np.take(w, idx_in, axis=0)
+        elif vname == "recurrent_kernel":
+            w = np.take(w, cols, axis=0)
+        out.append(np.take(w, gated, axis=-1))
+    return out
+
+
+def _scored_kernels(layer) -> list:
+    """``[(variable, unit axis)]`` whose saliencies score ``layer``'s units: its kernel;
+    a recurrent layer's input and recurrent kernels (columns, one per gate) and its
+    recurrent kernel's rows (what the unit feeds back)."""
+    if _kind(layer) in RECURRENT:
+        cell = layer.cell
+        return [(cell.kernel, -1), (cell.recurrent_kernel, -1), (cell.recurrent_kernel, 0)]
+    return [(_out_kernel(layer), unit_axis(layer))]
+
+
+def _per_unit(layer, parts: list, method: str, norm: str) -> np.ndarray:
+    """One score per unit from the per-column (and per-row) scores of
+    :func:`_scored_kernels`: a recurrent layer's gates and kernels combined as the unit
+    norm (``l2`` magnitude) or summed."""
+    if _kind(layer) not in RECURRENT:
+        return parts[0]
+    units = layer.units
+    pieces = [np.asarray(p, "float64").reshape(-1, units) for p in parts]
+    stacked = np.concatenate(pieces, axis=0)
+    if method == "magnitude" and norm == "l2":
+        return np.sqrt((stacked ** 2).sum(axis=0))
+    return stacked.sum(axis=0)
 
 
 def unit_axis(layer) -> int:
