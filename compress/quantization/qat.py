@@ -32,13 +32,14 @@ from keras import ops
 
 from compress.errors import CompressError
 
-_FOLDABLE = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)
+_FOLDABLE = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.DepthwiseConv2D,
+             keras.layers.Dense)
 
 
 def fold_batchnorm(model):
     """A new model with every BatchNormalization folded into the layer before it.
 
-    A BatchNorm folds when it is the only reader of a Conv2D, DepthwiseConv2D or Dense
+    A BatchNorm folds when it is the only reader of a Conv1D, Conv2D, DepthwiseConv2D or Dense
     with a linear activation (channels last) and normalizes the last axis; it leaves the
     graph (an ``Identity`` layer of the same name in a Sequential model). Other BatchNorms are kept as they are. Works on
     Sequential and Functional models, branches included (nested models are copied whole).
@@ -216,6 +217,28 @@ class QATConv2D(keras.layers.Conv2D, _ActivationRange):
         return self._fake_quant_output(self.activation(x), training)
 
 
+class QATConv1D(keras.layers.Conv1D, _ActivationRange):
+    """Conv1D (causal padding too) trained with fake-quantized kernel (per channel) and
+    output (per tensor). TFLite runs it as a CONV_2D on an expanded axis, whose output
+    takes the learned range (matched by the kernel's values)."""
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self._build_range()
+
+    def call(self, inputs, training=None):
+        padding = self.padding
+        if padding == "causal":
+            inputs = ops.pad(inputs, self._compute_causal_padding())
+            padding = "valid"
+        x = ops.conv(inputs, _fake_quant_kernel(self.kernel, self._axis(-1)),
+                     strides=self.strides, padding=padding, dilation_rate=self.dilation_rate,
+                     data_format=self.data_format)
+        if self.use_bias:
+            x = x + self.bias
+        return self._fake_quant_output(self.activation(x), training)
+
+
 class QATDepthwiseConv2D(keras.layers.DepthwiseConv2D, _ActivationRange):
     """DepthwiseConv2D trained with fake-quantized kernel and output."""
 
@@ -264,7 +287,9 @@ def _names(names: list, shown: int = 4) -> str:
 
 
 _QAT_TWINS = {keras.layers.Conv2D: QATConv2D, keras.layers.DepthwiseConv2D: QATDepthwiseConv2D,
-              keras.layers.Dense: QATDense}
+              keras.layers.Dense: QATDense, keras.layers.Conv1D: QATConv1D}
+#: The layer kinds QAT fake-quantizes, in words.
+TWIN_KINDS = "Conv1D, Conv2D, DepthwiseConv2D and Dense"
 
 
 def qat_finetune(model, data, epochs: int = 3, learning_rate: float = 1e-4,
@@ -274,7 +299,7 @@ def qat_finetune(model, data, epochs: int = 3, learning_rate: float = 1e-4,
 
     Args:
         model: a Keras Sequential or Functional model (not modified). Its top-level
-            Conv2D, DepthwiseConv2D and Dense layers are fake-quantized; layers of other
+            Conv1D, Conv2D, DepthwiseConv2D and Dense layers are fake-quantized; layers of other
             kinds (and nested models) train in float and are listed in ``float_layers``.
         data: a :class:`compress.data.Dataset` prepared for the model; without labels
             the QAT model learns the float model's outputs (``Task.fit_to_teacher``).
@@ -320,8 +345,8 @@ def qat_finetune(model, data, epochs: int = 3, learning_rate: float = 1e-4,
     float_layers = [layer.name for layer, clone in pairs if layer.weights
                     and type(clone) not in _QAT_TWINS.values()]
     if not twins:
-        raise CompressError(f"model '{model.name}': QAT fake-quantizes Conv2D, "
-                            "DepthwiseConv2D and Dense layers of the model's own graph and "
+        raise CompressError(f"model '{model.name}': QAT fake-quantizes {TWIN_KINDS} "
+                            "layers of the model's own graph and "
                             f"it has none ({_names(float_layers)} would all train in "
                             "float); use post-training mode int8")
     from compress.task import resolve, sample_targets
@@ -376,7 +401,7 @@ def float_share_note(float_layers: list, fake_quantized: list) -> str | None:
     >>> lstm, head = keras.layers.LSTM(8, name="lstm"), keras.layers.Dense(2)
     >>> _ = keras.Sequential([keras.Input((5, 3)), lstm, head])
     >>> float_share_note([lstm], [head])
-    "'lstm' (352 of the 368 weight-matrix values) trained in float: QAT fake-quantizes Conv2D, DepthwiseConv2D and Dense layers; the converter quantizes the others post-training, as mode int8 does"
+    "'lstm' (352 of the 368 weight-matrix values) trained in float: QAT fake-quantizes Conv1D, Conv2D, DepthwiseConv2D and Dense layers; the converter quantizes the others post-training, as mode int8 does"
     """
     def matrices(layer):
         return sum(int(np.prod(w.shape)) for w in layer.trainable_weights
@@ -388,5 +413,5 @@ def float_share_note(float_layers: list, fake_quantized: list) -> str | None:
     if not left or sum(left.values()) < 0.1 * total:
         return None
     return (f"{_names(list(left))} ({sum(left.values()):,} of the {total:,} weight-matrix "
-            "values) trained in float: QAT fake-quantizes Conv2D, DepthwiseConv2D and Dense "
+            f"values) trained in float: QAT fake-quantizes {TWIN_KINDS} "
             "layers; the converter quantizes the others post-training, as mode int8 does")
