@@ -235,6 +235,18 @@ def test_recurrent_units_are_removed_exactly(tmp_path):
     back = keras.models.load_model(tmp_path / "small.keras", safe_mode=True)
     np.testing.assert_allclose(back.predict(x, verbose=0), small.predict(x, verbose=0),
                                atol=1e-6)
+    # Masked sequences (the mask is a second input of the layer, with no channels)
+    tokens = keras.Input((9,), dtype="int32")
+    h = layers.Embedding(20, 4, mask_zero=True, name="emb")(tokens)
+    h = layers.LSTM(6, name="masked")(h)
+    masked = keras.Model(tokens, layers.Dense(2, name="out")(h))
+    _kill_recurrent(masked.get_layer("masked"), [0, 1, 4])
+    smaller, info = prune_units(masked, 0.5)
+    assert info["units"]["masked"] == [6, 3]
+    ids = np.random.default_rng(1).integers(1, 20, (4, 9))
+    ids[:, 6:] = 0  # padding
+    np.testing.assert_allclose(smaller.predict(ids, verbose=0),
+                               masked.predict(ids, verbose=0), atol=1e-5)
     _, info = prune(model, (x, np.zeros(5, "int64")), structured=True, method="obs",
                     sparsity=0.5)  # OBS refits the Dense; an RNN consumer is named
     assert "read by 'rnn' (SimpleRNN), which is not refit" in " ".join(

@@ -173,7 +173,8 @@ def _analyse(t, groups, layer_of, skipped=None):
                       "feed-forward units are pruned instead)")
         if shared:
             pass  # one layer, several inputs: their channels cannot be resized apart
-        elif kind in PRODUCERS and len(ins) == 1 and getattr(op, "groups", 1) == 1 and \
+        elif kind in PRODUCERS and (len(ins) == 1 or _masked_recurrent(step)) and \
+                getattr(op, "groups", 1) == 1 and \
                 getattr(op, "data_format", "channels_last") != "channels_first" and \
                 not getattr(op, "stateful", False) and \
                 len(step.outputs) == 1 and layer_of.get(op.name, op) is op:
@@ -218,6 +219,13 @@ def _analyse(t, groups, layer_of, skipped=None):
     for k in t.outputs:
         _fix_all(groups, segs[k], "reaches the model output")
     return segs
+
+
+def _masked_recurrent(step) -> bool:
+    """A recurrent layer called on its input and a mask (``Embedding(mask_zero=True)``,
+    ``Masking``): the mask, per time step, holds no channels."""
+    return (_kind(step.op) in RECURRENT and len(step.inputs) == 2
+            and getattr(step.kwargs.get("mask"), "shape", None) is not None)
 
 
 def _merge(groups, step, ins, t, c_out, name):
