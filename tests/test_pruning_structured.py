@@ -183,14 +183,14 @@ def test_layers_that_cannot_be_resized_are_named_not_skipped():
         "reaches the model output": ["out"]}
     assert "c1" in info["kept_whole"] and "up" in info["kept_whole"]
     assert small.output.shape == (None, 2)
-    # nothing to prune at all: the refusal names the embedding and Bidirectional layers too
+    # nothing to prune at all: the refusal names the embedding and generic RNN layers too
     text = keras.Sequential([keras.Input((12,), dtype="int32"),
                              layers.Embedding(50, 8, name="emb"),
-                             layers.Bidirectional(layers.LSTM(8), name="bi"),
+                             layers.RNN(layers.LSTMCell(8), name="rnn"),
                              layers.Dense(2, name="out")], name="text")
     with pytest.raises(CompressError, match=r"no units that can be removed \(reaches the "
                        r"model output: out; layers it does not resize: emb \(Embedding\), "
-                       r"bi \(Bidirectional\)\)"):
+                       r"rnn \(RNN\)\)"):
         prune_units(text, 0.5)
 
 
@@ -235,6 +235,27 @@ def test_recurrent_units_are_removed_exactly(tmp_path):
     back = keras.models.load_model(tmp_path / "small.keras", safe_mode=True)
     np.testing.assert_allclose(back.predict(x, verbose=0), small.predict(x, verbose=0),
                                atol=1e-6)
+    # Bidirectional: concatenated directions lose units apart; summed ones together
+    keras.utils.set_random_seed(1)
+    inp = keras.Input((7, 3))
+    h = layers.Bidirectional(layers.LSTM(6, return_sequences=True), name="bi")(inp)
+    h = layers.Bidirectional(layers.GRU(4), merge_mode="sum", name="bs")(h)
+    both = keras.Model(inp, layers.Dense(2, name="out")(h))
+    _kill_recurrent(both.get_layer("bi").forward_layer, [0, 2, 3])
+    _kill_recurrent(both.get_layer("bi").backward_layer, [1, 4, 5])
+    for direction in (both.get_layer("bs").forward_layer, both.get_layer("bs").backward_layer):
+        _kill_recurrent(direction, [1, 3])
+    small, info = prune_units(both, 0.5)
+    assert {k: v for k, v in info["units"].items() if k != "out"} == {
+        "bi/forward": [6, 3], "bi/backward": [6, 3], "bs/forward": [4, 2],
+        "bs/backward": [4, 2]}
+    np.testing.assert_allclose(small.predict(x, verbose=0), both.predict(x, verbose=0),
+                               atol=1e-5)
+    assert small.get_layer("bs").forward_layer.cell.kernel.shape == (6, 6)
+    small.save(tmp_path / "bi.keras")
+    np.testing.assert_allclose(keras.models.load_model(tmp_path / "bi.keras").predict(
+        x, verbose=0), small.predict(x, verbose=0), atol=1e-6)
+
     # Masked sequences (the mask is a second input of the layer, with no channels)
     tokens = keras.Input((9,), dtype="int32")
     h = layers.Embedding(20, 4, mask_zero=True, name="emb")(tokens)

@@ -4,7 +4,8 @@ The model's operation graph (:mod:`compress.pruning.graph`, nested models walked
 becomes a dependency graph of channel groups, as in Torch-Pruning: every producer of
 channels (``Dense``, ``Conv1D/2D/3D``, ``SeparableConv*``, ``Conv*Transpose``, and the
 units of ``LSTM``/``GRU``/``SimpleRNN`` layers, each unit's columns in every gate and its
-row of the recurrent kernel) starts a group; groups flow
+row of the recurrent kernel, and of each direction of a ``Bidirectional`` one) starts a
+group; groups flow
 through channel-wise layers and ops (activations, ``keras.ops`` elementwise functions,
 Batch/LayerNormalization, GroupNormalization (whole groups of channels at a time),
 pooling, dropout, depthwise and channel-grouped convolutions, layer scale,
@@ -180,6 +181,14 @@ def _analyse(t, groups, layer_of, skipped=None):
                 len(step.outputs) == 1 and layer_of.get(op.name, op) is op:
             layer_of[op.name] = op
             out = [(groups.new(op.name), c_out)]
+        elif _bidirectional(step) and layer_of.get(f"{name}/forward", op) is op:
+            out = []
+            for key, inner in _directions(op):
+                layer_of[key] = inner
+                out.append((groups.new(key), int(inner.units)))
+            if op.merge_mode != "concat":  # sum, ave, mul: the directions' units align
+                groups.union(out[0][0], out[1][0])
+                out = out[:1]
         elif kind == "GroupNormalization" and len(ins) == 1 and c_out == in_ch and \
                 getattr(op, "axis", -1) in (-1, len(out_shape) - 1) and len(ins[0]) == 1 and \
                 not isinstance(ins[0][0], _Flat):
@@ -219,6 +228,25 @@ def _analyse(t, groups, layer_of, skipped=None):
     for k in t.outputs:
         _fix_all(groups, segs[k], "reaches the model output")
     return segs
+
+
+def _bidirectional(step) -> bool:
+    """A Bidirectional LSTM/GRU/SimpleRNN with one merged output, on one input (and a
+    mask): its two directions' units are resized apart (concatenated) or together
+    (summed, averaged, multiplied)."""
+    op = step.op
+    return (_kind(op) == "Bidirectional" and op.merge_mode in ("concat", "sum", "ave", "mul")
+            and _kind(op.forward_layer) in RECURRENT and len(step.outputs) == 1
+            and not getattr(op, "return_state", False)
+            and not getattr(op.forward_layer, "stateful", False)
+            and (len(step.inputs) == 1 or (len(step.inputs) == 2 and getattr(
+                step.kwargs.get("mask"), "shape", None) is not None)))
+
+
+def _directions(op) -> list:
+    """``[(key, layer)]`` of a Bidirectional's forward and backward layers."""
+    return [(f"{op.name}/forward", op.forward_layer), (f"{op.name}/backward",
+                                                      op.backward_layer)]
 
 
 def _masked_recurrent(step) -> bool:
@@ -389,7 +417,11 @@ def prune_units(model, fraction: float, method: str = "magnitude", calibration=N
             return fresh(op)
         kind = _kind(op)
         in_new = len(kept(segs[step.inputs[0]])) if step.inputs else None
-        if op.name in new_units:
+        if kind == "Bidirectional" and any(k in new_units for k, _ in _directions(op)):
+            for (key, inner), part in zip(_directions(op), ("layer", "backward_layer")):
+                config[part]["config"]["units"] = new_units.get(key, inner.units)
+                config[part].pop("build_config", None)  # built on the new inputs instead
+        elif op.name in new_units:
             config["units" if "units" in config else "filters"] = new_units[op.name]
         elif step.inputs and _is_depthwise(op, _last(t.shape[step.inputs[0]])) and \
                 not kind.startswith("Depthwise"):
@@ -412,8 +444,12 @@ def prune_units(model, fraction: float, method: str = "magnitude", calibration=N
         if not getattr(op, "weights", None) or id(op) not in mapping or id(op) in plans:
             continue
         idx_in = kept(segs[step.inputs[0]]) if step.inputs else None
-        out = _sliced(op, idx_in, keep.get(groups.find(op.name)) if op.name in producers
-                      else None, _last(t.shape[step.inputs[0]]) if step.inputs else 0)
+        if _kind(op) == "Bidirectional" and f"{op.name}/forward" in producers:
+            out = [w for key, inner in _directions(op) for w in _sliced_recurrent(
+                inner, idx_in, keep.get(groups.find(key)))]
+        else:
+            out = _sliced(op, idx_in, keep.get(groups.find(op.name)) if op.name in producers
+                          else None, _last(t.shape[step.inputs[0]]) if step.inputs else 0)
         mapping[id(op)].set_weights(out)
     heads, ffn_units = {}, {}
     for plan in plans.values():
@@ -422,7 +458,8 @@ def prune_units(model, fraction: float, method: str = "magnitude", calibration=N
         ffn_units.update(plan.ffn_units)
     units = {}
     for n, p in producers.items():
-        before = _last(t.shape[step_of[id(p)].outputs[0]])
+        before = _last(t.shape[step_of[id(p)].outputs[0]]) if id(p) in step_of \
+            else int(p.units)  # a Bidirectional's direction
         units[n] = [before, new_units.get(n, before)]
     info = {"structured": True, "fraction": fraction, "units": units,
             "params_before": int(model.count_params()), "params_after": int(new.count_params())}
@@ -595,8 +632,8 @@ def _out_kernel(layer):
 
 def _bn_scale(t, producer, n):
     """``|gamma| / sqrt(moving_var + eps)`` of the BatchNorm fed directly by ``producer``."""
-    out = next(s.outputs[0] for s in t.steps if s.op is producer)
-    for step in t.consumers.get(out, []):
+    out = next((s.outputs[0] for s in t.steps if s.op is producer), None)
+    for step in t.consumers.get(out, []) if out is not None else []:
         layer = step.op
         if _kind(layer) == "BatchNormalization":
             scale = 1.0 / np.sqrt(np.asarray(layer.moving_variance, "float64") + layer.epsilon)

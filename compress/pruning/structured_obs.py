@@ -313,7 +313,7 @@ def prune_channels_obs(model, fraction: float, x, *, choose: str = "obs",
     def select(t, groups, segs, producers, keep):
         cons, why = [], {}
         for step in t.steps:
-            if type(step.op).__name__ not in PRODUCERS or not step.inputs:
+            if type(step.op).__name__ not in (*PRODUCERS, "Bidirectional") or not step.inputs:
                 continue
             roots = {r for r in _roots(segs[step.inputs[0]], groups) if r in keep}
             if not roots:
@@ -420,7 +420,9 @@ def prune_channels_obs(model, fraction: float, x, *, choose: str = "obs",
 def _group_size(producers, root, groups, t) -> int:
     for name, layer in producers.items():
         if groups.find(name) == root:
-            step = next(s for s in t.steps if s.op is layer)
+            step = next((s for s in t.steps if s.op is layer), None)
+            if step is None:  # a Bidirectional's direction: its own units
+                return int(layer.units)
             return int(t.shape[step.outputs[0]][-1])
     raise CompressError(f"structured obs: group '{root}' has no producer")
 
