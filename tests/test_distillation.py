@@ -228,10 +228,40 @@ def test_mismatched_or_non_classifier_models_are_refused(teacher, flat_digits):
     sigmoid = _mlp((16,), activation="sigmoid", name="multilabel")
     with pytest.raises(CompressError, match="not class logits"):
         distill(sigmoid, _mlp((8,), activation="sigmoid"), flat_digits, epochs=1)
-    regressor = keras.Sequential([keras.Input((64,)), keras.layers.Dense(1)], name="reg")
-    with pytest.raises(CompressError, match="one unit: a binary or regression head.*logits distillation does not apply"):
-        distill(regressor, keras.Sequential([keras.Input((64,)), keras.layers.Dense(1)]),
-                flat_digits, epochs=1)
+
+
+def test_a_regressor_distills_on_mse_to_its_teacher(cli, tmp_path):
+    """A one-unit regressor (a forecaster, a TCN) was refused: "logits distillation does
+    not apply". It now distills as models with several outputs do: MSE to the teacher's
+    outputs plus the model's own loss; the report scores MSE and MAE, and names no
+    temperature (there are no classes to soften)."""
+    import json
+
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(900, 8)).astype("float32")
+    y = (x @ rng.normal(size=8) + np.sin(3 * x[:, 0])).astype("float32")[:, None]
+    teacher = keras.Sequential([keras.Input((8,)), keras.layers.Dense(64, "relu"),
+                                keras.layers.Dense(64, "relu"), keras.layers.Dense(1)],
+                               name="reg")
+    teacher.compile(keras.optimizers.Adam(3e-3), "mse")
+    teacher.fit(x[:700], y[:700], epochs=40, batch_size=32, verbose=0)
+    teacher.save(tmp_path / "reg.keras")
+    np.savez(tmp_path / "reg.npz", x_train=x[:600], y_train=y[:600], x_val=x[600:700],
+             y_val=y[600:700], x_test=x[700:], y_test=y[700:])
+    r = cli("distill", tmp_path / "reg.keras", "-o", tmp_path / "small.keras", "--data",
+            f"npz:{tmp_path}/reg.npz", "--width", "0.25", "--epochs", "30",
+            "--learning-rate", "0.003", "--json")
+    assert r.exit_code == 0, r.output
+    info = json.loads(r.stdout)["pass"]
+    assert info["temperature_used"] is False and "MSE to the teacher" in info["loss"]
+    assert info["student_params"] < info["teacher_params"] / 4
+    variance = float(np.var(y[700:]))
+    assert info["teacher_scores"]["mse"] < 0.1 * variance
+    assert info["student_scores"]["mse"] < 0.3 * variance  # learned, from the teacher
+    text = cli("distill", tmp_path / "reg.keras", "-o", tmp_path / "small2.keras", "--data",
+               f"npz:{tmp_path}/reg.npz", "--width", "0.25", "--epochs", "1").output
+    assert "T=" not in text and "loss: MSE to the teacher's outputs" in " ".join(text.split())
 
 
 def test_schema_serves_recipe_steps():

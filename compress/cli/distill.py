@@ -65,9 +65,11 @@ def distill_files(model_path, output, data, seed, unsafe, force, opts, as_json):
         info.pop("history", None)
     result = {"input": model_path, "output": output, "reports": reports, "pass": info}
     lines = [f"wrote {output}",
-             (f"  student: {info['student_source']}, T={info['temperature']:g}, "
-              f"alpha={info['alpha']:g}, {info['epochs_run']} epochs, "
-              f"teacher outputs {info['teacher_outputs']}")]
+             (f"  student: {info['student_source']}, "
+              + (f"T={info['temperature']:g}, " if info.get("temperature_used", True) else "")
+              + f"alpha={info['alpha']:g}, {info['epochs_run']} epochs, "
+              + (f"loss: {info['loss']}" if "loss" in info else
+                 f"teacher outputs {info['teacher_outputs']}"))]
     if info.get("gap_closed") is not None:
         lines.append(f"  distillation closed {info['gap_closed']:.0%} of the accuracy gap "
                      "between the student alone and the teacher")

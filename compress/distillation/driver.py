@@ -90,7 +90,7 @@ def distill(teacher, student, data, *, callbacks=None, verbose: int | str = 0, *
     """
     opts = DISTILL_TRAINING_OPTIONS.validate(options)
     data = as_dataset(data)  # a tf.data.Dataset, arrays, (x, y), a name: one form
-    if several_io(teacher):
+    if per_output(teacher):
         return distill_outputs(teacher, student, data, callbacks=callbacks, verbose=verbose,
                                **opts)
     kind, student_kind, pairs = check_compatible(teacher, student, data,
@@ -195,9 +195,31 @@ def several_io(model) -> bool:
         len(getattr(model, "outputs", None) or ()) > 1
 
 
+def per_output(model) -> bool:
+    """Whether ``model`` distills with :func:`distill_outputs` (the teacher's outputs
+    matched by their own task) rather than by softened logits: several inputs or
+    outputs, or one output that is not one vector of 2 or more classes (a regressor, a
+    forecaster, a one-unit binary head, a segmenter's output at every position).
+
+    >>> import keras
+    >>> per_output(keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)]))
+    True
+    >>> per_output(keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)]))
+    False
+    """
+    if several_io(model):
+        return True
+    outputs = getattr(model, "outputs", None)
+    if not outputs:
+        return False  # no signature: check_compatible says so
+    shape = tuple(outputs[0].shape[1:])
+    return len(shape) != 1 or shape[0] is None or shape[0] < 2
+
+
 def distill_outputs(teacher, student, data, *, callbacks=None, verbose: int | str = 0,
                     **options):
-    """:func:`distill` for models with several inputs or outputs: a per-output loss.
+    """:func:`distill` for models with several inputs or outputs, or an output that is
+    not a class vector (:func:`per_output`: a regressor): a per-output loss.
 
     Each output of the student learns its teacher's output and its labels: for a
     classifier output ``alpha * T**2 * KL(softmax(z_t / T) || softmax(z_s / T)) +
@@ -280,6 +302,7 @@ def distill_outputs(teacher, student, data, *, callbacks=None, verbose: int | st
             self.optimizer.apply(tape.gradient(total, variables), variables)
             return {"loss": total}
 
+    classes = any(t.kind == "classification" for t in tasks.values())
     distiller = _OutputDistiller()
     distiller.compile(optimizer=keras.optimizers.Adam(opts["learning_rate"]))
     stream = data.fit_args(opts["batch_size"])
@@ -293,7 +316,10 @@ def distill_outputs(teacher, student, data, *, callbacks=None, verbose: int | st
             "learning_rate": opts["learning_rate"], "batch_size": opts["batch_size"],
             "augment": "none", "shift": None, "teacher_outputs": "per output",
             "student_outputs": "per output", "feature_pairs": [],
-            "loss": "per output: KL on softened classes, MSE otherwise, plus the own loss",
+            "loss": ("per output: KL on softened classes, MSE otherwise, plus the own loss"
+                     if classes else "MSE to the teacher's outputs, plus the model's own "
+                     "loss"),
+            "temperature_used": classes,
             "teacher_params": int(teacher.count_params()),
             "student_params": int(trained.count_params()),
             "constrained_variables": sum(v.constraint is not None for v in trained.weights),

@@ -130,9 +130,9 @@ def distill_from_options(teacher, data, options: dict, *, callbacks=None,
 
     data = as_dataset(data)  # a tf.data.Dataset, arrays, (x, y), a name: one form
     given = io.load_model(opts["student"], unsafe=unsafe) if opts["student"] else None
-    from compress.distillation.driver import several_io
+    from compress.distillation.driver import per_output
 
-    multi = several_io(teacher)
+    multi = per_output(teacher)
     if multi and given is None and opts["width"] is None and opts["depth"] is None:
         student, source = pruned_student(teacher, data)
     else:
