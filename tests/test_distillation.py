@@ -256,6 +256,8 @@ def test_a_regressor_distills_on_mse_to_its_teacher(cli, tmp_path):
     info = json.loads(r.stdout)["pass"]
     assert info["temperature_used"] is False and "MSE to the teacher" in info["loss"]
     assert info["student_params"] < info["teacher_params"] / 4
+    losses = info["history"]["loss"]  # logged as trained (it read 0.0 every epoch)
+    assert losses[-1] < losses[0] and min(losses) > 0
     variance = float(np.var(y[700:]))
     assert info["teacher_scores"]["mse"] < 0.1 * variance
     assert info["student_scores"]["mse"] < 0.3 * variance  # learned, from the teacher

@@ -274,6 +274,14 @@ def distill_outputs(teacher, student, data, *, callbacks=None, verbose: int | st
         def __init__(self):
             super().__init__(name="output_distiller")
             self.student, self.teacher = trained, frozen
+            # Keras logs its own (never updated) loss tracker under "loss" in place of a
+            # returned "loss": the loss is tracked here, or every epoch logged 0.0 and the
+            # NaN stop could not fire.
+            self._loss_mean = keras.metrics.Mean(name="loss")
+
+        @property
+        def metrics(self):
+            return [self._loss_mean]
 
         def call(self, x, training=False):
             return self.student(x, training=training)
@@ -300,7 +308,8 @@ def distill_outputs(teacher, student, data, *, callbacks=None, verbose: int | st
                     total += term
             variables = self.student.trainable_variables
             self.optimizer.apply(tape.gradient(total, variables), variables)
-            return {"loss": total}
+            self._loss_mean.update_state(total)
+            return {"loss": self._loss_mean.result()}
 
     classes = any(t.kind == "classification" for t in tasks.values())
     distiller = _OutputDistiller()
