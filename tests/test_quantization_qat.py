@@ -153,10 +153,12 @@ def test_qat_warns_when_most_weights_train_in_float(cli, tmp_path):
 
 
 def test_qat_fake_quantizes_conv1d_and_the_int8_file_follows(tmp_path):
-    """A time-series classifier of Conv1D layers (causal and dilated, one with a
-    BatchNorm folded into it) trained in float under QAT (only the Dense head was
-    fake-quantized); Conv1D layers now are, and the int8 file, where TFLite runs them as
-    CONV_2D ops, carries their learned ranges and matches the fake-quantized model."""
+    """A forecaster of causal, dilated Conv1D layers (a TCN; one with a BatchNorm folded
+    into it) trained in float under QAT (only its Dense layers were fake-quantized);
+    Conv1D layers now are. TFLite runs them as CONV_2D ops; a dilated one as
+    SpaceToBatchND, CONV_2D, BatchToSpaceND with its bias and ReLU after, so its learned
+    (post-ReLU) range must not go to the CONV_2D output: it did, clipped the negative
+    values, and the int8 file was 16 dB from the QAT model, its MSE twice the float's."""
     import keras
 
     from compress import training
@@ -166,21 +168,23 @@ def test_qat_fake_quantizes_conv1d_and_the_int8_file_follows(tmp_path):
 
     training.set_seed(0)
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(600, 32, 2)).astype("float32")
-    y = ((x[:, :, 0].mean(1) > 0).astype(int) + (x[:, :, 1].mean(1) > 0)).astype("int64")
+    t = np.arange(1400, dtype="float64")
+    wave = np.sin(t / 7.0) + 0.6 * np.sin(t / 3.1 + 1.0) + 0.1 * rng.normal(size=t.size)
+    x = np.stack([wave[i:i + 32] for i in range(1360)])[..., None].astype("float32")
+    y = wave[32:1392, None].astype("float32")
     L = keras.layers
     model = keras.Sequential([
-        keras.Input((32, 2)), L.Conv1D(16, 3, padding="causal", use_bias=False, name="c1"),
+        keras.Input((32, 1)), L.Conv1D(16, 3, padding="causal", use_bias=False, name="c1"),
         L.BatchNormalization(name="bn"), L.ReLU(),
         L.Conv1D(16, 3, padding="causal", dilation_rate=2, activation="relu", name="c2"),
-        L.Conv1D(16, 3, strides=2, activation="relu", name="c3"), L.GlobalAveragePooling1D(),
-        L.Dense(3, activation="softmax", name="head")])
-    model.compile(keras.optimizers.Adam(3e-3), "sparse_categorical_crossentropy")
-    model.fit(x[:500], y[:500], epochs=8, batch_size=32, verbose=0)
-    data = as_dataset((x[:500], y[:500]), model, validation=(x[500:], y[500:]))
-    _, info = qat_finetune(model, data, epochs=1, learning_rate=1e-3)
-    assert info["folded_batchnorm"] == 1 and info["fake_quantized_layers"] == 4
+        L.Conv1D(16, 3, padding="causal", dilation_rate=4, activation="relu", name="c3"),
+        L.GlobalAveragePooling1D(), L.Dense(16, activation="relu", name="fc"),
+        L.Dense(1, name="out")])
+    model.compile(keras.optimizers.Adam(3e-3), "mse")
+    model.fit(x[:1000], y[:1000], epochs=10, batch_size=32, verbose=0)
+    data = as_dataset((x[:1000], y[:1000]), model, validation=(x[1000:], y[1000:]))
+    _, info = qat_finetune(model, data, epochs=1, learning_rate=1e-4)
+    assert info["folded_batchnorm"] == 1 and info["fake_quantized_layers"] == 5
     assert "float_note" not in info
-    _, info = quantize(model, data, qat=True, epochs=2, learning_rate=1e-3, latency=False)
-    assert info["qat"]["trained_float_top1_agreement"] >= 0.9, info["qat"]  # 97% measured
-    assert info["qat"]["trained_float_sqnr_db"] >= 25.0, info["qat"]  # 29.8 dB measured
+    _, info = quantize(model, data, qat=True, epochs=2, learning_rate=1e-4, latency=False)
+    assert info["qat"]["trained_float_sqnr_db"] >= 22.0, info["qat"]  # 16 dB with the bug

@@ -368,7 +368,13 @@ def qat_finetune(model, data, epochs: int = 3, learning_rate: float = 1e-4,
     for layer, clone in twins:
         act = layer.get_config().get("activation", "linear")
         lo, hi = float(clone.act_min.numpy()), float(clone.act_max.numpy())
-        ranges[layer.name] = None if act in ("softmax", "sigmoid") else (lo, max(hi, lo + 1e-6))
+        # A dilated convolution converts to SpaceToBatchND, CONV_2D, BatchToSpaceND, then
+        # its bias and activation as ops of their own: the CONV_2D output the range would
+        # go to is not the layer's output (a ReLU range clipped its negative values and a
+        # TCN's int8 file doubled its MSE); the converter's calibrated ranges stay there.
+        dilated = any(int(d) > 1 for d in np.ravel(getattr(layer, "dilation_rate", 1)))
+        ranges[layer.name] = None if act in ("softmax", "sigmoid") or dilated \
+            else (lo, max(hi, lo + 1e-6))
     info = {"epochs": epochs, "trained_on": "labels" if labelled else
             "the float model's outputs (the data has no labels)",
             "folded_batchnorm": n_folded,
