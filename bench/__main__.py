@@ -42,14 +42,15 @@ ROOT = Path(__file__).resolve().parent.parent
 # longest first, so that no long case starts last and runs alone at the end.
 UNTIMED = ("baselines", "distillation", "sharing-hash", "pruning", "quantization-qat-pruned",
            "export-parity", "sharing-kmeans", "tasks-regression", "structured-obs",
-           "pruning-obs-layers", "onnx-float16")
+           "pruning-obs-layers", "onnx-float16", "sequences")
 # Quick mode runs every case in parallel, longest first (case times of the last quick run).
 # Quick baselines take seconds; a case that needs one before it exists trains its own.
 QUICK_ORDER = ("tfmot-head-to-head", "quantization-qat-pruned", "multiworker", "zoo",
                "data-sources-memory", "quantization-mobilenetv2-per-tensor",
                "pruning-obs-mobilenetv2", "deployment", "pruning", "distillation", "scaling",
                "quantization", "sharing-hash", "tasks-regression", "callbacks-schedules",
-               "pruning-costs", "pruning-obs", "pruning-obs-layers", "callbacks-cascade",
+               "pruning-costs", "pruning-obs", "pruning-obs-layers", "sequences",
+               "callbacks-cascade",
                "structured-obs", "export-parity", "onnx-float16", "data-sources-throughput",
                "label-free", "sharing-kmeans", "reliability-refusals", "baselines", "registry")
 
