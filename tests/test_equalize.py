@@ -193,3 +193,26 @@ def test_debug_layers_name_each_op_by_its_kernel_when_scope_names_collide():
     x = np.random.default_rng(0).normal(size=(32, 8)).astype("float32")
     rows = layer_sqnr(model, x, samples=8)["layers"]
     assert sorted(r["layer"] for r in rows) == ["dense", "dense_1"], rows
+
+
+def test_bias_correction_runs_causal_conv1d_layers():
+    """A causal, dilated Conv1D (a TCN, an IMU classifier): bias correction called the
+    layer's convolution with padding "causal", which keras.ops.conv refuses, and
+    `quantize --per-tensor --bias-correction` crashed with an unexpected ValueError. The
+    layer's linear map is now computed as the layer computes it (padded on the left)."""
+    import keras
+
+    from compress.quantization.equalize import _apply_kernel, equalize_model
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((20, 2))
+    h = keras.layers.Conv1D(4, 3, padding="causal", dilation_rate=2, use_bias=True,
+                            name="tcn")(inp)
+    model = keras.Model(inp, keras.layers.Dense(2)(keras.layers.Flatten()(h)))
+    x = np.random.default_rng(0).normal(size=(8, 20, 2)).astype("float32")
+    layer = model.get_layer("tcn")
+    np.testing.assert_allclose(np.asarray(_apply_kernel(layer, x, layer.kernel)),
+                               np.asarray(layer(x)) - np.asarray(layer.bias), atol=1e-6)
+    _, info = equalize_model(model, x, equalize=False, bias_correction=True,
+                             per_channel=False)
+    assert info["bias_corrected"] == 2  # the Conv1D and the Dense

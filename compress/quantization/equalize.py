@@ -431,6 +431,10 @@ def _apply_kernel(layer, x, kernel):
         return ops.depthwise_conv(x, kernel, strides=layer.strides, padding=layer.padding,
                                   data_format=layer.data_format,
                                   dilation_rate=layer.dilation_rate)
+    if getattr(layer, "padding", None) == "causal":  # Conv1D pads on the left itself
+        return ops.conv(ops.pad(x, layer._compute_causal_padding()), kernel,
+                        strides=layer.strides, padding="valid",
+                        dilation_rate=layer.dilation_rate, data_format=layer.data_format)
     return layer.convolution_op(x, kernel)
 
 
