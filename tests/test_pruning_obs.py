@@ -169,6 +169,37 @@ def test_unfolded_inputs_reproduce_3d_and_transposed_convolutions(shape, spec):
     np.testing.assert_allclose(y.reshape(-1), np.asarray(layer(x)).reshape(-1), atol=1e-5)
 
 
+@pytest.mark.parametrize("padding", ["same", "valid"])
+def test_one_dimensional_depthwise_and_separable_layers_have_layer_hessians(padding):
+    """DepthwiseConv1D and SeparableConv1D (an IMU or keyword-spotting net) had no layer
+    Hessian: OBS and OBD left them dense. Their rows (the depthwise patches per channel,
+    and the depthwise output for the pointwise kernel) times the kernels give the
+    layer's outputs."""
+    import keras
+
+    from compress.pruning.hessian import new_hessian
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3, 12, 4)).astype("float32")
+    inp = keras.Input((12, 4))
+    dw = keras.layers.DepthwiseConv1D(3, depth_multiplier=2, dilation_rate=2,
+                                      padding=padding, use_bias=False, name="dw")
+    sep = keras.layers.SeparableConv1D(5, 3, padding=padding, use_bias=False, name="sep")
+    model = keras.Model(inp, [dw(inp), sep(inp)])
+    h = new_hessian(model, dw.kernel)
+    w = np.asarray(dw.kernel).reshape(-1)[h.index]  # (channels, multiplier, k)
+    y = np.einsum("gnc,grc->ngr", h.rows_fn(x).numpy(), w)
+    np.testing.assert_allclose(y.reshape(-1), np.asarray(dw(x)).reshape(-1), atol=1e-5)
+    depth = new_hessian(model, sep.depthwise_kernel)
+    point = new_hessian(model, sep.pointwise_kernel)
+    mid = np.einsum("gnc,grc->ngr", depth.rows_fn(x).numpy(),
+                    np.asarray(sep.depthwise_kernel).reshape(-1)[depth.index])
+    np.testing.assert_allclose(point.rows_fn(x).numpy().reshape(-1), mid.reshape(-1),
+                               atol=1e-5)
+    out = point.rows_fn(x).numpy()[0] @ np.asarray(sep.pointwise_kernel)[0]
+    np.testing.assert_allclose(out.reshape(-1), np.asarray(sep(x)).reshape(-1), atol=1e-5)
+
+
 def test_obs_prunes_a_transposed_convolution_with_compensation():
     """A decoder's Conv2DTranspose is pruned by OBS (it was left dense): half its
     weights, and a smaller output error than magnitude's at the same sparsity."""

@@ -19,7 +19,7 @@ Supported: Dense, EinsumDense (a Dense on the input's last axes flattened: the k
 leading axes contract them, its other axes are outputs, as the query/key/value and output
 projections of attention), Conv1D, Conv2D, Conv3D (groups too), Conv1D/2D/3DTranspose
 (rows are output channels, columns the input channels at each kernel position, as the
-transposed convolution spreads them), DepthwiseConv2D, SeparableConv2D (its depthwise
+transposed convolution spreads them), DepthwiseConv1D/2D, SeparableConv1D/2D (its depthwise
 part, and its pointwise part on the depthwise output), and the cells of LSTM, GRU and
 SimpleRNN layers: the input kernel on ``x_t`` and the recurrent kernel on ``h_{t-1}``,
 summed over every time step (a GRU's recurrent kernel needs ``reset_after=True``, Keras's
@@ -46,7 +46,8 @@ from compress.errors import CompressError
 #: Largest input dimension given a dense Hessian (8 * 4096^2 bytes = 128 MiB per block).
 MAX_DIM = 4096
 SUPPORTED = ("Dense", "EinsumDense", "Conv1D", "Conv2D", "Conv3D", "Conv1DTranspose",
-             "Conv2DTranspose", "Conv3DTranspose", "DepthwiseConv2D", "SeparableConv2D",
+             "Conv2DTranspose", "Conv3DTranspose", "DepthwiseConv1D", "DepthwiseConv2D",
+             "SeparableConv1D", "SeparableConv2D",
              "LSTMCell", "GRUCell", "SimpleRNNCell")
 #: Recurrent cells: the input kernel reads ``x_t``, the recurrent kernel ``h_{t-1}``, at
 #: every time step (the cell is hooked once per step).
@@ -141,7 +142,7 @@ def owner(model, variable):
                            ("recurrent_kernel", "recurrent")):
             var = getattr(layer, attr, None)
             if var is not None and var is variable:
-                if type(layer).__name__ == "SeparableConv2D" and role == "kernel":
+                if type(layer).__name__.startswith("SeparableConv") and role == "kernel":
                     continue
                 return layer, role
     for layer in reversed(leaves):  # the innermost layer holding it, not its parent
@@ -188,7 +189,8 @@ def _problem(layer, role, max_dim):
         raise _unsupported(layer, "channels_first data")
     if getattr(layer, "lora_enabled", False) or getattr(layer, "quantization_mode", None):
         raise _unsupported(layer, "a LoRA or quantized kernel")
-    var = {"kernel": layer.kernel if kind != "SeparableConv2D" else None,
+    separable = kind in ("SeparableConv1D", "SeparableConv2D")
+    var = {"kernel": layer.kernel if not separable else None,
            "depthwise": getattr(layer, "depthwise_kernel", None),
            "pointwise": getattr(layer, "pointwise_kernel", None),
            "recurrent": getattr(layer, "recurrent_kernel", None)}[role]
@@ -225,9 +227,9 @@ def _problem(layer, role, max_dim):
             return tf.reshape(tf.cast(a, "float32"), (1, -1, d_in))
     elif kind == "Conv3D" or kind in TRANSPOSED:
         index, rows_fn = _unfolded(layer, kind, shape)
-    elif kind in ("Conv1D", "Conv2D") or (kind == "SeparableConv2D" and role == "depthwise") \
-            or kind == "DepthwiseConv2D":
-        depthwise = kind in ("DepthwiseConv2D", "SeparableConv2D")
+    elif kind in ("Conv1D", "Conv2D") or (separable and role == "depthwise") \
+            or kind in ("DepthwiseConv1D", "DepthwiseConv2D"):
+        depthwise = separable or kind.startswith("DepthwiseConv")
         ksize = shape[:-2]
         rank = len(ksize)
         if rank not in (1, 2):
@@ -264,7 +266,7 @@ def _problem(layer, role, max_dim):
                 return tf.transpose(p, (2, 0, 1))  # (channels, n, k)
             p = tf.reshape(p, (-1, k, groups, c // groups))
             return tf.reshape(tf.transpose(p, (2, 0, 1, 3)), (groups, -1, k * (c // groups)))
-    else:  # SeparableConv2D pointwise: a 1x1 convolution of the depthwise output
+    else:  # SeparableConv1D/2D pointwise: a 1x1 convolution of the depthwise output
         d_in, d_out = shape[-2], shape[-1]
         index = np.arange(size).reshape(d_in, d_out).T[None]
 
