@@ -39,12 +39,13 @@ def _series(n, steps, seed):
     return x, y
 
 
-def _models(ctx):
+def row_lstm(epochs: int):
+    """``(model, mnist5k, rows)``: an LSTM(48) classifier of mnist5k digits read row by
+    row (28 steps of 28 pixels), trained ``epochs`` epochs from seed 0."""
     import keras
 
     from compress.data import load_data
 
-    epochs = ctx.size(2, 6)
     keras.utils.set_random_seed(0)
     mnist = load_data("mnist5k", seed=0)
     rows = mnist.x_train.reshape(-1, 28, 28)
@@ -54,6 +55,15 @@ def _models(ctx):
     lstm.compile(keras.optimizers.Adam(3e-3), "sparse_categorical_crossentropy",
                  metrics=["accuracy"])
     lstm.fit(rows, mnist.y_train, epochs=epochs, batch_size=64, verbose=0)
+    return lstm, mnist, rows
+
+
+def _models(ctx):
+    import keras
+
+
+    epochs = ctx.size(2, 6)
+    lstm, mnist, rows = row_lstm(epochs)
 
     x, y = _series(4000, 24, seed=0)
     gru = keras.Sequential([keras.Input((24, 1)), keras.layers.GRU(32, name="gru"),

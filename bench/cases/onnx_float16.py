@@ -12,23 +12,14 @@ from bench.harness import Section, table
 def _models(ctx):
     """LeNet-300-100 and the small CNN as trained by the baselines, and the device check's
     keras.applications MobileNetV2 (alpha 0.35, 96x96x3, random weights)."""
-    import keras
-
     from bench.baselines import trained
+    from bench.device.prepare import random_mobilenetv2
     from compress import training
-    from compress.data import Dataset
 
     yield "lenet300/mnist5k", *trained("lenet300", "mnist5k", ctx), True
     yield "small-cnn/animals", *trained("small-cnn", "animals", ctx), True
     training.set_seed(0)
-    model = keras.applications.MobileNetV2(input_shape=(96, 96, 3), alpha=0.35,
-                                           weights=None, classes=10)
-    rng = np.random.default_rng(0)
-    x = rng.random((320, 96, 96, 3), dtype=np.float32)
-    y = rng.integers(0, 10, 320)
-    ds = Dataset(name="random", x_train=x[:256], y_train=y[:256], x_val=x[:64],
-                 y_val=y[:64], x_test=x[256:], y_test=y[256:], num_classes=10)
-    yield "mobilenetv2 0.35 96x96 (random weights)", model, ds, False
+    yield "mobilenetv2 0.35 96x96 (random weights)", *random_mobilenetv2(), False
 
 
 def case_onnx_float16(ctx) -> Section:

@@ -22,19 +22,11 @@ from bench.harness import Section, table
 def _models(ctx):
     import keras
 
-    from bench.cases.obs_layers import _series
-    from compress.data import Dataset, load_data
+    from bench.cases.obs_layers import _series, row_lstm
+    from compress.data import Dataset
 
     epochs = ctx.size(2, 12)
-    keras.utils.set_random_seed(0)
-    mnist = load_data("mnist5k", seed=0)
-    rows = mnist.x_train.reshape(-1, 28, 28)
-    lstm = keras.Sequential([keras.Input((28, 28)), keras.layers.LSTM(48, name="lstm"),
-                             keras.layers.Dense(10, activation="softmax", name="out")],
-                            name="row_lstm")
-    lstm.compile(keras.optimizers.Adam(3e-3), "sparse_categorical_crossentropy",
-                 metrics=["accuracy"])
-    lstm.fit(rows, mnist.y_train, epochs=epochs, batch_size=64, verbose=0)
+    lstm, mnist, rows = row_lstm(epochs)
     digits = Dataset(name="mnist5k rows", x_train=rows[:3200], y_train=mnist.y_train[:3200],
                      x_val=rows[3200:], y_val=mnist.y_train[3200:],
                      x_test=mnist.x_test.reshape(-1, 28, 28), y_test=mnist.y_test,

@@ -31,17 +31,33 @@ def _write(path: Path, content: bytes) -> None:
     os.replace(tmp, path)
 
 
+def random_mobilenetv2():
+    """The device check's keras.applications MobileNetV2 (alpha 0.35, 96x96x3, random
+    weights, 10 classes) and a seeded random dataset for it (320 images)."""
+    import keras
+    import numpy as np
+
+    from compress.data import Dataset
+
+    model = keras.applications.MobileNetV2(input_shape=(96, 96, 3), alpha=0.35,
+                                           weights=None, classes=10)
+    rng = np.random.default_rng(0)
+    x = rng.random((320, 96, 96, 3), dtype=np.float32)
+    y = rng.integers(0, 10, 320)
+    return model, Dataset(name="random", x_train=x[:256], y_train=y[:256], x_val=x[:64],
+                          y_val=y[:64], x_test=x[256:], y_test=y[256:], num_classes=10)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.device.prepare")
     parser.add_argument("--out", default=".device")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    import keras
     import numpy as np
 
     from compress import training
-    from compress.data import Dataset, load_data, prepare
+    from compress.data import load_data, prepare
     from compress.export import export_artifact
     from compress.models import build
     from compress.quantization import quantize
@@ -53,13 +69,7 @@ def main(argv=None) -> int:
     for name, data in cases:
         training.set_seed(0)
         if data is None:
-            model = keras.applications.MobileNetV2(input_shape=(96, 96, 3), alpha=0.35,
-                                                   weights=None, classes=10)
-            rng = np.random.default_rng(0)
-            x = rng.random((320, 96, 96, 3), dtype=np.float32)
-            y = rng.integers(0, 10, 320)
-            ds = Dataset(name="random", x_train=x[:256], y_train=y[:256], x_val=x[:64],
-                         y_val=y[:64], x_test=x[256:], y_test=y[256:], num_classes=10)
+            model, ds = random_mobilenetv2()
         else:
             model = build(name)
             ds = prepare(model, load_data(data, 0))
