@@ -239,8 +239,7 @@ def _bidirectional(step) -> bool:
             and _kind(op.forward_layer) in RECURRENT and len(step.outputs) == 1
             and not getattr(op, "return_state", False)
             and not getattr(op.forward_layer, "stateful", False)
-            and (len(step.inputs) == 1 or (len(step.inputs) == 2 and getattr(
-                step.kwargs.get("mask"), "shape", None) is not None)))
+            and (len(step.inputs) == 1 or _has_mask(step)))
 
 
 def _directions(op) -> list:
@@ -252,8 +251,13 @@ def _directions(op) -> list:
 def _masked_recurrent(step) -> bool:
     """A recurrent layer called on its input and a mask (``Embedding(mask_zero=True)``,
     ``Masking``): the mask, per time step, holds no channels."""
-    return (_kind(step.op) in RECURRENT and len(step.inputs) == 2
-            and getattr(step.kwargs.get("mask"), "shape", None) is not None)
+    return _kind(step.op) in RECURRENT and _has_mask(step)
+
+
+def _has_mask(step) -> bool:
+    """Whether ``step`` has two inputs, the second its ``mask`` argument."""
+    return len(step.inputs) == 2 and \
+        getattr(step.kwargs.get("mask"), "shape", None) is not None
 
 
 def _merge(groups, step, ins, t, c_out, name):
