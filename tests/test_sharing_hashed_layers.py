@@ -1,4 +1,5 @@
-"""HashedDense / HashedConv2D: sign times bucket, refusals, and saved files that reload."""
+"""The hashed layers (Dense, Conv1D/2D/3D, Embedding): sign times bucket, refusals, and
+saved files that reload."""
 
 from __future__ import annotations
 
@@ -104,3 +105,64 @@ def test_files_saved_when_the_layers_lived_in_hashing_py_still_load(tmp_path):
     loaded = keras.models.load_model(old_path)
     assert isinstance(loaded.get_layer("fc"), HashedDense)
     np.testing.assert_array_equal(np.asarray(loaded(x)), np.asarray(model(x)))
+
+
+@pytest.mark.parametrize("rank, kwargs, shape", [
+    (1, {"padding": "causal", "dilation_rate": 2}, (2, 11, 4)),
+    (1, {"padding": "same", "strides": 2}, (2, 9, 3)),
+    (3, {"padding": "valid"}, (1, 5, 4, 4, 2)),
+])
+def test_hashed_1d_and_3d_convolutions_match_keras_with_their_virtual_kernel(rank, kwargs,
+                                                                            shape):
+    import keras
+
+    from compress.sharing.hashed_layers import HashedConv1D, HashedConv3D
+
+    hashed_class, plain_class = {1: (HashedConv1D, keras.layers.Conv1D),
+                                 3: (HashedConv3D, keras.layers.Conv3D)}[rank]
+    layer = hashed_class(5, 3 if rank == 1 else 2, factor=0.5, seed=2, **kwargs)
+    x = np.random.default_rng(1).normal(size=shape).astype("float32")
+    layer(x)
+    layer.bias.assign(np.arange(5, dtype="float32"))
+    y = np.asarray(layer(x))
+    conv = plain_class(5, 3 if rank == 1 else 2, **kwargs)
+    conv.build((None,) + shape[1:])
+    conv.set_weights([layer.virtual_kernel().reshape(conv.kernel.shape),
+                      np.arange(5, dtype="float32")])
+    np.testing.assert_allclose(y, np.asarray(conv(x)), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(layer(x, training=True)), y, atol=1e-6)
+    assert layer.count_params() == round(0.5 * np.prod(conv.kernel.shape)) + 5
+
+
+def test_hashed_embedding_looks_up_rows_of_its_virtual_table(tmp_path):
+    import keras
+
+    import compress  # noqa: F401  (registers the layers)
+    from compress.sharing.hash_functions import hash_table
+    from compress.sharing.hashed_layers import HashedEmbedding
+
+    layer = HashedEmbedding(40, 6, buckets=30, mask_zero=True, seed=5)
+    ids = np.array([[3, 39, 3, 0], [1, 2, 0, 0]], "int32")
+    vectors = np.asarray(layer(ids))
+    index, sign = hash_table(40, 6, 30, 5)  # the whole m x n table, as bucket_means sees it
+    table = sign * np.asarray(layer.buckets)[index]
+    np.testing.assert_allclose(layer.virtual_kernel(), table, atol=0)
+    np.testing.assert_allclose(vectors, table[ids], atol=0)  # only the looked-up rows
+    assert layer.count_params() == 30
+    assert np.asarray(layer.compute_mask(ids)).tolist() == [[True, True, True, False],
+                                                            [True, True, False, False]]
+    # the mask reaches a recurrent layer after it: padded steps change nothing
+    gru = keras.layers.GRU(3)
+    inp = keras.Input((4,), dtype="int32")
+    model = keras.Model(inp, gru(layer(inp)))
+    short = keras.Input((2,), dtype="int32")
+    unpadded = keras.Model(short, gru(layer(short)))
+    padded = np.array([[3, 39, 0, 0]], "int32")
+    np.testing.assert_allclose(np.asarray(model(padded)),
+                               np.asarray(unpadded(padded[:, :2])), atol=1e-6)
+    unmasked = HashedEmbedding(40, 6, buckets=30, seed=5)  # the same vectors, no mask
+    assert not np.allclose(np.asarray(gru(unmasked(padded))), np.asarray(model(padded)))
+    path = tmp_path / "emb.keras"  # and it saves and loads with plain Keras
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    np.testing.assert_array_equal(np.asarray(loaded(padded)), np.asarray(model(padded)))

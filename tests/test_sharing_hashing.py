@@ -128,3 +128,55 @@ def test_materialize_gives_the_same_outputs_with_plain_layers(cnn_file):
         {"Conv2D", "BatchNormalization", "ReLU", "MaxPooling2D", "Flatten", "Dense"}
     x = ds.x_test[:32]
     np.testing.assert_allclose(np.asarray(plain(x)), np.asarray(hashed(x)), atol=1e-5)
+
+
+def _token_model():
+    """Token ids through a masked Embedding, a causal Conv1D branch and a GRU branch."""
+    import keras
+
+    from compress import training
+
+    training.set_seed(0)
+    inp = keras.Input((12,), dtype="int32", name="tokens")
+    emb = keras.layers.Embedding(300, 16, mask_zero=True, name="embed")(inp)
+    conv = keras.layers.Conv1D(8, 3, padding="causal", dilation_rate=2, activation="relu",
+                               name="conv")(emb)
+    h = keras.layers.Concatenate(name="cat")([
+        keras.layers.GlobalAveragePooling1D(name="pool")(conv),
+        keras.layers.GRU(8, name="gru")(emb)])
+    return keras.Model(inp, keras.layers.Dense(3, activation="softmax", name="out")(h),
+                       name="tokens")
+
+
+def test_hash_model_reaches_embeddings_and_1d_convolutions():
+    from compress.sharing import hash_model
+    from compress.sharing.hashing import materialize
+
+    model = _token_model()
+    before = [w.copy() for w in model.get_weights()]
+    hashed, info = hash_model(model, factor=0.25)
+    assert all((a == b).all() for a, b in zip(before, model.get_weights()))
+    assert {r["layer"]: r["type"] for r in info["layers"]} == {
+        "embed": "HashedEmbedding", "conv": "HashedConv1D", "out": "HashedDense"}
+    assert info["layers"][0]["buckets"] == round(0.25 * 300 * 16)
+    assert "gru/gru_cell/kernel" in info["not_reached"]  # named, not hashed
+    x = np.random.default_rng(0).integers(1, 300, (16, 12)).astype("int32")
+    x[:, 9:] = 0  # padded tails
+    plain = materialize(hashed)
+    assert [type(la).__name__ for la in plain.layers if la.weights] == \
+        ["Embedding", "Conv1D", "GRU", "Dense"]
+    np.testing.assert_allclose(np.asarray(plain(x)), np.asarray(hashed(x)), atol=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["tflite", "onnx"])
+def test_hashed_embedding_and_conv1d_export_exactly(tmp_path, fmt):
+    from compress import export
+    from compress.sharing import hash_model
+
+    model = _token_model()
+    hashed, _ = hash_model(model, factor=0.125, layers=["embed", "conv"])
+    x = np.random.default_rng(1).integers(1, 300, (32, 12)).astype("int32")
+    x[:, 10:] = 0
+    result = export.export(hashed, tmp_path / f"h.{fmt}", fmt=fmt, x=x)
+    assert result["max_abs_diff"] <= 1e-5 and result["top1_agreement"] == 1.0

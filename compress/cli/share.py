@@ -12,8 +12,9 @@ from compress.sharing.share_options import SHARE_OPTIONS
 @SHARE_OPTIONS.click_options()
 @common_options
 def command(model, output, data, seed, unsafe, as_json, force, **options):
-    """Share MODEL's weights: HashedNets (--method hash: each Dense/Conv2D kernel becomes
-    K = factor * m * n hash buckets, exports stay small) or k-means (--method kmeans:
+    """Share MODEL's weights: HashedNets (--method hash: each Dense, Conv1D/2D/3D kernel
+    and Embedding table becomes K = factor * m * n hash buckets, exports stay small) or
+    k-means (--method kmeans:
     each kernel keeps --clusters distinct values; a plain model out). Prints stored
     parameters, bits per weight, file and zipped size and accuracy, before and after.
 

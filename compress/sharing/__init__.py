@@ -1,7 +1,8 @@
 """Weight sharing: HashedNets (the hashing trick) and k-means clustering.
 
-:func:`hash_model` turns Dense/Conv2D layers into :class:`HashedDense` /
-:class:`HashedConv2D` (only the hash buckets are stored, and exports stay small);
+:func:`hash_model` turns Dense, Conv1D/2D/3D and Embedding layers into
+:class:`HashedDense`, :class:`HashedConv2D`... :class:`HashedEmbedding` (only the hash
+buckets are stored, and exports stay small);
 :func:`cluster_model` shares each kernel among a few k-means centroids and returns a
 plain model. :func:`share` dispatches on ``method`` with options checked by
 :data:`SHARE_OPTIONS` (the schema behind ``compress share`` and the recipe step).
@@ -56,8 +57,9 @@ def __getattr__(name):
 
     where = {"hash_model": "compress.sharing.hashing",
              "materialize": "compress.sharing.hashing",
-             "HashedDense": "compress.sharing.hashed_layers",
-             "HashedConv2D": "compress.sharing.hashed_layers",
+             **{name: "compress.sharing.hashed_layers" for name in (
+                 "HashedDense", "HashedConv1D", "HashedConv2D", "HashedConv3D",
+                 "HashedEmbedding")},
              "cluster_model": "compress.sharing.kmeans",
              "kmeans_1d": "compress.sharing.kmeans"}
     if name not in where:
@@ -67,8 +69,11 @@ def __getattr__(name):
 
 __all__ = [
     "SHARE_OPTIONS",
+    "HashedConv1D",
     "HashedConv2D",
+    "HashedConv3D",
     "HashedDense",
+    "HashedEmbedding",
     "cluster_model",
     "hash_model",
     "kmeans_1d",

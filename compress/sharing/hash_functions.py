@@ -88,9 +88,7 @@ def connection_hash(rows, cols, num_buckets: int, seed: int, transposed: bool = 
     # NumPy in, NumPy out (also inside a traced train step); tensors go through keras.ops
     xp = np if isinstance(rows, np.ndarray) and isinstance(cols, np.ndarray) else ops
     m = rows.shape[0]
-    left, right = feistel(xp.concatenate([rows, cols + MAX_ID]), round_keys(seed))
-    bucket = (left * PRIME + right) % num_buckets
-    mult = 1 + right % (PRIME - 1)  # in [1, P): t is never 0, signs stay balanced
+    bucket, mult = _id_values(xp.concatenate([rows, cols + MAX_ID]), num_buckets, seed)
     r_bucket, c_bucket = bucket[:m], bucket[m:]
     r_mult, c_mult = mult[:m], mult[m:]
     if transposed:
@@ -100,6 +98,34 @@ def connection_hash(rows, cols, num_buckets: int, seed: int, transposed: bool = 
         t = (xp.reshape(r_mult, (-1, 1)) * xp.reshape(c_mult, (1, -1))) % PRIME
         index = (xp.reshape(r_bucket, (-1, 1)) + xp.reshape(c_bucket, (1, -1)) + t)
     return index % num_buckets, t % 2  # index sum < 2K + P < 2**31
+
+
+def _id_values(ids, num_buckets: int, seed: int):
+    """Per-id ``(bucket, mult)``: the Feistel permutation of each id (elementwise)."""
+    left, right = feistel(ids, round_keys(seed))
+    bucket = (left * PRIME + right) % num_buckets
+    return bucket, 1 + right % (PRIME - 1)  # mult in [1, P): t is never 0, signs balanced
+
+
+def lookup_hash(rows, n: int, num_buckets: int, seed: int):
+    """:func:`connection_hash` of rows ``rows`` (any number of them, e.g. the token ids
+    an embedding looks up, whose count is known only at run time) and columns
+    ``0 .. n-1``: ``(index, sign_bit)`` of shape ``(len(rows), n)``, the same values
+    ``connection_hash(rows, arange(n))`` gives (every id is hashed on its own).
+
+    >>> rows = np.array([4, 0, 4], np.int32)
+    >>> index, bit = lookup_hash(rows, 3, 5, seed=1)
+    >>> full, full_bit = connection_hash(np.arange(5, dtype=np.int32),
+    ...                                  np.arange(3, dtype=np.int32), 5, 1)
+    >>> bool((index == full[rows]).all() and (bit == full_bit[rows]).all())
+    True
+    """
+    xp = np if isinstance(rows, np.ndarray) else ops
+    r_bucket, r_mult = _id_values(rows, num_buckets, seed)
+    c_bucket, c_mult = _id_values(xp.arange(n, dtype="int32") + MAX_ID, num_buckets, seed)
+    t = (xp.reshape(r_mult, (-1, 1)) * xp.reshape(c_mult, (1, -1))) % PRIME
+    index = xp.reshape(r_bucket, (-1, 1)) + xp.reshape(c_bucket, (1, -1)) + t
+    return index % num_buckets, t % 2
 
 
 def hash_table(m: int, n: int, num_buckets: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

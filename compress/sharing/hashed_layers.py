@@ -1,11 +1,14 @@
-"""HashedNets layers: Dense and Conv2D whose kernels are hashed into shared buckets.
+"""HashedNets layers: Dense, Conv1D/2D/3D and Embedding whose weights are hashed into
+shared buckets.
 
-:class:`HashedDense` and :class:`HashedConv2D` store and train only ``K`` bucket weights
-(and the bias); the virtual kernel ``V[i, j] = sign(i, j) * buckets[h(i, j)]`` is rebuilt
-in the graph from :func:`compress.sharing.hash_functions.connection_hash` at every call.
-Both are registered as ``compress>HashedDense`` / ``compress>HashedConv2D``, so saved
-files load by that name with plain ``keras.models.load_model`` once ``compress`` is
-imported (``compress.layers.LAYER_MODULES`` names this module).
+:class:`HashedDense`, :class:`HashedConv1D`, :class:`HashedConv2D`, :class:`HashedConv3D`
+and :class:`HashedEmbedding` store and train only ``K`` bucket weights (and the bias);
+the virtual kernel ``V[i, j] = sign(i, j) * buckets[h(i, j)]`` is rebuilt in the graph
+from :func:`compress.sharing.hash_functions.connection_hash` at every call (an embedding
+hashes only the rows it looks up: the hashing trick for vocabularies). Each is
+registered as ``compress>CLASS``, so saved files load by that name with plain
+``keras.models.load_model`` once ``compress`` is imported
+(``compress.layers.LAYER_MODULES`` names this module).
 
 Two details keep exports small and exact:
 
@@ -41,6 +44,7 @@ from compress.sharing.hash_functions import (
     connection_hash,
     hash_table,
     layer_seed,
+    lookup_hash,
     num_buckets_for,
 )
 
@@ -67,11 +71,13 @@ class _HashedKernel:
     def _build_buckets(self, m: int, n: int):
         self._m, self._n = int(m), int(n)
         self.num_buckets = num_buckets_for(self._m, self._n, self.factor, self.buckets_arg)
-        fan_in, fan_out = self._fans()
         self.buckets = self.add_weight(
             name="buckets", shape=(self.num_buckets,),
-            initializer=self.kernel_initializer or _scaled_uniform(fan_in, fan_out),
+            initializer=self.kernel_initializer or self._default_initializer(),
             trainable=True)
+
+    def _default_initializer(self):
+        return _scaled_uniform(*self._fans())
 
     def virtual_kernel_t(self, zero=0, training=False):
         """The ``(n, m)`` transposed virtual kernel, computed from the buckets.
@@ -213,8 +219,96 @@ class HashedDense(_HashedKernel, keras.layers.Layer):
         return config
 
 
+class _HashedConv(_HashedKernel, keras.layers.Layer):
+    """A convolution of ``rank`` spatial axes whose ``(prod(kernel_size) * in_channels) x
+    filters`` kernel is hashed into ``K`` shared buckets (channels-last, ungrouped)."""
+
+    rank = 2
+
+    def __init__(self, filters, kernel_size, strides=1, padding="valid", dilation_rate=1,
+                 factor=0.125, buckets=None, activation=None, use_bias=True, seed=0,
+                 kernel_initializer=None, bias_initializer="zeros", dropout=0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.filters = int(filters)
+        self.kernel_size = _ntuple(kernel_size, self.rank)
+        self.strides = _ntuple(strides, self.rank)
+        self.dilation_rate = _ntuple(dilation_rate, self.rank)
+        self.padding = str(padding).lower()
+        allowed = ("valid", "same", "causal") if self.rank == 1 else ("valid", "same")
+        if self.padding not in allowed:
+            raise CompressError(f"padding: must be one of {', '.join(allowed)}, got {padding!r}")
+        self._init_hashed(factor, buckets, activation, use_bias, seed, dropout,
+                          kernel_initializer, bias_initializer)
+        self.input_spec = keras.layers.InputSpec(ndim=self.rank + 2)
+
+    def _fans(self):
+        return self._m, math.prod(self.kernel_size) * self.filters
+
+    def build(self, input_shape):
+        self.in_channels = int(input_shape[-1])
+        self._build_buckets(math.prod(self.kernel_size) * self.in_channels, self.filters)
+        self.bias = (self.add_weight(name="bias", shape=(self.filters,),
+                                     initializer=self.bias_initializer)
+                     if self.use_bias else None)
+
+    def call(self, inputs, training=False):
+        kernel_t = self.virtual_kernel_t(_runtime_zero(inputs), training=bool(training))
+        kernel = ops.reshape(ops.transpose(kernel_t),
+                             self.kernel_size + (self.in_channels, self.filters))
+        x, padding = self._dropout_inputs(inputs, training), self.padding
+        if padding == "causal":  # as keras.layers.Conv1D: pad the past, then "valid"
+            left = self.dilation_rate[0] * (self.kernel_size[0] - 1)
+            x, padding = ops.pad(x, ((0, 0), (left, 0), (0, 0))), "valid"
+        y = ops.conv(x, kernel, strides=self.strides, padding=padding,
+                     dilation_rate=self.dilation_rate)
+        if self.use_bias:
+            y = y + self.bias
+        return self.activation(y)
+
+    def plain(self):
+        """The Keras convolution this layer hashes (no weights)."""
+        return _PLAIN_CONV[self.rank](
+            self.filters, self.kernel_size, strides=self.strides, padding=self.padding,
+            dilation_rate=self.dilation_rate, activation=self.activation,
+            use_bias=self.use_bias, name=self.name)
+
+    def compute_output_shape(self, input_shape):
+        return self.plain().compute_output_shape(input_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"filters": self.filters, "kernel_size": self.kernel_size,
+                       "strides": self.strides, "padding": self.padding,
+                       "dilation_rate": self.dilation_rate,
+                       "activation": keras.activations.serialize(self.activation),
+                       "use_bias": self.use_bias,
+                       "bias_initializer": keras.initializers.serialize(self.bias_initializer),
+                       **self._hash_config()})
+        return config
+
+
 @keras.saving.register_keras_serializable(package="compress")
-class HashedConv2D(_HashedKernel, keras.layers.Layer):
+class HashedConv1D(_HashedConv):
+    """A Conv1D layer whose ``(k * in_channels) x filters`` kernel is hashed into ``K``
+    shared buckets (channels-last; ``padding="causal"`` too).
+
+    Example:
+
+    >>> layer = HashedConv1D(8, 3, factor=1 / 4, padding="causal", dilation_rate=2)
+    >>> tuple(layer(np.zeros((1, 10, 4), "float32")).shape), layer.num_buckets
+    ((1, 10, 8), 24)
+
+    Args:
+        filters, kernel_size, strides, padding, dilation_rate: as in Conv1D.
+        factor, buckets, activation, use_bias, seed, kernel_initializer,
+        bias_initializer, dropout: as in :class:`HashedDense`.
+    """
+
+    rank = 1
+
+
+@keras.saving.register_keras_serializable(package="compress")
+class HashedConv2D(_HashedConv):
     """A Conv2D layer whose ``(kh * kw * in_channels) x filters`` kernel is hashed into
     ``K`` shared buckets (channels-last).
 
@@ -234,69 +328,134 @@ class HashedConv2D(_HashedKernel, keras.layers.Layer):
         bias_initializer, dropout: as in :class:`HashedDense`.
     """
 
-    def __init__(self, filters, kernel_size, strides=1, padding="valid", dilation_rate=1,
-                 factor=0.125, buckets=None, activation=None, use_bias=True, seed=0,
-                 kernel_initializer=None, bias_initializer="zeros", dropout=0.0, **kwargs):
+    rank = 2
+
+
+@keras.saving.register_keras_serializable(package="compress")
+class HashedConv3D(_HashedConv):
+    """A Conv3D layer whose ``(kd * kh * kw * in_channels) x filters`` kernel is hashed
+    into ``K`` shared buckets (channels-last).
+
+    Example:
+
+    >>> layer = HashedConv3D(4, 2, factor=1 / 2)
+    >>> tuple(layer(np.zeros((1, 4, 4, 4, 3), "float32")).shape), layer.num_buckets
+    ((1, 3, 3, 3, 4), 48)
+    """
+
+    rank = 3
+
+
+_PLAIN_CONV = {1: keras.layers.Conv1D, 2: keras.layers.Conv2D, 3: keras.layers.Conv3D}
+_HASHED_CONV = {keras.layers.Conv1D: HashedConv1D, keras.layers.Conv2D: HashedConv2D,
+                keras.layers.Conv3D: HashedConv3D}
+
+
+@keras.saving.register_keras_serializable(package="compress")
+class HashedEmbedding(_HashedKernel, keras.layers.Layer):
+    """An Embedding whose ``input_dim x output_dim`` table is hashed into ``K`` shared
+    buckets: the vector of token ``i`` is ``sign(i, j) * buckets[h(i, j)]``, computed for
+    the looked-up ids only (exports hold the buckets and a few integer ops, never the
+    table; the hashing trick of Weinberger et al. 2009, as HashedNets share weights).
+
+    Example:
+
+    >>> layer = HashedEmbedding(1000, 16, factor=1 / 8, mask_zero=True)
+    >>> ids = np.array([[3, 7, 0]])
+    >>> tuple(layer(ids).shape), layer.num_buckets, layer.compute_mask(ids).numpy().tolist()
+    ((1, 3, 16), 2000, [[True, True, False]])
+
+    Args:
+        input_dim: int, the vocabulary size (ids below it).
+        output_dim: int, the vector size.
+        factor, buckets, seed: as in :class:`HashedDense`.
+        mask_zero: bool, default False. Id 0 is padding (as in Keras's Embedding).
+        embeddings_initializer: initializer of the buckets, default uniform in
+            ``[-0.05, 0.05]`` (Keras's Embedding default).
+    """
+
+    def __init__(self, input_dim, output_dim, factor=0.125, buckets=None, mask_zero=False,
+                 seed=0, embeddings_initializer=None, **kwargs):
         super().__init__(**kwargs)
-        self.filters = int(filters)
-        self.kernel_size = _pair(kernel_size)
-        self.strides = _pair(strides)
-        self.dilation_rate = _pair(dilation_rate)
-        self.padding = str(padding).lower()
-        self._init_hashed(factor, buckets, activation, use_bias, seed, dropout,
-                          kernel_initializer, bias_initializer)
-        self.input_spec = keras.layers.InputSpec(ndim=4)
+        self.input_dim, self.output_dim = int(input_dim), int(output_dim)
+        self.mask_zero = bool(mask_zero)
+        self.supports_masking = self.mask_zero
+        self._init_hashed(factor, buckets, None, False, seed, 0.0, embeddings_initializer,
+                          "zeros")
 
-    def _fans(self):
-        area = self.kernel_size[0] * self.kernel_size[1]
-        return self._m, area * self.filters
+    def _default_initializer(self):
+        return keras.initializers.RandomUniform(-0.05, 0.05)
 
-    def build(self, input_shape):
-        self.in_channels = int(input_shape[-1])
-        self._build_buckets(self.kernel_size[0] * self.kernel_size[1] * self.in_channels,
-                            self.filters)
-        self.bias = (self.add_weight(name="bias", shape=(self.filters,),
-                                     initializer=self.bias_initializer)
-                     if self.use_bias else None)
+    def build(self, input_shape=None):
+        self._build_buckets(self.input_dim, self.output_dim)
+        self.bias = None
 
     def call(self, inputs, training=False):
-        kernel_t = self.virtual_kernel_t(_runtime_zero(inputs), training=bool(training))
-        kernel = ops.reshape(ops.transpose(kernel_t),
-                             self.kernel_size + (self.in_channels, self.filters))
-        y = ops.conv(self._dropout_inputs(inputs, training), kernel, strides=self.strides,
-                     padding=self.padding, dilation_rate=self.dilation_rate)
-        if self.use_bias:
-            y = y + self.bias
-        return self.activation(y)
+        ids = ops.cast(inputs, "int32")
+        index, bit = lookup_hash(ops.reshape(ids, (-1,)), self.output_dim,
+                                 self.num_buckets, self.hash_seed)
+        sign = 1.0 - 2.0 * ops.cast(bit, self.buckets.dtype)
+        vectors = _gather(self.buckets, index) * sign
+        return ops.reshape(vectors, tuple(ops.shape(ids)) + (self.output_dim,))
+
+    def compute_mask(self, inputs, mask=None):
+        return ops.not_equal(inputs, 0) if self.mask_zero else None
 
     def compute_output_shape(self, input_shape):
-        out = keras.layers.Conv2D(self.filters, self.kernel_size, strides=self.strides,
-                                  padding=self.padding, dilation_rate=self.dilation_rate)
-        return out.compute_output_shape(input_shape)
+        return tuple(input_shape) + (self.output_dim,)
+
+    def plain(self):
+        """The Keras Embedding this layer hashes (no weights)."""
+        return keras.layers.Embedding(self.input_dim, self.output_dim,
+                                      mask_zero=self.mask_zero, name=self.name)
 
     def get_config(self):
         config = super().get_config()
-        config.update({"filters": self.filters, "kernel_size": self.kernel_size,
-                       "strides": self.strides, "padding": self.padding,
-                       "dilation_rate": self.dilation_rate,
-                       "activation": keras.activations.serialize(self.activation),
-                       "use_bias": self.use_bias,
-                       "bias_initializer": keras.initializers.serialize(self.bias_initializer),
-                       **self._hash_config()})
+        hashed = self._hash_config()
+        config.update({"input_dim": self.input_dim, "output_dim": self.output_dim,
+                       "mask_zero": self.mask_zero, "factor": hashed["factor"],
+                       "buckets": hashed["buckets"], "seed": hashed["seed"],
+                       "embeddings_initializer": hashed["kernel_initializer"]})
         return config
 
 
-def _pair(value) -> tuple[int, int]:
+def _ntuple(value, n: int) -> tuple:
     if isinstance(value, int):
-        return (value, value)
+        return (value,) * n
     return tuple(int(v) for v in value)
 
 
+#: The hashed layer of each Keras layer class hashing replaces.
+HASHED = (HashedDense, HashedConv1D, HashedConv2D, HashedConv3D, HashedEmbedding)
+
+
 def hashed_like(layer, factor: float, seed: int, dropout: float = 0.0):
-    """A :class:`HashedDense` / :class:`HashedConv2D` configured like ``layer``."""
+    """The hashed layer (:data:`HASHED`) configured like ``layer`` (a Dense, Conv1D/2D/3D
+    or Embedding)."""
+    if type(layer) is keras.layers.Embedding:  # ids in: no dropout on them
+        return HashedEmbedding(layer.input_dim, layer.output_dim, factor=factor,
+                               mask_zero=layer.mask_zero, seed=layer_seed(seed, layer.name),
+                               name=layer.name)
     common = {"factor": factor, "activation": layer.activation, "use_bias": layer.use_bias,
               "seed": layer_seed(seed, layer.name), "name": layer.name, "dropout": dropout}
-    if isinstance(layer, keras.layers.Conv2D):
-        return HashedConv2D(layer.filters, layer.kernel_size, strides=layer.strides,
-                            padding=layer.padding, dilation_rate=layer.dilation_rate, **common)
+    if type(layer) in _HASHED_CONV:
+        return _HASHED_CONV[type(layer)](layer.filters, layer.kernel_size,
+                                         strides=layer.strides, padding=layer.padding,
+                                         dilation_rate=layer.dilation_rate, **common)
     return HashedDense(layer.units, **common)
+
+
+def plain_like(layer):
+    """The plain Keras layer (no weights yet) a hashed ``layer`` stands for."""
+    if isinstance(layer, HashedDense):
+        return keras.layers.Dense(layer.units, activation=layer.activation,
+                                  use_bias=layer.use_bias, name=layer.name)
+    return layer.plain()
+
+
+def source_matrix(layer) -> np.ndarray:
+    """The ``m x n`` matrix hashing shares of a Keras layer: a kernel with its spatial
+    and input axes flattened into rows, or an embedding table."""
+    values = np.asarray(layer.embeddings if type(layer) is keras.layers.Embedding
+                        else layer.kernel)
+    return values.reshape(-1, values.shape[-1])

@@ -1,10 +1,10 @@
 """``hash_model``: the HashedNets pass, and ``materialize``, its way back to dense layers.
 
-:func:`hash_model` rebuilds a model with its Dense/Conv2D layers replaced by
-:class:`~compress.sharing.hashed_layers.HashedDense` /
-:class:`~compress.sharing.hashed_layers.HashedConv2D` (the layers), whose connections
-share buckets through :mod:`compress.sharing.hash_functions` (the hash), and fine-tunes;
-:func:`materialize` turns hashed layers back into plain ones.
+:func:`hash_model` rebuilds a model with its Dense, Conv1D/2D/3D and Embedding layers
+replaced by the hashed layers of :mod:`compress.sharing.hashed_layers` (``HashedDense``,
+``HashedConv1D``... ``HashedEmbedding``), whose connections share buckets through
+:mod:`compress.sharing.hash_functions` (the hash), and fine-tunes; :func:`materialize`
+turns hashed layers back into plain ones.
 
 Example:
 
@@ -20,15 +20,27 @@ import numpy as np
 from compress.data import as_dataset
 from compress.errors import CompressError
 from compress.sharing.hash_functions import bucket_means
-from compress.sharing.hashed_layers import HashedConv2D, HashedDense, hashed_like
+from compress.sharing.hashed_layers import (
+    HASHED,
+    HashedConv1D,
+    HashedConv2D,
+    HashedConv3D,
+    HashedDense,
+    HashedEmbedding,
+    hashed_like,
+    plain_like,
+    source_matrix,
+)
 from compress.sharing.layer_selection import coverage, finetune, shareable_layers
 from compress.sharing.share_options import HASH_OPTIONS
 
-__all__ = ["HashedConv2D", "HashedDense", "hash_model", "materialize"]
+__all__ = ["HashedConv1D", "HashedConv2D", "HashedConv3D", "HashedDense", "HashedEmbedding",
+           "hash_model", "materialize"]
 
 
 def hash_model(model, data=None, *, verbose=0, **options):
-    """Convert a model's Dense/Conv2D layers into hashed layers, then fine-tune.
+    """Convert a model's Dense, Conv1D/2D/3D and Embedding layers into hashed layers,
+    then fine-tune.
 
     Each converted layer keeps ``round(factor * m * n)`` buckets, initialised to the mean
     of ``sign * w`` over the trained weights hashed to each bucket (``init="dense"``), or
@@ -54,7 +66,7 @@ def hash_model(model, data=None, *, verbose=0, **options):
         verbose: Keras ``verbose`` for the fit, default 0.
         **options: checked by :data:`~compress.sharing.share_options.HASH_OPTIONS`:
             ``factor`` (0.125, buckets per virtual weight, in ``(0, 1]``), ``layers``
-            (None: every Dense/Conv2D; else a list of names, class names or regular
+            (None: every Dense, Conv1D/2D/3D and Embedding; else a list of names, class names or regular
             expressions matching the whole name), ``epochs`` (0, fine-tuning epochs),
             ``seed`` (0, hash and training seed), ``learning_rate`` (None: 1e-3, Adam),
             ``batch_size`` (64), ``init`` (``"dense"``: buckets from the trained
@@ -96,8 +108,7 @@ def hash_model(model, data=None, *, verbose=0, **options):
         if layer.name not in chosen:
             layer.set_weights(source.get_weights())
             continue
-        kernel = np.asarray(source.kernel)
-        flat = kernel.reshape(-1, kernel.shape[-1])
+        flat = source_matrix(source)
         if init == "dense":
             layer.buckets.assign(bucket_means(flat, layer.num_buckets, layer.hash_seed))
             if layer.use_bias:
@@ -128,29 +139,24 @@ def hash_model(model, data=None, *, verbose=0, **options):
 def materialize(model):
     """A plain Keras model with every hashed layer replaced by its dense equivalent.
 
-    The virtual kernels become ordinary Dense/Conv2D kernels: outputs are unchanged, the
-    file is dense-sized again, and exported runtimes skip the per-call hash arithmetic
-    (use it when latency matters more than size). The input model is not modified.
+    The virtual kernels become ordinary Dense/Conv/Embedding weights: outputs are
+    unchanged, the file is dense-sized again, and exported runtimes skip the per-call
+    hash arithmetic (use it when latency matters more than size). The input model is not
+    modified.
 
     Example:
 
     >>> plain = materialize(hashed)   # doctest: +SKIP
 
     Args:
-        model: a Keras model containing :class:`HashedDense` / :class:`HashedConv2D`.
+        model: a Keras model containing hashed layers (``HashedDense``...).
 
     Returns:
         The new model.
     """
     def clone(layer):
-        if isinstance(layer, HashedDense):
-            return keras.layers.Dense(layer.units, activation=layer.activation,
-                                      use_bias=layer.use_bias, name=layer.name)
-        if isinstance(layer, HashedConv2D):
-            return keras.layers.Conv2D(layer.filters, layer.kernel_size, strides=layer.strides,
-                                       padding=layer.padding, dilation_rate=layer.dilation_rate,
-                                       activation=layer.activation, use_bias=layer.use_bias,
-                                       name=layer.name)
+        if isinstance(layer, HASHED):
+            return plain_like(layer)
         return layer.__class__.from_config(layer.get_config())
 
     new = keras.models.clone_model(model, clone_function=clone)
@@ -158,8 +164,9 @@ def materialize(model):
         if isinstance(layer, keras.layers.InputLayer):  # named after the tensor: no weights
             continue
         source = model.get_layer(layer.name)
-        if isinstance(source, (HashedDense, HashedConv2D)):
-            weights = [source.virtual_kernel().reshape(layer.kernel.shape)]
+        if isinstance(source, HASHED):
+            target = layer.embeddings if isinstance(source, HashedEmbedding) else layer.kernel
+            weights = [source.virtual_kernel().reshape(target.shape)]
             if source.use_bias:
                 weights.append(np.asarray(source.bias))
             layer.set_weights(weights)

@@ -7,11 +7,11 @@ import keras
 from compress.errors import CompressError
 from compress.layers import layer_matches, select_layers
 
-SHAREABLE = (keras.layers.Dense, keras.layers.Conv2D)
+_KINDS = "Dense, Embedding and channels-last, ungrouped Conv1D/2D/3D"
 
 
 def shareable_layers(model, layers: list | None, what: str, nested: bool = False) -> list:
-    """Top-level Dense/Conv2D layers chosen by ``layers`` (every one when None); with
+    """Top-level Dense, Conv1D/2D/3D and Embedding layers chosen by ``layers`` (every one when None); with
     ``nested``, those inside nested and subclassed models and inside custom layers (a
     KerasHub transformer block) too (k-means edits kernels in
     place, so it reaches them; hashing replaces layers, so it does not).
@@ -39,24 +39,23 @@ def shareable_layers(model, layers: list | None, what: str, nested: bool = False
             if (layer.weights and not _shareable(layer)
                     and any(layer_matches(layer, sel) for sel in layers)):
                 raise CompressError(f"layer '{layer.name}' ({type(layer).__name__}) cannot be "
-                                    f"{what}: only Dense and channels-last, ungrouped Conv2D "
-                                    "can")
+                                    f"{what}: only {_KINDS} can")
     eligible = [layer for layer in candidates if _shareable(layer)]
     if not eligible:
         inside = [la for la in model.layers if isinstance(la, keras.Model)
                   and any(_shareable(leaf) for leaf in _leaves(la))]
         if inside and not nested:  # hashing rebuilds the top-level graph only
             raise CompressError(f"model '{model.name}': no top-level layer to be {what}: its "
-                                f"Dense/Conv2D layers are inside the nested model "
+                                f"shareable layers are inside the nested model "
                                 f"'{inside[0].name}' ({type(inside[0]).__name__}); use "
                                 "--method kmeans, which reaches them")
-        raise CompressError(f"model '{model.name}': no layer to be {what} (only Dense and "
-                            "channels-last, ungrouped Conv2D can)")
+        raise CompressError(f"model '{model.name}': no layer to be {what} (only {_KINDS} "
+                            "can)")
     return select_layers(eligible, layers, "shareable", model.name)
 
 
 #: Why hashing leaves a weight matrix in float (k-means gives its own reason).
-HASHABLE_ONLY = "only Dense and Conv2D kernels can be hashed"
+HASHABLE_ONLY = "only Dense, Embedding and Conv1D/2D/3D weights can be hashed"
 
 
 def coverage(model, shared, done: int, what: str, why: str = HASHABLE_ONLY) -> dict:
@@ -101,9 +100,9 @@ def _leaves(model) -> list:
 
 
 def _shareable(layer) -> bool:
-    if type(layer) is keras.layers.Dense:
+    if type(layer) in (keras.layers.Dense, keras.layers.Embedding):
         return True
-    if type(layer) is keras.layers.Conv2D:
+    if type(layer) in (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D):
         return layer.groups == 1 and layer.data_format == "channels_last"
     return False
 
