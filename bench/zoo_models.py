@@ -7,6 +7,9 @@ do not cover, each built small, with its data as an npz file.
 - ``TwoInput`` / ``TwoOutput``: an image and a feature vector in; a class and a score out.
 - ``CustomLayer``: a model with a registered custom layer (``ChannelGain``).
 - ``MixedFloat16``: a model built under the ``mixed_float16`` dtype policy.
+- ``TextRNN``: token ids through a masked Embedding, a Bidirectional LSTM and a GRU.
+- ``Signal1D``: 64 steps of 6 channels through Conv1D, SeparableConv1D and a dilated
+  causal Conv1D (an IMU activity classifier's shape).
 
 The two registered classes live in bench/zoo_user_layers.py and are loaded the way
 ``--import bench/zoo_user_layers.py`` loads them (:func:`compress.io.import_modules`); the
@@ -198,6 +201,68 @@ def mixed_float16(work: Path, seed: int = 0):
     return model, npz, []
 
 
+def _sequences(seed: int, n: int = 600):
+    """``(tokens, signal, label)``: 20 token ids (0 pads the tails) and 64 steps of 6
+    channels, 3 classes the sequences really carry."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    label = rng.integers(0, 3, n)
+    tokens = rng.integers(1, 40, (n, 20))
+    tokens[np.arange(n), rng.integers(0, 8, n)] = 40 + label  # one telling token
+    for i, length in enumerate(rng.integers(12, 21, n)):
+        tokens[i, length:] = 0
+    t = np.linspace(0, 4 * np.pi, 64)
+    signal = rng.normal(scale=0.3, size=(n, 64, 6))
+    signal[..., 0] += np.sin(np.outer(label + 1, t))
+    return tokens.astype("int32"), signal.astype("float32"), label
+
+
+def text_rnn(work: Path, seed: int = 0):
+    """Token ids, ``Embedding(mask_zero=True)``, a Bidirectional LSTM, a GRU, a softmax."""
+    import keras
+    import numpy as np
+
+    tokens, _, label = _sequences(seed)
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((20,), dtype="int32", name="tokens")
+    h = keras.layers.Embedding(44, 16, mask_zero=True, name="embed")(inp)
+    h = keras.layers.Bidirectional(keras.layers.LSTM(16, return_sequences=True),
+                                   name="bilstm")(h)
+    h = keras.layers.GRU(16, name="gru")(h)
+    out = keras.layers.Dense(3, activation="softmax", name="cls")(h)
+    model = keras.Model(inp, out, name="text_rnn")
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(tokens, label, epochs=20, verbose=0)
+    npz = work / "text_rnn.npz"
+    np.savez(npz, x_train=tokens, y_train=label)
+    return model, npz, []
+
+
+def signal_1d(work: Path, seed: int = 0):
+    """64 steps x 6 channels: Conv1D + BatchNorm, SeparableConv1D, a dilated causal
+    Conv1D, pooled, a softmax (an IMU activity classifier's shape)."""
+    import keras
+    import numpy as np
+
+    _, signal, label = _sequences(seed)
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((64, 6), name="signal")
+    h = keras.layers.Conv1D(16, 5, name="c1")(inp)
+    h = keras.layers.ReLU()(keras.layers.BatchNormalization(name="bn1")(h))
+    h = keras.layers.SeparableConv1D(24, 5, activation="relu", name="sep")(h)
+    h = keras.layers.Conv1D(24, 3, padding="causal", dilation_rate=2, activation="relu",
+                            name="dilated")(h)
+    out = keras.layers.Dense(3, activation="softmax", name="cls")(
+        keras.layers.GlobalAveragePooling1D(name="pool")(h))
+    model = keras.Model(inp, out, name="signal_1d")
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(signal, label, epochs=20, verbose=0)
+    npz = work / "signal_1d.npz"
+    np.savez(npz, x_train=signal, y_train=label)
+    return model, npz, []
+
+
 #: name -> (label in the table, builder ``(work, seed) -> (model, npz, imports)``)
 CASES = {
     "Subclassed": ("Subclassed (hand-written: keras.Model subclass, 8x8)", subclassed),
@@ -208,4 +273,8 @@ CASES = {
     "CustomLayer": ("CustomLayer (hand-written: registered layer, --import)", custom_layer),
     "MixedFloat16": ("MixedFloat16 (hand-written: mixed_float16 policy, 32x32)",
                      mixed_float16),
+    "TextRNN": ("TextRNN (hand-written: masked Embedding, Bidirectional LSTM, GRU)",
+                text_rnn),
+    "Signal1D": ("Signal1D (hand-written: Conv1D, SeparableConv1D, dilated causal)",
+                 signal_1d),
 }

@@ -7,9 +7,10 @@ random EfficientNet otherwise outputs a uniform softmax); three KerasHub models 
 text classifier taking token ids, segment ids and a padding mask, a GPT-2 backbone, a ViT
 image classifier) built from small configs with random weights
 (:func:`compress.models.kerashub`) and fed random token ids with padded tails (random
-images for ViT); and six hand-written cases (bench/zoo_models.py): a subclassed model, a
+images for ViT); and eight hand-written cases (bench/zoo_models.py): a subclassed model, a
 transfer-learning nest, a two-input and a two-output model, a model with a registered
-custom layer (loaded through ``--import``) and a mixed_float16 model.
+custom layer (loaded through ``--import``), a mixed_float16 model, a recurrent text
+classifier and a 1-D convolutional signal classifier.
 
 Each case is saved, loaded back as a user's file, and run through every pass of
 :data:`PASSES`, each verified as the CLI verifies it. A cell is "ok" with its check and
@@ -52,7 +53,7 @@ BLOCK = 4  # prune block: runs of 4 consecutive inputs of one unit
 # Cheapest first: a run cut short still covers most cases. Each case runs in its own
 # process (a 55M-parameter model's memory is returned before the next one is built).
 ORDER = ("Subclassed", "TwoInput", "TwoOutput", "CustomLayer", "MixedFloat16",
-         "TransferNest", "MobileNet", "MobileNetV3Small", "MobileNetV2",
+         "TextRNN", "Signal1D", "TransferNest", "MobileNet", "MobileNetV3Small", "MobileNetV2",
          "BertTextClassifier", "GPT2Backbone", "ViTImageClassifier", "MobileNetV3Large",
          "EfficientNetB0", "EfficientNetV2B0", "NASNetMobile", "DenseNet121", "ResNet50V2",
          "ResNet50", "VGG16", "InceptionV3", "Xception", "ConvNeXtTiny", "InceptionResNetV2")
@@ -443,17 +444,21 @@ def _page(rows: dict, columns=PASSES) -> tuple[str, str]:
          "family (Keras 3.15 ships no RegNet or ResNetRS), built with `weights=None` at a "
          "reduced input, BatchNorm statistics from real photographs; three KerasHub models "
          "(BERT classifier, GPT-2 backbone, ViT classifier) from small configs with random "
-         "weights and random token ids or images; and six hand-written cases "
+         "weights and random token ids or images; and eight hand-written cases "
          "(bench/zoo_models.py): a subclassed model (given the data's input shape), a "
          "transfer-learning nest (`MobileNetV2(include_top=False)` as a layer), a two-input "
          "and a two-output model, a model with a registered custom layer (loaded through "
-         "`--import bench/zoo_user_layers.py`) and a mixed_float16 model. Written by "
+         "`--import bench/zoo_user_layers.py`), a mixed_float16 model, a recurrent text "
+         "classifier (token ids, masked Embedding, Bidirectional LSTM, GRU) and a 1-D "
+         "convolutional signal classifier (Conv1D, SeparableConv1D, dilated causal "
+         "Conv1D), both trained on seeded synthetic sequences. Written by "
          "`python -m bench --only zoo` (bench/cases/zoo.py); each case is saved and loaded "
          f"back as a user's file. {SAMPLES} calibration/verification samples."),
         ("The passes: inspect; prune 50% by magnitude, by OBD (the default backprop "
          f"Hessian-diagonal estimator, {SAMPLES} calibration samples), 2:4, in blocks of "
          f"{BLOCK} inputs, and structured (50% of the units); share by k-means (16 "
-         f"clusters) and by the hashing trick (Dense/Conv2D, {EPOCHS} fine-tuning epoch); "
+         f"clusters) and by the hashing trick (top-level Dense, Embedding and Conv1D/2D/3D "
+         f"layers, {EPOCHS} fine-tuning epoch); "
          "quantize to int8 TFLite and ONNX (full-integer), dynamic-range and float16 "
          "TFLite, Keras's own int8 (`keras-int8`); export to ONNX and TFLite with the "
          "parity check; distill into a structurally pruned copy of the teacher (50% of "
