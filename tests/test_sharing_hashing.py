@@ -180,3 +180,25 @@ def test_hashed_embedding_and_conv1d_export_exactly(tmp_path, fmt):
     x[:, 10:] = 0
     result = export.export(hashed, tmp_path / f"h.{fmt}", fmt=fmt, x=x)
     assert result["max_abs_diff"] <= 1e-5 and result["top1_agreement"] == 1.0
+
+
+@pytest.mark.slow
+def test_full_integer_tflite_stores_hashed_convolutions_whole(cnn_file):
+    """The interpreter refused every int8 file of a hashed convolution ("zero_point != 0"
+    in CONV_2D: a computed filter is quantized like an activation); the convolutions are
+    now stored whole for int8, named in a note, while hashed Dense layers stay hashed."""
+    import keras
+
+    from compress.quantization import quantize
+    from compress.runtime import run_tflite
+    from compress.sharing import hash_model
+
+    path, ds = cnn_file
+    hashed, _ = hash_model(keras.models.load_model(path), factor=0.5, epochs=1, data=ds)
+    content, info = quantize(hashed, ds, mode="int8", format="tflite", latency=False)
+    assert "hashed convolutions stored whole" in info["export_copy"]
+    assert "conv1, conv2" in info["export_copy"] and "predictions" not in info["export_copy"]
+    got = run_tflite(content, ds.x_test[:64])
+    want = np.asarray(hashed(ds.x_test[:64]))
+    assert np.mean(np.argmax(got, -1) == np.argmax(want, -1)) >= 0.9
+    assert info["sqnr_db"] >= 20

@@ -59,7 +59,9 @@ def convert(model, mode: str = "int8", representative: np.ndarray | None = None,
             as learned by quantization-aware training
             (:func:`compress.quantization.qat.qat_finetune`); those outputs are
             quantized on exactly these grids instead of the calibrated ones.
-        notes: list or None. Receives a note when the batch size had to be fixed.
+        notes: list or None. Receives a note when the batch size had to be fixed, or
+            when hashed convolutions were stored whole for int8
+            (:func:`compress.sharing.hashing.int8_tflite_copy`).
         sparse: bool, default False. Also ``Optimize.EXPERIMENTAL_SPARSITY``: weight
             tensors that are mostly zeros (a pruned model) are stored in TFLite's sparse
             format (CSR: nonzero values plus uint8/uint16 column indices) and densified
@@ -81,6 +83,12 @@ def convert(model, mode: str = "int8", representative: np.ndarray | None = None,
     if mode == "int8" and (representative is None or len(representative) == 0):
         raise CompressError("full-integer int8 needs calibration data: pass --data NAME "
                             "(a few hundred samples), or use mode dynamic (no data needed)")
+    if mode == "int8":  # hashed convolutions: stored whole (their filters must be constant)
+        from compress.sharing.hashing import int8_tflite_copy
+
+        model, note = int8_tflite_copy(model)
+        if note and notes is not None:
+            notes.append(note)
     args = (model, mode, representative, int8_io, per_channel, activation_ranges, sparse)
     return free_or_fixed_batch(lambda batch: _convert(*args, batch=batch), notes)
 

@@ -136,7 +136,7 @@ def hash_model(model, data=None, *, verbose=0, **options):
     return new, info
 
 
-def materialize(model):
+def materialize(model, only: tuple | None = None):
     """A plain Keras model with every hashed layer replaced by its dense equivalent.
 
     The virtual kernels become ordinary Dense/Conv/Embedding weights: outputs are
@@ -150,12 +150,16 @@ def materialize(model):
 
     Args:
         model: a Keras model containing hashed layers (``HashedDense``...).
+        only: tuple of hashed layer classes or None, default None. Replace only the
+            layers of these classes (None: every hashed layer).
 
     Returns:
         The new model.
     """
+    kinds = only or HASHED
+
     def clone(layer):
-        if isinstance(layer, HASHED):
+        if isinstance(layer, kinds):
             return plain_like(layer)
         return layer.__class__.from_config(layer.get_config())
 
@@ -164,7 +168,7 @@ def materialize(model):
         if isinstance(layer, keras.layers.InputLayer):  # named after the tensor: no weights
             continue
         source = model.get_layer(layer.name)
-        if isinstance(source, HASHED):
+        if isinstance(source, kinds):
             target = layer.embeddings if isinstance(source, HashedEmbedding) else layer.kernel
             weights = [source.virtual_kernel().reshape(target.shape)]
             if source.use_bias:
@@ -173,3 +177,37 @@ def materialize(model):
         else:
             layer.set_weights(source.get_weights())
     return new
+
+
+#: Hashed layers whose computed kernel full-integer TFLite cannot take: its int8
+#: convolutions need a constant filter with zero-point 0 (a computed one is quantized
+#: like an activation, and the interpreter refuses it).
+INT8_TFLITE_WHOLE = (HashedConv1D, HashedConv2D, HashedConv3D)
+
+
+def int8_tflite_copy(model) -> tuple:
+    """``(model, note)``: ``model``, or for full-integer TFLite a copy whose hashed
+    convolutions (:data:`INT8_TFLITE_WHOLE`) are stored whole (their virtual kernels,
+    int8 after conversion), with a note naming them (None when nothing changed).
+    Hashed Dense and Embedding layers stay hashed: TFLite runs them in int8.
+
+    Example:
+
+    >>> copy, note = int8_tflite_copy(hashed)   # doctest: +SKIP
+    >>> note                                    # doctest: +SKIP
+    'hashed convolutions stored whole for full-integer TFLite (its int8 ...): c1, c2'
+    """
+    names = [la.name for la in model._flatten_layers(include_self=False, recursive=True)
+             if isinstance(la, INT8_TFLITE_WHOLE)]
+    if not names:
+        return model, None
+    if any(isinstance(la, keras.Model) and any(isinstance(s, INT8_TFLITE_WHOLE)
+                                               for s in la._flatten_layers(recursive=True))
+           for la in model.layers):
+        raise CompressError(f"model '{model.name}': hashed convolutions inside a nested "
+                            "model cannot be converted to full-integer TFLite; use "
+                            "--format onnx, mode dynamic, or materialize them first")
+    shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+    return materialize(model, only=INT8_TFLITE_WHOLE), (
+        "hashed convolutions stored whole for full-integer TFLite (its int8 convolutions "
+        f"need a constant filter; their virtual kernels are stored in int8): {shown}")
