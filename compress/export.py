@@ -513,7 +513,8 @@ def export_copy(model, fmt: str = "tflite"):
     gelus = [la.name for la in _sublayers(model) if fmt == "onnx" and _exact_gelu(la)]
     rnns = [la.name for la in layers if fmt == "tflite" and _unrollable(la)]
     augments = [la.name for la in layers if fmt == "onnx" and _augmentation(la)]
-    if not (policies or grouped or norms or gelus or rnns or augments):
+    constants = _constant_arguments(model) if fmt == "onnx" else []
+    if not (policies or grouped or norms or gelus or rnns or augments or constants):
         return model, []
     pairs = []
     copy = _copy_model(model, pairs, bool(policies), fmt)
@@ -529,6 +530,8 @@ def export_copy(model, fmt: str = "tflite"):
             if _exact_gelu(layer):  # also the layers custom layers build in build()
                 layer.activation = _gelu_erf
             _constants_as_arrays(layer)
+    if constants:
+        _constant_arguments(copy, replace=True)
     notes = [note for names, note in (
         (policies, ("exported through a float32 copy (the model computes in "
                     f"{', '.join(policies)})")),
@@ -538,6 +541,9 @@ def export_copy(model, fmt: str = "tflite"):
         (gelus, f"GELU written with erf ({len(gelus)} layers)"),
         (augments, ("augmentation layers, which pass inputs through at inference, left out "
                     f"of the ONNX copy ({', '.join(augments)})")),
+        (constants, ("constant tensors the graph's operations take written as ONNX "
+                     f"constants ({', '.join(constants[:3])}"
+                     + (", ...)" if len(constants) > 3 else ")"))),
         (rnns, ("recurrent layers unrolled over their time steps, which TFLite's builtin "
                 f"ops then run ({', '.join(rnns)})"))) if names]
     return copy, notes
@@ -707,6 +713,35 @@ def _from_config(cls, config: dict):
             if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
                 break
         return cls.from_config({k: v for k, v in config.items() if k in taken})
+
+
+def _constant_arguments(model, replace: bool = False) -> list:
+    """The operations of a functional ``model`` (nested ones too) called with a constant
+    tensor among their arguments (``x + pos`` where ``pos`` is a tensor built once: a
+    fixed positional encoding); with ``replace``, those tensors become NumPy arrays in the
+    graph's nodes (only ever on an export copy). A captured tensor becomes an extra ONNX
+    graph input that nothing feeds; an array is a constant of the traced function."""
+    import keras
+    import tensorflow as tf
+    from keras.src import tree
+
+    def constant(x) -> bool:
+        return isinstance(x, tf.Tensor) and not isinstance(x, (tf.Variable, keras.Variable))
+
+    found = []
+    for node in [n for nodes in getattr(model, "_nodes_by_depth", {}).values() for n in nodes]:
+        arguments = node.arguments
+        if not any(constant(x) for x in arguments._flat_arguments):
+            continue
+        found.append(getattr(node.operation, "name", "?"))
+        if replace:
+            arguments.args, arguments.kwargs = arguments.convert(
+                lambda x: np.asarray(x) if constant(x) else x)
+            arguments._flat_arguments = tree.flatten((arguments.args, arguments.kwargs))
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            found += _constant_arguments(layer, replace)
+    return found
 
 
 def _constants_as_arrays(layer) -> None:

@@ -122,3 +122,19 @@ def test_make_student_picks_one_source():
     assert make_student(teacher, student=given) is given
     with pytest.raises(CompressError, match="not width and depth"):
         make_student(teacher, width=0.5, depth=1)
+
+
+def test_a_width_no_layer_config_holds_is_refused_in_one_line():
+    """A fixed tensor added in the graph keeps the teacher's width: the half-width copy
+    crashed with Keras's broadcast error ("unexpected ValueError")."""
+    import tensorflow as tf
+
+    inp = keras.Input((10,), dtype="int32")
+    h = keras.layers.Dense(8)(keras.layers.Embedding(20, 8)(inp)) + tf.zeros((10, 8))
+    teacher = keras.Model(inp, keras.layers.Dense(2, activation="softmax")(
+        keras.layers.Flatten()(h)), name="fixed")
+    with pytest.raises(CompressError) as refused:
+        width_student(teacher, 0.5)
+    text = str(refused.value)
+    assert text.startswith("teacher 'fixed': its 0.5-wide copy does not build (Add: ")
+    assert "give --student FILE" in text and "\n" not in text

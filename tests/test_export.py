@@ -578,3 +578,32 @@ def test_unknown_sequence_length_is_said_to_be_a_weak_check(cli, tmp_path):
     fixed.save(tmp_path / "fixed.keras")
     r = cli("export", tmp_path / "fixed.keras", "-o", tmp_path / "f.onnx", "--json", "-q")
     assert "input_size_note" not in json.loads(r.output[r.output.index("{"):])
+
+
+def test_a_constant_tensor_in_the_graph_is_an_onnx_constant_not_an_input(tmp_path):
+    """``x + encoding`` with a fixed positional encoding built once as a tensor: tf2onnx
+    made the captured tensor an ONNX graph input nothing feeds, and every export, int8
+    included, was refused ("the artifact has 2 inputs"). The ONNX copy writes it as a
+    constant; the user's model keeps its tensor."""
+    import keras
+    import tensorflow as tf
+
+    steps = np.arange(12)[:, None] / np.power(100.0, np.arange(8)[None] / 8)
+    encoding = tf.constant(np.sin(steps).astype("float32"))
+    inp = keras.Input((12,), dtype="int32", name="tokens")
+    h = keras.layers.Embedding(30, 8, name="embed")(inp) + encoding
+    out = keras.layers.Dense(3, activation="softmax", name="cls")(
+        keras.layers.GlobalAveragePooling1D()(keras.layers.Dense(8, name="mix")(h)))
+    keras.Model(inp, out, name="posenc").save(tmp_path / "posenc.keras")
+    model = io.load_model(tmp_path / "posenc.keras")
+    x = np.random.default_rng(0).integers(0, 30, (16, 12)).astype("int32")
+    content, check = export.export_artifact(model, x, format="onnx")
+    assert check["max_abs_diff"] <= 1e-5 and check["top1_agreement"] == 1.0
+    assert "constant tensors the graph's operations take written as ONNX constants" in \
+        check["export_copy"]
+    import onnx
+
+    assert [i.name for i in onnx.load_from_string(content).graph.input] == ["tokens"]
+    kept = [a for nodes in model._nodes_by_depth.values() for n in nodes
+            for a in n.arguments._flat_arguments if isinstance(a, tf.Tensor)]
+    assert len(kept) == 1  # the loaded model itself still holds its tensor

@@ -13,6 +13,8 @@ Example:
 
 from __future__ import annotations
 
+import re
+
 import keras
 
 from compress.errors import CompressError
@@ -70,7 +72,19 @@ def width_student(teacher, width: float = 0.25, name: str | None = None):
         return layer.__class__.from_config(config)
 
     register_layers()
-    student = keras.models.clone_model(teacher, clone_function=clone)
+    try:
+        student = keras.models.clone_model(teacher, clone_function=clone)
+    except CompressError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a width the layers' configs do not hold
+        text = " ".join(str(exc).split())
+        found = re.search(r"calling (\w+)\.call\(\)\. (.*?)(?: Arguments received|$)", text)
+        why = f"{found.group(1)}: {found.group(2)}" if found else text
+        raise CompressError(
+            f"teacher '{teacher.name}': its {width:g}-wide copy does not build ({why[:200]}); "
+            "a width that no layer's config holds (a constant tensor in the graph, a "
+            "reshape to a fixed size) stays the teacher's: give --student FILE (a model "
+            "taking the same inputs)") from None
     if not scaled:
         raise CompressError(f"teacher '{teacher.name}': no hidden Dense or Conv layer to "
                             "scale by width")
