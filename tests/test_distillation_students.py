@@ -138,3 +138,31 @@ def test_a_width_no_layer_config_holds_is_refused_in_one_line():
     text = str(refused.value)
     assert text.startswith("teacher 'fixed': its 0.5-wide copy does not build (Add: ")
     assert "give --student FILE" in text and "\n" not in text
+
+
+def test_width_student_of_text_models_scales_embeddings_attention_and_wrapped_layers():
+    """A half-width student of a text model: the Embedding's output_dim, the attention's
+    key_dim and the layers inside Bidirectional/TimeDistributed are scaled too. A
+    Bidirectional LSTM after a narrower layer crashed on its first batch: its inner
+    layers were rebuilt from the teacher's saved build shapes."""
+    inp = keras.Input((12,), dtype="int32")
+    h = keras.layers.Embedding(50, 16, mask_zero=True, name="embed")(inp)
+    h = keras.layers.Bidirectional(keras.layers.LSTM(8, return_sequences=True),
+                                   name="bilstm")(h)
+    h = keras.layers.TimeDistributed(keras.layers.Dense(16), name="td")(h)
+    h = h + keras.layers.MultiHeadAttention(2, 8, name="mha")(h, h)
+    out = keras.layers.Dense(3, activation="softmax", name="cls")(
+        keras.layers.GlobalAveragePooling1D()(h))
+    teacher = keras.Model(inp, out, name="text")
+    student = width_student(teacher, 0.5)
+    assert student.get_layer("embed").output_dim == 8
+    assert student.get_layer("bilstm").forward_layer.units == 4
+    assert student.get_layer("bilstm").backward_layer.units == 4
+    assert student.get_layer("td").layer.units == 8
+    assert student.get_layer("mha")._key_dim == 4
+    assert student.get_layer("cls").units == 3
+    x = np.random.default_rng(0).integers(0, 50, (6, 12))
+    assert student.predict(x, verbose=0).shape == (6, 3)
+    student.compile("adam", "sparse_categorical_crossentropy")
+    student.fit(x, np.arange(6) % 3, epochs=1, verbose=0)  # trains: the crash was here
+    assert student.count_params() < teacher.count_params() / 2.5

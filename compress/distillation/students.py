@@ -20,7 +20,7 @@ import keras
 from compress.errors import CompressError
 
 # Config keys that set a layer's output width.
-_WIDTH_KEYS = ("units", "filters")
+_WIDTH_KEYS = ("units", "filters", "output_dim", "key_dim")  # Dense/RNN, Conv, Embedding, attention
 # Layers that belong to the block of the weighted layer before them.
 _FOLLOWERS = (keras.layers.BatchNormalization, keras.layers.LayerNormalization,
               keras.layers.Activation, keras.layers.ReLU, keras.layers.LeakyReLU,
@@ -28,11 +28,12 @@ _FOLLOWERS = (keras.layers.BatchNormalization, keras.layers.LayerNormalization,
 
 
 def width_student(teacher, width: float = 0.25, name: str | None = None):
-    """A copy of ``teacher``'s architecture with every hidden Dense/Conv width scaled.
+    """A copy of ``teacher``'s architecture with every hidden layer's width scaled.
 
-    Units of ``Dense`` layers and filters of convolutions become
-    ``max(1, round(n * width))``; the layers that produce the model's outputs keep their
-    width (the classes). Weights are freshly initialised; constraints and regularisers
+    Units of ``Dense`` and recurrent layers (inside ``Bidirectional`` and
+    ``TimeDistributed`` too), filters of convolutions, an ``Embedding``'s ``output_dim``
+    and an attention layer's ``key_dim`` become ``max(1, round(n * width))``; the layers
+    that produce the model's outputs keep their width (the classes). Weights are freshly initialised; constraints and regularisers
     in the layers' configs are kept.
 
     Example:
@@ -64,11 +65,8 @@ def width_student(teacher, width: float = 0.25, name: str | None = None):
 
     def clone(layer):
         config = layer.get_config()
-        if layer.name not in outputs:
-            for key in _WIDTH_KEYS:
-                if isinstance(config.get(key), int):
-                    config[key] = max(1, round(config[key] * width))
-                    scaled.append(layer.name)
+        if _scaled(config, width, layer.name not in outputs):
+            scaled.append(layer.name)
         return layer.__class__.from_config(config)
 
     register_layers()
@@ -90,6 +88,25 @@ def width_student(teacher, width: float = 0.25, name: str | None = None):
                             "scale by width")
     student.name = name or f"{teacher.name}_w{width:g}"
     return student
+
+
+def _scaled(config: dict, width: float, scale: bool) -> bool:
+    """Scale the widths of one layer's ``config`` in place (with ``scale``), and those of
+    the layers a wrapper holds (Bidirectional's, TimeDistributed's), whose saved build
+    shapes are dropped: they are built again for the student's narrower inputs. True when
+    a width changed."""
+    changed = False
+    if scale:
+        for key in _WIDTH_KEYS:
+            if isinstance(config.get(key), int):
+                config[key] = max(1, round(config[key] * width))
+                changed = True
+    for key in ("layer", "backward_layer"):  # a wrapper's inner layers, serialized
+        inner = config.get(key)
+        if isinstance(inner, dict) and isinstance(inner.get("config"), dict):
+            inner.pop("build_config", None)
+            changed = _scaled(inner["config"], width, scale) or changed
+    return changed
 
 
 def depth_student(teacher, drop=1, name: str | None = None):
