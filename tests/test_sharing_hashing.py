@@ -202,3 +202,38 @@ def test_full_integer_tflite_stores_hashed_convolutions_whole(cnn_file):
     want = np.asarray(hashed(ds.x_test[:64]))
     assert np.mean(np.argmax(got, -1) == np.argmax(want, -1)) >= 0.9
     assert info["sqnr_db"] >= 20
+
+
+def test_hash_model_reaches_layers_inside_time_distributed(tmp_path):
+    """A video model's TimeDistributed(Conv2D) and TimeDistributed(Dense) were left in
+    float (hashing reached 3% of its weights); the layer inside the wrapper is hashed
+    now, materialize gives it back plain, and a second pass says they are hashed."""
+    import keras
+
+    from compress.sharing import hash_model
+    from compress.sharing.hashing import int8_tflite_copy, materialize
+
+    inp = keras.Input((4, 8, 8, 1))
+    h = keras.layers.TimeDistributed(keras.layers.Conv2D(6, 3, activation="relu"),
+                                     name="td_conv")(inp)
+    h = keras.layers.TimeDistributed(keras.layers.GlobalAveragePooling2D(), name="pool")(h)
+    h = keras.layers.TimeDistributed(keras.layers.Dense(8), name="td_dense")(h)
+    model = keras.Model(inp, keras.layers.Dense(2, activation="softmax", name="cls")(
+        keras.layers.GRU(4, name="gru")(h)), name="video")
+    hashed, info = hash_model(model, factor=0.5)
+    assert {r["layer"]: r["type"] for r in info["layers"]} == {
+        "td_conv": "TimeDistributed(HashedConv2D)", "td_dense": "TimeDistributed(HashedDense)",
+        "cls": "HashedDense"}
+    assert info["layers"][0]["buckets"] == round(0.5 * 9 * 6)
+    assert "td_conv" not in info["not_reached"] and "gru/gru_cell/kernel" in info["not_reached"]
+    x = np.random.default_rng(0).normal(size=(3, 4, 8, 8, 1)).astype("float32")
+    plain = materialize(hashed)
+    assert type(plain.get_layer("td_conv").layer).__name__ == "Conv2D"
+    np.testing.assert_allclose(np.asarray(plain(x)), np.asarray(hashed(x)), atol=1e-6)
+    hashed.save(tmp_path / "h.keras")
+    loaded = keras.models.load_model(tmp_path / "h.keras")
+    np.testing.assert_array_equal(np.asarray(loaded(x)), np.asarray(hashed(x)))
+    _, note = int8_tflite_copy(hashed)
+    assert note.endswith(": td_conv")
+    with pytest.raises(CompressError, match="td_conv, td_dense, cls are hashed already"):
+        hash_model(hashed)

@@ -431,7 +431,10 @@ HASHED = (HashedDense, HashedConv1D, HashedConv2D, HashedConv3D, HashedEmbedding
 
 def hashed_like(layer, factor: float, seed: int, dropout: float = 0.0):
     """The hashed layer (:data:`HASHED`) configured like ``layer`` (a Dense, Conv1D/2D/3D
-    or Embedding)."""
+    or Embedding; a ``TimeDistributed`` one of those: the same wrapper around it)."""
+    if type(layer) is keras.layers.TimeDistributed:  # the same layer at every step
+        return keras.layers.TimeDistributed(hashed_like(layer.layer, factor, seed, dropout),
+                                            name=layer.name)
     if type(layer) is keras.layers.Embedding:  # ids in: no dropout on them
         return HashedEmbedding(layer.input_dim, layer.output_dim, factor=factor,
                                mask_zero=layer.mask_zero, seed=layer_seed(seed, layer.name),

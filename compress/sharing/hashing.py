@@ -108,14 +108,17 @@ def hash_model(model, data=None, *, verbose=0, **options):
         if layer.name not in chosen:
             layer.set_weights(source.get_weights())
             continue
+        hashed, source = _inner(layer), _inner(source)  # TimeDistributed: the layer inside
         flat = source_matrix(source)
         if init == "dense":
-            layer.buckets.assign(bucket_means(flat, layer.num_buckets, layer.hash_seed))
-            if layer.use_bias:
-                layer.bias.assign(np.asarray(source.bias))
-        rows.append({"layer": layer.name, "type": type(layer).__name__,
-                     "virtual": int(flat.size), "buckets": layer.num_buckets,
-                     "factor": layer.num_buckets / flat.size})
+            hashed.buckets.assign(bucket_means(flat, hashed.num_buckets, hashed.hash_seed))
+            if hashed.use_bias:
+                hashed.bias.assign(np.asarray(source.bias))
+        kind = type(hashed).__name__
+        rows.append({"layer": layer.name, "type": kind if hashed is layer
+                     else f"{type(layer).__name__}({kind})",
+                     "virtual": int(flat.size), "buckets": hashed.num_buckets,
+                     "factor": hashed.num_buckets / flat.size})
     from compress.task import resolve, sample_targets
 
     task = resolve(model, opts["loss"], opts["metrics"], y=sample_targets(data))
@@ -130,7 +133,8 @@ def hash_model(model, data=None, *, verbose=0, **options):
             "bits_per_weight": 32.0 * stored / virtual, "epochs": opts["epochs"],
             "init": init, "dropout": dropout}
     if not opts["layers"]:
-        info.update(coverage(new, [new.get_layer(n) for n in chosen], virtual, "hashed"))
+        info.update(coverage(new, [_inner(new.get_layer(n)) for n in chosen], virtual,
+                             "hashed"))
     if data is not None and data.labelled:  # the task's own: accuracy, or MSE+MAE
         info.update(task.evaluate_data(new, data, "test"))  # batch by batch
     return new, info
@@ -161,6 +165,8 @@ def materialize(model, only: tuple | None = None):
     def clone(layer):
         if isinstance(layer, kinds):
             return plain_like(layer)
+        if isinstance(_inner(layer), kinds):  # a wrapper: the plain layer inside it
+            return type(layer)(plain_like(layer.layer), name=layer.name)
         return layer.__class__.from_config(layer.get_config())
 
     new = keras.models.clone_model(model, clone_function=clone)
@@ -168,15 +174,22 @@ def materialize(model, only: tuple | None = None):
         if isinstance(layer, keras.layers.InputLayer):  # named after the tensor: no weights
             continue
         source = model.get_layer(layer.name)
-        if isinstance(source, kinds):
-            target = layer.embeddings if isinstance(source, HashedEmbedding) else layer.kernel
-            weights = [source.virtual_kernel().reshape(target.shape)]
+        if isinstance(_inner(source), kinds):
+            source, target = _inner(source), _inner(layer)
+            matrix = (target.embeddings if isinstance(source, HashedEmbedding)
+                      else target.kernel)
+            weights = [source.virtual_kernel().reshape(matrix.shape)]
             if source.use_bias:
                 weights.append(np.asarray(source.bias))
-            layer.set_weights(weights)
+            target.set_weights(weights)
         else:
             layer.set_weights(source.get_weights())
     return new
+
+
+def _inner(layer):
+    """The layer a ``TimeDistributed`` wrapper applies, else ``layer`` itself."""
+    return layer.layer if isinstance(layer, keras.layers.TimeDistributed) else layer
 
 
 #: Hashed layers whose computed kernel full-integer TFLite cannot take: its int8
@@ -197,8 +210,9 @@ def int8_tflite_copy(model) -> tuple:
     >>> note                                    # doctest: +SKIP
     'hashed convolutions stored whole for full-integer TFLite (its int8 ...): c1, c2'
     """
-    names = [la.name for la in model._flatten_layers(include_self=False, recursive=True)
-             if isinstance(la, INT8_TFLITE_WHOLE)]
+    every = list(model._flatten_layers(include_self=False, recursive=True))
+    wrapped = {id(la.layer): la.name for la in every if _inner(la) is not la}
+    names = [wrapped.get(id(la), la.name) for la in every if isinstance(la, INT8_TFLITE_WHOLE)]
     if not names:
         return model, None
     if any(isinstance(la, keras.Model) and any(isinstance(s, INT8_TFLITE_WHOLE)

@@ -42,6 +42,14 @@ def shareable_layers(model, layers: list | None, what: str, nested: bool = False
                                     f"{what}: only {_KINDS} can")
     eligible = [layer for layer in candidates if _shareable(layer)]
     if not eligible:
+        from compress.sharing.hashed_layers import HASHED
+
+        done = [la.name for la in candidates
+                if isinstance(getattr(la, "layer", la), HASHED)]
+        if done:
+            raise CompressError(f"model '{model.name}': no layer left to be {what}: "
+                                f"{', '.join(done[:4])}{' ...' if len(done) > 4 else ''} "
+                                "are hashed already")
         inside = [la for la in model.layers if isinstance(la, keras.Model)
                   and any(_shareable(leaf) for leaf in _leaves(la))]
         if inside and not nested:  # hashing rebuilds the top-level graph only
@@ -100,6 +108,8 @@ def _leaves(model) -> list:
 
 
 def _shareable(layer) -> bool:
+    if type(layer) is keras.layers.TimeDistributed:
+        return _shareable(layer.layer)
     if type(layer) in (keras.layers.Dense, keras.layers.Embedding):
         return True
     if type(layer) in (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D):
