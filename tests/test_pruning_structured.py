@@ -183,14 +183,15 @@ def test_layers_that_cannot_be_resized_are_named_not_skipped():
         "reaches the model output": ["out"]}
     assert "c1" in info["kept_whole"] and "up" in info["kept_whole"]
     assert small.output.shape == (None, 2)
-    # nothing to prune at all: the refusal names the embedding and generic RNN layers too
+    # nothing to prune at all: the refusal names the generic RNN layer and why the
+    # embedding feeding it stays whole
     text = keras.Sequential([keras.Input((12,), dtype="int32"),
                              layers.Embedding(50, 8, name="emb"),
                              layers.RNN(layers.LSTMCell(8), name="rnn"),
                              layers.Dense(2, name="out")], name="text")
-    with pytest.raises(CompressError, match=r"no units that can be removed \(reaches the "
-                       r"model output: out; layers it does not resize: emb \(Embedding\), "
-                       r"rnn \(RNN\)\)"):
+    with pytest.raises(CompressError, match=r"no units that can be removed \(feeds 'rnn' "
+                       r"\(RNN\), which structured pruning cannot resize: emb; reaches the "
+                       r"model output: out; layers it does not resize: rnn \(RNN\)\)"):
         prune_units(text, 0.5)
 
 
@@ -262,8 +263,13 @@ def test_recurrent_units_are_removed_exactly(tmp_path):
     h = layers.LSTM(6, name="masked")(h)
     masked = keras.Model(tokens, layers.Dense(2, name="out")(h))
     _kill_recurrent(masked.get_layer("masked"), [0, 1, 4])
+    table = masked.get_layer("emb").get_weights()[0]
+    table[:, [1, 3]] = 0.0  # the embedding's vectors lose their dimensions 1 and 3
+    masked.get_layer("emb").set_weights([table])
     smaller, info = prune_units(masked, 0.5)
-    assert info["units"]["masked"] == [6, 3]
+    assert info["units"]["masked"] == [6, 3] and info["units"]["emb"] == [4, 2]
+    assert smaller.get_layer("emb").embeddings.shape == (20, 2)
+    assert smaller.get_layer("masked").cell.kernel.shape == (2, 12)
     ids = np.random.default_rng(1).integers(1, 20, (4, 9))
     ids[:, 6:] = 0  # padding
     np.testing.assert_allclose(smaller.predict(ids, verbose=0),

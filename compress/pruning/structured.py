@@ -2,7 +2,8 @@
 
 The model's operation graph (:mod:`compress.pruning.graph`, nested models walked into)
 becomes a dependency graph of channel groups, as in Torch-Pruning: every producer of
-channels (``Dense``, ``Conv1D/2D/3D``, ``SeparableConv*``, ``Conv*Transpose``, and the
+channels (``Dense``, ``Conv1D/2D/3D``, ``SeparableConv*``, ``Conv*Transpose``, the
+dimensions of an ``Embedding``'s vectors, and the
 units of ``LSTM``/``GRU``/``SimpleRNN`` layers, each unit's columns in every gate and its
 row of the recurrent kernel, and of each direction of a ``Bidirectional`` one) starts a
 group; groups flow
@@ -47,7 +48,7 @@ TRANSPOSED = ("Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose")  # kernel
 #: recurrent kernels (``(in, gates * units)``), and its row of the recurrent kernel.
 RECURRENT = {"LSTM": 4, "GRU": 3, "SimpleRNN": 1}
 PRODUCERS = ("Dense", "Conv1D", "Conv2D", "Conv3D", "SeparableConv1D",
-             "SeparableConv2D") + TRANSPOSED + tuple(RECURRENT)
+             "SeparableConv2D", "Embedding") + TRANSPOSED + tuple(RECURRENT)
 PRESERVING = ("BatchNormalization", "Activation", "ReLU", "LeakyReLU",
               "PReLU", "ELU", "Softmax", "Dropout", "SpatialDropout1D", "SpatialDropout2D",
               "SpatialDropout3D", "GaussianNoise", "GaussianDropout", "AlphaDropout",
@@ -392,7 +393,7 @@ def prune_units(model, fraction: float, method: str = "magnitude", calibration=N
     if not keep and not plans:
         why = "; ".join(f"{reason}: {', '.join(names[:3])}"
                         for reason, names in list(not_pruned.items())[:3]) or "no producers"
-        # layers with weights that no rule here resizes (LSTM, Embedding...): named too
+        # layers with weights that no rule here resizes (a generic RNN...): named too
         other = list(dict.fromkeys(
             f"{s.op.name} ({type(s.op).__name__})" for s in t.steps
             if getattr(s.op, "weights", None) and type(s.op).__name__ not in PRODUCERS
@@ -426,7 +427,8 @@ def prune_units(model, fraction: float, method: str = "magnitude", calibration=N
                 config[part]["config"]["units"] = new_units.get(key, inner.units)
                 config[part].pop("build_config", None)  # built on the new inputs instead
         elif op.name in new_units:
-            config["units" if "units" in config else "filters"] = new_units[op.name]
+            config[next(k for k in ("units", "filters", "output_dim") if k in config)] = \
+                new_units[op.name]
         elif step.inputs and _is_depthwise(op, _last(t.shape[step.inputs[0]])) and \
                 not kind.startswith("Depthwise"):
             config["filters"] = config["groups"] = in_new
@@ -560,7 +562,7 @@ def _sliced(op, idx_in, idx_out, in_ch):
                     w = np.take(w, idx_out, axis=-1)
             elif vname == "depthwise_kernel":
                 w = np.take(w, idx_in, axis=-2)
-            elif vname == "bias" and idx_out is not None:
+            elif vname in ("bias", "embeddings") and idx_out is not None:
                 w = np.take(w, idx_out, axis=-1)
         elif vname == "depthwise_kernel" or (kind.startswith("Depthwise") and vname == "kernel"):
             w = np.take(w, idx_in, axis=-2)
@@ -627,7 +629,7 @@ def unit_axis(layer) -> int:
 
 
 def _out_kernel(layer):
-    for attr in ("kernel", "pointwise_kernel"):
+    for attr in ("kernel", "pointwise_kernel", "embeddings"):
         var = getattr(layer, attr, None)
         if var is not None:
             return var
