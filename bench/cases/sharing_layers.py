@@ -117,6 +117,18 @@ def case_sharing_hash_layers(ctx) -> Section:
                  f"trained {2 * epochs} epochs")
         rows.append([label, f"{small.count_params():,}", f"{small_acc:.2%}",
                      pts(small_acc), "", ""])
+    from compress.pruning import prune
+
+    thin, info = prune(dense, ds, sparsity=0.5, structured=True, epochs=epochs,
+                       learning_rate=3e-3)
+    size, diff = _exported(thin, ds, ctx, "structured")
+    widths = info["units"]
+    label = (f"for comparison: structured pruning 50% (embedding {widths['embed'][0]} -> "
+             f"{widths['embed'][1]} dimensions, fc {widths['fc'][0]} -> {widths['fc'][1]} "
+             f"units), fine-tuned {epochs} epochs")
+    acc = _score(thin, ds, "accuracy")
+    rows.append([label, f"{thin.count_params():,}", f"{acc:.2%}", pts(acc),
+                 f"{size / 1024:.0f} KiB", f"{diff:.0e}"])
     sec.add(f"Token classifier on mnist5k (49 patch tokens per digit, "
             f"{len(np.unique(ds.x_train)):,} distinct ids in training, vocabulary 65,536). "
             f"The dense model trains {epochs} epochs (Adam 3e-3, batch 64); each hashed "
@@ -155,7 +167,9 @@ def case_sharing_hash_layers(ctx) -> Section:
             "hashed in the graph). On this vocabulary the hashing trick on ids (whole rows "
             "shared, ids modulo a smaller table, trained from scratch as long) does as well "
             "(within 0.2 pts at both sizes): with about 3,100 ids in use, 1,024 or 256 rows "
-            "leave few harmful collisions; element-wise hashing does not beat it here. The "
+            "leave few harmful collisions; element-wise hashing does not beat it here. "
+            "Structured pruning, which now removes embedding dimensions, halves the table "
+            "and the file and loses 1 pt; hashing stores 5.7x less than it at no loss. The "
             "TCN's layers are small (48 to 768 weights each): at 1/2 the hashed model "
             "forecasts better than the dense one it started from, but not as well as the "
             "dense model trained as long (0.87x vs 0.68x its MSE); at 1/4 it loses.")
