@@ -10,6 +10,7 @@ do not cover, each built small, with its data as an npz file.
 - ``TextRNN``: token ids through a masked Embedding, a Bidirectional LSTM and a GRU.
 - ``Signal1D``: 64 steps of 6 channels through Conv1D, SeparableConv1D and a dilated
   causal Conv1D (an IMU activity classifier's shape).
+- ``Video``: frames through TimeDistributed Conv2D/pooling/Dense, then a GRU.
 
 The two registered classes live in bench/zoo_user_layers.py and are loaded the way
 ``--import bench/zoo_user_layers.py`` loads them (:func:`compress.io.import_modules`); the
@@ -263,6 +264,32 @@ def signal_1d(work: Path, seed: int = 0):
     return model, npz, []
 
 
+def video(work: Path, seed: int = 0):
+    """6 frames of 16x16: a per-frame Conv2D, pooling and Dense (``TimeDistributed``), a GRU
+    over the frames, a softmax; the class is where a bright band lies in every frame."""
+    import keras
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    label = rng.integers(0, 3, 600)
+    frames = rng.normal(size=(600, 6, 16, 16, 1)).astype("float32")
+    for i, c in enumerate(label):
+        frames[i, :, 4 * c:4 * c + 4] += 2.0
+    keras.utils.set_random_seed(seed)
+    L = keras.layers
+    inp = keras.Input((6, 16, 16, 1), name="frames")
+    h = L.TimeDistributed(L.Conv2D(8, 3, activation="relu"), name="td_conv")(inp)
+    h = L.TimeDistributed(L.GlobalAveragePooling2D(), name="td_pool")(h)
+    h = L.TimeDistributed(L.Dense(16, activation="relu"), name="td_dense")(h)
+    out = L.Dense(3, activation="softmax", name="cls")(L.GRU(16, name="gru")(h))
+    model = keras.Model(inp, out, name="video")
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(frames, label, epochs=20, verbose=0)
+    npz = work / "video.npz"
+    np.savez(npz, x_train=frames, y_train=label)
+    return model, npz, []
+
+
 #: name -> (label in the table, builder ``(work, seed) -> (model, npz, imports)``)
 CASES = {
     "Subclassed": ("Subclassed (hand-written: keras.Model subclass, 8x8)", subclassed),
@@ -277,4 +304,5 @@ CASES = {
                 text_rnn),
     "Signal1D": ("Signal1D (hand-written: Conv1D, SeparableConv1D, dilated causal)",
                  signal_1d),
+    "Video": ("Video (hand-written: TimeDistributed Conv2D and Dense, GRU)", video),
 }

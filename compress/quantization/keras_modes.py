@@ -89,9 +89,24 @@ def keras_quantize(model, mode: str, x=None) -> tuple:
 
     # Keras warns once per layer it cannot quantize, and GPTQ/AWQ print a progress bar on
     # stdout (it would corrupt the CLI's --json output).
+    # TimeDistributed runs its layer's float ``call`` directly, past the quantized call,
+    # so an int8 kernel inside one would be read as float (outputs off by 100s): those
+    # layers stay float, and the note says so.
+    import keras
+
+    wrapped = {id(la.layer): la.name for la in quantized._flatten_layers()
+               if isinstance(la, keras.layers.TimeDistributed) and isinstance(
+                   la.layer, (keras.layers.Dense, keras.layers.EinsumDense,
+                              keras.layers.Embedding))}
+    if wrapped:
+        notes.append("layers inside TimeDistributed stay float (it runs the wrapped "
+                     "layer's float call, which would read an int8 kernel as float): "
+                     + ", ".join(wrapped.values()))
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore", UserWarning)
-        quantized.quantize(keras_mode, config=config)
+        quantized.quantize(keras_mode, config=config,
+                           filters=(lambda layer: id(layer) not in wrapped) if wrapped
+                           else None)
     if config is not None:  # the blocks are not serializable, and only calibration needs them
         config.quantization_layer_structure = None
         config.dataset = config.tokenizer = None
