@@ -383,3 +383,18 @@ def test_group_normalization_loses_whole_groups():
     x = np.random.default_rng(0).normal(size=(4, 6, 6, 3)).astype("float32")
     np.testing.assert_allclose(small.predict(x, verbose=0), model.predict(x, verbose=0),
                                atol=1e-4)
+
+
+def test_shared_layers_are_named_when_nothing_can_be_removed():
+    """A Siamese model (a nested encoder and a head, each called on both branches): the
+    refusal named only the output layer; the shared producers are named, with why."""
+    layers = keras.layers
+    encoder = keras.Sequential([keras.Input((6,)), layers.Dense(8, name="e1")], name="enc")
+    ia, ib = keras.Input((6,)), keras.Input((6,))
+    head = layers.Dense(4, name="head")
+    h = layers.Subtract()([head(encoder(ia)), head(encoder(ib))])
+    model = keras.Model([ia, ib], layers.Dense(2, name="out")(h), name="siamese")
+    with pytest.raises(CompressError, match=r"no units that can be removed \(not resized: used 2 "
+                       r"times \(shared: every call must keep its units\): e1, head; reaches "
+                       r"the model output: out\)"):
+        prune_units(model, 0.5)

@@ -188,3 +188,29 @@ def test_qat_fake_quantizes_conv1d_and_the_int8_file_follows(tmp_path):
     assert "float_note" not in info
     _, info = quantize(model, data, qat=True, epochs=2, learning_rate=1e-4, latency=False)
     assert info["qat"]["trained_float_sqnr_db"] >= 22.0, info["qat"]  # 16 dB with the bug
+
+
+def test_qat_of_a_layer_called_twice_puts_its_range_on_both_ops(tmp_path):
+    """A Siamese head (one Dense called on two branches) becomes two FULLY_CONNECTED ops
+    with one kernel: QAT refused the model ("QAT ranges do not match the converted
+    graph"); both ops now take the layer's one learned range."""
+    import keras
+
+    from compress import training
+    from compress.quantization import quantize
+
+    training.set_seed(0)
+    rng = np.random.default_rng(0)
+    a, b = (rng.normal(size=(400, 8)).astype("float32") for _ in range(2))
+    y = (np.abs(a - b).sum(axis=1) > np.median(np.abs(a - b).sum(axis=1))).astype("int64")
+    ia, ib = keras.Input((8,), name="left"), keras.Input((8,), name="right")
+    head = keras.layers.Dense(16, activation="relu", name="shared")
+    h = keras.layers.Subtract(name="diff")([head(ia), head(ib)])
+    model = keras.Model([ia, ib], keras.layers.Dense(2, activation="softmax", name="cls")(
+        keras.layers.Dense(16, activation="relu", name="mix")(h)), name="siamese")
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit({"left": a, "right": b}, y, epochs=5, verbose=0)
+    data = ({"left": a, "right": b}, y)
+    content, info = quantize(model, data, qat=True, epochs=1, latency=False)
+    assert info["qat"]["fake_quantized_layers"] == 3
+    assert info["sqnr_db"] >= 20.0 and info["top1_agreement"] >= 0.95, info

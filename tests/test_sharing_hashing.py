@@ -237,3 +237,23 @@ def test_hash_model_reaches_layers_inside_time_distributed(tmp_path):
     assert note.endswith(": td_conv")
     with pytest.raises(CompressError, match="td_conv, td_dense, cls are hashed already"):
         hash_model(hashed)
+
+
+def test_hashing_says_why_layers_inside_a_nested_model_stay_float():
+    """Dense layers inside a nested model were listed as 'only Dense, Embedding and
+    Conv1D/2D/3D weights can be hashed', a wrong reason for a Dense."""
+    import keras
+
+    from compress.sharing import hash_model
+
+    encoder = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, name="e1")],
+                               name="enc")
+    inp = keras.Input((6,))
+    h = keras.layers.LSTM(4, name="lstm")(keras.layers.Reshape((2, 4))(encoder(inp)))
+    model = keras.Model(inp, keras.layers.Dense(2, name="out")(h), name="outer")
+    _, info = hash_model(model, factor=0.5)
+    assert info["not_reached"] == (
+        "lstm/lstm_cell/kernel (64), lstm/lstm_cell/recurrent_kernel (64): only Dense, "
+        "Embedding and Conv1D/2D/3D weights can be hashed; e1/kernel (48): inside nested "
+        "models, which hashing does not rebuild (k-means reaches them); these keep their "
+        "float weights")

@@ -214,7 +214,12 @@ def _analyse(t, groups, layer_of, skipped=None):
                 not any(isinstance(s, _Flat) for s in ins[0]):
             out = ins[0]
         if out is None:
-            if kind in PRODUCERS and skipped is not None and not shared:
+            if kind in PRODUCERS and skipped is not None and shared:
+                names = skipped.setdefault(f"not resized: used {uses[id(op)]} times "
+                                           "(shared: every call must keep its units)", [])
+                if name not in names:
+                    names.append(name)
+            elif kind in PRODUCERS and skipped is not None:
                 why = ("channels_first data (only channels_last layers are resized)"
                        if getattr(op, "data_format", "") == "channels_first" else
                        "a grouped convolution" if getattr(op, "groups", 1) > 1 else

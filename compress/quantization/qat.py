@@ -407,7 +407,7 @@ def float_share_note(float_layers: list, fake_quantized: list) -> str | None:
     >>> lstm, head = keras.layers.LSTM(8, name="lstm"), keras.layers.Dense(2)
     >>> _ = keras.Sequential([keras.Input((5, 3)), lstm, head])
     >>> float_share_note([lstm], [head])
-    "'lstm' (352 of the 368 weight-matrix values) trained in float: QAT fake-quantizes Conv1D, Conv2D, DepthwiseConv2D and Dense layers; the converter quantizes the others post-training, as mode int8 does"
+    "'lstm' (352 of the 368 weight-matrix values) trained in float: QAT fake-quantizes Conv1D, Conv2D, DepthwiseConv2D and Dense layers of the model's own graph (not inside nested models or wrappers); the converter quantizes the others post-training, as mode int8 does"
     """
     def matrices(layer):
         return sum(int(np.prod(w.shape)) for w in layer.trainable_weights
@@ -420,4 +420,5 @@ def float_share_note(float_layers: list, fake_quantized: list) -> str | None:
         return None
     return (f"{_names(list(left))} ({sum(left.values()):,} of the {total:,} weight-matrix "
             f"values) trained in float: QAT fake-quantizes {TWIN_KINDS} "
-            "layers; the converter quantizes the others post-training, as mode int8 does")
+            "layers of the model's own graph (not inside nested models or wrappers); the "
+            "converter quantizes the others post-training, as mode int8 does")

@@ -211,8 +211,10 @@ def _float_buffer(model, graph, index: int) -> np.ndarray | None:
 def _ranges_by_kernel(kernels: list, ranges: dict, keras_model) -> list | None:
     """The learned range of each conv/dense op, found by its weights: an op whose float
     filter holds exactly the values of one fake-quantized layer's kernel (in any layout)
-    is that layer's. None unless every layer is found at exactly one op (a kernel the
-    converter changed, or two layers with the same values: the names decide). The
+    is that layer's; a layer called several times (shared: a Siamese head) is found at
+    each of its ops, which all take its one learned range. None unless every layer is
+    found (a kernel the converter changed, or two layers with the same values: the names
+    decide). The
     names alone can mislead: TensorFlow may scope layer ``dense`` as ``dense_1/``, the
     name of another layer."""
     wanted = {}
@@ -233,8 +235,8 @@ def _ranges_by_kernel(kernels: list, ranges: dict, keras_model) -> list | None:
         if len(hits) > 1:
             return None
         found.append(hits[0] if hits else None)
-    layers = [name for name in found if name is not None]
-    if sorted(layers) != sorted(ranges):
+    layers = {name for name in found if name is not None}  # a shared layer: at every op
+    if layers != set(ranges):
         return None
     return [ranges[name] if name else None for name in found]
 

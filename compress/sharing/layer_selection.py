@@ -80,12 +80,22 @@ def coverage(model, shared, done: int, what: str, why: str = HASHABLE_ONLY) -> d
     >>> coverage(new, [new.get_layer("head")], 16, "clustered")  # doctest: +SKIP
     {'not_reached': 'emb/embeddings (800), ...: ...', 'warning': '16 of the 6,050 ...'}
     """
-    from compress.pruning.masks import listed, unreached_weights
+    from compress.pruning.masks import deep_leaves, listed, unreached_weights, weight_key
 
     missed = unreached_weights(model, reached=shared)
     if not missed:
         return {}
-    out = {"not_reached": f"{listed(missed)}: {why}; these keep their float weights"}
+    nested = set()
+    if why == HASHABLE_ONLY:  # a Dense inside a nested model: left for another reason
+        top = {id(la) for la in model.layers}
+        nested = {weight_key(la, v) for la in deep_leaves(model)
+                  if id(la) not in top and _shareable(la) for v in la.trainable_weights}
+    inside = [m for m in missed if m[0] in nested]
+    other = [m for m in missed if m[0] not in nested]
+    nested_why = "inside nested models, which hashing does not rebuild (k-means reaches them)"
+    parts = ([f"{listed(other)}: {why}"] if other else []) + (
+        [f"{listed(inside)}: {nested_why}"] if inside else [])
+    out = {"not_reached": "; ".join(parts) + "; these keep their float weights"}
     rest = sum(n for _, n in missed)
     if rest > done:
         out["warning"] = (f"{done:,} of the model's {done + rest:,} weight-matrix values "
