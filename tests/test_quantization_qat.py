@@ -211,6 +211,6 @@ def test_qat_of_a_layer_called_twice_puts_its_range_on_both_ops(tmp_path):
     model.compile("adam", "sparse_categorical_crossentropy")
     model.fit({"left": a, "right": b}, y, epochs=5, verbose=0)
     data = ({"left": a, "right": b}, y)
-    content, info = quantize(model, data, qat=True, epochs=1, latency=False)
+    _, info = quantize(model, data, qat=True, epochs=1, latency=False)
     assert info["qat"]["fake_quantized_layers"] == 3
     assert info["sqnr_db"] >= 20.0 and info["top1_agreement"] >= 0.95, info
