@@ -11,6 +11,7 @@ do not cover, each built small, with its data as an npz file.
 - ``Signal1D``: 64 steps of 6 channels through Conv1D, SeparableConv1D and a dilated
   causal Conv1D (an IMU activity classifier's shape).
 - ``Video``: frames through TimeDistributed Conv2D/pooling/Dense, then a GRU.
+- ``Siamese``: two inputs through one shared encoder and one shared head.
 
 The two registered classes live in bench/zoo_user_layers.py and are loaded the way
 ``--import bench/zoo_user_layers.py`` loads them (:func:`compress.io.import_modules`); the
@@ -290,6 +291,34 @@ def video(work: Path, seed: int = 0):
     return model, npz, []
 
 
+def siamese(work: Path, seed: int = 0):
+    """Two 16-feature inputs through one shared encoder (a nested Sequential) and one
+    shared Dense head, their difference classified: same pair or not."""
+    import keras
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    left = rng.normal(size=(800, 16)).astype("float32")
+    right = rng.normal(size=(800, 16)).astype("float32")
+    same = rng.integers(0, 2, 800)
+    right[same == 1] = left[same == 1] + 0.3 * rng.normal(size=((same == 1).sum(), 16))
+    keras.utils.set_random_seed(seed)
+    L = keras.layers
+    encoder = keras.Sequential([keras.Input((16,)), L.Dense(32, activation="relu", name="e1"),
+                                L.Dense(16, name="e2")], name="encoder")
+    ia, ib = keras.Input((16,), name="left"), keras.Input((16,), name="right")
+    diff = L.Subtract(name="diff")([encoder(ia), encoder(ib)])
+    head = L.Dense(8, activation="relu", name="shared_head")
+    h = L.Concatenate(name="both")([head(diff), head(L.Multiply(name="square")([diff, diff]))])
+    model = keras.Model([ia, ib], L.Dense(2, activation="softmax", name="cls")(h),
+                        name="siamese")
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit({"left": left, "right": right}, same, epochs=10, verbose=0)
+    npz = work / "siamese.npz"
+    np.savez(npz, **{"x_train/left": left, "x_train/right": right, "y_train": same})
+    return model, npz, []
+
+
 #: name -> (label in the table, builder ``(work, seed) -> (model, npz, imports)``)
 CASES = {
     "Subclassed": ("Subclassed (hand-written: keras.Model subclass, 8x8)", subclassed),
@@ -305,4 +334,5 @@ CASES = {
     "Signal1D": ("Signal1D (hand-written: Conv1D, SeparableConv1D, dilated causal)",
                  signal_1d),
     "Video": ("Video (hand-written: TimeDistributed Conv2D and Dense, GRU)", video),
+    "Siamese": ("Siamese (hand-written: shared encoder and head on two inputs)", siamese),
 }

@@ -166,3 +166,22 @@ def test_width_student_of_text_models_scales_embeddings_attention_and_wrapped_la
     student.compile("adam", "sparse_categorical_crossentropy")
     student.fit(x, np.arange(6) % 3, epochs=1, verbose=0)  # trains: the crash was here
     assert student.count_params() < teacher.count_params() / 2.5
+
+
+def test_width_student_scales_the_layers_of_nested_models():
+    """A Siamese model's shared encoder (a nested Sequential) kept its width: the
+    half-width student had 93% of the teacher's parameters. Nested models' layers are
+    scaled too, and the encoder stays shared by both inputs."""
+    encoder = keras.Sequential([keras.Input((16,)), keras.layers.Dense(32, name="e1"),
+                                keras.layers.Dense(16, name="e2")], name="encoder")
+    ia, ib = keras.Input((16,)), keras.Input((16,))
+    h = keras.layers.Subtract()([encoder(ia), encoder(ib)])
+    teacher = keras.Model([ia, ib], keras.layers.Dense(2, activation="softmax",
+                                                       name="out")(h), name="pair")
+    student = width_student(teacher, 0.5)
+    inner = student.get_layer("encoder")
+    assert [la.units for la in inner.layers] == [16, 8]
+    assert student.get_layer("out").units == 2
+    x = np.zeros((3, 16), "float32")
+    assert student.predict([x, x], verbose=0).shape == (3, 2)
+    assert student.count_params() < 0.4 * teacher.count_params()

@@ -7,10 +7,11 @@ random EfficientNet otherwise outputs a uniform softmax); three KerasHub models 
 text classifier taking token ids, segment ids and a padding mask, a GPT-2 backbone, a ViT
 image classifier) built from small configs with random weights
 (:func:`compress.models.kerashub`) and fed random token ids with padded tails (random
-images for ViT); and nine hand-written cases (bench/zoo_models.py): a subclassed model, a
+images for ViT); and ten hand-written cases (bench/zoo_models.py): a subclassed model, a
 transfer-learning nest, a two-input and a two-output model, a model with a registered
 custom layer (loaded through ``--import``), a mixed_float16 model, a recurrent text
-classifier, a 1-D convolutional signal classifier and a TimeDistributed video model.
+classifier, a 1-D convolutional signal classifier, a TimeDistributed video model and a
+Siamese model (shared layers).
 
 Each case is saved, loaded back as a user's file, and run through every pass of
 :data:`PASSES`, each verified as the CLI verifies it. A cell is "ok" with its check and
@@ -53,7 +54,7 @@ BLOCK = 4  # prune block: runs of 4 consecutive inputs of one unit
 # Cheapest first: a run cut short still covers most cases. Each case runs in its own
 # process (a 55M-parameter model's memory is returned before the next one is built).
 ORDER = ("Subclassed", "TwoInput", "TwoOutput", "CustomLayer", "MixedFloat16",
-         "TextRNN", "Signal1D", "Video", "TransferNest", "MobileNet", "MobileNetV3Small", "MobileNetV2",
+         "TextRNN", "Signal1D", "Video", "Siamese", "TransferNest", "MobileNet", "MobileNetV3Small", "MobileNetV2",
          "BertTextClassifier", "GPT2Backbone", "ViTImageClassifier", "MobileNetV3Large",
          "EfficientNetB0", "EfficientNetV2B0", "NASNetMobile", "DenseNet121", "ResNet50V2",
          "ResNet50", "VGG16", "InceptionV3", "Xception", "ConvNeXtTiny", "InceptionResNetV2")
@@ -444,15 +445,16 @@ def _page(rows: dict, columns=PASSES) -> tuple[str, str]:
          "family (Keras 3.15 ships no RegNet or ResNetRS), built with `weights=None` at a "
          "reduced input, BatchNorm statistics from real photographs; three KerasHub models "
          "(BERT classifier, GPT-2 backbone, ViT classifier) from small configs with random "
-         "weights and random token ids or images; and nine hand-written cases "
+         "weights and random token ids or images; and ten hand-written cases "
          "(bench/zoo_models.py): a subclassed model (given the data's input shape), a "
          "transfer-learning nest (`MobileNetV2(include_top=False)` as a layer), a two-input "
          "and a two-output model, a model with a registered custom layer (loaded through "
          "`--import bench/zoo_user_layers.py`), a mixed_float16 model, a recurrent text "
          "classifier (token ids, masked Embedding, Bidirectional LSTM, GRU), a 1-D "
          "convolutional signal classifier (Conv1D, SeparableConv1D, dilated causal "
-         "Conv1D) and a video classifier (TimeDistributed Conv2D and Dense, GRU), trained "
-         "on seeded synthetic sequences. Written by "
+         "Conv1D), a video classifier (TimeDistributed Conv2D and Dense, GRU) and a "
+         "Siamese pair classifier (one encoder and one head shared by two inputs), "
+         "trained on seeded synthetic data. Written by "
          "`python -m bench --only zoo` (bench/cases/zoo.py); each case is saved and loaded "
          f"back as a user's file. {SAMPLES} calibration/verification samples."),
         ("The passes: inspect; prune 50% by magnitude, by OBD (the default backprop "

@@ -92,20 +92,21 @@ def width_student(teacher, width: float = 0.25, name: str | None = None):
 
 def _scaled(config: dict, width: float, scale: bool) -> bool:
     """Scale the widths of one layer's ``config`` in place (with ``scale``), and those of
-    the layers a wrapper holds (Bidirectional's, TimeDistributed's), whose saved build
-    shapes are dropped: they are built again for the student's narrower inputs. True when
-    a width changed."""
+    the layers a wrapper holds (Bidirectional's, TimeDistributed's) or a nested model
+    holds, whose saved build shapes are dropped: they are built again for the student's
+    narrower inputs. True when a width changed."""
     changed = False
     if scale:
         for key in _WIDTH_KEYS:
             if isinstance(config.get(key), int):
                 config[key] = max(1, round(config[key] * width))
                 changed = True
-    for key in ("layer", "backward_layer"):  # a wrapper's inner layers, serialized
-        inner = config.get(key)
-        if isinstance(inner, dict) and isinstance(inner.get("config"), dict):
-            inner.pop("build_config", None)
-            changed = _scaled(inner["config"], width, scale) or changed
+    inner = [config.get(key) for key in ("layer", "backward_layer")]  # a wrapper's
+    inner += config.get("layers") or [] if isinstance(config.get("layers"), list) else []
+    for item in inner:  # ... and a nested model's layers, serialized
+        if isinstance(item, dict) and isinstance(item.get("config"), dict):
+            item.pop("build_config", None)
+            changed = _scaled(item["config"], width, scale) or changed
     return changed
 
 
