@@ -385,16 +385,38 @@ def test_group_normalization_loses_whole_groups():
                                atol=1e-4)
 
 
-def test_shared_layers_are_named_when_nothing_can_be_removed():
-    """A Siamese model (a nested encoder and a head, each called on both branches): the
-    refusal named only the output layer; the shared producers are named, with why."""
+def test_layers_called_twice_lose_the_same_units_in_every_call(tmp_path):
+    """A Siamese model (a nested encoder and a head, each called on both inputs) was
+    refused ("no units that can be removed"): a shared layer's units are now one group in
+    all its calls, and every call's input channels go with the first call's. Units that
+    carry nothing go first, and the smaller model computes what the original did."""
     layers = keras.layers
-    encoder = keras.Sequential([keras.Input((6,)), layers.Dense(8, name="e1")], name="enc")
+    keras.utils.set_random_seed(0)
+    encoder = keras.Sequential([keras.Input((6,)), layers.Dense(8, activation="relu",
+                                                                name="e1")], name="enc")
     ia, ib = keras.Input((6,)), keras.Input((6,))
-    head = layers.Dense(4, name="head")
-    h = layers.Subtract()([head(encoder(ia)), head(encoder(ib))])
+    head = layers.Dense(4, activation="relu", name="head")
+    diff = layers.Subtract()([encoder(ia), encoder(ib)])
+    h = layers.Concatenate()([head(diff), head(layers.Multiply()([diff, diff]))])
     model = keras.Model([ia, ib], layers.Dense(2, name="out")(h), name="siamese")
-    with pytest.raises(CompressError, match=r"no units that can be removed \(not resized: used 2 "
-                       r"times \(shared: every call must keep its units\): e1, head; reaches "
-                       r"the model output: out\)"):
-        prune_units(model, 0.5)
+    for layer, dead in ((encoder.get_layer("e1"), [0, 3, 4, 7]), (head, [1, 2])):
+        kernel, bias = layer.get_weights()
+        kernel[:, dead], bias[dead] = 0.0, 0.0
+        layer.set_weights([kernel, bias])
+    small, info = prune_units(model, 0.5)
+    assert info["units"] == {"e1": [8, 4], "head": [4, 2], "out": [2, 2]}
+    assert small.get_layer("head").kernel.shape == (4, 2)
+    x = [np.random.default_rng(i).normal(size=(5, 6)).astype("float32") for i in (1, 2)]
+    np.testing.assert_allclose(small.predict(x, verbose=0), model.predict(x, verbose=0),
+                               atol=1e-6)
+    small.save(tmp_path / "small.keras")
+    np.testing.assert_allclose(keras.models.load_model(tmp_path / "small.keras").predict(
+        x, verbose=0), small.predict(x, verbose=0), atol=1e-6)
+    # one call reads the model input, the other a Dense's units: those units stay
+    inp = keras.Input((6,))
+    shared = layers.Dense(4, name="shared")
+    h = layers.Add()([shared(inp), shared(layers.Dense(6, name="pre")(inp))])
+    _, info = prune_units(keras.Model(inp, layers.Dense(2, name="out")(h)), 0.5)
+    assert info["units"]["shared"] == [4, 2] and info["units"]["pre"] == [6, 6]
+    assert info["not_pruned"]["read by 'shared', a shared layer whose other call reads "
+                              "channels that stay"] == ["pre"]

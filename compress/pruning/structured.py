@@ -13,7 +13,8 @@ pooling, dropout, depthwise and channel-grouped convolutions, layer scale,
 channel-preserving ``Reshape``); residual ``Add``/``Subtract``/``Multiply``
 (squeeze-and-excitation) merges join the groups of their inputs, so channels that must
 stay aligned are removed together; ``Concatenate`` stacks them and ``Flatten`` maps each
-channel to its positions. A ``Dense`` acting on the last axis of a 4-D tensor (ConvNeXt's
+channel to its positions. A layer called several times (a Siamese tower, a shared head)
+loses the same units in every call, and the inputs of all its calls are aligned. A ``Dense`` acting on the last axis of a 4-D tensor (ConvNeXt's
 pointwise layers) is a producer like any other. Groups that reach a model output or a
 layer that cannot be resized are kept whole, and ``info["not_pruned"]`` names each such
 producer and why: nothing is skipped silently. The lowest-scoring channels of each group
@@ -155,6 +156,7 @@ def _analyse(t, groups, layer_of, skipped=None):
     """Channel segments of every tensor; fixes groups that cannot be resized. Layers of a
     producing kind that are not resized are added to ``skipped`` (reason -> names)."""
     segs = {k: [(None, _last(t.shape[k]))] for k in t.inputs}
+    first_in = {}  # a shared producer's first call's input segments
     uses = {}
     for step in t.steps:
         uses[id(step.op)] = uses.get(id(step.op), 0) + 1
@@ -173,7 +175,16 @@ def _analyse(t, groups, layer_of, skipped=None):
         if not shared and attention.is_transformer(op):
             reason = (f"feeds '{name}' ({kind}), whose hidden width stays (its heads and "
                       "feed-forward units are pruned instead)")
-        if shared:
+        if shared and kind in PRODUCERS and kind not in RECURRENT and len(ins) == 1 and \
+                len(step.outputs) == 1 and getattr(op, "groups", 1) == 1 and \
+                getattr(op, "data_format", "channels_last") != "channels_first" and \
+                layer_of.get(op.name, op) is op:
+            # A layer called several times (a Siamese tower): one group for its units in
+            # every call, and every call's input channels aligned with the first call's
+            out = _shared_call(groups, first_in, op, ins[0], c_out, name)
+            if out is not None:
+                layer_of[op.name] = op
+        elif shared:
             pass  # one layer, several inputs: their channels cannot be resized apart
         elif kind in PRODUCERS and (len(ins) == 1 or _masked_recurrent(step)) and \
                 getattr(op, "groups", 1) == 1 and \
@@ -214,7 +225,10 @@ def _analyse(t, groups, layer_of, skipped=None):
                 not any(isinstance(s, _Flat) for s in ins[0]):
             out = ins[0]
         if out is None:
-            if kind in PRODUCERS and skipped is not None and shared:
+            if kind in PRODUCERS and shared and op.name in groups.parent:
+                groups.fix(op.name, f"used {uses[id(op)]} times (shared), its calls reading "
+                           "channels laid out differently")
+            elif kind in PRODUCERS and skipped is not None and shared:
                 names = skipped.setdefault(f"not resized: used {uses[id(op)]} times "
                                            "(shared: every call must keep its units)", [])
                 if name not in names:
@@ -264,6 +278,30 @@ def _has_mask(step) -> bool:
     """Whether ``step`` has two inputs, the second its ``mask`` argument."""
     return len(step.inputs) == 2 and \
         getattr(step.kwargs.get("mask"), "shape", None) is not None
+
+
+def _shared_call(groups, first_in, op, seg_in, c_out, name):
+    """The output segments of one call of a producer called several times: its units are
+    one group whatever the call (``op.name``), and the input channels of every call are
+    joined to the first call's (they meet the same kernel rows); None (the layer stays
+    whole) when a call's input is flattened or laid out otherwise than the first's."""
+    if any(isinstance(s, _Flat) for s in seg_in):
+        return None
+    if id(op) not in first_in:
+        first_in[id(op)] = seg_in
+        return [(groups.new(op.name), c_out)]
+    base = first_in[id(op)]
+    if [n for _, n in base] != [n for _, n in seg_in]:
+        return None
+    for (ga, _), (gb, _) in zip(base, seg_in):
+        if ga is None or gb is None:
+            for g in (ga, gb):
+                if g is not None:
+                    groups.fix(g, f"read by '{name}', a shared layer whose other call "
+                               "reads channels that stay")
+        else:
+            groups.union(ga, gb)
+    return [(op.name, c_out)]
 
 
 def _merge(groups, step, ins, t, c_out, name):
