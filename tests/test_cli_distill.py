@@ -95,7 +95,7 @@ def _bad_models(tmp_path):
     (["--width", "0.5", "--depth", "1"], "not width and depth"),
     (["--feature-pairs", "fc1:nope"], "no layer 'nope'"),
     (["--teacher", "{tmp}/reg.keras"], "not a classifier"),
-    (["--teacher", "{tmp}/multi.keras"], "not class logits"),
+    (["--teacher", "{tmp}/multi.keras"], "a multilabel output needs targets in [0, 1]"),
     (["--augment", "shift", "--shift", "8"], "too small"),
     (["--augment", "shift", "--shift", "0"], "--shift"),
 ])

@@ -225,9 +225,9 @@ def test_mismatched_or_non_classifier_models_are_refused(teacher, flat_digits):
     small_input = keras.Sequential([keras.Input((32,)), keras.layers.Dense(10)])
     with pytest.raises(CompressError, match="input .* differ"):
         distill(teacher, small_input, flat_digits, epochs=1)
-    sigmoid = _mlp((16,), activation="sigmoid", name="multilabel")
-    with pytest.raises(CompressError, match="not class logits"):
-        distill(sigmoid, _mlp((8,), activation="sigmoid"), flat_digits, epochs=1)
+    relu = _mlp((16,), activation="relu", name="rectified")  # (sigmoids: multi-label)
+    with pytest.raises(CompressError, match="ends in a 'relu' activation: not class logits"):
+        distill(relu, _mlp((8,), activation="relu"), flat_digits, epochs=1)
 
 
 def test_a_regressor_distills_on_mse_to_its_teacher(cli, tmp_path):
@@ -264,6 +264,31 @@ def test_a_regressor_distills_on_mse_to_its_teacher(cli, tmp_path):
     text = cli("distill", tmp_path / "reg.keras", "-o", tmp_path / "small2.keras", "--data",
                f"npz:{tmp_path}/reg.npz", "--width", "0.25", "--epochs", "1").output
     assert "T=" not in text and "loss: MSE to the teacher's outputs" in " ".join(text.split())
+
+
+def test_a_multi_label_teacher_distills_label_by_label():
+    """A multi-label head (5 sigmoids, binary cross-entropy) was refused: "ends in a
+    'sigmoid' activation ... pass teacher_outputs='logits' to force it", which would
+    have softened the labels as if they were one softmax. It distills as a regressor's
+    output does: MSE to the teacher's probabilities plus its own loss."""
+    from compress.distillation import distill, width_student
+    from compress.distillation.driver import per_output
+
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(600, 12)).astype("float32")
+    y = (x @ rng.normal(size=(12, 5)) > 0.5).astype("float32")
+    teacher = keras.Sequential([keras.Input((12,)), keras.layers.Dense(32, "relu"),
+                                keras.layers.Dense(5, "sigmoid")], name="tags")
+    teacher.compile(keras.optimizers.Adam(3e-3), "binary_crossentropy")
+    teacher.fit(x[:500], y[:500], epochs=20, verbose=0)
+    assert per_output(teacher)
+    student, info = distill(teacher, width_student(teacher, 0.5), (x[:500], y[:500]),
+                            epochs=15, learning_rate=3e-3)
+    assert info["temperature_used"] is False and "MSE to the teacher" in info["loss"]
+    agree = np.mean((student.predict(x[500:], verbose=0) > 0.5) ==
+                    (teacher.predict(x[500:], verbose=0) > 0.5))
+    assert agree > 0.85  # label by label, the student learned the teacher's answers
 
 
 def test_schema_serves_recipe_steps():

@@ -199,7 +199,8 @@ def per_output(model) -> bool:
     """Whether ``model`` distills with :func:`distill_outputs` (the teacher's outputs
     matched by their own task) rather than by softened logits: several inputs or
     outputs, or one output that is not one vector of 2 or more classes (a regressor, a
-    forecaster, a one-unit binary head, a segmenter's output at every position).
+    forecaster, a one-unit binary head, a multi-label head of sigmoids, a segmenter's
+    output at every position).
 
     >>> import keras
     >>> per_output(keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)]))
@@ -213,7 +214,11 @@ def per_output(model) -> bool:
     if not outputs:
         return False  # no signature: check_compatible says so
     shape = tuple(outputs[0].shape[1:])
-    return len(shape) != 1 or shape[0] is None or shape[0] < 2
+    if len(shape) != 1 or shape[0] is None or shape[0] < 2:
+        return True
+    # units that each answer on their own (multi-label sigmoids): no softmax over classes
+    layers = getattr(model, "layers", None)
+    return bool(layers) and _activation_name(layers[-1]) == "sigmoid"
 
 
 def distill_outputs(teacher, student, data, *, callbacks=None, verbose: int | str = 0,
