@@ -220,10 +220,23 @@ def _sequences(seed: int, n: int = 600):
     return tokens.astype("int32"), signal.astype("float32"), label
 
 
+def _trained(model, x, y, work: Path, name: str, epochs: int = 20):
+    """``(model, npz, [])``: ``model`` compiled as a classifier, trained ``epochs`` on
+    ``x`` (an array, or a dict by input name) and ``y``, its data saved as ``NAME.npz``."""
+    import numpy as np
+
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(x, y, epochs=epochs, verbose=0)
+    npz = work / f"{name}.npz"
+    arrays = {f"x_train/{k}": v for k, v in x.items()} if isinstance(x, dict) \
+        else {"x_train": x}
+    np.savez(npz, **arrays, y_train=y)
+    return model, npz, []
+
+
 def text_rnn(work: Path, seed: int = 0):
     """Token ids, ``Embedding(mask_zero=True)``, a Bidirectional LSTM, a GRU, a softmax."""
     import keras
-    import numpy as np
 
     tokens, _, label = _sequences(seed)
     keras.utils.set_random_seed(seed)
@@ -233,19 +246,13 @@ def text_rnn(work: Path, seed: int = 0):
                                    name="bilstm")(h)
     h = keras.layers.GRU(16, name="gru")(h)
     out = keras.layers.Dense(3, activation="softmax", name="cls")(h)
-    model = keras.Model(inp, out, name="text_rnn")
-    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
-    model.fit(tokens, label, epochs=20, verbose=0)
-    npz = work / "text_rnn.npz"
-    np.savez(npz, x_train=tokens, y_train=label)
-    return model, npz, []
+    return _trained(keras.Model(inp, out, name="text_rnn"), tokens, label, work, "text_rnn")
 
 
 def signal_1d(work: Path, seed: int = 0):
     """64 steps x 6 channels: Conv1D + BatchNorm, SeparableConv1D, a dilated causal
     Conv1D, pooled, a softmax (an IMU activity classifier's shape)."""
     import keras
-    import numpy as np
 
     _, signal, label = _sequences(seed)
     keras.utils.set_random_seed(seed)
@@ -257,12 +264,8 @@ def signal_1d(work: Path, seed: int = 0):
                             name="dilated")(h)
     out = keras.layers.Dense(3, activation="softmax", name="cls")(
         keras.layers.GlobalAveragePooling1D(name="pool")(h))
-    model = keras.Model(inp, out, name="signal_1d")
-    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
-    model.fit(signal, label, epochs=20, verbose=0)
-    npz = work / "signal_1d.npz"
-    np.savez(npz, x_train=signal, y_train=label)
-    return model, npz, []
+    return _trained(keras.Model(inp, out, name="signal_1d"), signal, label, work,
+                    "signal_1d")
 
 
 def video(work: Path, seed: int = 0):
@@ -283,12 +286,7 @@ def video(work: Path, seed: int = 0):
     h = L.TimeDistributed(L.GlobalAveragePooling2D(), name="td_pool")(h)
     h = L.TimeDistributed(L.Dense(16, activation="relu"), name="td_dense")(h)
     out = L.Dense(3, activation="softmax", name="cls")(L.GRU(16, name="gru")(h))
-    model = keras.Model(inp, out, name="video")
-    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
-    model.fit(frames, label, epochs=20, verbose=0)
-    npz = work / "video.npz"
-    np.savez(npz, x_train=frames, y_train=label)
-    return model, npz, []
+    return _trained(keras.Model(inp, out, name="video"), frames, label, work, "video")
 
 
 def siamese(work: Path, seed: int = 0):
@@ -312,11 +310,7 @@ def siamese(work: Path, seed: int = 0):
     h = L.Concatenate(name="both")([head(diff), head(L.Multiply(name="square")([diff, diff]))])
     model = keras.Model([ia, ib], L.Dense(2, activation="softmax", name="cls")(h),
                         name="siamese")
-    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
-    model.fit({"left": left, "right": right}, same, epochs=10, verbose=0)
-    npz = work / "siamese.npz"
-    np.savez(npz, **{"x_train/left": left, "x_train/right": right, "y_train": same})
-    return model, npz, []
+    return _trained(model, {"left": left, "right": right}, same, work, "siamese", epochs=10)
 
 
 #: name -> (label in the table, builder ``(work, seed) -> (model, npz, imports)``)
