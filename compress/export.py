@@ -648,12 +648,14 @@ def _augmentation(layer) -> bool:
 #: Time steps up to which a recurrent layer is unrolled for TFLite (a longer sequence
 #: would make a graph of that many copies of the cell).
 MAX_UNROLL = 256
-_RECURRENT = ("LSTM", "GRU", "SimpleRNN")
+#: ConvLSTM too: its TensorList loop converts in float, but TensorFlow 2.21's full-integer
+#: converter crashes the process on it (a segmentation fault); unrolled, it converts.
+_RECURRENT = ("LSTM", "GRU", "SimpleRNN", "ConvLSTM1D", "ConvLSTM2D", "ConvLSTM3D")
 
 
 def _unrollable(layer) -> bool:
-    """Whether ``layer`` is a Keras LSTM/GRU/SimpleRNN (or a Bidirectional one) that runs
-    as a loop over a fixed number of time steps (at most :data:`MAX_UNROLL`). Keras 3
+    """Whether ``layer`` is a Keras LSTM/GRU/SimpleRNN/ConvLSTM (or a Bidirectional one)
+    that runs as a loop over a fixed number of time steps (at most :data:`MAX_UNROLL`). Keras 3
     writes that loop as TensorList ops, which TFLite has no builtin kernel for (the
     converter's fused LSTM only recognises Keras 2's); unrolled, every step is plain
     MatMul/Add/Sigmoid/Tanh ops that TFLite runs, in float and in int8.

@@ -232,6 +232,27 @@ def test_recurrent_layers_are_unrolled_for_tflite_in_float_and_int8(tmp_path):
     assert not model.get_layer("lstm").unroll  # the user's model is not changed
 
 
+def test_conv_lstm_is_unrolled_for_tflite_and_converts_to_int8(tmp_path):
+    """TensorFlow 2.21's full-integer converter crashed the whole process (a segmentation
+    fault, no error line) on a ConvLSTM1D/2D loop; unrolled like an LSTM, it converts and
+    the int8 file follows the float model."""
+    import keras
+
+    from compress import training
+    from compress.quantization import tflite
+
+    training.set_seed(0)
+    model = keras.Sequential([
+        keras.Input((4, 8, 8, 1)), keras.layers.ConvLSTM2D(4, 3, name="clstm"),
+        keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(3, activation="softmax")])
+    x = np.random.default_rng(0).normal(size=(32, 4, 8, 8, 1)).astype("float32")
+    _, check = export.export_artifact(model, x, format="tflite")
+    assert check["max_abs_diff"] <= 1e-4 and "unrolled" in check["export_copy"]
+    int8 = runtime.verify(model, tflite.convert(model, "int8", x), x)
+    assert int8["sqnr_db"] >= 20, int8
+    assert not model.get_layer("clstm").unroll  # the user's model is not changed
+
+
 def _unet_decoder(tmp_path):
     """keras.io's U-Net pattern, small: a Conv2DTranspose-UpSampling2D decoder whose
     residual Conv2D TensorFlow leaves with run-time shapes at a free batch size."""
