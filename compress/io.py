@@ -76,10 +76,31 @@ def load_model(path: str | os.PathLike, unsafe: bool = False):
         model = keras.models.load_model(p, compile=False, safe_mode=not unsafe)
     except Exception as exc:  # Keras raises many types; turn each into one line.
         raise CompressError(f"{p}: {_explain_load_error(exc)}") from exc
+    refuse_stateful(model, str(p))
     if unsafe:
         mark_unsafe(model)  # copies made by the passes may rebuild its Lambdas
     _compile_as_saved(model, p, unsafe)
     return model
+
+
+def refuse_stateful(model, where: str = "model") -> None:
+    """Refuse a model with stateful recurrent layers, in one line: they carry their state
+    from one call to the next and take batches of exactly one size, so no pass can
+    calibrate, fine-tune or verify them with its own batches (each pass failed with
+    Keras's "the batch size of the input sequences must be the same").
+
+    Raises:
+        CompressError: naming the stateful layers and the way round.
+    """
+    layers = [la.name for la in model._flatten_layers(include_self=False, recursive=True)
+              if getattr(la, "stateful", False)]
+    if layers:
+        raise CompressError(
+            f"{where}: stateful recurrent layers ({', '.join(layers[:4])}) carry state "
+            "between calls and take one fixed batch size, which compression cannot "
+            "calibrate or verify with; compress a copy built with stateful=False (the "
+            "same weights: model.get_weights()), then load its weights into your "
+            "stateful model")
 
 
 def parse_input_shape(text: str) -> tuple:

@@ -263,3 +263,21 @@ def test_an_h5_is_written_as_keras_writes_it(tmp_path, mlp_file):
     for got, want in zip(again.get_weights(), model.get_weights()):
         np.testing.assert_array_equal(got, want)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keras.h5", "ours.h5"]
+
+
+def test_a_stateful_recurrent_model_is_refused_in_one_line(cli, tmp_path):
+    """A streaming model (GRU(stateful=True), batch size fixed at 4) failed in every
+    command with Keras's "the batch size of the input sequences must be the same as the
+    batch size of the initial state" (an unexpected ValueError)."""
+    import keras
+
+    inp = keras.Input((5, 3), batch_size=4)
+    h = keras.layers.GRU(4, stateful=True, name="gru")(inp)
+    keras.Model(inp, keras.layers.Dense(2, name="out")(h)).save(tmp_path / "st.keras")
+    with pytest.raises(CompressError, match=r"stateful recurrent layers \(gru\) carry state"):
+        io.load_model(tmp_path / "st.keras")
+    out = tmp_path / "out.keras"
+    result = cli("prune", tmp_path / "st.keras", "-o", out, "--sparsity", "0.5")
+    assert result.exit_code == 1 and "compress a copy built with stateful=False" in \
+        result.output and "unexpected" not in result.output
+    assert not out.exists()
