@@ -420,3 +420,21 @@ def test_layers_called_twice_lose_the_same_units_in_every_call(tmp_path):
     assert info["units"]["shared"] == [4, 2] and info["units"]["pre"] == [6, 6]
     assert info["not_pruned"]["read by 'shared', a shared layer whose other call reads "
                               "channels that stay"] == ["pre"]
+
+
+def test_pooling_given_a_mask_passes_channels_through():
+    """Masking, an LSTM over every step, then a GlobalAveragePooling1D that averages only
+    the unmasked steps (it takes the mask too): the pooling counted as a layer that
+    cannot be resized, so the model was refused. It is channel by channel, mask or not."""
+    layers = keras.layers
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((7, 3))
+    h = layers.LSTM(6, return_sequences=True, name="lstm")(layers.Masking(0.0)(inp))
+    model = keras.Model(inp, layers.Dense(2, name="out")(layers.GlobalAveragePooling1D()(h)))
+    _kill_recurrent(model.get_layer("lstm"), [0, 2, 5])
+    small, info = prune_units(model, 0.5)
+    assert info["units"]["lstm"] == [6, 3]
+    x = np.random.default_rng(0).normal(size=(4, 7, 3)).astype("float32")
+    x[:, 4:] = 0.0  # padding, masked
+    np.testing.assert_allclose(small.predict(x, verbose=0), model.predict(x, verbose=0),
+                               atol=1e-5)

@@ -207,8 +207,10 @@ def _analyse(t, groups, layer_of, skipped=None):
             if ins[0][0][0] is not None:  # whole groups of channels are removed together
                 groups.require_block(ins[0][0][0], in_ch // op.groups)
             out = ins[0]
-        elif len(ins) == 1 and (_is_depthwise(op, in_ch) or kind in PRESERVING or (
+        elif (len(ins) == 1 or (kind in PRESERVING and _has_mask(step))) and (
+                _is_depthwise(op, in_ch) or kind in PRESERVING or (
                 kind in ELEMENTWISE_OPS and out_shape == t.shape[step.inputs[0]])):
+            # (a pooling or dropout layer given a mask as well: still channel by channel)
             if c_out == in_ch and _normalizes_channels(op, len(out_shape)):
                 out = ins[0]
         elif kind in MERGES and ins:
