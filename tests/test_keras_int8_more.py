@@ -134,3 +134,47 @@ def test_layers_inside_time_distributed_stay_float_in_keras_int8():
     want = model.predict(x, verbose=0)
     got = quantized.predict(x, verbose=0)
     assert np.linalg.norm(got - want) / np.linalg.norm(want) < 0.05  # int8 of 'out' only
+
+
+OWNER = '''import keras
+
+
+@keras.saving.register_keras_serializable(package="keras_int8_owner_test")
+class Block(keras.layers.Layer):
+    def __init__(self, units=16, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+        self.inner = keras.layers.Dense(units, activation="relu")
+
+    def call(self, x):
+        return self.inner(x)
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units}
+'''
+
+
+def test_a_custom_layer_owning_dense_layers_is_named_when_the_int8_file_cannot_load(
+        cli, tmp_path):
+    """keras.io's TransformerBlock pattern: a custom layer builds its Dense layers in its
+    __init__, so they come back in float when Keras loads its own int8 file, and the
+    refusal named a temporary file and Keras's "expected 1 variables". It now names the
+    custom layer and what to use instead."""
+    import keras
+
+    namespace = load_source(OWNER, tmp_path / "owner.py")
+    try:
+        inp = keras.Input((8, 8, 1))
+        h = namespace["Block"](16, name="block")(keras.layers.Flatten()(inp))
+        model = keras.Model(inp, keras.layers.Dense(10, activation="softmax")(h))
+        _fit(model)
+        model.save(tmp_path / "m.keras")
+    finally:
+        keras.saving.get_custom_objects().pop("keras_int8_owner_test>Block", None)
+    out = tmp_path / "q.keras"
+    r = cli("quantize", tmp_path / "m.keras", "-o", out, "--mode", "keras-int8", "--data",
+            "digits", "--no-latency", "--import", tmp_path / "owner.py")
+    assert r.exit_code == 1 and not out.exists()
+    error = [line for line in r.output.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and "custom layers (block) build the layers they own in float" \
+        in error[0] and "use --mode int8" in error[0] and str(tmp_path) not in error[0]

@@ -598,12 +598,19 @@ def _keras_int8(model, x_check, x_test, y_test, opts: dict, x_cal=None
         content = path.read_bytes()
         try:
             reloaded = io.load_model(path)
-        except CompressError:
-            raise
         except Exception as exc:  # Keras wrote a file it cannot read: say so, write nothing
+            text = " ".join(str(exc).split()).replace(f"{path}: ", "")
+            # custom layers that own Dense/Embedding layers build them again, in float,
+            # from their config: the int8 weights then do not fit
+            owners = [la.name for la in quantized.layers
+                      if not type(la).__module__.startswith(("keras", "compress"))
+                      and any(getattr(sub, "quantization_mode", None)
+                              for sub in la._flatten_layers(include_self=False))]
+            why = (f": custom layers ({', '.join(owners[:4])}) build the layers they own "
+                   "in float from their config, so the int8 weights do not fit them; use "
+                   "--mode int8 with a .tflite or .onnx output" if owners else "")
             raise CompressError(f"mode {mode}: the .keras file Keras saved does not load back "
-                                f"({' '.join(str(exc).split())[:200]}); nothing "
-                                "written") from exc
+                                f"({text[:160]}){why}; nothing written") from exc
         info = {"bytes": len(content), "zipped_bytes": zipped_size(path)}
     info["float_bytes"], info["float_zipped_bytes"] = saved_size(model)
     info["size_ratio"] = info["bytes"] / info["float_bytes"]
