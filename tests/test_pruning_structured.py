@@ -438,3 +438,27 @@ def test_pooling_given_a_mask_passes_channels_through():
     x[:, 4:] = 0.0  # padding, masked
     np.testing.assert_allclose(small.predict(x, verbose=0), model.predict(x, verbose=0),
                                atol=1e-5)
+
+
+def test_weights_in_layers_it_cannot_resize_are_counted_in_the_report():
+    """keras.io's text transformer keeps 95% of its weights in custom layers: structured
+    pruning halved the small Dense head and said nothing of the rest. The report now
+    names those layers and how much of the model they hold."""
+    layers = keras.layers
+
+    class Mixer(layers.Layer):  # a custom layer with its own weights (unregistered: fine)
+        def build(self, shape):
+            self.w = self.add_weight(shape=(shape[-1], shape[-1]), name="w")
+
+        def call(self, x):
+            return x @ self.w
+
+    inp = keras.Input((32,))
+    h = Mixer(name="mixer")(inp)
+    model = keras.Model(inp, layers.Dense(2, name="out")(layers.Dense(8, name="fc")(h)))
+    _, info = prune_units(model, 0.5)
+    assert info["units"]["fc"] == [8, 4]
+    assert info["not_resized"] == ("mixer (Mixer): 1,024 of the 1,306 parameters, in layers "
+                                   "structured pruning has no rule to resize")
+    plain = keras.Sequential([keras.Input((4,)), layers.Dense(8), layers.Dense(2)])
+    assert "not_resized" not in prune_units(plain, 0.5)[1]

@@ -435,17 +435,17 @@ def prune_units(model, fraction: float, method: str = "magnitude", calibration=N
     for name in producers:
         if groups.fixed(name):
             not_pruned.setdefault(groups.reason[groups.find(name)], []).append(name)
+    # layers with weights that no rule here resizes (a generic RNN, a custom layer): named
+    unresized = list({id(s.op): s.op for s in t.steps
+                      if getattr(s.op, "weights", None) and type(s.op).__name__ not in PRODUCERS
+                      and type(s.op).__name__ not in PRESERVING and s.op.name not in producers
+                      and not type(s.op).__name__.startswith("Depthwise")  # channel-wise
+                      and not type(s.op).__name__.endswith("Normalization")
+                      and not attention.is_transformer(s.op)}.values())
+    other = [f"{op.name} ({type(op).__name__})" for op in unresized]
     if not keep and not plans:
         why = "; ".join(f"{reason}: {', '.join(names[:3])}"
                         for reason, names in list(not_pruned.items())[:3]) or "no producers"
-        # layers with weights that no rule here resizes (a generic RNN...): named too
-        other = list(dict.fromkeys(
-            f"{s.op.name} ({type(s.op).__name__})" for s in t.steps
-            if getattr(s.op, "weights", None) and type(s.op).__name__ not in PRODUCERS
-            and type(s.op).__name__ not in PRESERVING and s.op.name not in producers
-            and not type(s.op).__name__.startswith("Depthwise")  # channel-wise: followed
-            and not type(s.op).__name__.endswith("Normalization")
-            and not attention.is_transformer(s.op)))
         if other:
             why += f"; layers it does not resize: {', '.join(other[:3])}"
         raise CompressError(f"structured pruning: model '{model.name}' has no units that can "
@@ -518,6 +518,11 @@ def prune_units(model, fraction: float, method: str = "magnitude", calibration=N
         info["heads"], info["ffn_units"] = heads, ffn_units
         if method != "magnitude":
             info["heads_scored_by"] = "weight norm (OBD scores the channel groups only)"
+    held = sum(int(op.count_params()) for op in unresized)
+    if held >= 0.1 * max(info["params_before"], 1):  # most of the model may be out of reach
+        info["not_resized"] = (f"{', '.join(other[:4])}{' ...' if len(other) > 4 else ''}: "
+                               f"{held:,} of the {info['params_before']:,} parameters, in "
+                               "layers structured pruning has no rule to resize")
     if not_pruned:
         info["not_pruned"] = not_pruned
         info["kept_whole"] = "; ".join(
