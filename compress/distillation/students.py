@@ -30,11 +30,12 @@ _FOLLOWERS = (keras.layers.BatchNormalization, keras.layers.LayerNormalization,
 def width_student(teacher, width: float = 0.25, name: str | None = None):
     """A copy of ``teacher``'s architecture with every hidden layer's width scaled.
 
-    Units of ``Dense`` and recurrent layers (inside ``Bidirectional`` and
-    ``TimeDistributed`` too), filters of convolutions, an ``Embedding``'s ``output_dim``
-    and an attention layer's ``key_dim`` become ``max(1, round(n * width))``; the layers
-    that produce the model's outputs keep their width (the classes). Weights are freshly initialised; constraints and regularisers
-    in the layers' configs are kept.
+    Units of ``Dense`` and recurrent layers (inside ``Bidirectional``,
+    ``TimeDistributed`` and nested models too), filters of convolutions, an
+    ``Embedding``'s ``output_dim`` and an attention layer's ``key_dim`` become
+    ``max(1, round(n * width))``; the layers that produce the model's outputs keep their
+    width (the classes). Weights are freshly initialised; constraints and regularisers in
+    the layers' configs are kept.
 
     Example:
 

@@ -14,7 +14,8 @@ channel-preserving ``Reshape``); residual ``Add``/``Subtract``/``Multiply``
 (squeeze-and-excitation) merges join the groups of their inputs, so channels that must
 stay aligned are removed together; ``Concatenate`` stacks them and ``Flatten`` maps each
 channel to its positions. A layer called several times (a Siamese tower, a shared head)
-loses the same units in every call, and the inputs of all its calls are aligned. A ``Dense`` acting on the last axis of a 4-D tensor (ConvNeXt's
+loses the same units in every call, and the inputs of all its calls are aligned. A
+``Dense`` acting on the last axis of a 4-D tensor (ConvNeXt's
 pointwise layers) is a producer like any other. Groups that reach a model output or a
 layer that cannot be resized are kept whole, and ``info["not_pruned"]`` names each such
 producer and why: nothing is skipped silently. The lowest-scoring channels of each group

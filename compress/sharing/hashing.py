@@ -66,9 +66,10 @@ def hash_model(model, data=None, *, verbose=0, **options):
         verbose: Keras ``verbose`` for the fit, default 0.
         **options: checked by :data:`~compress.sharing.share_options.HASH_OPTIONS`:
             ``factor`` (0.125, buckets per virtual weight, in ``(0, 1]``), ``layers``
-            (None: every Dense, Conv1D/2D/3D and Embedding; else a list of names, class names or regular
-            expressions matching the whole name), ``epochs`` (0, fine-tuning epochs),
-            ``seed`` (0, hash and training seed), ``learning_rate`` (None: 1e-3, Adam),
+            (None: every Dense, Conv1D/2D/3D and Embedding; else a list of names, class
+            names or regular expressions matching the whole name), ``epochs`` (0,
+            fine-tuning epochs), ``seed`` (0, hash and training seed), ``learning_rate``
+            (None: 1e-3, Adam),
             ``batch_size`` (64), ``init`` (``"dense"``: buckets from the trained
             weights; ``"scratch"``: fresh buckets and biases), ``dropout`` (0.0,
             training-time dropout on the inputs of every converted layer but the first,

@@ -11,10 +11,9 @@ _KINDS = "Dense, Embedding and channels-last, ungrouped Conv1D/2D/3D"
 
 
 def shareable_layers(model, layers: list | None, what: str, nested: bool = False) -> list:
-    """Top-level Dense, Conv1D/2D/3D and Embedding layers chosen by ``layers`` (every one when None); with
-    ``nested``, those inside nested and subclassed models and inside custom layers (a
-    KerasHub transformer block) too (k-means edits kernels in
-    place, so it reaches them; hashing replaces layers, so it does not).
+    """Top-level Dense, Conv1D/2D/3D and Embedding layers chosen by ``layers`` (every one
+    when None; also inside ``TimeDistributed``); with ``nested``, those inside nested and
+    subclassed models and inside custom layers (a KerasHub transformer block) too.
 
     ``layers`` follows the one rule of every pass (:func:`compress.layers.select_layers`:
     names, class names or regular expressions matching the whole name). An entry that
