@@ -210,6 +210,11 @@ class HashedDense(_HashedKernel, keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.units,)
 
+    def plain(self):
+        """The Keras Dense this layer hashes (no weights)."""
+        return keras.layers.Dense(self.units, activation=self.activation,
+                                  use_bias=self.use_bias, name=self.name)
+
     def get_config(self):
         config = super().get_config()
         config.update({"units": self.units, "activation": keras.activations.serialize(
@@ -432,7 +437,7 @@ HASHED = (HashedDense, HashedConv1D, HashedConv2D, HashedConv3D, HashedEmbedding
 def hashed_like(layer, factor: float, seed: int, dropout: float = 0.0):
     """The hashed layer (:data:`HASHED`) configured like ``layer`` (a Dense, Conv1D/2D/3D
     or Embedding; a ``TimeDistributed`` one of those: the same wrapper around it)."""
-    if type(layer) is keras.layers.TimeDistributed:  # the same layer at every step
+    if inner_layer(layer) is not layer:  # TimeDistributed: the same layer at every step
         return keras.layers.TimeDistributed(hashed_like(layer.layer, factor, seed, dropout),
                                             name=layer.name)
     if type(layer) is keras.layers.Embedding:  # ids in: no dropout on them
@@ -448,12 +453,9 @@ def hashed_like(layer, factor: float, seed: int, dropout: float = 0.0):
     return HashedDense(layer.units, **common)
 
 
-def plain_like(layer):
-    """The plain Keras layer (no weights yet) a hashed ``layer`` stands for."""
-    if isinstance(layer, HashedDense):
-        return keras.layers.Dense(layer.units, activation=layer.activation,
-                                  use_bias=layer.use_bias, name=layer.name)
-    return layer.plain()
+def inner_layer(layer):
+    """The layer a ``TimeDistributed`` wrapper applies at every step, else ``layer``."""
+    return layer.layer if isinstance(layer, keras.layers.TimeDistributed) else layer
 
 
 def source_matrix(layer) -> np.ndarray:

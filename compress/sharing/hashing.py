@@ -28,7 +28,7 @@ from compress.sharing.hashed_layers import (
     HashedDense,
     HashedEmbedding,
     hashed_like,
-    plain_like,
+    inner_layer,
     source_matrix,
 )
 from compress.sharing.layer_selection import coverage, finetune, shareable_layers
@@ -109,7 +109,7 @@ def hash_model(model, data=None, *, verbose=0, **options):
         if layer.name not in chosen:
             layer.set_weights(source.get_weights())
             continue
-        hashed, source = _inner(layer), _inner(source)  # TimeDistributed: the layer inside
+        hashed, source = inner_layer(layer), inner_layer(source)  # TimeDistributed: the layer inside
         flat = source_matrix(source)
         if init == "dense":
             hashed.buckets.assign(bucket_means(flat, hashed.num_buckets, hashed.hash_seed))
@@ -134,7 +134,7 @@ def hash_model(model, data=None, *, verbose=0, **options):
             "bits_per_weight": 32.0 * stored / virtual, "epochs": opts["epochs"],
             "init": init, "dropout": dropout}
     if not opts["layers"]:
-        info.update(coverage(new, [_inner(new.get_layer(n)) for n in chosen], virtual,
+        info.update(coverage(new, [inner_layer(new.get_layer(n)) for n in chosen], virtual,
                              "hashed"))
     if data is not None and data.labelled:  # the task's own: accuracy, or MSE+MAE
         info.update(task.evaluate_data(new, data, "test"))  # batch by batch
@@ -165,9 +165,9 @@ def materialize(model, only: tuple | None = None):
 
     def clone(layer):
         if isinstance(layer, kinds):
-            return plain_like(layer)
-        if isinstance(_inner(layer), kinds):  # a wrapper: the plain layer inside it
-            return type(layer)(plain_like(layer.layer), name=layer.name)
+            return layer.plain()
+        if isinstance(inner_layer(layer), kinds):  # a wrapper: the plain layer inside it
+            return type(layer)(layer.layer.plain(), name=layer.name)
         return layer.__class__.from_config(layer.get_config())
 
     new = keras.models.clone_model(model, clone_function=clone)
@@ -175,8 +175,8 @@ def materialize(model, only: tuple | None = None):
         if isinstance(layer, keras.layers.InputLayer):  # named after the tensor: no weights
             continue
         source = model.get_layer(layer.name)
-        if isinstance(_inner(source), kinds):
-            source, target = _inner(source), _inner(layer)
+        if isinstance(inner_layer(source), kinds):
+            source, target = inner_layer(source), inner_layer(layer)
             matrix = (target.embeddings if isinstance(source, HashedEmbedding)
                       else target.kernel)
             weights = [source.virtual_kernel().reshape(matrix.shape)]
@@ -186,11 +186,6 @@ def materialize(model, only: tuple | None = None):
         else:
             layer.set_weights(source.get_weights())
     return new
-
-
-def _inner(layer):
-    """The layer a ``TimeDistributed`` wrapper applies, else ``layer`` itself."""
-    return layer.layer if isinstance(layer, keras.layers.TimeDistributed) else layer
 
 
 #: Hashed layers whose computed kernel full-integer TFLite cannot take: its int8
@@ -212,7 +207,7 @@ def int8_tflite_copy(model) -> tuple:
     'hashed convolutions stored whole for full-integer TFLite (its int8 ...): c1, c2'
     """
     every = list(model._flatten_layers(include_self=False, recursive=True))
-    wrapped = {id(la.layer): la.name for la in every if _inner(la) is not la}
+    wrapped = {id(la.layer): la.name for la in every if inner_layer(la) is not la}
     names = [wrapped.get(id(la), la.name) for la in every if isinstance(la, INT8_TFLITE_WHOLE)]
     if not names:
         return model, None

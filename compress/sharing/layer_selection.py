@@ -41,10 +41,9 @@ def shareable_layers(model, layers: list | None, what: str, nested: bool = False
                                     f"{what}: only {_KINDS} can")
     eligible = [layer for layer in candidates if _shareable(layer)]
     if not eligible:
-        from compress.sharing.hashed_layers import HASHED
+        from compress.sharing.hashed_layers import HASHED, inner_layer
 
-        done = [la.name for la in candidates
-                if isinstance(getattr(la, "layer", la), HASHED)]
+        done = [la.name for la in candidates if isinstance(inner_layer(la), HASHED)]
         if done:
             raise CompressError(f"model '{model.name}': no layer left to be {what}: "
                                 f"{', '.join(done[:4])}{' ...' if len(done) > 4 else ''} "
@@ -117,7 +116,9 @@ def _leaves(model) -> list:
 
 
 def _shareable(layer) -> bool:
-    if type(layer) is keras.layers.TimeDistributed:
+    from compress.sharing.hashed_layers import inner_layer
+
+    if inner_layer(layer) is not layer:  # TimeDistributed: the layer it applies
         return _shareable(layer.layer)
     if type(layer) in (keras.layers.Dense, keras.layers.Embedding):
         return True
