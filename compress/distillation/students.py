@@ -102,9 +102,10 @@ def _scaled(config: dict, width: float, scale: bool) -> bool:
             if isinstance(config.get(key), int):
                 config[key] = max(1, round(config[key] * width))
                 changed = True
-    inner = [config.get(key) for key in ("layer", "backward_layer")]  # a wrapper's
-    inner += config.get("layers") or [] if isinstance(config.get("layers"), list) else []
-    for item in inner:  # ... and a nested model's layers, serialized
+    nested = config.get("layers")  # a nested model's layers, serialized
+    inner = [config.get("layer"), config.get("backward_layer")]  # a wrapper's
+    inner += nested if isinstance(nested, list) else []
+    for item in inner:
         if isinstance(item, dict) and isinstance(item.get("config"), dict):
             item.pop("build_config", None)
             changed = _scaled(item["config"], width, scale) or changed
