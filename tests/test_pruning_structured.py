@@ -462,3 +462,28 @@ def test_weights_in_layers_it_cannot_resize_are_counted_in_the_report():
                                    "structured pruning has no rule to resize")
     plain = keras.Sequential([keras.Input((4,)), layers.Dense(8), layers.Dense(2)])
     assert "not_resized" not in prune_units(plain, 0.5)[1]
+
+
+def test_a_base_model_inside_a_sequential_model_is_resized():
+    """``Sequential([Rescaling, base, GlobalAveragePooling2D, Dense])``, the
+    transfer-learning pattern of the Keras guides, was refused ("nested model inside a
+    Sequential model cannot be rebuilt"); the base is now rebuilt in place, its dead
+    channels removed without changing the outputs."""
+    keras.utils.set_random_seed(0)
+    L = keras.layers
+    i = keras.Input((6, 6, 3))
+    h = L.BatchNormalization(name="bn")(L.Conv2D(8, 3, padding="same", name="c1")(i))
+    h = L.Conv2D(8, 3, padding="same", activation="relu", name="c2")(L.ReLU()(h))
+    base = keras.Model(i, h, name="base")
+    model = keras.Sequential([keras.Input((6, 6, 3)), L.Rescaling(0.5), base,
+                              L.GlobalAveragePooling2D(), L.Dense(3, name="head")])
+    _kill(base.get_layer("c1"), [0, 2, 4, 6])
+    bn = base.get_layer("bn")  # the BatchNorm gives the silenced channels no offset
+    bn.beta.assign(np.where(np.arange(8) % 2 == 0, 0.0, bn.beta.numpy()).astype("float32"))
+    _kill(base.get_layer("c2"), [1, 3, 5, 7])
+    x = np.random.default_rng(0).normal(size=(4, 6, 6, 3)).astype("float32")
+    small, info = prune_units(model, 0.5)
+    assert info["units"]["c1"] == [8, 4] and info["units"]["c2"] == [8, 4], info["units"]
+    assert isinstance(small, keras.Sequential)
+    assert small.layers[1].get_layer("c2").kernel.shape == (3, 3, 4, 4)
+    np.testing.assert_allclose(small(x).numpy(), model(x).numpy(), atol=1e-5)

@@ -134,22 +134,37 @@ def _alias(t: Trace, inner, outer) -> None:
         t.alias[id(inner)] = t.key(outer)
 
 
-def rebuild(model, make_layer):
+def rebuild(model, make_layer, *, opaque: bool = False, nested_kwargs=None):
     """A new model with the graph of ``model``, each layer replaced by ``make_layer(layer)``.
 
     ``make_layer`` gets every layer and every ``keras.ops`` operation that is not a model;
     nested models are rebuilt recursively (nesting and names kept). Weights are not
     copied: the caller sets them through the returned mapping.
 
+    Args:
+        model: a Functional or Sequential Keras model.
+        make_layer: ``old layer or op -> new one``.
+        opaque: bool, default False. A nested model without a graph (subclassed) goes to
+            ``make_layer`` like a layer instead of being refused.
+        nested_kwargs: ``(nested model, call kwargs) -> kwargs`` or None: the keyword
+            arguments each call of a nested model is rebuilt with (None: as recorded).
+
     Returns:
         ``(new_model, mapping)``: ``mapping[id(old_layer)]`` is the new layer.
     """
     mapping = {}
-    new = _rebuild_model(model, None, make_layer, mapping)
+    new = _rebuild_model(model, None, make_layer, mapping, opaque, nested_kwargs)
     return new, mapping
 
 
-def _rebuild_model(model, input_shapes, make_layer, mapping):
+def has_graph(op) -> bool:
+    """True for a nested model whose layer graph can be read (Functional, Sequential)."""
+    import keras
+
+    return is_model(op) and (isinstance(op, keras.Sequential) or hasattr(op, "_nodes_by_depth"))
+
+
+def _rebuild_model(model, input_shapes, make_layer, mapping, opaque=False, nested_kwargs=None):
     import keras
     from keras import tree
 
@@ -160,23 +175,36 @@ def _rebuild_model(model, input_shapes, make_layer, mapping):
         name = x._keras_history.operation.name
         inputs.append(keras.Input(shape=shape, dtype=x.dtype, name=name))
     if isinstance(model, keras.Sequential):
-        layers = [_new_op(la, make_layer, mapping) for la in model.layers]
-        new = keras.Sequential([inputs[0]] + layers, name=model.name)
-        return new
+        layers, x = [], inputs[0]
+        for la in model.layers:  # a nested model is rebuilt on the shape reaching it
+            if is_model(la) and (has_graph(la) or not opaque):
+                if id(la) not in mapping:
+                    mapping[id(la)] = _rebuild_model(la, [tuple(x.shape)], make_layer,
+                                                     mapping, opaque, nested_kwargs)
+                layers.append(mapping[id(la)])
+            else:
+                layers.append(_new_op(la, make_layer, mapping, opaque))
+            x = layers[-1](x)
+        return keras.Sequential([inputs[0]] + layers, name=model.name)
     tensors = {id(a): b for a, b in zip(fn.inputs, inputs)}
     for node in _nodes(fn):
         if any(id(x) not in tensors for x in node.input_tensors):
             continue
         args, kwargs = node.arguments.fill_in(tensors)
         op = node.operation
-        if is_model(op):
+        if is_model(op) and (has_graph(op) or not opaque):
             flat = [x for x in tree.flatten((args, kwargs)) if isinstance(x, keras.KerasTensor)]
             if id(op) not in mapping:
                 mapping[id(op)] = _rebuild_model(op, [tuple(x.shape) for x in flat],
-                                                 make_layer, mapping)
+                                                 make_layer, mapping, opaque, nested_kwargs)
+            if nested_kwargs is not None:
+                kwargs = nested_kwargs(op, kwargs)
             outputs = mapping[id(op)](*args, **kwargs)
         else:
-            outputs = _new_op(op, make_layer, mapping)(*args, **kwargs)
+            new_op = _new_op(op, make_layer, mapping, opaque)
+            if type(new_op) is not type(op):  # e.g. an Identity for a BatchNorm: no mask
+                kwargs = _accepted(new_op, kwargs)
+            outputs = new_op(*args, **kwargs)
         for a, b in zip(node.outputs, tree.flatten(outputs)):
             tensors[id(a)] = b
     outputs = tree.pack_sequence_as(fn._outputs_struct,
@@ -185,11 +213,22 @@ def _rebuild_model(model, input_shapes, make_layer, mapping):
     return keras.Model(ins, outputs, name=model.name)
 
 
-def _new_op(op, make_layer, mapping):
+def _accepted(op, kwargs: dict) -> dict:
+    """The keyword arguments of ``kwargs`` that ``op``'s ``call`` takes."""
+    import inspect
+
+    call = getattr(op, "call", op)
+    try:
+        params = inspect.signature(call).parameters
+    except (TypeError, ValueError):
+        return kwargs
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return kwargs
+    return {k: v for k, v in kwargs.items() if k in params}
+
+
+def _new_op(op, make_layer, mapping, opaque=False):
     if id(op) not in mapping:
-        if is_model(op):
-            raise CompressError(f"nested model '{op.name}' inside a Sequential model cannot "
-                                "be rebuilt")
         mapping[id(op)] = make_layer(op)
     return mapping[id(op)]
 
