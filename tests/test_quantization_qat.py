@@ -214,3 +214,54 @@ def test_qat_of_a_layer_called_twice_puts_its_range_on_both_ops(tmp_path):
     _, info = quantize(model, data, qat=True, epochs=1, latency=False)
     assert info["qat"]["fake_quantized_layers"] == 3
     assert info["sqnr_db"] >= 20.0 and info["top1_agreement"] >= 0.95, info
+
+
+def test_qat_reaches_a_base_model_used_as_a_layer():
+    """The transfer-learning pattern: a trained base (a Functional model of its own,
+    called with ``training=False``) under a new head. QAT fake-quantized the head only,
+    so the base, nearly every weight, trained in float (no better than post-training
+    int8). Its convolutions are now fake-quantized too (its BatchNorms folded), one that
+    cannot fold stays in inference mode as the model asked, and the int8 file follows
+    the QAT model through the learned ranges. A base inside a Sequential model is
+    reached as well."""
+    import keras
+
+    from compress import training
+    from compress.data import load_data, prepare
+    from compress.quantization import quantize
+    from compress.quantization.qat import qat_finetune
+
+    L = keras.layers
+    training.set_seed(0)
+
+    def base(name):
+        i = keras.Input((8, 8, 1))
+        h = L.Conv2D(8, 3, padding="same", use_bias=False, name=f"{name}_c1")(i)
+        h = L.ReLU(name=f"{name}_r1")(L.BatchNormalization(name=f"{name}_bn1")(h))
+        h = L.DepthwiseConv2D(3, padding="same", use_bias=False, name=f"{name}_dw")(h)
+        h = L.ReLU(name=f"{name}_r2")(L.BatchNormalization(name=f"{name}_bn2")(h))
+        h = L.BatchNormalization(name=f"{name}_bn3")(L.Conv2D(16, 1, activation="relu",
+                                                               name=f"{name}_c2")(h))
+        return keras.Model(i, h, name=name)
+
+    inp = keras.Input((8, 8, 1))
+    h = L.GlobalAveragePooling2D()(base("base")(inp, training=False))
+    model = keras.Model(inp, L.Dense(10, activation="softmax", name="head")(h))
+    ds = prepare(model, load_data("digits", 0))
+    training.compile_classifier(model, learning_rate=3e-3)
+    training.fit(model, ds, epochs=20, verbose=0)
+    _, info = quantize(model, ds, qat=True, epochs=3, learning_rate=1e-3, latency=False)
+    qat = info["qat"]
+    assert qat["folded_batchnorm"] == 2 and qat["fake_quantized_layers"] == 4, qat
+    assert qat["float_layers"] == ["base_bn3"] and "float_note" not in qat
+    assert qat["test_accuracy"] > 0.5
+    assert abs(info["accuracy"] - qat["test_accuracy"]) <= 0.02, (info["accuracy"], qat)
+    folded, _ = qat_finetune(model, ds, epochs=1, learning_rate=1e-3)
+    bn3 = folded.get_layer("base").get_layer("base_bn3")
+    np.testing.assert_array_equal(np.asarray(bn3.moving_mean), np.asarray(
+        model.get_layer("base").get_layer("base_bn3").moving_mean))  # inference mode kept
+    seq = keras.Sequential([keras.Input((8, 8, 1)), base("inner"), L.Flatten(),
+                            L.Dense(10, activation="softmax")])
+    folded, info = qat_finetune(seq, prepare(seq, load_data("digits", 0)), epochs=1)
+    assert info["folded_batchnorm"] == 2 and info["fake_quantized_layers"] == 4, info
+    assert [type(la).__name__ for la in folded.layers] == ["Functional", "Flatten", "Dense"]

@@ -31,6 +31,7 @@ import numpy as np
 from keras import ops
 
 from compress.errors import CompressError
+from compress.pruning import graph
 
 _FOLDABLE = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.DepthwiseConv2D,
              keras.layers.Dense)
@@ -39,10 +40,12 @@ _FOLDABLE = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.DepthwiseCon
 def fold_batchnorm(model):
     """A new model with every BatchNormalization folded into the layer before it.
 
-    A BatchNorm folds when it is the only reader of a Conv1D, Conv2D, DepthwiseConv2D or Dense
-    with a linear activation (channels last) and normalizes the last axis; it leaves the
-    graph (an ``Identity`` layer of the same name in a Sequential model). Other BatchNorms are kept as they are. Works on
-    Sequential and Functional models, branches included (nested models are copied whole).
+    A BatchNorm folds when it is the only reader of a Conv1D, Conv2D, DepthwiseConv2D or
+    Dense with a linear activation (channels last) in the same model graph and normalizes
+    the last axis; it becomes an ``Identity`` layer of the same name. Other BatchNorms are
+    kept as they are. Works on Sequential and Functional models, branches included, and
+    inside their nested models (a ``MobileNetV2`` base used as a layer: nesting and names
+    kept; a subclassed nested model is copied whole).
 
     Example:
 
@@ -58,27 +61,26 @@ def fold_batchnorm(model):
         CompressError: a model whose layer graph cannot be rebuilt (subclassed).
     """
     folds = _fold_plan(model)
-    absorbed = {bn.name for bn in folds.values()}
+    absorbed = {id(bn) for bn in folds.values()}
 
     def clone(layer):
-        if layer.name in absorbed:
+        if id(layer) in absorbed:
             return keras.layers.Identity(name=layer.name)
+        if not isinstance(layer, keras.layers.Layer):  # a keras.ops operation
+            return graph.fresh(layer)
         config = layer.get_config()
-        if layer.name in folds:
+        if id(layer) in folds:
             config["use_bias"] = True
         return type(layer).from_config(config)
 
-    def call(layer, *args, **kwargs):  # a folded BatchNorm's output is its input
-        return args[0] if layer.name in absorbed else layer(*args, **kwargs)
-
-    folded = _rebuild(model, clone, call)
-    for layer in _top_layers(model):
-        if layer.name in absorbed:
+    folded, pairs = _rebuild(model, clone)
+    for layer, new in pairs:
+        if id(layer) in absorbed or not isinstance(layer, keras.layers.Layer):
             continue
         weights = layer.get_weights()
-        if layer.name in folds:
-            weights = _fold(layer, weights, folds[layer.name])
-        folded.get_layer(layer.name).set_weights(weights)
+        if id(layer) in folds:
+            weights = _fold(layer, weights, folds[id(layer)])
+        new.set_weights(weights)
     return folded, len(folds)
 
 
@@ -86,18 +88,68 @@ def _top_layers(model) -> list:
     return [lay for lay in model.layers if not isinstance(lay, keras.layers.InputLayer)]
 
 
-def _rebuild(model, clone_function, call_function=None):
-    """``model``'s graph with each top-level layer replaced by ``clone_function(layer)``
-    (and, in a Functional model, called by ``call_function(new_layer, *args, **kwargs)``)."""
-    if isinstance(model, keras.Sequential):
-        call_function = None  # layers are listed, not called: an Identity stays
+def _graphs(model, seen=None):
+    """``model`` and every Functional/Sequential model nested in it, once each."""
+    seen = set() if seen is None else seen
+    if id(model) in seen:
+        return
+    seen.add(id(model))
+    yield model
+    for layer in model.layers:
+        if graph.has_graph(layer):
+            yield from _graphs(layer, seen)
+
+
+def _free_training(op, kwargs: dict) -> dict:
+    """A nested model called with a fixed ``training`` (``base(x, training=False)``, the
+    transfer-learning pattern) follows the fit in QAT instead: its fake-quantized layers
+    learn their output ranges in training only. Its BatchNorms keep inference mode all
+    the same: they are frozen in :func:`qat_finetune`."""
+    return {k: v for k, v in kwargs.items() if k != "training"}
+
+
+def _frozen_batchnorms(model) -> set:
+    """``id`` of every BatchNormalization inside a nested model that ``model``'s graphs
+    call with ``training=False``: they stay in inference mode while QAT trains."""
+    out = set()
+    for g in _graphs(model):
+        if isinstance(g, keras.Sequential):
+            continue
+        for nodes in g._nodes_by_depth.values():
+            for node in nodes:
+                if graph.has_graph(node.operation) and \
+                        node.arguments.kwargs.get("training", None) is False:
+                    out |= {id(la) for la in node.operation._flatten_layers(recursive=True)
+                            if isinstance(la, keras.layers.BatchNormalization)}
+    return out
+
+
+def _rebuild(model, clone_function, free_training: bool = False):
+    """``(new model, [(old layer, new layer)])``: ``model``'s graph, nested models
+    included (nesting and names kept), with each layer and operation replaced by
+    ``clone_function(layer)``. With ``free_training``, nested models lose a fixed
+    ``training`` argument (:func:`_free_training`)."""
+    if not graph.has_graph(model):
+        raise CompressError(f"model '{model.name}': QAT rebuilds the model's layer graph and "
+                            "cannot (a subclassed model has none); use post-training mode "
+                            "int8")
+    pairs = []
+
+    def make(layer):
+        new = clone_function(layer)
+        pairs.append((layer, new))
+        return new
+
     try:
-        return keras.models.clone_model(model, clone_function=clone_function,
-                                        call_function=call_function)
-    except Exception as exc:  # a subclassed model: no graph to rebuild
+        new, _ = graph.rebuild(model, make, opaque=True,
+                               nested_kwargs=_free_training if free_training else None)
+    except CompressError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a layer that cannot be rebuilt
         raise CompressError(f"model '{model.name}': QAT rebuilds the model's layer graph and "
                             f"cannot ({type(exc).__name__}: {' '.join(str(exc).split())[:120]}"
                             "); use post-training mode int8") from exc
+    return new, pairs
 
 
 def _consumers(model) -> dict:
@@ -125,22 +177,24 @@ def _consumers(model) -> dict:
 
 
 def _fold_plan(model) -> dict:
-    """``{layer name: the BatchNormalization that folds into it}``."""
-    consumers = _consumers(model)
-    by_name = {lay.name: lay for lay in model.layers}
+    """``{id(layer): the BatchNormalization that folds into it}``, over ``model`` and its
+    nested models (each graph on its own: nothing folds across a model boundary)."""
     plan = {}
-    for layer in _top_layers(model):
-        after = consumers.get(layer.name, [])
-        if type(layer) not in _FOLDABLE or len(after) != 1 or after[0] not in by_name \
-                or layer.get_config().get("activation", "linear") != "linear" \
-                or getattr(layer, "data_format", "channels_last") != "channels_last" \
-                or getattr(layer, "groups", 1) != 1:
-            continue
-        bn = by_name[after[0]]
-        if isinstance(bn, keras.layers.BatchNormalization) \
-                and sum(names.count(bn.name) for names in consumers.values()) == 1 \
-                and bn.axis in (-1, len(bn.input.shape) - 1):
-            plan[layer.name] = bn
+    for g in _graphs(model):
+        consumers = _consumers(g)
+        by_name = {lay.name: lay for lay in g.layers}
+        for layer in _top_layers(g):
+            after = consumers.get(layer.name, [])
+            if type(layer) not in _FOLDABLE or len(after) != 1 or after[0] not in by_name \
+                    or layer.get_config().get("activation", "linear") != "linear" \
+                    or getattr(layer, "data_format", "channels_last") != "channels_last" \
+                    or getattr(layer, "groups", 1) != 1:
+                continue
+            bn = by_name[after[0]]
+            if isinstance(bn, keras.layers.BatchNormalization) \
+                    and sum(names.count(bn.name) for names in consumers.values()) == 1 \
+                    and bn.axis in (-1, len(bn.input.shape) - 1):
+                plan[id(layer)] = bn
     return plan
 
 
@@ -298,9 +352,11 @@ def qat_finetune(model, data, epochs: int = 3, learning_rate: float = 1e-4,
     """Fold BatchNorm, fine-tune with fake quantization, return the plain folded model.
 
     Args:
-        model: a Keras Sequential or Functional model (not modified). Its top-level
-            Conv1D, Conv2D, DepthwiseConv2D and Dense layers are fake-quantized; layers of other
-            kinds (and nested models) train in float and are listed in ``float_layers``.
+        model: a Keras Sequential or Functional model (not modified). Its Conv1D,
+            Conv2D, DepthwiseConv2D and Dense layers are fake-quantized, those of nested
+            Functional/Sequential models too (a base called with ``training=False``
+            follows the fit, its BatchNorms frozen); layers of other kinds (and
+            subclassed nested models) train in float and are listed in ``float_layers``.
         data: a :class:`compress.data.Dataset` prepared for the model; without labels
             the QAT model learns the float model's outputs (``Task.fit_to_teacher``).
         epochs: int, default 3. Fine-tuning epochs.
@@ -327,28 +383,42 @@ def qat_finetune(model, data, epochs: int = 3, learning_rate: float = 1e-4,
         raise CompressError("QAT fine-tunes on data: pass --data NAME")
     folded, n_folded = fold_batchnorm(model)
 
+    frozen = _frozen_batchnorms(folded)
+
     def twin_clone(layer):
+        if not isinstance(layer, keras.layers.Layer):  # a keras.ops operation
+            return graph.fresh(layer)
         twin = _QAT_TWINS.get(type(layer)) if _wrappable(layer) else None
         clone = (twin or type(layer)).from_config(layer.get_config())
         if twin:
             clone.per_channel = per_channel
+        if id(layer) in frozen:  # inference mode, as the model's own call asked
+            clone.trainable = False
         return clone
 
-    qmodel = _rebuild(folded, twin_clone)
-    pairs = [(layer, qmodel.get_layer(layer.name)) for layer in _top_layers(folded)]
+    # Nested models (a MobileNetV2 base under a new head) are rebuilt with their layers'
+    # twins; one called with training=False follows the fit (its twins learn ranges).
+    qmodel, pairs = _rebuild(folded, twin_clone, free_training=True)
+    pairs = [(la, c) for la, c in pairs if isinstance(la, keras.layers.Layer)]
     for layer, clone in pairs:
         for src, dst in zip(layer.weights, clone.weights):  # kernel, bias come first
             dst.assign(src)
     twins = [(layer, clone) for layer, clone in pairs if type(clone) in _QAT_TWINS.values()]
     # Layers with weights that train in float (the converter calibrates their outputs):
-    # BatchNorms that follow no conv/Dense, other layer kinds, nested models.
+    # BatchNorms that follow no conv/Dense, other layer kinds, subclassed nested models.
     float_layers = [layer.name for layer, clone in pairs if layer.weights
                     and type(clone) not in _QAT_TWINS.values()]
     if not twins:
         raise CompressError(f"model '{model.name}': QAT fake-quantizes {TWIN_KINDS} "
-                            "layers of the model's own graph and "
+                            "layers and "
                             f"it has none ({_names(float_layers)} would all train in "
                             "float); use post-training mode int8")
+    names = [layer.name for layer, _ in twins]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:  # the learned ranges go to the converter by layer name
+        raise CompressError(f"model '{model.name}': QAT needs one name per fake-quantized "
+                            f"layer and {_names(twice)} names several (in nested models); "
+                            "rename them, or use post-training mode int8")
     from compress.task import resolve, sample_targets
 
     # The model's own task (its loss, else inferred from the output), not always a classifier.
@@ -399,7 +469,7 @@ def qat_finetune(model, data, epochs: int = 3, learning_rate: float = 1e-4,
 
 def float_share_note(float_layers: list, fake_quantized: list) -> str | None:
     """A warning when the layers that trained in float hold a tenth or more of the
-    weight-matrix values (an LSTM, an Embedding, a Conv1D, a nested model): QAT then
+    weight-matrix values (an LSTM, an Embedding, a subclassed nested model): QAT then
     taught little of the model to live with int8, which the converter applies to those
     layers post-training.
 
@@ -407,7 +477,7 @@ def float_share_note(float_layers: list, fake_quantized: list) -> str | None:
     >>> lstm, head = keras.layers.LSTM(8, name="lstm"), keras.layers.Dense(2)
     >>> _ = keras.Sequential([keras.Input((5, 3)), lstm, head])
     >>> float_share_note([lstm], [head])
-    "'lstm' (352 of the 368 weight-matrix values) trained in float: QAT fake-quantizes Conv1D, Conv2D, DepthwiseConv2D and Dense layers of the model's own graph (not inside nested models or wrappers); the converter quantizes the others post-training, as mode int8 does"
+    "'lstm' (352 of the 368 weight-matrix values) trained in float: QAT fake-quantizes Conv1D, Conv2D, DepthwiseConv2D and Dense layers (not inside wrappers or subclassed models); the converter quantizes the others post-training, as mode int8 does"
     """
     def matrices(layer):
         return sum(int(np.prod(w.shape)) for w in layer.trainable_weights
@@ -420,5 +490,5 @@ def float_share_note(float_layers: list, fake_quantized: list) -> str | None:
         return None
     return (f"{_names(list(left))} ({sum(left.values()):,} of the {total:,} weight-matrix "
             f"values) trained in float: QAT fake-quantizes {TWIN_KINDS} "
-            "layers of the model's own graph (not inside nested models or wrappers); the "
+            "layers (not inside wrappers or subclassed models); the "
             "converter quantizes the others post-training, as mode int8 does")

@@ -218,11 +218,13 @@ def _ranges_by_kernel(kernels: list, ranges: dict, keras_model) -> list | None:
     names alone can mislead: TensorFlow may scope layer ``dense`` as ``dense_1/``, the
     name of another layer."""
     wanted = {}
+    every = {}  # nested models' layers too (QAT reaches a base used as a layer)
+    for layer in keras_model._flatten_layers(include_self=False, recursive=True):
+        every.setdefault(layer.name, []).append(layer)
     for name in ranges:
-        try:
-            weights = keras_model.get_layer(name).weights
-        except ValueError:
+        if len(every.get(name, [])) != 1:
             return None
+        weights = every[name][0].weights
         if not weights:
             return None
         wanted[name] = np.sort(np.asarray(weights[0], np.float32).ravel())
