@@ -239,21 +239,41 @@ def test_hash_model_reaches_layers_inside_time_distributed(tmp_path):
         hash_model(hashed)
 
 
-def test_hashing_says_why_layers_inside_a_nested_model_stay_float():
+def test_hashing_reaches_nested_models_and_says_why_custom_layers_stay_float():
     """Dense layers inside a nested model were listed as 'only Dense, Embedding and
-    Conv1D/2D/3D weights can be hashed', a wrong reason for a Dense."""
+    Conv1D/2D/3D weights can be hashed', a wrong reason for a Dense; hashing then left
+    every layer of a nested model (a base used as a layer) in float. Nested Functional
+    and Sequential models are rebuilt with their layers hashed now, and a Dense that
+    only a custom layer holds is named with the reason it stays float."""
     import keras
 
     from compress.sharing import hash_model
 
+    class Gate(keras.layers.Layer):  # a custom layer holding a Dense
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.fc = keras.layers.Dense(8, name="g1")
+
+        def call(self, x):
+            return x * keras.ops.sigmoid(self.fc(x))
+
     encoder = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, name="e1")],
                                name="enc")
     inp = keras.Input((6,))
-    h = keras.layers.LSTM(4, name="lstm")(keras.layers.Reshape((2, 4))(encoder(inp)))
+    h = Gate(name="gate")(encoder(inp))
+    h = keras.layers.LSTM(4, name="lstm")(keras.layers.Reshape((2, 4))(h))
     model = keras.Model(inp, keras.layers.Dense(2, name="out")(h), name="outer")
-    _, info = hash_model(model, factor=0.5)
+    x = np.random.default_rng(0).normal(size=(4, 6)).astype("float32")
+    new, info = hash_model(model, factor=0.5)
+    assert [r["layer"] for r in info["layers"]] == ["e1", "out"]
+    assert type(new.get_layer("enc").get_layer("e1")).__name__ == "HashedDense"
     assert info["not_reached"] == (
         "lstm/lstm_cell/kernel (64), lstm/lstm_cell/recurrent_kernel (64): only Dense, "
-        "Embedding and Conv1D/2D/3D weights can be hashed; e1/kernel (48): inside nested "
-        "models, which hashing does not rebuild (k-means reaches them); these keep their "
-        "float weights")
+        "Embedding and Conv1D/2D/3D weights can be hashed; gate/g1/kernel (64): inside custom "
+        "layers or subclassed models, which hashing does not rebuild (k-means reaches "
+        "them); these keep their float weights")
+    from compress.sharing.hashing import materialize
+
+    plain = materialize(new)
+    assert type(plain.get_layer("enc").get_layer("e1")) is keras.layers.Dense
+    np.testing.assert_allclose(plain(x).numpy(), new(x).numpy(), atol=1e-6)

@@ -145,7 +145,7 @@ def _rebuild(model, clone_function, free_training: bool = False):
                                nested_kwargs=_free_training if free_training else None)
     except CompressError:
         raise
-    except Exception as exc:  # noqa: BLE001 - a layer that cannot be rebuilt
+    except Exception as exc:  # a layer that cannot be rebuilt
         raise CompressError(f"model '{model.name}': QAT rebuilds the model's layer graph and "
                             f"cannot ({type(exc).__name__}: {' '.join(str(exc).split())[:120]}"
                             "); use post-training mode int8") from exc

@@ -19,6 +19,7 @@ import numpy as np
 
 from compress.data import as_dataset
 from compress.errors import CompressError
+from compress.pruning import graph
 from compress.sharing.hash_functions import bucket_means
 from compress.sharing.hashed_layers import (
     HASHED,
@@ -85,28 +86,21 @@ def hash_model(model, data=None, *, verbose=0, **options):
     data = as_dataset(data, model)  # a tf.data.Dataset, arrays, (x, y), a name: one form
     training.check_finite(model)
     factor, seed, dropout, init = opts["factor"], opts["seed"], opts["dropout"], opts["init"]
-    chosen = {layer.name: layer for layer in shareable_layers(model, opts["layers"], "hashed")}
+    # Inside nested Functional/Sequential models too (a base used as a layer).
+    chosen = {id(la): la for la in shareable_layers(model, opts["layers"], "hashed")}
     first = next(iter(chosen), None)
     training.set_seed(seed)
 
     def clone(layer):
-        if layer.name in chosen:
+        if id(layer) in chosen:
             return hashed_like(layer, factor, seed,
-                               dropout=0.0 if layer.name == first else dropout)
-        return layer.__class__.from_config(layer.get_config())
+                               dropout=0.0 if id(layer) == first else dropout)
+        return graph.fresh(layer)
 
-    try:
-        new = keras.models.clone_model(model, clone_function=clone)
-    except CompressError:
-        raise
-    except Exception as exc:
-        raise CompressError(f"cannot rebuild the model with hashed layers ({exc})") from exc
+    new, pairs = _rebuild(model, clone, "hashed layers")
     rows = []
-    for layer in new.layers:
-        if isinstance(layer, keras.layers.InputLayer):  # no weights; a model built in
-            continue  # memory has its clone's inputs named after the tensors (keras_tensor)
-        source = model.get_layer(layer.name)
-        if layer.name not in chosen:
+    for source, layer in pairs:
+        if id(source) not in chosen:
             layer.set_weights(source.get_weights())
             continue
         hashed, source = inner_layer(layer), inner_layer(source)  # TimeDistributed: the layer inside
@@ -134,8 +128,8 @@ def hash_model(model, data=None, *, verbose=0, **options):
             "bits_per_weight": 32.0 * stored / virtual, "epochs": opts["epochs"],
             "init": init, "dropout": dropout}
     if not opts["layers"]:
-        info.update(coverage(new, [inner_layer(new.get_layer(n)) for n in chosen], virtual,
-                             "hashed"))
+        info.update(coverage(new, [inner_layer(la) for old, la in pairs if id(old) in chosen],
+                             virtual, "hashed"))
     if data is not None and data.labelled:  # the task's own: accuracy, or MSE+MAE
         info.update(task.evaluate_data(new, data, "test"))  # batch by batch
     return new, info
@@ -168,13 +162,10 @@ def materialize(model, only: tuple | None = None):
             return layer.plain()
         if isinstance(inner_layer(layer), kinds):  # a wrapper: the plain layer inside it
             return type(layer)(layer.layer.plain(), name=layer.name)
-        return layer.__class__.from_config(layer.get_config())
+        return graph.fresh(layer)
 
-    new = keras.models.clone_model(model, clone_function=clone)
-    for layer in new.layers:
-        if isinstance(layer, keras.layers.InputLayer):  # named after the tensor: no weights
-            continue
-        source = model.get_layer(layer.name)
+    new, pairs = _rebuild(model, clone, "plain layers")
+    for source, layer in pairs:
         if isinstance(inner_layer(source), kinds):
             source, target = inner_layer(source), inner_layer(layer)
             matrix = (target.embeddings if isinstance(source, HashedEmbedding)
@@ -186,6 +177,28 @@ def materialize(model, only: tuple | None = None):
         else:
             layer.set_weights(source.get_weights())
     return new
+
+
+def _rebuild(model, clone, what: str):
+    """``(new model, [(old layer, new layer)])``: ``model``'s layer graph, nested
+    Functional/Sequential models included (nesting and names kept), each layer replaced
+    by ``clone(layer)``; layers without weights and operations are left out of the
+    pairs."""
+    pairs = []
+
+    def make(layer):
+        new = clone(layer)
+        if isinstance(layer, keras.layers.Layer) and layer.weights:
+            pairs.append((layer, new))
+        return new
+
+    try:
+        new, _ = graph.rebuild(model, make, opaque=True)
+    except CompressError:
+        raise
+    except Exception as exc:
+        raise CompressError(f"cannot rebuild the model with {what} ({exc})") from exc
+    return new, pairs
 
 
 #: Hashed layers whose computed kernel full-integer TFLite cannot take: its int8
@@ -211,12 +224,6 @@ def int8_tflite_copy(model) -> tuple:
     names = [wrapped.get(id(la), la.name) for la in every if isinstance(la, INT8_TFLITE_WHOLE)]
     if not names:
         return model, None
-    if any(isinstance(la, keras.Model) and any(isinstance(s, INT8_TFLITE_WHOLE)
-                                               for s in la._flatten_layers(recursive=True))
-           for la in model.layers):
-        raise CompressError(f"model '{model.name}': hashed convolutions inside a nested "
-                            "model cannot be converted to full-integer TFLite; use "
-                            "--format onnx, mode dynamic, or materialize them first")
     shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
     return materialize(model, only=INT8_TFLITE_WHOLE), (
         "hashed convolutions stored whole for full-integer TFLite (its int8 convolutions "

@@ -11,9 +11,10 @@ _KINDS = "Dense, Embedding and channels-last, ungrouped Conv1D/2D/3D"
 
 
 def shareable_layers(model, layers: list | None, what: str, nested: bool = False) -> list:
-    """Top-level Dense, Conv1D/2D/3D and Embedding layers chosen by ``layers`` (every one
-    when None; also inside ``TimeDistributed``); with ``nested``, those inside nested and
-    subclassed models and inside custom layers (a KerasHub transformer block) too.
+    """Dense, Conv1D/2D/3D and Embedding layers chosen by ``layers`` (every one when None;
+    also inside ``TimeDistributed``) of the model's layer graph and of its nested
+    Functional/Sequential models (:func:`graph_layers`); with ``nested``, those inside
+    subclassed models and custom layers (a KerasHub transformer block) too.
 
     ``layers`` follows the one rule of every pass (:func:`compress.layers.select_layers`:
     names, class names or regular expressions matching the whole name). An entry that
@@ -31,8 +32,8 @@ def shareable_layers(model, layers: list | None, what: str, nested: bool = False
     """
     if isinstance(layers, str):
         layers = [layers]
-    candidates = list({id(la): la for la in _leaves(model)}.values()) if nested \
-        else model.layers
+    candidates = list({id(la): la for la in (_leaves(model) if nested
+                                             else graph_layers(model))}.values())
     if layers:
         for layer in candidates:
             if (layer.weights and not _shareable(layer)
@@ -48,12 +49,12 @@ def shareable_layers(model, layers: list | None, what: str, nested: bool = False
             raise CompressError(f"model '{model.name}': no layer left to be {what}: "
                                 f"{', '.join(done[:4])}{' ...' if len(done) > 4 else ''} "
                                 "are hashed already")
-        inside = [la for la in model.layers if isinstance(la, keras.Model)
+        inside = [la for la in graph_layers(model) if isinstance(la, keras.Model)
                   and any(_shareable(leaf) for leaf in _leaves(la))]
-        if inside and not nested:  # hashing rebuilds the top-level graph only
-            raise CompressError(f"model '{model.name}': no top-level layer to be {what}: its "
-                                f"shareable layers are inside the nested model "
-                                f"'{inside[0].name}' ({type(inside[0]).__name__}); use "
+        if inside and not nested:  # hashing rebuilds layer graphs only
+            raise CompressError(f"model '{model.name}': no layer to be {what} in its layer "
+                                f"graph: its shareable layers are inside the subclassed "
+                                f"model '{inside[0].name}' ({type(inside[0]).__name__}); use "
                                 "--method kmeans, which reaches them")
         raise CompressError(f"model '{model.name}': no layer to be {what} (only {_KINDS} "
                             "can)")
@@ -84,13 +85,14 @@ def coverage(model, shared, done: int, what: str, why: str = HASHABLE_ONLY) -> d
     if not missed:
         return {}
     nested = set()
-    if why == HASHABLE_ONLY:  # a Dense inside a nested model: left for another reason
-        top = {id(la) for la in model.layers}
+    if why == HASHABLE_ONLY:  # a Dense inside a custom layer: left for another reason
+        top = {id(la) for la in graph_layers(model)}
         nested = {weight_key(la, v) for la in deep_leaves(model)
                   if id(la) not in top and _shareable(la) for v in la.trainable_weights}
     inside = [m for m in missed if m[0] in nested]
     other = [m for m in missed if m[0] not in nested]
-    nested_why = "inside nested models, which hashing does not rebuild (k-means reaches them)"
+    nested_why = ("inside custom layers or subclassed models, which hashing does not "
+                  "rebuild (k-means reaches them)")
     parts = ([f"{listed(other)}: {why}"] if other else []) + (
         [f"{listed(inside)}: {nested_why}"] if inside else [])
     out = {"not_reached": "; ".join(parts) + "; these keep their float weights"}
@@ -99,6 +101,19 @@ def coverage(model, shared, done: int, what: str, why: str = HASHABLE_ONLY) -> d
         out["warning"] = (f"{done:,} of the model's {done + rest:,} weight-matrix values "
                           f"are {what} ({done / (done + rest):.1%}); the rest are not "
                           "(not_reached)")
+    return out
+
+
+def graph_layers(model) -> list:
+    """The layers of ``model``'s layer graph and of the graphs of its nested Functional
+    and Sequential models (a base used as a layer), in place of them: what a pass that
+    rebuilds graphs (:func:`compress.pruning.graph.rebuild`) can replace. Custom layers
+    and subclassed models are listed whole."""
+    from compress.pruning.graph import has_graph
+
+    out = []
+    for layer in model.layers:
+        out.extend(graph_layers(layer) if has_graph(layer) else [layer])
     return out
 
 
