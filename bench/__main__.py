@@ -42,7 +42,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # longest first, so that no long case starts last and runs alone at the end.
 UNTIMED = ("baselines", "distillation", "sharing-hash", "pruning", "quantization-qat-pruned",
            "export-parity", "sharing-kmeans", "tasks-regression", "structured-obs",
-           "pruning-obs-layers", "onnx-float16", "sequences", "sharing-hash-layers")
+           "pruning-obs-layers", "onnx-float16", "sequences", "sharing-hash-layers",
+           "transfer")
 # Quick mode runs every case in parallel, longest first (case times of the last quick run).
 # Quick baselines take seconds; a case that needs one before it exists trains its own.
 QUICK_ORDER = ("tfmot-head-to-head", "quantization-qat-pruned", "multiworker", "zoo",
@@ -50,7 +51,7 @@ QUICK_ORDER = ("tfmot-head-to-head", "quantization-qat-pruned", "multiworker", "
                "pruning-obs-mobilenetv2", "deployment", "pruning", "distillation", "scaling",
                "quantization", "sharing-hash", "tasks-regression", "callbacks-schedules",
                "pruning-costs", "pruning-obs", "pruning-obs-layers", "sequences",
-               "sharing-hash-layers", "callbacks-cascade",
+               "sharing-hash-layers", "transfer", "callbacks-cascade",
                "structured-obs", "export-parity", "onnx-float16", "data-sources-throughput",
                "label-free", "sharing-kmeans", "reliability-refusals", "baselines", "registry")
 
