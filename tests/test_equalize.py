@@ -216,3 +216,32 @@ def test_bias_correction_runs_causal_conv1d_layers():
     _, info = equalize_model(model, x, equalize=False, bias_correction=True,
                              per_channel=False)
     assert info["bias_corrected"] == 2  # the Conv1D and the Dense
+
+
+def test_bias_correction_reaches_a_base_model_used_as_a_layer(separable_file, digits):
+    """A transfer model (the separable model's body called as one layer, then its head):
+    bias correction covered the top-level layers only, so the body, where the rounding
+    error is, went uncorrected. It is corrected inside as in the flat model: the same
+    layers, the same corrections."""
+    import keras
+
+    from compress.quantization.equalize import equalize_model
+    from compress.training import copy_model, predict
+
+    flat = _loaded(separable_file)
+    pool = next(la for la in flat.layers if isinstance(la, keras.layers.GlobalAveragePooling2D))
+    body = keras.Model(flat.inputs, pool.input, name="body")
+    inp = keras.Input((8, 8, 1))
+    head = keras.layers.Dense(10, name="head")
+    out = head(keras.layers.GlobalAveragePooling2D()(body(inp, training=False)))
+    nested = copy_model(keras.Model(inp, out))
+    nested.get_layer("head").set_weights(flat.layers[-1].get_weights())
+    x_cal = digits.x_train[:128].astype("float32")
+    results = [equalize_model(m, x_cal, equalize=False, bias_correction=True,
+                              per_channel=False) for m in (flat, nested)]
+    (a, fi), (b, ni) = results
+    assert ni["bias_corrected"] == fi["bias_corrected"] == 4, (fi, ni)
+    assert ni["bias_correction_mean_abs"] == pytest.approx(fi["bias_correction_mean_abs"],
+                                                           rel=1e-4)
+    x = digits.x_test[:64].astype("float32")
+    np.testing.assert_allclose(predict(b, x), predict(a, x), atol=1e-4)

@@ -71,7 +71,7 @@ def equalize_model(model, x_calibration=None, *, equalize: bool = True,
 
     Args:
         model: a Keras Functional or Sequential model (nested models are equalized
-            inside; bias correction covers the top-level layers).
+            and bias-corrected inside).
         x_calibration: float array of calibration inputs, or None. Needed for
             ``bias_correction``; also gives the float difference in the report.
         equalize: bool, default True. Cross-layer equalization (False: fold and, with
@@ -111,11 +111,11 @@ def equalize_model(model, x_calibration=None, *, equalize: bool = True,
     info = {"folded_batchnorms": 0, "pairs": 0, "relu6_replaced": 0, "iterations": 0,
             "channel_range_ratio": None, "bias_corrected": 0}
     ratios_before, ratios_after = [], []
-    top_holders = {}
+    every_holder = {}  # id(layer) -> the folded BatchNorm holding its bias, any depth
     for graph in _graphs(new):
         holders = _fold_batchnorms(graph, info)
-        if graph is new:
-            top_holders = holders
+        every_holder.update({id(la): holders[la.name] for la in graph.layers
+                             if la.name in holders})
         if not equalize:
             continue
         pairs = _pairs(graph, holders)
@@ -143,7 +143,7 @@ def equalize_model(model, x_calibration=None, *, equalize: bool = True,
                 equalized.argmax(1) == reference.argmax(1)))
     if bias_correction:
         info["bias_corrected"], info["bias_correction_mean_abs"] = _correct_biases(
-            new, top_holders, x, per_channel, qmax, batch_size)
+            new, every_holder, x, per_channel, qmax, batch_size)
         corrected = predict(new, x, batch_size)
         info["corrected_max_abs_diff"] = float(np.max(np.abs(corrected - reference)))
     return new, info
@@ -379,20 +379,24 @@ def _bias_store(layer, holder):
 def _correct_biases(model, holders: dict, x, per_channel: bool, qmax: float,
                     batch_size: int) -> tuple[int, float]:
     """Subtract each layer's mean output error from rounding its kernel (before its
-    activation); ``(layers corrected, mean absolute correction)``."""
-    import keras
+    activation), for the layers of ``model`` and of its nested models (``holders``:
+    ``id(layer)`` -> the folded BatchNorm holding its bias); ``(layers corrected, mean
+    absolute correction)``. The inputs are captured inside each layer's call, so a
+    layer of a nested model or one called several times (its mean over the calls) is
+    corrected too."""
+    from compress.pruning.hessian import _batches, _forward
 
     targets = []
-    for layer in model.layers:
-        if not _is_linear_kind(layer):
-            continue
-        store = _bias_store(layer, holders.get(layer.name))
-        if store is not None:
-            targets.append((layer, store))
+    for graph in _graphs(model):
+        for layer in graph.layers:
+            if not _is_linear_kind(layer):
+                continue
+            store = _bias_store(layer, holders.get(id(layer)))
+            if store is not None:
+                targets.append((layer, store))
+    targets = list({id(la): (la, st) for la, st in targets}.values())
     if not targets:
         return 0, 0.0
-    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
-    probe = keras.Model(inputs, [layer.input for layer, _ in targets])
     deltas = []
     for layer, _ in targets:
         k = np.asarray(layer.kernel)
@@ -400,18 +404,18 @@ def _correct_biases(model, holders: dict, x, per_channel: bool, qmax: float,
         deltas.append(dq)
     sums = [np.zeros(output_view(layer).shape[1], dtype="float64") for layer, _ in targets]
     count = [0] * len(targets)
-    from compress.data.arrays import length, map_structure
 
-    for start in range(0, length(x), batch_size):
-        part = slice(start, start + batch_size)
-        seen = probe(map_structure(lambda a, part=part: a[part], x), training=False)
-        if not isinstance(seen, (list, tuple)):
-            seen = [seen]
-        for i, ((layer, _), xi, dw) in enumerate(zip(targets, seen, deltas)):
-            err = np.asarray(_apply_kernel(layer, xi, dw))
+    def hook(i):
+        def seen(xi):
+            err = np.asarray(_apply_kernel(targets[i][0], xi, deltas[i]))
             err = err.reshape(-1, err.shape[-1])
             sums[i] += err.sum(axis=0)
             count[i] += err.shape[0]
+        return seen
+
+    hooks = {id(layer): hook(i) for i, (layer, _) in enumerate(targets)}
+    for xb in _batches(x, batch_size):
+        _forward(model, hooks, xb)
     total = []
     for (layer, store), s, n in zip(targets, sums, count):
         delta = (s / max(n, 1)).astype("float32")
