@@ -277,3 +277,47 @@ def test_hashing_reaches_nested_models_and_says_why_custom_layers_stay_float():
     plain = materialize(new)
     assert type(plain.get_layer("enc").get_layer("e1")) is keras.layers.Dense
     np.testing.assert_allclose(plain(x).numpy(), new(x).numpy(), atol=1e-6)
+
+
+def test_a_nested_model_that_does_not_rebuild_is_copied_whole_and_named():
+    """KerasHub's ViT backbone holds a layer whose config does not load back (its
+    ``get_config`` gives arguments its ``__init__`` refuses): once hashing reached
+    nested models, the whole classifier was refused. Such a nested model is copied
+    whole again (as its own ``from_config`` can), the rest is hashed, and the Dense
+    left inside it is named with that reason; asked for by name, it is refused."""
+    import keras
+
+    from compress.sharing import hash_model
+
+    class Scale(keras.layers.Layer):  # a weight, and a config that does not load back
+        def build(self, shape):
+            self.gain = self.add_weight(shape=(shape[-1],), initializer="ones")
+
+        def call(self, x):
+            return x * self.gain
+
+        def get_config(self):
+            return {**super().get_config(), "factor": 2.0}
+
+    class Backbone(keras.Model):  # a functional subclass, as KerasHub backbones are
+        def __init__(self, width=8, **kwargs):
+            inp = keras.Input((6,))
+            out = keras.layers.Dense(width, name="inner")(Scale(name="scale")(inp))
+            super().__init__(inp, out, **kwargs)
+            self.width = width
+
+        def get_config(self):
+            return {"width": self.width, "name": self.name}
+
+    inp = keras.Input((6,))
+    model = keras.Model(inp, keras.layers.Dense(3, name="head")(Backbone(name="bb")(inp)))
+    new, info = hash_model(model, factor=0.5)
+    assert [r["layer"] for r in info["layers"]] == ["head"]
+    assert "inner/kernel (48): inside custom layers, subclassed models or nested " \
+        "models with a layer that does not load back from its config" in info["not_reached"]
+    x = np.random.default_rng(0).normal(size=(4, 6)).astype("float32")
+    np.testing.assert_allclose(new.get_layer("bb")(x).numpy(),
+                               model.get_layer("bb")(x).numpy(), atol=1e-6)
+    with pytest.raises(CompressError, match="layer 'inner' cannot be hashed: its nested "
+                                            "model cannot be rebuilt layer by layer"):
+        hash_model(model, factor=0.5, layers=["inner"])

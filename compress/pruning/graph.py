@@ -144,17 +144,76 @@ def rebuild(model, make_layer, *, opaque: bool = False, nested_kwargs=None):
     Args:
         model: a Functional or Sequential Keras model.
         make_layer: ``old layer or op -> new one``.
-        opaque: bool, default False. A nested model without a graph (subclassed) goes to
-            ``make_layer`` like a layer instead of being refused.
+        opaque: bool, default False. A nested model that cannot be rebuilt layer by layer
+            (subclassed, or holding a layer whose config does not load back, as some
+            KerasHub backbones do) goes to ``make_layer`` whole instead of being refused.
         nested_kwargs: ``(nested model, call kwargs) -> kwargs`` or None: the keyword
-            arguments each call of a nested model is rebuilt with (None: as recorded).
+            arguments each call of a nested model rebuilt layer by layer is made with
+            (None: as recorded).
 
     Returns:
-        ``(new_model, mapping)``: ``mapping[id(old_layer)]`` is the new layer.
+        ``(new_model, mapping)``: ``mapping[id(old_layer)]`` is the new layer;
+        ``mapping.whole`` holds the ``id`` of each nested model given to ``make_layer``
+        whole after its layers could not be rebuilt.
     """
-    mapping = {}
-    new = _rebuild_model(model, None, make_layer, mapping, opaque, nested_kwargs)
-    return new, mapping
+    ctx = _Rebuild(make_layer, opaque, nested_kwargs)
+    new = _rebuild_model(model, None, ctx)
+    return new, ctx.mapping
+
+
+class Mapping(dict):
+    """``{id(old layer): new layer}``, and ``whole``: ids of nested models copied whole."""
+
+    def __init__(self):
+        super().__init__()
+        self.whole = set()
+
+
+@dataclass
+class _Rebuild:
+    make_layer: object
+    opaque: bool = False
+    nested_kwargs: object = None
+    mapping: Mapping = field(default_factory=Mapping)
+
+    @property
+    def whole(self) -> set:  # ids of nested models given to make_layer whole
+        return self.mapping.whole
+
+    def walks_into(self, op) -> bool:
+        return is_model(op) and (has_graph(op) or not self.opaque)
+
+    def nested(self, op, input_shapes):
+        """The new nested model ``op`` (rebuilt, or with ``opaque`` and a failure, whole)."""
+        if id(op) in self.mapping:
+            return self.mapping[id(op)]
+        before = set(self.mapping)
+        try:
+            new = _rebuild_model(op, input_shapes, self)
+        except Exception:
+            if not self.opaque:
+                raise
+            for key in set(self.mapping) - before:  # the layers made for the failed attempt
+                del self.mapping[key]
+            self.whole.add(id(op))
+            new = self.make_layer(op)
+        self.mapping[id(op)] = new
+        return new
+
+    def op(self, op):
+        if id(op) not in self.mapping:
+            self.mapping[id(op)] = self.make_layer(op)
+        return self.mapping[id(op)]
+
+
+def kept(new_model, pairs: list) -> list:
+    """``(old, new)`` pairs whose new layer is in ``new_model`` (a nested model that fell
+    back to a whole copy leaves the layers made for it out) or is not a layer."""
+    import keras
+
+    inside = {id(la) for la in new_model._flatten_layers(include_self=False, recursive=True)}
+    return [(a, b) for a, b in pairs
+            if id(b) in inside or not isinstance(b, keras.layers.Layer)]
 
 
 def has_graph(op) -> bool:
@@ -164,7 +223,7 @@ def has_graph(op) -> bool:
     return is_model(op) and (isinstance(op, keras.Sequential) or hasattr(op, "_nodes_by_depth"))
 
 
-def _rebuild_model(model, input_shapes, make_layer, mapping, opaque=False, nested_kwargs=None):
+def _rebuild_model(model, input_shapes, ctx: _Rebuild):
     import keras
     from keras import tree
 
@@ -177,13 +236,8 @@ def _rebuild_model(model, input_shapes, make_layer, mapping, opaque=False, neste
     if isinstance(model, keras.Sequential):
         layers, x = [], inputs[0]
         for la in model.layers:  # a nested model is rebuilt on the shape reaching it
-            if is_model(la) and (has_graph(la) or not opaque):
-                if id(la) not in mapping:
-                    mapping[id(la)] = _rebuild_model(la, [tuple(x.shape)], make_layer,
-                                                     mapping, opaque, nested_kwargs)
-                layers.append(mapping[id(la)])
-            else:
-                layers.append(_new_op(la, make_layer, mapping, opaque))
+            layers.append(ctx.nested(la, [tuple(x.shape)]) if ctx.walks_into(la)
+                          else ctx.op(la))
             x = layers[-1](x)
         return keras.Sequential([inputs[0]] + layers, name=model.name)
     tensors = {id(a): b for a, b in zip(fn.inputs, inputs)}
@@ -192,19 +246,17 @@ def _rebuild_model(model, input_shapes, make_layer, mapping, opaque=False, neste
             continue
         args, kwargs = node.arguments.fill_in(tensors)
         op = node.operation
-        if is_model(op) and (has_graph(op) or not opaque):
+        if ctx.walks_into(op):
             flat = [x for x in tree.flatten((args, kwargs)) if isinstance(x, keras.KerasTensor)]
-            if id(op) not in mapping:
-                mapping[id(op)] = _rebuild_model(op, [tuple(x.shape) for x in flat],
-                                                 make_layer, mapping, opaque, nested_kwargs)
-            if nested_kwargs is not None:
-                kwargs = nested_kwargs(op, kwargs)
-            outputs = mapping[id(op)](*args, **kwargs)
+            new = ctx.nested(op, [tuple(x.shape) for x in flat])
+            if ctx.nested_kwargs is not None and id(op) not in ctx.whole:
+                kwargs = ctx.nested_kwargs(op, kwargs)
+            outputs = new(*args, **kwargs)
         else:
-            new_op = _new_op(op, make_layer, mapping, opaque)
-            if type(new_op) is not type(op):  # e.g. an Identity for a BatchNorm: no mask
-                kwargs = _accepted(new_op, kwargs)
-            outputs = new_op(*args, **kwargs)
+            new = ctx.op(op)
+            if type(new) is not type(op):  # e.g. an Identity for a BatchNorm: no mask
+                kwargs = _accepted(new, kwargs)
+            outputs = new(*args, **kwargs)
         for a, b in zip(node.outputs, tree.flatten(outputs)):
             tensors[id(a)] = b
     outputs = tree.pack_sequence_as(fn._outputs_struct,
@@ -225,12 +277,6 @@ def _accepted(op, kwargs: dict) -> dict:
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return kwargs
     return {k: v for k, v in kwargs.items() if k in params}
-
-
-def _new_op(op, make_layer, mapping, opaque=False):
-    if id(op) not in mapping:
-        mapping[id(op)] = make_layer(op)
-    return mapping[id(op)]
 
 
 def fresh(op):

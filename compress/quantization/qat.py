@@ -149,7 +149,7 @@ def _rebuild(model, clone_function, free_training: bool = False):
         raise CompressError(f"model '{model.name}': QAT rebuilds the model's layer graph and "
                             f"cannot ({type(exc).__name__}: {' '.join(str(exc).split())[:120]}"
                             "); use post-training mode int8") from exc
-    return new, pairs
+    return new, graph.kept(new, pairs)
 
 
 def _consumers(model) -> dict:

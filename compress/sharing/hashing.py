@@ -97,7 +97,13 @@ def hash_model(model, data=None, *, verbose=0, **options):
                                dropout=0.0 if id(layer) == first else dropout)
         return graph.fresh(layer)
 
-    new, pairs = _rebuild(model, clone, "hashed layers")
+    new, pairs, whole = _rebuild(model, clone, "hashed layers")
+    made = {id(old) for old, _ in pairs}
+    lost = [la for la in chosen.values() if id(la) not in made]  # in a nested model copied whole
+    if lost and opts["layers"]:
+        raise CompressError(f"layer '{lost[0].name}' cannot be hashed: its nested model cannot "
+                            "be rebuilt layer by layer (a layer of it does not load back from "
+                            "its config); use --method kmeans, which reaches it")
     rows = []
     for source, layer in pairs:
         if id(source) not in chosen:
@@ -129,7 +135,7 @@ def hash_model(model, data=None, *, verbose=0, **options):
             "init": init, "dropout": dropout}
     if not opts["layers"]:
         info.update(coverage(new, [inner_layer(la) for old, la in pairs if id(old) in chosen],
-                             virtual, "hashed"))
+                             virtual, "hashed", opaque=whole))
     if data is not None and data.labelled:  # the task's own: accuracy, or MSE+MAE
         info.update(task.evaluate_data(new, data, "test"))  # batch by batch
     return new, info
@@ -164,7 +170,7 @@ def materialize(model, only: tuple | None = None):
             return type(layer)(layer.layer.plain(), name=layer.name)
         return graph.fresh(layer)
 
-    new, pairs = _rebuild(model, clone, "plain layers")
+    new, pairs, _ = _rebuild(model, clone, "plain layers")
     for source, layer in pairs:
         if isinstance(inner_layer(source), kinds):
             source, target = inner_layer(source), inner_layer(layer)
@@ -180,10 +186,11 @@ def materialize(model, only: tuple | None = None):
 
 
 def _rebuild(model, clone, what: str):
-    """``(new model, [(old layer, new layer)])``: ``model``'s layer graph, nested
+    """``(new model, [(old layer, new layer)], whole)``: ``model``'s layer graph, nested
     Functional/Sequential models included (nesting and names kept), each layer replaced
     by ``clone(layer)``; layers without weights and operations are left out of the
-    pairs."""
+    pairs. ``whole``: ids of the new model's nested models copied whole (their layers
+    could not be rebuilt)."""
     pairs = []
 
     def make(layer):
@@ -193,12 +200,12 @@ def _rebuild(model, clone, what: str):
         return new
 
     try:
-        new, _ = graph.rebuild(model, make, opaque=True)
+        new, mapping = graph.rebuild(model, make, opaque=True)
     except CompressError:
         raise
     except Exception as exc:
         raise CompressError(f"cannot rebuild the model with {what} ({exc})") from exc
-    return new, pairs
+    return new, graph.kept(new, pairs), {id(mapping[i]) for i in mapping.whole}
 
 
 #: Hashed layers whose computed kernel full-integer TFLite cannot take: its int8

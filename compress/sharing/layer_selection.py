@@ -65,14 +65,16 @@ def shareable_layers(model, layers: list | None, what: str, nested: bool = False
 HASHABLE_ONLY = "only Dense, Embedding and Conv1D/2D/3D weights can be hashed"
 
 
-def coverage(model, shared, done: int, what: str, why: str = HASHABLE_ONLY) -> dict:
+def coverage(model, shared, done: int, what: str, why: str = HASHABLE_ONLY,
+             opaque: set = frozenset()) -> dict:
     """What a sharing pass left as it was: ``not_reached`` names the weight matrices
     (two or more axes longer than 1: an Embedding, a recurrent cell's kernels, a
     DepthwiseConv2D, a custom layer's own kernel) of layers outside ``shared``, with
     their sizes; a ``warning`` is added when they hold more values than the ``done``
     ones of the ``shared`` layers (the report's bits per weight then describe the
-    smaller part). ``model`` is the pass's new model (its layers get report paths).
-    Empty when every matrix is shared.
+    smaller part). ``model`` is the pass's new model (its layers get report paths);
+    ``opaque``: ids of its nested models the pass copied whole (their layers did not
+    rebuild). Empty when every matrix is shared.
 
     Example:
 
@@ -86,13 +88,16 @@ def coverage(model, shared, done: int, what: str, why: str = HASHABLE_ONLY) -> d
         return {}
     nested = set()
     if why == HASHABLE_ONLY:  # a Dense inside a custom layer: left for another reason
-        top = {id(la) for la in graph_layers(model)}
+        top = {id(la) for la in graph_layers(model, opaque)}
         nested = {weight_key(la, v) for la in deep_leaves(model)
                   if id(la) not in top and _shareable(la) for v in la.trainable_weights}
     inside = [m for m in missed if m[0] in nested]
     other = [m for m in missed if m[0] not in nested]
     nested_why = ("inside custom layers or subclassed models, which hashing does not "
-                  "rebuild (k-means reaches them)")
+                  "rebuild (k-means reaches them)") if not opaque else (
+        "inside custom layers, subclassed models or nested models with a layer that does "
+        "not load back from its config, which hashing does not rebuild (k-means reaches "
+        "them)")
     parts = ([f"{listed(other)}: {why}"] if other else []) + (
         [f"{listed(inside)}: {nested_why}"] if inside else [])
     out = {"not_reached": "; ".join(parts) + "; these keep their float weights"}
@@ -104,16 +109,18 @@ def coverage(model, shared, done: int, what: str, why: str = HASHABLE_ONLY) -> d
     return out
 
 
-def graph_layers(model) -> list:
+def graph_layers(model, opaque: set = frozenset()) -> list:
     """The layers of ``model``'s layer graph and of the graphs of its nested Functional
     and Sequential models (a base used as a layer), in place of them: what a pass that
     rebuilds graphs (:func:`compress.pruning.graph.rebuild`) can replace. Custom layers
-    and subclassed models are listed whole."""
+    and subclassed models are listed whole, as are the nested models in ``opaque``
+    (ids)."""
     from compress.pruning.graph import has_graph
 
     out = []
     for layer in model.layers:
-        out.extend(graph_layers(layer) if has_graph(layer) else [layer])
+        out.extend(graph_layers(layer, opaque) if has_graph(layer)
+                   and id(layer) not in opaque else [layer])
     return out
 
 
