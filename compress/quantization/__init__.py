@@ -126,7 +126,8 @@ QUANTIZE_OPTIONS = Schema("quantize", [
     Option("exports", bool, True, "modes keras-int4, gptq, awq: also try the project's "
            "TFLite and ONNX export of the result and say in one line each what happens"),
     *TASK_OPTIONS,
-    Option("seed", int, 0, "seed of the random agreement inputs (without data)", cli=False),
+    Option("seed", int, 0, "seed of QAT's training and of the random agreement inputs "
+           "(without data)", cli=False),
 ])
 
 SUFFIXES = {"tflite": ".tflite", "onnx": ".onnx", "keras": ".keras"}
@@ -205,9 +206,11 @@ def quantize(model, data=None, *, verbose: int | str = 0, **options) -> tuple[by
     # with a copy made on the way (QAT-trained, equalized, GPTQ-rounded, int4-snapped).
     original = model
     if opts["qat"]:
+        from compress import training
         from compress.quantization.qat import qat_finetune
 
         epochs = opts["epochs"] or 3
+        training.set_seed(opts["seed"])  # the same call gives the same QAT model
         model, info["qat"] = qat_finetune(model, data, epochs=epochs,
                                           learning_rate=opts["learning_rate"],
                                           per_channel=opts["per_channel"], verbose=verbose,
