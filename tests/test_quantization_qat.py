@@ -279,3 +279,40 @@ def test_qat_through_quantize_is_seeded(cnn_file):
                      latency=False, seed=seed)[0] for seed in (3, 3, 4)]
     assert runs[0] == runs[1]
     assert runs[0] != runs[2]
+
+
+def test_qat_fake_quantizes_separable_convolutions_and_the_int8_file_follows():
+    """SeparableConv2D (Xception, the Keras guide's image classifier) trained in float
+    under QAT. TFLite runs it as a DEPTHWISE_CONV_2D with an int8 output of its own, then
+    a 1x1 CONV_2D: the twin fake-quantizes both kernels and both outputs, a BatchNorm
+    after it folds into the pointwise kernel, and the int8 file reproduces the QAT
+    model."""
+    import keras
+
+    from compress import training
+    from compress.data import load_data, prepare
+    from compress.quantization import quantize
+    from compress.quantization.qat import fold_batchnorm
+
+    L = keras.layers
+    training.set_seed(0)
+    model = keras.Sequential([
+        keras.Input((8, 8, 1)), L.Conv2D(8, 3, padding="same", activation="relu"),
+        L.SeparableConv2D(16, 3, padding="same", use_bias=False, name="sep"),
+        L.BatchNormalization(name="bn"), L.ReLU(),
+        L.SeparableConv2D(16, 3, padding="same", depth_multiplier=2, activation="relu",
+                          name="sep2"),
+        L.GlobalAveragePooling2D(), L.Dense(10, activation="softmax")])
+    ds = prepare(model, load_data("digits", 0))
+    training.compile_classifier(model, learning_rate=3e-3)
+    training.fit(model, ds, epochs=15, verbose=0)
+    folded, n = fold_batchnorm(model)
+    assert n == 1
+    x = ds.x_test[:64]
+    np.testing.assert_allclose(training.predict(folded, x), training.predict(model, x),
+                               atol=1e-5)
+    _, info = quantize(model, ds, qat=True, epochs=3, learning_rate=1e-3, latency=False)
+    qat = info["qat"]
+    assert qat["fake_quantized_layers"] == 4 and "float_note" not in qat, qat
+    assert qat["test_accuracy"] > 0.5
+    assert abs(info["accuracy"] - qat["test_accuracy"]) <= 0.02, (info["accuracy"], qat)

@@ -1,7 +1,7 @@
 """Quantization-aware training: fine-tune with fake-quantized weights and activations.
 
-BatchNorm is first folded into the Conv2D/DepthwiseConv2D/Dense before it (what the
-int8 converter does too), so the fake quantization sees the weights that will really be
+BatchNorm is first folded into the Conv1D/Conv2D/DepthwiseConv2D/SeparableConv2D/Dense
+before it (what the int8 converter does too), so the fake quantization sees the weights that will really be
 quantized. Each of those layers is then trained as a QAT twin whose kernel goes through
 ``keras.quantizers.fake_quant_with_min_max_vars`` per output channel (symmetric, narrow
 range, the TFLite int8 scheme) and whose output goes through it per tensor with ranges
@@ -34,7 +34,7 @@ from compress.errors import CompressError
 from compress.pruning import graph
 
 _FOLDABLE = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.DepthwiseConv2D,
-             keras.layers.Dense)
+             keras.layers.Dense, keras.layers.SeparableConv2D)
 
 
 def fold_batchnorm(model):
@@ -199,6 +199,15 @@ def _fold_plan(model) -> dict:
 
 
 def _fold(layer, weights, bn) -> list:
+    if isinstance(layer, keras.layers.SeparableConv2D):  # the pointwise kernel scales
+        depthwise, pointwise = weights[0], weights[1]
+        bias = weights[2] if len(weights) > 2 else np.zeros(pointwise.shape[-1],
+                                                            pointwise.dtype)
+        gamma = np.asarray(bn.gamma) if bn.scale else 1.0
+        scale = gamma / np.sqrt(np.asarray(bn.moving_variance) + bn.epsilon)
+        bias = (bias - np.asarray(bn.moving_mean)) * scale + (np.asarray(bn.beta) if bn.center
+                                                              else 0.0)
+        return [depthwise, (pointwise * scale).astype("float32"), bias.astype("float32")]
     kernel = weights[0]
     bias = weights[1] if len(weights) > 1 else np.zeros(kernel.shape[-1] if not isinstance(
         layer, keras.layers.DepthwiseConv2D) else kernel.shape[-2] * kernel.shape[-1],
@@ -309,6 +318,40 @@ class QATDepthwiseConv2D(keras.layers.DepthwiseConv2D, _ActivationRange):
         return self._fake_quant_output(self.activation(x), training)
 
 
+class QATSeparableConv2D(keras.layers.SeparableConv2D, _ActivationRange):
+    """SeparableConv2D trained as TFLite runs it: a DEPTHWISE_CONV_2D whose output is an
+    int8 tensor of its own, then a 1x1 CONV_2D; both kernels fake-quantized (per
+    channel), the depthwise output and the layer output each on a learned range."""
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self._build_range()
+        self.mid_min = self.add_weight(name="mid_min", shape=(), initializer="zeros",
+                                       trainable=False)
+        self.mid_max = self.add_weight(name="mid_max", shape=(), initializer="zeros",
+                                       trainable=False)
+
+    def call(self, inputs, training=None):
+        mid = ops.depthwise_conv(inputs, _fake_quant_kernel(self.depthwise_kernel,
+                                                            self._axis(-2)),
+                                 strides=self.strides, padding=self.padding,
+                                 dilation_rate=self.dilation_rate,
+                                 data_format=self.data_format)
+        if training:  # the same moving range as the output's (its count goes first)
+            lo, hi = ops.minimum(ops.min(mid), 0.0), ops.maximum(ops.max(mid), 0.0)
+            first = ops.equal(self.seen, 0.0)
+            self.mid_min.assign(ops.where(first, lo, 0.99 * self.mid_min + 0.01 * lo))
+            self.mid_max.assign(ops.where(first, hi, 0.99 * self.mid_max + 0.01 * hi))
+        lo, hi = ops.stop_gradient(self.mid_min), ops.stop_gradient(self.mid_max)
+        mid = keras.quantizers.fake_quant_with_min_max_vars(mid, lo, ops.maximum(hi, lo + 1e-6),
+                                                            num_bits=8)
+        x = ops.conv(mid, _fake_quant_kernel(self.pointwise_kernel, self._axis(-1)),
+                     padding="valid", data_format=self.data_format)
+        if self.use_bias:
+            x = x + self.bias
+        return self._fake_quant_output(self.activation(x), training)
+
+
 class QATDense(keras.layers.Dense, _ActivationRange):
     """Dense trained with fake-quantized kernel (per output unit) and output."""
 
@@ -341,9 +384,10 @@ def _names(names: list, shown: int = 4) -> str:
 
 
 _QAT_TWINS = {keras.layers.Conv2D: QATConv2D, keras.layers.DepthwiseConv2D: QATDepthwiseConv2D,
-              keras.layers.Dense: QATDense, keras.layers.Conv1D: QATConv1D}
+              keras.layers.Dense: QATDense, keras.layers.Conv1D: QATConv1D,
+              keras.layers.SeparableConv2D: QATSeparableConv2D}
 #: The layer kinds QAT fake-quantizes, in words.
-TWIN_KINDS = "Conv1D, Conv2D, DepthwiseConv2D and Dense"
+TWIN_KINDS = "Conv1D, Conv2D, DepthwiseConv2D, SeparableConv2D and Dense"
 
 
 def qat_finetune(model, data, epochs: int = 3, learning_rate: float = 1e-4,
@@ -353,7 +397,8 @@ def qat_finetune(model, data, epochs: int = 3, learning_rate: float = 1e-4,
 
     Args:
         model: a Keras Sequential or Functional model (not modified). Its Conv1D,
-            Conv2D, DepthwiseConv2D and Dense layers are fake-quantized, those of nested
+            Conv2D, DepthwiseConv2D, SeparableConv2D and Dense layers are
+            fake-quantized (a separable one's depthwise output too), those of nested
             Functional/Sequential models too (a base called with ``training=False``
             follows the fit, its BatchNorms frozen); layers of other kinds (and
             subclassed nested models) train in float and are listed in ``float_layers``.
@@ -445,10 +490,13 @@ def qat_finetune(model, data, epochs: int = 3, learning_rate: float = 1e-4,
         dilated = any(int(d) > 1 for d in np.ravel(getattr(layer, "dilation_rate", 1)))
         ranges[layer.name] = None if act in ("softmax", "sigmoid") or dilated \
             else (lo, max(hi, lo + 1e-6))
+        if isinstance(clone, QATSeparableConv2D):  # its DEPTHWISE_CONV_2D's own output
+            lo, hi = float(clone.mid_min.numpy()), float(clone.mid_max.numpy())
+            ranges[f"{layer.name}/depthwise"] = None if dilated else (lo, max(hi, lo + 1e-6))
     info = {"epochs": epochs, "trained_on": "labels" if labelled else
             "the float model's outputs (the data has no labels)",
             "folded_batchnorm": n_folded,
-            "fake_quantized_layers": len(ranges), "float_layers": float_layers,
+            "fake_quantized_layers": len(twins), "float_layers": float_layers,
             "activation_ranges": ranges,
             "val_accuracy": float(history.history.get("val_accuracy", [float("nan")])[-1]),
             "test_accuracy": None}
@@ -477,7 +525,7 @@ def float_share_note(float_layers: list, fake_quantized: list) -> str | None:
     >>> lstm, head = keras.layers.LSTM(8, name="lstm"), keras.layers.Dense(2)
     >>> _ = keras.Sequential([keras.Input((5, 3)), lstm, head])
     >>> float_share_note([lstm], [head])
-    "'lstm' (352 of the 368 weight-matrix values) trained in float: QAT fake-quantizes Conv1D, Conv2D, DepthwiseConv2D and Dense layers (not inside wrappers or subclassed models); the converter quantizes the others post-training, as mode int8 does"
+    "'lstm' (352 of the 368 weight-matrix values) trained in float: QAT fake-quantizes Conv1D, Conv2D, DepthwiseConv2D, SeparableConv2D and Dense layers (not inside wrappers or subclassed models); the converter quantizes the others post-training, as mode int8 does"
     """
     def matrices(layer):
         return sum(int(np.prod(w.shape)) for w in layer.trainable_weights

@@ -222,12 +222,13 @@ def _ranges_by_kernel(kernels: list, ranges: dict, keras_model) -> list | None:
     for layer in keras_model._flatten_layers(include_self=False, recursive=True):
         every.setdefault(layer.name, []).append(layer)
     for name in ranges:
-        if len(every.get(name, [])) != 1:
+        base, _, part = name.partition("/")  # "sep/depthwise": a separable layer's first op
+        if len(every.get(base, [])) != 1 or not every[base][0].weights:
             return None
-        weights = every[name][0].weights
-        if not weights:
-            return None
-        wanted[name] = np.sort(np.asarray(weights[0], np.float32).ravel())
+        layer = every[base][0]
+        kernel = getattr(layer, "depthwise_kernel" if part else "pointwise_kernel",
+                         layer.weights[0])
+        wanted[name] = np.sort(np.asarray(kernel, np.float32).ravel())
     found = []
     for kernel in kernels:
         key = None if kernel is None else np.sort(kernel)
