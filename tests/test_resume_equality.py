@@ -260,3 +260,14 @@ def test_a_plateau_reduction_of_a_cosine_survives_a_resume(tmp_path):
     assert pl_a.reductions == pl_b.reductions == [(1, pytest.approx(0.01))]
     assert float(resumed.optimizer.learning_rate) == float(whole.optimizer.learning_rate)
     _assert_same(_weights(resumed), _weights(whole))
+
+
+def test_quantization_aware_training_of_a_cnn_resumes_to_the_same_model(tmp_path, cnn_file):
+    """QAT's Conv2D twin kept only its kernel and bias in a backup (Keras's convolution
+    saves those two), which then did not load back ("expected 5 variables"): a resumed
+    QAT run of any convolutional network crashed."""
+    from compress.quantization.qat import qat_finetune
+
+    model, ds = keras.models.load_model(cnn_file[0]), cnn_file[1]
+    resumed_equals_uninterrupted(tmp_path, lambda: qat_finetune(model, ds, epochs=2),
+                                 stop_fit=1, stop_epoch=1)

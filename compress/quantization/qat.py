@@ -267,6 +267,11 @@ class _ActivationRange:
 class QATConv2D(keras.layers.Conv2D, _ActivationRange):
     """Conv2D trained with fake-quantized kernel (per channel) and output (per tensor)."""
 
+    # Conv saves only its kernel and bias (as Dense does): a --checkpoint-dir backup
+    # could not be loaded back ("expected 5 variables"), so a resumed QAT run crashed.
+    save_own_variables = keras.layers.Layer.save_own_variables
+    load_own_variables = keras.layers.Layer.load_own_variables
+
     def build(self, input_shape):
         super().build(input_shape)
         self._build_range()
@@ -284,6 +289,9 @@ class QATConv1D(keras.layers.Conv1D, _ActivationRange):
     """Conv1D (causal padding too) trained with fake-quantized kernel (per channel) and
     output (per tensor). TFLite runs it as a CONV_2D on an expanded axis, whose output
     takes the learned range (matched by the kernel's values)."""
+
+    save_own_variables = keras.layers.Layer.save_own_variables  # see QATConv2D
+    load_own_variables = keras.layers.Layer.load_own_variables
 
     def build(self, input_shape):
         super().build(input_shape)
