@@ -316,3 +316,37 @@ def test_qat_fake_quantizes_separable_convolutions_and_the_int8_file_follows():
     assert qat["fake_quantized_layers"] == 4 and "float_note" not in qat, qat
     assert qat["test_accuracy"] > 0.5
     assert abs(info["accuracy"] - qat["test_accuracy"]) <= 0.02, (info["accuracy"], qat)
+
+
+def test_qat_finds_the_first_convolution_after_a_rescaling():
+    """``Rescaling(1 / 255)`` in front of the first Conv2D (the Keras guides' models):
+    the converter folds the scale into that convolution's filter, whose values then match
+    no learned layer, and QAT refused the model ("QAT ranges do not match the converted
+    graph"). The one op left with that kernel size is that layer."""
+    import keras
+
+    from compress import training
+    from compress.data import load_data, prepare
+    from compress.quantization import quantize
+
+    L = keras.layers
+    training.set_seed(0)
+    inp = keras.Input((8, 8, 1))  # the guide "Image classification from scratch", smaller
+    x = L.Conv2D(16, 3, strides=2, padding="same")(L.Rescaling(1 / 16)(inp))
+    x = L.Activation("relu")(L.BatchNormalization()(x))
+    previous = x
+    for size in (16, 32):
+        x = L.SeparableConv2D(size, 3, padding="same")(L.Activation("relu")(x))
+        x = L.Activation("relu")(L.BatchNormalization()(x))
+        x = L.BatchNormalization()(L.SeparableConv2D(size, 3, padding="same")(x))
+        x = L.MaxPooling2D(3, strides=2, padding="same")(x)
+        x = L.add([x, L.Conv2D(size, 1, strides=2, padding="same")(previous)])
+        previous = x
+    x = L.GlobalAveragePooling2D()(x)
+    model = keras.Model(inp, L.Dense(10, activation="softmax")(L.Dropout(0.25)(x)))
+    ds = prepare(model, load_data("digits", 0))
+    training.compile_classifier(model, learning_rate=3e-3)
+    training.fit(model, ds, epochs=15, verbose=0)
+    _, info = quantize(model, ds, qat=True, epochs=2, learning_rate=1e-3, latency=False)
+    assert info["qat"]["fake_quantized_layers"] == 8 and info["qat"]["test_accuracy"] > 0.5
+    assert abs(info["accuracy"] - info["qat"]["test_accuracy"]) <= 0.02, info

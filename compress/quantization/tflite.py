@@ -212,9 +212,9 @@ def _ranges_by_kernel(kernels: list, ranges: dict, keras_model) -> list | None:
     """The learned range of each conv/dense op, found by its weights: an op whose float
     filter holds exactly the values of one fake-quantized layer's kernel (in any layout)
     is that layer's; a layer called several times (shared: a Siamese head) is found at
-    each of its ops, which all take its one learned range. None unless every layer is
-    found (a kernel the converter changed, or two layers with the same values: the names
-    decide). The
+    each of its ops, which all take its one learned range; a layer whose filter the
+    converter changed (a scale folded in) is the one op left with its kernel size. None
+    unless every layer is found (two layers with the same values: the names decide). The
     names alone can mislead: TensorFlow may scope layer ``dense`` as ``dense_1/``, the
     name of another layer."""
     wanted = {}
@@ -238,6 +238,17 @@ def _ranges_by_kernel(kernels: list, ranges: dict, keras_model) -> list | None:
         if len(hits) > 1:
             return None
         found.append(hits[0] if hits else None)
+    # The converter folds a constant scale before a convolution into its filter (the
+    # Rescaling(1/255) in front of the first Conv2D): that layer's values are found
+    # nowhere. A layer left alone with its kernel size among the ops left alone is
+    # that op.
+    left = [name for name in ranges if name not in found]
+    for name in left:
+        size = wanted[name].size
+        ops_left = [i for i, k in enumerate(kernels) if found[i] is None and k is not None
+                    and k.size == size]
+        if len(ops_left) == 1 and sum(wanted[n].size == size for n in left) == 1:
+            found[ops_left[0]] = name
     layers = {name for name in found if name is not None}  # a shared layer: at every op
     if layers != set(ranges):
         return None
