@@ -216,6 +216,19 @@ def kept(new_model, pairs: list) -> list:
             if id(b) in inside or not isinstance(b, keras.layers.Layer)]
 
 
+def graphs(model, seen=None):
+    """``model`` and every Functional/Sequential model nested in it, once each (a nested
+    model called twice is one graph)."""
+    seen = set() if seen is None else seen
+    if id(model) in seen:
+        return
+    seen.add(id(model))
+    yield model
+    for layer in model.layers:
+        if has_graph(layer):
+            yield from graphs(layer, seen)
+
+
 def has_graph(op) -> bool:
     """True for a nested model whose layer graph can be read (Functional, Sequential)."""
     import keras

@@ -50,6 +50,7 @@ import itertools
 import numpy as np
 
 from compress.errors import CompressError
+from compress.pruning.graph import graphs
 
 # Layers that pass each channel through a positively homogeneous function: scaling a
 # channel's input by 1/s scales its output by 1/s.
@@ -112,7 +113,7 @@ def equalize_model(model, x_calibration=None, *, equalize: bool = True,
             "channel_range_ratio": None, "bias_corrected": 0}
     ratios_before, ratios_after = [], []
     every_holder = {}  # id(layer) -> the folded BatchNorm holding its bias, any depth
-    for graph in _graphs(new):
+    for graph in graphs(new):
         holders = _fold_batchnorms(graph, info)
         every_holder.update({id(la): holders[la.name] for la in graph.layers
                              if la.name in holders})
@@ -181,17 +182,6 @@ def _input_view(layer, kernel: np.ndarray) -> np.ndarray:
     """The kernel as ``(input channels, elements)`` (a copy)."""
     axis = 2 if type(layer).__name__ == "DepthwiseConv2D" else kernel.ndim - 2
     return np.moveaxis(kernel, axis, 0).reshape(kernel.shape[axis], -1)
-
-
-def _graphs(model):
-    """``model`` and every Functional/Sequential model nested in it."""
-    import keras
-
-    yield model
-    for layer in model.layers:
-        if isinstance(layer, keras.Model) and (isinstance(layer, keras.Sequential)
-                                               or hasattr(layer, "_nodes_by_depth")):
-            yield from _graphs(layer)
 
 
 def _edges(model) -> tuple[dict, dict, set]:
@@ -387,7 +377,7 @@ def _correct_biases(model, holders: dict, x, per_channel: bool, qmax: float,
     from compress.pruning.hessian import _batches, _forward
 
     targets = []
-    for graph in _graphs(model):
+    for graph in graphs(model):
         for layer in graph.layers:
             if not _is_linear_kind(layer):
                 continue

@@ -1,8 +1,8 @@
 """Quantization-aware training: fine-tune with fake-quantized weights and activations.
 
 BatchNorm is first folded into the Conv1D/Conv2D/DepthwiseConv2D/SeparableConv2D/Dense
-before it (what the int8 converter does too), so the fake quantization sees the weights that will really be
-quantized. Each of those layers is then trained as a QAT twin whose kernel goes through
+before it (what the int8 converter does too), so the fake quantization sees the weights
+that will really be quantized. Each of those layers is then trained as a QAT twin whose kernel goes through
 ``keras.quantizers.fake_quant_with_min_max_vars`` per output channel (symmetric, narrow
 range, the TFLite int8 scheme) and whose output goes through it per tensor with ranges
 tracked by an exponential moving average. The straight-through estimator lets gradients
@@ -40,12 +40,12 @@ _FOLDABLE = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.DepthwiseCon
 def fold_batchnorm(model):
     """A new model with every BatchNormalization folded into the layer before it.
 
-    A BatchNorm folds when it is the only reader of a Conv1D, Conv2D, DepthwiseConv2D or
-    Dense with a linear activation (channels last) in the same model graph and normalizes
-    the last axis; it becomes an ``Identity`` layer of the same name. Other BatchNorms are
-    kept as they are. Works on Sequential and Functional models, branches included, and
-    inside their nested models (a ``MobileNetV2`` base used as a layer: nesting and names
-    kept; a subclassed nested model is copied whole).
+    A BatchNorm folds when it is the only reader of a Conv1D, Conv2D, DepthwiseConv2D,
+    SeparableConv2D or Dense with a linear activation (channels last) in the same model
+    graph and normalizes the last axis; it becomes an ``Identity`` layer of the same name.
+    Other BatchNorms are kept as they are. Works on Sequential and Functional models,
+    branches included, and inside their nested models (a ``MobileNetV2`` base used as a
+    layer: nesting and names kept; a subclassed nested model is copied whole).
 
     Example:
 
@@ -88,18 +88,6 @@ def _top_layers(model) -> list:
     return [lay for lay in model.layers if not isinstance(lay, keras.layers.InputLayer)]
 
 
-def _graphs(model, seen=None):
-    """``model`` and every Functional/Sequential model nested in it, once each."""
-    seen = set() if seen is None else seen
-    if id(model) in seen:
-        return
-    seen.add(id(model))
-    yield model
-    for layer in model.layers:
-        if graph.has_graph(layer):
-            yield from _graphs(layer, seen)
-
-
 def _free_training(op, kwargs: dict) -> dict:
     """A nested model called with a fixed ``training`` (``base(x, training=False)``, the
     transfer-learning pattern) follows the fit in QAT instead: its fake-quantized layers
@@ -112,7 +100,7 @@ def _frozen_batchnorms(model) -> set:
     """``id`` of every BatchNormalization inside a nested model that ``model``'s graphs
     call with ``training=False``: they stay in inference mode while QAT trains."""
     out = set()
-    for g in _graphs(model):
+    for g in graph.graphs(model):
         if isinstance(g, keras.Sequential):
             continue
         for nodes in g._nodes_by_depth.values():
@@ -180,7 +168,7 @@ def _fold_plan(model) -> dict:
     """``{id(layer): the BatchNormalization that folds into it}``, over ``model`` and its
     nested models (each graph on its own: nothing folds across a model boundary)."""
     plan = {}
-    for g in _graphs(model):
+    for g in graph.graphs(model):
         consumers = _consumers(g)
         by_name = {lay.name: lay for lay in g.layers}
         for layer in _top_layers(g):
