@@ -129,7 +129,8 @@ def _convert(model, mode, representative, int8_io, per_channel, activation_range
         except Exception as exc:
             raise CompressError(explain_conversion(exc, model, mode)) from exc
     if mode == "int8" and activation_ranges is not None:
-        flatbuffer = _quantize_with_ranges(flatbuffer, activation_ranges, int8_io, model)
+        flatbuffer = _quantize_with_ranges(flatbuffer, activation_ranges, int8_io, model,
+                                           per_channel)
     return flatbuffer
 
 
@@ -159,7 +160,7 @@ _RANGED_OPS = {3: "CONV_2D", 4: "DEPTHWISE_CONV_2D", 9: "FULLY_CONNECTED"}
 
 
 def _quantize_with_ranges(calibrated: bytes, ranges: list, int8_io: bool,
-                          keras_model=None) -> bytes:
+                          keras_model=None, per_channel: bool = True) -> bytes:
     """Quantize a calibrated flatbuffer with the given output ranges of its conv/dense ops.
 
     The TFLite converter ignores FakeQuant ranges when it calibrates, and without
@@ -192,8 +193,11 @@ def _quantize_with_ranges(calibrated: bytes, ranges: list, int8_io: bool,
             tensor.quantization.min, tensor.quantization.max = [float(rng[0])], [float(rng[1])]
     io_type = tf.int8 if int8_io else tf.float32
     with quiet_output():
+        # Per-tensor weights when asked for: without this the quantizer gave every QAT
+        # file per-channel weights, not the grid trained on (nor the one asked for).
         return lite_convert.mlir_quantize(
             bytes(flatbuffer_utils.convert_object_to_bytearray(model)),
+            disable_per_channel=not per_channel,
             input_data_type=io_type, output_data_type=io_type)
 
 
