@@ -78,7 +78,9 @@ def test_obd_default_estimator_prunes_two_input_and_two_output_models(tmp_path):
                 model.get_layer("hidden").kernel))))
 
 
-def test_hash_refusal_names_the_nested_model_that_holds_the_dense_layers(tmp_path):
+def test_hash_and_kmeans_reach_the_dense_layers_of_a_nested_model(tmp_path):
+    """Hashing refused a model whose Dense layers all sat in a nested model (it rebuilt
+    the top-level graph only); it rebuilds the nested model with them hashed now."""
     from compress.sharing import share
 
     inner_in = keras.Input((8,))
@@ -86,9 +88,11 @@ def test_hash_refusal_names_the_nested_model_that_holds_the_dense_layers(tmp_pat
         keras.layers.Dense(16, activation="relu")(inner_in)), name="body")
     inp = keras.Input((8,))
     model = _saved(keras.Model(inp, inner(inp), name="outer"), tmp_path, "nest")
-    with pytest.raises(CompressError, match="inside the nested model 'body'.*kmeans"):
-        share(model, None, method="hash")
-    clustered, _ = share(model, None, method="kmeans", clusters=4)  # which reaches them
+    hashed, info = share(model, None, method="hash")
+    assert len(info["layers"]) == 2 and "not_reached" not in info
+    assert [type(la).__name__ for la in hashed.get_layer("body").layers[1:]] == \
+        ["HashedDense", "HashedDense"]
+    clustered, _ = share(model, None, method="kmeans", clusters=4)
     kernel = np.asarray(clustered.get_layer("body").layers[1].kernel)
     assert len(np.unique(kernel)) <= 4
 
