@@ -321,3 +321,34 @@ def test_a_nested_model_that_does_not_rebuild_is_copied_whole_and_named():
     with pytest.raises(CompressError, match="layer 'inner' cannot be hashed: its nested "
                                             "model cannot be rebuilt layer by layer"):
         hash_model(model, factor=0.5, layers=["inner"])
+
+
+def test_hashed_convolutions_inside_a_nested_model_convert_to_int8_tflite():
+    """A base used as a layer, its convolutions hashed: full-integer TFLite refused the
+    model ("hashed convolutions inside a nested model cannot be converted"); the copy
+    for int8 now rebuilds the nested model with those convolutions stored whole, and the
+    int8 file follows the hashed model."""
+    import keras
+
+    from compress.quantization.tflite import convert
+    from compress.runtime import run_tflite
+    from compress.sharing import hash_model
+    from compress.sharing.hashing import int8_tflite_copy
+
+    keras.utils.set_random_seed(0)
+    i = keras.Input((8, 8, 1))
+    h = keras.layers.Conv2D(6, 3, activation="relu", name="c1")(i)
+    base = keras.Model(i, keras.layers.Conv2D(8, 3, activation="relu", name="c2")(h),
+                       name="base")
+    inp = keras.Input((8, 8, 1))
+    out = keras.layers.Dense(3, name="head")(
+        keras.layers.GlobalAveragePooling2D()(base(inp, training=False)))
+    hashed, _ = hash_model(keras.Model(inp, out), factor=0.5)
+    copy, note = int8_tflite_copy(hashed)
+    assert set(note.rsplit(": ", 1)[1].split(", ")) == {"c1", "c2"}
+    assert type(copy.get_layer("base").get_layer("c1")).__name__ == "Conv2D"
+    assert type(copy.get_layer("head")).__name__ == "HashedDense"
+    x = np.random.default_rng(0).random((64, 8, 8, 1)).astype("float32")
+    got = run_tflite(convert(copy, "int8", x), x)
+    want = np.asarray(hashed(x))
+    assert np.linalg.norm(got - want) <= 0.1 * np.linalg.norm(want)
