@@ -206,14 +206,25 @@ class _Rebuild:
         return self.mapping[id(op)]
 
 
-def kept(new_model, pairs: list) -> list:
-    """``(old, new)`` pairs whose new layer is in ``new_model`` (a nested model that fell
-    back to a whole copy leaves the layers made for it out) or is not a layer."""
+def rebuild_pairs(model, make_layer, *, nested_kwargs=None):
+    """:func:`rebuild` with ``opaque``, for passes that copy weights layer by layer:
+    ``(new_model, pairs, whole)``, ``pairs`` the ``(old layer, new layer)`` of every layer
+    in the new model (a nested model that fell back to a whole copy is one pair, the
+    layers made for its failed attempt none), ``whole`` the ids of the new model's
+    nested models copied whole."""
     import keras
 
-    inside = {id(la) for la in new_model._flatten_layers(include_self=False, recursive=True)}
-    return [(a, b) for a, b in pairs
-            if id(b) in inside or not isinstance(b, keras.layers.Layer)]
+    made = []
+
+    def make(layer):
+        new = make_layer(layer)
+        made.append((layer, new))
+        return new
+
+    new, mapping = rebuild(model, make, opaque=True, nested_kwargs=nested_kwargs)
+    inside = {id(la) for la in new._flatten_layers(include_self=False, recursive=True)}
+    pairs = [(a, b) for a, b in made if isinstance(a, keras.layers.Layer) and id(b) in inside]
+    return new, pairs, {id(mapping[i]) for i in mapping.whole}
 
 
 def graphs(model, seen=None):

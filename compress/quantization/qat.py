@@ -75,7 +75,7 @@ def fold_batchnorm(model):
 
     folded, pairs = _rebuild(model, clone)
     for layer, new in pairs:
-        if id(layer) in absorbed or not isinstance(layer, keras.layers.Layer):
+        if id(layer) in absorbed:
             continue
         weights = layer.get_weights()
         if id(layer) in folds:
@@ -121,23 +121,16 @@ def _rebuild(model, clone_function, free_training: bool = False):
         raise CompressError(f"model '{model.name}': QAT rebuilds the model's layer graph and "
                             "cannot (a subclassed model has none); use post-training mode "
                             "int8")
-    pairs = []
-
-    def make(layer):
-        new = clone_function(layer)
-        pairs.append((layer, new))
-        return new
-
     try:
-        new, _ = graph.rebuild(model, make, opaque=True,
-                               nested_kwargs=_free_training if free_training else None)
+        new, pairs, _ = graph.rebuild_pairs(
+            model, clone_function, nested_kwargs=_free_training if free_training else None)
     except CompressError:
         raise
     except Exception as exc:  # a layer that cannot be rebuilt
         raise CompressError(f"model '{model.name}': QAT rebuilds the model's layer graph and "
                             f"cannot ({type(exc).__name__}: {' '.join(str(exc).split())[:120]}"
                             "); use post-training mode int8") from exc
-    return new, graph.kept(new, pairs)
+    return new, pairs
 
 
 def _consumers(model) -> dict:
@@ -440,7 +433,6 @@ def qat_finetune(model, data, epochs: int = 3, learning_rate: float = 1e-4,
     # Nested models (a MobileNetV2 base under a new head) are rebuilt with their layers'
     # twins; one called with training=False follows the fit (its twins learn ranges).
     qmodel, pairs = _rebuild(folded, twin_clone, free_training=True)
-    pairs = [(la, c) for la, c in pairs if isinstance(la, keras.layers.Layer)]
     for layer, clone in pairs:
         for src, dst in zip(layer.weights, clone.weights):  # kernel, bias come first
             dst.assign(src)

@@ -14,7 +14,6 @@ Example:
 
 from __future__ import annotations
 
-import keras
 import numpy as np
 
 from compress.data import as_dataset
@@ -186,26 +185,13 @@ def materialize(model, only: tuple | None = None):
 
 
 def _rebuild(model, clone, what: str):
-    """``(new model, [(old layer, new layer)], whole)``: ``model``'s layer graph, nested
-    Functional/Sequential models included (nesting and names kept), each layer replaced
-    by ``clone(layer)``; layers without weights and operations are left out of the
-    pairs. ``whole``: ids of the new model's nested models copied whole (their layers
-    could not be rebuilt)."""
-    pairs = []
-
-    def make(layer):
-        new = clone(layer)
-        if isinstance(layer, keras.layers.Layer) and layer.weights:
-            pairs.append((layer, new))
-        return new
-
+    """:func:`compress.pruning.graph.rebuild_pairs` with a one-line error."""
     try:
-        new, mapping = graph.rebuild(model, make, opaque=True)
+        return graph.rebuild_pairs(model, clone)
     except CompressError:
         raise
     except Exception as exc:
         raise CompressError(f"cannot rebuild the model with {what} ({exc})") from exc
-    return new, graph.kept(new, pairs), {id(mapping[i]) for i in mapping.whole}
 
 
 #: Hashed layers whose computed kernel full-integer TFLite cannot take: its int8
