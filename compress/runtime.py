@@ -134,6 +134,24 @@ def refuse_keras_quantized(model) -> None:
             f"{policy}); start from the float model it was made from")
 
 
+
+def float_dtype(config: dict) -> dict:
+    """``config`` (a layer's ``get_config()``, changed in place and returned) with a Keras
+    quantized dtype policy (``model.quantize``'s ``int8_from_float32``...) replaced by the
+    float policy it was made from: for a freshly initialised copy of the architecture (a
+    distillation student), whose float weights must be trainable.
+
+    Example:
+
+    >>> float_dtype({"dtype": {"class_name": "QuantizedDTypePolicy",
+    ...                        "config": {"mode": "int8", "source_name": "float32"}}})
+    {'dtype': 'float32'}
+    """
+    dtype = config.get("dtype")
+    if isinstance(dtype, dict) and "Quantized" in str(dtype.get("class_name", "")):
+        config["dtype"] = (dtype.get("config") or {}).get("source_name") or "float32"
+    return config
+
 #: Keras preprocessing layers that look values up in a hash table or take strings: their
 #: TensorFlow ops have no TFLite builtin kernel and no ONNX runtime takes them.
 LOOKUP_LAYERS = ("StringLookup", "IntegerLookup", "TextVectorization", "Hashing",

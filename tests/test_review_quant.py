@@ -205,3 +205,53 @@ def test_top1_failure_on_an_undecided_model_names_its_near_ties():
     broken = comparison(rng.uniform(size=expected.shape), expected, classifier=True)
     ok, words = agreement_summary(broken)
     assert not ok and "near-ties" not in words
+
+
+def test_passes_that_change_weights_refuse_a_keras_quantized_model(tmp_path):
+    """Pruning, k-means, hashing and cascade training of a ``model.quantize("int8")``
+    model were ranking, clustering or hashing its int8 values, whose per-unit scales they
+    never read, and wrote a model with exit code 0; each now refuses in one line, and
+    the CLI writes nothing."""
+    import keras
+    from click.testing import CliRunner
+
+    from compress import cascade_train, prune, share
+    from compress.cli import main
+    from compress.errors import CompressError
+
+    model, ds = _digits_mlp()
+    model.quantize("int8")
+    refusal = ("model 'mlp' is already quantized by Keras (layer 'fc1', int8_from_float32); "
+               "start from the float model it was made from")
+    for run in (lambda: prune(model, ds, sparsity=0.5),
+                lambda: share(model, ds, method="kmeans", clusters=8),
+                lambda: share(model, ds, method="hash", factor=0.5),
+                lambda: cascade_train(model, ds, epochs=1)):
+        with pytest.raises(CompressError) as caught:
+            run()
+        assert str(caught.value) == refusal
+    path = tmp_path / "q.keras"
+    model.save(path)
+    out = tmp_path / "p.keras"
+    result = CliRunner().invoke(main, ["prune", str(path), "-o", str(out), "--sparsity",
+                                       "0.5", "--data", "digits"])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines()[-1] == f"error: {refusal}"
+    assert not out.exists()
+    assert isinstance(keras.models.load_model(path).layers[1].dtype_policy,
+                      keras.dtype_policies.QuantizedDTypePolicy)  # the input untouched
+
+
+def test_a_width_student_of_a_keras_quantized_teacher_is_float():
+    """A Keras-quantized teacher is a fine teacher, but its width student was built with
+    the teacher's int8 policies: int8 kernels initialised to zero that never train (a
+    student with 22 nonzero weights of 406). The student is now float and trains."""
+    from compress.distillation.students import width_student
+
+    teacher, ds = _digits_mlp()
+    teacher.quantize("int8")
+    student = width_student(teacher, 0.5)
+    fc1 = student.get_layer("fc1")
+    assert fc1.dtype_policy.name == "float32"
+    assert fc1.kernel.dtype == "float32" and fc1.kernel.trainable and fc1.units == 8
+    assert np.count_nonzero(np.asarray(fc1.kernel)) == 64 * 8  # initialised, unlike int8

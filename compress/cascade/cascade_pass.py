@@ -229,7 +229,8 @@ def cascade_train(model_or_specs, data, *, verbose: int | str = 0, callbacks=Non
 
     Raises:
         CompressError: bad options or data, a model that is not a chain, a NaN stage;
-            unlabelled data with layer specs (no trained model to learn from).
+            unlabelled data with layer specs (no trained model to learn from); a model
+            Keras already quantized.
     """
     from compress import training
     from compress.callbacks.plateau import PlateauSchedule
@@ -241,6 +242,9 @@ def cascade_train(model_or_specs, data, *, verbose: int | str = 0, callbacks=Non
     dataset = as_dataset(data, seed=opts["seed"]) if not hasattr(data, "labelled") else data
     teacher = None
     if isinstance(model_or_specs, keras.Model):
+        from compress.runtime import refuse_keras_quantized
+
+        refuse_keras_quantized(model_or_specs)  # its int8 kernels cannot train
         teacher = model_or_specs
         model = training.copy_model(model_or_specs)
         blocks, head = split_blocks(model)

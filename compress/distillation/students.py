@@ -18,6 +18,7 @@ import re
 import keras
 
 from compress.errors import CompressError
+from compress.runtime import float_dtype
 
 # Config keys that set a layer's output width.
 _WIDTH_KEYS = ("units", "filters", "output_dim", "key_dim")  # Dense/RNN, Conv, Embedding, attention
@@ -65,7 +66,7 @@ def width_student(teacher, width: float = 0.25, name: str | None = None):
     scaled = []
 
     def clone(layer):
-        config = layer.get_config()
+        config = float_dtype(layer.get_config())  # a Keras-quantized teacher: float student
         if _scaled(config, width, layer.name not in outputs):
             scaled.append(layer.name)
         return layer.__class__.from_config(config)
@@ -108,6 +109,7 @@ def _scaled(config: dict, width: float, scale: bool) -> bool:
     for item in inner:
         if isinstance(item, dict) and isinstance(item.get("config"), dict):
             item.pop("build_config", None)
+            float_dtype(item["config"])
             changed = _scaled(item["config"], width, scale) or changed
     return changed
 
@@ -160,7 +162,7 @@ def depth_student(teacher, drop=1, name: str | None = None):
                                 "must stay")
     gone = {i for block in removed for i in block}
     register_layers()
-    kept = [layer.__class__.from_config(layer.get_config())
+    kept = [layer.__class__.from_config(float_dtype(layer.get_config()))
             for i, layer in enumerate(layers) if i not in gone]
     student = keras.Sequential([keras.Input(teacher.inputs[0].shape[1:],
                                             dtype=teacher.inputs[0].dtype)] + kept,

@@ -122,13 +122,17 @@ def prune(model, data=None, *, verbose=0, **options):
         ``(new_model, info)``; ``info`` holds the sparsity reached per layer.
 
     Raises:
-        CompressError: bad options, missing or mismatched data, no prunable layer.
+        CompressError: bad options, missing or mismatched data, no prunable layer, a
+            model Keras already quantized (``model.quantize``: start from the float one).
     """
     from compress import training
 
     opts = PRUNE_OPTIONS.validate(options)
     from compress.io import ensure_signature
 
+    from compress.runtime import refuse_keras_quantized
+
+    refuse_keras_quantized(model)  # its int8 values ranked without their scales: wrong
     model = ensure_signature(model, data)  # a subclassed model: wrapped, with an input
     data = as_dataset(data, model)  # a tf.data.Dataset, arrays, (x, y), a name: one form
     _check_data(model, data, opts)

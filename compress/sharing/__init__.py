@@ -39,8 +39,15 @@ def share(model, data=None, *, verbose=0, **options):
 
     Returns:
         ``(new_model, info)``.
+
+    Raises:
+        CompressError: bad options, or a model Keras already quantized (its int8 values
+            are not its weights: start from the float model).
     """
+    from compress.runtime import refuse_keras_quantized
+
     opts = SHARE_OPTIONS.validate(options)
+    refuse_keras_quantized(model)  # clustering or hashing int8 values without their scales
     if opts["method"] == "hash":
         from compress.sharing.hashing import hash_model
 
