@@ -248,7 +248,7 @@ def test_a_width_student_of_a_keras_quantized_teacher_is_float():
     student with 22 nonzero weights of 406). The student is now float and trains."""
     from compress.distillation.students import width_student
 
-    teacher, ds = _digits_mlp()
+    teacher, _ = _digits_mlp()
     teacher.quantize("int8")
     student = width_student(teacher, 0.5)
     fc1 = student.get_layer("fc1")

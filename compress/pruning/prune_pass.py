@@ -129,7 +129,6 @@ def prune(model, data=None, *, verbose=0, **options):
 
     opts = PRUNE_OPTIONS.validate(options)
     from compress.io import ensure_signature
-
     from compress.runtime import refuse_keras_quantized
 
     refuse_keras_quantized(model)  # its int8 values ranked without their scales: wrong
