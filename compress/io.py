@@ -814,6 +814,9 @@ def deployable(model):
         config.pop("compile_config", None)
         fresh = keras.saving.deserialize_keras_object(config)
         fresh.set_weights(model.get_weights())
-        return fresh
     except Exception:  # noqa: BLE001 - subclassed models without get_config
         return model
+    from compress.training import copy_assets
+
+    copy_assets(model, fresh)  # vocabularies: the file would hold empty ones
+    return fresh

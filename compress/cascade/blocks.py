@@ -37,8 +37,9 @@ def chain_layers(model) -> list:
     if isinstance(model, keras.Sequential):
         return layers
     try:  # a functional model is a chain when running its layers in order reproduces it
-        x = np.random.default_rng(0).random((2,) + tuple(model.inputs[0].shape[1:]),
-                                            dtype=np.float32)
+        shape = (2,) + tuple(model.inputs[0].shape[1:])
+        x = (np.full(shape, "the quick brown fox jumps") if model.inputs[0].dtype == "string"
+             else np.random.default_rng(0).random(shape, dtype=np.float32))
         h = x
         for layer in layers:
             h = layer(h, training=False)

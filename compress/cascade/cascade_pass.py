@@ -45,7 +45,10 @@ def _optimizer(name: str, lr: float):
 
 def _forward(layers, x: np.ndarray, batch_size: int, cache_dir) -> np.ndarray:
     """Pseudo-inputs: ``x`` through the frozen ``layers`` once (inference mode)."""
-    block = keras.Sequential([keras.Input(x.shape[1:])] + list(layers))
+    from compress.data.named import is_text
+
+    block = keras.Sequential([keras.Input(x.shape[1:], dtype="string" if is_text(x) else None)]
+                             + list(layers))
     out = None
     for start in range(0, len(x), 512):
         y = np.asarray(block(x[start:start + 512], training=False))
@@ -81,6 +84,7 @@ class _StageData:
         self.cache_dir = tempfile.TemporaryDirectory(prefix="cascade-") \
             if cache == "disk" and not self.streamed else None
         self.frozen: list = []  # the frozen layers, in order
+        self.dtype = None  # the model's input dtype (strings for a text model), set below
         self._fidelity = None if self.labelled else task.fidelity_loss()
         if not self.streamed:
             self.feats = {k: dataset.split(k)[0] for k in ("train", "val", "test")}
@@ -100,7 +104,7 @@ class _StageData:
             return tuple(self.feats["train"].shape[1:])
         shape = tuple(self.dataset.sample_shape)
         if self.frozen:
-            block = keras.Sequential([keras.Input(shape)] + self.frozen)
+            block = keras.Sequential([keras.Input(shape, dtype=self.dtype)] + self.frozen)
             shape = tuple(block.outputs[0].shape[1:])
         return shape
 
@@ -119,7 +123,8 @@ class _StageData:
         import tensorflow as tf
 
         base = self.dataset.batches(split, self.batch_size, shuffle=shuffle)
-        prefix = keras.Sequential([keras.Input(self.dataset.sample_shape)] + self.frozen) \
+        prefix = keras.Sequential([keras.Input(self.dataset.sample_shape, dtype=self.dtype)]
+                                  + self.frozen) \
             if self.frozen else None
         teacher, labelled = self.teacher, self.labelled
         fidelity = self._fidelity
@@ -267,12 +272,16 @@ def cascade_train(model_or_specs, data, *, verbose: int | str = 0, callbacks=Non
         else output_activation(model)
     was_trainable = {id(la): la.trainable for la in model.layers}
     stage_data = _StageData(dataset, task, teacher, opts["batch_size"], opts["cache"])
+    stage_data.dtype = model.inputs[0].dtype
     stages = []
     try:
         for index, block in enumerate(blocks, start=1):
             last = index == len(blocks)
             shape = stage_data.input_shape
-            inp = keras.Input(shape)
+            # the first stage takes the model's inputs (strings for a text model), the
+            # next ones the frozen blocks' outputs, or pseudo-inputs cached as float32
+            inp = keras.Input(shape, dtype=None if stage_data.frozen or (
+                index > 1 and not stage_data.streamed) else model.inputs[0].dtype)
             h = inp
             for layer in block:
                 h = layer(h)

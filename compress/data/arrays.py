@@ -174,15 +174,25 @@ def fit_to_model(x, model, name: str = "data"):
 
 
 def _fit_one(x, spec, name):
+    from compress.data.named import as_input, is_text
+
     _, target, dtype = spec
     x = np.asarray(x)
+    text = dtype == "string"
+    if text != is_text(x):
+        raise CompressError(
+            f"{name}: model input {target} takes strings, but the data holds {x.dtype} "
+            "numbers; give the text (a NumPy str array)" if text else
+            f"{name}: the data holds strings, but model input {target} takes {dtype}; give "
+            "numbers (the text as the model's preprocessing would encode it)")
     if any(d is None for d in target):
-        return x  # variable-size inputs: pass through, the model decides
+        return as_input(x) if text else x  # variable-size inputs: the model decides
     want, have = int(np.prod(target)), int(np.prod(x.shape[1:]))
     if want != have:
         raise CompressError(f"{name}: samples of shape {tuple(x.shape[1:])} ({have} values) do "
                             f"not fit model input {target} ({want} values)")
-    return x.reshape((len(x),) + target).astype(dtype or "float32", copy=False)
+    x = x.reshape((len(x),) + target)
+    return as_input(x) if text else x.astype(dtype or "float32", copy=False)
 
 
 def holds_classes(width: int, num_classes: int) -> bool:

@@ -211,6 +211,8 @@ def _load_npz(path: Path, seed: int) -> Dataset:
     for key, a in arrays.items():
         if a.size == 0:
             raise CompressError(f"{path}: array '{key}' is empty")
+        if key.startswith("x_") and is_text(a):
+            continue  # strings, for a model that takes text
         if not np.issubdtype(a.dtype, np.number):
             raise CompressError(f"{path}: array '{key}' has non-numeric dtype {a.dtype}")
         if key.startswith("x_") and not np.all(np.isfinite(a)):
@@ -247,6 +249,26 @@ def _load_npz(path: Path, seed: int) -> Dataset:
                        _num_classes(labels, y, y_val))
     te, va, tr = idx[:n_test], idx[n_test:n_test + n_val], idx[n_test + n_val:]
     return Dataset(name, x[tr], y[tr], x[va], y[va], x[te], y[te], _num_classes(labels, y))
+
+
+def is_text(a) -> bool:
+    """Whether ``a`` is an array of strings (NumPy ``str`` or ``bytes``): the inputs of a
+    model that takes text (a ``TextVectorization`` or ``StringLookup`` inside it).
+
+    Example:
+
+    >>> is_text(np.array(["a cat"])), is_text(np.zeros(2))
+    (True, False)
+    """
+    return getattr(getattr(a, "dtype", None), "kind", "") in ("U", "S")
+
+
+def as_input(a: np.ndarray) -> np.ndarray:
+    """Model inputs as loaded: strings as NumPy ``str`` (bytes decoded as UTF-8), numbers
+    as float32."""
+    if is_text(a):
+        return np.char.decode(a, "utf-8") if a.dtype.kind == "S" else a
+    return a.astype("float32")
 
 
 def _whole_non_negative(a: np.ndarray) -> bool:
@@ -290,7 +312,7 @@ def _npz_splits(path: Path, arrays: dict, labels: bool = True) -> dict:
                                 f"but 'x_train' samples have {tuple(arrays['x_train'].shape[1:])}")
         # labels with more than one per sample are a class per position (a segmentation
         # mask, a tagger's tokens), checked against the model's output once it is loaded
-        splits[split] = (x.astype("float32"), (y.astype("int64").reshape(-1)
+        splits[split] = (as_input(x), (y.astype("int64").reshape(-1)
                                                if per_sample == 1 else y.astype("int64"))
                          if labels else y.astype("float32"))
     return splits
@@ -303,6 +325,8 @@ def _check_inputs(path: Path, key: str, a: np.ndarray) -> None:
         raise CompressError(f"{path}: array '{key}' is a single number; give one row per sample")
     if a.size == 0:
         raise CompressError(f"{path}: array '{key}' is empty")
+    if key.startswith("x") and is_text(a):
+        return  # strings, for a model that takes text
     if not np.issubdtype(a.dtype, np.number):
         raise CompressError(f"{path}: array '{key}' has non-numeric dtype {a.dtype}")
     if not np.all(np.isfinite(a)):
@@ -317,7 +341,7 @@ def _unlabelled(name: str, path: Path, arrays: dict, seed: int) -> Dataset:
     """
     for key, a in arrays.items():
         _check_inputs(path, key, a)
-    x = arrays["x_train"].astype("float32")
+    x = as_input(arrays["x_train"])
     for key in ("x_val", "x_test"):
         if key in arrays and arrays[key].shape[1:] != x.shape[1:]:
             raise CompressError(f"{path}: '{key}' samples have shape {arrays[key].shape[1:]} "
@@ -328,8 +352,8 @@ def _unlabelled(name: str, path: Path, arrays: dict, seed: int) -> Dataset:
     idx = np.random.default_rng(seed).permutation(len(x))
     n_test = max(1, len(x) // 5) if "x_test" not in arrays else 0
     n_val = max(1, len(x) // 10) if "x_val" not in arrays else 0
-    test = arrays["x_test"].astype("float32") if n_test == 0 else x[idx[:n_test]]
-    val = (arrays["x_val"].astype("float32") if n_val == 0
+    test = as_input(arrays["x_test"]) if n_test == 0 else x[idx[:n_test]]
+    val = (as_input(arrays["x_val"]) if n_val == 0
            else x[idx[n_test:n_test + n_val]])
     train = x[idx[n_test + n_val:]] if missing else x
     return Dataset(name, train, None, val, None, test, None, 0)
@@ -378,11 +402,11 @@ def _load_npz_named(path: Path, arrays: dict, seed: int) -> Dataset:
         if name:
             if not isinstance(groups.setdefault(head, {}), dict):
                 raise CompressError(f"{path}: has both '{head}' and '{key}'")
-            groups[head][name] = a.astype("float32") if head[0] == "x" else a
+            groups[head][name] = as_input(a) if head[0] == "x" else a
         elif head in groups:
             raise CompressError(f"{path}: has both '{head}' and '{head}/...'")
         else:
-            groups[head] = a.astype("float32") if head[0] == "x" else a
+            groups[head] = as_input(a) if head[0] == "x" else a
     if "x_train" not in groups:
         raise CompressError(f"{path}: missing array 'x_train' or 'x_train/INPUT'")
     labelled = "y_train" in groups

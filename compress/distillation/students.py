@@ -19,6 +19,7 @@ import keras
 
 from compress.errors import CompressError
 from compress.runtime import float_dtype
+from compress.training import copy_assets
 
 # Config keys that set a layer's output width.
 _WIDTH_KEYS = ("units", "filters", "output_dim", "key_dim")  # Dense/RNN, Conv, Embedding, attention
@@ -88,6 +89,7 @@ def width_student(teacher, width: float = 0.25, name: str | None = None):
     if not scaled:
         raise CompressError(f"teacher '{teacher.name}': no hidden Dense or Conv layer to "
                             "scale by width")
+    copy_assets(teacher, student)  # the teacher's vocabularies (a TextVectorization's)
     student.name = name or f"{teacher.name}_w{width:g}"
     return student
 
@@ -167,6 +169,7 @@ def depth_student(teacher, drop=1, name: str | None = None):
     student = keras.Sequential([keras.Input(teacher.inputs[0].shape[1:],
                                             dtype=teacher.inputs[0].dtype)] + kept,
                                name=name or f"{teacher.name}_d{len(removed)}")
+    copy_assets(teacher, student)
     if tuple(student.outputs[0].shape) != tuple(teacher.outputs[0].shape):
         raise CompressError(f"depth: dropping those blocks changes the output shape to "
                             f"{tuple(student.outputs[0].shape[1:])}")

@@ -156,8 +156,11 @@ def rebuild(model, make_layer, *, opaque: bool = False, nested_kwargs=None):
         ``mapping.whole`` holds the ``id`` of each nested model given to ``make_layer``
         whole after its layers could not be rebuilt.
     """
+    from compress.training import copy_assets
+
     ctx = _Rebuild(make_layer, opaque, nested_kwargs)
     new = _rebuild_model(model, None, ctx)
+    copy_assets(model, new)  # vocabularies of lookup layers: not weights, not in configs
     return new, ctx.mapping
 
 
