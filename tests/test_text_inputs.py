@@ -182,3 +182,24 @@ def test_strings_and_numbers_given_to_the_wrong_input_are_one_line(tmp_path, cli
     assert result.exit_code == 1
     assert "the data holds strings, but model input (1,) takes float32" in result.output
     assert not out.exists()
+
+
+def test_a_one_unit_sigmoid_teacher_distills():
+    """A binary head of one sigmoid unit (labels 0/1, one per sample) crashed distill:
+    its own loss was called on labels of shape (batch,) against outputs (batch, 1)."""
+    import keras
+
+    from compress import distill
+
+    rng = np.random.default_rng(0)
+    keras.utils.set_random_seed(0)
+    x = rng.normal(size=(600, 10)).astype("float32")
+    y = (x[:, 0] + x[:, 1] > 0).astype("int64")
+    teacher = keras.Sequential([keras.Input((10,)), keras.layers.Dense(16, activation="relu"),
+                                keras.layers.Dense(1, activation="sigmoid")])
+    teacher.compile("adam", "binary_crossentropy", metrics=["accuracy"])
+    teacher.fit(x, y, epochs=10, verbose=0)
+    student, _ = distill(teacher, (x, y), width=0.5, epochs=20, alpha=0.5, learning_rate=0.01)
+    assert student.layers[-1].units == 1 and student.layers[0].units == 8
+    p = np.asarray(student(x[:200]))[:, 0]
+    assert np.mean((p > 0.5) == y[:200]) > 0.85

@@ -221,6 +221,17 @@ def per_output(model) -> bool:
     return bool(layers) and _activation_name(layers[-1]) == "sigmoid"
 
 
+def _like(y, out):
+    """Labels ``y`` of a one-unit output (a sigmoid binary head) given one per sample,
+    shaped ``(batch, 1)`` like the output, in its dtype: a loss function called directly
+    (not through ``compile``) refuses the ranks apart."""
+    import tensorflow as tf
+
+    if len(y.shape) == len(out.shape) - 1 and out.shape[-1] == 1:
+        return tf.cast(tf.expand_dims(y, -1), out.dtype)
+    return y
+
+
 def distill_outputs(teacher, student, data, *, callbacks=None, verbose: int | str = 0,
                     **options):
     """:func:`distill` for models with several inputs or outputs, or an output that is
@@ -309,7 +320,7 @@ def distill_outputs(teacher, student, data, *, callbacks=None, verbose: int | st
                     term = alpha * kd
                     if n in ys and alpha < 1.0:
                         term += (1.0 - alpha) * tf.reduce_mean(
-                            label_losses[n](ys[n], out[n]))
+                            label_losses[n](_like(ys[n], out[n]), out[n]))
                     total += term
             variables = self.student.trainable_variables
             self.optimizer.apply(tape.gradient(total, variables), variables)
