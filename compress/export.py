@@ -62,6 +62,10 @@ EXPORT_OPTIONS = Schema("export", [
            "Keras's float32 output (eager or compiled predict) is itself further than that "
            "from the float64 copy (an ill-conditioned network) and atol is at least the "
            "default, within 2x Keras's own distance to it; top-1 must agree on every input", low=0.0),
+    Option("without_lookups", bool, False, "a model that takes strings: export it from "
+           "the outputs of its lookup layers (TextVectorization, StringLookup...) on, which "
+           "then run in the input pipeline; the artifact takes their token ids or one-hot "
+           "rows"),
     Option("seed", int, 0, "seed of the random verification inputs (without data)",
            cli=False),
 ])
@@ -92,7 +96,8 @@ def export_artifact(model, data=None, *, verbose=0, **options) -> tuple[bytes, d
         model: a single-input Keras model (not modified).
         data: a :class:`compress.data.Dataset` prepared for the model, or None.
         **options: see ``EXPORT_OPTIONS``: ``format=None`` (onnx), ``samples=256``,
-            ``atol=1e-4``, ``seed=0``.
+            ``atol=1e-4``, ``without_lookups=False`` (see
+            :func:`compress.runtime.without_lookups`), ``seed=0``.
 
     Returns:
         ``(content, info)``: the artifact's bytes, and ``format``, ``bytes`` plus the
@@ -104,9 +109,18 @@ def export_artifact(model, data=None, *, verbose=0, **options) -> tuple[bytes, d
     opts = EXPORT_OPTIONS.validate(options)
     model = io.ensure_signature(model, data)  # a subclassed model: wrapped, with an input
     fmt = opts["format"] or "onnx"
+    lookups = None
+    if opts["without_lookups"]:
+        from compress.data import as_dataset
+        from compress.runtime import without_lookups
+
+        data = as_dataset(data, model) if data is not None else None
+        model, data, lookups = without_lookups(model, data)
     x = verification_inputs(model, data, opts["samples"], opts["seed"])
     content, check = _exported(model, fmt, x, opts["atol"], where=f"model '{model.name}'")
     info = {"format": fmt, "bytes": len(content), **check}
+    if lookups:
+        info["lookups_note"] = lookups
     note = unknown_size_note(model, data)
     if note:
         info["input_size_note"] = note

@@ -171,9 +171,121 @@ def refuse_lookup_tables(model, fmt: str) -> None:
         raise CompressError(
             f"model '{model.name}': layer '{layer.name}' ({type(layer).__name__}) looks values "
             f"up in a table, which neither TFLite's builtin ops nor onnxruntime run; {fmt} needs "
-            "the model without it: apply it in the input pipeline (tf.data) and export the "
-            "model that takes its output")
+            "the model without it: add --without-lookups to start the artifact at its "
+            "output (the layer then runs in your input pipeline)")
 
+
+
+def without_lookups(model, data=None):
+    """``model`` from the outputs of its lookup layers on, for an artifact, and ``data``
+    run through those layers: ``(body, data, note)``.
+
+    A model that takes strings (a ``TextVectorization``, a ``StringLookup`` on a column)
+    cannot become a TFLite or ONNX artifact as a whole: no builtin op looks a string up.
+    Its numeric part can. Each lookup layer that reads a model input directly becomes an
+    input of ``body``, named after the layer and shaped as its output (token ids, one-hot
+    rows); model inputs read only by lookup layers are dropped, the others kept. The
+    lookup layers then run in the input pipeline (``model.get_layer(name)``, which holds
+    the vocabulary), and the artifact takes what they give.
+
+    Example:
+
+    >>> body, data, note = without_lookups(text_model, dataset)   # doctest: +SKIP
+    >>> [t.name for t in body.inputs]                             # doctest: +SKIP
+    ['text_vectorization']
+
+    Args:
+        model: a functional Keras model.
+        data: a :class:`compress.data.Dataset` of arrays prepared for ``model``, or None.
+
+    Returns:
+        ``(body, data, note)``: a new functional model with the weights of ``model``;
+        ``data`` with each split's inputs mapped (None stays None); a one-line note.
+
+    Raises:
+        CompressError: no lookup layer, one that does not read a model input directly
+            (deeper in the graph or in a nested model), or streamed data.
+    """
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from compress.training import copy_assets
+
+    lookups = [la for la in getattr(model, "layers", []) if type(la).__name__ in LOOKUP_LAYERS]
+    inside = {id(sub) for la in lookups for sub in _all_layers(la)}  # a TextVectorization's
+    deeper = [la for la in _all_layers(model) if type(la).__name__ in LOOKUP_LAYERS
+              and id(la) not in inside]
+    if not lookups and not deeper:
+        raise CompressError(f"model '{model.name}': --without-lookups: it has no lookup layer "
+                            f"({', '.join(LOOKUP_LAYERS)}); leave the option out")
+    inputs = {id(t): t for t in model.inputs}
+    read = {}  # lookup layer name -> the model input it reads
+    for layer in lookups:
+        nodes = getattr(layer, "_inbound_nodes", [])
+        sources = [t for n in nodes for t in n.input_tensors]
+        if len(nodes) != 1 or len(sources) != 1 or id(sources[0]) not in inputs:
+            deeper.append(layer)
+            continue
+        read[layer.name] = sources[0]
+    if deeper:
+        la = deeper[0]
+        raise CompressError(f"model '{model.name}': --without-lookups takes lookup layers that "
+                            f"read a model input directly; '{la.name}' ({type(la).__name__}) "
+                            "sits deeper in the graph: build the model with it first")
+    consumers: dict = {}
+    for layer in model.layers:
+        for node in getattr(layer, "_inbound_nodes", []):
+            for t in node.input_tensors:
+                consumers.setdefault(id(t), set()).add(layer.name)
+    kept = [t for t in model.inputs
+            if not consumers.get(id(t)) or consumers[id(t)] - set(read)]
+    names = [t.name for t in kept] + [la.name for la in lookups]
+    tensors = kept + [la.output for la in lookups]
+    fresh = [keras.Input(tuple(t.shape[1:]), dtype=t.dtype, name=n)
+             for t, n in zip(tensors, names)]
+    if len(names) == 1:  # one input: a tensor, not a list of one (Keras warns at each call)
+        body = keras.Model(tensors[0], model.outputs)
+        copy = keras.models.clone_model(body, input_tensors=fresh[0])
+    else:  # several: keyed by name, as the mapped data is
+        import warnings
+
+        with warnings.catch_warnings():  # the keys name the copy's inputs, not these
+            warnings.simplefilter("ignore", UserWarning)
+            body = keras.Model(dict(zip(names, tensors)), model.outputs)
+        copy = keras.models.clone_model(body, input_tensors=dict(zip(names, fresh)))
+    copy.set_weights(body.get_weights())
+    copy_assets(body, copy)
+    copy.name = model.name
+    if data is not None and getattr(data, "streaming", False):
+        raise CompressError("--without-lookups maps the data through the lookup layers in "
+                            "memory; give arrays (an .npz), not a stream")
+    in_names = [t.name for t in model.inputs]
+
+    def mapped(x):
+        if x is None:
+            return None
+        by_name = x if isinstance(x, dict) else dict(zip(in_names, x if isinstance(
+            x, (list, tuple)) else [x]))
+        out = {t.name: by_name[t.name] for t in kept}
+        for layer in lookups:
+            source = by_name[read[layer.name].name]
+            out[layer.name] = np.concatenate([
+                np.asarray(layer(tf.constant(source[i:i + 1024])))
+                for i in range(0, len(source), 1024)]) if len(source) else source
+        return out[names[0]] if len(names) == 1 else out
+
+    if data is not None:
+        import dataclasses
+
+        data = dataclasses.replace(data, **{f"x_{s}": mapped(getattr(data, f"x_{s}"))
+                                            for s in ("train", "val", "test")})
+    shapes = ", ".join(f"'{la.name}' ({type(la).__name__}: {la.output.dtype} "
+                       f"{tuple(la.output.shape[1:])})" for la in lookups)
+    note = (f"the artifact starts after the lookup layers {shapes}: it takes their outputs "
+            "as inputs of those names; run them in the input pipeline "
+            "(model.get_layer(NAME), which holds the vocabulary)")
+    return copy, data, note
 
 # onnxruntime execution providers by --provider name, in the order a session tries them
 # (TensorRT and CUDA fall back to the CPU for the nodes they do not take).

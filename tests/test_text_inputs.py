@@ -203,3 +203,61 @@ def test_a_one_unit_sigmoid_teacher_distills():
     assert student.layers[-1].units == 1 and student.layers[0].units == 8
     p = np.asarray(student(x[:200]))[:, 0]
     assert np.mean((p > 0.5) == y[:200]) > 0.85
+
+
+def test_a_text_model_becomes_int8_tflite_from_its_token_ids(tmp_path, cli):
+    """Without the option the lookup layer is refused in one line that names the option;
+    with it the artifact starts at the TextVectorization's output, and fed the ids that
+    layer of the saved model gives, LiteRT agrees with the whole Keras model on text."""
+    import keras
+    import tensorflow as tf
+
+    from compress.runtime import run_artifact
+
+    path, data, x, _ = _text_model(tmp_path)
+    out = tmp_path / "t.tflite"
+    refused = cli("quantize", path, "-o", out, "--data", f"npz:{data}")
+    assert refused.exit_code == 1 and not out.exists()
+    assert refused.output.strip().splitlines()[-1].endswith(
+        "tflite needs the model without it: add --without-lookups to start the artifact "
+        "at its output (the layer then runs in your input pipeline)")
+    result = cli("quantize", path, "-o", out, "--data", f"npz:{data}", "--without-lookups",
+                 "--json")
+    assert result.exit_code == 0, result.output
+    import json
+
+    info = json.loads(result.output)
+    assert info["lookups_note"].startswith(
+        "the artifact starts after the lookup layers 'vectorize' (TextVectorization: int64 "
+        "(12,))")
+    model = keras.models.load_model(path)
+    ids = np.asarray(model.get_layer("vectorize")(tf.constant(x)))
+    got = run_artifact(out.read_bytes(), ids, fmt="tflite")
+    want = np.asarray(model(tf.constant(x)))
+    assert np.mean(np.argmax(got, -1) == np.argmax(want, -1)) >= 0.99
+    assert info["top1_agreement"] >= 0.99
+
+
+def test_a_tabular_model_exports_to_onnx_from_its_lookup_outputs(tmp_path, cli):
+    import keras
+    import onnxruntime as ort
+    import tensorflow as tf
+
+    path, data, x, _ = _tabular_model(tmp_path)
+    out = tmp_path / "tab.onnx"
+    result = cli("export", path, "-o", out, "--data", f"npz:{data}", "--without-lookups")
+    assert result.exit_code == 0, result.output
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert sorted(i.name for i in session.get_inputs()) == ["age", "city_lookup"]
+    model = keras.models.load_model(path)
+    feed = {"age": x["age"].astype("float32"),
+            "city_lookup": np.asarray(model.get_layer("city_lookup")(tf.constant(x["city"])),
+                                      "float32")}
+    got = session.run(None, feed)[0]
+    want = np.asarray(model({k: tf.constant(v) for k, v in x.items()}))
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    mlp = tmp_path / "mlp.keras"
+    keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)]).save(mlp)
+    refused = cli("export", mlp, "-o", tmp_path / "m.onnx", "--without-lookups")
+    assert refused.exit_code == 1 and not (tmp_path / "m.onnx").exists()
+    assert "--without-lookups: it has no lookup layer" in refused.output

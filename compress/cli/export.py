@@ -56,6 +56,7 @@ def command(model, output, data, seed, unsafe, as_json, force, quantize=None, sp
       compress export model.keras -o model.tflite --quantize int8 --data mnist5k
       compress export model.keras -o model-fp16.onnx --precision fp16
       compress export pruned.keras -o pruned.tflite --quantize int8 --sparse --data mnist5k
+      compress export text.keras -o text.onnx --data npz:reviews.npz --without-lookups
     """
     from compress import export, io
     from compress.cli.common import load_inputs
@@ -75,7 +76,8 @@ def command(model, output, data, seed, unsafe, as_json, force, quantize=None, sp
         from compress.cli.quantize import emit_result, run_quantize
 
         result = run_quantize(model, output, data, seed, unsafe, force,
-                              {"mode": quantize, "format": fmt, "sparse": sparse})
+                              {"mode": quantize, "format": fmt, "sparse": sparse,
+                               "without_lookups": options.get("without_lookups", False)})
         emit_result(result, as_json)
         return
     opts = EXPORT_OPTIONS.from_cli({**options, "format": fmt, "seed": seed})
@@ -118,6 +120,8 @@ def command(model, output, data, seed, unsafe, as_json, force, quantize=None, sp
         lines.append(f"note: {xnnpack_note(result)}")
     if result.get("export_copy"):  # the artifact was made from a converter-friendly copy
         lines.append(f"note: {result['export_copy']}")
+    if result.get("lookups_note"):  # --without-lookups
+        lines.append(f"note: {result['lookups_note']}")
     if result.get("input_note"):
         lines.append(f"note: {result['input_note']}")
     if result.get("input_size_note"):

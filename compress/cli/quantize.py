@@ -40,6 +40,7 @@ def command(model, output, data, seed, unsafe, as_json, force, **options):
       compress quantize model.keras -o model-gptq.keras --mode gptq --data mnist5k
       compress quantize model.keras -o model.tflite --data mnist5k --rounding gptq
       compress quantize model.keras -o model-int4.onnx --data mnist5k --mode int4 --rounding gptq
+      compress quantize text.keras -o text.tflite --data npz:reviews.npz --without-lookups
     """
     result = run_quantize(model, output, data, seed, unsafe, force, options)
     emit_result(result, as_json)
@@ -190,6 +191,8 @@ def emit_result(result: dict, as_json: bool) -> None:
         console.print(result["latency_note"])
     if result.get("export_copy"):  # e.g. a mixed_float16 model, quantized via float32
         console.print(f"note: {result['export_copy']}")
+    if result.get("lookups_note"):  # --without-lookups
+        console.print(f"note: {result['lookups_note']}")
     if result.get("input_note"):  # a subclassed model, wrapped to be traced
         console.print(f"note: {result['input_note']}")
     if result.get("input_size_note"):  # unknown input sizes, no data: random inputs

@@ -125,6 +125,10 @@ QUANTIZE_OPTIONS = Schema("quantize", [
     Option("latency", bool, True, "measure batch-1 latency of both artifacts"),
     Option("exports", bool, True, "modes keras-int4, gptq, awq: also try the project's "
            "TFLite and ONNX export of the result and say in one line each what happens"),
+    Option("without_lookups", bool, False, "a model that takes strings: quantize it from "
+           "the outputs of its lookup layers (TextVectorization, StringLookup...) on, which "
+           "then run in the input pipeline; the artifact takes their token ids or one-hot "
+           "rows"),
     *TASK_OPTIONS,
     Option("seed", int, 0, "seed of QAT's training and of the random agreement inputs "
            "(without data)", cli=False),
@@ -186,6 +190,12 @@ def quantize(model, data=None, *, verbose: int | str = 0, **options) -> tuple[by
     model = ensure_signature(model, data)  # a subclassed model: wrapped, with an input
     fmt = artifact_format(opts)
     refuse_keras_quantized(model)
+    lookups = None
+    if opts["without_lookups"]:
+        from compress.runtime import without_lookups
+
+        data = as_dataset(data, model) if data is not None else None
+        model, data, lookups = without_lookups(model, data)
     if fmt != "keras":
         refuse_lookup_tables(model, fmt)
     require_data(opts, data)
@@ -255,6 +265,8 @@ def quantize(model, data=None, *, verbose: int | str = 0, **options) -> tuple[by
     if "latency_ratio" in info and opts["mode"] in ("int8", "dynamic") and \
             not info.get("nothing_quantized"):  # a float file: no int8 kernel to explain
         info["latency_note"] = latency_note(info["latency_ratio"]["1"])
+    if lookups:
+        info["lookups_note"] = lookups
     return content, info
 
 
