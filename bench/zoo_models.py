@@ -12,6 +12,10 @@ do not cover, each built small, with its data as an npz file.
   causal Conv1D (an IMU activity classifier's shape).
 - ``Video``: frames through TimeDistributed Conv2D/pooling/Dense, then a GRU.
 - ``Siamese``: two inputs through one shared encoder and one shared head.
+- ``TextVectorize``: sentences (a string input) through ``TextVectorization`` inside the
+  model, as the keras.io guide exports its end-to-end text classifier.
+- ``Tabular``: a string column through ``StringLookup`` and numeric columns through an
+  adapted ``Normalization``, as the structured-data guides build them.
 
 The two registered classes live in bench/zoo_user_layers.py and are loaded the way
 ``--import bench/zoo_user_layers.py`` loads them (:func:`compress.io.import_modules`); the
@@ -313,6 +317,73 @@ def siamese(work: Path, seed: int = 0):
     return _trained(model, {"left": left, "right": right}, same, work, "siamese", epochs=10)
 
 
+def _fit_text(model, x, y, work: Path, name: str, epochs: int):
+    """:func:`_trained` for inputs that hold strings: Keras's ``fit`` takes them as
+    TensorFlow tensors, not NumPy arrays; the npz keeps the NumPy strings."""
+    import numpy as np
+    import tensorflow as tf
+
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit({k: tf.constant(v) for k, v in x.items()}, y, epochs=epochs, verbose=0)
+    npz = work / f"{name}.npz"
+    arrays = {f"x_train/{k}": v for k, v in x.items()} if len(x) > 1 else \
+        {"x_train": next(iter(x.values()))}
+    np.savez(npz, **arrays, y_train=y)
+    return model, npz, []
+
+
+def text_vectorize(work: Path, seed: int = 0):
+    """Sentences in (a string input), ``TextVectorization`` adapted on them, Embedding,
+    Conv1D, pooling, a softmax: the end-to-end text classifier of the keras.io guide."""
+    import keras
+    import numpy as np
+
+    tokens, _, label = _sequences(seed)
+    words = np.array(["<pad>"] + [f"word{i}" for i in range(1, 40)] +
+                     ["good", "bad", "neutral"])
+    text = np.array([" ".join(words[t[t > 0]]) for t in tokens])[:, None]
+    keras.utils.set_random_seed(seed)
+    L = keras.layers
+    vectorize = L.TextVectorization(max_tokens=64, output_sequence_length=20,
+                                    name="vectorize")
+    vectorize.adapt(text[:, 0])
+    inp = keras.Input((1,), dtype="string", name="text")
+    h = L.Embedding(64, 16, name="embed")(vectorize(inp))
+    h = L.Conv1D(16, 3, activation="relu", name="conv")(h)
+    out = L.Dense(3, activation="softmax", name="cls")(L.GlobalMaxPooling1D(name="pool")(h))
+    return _fit_text(keras.Model(inp, out, name="text_vectorize"), {"text": text}, label,
+                     work, "text_vectorize", epochs=15)
+
+
+def tabular(work: Path, seed: int = 0):
+    """A table in: a string column through ``StringLookup`` (one-hot) and two numeric
+    columns through an adapted ``Normalization``, two Dense layers, a softmax (the
+    structured-data guide's shape)."""
+    import keras
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    n = 600
+    city = rng.choice(["paris", "rome", "oslo", "lima", "cairo"], size=(n, 1))
+    numbers = np.stack([rng.normal(40, 12, n), rng.normal(3000, 900, n)], 1).astype("float32")
+    label = (np.isin(city[:, 0], ["paris", "oslo"]).astype(int)
+             + (numbers[:, 0] > 45) + (numbers[:, 1] > 3500)).clip(0, 2)
+    keras.utils.set_random_seed(seed)
+    L = keras.layers
+    lookup = L.StringLookup(output_mode="one_hot", name="city_lookup")
+    lookup.adapt(city)
+    norm = L.Normalization(name="norm")
+    norm.adapt(numbers)
+    ic, ix = keras.Input((1,), dtype="string", name="city"), keras.Input((2,), name="numbers")
+    h = L.Concatenate(name="features")([L.Flatten(name="flat")(lookup(ic)), norm(ix)])
+    h = L.Dense(32, activation="relu", name="d1")(h)
+    h = L.Dense(16, activation="relu", name="d2")(h)
+    model = keras.Model({"city": ic, "numbers": ix},
+                        L.Dense(3, activation="softmax", name="cls")(h), name="tabular")
+    return _fit_text(model, {"city": city, "numbers": numbers}, label, work, "tabular",
+                     epochs=30)
+
+
 #: name -> (label in the table, builder ``(work, seed) -> (model, npz, imports)``)
 CASES = {
     "Subclassed": ("Subclassed (hand-written: keras.Model subclass, 8x8)", subclassed),
@@ -329,4 +400,8 @@ CASES = {
                  signal_1d),
     "Video": ("Video (hand-written: TimeDistributed Conv2D and Dense, GRU)", video),
     "Siamese": ("Siamese (hand-written: shared encoder and head on two inputs)", siamese),
+    "TextVectorize": ("TextVectorize (hand-written: string input, TextVectorization)",
+                      text_vectorize),
+    "Tabular": ("Tabular (hand-written: StringLookup column, adapted Normalization)",
+                tabular),
 }

@@ -162,8 +162,10 @@ def keras_latency_ms(model, sample_shape: tuple | None = None, batch: int = 1,
             return tf.constant(rng.random(shape, dtype=np.float32).astype(dtype))
         return tf.zeros(shape, dtype=dtype)
 
-    if sample_shape is not None:
-        x = sample(sample_shape)
+    if sample_shape is not None:  # the one input's own dtype: strings for a text model
+        inputs = getattr(model, "inputs", None) or []
+        x = sample(sample_shape, (inputs[0].dtype if len(inputs) == 1 else None)
+                   or "float32")
     else:
         import keras
 

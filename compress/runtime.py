@@ -210,8 +210,9 @@ def without_lookups(model, data=None):
     import numpy as np
     import tensorflow as tf
 
-    from compress.training import copy_assets
+    from compress.training import copy_assets, copy_model
 
+    original = model
     lookups = [la for la in getattr(model, "layers", []) if type(la).__name__ in LOOKUP_LAYERS]
     inside = {id(sub) for la in lookups for sub in _all_layers(la)}  # a TextVectorization's
     deeper = [la for la in _all_layers(model) if type(la).__name__ in LOOKUP_LAYERS
@@ -233,6 +234,13 @@ def without_lookups(model, data=None):
         raise CompressError(f"model '{model.name}': --without-lookups takes lookup layers that "
                             f"read a model input directly; '{la.name}' ({type(la).__name__}) "
                             "sits deeper in the graph: build the model with it first")
+    # A functional model cut at its lookups' outputs adds nodes to their layers: built on
+    # a private copy, never on the user's model (a later pass would meet those nodes).
+    model = copy_model(model)
+    lookups = [model.get_layer(la.name) for la in lookups]
+    inputs = {id(t): t for t in model.inputs}
+    read = {la.name: model.inputs[[id(t) for t in original.inputs].index(id(read[la.name]))]
+            for la in lookups}
     consumers: dict = {}
     for layer in model.layers:
         for node in getattr(layer, "_inbound_nodes", []):

@@ -148,7 +148,8 @@ def test_a_text_model_goes_through_the_keras_passes_with_its_vocabulary(tmp_path
             "kmeans": ["share", "--method", "kmeans", "--clusters", "16"],
             "hash": ["share", "--method", "hash", "--factor", "0.5", "--epochs", "4"],
             "cascade": ["cascade"],
-            "distill": ["distill", "--width", "0.5", "--epochs", "8", "--temperature", "1"]}
+            "distill": ["distill", "--width", "0.5", "--epochs", "8", "--temperature", "1"],
+            "keras-int8": ["quantize", "--mode", "keras-int8"]}
     for name, (command, *options) in runs.items():
         out = tmp_path / f"{name}.keras"
         result = cli(command, path, "-o", out, "--data", f"npz:{data}", "--json", *options)
@@ -156,7 +157,8 @@ def test_a_text_model_goes_through_the_keras_passes_with_its_vocabulary(tmp_path
         assert keras.models.load_model(out).get_layer("vectorize").get_vocabulary() == \
             vocabulary, name
         assert _accuracy(out, x, y) > 0.8, name
-        reported = json.loads(result.output).get("after", {}).get("accuracy")
+        info = json.loads(result.output)
+        reported = info["after"]["accuracy"] if "after" in info else info.get("accuracy")
         if name != "distill":  # its report is teacher, student alone, distilled
             assert reported == pytest.approx(_accuracy(out, x, y), abs=1e-9), name
 
@@ -261,3 +263,22 @@ def test_a_tabular_model_exports_to_onnx_from_its_lookup_outputs(tmp_path, cli):
     refused = cli("export", mlp, "-o", tmp_path / "m.onnx", "--without-lookups")
     assert refused.exit_code == 1 and not (tmp_path / "m.onnx").exists()
     assert "--without-lookups: it has no lookup layer" in refused.output
+
+
+def test_without_lookups_leaves_the_users_model_as_it_was(tmp_path):
+    """Cutting the graph at the lookups' outputs added nodes to the user's layers, and a
+    later pass on the same model object failed ("could not find node key")."""
+    import keras
+
+    from compress import quantize
+    from compress.data import load_data, prepare
+    from compress.export import export_artifact
+
+    path, data, *_ = _tabular_model(tmp_path)
+    model = keras.models.load_model(path)
+    nodes = {la.name: len(la._inbound_nodes) for la in model.layers}
+    ds = prepare(model, load_data(f"npz:{data}", 0))
+    export_artifact(model, ds, format="onnx", samples=16, without_lookups=True)
+    assert {la.name: len(la._inbound_nodes) for la in model.layers} == nodes
+    _, info = quantize(model, ds, mode="keras-int8", format="keras", latency=False)
+    assert info["top1_agreement"] > 0.95

@@ -54,7 +54,8 @@ BLOCK = 4  # prune block: runs of 4 consecutive inputs of one unit
 # Cheapest first: a run cut short still covers most cases. Each case runs in its own
 # process (a 55M-parameter model's memory is returned before the next one is built).
 ORDER = ("Subclassed", "TwoInput", "TwoOutput", "CustomLayer", "MixedFloat16",
-         "TextRNN", "Signal1D", "Video", "Siamese", "TransferNest", "MobileNet", "MobileNetV3Small", "MobileNetV2",
+         "TextRNN", "Signal1D", "Video", "Siamese", "TextVectorize", "Tabular",
+         "TransferNest", "MobileNet", "MobileNetV3Small", "MobileNetV2",
          "BertTextClassifier", "GPT2Backbone", "ViTImageClassifier", "MobileNetV3Large",
          "EfficientNetB0", "EfficientNetV2B0", "NASNetMobile", "DenseNet121", "ResNet50V2",
          "ResNet50", "VGG16", "InceptionV3", "Xception", "ConvNeXtTiny", "InceptionResNetV2")
@@ -200,17 +201,27 @@ def family_row(name: str, work: Path, seed: int = 0, out: Path | None = None,
         return (f"{len(info['layers'])} layers hashed, params "
                 f"{info['stored_params'] / info['dense_params']:.0%}")
 
+    # A model that takes strings becomes an artifact from its lookup layers' outputs on
+    # (--without-lookups, which the refusal without it names); the cell says so.
+    from compress.runtime import LOOKUP_LAYERS, _all_layers
+
+    lookups = any(type(la).__name__ in LOOKUP_LAYERS for la in _all_layers(model))
+    after = " (without lookups)" if lookups else ""
+
     def quantized(fmt, mode="int8", **options):
         def run():
+            if fmt != "keras" and lookups:
+                options["without_lookups"] = True
             _, info = quantize(model, ds, mode=mode, format=fmt, latency=False,
                                calibration_samples=SAMPLES, **options)
-            return _agreement(info)
+            return _agreement(info) + (after if fmt != "keras" else "")
         return run
 
     def exported(fmt):
         def run():
-            _, info = export_artifact(model, ds, format=fmt, samples=SAMPLES)
-            note = " (copy)" if info.get("export_copy") else ""
+            _, info = export_artifact(model, ds, format=fmt, samples=SAMPLES,
+                                      without_lookups=lookups)
+            note = (" (copy)" if info.get("export_copy") else "") + after
             exact = info.get("float64_reference")  # Keras's float32 itself off the exact
             if exact:
                 modes = exact.get("keras_modes") or {}

@@ -447,13 +447,21 @@ def _arrays(model, data, n: int):
         x_test = named_inputs(model, fit_to_model(x_t, model, "test data"))
 
         def f32(x):
-            return {k: np.asarray(v, np.float32) for k, v in x.items()} \
-                if isinstance(x, dict) else np.asarray(x, np.float32)
+            return {k: _float32(v) for k, v in x.items()} \
+                if isinstance(x, dict) else _float32(x)
         return f32(x_cal), f32(x_test), y_t
     x_cal = fit_to_model(np.asarray(data.representative(n)), model, "calibration data")
     x_test = fit_to_model(np.asarray(x_t), model, "test data")
     y_test = None if y_t is None else np.asarray(y_t)
-    return x_cal.astype(np.float32), x_test.astype(np.float32), y_test
+    return _float32(x_cal), _float32(x_test), y_test
+
+
+def _float32(x):
+    """Numbers as float32; strings (a text model's input, mode keras-int8) as they are."""
+    from compress.data.named import is_text
+
+    x = np.asarray(x)
+    return x if is_text(x) else x.astype(np.float32)
 
 
 def _artifact(model, data, fmt: str, x_cal, x_check, x_test, y_test, opts: dict,

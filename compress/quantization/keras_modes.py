@@ -104,9 +104,11 @@ def keras_quantize(model, mode: str, x=None) -> tuple:
                      + ", ".join(wrapped.values()))
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore", UserWarning)
+        # Unbuilt layers hold nothing to quantize, and Keras refuses them (a
+        # TextVectorization's inner StringLookup: "Cannot quantize a layer that isn't yet
+        # built").
         quantized.quantize(keras_mode, config=config,
-                           filters=(lambda layer: id(layer) not in wrapped) if wrapped
-                           else None)
+                           filters=lambda layer: id(layer) not in wrapped and layer.built)
     if config is not None:  # the blocks are not serializable, and only calibration needs them
         config.quantization_layer_structure = None
         config.dataset = config.tokenizer = None
