@@ -191,6 +191,10 @@ def emit_result(result: dict, as_json: bool) -> None:
         console.print(result["latency_note"])
     if result.get("export_copy"):  # e.g. a mixed_float16 model, quantized via float32
         console.print(f"note: {result['export_copy']}")
+    if result.get("float_front"):  # an input normalization kept float
+        console.print(f"note: {result['float_front']}")
+    if result.get("float_front_warning"):
+        console.print(f"[bold red]warning:[/] {result['float_front_warning']}")
     if result.get("lookups_note"):  # --without-lookups
         console.print(f"note: {result['lookups_note']}")
     if result.get("input_note"):  # a subclassed model, wrapped to be traced

@@ -232,6 +232,14 @@ def quantize(model, data=None, *, verbose: int | str = 0, **options) -> tuple[by
 
         model, info["equalization"] = prepare_for_int8(model, x_cal, x_test, y_test, fmt,
                                                        opts)
+    if fmt in ("tflite", "onnx") and opts["mode"] == "int8":
+        from compress.quantization.float_front import float_front
+
+        # an input normalization whose features one int8 input scale cannot hold: float
+        opts["_keep_float"], front = float_front(
+            model, x_cal, int8_io=fmt == "tflite" and opts["interface"] == "int8")
+        if front:  # kept float, or (an int8 interface) a warning that it cannot be
+            info["float_front" if opts["_keep_float"] else "float_front_warning"] = front
     if opts["mode"] == "int4" or opts["rounding"] == "gptq":
         from compress.quantization.gptq import grid_model
 
@@ -489,7 +497,8 @@ def _artifact(model, data, fmt: str, x_cal, x_check, x_test, y_test, opts: dict,
             flatbuffer = convert(model, mode, representative=x_cal,
                                  int8_io=opts["interface"] == "int8",
                                  per_channel=opts["per_channel"], activation_ranges=ranges,
-                                 sparse=opts["sparse"], notes=conversion_notes)
+                                 sparse=opts["sparse"], notes=conversion_notes,
+                                 keep_float=opts.get("_keep_float"))
     try:
         float_content, float_info = export_artifact(
             model if reference is None else reference, data, format=fmt,
@@ -515,7 +524,8 @@ def _artifact(model, data, fmt: str, x_cal, x_check, x_test, y_test, opts: dict,
                 quantize_onnx(float_path, out, mode, representative=x_cal,
                               calibration=opts["calibration"],
                               per_channel=opts["per_channel"],
-                              reduce_range=opts["reduce_range"], layout=opts["layout"])
+                              reduce_range=opts["reduce_range"], layout=opts["layout"],
+                              keep_float=opts.get("_keep_float") if mode == "int8" else None)
             content = out.read_bytes()
     with progress.phase("verification", detail=f"the {mode} {fmt} artifact in "
                         f"{'LiteRT' if fmt == 'tflite' else 'onnxruntime'}"):

@@ -32,7 +32,8 @@ CALIBRATION = ("minmax", "entropy", "percentile")
 def quantize_onnx(float_path, out_path, mode: str = "int8",
                   representative: np.ndarray | None = None, calibration: str = "minmax",
                   per_channel: bool = True, reduce_range: bool = True,
-                  batch_size: int = 16, layout: str = "cpu") -> None:
+                  batch_size: int = 16, layout: str = "cpu",
+                  keep_float: list | None = None) -> None:
     """Quantize the float ONNX file at ``float_path`` into ``out_path``.
 
     Args:
@@ -54,6 +55,8 @@ def quantize_onnx(float_path, out_path, mode: str = "int8",
             runtimes want (TensorRT takes only zero points of 0): symmetric activations,
             symmetric per-channel weights, full 8-bit (``per_channel`` and
             ``reduce_range`` are then True and False), QDQ.
+        keep_float: list of layer names or None. Static int8: their nodes stay float
+            (:mod:`compress.quantization.float_front`).
     """
     from onnxruntime import quantization as q
 
@@ -92,8 +95,14 @@ def quantize_onnx(float_path, out_path, mode: str = "int8",
                               "percentile": q.CalibrationMethod.Percentile}[calibration]
                     reader = _Reader(str(pre), representative if isinstance(
                         representative, dict) else np.asarray(representative), batch_size)
+                    excluded = []
+                    if keep_float:
+                        from compress.quantization.float_front import onnx_nodes
+
+                        excluded = onnx_nodes(pre, keep_float)
                     q.quantize_static(
                         str(pre), str(out_path), reader, quant_format=q.QuantFormat.QDQ,
+                        nodes_to_exclude=excluded,
                         per_channel=per_channel, reduce_range=reduce_range,
                         activation_type=q.QuantType.QInt8,
                         weight_type=q.QuantType.QInt8, calibrate_method=method,

@@ -32,7 +32,7 @@ MODES = ("float32", "int8", "dynamic", "float16")
 def convert(model, mode: str = "int8", representative: np.ndarray | None = None,
             int8_io: bool = False, per_channel: bool = True,
             activation_ranges: list | None = None, sparse: bool = False,
-            notes: list | None = None) -> bytes:
+            notes: list | None = None, keep_float: list | None = None) -> bytes:
     """Convert a Keras model to TFLite flatbuffer bytes.
 
     The input keeps a free batch size; when that graph leaves a TensorFlow op the builtin
@@ -69,6 +69,9 @@ def convert(model, mode: str = "int8", representative: np.ndarray | None = None,
             raw (not zipped: the indices compress worse than runs of zeros), memory at
             run time is not, and the XNNPACK delegate refuses such files, so they run on
             LiteRT's builtin kernels (slower). Not with ``activation_ranges``.
+        keep_float: list of layer names or None. For ``"int8"``: the ops of these layers
+            stay float (:mod:`compress.quantization.float_front`: an input normalization
+            whose input features one int8 scale cannot hold).
 
     Returns:
         The ``.tflite`` bytes.
@@ -90,11 +93,12 @@ def convert(model, mode: str = "int8", representative: np.ndarray | None = None,
         if note and notes is not None:
             notes.append(note)
     args = (model, mode, representative, int8_io, per_channel, activation_ranges, sparse)
-    return free_or_fixed_batch(lambda batch: _convert(*args, batch=batch), notes)
+    return free_or_fixed_batch(
+        lambda batch: _convert(*args, batch=batch, keep_float=keep_float), notes)
 
 
 def _convert(model, mode, representative, int8_io, per_channel, activation_ranges, sparse,
-             batch: int | None = None) -> bytes:
+             batch: int | None = None, keep_float: list | None = None) -> bytes:
     """:func:`convert` at one batch size (None: free)."""
     import tensorflow as tf
 
@@ -121,16 +125,30 @@ def _convert(model, mode, representative, int8_io, per_channel, activation_range
             if int8_io:
                 converter.inference_input_type = tf.int8
                 converter.inference_output_type = tf.int8
-        if mode == "int8" and activation_ranges is not None:
-            converter._experimental_calibrate_only = True
+        keep_float = keep_float if mode == "int8" and not int8_io else None
+        if mode == "int8" and (activation_ranges is not None or keep_float):
+            converter._experimental_calibrate_only = True  # quantized below
         try:
             with quiet_output():
                 flatbuffer = converter.convert()
         except Exception as exc:
             raise CompressError(explain_conversion(exc, model, mode)) from exc
+    denied = None
+    if keep_float:
+        from compress.quantization.float_front import tflite_nodes
+
+        denied = tflite_nodes(flatbuffer, keep_float) or None
     if mode == "int8" and activation_ranges is not None:
         flatbuffer = _quantize_with_ranges(flatbuffer, activation_ranges, int8_io, model,
-                                           per_channel)
+                                           per_channel, denied)
+    elif keep_float:  # what the converter does after calibrating, with those ops left float
+        from tensorflow.lite.python import convert as lite_convert
+
+        with quiet_output():
+            flatbuffer = lite_convert.mlir_quantize(
+                flatbuffer, disable_per_channel=not per_channel,
+                input_data_type=tf.float32, output_data_type=tf.float32,
+                denylisted_nodes=denied)
     return flatbuffer
 
 
@@ -160,7 +178,8 @@ _RANGED_OPS = {3: "CONV_2D", 4: "DEPTHWISE_CONV_2D", 9: "FULLY_CONNECTED"}
 
 
 def _quantize_with_ranges(calibrated: bytes, ranges: list, int8_io: bool,
-                          keras_model=None, per_channel: bool = True) -> bytes:
+                          keras_model=None, per_channel: bool = True,
+                          denied: list | None = None) -> bytes:
     """Quantize a calibrated flatbuffer with the given output ranges of its conv/dense ops.
 
     The TFLite converter ignores FakeQuant ranges when it calibrates, and without
@@ -198,7 +217,7 @@ def _quantize_with_ranges(calibrated: bytes, ranges: list, int8_io: bool,
         return lite_convert.mlir_quantize(
             bytes(flatbuffer_utils.convert_object_to_bytearray(model)),
             disable_per_channel=not per_channel,
-            input_data_type=io_type, output_data_type=io_type)
+            input_data_type=io_type, output_data_type=io_type, denylisted_nodes=denied)
 
 
 def _float_buffer(model, graph, index: int) -> np.ndarray | None:

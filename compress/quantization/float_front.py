@@ -1,0 +1,126 @@
+"""Keep a model's input normalization in float inside an int8 artifact.
+
+A full-integer artifact quantizes each input tensor with one scale. A tabular model takes
+its raw columns in one tensor and normalizes them inside (an adapted
+``keras.layers.Normalization``): an age (0 to 80) next to an income (0 to 6,000) then gets
+about 3 of the 256 int8 levels, and the int8 model no longer sees it (a classifier's top-1
+agreement with its float model fell to 72%). Where a ``Normalization`` reads a model input
+directly and some input feature would get fewer than :data:`MIN_LEVELS` levels of that
+scale on the calibration data, the normalization's ops stay float: the float input is
+normalized first, and only then quantized, where every feature has the same scale.
+
+The artifact keeps float inputs for this (``--interface float``, the default); with
+``--interface int8`` the input must be int8 and nothing can be kept: a warning says so.
+
+Example:
+
+>>> names, note = float_front(model, x_cal)              # doctest: +SKIP
+>>> names                                                # doctest: +SKIP
+['norm']
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+#: Fewest int8 levels an input feature may get from its tensor's one scale before the
+#: normalization reading it is kept float (6 bits).
+MIN_LEVELS = 64
+
+
+def float_front(model, x_cal, int8_io: bool = False) -> tuple[list[str], str | None]:
+    """``(names, note)``: the ``Normalization`` layers to keep float in an int8 artifact of
+    ``model`` calibrated on ``x_cal``, and a note for the report (None when there are
+    none); with ``int8_io`` the names are empty and the note is a warning.
+
+    Args:
+        model: a functional or Sequential Keras model.
+        x_cal: its calibration inputs (an array, or a dict by input name).
+        int8_io: bool, default False. Whether the artifact's inputs are int8.
+    """
+    import keras
+
+    if x_cal is None or not getattr(model, "inputs", None):
+        return [], None
+    inputs = {id(t): t.name for t in model.inputs}
+    found = []
+    for layer in getattr(model, "layers", []):
+        if not isinstance(layer, keras.layers.Normalization) or getattr(layer, "invert", False):
+            continue
+        nodes = getattr(layer, "_inbound_nodes", [])
+        sources = [t for n in nodes for t in n.input_tensors]
+        if len(nodes) != 1 or len(sources) != 1 or id(sources[0]) not in inputs:
+            continue
+        name = inputs[id(sources[0])]
+        x = x_cal.get(name) if isinstance(x_cal, dict) else x_cal
+        if x is None or getattr(np.asarray(x).dtype, "kind", "") not in "fiu":
+            continue
+        levels = feature_levels(np.asarray(x, np.float64))
+        if levels is not None and levels[0] < MIN_LEVELS:
+            found.append((layer.name, name, *levels))
+    if not found:
+        return [], None
+    said = "; ".join(f"input '{i}' feature {f}: {lv:.2g} of 256 levels" for _, i, lv, f
+                     in found)
+    if int8_io:
+        return [], (f"an int8 input cannot hold features of such different ranges ({said} "
+                    "of the input's one int8 scale); with --interface float the "
+                    "normalization would stay float and the features keep their precision")
+    return [n for n, *_ in found], (
+        f"kept float: Normalization {', '.join(repr(n) for n, *_ in found)} on the model "
+        f"input, whose features span such different ranges that one int8 scale for the "
+        f"input tensor would flatten some ({said}); the int8 graph starts after it")
+
+
+def feature_levels(x: np.ndarray) -> tuple[float, int] | None:
+    """``(levels, feature)``: the fewest int8 levels any feature of ``x`` (samples along
+    the first axis, features along the last) gets from one scale over the whole tensor,
+    and which feature; None for a constant tensor.
+
+    >>> feature_levels(np.array([[0.0, 0.0], [1.0, 100.0]]))
+    (2.55, 0)
+    """
+    flat = x.reshape(-1, x.shape[-1]) if x.ndim > 1 else x.reshape(-1, 1)
+    total = float(flat.max() - flat.min())
+    if total <= 0:
+        return None
+    spans = flat.max(axis=0) - flat.min(axis=0)
+    feature = int(np.argmin(spans))
+    return round(255.0 * float(spans[feature]) / total, 2), feature
+
+
+def node_pattern(names: list[str]):
+    """A regex that finds the ops of the layers ``names`` in converted graphs, whose op
+    and tensor names hold the layer's name as a path part, maybe with a ``_N`` suffix
+    (``tabular_1/norm_1/mul``, ``norm_1/add``)."""
+    alternatives = "|".join(re.escape(n) for n in names)
+    return re.compile(rf"(?:^|/)(?:{alternatives})(?:_\d+)?/")
+
+
+def tflite_nodes(flatbuffer: bytes, names: list[str]) -> list[str]:
+    """The output tensor names of the ops of layers ``names`` in a TFLite flatbuffer (what
+    ``mlir_quantize``'s ``denylisted_nodes`` takes)."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(flatbuffer))
+    pattern = node_pattern(names)
+    found = []
+    for graph in model.subgraphs:
+        for op in graph.operators:
+            for index in op.outputs:
+                name = graph.tensors[index].name
+                name = name.decode() if isinstance(name, bytes) else str(name)
+                if pattern.search(name):
+                    found.append(name)
+    return found
+
+
+def onnx_nodes(path, names: list[str]) -> list[str]:
+    """The node names of the layers ``names`` in an ONNX file (what onnxruntime's
+    ``quantize_static`` takes as ``nodes_to_exclude``)."""
+    import onnx
+
+    pattern = node_pattern(names)
+    return [n.name for n in onnx.load(str(path)).graph.node if pattern.search(n.name)]
