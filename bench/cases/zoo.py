@@ -7,11 +7,14 @@ random EfficientNet otherwise outputs a uniform softmax); three KerasHub models 
 text classifier taking token ids, segment ids and a padding mask, a GPT-2 backbone, a ViT
 image classifier) built from small configs with random weights
 (:func:`compress.models.kerashub`) and fed random token ids with padded tails (random
-images for ViT); and ten hand-written cases (bench/zoo_models.py): a subclassed model, a
-transfer-learning nest, a two-input and a two-output model, a model with a registered
+images for ViT); and twelve hand-written cases (bench/zoo_models.py): a subclassed model,
+a transfer-learning nest, a two-input and a two-output model, a model with a registered
 custom layer (loaded through ``--import``), a mixed_float16 model, a recurrent text
-classifier, a 1-D convolutional signal classifier, a TimeDistributed video model and a
-Siamese model (shared layers).
+classifier, a 1-D convolutional signal classifier, a TimeDistributed video model, a
+Siamese model (shared layers), an end-to-end text classifier (string input,
+``TextVectorization``) and a tabular model (``StringLookup``, adapted ``Normalization``).
+The last two have lookup layers: their TFLite and ONNX cells run with
+``without_lookups`` (what the refusal without it names), said in the cell.
 
 Each case is saved, loaded back as a user's file, and run through every pass of
 :data:`PASSES`, each verified as the CLI verifies it. A cell is "ok" with its check and
@@ -456,16 +459,20 @@ def _page(rows: dict, columns=PASSES) -> tuple[str, str]:
          "family (Keras 3.15 ships no RegNet or ResNetRS), built with `weights=None` at a "
          "reduced input, BatchNorm statistics from real photographs; three KerasHub models "
          "(BERT classifier, GPT-2 backbone, ViT classifier) from small configs with random "
-         "weights and random token ids or images; and ten hand-written cases "
+         "weights and random token ids or images; and twelve hand-written cases "
          "(bench/zoo_models.py): a subclassed model (given the data's input shape), a "
          "transfer-learning nest (`MobileNetV2(include_top=False)` as a layer), a two-input "
          "and a two-output model, a model with a registered custom layer (loaded through "
          "`--import bench/zoo_user_layers.py`), a mixed_float16 model, a recurrent text "
          "classifier (token ids, masked Embedding, Bidirectional LSTM, GRU), a 1-D "
          "convolutional signal classifier (Conv1D, SeparableConv1D, dilated causal "
-         "Conv1D), a video classifier (TimeDistributed Conv2D and Dense, GRU) and a "
-         "Siamese pair classifier (one encoder and one head shared by two inputs), "
-         "trained on seeded synthetic data. Written by "
+         "Conv1D), a video classifier (TimeDistributed Conv2D and Dense, GRU), a "
+         "Siamese pair classifier (one encoder and one head shared by two inputs), an "
+         "end-to-end text classifier (sentences in, `TextVectorization` inside) and a "
+         "tabular model (a string column through `StringLookup`, numeric columns through "
+         "an adapted `Normalization`), trained on seeded synthetic data; the TFLite and "
+         "ONNX cells of the last two run with `--without-lookups` (the artifact starts at "
+         "the lookups' outputs), said in the cell. Written by "
          "`python -m bench --only zoo` (bench/cases/zoo.py); each case is saved and loaded "
          f"back as a user's file. {SAMPLES} calibration/verification samples."),
         ("The passes: inspect; prune 50% by magnitude, by OBD (the default backprop "
