@@ -324,7 +324,9 @@ def _fit_text(model, x, y, work: Path, name: str, epochs: int):
     import tensorflow as tf
 
     model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
-    model.fit({k: tf.constant(v) for k, v in x.items()}, y, epochs=epochs, verbose=0)
+    tensors = {k: tf.constant(v) for k, v in x.items()}
+    model.fit(tensors if len(tensors) > 1 else next(iter(tensors.values())), y,
+              epochs=epochs, verbose=0)
     npz = work / f"{name}.npz"
     arrays = {f"x_train/{k}": v for k, v in x.items()} if len(x) > 1 else \
         {"x_train": next(iter(x.values()))}

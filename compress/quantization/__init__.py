@@ -663,7 +663,9 @@ def _keras_int8(model, x_check, x_test, y_test, opts: dict, x_cal=None
         info.update(task.evaluate(reloaded, x_test, y_test))
         info.update({f"float_{k}": v for k, v in task.evaluate(model, x_test, y_test).items()})
     if opts["latency"]:
-        shape = tuple(x_check.shape[1:])
+        # one input: the check inputs' sample shape (unknown sizes made concrete); several
+        # (a dict by name): each input's own shape and dtype
+        shape = None if isinstance(x_check, dict) else tuple(x_check.shape[1:])
         q, f = keras_latency_ms(reloaded, shape), keras_latency_ms(model, shape)
         info["latency_ms"], info["float_latency_ms"] = {"1": q}, {"1": f}
         info["latency_ratio"] = {"1": q / f}
