@@ -282,3 +282,41 @@ def test_without_lookups_leaves_the_users_model_as_it_was(tmp_path):
     assert {la.name: len(la._inbound_nodes) for la in model.layers} == nodes
     _, info = quantize(model, ds, mode="keras-int8", format="keras", latency=False)
     assert info["top1_agreement"] > 0.95
+
+
+def test_an_efficientnet_copy_normalizes_with_its_own_statistics(tmp_path):
+    """keras.applications EfficientNet normalizes its input inside, with statistics that
+    come with its weights (ImageNet's). Every copy a pass made of a loaded EfficientNet
+    normalized with mean 0 and variance 1 instead: its normalized input was off by 2.1."""
+    import keras
+
+    from compress import training
+
+    model = keras.applications.EfficientNetB0(weights=None, input_shape=(32, 32, 3),
+                                              classes=4)
+    norm = next(la for la in model.layers if isinstance(la, keras.layers.Normalization))
+    norm.set_weights([np.array([0.485, 0.456, 0.406], "float32"),
+                      np.array([0.229, 0.224, 0.225], "float32") ** 2, np.array(0)])
+    model.save(tmp_path / "eff.keras")
+    model = keras.models.load_model(tmp_path / "eff.keras")
+    copy = training.copy_model(model)
+    x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    layer = model.get_layer(norm.name)
+    want = keras.Model(model.input, layer.output)(x)
+    got = keras.Model(copy.input, copy.get_layer(norm.name).output)(x)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-6)
+    assert float(np.abs(np.asarray(want)).max()) > 1.0
+
+
+def test_keras_int8_of_a_tabular_model_with_several_inputs(tmp_path, cli):
+    """It crashed when timing ('dict' object has no attribute 'shape')."""
+    import json
+
+    path, data, x, y = _tabular_model(tmp_path)
+    out = tmp_path / "q.keras"
+    result = cli("quantize", path, "-o", out, "--mode", "keras-int8", "--data",
+                 f"npz:{data}", "--json")
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.output)
+    assert info["latency_ms"]["1"] > 0
+    assert info["accuracy"] == pytest.approx(_accuracy(out, x, y), abs=1e-9)
