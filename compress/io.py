@@ -816,7 +816,7 @@ def deployable(model):
         fresh.set_weights(model.get_weights())
     except Exception:  # noqa: BLE001 - subclassed models without get_config
         return model
-    from compress.training import copy_assets
+    from compress.layer_state import copy_assets
 
     copy_assets(model, fresh)  # vocabularies: the file would hold empty ones
     return fresh

@@ -105,9 +105,9 @@ def keras_quantized_layer(model):
 
 def _all_layers(model) -> list:
     """``model`` and every layer in it, at any depth (nested models, custom layers)."""
-    walk = getattr(model, "_flatten_layers", None)
-    return list(walk(include_self=True, recursive=True)) if walk else \
-        list(getattr(model, "layers", []))
+    from compress.layer_state import all_layers
+
+    return all_layers(model)
 
 
 def refuse_keras_quantized(model) -> None:
@@ -210,7 +210,8 @@ def without_lookups(model, data=None):
     import numpy as np
     import tensorflow as tf
 
-    from compress.training import copy_assets, copy_model
+    from compress.layer_state import copy_assets
+    from compress.training import copy_model
 
     original = model
     lookups = [la for la in getattr(model, "layers", []) if type(la).__name__ in LOOKUP_LAYERS]

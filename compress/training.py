@@ -124,68 +124,10 @@ def copy_model(model):
     if unsafe:
         io.mark_unsafe(clone)
     clone.set_weights(model.get_weights())
-    copy_assets(model, clone)
+    from compress.layer_state import copy_assets
+
+    copy_assets(model, clone)  # vocabularies, an adapted Normalization's statistics
     return clone
-
-
-def copy_assets(source, target) -> None:
-    """Copy into ``target`` (a copy of ``source``'s architecture, or a part of it) the
-    state Keras keeps outside the weights, which ``clone_model`` and ``set_weights``
-    leave out:
-
-    - the vocabularies (and tf-idf weights) of ``StringLookup``, ``IntegerLookup`` and
-      ``TextVectorization`` layers: a copy's lookup table was never filled ("Table not
-      initialized" at its first batch, or an empty vocabulary in the file it is saved to);
-    - the mean and variance an adapted ``Normalization`` layer normalizes with: they are
-      constants derived from its weights when it is adapted or loaded, so a copy given the
-      weights by ``set_weights`` still normalized with 0 and 1 (every score and every
-      fine-tuning step of a tabular model's copy saw raw features).
-
-    Layers are matched by class and name, at any depth, in order; a layer with no
-    counterpart, or whose weights changed shape, is left alone.
-
-    Example:
-
-    >>> copy = keras.models.clone_model(text_model)   # doctest: +SKIP
-    >>> copy.set_weights(text_model.get_weights())    # doctest: +SKIP
-    >>> copy_assets(text_model, copy)                 # doctest: +SKIP
-    """
-    import tempfile
-
-    from compress.runtime import _all_layers
-
-    stateful = [la for la in _all_layers(source) if _state_outside_weights(la)]
-    if not stateful:
-        return
-    by_key: dict = {}
-    for layer in stateful:
-        by_key.setdefault((type(layer).__name__, layer.name), []).append(layer)
-    for layer in _all_layers(target):
-        found = by_key.get((type(layer).__name__, layer.name))
-        if not found:
-            continue
-        original = found.pop(0)
-        if layer is original:
-            continue
-        if isinstance(original, keras.layers.Normalization):
-            if layer.built and [tuple(w.shape) for w in layer.weights] == \
-                    [tuple(w.shape) for w in original.weights]:
-                layer.set_weights(original.get_weights())  # a fresh student's too
-                layer.mean, layer.variance = original.mean, original.variance
-            continue
-        with tempfile.TemporaryDirectory() as folder:
-            original.save_assets(folder)
-            layer.load_assets(folder)
-        store: dict = {}
-        original.save_own_variables(store)  # a tf-idf vocabulary's weights, say
-        if store:
-            layer.load_own_variables(store)
-
-
-def _state_outside_weights(layer) -> bool:
-    if isinstance(layer, keras.layers.Normalization):  # adapted: not given mean= in config
-        return layer.input_mean is None and getattr(layer, "mean", None) is not None
-    return hasattr(layer, "save_assets") and hasattr(layer, "load_assets")
 
 
 def outputs_probabilities(model) -> bool:
@@ -318,7 +260,7 @@ def text_tensors(data):
     TensorFlow string tensor: Keras's ``fit``, ``evaluate`` and ``predict`` refuse NumPy
     strings ("Invalid dtype: str2464") but take the tensors; anything else is returned
     as it is."""
-    from compress.data.named import is_text
+    from compress.data.arrays import is_text
 
     if data is None or not any(is_text(a) for a in keras.tree.flatten(data)):
         return data

@@ -24,7 +24,7 @@ LAYER_NAMES = {CORE: "core", PASSES: "pass", FRONT: "front-end"}
 _CORE = {"errors", "options", "passes", "io", "data", "models", "training",
          "training_context", "report", "runtime", "export", "quiet", "layers",
          "graph_safety", "task", "agreement", "progress", "cluster", "artifacts",
-         "losses"}
+         "losses", "layer_state"}
 _PASSES = {"pruning", "sharing", "quantization", "distillation", "callbacks", "cascade",
            "train"}
 _FRONT = {"cli", "recipes"}

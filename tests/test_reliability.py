@@ -246,7 +246,7 @@ CLI_CASES = [
     ("inspect-empty-data", ["inspect", "{mlp}", "--data", "npz:{dir}/emptydata.npz"], 1,
      "is empty"),
     ("inspect-string-data", ["inspect", "{mlp}", "--data", "npz:{dir}/strings.npz"], 1,
-     "non-numeric"),
+     "the data holds strings, but model input (8, 8, 1) takes float32"),
     ("inspect-missing-npz", ["inspect", "{mlp}", "--data", "npz:{dir}/nope.npz"], 1,
      "no such data file"),
     ("inspect-regressor", ["inspect", "{dir}/regressor.keras", "--data", "digits"], 1,

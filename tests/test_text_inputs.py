@@ -320,3 +320,21 @@ def test_keras_int8_of_a_tabular_model_with_several_inputs(tmp_path, cli):
     info = json.loads(result.output)
     assert info["latency_ms"]["1"] > 0
     assert info["accuracy"] == pytest.approx(_accuracy(out, x, y), abs=1e-9)
+
+
+def test_text_as_an_object_array_from_pandas_is_text(tmp_path):
+    """A pandas column's ``.values`` is an object array of Python strings."""
+    import keras
+
+    from compress import prune
+
+    path, _, x, y = _text_model(tmp_path)
+    model = keras.models.load_model(path)
+    column = np.array([s for s in x[:, 0]], dtype=object)[:, None]
+    pruned, info = prune(model, (column, y), sparsity=0.5)
+    assert info["sparsity_reached"] == pytest.approx(0.5, abs=0.01)
+    import tensorflow as tf
+
+    agree = np.argmax(np.asarray(pruned(tf.constant(x))), -1) == \
+        np.argmax(np.asarray(model(tf.constant(x))), -1)
+    assert agree.mean() > 0.8

@@ -45,7 +45,7 @@ def _optimizer(name: str, lr: float):
 
 def _forward(layers, x: np.ndarray, batch_size: int, cache_dir) -> np.ndarray:
     """Pseudo-inputs: ``x`` through the frozen ``layers`` once (inference mode)."""
-    from compress.data.named import is_text
+    from compress.data.arrays import is_text
 
     block = keras.Sequential([keras.Input(x.shape[1:], dtype="string" if is_text(x) else None)]
                              + list(layers))

@@ -173,9 +173,38 @@ def fit_to_model(x, model, name: str = "data"):
                         "dict keyed by input name or a list in input order")
 
 
-def _fit_one(x, spec, name):
-    from compress.data.named import as_input, is_text
+def is_text(a) -> bool:
+    """Whether ``a`` is an array of strings (NumPy ``str`` or ``bytes``): the inputs of a
+    model that takes text (a ``TextVectorization`` or ``StringLookup`` inside it).
 
+    Example:
+
+    An object array of Python strings (a pandas column's ``.values``) is text too.
+
+    >>> is_text(np.array(["a cat"])), is_text(np.zeros(2))
+    (True, False)
+    >>> is_text(np.array(["a", "b"], dtype=object))
+    True
+    """
+    kind = getattr(getattr(a, "dtype", None), "kind", "")
+    if kind == "O":
+        first = next(iter(np.asarray(a).flat), None)
+        return isinstance(first, (str, bytes))
+    return kind in ("U", "S")
+
+
+def as_input(a: np.ndarray) -> np.ndarray:
+    """Model inputs as loaded: strings as NumPy ``str`` (bytes decoded as UTF-8), numbers
+    as float32."""
+    if is_text(a):
+        if a.dtype.kind == "O":
+            a = np.array([v.decode("utf-8") if isinstance(v, bytes) else str(v)
+                          for v in np.asarray(a).flat]).reshape(np.shape(a))
+        return np.char.decode(a, "utf-8") if a.dtype.kind == "S" else a
+    return a.astype("float32")
+
+
+def _fit_one(x, spec, name):
     _, target, dtype = spec
     x = np.asarray(x)
     text = dtype == "string"

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from compress.data.arrays import Dataset
+from compress.data.arrays import Dataset, as_input, is_text
 from compress.errors import CompressError
 
 NAMES = ("digits", "mnist5k", "animals")
@@ -249,26 +249,6 @@ def _load_npz(path: Path, seed: int) -> Dataset:
                        _num_classes(labels, y, y_val))
     te, va, tr = idx[:n_test], idx[n_test:n_test + n_val], idx[n_test + n_val:]
     return Dataset(name, x[tr], y[tr], x[va], y[va], x[te], y[te], _num_classes(labels, y))
-
-
-def is_text(a) -> bool:
-    """Whether ``a`` is an array of strings (NumPy ``str`` or ``bytes``): the inputs of a
-    model that takes text (a ``TextVectorization`` or ``StringLookup`` inside it).
-
-    Example:
-
-    >>> is_text(np.array(["a cat"])), is_text(np.zeros(2))
-    (True, False)
-    """
-    return getattr(getattr(a, "dtype", None), "kind", "") in ("U", "S")
-
-
-def as_input(a: np.ndarray) -> np.ndarray:
-    """Model inputs as loaded: strings as NumPy ``str`` (bytes decoded as UTF-8), numbers
-    as float32."""
-    if is_text(a):
-        return np.char.decode(a, "utf-8") if a.dtype.kind == "S" else a
-    return a.astype("float32")
 
 
 def _whole_non_negative(a: np.ndarray) -> bool:

@@ -18,8 +18,8 @@ import re
 import keras
 
 from compress.errors import CompressError
+from compress.layer_state import copy_assets
 from compress.runtime import float_dtype
-from compress.training import copy_assets
 
 # Config keys that set a layer's output width.
 _WIDTH_KEYS = ("units", "filters", "output_dim", "key_dim")  # Dense/RNN, Conv, Embedding, attention

@@ -156,7 +156,7 @@ def rebuild(model, make_layer, *, opaque: bool = False, nested_kwargs=None):
         ``mapping.whole`` holds the ``id`` of each nested model given to ``make_layer``
         whole after its layers could not be rebuilt.
     """
-    from compress.training import copy_assets
+    from compress.layer_state import copy_assets
 
     ctx = _Rebuild(make_layer, opaque, nested_kwargs)
     new = _rebuild_model(model, None, ctx)

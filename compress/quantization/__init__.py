@@ -466,7 +466,7 @@ def _arrays(model, data, n: int):
 
 def _float32(x):
     """Numbers as float32; strings (a text model's input, mode keras-int8) as they are."""
-    from compress.data.named import is_text
+    from compress.data.arrays import is_text
 
     x = np.asarray(x)
     return x if is_text(x) else x.astype(np.float32)
