@@ -76,6 +76,18 @@ def _tabular_model(tmp_path):
     return path, data, {"city": city[450:], "age": age[450:]}, y[450:]
 
 
+@pytest.fixture(scope="module")
+def text_files(tmp_path_factory):
+    """The text model's file, its npz, and its test split (built once for the file)."""
+    return _text_model(tmp_path_factory.mktemp("text"))
+
+
+@pytest.fixture(scope="module")
+def tabular_files(tmp_path_factory):
+    """The tabular model's file, its npz, and its test split (built once for the file)."""
+    return _tabular_model(tmp_path_factory.mktemp("tabular"))
+
+
 def _accuracy(path, x, y) -> float:
     import keras
     import tensorflow as tf
@@ -88,13 +100,13 @@ def _accuracy(path, x, y) -> float:
     return float(np.mean(np.argmax(np.asarray(model(x)), axis=-1) == y))
 
 
-def test_a_copy_of_an_adapted_normalization_normalizes_as_the_original(tmp_path):
+def test_a_copy_of_an_adapted_normalization_normalizes_as_the_original(tabular_files):
     import keras
 
     from compress import training
     from compress.pruning import graph
 
-    path, _, x, _ = _tabular_model(tmp_path)
+    path, _, x, _ = tabular_files
     model = keras.models.load_model(path)
     want = np.asarray(model(x))
     copy = training.copy_model(model)
@@ -109,10 +121,11 @@ def test_a_copy_of_an_adapted_normalization_normalizes_as_the_original(tmp_path)
         model.get_layer("city_lookup").get_vocabulary()
 
 
-def test_tabular_model_with_a_string_column_reports_what_its_file_scores(tmp_path, cli):
+def test_tabular_model_with_a_string_column_reports_what_its_file_scores(
+        tmp_path, cli, tabular_files):
     import json
 
-    path, data, x, y = _tabular_model(tmp_path)
+    path, data, x, y = tabular_files
     before = _accuracy(path, x, y)
     assert before > 0.9
     out = tmp_path / "k.keras"
@@ -131,12 +144,12 @@ def test_tabular_model_with_a_string_column_reports_what_its_file_scores(tmp_pat
     assert after > before - 0.1
 
 
-def test_a_text_model_goes_through_the_keras_passes_with_its_vocabulary(tmp_path, cli):
+def test_a_text_model_goes_through_the_keras_passes_with_its_vocabulary(tmp_path, cli, text_files):
     import json
 
     import keras
 
-    path, data, x, y = _text_model(tmp_path)
+    path, data, x, y = text_files
     vocabulary = keras.models.load_model(path).get_layer("vectorize").get_vocabulary()
     result = cli("inspect", path)  # no data: timed on a sentence
     assert result.exit_code == 0, result.output
@@ -163,8 +176,8 @@ def test_a_text_model_goes_through_the_keras_passes_with_its_vocabulary(tmp_path
             assert reported == pytest.approx(_accuracy(out, x, y), abs=1e-9), name
 
 
-def test_strings_and_numbers_given_to_the_wrong_input_are_one_line(tmp_path, cli):
-    path, *_ = _text_model(tmp_path)
+def test_strings_and_numbers_given_to_the_wrong_input_are_one_line(tmp_path, cli, text_files):
+    path, *_ = text_files
     numbers = tmp_path / "numbers.npz"
     np.savez(numbers, x_train=np.zeros((20, 1), "float32"), y_train=np.zeros(20, "int64"))
     out = tmp_path / "p.keras"
@@ -207,7 +220,7 @@ def test_a_one_unit_sigmoid_teacher_distills():
     assert np.mean((p > 0.5) == y[:200]) > 0.85
 
 
-def test_a_text_model_becomes_int8_tflite_from_its_token_ids(tmp_path, cli):
+def test_a_text_model_becomes_int8_tflite_from_its_token_ids(tmp_path, cli, text_files):
     """Without the option the lookup layer is refused in one line that names the option;
     with it the artifact starts at the TextVectorization's output, and fed the ids that
     layer of the saved model gives, LiteRT agrees with the whole Keras model on text."""
@@ -216,7 +229,7 @@ def test_a_text_model_becomes_int8_tflite_from_its_token_ids(tmp_path, cli):
 
     from compress.runtime import run_artifact
 
-    path, data, x, _ = _text_model(tmp_path)
+    path, data, x, _ = text_files
     out = tmp_path / "t.tflite"
     refused = cli("quantize", path, "-o", out, "--data", f"npz:{data}")
     assert refused.exit_code == 1 and not out.exists()
@@ -240,12 +253,12 @@ def test_a_text_model_becomes_int8_tflite_from_its_token_ids(tmp_path, cli):
     assert info["top1_agreement"] >= 0.99
 
 
-def test_a_tabular_model_exports_to_onnx_from_its_lookup_outputs(tmp_path, cli):
+def test_a_tabular_model_exports_to_onnx_from_its_lookup_outputs(tmp_path, cli, tabular_files):
     import keras
     import onnxruntime as ort
     import tensorflow as tf
 
-    path, data, x, _ = _tabular_model(tmp_path)
+    path, data, x, _ = tabular_files
     out = tmp_path / "tab.onnx"
     result = cli("export", path, "-o", out, "--data", f"npz:{data}", "--without-lookups")
     assert result.exit_code == 0, result.output
@@ -265,7 +278,7 @@ def test_a_tabular_model_exports_to_onnx_from_its_lookup_outputs(tmp_path, cli):
     assert "--without-lookups: it has no lookup layer" in refused.output
 
 
-def test_without_lookups_leaves_the_users_model_as_it_was(tmp_path):
+def test_without_lookups_leaves_the_users_model_as_it_was(tabular_files):
     """Cutting the graph at the lookups' outputs added nodes to the user's layers, and a
     later pass on the same model object failed ("could not find node key")."""
     import keras
@@ -274,7 +287,7 @@ def test_without_lookups_leaves_the_users_model_as_it_was(tmp_path):
     from compress.data import load_data, prepare
     from compress.export import export_artifact
 
-    path, data, *_ = _tabular_model(tmp_path)
+    path, data, *_ = tabular_files
     model = keras.models.load_model(path)
     nodes = {la.name: len(la._inbound_nodes) for la in model.layers}
     ds = prepare(model, load_data(f"npz:{data}", 0))
@@ -308,11 +321,11 @@ def test_an_efficientnet_copy_normalizes_with_its_own_statistics(tmp_path):
     assert float(np.abs(np.asarray(want)).max()) > 1.0
 
 
-def test_keras_int8_of_a_tabular_model_with_several_inputs(tmp_path, cli):
+def test_keras_int8_of_a_tabular_model_with_several_inputs(tmp_path, cli, tabular_files):
     """It crashed when timing ('dict' object has no attribute 'shape')."""
     import json
 
-    path, data, x, y = _tabular_model(tmp_path)
+    path, data, x, y = tabular_files
     out = tmp_path / "q.keras"
     result = cli("quantize", path, "-o", out, "--mode", "keras-int8", "--data",
                  f"npz:{data}", "--json")
@@ -322,13 +335,13 @@ def test_keras_int8_of_a_tabular_model_with_several_inputs(tmp_path, cli):
     assert info["accuracy"] == pytest.approx(_accuracy(out, x, y), abs=1e-9)
 
 
-def test_text_as_an_object_array_from_pandas_is_text(tmp_path):
+def test_text_as_an_object_array_from_pandas_is_text(text_files):
     """A pandas column's ``.values`` is an object array of Python strings."""
     import keras
 
     from compress import prune
 
-    path, _, x, y = _text_model(tmp_path)
+    path, _, x, y = text_files
     model = keras.models.load_model(path)
     column = np.array([s for s in x[:, 0]], dtype=object)[:, None]
     pruned, info = prune(model, (column, y), sparsity=0.5)
