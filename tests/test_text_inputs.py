@@ -351,3 +351,20 @@ def test_text_as_an_object_array_from_pandas_is_text(text_files):
     agree = np.argmax(np.asarray(pruned(tf.constant(x))), -1) == \
         np.argmax(np.asarray(model(tf.constant(x))), -1)
     assert agree.mean() > 0.8
+
+
+def test_a_recipe_takes_a_text_model_to_int8_tflite(tmp_path, cli, text_files):
+    """The recipe's report ran the artifact on the strings it does not take."""
+    import json
+
+    path, data, _, _ = text_files
+    recipe = tmp_path / "text.yaml"
+    recipe.write_text(f"name: text\nseed: 0\ndata: npz:{data}\nmodel: {path}\nsteps:\n"
+                      "  - prune: {sparsity: 0.5, epochs: 1}\n"
+                      "  - quantize: {mode: int8, format: tflite, without_lookups: true}\n")
+    out = tmp_path / "run"
+    result = cli("run", recipe, "-o", out)
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    after = report["steps"][-1]["after"]
+    assert after["name"].endswith("(tflite)") and after["accuracy"] > 0.9

@@ -288,6 +288,8 @@ def _artifact_report(path: Path, info: dict, dataset, name: str, model) -> dict:
     rep = {"name": f"{name} ({path.suffix[1:]})", "file_bytes": path.stat().st_size,
            "zipped_bytes": zipped_size(path)}
     if path.suffix in (".tflite", ".onnx") and dataset is not None:
+        if info.get("lookups_note"):  # without_lookups: it takes the lookups' outputs
+            _, dataset, _ = runtime.without_lookups(model, dataset)
         outputs = runtime.run_artifact(path, dataset.x_test)
         if dataset.y_test is not None:
             rep.update(resolve(model, y=dataset.y_test).score(outputs, dataset.y_test))
