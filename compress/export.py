@@ -528,7 +528,8 @@ def export_copy(model, fmt: str = "tflite"):
     rnns = [la.name for la in layers if fmt == "tflite" and _unrollable(la)]
     augments = [la.name for la in layers if fmt == "onnx" and _augmentation(la)]
     constants = _constant_arguments(model) if fmt == "onnx" else []
-    if not (policies or grouped or norms or gelus or rnns or augments or constants):
+    mels = [la.name for la in layers if fmt == "onnx" and _spectrogram_layer(la)]
+    if not (policies or grouped or norms or gelus or rnns or augments or constants or mels):
         return model, []
     pairs = []
     copy = _copy_model(model, pairs, bool(policies), fmt)
@@ -559,8 +560,73 @@ def export_copy(model, fmt: str = "tflite"):
                      f"constants ({', '.join(constants[:3])}"
                      + (", ...)" if len(constants) > 3 else ")"))),
         (rnns, ("recurrent layers unrolled over their time steps, which TFLite's builtin "
-                f"ops then run ({', '.join(rnns)})"))) if names]
+                f"ops then run ({', '.join(rnns)})")),
+        (mels, ("the STFT of MelSpectrogram written as a strided convolution with DFT "
+                "kernels (tf2onnx converts no FFT whose real and imaginary parts are used; "
+                f"{', '.join(mels)})"))) if names]
     return copy, notes
+
+
+def _spectrogram_layer(layer) -> bool:
+    """A ``MelSpectrogram`` on (batch, samples) audio: its STFT is Keras's RFFT, whose
+    real and imaginary parts tf2onnx cannot convert (an invalid RFFT node)."""
+    return type(layer).__name__ == "MelSpectrogram" and \
+        len(getattr(layer, "input", None).shape if hasattr(layer, "input") else ()) == 2
+
+
+def stft_by_convolution(layer, inputs):
+    """``(real, imag)`` of Keras's ``stft`` as a ``MelSpectrogram`` layer calls it (center
+    padding by reflection, the periodic window centred in ``fft_length``, one frame every
+    ``sequence_stride`` samples): one strided convolution per part, its kernels the
+    window times the DFT basis. The same numbers as the RFFT, in ops ONNX has.
+
+    Example:
+
+    >>> real, imag = stft_by_convolution(mel_layer, audio)   # doctest: +SKIP
+    """
+    import keras
+
+    ops = keras.ops
+    n, length = int(layer.fft_length), int(layer.sequence_length)
+    x = ops.pad(inputs, [(0, 0), (n // 2, n // 2)], mode="reflect")
+    i = np.arange(length)
+    if layer.window == "hann":
+        window = 0.5 - 0.5 * np.cos(2 * np.pi * i / length)
+    elif layer.window == "hamming":
+        window = 0.54 - 0.46 * np.cos(2 * np.pi * i / length)
+    elif layer.window is None:
+        window = np.ones(length)
+    else:
+        window = np.asarray(layer.window, np.float64)
+    left = (n - length) // 2
+    window = np.pad(window, (left, n - length - left))
+    angle = 2 * np.pi * np.outer(np.arange(n), np.arange(n // 2 + 1)) / n
+    real_kernel = (window[:, None] * np.cos(angle))[:, None, :].astype("float32")
+    imag_kernel = (-window[:, None] * np.sin(angle))[:, None, :].astype("float32")
+    x = ops.expand_dims(x, -1)
+    step = int(layer.sequence_stride)
+    return (ops.conv(x, real_kernel, strides=step, padding="valid"),
+            ops.conv(x, imag_kernel, strides=step, padding="valid"))
+
+
+_CONVOLUTION_MEL = []
+
+
+def _convolution_mel_class():
+    """A ``MelSpectrogram`` whose STFT is :func:`stft_by_convolution` (export copies only;
+    never saved)."""
+    if not _CONVOLUTION_MEL:
+        import keras
+
+        class ConvolutionMelSpectrogram(keras.layers.MelSpectrogram):
+            def _spectrogram(self, inputs):
+                ops = keras.ops
+                real, imag = stft_by_convolution(self, inputs)
+                spec = ops.sqrt(ops.add(ops.square(real), ops.square(imag)))
+                return ops.power(spec, self.mag_exp)
+
+        _CONVOLUTION_MEL.append(ConvolutionMelSpectrogram)
+    return _CONVOLUTION_MEL[0]
 
 
 def _activation(layer):
@@ -619,6 +685,8 @@ def _copy_model(model, pairs, to_float32: bool, fmt: str):
             config = _unrolled(config)
         if kind == "Normalization":
             new = _folded_normalization(op, config)
+        elif fmt == "onnx" and _spectrogram_layer(op):
+            new = _convolution_mel_class().from_config(config)
         elif kind in ("Conv1D", "Conv2D", "Conv3D") and op.groups > 1:
             new = _ungrouped(op, config)
         else:

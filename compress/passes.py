@@ -176,8 +176,11 @@ def _discover() -> None:
     if _DISCOVERED:
         return
     _DISCOVERED = True
-    for spec in discover(Path(__file__).resolve().parent):
+    found = discover(Path(__file__).resolve().parent)
+    for spec in found:
         _REGISTRY.setdefault(spec.name, spec)
+    if found.incomplete:  # asked for while a pass module was being imported: look again
+        _DISCOVERED = False  # next time (its PASS line had not run yet)
 
 
 def discover(root: str | os.PathLike) -> list[Pass]:
@@ -192,7 +195,7 @@ def discover(root: str | os.PathLike) -> list[Pass]:
     ['export']
     """
     root = Path(root).resolve()
-    found = []
+    found = _Found()
     for path in sorted(root.rglob("*.py")):
         relative = path.relative_to(root.parent)
         if len(relative.parts) > 1 and relative.parts[1] == "cli":
@@ -209,7 +212,19 @@ def discover(root: str | os.PathLike) -> list[Pass]:
         spec = getattr(importlib.import_module(".".join(parts)), "PASS", None)
         if isinstance(spec, Pass):
             found.append(spec)
+        else:  # a module being imported (its import asked for the registry): no PASS yet
+            found.incomplete = True
     return found
+
+
+class _Found(list):
+    """The passes :func:`discover` found; ``incomplete`` when a declaring module was
+    still being imported (``from compress.export import ...`` as a script's first line:
+    its ``from compress import io`` went through the package's ``__getattr__``, which
+    read the registry before ``export``'s ``PASS`` line ran, and ``export`` was missing
+    for the rest of the process)."""
+
+    incomplete = False
 
 
 def all_passes() -> list[Pass]:

@@ -171,3 +171,20 @@ def test_a_new_pass_needs_only_its_declaration(scale_pass, cli, mlp_file, tmp_pa
     result = run_recipe(recipe, output=tmp_path / "run")
     assert result["steps"][0]["info"] == {"factor": 2.0}
     assert Path(result["steps"][0]["artifact"]).exists()
+
+
+def test_a_script_that_first_imports_a_pass_module_keeps_every_pass():
+    """``from compress.export import ...`` as a script's first line read the registry
+    while compress.export was half imported (its ``from compress import io`` went through
+    the package's ``__getattr__``): ``export`` was then missing from the registry, and
+    ``compress export`` from the CLI in that process was "No such command"."""
+    import subprocess
+    import sys
+
+    code = ("from compress.export import export_artifact\n"
+            "from compress import passes\n"
+            "print(' '.join(passes.names()))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-500:]
+    assert "export" in proc.stdout.split()
