@@ -213,6 +213,9 @@ def without_lookups(model, data=None):
     from compress.layer_state import copy_assets
     from compress.training import copy_model
 
+    if data is not None and getattr(data, "streaming", False):
+        raise CompressError("--without-lookups maps the data through the lookup layers in "
+                            "memory; give arrays (an .npz), not a stream")
     original = model
     lookups = [la for la in getattr(model, "layers", []) if type(la).__name__ in LOOKUP_LAYERS]
     inside = {id(sub) for la in lookups for sub in _all_layers(la)}  # a TextVectorization's
@@ -239,7 +242,6 @@ def without_lookups(model, data=None):
     # a private copy, never on the user's model (a later pass would meet those nodes).
     model = copy_model(model)
     lookups = [model.get_layer(la.name) for la in lookups]
-    inputs = {id(t): t for t in model.inputs}
     read = {la.name: model.inputs[[id(t) for t in original.inputs].index(id(read[la.name]))]
             for la in lookups}
     consumers: dict = {}
@@ -266,9 +268,6 @@ def without_lookups(model, data=None):
     copy.set_weights(body.get_weights())
     copy_assets(body, copy)
     copy.name = model.name
-    if data is not None and getattr(data, "streaming", False):
-        raise CompressError("--without-lookups maps the data through the lookup layers in "
-                            "memory; give arrays (an .npz), not a stream")
     in_names = [t.name for t in model.inputs]
 
     def mapped(x):

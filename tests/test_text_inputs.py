@@ -364,3 +364,18 @@ def test_a_recipe_takes_a_text_model_to_int8_tflite(tmp_path, cli, text_files):
     report = json.loads((out / "report.json").read_text())
     after = report["steps"][-1]["after"]
     assert after["name"].endswith("(tflite)") and after["accuracy"] > 0.9
+
+
+def test_without_lookups_refuses_a_stream_in_one_line(text_files):
+    import keras
+    import tensorflow as tf
+
+    from compress.errors import CompressError
+    from compress.export import export_artifact
+
+    path, _, x, y = text_files
+    stream = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+    with pytest.raises(CompressError, match="--without-lookups maps the data through the "
+                                            "lookup layers in memory; give arrays"):
+        export_artifact(keras.models.load_model(path), stream, format="onnx",
+                        without_lookups=True)
