@@ -19,6 +19,22 @@ from __future__ import annotations
 import keras
 
 
+def model_input(layer, model):
+    """The input tensor of ``model`` that ``layer`` reads directly (the layer called once,
+    on that one tensor), or None: a preprocessing layer at the front of the graph.
+
+    Example:
+
+    >>> model_input(model.get_layer("text_vectorization"), model)   # doctest: +SKIP
+    <KerasTensor shape=(None, 1), dtype=string, name=text>
+    """
+    nodes = getattr(layer, "_inbound_nodes", [])
+    sources = [t for n in nodes for t in n.input_tensors]
+    if len(nodes) != 1 or len(sources) != 1:
+        return None
+    return next((t for t in getattr(model, "inputs", None) or [] if t is sources[0]), None)
+
+
 def all_layers(model) -> list:
     """``model`` and every layer in it, at any depth (nested models, custom layers)."""
     walk = getattr(model, "_flatten_layers", None)

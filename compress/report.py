@@ -157,7 +157,9 @@ def keras_latency_ms(model, sample_shape: tuple | None = None, batch: int = 1,
     def sample(shape, dtype="float32"):
         shape = (batch,) + concrete_shape(shape, dtype)
         if dtype == "string":  # a model that takes text: a sentence of nine words
-            return tf.fill(shape, "the quick brown fox jumps over the lazy dog")
+            from compress.data.arrays import SAMPLE_TEXT
+
+            return tf.fill(shape, SAMPLE_TEXT)
         if np.issubdtype(np.dtype(dtype), np.floating):
             return tf.constant(rng.random(shape, dtype=np.float32).astype(dtype))
         return tf.zeros(shape, dtype=dtype)

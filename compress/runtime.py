@@ -210,7 +210,7 @@ def without_lookups(model, data=None):
     import numpy as np
     import tensorflow as tf
 
-    from compress.layer_state import copy_assets
+    from compress.layer_state import copy_assets, model_input
     from compress.training import copy_model
 
     if data is not None and getattr(data, "streaming", False):
@@ -224,15 +224,13 @@ def without_lookups(model, data=None):
     if not lookups and not deeper:
         raise CompressError(f"model '{model.name}': --without-lookups: it has no lookup layer "
                             f"({', '.join(LOOKUP_LAYERS)}); leave the option out")
-    inputs = {id(t): t for t in model.inputs}
     read = {}  # lookup layer name -> the model input it reads
     for layer in lookups:
-        nodes = getattr(layer, "_inbound_nodes", [])
-        sources = [t for n in nodes for t in n.input_tensors]
-        if len(nodes) != 1 or len(sources) != 1 or id(sources[0]) not in inputs:
+        source = model_input(layer, model)
+        if source is None:
             deeper.append(layer)
             continue
-        read[layer.name] = sources[0]
+        read[layer.name] = source
     if deeper:
         la = deeper[0]
         raise CompressError(f"model '{model.name}': --without-lookups takes lookup layers that "

@@ -206,9 +206,10 @@ def family_row(name: str, work: Path, seed: int = 0, out: Path | None = None,
 
     # A model that takes strings becomes an artifact from its lookup layers' outputs on
     # (--without-lookups, which the refusal without it names); the cell says so.
-    from compress.runtime import LOOKUP_LAYERS, _all_layers
+    from compress.layer_state import all_layers
+    from compress.runtime import LOOKUP_LAYERS
 
-    lookups = any(type(la).__name__ in LOOKUP_LAYERS for la in _all_layers(model))
+    lookups = any(type(la).__name__ in LOOKUP_LAYERS for la in all_layers(model))
     after = " (without lookups)" if lookups else ""
 
     def quantized(fmt, mode="int8", **options):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
+from compress.data.arrays import SAMPLE_TEXT
 from compress.errors import CompressError
 
 _NORMALIZATION = (keras.layers.BatchNormalization, keras.layers.LayerNormalization,
@@ -38,7 +39,7 @@ def chain_layers(model) -> list:
         return layers
     try:  # a functional model is a chain when running its layers in order reproduces it
         shape = (2,) + tuple(model.inputs[0].shape[1:])
-        x = (np.full(shape, "the quick brown fox jumps") if model.inputs[0].dtype == "string"
+        x = (np.full(shape, SAMPLE_TEXT) if model.inputs[0].dtype == "string"
              else np.random.default_rng(0).random(shape, dtype=np.float32))
         h = x
         for layer in layers:

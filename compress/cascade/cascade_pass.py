@@ -76,7 +76,7 @@ class _StageData:
     never held.
     """
 
-    def __init__(self, dataset, task, teacher, batch_size: int, cache: str):
+    def __init__(self, dataset, task, teacher, batch_size: int, cache: str, dtype=None):
         self.dataset, self.task, self.teacher = dataset, task, teacher
         self.batch_size = batch_size
         self.labelled = dataset.labelled
@@ -84,7 +84,7 @@ class _StageData:
         self.cache_dir = tempfile.TemporaryDirectory(prefix="cascade-") \
             if cache == "disk" and not self.streamed else None
         self.frozen: list = []  # the frozen layers, in order
-        self.dtype = None  # the model's input dtype (strings for a text model), set below
+        self.dtype = dtype  # the model's input dtype (strings for a text model)
         self._fidelity = None if self.labelled else task.fidelity_loss()
         if not self.streamed:
             self.feats = {k: dataset.split(k)[0] for k in ("train", "val", "test")}
@@ -271,8 +271,8 @@ def cascade_train(model_or_specs, data, *, verbose: int | str = 0, callbacks=Non
     activation = "softmax" if task.kind == "classification" and not task.from_logits \
         else output_activation(model)
     was_trainable = {id(la): la.trainable for la in model.layers}
-    stage_data = _StageData(dataset, task, teacher, opts["batch_size"], opts["cache"])
-    stage_data.dtype = model.inputs[0].dtype
+    stage_data = _StageData(dataset, task, teacher, opts["batch_size"], opts["cache"],
+                            dtype=model.inputs[0].dtype)
     stages = []
     try:
         for index, block in enumerate(blocks, start=1):

@@ -173,6 +173,11 @@ def fit_to_model(x, model, name: str = "data"):
                         "dict keyed by input name or a list in input order")
 
 
+#: A sentence standing in for a text model's input where no data gives one (latency,
+#: a graph check).
+SAMPLE_TEXT = "the quick brown fox jumps over the lazy dog"
+
+
 def is_text(a) -> bool:
     """Whether ``a`` is an array of strings (NumPy ``str`` or ``bytes``): the inputs of a
     model that takes text (a ``TextVectorization`` or ``StringLookup`` inside it).

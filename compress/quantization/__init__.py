@@ -435,6 +435,7 @@ STREAM_TEST_SAMPLES = 10_000
 def _arrays(model, data, n: int):
     """Calibration samples and the test split, fitted to the model (or refused)."""
     from compress.data import fit_to_model
+    from compress.data.arrays import as_input
 
     if data is None:
         return None, None, None
@@ -455,21 +456,15 @@ def _arrays(model, data, n: int):
         x_test = named_inputs(model, fit_to_model(x_t, model, "test data"))
 
         def f32(x):
-            return {k: _float32(v) for k, v in x.items()} \
-                if isinstance(x, dict) else _float32(x)
+            return {k: as_input(np.asarray(v)) for k, v in x.items()} \
+                if isinstance(x, dict) else as_input(np.asarray(x))
         return f32(x_cal), f32(x_test), y_t
     x_cal = fit_to_model(np.asarray(data.representative(n)), model, "calibration data")
     x_test = fit_to_model(np.asarray(x_t), model, "test data")
     y_test = None if y_t is None else np.asarray(y_t)
-    return _float32(x_cal), _float32(x_test), y_test
+    # numbers as float32, strings (a text model's, mode keras-int8) as they are
+    return as_input(np.asarray(x_cal)), as_input(np.asarray(x_test)), y_test
 
-
-def _float32(x):
-    """Numbers as float32; strings (a text model's input, mode keras-int8) as they are."""
-    from compress.data.arrays import is_text
-
-    x = np.asarray(x)
-    return x if is_text(x) else x.astype(np.float32)
 
 
 def _artifact(model, data, fmt: str, x_cal, x_check, x_test, y_test, opts: dict,

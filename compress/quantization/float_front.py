@@ -42,18 +42,18 @@ def float_front(model, x_cal, int8_io: bool = False) -> tuple[list[str], str | N
     """
     import keras
 
+    from compress.layer_state import model_input
+
     if x_cal is None or not getattr(model, "inputs", None):
         return [], None
-    inputs = {id(t): t.name for t in model.inputs}
     found = []
     for layer in getattr(model, "layers", []):
         if not isinstance(layer, keras.layers.Normalization) or getattr(layer, "invert", False):
             continue
-        nodes = getattr(layer, "_inbound_nodes", [])
-        sources = [t for n in nodes for t in n.input_tensors]
-        if len(nodes) != 1 or len(sources) != 1 or id(sources[0]) not in inputs:
+        source = model_input(layer, model)
+        if source is None:
             continue
-        name = inputs[id(sources[0])]
+        name = source.name
         x = x_cal.get(name) if isinstance(x_cal, dict) else x_cal
         if x is None or getattr(np.asarray(x).dtype, "kind", "") not in "fiu":
             continue
