@@ -16,6 +16,9 @@ Example:
 
 from __future__ import annotations
 
+import copy
+import functools
+
 import keras
 
 
@@ -53,7 +56,10 @@ def copy_assets(source, target) -> None:
     - the mean and variance an adapted ``Normalization`` layer normalizes with: they are
       constants derived from its weights when it is adapted or loaded, so a copy given the
       weights by ``set_weights`` still normalized with 0 and 1 (every score and every
-      fine-tuning step of a tabular model's copy saw raw features).
+      fine-tuning step of a tabular model's copy saw raw features);
+    - a config read back for a layer whose own does not rebuild it (:func:`keep_config`):
+      a copy made from the saved configs (``deserialize_keras_object``) could not be
+      saved again.
 
     Layers are matched by class and name, at any depth, in order; a layer with no
     counterpart, or whose weights changed shape, is left alone.
@@ -79,6 +85,11 @@ def copy_assets(source, target) -> None:
         original = found.pop(0)
         if layer is original:
             continue
+        if _kept_config(original):
+            if not _kept_config(layer):  # a copy made from its config (deserialized)
+                keep_config(layer, original.get_config())
+            if not _has_assets(original):
+                continue
         if isinstance(original, keras.layers.Normalization):
             if layer.built and [tuple(w.shape) for w in layer.weights] == \
                     [tuple(w.shape) for w in original.weights]:
@@ -95,6 +106,124 @@ def copy_assets(source, target) -> None:
 
 
 def _state_outside_weights(layer) -> bool:
+    return _kept_config(layer) or _has_assets(layer)
+
+
+def _has_assets(layer) -> bool:
     if isinstance(layer, keras.layers.Normalization):  # adapted: not given mean= in config
         return layer.input_mean is None and getattr(layer, "mean", None) is not None
     return hasattr(layer, "save_assets") and hasattr(layer, "load_assets")
+
+
+def _kept_config(layer) -> bool:
+    """Whether ``layer`` describes itself with a config read back (:func:`keep_config`)."""
+    return "get_config" in vars(layer)
+
+
+def layer_config(layer) -> dict:
+    """A config that rebuilds ``layer``: its own ``get_config()`` when that round trip
+    works, else one read from its constructor's arguments (:func:`read_config`).
+
+    Example:
+
+    >>> decoder = llama.get_layer("transformer_layer_0")        # doctest: +SKIP
+    >>> type(decoder).from_config(layer_config(decoder))         # doctest: +SKIP
+    <LlamaTransformerDecoder name=transformer_layer_0, built=False>
+
+    Raises:
+        ValueError: neither reading rebuilds the layer; the message names it and why.
+    """
+    return read_config(layer)[0]
+
+
+def read_config(layer) -> tuple[dict, bool]:
+    """``(config, own)``: a config that rebuilds ``layer``, and whether it is the layer's
+    own ``get_config()``.
+
+    Some released layers cannot rebuild themselves from their own config, which every
+    model copy (``clone_model``) relies on: KerasHub 0.32's ``LlamaTransformerDecoder``
+    (Llama, Llama 3) names an attribute it never set, ``Qwen3TransformerDecoder`` and
+    ``GPTNeoXDecoder`` write keys their constructors refuse. Such a layer is described
+    again from its constructor's parameters and the same-named attributes it keeps
+    (activations, initializers and other Keras objects serialized), and the description
+    is checked: rebuilt from it, the layer must hold the same values. A layer built from
+    such a reading should describe itself with it (:func:`keep_config`).
+
+    Raises:
+        ValueError: neither reading rebuilds the layer; the message names it and why.
+    """
+    try:
+        config = layer.get_config()
+        type(layer).from_config(copy.deepcopy(config))  # some from_config edit theirs
+        return config, True
+    except Exception as exc:  # noqa: BLE001 - any failure of the layer's own round trip
+        own = " ".join(str(exc).split("Exception encountered:")[-1].split())[:160]
+    config = _constructor_config(layer)
+    if config is None:
+        raise ValueError(f"layer '{layer.name}' ({type(layer).__name__}) cannot be rebuilt "
+                         f"from its config: {own}")
+    return config, False
+
+
+def keep_config(layer, config: dict):
+    """Make ``layer`` (built from ``config``, a :func:`read_config` reading) describe
+    itself with ``config``, so that it can be copied again and saved (a ``.keras`` file
+    stores each layer's config); its class's ``get_config`` is left alone. Returns it."""
+    layer.get_config = functools.partial(copy.deepcopy, config)
+    return layer
+
+
+def clone_layer(layer):
+    """A new, unbuilt copy of ``layer`` from its config, or from :func:`read_config`'s
+    reading when its own config does not rebuild it: a ``clone_function`` for
+    ``keras.models.clone_model``, which otherwise stops at such a layer.
+
+    Example:
+
+    >>> copy = keras.models.clone_model(llama, clone_function=clone_layer)  # doctest: +SKIP
+    """
+    try:
+        return type(layer).from_config(layer.get_config())
+    except Exception:  # noqa: BLE001 - the layer's own round trip failed: read it again
+        config, _ = read_config(layer)
+    return keep_config(type(layer).from_config(copy.deepcopy(config)), config)
+
+
+def _constructor_config(layer) -> dict | None:
+    """``layer``'s constructor arguments read back from its same-named attributes, or None
+    when one is missing or the layer rebuilt from them holds other values."""
+    import inspect
+
+    try:
+        params = inspect.signature(type(layer).__init__).parameters
+    except (TypeError, ValueError):
+        return None
+    config = {"name": layer.name, "trainable": layer.trainable,
+              "dtype": keras.dtype_policies.serialize(layer.dtype_policy)}
+    for name, param in params.items():
+        if name == "self" or name in config or param.kind in (
+                param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        if not hasattr(layer, name):
+            if param.default is param.empty:
+                return None
+            continue  # left at its default
+        value = getattr(layer, name)
+        if not isinstance(value, (bool, int, float, str, type(None), list, tuple, dict)):
+            value = keras.saving.serialize_keras_object(value)
+        config[name] = value
+    try:
+        rebuilt = type(layer).from_config(copy.deepcopy(config))
+    except Exception:  # noqa: BLE001 - this reading does not rebuild it either
+        return None
+    for name in config:
+        if name in ("name", "trainable", "dtype"):
+            continue
+        old, new = getattr(layer, name), getattr(rebuilt, name, None)
+        if isinstance(old, (bool, int, float, str, type(None), list, tuple)) and old != new:
+            return None
+        if not isinstance(old, (bool, int, float, str, type(None), list, tuple, dict)) and \
+                keras.saving.serialize_keras_object(old) != \
+                keras.saving.serialize_keras_object(new):
+            return None
+    return config

@@ -113,13 +113,15 @@ def copy_model(model):
         scope = SafeModeScope(False)
     try:
         with scope:
-            clone = keras.models.clone_model(model)
+            clone = _clone(model)
     except ValueError as exc:
         if "TFSMLayer" in str(exc):
             raise CompressError(
                 f"model '{model.name}' wraps a SavedModel, which can be inspected and exported "
                 "but not edited; load the Keras model (.keras or .h5) it was saved from"
             ) from exc
+        if "cannot be rebuilt from its config" in str(exc):
+            raise CompressError(f"model '{model.name}': {exc}") from None
         raise
     if unsafe:
         io.mark_unsafe(clone)
@@ -127,6 +129,37 @@ def copy_model(model):
     from compress.layer_state import copy_assets
 
     copy_assets(model, clone)  # vocabularies, an adapted Normalization's statistics
+    return clone
+
+
+def _clone(model):
+    """``keras.models.clone_model(model)``; when a layer of a functional model cannot be
+    rebuilt from its own config (a released layer's ``get_config`` defect, as in KerasHub's
+    Llama decoder), again with :func:`compress.layer_state.clone_layer`, which reads such a
+    layer's constructor arguments back instead; when the clone holds other weights than
+    the model (sharing lost), the model rebuilt from its own config."""
+    try:
+        clone = keras.models.clone_model(model)
+    except Exception:
+        from keras.src.models.functional import Functional
+
+        if not isinstance(model, (Functional, keras.Sequential)):
+            raise
+        from compress.layer_state import clone_layer
+
+        clone = keras.models.clone_model(model, clone_function=clone_layer)
+    if len(clone.weights) != len(model.weights):
+        # A layer shared between a nested model and the graph around it (a KerasHub
+        # CausalLM's head reuses its backbone's token embedding) is cloned twice; the
+        # model's own config rebuilds the sharing.
+        try:
+            config = keras.saving.serialize_keras_object(model)
+            config.pop("compile_config", None)
+            rebuilt = keras.saving.deserialize_keras_object(config)
+        except Exception:  # noqa: BLE001 - no config of its own: set_weights says why
+            return clone
+        if len(rebuilt.weights) == len(model.weights):
+            return rebuilt
     return clone
 
 

@@ -308,13 +308,15 @@ def _accepted(op, kwargs: dict) -> dict:
 
 def fresh(op):
     """A new, unbuilt copy of the layer or operation ``op`` from its config."""
+    import keras
+
     try:
+        if isinstance(op, keras.layers.Layer):
+            from compress.layer_state import clone_layer
+
+            return clone_layer(op)  # its own config, or one read back (Llama decoders)
         return op.__class__.from_config(op.get_config())
     except Exception as exc:  # noqa: BLE001 - a stateless op without a usable config is reused
-        import keras
-
         if isinstance(op, keras.layers.Layer) and op.weights:
-            why = " ".join(str(exc).split("Exception encountered:")[-1].split())[:160]
-            raise CompressError(f"layer '{op.name}' ({type(op).__name__}) cannot be "
-                                f"rebuilt from its own config: {why}") from None
+            raise CompressError(str(exc)) from None  # layer_config's line names the layer
         return op
