@@ -590,7 +590,8 @@ def resolve(model, loss: str | None = None, metrics: list | None = None, y=None)
         task = Task(kind, own, list(metrics) if metrics is not None else own_metrics,
                     "model", not probabilities, reason=reason)
     else:
-        task = _inferred(activation, units, y, metrics)
+        task = _inferred(activation, units, y, metrics,
+                         features=_features(model) if y is None else None)
         decided = task.reason.endswith(("targets", "labels"))  # the targets decided
         if decided and isinstance(y, TargetSample) and not y.whole:  # ... from a head
             task = dataclasses.replace(task, reason=f"{task.reason} (judged from the "
@@ -663,10 +664,37 @@ def _compiled_metrics(model) -> list:
     return out
 
 
-def _inferred(activation: str, units: int, y, metrics) -> Task:
+def _features(model) -> str | None:
+    """How ``model``'s one output shows it to be hidden features rather than class scores
+    (a backbone's hidden states, an embedding model), or None: it comes straight out of a
+    normalization layer, or the model is a KerasHub ``Backbone``. Without labels, such an
+    output is scored by its error, not by agreeing argmaxes of its features."""
+    import keras
+
+    outputs = getattr(model, "outputs", None) or []
+    layer = getattr(getattr(outputs[0], "_keras_history", None), "operation", None) \
+        if len(outputs) == 1 else None
+    kind = type(layer).__name__
+    norm = isinstance(layer, (keras.layers.LayerNormalization, keras.layers.BatchNormalization,
+                              keras.layers.GroupNormalization, keras.layers.UnitNormalization)
+                      ) or kind.endswith(("LayerNorm", "RMSNorm", "Normalization"))
+    if norm:
+        return f"normalization layer '{layer.name}' ({kind})"
+    if any(c.__name__ == "Backbone" and c.__module__.startswith("keras_hub")
+           for c in type(model).__mro__):
+        return f"KerasHub backbone {type(model).__name__}"
+    return None
+
+
+def _inferred(activation: str, units: int, y, metrics, features: str | None = None) -> Task:
     import keras
 
     targets = None if y is None else np.asarray(y)
+    if features and activation == "linear" and units > 1 and targets is None:
+        return Task(REGRESSION, "mean_squared_error",
+                    list(metrics) if metrics is not None else _DEFAULT_METRICS[REGRESSION],
+                    "inferred", False, f"the {units}-unit output of the {features}: hidden "
+                    "features, not class scores")
     if activation == "softmax" or (activation == "linear" and units > 1 and (
             targets is None or _integer_labels(targets, units))):
         logits = activation != "softmax"
@@ -676,7 +704,9 @@ def _inferred(activation: str, units: int, y, metrics) -> Task:
             loss = keras.losses.CategoricalCrossentropy(from_logits=False)
         kind = CLASSIFICATION
         reason = ("the softmax output" if not logits
-                  else f"the {units}-unit linear output (logits) with integer labels")
+                  else f"the {units}-unit linear output (logits) with integer labels"
+                  if targets is not None else
+                  f"the {units}-unit linear output, taken as logits: no labels to tell")
     elif activation == "sigmoid":
         kind = BINARY if units == 1 else MULTILABEL
         loss = keras.losses.BinaryCrossentropy()
