@@ -348,6 +348,15 @@ def _sample_shape(raw):
         return None
 
 
+def _names(value) -> bool:
+    """A non-empty list of names (layers left alone): printed, not only in --json."""
+    return isinstance(value, list) and bool(value) and all(isinstance(v, str) for v in value)
+
+
+def _plain(value) -> str:
+    return ", ".join(value) if _names(value) else str(value)
+
+
 def run_model_pass(model_path: str, output: str, data: str | None, seed: int, unsafe: bool,
                    force: bool, as_json: bool, apply, title: str,
                    after_name: str = "after", task_options: dict | None = None) -> dict:
@@ -386,8 +395,8 @@ def run_model_pass(model_path: str, output: str, data: str | None, seed: int, un
                              reference=model)
     result = {"input": model_path, "output": output, "before": before, "after": after,
               "pass": info}
-    lines = [f"wrote {output}"] + [f"  {k}: {v}" for k, v in info.items()
-                                   if not isinstance(v, (list, dict))]
+    lines = [f"wrote {output}"] + [f"  {k}: {_plain(v)}" for k, v in info.items()
+                                   if not isinstance(v, (list, dict)) or _names(v)]
     if (info.get("bn_recalibrate") or {}).get("layers"):
         lines.append(f"  bn_recalibrate: {recalibration_line(info['bn_recalibrate'])}")
     if task is not None and "task" not in info:

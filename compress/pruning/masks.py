@@ -37,6 +37,9 @@ PRUNABLE = {
     "SeparableConv1D": ("depthwise_kernel", "pointwise_kernel"),
     "SeparableConv2D": ("depthwise_kernel", "pointwise_kernel"),
     "Embedding": ("embeddings",),
+    # KerasHub's token embedding (GPT-2, BERT, Llama, Gemma...): its table, and the output
+    # projection of a language model's head when it is not tied to the table.
+    "ReversibleEmbedding": ("embeddings", "reverse_embeddings"),
     # The cells of LSTM, GRU and SimpleRNN layers (Bidirectional ones too): the input and
     # the recurrent kernel, as Han et al.'s ESE and See et al. prune recurrent networks.
     "LSTMCell": ("kernel", "recurrent_kernel"),

@@ -303,13 +303,19 @@ def n_m_fits(hess, m: int) -> bool:
     a depthwise one (9 inputs per unit), does not fit.
 
     >>> from types import SimpleNamespace as S
-    >>> conv = lambda cin: S(variable=np.zeros((3, 3, cin, 8)),
+    >>> conv = lambda cin: S(layer=None, variable=np.zeros((3, 3, cin, 8)),
     ...                      splits=[(0, 9 * cin)])
     >>> n_m_fits(conv(3), 4), n_m_fits(conv(8), 4)
     (False, True)
     """
+    from compress.pruning.masks import matmul_shape
+
     shape = tuple(hess.variable.shape)
-    return len(shape) >= 2 and shape[-2] % m == 0 and \
+    # A multi-axis EinsumDense kernel (grouped-query attention's (hidden, kv_heads,
+    # head_dim) key) groups along its contracted input, not along its second-to-last axis.
+    view = matmul_shape(hess.layer, hess.variable)
+    inputs = view[0] if view else (shape[-2] if len(shape) >= 2 else 0)
+    return len(shape) >= 2 and inputs % m == 0 and \
         not any((hi - lo) % m for lo, hi in hess.splits)
 
 
