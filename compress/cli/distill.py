@@ -60,7 +60,9 @@ def distill_files(model_path, output, data, seed, unsafe, force, opts, as_json):
                             path=None if os.path.isdir(model_path) else model_path)]
     if alone is not None:
         reports.append(model_report(alone, dataset, name="student alone"))
-    reports.append(model_report(distilled, dataset, name="distilled", path=output))
+    # Without labels: the student's fidelity to the teacher (error, agreement) is its score.
+    reports.append(model_report(distilled, dataset, name="distilled", path=output,
+                                reference=teacher))
     if not as_json:
         info.pop("history", None)
     result = {"input": model_path, "output": output, "reports": reports, "pass": info}
@@ -70,6 +72,8 @@ def distill_files(model_path, output, data, seed, unsafe, force, opts, as_json):
               + f"alpha={info['alpha']:g}, {info['epochs_run']} epochs, "
               + (f"loss: {info['loss']}" if "loss" in info else
                  f"teacher outputs {info['teacher_outputs']}"))]
+    if info.get("baseline"):
+        lines.append(f"  baseline: {info['baseline']}")
     if info.get("gap_closed") is not None:
         lines.append(f"  distillation closed {info['gap_closed']:.0%} of the accuracy gap "
                      "between the student alone and the teacher")

@@ -341,9 +341,10 @@ def distill_outputs(teacher, student, data, *, callbacks=None, verbose: int | st
             "learning_rate": opts["learning_rate"], "batch_size": opts["batch_size"],
             "augment": "none", "shift": None, "teacher_outputs": "per output",
             "student_outputs": "per output", "feature_pairs": [],
-            "loss": ("per output: KL on softened classes, MSE otherwise, plus the own loss"
-                     if classes else "MSE to the teacher's outputs, plus the model's own "
-                     "loss"),
+            "loss": ("per output: KL on softened classes, MSE otherwise"
+                     if classes else "MSE to the teacher's outputs")
+                    + ((", plus the own loss" if classes else ", plus the model's own loss")
+                       if data.labelled else " (no labels: the teacher's outputs alone)"),
             "temperature_used": classes,
             "teacher_params": int(teacher.count_params()),
             "student_params": int(trained.count_params()),

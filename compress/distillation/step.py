@@ -147,6 +147,11 @@ def distill_from_options(teacher, data, options: dict, *, callbacks=None,
         check_augment(opts["augment"], opts["shift"], student.inputs[0].shape[1:])
     fit = {k: opts[k] for k in DISTILL_TRAINING_OPTIONS.names()}
     alone = None
+    if opts["baseline"] and not getattr(data, "labelled", True):
+        opts["baseline"] = False  # nothing to train the student alone on: said in the info
+        unlabelled = True
+    else:
+        unlabelled = False
     if opts["baseline"]:
         training.set_seed(opts["seed"])
         alone = train_alone(student, data, opts["epochs"], opts["learning_rate"],
@@ -158,6 +163,8 @@ def distill_from_options(teacher, data, options: dict, *, callbacks=None,
     info["student_source"] = (opts["student"] or source or
                               (f"depth -{opts['depth']}" if opts["depth"] else
                                f"width x{opts['width'] or 0.25:g}"))
+    if unlabelled:
+        info["baseline"] = "skipped: the data has no labels to train the student alone on"
     if alone is not None and "student_scores" in info:  # several outputs: own scores
         info["student_alone_scores"] = info_scores(alone, teacher, data)
     if alone is not None and "student_accuracy" in info:

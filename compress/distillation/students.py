@@ -13,16 +13,20 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import re
 
 import keras
 
 from compress.errors import CompressError
-from compress.layer_state import copy_assets
+from compress.layer_state import copy_assets, keep_config, read_config
 from compress.runtime import float_dtype
 
 # Config keys that set a layer's output width.
-_WIDTH_KEYS = ("units", "filters", "output_dim", "key_dim")  # Dense/RNN, Conv, Embedding, attention
+# Dense/RNN, Conv, Embedding, attention, and a KerasHub transformer block's feed-forward
+_WIDTH_KEYS = ("units", "filters", "output_dim", "key_dim", "intermediate_dim")
+# Those of them that stay inside the layer (its output keeps its width).
+_INNER_KEYS = ("key_dim", "intermediate_dim")
 # Layers that belong to the block of the weighted layer before them.
 _FOLLOWERS = (keras.layers.BatchNormalization, keras.layers.LayerNormalization,
               keras.layers.Activation, keras.layers.ReLU, keras.layers.LeakyReLU,
@@ -66,15 +70,28 @@ def width_student(teacher, width: float = 0.25, name: str | None = None):
     outputs = _output_layers(teacher)
     scaled = []
 
-    def clone(layer):
-        config = float_dtype(layer.get_config())  # a Keras-quantized teacher: float student
-        if _scaled(config, width, layer.name not in outputs):
-            scaled.append(layer.name)
-        return layer.__class__.from_config(config)
+    def build(keep: set):
+        scaled.clear()
+
+        def clone(layer):
+            config, own = read_config(layer)  # its own, or read back (KerasHub's Llama)
+            config = float_dtype(config)  # a Keras-quantized teacher: float student
+            if _scaled(config, width, layer.name not in outputs,
+                       inner_only=layer.name in keep):
+                scaled.append(layer.name)
+            new = layer.__class__.from_config(copy.deepcopy(config) if not own else config)
+            return new if own else keep_config(new, config)
+
+        return keras.models.clone_model(teacher, clone_function=clone)
 
     register_layers()
     try:
-        student = keras.models.clone_model(teacher, clone_function=clone)
+        student = build(set())
+        if _widths(student) != _widths(teacher):
+            # The output is a residual stream (a backbone's hidden states): the layers as
+            # wide as it keep their width; the blocks' inner widths are scaled.
+            student = build({la.name for la in teacher.layers
+                             if _width(la) in _widths(teacher)})
     except CompressError:
         raise
     except Exception as exc:  # noqa: BLE001 - a width the layers' configs do not hold
@@ -94,14 +111,27 @@ def width_student(teacher, width: float = 0.25, name: str | None = None):
     return student
 
 
-def _scaled(config: dict, width: float, scale: bool) -> bool:
+def _widths(model) -> list:
+    return [t.shape[-1] for t in model.outputs]
+
+
+def _width(layer):
+    try:
+        return layer.output.shape[-1]
+    except (AttributeError, ValueError):  # not called once, or on several outputs
+        return None
+
+
+def _scaled(config: dict, width: float, scale: bool, inner_only: bool = False) -> bool:
     """Scale the widths of one layer's ``config`` in place (with ``scale``), and those of
     the layers a wrapper holds (Bidirectional's, TimeDistributed's) or a nested model
     holds, whose saved build shapes are dropped: they are built again for the student's
-    narrower inputs. True when a width changed."""
+    narrower inputs. ``inner_only``: only the widths inside the layer (an attention's
+    ``key_dim``, a transformer block's ``intermediate_dim``), not its output's. True when
+    a width changed."""
     changed = False
     if scale:
-        for key in _WIDTH_KEYS:
+        for key in _INNER_KEYS if inner_only else _WIDTH_KEYS:
             if isinstance(config.get(key), int):
                 config[key] = max(1, round(config[key] * width))
                 changed = True
@@ -112,7 +142,7 @@ def _scaled(config: dict, width: float, scale: bool) -> bool:
         if isinstance(item, dict) and isinstance(item.get("config"), dict):
             item.pop("build_config", None)
             float_dtype(item["config"])
-            changed = _scaled(item["config"], width, scale) or changed
+            changed = _scaled(item["config"], width, scale, inner_only) or changed
     return changed
 
 
@@ -164,8 +194,7 @@ def depth_student(teacher, drop=1, name: str | None = None):
                                 "must stay")
     gone = {i for block in removed for i in block}
     register_layers()
-    kept = [layer.__class__.from_config(float_dtype(layer.get_config()))
-            for i, layer in enumerate(layers) if i not in gone]
+    kept = [_float_copy(layer) for i, layer in enumerate(layers) if i not in gone]
     student = keras.Sequential([keras.Input(teacher.inputs[0].shape[1:],
                                             dtype=teacher.inputs[0].dtype)] + kept,
                                name=name or f"{teacher.name}_d{len(removed)}")
@@ -241,3 +270,11 @@ def _hidden_blocks(layers) -> list[list[int]]:
             j += 1
         blocks.append(block)
     return blocks
+
+
+def _float_copy(layer):
+    """A new float copy of ``layer`` from its config (:func:`read_config`)."""
+    config, own = read_config(layer)
+    config = float_dtype(config)
+    new = layer.__class__.from_config(config if own else copy.deepcopy(config))
+    return new if own else keep_config(new, config)
