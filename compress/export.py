@@ -21,6 +21,7 @@ True
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
 import tempfile
@@ -30,6 +31,7 @@ import numpy as np
 
 from compress import io, progress
 from compress.errors import CompressError
+from compress.layer_state import layer_config
 from compress.options import Option, Schema
 from compress.passes import Pass
 from compress.quiet import quiet_output
@@ -379,6 +381,43 @@ def _exported(model, fmt: str, x, atol: float, where: str, opset: int | None = N
     return content, check
 
 
+@contextlib.contextmanager
+def new_axes_expanded():
+    """Within the block, a TensorFlow tensor indexed with ``None`` (``mask[:, None, :, :]``,
+    as KerasHub's Llama, Mistral, Qwen and Phi-3 attention widen their masks) inserts
+    that axis with ``tf.expand_dims``, not with a ``StridedSlice`` whose ``new_axis_mask``
+    LiteRT's builtin kernel cannot run on the masks' run-time shapes (the conversion then
+    needed the Flex delegate). Indexes of slices and ``None`` only; any other index is
+    left to TensorFlow. The tensor class is restored when the block ends.
+
+    Example:
+
+    >>> with new_axes_expanded():                     # doctest: +SKIP
+    ...     archive.add_endpoint("serve", model.__call__, input_signature=specs)
+    """
+    import tensorflow as tf
+
+    original = tf.Tensor.__getitem__
+
+    def getitem(tensor, spec):
+        parts = spec if isinstance(spec, tuple) else (spec,)
+        if not any(p is None for p in parts) or \
+                not all(p is None or isinstance(p, slice) for p in parts):
+            return original(tensor, spec)
+        kept = tuple(p for p in parts if p is not None)
+        out = original(tensor, kept) if any(p != slice(None) for p in kept) else tensor
+        for axis, part in enumerate(parts):  # slices keep their axes: positions line up
+            if part is None:
+                out = tf.expand_dims(out, axis)
+        return out
+
+    tf.Tensor.__getitem__ = getitem
+    try:
+        yield
+    finally:
+        tf.Tensor.__getitem__ = original
+
+
 #: Why an artifact has a fixed batch size of 1 (:func:`convert`'s fallback).
 FIXED_BATCH_NOTE = ("converted with a fixed batch size of 1 (run it one sample at a time): "
                     "with a free batch size the converter kept {what}, which LiteRT's "
@@ -392,8 +431,6 @@ def saved_model_converter(model, folder: str, batch: int | None = None) -> tuple
     named argument per input, so the signature keeps the names; ``batch``: the batch
     size, None for a free one), a ``TFLiteConverter`` from it, and the copy's ``(name,
     shape, dtype)`` inputs."""
-    import keras
-    import tensorflow as tf
 
     from compress.data.arrays import model_inputs
 
@@ -402,6 +439,14 @@ def saved_model_converter(model, folder: str, batch: int | None = None) -> tuple
     zeros = {name: np.zeros((1,) + tuple(d or 1 for d in shape), dtype=dtype or "float32")
              for name, shape, dtype in specs}
     model(zeros if len(specs) > 1 else zeros[specs[0][0]], training=False)
+    with new_axes_expanded():
+        return _archived_converter(model, folder, batch, specs)
+
+
+def _archived_converter(model, folder: str, batch, specs) -> tuple:
+    import keras
+    import tensorflow as tf
+
     archive = keras.export.ExportArchive()
     archive.track(model)
     if len(specs) == 1:
@@ -484,6 +529,17 @@ def builtin_tflite(model, notes: list | None = None) -> bytes:
     return free_or_fixed_batch(at, notes)
 
 
+def _policy(layer):
+    """``layer``'s dtype policy; for a ``DTypePolicyMap`` (a Keras-quantized KerasHub
+    layer's, "map_float32": its sublayers' quantized policies by path), its default."""
+    import keras
+
+    policy = layer.dtype_policy
+    if isinstance(policy, keras.dtype_policies.DTypePolicyMap):
+        return policy.default_policy
+    return policy
+
+
 def export_copy(model, fmt: str = "tflite"):
     """``model``, or an equivalent copy that the converters can express, and why.
 
@@ -517,9 +573,9 @@ def export_copy(model, fmt: str = "tflite"):
             not isinstance(model, keras.Sequential):
         return model, []
     layers = list(_all_layers(model))
-    policies = sorted({la.dtype_policy.name for la in layers
-                       if la.dtype_policy.name not in ("float32",)
-                       and not la.dtype_policy.quantization_mode})
+    policies = sorted({_policy(la).name for la in layers
+                       if _policy(la).name not in ("float32",)
+                       and not _policy(la).quantization_mode})
     grouped = [la.name for la in layers if getattr(la, "groups", 1) > 1
                and type(la).__name__ in ("Conv1D", "Conv2D", "Conv3D")]
     norms = [la.name for la in layers if type(la).__name__ == "Normalization"]
@@ -672,7 +728,12 @@ def _copy_model(model, pairs, to_float32: bool, fmt: str):
                 return op.__class__.from_config(op.get_config())
             except Exception:  # noqa: BLE001 - a stateless op is reused as it is
                 return op
-        config = op.get_config()
+        try:
+            config = layer_config(op)  # its own config, or one read back (Llama decoders)
+        except ValueError as exc:
+            if _rewritten_inside(op, to_float32, fmt):
+                raise CompressError(f"{exc}, so no {fmt} export copy can be made") from None
+            return op  # nothing in it changes: the copy shares it as it is
         if to_float32 and "dtype" in config:
             config["dtype"] = "float32"
         kind = type(op).__name__
