@@ -193,6 +193,8 @@ def emit_result(result: dict, as_json: bool) -> None:
         console.print(f"note: {result['export_copy']}")
     if result.get("float_front"):  # an input normalization kept float
         console.print(f"note: {result['float_front']}")
+    if result.get("kept_float"):  # int8 nodes onnxruntime refused to run
+        console.print(f"note: {result['kept_float']}")
     if result.get("float_front_warning"):
         console.print(f"[bold red]warning:[/] {result['float_front_warning']}")
     if result.get("lookups_note"):  # --without-lookups

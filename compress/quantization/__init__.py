@@ -507,6 +507,7 @@ def _artifact(model, data, fmt: str, x_cal, x_check, x_test, y_test, opts: dict,
     except Exception as exc:  # the runtime refuses the float reference itself
         raise CompressError(f"the float {fmt} reference does not run "
                             f"({' '.join(str(exc).split())[:200]})") from exc
+    refused: list = []
     if fmt == "tflite":
         content = flatbuffer
     else:
@@ -516,7 +517,7 @@ def _artifact(model, data, fmt: str, x_cal, x_check, x_test, y_test, opts: dict,
             float_path, out = Path(folder) / "float.onnx", Path(folder) / "quantized.onnx"
             float_path.write_bytes(source)
             with progress.phase("conversion", unit="batch", detail=f"ONNX {mode}"):
-                quantize_onnx(float_path, out, mode, representative=x_cal,
+                refused = quantize_onnx(float_path, out, mode, representative=x_cal,
                               calibration=opts["calibration"],
                               per_channel=opts["per_channel"],
                               reduce_range=opts["reduce_range"], layout=opts["layout"],
@@ -525,6 +526,9 @@ def _artifact(model, data, fmt: str, x_cal, x_check, x_test, y_test, opts: dict,
     with progress.phase("verification", detail=f"the {mode} {fmt} artifact in "
                         f"{'LiteRT' if fmt == 'tflite' else 'onnxruntime'}"):
         info = _measure(content, float_content, fmt, x_check, expected, x_test, y_test, opts)
+    if fmt == "onnx" and refused:
+        info["kept_float"] = (f"{len(refused)} node(s) like '{refused[0]}' kept float: "
+                              "onnxruntime refused to run their int8 form")
     copy_notes = [n for n in (float_info.get("export_copy") or "").split("; ") if n]
     copy_notes += [n for n in conversion_notes if n not in copy_notes]  # fixed batch size
     if copy_notes:  # e.g. a mixed_float16 model quantized via float32
@@ -653,6 +657,7 @@ def _keras_int8(model, x_check, x_test, y_test, opts: dict, x_cal=None
     task = opts["_task"]
     info.update(comparison(predict(reloaded, x_check), predict(model, x_check),
                            classifiers(task)))
+    info["agreement_samples"] = _length(x_check)
     info["verified"], info["agreement"] = agreement_summary(info)
     if x_test is not None and y_test is not None:
         info.update(task.evaluate(reloaded, x_test, y_test))

@@ -250,7 +250,7 @@ def layer_modes(model) -> dict:
             or getattr(layer, "_non_trainable_variables", None)
         if getattr(layer, "quantization_mode", None):
             quantized[name] = layer.dtype_policy.name
-        elif own and layer.weights:
+        elif own and layer.weights and name not in float_layers:  # a shared layer: once
             float_layers.append(name)
         for sub in subs:
             visit(sub, False)
@@ -268,10 +268,10 @@ def complete_save(model):
     returns one, which it never does for gptq/awq, while ``load_own_variables`` expects
     it: without this the file fails to load ("expected 6 variables, but received 5").
     """
-    from compress.report import leaf_layers
+    from compress.layer_state import all_layers
 
     patched = []
-    for layer in leaf_layers(model):
+    for layer in all_layers(model):  # a KerasHub decoder's Dense layers too
         if (getattr(layer, "quantization_mode", None) in CALIBRATED
                 and hasattr(layer, "kernel_zero")
                 and hasattr(layer, "_get_kernel_with_merged_lora")):
@@ -365,9 +365,18 @@ def _calibration_config(model, mode: str, x):
     if x is None or len(x) == 0:
         raise CompressError(f"mode {mode} calibrates Keras's {mode.upper()} on real samples "
                             "and none were given: pass --data NAME")
+    blocks = transformer_structure(model)
+    if blocks is not None:  # a KerasHub language model: Keras's own structure and data
+        tokens = np.asarray(x["token_ids"] if isinstance(x, dict) else x, "int32")
+        n = min(len(tokens), MAX_SEQUENCES)
+        return (GPTQConfig if mode == "gptq" else AWQConfig)(
+            dataset=tokens[:n], tokenizer=_no_tokenizer, weight_bits=4, num_samples=n,
+            sequence_length=int(tokens.shape[-1]), group_size=GROUP_SIZE,
+            quantization_layer_structure=blocks)
     if isinstance(x, dict):
         raise CompressError(f"mode {mode}: Keras's {mode.upper()} feeds one input tensor; "
-                            f"model '{model.name}' has several inputs")
+                            f"model '{model.name}' has several inputs and is no KerasHub "
+                            "language model (token embedding, then transformer layers)")
     structure, n = chain_structure(model, x, mode)
     # The "tokens" are chunk indices; they are numbers already, so the tokenizer Keras
     # requires (it only tokenizes strings) is never called.
@@ -375,6 +384,46 @@ def _calibration_config(model, mode: str, x):
         dataset=np.arange(n), tokenizer=_no_tokenizer, weight_bits=4, num_samples=n,
         sequence_length=1, group_size=GROUP_SIZE, quantization_layer_structure=structure)
     return config
+
+
+#: Calibration sequences a language model's GPTQ/AWQ takes at most (Keras's default is 128).
+MAX_SEQUENCES = 128
+
+
+def transformer_structure(model) -> dict | None:
+    """Keras's GPTQ/AWQ structure of a KerasHub language model, or None: its token
+    embedding (``token_embedding`` or ``embedding``) before its ``transformer_layers``, as
+    KerasHub's ``CausalLM.get_quantization_layer_structure`` gives it, found for a
+    backbone too and for a copy of one (the toolkit's copies are functional models with
+    the same layer names). Each block is called on the previous one's output alone, so
+    the calibration sequences are taken whole (padding included).
+
+    Example:
+
+    >>> transformer_structure(llama)["sequential_blocks"][0].name   # doctest: +SKIP
+    'transformer_layer_0'
+    """
+    from compress.layer_state import all_layers
+
+    layers = {la.name: la for la in all_layers(model)}
+    blocks = [la for name, la in sorted(layers.items()) if _block_index(name) is not None]
+    blocks.sort(key=lambda la: _block_index(la.name))
+    embedding = layers.get("token_embedding") or layers.get("embedding")
+    if not blocks or embedding is None or \
+            not type(embedding).__module__.startswith("keras_hub") and \
+            type(embedding).__name__ not in ("Embedding", "ReversibleEmbedding"):
+        return None
+    inputs = [t.name for t in getattr(model, "inputs", None) or []]
+    if "token_ids" not in inputs:
+        return None
+    return {"pre_block_layers": [embedding], "sequential_blocks": blocks}
+
+
+def _block_index(name: str):
+    import re
+
+    found = re.fullmatch(r"(?:transformer_layer|decoder_block|transformer_block)_(\d+)", name)
+    return int(found.group(1)) if found else None
 
 
 def _no_tokenizer(text):

@@ -33,8 +33,9 @@ def quantize_onnx(float_path, out_path, mode: str = "int8",
                   representative: np.ndarray | None = None, calibration: str = "minmax",
                   per_channel: bool = True, reduce_range: bool = True,
                   batch_size: int = 16, layout: str = "cpu",
-                  keep_float: list | None = None) -> None:
-    """Quantize the float ONNX file at ``float_path`` into ``out_path``.
+                  keep_float: list | None = None) -> list:
+    """Quantize the float ONNX file at ``float_path`` into ``out_path``; returns the names
+    of the nodes kept float because onnxruntime refused their int8 form (usually []).
 
     Args:
         float_path: a float32 ``.onnx`` file.
@@ -75,6 +76,7 @@ def quantize_onnx(float_path, out_path, mode: str = "int8",
     symmetric = layout == "gpu"
     if symmetric:
         per_channel, reduce_range = True, False
+    kept: list = []
     with tempfile.TemporaryDirectory() as folder:
         pre = Path(folder) / "pre.onnx"
         try:
@@ -100,14 +102,20 @@ def quantize_onnx(float_path, out_path, mode: str = "int8",
                         from compress.quantization.float_front import onnx_nodes
 
                         excluded = onnx_nodes(pre, keep_float)
-                    q.quantize_static(
-                        str(pre), str(out_path), reader, quant_format=q.QuantFormat.QDQ,
-                        nodes_to_exclude=excluded,
-                        per_channel=per_channel, reduce_range=reduce_range,
-                        activation_type=q.QuantType.QInt8,
-                        weight_type=q.QuantType.QInt8, calibrate_method=method,
-                        extra_options={"ActivationSymmetric": symmetric,
-                                       "WeightSymmetric": True})
+                    for _ in range(_RETRIES + 1):
+                        reader.rewind()
+                        q.quantize_static(
+                            str(pre), str(out_path), reader, quant_format=q.QuantFormat.QDQ,
+                            nodes_to_exclude=excluded + kept,
+                            per_channel=per_channel, reduce_range=reduce_range,
+                            activation_type=q.QuantType.QInt8,
+                            weight_type=q.QuantType.QInt8, calibrate_method=method,
+                            extra_options={"ActivationSymmetric": symmetric,
+                                           "WeightSymmetric": True})
+                        more = _refused_nodes(pre, out_path, reader, kept)
+                        if not more:
+                            break
+                        kept += more
         except CompressError:
             raise
         except Exception as exc:
@@ -115,6 +123,41 @@ def quantize_onnx(float_path, out_path, mode: str = "int8",
                                 f"({' '.join(str(exc).split())[:200]}); try mode dynamic "
                                 "or --format tflite") from exc
     compact_names(out_path)
+    return kept
+
+
+#: Times a static int8 model onnxruntime refuses to run is quantized again with the
+#: refused kind of node kept float (:func:`_refused_nodes`).
+_RETRIES = 3
+
+
+def _refused_nodes(float_path, out_path, reader, kept: list) -> list:
+    """The float graph's nodes to keep float when onnxruntime refuses to run the int8
+    model at ``out_path`` on the first calibration batch because of one of its fused int8
+    nodes: every node of that node's kind (Bloom's layer norms, exported as
+    GlobalAveragePool, fail as QLinearGlobalAveragePool "parameter out of computation
+    range"), or [] when it runs (or fails for another reason, reported by the caller's
+    own check)."""
+    import re
+
+    import onnx
+    import onnxruntime as ort
+
+    reader.rewind()
+    batch = reader.get_next()
+    reader.rewind()
+    try:
+        with quiet_output():
+            session = ort.InferenceSession(str(out_path), providers=["CPUExecutionProvider"])
+            session.run(None, batch)
+        return []
+    except Exception as exc:  # noqa: BLE001 - only a refused fused node is acted on
+        found = re.search(r"running (\w+) node\. Name:'([^']+)'", str(exc))
+    if not found:
+        return []
+    graph = onnx.load(str(float_path), load_external_data=False).graph
+    kind = next((n.op_type for n in graph.node if n.name == found.group(2)), None)
+    return [n.name for n in graph.node if kind and n.op_type == kind and n.name not in kept]
 
 
 #: Suffixes onnxruntime's quantizer appends to the names of the tensors it adds (weights
