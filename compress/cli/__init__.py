@@ -14,6 +14,7 @@ import signal
 import sys
 import threading
 import traceback
+import warnings
 
 import click
 
@@ -85,7 +86,7 @@ class _Group(click.Group):
         INTERRUPT.pending = False
         previous = _handle_signals()
         try:
-            with _printable_paths():
+            with _printable_paths(), _known_warnings(debug):
                 return super().invoke(ctx)
         except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (errors.Terminated)
             _exit_interrupted(ctx, exc)
@@ -221,6 +222,29 @@ def _add_training_options(command: click.Command) -> None:
                 return callback(*args, **kwargs)
 
     command.callback = run_with_training_options
+
+
+#: Python warnings of the libraries that say nothing about the user's model or command
+#: (``--debug`` shows them): Keras's softmax-over-one-position warning, raised by the one-
+#: token probe inputs an attention model is traced and timed with; NumPy's notice on
+#: Keras's ONNX bridge; TensorFlow's notice that tf.lite.Interpreter moves to LiteRT.
+KNOWN_WARNINGS = (
+    (UserWarning, r"You are using a softmax over axis"),
+    (FutureWarning, r"In the future `np.object` will be defined"),
+    (UserWarning, r"\s*Warning: tf.lite.Interpreter is deprecated"),
+)
+
+
+@contextlib.contextmanager
+def _known_warnings(debug: bool):
+    """Silence :data:`KNOWN_WARNINGS` for one command (all of them with ``--debug``)."""
+    if debug:
+        yield
+        return
+    with warnings.catch_warnings():
+        for category, message in KNOWN_WARNINGS:
+            warnings.filterwarnings("ignore", message=message, category=category)
+        yield
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
