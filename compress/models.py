@@ -190,6 +190,11 @@ KERASHUB = {
                      "hidden_dim": 32, "intermediate_dim": 64, "max_sequence_length": 16},
     "ViTImageClassifier": {"image_shape": (32, 32, 3), "patch_size": 8, "num_layers": 2,
                            "num_heads": 4, "hidden_dim": 32, "mlp_dim": 64},
+    # grouped-query attention (4 query heads share 2 key/value heads), rotary positions,
+    # RMS norms, a gated (SwiGLU) feed-forward, an untied output embedding
+    "LlamaBackbone": {"vocabulary_size": 100, "num_layers": 2, "num_query_heads": 4,
+                      "num_key_value_heads": 2, "hidden_dim": 32, "intermediate_dim": 64,
+                      "max_sequence_length": 16},
 }
 
 
@@ -198,7 +203,8 @@ def kerashub(name: str, num_classes: int = 2, **config):
 
     ``BertTextClassifier`` (``preprocessor=None``: it takes ``token_ids``,
     ``segment_ids`` and ``padding_mask``), ``GPT2Backbone`` (``token_ids``,
-    ``padding_mask``; outputs the hidden sequence) or ``ViTImageClassifier`` (images).
+    ``padding_mask``; outputs the hidden sequence), ``LlamaBackbone`` (the same inputs
+    and output) or ``ViTImageClassifier`` (images).
 
     Example:
 
@@ -223,6 +229,8 @@ def kerashub(name: str, num_classes: int = 2, **config):
     if name == "ViTImageClassifier":
         backbone = keras_hub.models.ViTBackbone(**config)
         return keras_hub.models.ViTImageClassifier(backbone, num_classes, preprocessor=None)
+    if name == "LlamaBackbone":
+        return keras_hub.models.LlamaBackbone(**config)
     return keras_hub.models.GPT2Backbone(**config)
 
 
