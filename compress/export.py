@@ -134,18 +134,23 @@ def unknown_size_note(model, data, done: str = "checked and timed") -> str | Non
     what was done on the random inputs)."""
     if data is not None:
         return None
-    parts = []
+    parts, sizes = [], []
     for t in model.inputs:
         shape = tuple(t.shape)
         if None not in shape[1:]:
             continue
-        size = concrete_shape(shape[1:], t.dtype)[shape[1:].index(None)]
-        parts.append(f"{shape} at {size}" if size > 1 else
-                     f"{shape} at length 1, a weak check of a sequence model")
+        sizes.append(concrete_shape(shape[1:], t.dtype)[shape[1:].index(None)])
+        name = getattr(t, "name", None)
+        parts.append(f"'{name}' {shape}" if name and len(model.inputs) > 1 else f"{shape}")
     if not parts:
         return None
-    return (f"input size unknown: {done} on random inputs of "
-            f"{'; '.join(parts)} on the unknown axes; pass --data for the real size")
+    if len(set(sizes)) == 1:
+        what = f"{', '.join(parts)} at {sizes[0]} on the unknown axes"
+    else:
+        what = ", ".join(f"{p} at {s}" for p, s in zip(parts, sizes)) + " on the unknown axes"
+    weak = ", a weak check of a sequence model" if min(sizes) == 1 else ""
+    return (f"input size unknown: {done} on random inputs of {what}{weak}; pass --data "
+            "for the real size")
 
 
 def _suffix(options: dict) -> str:

@@ -117,6 +117,7 @@ LONGEST_FIRST = (
     "test_export.py", "test_pruning_prune.py", "test_cli_quantize.py", "test_determinism.py",
     "test_equalize.py", "test_streaming_paths.py", "test_gptq.py",
     "test_keras_quant_modes.py", "test_structured_obs.py", "test_text_inputs.py",
+    "test_decoder_lms.py",
 )
 
 

@@ -178,6 +178,15 @@ def test_llama_converts_to_builtin_tflite_and_int8_without_flex(cli, llama, tmp_
     assert result["verified"] and result["sqnr_db"] > 20
 
 
+def test_the_unknown_size_note_names_each_input_once(cli, llama, tmp_path):
+    _, path, _ = llama
+    result = _json(cli("export", path, "-o", tmp_path / "f.onnx", "--json"))
+    assert result["input_size_note"] == (
+        "input size unknown: checked and timed on random inputs of 'padding_mask' (None, "
+        "None), 'token_ids' (None, None) at 1 on the unknown axes, a weak check of a "
+        "sequence model; pass --data for the real size")
+
+
 def test_gptq_of_a_llama_backbone_runs_keras_gptq_on_its_blocks(cli, llama, tmp_path):
     model, path, npz = llama
     out = tmp_path / "gptq.keras"

@@ -593,7 +593,7 @@ def test_unknown_sequence_length_is_said_to_be_a_weak_check(cli, tmp_path):
     r = cli("export", tmp_path / "seq.keras", "-o", tmp_path / "s.onnx", "--json", "-q")
     assert r.exit_code == 0, r.output
     note = json.loads(r.output[r.output.index("{"):])["input_size_note"]
-    assert "(None, None) at length 1, a weak check of a sequence model" in note
+    assert "(None, None) at 1 on the unknown axes, a weak check of a sequence model" in note
     fixed = keras.Sequential([keras.Input((6,), dtype="int32"), keras.layers.Embedding(20, 4),
                               keras.layers.GlobalAveragePooling1D(), keras.layers.Dense(3)])
     fixed.save(tmp_path / "fixed.keras")
