@@ -152,6 +152,8 @@ def read_config(layer) -> tuple[dict, bool]:
     Raises:
         ValueError: neither reading rebuilds the layer; the message names it and why.
     """
+    if _kept_config(layer):  # already read back (a copy's layer): that reading again
+        return layer.get_config(), False
     try:
         config = layer.get_config()
         type(layer).from_config(copy.deepcopy(config))  # some from_config edit theirs
@@ -182,10 +184,12 @@ def clone_layer(layer):
 
     >>> copy = keras.models.clone_model(llama, clone_function=clone_layer)  # doctest: +SKIP
     """
-    try:
-        return type(layer).from_config(layer.get_config())
-    except Exception:  # noqa: BLE001 - the layer's own round trip failed: read it again
-        config, _ = read_config(layer)
+    if not _kept_config(layer):
+        try:
+            return type(layer).from_config(layer.get_config())
+        except Exception:  # noqa: BLE001 - the layer's own round trip failed: read it again
+            layer_config(layer)  # raises when no reading rebuilds it
+    config, _ = read_config(layer)
     return keep_config(type(layer).from_config(copy.deepcopy(config)), config)
 
 

@@ -212,3 +212,33 @@ def test_bloom_int8_onnx_keeps_the_layer_norms_onnxruntime_refuses_float(cli, tm
     assert "kept float" in result["kept_float"] and "moments/mean" in result["kept_float"]
     # it runs and is measured; random weights leave it flagged or not, and it says which
     assert np.isfinite(result["sqnr_db"]) and result["verified"] == (result["sqnr_db"] >= 20)
+
+
+def test_structured_pruning_halves_a_llama_feed_forward_and_computes_it_exactly(cli, llama,
+                                                                              tmp_path):
+    """The gated feed-forward of each decoder loses half its units (the intermediate and
+    gate columns, the output rows); the pruned model computes the original with those
+    units' output rows zeroed. The file reloads as KerasHub's own decoder class."""
+    from compress.pruning.structured import prune_units
+
+    model, path, npz = llama
+    pruned, info = prune_units(model, 0.5)
+    assert info["ffn_units"] == {"transformer_layer_0": [64, 32], "transformer_layer_1": [64, 32]}
+    twin = io.load_model(path)
+    for i in range(2):
+        old, new = twin.get_layer(f"transformer_layer_{i}"), pruned.get_layer(
+            f"transformer_layer_{i}")
+        assert type(new).__name__ == "LlamaTransformerDecoder" and new.intermediate_dim == 32
+        gate = np.asarray(old._feedforward_gate_dense.kernel)
+        kept = [u for u in range(64) if any(np.array_equal(gate[:, u], c) for c in
+                                            np.asarray(new._feedforward_gate_dense.kernel).T)]
+        assert len(kept) == 32
+        second = old._feedforward_output_dense.kernel
+        second.assign(np.where(np.isin(np.arange(64), kept)[:, None], second, 0.0))
+    x = _ids(4)
+    np.testing.assert_allclose(_predict(pruned, x), _predict(twin, x), atol=1e-5)
+    out = tmp_path / "small.keras"
+    result = _json(cli("prune", path, "-o", out, "--structured", "--sparsity", "0.5",
+                       "--data", f"npz:{npz}", "--json"))
+    assert result["pass"]["ffn_units"]["transformer_layer_1"] == [64, 32]
+    assert io.load_model(out).count_params() == pruned.count_params() < model.count_params()

@@ -42,7 +42,48 @@ REWRITTEN = ("ViTPatchingAndEmbedding",)
 
 def is_transformer(op) -> bool:
     """True for an attention layer or transformer block this module can shrink."""
-    return type(op).__name__ in ATTENTION + BLOCKS
+    return type(op).__name__ in ATTENTION + BLOCKS or config_ffn(op) is not None
+
+
+def config_ffn(op):
+    """``(producers, consumer)``: the feed-forward of a transformer block whose width is a
+    constructor argument, ``intermediate_dim`` (KerasHub's Llama, Mistral, Qwen, Phi-3
+    decoders: a gated pair of ``Dense`` layers into it, one out of it), or None.
+
+    Such a block is rebuilt as its own class with fewer intermediate units and the
+    matching slices of those three kernels; its attention keeps its heads (their size is
+    ``hidden_dim // num_query_heads`` there, not a constructor argument).
+
+    Example:
+
+    >>> producers, consumer = config_ffn(llama.get_layer("transformer_layer_0"))  # doctest: +SKIP
+    >>> [p.name for p in producers], consumer.name                               # doctest: +SKIP
+    (['feedforward_intermediate_dense', 'feedforward_gate_dense'], 'feedforward_output_dense')
+    """
+    import keras
+
+    inter = getattr(op, "intermediate_dim", None)
+    if type(op).__name__ in ATTENTION + BLOCKS or isinstance(op, keras.Model) or \
+            not isinstance(inter, int) or isinstance(inter, bool) or \
+            not getattr(op, "built", False):
+        return None
+    subs = [la for la in op._flatten_layers(include_self=False, recursive=True)
+            if type(la).__name__ in ("Dense", "EinsumDense")
+            and len(getattr(getattr(la, "kernel", None), "shape", ())) == 2]
+    producers = [la for la in subs if la.kernel.shape[1] == inter]
+    consumers = [la for la in subs if la.kernel.shape[0] == inter]
+    hidden = {int(la.kernel.shape[0]) for la in producers}
+    if not producers or len(consumers) != 1 or inter in hidden or len(hidden) != 1 or \
+            any(la in consumers for la in producers) or \
+            consumers[0].kernel.shape[1] not in hidden:
+        return None
+    from compress.layer_state import read_config
+
+    try:
+        config, _ = read_config(op)
+    except ValueError:
+        return None
+    return (producers, consumers[0]) if config.get("intermediate_dim") == inter else None
 
 
 def rewrites(op) -> bool:
@@ -162,7 +203,35 @@ class Plan:
         kind = type(self.op).__name__
         if kind in ATTENTION:
             return self._attention(self.op, self.op.name)
+        if kind not in BLOCKS:
+            return self._config_ffn()
         return getattr(self, f"_{kind}")()
+
+    def _config_ffn(self):
+        """The block as its own class with fewer ``intermediate_dim`` units (see
+        :func:`config_ffn`); its weights are the old ones, the feed-forward kernels (and
+        biases) sliced to the kept units."""
+        from compress.layer_state import keep_config, read_config
+
+        op = self.op
+        producers, consumer = config_ffn(op)
+        arrays = [p.kernel for p in producers] + [consumer.kernel]
+        axes = [1] * len(producers) + [0]
+        for p in producers:
+            if getattr(p, "bias", None) is not None:
+                arrays.append(p.bias)
+                axes.append(0)
+        keep = _keep(_norm(arrays, axes, self.norm), self.fraction)
+        self.ffn_units[op.name] = [int(op.intermediate_dim), len(keep)]
+        axis = {id(v): a for v, a in zip(arrays, axes)}
+        config, own = read_config(op)
+        config = {**config, "intermediate_dim": len(keep)}
+        new = type(op).from_config(dict(config))
+        if not own:
+            keep_config(new, config)
+        self._pending.append((new, [np.take(w, keep, axis=axis[id(v)]) if id(v) in axis
+                                    else w for v, w in zip(op.weights, op.get_weights())]))
+        return new
 
     def load(self):
         for layer, weights in self._pending:
@@ -292,6 +361,8 @@ def why_whole(step) -> str | None:
     """Why the attention layer or block of ``step`` is kept whole (None: it can shrink)."""
     op, kind = step.op, type(step.op).__name__
     given = {k for k, v in step.kwargs.items() if v is not None and v is not False}
+    if kind not in ATTENTION + BLOCKS + REWRITTEN:  # config_ffn: its own class, called alike
+        return None
     if kind in ATTENTION:
         if not getattr(op, "built", False):
             return "not built"
