@@ -242,3 +242,20 @@ def test_structured_pruning_halves_a_llama_feed_forward_and_computes_it_exactly(
                        "--data", f"npz:{npz}", "--json"))
     assert result["pass"]["ffn_units"]["transformer_layer_1"] == [64, 32]
     assert io.load_model(out).count_params() == pruned.count_params() < model.count_params()
+
+
+def test_qat_and_a_layer_subset_of_structured_pruning_name_what_they_leave(cli, llama, tmp_path):
+    """QAT's graph rebuild read the decoder's broken config ("no attribute
+    'rope_scaling_factor'"); now it gives its own refusal: the backbone has no top-level
+    layer QAT fake-quantizes. Structured pruning of one selected block keeps the other
+    whole (its config read back, not its own)."""
+    _, path, npz = llama
+    result = cli("quantize", path, "-o", tmp_path / "q.tflite", "--qat", "--epochs", "1",
+                 "--data", f"npz:{npz}")
+    assert result.exit_code == 1 and "rope_scaling_factor" not in result.output
+    assert "QAT fake-quantizes" in result.output
+    out = tmp_path / "one.keras"
+    result = _json(cli("prune", path, "-o", out, "--structured", "--sparsity", "0.5",
+                       "--layers", "transformer_layer_0", "--data", f"npz:{npz}", "--json"))
+    assert result["pass"]["ffn_units"] == {"transformer_layer_0": [64, 32]}
+    assert io.load_model(out).get_layer("transformer_layer_1").intermediate_dim == 64

@@ -253,7 +253,11 @@ def _output_layers(model) -> set:
 
 
 def _is_weighted(layer) -> bool:
-    return any(isinstance(layer.get_config().get(k), int) for k in _WIDTH_KEYS)
+    try:
+        config = read_config(layer)[0]
+    except ValueError:  # no config rebuilds it: not a block a depth student can drop
+        return False
+    return any(isinstance(config.get(k), int) for k in _WIDTH_KEYS)
 
 
 def _hidden_blocks(layers) -> list[list[int]]:

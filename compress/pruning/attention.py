@@ -203,7 +203,7 @@ class Plan:
         kind = type(self.op).__name__
         if kind in ATTENTION:
             return self._attention(self.op, self.op.name)
-        if kind not in BLOCKS:
+        if kind not in BLOCKS + REWRITTEN:
             return self._config_ffn()
         return getattr(self, f"_{kind}")()
 

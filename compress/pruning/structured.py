@@ -463,9 +463,10 @@ def prune_units(model, fraction: float, method: str = "magnitude", calibration=N
         if id(op) in plans:
             return plans[id(op)].make()
         step = step_of.get(id(op))
-        config = op.get_config() if hasattr(op, "get_config") else None
-        if step is None or config is None:
-            return fresh(op)
+        if step is None or not hasattr(op, "get_config") or op.name not in new_units and \
+                type(op).__module__.startswith("keras_hub"):  # a block kept whole
+            return fresh(op)  # (KerasHub's Llama decoder: read back, see layer_config)
+        config = op.get_config()
         kind = _kind(op)
         in_new = len(kept(segs[step.inputs[0]])) if step.inputs else None
         if kind == "Bidirectional" and any(k in new_units for k, _ in _directions(op)):

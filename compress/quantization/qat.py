@@ -31,6 +31,7 @@ import numpy as np
 from keras import ops
 
 from compress.errors import CompressError
+from compress.layer_state import keep_config, read_config
 from compress.pruning import graph
 
 _FOLDABLE = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.DepthwiseConv2D,
@@ -68,10 +69,11 @@ def fold_batchnorm(model):
             return keras.layers.Identity(name=layer.name)
         if not isinstance(layer, keras.layers.Layer):  # a keras.ops operation
             return graph.fresh(layer)
-        config = layer.get_config()
+        config, own = read_config(layer)  # its own, or read back (KerasHub's Llama)
         if id(layer) in folds:
             config["use_bias"] = True
-        return type(layer).from_config(config)
+        new = type(layer).from_config(config)
+        return new if own else keep_config(new, config)
 
     folded, pairs = _rebuild(model, clone)
     for layer, new in pairs:
@@ -423,7 +425,10 @@ def qat_finetune(model, data, epochs: int = 3, learning_rate: float = 1e-4,
         if not isinstance(layer, keras.layers.Layer):  # a keras.ops operation
             return graph.fresh(layer)
         twin = _QAT_TWINS.get(type(layer)) if _wrappable(layer) else None
-        clone = (twin or type(layer)).from_config(layer.get_config())
+        config, own = read_config(layer)  # its own, or read back (KerasHub's Llama decoder)
+        clone = (twin or type(layer)).from_config(config)
+        if not own and not twin:
+            keep_config(clone, config)
         if twin:
             clone.per_channel = per_channel
         if id(layer) in frozen:  # inference mode, as the model's own call asked
