@@ -259,3 +259,24 @@ def test_qat_and_a_layer_subset_of_structured_pruning_name_what_they_leave(cli, 
                        "--layers", "transformer_layer_0", "--data", f"npz:{npz}", "--json"))
     assert result["pass"]["ffn_units"] == {"transformer_layer_0": [64, 32]}
     assert io.load_model(out).get_layer("transformer_layer_1").intermediate_dim == 64
+
+
+def test_gptq_rounding_reaches_the_decoders_kernels_per_output_channel(cli, llama, tmp_path):
+    """``--rounding gptq`` rounded only top-level layers: a Llama's 14 kernels, all inside
+    its decoders, were rounded to nearest and reported as GPTQ-rounded (identical
+    artifacts for both roundings). A multi-axis kernel's output channels are its
+    ``heads * head_dim`` columns, as the converters see it."""
+    from compress.quantization.gptq import channel_scales, output_axes
+
+    model, path, npz = llama
+    query = model.get_layer("transformer_layer_0")._self_attention_layer._query_dense
+    assert output_axes(query, query.kernel) == 2
+    assert channel_scales(np.asarray(query.kernel), 7, depthwise=2).shape == (1, 4, 8)
+    runs = {}
+    for rounding in ("nearest", "gptq"):
+        runs[rounding] = _json(cli("quantize", path, "-o", tmp_path / f"{rounding}.onnx",
+                                   "--mode", "int4", "--rounding", rounding,
+                                   "--data", f"npz:{npz}", "--json"))
+    info = runs["gptq"]["rounding"]
+    assert len(info["layers"]) == 14 and not info["other_kernels"]
+    assert runs["gptq"]["sqnr_db"] > runs["nearest"]["sqnr_db"]

@@ -227,11 +227,14 @@ def _add_training_options(command: click.Command) -> None:
 #: Python warnings of the libraries that say nothing about the user's model or command
 #: (``--debug`` shows them): Keras's softmax-over-one-position warning, raised by the one-
 #: token probe inputs an attention model is traced and timed with; NumPy's notice on
-#: Keras's ONNX bridge; TensorFlow's notice that tf.lite.Interpreter moves to LiteRT.
+#: Keras's ONNX bridge; TensorFlow's notice that tf.lite.Interpreter moves to LiteRT;
+#: Keras's note that a file's optimizer state is not loaded (the toolkit never resumes it).
 KNOWN_WARNINGS = (
     (UserWarning, r"You are using a softmax over axis"),
     (FutureWarning, r"In the future `np.object` will be defined"),
     (UserWarning, r"\s*Warning: tf.lite.Interpreter is deprecated"),
+    # a file saved with its optimizer's state, loaded without compiling (never trained on)
+    (UserWarning, r"Skipping variable loading for optimizer"),
 )
 
 

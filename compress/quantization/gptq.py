@@ -42,24 +42,25 @@ QMAX = {"int8": 127, "int8-reduced": 64, "int4": 7}
 
 
 def channel_scales(kernel, qmax: int, per_channel: bool = True,
-                   depthwise: bool = False) -> np.ndarray:
+                   depthwise: bool | int = False) -> np.ndarray:
     """Symmetric scales ``max|w| / qmax``, one per output channel (the kernel's last axis;
     with ``depthwise``, the last two: a depthwise kernel ``(kh, kw, C, M)`` has output
-    channel ``c * M + m``) or one for the tensor; shaped to broadcast against the kernel.
+    channel ``c * M + m``; an int: that many last axes, :func:`output_axes`) or one for
+    the tensor; shaped to broadcast against the kernel.
 
     >>> channel_scales(np.array([[1.0, -2.0], [0.5, 4.0]]), 2).tolist()
     [[0.5, 2.0]]
     """
     k = np.asarray(kernel, dtype="float64")
     if per_channel:
-        tail = 2 if depthwise else 1
+        tail = _tail(depthwise)
         scale = np.abs(k.reshape(-1, int(np.prod(k.shape[-tail:])))).max(axis=0) / qmax
         return scale.reshape((1,) * (k.ndim - tail) + k.shape[-tail:])
     return np.array(np.abs(k).max() / qmax)
 
 
 def nearest(kernel, qmax: int, per_channel: bool = True,
-            depthwise: bool = False) -> tuple[np.ndarray, np.ndarray]:
+            depthwise: bool | int = False) -> tuple[np.ndarray, np.ndarray]:
     """Round-to-nearest codes ``q`` (int32, in ``[-qmax, qmax]``) and the scales.
 
     >>> q, s = nearest(np.array([[1.0, -2.0], [0.5, 4.0]]), 2)
@@ -152,13 +153,14 @@ GRID_KINDS = ("Dense", "EinsumDense", "Conv1D", "Conv2D", "DepthwiseConv2D",
 def quantizable_kernels(model) -> list:
     """``(layer, variable)`` of every kernel GPTQ rounds (:data:`GRID_KINDS`), in model
     order."""
-    from compress.pruning.masks import _leaves
+    from compress.pruning.masks import deep_leaves
 
-    out = []
-    for layer in _leaves(model):
+    out, seen = [], set()
+    for layer in deep_leaves(model):  # a KerasHub decoder's Dense layers too
         kind = type(layer).__name__
-        if kind not in GRID_KINDS:
+        if kind not in GRID_KINDS or id(layer) in seen:
             continue
+        seen.add(id(layer))
         attrs = ("depthwise_kernel", "pointwise_kernel") if kind == "SeparableConv2D" else \
             ("kernel",)
         out.extend((layer, getattr(layer, a)) for a in attrs)
@@ -170,6 +172,26 @@ def is_depthwise(layer, variable) -> bool:
     kind = type(layer).__name__
     return kind == "DepthwiseConv2D" or (kind == "SeparableConv2D"
                                          and variable is layer.depthwise_kernel)
+
+
+def output_axes(layer, variable) -> int:
+    """How many last axes of ``variable`` make its output channel: 2 for a depthwise
+    kernel ``(kh, kw, C, M)``, the produced axes of a multi-axis EinsumDense kernel
+    (attention's ``(hidden, heads, head_dim)`` query has ``heads * head_dim`` channels,
+    as the converters see it once it is a matrix), else 1."""
+    if is_depthwise(layer, variable):
+        return 2
+    from compress.pruning.masks import einsum_contracted, matmul_shape
+
+    if matmul_shape(layer, variable) is None:
+        return 1
+    rank = len(variable.shape)
+    return rank - einsum_contracted(layer.equation, rank)
+
+
+def _tail(depthwise) -> int:
+    """The last axes of an output channel: ``depthwise`` as a bool (2 or 1) or an int."""
+    return int(depthwise) if not isinstance(depthwise, bool) else (2 if depthwise else 1)
 
 
 def round_model(model, x=None, *, qmax: int = 127, rounding: str = "gptq",
@@ -225,7 +247,7 @@ def round_model(model, x=None, *, qmax: int = 127, rounding: str = "gptq",
         var.assign((q * sc).astype(var.dtype))
     if rounding == "nearest":
         for layer, var in kernels:
-            q, sc = nearest(var, qmax, per_channel, is_depthwise(layer, var))
+            q, sc = nearest(var, qmax, per_channel, output_axes(layer, var))
             var.assign((q * sc).astype(var.dtype))
         info["seconds"] = round(time.perf_counter() - t0, 3)
         return new, info
@@ -241,7 +263,7 @@ def round_model(model, x=None, *, qmax: int = 127, rounding: str = "gptq",
         if sequential:
             hs.accumulate(new, [h], x, batch_size)
         info["layers"].append(_round_layer(h, qmax, per_channel, damp, block,
-                                           is_depthwise(h.layer, h.variable), act_order))
+                                           output_axes(h.layer, h.variable), act_order))
     info["hessian_seconds"] = round(sum(r["seconds"] for r in info["layers"]), 3)
     info["seconds"] = round(time.perf_counter() - t0, 3)
     thin = hs.thin_hessians(info["layers"], "--calibration-samples")
@@ -263,7 +285,7 @@ def _round_layer(h, qmax, per_channel, damp, block, depthwise, act_order) -> dic
     scale = np.broadcast_to(channel_scales(kernel, qmax, per_channel, depthwise),
                             kernel.shape)
     # Pin each channel's (or the tensor's) largest weight at +-qmax: the scale stays.
-    width = int(np.prod(kernel.shape[-2 if depthwise else -1:])) if per_channel else 1
+    width = int(np.prod(kernel.shape[-_tail(depthwise):])) if per_channel else 1
     flat = np.abs(kernel.reshape(-1, width))
     arg = flat.argmax(axis=0)
     pin = np.zeros(flat.shape, "int32")
