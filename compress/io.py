@@ -757,7 +757,7 @@ def save_model(model, path: str | os.PathLike, inputs: list | tuple = (), force:
         force: bool, default False. Overwrite an existing output.
     """
     out = check_output(path, inputs=inputs, force=force, suffixes=MODEL_SUFFIXES)
-    model = deployable(model)
+    model = inline_shared(deployable(model))
     if out.suffix.lower() != ".keras":
         write_bytes(out, _hdf5_bytes(model))  # its exact size is checked against the disk
         return out
@@ -795,6 +795,50 @@ def _file_bytes(model) -> int:
             itemsize = 4
         total += int(np.prod(weight.shape)) * itemsize
     return total + total // 10 + 4096 * len(model.weights) + 32 * 1024
+
+
+def inline_shared(model):
+    """``model``, or, when a layer is used both inside one of its nested functional models
+    and outside it (a KerasHub CausalLM's head reuses its backbone's token embedding, and a
+    rebuilt copy keeps that as a plain functional model), the same computation as one
+    flat graph: the nested models' layers called in place. Keras saves such a layer once
+    and loads the outer use as a second, empty layer ("expected 2 variables, but received
+    0"); in one graph it is an ordinary shared layer. Models of their own class (which
+    rebuild the sharing from their config) are returned as they are.
+
+    Example:
+
+    >>> flat = inline_shared(pruned_causal_lm)      # doctest: +SKIP
+    """
+    import keras
+    from keras import tree
+    from keras.src.models.functional import Functional
+
+    if type(model) is not Functional:  # a class of its own rebuilds its sharing itself
+        return model
+    nested = [la for la in model.layers if isinstance(la, Functional)]
+    inner = {id(x) for m in nested for x in m._flatten_layers(include_self=False)}
+    if not any(id(la) in inner for la in model.layers if not isinstance(la, Functional)):
+        return model
+
+    def inlined(op):
+        if not isinstance(op, Functional):
+            return op
+
+        def call(inputs, *args, **kwargs):
+            return op._run_through_graph(op._standardize_inputs(inputs), operation_fn=inlined)
+        return call
+
+    fresh = tree.map_structure(
+        lambda t: keras.Input(batch_shape=t.shape, dtype=t.dtype, name=t.name),
+        model._inputs_struct)
+    outputs = model._run_through_graph(fresh, operation_fn=inlined)
+    flat = keras.Model(fresh, tree.pack_sequence_as(model._outputs_struct,
+                                                    tree.flatten(outputs)),
+                       name=model.name)
+    if getattr(model, "compiled", False):
+        flat.compile_from_config(model.get_compile_config())
+    return flat
 
 
 def deployable(model):

@@ -280,3 +280,24 @@ def test_gptq_rounding_reaches_the_decoders_kernels_per_output_channel(cli, llam
     info = runs["gptq"]["rounding"]
     assert len(info["layers"]) == 14 and not info["other_kernels"]
     assert runs["gptq"]["sqnr_db"] > runs["nearest"]["sqnr_db"]
+
+
+def test_a_structurally_pruned_causal_lm_file_loads_back(cli, tmp_path):
+    """The rebuilt CausalLM is a plain functional model whose head reuses the nested
+    backbone's token embedding: Keras saved the layer once and loaded the head's use as a
+    second, empty layer, so the written file did not load ("expected 2 variables, but
+    received 0"). It is now saved as one flat graph."""
+    lm = keras_hub.models.LlamaCausalLM(
+        keras_hub.models.LlamaBackbone(**SMALL, num_query_heads=4, num_key_value_heads=2),
+        preprocessor=None)
+    lm.save(tmp_path / "lm.keras")
+    x = _ids(48)
+    np.savez(tmp_path / "t.npz", **{f"x_train/{k}": v for k, v in x.items()},
+             y_train=x["token_ids"])
+    out = tmp_path / "small.keras"
+    result = _json(cli("prune", tmp_path / "lm.keras", "-o", out, "--structured",
+                       "--sparsity", "0.5", "--data", f"npz:{tmp_path / 't.npz'}", "--json"))
+    assert result["pass"]["ffn_units"]["transformer_layer_0"] == [64, 32]
+    loaded = io.load_model(out)
+    assert len(loaded.weights) == len(lm.weights)
+    assert _predict(loaded, _ids(2)).shape == (2, 16, 100)
