@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 UNTIMED = ("baselines", "distillation", "sharing-hash", "pruning", "quantization-qat-pruned",
            "export-parity", "sharing-kmeans", "tasks-regression", "structured-obs",
            "pruning-obs-layers", "onnx-float16", "sequences", "sharing-hash-layers",
-           "transfer", "preprocessing")
+           "transfer", "preprocessing", "decoder-lm")
 # Quick mode runs every case in parallel, longest first (case times of the last quick run).
 # Quick baselines take seconds; a case that needs one before it exists trains its own.
 QUICK_ORDER = ("tfmot-head-to-head", "quantization-qat-pruned", "multiworker", "zoo",
@@ -53,7 +53,7 @@ QUICK_ORDER = ("tfmot-head-to-head", "quantization-qat-pruned", "multiworker", "
                "pruning-costs", "pruning-obs", "pruning-obs-layers", "sequences",
                "sharing-hash-layers", "transfer", "callbacks-cascade",
                "structured-obs", "export-parity", "onnx-float16", "data-sources-throughput",
-               "label-free", "sharing-kmeans", "reliability-refusals", "preprocessing",
+               "label-free", "sharing-kmeans", "reliability-refusals", "preprocessing", "decoder-lm",
                "baselines", "registry")
 
 

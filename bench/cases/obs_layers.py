@@ -115,7 +115,7 @@ def case_obs_layers(ctx) -> Section:
     for label, (model, train, test, metric) in _models(ctx).items():
         dense = _score(model, test, metric)
         rows = []
-        for s in LEVELS:
+        for s in LEVELS[:1] if ctx.quick else LEVELS:  # quick: the harness checked
             for name, opts in METHODS.items():
                 t0 = time.perf_counter()
                 pruned, info = prune(model, train, sparsity=s, calibration=cal,
@@ -154,16 +154,16 @@ def _structured_table(ctx, cases, cal) -> str:
     for label, model, train, test, metric, dense in cases:
         base, _ = export_artifact(model, None, format="tflite")
         shape = tuple(model.input_shape[1:])
-        t_dense = min(runtime_latency_ms(base, shape) for _ in range(3))
-        for name, opts in (("magnitude", {}), (f"magnitude + {epochs} epochs",
-                                                {"epochs": epochs}),
-                           ("OBS (Dense consumers refit)", {"method": "obs",
-                                                            "calibration": cal})):
+        rounds = 1 if ctx.quick else 3
+        t_dense = min(runtime_latency_ms(base, shape) for _ in range(rounds))
+        methods = [("magnitude", {}), (f"magnitude + {epochs} epochs", {"epochs": epochs}),
+                   ("OBS (Dense consumers refit)", {"method": "obs", "calibration": cal})]
+        for name, opts in methods[::2] if ctx.quick else methods:
             small, info = prune(model, train, structured=True, sparsity=0.5,
                                 bn_recalibrate=False, **opts)
             got = _score(small, test, metric)
             content, _ = export_artifact(small, None, format="tflite")
-            t_small = min(runtime_latency_ms(content, shape) for _ in range(3))
+            t_small = min(runtime_latency_ms(content, shape) for _ in range(rounds))
             change = (f"{(got - dense) * 100:+.2f} pts" if metric == "accuracy"
                       else f"{got / dense:.2f}x")
             units = ", ".join(f"{k} {a}->{b}" for k, (a, b) in info["units"].items()
