@@ -33,11 +33,11 @@ bench: install
 bench-quick: install
 	$(PY) -m bench --quick
 
-# The model zoo (issue 19), parts of their own outside `make bench`: 17 passes on 30 cases,
+# The model zoo (issue 19), parts of their own outside `make bench`: 17 passes on 31 cases,
 # 2-3 hours on 2 cores in all (estimated from the cases run so far), split into three parts
 # of under an hour each, plus its speed, memory and int8-SQNR probes (zoo-speed, about 20
 # minutes). Each part updates its rows of docs/models.json and re-renders docs/models.md.
-ZOO_PART1 = Subclassed,TwoInput,TwoOutput,CustomLayer,MixedFloat16,TextRNN,Signal1D,Video,Siamese,TextVectorize,Tabular,TransferNest,MobileNet,MobileNetV3Small,MobileNetV2,MobileNetV3Large,BertTextClassifier,GPT2Backbone,ViTImageClassifier,EfficientNetB0,EfficientNetV2B0
+ZOO_PART1 = Subclassed,TwoInput,TwoOutput,CustomLayer,MixedFloat16,TextRNN,Signal1D,Video,Siamese,TextVectorize,Tabular,TransferNest,MobileNet,MobileNetV3Small,MobileNetV2,MobileNetV3Large,BertTextClassifier,GPT2Backbone,LlamaBackbone,ViTImageClassifier,EfficientNetB0,EfficientNetV2B0
 ZOO_PART2 = NASNetMobile,DenseNet121,ResNet50V2,ResNet50,VGG16
 ZOO_PART3 = InceptionV3,Xception,ConvNeXtTiny,InceptionResNetV2
 bench-zoo: bench-zoo-1 bench-zoo-2 bench-zoo-3 bench-zoo-speed

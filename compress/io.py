@@ -836,9 +836,7 @@ def inline_shared(model):
     flat = keras.Model(fresh, tree.pack_sequence_as(model._outputs_struct,
                                                     tree.flatten(outputs)),
                        name=model.name)
-    if getattr(model, "compiled", False):
-        flat.compile_from_config(model.get_compile_config())
-    return flat
+    return flat  # uncompiled, as deployable's copy: no optimizer state in the file
 
 
 def deployable(model):

@@ -76,7 +76,7 @@ def test_a_decoder_its_own_config_cannot_rebuild_is_read_back_and_copied_exactly
         backbone, extra, tmp_path):
     model = getattr(keras_hub.models, backbone)(**SMALL, **extra)
     decoder = model.get_layer("transformer_layer_0")
-    with pytest.raises(Exception):  # the KerasHub defect this works around
+    with pytest.raises((AttributeError, TypeError)):  # the KerasHub defect worked around
         type(decoder).from_config(decoder.get_config())
     config, own = read_config(decoder)
     assert not own and type(decoder).from_config(layer_config(decoder)).name == decoder.name
@@ -100,7 +100,7 @@ def test_a_causal_lm_copy_keeps_its_head_tied_to_the_backbone_embedding():
 
 
 def test_pruning_a_llama_file_without_labels_scores_it_as_features(cli, llama, tmp_path):
-    model, path, npz = llama
+    _, path, npz = llama
     out = tmp_path / "pruned.keras"
     result = _json(cli("prune", path, "-o", out, "--sparsity", "0.5", "--data",
                        f"npz:{npz}", "--json"))
@@ -300,4 +300,6 @@ def test_a_structurally_pruned_causal_lm_file_loads_back(cli, tmp_path):
     assert result["pass"]["ffn_units"]["transformer_layer_0"] == [64, 32]
     loaded = io.load_model(out)
     assert len(loaded.weights) == len(lm.weights)
+    # no optimizer state in it: smaller than the float file (it was 1.9x once compiled)
+    assert out.stat().st_size < (tmp_path / "lm.keras").stat().st_size
     assert _predict(loaded, _ids(2)).shape == (2, 16, 100)

@@ -59,7 +59,8 @@ BLOCK = 4  # prune block: runs of 4 consecutive inputs of one unit
 ORDER = ("Subclassed", "TwoInput", "TwoOutput", "CustomLayer", "MixedFloat16",
          "TextRNN", "Signal1D", "Video", "Siamese", "TextVectorize", "Tabular",
          "TransferNest", "MobileNet", "MobileNetV3Small", "MobileNetV2",
-         "BertTextClassifier", "GPT2Backbone", "ViTImageClassifier", "MobileNetV3Large",
+         "BertTextClassifier", "GPT2Backbone", "LlamaBackbone", "ViTImageClassifier",
+         "MobileNetV3Large",
          "EfficientNetB0", "EfficientNetV2B0", "NASNetMobile", "DenseNet121", "ResNet50V2",
          "ResNet50", "VGG16", "InceptionV3", "Xception", "ConvNeXtTiny", "InceptionResNetV2")
 FAMILY_TIMEOUT = 1800  # seconds per case
@@ -514,7 +515,9 @@ FLAGGED = ("The flagged int8 cells of random-weight families are explained by `p
 KERASHUB_NOTE = (
     "**KerasHub** (keras-hub 0.32, installed with the package): a BERT text classifier "
     "(`BertTextClassifier`, `preprocessor=None`: inputs `token_ids`, `segment_ids`, "
-    "`padding_mask`), a GPT-2 backbone and a ViT image classifier, built from small configs "
+    "`padding_mask`), a GPT-2 backbone, a Llama backbone (grouped-query attention: 4 query "
+    "heads share 2 key/value heads; rotary positions, RMS norms, a gated feed-forward) and "
+    "a ViT image classifier, built from small configs "
     "(`compress.models.kerashub`: 2 layers, 4 heads, hidden 32, feed-forward 64, sequence "
     "16, ViT 32x32 patch 8) with random weights; nothing is downloaded (presets are never "
     "used). Their `.keras` files name `keras_hub` classes by module, and Keras imports "
@@ -523,7 +526,11 @@ KERASHUB_NOTE = (
     "(4 -> 2 in every block) and half the feed-forward units (64 -> 32) of each transformer "
     "block; the blocks are rebuilt as plain Keras layers (`MultiHeadAttention`, `Dense`, "
     "`LayerNormalization`, masks as `value_mask`/`use_causal_mask`), exact at 0% "
-    "(tests/test_kerashub.py). Float parity is `max|artifact - Keras| <= 1e-4 x max(1, "
+    "(tests/test_kerashub.py). Llama's decoders keep their class and their heads (their "
+    "head size is `hidden_dim // num_query_heads`, not an argument) and lose half their "
+    "feed-forward units (tests/test_decoder_lms.py). The backbones output hidden states: "
+    "without labels they are scored by their error (SQNR), not by a top-1 agreement of "
+    "argmaxes over features. Float parity is `max|artifact - Keras| <= 1e-4 x max(1, "
     "output scale)`; where Keras's own float32 output is the one off (ResNet50's softmax: "
     "Keras is 6e-5 to 1.2e-4 from a float64 copy of the model, run to run, with oneDNN's "
     "reduction order), an artifact passes only when it meets the same 1e-4 against the "
