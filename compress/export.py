@@ -31,7 +31,6 @@ import numpy as np
 
 from compress import io, progress
 from compress.errors import CompressError
-from compress.layer_state import layer_config
 from compress.options import Option, Schema
 from compress.passes import Pass
 from compress.quiet import quiet_output
@@ -733,6 +732,8 @@ def _copy_model(model, pairs, to_float32: bool, fmt: str):
                 return op.__class__.from_config(op.get_config())
             except Exception:  # noqa: BLE001 - a stateless op is reused as it is
                 return op
+        from compress.layer_state import layer_config
+
         try:
             config = layer_config(op)  # its own config, or one read back (Llama decoders)
         except ValueError as exc:

@@ -145,8 +145,10 @@ def read_config(layer) -> tuple[dict, bool]:
     (Llama, Llama 3) names an attribute it never set, ``Qwen3TransformerDecoder`` and
     ``GPTNeoXDecoder`` write keys their constructors refuse. Such a layer is described
     again from its constructor's parameters and the same-named attributes it keeps
-    (activations, initializers and other Keras objects serialized), and the description
-    is checked: rebuilt from it, the layer must hold the same values. A layer built from
+    (activations, initializers and other Keras objects serialized; every parameter must
+    be found), and the description is checked: rebuilt from it, the layer must hold the
+    same values. Only KerasHub's layers are read back this way: a user's own layer whose
+    config does not rebuild it is refused (or its model copied whole) as before. A layer built from
     such a reading should describe itself with it (:func:`keep_config`).
 
     Raises:
@@ -160,7 +162,10 @@ def read_config(layer) -> tuple[dict, bool]:
         return config, True
     except Exception as exc:  # noqa: BLE001 - any failure of the layer's own round trip
         own = " ".join(str(exc).split("Exception encountered:")[-1].split())[:160]
-    config = _constructor_config(layer)
+    # Only a released library's layer (KerasHub's) is read back: a user's own layer whose
+    # config does not rebuild it is the user's to fix, and passes copy such a model whole.
+    config = _constructor_config(layer) if type(layer).__module__.startswith(
+        "keras_hub") else None
     if config is None:
         raise ValueError(f"layer '{layer.name}' ({type(layer).__name__}) cannot be rebuilt "
                          f"from its config: {own}")
@@ -195,7 +200,8 @@ def clone_layer(layer):
 
 def _constructor_config(layer) -> dict | None:
     """``layer``'s constructor arguments read back from its same-named attributes, or None
-    when one is missing or the layer rebuilt from them holds other values."""
+    when one is missing (a default would be a guess) or the layer rebuilt from them holds
+    other values."""
     import inspect
 
     try:
@@ -208,10 +214,8 @@ def _constructor_config(layer) -> dict | None:
         if name == "self" or name in config or param.kind in (
                 param.VAR_POSITIONAL, param.VAR_KEYWORD):
             continue
-        if not hasattr(layer, name):
-            if param.default is param.empty:
-                return None
-            continue  # left at its default
+        if not hasattr(layer, name):  # kept under another name: its value is unknown
+            return None
         value = getattr(layer, name)
         if not isinstance(value, (bool, int, float, str, type(None), list, tuple, dict)):
             value = keras.saving.serialize_keras_object(value)
