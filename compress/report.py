@@ -27,13 +27,15 @@ from pathlib import Path
 import numpy as np
 
 
-def leaf_layers(model) -> list:
-    """Every layer that owns weights, inside nested models too, in order."""
-    out = []
+def leaf_layers(model, _seen=None) -> list:
+    """Every layer that owns weights, inside nested models too, in order; a layer used in
+    two places (a CausalLM's head reuses its backbone's token embedding) once."""
+    out, seen = [], set() if _seen is None else _seen
     for layer in model.layers:
         if hasattr(layer, "layers") and layer.layers and layer is not model:
-            out.extend(leaf_layers(layer))
-        elif layer.weights:
+            out.extend(leaf_layers(layer, seen))
+        elif layer.weights and id(layer) not in seen:
+            seen.add(id(layer))
             out.append(layer)
     return out
 

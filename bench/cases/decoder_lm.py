@@ -7,7 +7,7 @@ the saved file: one-shot unstructured pruning by magnitude and by OBS (SparseGPT
 column-wise compensation, sequential calibration) at 50% and 70% and in the 2:4 pattern,
 structured pruning of the feed-forward units, 4-bit weights rounded to nearest or by
 GPTQ (the toolkit's int4 ONNX artifact and Keras's own ``keras-int4`` / ``gptq``), and
-full-integer int8.
+full-integer int8, all of it and with the attention kept float (``--keep-float``).
 
 Each written file is loaded back and scored on the held-out sequences: next-character
 accuracy and perplexity (``exp`` of the mean cross-entropy). The issue's bars for
@@ -125,6 +125,8 @@ def case_decoder_lm(ctx) -> Section:
         "Keras keras-int4 (nearest)": ("keras", ["quantize", "--mode", "keras-int4"]),
         "Keras gptq (4-bit, groups of 128)": ("keras", ["quantize", "--mode", "gptq"]),
         "int8 full-integer (TFLite)": ("tflite", ["quantize"]),
+        "int8, attention float (TFLite, --keep-float self_attention)": (
+            "tflite", ["quantize", "--keep-float", "self_attention"]),
     }
     if ctx.quick:  # the harness checked: a short training, the 50% pair
         runs = {k: runs[k] for k in ("magnitude 50%", "OBS 50%")}

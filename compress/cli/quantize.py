@@ -41,6 +41,7 @@ def command(model, output, data, seed, unsafe, as_json, force, **options):
       compress quantize model.keras -o model.tflite --data mnist5k --rounding gptq
       compress quantize model.keras -o model-int4.onnx --data mnist5k --mode int4 --rounding gptq
       compress quantize text.keras -o text.tflite --data npz:reviews.npz --without-lookups
+    compress quantize lm.keras -o lm.tflite --data npz:tokens.npz --keep-float self_attention
     """
     result = run_quantize(model, output, data, seed, unsafe, force, options)
     emit_result(result, as_json)
@@ -153,6 +154,9 @@ def emit_result(result: dict, as_json: bool) -> None:
         console.print(f"[bold red]warning:[/] the {result['mode']} model disagrees with its "
                       f"float model on {result['agreement_samples']} inputs: "
                       f"{result['agreement']}")
+        if result.get("mode") == "int8" and result.get("format") in ("tflite", "onnx"):
+            console.print("hint: --debug-layers ranks the layers by their int8 loss; "
+                          "--keep-float LAYERS keeps those float")
     if result.get("nothing_quantized"):
         console.print(f"[bold red]warning:[/] {result['nothing_quantized']}")
     from compress.agreement import constant_note, xnnpack_note
@@ -195,6 +199,8 @@ def emit_result(result: dict, as_json: bool) -> None:
         console.print(f"note: {result['float_front']}")
     if result.get("kept_float"):  # int8 nodes onnxruntime refused to run
         console.print(f"note: {result['kept_float']}")
+    if result.get("kept_float_layers"):  # --keep-float
+        console.print(f"kept float (--keep-float): {', '.join(result['kept_float_layers'])}")
     if result.get("float_front_warning"):
         console.print(f"[bold red]warning:[/] {result['float_front_warning']}")
     if result.get("lookups_note"):  # --without-lookups

@@ -112,6 +112,11 @@ QUANTIZE_OPTIONS = Schema("quantize", [
            "the mean output error of rounding its weights, measured on the calibration data"),
     Option("debug_layers", bool, False, "int8 TFLite: per-layer SQNR of the artifact "
            "(TFLite's QuantizationDebugger on the calibration data), worst layers listed"),
+    Option("keep_float", list, None, "int8 TFLite/ONNX: the ops of these layers stay "
+           "float, the rest int8 (comma-separated names, class names or regular "
+           "expressions, as --layers; layers inside custom layers too, as a KerasHub "
+           "decoder's 'self_attention'): for the part of a model whose int8 form loses "
+           "most (--debug-layers ranks them)", flag="--keep-float"),
     Option("sparse", bool, False, "TFLite: store mostly-zero (pruned) weight tensors in "
            "TFLite's sparse format: a smaller raw file (not zipped), densified when the "
            "interpreter prepares; runs on LiteRT's builtin kernels (no XNNPACK), slower"),
@@ -240,6 +245,9 @@ def quantize(model, data=None, *, verbose: int | str = 0, **options) -> tuple[by
             model, x_cal, int8_io=fmt == "tflite" and opts["interface"] == "int8")
         if front:  # kept float, or (an int8 interface) a warning that it cannot be
             info["float_front" if opts["_keep_float"] else "float_front_warning"] = front
+        if opts["keep_float"]:  # the user's: checked against the converted graph too
+            info["kept_float_layers"] = _kept_float_layers(model, opts["keep_float"])
+            opts["_keep_float"] = (opts["_keep_float"] or []) + info["kept_float_layers"]
     if opts["mode"] == "int4" or opts["rounding"] == "gptq":
         from compress.quantization.gptq import grid_model
 
@@ -405,12 +413,36 @@ def artifact_format(options: dict, where: str = "quantize") -> str:
     if sparse and qat:
         raise CompressError("--sparse cannot be combined with --qat (the QAT ranges are "
                             "applied after conversion); quantize without one of them")
+    if options.get("keep_float") and (mode != "int8" or fmt not in ("tflite", "onnx")
+                                      or options.get("interface") == "int8"):
+        raise CompressError(f"{where}: --keep-float leaves layers float inside an int8 "
+                            "TFLite or ONNX artifact with a float interface; use mode int8 "
+                            "with a .tflite or .onnx output (not --interface int8)")
     if options.get("layout", "cpu") == "gpu" and (fmt != "onnx" or mode != "int8"):
         raise CompressError(f"{where}: --layout gpu is the static int8 ONNX layout; use mode "
                             "int8 with an .onnx output")
     if options.get("layout") == "gpu" and options.get("per_channel") is False:
         raise CompressError("--layout gpu quantizes weights per channel; drop --per-tensor")
     return fmt
+
+
+def _kept_float_layers(model, selectors) -> list:
+    """The names of the layers of ``model`` (at any depth, sublayers of custom layers
+    too) that ``--keep-float`` selects (:func:`compress.layers.select_layers`)."""
+    from compress.layer_state import all_layers
+    from compress.layers import select_layers
+
+    layers = [la for la in all_layers(model) if la is not model]
+    names = list(dict.fromkeys(la.name for la in layers))
+    for selector in selectors:
+        try:
+            select_layers(layers, [selector], "", model.name)
+        except CompressError:
+            raise CompressError(f"--keep-float '{selector}': matches no layer of model "
+                                f"'{model.name}' (its layers: {', '.join(names[:8])}"
+                                f"{', ...' if len(names) > 8 else ''})") from None
+    return list(dict.fromkeys(la.name for la in select_layers(layers, selectors, "",
+                                                               model.name)))
 
 
 def classifiers(task):

@@ -102,6 +102,10 @@ def quantize_onnx(float_path, out_path, mode: str = "int8",
                         from compress.quantization.float_front import onnx_nodes
 
                         excluded = onnx_nodes(pre, keep_float)
+                        if not excluded:  # never a silent no-op
+                            raise CompressError(
+                                f"--keep-float: no ONNX node belongs to the layers "
+                                f"{', '.join(keep_float[:4])}")
                     for _ in range(_RETRIES + 1):
                         reader.rewind()
                         q.quantize_static(

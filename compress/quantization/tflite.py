@@ -138,6 +138,10 @@ def _convert(model, mode, representative, int8_io, per_channel, activation_range
         from compress.quantization.float_front import tflite_nodes
 
         denied = tflite_nodes(flatbuffer, keep_float) or None
+        if denied is None:  # never a silent no-op
+            raise CompressError(f"--keep-float: no converted op belongs to the layers "
+                                f"{', '.join(keep_float[:4])}; their work was folded into "
+                                "others or removed (--debug-layers names the ops)")
     if mode == "int8" and activation_ranges is not None:
         flatbuffer = _quantize_with_ranges(flatbuffer, activation_ranges, int8_io, model,
                                            per_channel, denied)
