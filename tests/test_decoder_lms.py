@@ -329,7 +329,7 @@ def test_keep_float_leaves_the_named_sublayers_float_in_the_int8_artifact(cli, l
     assert result["kept_float_layers"] == ["self_attention"]
     assert _float_ops(kept) > _float_ops(plain)
     for extra, words in ((["--keep-float", "nosuch"], "--keep-float 'nosuch': matches no "
-                                                      "layer of model 'llama_backbone'"),
+                                                      "layer of model 'llama_backbone"),
                          (["--keep-float", "self_attention", "--interface", "int8"],
                           "--keep-float leaves layers float")):
         result = cli("quantize", path, "-o", tmp_path / "x.tflite", "--data", f"npz:{npz}",
