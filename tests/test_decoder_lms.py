@@ -174,7 +174,7 @@ def test_llama_converts_to_builtin_tflite_and_int8_without_flex(cli, llama, tmp_
     assert result["max_abs_diff"] < 1e-4
     assert "fixed batch" not in json.dumps(result)  # a free batch, builtin kernels
     result = _json(cli("quantize", path, "-o", tmp_path / "q.tflite", "--data", f"npz:{npz}",
-                       "--json"))
+                       "--no-latency", "--json"))
     assert result["verified"] and result["sqnr_db"] > 20
 
 
@@ -191,7 +191,7 @@ def test_gptq_of_a_llama_backbone_runs_keras_gptq_on_its_blocks(cli, llama, tmp_
     model, path, npz = llama
     out = tmp_path / "gptq.keras"
     result = _json(cli("quantize", path, "-o", out, "--mode", "gptq", "--data", f"npz:{npz}",
-                       "--json"))
+                       "--calibration-samples", "16", "--no-latency", "--json"))
     modes = result["quantized_layers"]
     assert any(k.endswith("feedforward_gate_dense") for k in modes) and \
         all(v.startswith("gptq/4") for v in modes.values())
@@ -208,7 +208,7 @@ def test_bloom_int8_onnx_keeps_the_layer_norms_onnxruntime_refuses_float(cli, tm
     x = _ids(64)
     np.savez(tmp_path / "t.npz", **{f"x_train/{k}": v for k, v in x.items()})
     result = _json(cli("quantize", tmp_path / "bloom.keras", "-o", tmp_path / "b.onnx",
-                       "--data", f"npz:{tmp_path / 't.npz'}", "--json"))
+                       "--data", f"npz:{tmp_path / 't.npz'}", "--no-latency", "--json"))
     assert "kept float" in result["kept_float"] and "moments/mean" in result["kept_float"]
     # it runs and is measured; random weights leave it flagged or not, and it says which
     assert np.isfinite(result["sqnr_db"]) and result["verified"] == (result["sqnr_db"] >= 20)
@@ -275,7 +275,7 @@ def test_gptq_rounding_reaches_the_decoders_kernels_per_output_channel(cli, llam
     runs = {}
     for rounding in ("nearest", "gptq"):
         runs[rounding] = _json(cli("quantize", path, "-o", tmp_path / f"{rounding}.onnx",
-                                   "--mode", "int4", "--rounding", rounding,
+                                   "--mode", "int4", "--rounding", rounding, "--no-latency",
                                    "--data", f"npz:{npz}", "--json"))
     info = runs["gptq"]["rounding"]
     assert len(info["layers"]) == 14 and not info["other_kernels"]
@@ -322,14 +322,15 @@ def test_keep_float_leaves_the_named_sublayers_float_in_the_int8_artifact(cli, l
     ops float; a name that matches nothing, or an int8 interface, is one line."""
     _, path, npz = llama
     plain = tmp_path / "plain.tflite"
-    _json(cli("quantize", path, "-o", plain, "--data", f"npz:{npz}", "--json"))
+    _json(cli("quantize", path, "-o", plain, "--data", f"npz:{npz}", "--json",
+              "--no-latency"))
     kept = tmp_path / "kept.tflite"
     result = _json(cli("quantize", path, "-o", kept, "--data", f"npz:{npz}", "--json",
-                       "--keep-float", "self_attention"))
+                       "--no-latency", "--keep-float", "self_attention"))
     assert result["kept_float_layers"] == ["self_attention"]
     assert _float_ops(kept) > _float_ops(plain)
-    for extra, words in ((["--keep-float", "nosuch"], "--keep-float 'nosuch': matches no "
-                                                      "layer of model 'llama_backbone"),
+    refused = ("--keep-float 'nosuch': matches no layer of model 'llama_backbone")
+    for extra, words in ((["--keep-float", "nosuch"], refused),
                          (["--keep-float", "self_attention", "--interface", "int8"],
                           "--keep-float leaves layers float")):
         result = cli("quantize", path, "-o", tmp_path / "x.tflite", "--data", f"npz:{npz}",
