@@ -147,12 +147,9 @@ def distill_from_options(teacher, data, options: dict, *, callbacks=None,
         check_augment(opts["augment"], opts["shift"], student.inputs[0].shape[1:])
     fit = {k: opts[k] for k in DISTILL_TRAINING_OPTIONS.names()}
     alone = None
-    if opts["baseline"] and not getattr(data, "labelled", True):
-        opts["baseline"] = False  # nothing to train the student alone on: said in the info
-        unlabelled = True
-    else:
-        unlabelled = False
-    if opts["baseline"]:
+    # No labels: nothing to train the student alone on (said in the info).
+    unlabelled = opts["baseline"] and not getattr(data, "labelled", True)
+    if opts["baseline"] and not unlabelled:
         training.set_seed(opts["seed"])
         alone = train_alone(student, data, opts["epochs"], opts["learning_rate"],
                             opts["batch_size"], verbose=verbose, augment=opts["augment"],

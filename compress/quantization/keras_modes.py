@@ -406,8 +406,8 @@ def transformer_structure(model) -> dict | None:
     from compress.layer_state import all_layers
 
     layers = {la.name: la for la in all_layers(model)}
-    blocks = [la for name, la in sorted(layers.items()) if _block_index(name) is not None]
-    blocks.sort(key=lambda la: _block_index(la.name))
+    blocks = sorted((la for name, la in layers.items() if _block_index(name) is not None),
+                    key=lambda la: _block_index(la.name))
     embedding = layers.get("token_embedding") or layers.get("embedding")
     if not blocks or embedding is None or \
             not type(embedding).__module__.startswith("keras_hub") and \
