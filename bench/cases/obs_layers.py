@@ -39,9 +39,10 @@ def _series(n, steps, seed):
     return x, y
 
 
-def row_lstm(epochs: int):
+def row_lstm(epochs: int, samples: int | None = None):
     """``(model, mnist5k, rows)``: an LSTM(48) classifier of mnist5k digits read row by
-    row (28 steps of 28 pixels), trained ``epochs`` epochs from seed 0."""
+    row (28 steps of 28 pixels), trained ``epochs`` epochs from seed 0 (on the first
+    ``samples`` training rows if given: quick runs)."""
     import keras
 
     from compress.data import load_data
@@ -54,7 +55,8 @@ def row_lstm(epochs: int):
                             name="row_lstm")
     lstm.compile(keras.optimizers.Adam(3e-3), "sparse_categorical_crossentropy",
                  metrics=["accuracy"])
-    lstm.fit(rows, mnist.y_train, epochs=epochs, batch_size=64, verbose=0)
+    lstm.fit(rows[:samples], mnist.y_train[:samples], epochs=epochs, batch_size=64,
+             verbose=0)
     return lstm, mnist, rows
 
 
@@ -62,14 +64,15 @@ def _models(ctx):
     import keras
 
 
-    epochs = ctx.size(2, 6)
-    lstm, mnist, rows = row_lstm(epochs)
+    epochs = ctx.size(1, 6)  # quick: the harness checked, on fewer samples
+    lstm, mnist, rows = row_lstm(epochs, ctx.size(1200, None))
 
     x, y = _series(4000, 24, seed=0)
     gru = keras.Sequential([keras.Input((24, 1)), keras.layers.GRU(32, name="gru"),
                             keras.layers.Dense(1, name="out")], name="gru_forecaster")
     gru.compile(keras.optimizers.Adam(3e-3), "mse")
-    gru.fit(x[:3000], y[:3000], epochs=epochs + 2, batch_size=64, verbose=0)
+    gru.fit(x[:ctx.size(1000, 3000)], y[:ctx.size(1000, 3000)], epochs=epochs + 2,
+            batch_size=64, verbose=0)
 
     rng = np.random.default_rng(0)
     clean = mnist.x_train.astype("float32")
@@ -83,7 +86,8 @@ def _models(ctx):
         L.Conv2DTranspose(1, 3, strides=2, padding="same", activation="sigmoid", name="up2")],
         name="denoiser")
     ae.compile(keras.optimizers.Adam(1e-3), "binary_crossentropy")  # pixels in [0, 1]
-    ae.fit(noisy, clean, epochs=epochs, batch_size=32, verbose=0)
+    ae.fit(noisy[:ctx.size(1200, None)], clean[:ctx.size(1200, None)], epochs=epochs,
+           batch_size=32, verbose=0)
     test_clean = mnist.x_test.astype("float32")
     test_noisy = np.clip(test_clean + 0.3 * rng.normal(size=test_clean.shape), 0,
                          1).astype("float32")

@@ -23,8 +23,8 @@ def _models(ctx):
     from bench.cases.obs_layers import row_lstm
     from compress.data import Dataset
 
-    epochs = ctx.size(2, 12)
-    lstm, mnist, rows = row_lstm(epochs)
+    epochs = ctx.size(1, 12)  # quick: the harness checked, on fewer samples
+    lstm, mnist, rows = row_lstm(epochs, ctx.size(1200, None))
     digits = Dataset(name="mnist5k rows", x_train=rows[:3200], y_train=mnist.y_train[:3200],
                      x_val=rows[3200:], y_val=mnist.y_train[3200:],
                      x_test=mnist.x_test.reshape(-1, 28, 28), y_test=mnist.y_test,
@@ -52,7 +52,8 @@ def tcn_case(ctx):
         L.GlobalAveragePooling1D(), L.Dense(16, activation="relu", name="fc"),
         L.Dense(1, name="out")], name="tcn")
     tcn.compile(keras.optimizers.Adam(3e-3), "mse")
-    tcn.fit(x[:3000], y[:3000], epochs=ctx.size(2, 12) + 4, batch_size=64, verbose=0)
+    tcn.fit(x[:ctx.size(1000, 3000)], y[:ctx.size(1000, 3000)], epochs=ctx.size(1, 12) + 4,
+            batch_size=64, verbose=0)
     series = Dataset(name="sum of sines", x_train=x[:2600], y_train=y[:2600],
                      x_val=x[2600:3000], y_val=y[2600:3000], x_test=x[3000:],
                      y_test=y[3000:], num_classes=0)
@@ -134,7 +135,7 @@ def _distilled(model, ds, metric, ctx):
     from compress.distillation.options import DISTILL_OPTIONS
     from compress.distillation.step import distill_from_options
 
-    opts = DISTILL_OPTIONS.validate({"epochs": ctx.size(2, 8), "learning_rate": 3e-3,
+    opts = DISTILL_OPTIONS.validate({"epochs": ctx.size(1, 8), "learning_rate": 3e-3,
                                      "width": 0.5})
     student, alone, info = distill_from_options(model, ds, opts)
     info["alone"] = _score(alone, ds, metric)
