@@ -59,7 +59,8 @@ def __getattr__(name):
 def __dir__():
     from compress import passes
 
-    return sorted(list(globals()) + list(_API) + list(passes.api_names()))
+    names = set(globals()) | set(_API) | set(passes.api_names())
+    return sorted(names - {"importlib", "sys"})  # each once; not this file's imports
 
 
 class _RegisterLayersAfterKeras(importlib.abc.MetaPathFinder):

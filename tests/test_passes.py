@@ -84,7 +84,9 @@ def test_the_python_api_is_derived_from_the_registry():
     assert callable(compress.share) and compress.share is passes.get("share").resolve()
     assert compress.prune is passes.get("prune").resolve()
     assert compress.quantize is passes.get("quantize").resolve()
-    assert {"prune", "share", "quantize", "distill"} <= set(dir(compress))
+    names = dir(compress)
+    assert {"prune", "share", "quantize", "distill"} <= set(names)
+    assert len(names) == len(set(names)) and "importlib" not in names  # each once, no imports
 
 
 def test_cli_commands_are_derived_from_the_registry(cli):

@@ -235,6 +235,8 @@ KNOWN_WARNINGS = (
     (UserWarning, r"\s*Warning: tf.lite.Interpreter is deprecated"),
     # a file saved with its optimizer's state, loaded without compiling (never trained on)
     (UserWarning, r"Skipping variable loading for optimizer"),
+    # weights no output depends on, left as they are (a backbone's untied LM head)
+    (UserWarning, r"Gradients do not exist for variables"),
 )
 
 

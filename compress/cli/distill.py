@@ -69,7 +69,8 @@ def distill_files(model_path, output, data, seed, unsafe, force, opts, as_json):
     lines = [f"wrote {output}",
              (f"  student: {info['student_source']}, "
               + (f"T={info['temperature']:g}, " if info.get("temperature_used", True) else "")
-              + f"alpha={info['alpha']:g}, {info['epochs_run']} epochs, "
+              + (f"alpha={info['alpha']:g}, " if info.get("alpha_used", True) else "")
+              + f"{info['epochs_run']} epochs, "
               + (f"loss: {info['loss']}" if "loss" in info else
                  f"teacher outputs {info['teacher_outputs']}"))]
     if info.get("baseline"):

@@ -346,6 +346,7 @@ def distill_outputs(teacher, student, data, *, callbacks=None, verbose: int | st
                     + ((", plus the own loss" if classes else ", plus the model's own loss")
                        if data.labelled else " (no labels: the teacher's outputs alone)"),
             "temperature_used": classes,
+            "alpha_used": bool(data.labelled),  # without labels: the teacher's term alone
             "teacher_params": int(teacher.count_params()),
             "student_params": int(trained.count_params()),
             "constrained_variables": sum(v.constraint is not None for v in trained.weights),
