@@ -31,6 +31,7 @@ keras = pytest.importorskip("keras")
 keras_hub = pytest.importorskip("keras_hub")
 
 from compress import io
+from compress.errors import CompressError
 from compress.layer_state import clone_layer, layer_config, read_config
 from compress.models import kerashub
 from compress.training import copy_model
@@ -208,6 +209,28 @@ def test_gptq_of_a_llama_backbone_runs_keras_gptq_on_its_blocks(cli, llama, tmp_
     loaded = io.load_model(out)  # Keras's own file loads back
     x = _ids(4)
     assert _predict(loaded, x).shape == _predict(model, x).shape
+
+
+def test_gptq_calibrates_a_language_model_on_its_real_tokens_not_its_padding(llama):
+    """Keras cuts the calibration sequences into windows of their length: the padding of
+    short sequences (token 0, masked out) must not be among them."""
+    from keras.src.quantizers.gptq_core import get_dataloader
+
+    from compress.quantization.keras_modes import _calibration_config
+
+    model, _, _ = llama
+    x = _ids(8)
+    x["padding_mask"][:, 10:] = 0  # each sequence: 10 tokens, then 6 of padding
+    x["token_ids"][:, 10:] = 0
+    config = _calibration_config(model, "gptq", x)
+    windows = get_dataloader(config.tokenizer, config.sequence_length, config.dataset,
+                             num_samples=config.num_samples)
+    assert windows.shape == (8, 1, 16)
+    assert (windows != 0).all()  # real tokens only
+    assert set(np.unique(windows)) <= set(np.unique(x["token_ids"][:, :10]))
+    x["padding_mask"][:] = 0
+    with pytest.raises(CompressError, match="masks every token"):
+        _calibration_config(model, "gptq", x)
 
 
 def test_bloom_int8_onnx_keeps_the_layer_norms_onnxruntime_refuses_float(cli, tmp_path):

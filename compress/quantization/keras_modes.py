@@ -370,7 +370,9 @@ def _calibration_config(model, mode: str, x):
         tokens = np.asarray(x["token_ids"] if isinstance(x, dict) else x, "int32")
         n = min(len(tokens), MAX_SEQUENCES)
         return (GPTQConfig if mode == "gptq" else AWQConfig)(
-            dataset=tokens[:n], tokenizer=_no_tokenizer, weight_bits=4, num_samples=n,
+            dataset=real_tokens(tokens[:n], x.get("padding_mask") if isinstance(x, dict)
+                                else None),
+            tokenizer=_no_tokenizer, weight_bits=4, num_samples=n,
             sequence_length=int(tokens.shape[-1]), group_size=GROUP_SIZE,
             quantization_layer_structure=blocks)
     if isinstance(x, dict):
@@ -390,13 +392,35 @@ def _calibration_config(model, mode: str, x):
 MAX_SEQUENCES = 128
 
 
+def real_tokens(tokens: np.ndarray, padding_mask=None) -> list:
+    """The calibration text of a language model's GPTQ/AWQ: each sequence's tokens where
+    ``padding_mask`` is set (all of them without one). Keras joins the pieces into one
+    stream and cuts it into windows of the sequence length, as it does with documents,
+    so padding never enters the layer statistics.
+
+    Example:
+
+    >>> ids = np.array([[5, 6, 0, 0], [7, 8, 9, 0]])
+    >>> [p.tolist() for p in real_tokens(ids, ids != 0)]
+    [[5, 6], [7, 8, 9]]
+    """
+    if padding_mask is None:
+        return list(tokens)
+    mask = np.asarray(padding_mask)[:len(tokens)].astype(bool)
+    pieces = [row[keep] for row, keep in zip(tokens, mask, strict=True) if keep.any()]
+    if not pieces:
+        raise CompressError("the calibration sequences' padding_mask masks every token: "
+                            "pass --data with real text")
+    return pieces
+
+
 def transformer_structure(model) -> dict | None:
     """Keras's GPTQ/AWQ structure of a KerasHub language model, or None: its token
     embedding (``token_embedding`` or ``embedding``) before its ``transformer_layers``, as
     KerasHub's ``CausalLM.get_quantization_layer_structure`` gives it, found for a
     backbone too and for a copy of one (the toolkit's copies are functional models with
-    the same layer names). Each block is called on the previous one's output alone, so
-    the calibration sequences are taken whole (padding included).
+    the same layer names). Each block is called on the previous one's output alone, on
+    windows of the calibration sequences' real tokens (:func:`real_tokens`: no padding).
 
     Example:
 
