@@ -233,6 +233,23 @@ def test_gptq_calibrates_a_language_model_on_its_real_tokens_not_its_padding(lla
         _calibration_config(model, "gptq", x)
 
 
+def test_debug_layers_names_the_sublayers_of_a_decoder_block(llama):
+    """TFLite's per-op debugger: an op inside a decoder is named by its innermost layer
+    (a name --keep-float takes), with the block around it, not by the backbone."""
+    from compress.quantization.debug import layer_sqnr
+
+    model, _, _ = llama
+    x = {k: v.astype("float32") for k, v in _ids(16).items()}
+    rows = layer_sqnr(model, x, samples=4)["layers"]
+    inner = {la.name for la in model.get_layer("transformer_layer_0")._flatten_layers()}
+    attention = [r for r in rows if r["op"] == "BATCH_MATMUL"]
+    assert attention and all(r["layer"] == "self_attention" for r in attention)
+    assert {r["path"].split("/")[-2] for r in attention} == {"transformer_layer_0",
+                                                             "transformer_layer_1"}
+    named = [r for r in rows if r["layer"] in inner]
+    assert len(named) > len(rows) // 2 and not any(r["layer"] == model.name for r in rows)
+
+
 def test_bloom_int8_onnx_keeps_the_layer_norms_onnxruntime_refuses_float(cli, tmp_path):
     model = keras_hub.models.BloomBackbone(**SMALL, num_heads=4)
     model.save(tmp_path / "bloom.keras")

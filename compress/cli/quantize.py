@@ -137,7 +137,8 @@ def emit_result(result: dict, as_json: bool) -> None:
     if not result.get("verified", True):  # a check that can fail, and did: say so loudly
         table.add_row("agreement", "", f"[bold red]WARNING: {result['agreement']}[/]")
     for r in (result.get("layer_sqnr") or {}).get("layers", [])[:5]:  # --debug-layers
-        table.add_row(f"SQNR {r['layer']} ({r['op']})", "", f"{r['sqnr_db']:.1f} dB")
+        table.add_row(f"SQNR {_scope(r)} ({r['op']})", "",
+                      f"{r['sqnr_db']:.1f} dB")
     console = Console()
     console.print(table)
     for name, check in (result.get("outputs") or {}).items():
@@ -155,8 +156,7 @@ def emit_result(result: dict, as_json: bool) -> None:
                       f"float model on {result['agreement_samples']} inputs: "
                       f"{result['agreement']}")
         if result.get("mode") == "int8" and result.get("format") in ("tflite", "onnx"):
-            console.print("hint: --debug-layers ranks the layers by their int8 loss; "
-                          "--keep-float LAYERS keeps those float")
+            console.print(f"hint: {keep_float_hint(result)}")
     if result.get("nothing_quantized"):
         console.print(f"[bold red]warning:[/] {result['nothing_quantized']}")
     from compress.agreement import constant_note, xnnpack_note
@@ -217,3 +217,32 @@ def emit_result(result: dict, as_json: bool) -> None:
                                           and k != "float_note"))
         if result["qat"].get("float_note"):
             console.print(f"[bold red]warning:[/] {result['qat']['float_note']}")
+
+
+def keep_float_hint(result: dict) -> str:
+    """What to try on a flagged int8 artifact: with ``--debug-layers``, the layer whose
+    ops lose most (a name ``--keep-float`` takes); without, how to find it.
+
+    Example:
+
+    >>> keep_float_hint({"layer_sqnr": {"layers": [
+    ...     {"layer": "self_attention", "path": "backbone/block_0/self_attention",
+    ...      "op": "BATCH_MATMUL", "sqnr_db": -1.1}]}})
+    '--keep-float self_attention keeps float the layer whose int8 ops lose most \
+(block_0/self_attention, BATCH_MATMUL, SQNR -1.1 dB; it matches that name at any depth)'
+    >>> keep_float_hint({})
+    '--debug-layers ranks the layers by their int8 loss; --keep-float LAYERS keeps those float'
+    """
+    rows = (result.get("layer_sqnr") or {}).get("layers") or []
+    if not rows:
+        return ("--debug-layers ranks the layers by their int8 loss; --keep-float LAYERS "
+                "keeps those float")
+    worst = rows[0]
+    return (f"--keep-float {worst['layer']} keeps float the layer whose int8 ops lose most "
+            f"({_scope(worst)}, {worst['op']}, SQNR "
+            f"{worst['sqnr_db']:.1f} dB; it matches that name at any depth)")
+
+
+def _scope(row: dict) -> str:
+    """A ranked op's layer and the one around it (``block_0/self_attention``)."""
+    return "/".join((row.get("path") or row["layer"]).split("/")[-2:])

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import re
 import tempfile
+import warnings
 
 import numpy as np
 
@@ -89,8 +90,11 @@ def layer_sqnr(model, representative: np.ndarray, per_channel: bool = True,
             # The float side of each comparison is read after the run: keep every tensor
             # (by default the interpreter reuses their memory, and a late op's float
             # copy reads as garbage).
-            debugger._quant_interpreter = tf.lite.Interpreter(
-                model_content=debugger.quant_model, experimental_preserve_all_tensors=True)
+            with warnings.catch_warnings():  # its "for debugging only" notice: it is
+                warnings.simplefilter("ignore")
+                debugger._quant_interpreter = tf.lite.Interpreter(
+                    model_content=debugger.quant_model,
+                    experimental_preserve_all_tensors=True)
             debugger._initialize_stats()
             debugger.run()
     except CompressError:
@@ -117,8 +121,8 @@ def layer_sqnr(model, representative: np.ndarray, per_channel: bool = True,
         signal, noise = float(metrics["signal_power"]), float(metrics["noise_power"])
         sqnr = 10 * np.log10(signal / noise) if noise > 0 and signal > 0 else \
             (float("inf") if noise == 0 else float("-inf"))
-        rows.append({"layer": _keras_layer(tensor, op_name, names, output_layer,
-                                           kernel, sizes),
+        scopes = _scopes(tensor, op_name, names, output_layer, kernel, sizes)
+        rows.append({"layer": scopes[-1], "path": "/".join(scopes),
                      "op": op_name,
                      "sqnr_db": round(float(sqnr), 2), "rmse": float(np.sqrt(noise)),
                      "scale": float(detail["quantization_parameters"]["scales"][0]),
@@ -183,14 +187,14 @@ class _converter:
 
 
 def _layer_names(model) -> dict:
-    """``{name: class name}`` of every layer, nested models' included."""
-    import keras
+    """``{name: class name}`` of every layer, nested models' and the sublayers of custom
+    layers (a KerasHub decoder's ``self_attention``) included."""
+    from compress.layer_state import all_layers
 
     out = {}
-    for layer in model.layers:
-        out[layer.name] = type(layer).__name__
-        if isinstance(layer, keras.Model):
-            out.update(_layer_names(layer))
+    for layer in all_layers(model):
+        if layer is not model:
+            out.setdefault(layer.name, type(layer).__name__)
     return out
 
 
@@ -205,11 +209,12 @@ def _kernel_sizes(model) -> dict:
 def _keras_layer(tensor: str, op: str, names: dict, output_layer: tuple,
                  kernel: int | None = None, sizes: dict | None = None) -> str:
     """The Keras layer a TFLite tensor name comes from: of the layer names in it, one of
-    the op's kind (the convolution, not its fused BatchNorm or ReLU), else the first; the
-    model's output tensor (named after the signature) is its last layer's. A name with a
-    suffix is ambiguous (TensorFlow may scope layer ``dense`` as ``dense_1/``, the name of
-    another layer): where the op's filter has ``kernel`` entries, the names whose layer
-    kernel (``sizes``) has as many are kept, if any.
+    the op's kind (the convolution, not its fused BatchNorm or ReLU), else the innermost
+    of the first op's scopes (a decoder's ``self_attention``, not the backbone around
+    it); the model's output tensor (named after the signature) is its last layer's. A
+    name with a suffix is ambiguous (TensorFlow may scope layer ``dense`` as ``dense_1/``,
+    the name of another layer): where the op's filter has ``kernel`` entries, the names
+    whose layer kernel (``sizes``) has as many are kept, if any.
 
     Example:
 
@@ -217,18 +222,38 @@ def _keras_layer(tensor: str, op: str, names: dict, output_layer: tuple,
     ...              {"dense": "Dense", "dense_1": "Dense"}, ("dense_1", "Dense"),
     ...              kernel=256, sizes={"dense": 256, "dense_1": 32})
     'dense'
+    >>> _keras_layer("lm/backbone_1/block_0_1/attention_1/MatMul", "BATCH_MATMUL",
+    ...              {"backbone": "Backbone", "block_0": "Decoder", "attention": "MHA"},
+    ...              ("lm", "CausalLM"))
+    'attention'
     """
-    found = []
-    for part in re.split(r"[;/]", tensor):
-        for candidate in (part, re.sub(r"_\d+$", "", part)):
-            if candidate in names and candidate not in found:
-                found.append(candidate)
+    return _scopes(tensor, op, names, output_layer, kernel, sizes)[-1]
+
+
+def _scopes(tensor: str, op: str, names: dict, output_layer: tuple,
+            kernel: int | None = None, sizes: dict | None = None) -> list:
+    """The Keras layers of a TFLite tensor name, outermost first, the op's own layer
+    last (see :func:`_keras_layer`)."""
+    segments = []  # the layer names in each fused op's name, outermost first
+    for segment in tensor.split(";"):
+        here = []
+        for part in segment.split("/"):
+            for candidate in (part, re.sub(r"_\d+$", "", part)):
+                if candidate in names and candidate not in here:
+                    here.append(candidate)
+        segments.append(here)
+    found = list(dict.fromkeys(n for here in segments for n in here))
     if kernel is not None and sizes:
         found = [n for n in found if sizes.get(n) == kernel] or found
     kinds = _KINDS.get(op, ())
     if not found and tensor.startswith("StatefulPartitionedCall"):
-        return output_layer[0] if output_layer[1] in kinds else f"{output_layer[0]} ({op})"
-    for name in found:
-        if names[name] in kinds:
-            return name
-    return found[0] if found else tensor.split(";")[0][:80]
+        return [output_layer[0] if output_layer[1] in kinds else f"{output_layer[0]} ({op})"]
+    if not found:
+        return [tensor.split(";")[0][:80]]
+    layer = next((n for n in found if names[n] in kinds), None)
+    for here in segments:  # the scopes of the op's own name (or of the first named one)
+        if (layer in here) if layer else any(n in found for n in here):
+            outer = [n for n in here if n in found and names[n] not in kinds]
+            layer = layer or outer[-1]
+            return [n for n in outer if n != layer] + [layer]
+    return [layer]
