@@ -232,11 +232,15 @@ def keep_float_hint(result: dict) -> str:
 (block_0/self_attention, BATCH_MATMUL, SQNR -1.1 dB; it matches that name at any depth)'
     >>> keep_float_hint({})
     '--debug-layers ranks the layers by their int8 loss; --keep-float LAYERS keeps those float'
+    >>> keep_float_hint({"format": "onnx"})[:70]
+    "--debug-layers (TFLite's debugger: quantize to a .tflite file with it)"
     """
     rows = (result.get("layer_sqnr") or {}).get("layers") or []
     if not rows:
-        return ("--debug-layers ranks the layers by their int8 loss; --keep-float LAYERS "
-                "keeps those float")
+        where = " (TFLite's debugger: quantize to a .tflite file with it)" \
+            if result.get("format") == "onnx" else ""
+        return (f"--debug-layers{where} ranks the layers by their int8 loss; --keep-float "
+                "LAYERS keeps those float")
     worst = rows[0]
     return (f"--keep-float {worst['layer']} keeps float the layer whose int8 ops lose most "
             f"({_scope(worst)}, {worst['op']}, SQNR "
