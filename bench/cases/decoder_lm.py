@@ -127,6 +127,8 @@ def case_decoder_lm(ctx) -> Section:
         "int8 full-integer (TFLite)": ("tflite", ["quantize"]),
         "int8, attention float (TFLite, --keep-float self_attention)": (
             "tflite", ["quantize", "--keep-float", "self_attention"]),
+        "int8, --keep-float auto (TFLite)": ("tflite", ["quantize", "--keep-float", "auto"]),
+        "int8, --keep-float auto (ONNX)": ("onnx", ["quantize", "--keep-float", "auto"]),
     }
     if ctx.quick:  # the harness checked: a short training, the 50% pair
         runs = {k: runs[k] for k in ("magnitude 50%", "OBS 50%")}
@@ -203,6 +205,11 @@ def _detail(info: dict, command: str) -> str:
         return f"{len(r.get('layers', []))} kernels rounded by {r['rounding']}" \
             if r["rounding"] == "gptq" else f"kernels rounded to nearest, SQNR " \
             f"{info.get('sqnr_db', float('nan')):.1f} dB"
+    auto = info.get("keep_float_auto")
+    if auto:
+        return (f"kept float: {', '.join(auto['layers']) or 'nothing'} "
+                f"({auto['conversions']} conversions), SQNR "
+                f"{info.get('sqnr_db', float('nan')):.1f} dB")
     if "quantized_layers" in info:
         return f"{len(info['quantized_layers'])} layers {next(iter(info['quantized_layers'].values()), '')}"
     return f"SQNR {info.get('sqnr_db', float('nan')):.1f} dB against the float model"

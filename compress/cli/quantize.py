@@ -155,7 +155,8 @@ def emit_result(result: dict, as_json: bool) -> None:
         console.print(f"[bold red]warning:[/] the {result['mode']} model disagrees with its "
                       f"float model on {result['agreement_samples']} inputs: "
                       f"{result['agreement']}")
-        if result.get("mode") == "int8" and result.get("format") in ("tflite", "onnx"):
+        if result.get("mode") == "int8" and result.get("format") in ("tflite", "onnx") \
+                and not result.get("keep_float_auto"):
             console.print(f"hint: {keep_float_hint(result)}")
     if result.get("nothing_quantized"):
         console.print(f"[bold red]warning:[/] {result['nothing_quantized']}")
@@ -199,8 +200,16 @@ def emit_result(result: dict, as_json: bool) -> None:
         console.print(f"note: {result['float_front']}")
     if result.get("kept_float"):  # int8 nodes onnxruntime refused to run
         console.print(f"note: {result['kept_float']}")
+    auto = result.get("keep_float_auto")
     if result.get("kept_float_layers"):  # --keep-float
-        console.print(f"kept float (--keep-float): {', '.join(result['kept_float_layers'])}")
+        console.print(f"kept float (--keep-float{' auto' if auto else ''}): "
+                      f"{', '.join(result['kept_float_layers'])}"
+                      + (f" ({auto['conversions']} conversions, layers ranked by "
+                         f"{auto['ranked_by']}"
+                         + (f"; tried and put back: {', '.join(auto['put_back'])}"
+                            if auto.get("put_back") else "") + ")" if auto else ""))
+    if auto and auto.get("note"):
+        console.print(f"note: --keep-float auto: {auto['note']}")
     if result.get("float_front_warning"):
         console.print(f"[bold red]warning:[/] {result['float_front_warning']}")
     if result.get("lookups_note"):  # --without-lookups
@@ -230,8 +239,8 @@ def keep_float_hint(result: dict) -> str:
     ...      "op": "BATCH_MATMUL", "sqnr_db": -1.1}]}})
     '--keep-float self_attention keeps float the layer whose int8 ops lose most \
 (block_0/self_attention, BATCH_MATMUL, SQNR -1.1 dB; it matches that name at any depth)'
-    >>> keep_float_hint({})
-    '--debug-layers ranks the layers by their int8 loss; --keep-float LAYERS keeps those float'
+    >>> keep_float_hint({})[-46:]
+    'keeps those float (--keep-float auto searches)'
     >>> keep_float_hint({"format": "onnx"})[:70]
     "--debug-layers (TFLite's debugger: quantize to a .tflite file with it)"
     """
@@ -240,7 +249,7 @@ def keep_float_hint(result: dict) -> str:
         where = " (TFLite's debugger: quantize to a .tflite file with it)" \
             if result.get("format") == "onnx" else ""
         return (f"--debug-layers{where} ranks the layers by their int8 loss; --keep-float "
-                "LAYERS keeps those float")
+                "LAYERS keeps those float (--keep-float auto searches)")
     worst = rows[0]
     return (f"--keep-float {worst['layer']} keeps float the layer whose int8 ops lose most "
             f"({_scope(worst)}, {worst['op']}, SQNR "

@@ -116,7 +116,9 @@ QUANTIZE_OPTIONS = Schema("quantize", [
            "float, the rest int8 (comma-separated names, class names or regular "
            "expressions, as --layers; layers inside custom layers too, as a KerasHub "
            "decoder's 'self_attention'): for the part of a model whose int8 form loses "
-           "most (--debug-layers ranks them)", flag="--keep-float"),
+           "most (--debug-layers ranks them). 'auto': while the artifact fails its check, "
+           "keep float one more layer, the worst in TFLite's per-op debugger (at most 4)",
+           flag="--keep-float"),
     Option("sparse", bool, False, "TFLite: store mostly-zero (pruned) weight tensors in "
            "TFLite's sparse format: a smaller raw file (not zipped), densified when the "
            "interpreter prepares; runs on LiteRT's builtin kernels (no XNNPACK), slower"),
@@ -245,7 +247,8 @@ def quantize(model, data=None, *, verbose: int | str = 0, **options) -> tuple[by
             model, x_cal, int8_io=fmt == "tflite" and opts["interface"] == "int8")
         if front:  # kept float, or (an int8 interface) a warning that it cannot be
             info["float_front" if opts["_keep_float"] else "float_front_warning"] = front
-        if opts["keep_float"]:  # the user's: checked against the converted graph too
+        if opts["keep_float"] and opts["keep_float"] != [AUTO]:  # checked against the
+            # converted graph too
             info["kept_float_layers"] = _kept_float_layers(model, opts["keep_float"])
             opts["_keep_float"] = (opts["_keep_float"] or []) + info["kept_float_layers"]
     if opts["mode"] == "int4" or opts["rounding"] == "gptq":
@@ -265,6 +268,11 @@ def quantize(model, data=None, *, verbose: int | str = 0, **options) -> tuple[by
     else:
         content, measured = _artifact(model, data, fmt, x_cal, x_check, x_test, y_test,
                                       opts, reference=original)
+        if opts["keep_float"] == [AUTO]:
+            content, measured, info["keep_float_auto"] = _auto_keep_float(
+                model, data, fmt, x_cal, x_check, x_test, y_test, opts, original, content,
+                measured)
+            info["kept_float_layers"] = info["keep_float_auto"]["layers"]
     info.update(measured)
     if fmt in ("tflite", "onnx") and opts["mode"] in ("int8", "dynamic"):
         info.update(_stored_in_int8(content, fmt, opts["mode"]))
@@ -413,6 +421,11 @@ def artifact_format(options: dict, where: str = "quantize") -> str:
     if sparse and qat:
         raise CompressError("--sparse cannot be combined with --qat (the QAT ranges are "
                             "applied after conversion); quantize without one of them")
+    keep = options.get("keep_float") or []
+    keep = [k.strip() for k in keep.split(",")] if isinstance(keep, str) else list(keep)
+    if AUTO in keep and len(keep) > 1:
+        raise CompressError(f"{where}: --keep-float auto picks the layers itself; give "
+                            "auto alone, or layer names")
     if options.get("keep_float") and (mode != "int8" or fmt not in ("tflite", "onnx")
                                       or options.get("interface") == "int8"):
         raise CompressError(f"{where}: --keep-float leaves layers float inside an int8 "
@@ -424,6 +437,80 @@ def artifact_format(options: dict, where: str = "quantize") -> str:
     if options.get("layout") == "gpu" and options.get("per_channel") is False:
         raise CompressError("--layout gpu quantizes weights per channel; drop --per-tensor")
     return fmt
+
+
+#: ``--keep-float auto``: the word, and the most layers it keeps float (one more per
+#: conversion) before it reports the artifact as it stands.
+AUTO = "auto"
+AUTO_KEEP_FLOAT_LAYERS = 4
+
+
+def _auto_keep_float(model, data, fmt, x_cal, x_check, x_test, y_test, opts: dict,
+                     original, content: bytes, measured: dict) -> tuple:
+    """``--keep-float auto``: while the int8 artifact fails its check against the float
+    model, keep float one more layer and convert again. The layers come in the order of
+    TFLite's per-op debugger (:func:`compress.quantization.debug.layer_sqnr`, run once on
+    the all-int8 conversion: lowest SQNR first; for ONNX too, as the same calibration
+    loses in the same places); a layer whose float ops do not raise the artifact's SQNR
+    is put back. At most :data:`AUTO_KEEP_FLOAT_LAYERS` layers are kept.
+
+    Returns ``(content, measured, report)``: the artifact kept, its measurements, and
+    ``layers`` (kept float), ``put_back`` (tried, no better float), ``conversions``,
+    ``verified``, ``ranked_by``, and a ``note`` when it found nothing to do or no fix.
+    """
+    from compress.layer_state import all_layers
+    from compress.quantization.debug import layer_sqnr
+
+    report = {"layers": [], "conversions": 1, "verified": bool(measured.get("verified")),
+              "put_back": [], "ranked_by": "TFLite's per-op quantization debugger"}
+    if measured.get("verified"):
+        report["note"] = "the all-int8 artifact passed its check: no layer kept float"
+        return content, measured, report
+    names = {la.name for la in all_layers(model) if la is not model}
+    base = list(opts.get("_keep_float") or [])
+    try:
+        ranked = layer_sqnr(model, x_cal, per_channel=opts["per_channel"])["layers"]
+    except CompressError as exc:
+        report["note"] = f"no layer ranking, so none kept float ({exc})"
+        return content, measured, report
+    candidates = [n for n in dict.fromkeys(r["layer"] for r in ranked)
+                  if n in names and n not in base]
+    kept: list = []
+    tried = 0
+    while candidates and len(kept) < AUTO_KEEP_FLOAT_LAYERS and tried < \
+            2 * AUTO_KEEP_FLOAT_LAYERS and not measured.get("verified"):
+        layer, tried = candidates.pop(0), tried + 1
+        opts["_keep_float"] = base + kept + [layer]
+        try:
+            new_content, new = _artifact(model, data, fmt, x_cal, x_check, x_test, y_test,
+                                         opts, reference=original)
+        except CompressError:  # its ops were folded into others: nothing of its own
+            continue
+        report["conversions"] += 1
+        if _quality(new) <= _quality(measured):
+            report["put_back"].append(layer)  # no better with it float
+            continue
+        kept.append(layer)
+        content, measured = new_content, new
+    opts["_keep_float"] = base + kept
+    report.update(layers=kept, verified=bool(measured.get("verified")))
+    if not measured.get("verified"):
+        report["note"] = (f"still disagrees with the float model after {tried} layer(s) "
+                          "tried float; name more with --keep-float, or try QAT (--qat) or "
+                          "a float16 export")
+    return content, measured, report
+
+
+def _quality(measured: dict) -> tuple:
+    """How an artifact's check went, to compare two: passed, then top-1 agreement (a
+    classifier's), then SQNR against the float model.
+
+    >>> flagged = {"verified": False, "top1_agreement": 0.5, "sqnr_db": 60.0}
+    >>> _quality(flagged) < _quality({"verified": True, "top1_agreement": 0.95})
+    True
+    """
+    return (bool(measured.get("verified")), measured.get("top1_agreement", 0.0),
+            measured.get("sqnr_db", 0.0))
 
 
 def _kept_float_layers(model, selectors) -> list:

@@ -99,22 +99,37 @@ def node_pattern(names: list[str]):
     return re.compile(rf"(?:^|/)(?:{alternatives})(?:_\d+)?/")
 
 
-def tflite_nodes(flatbuffer: bytes, names: list[str]) -> list[str]:
+def tflite_nodes(flatbuffer: bytes, names: list[str], output_layer: str | None = None
+                 ) -> list[str]:
     """The output tensor names of the ops of layers ``names`` in a TFLite flatbuffer (what
-    ``mlir_quantize``'s ``denylisted_nodes`` takes)."""
+    ``mlir_quantize``'s ``denylisted_nodes`` takes). The op writing the model's output
+    has the signature's name (``StatefulPartitionedCall:0``), not its layer's: with
+    ``output_layer`` (the layer writing a one-output model's output) among ``names``, the
+    graph's output tensor is taken too."""
     from tensorflow.lite.tools import flatbuffer_utils
 
     model = flatbuffer_utils.read_model_from_bytearray(bytearray(flatbuffer))
     pattern = node_pattern(names)
     found = []
     for graph in model.subgraphs:
+        last = set(graph.outputs) if output_layer in names and graph is model.subgraphs[0] \
+            and len(graph.outputs) == 1 else set()
         for op in graph.operators:
             for index in op.outputs:
                 name = graph.tensors[index].name
                 name = name.decode() if isinstance(name, bytes) else str(name)
-                if pattern.search(name):
+                if (pattern.search(name) or index in last) and name not in found:
                     found.append(name)
     return found
+
+
+def output_layer(model) -> str | None:
+    """The name of the layer writing a one-output model's output (None for several)."""
+    outputs = getattr(model, "outputs", None) or []
+    if len(outputs) != 1:
+        return None
+    history = getattr(outputs[0], "_keras_history", None)
+    return history.operation.name if history is not None else model.layers[-1].name
 
 
 def onnx_nodes(path, names: list[str]) -> list[str]:
