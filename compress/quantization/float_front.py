@@ -134,8 +134,65 @@ def output_layer(model) -> str | None:
 
 def onnx_nodes(path, names: list[str]) -> list[str]:
     """The node names of the layers ``names`` in an ONNX file (what onnxruntime's
-    ``quantize_static`` takes as ``nodes_to_exclude``)."""
+    ``quantize_static`` takes as ``nodes_to_exclude``), the nodes tf2onnx made in their
+    place included (:func:`node_scopes`)."""
     import onnx
 
     pattern = node_pattern(names)
-    return [n.name for n in onnx.load(str(path)).graph.node if pattern.search(n.name)]
+    graph = onnx.load(str(path)).graph
+    scopes = node_scopes(graph)
+    return [n.name for n in graph.node if any(pattern.search(s) for s in scopes[n.name])]
+
+
+def node_scopes(graph) -> dict:
+    """``{node name: [the TensorFlow scopes it stands for]}``. tf2onnx names a converted
+    op after it (``model/block_0/attention/MatMul``) but the nodes its rewrites make after
+    their kind (an einsum becomes ``Reshape__1902``, ``Gemm__1906``...): such a node
+    stands for a weight it reads if that has a scoped name, else for the nearest named
+    nodes it feeds and is fed by (a query projection's nodes lie between the layer norm
+    before the attention and the attention's own ops; an output projection's, between
+    the attention and the residual add): a layer kept float takes them with it.
+
+    Example:
+
+    >>> from types import SimpleNamespace as N
+    >>> g = N(initializer=[N(name="m/dense/kernel"), N(name="const_fold_opt__7")], node=[
+    ...     N(name="m/norm/mul", input=["x"], output=["a"]),
+    ...     N(name="Reshape__1", input=["a"], output=["b"]),
+    ...     N(name="Gemm__2", input=["b", "const_fold_opt__7"], output=["c"]),
+    ...     N(name="Squeeze__3", input=["c"], output=["d"]),
+    ...     N(name="m/attention/Mul", input=["d"], output=["e"]),
+    ...     N(name="MatMul__4", input=["e", "m/dense/kernel"], output=["f"])])
+    >>> s = node_scopes(g)
+    >>> s["Gemm__2"], s["MatMul__4"]
+    (['m/attention/Mul', 'm/norm/mul'], ['m/dense/kernel'])
+    """
+    weights = {i.name for i in graph.initializer}
+    named = {n.name: n.name for n in graph.node if "/" in n.name}
+    for n in graph.node:  # a scoped weight names its layer
+        if n.name not in named:
+            scoped = [i for i in n.input if i in weights and "/" in i]
+            if scoped:
+                named[n.name] = scoped[0]
+    producer = {o: n for n in graph.node for o in n.output}
+    consumers: dict = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    after: dict = {}  # the nearest named node it feeds (nodes are in topological order)
+    for n in reversed(graph.node):
+        for c in (c for o in n.output for c in consumers.get(o, ())):
+            scope = named.get(c.name) or after.get(c.name)
+            if scope:
+                after[n.name] = scope
+                break
+    before: dict = {}  # the nearest named node feeding it
+    for n in graph.node:
+        for p in (producer[i] for i in n.input if i in producer):
+            scope = named.get(p.name) or before.get(p.name)
+            if scope:
+                before[n.name] = scope
+                break
+    return {n.name: [named[n.name]] if n.name in named else
+            [s for s in dict.fromkeys((after.get(n.name), before.get(n.name))) if s]
+            or [n.name] for n in graph.node}
