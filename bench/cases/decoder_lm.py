@@ -127,6 +127,9 @@ def case_decoder_lm(ctx) -> Section:
         "int8 full-integer (TFLite)": ("tflite", ["quantize"]),
         "int8, attention float (TFLite, --keep-float self_attention)": (
             "tflite", ["quantize", "--keep-float", "self_attention"]),
+        "int8 full-integer (ONNX)": ("onnx", ["quantize"]),
+        "int8, attention float (ONNX, --keep-float self_attention)": (
+            "onnx", ["quantize", "--keep-float", "self_attention"]),
         "int8, --keep-float auto (TFLite)": ("tflite", ["quantize", "--keep-float", "auto"]),
         "int8, --keep-float auto (ONNX)": ("onnx", ["quantize", "--keep-float", "auto"]),
     }
