@@ -451,8 +451,9 @@ def _auto_keep_float(model, data, fmt, x_cal, x_check, x_test, y_test, opts: dic
     model, keep float one more layer and convert again. The layers come in the order of
     TFLite's per-op debugger (:func:`compress.quantization.debug.layer_sqnr`, run once on
     the all-int8 conversion: lowest SQNR first; for ONNX too, as the same calibration
-    loses in the same places); a layer whose float ops do not raise the artifact's SQNR
-    is put back. At most :data:`AUTO_KEEP_FLOAT_LAYERS` layers are kept.
+    loses in the same places); a layer whose float ops do not make the check better
+    (:func:`_quality`) is put back. At most :data:`AUTO_KEEP_FLOAT_LAYERS` layers are
+    kept, and at most twice as many tried.
 
     Returns ``(content, measured, report)``: the artifact kept, its measurements, and
     ``layers`` (kept float), ``put_back`` (tried, no better float), ``conversions``,
@@ -497,7 +498,7 @@ def _auto_keep_float(model, data, fmt, x_cal, x_check, x_test, y_test, opts: dic
     if not measured.get("verified"):
         report["note"] = (f"still disagrees with the float model after {tried} layer(s) "
                           "tried float; name more with --keep-float, or try QAT (--qat) or "
-                          "a float16 export")
+                          "--mode float16")
     return content, measured, report
 
 
