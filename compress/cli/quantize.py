@@ -41,7 +41,8 @@ def command(model, output, data, seed, unsafe, as_json, force, **options):
       compress quantize model.keras -o model.tflite --data mnist5k --rounding gptq
       compress quantize model.keras -o model-int4.onnx --data mnist5k --mode int4 --rounding gptq
       compress quantize text.keras -o text.tflite --data npz:reviews.npz --without-lookups
-    compress quantize lm.keras -o lm.tflite --data npz:tokens.npz --keep-float self_attention
+      compress quantize lm.keras -o lm.tflite --data npz:tokens.npz --keep-float self_attention
+      compress quantize lm.keras -o lm.onnx --data npz:tokens.npz --keep-float auto
     """
     result = run_quantize(model, output, data, seed, unsafe, force, options)
     emit_result(result, as_json)
