@@ -203,12 +203,14 @@ def emit_result(result: dict, as_json: bool) -> None:
         console.print(f"note: {result['kept_float']}")
     auto = result.get("keep_float_auto")
     if result.get("kept_float_layers"):  # --keep-float
-        console.print(f"kept float (--keep-float{' auto' if auto else ''}): "
-                      f"{', '.join(result['kept_float_layers'])}"
-                      + (f" ({auto['conversions']} conversions, layers ranked by "
-                         f"{auto['ranked_by']}"
-                         + (f"; tried and put back: {', '.join(auto['put_back'])}"
-                            if auto.get("put_back") else "") + ")" if auto else ""))
+        line = f"kept float (--keep-float): {', '.join(result['kept_float_layers'])}"
+        if auto:
+            put_back = f"; tried and put back: {', '.join(auto['put_back'])}" \
+                if auto["put_back"] else ""
+            line = (f"kept float (--keep-float auto): {', '.join(auto['layers'])} "
+                    f"({auto['conversions']} conversions, layers ranked by "
+                    f"{auto['ranked_by']}{put_back})")
+        console.print(line)
     if auto and auto.get("note"):
         console.print(f"note: --keep-float auto: {auto['note']}")
     if result.get("float_front_warning"):

@@ -247,8 +247,7 @@ def quantize(model, data=None, *, verbose: int | str = 0, **options) -> tuple[by
             model, x_cal, int8_io=fmt == "tflite" and opts["interface"] == "int8")
         if front:  # kept float, or (an int8 interface) a warning that it cannot be
             info["float_front" if opts["_keep_float"] else "float_front_warning"] = front
-        if opts["keep_float"] and opts["keep_float"] != [AUTO]:  # checked against the
-            # converted graph too
+        if opts["keep_float"] and opts["keep_float"] != [AUTO]:  # named by the user
             info["kept_float_layers"] = _kept_float_layers(model, opts["keep_float"])
             opts["_keep_float"] = (opts["_keep_float"] or []) + info["kept_float_layers"]
     if opts["mode"] == "int4" or opts["rounding"] == "gptq":
