@@ -170,13 +170,15 @@ def _children(pid: int) -> list[int]:
     return [child for _, child in sorted(found)]
 
 
-def test_a_killed_worker_fails_the_launch_in_one_line_and_the_rerun_resumes(runs, tmp_path):
+def test_a_killed_worker_fails_the_launch_in_one_line_and_the_rerun_resumes(
+        runs, tmp_path, tmp_path_factory):
     base = runs["root"] / "none" / "step0-baseline.keras"
     out, ck = tmp_path / "pruned.keras", tmp_path / "ck"
     cmd = _compress("launch", "--workers", "2", "prune", base, "-o", out, "--data",
                     runs["data"], *PRUNE, "--checkpoint-dir", ck)
+    scratch = tmp_path_factory.mktemp("tmpdir")  # the launch's TMPDIR
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=ENV)
+                            env=dict(ENV, TMPDIR=str(scratch)))
     meta = ck / "fit1" / "training_metadata.json"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None and not (
@@ -194,6 +196,7 @@ def test_a_killed_worker_fails_the_launch_in_one_line_and_the_rerun_resumes(runs
     assert err.strip().splitlines()[-1] == "error: worker 1 exited with signal 9 (SIGKILL)"
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir()] == ["ck"]
+    assert not list(scratch.glob("compress-*"))  # nor the killed worker's scratch folder
     done = json.loads(meta.read_text())["epoch"]
     assert 2 <= done < 8
 

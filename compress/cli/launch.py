@@ -87,6 +87,13 @@ def worker_argv(workers: int, args) -> list[str]:
 
 def _run_workers(argv: list[str], ports: list[int]) -> None:
     """Start the workers; forward the chief's stdout and stderr; watch them all."""
+    # The other workers' scratch folders (their outputs, which nobody reads) go under one
+    # folder of ours, removed once every worker has ended, even one killed before its cleanup.
+    with tempfile.TemporaryDirectory(prefix="compress-launch-") as scratch:
+        _run_in(argv, ports, scratch)
+
+
+def _run_in(argv: list[str], ports: list[int], scratch: str) -> None:
     from compress import cluster
 
     procs, tails, forwarding = [], [], threading.Event()
@@ -96,6 +103,8 @@ def _run_workers(argv: list[str], ports: list[int]) -> None:
                    COMPRESS_LAUNCHED="1")
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         chief = index == 0
+        if not chief:
+            env["TMPDIR"] = scratch
         proc = subprocess.Popen(  # this interpreter, the user's own command
             [sys.executable, "-m", "compress.cli", *argv], env=env, text=True,
             stdin=subprocess.DEVNULL,
