@@ -107,7 +107,8 @@ def input_shape() -> tuple | None:
 _data_name_option = click.option(
     "--data", "data", default=None, metavar="NAME|DIR|FILE",
     help="Data: digits, mnist5k, animals; npz:PATH (x_train, optional y_train, "
-         "x_val/y_val/x_test/y_test; or x, y); PATH.npy (inputs only); or an image folder DIR "
+         "x_val/y_val/x_test/y_test; or x, y); PATH.npy (inputs only); PATH.csv (a header "
+         "row, one row per sample; --label-column names the labels); or an image folder DIR "
          "(class sub-folders = labelled, flat = unlabelled), resized to the model's input.")
 
 
@@ -131,19 +132,26 @@ _data_settings_options = [
                  callback=_keep_data_setting,
                  help="Image folders: fraction of the images held out for validation "
                       "(default 0.1)."),
+    click.option("--label-column", default=None, expose_value=False, metavar="NAME",
+                 callback=_keep_data_setting,
+                 help="CSV files: the column of labels (class numbers) or regression "
+                      "targets; the other columns are the inputs, matched to the model's "
+                      "inputs by name or, for one input, its features in file order. "
+                      "Without it the rows are unlabelled."),
 ]
 
 
 def data_option(func):
-    """--data and the image-folder settings --preprocess, --val-data, --val-split."""
+    """--data, the image-folder settings --preprocess, --val-data, --val-split, and the CSV
+    setting --label-column."""
     for deco in reversed([_data_name_option, *_data_settings_options]):
         func = deco(func)
     return func
 
 
 def data_settings() -> dict:
-    """The image-folder settings given on the command line (``preprocess``, ``val_data``,
-    ``val_split``), as :func:`compress.data.load_data` keywords."""
+    """The data settings given on the command line (``preprocess``, ``val_data``,
+    ``val_split``, ``label_column``), as :func:`compress.data.load_data` keywords."""
     ctx = click.get_current_context(silent=True)
     return dict(ctx.meta.get("compress_data", {})) if ctx is not None else {}
 
@@ -161,7 +169,9 @@ def read_data(data: str | None, seed: int):
             from compress.errors import CompressError
 
             flag = "--" + next(iter(settings)).replace("_", "-")
-            raise CompressError(f"{flag} applies to --data (an image folder); give --data DIR")
+            what = "a CSV file; give --data PATH.csv" if flag == "--label-column" else \
+                "an image folder; give --data DIR"
+            raise CompressError(f"{flag} applies to --data ({what})")
         return None
     raw = data_mod.load_data(data, seed, **settings)
     for note in getattr(raw, "notes", []):

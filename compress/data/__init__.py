@@ -1,7 +1,8 @@
 """The data every pass reads: named datasets, the user's arrays, files, folders and streams.
 
 - :mod:`compress.data.named`: :func:`load_data` for ``digits``, ``mnist5k``, ``animals``,
-  ``npz:PATH``, ``PATH.npy`` and image folders (seeded splits, checked before any work).
+  ``npz:PATH``, ``PATH.npy``, ``PATH.csv`` and image folders (seeded splits, checked
+  before any work).
 - :mod:`compress.data.arrays`: :class:`Dataset` (arrays in memory, three splits),
   :func:`fit_to_model`, :func:`check_labels`, :func:`check_targets`.
 - :mod:`compress.data.folders`: image folders (class sub-folders = labelled, a flat folder
@@ -19,12 +20,12 @@ Example:
 ((1293, 8, 8, 1), 10)
 """
 
-from compress.data.arrays import Dataset, check_labels, check_targets, fit_to_model
+from compress.data.arrays import Columns, Dataset, check_labels, check_targets, fit_to_model
 from compress.data.folders import PREPROCESSING, ImageFolder
 from compress.data.named import NAMES, check_name, is_data_name, load_data
 from compress.data.sources import as_dataset, prepare
 from compress.data.streaming import StreamDataset
 
-__all__ = ["NAMES", "PREPROCESSING", "Dataset", "ImageFolder", "StreamDataset", "as_dataset",
+__all__ = ["NAMES", "PREPROCESSING", "Columns", "Dataset", "ImageFolder", "StreamDataset", "as_dataset",
            "check_labels", "check_name", "check_targets", "fit_to_model", "is_data_name",
            "load_data", "prepare"]

@@ -28,7 +28,8 @@ def map_structure(fn, value):
     if value is None:
         return None
     if isinstance(value, dict):
-        return {k: map_structure(fn, v) for k, v in value.items()}
+        out = {k: map_structure(fn, v) for k, v in value.items()}
+        return Columns(out) if isinstance(value, Columns) else out
     if isinstance(value, (list, tuple)):
         return type(value)(map_structure(fn, v) for v in value)
     return fn(value)
@@ -78,7 +79,9 @@ class Dataset:
 
     @property
     def sample_shape(self) -> tuple:
-        """Shape of one sample of the (first) input."""
+        """Shape of one sample of the (first) input; a table's: ``(number of columns,)``."""
+        if isinstance(self.x_train, Columns):
+            return (len(self.x_train),)
         return tuple(leaves(self.x_train)[0].shape[1:])
 
     def split(self, name: str) -> tuple:
@@ -128,6 +131,60 @@ class Dataset:
                                     else self.x_val) if has_val else None}
 
 
+class Columns(dict):
+    """The input columns of a table (a CSV file), ``{column name: 1-D array}`` in the
+    file's order, numbers as float32 and text as ``str``. :func:`fit_to_model` gives them
+    to a model as :meth:`for_model` says.
+
+    Example:
+
+    >>> cols = Columns(age=np.array([31.0, 45.0]), income=np.array([2.5, 3.1]))
+    >>> cols.numeric, cols.text
+    (['age', 'income'], [])
+    """
+
+    @property
+    def numeric(self) -> list:
+        return [k for k, v in self.items() if not is_text(v)]
+
+    @property
+    def text(self) -> list:
+        return [k for k, v in self.items() if is_text(v)]
+
+    def for_model(self, model, name: str = "data"):
+        """The columns as ``model`` takes them: where every input of the model is named
+        after a column, each input gets its column (a tabular model with one input per
+        feature, as keras.io's structured-data guides build them); else, for a model with
+        one numeric input, the numeric columns side by side in the file's order, as its
+        features. A column no input takes, or text for a numeric input, is refused: a
+        column quietly dropped or moved would give the model the wrong features.
+
+        Raises:
+            CompressError: in one line, naming the column and the model's inputs.
+        """
+        specs = model_inputs(model)
+        names = [s[0] for s in specs]
+        listed = f"inputs: {', '.join(names)}; columns: {', '.join(self)}"
+        if all(n in self for n in names):
+            extra = [k for k in self if k not in names]
+            if extra:
+                raise CompressError(
+                    f"{name}: column(s) {', '.join(repr(k) for k in extra)} match no input of "
+                    f"model '{model.name}' ({listed}); leave them out of the file")
+            return {n: self[n] for n in names}
+        if len(specs) > 1:
+            missing = next(n for n in names if n not in self)
+            raise CompressError(f"{name}: no column for input '{missing}' of model "
+                                f"'{model.name}' ({listed})")
+        if self.text:
+            raise CompressError(
+                f"{name}: column '{self.text[0]}' holds text, but the one input "
+                f"'{names[0]}' of model '{model.name}' takes numbers ({listed}); name an "
+                "input after each column (a StringLookup for the text), or leave the column "
+                "out of the file")
+        return np.stack([np.asarray(v, dtype="float32") for v in self.values()], axis=1)
+
+
 def model_inputs(model) -> list:
     """``[(name, shape without batch, dtype)]`` of the model's inputs."""
     out = []
@@ -149,6 +206,8 @@ def fit_to_model(x, model, name: str = "data"):
     """
     if not hasattr(model, "inputs") or model.inputs is None:
         return x
+    if isinstance(x, Columns):  # a table's columns: by input name, or as the features
+        x = x.for_model(model, name)
     specs = model_inputs(model)
     if len(specs) == 1:
         if isinstance(x, dict) and len(x) == 1:

@@ -11,6 +11,9 @@ Names:
   ``allow_pickle=False``; a file of just ``x`` and ``y`` (``numpy.savez(path, x=x, y=y)``)
   is read as ``x_train`` and ``y_train``, its other splits taken from it.
 - ``PATH.npy`` (or ``npy:PATH``): one array of inputs, no labels.
+- ``PATH.csv`` (or ``csv:PATH``): a table with a header row (:func:`read_csv`); the
+  column ``label_column`` names holds the labels or targets, the others are the inputs
+  (:class:`~compress.data.arrays.Columns`); without it the rows are unlabelled.
 - ``DIR``: an image folder (:mod:`compress.data.folders`), read lazily.
 
 Images are float32 in [0, 1], stored as HWC (``(N, 28, 28, 1)``);
@@ -36,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from compress.data.arrays import Dataset, as_input, is_text
+from compress.data.arrays import Columns, Dataset, as_input, is_text
 from compress.errors import CompressError
 
 NAMES = ("digits", "mnist5k", "animals")
@@ -44,8 +47,8 @@ NAMES = ("digits", "mnist5k", "animals")
 
 def is_data_name(name: str) -> bool:
     """Whether ``name`` names data :func:`load_data` reads (without reading it)."""
-    return (name in NAMES or name.startswith(("npz:", "npy:")) or name.endswith(".npy")
-            or os.path.isdir(name))
+    return (name in NAMES or name.startswith(("npz:", "npy:", "csv:"))
+            or name.endswith((".npy", ".csv")) or os.path.isdir(name))
 
 
 def check_name(name: str, where: str = "data") -> None:
@@ -53,11 +56,13 @@ def check_name(name: str, where: str = "data") -> None:
     if not is_data_name(name):
         hint = f"{name}: no such folder; " if "/" in name or os.sep in name else ""
         raise CompressError(f"{where} '{name}': {hint}not a dataset (use one of "
-                            f"{', '.join(NAMES)}, npz:PATH, PATH.npy or an image folder)")
+                            f"{', '.join(NAMES)}, npz:PATH, PATH.npy, PATH.csv or an image "
+                            "folder)")
 
 
 def load_data(name: str, seed: int = 0, *, preprocess: str | None = None,
-              val_data: str | None = None, val_split: float | None = None):
+              val_data: str | None = None, val_split: float | None = None,
+              label_column: str | None = None):
     """Load a named dataset (see the module docstring) with a seeded split.
 
     Example:
@@ -67,14 +72,16 @@ def load_data(name: str, seed: int = 0, *, preprocess: str | None = None,
     (['cats', 'dogs'], 1600)
 
     Args:
-        name: ``digits``, ``mnist5k``, ``animals``, ``npz:PATH``, ``PATH.npy`` or an image
-            folder.
+        name: ``digits``, ``mnist5k``, ``animals``, ``npz:PATH``, ``PATH.npy``,
+            ``PATH.csv`` or an image folder.
         seed: int, default 0. Seed of the train/val/test split.
         preprocess: str or None. Image folders only: the preprocessing's name
             (:data:`compress.data.folders.PREPROCESSING`), default ``scale01``.
         val_data: str or None. Image folders only: a folder of validation images.
         val_split: float or None. Image folders only: the fraction of the images held out
             for validation (default 0.1 without ``val_data``).
+        label_column: str or None. CSV files only: the column of labels (class numbers)
+            or regression targets; without it the rows are inputs only.
 
     Returns:
         A :class:`~compress.data.arrays.Dataset` of arrays, or for an image folder an
@@ -87,7 +94,17 @@ def load_data(name: str, seed: int = 0, *, preprocess: str | None = None,
     """
     from compress.data import folders
 
-    is_folder = os.path.isdir(name) and not name.startswith(("npz:", "npy:"))
+    is_folder = os.path.isdir(name) and not name.startswith(("npz:", "npy:", "csv:"))
+    is_csv = name.startswith("csv:") or (name.endswith(".csv") and not name.startswith(
+        ("npz:", "npy:")))
+    if label_column is not None and not is_csv:
+        raise CompressError(f"data '{name}': --label-column applies to CSV files "
+                            "(--data PATH.csv)")
+    if is_csv:
+        if preprocess is not None or val_data is not None or val_split is not None:
+            raise CompressError(f"data '{name}': --preprocess, --val-data and --val-split "
+                                "apply to image folders (--data DIR)")
+        return read_csv(Path(name.removeprefix("csv:")), seed, label_column)
     if not is_folder and (preprocess is not None or val_data is not None
                           or val_split is not None):
         given = next(f for f, v in (("--preprocess", preprocess), ("--val-data", val_data),
@@ -118,7 +135,7 @@ def load_data(name: str, seed: int = 0, *, preprocess: str | None = None,
         return _split(name, x, y.astype("int64"), seed)
     hint = " (no such folder)" if "/" in name or os.sep in name else ""
     raise CompressError(f"data '{name}': unknown dataset{hint} (use one of {', '.join(NAMES)}, "
-                        "npz:PATH, PATH.npy or an image folder)")
+                        "npz:PATH, PATH.npy, PATH.csv or an image folder)")
 
 
 def _split(name, x, y, seed, test_fraction=0.2, val_fraction=0.1) -> Dataset:
@@ -418,3 +435,121 @@ def _load_npz_named(path: Path, arrays: dict, seed: int) -> Dataset:
                    int(np.max(y)) + 1 if isinstance(y, np.ndarray) and
                    np.issubdtype(y.dtype, np.integer) and y.ndim == 1 else 0)
 
+
+
+#: Delimiters a CSV file may use (the first line decides: the one it holds most of).
+CSV_DELIMITERS = (",", ";", "\t", "|")
+
+
+def read_csv(path: Path, seed: int = 0, label_column: str | None = None) -> Dataset:
+    r"""A CSV table as a :class:`Dataset`: a header row names the columns; every other row
+    is one sample. A column whose every value is a number holds float32 numbers, any other
+    column text. ``label_column`` holds the labels: whole numbers >= 0 are class numbers,
+    other numbers regression targets; text labels are refused (which class number would
+    a name be? The model's order is not in the file). The other columns are the inputs
+    (:class:`~compress.data.arrays.Columns`: matched to the model's inputs by name, or
+    side by side as one input's features). Splits as for an ``.npz``: seeded, 20% test,
+    then 10% validation. The file is read into memory.
+
+    Example:
+
+    >>> import tempfile
+    >>> rows = "".join(f"{20 + i},oslo,{i % 2}\n" for i in range(20))
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     _ = (Path(folder) / "t.csv").write_text("age,city,y\n" + rows)
+    ...     ds = read_csv(Path(folder) / "t.csv", label_column="y")
+    >>> list(ds.x_train), ds.x_train["city"][:1], ds.num_classes
+    (['age', 'city'], array(['oslo'], dtype='<U4'), 2)
+
+    Raises:
+        CompressError: in one line: no such file, no header or no rows, a duplicate or
+            empty column name, a row of another length, an empty cell (missing values are
+            not filled in), NaN or inf, an unknown or text label column, fewer than 10
+            rows.
+    """
+    import csv
+
+    if not path.exists():
+        raise CompressError(f"{path}: no such data file")
+    if path.is_dir():
+        raise CompressError(f"{path}: is a folder, not a CSV file")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise CompressError(f"{path}: not UTF-8 text (save the CSV as UTF-8)") from None
+    except OSError as exc:
+        raise CompressError(f"{path}: cannot read ({exc.strerror})") from None
+    first = text.split("\n", 1)[0]
+    delimiter = max(CSV_DELIMITERS, key=first.count)
+    rows = [r for r in csv.reader(text.splitlines(), delimiter=delimiter) if r]
+    if not rows:
+        raise CompressError(f"{path}: empty file (a header row, then one row per sample)")
+    header = [h.strip() for h in rows[0]]
+    body = rows[1:]
+    if not body:
+        raise CompressError(f"{path}: a header but no rows")
+    if "" in header:
+        raise CompressError(f"{path}: column {header.index('') + 1} has no name in the "
+                            "header row")
+    twice = next((h for h in header if header.count(h) > 1), None)
+    if twice is not None:
+        raise CompressError(f"{path}: column name '{twice}' appears twice in the header row")
+    for line, row in enumerate(body, start=2):
+        if len(row) != len(header):
+            raise CompressError(f"{path}: line {line} has {len(row)} values, the header "
+                                f"{len(header)}")
+    if label_column is not None and label_column not in header:
+        raise CompressError(f"{path}: no column '{label_column}' (columns: "
+                            f"{', '.join(header)})")
+    columns = {}
+    for i, name in enumerate(header):
+        values = [row[i].strip() for row in body]
+        empty = next((j for j, v in enumerate(values) if v == ""), None)
+        if empty is not None:
+            raise CompressError(f"{path}: column '{name}' is empty on line {empty + 2} "
+                                "(missing values are not filled in: fill or drop them)")
+        try:
+            numbers = np.array([float(v) for v in values], dtype="float64")
+        except ValueError:
+            columns[name] = np.array(values)
+            continue
+        if not np.all(np.isfinite(numbers)):
+            line = int(np.argmin(np.isfinite(numbers))) + 2
+            raise CompressError(f"{path}: column '{name}' holds NaN or inf on line {line} "
+                                "(missing values are not filled in: fill or drop them)")
+        columns[name] = numbers
+    y = None
+    if label_column is not None:
+        y = columns.pop(label_column)
+        if is_text(y):
+            raise CompressError(
+                f"{path}: label column '{label_column}' holds text ('{y[0]}'); give class "
+                "numbers 0..N-1 in the order of the model's outputs")
+        y = y.astype("int64") if _whole_non_negative(y) else y.astype("float32")
+    if not columns:
+        raise CompressError(f"{path}: no input columns besides '{label_column}'")
+    x = Columns({k: as_input(v) for k, v in columns.items()})
+    n = len(body)
+    if n < 10:
+        raise CompressError(f"{path}: only {n} row{'' if n == 1 else 's'}; need at least 10 "
+                            "to split")
+    idx = np.random.default_rng(seed).permutation(n)
+    n_test, n_val = max(1, n // 5), max(1, n // 10)
+    parts = [idx[n_test + n_val:], idx[n_test:n_test + n_val], idx[:n_test]]
+    splits = []
+    for sel in parts:
+        splits += [Columns({k: v[sel] for k, v in x.items()}),
+                   None if y is None else y[sel]]
+    kinds = (f"{len(x.numeric)} numeric" + (f", {len(x.text)} text" if x.text else ""))
+    if y is None:
+        what = "no labels (name the label column with --label-column)"
+        classes = 0
+    elif y.dtype.kind == "i":
+        classes = int(y.max()) + 1
+        what = f"labels from '{label_column}' ({classes} classes)"
+    else:
+        classes = 0
+        what = f"regression targets from '{label_column}'"
+    ds = Dataset(f"csv:{path}", *splits, classes)
+    ds.notes.append(f"data {path}: {n} rows; {len(x)} input columns ({kinds}); {what}")
+    return ds

@@ -4,7 +4,8 @@ Every pass, the CLI, recipes and the Python API take their data through
 :func:`as_dataset` (the passes call it first), which accepts:
 
 - a :class:`~compress.data.arrays.Dataset` (arrays, three splits), or a dataset name
-  (``digits``, ``npz:PATH``, ``PATH.npy``, an image folder: :func:`compress.data.load_data`);
+  (``digits``, ``npz:PATH``, ``PATH.npy``, ``PATH.csv``, an image folder:
+  :func:`compress.data.load_data`);
 - a ``tf.data.Dataset``, batched or not, of ``x``, ``(x, y)`` or ``(x, y, sample_weight)``;
 - a ``keras.utils.PyDataset`` (batches of the same forms);
 - NumPy arrays: ``x``, or an ``(x, y)`` tuple; ``x`` and ``y`` may be dicts or lists of

@@ -33,7 +33,8 @@ from compress.recipes.overrides import apply_override
 from compress.recipes.yaml_reader import read_yaml
 
 TOP_LEVEL = ("name", "description", "seed", "data", "model", "baseline", "steps", "output",
-             "unsafe", "subset", "quick", "preprocess", "val_data", "val_split", "import")
+             "unsafe", "subset", "quick", "preprocess", "val_data", "val_split", "label_column",
+             "import")
 # Step keys that belong to the recipe, not to the pass: Keras callbacks for passes that
 # take them, which model the step starts from (the previous step's, or the baseline), and
 # the step's name in the report.
@@ -144,10 +145,14 @@ def validate_recipe(recipe: dict, unsafe: bool = False) -> dict:
 
     if data is not None and not is_data_name(data):
         raise CompressError(f"data: {quoted(data)} is not a dataset (use one of {', '.join(NAMES)}, "
-                            "npz:PATH, PATH.npy or an image folder)")
-    for key in ("preprocess", "val_data", "val_split"):  # image-folder settings of 'data'
+                            "npz:PATH, PATH.npy, PATH.csv or an image folder)")
+    for key in ("preprocess", "val_data", "val_split", "label_column"):  # settings of 'data'
         if recipe.get(key) is not None and data is None:
-            raise CompressError(f"{key}: applies to 'data' (an image folder); set 'data'")
+            what = "a CSV file" if key == "label_column" else "an image folder"
+            raise CompressError(f"{key}: applies to 'data' ({what}); set 'data'")
+    if recipe.get("label_column") is not None and not isinstance(recipe["label_column"], str):
+        raise CompressError(f"label_column: must be a column name, got "
+                            f"{quoted(recipe['label_column'])}")
     if recipe.get("preprocess") is not None:
         preprocess_mode(str(recipe["preprocess"]))
     if recipe.get("val_split") is not None:

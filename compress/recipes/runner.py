@@ -218,7 +218,7 @@ def _read_data(recipe: dict):
         return None
     try:
         return data_mod.load_data(recipe["data"], recipe["seed"], **{
-            k: recipe[k] for k in ("preprocess", "val_data", "val_split")
+            k: recipe[k] for k in ("preprocess", "val_data", "val_split", "label_column")
             if recipe.get(k) is not None})
     except CompressError as exc:
         raise CompressError(f"data: {exc}") from exc
