@@ -144,6 +144,7 @@ def test_a_text_column_for_a_numeric_input_and_a_missing_label_are_one_line(
     ("a,b\n" + "1,cat\n" * 12, "label column 'b' holds text ('cat')"),
     ("a,b\n" + "1,2\n" * 5, "only 5 rows; need at least 10"),
     ("a,b\n", "a header but no rows"),
+    ("a,b\n1," + "9" * 200_000 + "\n", "field larger than field limit"),
 ])
 def test_table_faults_name_the_column_or_line(tmp_path, text, message):
     path = tmp_path / "t.csv"

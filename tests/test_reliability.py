@@ -92,6 +92,14 @@ def files(tmp_path_factory, mlp_file, cnn_file):
     np.savez(d / "emptydata.npz", x_train=np.zeros((0, 8, 8, 1), "float32"),
              y_train=np.zeros(0, "int64"))
     np.savez(d / "strings.npz", x_train=np.array(["a"] * 40), y_train=rng.integers(0, 10, 40))
+    header = ",".join(f"p{i}" for i in range(64)) + ",y\n"
+    rows = ["".join(f"{v:.3f}," for v in rng.random(64)) + f"{i % 10}\n" for i in range(40)]
+    (d / "binary.csv").write_bytes(bytes(range(256)) * 8)
+    (d / "ragged.csv").write_text(header + "".join(rows[:20]) + "0.5,0.5,3\n" + "".join(rows[20:]))
+    hole = rows[:9] + ["," + rows[9].split(",", 1)[1]] + rows[10:]  # line 11: no p0
+    (d / "hole.csv").write_text(header + "".join(hole))
+    (d / "narrow.csv").write_text("a,b,y\n" + "".join(f"{i},{i * 2},{i % 10}\n"
+                                                        for i in range(40)))
     (d / "unknown_key.yaml").write_text(
         "model: lenet300\ndata: digits\nstepz:\n  - prune: {sparsity: 0.5}\n")
     (d / "wrong_type.yaml").write_text(
@@ -245,6 +253,16 @@ CLI_CASES = [
     ("inspect-nan-data", ["inspect", "{mlp}", "--data", "npz:{dir}/nan.npz"], 1, "NaN or inf"),
     ("inspect-empty-data", ["inspect", "{mlp}", "--data", "npz:{dir}/emptydata.npz"], 1,
      "is empty"),
+    ("inspect-binary-csv", ["inspect", "{mlp}", "--data", "{dir}/binary.csv"], 1,
+     "not UTF-8 text"),
+    ("inspect-ragged-csv", ["inspect", "{mlp}", "--data", "{dir}/ragged.csv", "--label-column",
+                            "y"], 1, "line 22 has 3 values, the header 65"),
+    ("prune-csv-empty-cell", ["prune", "{mlp}", "-o", "{out}.keras", "--data", "{dir}/hole.csv",
+                              "--label-column", "y", "--sparsity", "0.5"], 1,
+     "column 'p0' is empty on line 11"),
+    ("inspect-csv-columns-shape", ["inspect", "{mlp}", "--data", "{dir}/narrow.csv",
+                                   "--label-column", "y"], 1,
+     "samples of shape (2,) (2 values) do not fit model input (8, 8, 1)"),
     ("inspect-string-data", ["inspect", "{mlp}", "--data", "npz:{dir}/strings.npz"], 1,
      "the data holds strings, but model input (8, 8, 1) takes float32"),
     ("inspect-missing-npz", ["inspect", "{mlp}", "--data", "npz:{dir}/nope.npz"], 1,

@@ -481,7 +481,10 @@ def read_csv(path: Path, seed: int = 0, label_column: str | None = None) -> Data
         raise CompressError(f"{path}: cannot read ({exc.strerror})") from None
     first = text.split("\n", 1)[0]
     delimiter = max(CSV_DELIMITERS, key=first.count)
-    rows = [r for r in csv.reader(text.splitlines(), delimiter=delimiter) if r]
+    try:
+        rows = [r for r in csv.reader(text.splitlines(), delimiter=delimiter) if r]
+    except csv.Error as exc:  # a NUL byte, a field over csv.field_size_limit()
+        raise CompressError(f"{path}: not a CSV table this reader can read ({exc})") from None
     if not rows:
         raise CompressError(f"{path}: empty file (a header row, then one row per sample)")
     header = [h.strip() for h in rows[0]]
