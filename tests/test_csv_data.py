@@ -50,8 +50,9 @@ def test_a_one_input_model_takes_the_numeric_columns_in_file_order(cli, mlp_file
     # on the digits it was trained on (another split of the same 1,797 images)
     whole = _accuracy(path, digits)
     assert info["before"]["accuracy"] == pytest.approx(whole, abs=0.06)
-    assert "64 input columns (64 numeric)" in result.stderr
-    assert "labels from 'label' (10 classes)" in result.stderr
+    assert "64 input columns (64 number)" in result.stderr
+    assert "labels from 'label' (whole numbers up to 9)" in result.stderr
+    assert "the 64 columns (p0, p1, p2, ... p63) are the features of input" in result.stderr
     # the same table with its columns shuffled is read, and the model sees shuffled pixels
     shuffled = _digits_csv(tmp_path / "shuffled.csv", digits,
                            order=list(np.random.default_rng(0).permutation(64)))
@@ -61,8 +62,9 @@ def test_a_one_input_model_takes_the_numeric_columns_in_file_order(cli, mlp_file
 
 
 def _tabular(tmp_path):
-    """A keras.io-style tabular classifier: one input per column, a StringLookup on the
-    text one, and its rows as a CSV whose columns are in another order than the inputs."""
+    """A keras.io-style tabular classifier: one input per column, a StringLookup on zip
+    codes (digits with leading zeros: text to the model), and its rows as a CSV whose
+    columns are in another order than the inputs."""
     import keras
     import tensorflow as tf
     from keras import layers
@@ -70,26 +72,26 @@ def _tabular(tmp_path):
     rng = np.random.default_rng(1)
     keras.utils.set_random_seed(1)
     n = 400
-    city = rng.choice(["paris", "rome", "oslo", "lima"], size=n)
+    zips = rng.choice(["02139", "00501", "10001", "02140"], size=n)
     age = rng.normal(40, 12, size=n).round(1)
-    y = (np.isin(city, ["paris", "oslo"]) ^ (age > 45)).astype("int64")
-    lookup = layers.StringLookup(output_mode="one_hot", name="city_lookup")
-    lookup.adapt(city[:, None])
+    y = (np.isin(zips, ["02139", "00501"]) ^ (age > 45)).astype("int64")
+    lookup = layers.StringLookup(output_mode="one_hot", name="zip_lookup")
+    lookup.adapt(zips[:, None])
     norm = layers.Normalization(name="age_norm")
     norm.adapt(age[:, None].astype("float32"))
-    ci, ai = keras.Input((1,), dtype="string", name="city"), keras.Input((1,), name="age")
-    h = layers.Concatenate()([layers.Flatten()(lookup(ci)), norm(ai)])
+    zi, ai = keras.Input((1,), dtype="string", name="zip"), keras.Input((1,), name="age")
+    h = layers.Concatenate()([layers.Flatten()(lookup(zi)), norm(ai)])
     h = layers.Dense(32, activation="relu", name="hidden")(h)
-    model = keras.Model({"city": ci, "age": ai},
+    model = keras.Model({"zip": zi, "age": ai},
                         layers.Dense(2, activation="softmax", name="out")(h), name="tab")
     model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
-    model.fit({"city": tf.constant(city[:, None]), "age": age[:, None].astype("float32")}, y, epochs=40,
-              verbose=0)
+    model.fit({"zip": tf.constant(zips[:, None]), "age": age[:, None].astype("float32")}, y,
+              epochs=40, verbose=0)
     path = tmp_path / "tab.keras"
     model.save(path)
     table = tmp_path / "tab.csv"
-    table.write_text("y;age;city\n" + "".join(f"{t};{a};{c}\n" for t, a, c in
-                                               zip(y, age, city)))
+    table.write_text("y;age;zip\n" + "".join(f"{t};{a};{z}\n" for t, a, z in
+                                              zip(y, age, zips)))
     return path, table
 
 
@@ -100,8 +102,12 @@ def test_a_tabular_model_takes_each_column_by_its_input_name(cli, tmp_path):
                  "--sparsity", "0.3", "--json")
     assert result.exit_code == 0, result.output
     info = json.loads(result.stdout)
-    assert info["before"]["accuracy"] > 0.9  # each input got its own column
-    assert "2 input columns (1 numeric, 1 text)" in result.stderr
+    # each input got its own column, and the zip codes reached the lookup as the text
+    # they are in the file ("00501", not the number 501)
+    assert info["before"]["accuracy"] > 0.9
+    assert "2 input columns (2 number)" in result.stderr
+    assert "each of the model's inputs takes the column of its name (age, zip)" in \
+        result.stderr
     # a column no input takes is refused in one line, and nothing is written
     extra = tmp_path / "extra.csv"
     lines = table.read_text().splitlines()
@@ -112,8 +118,57 @@ def test_a_tabular_model_takes_each_column_by_its_input_name(cli, tmp_path):
     assert result.exit_code == 1
     assert result.output.strip().splitlines()[-1] == (
         f"error: csv:{extra}: column(s) 'id' match no input of model 'tab' (inputs: age, "
-        "city; columns: age, city, id); leave them out of the file")
+        "zip; columns: age, zip, id); leave them out of the file")
     assert not (tmp_path / "x.keras").exists()
+
+
+def test_whole_number_targets_of_a_regressor_are_regression_targets(cli, tmp_path):
+    """A price in dollars is a whole number; the file cannot say it is not a class number
+    (it was refused: "labels go up to 261000 but the model has only 1 outputs")."""
+    import keras
+
+    rng = np.random.default_rng(0)
+    keras.utils.set_random_seed(0)
+    x = rng.normal(size=(300, 3)).astype("float32")
+    price = np.round(250_000 + 20_000 * x @ np.array([1.0, -0.5, 0.25])).astype("int64")
+    inp = keras.Input((1,), name="rooms")  # one input named after a column: that column
+    model = keras.Model(inp, keras.layers.Dense(1, name="out")(inp), name="one")
+    model.compile("adam", "mse")
+    model.save(tmp_path / "one.keras")
+    (tmp_path / "one.csv").write_text("rooms,price\n" + "".join(
+        f"{r},{p}\n" for r, p in zip(rng.integers(1, 6, 300), price)))
+    result = cli("inspect", tmp_path / "one.keras", "--data", tmp_path / "one.csv",
+                 "--label-column", "price", "--json")
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.stdout)
+    assert info["mse"] > 0 and "accuracy" not in info  # scored as the regression it is
+    # a one-input regressor on three feature columns, side by side
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)], name="reg")
+    model.compile("adam", "mse")
+    model.save(tmp_path / "reg.keras")
+    (tmp_path / "reg.csv").write_text("a,b,c,price\n" + "".join(
+        f"{a:.4f},{b:.4f},{c:.4f},{p}\n" for (a, b, c), p in zip(x, price)))
+    result = cli("inspect", tmp_path / "reg.keras", "--data", tmp_path / "reg.csv",
+                 "--label-column", "price", "--json")
+    assert result.exit_code == 0, result.output
+    assert "mse" in json.loads(result.stdout)
+    assert "the 3 columns (a, b, c) are the features of input" in result.stderr
+
+
+def test_an_integer_input_takes_whole_numbers_only():
+    import keras
+
+    from compress.data.arrays import fit_to_model
+
+    inp = keras.Input((1,), dtype="int64", name="n")
+    model = keras.Model(inp, keras.layers.Dense(1)(keras.ops.cast(inp, "float32")))
+    got = fit_to_model(Columns({"n": np.array(["3", "12"])}, numeric=["n"]), model)
+    assert got.dtype == np.int64 and got[:, 0].tolist() == [3, 12]
+    with pytest.raises(CompressError, match="column 'n' holds 2.5, but its input takes "
+                                            "whole numbers"):
+        fit_to_model(Columns({"n": np.array(["3", "2.5"])}, numeric=["n"]), model)
+    with pytest.raises(CompressError, match="column 'n' holds text, but input 'n' takes"):
+        fit_to_model(Columns({"n": np.array(["3", "x"])}), model)
 
 
 def test_a_text_column_for_a_numeric_input_and_a_missing_label_are_one_line(
@@ -140,11 +195,14 @@ def test_a_text_column_for_a_numeric_input_and_a_missing_label_are_one_line(
     ("a,a\n1,2\n", "column name 'a' appears twice in the header row"),
     ("a,b\n" + "1,2\n" * 11 + "1\n", "line 13 has 1 values, the header 2"),
     ("a,b\n" + "1,2\n" * 3 + "1,\n" + "1,2\n" * 8, "column 'b' is empty on line 5"),
-    ("a,b\n" + "1,inf\n" * 12, "column 'b' holds NaN or inf on line 2"),
+    ("a,b\n" + "1,2\n" * 3 + "nan,2\n" * 9, "column 'a' holds NaN or inf on line 5"),
     ("a,b\n" + "1,cat\n" * 12, "label column 'b' holds text ('cat')"),
     ("a,b\n" + "1,2\n" * 5, "only 5 rows; need at least 10"),
     ("a,b\n", "a header but no rows"),
     ("a,b\n1," + "9" * 200_000 + "\n", "field larger than field limit"),
+    # a quoted cell spans lines, blank lines are skipped: lines are the file's own
+    ('a,b\n"x\ny",1\n\n\n' + "1,2\n" * 4 + "1,\n" + "1,2\n" * 8, "column 'b' is empty on line 10"),
+    ("a,b\n" + "1,1e999\n" * 12, "holds a number beyond float64 on line 2"),
 ])
 def test_table_faults_name_the_column_or_line(tmp_path, text, message):
     path = tmp_path / "t.csv"

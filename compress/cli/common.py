@@ -351,8 +351,12 @@ def load_inputs(model_path: str, data: str | None, seed: int, unsafe: bool,
 
 def _sample_shape(raw):
     """The shape of one sample of in-memory data with one input (None otherwise)."""
+    from compress.data import Columns
+
     try:
         x = getattr(raw, "x_train", None)
+        if isinstance(x, Columns):  # a CSV table: its columns side by side
+            return raw.sample_shape
         return tuple(x.shape[1:]) if hasattr(x, "shape") else None
     except Exception:  # noqa: BLE001 - a stream: no shape without reading it
         return None

@@ -29,7 +29,7 @@ def map_structure(fn, value):
         return None
     if isinstance(value, dict):
         out = {k: map_structure(fn, v) for k, v in value.items()}
-        return Columns(out) if isinstance(value, Columns) else out
+        return value.copy_with(out) if isinstance(value, Columns) else out
     if isinstance(value, (list, tuple)):
         return type(value)(map_structure(fn, v) for v in value)
     return fn(value)
@@ -132,32 +132,46 @@ class Dataset:
 
 
 class Columns(dict):
-    """The input columns of a table (a CSV file), ``{column name: 1-D array}`` in the
-    file's order, numbers as float32 and text as ``str``. :func:`fit_to_model` gives them
-    to a model as :meth:`for_model` says.
+    """The input columns of a table (a CSV file): ``{column name: 1-D str array}`` in the
+    file's order, the text of each cell as read, with ``numeric`` the names of the columns
+    whose every cell is a number. :func:`fit_to_model` gives them to a model as
+    :meth:`for_model` says, converting each cell for the input it goes to: a number
+    column stays text for a string input (a zip code keeps its leading zero).
 
     Example:
 
-    >>> cols = Columns(age=np.array([31.0, 45.0]), income=np.array([2.5, 3.1]))
+    >>> cols = Columns(age=np.array(["31", "45"]), city=np.array(["oslo", "rome"]),
+    ...                numeric=["age"])
     >>> cols.numeric, cols.text
-    (['age', 'income'], [])
+    (['age'], ['city'])
+    >>> cols.numbers("age")
+    array([31., 45.])
     """
 
-    @property
-    def numeric(self) -> list:
-        return [k for k, v in self.items() if not is_text(v)]
+    def __init__(self, *args, numeric=(), **columns):
+        super().__init__(*args, **columns)
+        self.numeric = [k for k in self if k in set(numeric)]
 
     @property
     def text(self) -> list:
-        return [k for k, v in self.items() if is_text(v)]
+        return [k for k in self if k not in self.numeric]
+
+    def copy_with(self, columns: dict) -> Columns:
+        """The same kind of table holding ``columns`` (a split's rows)."""
+        return Columns(columns, numeric=self.numeric)
+
+    def numbers(self, name: str) -> np.ndarray:
+        """Column ``name``'s cells as float64 (a number column's: checked when read)."""
+        return self[name].astype("float64")
 
     def for_model(self, model, name: str = "data"):
         """The columns as ``model`` takes them: where every input of the model is named
         after a column, each input gets its column (a tabular model with one input per
         feature, as keras.io's structured-data guides build them); else, for a model with
-        one numeric input, the numeric columns side by side in the file's order, as its
-        features. A column no input takes, or text for a numeric input, is refused: a
-        column quietly dropped or moved would give the model the wrong features.
+        one input, the number columns side by side in the file's order, as its features.
+        A column no input takes, text for a number input, a fraction for an integer input,
+        or a number float32 cannot hold is refused: a column quietly dropped, moved or
+        rounded would give the model other features than the file's.
 
         Raises:
             CompressError: in one line, naming the column and the model's inputs.
@@ -171,7 +185,8 @@ class Columns(dict):
                 raise CompressError(
                     f"{name}: column(s) {', '.join(repr(k) for k in extra)} match no input of "
                     f"model '{model.name}' ({listed}); leave them out of the file")
-            return {n: self[n] for n in names}
+            taken = {n: self._for_input(n, dtype, name) for n, _, dtype in specs}
+            return taken[names[0]] if len(names) == 1 else taken
         if len(specs) > 1:
             missing = next(n for n in names if n not in self)
             raise CompressError(f"{name}: no column for input '{missing}' of model "
@@ -182,7 +197,40 @@ class Columns(dict):
                 f"'{names[0]}' of model '{model.name}' takes numbers ({listed}); name an "
                 "input after each column (a StringLookup for the text), or leave the column "
                 "out of the file")
-        return np.stack([np.asarray(v, dtype="float32") for v in self.values()], axis=1)
+        dtype = specs[0][2] or "float32"
+        return np.stack([self._numbers_as(k, dtype, name) for k in self], axis=1)
+
+    def mapping(self, model) -> str:
+        """How :meth:`for_model` gives the columns to ``model``, in words (a note)."""
+        names = [s[0] for s in model_inputs(model)]
+        if all(n in self for n in names):
+            return f"each of the model's inputs takes the column of its name ({', '.join(names)})"
+        shown = ", ".join(list(self)[:3]) + (f", ... {list(self)[-1]}" if len(self) > 3 else "")
+        return (f"the {len(self)} columns ({shown}) are the features of input '{names[0]}', "
+                "in the file's order")
+
+    def _for_input(self, column: str, dtype, name: str):
+        if dtype == "string":
+            return self[column]  # the cells' text, a number column's too
+        if column not in self.numeric:
+            raise CompressError(f"{name}: column '{column}' holds text, but input '{column}' "
+                                f"takes {dtype} numbers")
+        return self._numbers_as(column, dtype or "float32", name)
+
+    def _numbers_as(self, column: str, dtype: str, name: str) -> np.ndarray:
+        values = self.numbers(column)
+        if np.issubdtype(np.dtype(dtype), np.integer):
+            if not np.all(values == np.round(values)) or np.any(np.abs(values) >= 2.0 ** 53):
+                bad = values[(values != np.round(values)) | (np.abs(values) >= 2.0 ** 53)][0]
+                raise CompressError(f"{name}: column '{column}' holds {bad:g}, but its input "
+                                    f"takes whole numbers ({dtype})")
+            return values.astype(dtype)
+        cast = values.astype(dtype)
+        if not np.all(np.isfinite(cast)):
+            bad = values[~np.isfinite(cast)][0]
+            raise CompressError(f"{name}: column '{column}' holds {bad:g}, beyond what {dtype} "
+                                "holds")
+        return cast
 
 
 def model_inputs(model) -> list:

@@ -35,6 +35,7 @@ from __future__ import annotations
 import gzip
 import os
 import pickletools
+import re
 from pathlib import Path
 
 import numpy as np
@@ -47,8 +48,8 @@ NAMES = ("digits", "mnist5k", "animals")
 
 def is_data_name(name: str) -> bool:
     """Whether ``name`` names data :func:`load_data` reads (without reading it)."""
-    return (name in NAMES or name.startswith(("npz:", "npy:", "csv:"))
-            or name.endswith((".npy", ".csv")) or os.path.isdir(name))
+    return (name in NAMES or name.startswith(("npz:", "npy:")) or name.endswith(".npy")
+            or is_csv(name) or os.path.isdir(name))
 
 
 def check_name(name: str, where: str = "data") -> None:
@@ -95,12 +96,10 @@ def load_data(name: str, seed: int = 0, *, preprocess: str | None = None,
     from compress.data import folders
 
     is_folder = os.path.isdir(name) and not name.startswith(("npz:", "npy:", "csv:"))
-    is_csv = name.startswith("csv:") or (name.endswith(".csv") and not name.startswith(
-        ("npz:", "npy:")))
-    if label_column is not None and not is_csv:
+    if label_column is not None and not is_csv(name):
         raise CompressError(f"data '{name}': --label-column applies to CSV files "
                             "(--data PATH.csv)")
-    if is_csv:
+    if is_csv(name):
         if preprocess is not None or val_data is not None or val_split is not None:
             raise CompressError(f"data '{name}': --preprocess, --val-data and --val-split "
                                 "apply to image folders (--data DIR)")
@@ -437,16 +436,28 @@ def _load_npz_named(path: Path, arrays: dict, seed: int) -> Dataset:
 
 
 
-#: Delimiters a CSV file may use (the first line decides: the one it holds most of).
+#: Delimiters a CSV file may use: the one that splits the header, then the one that gives
+#: most of the first rows the header's width, then the widest.
 CSV_DELIMITERS = (",", ";", "\t", "|")
+#: A cell that is a number: decimal digits, an optional sign, point and exponent (not
+#: Python's ``float`` syntax, which also takes ``1_000``, ``nan`` and other scripts' digits).
+_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+
+
+def is_csv(name: str) -> bool:
+    """Whether ``name`` names a CSV table (``csv:PATH`` or ``PATH.csv``, any case)."""
+    return name.startswith("csv:") or (name.lower().endswith(".csv")
+                                       and not name.startswith(("npz:", "npy:")))
 
 
 def read_csv(path: Path, seed: int = 0, label_column: str | None = None) -> Dataset:
     r"""A CSV table as a :class:`Dataset`: a header row names the columns; every other row
-    is one sample. A column whose every value is a number holds float32 numbers, any other
-    column text. ``label_column`` holds the labels: whole numbers >= 0 are class numbers,
-    other numbers regression targets; text labels are refused (which class number would
-    a name be? The model's order is not in the file). The other columns are the inputs
+    is one sample. A column whose every cell is a number is a number column, any other a
+    text column; the cells are kept as read, and converted for the input each column goes
+    to. ``label_column`` holds the labels: whole numbers >= 0 are class numbers (targets
+    of a regressor once the model is known: :func:`compress.data.prepare`), other numbers
+    regression targets; text labels are refused (which class number would a name be? The
+    model's order is not in the file). The other columns are the inputs
     (:class:`~compress.data.arrays.Columns`: matched to the model's inputs by name, or
     side by side as one input's features). Splits as for an ``.npz``: seeded, 20% test,
     then 10% validation. The file is read into memory.
@@ -458,8 +469,8 @@ def read_csv(path: Path, seed: int = 0, label_column: str | None = None) -> Data
     >>> with tempfile.TemporaryDirectory() as folder:
     ...     _ = (Path(folder) / "t.csv").write_text("age,city,y\n" + rows)
     ...     ds = read_csv(Path(folder) / "t.csv", label_column="y")
-    >>> list(ds.x_train), ds.x_train["city"][:1], ds.num_classes
-    (['age', 'city'], array(['oslo'], dtype='<U4'), 2)
+    >>> list(ds.x_train), ds.x_train.numeric, ds.num_classes
+    (['age', 'city'], ['age'], 2)
 
     Raises:
         CompressError: in one line: no such file, no header or no rows, a duplicate or
@@ -467,7 +478,9 @@ def read_csv(path: Path, seed: int = 0, label_column: str | None = None) -> Data
             not filled in), NaN or inf, an unknown or text label column, fewer than 10
             rows.
     """
+    import collections
     import csv
+    import io
 
     if not path.exists():
         raise CompressError(f"{path}: no such data file")
@@ -479,80 +492,98 @@ def read_csv(path: Path, seed: int = 0, label_column: str | None = None) -> Data
         raise CompressError(f"{path}: not UTF-8 text (save the CSV as UTF-8)") from None
     except OSError as exc:
         raise CompressError(f"{path}: cannot read ({exc.strerror})") from None
-    first = text.split("\n", 1)[0]
-    delimiter = max(CSV_DELIMITERS, key=first.count)
+
+    def parse(delimiter, limit=None):
+        reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+        rows = []
+        for row in reader:  # with the line each row ends on (a quoted cell may span lines)
+            if any(cell.strip() for cell in row):
+                rows.append((reader.line_num, row))
+            if limit is not None and len(rows) >= limit:
+                break
+        return rows
     try:
-        rows = [r for r in csv.reader(text.splitlines(), delimiter=delimiter) if r]
-    except csv.Error as exc:  # a NUL byte, a field over csv.field_size_limit()
+        def fit(delimiter):  # splits the header, most first rows as wide as it, widest
+            widths = [len(row) for _, row in parse(delimiter, 20)] or [0]
+            return widths[0] > 1, widths.count(widths[0]), widths[0]
+        rows = parse(max(CSV_DELIMITERS, key=fit))
+    except csv.Error as exc:  # a field over csv.field_size_limit()
         raise CompressError(f"{path}: not a CSV table this reader can read ({exc})") from None
     if not rows:
         raise CompressError(f"{path}: empty file (a header row, then one row per sample)")
-    header = [h.strip() for h in rows[0]]
+    header = [h.strip() for h in rows[0][1]]
     body = rows[1:]
     if not body:
         raise CompressError(f"{path}: a header but no rows")
     if "" in header:
         raise CompressError(f"{path}: column {header.index('') + 1} has no name in the "
                             "header row")
-    twice = next((h for h in header if header.count(h) > 1), None)
-    if twice is not None:
-        raise CompressError(f"{path}: column name '{twice}' appears twice in the header row")
-    for line, row in enumerate(body, start=2):
+    twice = [h for h, n in collections.Counter(header).items() if n > 1]
+    if twice:
+        raise CompressError(f"{path}: column name '{twice[0]}' appears twice in the header row")
+    for line, row in body:
         if len(row) != len(header):
             raise CompressError(f"{path}: line {line} has {len(row)} values, the header "
                                 f"{len(header)}")
     if label_column is not None and label_column not in header:
         raise CompressError(f"{path}: no column '{label_column}' (columns: "
                             f"{', '.join(header)})")
-    columns = {}
+    columns, numeric = {}, []
     for i, name in enumerate(header):
-        values = [row[i].strip() for row in body]
-        empty = next((j for j, v in enumerate(values) if v == ""), None)
-        if empty is not None:
-            raise CompressError(f"{path}: column '{name}' is empty on line {empty + 2} "
-                                "(missing values are not filled in: fill or drop them)")
-        try:
-            numbers = np.array([float(v) for v in values], dtype="float64")
-        except ValueError:
-            columns[name] = np.array(values)
-            continue
-        if not np.all(np.isfinite(numbers)):
-            line = int(np.argmin(np.isfinite(numbers))) + 2
+        cells = np.array([row[i].strip() for _, row in body])
+        empty = np.flatnonzero(cells == "")
+        if empty.size:
+            raise CompressError(f"{path}: column '{name}' is empty on line "
+                                f"{body[empty[0]][0]} (missing values are not filled in: "
+                                "fill or drop them)")
+        columns[name] = cells
+        if all(_NUMBER.fullmatch(c) for c in cells):
+            numbers = cells.astype("float64")
+            if not np.all(np.isfinite(numbers)):  # 1e999
+                line = body[int(np.argmin(np.isfinite(numbers)))][0]
+                raise CompressError(f"{path}: column '{name}' holds a number beyond float64 "
+                                    f"on line {line}")
+            numeric.append(name)
+        elif name != label_column and any(c.lower() in ("nan", "inf", "-inf", "infinity")
+                                           for c in cells):
+            line = body[next(j for j, c in enumerate(cells) if c.lower() in
+                             ("nan", "inf", "-inf", "infinity"))][0]
             raise CompressError(f"{path}: column '{name}' holds NaN or inf on line {line} "
                                 "(missing values are not filled in: fill or drop them)")
-        columns[name] = numbers
     y = None
     if label_column is not None:
-        y = columns.pop(label_column)
-        if is_text(y):
+        cells = columns.pop(label_column)
+        if label_column not in numeric:
             raise CompressError(
-                f"{path}: label column '{label_column}' holds text ('{y[0]}'); give class "
+                f"{path}: label column '{label_column}' holds text ('{cells[0]}'); give class "
                 "numbers 0..N-1 in the order of the model's outputs")
-        y = y.astype("int64") if _whole_non_negative(y) else y.astype("float32")
+        numeric.remove(label_column)
+        y = cells.astype("float64")
+        classes = _whole_non_negative(y) and float(y.max()) < 2.0 ** 31
+        y = y.astype("int64") if classes else y.astype("float32")
     if not columns:
         raise CompressError(f"{path}: no input columns besides '{label_column}'")
-    x = Columns({k: as_input(v) for k, v in columns.items()})
+    x = Columns(columns, numeric=numeric)
     n = len(body)
     if n < 10:
         raise CompressError(f"{path}: only {n} row{'' if n == 1 else 's'}; need at least 10 "
                             "to split")
     idx = np.random.default_rng(seed).permutation(n)
     n_test, n_val = max(1, n // 5), max(1, n // 10)
-    parts = [idx[n_test + n_val:], idx[n_test:n_test + n_val], idx[:n_test]]
     splits = []
-    for sel in parts:
-        splits += [Columns({k: v[sel] for k, v in x.items()}),
+    for sel in (idx[n_test + n_val:], idx[n_test:n_test + n_val], idx[:n_test]):
+        splits += [x.copy_with({k: v[sel] for k, v in x.items()}),
                    None if y is None else y[sel]]
-    kinds = (f"{len(x.numeric)} numeric" + (f", {len(x.text)} text" if x.text else ""))
+    kinds = f"{len(x.numeric)} number" + (f", {len(x.text)} text" if x.text else "")
     if y is None:
-        what = "no labels (name the label column with --label-column)"
-        classes = 0
+        what, classes = "no labels (name the label column with --label-column)", 0
     elif y.dtype.kind == "i":
         classes = int(y.max()) + 1
-        what = f"labels from '{label_column}' ({classes} classes)"
+        what = f"labels from '{label_column}' (whole numbers up to {classes - 1})"
     else:
         classes = 0
         what = f"regression targets from '{label_column}'"
     ds = Dataset(f"csv:{path}", *splits, classes)
-    ds.notes.append(f"data {path}: {n} rows; {len(x)} input columns ({kinds}); {what}")
+    ds.notes.append(f"data {path}: {n} rows; {len(x)} input column{'s' * (len(x) != 1)} "
+                    f"({kinds}); {what}")
     return ds

@@ -31,10 +31,13 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from compress.data.arrays import (
     SPLITS,
+    Columns,
     Dataset,
     check_labels,
     check_targets,
@@ -177,6 +180,8 @@ def _to_stream(part, model):
     kind, value = part
     if kind == "arrays":
         x, y = value
+        if isinstance(x, Columns) and model is not None:  # a CSV table's columns
+            x = x.for_model(model)
         count = length(x)
 
         def make(shuffle=False, x=x, y=y):
@@ -314,21 +319,46 @@ def prepare(model, dataset):
         return dataset
     if not isinstance(dataset, Dataset):
         return as_dataset(dataset, model)
-    dataset = _class_numbers(dataset, model)
+    dataset = _regression_numbers(_class_numbers(dataset, model), model)
+    if isinstance(dataset.x_train, Columns):  # a CSV table: say how its columns are taken
+        dataset = dataclasses.replace(dataset, notes=[
+            *dataset.notes, f"data {dataset.name}: {dataset.x_train.mapping(model)}"])
     if dataset.labelled:
         if _single_output_classes(model, dataset.y_train):
             _check_classes(model, dataset.num_classes, dataset.name)
         else:
             for split in SPLITS:
                 check_targets(model, dataset.split(split)[1], f"{dataset.name} ({split})")
-    import dataclasses
-
     dataset = _pixel_range(dataset, model)
     return dataclasses.replace(
         dataset,
         x_train=fit_to_model(dataset.x_train, model, dataset.name),
         x_val=fit_to_model(dataset.x_val, model, dataset.name),
         x_test=fit_to_model(dataset.x_test, model, dataset.name))
+
+
+def _regression_numbers(dataset: Dataset, model) -> Dataset:
+    """``dataset`` with whole-number targets made float targets when ``model`` is a
+    one-output regressor (its compiled loss, else its output: one linear unit...): a price
+    in dollars or a count is a whole number that a file (a CSV above all) cannot mark as
+    not a class number; the model can. Anything else is returned as it is.
+
+    Example:
+
+    >>> ds = _regression_numbers(load_data("houses.csv", label_column="price"), model)  # doctest: +SKIP
+    >>> ds.num_classes, ds.y_train.dtype                                                 # doctest: +SKIP
+    (0, dtype('float32'))
+    """
+    from compress import task
+
+    if not dataset.labelled or dataset.num_classes == 0 or len(model.outputs) != 1 or \
+            not isinstance(dataset.y_train, np.ndarray):
+        return dataset
+    if task.resolve(model, y=dataset.y_train).kind != task.REGRESSION:
+        return dataset
+    floats = {f"y_{s}": None if getattr(dataset, f"y_{s}") is None else
+              np.asarray(getattr(dataset, f"y_{s}"), "float32") for s in SPLITS}
+    return dataclasses.replace(dataset, num_classes=0, **floats)
 
 
 def _class_numbers(dataset: Dataset, model) -> Dataset:
