@@ -183,6 +183,13 @@ def test_a_text_column_for_a_numeric_input_and_a_missing_label_are_one_line(
                      "--sparsity", "0.5")
         assert result.exit_code == 1, result.output
         assert message in result.output.strip().splitlines()[-1]
+    commas = tmp_path / "commas.csv"  # a spreadsheet's decimal commas, ';'-separated
+    commas.write_text("a;b;label\n" + "".join(f"{i},5;2,25;{i % 2}\n" for i in range(20)))
+    result = cli("prune", path, "-o", tmp_path / "p.keras", "--data", commas,
+                 "--label-column", "label", "--sparsity", "0.5")
+    assert result.exit_code == 1
+    assert "column 'a' holds text ('" in result.output
+    assert "': write decimals with a point)" in result.output
     result = cli("prune", path, "-o", tmp_path / "p.keras", "--label-column", "y",
                  "--sparsity", "0.5")
     assert result.exit_code == 1

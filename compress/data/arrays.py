@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import numpy as np
 
@@ -192,11 +193,14 @@ class Columns(dict):
             raise CompressError(f"{name}: no column for input '{missing}' of model "
                                 f"'{model.name}' ({listed})")
         if self.text:
+            column = self.text[0]
+            comma = re.fullmatch(r"[+-]?\d+,\d+", str(self[column][0])) is not None
             raise CompressError(
-                f"{name}: column '{self.text[0]}' holds text, but the one input "
-                f"'{names[0]}' of model '{model.name}' takes numbers ({listed}); name an "
-                "input after each column (a StringLookup for the text), or leave the column "
-                "out of the file")
+                f"{name}: column '{column}' holds text"
+                + (f" ('{self[column][0]}': write decimals with a point)" if comma else "")
+                + f", but the one input '{names[0]}' of model '{model.name}' takes numbers "
+                f"({listed}); name an input after each column (a StringLookup for the text), "
+                "or leave the column out of the file")
         dtype = specs[0][2] or "float32"
         return np.stack([self._numbers_as(k, dtype, name) for k in self], axis=1)
 
