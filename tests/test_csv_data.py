@@ -50,9 +50,9 @@ def test_a_one_input_model_takes_the_numeric_columns_in_file_order(cli, mlp_file
     # on the digits it was trained on (another split of the same 1,797 images)
     whole = _accuracy(path, digits)
     assert info["before"]["accuracy"] == pytest.approx(whole, abs=0.06)
-    assert "64 input columns (64 number)" in result.stderr
-    assert "labels from 'label' (whole numbers up to 9)" in result.stderr
-    assert "the 64 columns (p0, p1, p2, ... p63) are the features of input" in result.stderr
+    assert f"data csv:{table}: 1797 rows; 64 input columns (64 number); class numbers 0 to " \
+        "9; the 64 columns (p0, p1, p2, ... p63) are the features of input 'input_layer', " \
+        "in the file's order" in result.stderr
     # the same table with its columns shuffled is read, and the model sees shuffled pixels
     shuffled = _digits_csv(tmp_path / "shuffled.csv", digits,
                            order=list(np.random.default_rng(0).permutation(64)))
@@ -105,9 +105,8 @@ def test_a_tabular_model_takes_each_column_by_its_input_name(cli, tmp_path):
     # each input got its own column, and the zip codes reached the lookup as the text
     # they are in the file ("00501", not the number 501)
     assert info["before"]["accuracy"] > 0.9
-    assert "2 input columns (2 number)" in result.stderr
-    assert "each of the model's inputs takes the column of its name (age, zip)" in \
-        result.stderr
+    assert "2 input columns (2 number); class numbers 0 to 1; each of the model's inputs " \
+        "takes the column of its name (age, zip)" in result.stderr
     # a column no input takes is refused in one line, and nothing is written
     extra = tmp_path / "extra.csv"
     lines = table.read_text().splitlines()
@@ -142,6 +141,8 @@ def test_whole_number_targets_of_a_regressor_are_regression_targets(cli, tmp_pat
     assert result.exit_code == 0, result.output
     info = json.loads(result.stdout)
     assert info["mse"] > 0 and "accuracy" not in info  # scored as the regression it is
+    assert "1 input column (1 number); regression targets; each of the model's" in \
+        result.stderr
     # a one-input regressor on three feature columns, side by side
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)], name="reg")
     model.compile("adam", "mse")
@@ -230,7 +231,13 @@ def test_labels_targets_and_unlabelled_rows(tmp_path):
     assert isinstance(ds.take(5).x_train, Columns)  # a copy keeps the table's columns
     unlabelled = load_data(str(folder / "r.csv"))
     assert not unlabelled.labelled and list(unlabelled.x_train) == ["x1", "x2", "t"]
-    assert "no labels (name the label column with --label-column)" in unlabelled.notes[0]
+    import keras
+
+    from compress.data import prepare
+
+    ready = prepare(keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)]), unlabelled)
+    assert ready.x_train.shape == (len(ready.x_train), 3)
+    assert "no labels (name the label column with --label-column)" in ready.notes[-1]
 
 
 def test_a_recipe_builds_its_model_for_the_tables_columns(digits, tmp_path):

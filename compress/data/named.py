@@ -574,16 +574,5 @@ def read_csv(path: Path, seed: int = 0, label_column: str | None = None) -> Data
     for sel in (idx[n_test + n_val:], idx[n_test:n_test + n_val], idx[:n_test]):
         splits += [x.copy_with({k: v[sel] for k, v in x.items()}),
                    None if y is None else y[sel]]
-    kinds = f"{len(x.numeric)} number" + (f", {len(x.text)} text" if x.text else "")
-    if y is None:
-        what, classes = "no labels (name the label column with --label-column)", 0
-    elif y.dtype.kind == "i":
-        classes = int(y.max()) + 1
-        what = f"labels from '{label_column}' (whole numbers up to {classes - 1})"
-    else:
-        classes = 0
-        what = f"regression targets from '{label_column}'"
-    ds = Dataset(f"csv:{path}", *splits, classes)
-    ds.notes.append(f"data {path}: {n} rows; {len(x)} input column{'s' * (len(x) != 1)} "
-                    f"({kinds}); {what}")
-    return ds
+    classes = int(y.max()) + 1 if y is not None and y.dtype.kind == "i" else 0
+    return Dataset(f"csv:{path}", *splits, classes)

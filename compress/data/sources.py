@@ -320,9 +320,9 @@ def prepare(model, dataset):
     if not isinstance(dataset, Dataset):
         return as_dataset(dataset, model)
     dataset = _regression_numbers(_class_numbers(dataset, model), model)
-    if isinstance(dataset.x_train, Columns):  # a CSV table: say how its columns are taken
-        dataset = dataclasses.replace(dataset, notes=[
-            *dataset.notes, f"data {dataset.name}: {dataset.x_train.mapping(model)}"])
+    if isinstance(dataset.x_train, Columns):  # a CSV table: say what was read, and how
+        dataset = dataclasses.replace(dataset, notes=[*dataset.notes, _table_note(dataset,
+                                                                                 model)])
     if dataset.labelled:
         if _single_output_classes(model, dataset.y_train):
             _check_classes(model, dataset.num_classes, dataset.name)
@@ -335,6 +335,23 @@ def prepare(model, dataset):
         x_train=fit_to_model(dataset.x_train, model, dataset.name),
         x_val=fit_to_model(dataset.x_val, model, dataset.name),
         x_test=fit_to_model(dataset.x_test, model, dataset.name))
+
+
+def _table_note(dataset: Dataset, model) -> str:
+    """One line on a CSV table given to ``model``: rows, columns, labels, and how the
+    columns reach the inputs (said once the data fits, so that a refusal stays one line).
+    """
+    x = dataset.x_train
+    rows = sum(dataset.size(s) for s in SPLITS)
+    kinds = f"{len(x.numeric)} number" + (f", {len(x.text)} text" if x.text else "")
+    if not dataset.labelled:
+        labels = "no labels (name the label column with --label-column)"
+    elif dataset.num_classes:
+        labels = f"class numbers 0 to {dataset.num_classes - 1}"
+    else:
+        labels = "regression targets"
+    return (f"data {dataset.name}: {rows} rows; {len(x)} input column{'s' * (len(x) != 1)} "
+            f"({kinds}); {labels}; {x.mapping(model)}")
 
 
 def _regression_numbers(dataset: Dataset, model) -> Dataset:
@@ -354,7 +371,10 @@ def _regression_numbers(dataset: Dataset, model) -> Dataset:
     if not dataset.labelled or dataset.num_classes == 0 or len(model.outputs) != 1 or \
             not isinstance(dataset.y_train, np.ndarray):
         return dataset
-    if task.resolve(model, y=dataset.y_train).kind != task.REGRESSION:
+    try:  # the model's own task, without the targets (checked later, with their messages)
+        if task.resolve(model).kind != task.REGRESSION:
+            return dataset
+    except CompressError:
         return dataset
     floats = {f"y_{s}": None if getattr(dataset, f"y_{s}") is None else
               np.asarray(getattr(dataset, f"y_{s}"), "float32") for s in SPLITS}
