@@ -320,7 +320,7 @@ def prepare(model, dataset):
     if not isinstance(dataset, Dataset):
         return as_dataset(dataset, model)
     dataset = _regression_numbers(_class_numbers(dataset, model), model)
-    if isinstance(dataset.x_train, Columns):  # a CSV table: say what was read, and how
+    if isinstance(dataset.x_train, Columns) and getattr(model, "inputs", None):  # a table
         dataset = dataclasses.replace(dataset, notes=[*dataset.notes, _table_note(dataset,
                                                                                  model)])
     if dataset.labelled:
