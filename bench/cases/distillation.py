@@ -366,9 +366,24 @@ def _parity(teacher, ds, epochs, lr, batch, alpha, seed) -> tuple[str, dict]:
     training.set_seed(seed + 1)
     init = _mlp(800, False, "student_2x800")
 
-    training.set_seed(seed)
-    ours, _ = distill(teacher, init, ds, temperature=T, alpha=alpha, epochs=epochs,
-                      learning_rate=lr, batch_size=batch)
+    # Our fits shuffle each epoch in an order of their own (a function of the epoch and of
+    # a seed drawn when the fit starts, so that a resumed fit sees the same batches);
+    # Keras's Distiller is given exactly those batches below, so that the two runs differ
+    # in their losses only.
+    drawn = []
+    shuffled = training.epoch_shuffled
+
+    def spy(*args, **kwargs):
+        drawn.append(kwargs["seed"])
+        return shuffled(*args, **kwargs)
+
+    training.epoch_shuffled = spy
+    try:
+        training.set_seed(seed)
+        ours, _ = distill(teacher, init, ds, temperature=T, alpha=alpha, epochs=epochs,
+                          learning_rate=lr, batch_size=batch)
+    finally:
+        training.epoch_shuffled = shuffled
 
     def logits_copy(model):
         m = training.copy_model(model)
@@ -382,9 +397,10 @@ def _parity(teacher, ds, epochs, lr, batch, alpha, seed) -> tuple[str, dict]:
             student_loss_weight=1 - alpha)
         distiller.compile(optimizer=keras.optimizers.Adam(lr), loss=student_loss,
                           metrics=["accuracy"])
+        batches, steps = shuffled(ds.x_train, ds.y_train, batch, epochs, seed=drawn[-1])
         training.set_seed(seed)
-        distiller.fit(ds.x_train, ds.y_train, epochs=epochs, batch_size=batch,
-                      validation_data=(ds.x_val, ds.y_val), shuffle=True, verbose=0)
+        distiller.fit(batches, epochs=epochs, steps_per_epoch=steps,
+                      validation_data=(ds.x_val, ds.y_val), verbose=0)
         return s_model
 
     # By hand, done right: logits models and a KLDivergence instance.
@@ -406,7 +422,8 @@ def _parity(teacher, ds, epochs, lr, batch, alpha, seed) -> tuple[str, dict]:
              f"{accs[2]:.2%}", "-"]]
     result = {"diff": diff, "ours": accs[0], "by_hand": accs[1], "naive": accs[2]}
     return (f"**Our driver vs a plain `keras.distillation.Distiller`** (student 2x800, T={T:g}, "
-            f"alpha {alpha}, {epochs} epochs, same seed and initial weights). With "
+            f"alpha {alpha}, {epochs} epochs, same seed, initial weights and batches: the "
+            "Distiller is fed our fit's per-epoch order). With "
             "`loss=\"kl_divergence\"` (the default) `LogitsDistillation` gets the plain "
             "function, misses its `isinstance(loss, KLDivergence)` branch and compares the "
             "scaled outputs directly, with no softmax and no T^2 factor.\n\n"
