@@ -52,6 +52,27 @@ def test_shift_is_repeatable_with_a_seed_and_none_only_shuffles():
     assert plain == [(i, 3, 3, i + 1.0) for i in range(6)]
 
 
+def test_a_fit_on_shifted_batches_is_not_taken_for_an_interrupted_one():
+    """Keras took the end of a first epoch of unknown length for an interruption: "Your
+    input ran out of data; interrupting training" after every complete first epoch."""
+    import warnings
+
+    from compress.data import Dataset
+
+    x, y = _dots()
+    data = Dataset("dots", x, y, x[:2], y[:2], x[:2], y[:2], 6)  # read batch by batch
+    batches = augmented_batches(data, None, "shift", 1, 4, seed=7)
+    assert int(batches.cardinality()) == 2  # 6 samples in batches of 4
+    model = keras.Sequential([keras.Input((7, 7, 1)), keras.layers.Flatten(),
+                              keras.layers.Dense(6, activation="softmax")])
+    model.compile("adam", "sparse_categorical_crossentropy")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        history = model.fit(batches, epochs=2, verbose=0)
+    assert len(history.history["loss"]) == 2
+    assert not [w for w in caught if "ran out of data" in str(w.message)]
+
+
 def test_shift_of_images_without_a_channel_axis():
     x, y = _dots()
     pos = _positions(augmented_batches(x[..., 0], y, "shift", 1, 6, seed=0)

@@ -88,6 +88,7 @@ def augmented_batches(x, y=None, augment: str = "shift", shift: int = 2,
         samples = data.batches("train", batch_size, shuffle=True, seed=seed).unbatch()
         labelled = data.labelled
         shape = tuple(data.sample_shape)
+        count = None if getattr(data, "streaming", True) else data.size("train")
     else:
         check_augment(augment, shift, np.shape(x)[1:])
         x = np.asarray(x, dtype="float32")
@@ -95,6 +96,7 @@ def augmented_batches(x, y=None, augment: str = "shift", shift: int = 2,
             len(x), seed=seed, reshuffle_each_iteration=True)
         labelled = y is not None
         shape = tuple(x.shape[1:])
+        count = len(x)
     if augment == "shift":
         p = int(shift)
         pad = [[p, p], [p, p]] + [[0, 0]] * (len(shape) - 2)
@@ -112,4 +114,8 @@ def augmented_batches(x, y=None, augment: str = "shift", shift: int = 2,
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
         samples = tf.data.Dataset.zip((samples, seeds)).map(
             shifted, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return samples.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    batches = samples.batch(batch_size)
+    if count:  # in memory: a known number of batches. Keras takes the end of a first epoch
+        # of unknown length for an interruption ("Your input ran out of data"), a false alarm
+        batches = batches.apply(tf.data.experimental.assert_cardinality(-(-count // batch_size)))
+    return batches.prefetch(tf.data.AUTOTUNE)
