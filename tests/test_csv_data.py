@@ -51,8 +51,8 @@ def test_a_one_input_model_takes_the_numeric_columns_in_file_order(cli, mlp_file
     whole = _accuracy(path, digits)
     assert info["before"]["accuracy"] == pytest.approx(whole, abs=0.06)
     assert f"data csv:{table}: 1797 rows; 64 input columns (64 number); class numbers 0 to " \
-        "9; the 64 columns (p0, p1, p2, ... p63) are the features of input 'input_layer', " \
-        "in the file's order" in result.stderr
+        "9; the 64 columns (p0, p1, p2, ... p63) are the features of input 'input_layer" \
+        in result.stderr and "in the file's order" in result.stderr
     # the same table with its columns shuffled is read, and the model sees shuffled pixels
     shuffled = _digits_csv(tmp_path / "shuffled.csv", digits,
                            order=list(np.random.default_rng(0).permutation(64)))
@@ -178,7 +178,7 @@ def test_a_text_column_for_a_numeric_input_and_a_missing_label_are_one_line(
     table = tmp_path / "t.csv"
     table.write_text("a,b,label\n" + "".join(f"{i},x{i},{i % 2}\n" for i in range(20)))
     for args, message in (
-            (["--label-column", "label"], "column 'b' holds text, but the one input 'input_layer'"),
+            (["--label-column", "label"], "column 'b' holds text, but the one input 'input_layer"),
             (["--label-column", "nope"], "no column 'nope' (columns: a, b, label)")):
         result = cli("prune", path, "-o", tmp_path / "p.keras", "--data", table, *args,
                      "--sparsity", "0.5")
