@@ -21,14 +21,14 @@ install: $(STAMP)
 demo: install
 	$(VENV)/bin/compress demo --force
 
-# 3 workers on 2 cores: a worker waiting on a subprocess (a launch, a killed run, a TFMOT
-# peer) or on a file write leaves a core idle that a third one fills (996 s against 1031 s
-# with 2 workers, measured on this 2-core machine).
+# 2 workers on 2 cores. Tried on 2026-11-29: 3 workers took 996 s once against 1031 s, but
+# 1072 s and 1104 s on the next trees; the quick bench's children then share the cores with
+# three workers (the bench test took 609 s against 393 s).
 test: install
-	$(PY) -m pytest -n 3 --dist loadfile --no-loadscope-reorder -q -ra
+	$(PY) -m pytest -n 2 --dist loadfile --no-loadscope-reorder -q -ra
 
 test-fast: install
-	$(PY) -m pytest -n 3 --dist loadfile --no-loadscope-reorder -q -m "not slow"
+	$(PY) -m pytest -n 2 --dist loadfile --no-loadscope-reorder -q -m "not slow"
 
 bench: install
 	$(PY) -m bench

@@ -104,10 +104,8 @@ def rng():
     return np.random.default_rng(0)
 
 
-# The files that take longest (seconds under `make test`'s load, measured with 2 workers),
-# longest first. With 3 workers this order took 996 s here; a re-ranking by 3-worker times
-# started the slowest files together, which slowed each other (1072 s, with ~25 more tests).
-# `make test` distributes whole files over its workers in collection order
+# The files that take longest (seconds under `make test`'s load, measured), longest first.
+# `make test` distributes whole files over 2 workers in collection order
 # (`--dist loadfile --no-loadscope-reorder`): starting the long ones first keeps one
 # worker from running a long file alone at the end. Other files follow in their order.
 LONGEST_FIRST = (
