@@ -442,6 +442,8 @@ CSV_DELIMITERS = (",", ";", "\t", "|")
 #: A cell that is a number: decimal digits, an optional sign, point and exponent (not
 #: Python's ``float`` syntax, which also takes ``1_000``, ``nan`` and other scripts' digits).
 _NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+#: Cells that stand for a missing number (refused: missing values are not filled in).
+_NOT_A_NUMBER = ("nan", "inf", "-inf", "infinity")
 
 
 def is_csv(name: str) -> bool:
@@ -544,10 +546,9 @@ def read_csv(path: Path, seed: int = 0, label_column: str | None = None) -> Data
                 raise CompressError(f"{path}: column '{name}' holds a number beyond float64 "
                                     f"on line {line}")
             numeric.append(name)
-        elif name != label_column and any(c.lower() in ("nan", "inf", "-inf", "infinity")
-                                           for c in cells):
-            line = body[next(j for j, c in enumerate(cells) if c.lower() in
-                             ("nan", "inf", "-inf", "infinity"))][0]
+        elif name != label_column and (missing := [j for j, c in enumerate(cells)
+                                                   if c.lower() in _NOT_A_NUMBER]):
+            line = body[missing[0]][0]
             raise CompressError(f"{path}: column '{name}' holds NaN or inf on line {line} "
                                 "(missing values are not filled in: fill or drop them)")
     y = None
