@@ -136,6 +136,29 @@ def test_lowest_mask_zeros_exactly_k_lowest():
             assert s[m == 0].max() <= s[m == 1].min()
 
 
+def test_lowest_indices_with_large_groups_of_equal_scores():
+    # A gradual schedule's fourth step: most scores are -inf (pruned already), and a
+    # model pruned before brings many zeros. The k lowest are still exactly k entries,
+    # the pruned ones first, and a large group the boundary cuts gives its lowest indices.
+    from compress.pruning.masks import lowest_indices
+
+    rng = np.random.default_rng(1)
+    for trial in range(200):
+        n = int(rng.integers(1, 6000))
+        x = rng.random(n)
+        x[rng.random(n) < rng.random()] = 0.0
+        x[rng.random(n) < rng.random()] = -np.inf
+        k = int(rng.integers(1, n + 1))
+        got = lowest_indices(x, k)
+        assert got.size == k == np.unique(got).size, trial
+        assert np.array_equal(np.sort(x[got]), np.sort(x)[:k]), trial
+    x = np.zeros(6000)
+    x[:4000] = -np.inf
+    assert sorted(lowest_indices(x, 5000)) == list(range(5000))
+    m = lowest_mask(x, 0.9)  # 5,400 of 6,000: every -inf, then the zeros from index 4000 on
+    assert (m[:5400] == 0).all() and (m[5400:] == 1).all()
+
+
 def test_balanced_mask_prunes_each_unit_and_global_sets_layer_sparsity():
     from compress.pruning.masks import balanced_mask, select_masks
 

@@ -229,7 +229,9 @@ def case_pruning_costs(ctx) -> Section:
     from compress.models import build
 
     n = ctx.size(256, 2048)
-    for width in (0.5, 1.0, 2.0):
+    # Widths 1, 2 and 4 (266 k to 1.4 M pruned weights): at width 0.5 a pass took 0.03 s,
+    # mostly fixed per-batch costs, which measure the dispatch rather than the growth.
+    for width in (1.0, 2.0, 4.0):
         model = build("lenet300", width=width)
         vs = [v for _, v in masks.prunable_weights(model)]
         saliency_scores(model, vs, "obd", (x_cal[:128], y_cal[:128]))  # trace once

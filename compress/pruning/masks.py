@@ -359,9 +359,39 @@ def lowest_mask(scores: np.ndarray, sparsity: float) -> np.ndarray:
     if k >= flat.size:
         mask[:] = 0.0
     elif k > 0:
-        # O(n) selection of the k lowest (a full sort is not needed).
-        mask[np.argpartition(flat, k - 1)[:k]] = 0.0
+        mask[lowest_indices(flat, k)] = 0.0
     return mask.reshape(np.shape(scores))
+
+
+def lowest_indices(flat: np.ndarray, k: int) -> np.ndarray:
+    """The indices of the ``k`` lowest entries of the 1-D ``flat`` (0 < k <= size), in
+    O(n) time also when many entries tie.
+
+    ``np.argpartition`` alone slows down about fifteenfold when most entries hold one
+    value: the ``-inf`` scores of weights a gradual schedule already pruned (80% of them
+    at its fourth step), or the zeros of a model pruned before. Groups of 1,024 or more
+    equal lowest values are therefore taken whole first (the lowest indices of such a
+    group where the boundary cuts it), and the remaining entries are selected as usual.
+
+    Example:
+
+    >>> sorted(lowest_indices(np.array([3.0, -np.inf, 1.0, -np.inf, 2.0]), 3).tolist())
+    [1, 2, 3]
+    """
+    index = np.arange(flat.size)
+    values = flat
+    chosen = []
+    while k > 0:
+        ties = values == values.min()
+        count = int(np.count_nonzero(ties))
+        if count < 1024:  # no large group of equal values: the usual selection
+            chosen.append(index[np.argpartition(values, k - 1)[:k]])
+            break
+        group = index[ties][:k]
+        chosen.append(group)
+        k -= group.size
+        index, values = index[~ties], values[~ties]
+    return np.concatenate(chosen)
 
 
 def global_masks(scores: list, sparsity: float) -> list:

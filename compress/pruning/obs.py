@@ -30,6 +30,7 @@ import numpy as np
 
 from compress import progress
 from compress.errors import CompressError
+from compress.pruning.masks import lowest_indices
 
 
 def _inverse_lower_cholesky(h: np.ndarray, name: str, damp: float) -> np.ndarray:
@@ -154,7 +155,7 @@ def sparsegpt_prune(w, h, sparsity: float = 0.0, n: int = 0, m: int = 0,
             k = max(quota(score.size), int(fix1.sum()))
             m1 = np.zeros(score.size, bool)
             if k:
-                m1[np.argpartition(score, min(k, score.size) - 1)[:k]] = True
+                m1[lowest_indices(score, min(k, score.size))] = True
             m1 = m1.reshape(w1.shape)
         else:
             m1 = np.zeros(w1.shape, bool)
