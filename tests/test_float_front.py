@@ -83,3 +83,22 @@ def test_inputs_of_one_range_change_nothing():
     inp = keras.Input((4,))
     model = keras.Model(inp, keras.layers.Dense(2)(norm(inp)))
     assert float_front(model, x) == ([], None)
+
+
+def test_a_sequential_model_loaded_from_its_file_is_found_too(regressor, tmp_path):
+    # A Sequential model loaded from a file has called its layers twice (its build and
+    # the graph it runs): its Normalization was not seen as reading the model's input,
+    # and the int8 file quantized the raw columns (SQNR 2.1 dB, a user's report).
+    import keras
+
+    from compress.io import load_model
+    from compress.quantization.float_front import float_front
+
+    path, data = regressor
+    functional = keras.models.load_model(path)
+    seq = keras.Sequential([keras.Input((8,), name="columns"), *functional.layers[1:]])
+    seq.save(tmp_path / "seq.keras")
+    loaded = load_model(tmp_path / "seq.keras")
+    assert len(loaded.layers[0]._inbound_nodes) > 1  # the case this test is about
+    kept, _note = float_front(loaded, np.load(data)["x_train"])
+    assert kept == ["norm"]
