@@ -45,7 +45,9 @@ def output_comparison(got, expected, classifier, names: list | None = None) -> d
     """:func:`comparison` of every output of a model with several: ``outputs`` holds each
     output's (with ``max_abs_output``, its scale), and the top level the worst of them.
 
-    ``classifier`` is a bool, or a dict ``{output name: bool}``.
+    ``classifier`` is a bool, or a dict ``{output name: bool}`` in output order (the
+    task's), whose names then name outputs given as a list; a dict that names other
+    outputs is an error, not a comparison without top-1 agreement.
 
     >>> c = output_comparison({"a": np.array([[1.0, 0.0]]), "b": np.array([[2.0]])},
     ...                       {"a": np.array([[0.9, 0.1]]), "b": np.array([[2.0]])},
@@ -53,8 +55,14 @@ def output_comparison(got, expected, classifier, names: list | None = None) -> d
     >>> sorted(c["outputs"]), c["top1_agreement"], c["outputs"]["b"]["max_abs_diff"]
     (['a', 'b'], 1.0, 0.0)
     """
+    if names is None and isinstance(classifier, dict) and not isinstance(expected, dict):
+        names = list(classifier)
     expected = named_outputs(expected, names)
     got = named_outputs(got, list(expected))
+    if isinstance(classifier, dict) and set(classifier) != set(expected):
+        # a top-1 check keyed by names no output has would silently never run
+        raise ValueError(f"the task names outputs {sorted(classifier)}, the outputs compared "
+                         f"are {sorted(expected)}")
     per = {}
     for name, want in expected.items():
         is_cls = classifier.get(name, False) if isinstance(classifier, dict) else classifier

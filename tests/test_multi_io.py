@@ -75,12 +75,15 @@ def test_two_output_model_is_scored_and_checked_per_output(models, cli, tmp_path
     after = pruned["after"]["outputs"]
     assert set(after["cls"]) == {"accuracy"} and {"mse", "mae"} <= set(after["score"])
     assert "multi-output" in pruned["pass"]["task"] and "model's own" in pruned["pass"]["task"]
-    q = _json(cli("quantize", model, "-o", tmp_path / "q.onnx", "--data", data, "--json",
-                  "-q", "--no-latency"))
-    assert "top1_agreement" in q["outputs"]["cls"]  # two classes: argmax means something
-    assert "top1_agreement" not in q["outputs"]["score"]  # one unit: SQNR only
-    assert q["outputs"]["score"]["sqnr_db"] > 15
-    assert set(q["output_scores"]["score"]) >= {"mse"}
+    for fmt in ("onnx", "tflite"):
+        q = _json(cli("quantize", model, "-o", tmp_path / f"q.{fmt}", "--data", data,
+                      "--json", "-q", "--no-latency"))
+        assert set(q["outputs"]) == {"cls", "score"}  # the model's names, not output_0
+        assert "top1_agreement" in q["outputs"]["cls"]  # two classes: argmax means something
+        assert "top1_agreement" not in q["outputs"]["score"]  # one unit: SQNR only
+        assert q["top1_agreement"] == q["outputs"]["cls"]["top1_agreement"]
+        assert q["outputs"]["score"]["sqnr_db"] > 15
+        assert set(q["output_scores"]["score"]) >= {"mse"}
     for fmt in ("tflite", "onnx"):
         e = _json(cli("export", model, "-o", tmp_path / f"e.{fmt}", "--data", data,
                       "--json", "-q"))
@@ -167,3 +170,19 @@ def test_one_target_array_for_two_outputs_says_how_to_name_them(models, cli, tmp
     assert r.exit_code == 1 and not (tmp_path / "e.onnx").exists()
     assert r.output.strip().endswith("gives one target array: name the arrays y_train/cls, "
                                      "y_train/score in the .npz"), r.output
+
+
+def test_outputs_in_a_list_are_named_by_the_task_and_top1_can_fail():
+    # An artifact's outputs come as a list; the task names them. Keyed by names no output
+    # had (output_0, output_1), the top-1 check of a classifier output never ran.
+    from compress.agreement import comparison
+
+    rng = np.random.default_rng(0)
+    want = [rng.random((100, 3)), rng.random((100, 1))]
+    flipped = [want[0][:, ::-1].copy(), want[1]]  # every class answer changed
+    c = comparison(flipped, want, {"cls": True, "score": False})
+    assert sorted(c["outputs"]) == ["cls", "score"]
+    assert c["top1_agreement"] < 0.5 and "top1_agreement" not in c["outputs"]["score"]
+    with pytest.raises(ValueError, match="the task names outputs"):
+        comparison({"a": want[0], "b": want[1]}, {"a": want[0], "b": want[1]},
+                   {"cls": True, "score": False})
