@@ -393,12 +393,13 @@ def _onnx_feed(session, x) -> dict:
 def _by_input_name(names: list[str], x) -> dict:
     """``x`` (a dict keyed by the model's input names, a list in order, or one array) as
     a dict keyed by an artifact's input ``names`` (``serving_default_NAME:0`` and the like
-    match ``NAME``)."""
+    match ``NAME``, on either side: a TFLite signature names its inputs ``NAME``, the
+    file's tensors ``serving_default_NAME:0``)."""
     if isinstance(x, dict):
         out = {}
         for name in names:
             key = name if name in x else next(
-                (k for k in x if _plain(name) == k), None)
+                (k for k in x if _plain(name) == _plain(str(k))), None)
             if key is None:
                 raise CompressError(f"the artifact's input '{name}' has no array (inputs "
                                     f"given: {', '.join(map(str, x))})")

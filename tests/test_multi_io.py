@@ -64,6 +64,10 @@ def test_two_input_model_prunes_quantizes_and_exports(models, cli, tmp_path):
                   "--json", "-q", "--no-latency"))
     assert q["verified"] and q["top1_agreement"] >= 0.9 and q["sqnr_db"] > 20
     assert abs(q["accuracy"] - q["float_accuracy"]) < 0.1
+    # inspect feeds a TFLite signature's inputs by name ("image", not the tensor's
+    # "serving_default_image:0"): its latency was "not measured" for any two-input file
+    i = _json(cli("inspect", tmp_path / "q.tflite", "--json"))
+    assert i["latency_ms"] > 0 and "latency_not_measured" not in i
     e = _json(cli("export", model, "-o", tmp_path / "e.onnx", "--data", data, "--json", "-q"))
     assert e["max_abs_diff"] <= e["tolerance"] and e["top1_agreement"] == 1.0
 
