@@ -496,6 +496,20 @@ def _quoted_name(text: str) -> str:
     return ""
 
 
+def _NamedSignature(*args, **kwargs):
+    """A ``keras.layers.TFSMLayer`` whose dict of inputs reaches the signature as keyword
+    arguments (TFSMLayer passes one positional argument, which suits one input only)."""
+    import keras
+
+    class NamedSignature(keras.layers.TFSMLayer):
+        def call(self, inputs, training=False, **kw):
+            if isinstance(inputs, dict):
+                return self.call_endpoint_fn(**inputs, **kw)
+            return super().call(inputs, training=training, **kw)
+
+    return NamedSignature(*args, **kwargs)
+
+
 def _load_saved_model_dir(p: Path, unsafe: bool = False):
     if not (p / "saved_model.pb").is_file():
         raise CompressError(f"{p}: is a directory but not a SavedModel (no saved_model.pb)")
@@ -507,11 +521,17 @@ def _load_saved_model_dir(p: Path, unsafe: bool = False):
     try:
         loaded = tf.saved_model.load(str(p))
         fn = loaded.signatures["serving_default"]
-        spec = next(iter(fn.structured_input_signature[1].values()))
-        layer = keras.layers.TFSMLayer(str(p), call_endpoint="serving_default")
-        inputs = keras.Input(shape=tuple(spec.shape[1:]), dtype=spec.dtype.name)
+        specs = fn.structured_input_signature[1]
+        if len(specs) == 1:
+            spec = next(iter(specs.values()))
+            layer = keras.layers.TFSMLayer(str(p), call_endpoint="serving_default")
+            inputs = keras.Input(shape=tuple(spec.shape[1:]), dtype=spec.dtype.name)
+        else:  # a signature takes its inputs by name
+            layer = _NamedSignature(str(p), call_endpoint="serving_default")
+            inputs = {name: keras.Input(shape=tuple(spec.shape[1:]), dtype=spec.dtype.name,
+                                        name=name) for name, spec in specs.items()}
         outputs = layer(inputs)
-        if isinstance(outputs, dict):
+        if isinstance(outputs, dict) and len(outputs) == 1:
             outputs = next(iter(outputs.values()))
         # An inference-only wrapper: inspect and export work, passes that edit layers do not.
         return keras.Model(inputs, outputs, name=p.name)

@@ -212,3 +212,31 @@ def test_a_broken_saved_model_pb_is_one_line(tmp_path):
     (folder / "saved_model.pb").write_bytes(b"\xff\xff not a protobuf")
     with pytest.raises(CompressError, match="could not read saved_model.pb"):
         io.load_model(folder)
+
+
+def test_a_savedmodel_with_two_inputs_and_two_outputs_loads_and_exports(tmp_path, cli):
+    # The wrapper fed one tensor to the signature ("Could not automatically infer the
+    # output shape", cut off mid-sentence) and kept the first output only; both outputs
+    # came from one layer, so Keras named them alike and the export check lost one.
+    import json
+
+    import keras
+
+    a, b = keras.Input((6,), name="a"), keras.Input((3,), name="b")
+    h = keras.layers.Concatenate()([a, b])
+    model = keras.Model([a, b], [keras.layers.Dense(4, activation="softmax", name="cls")(h),
+                                 keras.layers.Dense(1, name="score")(h)])
+    folder = tmp_path / "two_sm"
+    model.export(str(folder), format="tf_saved_model", verbose=False)
+    loaded = io.load_model(folder)
+    x = {"a": np.ones((2, 6), "float32"), "b": np.zeros((2, 3), "float32")}
+    got = loaded.predict(x, verbose=0)
+    want = model.predict([x["a"], x["b"]], verbose=0)
+    assert sorted(got) == ["output_0", "output_1"]
+    np.testing.assert_allclose(got["output_0"], want[0], atol=1e-6)
+    np.testing.assert_allclose(got["output_1"], want[1], atol=1e-6)
+    result = cli("export", folder, "-o", tmp_path / "two.onnx", "--json", "-q")
+    assert result.exit_code == 0, result.output
+    check = json.loads(result.output)
+    assert sorted(check["outputs"]) == ["output_0", "output_1"]
+    assert all(o["max_abs_diff"] <= o["tolerance"] for o in check["outputs"].values())

@@ -367,10 +367,21 @@ def check_labels(model, num_classes: int, name: str = "data") -> None:
 
 
 def output_names(model) -> list[str]:
-    """The model's output names, in ``model.outputs`` order (Keras's ``output_names``)."""
+    """The model's output names, in ``model.outputs`` order (Keras's ``output_names``).
+
+    Keras names an output after the layer that made it, so one layer with several outputs
+    (a SavedModel's signature, a custom layer returning two tensors) gives one name twice:
+    then the keys of a dict of outputs name them (Keras flattens it in sorted key order),
+    else ``output_i``.
+    """
     names = list(getattr(model, "output_names", None) or [])
-    if len(names) == len(model.outputs):
+    if len(names) == len(model.outputs) and len(set(names)) == len(names):
         return names
+    struct = getattr(model, "_outputs_struct", None)
+    if isinstance(struct, dict) and len(struct) == len(model.outputs):
+        return sorted(struct)
+    if names and len(names) == len(model.outputs):
+        return [f"output_{i}" for i in range(len(names))]
     return [getattr(t, "name", f"output_{i}").split(":")[0].split("/")[0]
             for i, t in enumerate(model.outputs)]
 
