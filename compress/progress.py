@@ -48,6 +48,8 @@ _QUIET: contextvars.ContextVar = contextvars.ContextVar("compress_quiet", defaul
 _STREAM: contextvars.ContextVar = contextvars.ContextVar("compress_progress_stream",
                                                          default=None)
 _PLAN: contextvars.ContextVar = contextvars.ContextVar("compress_progress_plan", default=None)
+_KERAS_TO_STDERR: contextvars.ContextVar = contextvars.ContextVar("compress_keras_to_stderr",
+                                                                  default=False)
 _OPEN: list = []  # open phases, innermost last (one process, one terminal)
 _LOCK = threading.RLock()
 _LIVE = {"stream": None, "text": "", "width": 0}  # the terminal line being redrawn
@@ -76,6 +78,7 @@ def set_on(value: bool, quiet: bool = False) -> None:
     _ON.set(bool(value))
     _QUIET.set(bool(quiet))
     _PLAN.set(Plan() if value else None)
+    _KERAS_TO_STDERR.set(False)
     if value and not _SAVED_STDERR and sys.stderr is sys.__stderr__:
         try:  # native converters' output is silenced by redirecting fd 2: keep our own
             _SAVED_STDERR.append(os.fdopen(os.dup(sys.stderr.fileno()), "w", buffering=1,
@@ -83,6 +86,21 @@ def set_on(value: bool, quiet: bool = False) -> None:
                                            errors="replace"))
         except (AttributeError, OSError, ValueError):
             _SAVED_STDERR.append(None)
+
+
+def keras_lines_to_stderr() -> None:
+    """Send the lines Keras prints during fits (``verbose=2``: one per epoch) to stderr
+    for the rest of this command: the CLI's stdout holds its report (or JSON) only.
+    :func:`set_on` (a new command) turns it off again."""
+    _KERAS_TO_STDERR.set(True)
+
+
+def keras_output():
+    """A context in which Keras's printed lines go where :func:`keras_lines_to_stderr`
+    says (it writes them to ``sys.stdout``)."""
+    if _KERAS_TO_STDERR.get():
+        return contextlib.redirect_stdout(sys.stderr)
+    return contextlib.nullcontext()
 
 
 def is_quiet() -> bool:

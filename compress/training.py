@@ -281,7 +281,7 @@ def fit_model(model, x, y=None, *, validation_data=None, epochs: int = 1,
                                   start=backup_epoch(backup) if backup else 0, seed=seed)
         y, shuffle, kwargs = None, False, {"steps_per_epoch": steps}
     x, validation_data = text_tensors(x), text_tensors(validation_data)
-    with progress.closing(display):
+    with progress.closing(display), progress.keras_output():
         history = model.fit(x, y, epochs=epochs, validation_data=validation_data,
                             callbacks=cbs, verbose=verbose, shuffle=shuffle, **kwargs)
     nan_stop.raise_if_stopped(advice, context)

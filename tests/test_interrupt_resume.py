@@ -67,9 +67,9 @@ def test_checkpoint_dir_resumes_the_same_command(tmp_path, mlp_file):
     ck = tmp_path / "ck"
     cmd = _compress("prune", mlp_file[0], "-o", out, "--data", "digits", "--epochs", "60",
                     "--sparsity", "0.5", "--checkpoint-dir", ck)
-    code, first_out, _ = _interrupt_after(cmd, 4, marker_dir=ck)
+    code, _, first_err = _interrupt_after(cmd, 4, marker_dir=ck)
     assert code == 130
-    done = [int(line.split("/")[0].split()[-1]) for line in first_out.splitlines()
+    done = [int(line.split("/")[0].split()[-1]) for line in first_err.splitlines()
             if line.startswith("Epoch ")]
     epochs = _resume(cmd[3:])
     assert done and epochs, "Keras printed its epoch lines"
@@ -218,8 +218,9 @@ def _interrupt_at_epoch(args, metadata, epochs_done):
     return proc.returncode, out, err, held
 
 
-def _epoch_lines(stdout):
-    return [int(line.split("/")[0].split()[-1]) for line in stdout.splitlines()
+def _epoch_lines(stderr):
+    """The epoch numbers of Keras's "Epoch N/M" lines (on stderr: stdout is the report)."""
+    return [int(line.split("/")[0].split()[-1]) for line in stderr.splitlines()
             if line.startswith("Epoch ")]
 
 
@@ -232,7 +233,7 @@ def _resume(args):
 
     resumed = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
     assert resumed.exit_code == 0, resumed.output[-800:]
-    return _epoch_lines(resumed.stdout)
+    return _epoch_lines(resumed.stderr)
 
 
 def _check_interrupted(code, err, out, ck, held, at_least):

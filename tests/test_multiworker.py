@@ -203,7 +203,7 @@ def test_a_killed_worker_fails_the_launch_in_one_line_and_the_rerun_resumes(
     resumed = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=600,
                              check=False)
     assert resumed.returncode == 0, resumed.stderr[-1500:]
-    epochs = [int(line.split("/")[0].split()[-1]) for line in resumed.stdout.splitlines()
+    epochs = [int(line.split("/")[0].split()[-1]) for line in resumed.stderr.splitlines()
               if line.startswith("Epoch ")]
     assert epochs[0] == done + 1, (done, epochs)  # from the last finished epoch on
     assert not ck.exists() or not any(ck.iterdir())  # a finished fit's backup is deleted

@@ -183,17 +183,20 @@ def test_cli_terminal_progress_is_one_redrawn_line_per_phase(cli, tmp_path, mlp_
 def test_cli_piped_keras_fit_output_is_one_plain_line_per_epoch(cli, tmp_path, mlp_file,
                                                                 monkeypatch):
     """Progress off and stdout piped (a log file, CI): Keras's own fit output is one
-    plain line per epoch, without its bar's colour codes and carriage returns."""
+    plain line per epoch, without its bar's colour codes and carriage returns, on stderr:
+    stdout holds the report alone (``compress prune ... > report.txt``)."""
     path, _ = mlp_file
     monkeypatch.setenv("COMPRESS_PROGRESS", "0")
     result = cli("prune", path, "-o", tmp_path / "p.keras", "--sparsity", "0.5", "--data",
                  "digits", "--epochs", "2")
     assert result.exit_code == 0, result.output
-    assert "Epoch 2/2" in result.stdout and "loss:" in result.stdout
-    assert "\x1b[" not in result.stdout and "\r" not in result.stdout
+    assert "Epoch 2/2" in result.stderr and "loss:" in result.stderr
+    assert "\x1b[" not in result.stderr and "\r" not in result.stderr
+    assert "Epoch" not in result.stdout and "sparsity" in result.stdout  # the report
     recipe = tmp_path / "r.yaml"  # compress run: the same
     recipe.write_text(f"name: r\ndata: digits\nmodel: {path}\nsteps:\n"
                       "  - prune: {sparsity: 0.5, epochs: 2}\n")
     result = cli("run", recipe, "-o", tmp_path / "out")
     assert result.exit_code == 0, result.output
-    assert "Epoch 2/2" in result.stdout and "\x1b[" not in result.stdout
+    assert "Epoch 2/2" in result.stderr and "\x1b[" not in result.stderr
+    assert "Epoch" not in result.stdout

@@ -204,14 +204,18 @@ def verbose(as_json: bool) -> int | str:
     ``--quiet``; none either where :mod:`compress.progress` shows the fit on stderr
     instead (progress on); else Keras's own output: its bar in a terminal, one plain line
     per epoch when stdout is piped (Keras's ``"auto"`` would write the bar's colour codes
-    and carriage returns into the log)."""
+    and carriage returns into the log), and those lines on stderr: stdout holds the
+    report alone (``compress prune ... > report.txt``)."""
     from compress import progress
 
     if as_json or progress.is_quiet():
         return 0
     if progress.is_on():
         return 0
-    return "auto" if progress.isatty(sys.stdout) else 2
+    if progress.isatty(sys.stdout):
+        return "auto"
+    progress.keras_lines_to_stderr()
+    return 2
 
 
 def emit(result: dict, as_json: bool, reports: list | None = None, title: str | None = None,
