@@ -40,3 +40,29 @@ def test_a_bad_callback_option_is_refused_without_keras(tmp_path):
     assert _check(tmp_path, 1.5) == [
         "steps[0].cascade.callbacks.plateau.factor: must be in (0.0, 1.0), got 1.5",
         False, False]
+
+
+def test_a_missing_file_beside_a_recipe_elsewhere_names_where_paths_are_read(
+        tmp_path, monkeypatch):
+    # A recipe kept next to its model, run from another folder: "reg.keras: no such file"
+    # alone did not say that relative paths are read from the working directory.
+    import pytest
+
+    from compress.errors import CompressError
+    from compress.recipes import load_recipe
+
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "reg.keras").write_bytes(b"")
+    (folder / "r.yaml").write_text("model: reg.keras\nsteps:\n  - prune: {sparsity: 0.5}\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CompressError) as err:
+        load_recipe("project/r.yaml")
+    assert str(err.value).startswith("model: reg.keras: no such file")
+    assert str(err.value).endswith(f"relative paths in a recipe are read from the working "
+                                   f"directory ({tmp_path}), not from the recipe's folder "
+                                   "(project)")
+    monkeypatch.chdir(folder)  # from the recipe's folder the message stays as it was
+    (folder / "reg.keras").unlink()
+    with pytest.raises(CompressError, match=r"no such file \(and not a builder: [^;]*$"):
+        load_recipe("r.yaml")

@@ -84,7 +84,16 @@ def load_recipe(source, overrides: list[str] = (), quick: bool = False,
         raise CompressError("quick: must be a list of PATH=VALUE strings")
     for item in (list(quick_form) if quick else []) + list(overrides):
         apply_override(recipe, item)
-    return validate_recipe(recipe, unsafe=unsafe)
+    try:
+        return validate_recipe(recipe, unsafe=unsafe)
+    except CompressError as exc:
+        folder = Path(where).parent if where != "recipe" else None
+        if folder is None or "no such file" not in str(exc) or \
+                folder.resolve() == Path.cwd().resolve():
+            raise
+        raise CompressError(f"{exc}; relative paths in a recipe are read from the working "
+                            f"directory ({Path.cwd()}), not from the recipe's folder "
+                            f"({folder})") from None
 
 
 def _read_recipe_text(path: Path) -> str:
