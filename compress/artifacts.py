@@ -64,8 +64,9 @@ def structure(content: bytes, fmt: str) -> dict:
 
 
 def quantized_share(weights: dict) -> float:
-    """The fraction of stored weight values held in 8 bits or fewer (int8, uint8, int4)."""
-    total = sum(w["values"] for w in weights.values())
+    """The fraction of stored weight values held in 8 bits or fewer (int8, uint8, int4);
+    the ``index`` arrays of sparse tensors place values and are not counted."""
+    total = sum(w["values"] for k, w in weights.items() if k != "index")
     small = sum(w["values"] for k, w in weights.items() if k in ("int8", "uint8", "int4",
                                                                  "uint4"))
     return small / total if total else 0.0
@@ -129,11 +130,34 @@ def _tflite(content: bytes) -> dict:
                 continue  # an activation, not a stored weight
             q = t.Quantization()
             values = int(np.prod(t.ShapeAsNumpy())) if t.ShapeLength() else 1
-            _weights_entry(weights, types.get(t.Type(), str(t.Type())).lower(), values, nbytes,
+            dtype = types.get(t.Type(), str(t.Type())).lower()
+            if t.Sparsity() is not None:  # the buffer holds the kept values only
+                values, index = _sparse_storage(t, nbytes, dtype, schema)
+                _weights_entry(weights, "index", index[0], index[1], 0)
+            _weights_entry(weights, dtype, values, nbytes,
                            q.ScaleLength() if q is not None else 0)
     return {"inputs": [tensor_info(graph.Inputs(i)) for i in range(graph.InputsLength())],
             "outputs": [tensor_info(graph.Outputs(i)) for i in range(graph.OutputsLength())],
             "ops": dict(ops.most_common()), "weights": weights, "sparse_tensors": sparse}
+
+
+def _sparse_storage(t, nbytes: int, dtype: str, schema) -> tuple[int, tuple[int, int]]:
+    """``(values stored, (index entries, index bytes))`` of a TFLite tensor in the sparse
+    format: its buffer holds the kept values only, and the segments and indices that
+    place them are arrays in the file's structure (uint8, uint16 or int32 each)."""
+    sizes = {schema.Int32VectorT: 4, schema.Uint16VectorT: 2, schema.Uint8VectorT: 1}
+    params = schema.SparsityParametersT.InitFromObj(t.Sparsity())
+    entries = index = 0
+    for dim in params.dimMetadata or []:
+        for vec in (dim.arraySegments, dim.arrayIndices):
+            if vec is not None and getattr(vec, "values", None) is not None:
+                entries += len(vec.values)
+                index += len(vec.values) * sizes.get(type(vec), 4)
+    try:
+        width = np.dtype(dtype).itemsize
+    except TypeError:
+        width = 1
+    return nbytes // width, (entries, index)
 
 
 def _onnx(content: bytes) -> dict:

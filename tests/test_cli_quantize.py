@@ -94,3 +94,10 @@ def test_export_quantize_sparse_stores_pruned_weights_sparse(cli, mlp_file, tmp_
     info = json.loads(result.output)
     assert info["sparse_tensors"] > 0
     assert sparse.stat().st_size < 0.8 * dense.stat().st_size  # a tiny model: overhead stays
+    # inspect counts what a sparse tensor stores: its kept values (not its dense shape's
+    # count) and the index arrays that place them, which were left out of the table
+    seen = {f: json.loads(cli("inspect", f, "--json").output)["weights"] for f in (dense, sparse)}
+    assert "index" not in seen[dense] and seen[sparse]["index"]["bytes"] > 0
+    assert seen[sparse]["int8"]["values"] < 0.2 * seen[dense]["int8"]["values"]
+    stored = sum(w["bytes"] for w in seen[sparse].values())
+    assert stored < sparse.stat().st_size

@@ -287,7 +287,8 @@ def quantize(model, data=None, *, verbose: int | str = 0, **options) -> tuple[by
         info["calibration_samples"] = _length(x_cal)
     if "latency_ratio" in info and opts["mode"] in ("int8", "dynamic") and \
             not info.get("nothing_quantized"):  # a float file: no int8 kernel to explain
-        info["latency_note"] = latency_note(info["latency_ratio"]["1"])
+        info["latency_note"] = latency_note(info["latency_ratio"]["1"],
+                                            sparse_tensors=info.get("sparse_tensors", 0))
     if lookups:
         info["lookups_note"] = lookups
     return content, info
@@ -319,12 +320,18 @@ def require_data(options: dict, data) -> None:
                             "mnist5k), or use mode keras-int4, which needs no data")
 
 
-def latency_note(ratio: float, cpu: dict | None = None) -> str | None:
+def latency_note(ratio: float, cpu: dict | None = None,
+                 sparse_tensors: int = 0) -> str | None:
     """Why an 8-bit artifact is not faster than float on this CPU (None when it is).
 
     8-bit kernels beat float ones through instructions that multiply and add four 8-bit
     pairs at once (x86 VNNI, ARM dotprod); without them they widen to 16 bits and do about
-    the same work as float, plus the requantization of every output.
+    the same work as float, plus the requantization of every output. A file with
+    ``sparse_tensors`` (``--sparse``) first has LiteRT rebuild each dense weight at run
+    time (a ``DENSIFY`` op), outside the XNNPACK delegate: that is its cost.
+
+    >>> latency_note(2.3, {"name": "X", "int8_dot_product": True}, sparse_tensors=3)[:60]
+    'int8 is 2.30x the float latency on this CPU (X): the file st'
 
     >>> latency_note(0.5) is None
     True
@@ -337,6 +344,11 @@ def latency_note(ratio: float, cpu: dict | None = None) -> str | None:
 
     cpu = cpu or cpu_info()
     head = f"int8 is {ratio:.2f}x the float latency on this CPU ({cpu['name']})"
+    if sparse_tensors:
+        return (f"{head}: the file stores {sparse_tensors} weight tensor(s) in the sparse "
+                "format (--sparse), which LiteRT turns back into dense ones with DENSIFY ops "
+                "that run outside the XNNPACK delegate. Leave out --sparse for speed; keep it "
+                "where the file's size matters more")
     if cpu["int8_dot_product"] is False:
         return (f"{head}: it has no 8-bit dot-product instructions (x86 VNNI, ARM dotprod), "
                 "so its int8 kernels do about the work of float ones. The smaller file still "
