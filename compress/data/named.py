@@ -532,14 +532,19 @@ def read_csv(path: Path, seed: int = 0, label_column: str | None = None) -> Data
                             f"{', '.join(header)})")
     columns, numeric = {}, []
     for i, name in enumerate(header):
-        cells = np.array([row[i].strip() for _, row in body])
+        raw = [row[i].strip() for _, row in body]
+        # Number columns as NumPy strings (short); text columns as Python strings: a NumPy
+        # string array gives every cell the longest one's width, and one 100,000-character
+        # review among 50,000 rows would ask for 20 GB.
+        is_number = all(_NUMBER.fullmatch(c) for c in raw)
+        cells = np.array(raw) if is_number else np.array(raw, dtype=object)
         empty = np.flatnonzero(cells == "")
         if empty.size:
             raise CompressError(f"{path}: column '{name}' is empty on line "
                                 f"{body[empty[0]][0]} (missing values are not filled in: "
                                 "fill or drop them)")
         columns[name] = cells
-        if all(_NUMBER.fullmatch(c) for c in cells):
+        if is_number:
             numbers = cells.astype("float64")
             if not np.all(np.isfinite(numbers)):  # 1e999
                 line = body[int(np.argmin(np.isfinite(numbers)))][0]
