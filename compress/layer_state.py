@@ -31,18 +31,25 @@ def model_input(layer, model):
     >>> model_input(model.get_layer("text_vectorization"), model)   # doctest: +SKIP
     <KerasTensor shape=(None, 1), dtype=string, name=text>
     """
-    nodes = _own_nodes(layer, model)
+    nodes = own_calls(layer, model)
     sources = [t for n in nodes for t in n.input_tensors]
     if len(nodes) != 1 or len(sources) != 1:
         return None
     return next((t for t in getattr(model, "inputs", None) or [] if t is sources[0]), None)
 
 
-def _own_nodes(layer, model) -> list:
-    """The calls of ``layer`` that belong to ``model``'s graph. A layer keeps a node for
-    every call: a Sequential model loaded from a file has called its layers twice (once
-    when it was built, once in the graph it runs), and a layer shared with another model
-    has that model's calls too."""
+def own_calls(layer, model) -> list:
+    """The calls (Keras nodes) of ``layer`` that belong to ``model``'s graph. A layer
+    keeps a node for every call: a Sequential model loaded from a file has called its
+    layers twice (once when it was built, once in the graph it runs), and a layer shared
+    with another model has that model's calls too. A layer of a nested model has no call
+    in the outer graph: all its calls are returned.
+
+    Example:
+
+    >>> len(own_calls(loaded_sequential.layers[0], loaded_sequential))  # doctest: +SKIP
+    1
+    """
     nodes = list(getattr(layer, "_inbound_nodes", []))
     graph = getattr(model, "_functional", None) or model
     own = getattr(graph, "_nodes", None)
@@ -50,9 +57,8 @@ def _own_nodes(layer, model) -> list:
         from keras.src.ops.function import make_node_key
     except ImportError:  # pragma: no cover - a Keras without it: every call counts
         return nodes
-    if not own:
-        return nodes
-    return [n for i, n in enumerate(nodes) if make_node_key(layer, i) in own]
+    mine = [n for i, n in enumerate(nodes) if own and make_node_key(layer, i) in own]
+    return mine or nodes
 
 
 def all_layers(model) -> list:

@@ -431,10 +431,12 @@ def accumulate(model, hessians: list, x, batch_size: int = 128, stop_early: bool
             not any(type(h.layer).__name__ in CELLS for h in hessians) and \
             _accumulate_traced(model, hessians, x, batch_size):
         return
+    from compress.layer_state import own_calls
+
     single = hessians[0].layer if len(by_layer) == 1 else None
     if single is not None and type(single).__name__ in CELLS:
         single = None  # called at every time step: run the whole model
-    if single is not None and len(getattr(single, "_inbound_nodes", [])) > 1:
+    if single is not None and len(own_calls(single, model)) > 1:
         single = None  # a shared layer: every call counts, run the whole model
     refs = [h for h in hessians if h.reference is not None]
     for xb in _batches(x, batch_size):
@@ -442,7 +444,7 @@ def accumulate(model, hessians: list, x, batch_size: int = 128, stop_early: bool
         for h in refs:  # the uncompressed inputs of the same samples, before this model's
             got = []
             ref = h.reference[1]  # a cell is called at every time step, a shared layer
-            many = type(ref).__name__ in CELLS or len(getattr(ref, "_inbound_nodes", [])) > 1
+            many = type(ref).__name__ in CELLS or len(own_calls(ref, h.reference[0])) > 1
             _forward(h.reference[0], {id(ref): got.append}, xb,
                      stop_layer=None if many else ref)
             h.pending = [h.rows_fn(g) for g in (got if many else got[:1])]
