@@ -137,3 +137,22 @@ def test_rate_is_read_in_graph_and_the_optimizer_is_restored_after_fit(tmp_path)
     model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0)
     for a, b in zip(model.get_weights(), before, strict=True):
         np.testing.assert_array_equal(a, b)  # rate 0: the re-traced step reads the variable
+
+
+def test_a_fit_stopped_by_an_error_leaves_the_next_cosine_fit_working():
+    # Keras skips on_train_end when a fit raises: the schedule stayed in the optimizer and
+    # the next CosineSchedule refused it as "compiled with a LearningRateSchedule".
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(N, 4)).astype("float32"), rng.integers(0, 3, N)
+    model = _model(0.05)
+    variable = model.optimizer._learning_rate
+    boom = keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        model.fit(x, y, batch_size=BATCH, epochs=3, verbose=0,
+                  callbacks=[CosineSchedule(peak_lr=0.1), boom])
+    assert model.optimizer._learning_rate is not variable  # left in by the error
+    rec = _Record()
+    model.fit(x, y, batch_size=BATCH, epochs=2, verbose=0,
+              callbacks=[CosineSchedule(peak_lr=0.1), rec])
+    assert model.optimizer._learning_rate is variable
+    assert rec.rates[0] == pytest.approx(0.1) and rec.rates[-1] < 0.05

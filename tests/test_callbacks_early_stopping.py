@@ -133,6 +133,25 @@ def test_patience_counts_evaluations_not_epochs(arrays):
     assert stop.best_epoch % 3 == 2  # the best is an evaluation epoch
 
 
+def test_a_monitor_the_fit_never_logs_is_said_once(arrays):
+    # Keras's own callback warns; ours returned quietly: a typo (val_acc) or no
+    # validation data, and the fit ran every epoch with nothing restored, unsaid.
+    x, y, xv, yv = arrays
+    for monitor, validation in (("val_acc", (xv, yv)), ("val_loss", None)):
+        model = _mlp()
+        with pytest.warns(UserWarning, match=f"EarlyStopping: '{monitor}'") as seen:
+            model.fit(x, y, validation_data=validation, epochs=3, batch_size=256, verbose=0,
+                      callbacks=[EarlyStopping(monitor=monitor, patience=1, mode="max")])
+        assert len([w for w in seen if "EarlyStopping" in str(w.message)]) == 1
+    import warnings
+
+    with warnings.catch_warnings(record=True) as seen:  # a monitor the fit logs: nothing
+        warnings.simplefilter("always")
+        _mlp().fit(x, y, validation_data=(xv, yv), epochs=2, batch_size=256, verbose=0,
+                   callbacks=[EarlyStopping(monitor="val_accuracy", patience=1)])
+    assert not [w for w in seen if "EarlyStopping" in str(w.message)]
+
+
 def test_retrain_on_all_data_runs_exactly_i_star_steps(arrays):
     x, y, xv, yv = arrays
     model = _mlp()

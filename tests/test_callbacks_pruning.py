@@ -156,3 +156,71 @@ def test_a_resumed_fit_keeps_the_schedule_and_its_masks(digits, tmp_path):
         np.testing.assert_array_equal(k == 0, whole.get_layer(name).kernel.numpy() == 0)
     assert all(w.constraint is None for w in resumed.weights)
     assert not any(ck.iterdir())  # the finished fit dropped its backup
+
+
+def test_keras_backup_and_restore_resume_keeps_the_zeros_and_the_schedule(digits, tmp_path):
+    # Keras's own BackupAndRestore (not the toolkit's) saves no callback state: the resumed
+    # callback started its schedule again at step 0 with masks of ones, and the restored
+    # zeros grew back (0.9 asked, 0.11 reached).
+    from compress.data import prepare
+
+    def run(*extra):
+        keras.utils.set_random_seed(0)
+        model = _model()
+        ds = prepare(model, digits)
+        cb = Pruning(sparsity=0.9, frequency=5)
+        backup = keras.callbacks.BackupAndRestore(str(tmp_path / "bk"))
+        model.fit(ds.x_train, ds.y_train, epochs=4, batch_size=64, verbose=0,
+                  callbacks=[backup, cb, *extra])
+        return model, cb
+
+    with pytest.raises(KeyboardInterrupt):
+        run(_interrupt_at_epoch(2))
+    resumed, cb = run()
+    assert cb.step == 4 * 21 and cb.current == pytest.approx(0.9)
+    for name in ("fc1", "out"):
+        k = resumed.get_layer(name).kernel.numpy()
+        assert abs((k == 0).sum() - 0.9 * k.size) <= 1
+
+
+def test_an_early_stop_before_the_schedule_ends_is_said(digits):
+    from compress.callbacks import EarlyStopping
+    from compress.callbacks.pruning import UnderPrunedWarning
+    from compress.data import prepare
+
+    model = _model()
+    ds = prepare(model, digits)
+    stop = keras.callbacks.LambdaCallback(
+        on_epoch_end=lambda e, logs: setattr(model, "stop_training", e == 0))
+    with pytest.warns(UnderPrunedWarning, match="before the schedule reached sparsity 0.9"):
+        model.fit(ds.x_train, ds.y_train, epochs=6, batch_size=64, verbose=0,
+                  callbacks=[Pruning(sparsity=0.9, frequency=5), stop])
+    assert 0 < (model.get_layer("fc1").kernel.numpy() == 0).mean() < 0.9
+    assert EarlyStopping  # the README's pairing; its restore keeps the masks (tested above)
+
+
+def test_a_layers_own_constraint_is_kept_under_the_mask_and_given_back(digits):
+    from compress.data import prepare
+    from compress.pruning import prune
+
+    def nonneg_model():
+        keras.utils.set_random_seed(0)
+        m = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
+                              keras.layers.Dense(32, activation="relu", name="fc1",
+                                                 kernel_constraint="non_neg"),
+                              keras.layers.Dense(10, activation="softmax", name="out")])
+        m.compile(keras.optimizers.SGD(0.05, momentum=0.9),
+                  "sparse_categorical_crossentropy", metrics=["accuracy"])
+        return m
+
+    model = nonneg_model()
+    ds = prepare(model, digits)
+    model.fit(ds.x_train, ds.y_train, epochs=2, batch_size=64, verbose=0,
+              callbacks=[Pruning(sparsity=0.5, frequency=5, end_step=20)])
+    kernel = model.get_layer("fc1").kernel
+    assert (kernel.numpy() >= 0).all() and (kernel.numpy() == 0).mean() >= 0.5
+    assert isinstance(kernel.constraint, keras.constraints.NonNeg)  # given back
+    pruned, _ = prune(nonneg_model(), ds, sparsity=0.5, epochs=1)
+    kernel = pruned.get_layer("fc1").kernel
+    assert (kernel.numpy() >= 0).all()
+    assert isinstance(kernel.constraint, keras.constraints.NonNeg)

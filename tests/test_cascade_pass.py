@@ -86,3 +86,13 @@ def test_a_nan_stage_stops_the_cascade_with_one_line(digits, cnn_file):
     bad.x_train[7] = np.inf
     with pytest.raises(CompressError, match="NaN or infinite.*cascade stage 1"):
         cascade_train(model, bad, epochs=1, k=0)
+
+
+def test_a_pruning_callback_is_refused_in_one_line(digits):
+    # One instance followed every stage's fit: its schedule ended in the first stage and
+    # the later stages' layers were never pruned (0.8 asked, stage 2 at 0.0), unsaid.
+    from compress.callbacks import Pruning
+
+    with pytest.raises(CompressError, match="a Pruning callback cannot follow the stages"):
+        cascade_train(build("cnn4", input_shape=(8, 8, 1), num_classes=10), digits,
+                      epochs=1, callbacks=[Pruning(sparsity=0.8)])

@@ -41,7 +41,12 @@ class CosineSchedule(keras.callbacks.Callback):
     assignment. Unlike a ``LearningRateSchedule`` passed to the optimizer, it works with a
     model compiled with a plain float learning rate,
     composes with other callbacks, and writes ``learning_rate`` into the epoch logs (so
-    ``History``, ``CSVLogger`` and TensorBoard record it).
+    ``History``, ``CSVLogger`` and TensorBoard record it). A callback that sets the
+    optimizer's rate itself (Keras's ``ReduceLROnPlateau`` or ``LearningRateScheduler``)
+    cannot share the ``fit`` with it: Keras refuses to set a rate the schedule holds; use
+    :class:`compress.callbacks.PlateauSchedule`, which scales the cosine instead. A fit
+    stopped by an exception (Keras then skips ``on_train_end``) leaves the schedule in
+    the optimizer until the next fit with a ``CosineSchedule`` takes it out.
 
     Plateau rule: a :class:`compress.callbacks.PlateauSchedule` in the same ``fit`` does
     not write the optimizer's rate; it multiplies this schedule's ``scale`` (the whole
@@ -131,6 +136,9 @@ class CosineSchedule(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         optimizer = self.model.optimizer
+        stale = optimizer._learning_rate
+        if isinstance(stale, _InGraphRate):  # an earlier fit with one stopped on an error
+            stale.detach(float(keras.ops.convert_to_numpy(stale.variable)))
         if isinstance(optimizer._learning_rate,
                       keras.optimizers.schedules.LearningRateSchedule):
             raise CompressError("CosineSchedule: the optimizer was compiled with a "

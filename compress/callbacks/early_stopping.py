@@ -66,6 +66,7 @@ class EarlyStopping(keras.callbacks.EarlyStopping):
         super().on_train_begin(logs)
         self.best_step = 0
         self.evaluations = 0
+        self._warned = self._seen = False
         self._start_iterations = self._iterations()
 
     def on_epoch_end(self, epoch, logs=None):
@@ -73,6 +74,7 @@ class EarlyStopping(keras.callbacks.EarlyStopping):
         if self.monitor not in logs and not _has_validation(logs, self.monitor):
             return  # not an evaluation epoch (validation_freq > 1): neither counted nor warned
         super().on_epoch_end(epoch, logs)
+        self._seen = self._seen or self.monitor in logs
         if self.monitor in logs and epoch >= self.start_from_epoch:
             self.evaluations += 1
             if self.best_epoch == epoch:  # improved at this evaluation: i <- i*
@@ -84,6 +86,10 @@ class EarlyStopping(keras.callbacks.EarlyStopping):
 
     def on_train_end(self, logs=None):
         super().on_train_end(logs)
+        if not getattr(self, "_seen", True) and not getattr(self, "_warned", False):
+            self._warn(f"EarlyStopping: '{self.monitor}' never appeared in this fit's logs "
+                       "(no validation data?): it neither stopped the fit nor restored "
+                       "weights")
         if self.verbose > 0 and self.best is not None:
             print_msg(f"Best {self.monitor} {float(self.best):.6g} at epoch "
                                f"{self.best_epoch + 1} (i* = {self.best_step} steps).")
@@ -116,6 +122,7 @@ class EarlyStopping(keras.callbacks.EarlyStopping):
         self.best_epoch = int(state["best_epoch"])
         self.best_step = int(state["best_step"])
         self.evaluations = int(state["evaluations"])
+        self._seen = self.evaluations > 0 or self.best is not None
         self._start_iterations = int(state["start_iterations"])
         self.best_weights = None
         if state["best_weights"]:
@@ -129,7 +136,18 @@ class EarlyStopping(keras.callbacks.EarlyStopping):
         return int(keras.ops.convert_to_numpy(opt.iterations))
 
     def get_monitor_value(self, logs):
-        return (logs or {}).get(self.monitor)
+        value = (logs or {}).get(self.monitor)
+        if value is None and not getattr(self, "_warned", False):  # a typo: val_acc
+            self._warn(f"EarlyStopping: '{self.monitor}' is not among this fit's metrics "
+                       f"({', '.join(logs or {})}): it neither stops the fit nor restores "
+                       "weights")
+        return value
+
+    def _warn(self, message: str) -> None:
+        import warnings
+
+        self._warned = True
+        warnings.warn(message, UserWarning, stacklevel=3)
 
     def get_config(self):
         return {"monitor": self.monitor, "min_delta": self.min_delta, "patience": self.patience,

@@ -178,6 +178,8 @@ class Pruning(keras.callbacks.Callback):
         self._pairs = None
         self._final_masks = None
         self._fit_frame = None
+        self._restored = False  # restore_state ran for this fit
+        self._first_epoch = True
 
     def target_sparsity(self, step: int) -> float:
         """The scheduled sparsity at training step ``step``."""
@@ -193,6 +195,8 @@ class Pruning(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self._final_masks = None
+        self._restored = False
+        self._first_epoch = True
         if self.end_step is None:
             steps = (self.params or {}).get("steps") or self.steps_per_epoch
             if not steps and self.schedule == "polynomial":
@@ -275,6 +279,28 @@ class Pruning(keras.callbacks.Callback):
             if mask is not None:
                 var.assign(np.asarray(var) * np.asarray(mask, dtype=np.asarray(var).dtype))
 
+    def on_epoch_begin(self, epoch, logs=None):
+        if not self._first_epoch:
+            return
+        self._first_epoch = False
+        if epoch == 0 or self._restored:
+            return
+        # The fit starts at a later epoch without this callback's saved state: Keras's
+        # own BackupAndRestore put back the weights of an interrupted run (or the user
+        # passed initial_epoch). Its zeros are the masks so far, and the schedule carries
+        # on at this epoch's step: starting it again at step 0 with no masks let every
+        # pruned weight grow back (0.9 asked, 0.11 reached).
+        steps = (self.params or {}).get("steps") or self.steps_per_epoch
+        if not steps:
+            return
+        self.step = max(self.step, epoch * steps, self.begin_step)
+        zeros = []
+        for _, var in self._pairs or []:
+            kept = np.asarray(var) != 0
+            set_mask(var, kept)
+            zeros.append(1.0 - float(kept.mean()))
+        self.current = min(zeros) if zeros else 0.0
+
     def on_train_batch_begin(self, batch, logs=None):
         step = self.step
         self.step += 1
@@ -298,6 +324,15 @@ class Pruning(keras.callbacks.Callback):
             set_mask(var, m)
 
     def on_train_end(self, logs=None):
+        if self.current < self.sparsity - 1e-9:  # an early stop before the schedule ended
+            import warnings
+
+            warnings.warn(
+                f"Pruning: the fit ended at step {self.step}, before the schedule reached "
+                f"sparsity {self.sparsity:g} (at step {self.end_step}): the model is at "
+                f"{self.current:.3g}. With EarlyStopping, give Pruning an end_step that the "
+                "fit reaches first, or fit again with a Pruning callback to finish",
+                UnderPrunedWarning, stacklevel=2)
         # A callback before this one may have put back weights of an epoch with fewer
         # zeros; those after it are caught by the guard (_guard_restores).
         self._apply_masks()
@@ -331,9 +366,15 @@ class Pruning(keras.callbacks.Callback):
         self.updates = [(int(step), float(s)) for step, s in state["updates"]]
         for j, (_, var) in enumerate(self._pairs or []):
             set_mask(var, state[f"mask{j}"])
+        self._restored = True
 
     def get_config(self):
         return {name: getattr(self, name) for name in PRUNING_CALLBACK_OPTIONS.names()}
+
+
+class UnderPrunedWarning(UserWarning):
+    """:class:`Pruning`'s fit ended (an early stop) before its schedule reached the
+    sparsity asked for."""
 
 
 class LeftDenseWarning(UserWarning):

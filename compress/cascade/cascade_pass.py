@@ -235,7 +235,7 @@ def cascade_train(model_or_specs, data, *, verbose: int | str = 0, callbacks=Non
     Raises:
         CompressError: bad options or data, a model that is not a chain, a NaN stage;
             unlabelled data with layer specs (no trained model to learn from); a model
-            Keras already quantized.
+            Keras already quantized; a ``Pruning`` callback among ``callbacks``.
     """
     from compress import training
     from compress.callbacks.plateau import PlateauSchedule
@@ -243,6 +243,14 @@ def cascade_train(model_or_specs, data, *, verbose: int | str = 0, callbacks=Non
     from compress.task import output_activation, resolve, sample_targets
 
     opts = CASCADE_OPTIONS.validate(options)
+    from compress.callbacks.pruning import Pruning
+
+    if any(isinstance(cb, Pruning) for cb in callbacks or []):
+        # One instance would follow every stage's fit: its schedule ends in the first,
+        # and the later stages' layers got masks of ones (0.8 asked, stage 2 at 0.0).
+        raise CompressError("cascade: a Pruning callback cannot follow the stages (each is "
+                            "a fit of its own layers); prune the cascade's result instead "
+                            "(compress.prune, or a Pruning callback in a fit of the model)")
     training.set_seed(opts["seed"])
     dataset = as_dataset(data, seed=opts["seed"]) if not hasattr(data, "labelled") else data
     teacher = None

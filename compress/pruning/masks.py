@@ -50,22 +50,28 @@ PRUNABLE = {
 
 
 class ZeroMask:
-    """A variable constraint multiplying the weight by a fixed 0/1 mask.
+    """A variable constraint multiplying the weight by a fixed 0/1 mask, after the
+    constraint the weight had (a layer's ``kernel_constraint``, such as ``NonNeg``).
 
     Args:
         mask: array of the weight's shape, 1 where the weight is kept.
+        inner: the variable's own constraint, or None. It is applied first, and it is
+            the variable's constraint again once the mask is released.
     """
 
-    def __init__(self, mask):
+    def __init__(self, mask, inner=None):
         import tensorflow as tf
 
         # A tf.Variable: the compiled train step reads its current value, so changing the
         # mask (gradual schedules) needs no retracing.
         self.mask = tf.Variable(np.asarray(mask, dtype="float32"), trainable=False)
+        self.inner = inner
 
     def __call__(self, w):
         import tensorflow as tf
 
+        if self.inner is not None:
+            w = self.inner(w)
         return w * tf.cast(self.mask, w.dtype)
 
     def get_config(self):
@@ -320,7 +326,7 @@ def release_zeros(model) -> int:
     for layer in deep_leaves(model):
         for var in layer.weights:
             if isinstance(var.constraint, ZeroMask):
-                var.constraint = None
+                var.constraint = var.constraint.inner  # the layer's own, if it had one
                 n += 1
     _drop_compiled(model)
     return n
@@ -333,7 +339,7 @@ def set_mask(variable, mask) -> ZeroMask:
     if isinstance(current, ZeroMask):
         current.mask.assign(mask)
     else:
-        current = ZeroMask(mask)
+        current = ZeroMask(mask, inner=current)
         variable.constraint = current
     variable.assign(np.asarray(variable) * mask)
     return current
