@@ -195,7 +195,8 @@ def model_report(model, data=None, split: str = "test", latency: bool = True,
     Args:
         model: a Keras model.
         data: a :class:`compress.data.Dataset` already fitted to the model (see
-            ``compress.data.prepare``), or None to skip the scores.
+            ``compress.data.prepare``), anything :func:`compress.data.as_dataset` takes
+            (an ``(x, y)`` pair is scored as it is), or None to skip the scores.
         split: str, default ``"test"``. Which split the scores are measured on.
         latency: bool, default True. Measure batch-1 latency (50 runs).
         name: label of the column in tables (default the model's name).
@@ -212,6 +213,10 @@ def model_report(model, data=None, split: str = "test", latency: bool = True,
     Returns:
         A JSON-ready dict.
     """
+    if data is not None and not hasattr(data, "labelled"):  # arrays, (x, y), tf.data...
+        from compress.data import as_dataset
+
+        data = as_dataset(data, model)
     if path is not None:
         raw, zipped = Path(path).stat().st_size, zipped_size(path)
     else:

@@ -95,6 +95,14 @@ def test_tf_data_and_tuples_flow_through_prepare_prune_share_quantize_export(
 
     student, info = compress.distill(model, ds, width=0.5, epochs=1, baseline=False)
     assert student.count_params() < model.count_params() and info["epochs"] == 1
+    # distillation's other form, (teacher, student, data): one line, not a TypeError
+    for args in ((model, student, ds), (model, student)):
+        with pytest.raises(CompressError, match=r"compress.distillation.distill\(teacher, "):
+            compress.distill(*args)
+    # a report scores an (x, y) pair as it is (an AttributeError on 'labelled' before)
+    report = compress.model_report(model, (x, y), latency=False)
+    assert report["accuracy"] == pytest.approx(
+        float(np.mean(np.argmax(model.predict(x, verbose=0), -1) == y)))
 
     shared, info = compress.share(model, ds, method="kmeans", clusters=4, epochs=1)
     kernel = np.asarray(shared.get_layer("fc").kernel)

@@ -65,7 +65,7 @@ def train_alone(student, data, epochs: int = 10, learning_rate: float = 1e-3,
     return copy_with_constraints(model)
 
 
-def distill_step(teacher, data, *, callbacks=None, verbose: int | str = 0,
+def distill_step(teacher, data, *more, callbacks=None, verbose: int | str = 0,
                  unsafe: bool = False, **options):
     """Build the student the options ask for, distill it, and compare with it trained alone.
 
@@ -99,6 +99,15 @@ def distill_step(teacher, data, *, callbacks=None, verbose: int | str = 0,
     Raises:
         CompressError: bad options or models, before any training.
     """
+    import keras
+
+    from compress.errors import CompressError
+
+    if more or isinstance(data, keras.Model):  # distill(teacher, student, data)
+        raise CompressError("compress.distill(teacher, data, **options) builds its student "
+                            "from the options (student='file.keras', width, depth); to "
+                            "distill into a student model of yours, call "
+                            "compress.distillation.distill(teacher, student, data)")
     distilled, _, info = distill_from_options(teacher, data, options, callbacks=callbacks,
                                               verbose=verbose, unsafe=unsafe)
     return distilled, info
