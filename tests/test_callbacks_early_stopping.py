@@ -166,7 +166,8 @@ def test_retrain_on_all_data_runs_exactly_i_star_steps(arrays):
         np.testing.assert_array_equal(a, b)  # input untouched
     acc = float(np.mean(np.argmax(final.predict(xv, verbose=0), -1) == yv))
     assert acc > 0.3  # trained: an untrained 10-class model scores about 0.1
-    by_epochs = retrain_on_all_data(model, (x, y), (xv, yv), stop.best_step, mode="epochs")
+    by_epochs = retrain_on_all_data(model, (x, y), (xv, yv), stop.best_step, mode="epochs",
+                                    batch_size=64)
     steps_per_epoch_all = int(np.ceil((len(x) + len(xv)) / 64))
     epochs = int(np.ceil(stop.best_step / np.ceil(len(x) / 64)))
     assert int(by_epochs.optimizer.iterations) == epochs * steps_per_epoch_all

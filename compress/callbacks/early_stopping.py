@@ -181,7 +181,7 @@ class _StopAtStep(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-def retrain_on_all_data(model, train, validation, steps, *, batch_size: int = 64,
+def retrain_on_all_data(model, train, validation, steps, *, batch_size: int = 32,
                         mode: str = "steps", callbacks=None, seed: int | None = None,
                         verbose: int | str = 0):
     """Retrain from a fresh initialisation on train + validation for i* steps (Algorithm 7.2).
@@ -204,7 +204,9 @@ def retrain_on_all_data(model, train, validation, steps, *, batch_size: int = 64
         train: tuple ``(x, y)`` of the training split.
         validation: tuple ``(x, y)`` of the validation split, now trained on.
         steps: int, or an :class:`EarlyStopping` that has run (its ``best_step`` is i*).
-        batch_size: int, default 64.
+        batch_size: int, default 32 (Keras's ``fit`` default). The batch size of the
+            early-stopped fit: i* counts its updates, so another size trains on another
+            number of samples.
         mode: str, default ``"steps"``. ``"steps"``: exactly i* updates; ``"epochs"``: the
             number of epochs i* updates made on the training split alone.
         callbacks: list or None, default None. Extra callbacks for the retraining ``fit``.
