@@ -156,3 +156,24 @@ def test_a_fit_stopped_by_an_error_leaves_the_next_cosine_fit_working():
               callbacks=[CosineSchedule(peak_lr=0.1), rec])
     assert model.optimizer._learning_rate is variable
     assert rec.rates[0] == pytest.approx(0.1) and rec.rates[-1] < 0.05
+
+
+def test_staged_fits_start_each_cosine_at_the_compiled_rate_again():
+    # peak_lr=None read the rate the last fit's cosine ended at (near its floor), so each
+    # stage started where the last ended: 9e-3 -> 2e-6 -> 5e-10. A rate the user sets
+    # between fits is still the next peak.
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(N, 4)).astype("float32"), rng.integers(0, 3, N)
+    model = _model(0.05)
+    starts = []
+    for _ in range(3):
+        rec = _Record()
+        model.fit(x, y, batch_size=BATCH, epochs=2, verbose=0,
+                  callbacks=[CosineSchedule(), rec])
+        starts.append(rec.rates[0])
+        assert rec.rates[-1] < 0.01
+    assert starts == pytest.approx([0.05] * 3)
+    model.optimizer.learning_rate = 0.02
+    rec = _Record()
+    model.fit(x, y, batch_size=BATCH, epochs=2, verbose=0, callbacks=[CosineSchedule(), rec])
+    assert rec.rates[0] == pytest.approx(0.02)

@@ -20,6 +20,8 @@ from compress.errors import CompressError
 # The schedule driving each model's rate in a running fit (PlateauSchedule scales it), kept
 # here rather than as an attribute on the Keras model.
 _RUNNING: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# optimizer -> (peak, rate it was left at) by the last CosineSchedule fit on it
+_LEFT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def running_schedule(model):
@@ -61,7 +63,9 @@ class CosineSchedule(keras.callbacks.Callback):
 
     Args:
         peak_lr: float or None, default None. Peak rate; None uses the optimizer's rate at
-            the start of training.
+            the start of training, except the rate an earlier ``CosineSchedule`` left at
+            the end of its fit (its last, near the floor): then that schedule's peak again,
+            so staged fits do not each start where the last one ended.
         warmup_epochs: float, default 0. Linear warmup length in epochs (fractions allowed).
         warmup_start: float, default 0. Rate at the first warmup step.
         period_epochs: float or None, default None. First cosine period in epochs; None
@@ -152,6 +156,9 @@ class CosineSchedule(keras.callbacks.Callback):
         peak = self.peak_lr
         if peak is None:
             peak = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+            left = _LEFT.get(optimizer)
+            if left is not None and np.isclose(peak, left[1], rtol=1e-6, atol=0.0):
+                peak = left[0]  # the rate our last fit ended at, not the user's
         self._peak = float(peak)
         total = epochs * self._spe
         self._table = self.schedule(np.arange(total + 1), self._spe, total, self._peak)
@@ -198,6 +205,8 @@ class CosineSchedule(keras.callbacks.Callback):
             last = self._rate_at(max(self.step - 1, 0))
             self._graph.detach(last)
             self._graph = None
+        rate = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        _LEFT[self.model.optimizer] = (self._peak, rate)
         if _RUNNING.get(self.model) is self:
             del _RUNNING[self.model]
 
