@@ -85,15 +85,45 @@ def load_recipe(source, overrides: list[str] = (), quick: bool = False,
     for item in (list(quick_form) if quick else []) + list(overrides):
         apply_override(recipe, item)
     try:
-        return validate_recipe(recipe, unsafe=unsafe)
+        out = validate_recipe(recipe, unsafe=unsafe)
     except CompressError as exc:
-        folder = Path(where).parent if where != "recipe" else None
-        if folder is None or "no such file" not in str(exc) or \
-                folder.resolve() == Path.cwd().resolve():
-            raise
-        raise CompressError(f"{exc}; relative paths in a recipe are read from the working "
-                            f"directory ({Path.cwd()}), not from the recipe's folder "
-                            f"({folder})") from None
+        raise path_hint(exc, recipe, source) from None
+    return out
+
+
+def path_hint(exc: CompressError, recipe: dict, source) -> CompressError:
+    """``exc``, or a copy saying where relative paths are read when it names a file
+    missing from the working directory that lies in the recipe's folder (a recipe kept
+    beside its model or data, run from elsewhere)."""
+    if isinstance(source, dict) or not isinstance(source, (str, os.PathLike)):
+        return exc
+    folder = Path(source).parent
+    beside = _beside_recipe(recipe, folder)
+    if beside is None or f"{beside}: no such" not in str(exc):
+        return exc
+    return CompressError(f"{exc}; {beside} is in the recipe's folder ({folder}), but "
+                         f"relative paths in a recipe are read from the working directory "
+                         f"({Path.cwd()})")
+
+
+def _beside_recipe(recipe, folder: Path) -> str | None:
+    """A relative path in ``recipe`` that is missing from the working directory but
+    exists in the recipe's ``folder`` (a recipe kept beside its model, run from
+    elsewhere), or None."""
+    values = [recipe]
+    while values:
+        value = values.pop()
+        if isinstance(value, dict):
+            values.extend(value.values())
+        elif isinstance(value, list):
+            values.extend(value)
+        elif isinstance(value, str) and value and not Path(value).is_absolute():
+            try:
+                if not Path(value).exists() and (folder / value).exists():
+                    return value
+            except (OSError, ValueError):  # a name the file system cannot hold
+                continue
+    return None
 
 
 def _read_recipe_text(path: Path) -> str:

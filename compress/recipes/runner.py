@@ -28,7 +28,7 @@ from pathlib import Path
 from compress import passes
 from compress.errors import CompressError, Terminated
 from compress.quiet import quiet_output
-from compress.recipes.checks import STEP_EXTRAS, load_recipe
+from compress.recipes.checks import STEP_EXTRAS, load_recipe, path_hint
 
 # The files a run writes; --force replaces these and nothing else in the folder.
 _OWN_FILE = re.compile(r"(step\d+-[a-z0-9_-]+\.(keras|h5|tflite|onnx)|report\.(json|md)|"
@@ -65,7 +65,10 @@ def run_recipe(source, output: str | os.PathLike | None = None, overrides: list[
         recipe = load_recipe(source, overrides, quick=quick, unsafe=unsafe)
     out = Path(output or recipe.get("output") or "recipe-out")
     _check_output_dir(out, force)
-    raw = _read_data(recipe)  # NumPy only: a bad data file is refused before TensorFlow
+    try:  # NumPy only: a bad data file is refused before TensorFlow
+        raw = _read_data(recipe)
+    except CompressError as exc:
+        raise path_hint(exc, recipe, source) from None
     say = progress or (lambda msg: None)
     if start is None:
         from compress.quiet import import_tensorflow as start
