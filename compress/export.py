@@ -437,11 +437,12 @@ def saved_model_converter(model, folder: str, batch: int | None = None) -> tuple
     shape, dtype)`` inputs."""
 
     from compress.data.arrays import model_inputs
+    from compress.report import concrete_shape
 
     model, _ = export_copy(model, "tflite")
     specs = model_inputs(model)
-    zeros = {name: np.zeros((1,) + tuple(d or 1 for d in shape), dtype=dtype or "float32")
-             for name, shape, dtype in specs}
+    zeros = {name: np.zeros((1,) + concrete_shape(tuple(shape), dtype),
+                            dtype=dtype or "float32") for name, shape, dtype in specs}
     model(zeros if len(specs) > 1 else zeros[specs[0][0]], training=False)
     with new_axes_expanded():
         return _archived_converter(model, folder, batch, specs)
@@ -1081,9 +1082,13 @@ def _input_signature(model):
 
 
 def _ensure_called(model) -> None:
-    """Keras refuses to export a freshly loaded model that was never called; call it once."""
-    zeros = [np.zeros((1,) + tuple(d or 1 for d in t.shape[1:]), dtype=t.dtype or "float32")
-             for t in model.inputs]
+    """Keras refuses to export a freshly loaded model that was never called; call it once
+    (unknown sizes filled as :func:`compress.report.concrete_shape` does: 32 on image
+    axes, where 1 made a 3x3 convolution's output size negative)."""
+    from compress.report import concrete_shape
+
+    zeros = [np.zeros((1,) + concrete_shape(tuple(t.shape[1:]), t.dtype),
+                      dtype=t.dtype or "float32") for t in model.inputs]
     if len(zeros) == 1:
         model(zeros[0], training=False)
     else:

@@ -628,3 +628,37 @@ def test_a_constant_tensor_in_the_graph_is_an_onnx_constant_not_an_input(tmp_pat
     kept = [a for nodes in model._nodes_by_depth.values() for n in nodes
             for a in n.arguments._flat_arguments if isinstance(a, tf.Tensor)]
     assert len(kept) == 1  # the loaded model itself still holds its tensor
+
+
+def test_a_model_of_free_height_and_width_exports_and_quantizes(tmp_path, cli):
+    # Its first call filled unknown sizes with 1: a 3x3 convolution's output size came out
+    # negative ("unexpected InvalidArgumentError") in export and in int8 quantize.
+    import json
+
+    import keras
+
+    from compress.runtime import run_artifact
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((None, None, 3)),
+                              keras.layers.Conv2D(8, 3, activation="relu"),
+                              keras.layers.GlobalAveragePooling2D(),
+                              keras.layers.Dense(4, activation="softmax")])
+    path = tmp_path / "dyn.keras"
+    model.save(path)
+    rng = np.random.default_rng(0)
+    x = rng.random((64, 24, 24, 3)).astype("float32")
+    data = tmp_path / "d.npz"
+    np.savez(data, x_train=x[:48], y_train=rng.integers(0, 4, 48), x_test=x[48:],
+             y_test=rng.integers(0, 4, 16))
+    for args in (("export", path, "-o", tmp_path / "d.onnx", "--data", f"npz:{data}"),
+                 ("export", path, "-o", tmp_path / "d.tflite"),
+                 ("quantize", path, "-o", tmp_path / "q.tflite", "--data", f"npz:{data}",
+                  "--no-latency")):
+        result = cli(*args, "--json", "-q")
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout)["top1_agreement"] >= 0.9
+    # the ONNX file keeps the free size: another image size runs as in Keras
+    other = rng.random((2, 40, 40, 3)).astype("float32")
+    np.testing.assert_allclose(run_artifact((tmp_path / "d.onnx").read_bytes(), other),
+                               model.predict(other, verbose=0), atol=1e-5)
