@@ -376,10 +376,21 @@ def test_cli_npy_inputs_and_corrupt_images_are_counted(cli, cnn_file, digits3, t
     folder = _write_pngs(tmp_path / "mixed", x[:20], np.arange(20) % 3)
     (folder / "class_1" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
     (folder / "class_2" / "notes.jpg").write_text("not an image")
+    # a JPEG cut short (Pillow's verify() does not decode JPEG data: TensorFlow's decoder
+    # stopped the whole run mid-stream, naming no file), beside a whole one
+    import io
+
+    from PIL import Image
+
+    pixels = np.repeat((x[0] * 255).astype("uint8"), 3, axis=-1)
+    whole = io.BytesIO()
+    Image.fromarray(pixels).save(whole, "JPEG")
+    (folder / "class_0" / "whole.jpg").write_bytes(whole.getvalue())
+    (folder / "class_0" / "cut.jpg").write_bytes(whole.getvalue()[:len(whole.getvalue()) // 2])
     res = cli("prune", path, "-o", tmp_path / "b.keras", "--data", folder, "--sparsity",
               "0.5", "--epochs", "1")
     assert res.exit_code == 0, res.output
-    assert "skipped 2 unreadable image files (broken.png, notes.jpg)" in res.output
+    assert "skipped 3 unreadable image files (cut.jpg, broken.png, notes.jpg)" in res.output
 
 
 def _empty(tmp):

@@ -422,15 +422,30 @@ def _is_image_name(name: str) -> bool:
     return name.lower().endswith(IMAGE_SUFFIXES) and not name.startswith(".")
 
 
+def _jpeg_ends(path: Path) -> bool:
+    """Whether a JPEG file has its end-of-image marker (FFD9) near its end: a truncated
+    file (a download cut short) has not, and TensorFlow's decoder stops the whole stream
+    on it. Reading the tail costs one seek, not a decode."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - 64))
+            return b"\xff\xd9" in f.read()
+    except OSError:
+        return False
+
+
 def _image_shape(path: Path) -> tuple | None:
     """``(H, W, C)`` of a readable image, None when Pillow cannot read it."""
     from PIL import Image
 
     try:
         with Image.open(path) as image:
-            size, mode = image.size, image.mode
+            size, mode, kind = image.size, image.mode, image.format
             image.verify()  # PNG: chunk checksums; catches truncated and damaged files
     except Exception:  # noqa: BLE001 - any failure means: not a readable image
         return None
+    if kind == "JPEG" and not _jpeg_ends(path):
+        return None  # verify() does not decode JPEG data: TensorFlow's decoder then failed
     channels = 1 if mode in ("L", "1", "I", "I;16", "F") else 3
     return (size[1], size[0], channels)
