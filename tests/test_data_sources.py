@@ -480,3 +480,20 @@ def test_recipe_reads_an_image_folder(image_folder, cnn_file, tmp_path):
     assert warned[0] in said
     assert said.index(warned[0]) < said.index("steps[0].prune")  # before any training
     assert f"- {warned[0]}" in (tmp_path / "o2" / "report.md").read_text()
+
+
+def test_a_smaller_image_folder_draws_files_of_every_class(digits3, tmp_path):
+    # Its lists are in class order: the first n files (a recipe's subset, --quick) were
+    # all of class 0, and the run trained and tested on one class.
+    from compress.data.folders import scan
+
+    x, _ = digits3
+    folder = _write_pngs(tmp_path / "f", x[:60], np.arange(60) // 20)  # 20 per class
+    full = scan(folder, val_split=0.25)
+    small = full.take(12, 6)
+    assert len(small.train_files) == 12 and len(small.val_files) == 6
+    assert set(small.train_labels) == {0, 1, 2}
+    assert small.train_files == sorted(small.train_files, key=full.train_files.index)
+    again = full.take(12, 6)
+    assert again.train_files == small.train_files and again.val_files == small.val_files
+    assert full.take(None, None).train_files == full.train_files

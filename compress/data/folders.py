@@ -139,14 +139,25 @@ class ImageFolder:
     def count(self) -> int:
         return len(self.train_files)
 
-    def take(self, n_train: int | None = None, n_test: int | None = None) -> ImageFolder:
-        """A smaller copy (the first files of each split), for quick runs and tests."""
-        def cut(a, n):
-            return a if a is None or n is None else a[:n]
+    def take(self, n_train: int | None = None, n_test: int | None = None,
+             seed: int = 0) -> ImageFolder:
+        """A smaller copy, for quick runs and tests: ``n`` files of each split drawn at
+        random (seeded), kept in their order. The lists are in class order, so their first
+        files were all of the first class: a recipe's ``subset`` trained on one class."""
+        def pick(n, count):
+            if n is None or n >= count:
+                return None
+            return np.sort(np.random.default_rng(seed).permutation(count)[:n])
+
+        def cut(a, chosen):
+            return a if a is None or chosen is None else [a[i] for i in chosen]
+
+        train = pick(n_train, len(self.train_files))
+        val = pick(n_test, len(self.val_files))
         return dataclasses.replace(
-            self, train_files=cut(self.train_files, n_train),
-            train_labels=cut(self.train_labels, n_train),
-            val_files=cut(self.val_files, n_test), val_labels=cut(self.val_labels, n_test))
+            self, train_files=cut(self.train_files, train),
+            train_labels=cut(self.train_labels, train),
+            val_files=cut(self.val_files, val), val_labels=cut(self.val_labels, val))
 
     def image_shape(self, model) -> tuple:
         """``(H, W, C)`` the images are decoded to for ``model`` (its input), or refused."""
