@@ -301,3 +301,9 @@ def test_shipped_recipe_runs_in_quick_form(path, tmp_path):
     assert len(result["steps"]) == len(load_recipe(path)["steps"])
     for step in result["steps"]:
         assert Path(step["artifact"]).exists()
+    # an artifact that disagrees with its float model is said at the top of the report
+    # (edge-deployment's quick QAT at 89% top-1 finished without a word)
+    report = (tmp_path / "out" / "report.md").read_text()
+    unverified = [s["step"] for s in result["steps"] if s["info"].get("verified") is False]
+    assert [w.split(":")[0] for w in result.get("warnings", [])] == unverified
+    assert all(f"- **{w}**" in report for w in result.get("warnings", []))

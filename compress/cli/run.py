@@ -55,4 +55,5 @@ def command(recipe, output, overrides, quick, check, unsafe, as_json, force):
                         progress=lambda msg: console.print(f"[bold]>>[/bold] {msg}"))
     reports = [result["baseline"]] + [s["after"] for s in result["steps"]]
     emit(result, as_json, reports=reports, title=result["recipe"],
-         lines=[f"wrote {result['output']}/report.md and report.json"])
+         lines=[f"[bold red]warning:[/bold red] {w}" for w in result.get("warnings", [])]
+         + [f"wrote {result['output']}/report.md and report.json"])

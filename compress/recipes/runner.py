@@ -134,6 +134,12 @@ def run_recipe(source, output: str | os.PathLike | None = None, overrides: list[
                                     f"{' '.join(str(exc).split())[:300]}") from exc
             if new is not None:
                 current = new
+            if isinstance(info, dict) and info.get("verified") is False:
+                # an artifact that disagrees with its float model: said as the standalone
+                # command says it, in the run's output and at the top of its report
+                warning = (f"{where}: the artifact disagrees with its float model "
+                           f"({info.get('agreement', 'not verified')})")
+                result.setdefault("warnings", []).append(warning)
             result["steps"].append({"step": where, "kind": kind, "options": _jsonable(opts),
                                     "info": info, "artifact": artifact, "before": before,
                                     "after": after, "seconds": time.perf_counter() - t0})
@@ -326,6 +332,8 @@ def _write_reports(out: Path, result: dict, seconds: float) -> None:
     setting = (f"Seed {result['seed']}, data `{result['data']}`, model `{result['model']}`, "
                f"{seconds:.0f} s.")
     lines = [f"# Recipe report: {result['recipe']}", "", status, "", setting, ""]
+    if result.get("warnings"):
+        lines += ["Warnings:", ""] + [f"- **{w}**" for w in result["warnings"]] + [""]
     if result.get("data_notes"):
         lines += ["Data:", ""] + [f"- {note}" for note in result["data_notes"]] + [""]
     if reports:
