@@ -526,14 +526,19 @@ def plot_sparsity(reports: list[dict], path: str | os.PathLike,
 
 def _save_png(fig, path, dpi: int) -> Path:
     """Write a figure atomically (a temporary file beside ``path``, renamed) and close it."""
+    import io as bytes_io
+
     import matplotlib.pyplot as plt
 
+    from compress.io import write_bytes
+
     fig.tight_layout()
-    with tempfile.NamedTemporaryFile(suffix=".png", dir=Path(path).parent, delete=False) as tmp:
-        fig.savefig(tmp.name, dpi=dpi)
+    buffer = bytes_io.BytesIO()
+    fig.savefig(buffer, dpi=dpi, format="png")
     plt.close(fig)
-    os.replace(tmp.name, path)
-    return Path(path)
+    # the toolkit's atomic writer: the file gets the mode every other output gets (a
+    # NamedTemporaryFile is 0600, so others could not open the plots report.md embeds)
+    return write_bytes(path, buffer.getvalue())
 
 
 def plot_recipe(reports: list[dict], size_path, sparsity_path, title: str = "") -> None:

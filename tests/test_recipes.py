@@ -307,3 +307,7 @@ def test_shipped_recipe_runs_in_quick_form(path, tmp_path):
     unverified = [s["step"] for s in result["steps"] if s["info"].get("verified") is False]
     assert [w.split(":")[0] for w in result.get("warnings", [])] == unverified
     assert all(f"- **{w}**" in report for w in result.get("warnings", []))
+    # the plots report.md embeds are as readable as it (they were written 0600)
+    mode = (tmp_path / "out" / "report.md").stat().st_mode & 0o777
+    for png in ("report-accuracy-size.png", "report-sparsity.png"):
+        assert (tmp_path / "out" / png).stat().st_mode & 0o777 == mode
