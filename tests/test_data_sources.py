@@ -421,8 +421,10 @@ def _too_many_classes(tmp):
     (lambda tmp: ["--data", "digits", "--preprocess", "tf"], "applies to image folders"),
     (lambda tmp: ["--preprocess", "tf"], "--preprocess applies to --data"),
     (lambda tmp: ["--data", tmp / "nope" / "imgs"], "no such folder"),
+    (lambda tmp: _too_many_classes(tmp)[:2] + ["--val-split", "0.99"],
+     "--val-split 0.99 holds out all 10 images and leaves none to train on"),
 ], ids=["no-images", "all-corrupt", "labels-vs-outputs", "unknown-preprocess", "npz-dir",
-        "preprocess-named", "preprocess-alone", "missing-folder"])
+        "preprocess-named", "preprocess-alone", "missing-folder", "split-holds-out-all"])
 def test_cli_bad_data_is_one_line_exit_1_nothing_written(cli, cnn_file, tmp_path, make,
                                                          message):
     import re

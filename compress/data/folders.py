@@ -288,8 +288,11 @@ def scan(path: str, seed: int = 0, preprocess: str | None = None, val_data: str 
         order = np.random.default_rng(seed).permutation(len(files))
         n_val = max(1, round(len(files) * fraction))
         if len(files) - n_val < 1:
-            raise CompressError(f"{path}: only {len(files)} readable image(s); need at least 2 "
-                                "to hold some out for validation (or give --val-data)")
+            raise CompressError(
+                f"{path}: only {len(files)} readable image(s); need at least 2 to hold some "
+                "out for validation (or give --val-data)" if len(files) < 2 else
+                f"{path}: --val-split {fraction:g} holds out all {len(files)} images and "
+                "leaves none to train on; give a smaller fraction")
         val_idx, train_idx = sorted(order[:n_val]), sorted(order[n_val:])
         v_files = [files[i] for i in val_idx]
         v_labels = None if labels is None else [labels[i] for i in val_idx]
