@@ -86,3 +86,17 @@ def test_model_report_times_a_model_with_two_inputs():
     info = report.model_report(model)
     assert info["params"] == 7 * 2 + 2
     assert info["latency_ms"] > 0
+
+
+def test_keras_and_deployed_runtime_latencies_are_rows_of_their_own():
+    # A recipe's table put a LiteRT latency beside Keras's predict and credited the
+    # compression with the difference ("0.05x" for an int8 file 0.35x its float one).
+    from compress.report import table_rows
+
+    reports = [{"latency_ms": 0.7}, {"latency_ms": 0.8}, {"runtime_latency_ms": 0.04}]
+    rows = {row[0]: row[1:] for row in table_rows(reports)}
+    assert rows["latency b=1 (Keras)"] == ["0.700 ms", "0.800 ms", "-", ""]
+    assert rows["latency b=1 (deployed runtime)"] == ["-", "-", "0.040 ms", ""]
+    reports.append({"runtime_latency_ms": 0.02})  # two artifacts: compared with each other
+    assert {row[0]: row[-1] for row in table_rows(reports)}[
+        "latency b=1 (deployed runtime)"] == "0.50x"
