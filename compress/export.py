@@ -437,13 +437,10 @@ def saved_model_converter(model, folder: str, batch: int | None = None) -> tuple
     shape, dtype)`` inputs."""
 
     from compress.data.arrays import model_inputs
-    from compress.report import concrete_shape
 
     model, _ = export_copy(model, "tflite")
     specs = model_inputs(model)
-    zeros = {name: np.zeros((1,) + concrete_shape(tuple(shape), dtype),
-                            dtype=dtype or "float32") for name, shape, dtype in specs}
-    model(zeros if len(specs) > 1 else zeros[specs[0][0]], training=False)
+    _ensure_called(model)
     with new_axes_expanded():
         return _archived_converter(model, folder, batch, specs)
 
@@ -1085,14 +1082,12 @@ def _ensure_called(model) -> None:
     """Keras refuses to export a freshly loaded model that was never called; call it once
     (unknown sizes filled as :func:`compress.report.concrete_shape` does: 32 on image
     axes, where 1 made a 3x3 convolution's output size negative)."""
+    from compress.data.arrays import model_inputs
     from compress.report import concrete_shape
 
-    zeros = [np.zeros((1,) + concrete_shape(tuple(t.shape[1:]), t.dtype),
-                      dtype=t.dtype or "float32") for t in model.inputs]
-    if len(zeros) == 1:
-        model(zeros[0], training=False)
-    else:
-        model(dict(zip(_input_names(model), zeros)), training=False)
+    zeros = {name: np.zeros((1,) + concrete_shape(shape, dtype), dtype=dtype or "float32")
+             for name, shape, dtype in model_inputs(model)}
+    model(zeros if len(zeros) > 1 else next(iter(zeros.values())), training=False)
 
 
 def _verified(model, content: bytes, fmt: str, x, atol: float, where: str) -> dict:
