@@ -72,6 +72,53 @@ def test_keras_awq_on_a_cnn_quantizes_its_dense_head_and_loads_back(cnn_file, tm
     assert accuracy >= float_accuracy - BOUND
 
 
+def _codes(layer):
+    """A 4-bit GPTQ/AWQ Dense's codes (units, inputs), and its per-input scale and zero."""
+    from keras import ops
+    from keras.src import quantizers
+
+    codes = ops.convert_to_numpy(quantizers.unpack_int4(
+        layer.quantized_kernel, orig_len=layer.units, axis=0, dtype="uint8")).astype(float)
+    group = ops.convert_to_numpy(layer.g_idx).astype(int)
+    return (codes, ops.convert_to_numpy(layer.kernel_scale)[:, group],
+            ops.convert_to_numpy(layer.kernel_zero).astype(float)[:, group])
+
+
+def test_keras_gptq_and_awq_calibrate_on_the_samples(cnn_file):
+    """Keras 3.15 hooks ``layer.call`` to gather GPTQ's Hessians and AWQ's activation
+    statistics, but a quantized layer runs ``quantized_call``: both stayed zero, GPTQ gave
+    exactly the nearest codes of its grid and AWQ scales of 1 (the bug this guards).
+
+    On a CNN whose Dense head reads the convolutions' outputs: GPTQ's codes are not the
+    nearest ones, and its head reproduces the float head's outputs on the calibration
+    samples better than the nearest codes on the same grid; AWQ scales some input
+    channels."""
+    import keras
+
+    from compress import io
+    from compress.quantization.keras_modes import keras_quantize
+
+    path, ds = cnn_file
+    model = io.load_model(path)
+    x = ds.x_train[:256]
+    head = model.get_layer("predictions")
+    features = keras.Model(model.inputs, head.input).predict(x, verbose=0)
+    w, b = (v.numpy() for v in head.weights[:2])
+    float_logits = features @ w + b
+
+    gptq = keras_quantize(model, "gptq", x)[0].get_layer("predictions")
+    codes, scale, zero = _codes(gptq)
+    nearest = np.clip(np.round(w.T / scale + zero), 0, 15)
+    assert np.mean(codes != nearest) > 0.05
+
+    def error(c):
+        return np.mean((features @ ((c - zero) * scale).T + b - float_logits) ** 2)
+    assert error(codes) < 0.9 * error(nearest), (error(codes), error(nearest))
+
+    scales = keras_quantize(model, "awq", x)[0].get_layer("predictions").awq_scales.numpy()
+    assert np.ptp(scales) > 0, "every AWQ scale is the same: no activation statistics"
+
+
 def test_cli_gptq_writes_a_keras_model_reports_layers_and_exports(cli, mlp_file, tmp_path):
     from compress.quantization.keras_modes import chain_layers
 

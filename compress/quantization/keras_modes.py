@@ -102,7 +102,8 @@ def keras_quantize(model, mode: str, x=None) -> tuple:
         notes.append("layers inside TimeDistributed stay float (it runs the wrapped "
                      "layer's float call, which would read an int8 kernel as float): "
                      + ", ".join(wrapped.values()))
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+            calibration_reaches_layers():
         warnings.simplefilter("ignore", UserWarning)
         # Unbuilt layers hold nothing to quantize, and Keras refuses them (a
         # TextVectorization's inner StringLookup: "Cannot quantize a layer that isn't yet
@@ -287,6 +288,49 @@ def complete_save(model):
     finally:
         for layer, original in patched:
             layer._get_kernel_with_merged_lora = original
+
+
+@contextlib.contextmanager
+def calibration_reaches_layers():
+    """While Keras's GPTQ/AWQ calibrate, let their hooks see the layers' inputs.
+
+    Keras 3.15 first turns every layer to its gptq/awq dtype policy, after which
+    ``Operation.__call__`` runs the layer's ``quantized_call``; the calibration hooks are
+    put on ``layer.call``, which then never runs. GPTQ's Hessians stay zero (it rounds to
+    nearest) and AWQ's activation statistics stay zero (every scale 1): Keras's own
+    results equal round-to-nearest, without a word (fixed upstream, keras-team/keras
+    pull request 23512, after 3.15.1). Inside this context, each hooked layer's
+    ``quantized_call`` is sent to the hook for the duration of the hook (its float call,
+    which a layer not yet calibrated runs anyway). A Keras that hooks ``quantized_call``
+    itself, or no longer hooks ``call``, is left alone.
+    """
+    from keras.src.quantizers import awq_core, gptq_core
+
+    def routed(stream):
+        @contextlib.contextmanager
+        def hooked(layers_map, objects):
+            with stream(layers_map, objects):
+                sent = [layer for layer in layers_map.values()
+                        if "call" in vars(layer) and "quantized_call" not in vars(layer)]
+                for layer in sent:
+                    object.__setattr__(layer, "quantized_call", vars(layer)["call"])
+                try:
+                    yield
+                finally:
+                    for layer in sent:
+                        vars(layer).pop("quantized_call", None)
+        return hooked
+
+    patched = [(module, name, getattr(module, name)) for module, name in (
+        (gptq_core, "stream_hessians"), (awq_core, "stream_activations"))
+        if hasattr(module, name)]
+    for module, name, original in patched:
+        setattr(module, name, routed(original))
+    try:
+        yield
+    finally:
+        for module, name, original in patched:
+            setattr(module, name, original)
 
 
 def chain_layers(model, mode: str) -> list:
