@@ -88,3 +88,55 @@ def test_auto_finds_the_same_layer_for_an_onnx_artifact(cli, offset_logits, tmp_
     auto = _json(cli("quantize", path, "-o", tmp_path / "m.onnx", "--data", data,
                      "--no-latency", "--keep-float", "auto", "--json"))
     assert auto["verified"] and "out" in auto["keep_float_auto"]["layers"]
+
+
+@pytest.fixture(scope="module")
+def auto_named(tmp_path_factory):
+    """A Sequential whose Dense layers have Keras's own names (dense, dense_1, ...) and
+    kernels of distinct shapes, saved with data."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((8,))] + [
+        keras.layers.Dense(units, activation="relu") for units in (16, 12, 10)]
+        + [keras.layers.Dense(4)])
+    assert [la.name for la in model.layers] == ["dense", "dense_1", "dense_2", "dense_3"]
+    x = np.random.default_rng(0).normal(size=(160, 8)).astype("float32")
+    y = np.argmax(model.predict(x, verbose=0), -1).astype("int32")
+    folder = tmp_path_factory.mktemp("named")
+    model.save(folder / "m.keras")
+    np.savez(folder / "d.npz", x_train=x[:128], y_train=y[:128], x_test=x[128:],
+             y_test=y[128:])
+    return folder / "m.keras", f"npz:{folder / 'd.npz'}"
+
+
+def _float_kernels(path) -> list:
+    """The shapes of the 2-D float32 weights (kernels left float) of an artifact."""
+    if str(path).endswith(".onnx"):
+        import onnx
+        from onnx import numpy_helper
+
+        return sorted(tuple(numpy_helper.to_array(t).shape)
+                      for t in onnx.load(str(path)).graph.initializer
+                      if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) == 2)
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(path.read_bytes()))
+    graph, buffers = model.subgraphs[0], model.buffers
+    return sorted(tuple(t.shape) for t in graph.tensors if len(t.shape) == 2
+                  and t.type == 0 and buffers[t.buffer].data is not None
+                  and len(buffers[t.buffer].data))
+
+
+@pytest.mark.parametrize("fmt", ["tflite", "onnx"])
+def test_keep_float_keeps_the_named_layer_and_no_other(cli, auto_named, tmp_path, fmt):
+    """The converter scopes ``dense`` and ``dense_1`` as ``dense_1/`` and ``dense_1_2/``:
+    ``--keep-float dense_1`` took both (two float kernels) before the scopes were told
+    apart by the model's layer names."""
+    path, data = auto_named
+    out = tmp_path / f"k.{fmt}"
+    report = _json(cli("quantize", path, "-o", out, "--data", data, "--no-latency",
+                       "--keep-float", "dense_1", "--json"))
+    assert report["kept_float_layers"] == ["dense_1"]
+    kernel = (16, 12) if fmt == "onnx" else (12, 16)  # TFLite stores (units, inputs)
+    assert _float_kernels(out) == [kernel]

@@ -642,6 +642,7 @@ def _artifact(model, data, fmt: str, x_cal, x_check, x_test, y_test, opts: dict,
     if fmt == "tflite":
         content = flatbuffer
     else:
+        from compress.quantization.float_front import layer_names
         from compress.quantization.onnx import quantize_onnx
 
         with tempfile.TemporaryDirectory() as folder:  # onnxruntime quantizes files
@@ -652,7 +653,8 @@ def _artifact(model, data, fmt: str, x_cal, x_check, x_test, y_test, opts: dict,
                               calibration=opts["calibration"],
                               per_channel=opts["per_channel"],
                               reduce_range=opts["reduce_range"], layout=opts["layout"],
-                              keep_float=opts.get("_keep_float") if mode == "int8" else None)
+                              keep_float=opts.get("_keep_float") if mode == "int8" else None,
+                              layer_names=layer_names(model))
             content = out.read_bytes()
     with progress.phase("verification", detail=f"the {mode} {fmt} artifact in "
                         f"{'LiteRT' if fmt == 'tflite' else 'onnxruntime'}"):

@@ -91,36 +91,100 @@ def feature_levels(x: np.ndarray) -> tuple[float, int] | None:
     return round(255.0 * float(spans[feature]) / total, 2), feature
 
 
-def node_pattern(names: list[str]):
+def node_pattern(names: list[str], scopes=None, layer_names=None):
     """A regex that finds the ops of the layers ``names`` in converted graphs, whose op
     and tensor names hold the layer's name as a path part, maybe with a ``_N`` suffix
-    (``tabular_1/norm_1/mul``, ``norm_1/add``)."""
+    (``tabular_1/norm_1/mul``, ``norm_1/add``).
+
+    The suffix makes names ambiguous: the converter scopes layers ``dense`` and
+    ``dense_1`` as ``dense_1/`` and ``dense_1_2/``, so ``dense_1(_N)?/`` would take both.
+    Given the graph's ``scopes`` (its names' path parts) and the model's ``layer_names``,
+    the pattern names the exact scopes of ``names`` (:func:`layer_scopes`)."""
+    if scopes is not None and layer_names:
+        owned = layer_scopes(scopes, list(layer_names) + list(names))
+        exact = sorted({t for n in names for t in owned.get(n, ())})
+        if exact:
+            return re.compile(rf"(?:^|/)(?:{'|'.join(re.escape(t) for t in exact)})/")
     alternatives = "|".join(re.escape(n) for n in names)
     return re.compile(rf"(?:^|/)(?:{alternatives})(?:_\d+)?/")
 
 
-def tflite_nodes(flatbuffer: bytes, names: list[str], output_layer: str | None = None
-                 ) -> list[str]:
+def layer_scopes(scopes, layer_names) -> dict:
+    """``{layer name: {the graph scopes that are its}}``: each scope (a path part of the
+    converted graph's names) goes to the layers whose name it is, maybe with one ``_N``
+    suffix. A scope two layers could own goes to the one that has no other: layers
+    ``dense`` and ``dense_1`` with scopes ``dense_1`` and ``dense_1_2`` give ``dense``
+    ``dense_1`` and ``dense_1`` ``dense_1_2``. Where that would leave some layer without
+    a scope, the scopes stay with every layer that could own them.
+
+    >>> layer_scopes({"dense_1", "dense_1_2", "dense_2_1", "model_1"},
+    ...              ["dense", "dense_1", "dense_2"])
+    {'dense': {'dense_1'}, 'dense_1': {'dense_1_2'}, 'dense_2': {'dense_2_1'}}
+    """
+    candidates = {}
+    for n in dict.fromkeys(layer_names):
+        owned = {t for t in scopes if t == n or re.fullmatch(re.escape(n) + r"_\d+", t)}
+        if owned:
+            candidates[n] = owned
+    resolved = {n: set(c) for n, c in candidates.items()}
+    changed = True
+    while changed:
+        changed = False
+        for n, c in resolved.items():
+            if len(c) == 1:
+                token = next(iter(c))
+                for other, oc in resolved.items():
+                    if other != n and token in oc:
+                        oc.discard(token)
+                        changed = True
+    if any(not c for c in resolved.values()):  # inconsistent: keep every claim
+        return candidates
+    return resolved
+
+
+def graph_scopes(names) -> set:
+    """The path parts of a converted graph's op or tensor ``names``.
+
+    >>> sorted(graph_scopes(["a/b_1/MatMul;a/b_1/Relu"]))
+    ['MatMul', 'Relu', 'a', 'b_1']
+    """
+    return {part for name in names for path in name.split(";") for part in path.split("/")}
+
+
+def tflite_nodes(flatbuffer: bytes, names: list[str], output_layer: str | None = None,
+                 layer_names: list[str] | None = None) -> list[str]:
     """The output tensor names of the ops of layers ``names`` in a TFLite flatbuffer (what
     ``mlir_quantize``'s ``denylisted_nodes`` takes). The op writing the model's output
     has the signature's name (``StatefulPartitionedCall:0``), not its layer's: with
     ``output_layer`` (the layer writing a one-output model's output) among ``names``, the
-    graph's output tensor is taken too."""
+    graph's output tensor is taken too. With ``layer_names`` (every layer's name in the
+    model), a layer whose name another's scope could carry is told apart
+    (:func:`layer_scopes`)."""
     from tensorflow.lite.tools import flatbuffer_utils
 
     model = flatbuffer_utils.read_model_from_bytearray(bytearray(flatbuffer))
-    pattern = node_pattern(names)
+
+    def text(name):
+        return name.decode() if isinstance(name, bytes) else str(name)
+    pattern = node_pattern(names, graph_scopes(
+        text(t.name) for g in model.subgraphs for t in g.tensors), layer_names)
     found = []
     for graph in model.subgraphs:
         last = set(graph.outputs) if output_layer in names and graph is model.subgraphs[0] \
             and len(graph.outputs) == 1 else set()
         for op in graph.operators:
             for index in op.outputs:
-                name = graph.tensors[index].name
-                name = name.decode() if isinstance(name, bytes) else str(name)
+                name = text(graph.tensors[index].name)
                 if (pattern.search(name) or index in last) and name not in found:
                     found.append(name)
     return found
+
+
+def layer_names(model) -> list[str]:
+    """The names of ``model``'s layers at any depth (nested models, custom layers)."""
+    from compress.layer_state import all_layers
+
+    return [layer.name for layer in all_layers(model)]
 
 
 def output_layer(model) -> str | None:
@@ -132,15 +196,16 @@ def output_layer(model) -> str | None:
     return history.operation.name if history is not None else model.layers[-1].name
 
 
-def onnx_nodes(path, names: list[str]) -> list[str]:
+def onnx_nodes(path, names: list[str], layer_names: list[str] | None = None) -> list[str]:
     """The node names of the layers ``names`` in an ONNX file (what onnxruntime's
     ``quantize_static`` takes as ``nodes_to_exclude``), the nodes tf2onnx made in their
-    place included (:func:`node_scopes`)."""
+    place included (:func:`node_scopes`); ``layer_names`` as in :func:`tflite_nodes`."""
     import onnx
 
-    pattern = node_pattern(names)
     graph = onnx.load(str(path)).graph
     scopes = node_scopes(graph)
+    pattern = node_pattern(names, graph_scopes(s for ss in scopes.values() for s in ss),
+                           layer_names)
     return [n.name for n in graph.node if any(pattern.search(s) for s in scopes[n.name])]
 
 

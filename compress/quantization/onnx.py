@@ -33,7 +33,7 @@ def quantize_onnx(float_path, out_path, mode: str = "int8",
                   representative: np.ndarray | None = None, calibration: str = "minmax",
                   per_channel: bool = True, reduce_range: bool = True,
                   batch_size: int = 16, layout: str = "cpu",
-                  keep_float: list | None = None) -> list:
+                  keep_float: list | None = None, layer_names: list | None = None) -> list:
     """Quantize the float ONNX file at ``float_path`` into ``out_path``; returns the names
     of the nodes kept float because onnxruntime refused their int8 form (usually []).
 
@@ -58,6 +58,8 @@ def quantize_onnx(float_path, out_path, mode: str = "int8",
             ``reduce_range`` are then True and False), QDQ.
         keep_float: list of layer names or None. Static int8: their nodes stay float
             (:mod:`compress.quantization.float_front`).
+        layer_names: the names of every layer of the model (any depth), which tell apart
+            layers whose converted scopes look alike (``dense`` and ``dense_1``).
     """
     from onnxruntime import quantization as q
 
@@ -101,7 +103,7 @@ def quantize_onnx(float_path, out_path, mode: str = "int8",
                     if keep_float:
                         from compress.quantization.float_front import onnx_nodes
 
-                        excluded = onnx_nodes(pre, keep_float)
+                        excluded = onnx_nodes(pre, keep_float, layer_names)
                         if not excluded:  # never a silent no-op
                             raise CompressError(
                                 f"--keep-float: no ONNX node belongs to the layers "

@@ -135,9 +135,10 @@ def _convert(model, mode, representative, int8_io, per_channel, activation_range
             raise CompressError(explain_conversion(exc, model, mode)) from exc
     denied = None
     if keep_float:
-        from compress.quantization.float_front import output_layer, tflite_nodes
+        from compress.quantization.float_front import layer_names, output_layer, tflite_nodes
 
-        denied = tflite_nodes(flatbuffer, keep_float, output_layer(model)) or None
+        denied = tflite_nodes(flatbuffer, keep_float, output_layer(model),
+                              layer_names(model)) or None
         if denied is None:  # never a silent no-op
             raise CompressError(f"--keep-float: no converted op belongs to the layers "
                                 f"{', '.join(keep_float[:4])}; their work was folded into "
