@@ -176,7 +176,8 @@ def verification_inputs(model, data=None, samples: int = 256, seed: int = 0) -> 
     if data is not None:
         from compress.data import as_dataset, fit_to_model
 
-        x, _ = as_dataset(data).head("test", samples)  # inputs only: targets unchecked
+        # inputs only: targets unchecked; an image folder's drawn from every class
+        x, _ = as_dataset(data).spread("test", samples)
         return named_inputs(model, fit_to_model(x, model, "test data"))
     rng = np.random.default_rng(seed)
     drawn = [_random_input(model, t, samples, rng) for t in model.inputs]

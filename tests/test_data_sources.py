@@ -499,3 +499,23 @@ def test_a_smaller_image_folder_draws_files_of_every_class(digits3, tmp_path):
     again = full.take(12, 6)
     assert again.train_files == small.train_files and again.val_files == small.val_files
     assert full.take(None, None).train_files == full.train_files
+
+
+def test_calibration_from_an_image_folder_draws_every_class(digits3, cnn_file, tmp_path,
+                                                            monkeypatch):
+    """Its file lists are in class order: calibration (int8 ranges, OBS/OBD Hessians,
+    BatchNorm statistics), the held-out samples of sensitivity and the export check read
+    the head of a split, and were all of the first class."""
+    from compress.data import load_data, prepare
+    from compress.pruning import prune_pass, sensitivity
+
+    x, _ = digits3
+    folder = _write_pngs(tmp_path / "f", x[:90], np.arange(90) // 30)  # 30 per class
+    data = prepare(cnn_file[1], load_data(str(folder), seed=0, val_split=0.3))
+    assert set(data.head("train", 16)[1].tolist()) == {0}  # why: the list's order
+    x_cal, y_cal = data.spread("train", 16)
+    assert x_cal.shape == (16, 8, 8, 1) and set(y_cal.tolist()) == {0, 1, 2}
+    np.testing.assert_array_equal(data.spread("train", 16)[1], y_cal)  # seeded
+    np.testing.assert_array_equal(data.representative(16), x_cal)
+    assert set(sensitivity.held_out(data, 12)[1].tolist()) == {0, 1, 2}
+    assert set(prune_pass._val_head(data, 12)[1].tolist()) == {0, 1, 2}

@@ -109,6 +109,11 @@ class Dataset:
         return dataclasses.replace(self, x_train=xt, y_train=yt, x_val=xv, y_val=yv,
                                    x_test=xs, y_test=ys)
 
+    def spread(self, name: str, n: int | None) -> tuple:
+        """``(x, y)`` of ``n`` samples of a split for calibration: in-memory arrays give
+        their first ``n``, in the order they came in (:meth:`head`)."""
+        return self.head(name, n)
+
     def representative(self, n: int = 256):
         """The first ``n`` training samples: calibration data for quantization and OBD."""
         return self.head("train", n)[0]

@@ -103,9 +103,19 @@ class StreamDataset:
             return map_structure(lambda a: a[:n], x), map_structure(lambda a: a[:n], y)
         return _collect(self.source(name).take(n), self.labelled)
 
+    def spread(self, name: str, n: int | None) -> tuple:
+        """``(x, y)`` of ``n`` samples of a split for calibration (quantization, OBS/OBD,
+        BatchNorm statistics): an image folder's drawn at random, seeded (its file list
+        is in class order: the first 256 files of a folder of 500 per class were all of
+        its first class); a user's pipeline's first ``n``, in its own order. Only those
+        samples are read."""
+        if n is None:
+            return self.head(name, None)
+        return _collect(self.source(name, shuffle=True).take(n), self.labelled)
+
     def representative(self, n: int = 256):
-        """The first ``n`` training samples (calibration): only they are read."""
-        return self.head("train", n)[0]
+        """``n`` training samples for calibration (:meth:`spread`)."""
+        return self.spread("train", n)[0]
 
     def fit_args(self, batch_size: int = 64, validation: bool = True) -> dict:
         """Keyword arguments of :func:`compress.training.fit_model`: batched streams."""

@@ -163,7 +163,7 @@ def prune(model, data=None, *, verbose=0, **options):
 
         info["estimator"] = effective_estimator(model, opts["estimator"])
     # Only the calibration samples are read (a stream is not materialised for them).
-    calib = None if data is None else data.head("train", opts["calibration"])
+    calib = None if data is None else data.spread("train", opts["calibration"])
     from compress import progress
 
     rounds = opts["rounds"] if opts["schedule"] == "iterative" else 1  # the plan: overall ETA
@@ -341,7 +341,7 @@ def _recalibrate(model, data, opts, info) -> None:
     if not batchnorm_layers(model):  # nothing to do, and the report says so
         info["bn_recalibrate"] = {"layers": 0, "samples": 0}
         return
-    x = data.head("train", SAMPLES)[0]
+    x = data.spread("train", SAMPLES)[0]
     val = _val_head(data) if opts["_labelled"] else None
     before = None if val is None else opts["_task"].evaluate(model, *val)
     with progress.phase("bn", detail="re-estimating BatchNorm statistics"):
@@ -352,11 +352,11 @@ def _recalibrate(model, data, opts, info) -> None:
 
 
 def _val_head(data, n: int = 2048):
-    """The first ``n`` labelled validation samples, or None when there are none."""
+    """``n`` labelled validation samples (:meth:`spread`), or None when there are none."""
     from compress.data.arrays import length
 
     try:
-        x, y = data.head("val", n)
+        x, y = data.spread("val", n)
     except CompressError:  # a stream without a val split
         return None
     return None if y is None or not length(x) else (x, y)

@@ -40,7 +40,8 @@ _LOSS_FNS = weakref.WeakKeyDictionary()
 
 
 def held_out(data, n: int = SENSITIVITY_SAMPLES) -> tuple:
-    """``(x, y)``: the first ``n`` samples of ``data``'s validation split, the only ones
+    """``(x, y)``: ``n`` samples of ``data``'s validation split (its first ones; an image
+    folder's drawn at random, its lists being in class order), the only ones
     :func:`sensitivity_masks` reads (``y`` None for unlabelled data).
 
     >>> import numpy as np
@@ -49,7 +50,7 @@ def held_out(data, n: int = SENSITIVITY_SAMPLES) -> tuple:
     >>> held_out(ds)[0].shape
     (1024, 2)
     """
-    return data.head("val", n)
+    return data.spread("val", n)
 
 
 def layer_loss_curves(model, variables, scores, x, y, grid=GRID, mask_fn=None,
