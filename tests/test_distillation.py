@@ -266,6 +266,63 @@ def test_a_regressor_distills_on_mse_to_its_teacher(cli, tmp_path):
     assert "T=" not in text and "loss: MSE to the teacher's outputs" in " ".join(text.split())
 
 
+def test_a_several_unit_regressor_or_logit_tagger_is_not_taken_for_class_logits():
+    """Three linear units compiled with MSE (or four logit tags with a binary
+    cross-entropy from logits) went down the softmax path: with labels a Keras rank error
+    ("target.ndim - 1"), without labels softmax-KL and cross-entropy on the teacher's
+    argmax, a student 1.5 dB from its teacher."""
+    from compress.distillation import distill, width_student
+    from compress.distillation.driver import per_output
+
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(600, 8)).astype("float32")
+    y = (x @ rng.normal(size=(8, 3)) + np.array([2.0, -1.0, 0.5])).astype("float32")
+    teacher = keras.Sequential([keras.Input((8,)), keras.layers.Dense(32, "relu"),
+                                keras.layers.Dense(3)], name="reg3")
+    teacher.compile(keras.optimizers.Adam(3e-3), "mse")
+    teacher.fit(x[:500], y[:500], epochs=30, verbose=0)
+    tagger = keras.models.clone_model(teacher)
+    tagger.compile("adam", keras.losses.BinaryCrossentropy(from_logits=True))
+    assert per_output(teacher) and per_output(tagger)
+    uncompiled = keras.Sequential([keras.Input((8,)), keras.layers.Dense(3)])
+    assert per_output(uncompiled, (x, y)) and not per_output(uncompiled)  # targets decide
+    for data in ((x[:500], y[:500]), x[:500]):  # labelled, then the teacher's outputs only
+        student, info = distill(teacher, width_student(teacher, 0.5), data, epochs=40,
+                                learning_rate=3e-3)
+        assert "MSE to the teacher" in info["loss"]
+        got, want = student.predict(x[500:], verbose=0), teacher.predict(x[500:], verbose=0)
+        assert np.mean((got - want) ** 2) < 0.1 * np.var(want)
+
+
+def test_a_student_whose_output_activation_differs_from_the_teachers_is_refused(cli,
+                                                                                  tmp_path):
+    """A sigmoid teacher and a linear student: it trained the student's raw outputs on the
+    teacher's probabilities, and the report scored it as a regressor in one table and as
+    a classifier in another."""
+    keras.utils.set_random_seed(0)
+    x = np.random.default_rng(0).normal(size=(200, 8)).astype("float32")
+    y = (x[:, 0] > 0).astype("float32")
+    teacher = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, "relu"),
+                                keras.layers.Dense(1, "sigmoid")], name="binary")
+    teacher.compile("adam", "binary_crossentropy")
+    student = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4, "relu"),
+                                keras.layers.Dense(1, name="score")], name="linear")
+    teacher.save(tmp_path / "t.keras")
+    student.save(tmp_path / "s.keras")
+    np.savez(tmp_path / "d.npz", x_train=x[:150], y_train=y[:150], x_test=x[150:],
+             y_test=y[150:])
+    result = cli("distill", tmp_path / "t.keras", "-o", tmp_path / "out.keras", "--student",
+                 tmp_path / "s.keras", "--data", f"npz:{tmp_path}/d.npz", "--epochs", "1")
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines()[-1] == (
+        "error: student 'linear' output 'score' ends in linear and the teacher's in "
+        "sigmoid: the student learns the teacher's outputs and is scored on its task; give "
+        "the student the teacher's output activation"), result.output
+    assert "loss:" not in result.output  # refused before the student-alone baseline
+    assert not (tmp_path / "out.keras").exists()
+
+
 def test_a_multi_label_teacher_distills_label_by_label():
     """A multi-label head (5 sigmoids, binary cross-entropy) was refused: "ends in a
     'sigmoid' activation ... pass teacher_outputs='logits' to force it", which would

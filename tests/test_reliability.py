@@ -732,7 +732,7 @@ def test_an_unforeseen_failure_is_one_line_and_exit_1(files, cli, monkeypatch):
     assert result.exit_code == 1
     assert "Traceback" not in result.output
     assert errors == [("error: unexpected ValueError: something nobody planned for (the input "
-                       "is untouched; --debug shows the traceback)")]
+                       "is untouched; 'compress --debug inspect ...' shows the traceback)")]
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file: chmod 000 blocks nothing")

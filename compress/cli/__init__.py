@@ -105,9 +105,10 @@ class _Group(click.Group):
                 _exit_interrupted(ctx, exc)
             if debug:
                 traceback.print_exc()
+            command = ctx.invoked_subcommand or "COMMAND"
             click.echo(f"error: unexpected {type(exc).__name__}: "
-                       f"{' '.join(str(exc).split())[:300]} (the input is untouched; --debug shows "
-                       "the traceback)", err=True)
+                       f"{' '.join(str(exc).split())[:300]} (the input is untouched; "
+                       f"'compress --debug {command} ...' shows the traceback)", err=True)
             ctx.exit(1)
         finally:
             INTERRUPT.pending = False  # handled here; later calls in this process start clean

@@ -90,7 +90,7 @@ def distill(teacher, student, data, *, callbacks=None, verbose: int | str = 0, *
     """
     opts = DISTILL_TRAINING_OPTIONS.validate(options)
     data = as_dataset(data)  # a tf.data.Dataset, arrays, (x, y), a name: one form
-    if per_output(teacher):
+    if per_output(teacher, data):
         return distill_outputs(teacher, student, data, callbacks=callbacks, verbose=verbose,
                                **opts)
     kind, student_kind, pairs = check_compatible(teacher, student, data,
@@ -195,12 +195,14 @@ def several_io(model) -> bool:
         len(getattr(model, "outputs", None) or ()) > 1
 
 
-def per_output(model) -> bool:
+def per_output(model, data=None) -> bool:
     """Whether ``model`` distills with :func:`distill_outputs` (the teacher's outputs
     matched by their own task) rather than by softened logits: several inputs or
     outputs, or one output that is not one vector of 2 or more classes (a regressor, a
     forecaster, a one-unit binary head, a multi-label head of sigmoids, a segmenter's
-    output at every position).
+    output at every position). A vector of linear units is a regression or a multi-label
+    head when its task says so (:func:`compress.task.resolve`: its compiled loss, or
+    ``data``'s targets), not logits of one class vector.
 
     >>> import keras
     >>> per_output(keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)]))
@@ -218,7 +220,19 @@ def per_output(model) -> bool:
         return True
     # units that each answer on their own (multi-label sigmoids): no softmax over classes
     layers = getattr(model, "layers", None)
-    return bool(layers) and _activation_name(layers[-1]) == "sigmoid"
+    activation = _activation_name(layers[-1]) if layers else None
+    if activation == "sigmoid":
+        return True
+    if activation not in (None, "linear"):  # softmax; relu etc. are refused there
+        return False
+    from compress.task import CLASSIFICATION, resolve, sample_targets
+
+    if data is not None and not hasattr(data, "head"):
+        data = as_dataset(data)
+    try:  # a compiled MSE, or real-valued targets: no class vector to soften
+        return resolve(model, y=sample_targets(data)).kind != CLASSIFICATION
+    except CompressError:  # targets the model cannot take: the distillation says so
+        return False
 
 
 def _like(y, out):
@@ -271,6 +285,7 @@ def distill_outputs(teacher, student, data, *, callbacks=None, verbose: int | st
         raise CompressError(f"teacher '{teacher.name}' and student '{student.name}' differ "
                             "in their inputs or outputs; the student must take the "
                             "teacher's inputs and give its outputs")
+    check_output_activations(teacher, student)
     data = prepare(teacher, data)
     task = resolve(teacher, y=sample_targets(data))
     tasks = getattr(task, "tasks", None) or {output_names(teacher)[0]: task}
@@ -503,6 +518,43 @@ class _LogProbabilities(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "floor": self.floor}
+
+
+def check_output_activations(teacher, student) -> None:
+    """Refuse, in one line, a student one of whose outputs ends in another activation
+    than the teacher's (a linear student of a sigmoid teacher would learn probabilities
+    as raw outputs, and be scored as a regressor in one place and a classifier in
+    another). For :func:`distill_outputs`; the softmax path takes a logits student."""
+    for (_, t_act), (name, s_act) in zip(output_activations(teacher),
+                                         output_activations(student)):
+        if t_act is not None and s_act is not None and t_act != s_act:
+            raise CompressError(
+                f"student '{student.name}' output '{name}' ends in {s_act} and the "
+                f"teacher's in {t_act}: the student learns the teacher's outputs and is "
+                f"scored on its task; give the student the teacher's output activation")
+
+
+def output_activations(model) -> list:
+    """Per output of ``model``, ``(the name of the layer making it, its activation)``:
+    ``"linear"`` for none, ``"softmax"`` for a ``Softmax`` layer, None for a layer with
+    no activation of its own (a Reshape, an Add).
+
+    >>> output_activations(keras.Sequential([keras.Input((4,)),
+    ...                                      keras.layers.Dense(2, name="out")]))
+    [('out', 'linear')]
+    """
+    found = []
+    for tensor in getattr(model, "outputs", None) or ():
+        history = getattr(tensor, "_keras_history", None)
+        layer = history.operation if history is not None else None
+        name = getattr(layer, "name", None)
+        if isinstance(layer, keras.layers.Softmax):
+            found.append((name, "softmax"))
+        elif isinstance(layer, keras.layers.Layer) and hasattr(layer, "activation"):
+            found.append((name, _activation_name(layer) or "linear"))
+        else:
+            found.append((name, None))
+    return found
 
 
 def _activation_name(layer) -> str | None:

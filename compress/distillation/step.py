@@ -141,14 +141,18 @@ def distill_from_options(teacher, data, options: dict, *, callbacks=None,
     given = io.load_model(opts["student"], unsafe=unsafe) if opts["student"] else None
     from compress.distillation.driver import per_output
 
-    multi = per_output(teacher)
+    multi = per_output(teacher, data)
     if multi and given is None and opts["width"] is None and opts["depth"] is None:
         student, source = pruned_student(teacher, data)
     else:
         student = make_student(teacher, student=given, width=opts["width"],
                                depth=opts["depth"])
         source = None
-    if not multi:
+    if multi:  # before the student-alone baseline trains
+        from compress.distillation.driver import check_output_activations
+
+        check_output_activations(teacher, student)
+    else:
         check_compatible(teacher, student, data, opts["teacher_outputs"],
                          opts["feature_pairs"])
     data = prepare(teacher, data)  # the models are checked first, in their own words
