@@ -72,12 +72,13 @@ def zipped_size(path: str | os.PathLike) -> int:
 
 
 def saved_size(model, suffix: str = ".keras") -> tuple[int, int]:
-    """``(raw, zipped)`` bytes of the model saved as ``suffix`` (``.keras`` or ``.h5``)."""
-    from compress.io import deployable
+    """``(raw, zipped)`` bytes of the model saved as ``suffix`` (``.keras`` or ``.h5``), the
+    way the toolkit writes its outputs (:func:`compress.io.save_model`: no optimizer
+    state)."""
+    from compress.io import save_model
 
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / f"model{suffix}"
-        deployable(model).save(path)
+        path = save_model(model, Path(tmp) / f"model{suffix}")
         return path.stat().st_size, zipped_size(path)
 
 
@@ -189,7 +190,7 @@ def keras_latency_ms(model, sample_shape: tuple | None = None, batch: int = 1,
 
 def model_report(model, data=None, split: str = "test", latency: bool = True,
                  name: str | None = None, path: str | os.PathLike | None = None,
-                 task=None, reference=None) -> dict:
+                 task=None, reference=None, saved_as: str = ".keras") -> dict:
     """Measure ``model``.
 
     Args:
@@ -201,7 +202,10 @@ def model_report(model, data=None, split: str = "test", latency: bool = True,
         latency: bool, default True. Measure batch-1 latency (50 runs).
         name: label of the column in tables (default the model's name).
         path: the model's file, if it has one: its size is reported as is; otherwise the
-            model is saved to a temporary ``.keras`` file to measure it.
+            model is saved without optimizer state (as the toolkit writes models) to a
+            temporary file to measure it.
+        saved_as: str, default ``".keras"``. Without ``path``, the format it is saved in
+            (``.keras`` or ``.h5``): give the output's, to compare like with like.
         task: :class:`compress.task.Task` or None, default None (the model's own:
             :func:`compress.task.resolve`). Give the same one to the reports compared
             side by side.
@@ -220,7 +224,7 @@ def model_report(model, data=None, split: str = "test", latency: bool = True,
     if path is not None:
         raw, zipped = Path(path).stat().st_size, zipped_size(path)
     else:
-        raw, zipped = saved_size(model)
+        raw, zipped = saved_size(model, saved_as)
     params, nonzero = count_params(model), count_nonzero(model)
     report = {
         "name": name or model.name,

@@ -25,6 +25,25 @@ def test_prune_data_free_magnitude_writes_plain_sparse_model(cli, mlp_file, tmp_
     assert file_digest(path) == digest
 
 
+@pytest.mark.parametrize("suffix", [".keras", ".h5"])
+def test_sizes_compare_the_compression_not_the_optimizer_state(cli, mlp_file, tmp_path,
+                                                               suffix):
+    """The input file keeps its Adam slots; the output has none. Pruning nothing read
+    0.64x file size and 0.40x zipped, credited to compression."""
+    import os
+
+    path, _ = mlp_file
+    res = cli("prune", path, "-o", tmp_path / f"same{suffix}", "--sparsity", "0", "--json")
+    assert res.exit_code == 0, res.output
+    result = json.loads(res.output)
+    before, after = result["before"], result["after"]
+    assert before["nonzero"] == after["nonzero"]
+    assert after["file_bytes"] == pytest.approx(before["file_bytes"], rel=0.02)
+    assert after["zipped_bytes"] == pytest.approx(before["zipped_bytes"], rel=0.05)
+    assert os.path.getsize(path) > 1.2 * before["file_bytes"]  # the optimizer state
+    assert "the input file is" in result["input_size_note"]
+
+
 def test_prune_and_share_take_the_same_comma_separated_layers(cli, mlp_file, tmp_path):
     path, _ = mlp_file
     for command in (["prune", "--sparsity", "0.5"], ["share", "--method", "kmeans",

@@ -14,9 +14,9 @@ def keras_quantizer_rows(sec, ctx, dense, ds, dense_acc: float) -> None:
     Quick mode measures the two cheap rows (round-to-nearest: ours and Keras's int4);
     Keras's GPTQ runs column by column in eager ops (about 40 s on LeNet-300-100).
     """
+    from compress.agreement import sqnr_db
     from compress.quantization.gptq import round_model
     from compress.quantization.keras_modes import keras_quantize
-    from compress.agreement import sqnr_db
     from compress.training import accuracy
 
     cal = 256

@@ -43,8 +43,6 @@ def command(model, output, data, seed, unsafe, as_json, force, **options):
 
 def distill_files(model_path, output, data, seed, unsafe, force, opts, as_json):
     """Load, distill (and train the baseline), save, report teacher / alone / distilled."""
-    import os
-
     from compress import io
     from compress.cli.common import emit, load_inputs, verbose
 
@@ -56,10 +54,12 @@ def distill_files(model_path, output, data, seed, unsafe, force, opts, as_json):
     distilled, alone, info = distill_from_options(teacher, dataset, opts, unsafe=unsafe,
                                                   verbose=verbose(as_json))
     io.save_model(distilled, output, inputs=[model_path], force=force)
-    reports = [model_report(teacher, dataset, name="teacher",
-                            path=None if os.path.isdir(model_path) else model_path)]
+    # Every size as the output is saved (no optimizer state, its format): the teacher's
+    # file keeps its optimizer slots, which the table credited to distillation.
+    saved_as = ".h5" if str(output).endswith(".h5") else ".keras"
+    reports = [model_report(teacher, dataset, name="teacher", saved_as=saved_as)]
     if alone is not None:
-        reports.append(model_report(alone, dataset, name="student alone"))
+        reports.append(model_report(alone, dataset, name="student alone", saved_as=saved_as))
     # Without labels: the student's fidelity to the teacher (error, agreement) is its score.
     reports.append(model_report(distilled, dataset, name="distilled", path=output,
                                 reference=teacher))
