@@ -88,6 +88,21 @@ def test_two_output_model_is_scored_and_checked_per_output(models, cli, tmp_path
         assert q["top1_agreement"] == q["outputs"]["cls"]["top1_agreement"]
         assert q["outputs"]["score"]["sqnr_db"] > 15
         assert set(q["output_scores"]["score"]) >= {"mse"}
+        # which artifact output is which, read back by those names in the runtime
+        named = q["artifact_outputs"]
+        x = np.load(models / "two_out.npz")["x_train"][:3].astype("float32")
+        if fmt == "tflite":
+            from ai_edge_litert.interpreter import Interpreter
+
+            runner = Interpreter(str(tmp_path / "q.tflite")).get_signature_runner()
+            outs = runner(**{next(iter(runner.get_input_details())): x})
+        else:
+            import onnxruntime
+
+            session = onnxruntime.InferenceSession(str(tmp_path / "q.onnx"))
+            outs = dict(zip([o.name.split(":")[0] for o in session.get_outputs()],
+                            session.run(None, {session.get_inputs()[0].name: x})))
+        assert outs[named["cls"]].shape == (3, 2) and outs[named["score"]].shape == (3, 1)
     for fmt in ("tflite", "onnx"):
         e = _json(cli("export", model, "-o", tmp_path / f"e.{fmt}", "--data", data,
                       "--json", "-q"))

@@ -142,12 +142,18 @@ def emit_result(result: dict, as_json: bool) -> None:
                       f"{r['sqnr_db']:.1f} dB")
     console = Console()
     console.print(table)
+    named = result.get("artifact_outputs") or {}
     for name, check in (result.get("outputs") or {}).items():
         if isinstance(check, dict) and "sqnr_db" in check:
             top1 = (f", top-1 agreement {check['top1_agreement']:.2%}"
                     if "top1_agreement" in check else "")
-            console.print(f"output {name}: SQNR {check['sqnr_db']:.1f} dB, relative L2 "
-                          f"error {check['rel_l2_error']:.2%}{top1}")
+            where = f" (the artifact's '{named[name]}')" if name in named else ""
+            console.print(f"output {name}{where}: SQNR {check['sqnr_db']:.1f} dB, relative "
+                          f"L2 error {check['rel_l2_error']:.2%}{top1}")
+    if named and result.get("format") == "tflite":
+        console.print("note: read the outputs by these names through the signature "
+                      "(interpreter.get_signature_runner()); get_output_details() lists "
+                      "them in an order of its own")
     if result.get("verified", True):
         console.print(f"wrote {result['path']} ({result['size_ratio']:.2f}x the float size; "
                       f"verified against Keras: {result.get('agreement', '')})")

@@ -698,6 +698,11 @@ def _measure(content: bytes, float_content: bytes, fmt: str, x_check, expected, 
         "agreement_samples": _length(x_check),
     }
     info["verified"], info["agreement"] = runtime.agreement_summary(info)
+    if isinstance(got, dict) and len(got) == len(info.get("outputs") or ()):
+        # which artifact output is which of the model's (compared in this order): a
+        # TFLite file names them output_0, output_1... and its interpreter's
+        # get_output_details() lists them in an order of its own
+        info["artifact_outputs"] = dict(zip(info["outputs"], got))
     info["size_ratio"] = info["bytes"] / info["float_bytes"]
     refused = runtime.xnnpack_refused(content) if fmt == "tflite" else None
     if refused:
