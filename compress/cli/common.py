@@ -467,6 +467,9 @@ def recalibration_line(out: dict) -> str:
     def shown(value):
         return f"{value:.2%}" if key == "accuracy" or key.endswith(" accuracy") \
             else f"{value:.4g}"
+    if out.get("reverted"):
+        return (f"{text}: validation {key} {shown(before[key])} -> {shown(after[key])}, "
+                "worse, so the pruned model keeps the statistics it had")
     return (f"{text} (validation {key} {shown(before[key])} -> {shown(after[key])} "
             "from that alone)")
 

@@ -344,11 +344,33 @@ def _recalibrate(model, data, opts, info) -> None:
     x = data.spread("train", SAMPLES)[0]
     val = _val_head(data) if opts["_labelled"] else None
     before = None if val is None else opts["_task"].evaluate(model, *val)
+    layers = batchnorm_layers(model)
+    kept = [(la.moving_mean.numpy(), la.moving_variance.numpy()) for la in layers]
     with progress.phase("bn", detail="re-estimating BatchNorm statistics"):
         out = recalibrate_batchnorm(model, x)
     if val is not None and out["layers"]:
         out.update(val_before=before, val_after=opts["_task"].evaluate(model, *val))
+        if _worse(out["val_before"], out["val_after"]):  # the pass's statistics stay
+            for layer, (mean, variance) in zip(layers, kept):
+                layer.moving_mean.assign(mean)
+                layer.moving_variance.assign(variance)
+            out["reverted"] = ("the re-estimated statistics scored worse on the validation "
+                               "samples; the pruned model keeps the ones it had")
     info["bn_recalibrate"] = out
+
+
+def _worse(before: dict, after: dict) -> bool:
+    """Whether validation scores ``after`` are worse than ``before`` (accuracy lower, or
+    MSE higher); False where they cannot be compared (several outputs).
+
+    >>> _worse({"accuracy": 0.375}, {"accuracy": 0.29}), _worse({"mse": 1.0}, {"mse": 0.9})
+    (True, False)
+    """
+    if "accuracy" in before and "accuracy" in after:
+        return after["accuracy"] < before["accuracy"]
+    if "mse" in before and "mse" in after:
+        return after["mse"] > before["mse"]
+    return False
 
 
 def _val_head(data, n: int = 2048):
