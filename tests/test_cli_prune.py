@@ -143,3 +143,17 @@ def test_prune_sensitivity_scope_allocates_per_layer(cli, mlp_file, tmp_path):
     zeros = [float((model.get_layer(n).kernel.numpy() == 0).mean())
              for n in ("fc1", "fc2", "predictions")]
     assert max(zeros) - min(zeros) > 0.05  # per-layer sparsities differ
+
+
+def test_asking_less_sparsity_than_the_model_has_says_so(cli, mlp_file, tmp_path):
+    """A 70%-sparse model pruned to 50% reported 'requested 0.5, reached 0.70' and no
+    word on why."""
+    path, _ = mlp_file
+    first = cli("prune", path, "-o", tmp_path / "p70.keras", "--sparsity", "0.7", "--json")
+    assert first.exit_code == 0, first.output
+    assert "already_sparse" not in json.loads(first.output)["pass"]
+    again = cli("prune", tmp_path / "p70.keras", "-o", tmp_path / "p50.keras",
+                "--sparsity", "0.5")
+    assert again.exit_code == 0, again.output
+    assert "already_sparse: the prunable weights were already 70.0% zero before this " \
+        "pass, more than the 50% asked" in " ".join(again.output.split())

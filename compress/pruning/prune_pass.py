@@ -150,6 +150,7 @@ def prune(model, data=None, *, verbose=0, **options):
     model = training.copy_model(model)
     info = {"method": opts["method"], "schedule": opts["schedule"],
             "sparsity_requested": opts["sparsity"]}
+    already = _zero_share(model, opts)
     if opts["epochs"]:
         info["task"] = opts["_task"].describe()
         if not opts["_labelled"]:
@@ -266,8 +267,25 @@ def prune(model, data=None, *, verbose=0, **options):
             info["two_four_left_dense"] = opts["_dense_two_four"]
         info["fine_tune_epochs"] = opts["epochs"]
     info.update(_sparsity_info(pairs))
+    asked = info.get("sparsity_requested")
+    if asked is not None and opts["quality"] is None and already > asked + 0.005:
+        info["already_sparse"] = (f"the prunable weights were already {already:.1%} zero "
+                                  f"before this pass, more than the {asked:.0%} asked; "
+                                  "none of their zeros was given back")
     _coverage(model, opts, info)
     return model, info
+
+
+def _zero_share(model, opts) -> float:
+    """The share of zeros in the weights the pass may prune, as it finds them (0.0 where
+    the selection is refused: the pass says why, in its own words)."""
+    try:
+        every = prunable_weights(model, opts["layers"], opts["skip_first_last"])
+    except CompressError:
+        return 0.0
+    total = sum(int(np.prod(v.shape)) for _, v in every)
+    zeros = sum(int(np.size(v) - np.count_nonzero(np.asarray(v))) for _, v in every)
+    return zeros / total if total else 0.0
 
 
 def _coverage(model, opts, info) -> None:
