@@ -298,3 +298,18 @@ def test_kmeans_clusters_every_weight_matrix_pruning_reaches(tmp_path):
     x = np.random.default_rng(0).normal(size=(4, 16, 2)).astype("float32")
     np.testing.assert_allclose(back.predict(x, verbose=0), new.predict(x, verbose=0),
                                atol=1e-6)
+
+
+def test_index_bits_count_a_pruned_kernels_zero_slot(mlp_file):
+    """A pruned kernel keeps its zeros as a fixed extra value: 4 clusters and the zero
+    are 5 values, stored with 3-bit indices (each layer said so; the top level said 2)."""
+    import keras
+
+    from compress.pruning import prune
+    from compress.sharing import cluster_model
+
+    path, ds = mlp_file
+    pruned, _ = prune(keras.models.load_model(path), None, sparsity=0.5)
+    clustered, info = cluster_model(pruned, ds, clusters=4)
+    distinct = max(row["distinct"] for row in info["layers"])
+    assert distinct == 5 and info["index_bits"] == 3

@@ -141,7 +141,9 @@ def cluster_model(model, data=None, *, verbose=0, **options):
         state = _finetune_centroids(new, state, data, epochs, opts["learning_rate"] or 1e-4,
                                     opts["batch_size"], seed, verbose, clusters, task,
                                     teacher=model)
-    index_bits = math.ceil(math.log2(clusters))
+    # the widest index any layer stores (a pruned kernel's fixed zero is one slot more:
+    # 4 clusters and a zero take 3 bits, not 2)
+    index_bits = max(math.ceil(math.log2(len(c))) for _, _, c, _ in state)
     rows, total_bits, total_weights = [], 0, 0
     for layer, variable, centroids, _ in state:
         size = int(np.prod(variable.shape))
