@@ -157,3 +157,15 @@ def test_asking_less_sparsity_than_the_model_has_says_so(cli, mlp_file, tmp_path
     assert again.exit_code == 0, again.output
     assert "already_sparse: the prunable weights were already 70.0% zero before this " \
         "pass, more than the 50% asked" in " ".join(again.output.split())
+
+
+def test_block_pruning_names_the_layers_that_end_in_a_shorter_block(cli, cnn_file,
+                                                                    tmp_path):
+    """conv1 takes 1 input channel: its "blocks of 4" are single weights, unsaid."""
+    path, _ = cnn_file
+    res = cli("prune", path, "-o", tmp_path / "b.keras", "--sparsity", "0.5", "--block", "4",
+              "--json")
+    assert res.exit_code == 0, res.output
+    note = json.loads(res.output)["pass"]["partial_blocks"]
+    assert note.startswith("input axes not a multiple of 4 end in a shorter block:")
+    assert "conv1/kernel (1 inputs)" in note and "predictions" not in note

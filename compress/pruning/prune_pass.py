@@ -267,6 +267,13 @@ def prune(model, data=None, *, verbose=0, **options):
             info["two_four_left_dense"] = opts["_dense_two_four"]
         info["fine_tune_epochs"] = opts["epochs"]
     info.update(_sparsity_info(pairs))
+    if opts["block"] > 1:
+        partial = [f"{weight_key(la, v)} ({v.shape[-2]} inputs)" for la, v in pairs
+                   if len(v.shape) >= 2 and v.shape[-2] % opts["block"]]
+        if partial:
+            info["partial_blocks"] = (
+                f"input axes not a multiple of {opts['block']} end in a shorter block: "
+                + ", ".join(partial[:6]) + (", ..." if len(partial) > 6 else ""))
     asked = info.get("sparsity_requested")
     if asked is not None and opts["quality"] is None and already > asked + 0.005:
         info["already_sparse"] = (f"the prunable weights were already {already:.1%} zero "
