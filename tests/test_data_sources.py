@@ -519,3 +519,22 @@ def test_calibration_from_an_image_folder_draws_every_class(digits3, cnn_file, t
     np.testing.assert_array_equal(data.representative(16), x_cal)
     assert set(sensitivity.held_out(data, 12)[1].tolist()) == {0, 1, 2}
     assert set(prune_pass._val_head(data, 12)[1].tolist()) == {0, 1, 2}
+
+
+def test_arrays_stored_class_by_class_calibrate_on_every_class(digits3):
+    """Arrays sorted by label: the first 16 training samples were all of class 0, and
+    calibration, OBS/OBD and a recipe's subset read only those. A shuffled set keeps its
+    head (the benchmarks' numbers do not move)."""
+    from compress.data import Dataset
+
+    x, y = digits3
+    order = np.argsort(y, kind="stable")
+    ds = Dataset("sorted", x[order], y[order], None, None, x[order], y[order], 3)
+    assert set(ds.head("train", 16)[1].tolist()) == {0}
+    assert set(ds.spread("train", 16)[1].tolist()) == {0, 1, 2}
+    assert set(ds.take(30, 12).y_train.tolist()) == {0, 1, 2}
+    assert ds.representative(16).shape == (16, 8, 8, 1)
+    assert any("stored class by class" in note for note in ds.notes)
+    mixed = Dataset("mixed", x, y, None, None, x, y, 3)
+    np.testing.assert_array_equal(mixed.spread("train", 16)[0], x[:16])
+    assert not mixed.notes

@@ -102,21 +102,55 @@ class Dataset:
         return map_structure(cut, x), map_structure(cut, y)
 
     def take(self, n_train: int | None = None, n_test: int | None = None) -> Dataset:
-        """A smaller copy (first ``n`` samples of each split), for quick runs and tests."""
+        """A smaller copy (the first ``n`` samples of each split, or ``n`` drawn at random
+        where the first ones would miss most classes: :meth:`spread`), for quick runs,
+        tests and a recipe's ``subset``."""
         n_val = None if n_train is None else max(1, n_train // 9)
-        (xt, yt), (xv, yv), (xs, ys) = (self.head("train", n_train), self.head("val", n_val),
-                                        self.head("test", n_test))
+        (xt, yt), (xv, yv), (xs, ys) = (self.spread("train", n_train),
+                                        self.spread("val", n_val), self.spread("test", n_test))
         return dataclasses.replace(self, x_train=xt, y_train=yt, x_val=xv, y_val=yv,
-                                   x_test=xs, y_test=ys)
+                                   x_test=xs, y_test=ys, notes=list(self.notes))
 
     def spread(self, name: str, n: int | None) -> tuple:
-        """``(x, y)`` of ``n`` samples of a split for calibration: in-memory arrays give
-        their first ``n``, in the order they came in (:meth:`head`)."""
-        return self.head(name, n)
+        """``(x, y)`` of ``n`` samples of a split for calibration (quantization, OBS/OBD,
+        BatchNorm statistics) and smaller copies: its first ``n`` (:meth:`head`), unless
+        those hold under half of the split's classes (arrays stored class by class: the
+        first 256 of 1,000 per class are all of one), then ``n`` drawn at random, seeded,
+        in their order, and a note says so.
+
+        >>> ds = Dataset("d", np.zeros((30, 2)), np.repeat(np.arange(3), 10), None, None,
+        ...              None, None, 3)
+        >>> set(ds.head("train", 9)[1].tolist()), set(ds.spread("train", 9)[1].tolist())
+        ({0}, {0, 1, 2})
+        """
+        chosen = self._drawn(name, n)
+        if chosen is None:
+            return self.head(name, n)
+        x, y = self.split(name)
+        note = (f"data {self.name}: the first samples of its {name} split hold few of its "
+                "classes (stored class by class); samples for calibration and smaller "
+                "copies are drawn at random (seeded)")
+        if note not in self.notes:
+            self.notes.append(note)
+        return map_structure(lambda a: a[chosen], x), map_structure(lambda a: a[chosen], y)
+
+    def _drawn(self, name: str, n: int | None, seed: int = 0):
+        """Sorted indices of ``n`` samples drawn at random when the split's first ``n``
+        hold under half of its classes (integer labels); None when the head will do."""
+        x, y = self.split(name)
+        if n is None or y is None or isinstance(y, (dict, list, tuple)) or n >= length(x):
+            return None
+        y = np.asarray(y)
+        if y.dtype.kind not in "iu" or (y.ndim > 1 and int(np.prod(y.shape[1:])) != 1):
+            return None
+        classes, first = np.unique(y).size, np.unique(y[:n]).size
+        if classes < 2 or first >= min(classes, n) / 2:
+            return None
+        return np.sort(np.random.default_rng(seed).permutation(length(x))[:n])
 
     def representative(self, n: int = 256):
-        """The first ``n`` training samples: calibration data for quantization and OBD."""
-        return self.head("train", n)[0]
+        """``n`` training samples (:meth:`spread`): calibration data for quantization."""
+        return self.spread("train", n)[0]
 
     def batches(self, name: str, batch_size: int = 64, shuffle: bool = False, seed: int = 0):
         """A ``tf.data.Dataset`` of ``(x, y)`` (or ``x``) batches of a split."""
