@@ -538,3 +538,20 @@ def test_arrays_stored_class_by_class_calibrate_on_every_class(digits3):
     mixed = Dataset("mixed", x, y, None, None, x, y, 3)
     np.testing.assert_array_equal(mixed.spread("train", 16)[0], x[:16])
     assert not mixed.notes
+
+
+def test_a_recipe_subset_of_an_image_folder_holds_every_class(cnn_file, digits3, tmp_path):
+    """A model file, an image folder and ``subset``: the stream's first files were taken,
+    all of class 0 for training and no class 2 for the test."""
+    from compress.recipes import runner
+
+    x, _ = digits3
+    folder = _write_pngs(tmp_path / "f", x[:90], np.arange(90) // 30)  # 30 per class
+    recipe = {"model": str(cnn_file[0]), "data": str(folder), "seed": 0, "unsafe": False,
+              "val_split": 0.3, "subset": 24}
+    _, dataset = runner._read_model_file(recipe, runner._read_data(recipe))
+    train, test = dataset.split("train")[1], dataset.split("test")[1]
+    assert len(train) == 24 and set(train.tolist()) == {0, 1, 2}
+    assert set(test.tolist()) == {0, 1, 2}
+    again = dataset.split("train")[1]
+    np.testing.assert_array_equal(again, train)  # the same files at every read

@@ -125,16 +125,25 @@ class StreamDataset:
                 "validation_data": self.batches("val", batch_size) if has_val else None}
 
     def take(self, n_train: int | None = None, n_test: int | None = None) -> StreamDataset:
-        """A smaller copy (first ``n`` samples of each split), for quick runs and tests."""
+        """A smaller copy (the first ``n`` samples of each split, in the stream's order;
+        an image folder draws its files with :meth:`ImageFolder.take` before it is a
+        stream), for quick runs and tests. The same samples at every pass; training
+        shuffles them among themselves (it took a new draw of the whole split per epoch
+        from a folder, while the test split and the known labels were its first ``n``)."""
         n_val = None if n_train is None else max(1, n_train // 9)
         cut = {"train": n_train, "val": n_val, "test": n_test}
         splits = {}
+
+        def first(make, n, batched):
+            def cut_make(shuffle=False):
+                ds = (make(False).unbatch() if batched else make(False)).take(n)
+                return ds.shuffle(n, seed=0, reshuffle_each_iteration=True) if shuffle \
+                    else ds
+            return cut_make
         for k, (make, count, batched) in self.splits.items():
             n = cut[k]
             splits[k] = (make, count, batched) if n is None else (
-                (lambda shuffle, m=make, n=n, b=batched:
-                 (m(shuffle).unbatch() if b else m(shuffle)).take(n)),
-                n if count is None else min(n, count), False)
+                first(make, n, batched), n if count is None else min(n, count), False)
         labels = {k: map_structure(lambda a, n=cut[k]: a[:n], v)
                   for k, v in self._labels.items()}
         return StreamDataset(self.name, splits, self.num_classes, self.labelled, self.notes,

@@ -249,10 +249,10 @@ def _read_model_file(recipe: dict, raw):
     x = getattr(raw, "x_train", None)  # a subclassed model: wrapped with the data's shape
     sample = tuple(x.shape[1:]) if hasattr(x, "shape") else None
     model, _ = io.with_input_signature(model, None, sample, where=f"model {recipe['model']}")
-    dataset = data_mod.prepare(model, raw) if raw is not None else None
     subset = recipe.get("subset")
-    if dataset is not None and subset:
-        dataset = dataset.take(subset, max(1, subset // 2))
+    if raw is not None and subset:  # before the stream is made: an image folder draws
+        raw = raw.take(subset, max(1, subset // 2))  # files of every class (in class order)
+    dataset = data_mod.prepare(model, raw) if raw is not None else None
     return model, dataset
 
 
