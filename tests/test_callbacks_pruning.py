@@ -224,3 +224,23 @@ def test_a_layers_own_constraint_is_kept_under_the_mask_and_given_back(digits):
     kernel = pruned.get_layer("fc1").kernel
     assert (kernel.numpy() >= 0).all()
     assert isinstance(kernel.constraint, keras.constraints.NonNeg)
+
+
+def test_a_ramp_shorter_than_two_updates_is_not_one_shot_in_disguise():
+    """10 epochs of 19 steps and the default frequency of 100: 0% until step 100, then
+    89% at once. The masks now follow the ramp, and a warning names the frequency."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    x = np.random.default_rng(0).normal(size=(600, 16)).astype("float32")
+    y = (x[:, 0] > 0).astype("int32")
+    model = keras.Sequential([keras.Input((16,)), keras.layers.Dense(32, activation="relu"),
+                              keras.layers.Dense(2, activation="softmax")])
+    model.compile("adam", "sparse_categorical_crossentropy")
+    cb = Pruning(sparsity=0.9)
+    with pytest.warns(UserWarning, match="masks are updated every 15 steps instead"):
+        model.fit(x, y, epochs=10, batch_size=32, callbacks=[cb], verbose=0)
+    assert cb.end_step == 126 and len(cb.updates) >= 8
+    steps = [s for s, _ in cb.updates]
+    assert steps[0] == 15 and steps[-1] == 126  # step 0 schedules 0%: nothing to do
+    assert all(b > a for (_, a), (_, b) in zip(cb.updates, cb.updates[1:]))  # a ramp

@@ -208,6 +208,18 @@ class Pruning(keras.callbacks.Callback):
                     "Pruning(steps_per_epoch=N), or fit(..., steps_per_epoch=N)")
             epochs = (self.params or {}).get("epochs") or 1
             self.end_step = self.begin_step + max(1, int((steps or 1) * epochs * 2 / 3))
+        ramp = self.end_step - self.begin_step
+        if self.schedule == "polynomial" and ramp >= 8 and ramp < 2 * self.frequency:
+            # One update at begin_step and one at end_step: the whole sparsity at once, a
+            # one-shot prune called gradual (0% until step 100, then 89%). Updates every
+            # eighth of the ramp instead, and said.
+            import warnings
+
+            asked, self.frequency = self.frequency, max(1, ramp // 8)
+            warnings.warn(f"Pruning: the ramp from step {self.begin_step} to {self.end_step} "
+                          f"is shorter than two updates at frequency {asked}; masks are "
+                          f"updated every {self.frequency} steps instead (give a smaller "
+                          "frequency, or more steps)", UserWarning, stacklevel=2)
         self._pairs = prunable_weights(self.model, self.layers, self.skip_first_last)
         self.left_out = {}
         if uses_layer_hessians(self.model, self.method, self.estimator):

@@ -225,11 +225,16 @@ def prune(model, data=None, *, verbose=0, **options):
 
         from compress.callbacks.pruning import LeftDenseWarning
 
-        with warnings.catch_warnings():  # the pass reports left_out itself
+        with warnings.catch_warnings():  # the pass reports left_out and frequency itself
             warnings.simplefilter("ignore", LeftDenseWarning)
+            warnings.filterwarnings("ignore", message="Pruning: the ramp from step")
             training.fit(model, data, epochs=opts["epochs"], batch_size=opts["batch_size"],
                          callbacks=[cb] + extra, verbose=verbose)
         info["mask_updates"] = len(cb.updates)
+        if cb.frequency != opts["frequency"]:
+            info["frequency_used"] = (f"{cb.frequency} steps: the schedule's {cb.end_step} "
+                                      f"steps are fewer than two updates at frequency "
+                                      f"{opts['frequency']}, which would prune all at once")
         if cb.left_out:  # named, never skipped silently
             info["left_out"] = cb.left_out
         _recalibrate(model, data, opts, info)
