@@ -273,6 +273,17 @@ class Pruning(keras.callbacks.Callback):
             self._fit_frame = None
             return
         self.restores += 1
+        masks = self._final_masks or [get_mask(var) for _, var in self._pairs or []]
+        cut = sum(int(np.count_nonzero(np.asarray(var)[np.asarray(mask) == 0]))
+                  for (_, var), mask in zip(self._pairs or [], masks) if mask is not None)
+        if cut:  # the restored weights were denser: masked, they are a model not evaluated
+            import warnings
+
+            warnings.warn(f"Pruning: weights put back during the fit (EarlyStopping's best "
+                          f"epoch?) were denser than the masks now; {cut:,} of them are "
+                          f"zeroed to keep {self.current:.1%} sparsity, so the model returned "
+                          "is not the one that was evaluated: evaluate it, or fine-tune it "
+                          "with the masks", RemaskedWarning, stacklevel=2)
         self._apply_masks()
         if self._final_masks is not None:  # after on_train_end: older statistics came back
             self._recalibrate()
@@ -387,6 +398,11 @@ class Pruning(keras.callbacks.Callback):
 class UnderPrunedWarning(UserWarning):
     """:class:`Pruning`'s fit ended (an early stop) before its schedule reached the
     sparsity asked for."""
+
+
+class RemaskedWarning(UserWarning):
+    """:class:`Pruning` masked weights another callback put back (EarlyStopping's best
+    epoch) that were denser: the model returned was not evaluated in that form."""
 
 
 class LeftDenseWarning(UserWarning):
