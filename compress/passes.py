@@ -72,6 +72,8 @@ class Pass:
             model-to-model command is made from the schema).
         api: str or None. The ``compress.<api>`` name, default ``name``; ``""`` for none.
         order: int, default 100. Position in ``--help`` and the docs table.
+        check: callable or None. ``check(options)`` refuses, in one line, combinations
+            of valid options the pass cannot run (a recipe's ``--check`` calls it too).
     """
 
     name: str
@@ -88,6 +90,7 @@ class Pass:
     cli: bool = True
     api: str | None = None
     order: int = 100
+    check: Callable[[dict], None] | None = None
 
     def __post_init__(self):
         if self.produces not in ("model", "artifact"):

@@ -92,6 +92,24 @@ def test_check_refuses_sensitivity_without_data_on_the_command_line(cli, mlp_fil
     assert "steps[0].prune: scope sensitivity needs data" in result.stderr
 
 
+@pytest.mark.parametrize("data, step, message", [
+    ("npz:nope.npz", "{prune: {sparsity: 0.5}}", "data: nope.npz: no such data file"),
+    ("digits", "{prune: {schedule: gradual, epochs: 0}}",
+     "steps[0].prune: the gradual schedule trains; give epochs >= 1"),
+])
+def test_check_refuses_what_run_would_refuse(cli, mlp_file, tmp_path, data, step, message):
+    """--check said 'valid' for a missing data file and for a gradual prune without
+    epochs; run refused them, one after the data had been read."""
+    path = tmp_path / "r.yaml"
+    path.write_text(f"model: {mlp_file[0]}\ndata: {data}\nsteps:\n  - prune: {{}}\n"
+                    .replace("prune: {}", step[1:-1]))
+    for args in (["--check"], ["-o", str(tmp_path / "out")]):
+        result = cli("run", path, *args)
+        assert result.exit_code == 1, result.output
+        assert message in result.stderr, result.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_recipe_seed_reaches_every_pass_with_a_seed_option():
     recipe = _base()
     recipe["seed"] = 7

@@ -52,6 +52,22 @@ def is_data_name(name: str) -> bool:
             or is_csv(name) or os.path.isdir(name))
 
 
+def data_file(name: str) -> Path | None:
+    """The file a ``--data`` value reads (``npz:PATH``, ``npy:PATH``, ``PATH.npy``,
+    ``csv:PATH``, ``PATH.csv``), or None for a named dataset or a folder.
+
+    >>> str(data_file("npz:d/x.npz")), data_file("digits")
+    ('d/x.npz', None)
+    """
+    if is_csv(name):
+        return Path(name.removeprefix("csv:"))
+    if name.startswith("npy:") or (name.endswith(".npy") and not name.startswith("npz:")):
+        return Path(name.removeprefix("npy:"))
+    if name.startswith("npz:"):
+        return Path(name[4:])
+    return None
+
+
 def check_name(name: str, where: str = "data") -> None:
     """Refuse a ``--data`` value that names no dataset, file or folder, in one line."""
     if not is_data_name(name):

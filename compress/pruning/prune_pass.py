@@ -36,6 +36,24 @@ GRADUAL_LR_FACTOR = 2
 def _check_data(model, data, opts) -> None:
     if data is None:
         PASS.require_data(opts, data)
+    _check_options(opts)
+    if data is not None:
+        want = tuple(model.inputs[0].shape[1:])
+        have = data.sample_shape
+        if len(want) != len(have) or any(w is not None and w != h for w, h in zip(want, have)):
+            raise CompressError(f"prune: data '{data.name}' samples have shape {have} but the "
+                                f"model takes {want}")
+        from compress.data.arrays import holds_classes
+
+        out = int(model.outputs[0].shape[-1])
+        if not holds_classes(out, data.num_classes):
+            raise CompressError(f"prune: data '{data.name}' has {data.num_classes} classes but "
+                                f"the model has {out} outputs")
+
+
+def _check_options(opts) -> None:
+    """Refuse option combinations the pass cannot run, in one line (a recipe's --check
+    runs it too)."""
     if opts["schedule"] != "oneshot" and not opts["epochs"]:
         raise CompressError(f"prune: the {opts['schedule']} schedule trains; give epochs >= 1")
     if opts["scope"] == "sensitivity" and (opts["schedule"] == "gradual" or opts["structured"]
@@ -74,18 +92,6 @@ def _check_data(model, data, opts) -> None:
         raise CompressError("prune: --method obs prunes each layer with compensation "
                             "(scope layer or global); it takes neither --scope sensitivity, "
                             "--block nor --balance")
-    if data is not None:
-        want = tuple(model.inputs[0].shape[1:])
-        have = data.sample_shape
-        if len(want) != len(have) or any(w is not None and w != h for w, h in zip(want, have)):
-            raise CompressError(f"prune: data '{data.name}' samples have shape {have} but the "
-                                f"model takes {want}")
-        from compress.data.arrays import holds_classes
-
-        out = int(model.outputs[0].shape[-1])
-        if not holds_classes(out, data.num_classes):
-            raise CompressError(f"prune: data '{data.name}' has {data.num_classes} classes but "
-                                f"the model has {out} outputs")
 
 
 def prune(model, data=None, *, verbose=0, **options):
@@ -572,5 +578,5 @@ def needs_data(opts: dict) -> list[str]:
 PASS = Pass("prune", "zero the least salient weights (magnitude, OBD, OBS with "
             "compensation; unstructured, 2:4, blocks) or remove whole units",
             "compress.pruning.prune_pass:prune",
-            PRUNE_OPTIONS, needs_data=needs_data, trains=True, order=20,
+            PRUNE_OPTIONS, needs_data=needs_data, trains=True, order=20, check=_check_options,
             data_hint="without data only data-free magnitude one-shot pruning is possible")

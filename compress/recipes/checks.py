@@ -246,6 +246,13 @@ def validate_recipe(recipe: dict, unsafe: bool = False) -> dict:
     if not builder and not Path(recipe["model"]).exists():
         raise CompressError(f"model: {recipe['model']}: no such file (and not a builder: "
                             f"{', '.join(BUILDERS)})")
+    from compress.data.named import data_file
+
+    file = data_file(data) if data is not None else None
+    if file is not None and not file.exists():  # --check said "valid", run refused it
+        raise CompressError(f"data: {file}: no such data file")
+    if recipe.get("val_data") is not None and not Path(str(recipe["val_data"])).is_dir():
+        raise CompressError(f"val_data: {recipe['val_data']}: no such folder")
     return out
 
 
@@ -269,6 +276,11 @@ def _validate_step(spec, body, where: str, seed: int, data) -> dict:
         body["seed"] = seed  # the recipe's seed, unless the step sets its own
     values = spec.schema.validate(body, path=where)
     spec.require_data(values, data, where=where)
+    if spec.check is not None:  # combinations the pass refuses: before anything runs
+        try:
+            spec.check(values)
+        except CompressError as exc:
+            raise CompressError(f"{where}: {str(exc).removeprefix(spec.name + ': ')}") from None
     for name, option in spec.schema.options.items():
         if getattr(option, "file", False) and values.get(name) and \
                 not Path(values[name]).exists():
