@@ -110,7 +110,9 @@ def comparison(got: np.ndarray, expected: np.ndarray, classifier: bool) -> dict:
         out["top1_agreement"] = top1_agreement(got, expected)
         flips, ties = near_ties(got, expected)
         if flips:
-            out["top1_flips"], out["near_ties"] = flips, ties
+            out["top1_flips"] = flips
+            if out["sqnr_db"] >= MIN_SQNR_DB:  # else the artifact's error makes all "ties"
+                out["near_ties"] = ties
     if constant(expected):
         out["constant_reference"] = True
     return out
@@ -195,7 +197,17 @@ def agreement_summary(check: dict, min_sqnr_db: float = MIN_SQNR_DB,
     (False, 'SQNR 6.0 dB (relative L2 error 50.00%) is below 20 dB')
     >>> agreement_summary({"rel_l2_error": 0.01, "sqnr_db": 40.0, "top1_agreement": 0.99})
     (True, 'top-1 agreement 99.00%, SQNR 40.0 dB')
+
+    A float model that gave one output for every check input verifies nothing (any
+    artifact that outputs that constant agrees):
+
+    >>> agreement_summary({"rel_l2_error": 0.0, "sqnr_db": 90.0, "constant_reference": True})
+    (False, 'not verified: the float model gives the same output for every check input (SQNR 90.0 dB against it says nothing)')
     """
+    if check.get("constant_reference"):
+        return False, (f"not verified: the float model gives the same output for every "
+                       f"check input (SQNR {check['sqnr_db']:.1f} dB against it says "
+                       "nothing)")
     if "outputs" in check:  # several outputs: each judged on its own terms
         verdicts = {name: agreement_summary(c, min_sqnr_db, min_top1)
                     for name, c in check["outputs"].items()}

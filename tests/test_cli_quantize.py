@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 from conftest import file_digest
 
 
@@ -101,3 +102,21 @@ def test_export_quantize_sparse_stores_pruned_weights_sparse(cli, mlp_file, tmp_
     assert seen[sparse]["int8"]["values"] < 0.2 * seen[dense]["int8"]["values"]
     stored = sum(w["bytes"] for w in seen[sparse].values())
     assert stored < sparse.stat().st_size
+
+
+@pytest.mark.parametrize("out, flags, message", [
+    ("m.onnx", ["--interface", "int8"], "--interface int8 gives a full-integer TFLite model"),
+    ("m.tflite", ["--mode", "float16", "--interface", "int8"], "--interface int8 gives"),
+    ("m.tflite", ["--calibration", "entropy"],
+     "--calibration entropy is onnxruntime's static int8 calibration; TFLite calibrates"),
+])
+def test_flags_the_format_would_ignore_are_refused(cli, mlp_file, tmp_path, out, flags,
+                                                   message):
+    """They ran and wrote a float-interface ONNX file, or a min/max TFLite file, and the
+    report said interface float / calibration minmax, while --sparse and --layout gpu to
+    the wrong format were refused."""
+    path, _ = mlp_file
+    result = cli("quantize", path, "-o", tmp_path / out, "--data", "digits", *flags)
+    assert result.exit_code == 1
+    assert message in " ".join(result.output.split()), result.output
+    assert not (tmp_path / out).exists()

@@ -310,6 +310,6 @@ def test_index_bits_count_a_pruned_kernels_zero_slot(mlp_file):
 
     path, ds = mlp_file
     pruned, _ = prune(keras.models.load_model(path), None, sparsity=0.5)
-    clustered, info = cluster_model(pruned, ds, clusters=4)
+    _, info = cluster_model(pruned, ds, clusters=4)
     distinct = max(row["distinct"] for row in info["layers"])
     assert distinct == 5 and info["index_bits"] == 3

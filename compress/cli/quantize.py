@@ -159,11 +159,16 @@ def emit_result(result: dict, as_json: bool) -> None:
                       f"verified against Keras: {result.get('agreement', '')})")
     else:
         console.print(f"wrote {result['path']} ({result['size_ratio']:.2f}x the float size)")
-        console.print(f"[bold red]warning:[/] the {result['mode']} model disagrees with its "
-                      f"float model on {result['agreement_samples']} inputs: "
-                      f"{result['agreement']}")
+        constant = result["agreement"].startswith("not verified")
+        if constant:  # nothing to compare with: the warning below says why
+            console.print(f"[bold red]warning:[/] the {result['mode']} model is "
+                          f"{result['agreement']}")
+        else:
+            console.print(f"[bold red]warning:[/] the {result['mode']} model disagrees with "
+                          f"its float model on {result['agreement_samples']} inputs: "
+                          f"{result['agreement']}")
         if result.get("mode") == "int8" and result.get("format") in ("tflite", "onnx") \
-                and not result.get("keep_float_auto"):
+                and not result.get("keep_float_auto") and not constant:
             console.print(f"hint: {keep_float_hint(result)}")
     if result.get("nothing_quantized"):
         console.print(f"[bold red]warning:[/] {result['nothing_quantized']}")

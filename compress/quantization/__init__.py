@@ -442,6 +442,15 @@ def artifact_format(options: dict, where: str = "quantize") -> str:
         raise CompressError(f"{where}: --keep-float leaves layers float inside an int8 "
                             "TFLite or ONNX artifact with a float interface; use mode int8 "
                             "with a .tflite or .onnx output (not --interface int8)")
+    if options.get("interface", "float") == "int8" and (fmt != "tflite" or mode != "int8"):
+        raise CompressError(f"{where}: --interface int8 gives a full-integer TFLite model "
+                            "int8 inputs and outputs; use mode int8 with a .tflite output "
+                            "(an ONNX QDQ model takes and gives float)")
+    if (options.get("calibration") or "minmax") != "minmax" and (fmt != "onnx"
+                                                                 or mode != "int8"):
+        raise CompressError(f"{where}: --calibration {options['calibration']} is "
+                            "onnxruntime's static int8 calibration; TFLite calibrates min/max "
+                            "(drop it, or write a static int8 .onnx)")
     if options.get("layout", "cpu") == "gpu" and (fmt != "onnx" or mode != "int8"):
         raise CompressError(f"{where}: --layout gpu is the static int8 ONNX layout; use mode "
                             "int8 with an .onnx output")
@@ -477,6 +486,10 @@ def _auto_keep_float(model, data, fmt, x_cal, x_check, x_test, y_test, opts: dic
               "put_back": [], "ranked_by": "TFLite's per-op quantization debugger"}
     if measured.get("verified"):
         report["note"] = "the all-int8 artifact passed its check: no layer kept float"
+        return content, measured, report
+    if str(measured.get("agreement", "")).startswith("not verified"):
+        report["note"] = ("the float model gives the same output for every check input: "
+                          "no layer kept float would make a check against it mean anything")
         return content, measured, report
     names = {la.name for la in all_layers(model) if la is not model}
     base = list(opts.get("_keep_float") or [])
