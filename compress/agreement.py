@@ -338,4 +338,6 @@ def xnnpack_note(check: dict) -> str | None:
         return None
     return ("LiteRT's default XNNPACK delegate could not prepare this model (" + why + "): "
             "it was verified and timed on LiteRT's builtin kernels; where a runtime applies "
-            "XNNPACK by default, turn it off for this model")
+            "XNNPACK by default, turn it off for this model (ai_edge_litert: "
+            "Interpreter(..., experimental_op_resolver_type=OpResolverType."
+            "BUILTIN_WITHOUT_DEFAULT_DELEGATES))")

@@ -100,7 +100,7 @@ def case_scaling(ctx) -> Section:
         for _ in range(ctx.size(1, 3)):
             plain_times += _epoch_seconds(training.copy_model(model), ds, [], ctx.size(2, 4))
             pruned_times += _epoch_seconds(training.copy_model(model), ds,
-                                           [Pruning(sparsity=0.9, frequency=100)],
+                                           [Pruning(sparsity=0.9, frequency=20)],
                                            ctx.size(2, 4))
         plain, pruned_epoch = float(np.median(plain_times)), float(np.median(pruned_times))
         rebuild = _timed(lambda m=model: prune(m, None, sparsity=0.5, structured=True))

@@ -690,6 +690,9 @@ def _artifact(model, data, fmt: str, x_cal, x_check, x_test, y_test, opts: dict,
         from compress.runtime import sparse_tensor_count
 
         info["sparse_tensors"] = sparse_tensor_count(content)
+        if info["sparse_tensors"]:  # a default Interpreter(...) fails on it: say how to load
+            info["xnnpack_refused"] = (f"its {info['sparse_tensors']} sparse weight "
+                                       "tensor(s), densified at run time")
     return content, info
 
 
