@@ -104,7 +104,9 @@ class Pruning(keras.callbacks.Callback):
             line, never turned into one-shot pruning).
         steps_per_epoch: int or None, default None. Batches per epoch, for that default
             ``end_step`` when the fit's length is unknown.
-        frequency: int, default 100. Steps between mask updates.
+        frequency: int, default 100. Steps between mask updates. A polynomial ramp
+            shorter than two of them (a short fit) is updated every eighth of the ramp
+            instead, with a warning: one update at ``end_step`` would prune all at once.
         power: float, default 3. Exponent of the polynomial schedule.
         schedule: str, default ``"polynomial"``; or ``"constant"``.
         method: str, default ``"magnitude"``; or ``"obd"`` (needs ``calibration``).
