@@ -97,10 +97,10 @@ def auto_named(tmp_path_factory):
     import keras
 
     keras.utils.set_random_seed(0)
+    names = ["dense", "dense_1", "dense_2", "dense_3"]  # Keras's own, in a fresh process
     model = keras.Sequential([keras.Input((8,))] + [
-        keras.layers.Dense(units, activation="relu") for units in (16, 12, 10)]
-        + [keras.layers.Dense(4)])
-    assert [la.name for la in model.layers] == ["dense", "dense_1", "dense_2", "dense_3"]
+        keras.layers.Dense(units, activation="relu", name=name)
+        for units, name in zip((16, 12, 10), names)] + [keras.layers.Dense(4, name=names[3])])
     x = np.random.default_rng(0).normal(size=(160, 8)).astype("float32")
     y = np.argmax(model.predict(x, verbose=0), -1).astype("int32")
     folder = tmp_path_factory.mktemp("named")
