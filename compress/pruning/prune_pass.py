@@ -301,9 +301,15 @@ def _zero_share(model, opts) -> float:
         every = prunable_weights(model, opts["layers"], opts["skip_first_last"])
     except CompressError:
         return 0.0
-    total = sum(int(np.prod(v.shape)) for _, v in every)
-    zeros = sum(int(np.size(v) - np.count_nonzero(np.asarray(v))) for _, v in every)
+    zeros, total = _zeros_and_total(every)
     return zeros / total if total else 0.0
+
+
+def _zeros_and_total(pairs) -> tuple[int, int]:
+    """Zero entries and all entries of the ``(layer, variable)`` pairs' weights."""
+    total = sum(int(np.prod(v.shape)) for _, v in pairs)
+    zeros = sum(int(np.size(v) - np.count_nonzero(np.asarray(v))) for _, v in pairs)
+    return zeros, total
 
 
 def _coverage(model, opts, info) -> None:
@@ -317,8 +323,7 @@ def _coverage(model, opts, info) -> None:
     left = info.get("left_out") or {}
     if left and opts["sparsity"]:
         every = prunable_weights(model, opts["layers"], opts["skip_first_last"])
-        total = sum(int(np.prod(v.shape)) for _, v in every)
-        zeros = sum(int(np.size(v) - np.count_nonzero(np.asarray(v))) for _, v in every)
+        zeros, total = _zeros_and_total(every)
         dense = sum(int(np.prod(v.shape)) for la, v in every if weight_key(la, v) in left)
         info["sparsity_of_prunable"] = zeros / total if total else 0.0
         if total and dense >= 0.1 * total:
