@@ -62,12 +62,16 @@ def layer_sparsity(model) -> list[dict]:
 
 
 def zipped_size(path: str | os.PathLike) -> int:
-    """Bytes of ``path`` after DEFLATE at level 9: the size a deployment downloads."""
+    """Bytes of ``path`` after DEFLATE at level 9: the size a deployment downloads.
+
+    The file is stored under one fixed name, so the size depends on its bytes alone: the
+    same artifact measures the same wherever it lies (a temporary file while ``quantize``
+    reports, the output file in ``inspect``).
+    """
     buf = _io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
-        # A zip stores names as UTF-8: a name that is not (PEP 383 surrogates) is replaced.
-        arcname = os.fsencode(Path(path).name).decode("utf-8", "replace")
-        zf.write(path, arcname=arcname)
+        zf.write(path, arcname="model" + Path(path).suffix.encode("ascii", "replace")
+                 .decode("ascii")[:16])
     return len(buf.getvalue())
 
 

@@ -44,6 +44,16 @@ def test_zeros_compress_better(tmp_path):
     assert report.zipped_size(sparse) < 0.3 * report.zipped_size(dense)
 
 
+def test_the_zipped_size_depends_on_the_bytes_not_the_files_name(tmp_path):
+    # quantize measures its artifact as a temporary "model.tflite"; inspect measures the
+    # output under the user's name: the same bytes must read the same size.
+    content = np.random.default_rng(1).integers(0, 4, 5000, dtype=np.uint8).tobytes()
+    short, long = tmp_path / "m.tflite", tmp_path / ("a-much-longer-output-name" * 4 + ".tflite")
+    short.write_bytes(content)
+    long.write_bytes(content)
+    assert report.zipped_size(short) == report.zipped_size(long)
+
+
 def test_tables_and_plot(tmp_path):
     before = {"name": "before", "params": 100, "nonzero": 100, "zipped_bytes": 4000,
               "accuracy": 0.9}
