@@ -692,6 +692,22 @@ def atomic_path(path: str | os.PathLike, needs_bytes: int | None = None) -> Iter
         _remove(tmp_path)
 
 
+@contextlib.contextmanager
+def undone_on_failure(path: str | os.PathLike) -> Iterator[None]:
+    """Remove the output ``path``, written just before, when the block fails or is
+    interrupted: the commands measure their report on the written file, and a command
+    that exits non-zero leaves no output behind.
+
+    >>> with undone_on_failure("out.keras"):   # doctest: +SKIP
+    ...     after = model_report(model, data, path="out.keras")
+    """
+    try:
+        yield
+    except BaseException:
+        _remove(Path(path))
+        raise
+
+
 def _remove(tmp_path: Path) -> None:
     with contextlib.suppress(OSError):
         if tmp_path.is_dir() and not tmp_path.is_symlink():

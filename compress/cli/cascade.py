@@ -59,8 +59,9 @@ def command(model, output, data, seed, unsafe, as_json, force, **options):
         start = io.load_model(model, unsafe=unsafe)
     trained, info = cascade_train(start, dataset, verbose=verbose(as_json), **opts)
     io.save_model(trained, output, inputs=inputs, force=force)
-    prepared = data_mod.prepare(trained, dataset)
-    after = model_report(trained, prepared, name="cascade", path=output)
+    with io.undone_on_failure(output):
+        prepared = data_mod.prepare(trained, dataset)
+        after = model_report(trained, prepared, name="cascade", path=output)
     result = {"input": model, "output": output, "after": after, "pass": info}
     def scores(d, prefix):  # the task's own: accuracy, or MSE and MAE for a regression
         return ", ".join(f"{prefix} {k[len(prefix) + 1:].replace('_', ' ')} "

@@ -413,8 +413,9 @@ def run_model_pass(model_path: str, output: str, data: str | None, seed: int, un
     new_model, info = apply(model, dataset)
     with progress.phase("saving", detail=output):
         io.save_model(new_model, output, inputs=[model_path], force=force)
-        after = model_report(new_model, dataset, name=after_name, path=output, task=task,
-                             reference=model)
+        with io.undone_on_failure(output):
+            after = model_report(new_model, dataset, name=after_name, path=output, task=task,
+                                 reference=model)
     result = {"input": model_path, "output": output, "before": before, "after": after,
               "pass": info}
     lines = [f"wrote {output}"] + [f"  {k}: {_plain(v)}" for k, v in info.items()

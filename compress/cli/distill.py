@@ -57,12 +57,14 @@ def distill_files(model_path, output, data, seed, unsafe, force, opts, as_json):
     # Every size as the output is saved (no optimizer state, its format): the teacher's
     # file keeps its optimizer slots, which the table credited to distillation.
     saved_as = ".h5" if str(output).endswith(".h5") else ".keras"
-    reports = [model_report(teacher, dataset, name="teacher", saved_as=saved_as)]
-    if alone is not None:
-        reports.append(model_report(alone, dataset, name="student alone", saved_as=saved_as))
-    # Without labels: the student's fidelity to the teacher (error, agreement) is its score.
-    reports.append(model_report(distilled, dataset, name="distilled", path=output,
-                                reference=teacher))
+    with io.undone_on_failure(output):
+        reports = [model_report(teacher, dataset, name="teacher", saved_as=saved_as)]
+        if alone is not None:
+            reports.append(model_report(alone, dataset, name="student alone",
+                                        saved_as=saved_as))
+        # Without labels: the student's fidelity to the teacher (error, agreement) scores it.
+        reports.append(model_report(distilled, dataset, name="distilled", path=output,
+                                    reference=teacher))
     if not as_json:
         info.pop("history", None)
     result = {"input": model_path, "output": output, "reports": reports, "pass": info}
