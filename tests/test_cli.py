@@ -1,6 +1,7 @@
 """The CLI skeleton: fast help, version, inspect and export, one-line errors."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -84,6 +85,43 @@ def test_export_precision_fp16_writes_a_half_onnx_measured_against_float(cli, tm
                "--quantize", "int8", "--data", "digits")
     assert both.exit_code == 1 and "two different artifacts" in both.stderr
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_an_export_without_data_says_its_check_ran_on_random_inputs(cli, tmp_path, cnn_file):
+    # A top-1 agreement on seeded noise is a weaker check than one on the data: the
+    # success line must say which it was.
+    path, _ = cnn_file
+    plain = cli("export", path, "-o", tmp_path / "a.onnx")
+    assert plain.exit_code == 0, plain.output
+    assert re.search(r"verified on \d+ random inputs \(no --data\)", plain.output)
+    listed = json.loads(cli("export", path, "-o", tmp_path / "b.onnx", "--json").stdout)
+    assert listed["random_check_inputs"] is True
+    half = cli("export", path, "-o", tmp_path / "c.onnx", "--precision", "fp16")
+    assert half.exit_code == 0, half.output
+    assert re.search(r"verified against Keras on \d+ random inputs, no --data:",
+                     " ".join(half.output.split()))
+    real = cli("export", path, "-o", tmp_path / "d.onnx", "--data", "digits")
+    assert real.exit_code == 0 and "random" not in real.output
+
+
+def test_a_failure_after_the_output_is_written_leaves_no_output(cli, tmp_path, mlp_file,
+                                                                monkeypatch):
+    # The report is measured on the written file; a command that fails there exits 1
+    # and must not leave the output behind as if it had succeeded.
+    from compress import report
+
+    measured = report.model_report
+
+    def failing(*args, **kwargs):
+        if kwargs.get("path"):  # the written output's own report
+            raise RuntimeError("measuring failed")
+        return measured(*args, **kwargs)
+
+    monkeypatch.setattr(report, "model_report", failing)
+    out = tmp_path / "pruned.keras"
+    result = cli("prune", mlp_file[0], "-o", out, "--sparsity", "0.5", "--data", "digits")
+    assert result.exit_code == 1 and "measuring failed" in result.stderr
+    assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
 def test_export_usage_error_is_exit_2(cli, cnn_file, tmp_path):

@@ -86,6 +86,10 @@ def command(model, output, data, seed, unsafe, as_json, force, quantize=None, sp
     content, info = export.export_artifact(loaded, dataset, **opts)
     io.write_bytes(out, content)
     result = {"path": str(out), **info}
+    inputs = "inputs"
+    if dataset is None:  # seeded noise: a weaker check than the data's, said as such
+        result["random_check_inputs"] = True
+        inputs = "random inputs (no --data)"
     ctx = click.get_current_context(silent=True)
     if ctx is not None and ctx.meta.get("compress_input_note"):  # a wrapped subclassed model
         from compress.cli.quantize import input_note
@@ -95,13 +99,13 @@ def command(model, output, data, seed, unsafe, as_json, force, quantize=None, sp
             result["input_note"] = note
     agreement = (f"top-1 agreement {result['top1_agreement']:.2%}"
                  if "top1_agreement" in result else f"SQNR {result['sqnr_db']:.1f} dB")
-    verified = (f"verified on {result['samples']} inputs: max abs diff "
+    verified = (f"verified on {result['samples']} {inputs}: max abs diff "
                 f"{result['max_abs_diff']:.2e} (output scale "
                 f"{result.get('max_abs_output', 0.0):.3g}, tolerance "
                 f"{result.get('tolerance', 0.0):.2e}), {agreement}")
     lines = [f"wrote {result['path']} ({result['bytes']:,} bytes, {fmt})"]
     if result.get("outputs"):  # several outputs: parity per output
-        lines.append(f"verified on {result['samples']} inputs, per output:")
+        lines.append(f"verified on {result['samples']} {inputs}, per output:")
         for name, one in result["outputs"].items():
             extra = (f", top-1 agreement {one['top1_agreement']:.2%}"
                      if "top1_agreement" in one else f", SQNR {one['sqnr_db']:.1f} dB")
