@@ -35,7 +35,7 @@ _FINISH = 60.0
               help="Local worker processes (worker 0 is the chief).")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED, metavar="COMMAND [ARGS]...")
 def command(workers, args):
-    """Run a training COMMAND (prune, share, quantize, distill, cascade, train, run) on
+    """Run a training COMMAND (prune, share, quantize, distill, cascade, run) on
     N local workers with tf.distribute.MultiWorkerMirroredStrategy: the same results as
     one process for the same seed and batch size, the batches split over the workers.
     The chief (worker 0) writes the output and prints the report; the exit code is the
