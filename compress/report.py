@@ -61,6 +61,36 @@ def layer_sparsity(model) -> list[dict]:
     return rows
 
 
+def finite_json(value, indent: int | None = 2) -> str:
+    """``value`` as strict JSON: a number that is not finite (the SQNR of an exact match is
+    infinite; a diverged loss is NaN) is written ``null``, since JSON has no Infinity or
+    NaN and strict parsers (JavaScript, Go, ``jq``'s numbers) refuse or distort them.
+    NumPy scalars and arrays become numbers and lists; anything else unknown, its text.
+
+    >>> finite_json({"sqnr_db": float("inf"), "max_abs_diff": 0.0}, indent=None)
+    '{"sqnr_db": null, "max_abs_diff": 0.0}'
+    """
+    import json
+    import math
+
+    def plain(v):
+        if isinstance(v, np.ndarray):
+            v = v.tolist()
+        elif isinstance(v, np.generic):
+            v = v.item()
+        if isinstance(v, float):
+            return v if math.isfinite(v) else None
+        if isinstance(v, dict):
+            return {k if isinstance(k, str) else str(k): plain(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if v is None or isinstance(v, (str, int, bool)):
+            return v
+        return str(v)
+
+    return json.dumps(plain(value), indent=indent, allow_nan=False)
+
+
 def zipped_size(path: str | os.PathLike) -> int:
     """Bytes of ``path`` after DEFLATE at level 9: the size a deployment downloads.
 

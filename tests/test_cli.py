@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import file_digest
 
@@ -122,6 +123,27 @@ def test_a_failure_after_the_output_is_written_leaves_no_output(cli, tmp_path, m
     result = cli("prune", mlp_file[0], "-o", out, "--sparsity", "0.5", "--data", "digits")
     assert result.exit_code == 1 and "measuring failed" in result.stderr
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_json_is_strict_when_a_check_is_exact(cli, tmp_path):
+    # An artifact that reproduces Keras exactly has an infinite SQNR: JSON has no Infinity
+    # (JavaScript, Go and strict Python parsers refuse it), so it is written null.
+    import keras
+
+    model = keras.Sequential([keras.Input((4,)),
+                              keras.layers.Dense(2, kernel_initializer="ones", name="sums")])
+    model.save(tmp_path / "exact.keras")
+    x = (np.arange(256, dtype="float32").reshape(64, 4) % 5)
+    np.savez(tmp_path / "x.npz", x_train=x)
+    result = cli("export", tmp_path / "exact.keras", "-o", tmp_path / "exact.onnx",
+                 "--data", f"npz:{tmp_path / 'x.npz'}", "--json")
+    assert result.exit_code == 0, result.output
+
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    printed = json.loads(result.stdout, parse_constant=refuse)
+    assert printed["max_abs_diff"] == 0.0 and printed["sqnr_db"] is None
 
 
 def test_export_usage_error_is_exit_2(cli, cnn_file, tmp_path):

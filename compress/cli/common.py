@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import json
 import sys
 
 import click
@@ -222,7 +221,9 @@ def emit(result: dict, as_json: bool, reports: list | None = None, title: str | 
          lines: list[str] = ()) -> None:
     """Print ``result`` as JSON, or the reports as a table followed by ``lines``."""
     if as_json:
-        click.echo(json.dumps(result, indent=2, default=_jsonable))
+        from compress.report import finite_json
+
+        click.echo(finite_json(result))
         return
     from rich.console import Console
 
@@ -233,16 +234,6 @@ def emit(result: dict, as_json: bool, reports: list | None = None, title: str | 
         print_table(reports, title=title, console=console)
     for line in lines:
         console.print(line)
-
-
-def _jsonable(obj):
-    import numpy as np
-
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    return str(obj)
 
 
 def progress_to_stderr():

@@ -33,7 +33,6 @@ def command(recipe, output, overrides, quick, check, unsafe, as_json, force):
       compress run recipes/han2015-lenet300.yaml --set steps[0].prune.sparsity=0.95
       compress run my.yaml --check
     """
-    import json
 
     from compress.cli.common import emit, progress_to_stderr, start_work, verbose
     from compress.quiet import quiet_output
@@ -43,7 +42,9 @@ def command(recipe, output, overrides, quick, check, unsafe, as_json, force):
         with quiet_output():  # checking callbacks imports Keras: keep its chatter off
             validated = load_recipe(recipe, list(overrides), quick=quick, unsafe=unsafe)
         if as_json:
-            click.echo(json.dumps(validated, indent=2, default=str))
+            from compress.report import finite_json
+
+            click.echo(finite_json(validated))
         else:
             click.echo(f"{recipe}: valid ({len(validated['steps'])} steps: "
                        + ", ".join(next(iter(s)) for s in validated["steps"]) + ")")

@@ -317,15 +317,17 @@ def _artifact_report(path: Path, info: dict, dataset, name: str, model) -> dict:
 
 
 def _jsonable(value):
-    return json.loads(json.dumps(value, default=str))
+    from compress.report import finite_json
+
+    return json.loads(finite_json(value, indent=None))
 
 
 def _write_reports(out: Path, result: dict, seconds: float) -> None:
     from compress import io
-    from compress.report import markdown_table, plot_recipe
+    from compress.report import finite_json, markdown_table, plot_recipe
 
     result["seconds"] = seconds
-    io.write_bytes(out / "report.json", json.dumps(result, indent=2, default=str).encode())
+    io.write_bytes(out / "report.json", finite_json(result).encode())
     reports = ([result["baseline"]] if "baseline" in result else []) + \
         [s["after"] for s in result["steps"]]
     status = f"Status: **{result['status']}**" + (f" — {result['error']}"
