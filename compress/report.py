@@ -46,8 +46,18 @@ def count_params(model) -> int:
 
 
 def count_nonzero(model) -> int:
-    """Parameters that are not exactly zero."""
-    return int(sum(int(np.count_nonzero(np.asarray(w))) for w in model.weights))
+    """Parameters that are not exactly zero. Integer variables wider than a byte are
+    bookkeeping (a Normalization layer's sample ``count``, a dropout seed), never pruned
+    weights: they count as nonzero whatever they hold, so an untouched model reads 0%
+    sparse. Float weights and 8-bit codes (a Keras int8/int4 kernel) are counted."""
+    return int(sum(_nonzero(w) for w in model.weights))
+
+
+def _nonzero(weight) -> int:
+    value = np.asarray(weight)
+    if value.dtype.kind in "iub" and value.dtype.itemsize > 1:
+        return int(value.size)  # a counter or a seed, not a weight
+    return int(np.count_nonzero(value))
 
 
 def layer_sparsity(model) -> list[dict]:
@@ -55,7 +65,7 @@ def layer_sparsity(model) -> list[dict]:
     rows = []
     for layer in leaf_layers(model):
         params = sum(int(np.prod(w.shape)) for w in layer.weights)
-        nonzero = sum(int(np.count_nonzero(np.asarray(w))) for w in layer.weights)
+        nonzero = sum(_nonzero(w) for w in layer.weights)
         rows.append({"layer": layer.name, "type": type(layer).__name__, "params": params,
                      "nonzero": nonzero, "sparsity": 1.0 - nonzero / params if params else 0.0})
     return rows

@@ -54,6 +54,25 @@ def test_the_zipped_size_depends_on_the_bytes_not_the_files_name(tmp_path):
     assert report.zipped_size(short) == report.zipped_size(long)
 
 
+def test_a_counter_is_not_a_zero_weight_but_an_int8_code_is():
+    # Normalization keeps an int64 sample count (0 after adapt): an untouched model read
+    # "0.7% sparse". A Keras int8 kernel's zero codes are pruned weights, and still count.
+    import keras
+
+    x = np.random.default_rng(0).normal(size=(64, 6)).astype("float32")
+    norm = keras.layers.Normalization(name="norm")
+    norm.adapt(x)
+    model = keras.Sequential([keras.Input((6,)), norm,
+                              keras.layers.Dense(4, bias_initializer="ones", name="fc")])
+    assert any(w.dtype == "int64" and not np.asarray(w).any() for w in norm.weights)
+    r = report.model_report(model, latency=False)
+    assert r["params"] == model.count_params() and r["nonzero"] == r["params"]
+    assert {row["layer"]: row["sparsity"] for row in r["layers"]} == {"norm": 0.0, "fc": 0.0}
+    codes = keras.Variable(np.array([[0, 3], [0, -2]], dtype="int8"), dtype="int8",
+                           trainable=False)
+    assert report._nonzero(codes) == 2
+
+
 def test_tables_and_plot(tmp_path):
     before = {"name": "before", "params": 100, "nonzero": 100, "zipped_bytes": 4000,
               "accuracy": 0.9}
