@@ -419,15 +419,18 @@ def table_rows(reports: list[dict], extra: list[tuple] = ()) -> list[list[str]]:
     """Rows of ``[metric, value per report..., ratio last/first]`` for the keys present."""
     rows = []
     # The model's own metrics beyond accuracy / MSE / MAE (auc, mape...), by name.
+    # A model of several outputs scores each by name ("cls accuracy", "reg mse"): shown
+    # and compared as the single-output rows are.
     own = sorted({k for r in reports for k in (r.get("metrics") or {})})
-    own_rows = [(f"metrics.{k}", k, "{:.4g}") for k in own]
+    own_rows = [(f"metrics.{k}", _metric_label(k), _metric_format(k)) for k in own]
     for key, label, fmt in list(_ROWS) + own_rows + list(extra):
         if key.startswith("metrics."):
             values = [(r.get("metrics") or {}).get(key[8:]) for r in reports]
             if all(v is None for v in values):
                 continue
             rows.append([label] + [_fmt(v, fmt) for v in values]
-                        + ([""] if len(reports) > 1 else []))
+                        + ([_metric_change(key[8:], values[0], values[-1])]
+                           if len(reports) > 1 else []))
             continue
         values = [r.get(key) for r in reports]
         if all(v is None for v in values):
@@ -448,6 +451,41 @@ def table_rows(reports: list[dict], extra: list[tuple] = ()) -> list[list[str]]:
                 row.append("")
         rows.append(row)
     return rows
+
+
+def _metric_kind(name: str) -> str | None:
+    """``accuracy`` or ``error`` for a metric named after one (``cls accuracy``,
+    ``reg mse``), else None (a metric whose direction the table does not assume)."""
+    last = name.rsplit(" ", 1)[-1].lower()
+    if last.endswith(("accuracy", "agreement")):
+        return "accuracy"
+    return "error" if last in ("mse", "mae", "rel_l2_error") else None
+
+
+def _metric_label(name: str) -> str:
+    """The row label of a metric: MSE and MAE written as the single-output rows write them.
+
+    >>> _metric_label("reg mse"), _metric_label("cls accuracy"), _metric_label("auc")
+    ('reg MSE', 'cls accuracy', 'auc')
+    """
+    head, _, last = name.rpartition(" ")
+    if last.lower() in ("mse", "mae"):
+        return f"{head} {last.upper()}".strip()
+    return name
+
+
+def _metric_format(name: str) -> str:
+    percent = _metric_kind(name) == "accuracy" or name.endswith("rel_l2_error")
+    return "{:.2%}" if percent else "{:.4g}"
+
+
+def _metric_change(name: str, first, last) -> str:
+    if first is None or last is None:
+        return ""
+    kind = _metric_kind(name)
+    if kind == "accuracy":
+        return f"{(last - first) * 100:+.2f} pts"
+    return f"{last / first:.2f}x" if kind == "error" and first else ""
 
 
 _SHORT = [("nonzero", "nonzero", "{:,}"), ("zipped_bytes", "zipped", "bytes"),

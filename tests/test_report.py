@@ -73,6 +73,17 @@ def test_a_counter_is_not_a_zero_weight_but_an_int8_code_is():
     assert report._nonzero(codes) == 2
 
 
+def test_the_outputs_of_a_two_headed_model_read_like_a_single_outputs_rows():
+    before = {"name": "before", "metrics": {"cls accuracy": 0.575, "reg mse": 0.2,
+                                            "auc": 0.9}}
+    after = {"name": "after", "metrics": {"cls accuracy": 0.55, "reg mse": 0.25,
+                                          "auc": 0.8}}
+    rows = {row[0]: row[1:] for row in report.table_rows([before, after])}
+    assert rows["cls accuracy"] == ["57.50%", "55.00%", "-2.50 pts"]  # was 0.575, no change
+    assert rows["reg MSE"] == ["0.2", "0.25", "1.25x"]
+    assert rows["auc"] == ["0.9", "0.8", ""]  # no direction assumed
+
+
 def test_tables_and_plot(tmp_path):
     before = {"name": "before", "params": 100, "nonzero": 100, "zipped_bytes": 4000,
               "accuracy": 0.9}
