@@ -833,14 +833,21 @@ def by_output(names: list[str], value, what: str = "outputs") -> dict:
     if isinstance(value, dict):
         if all(n in value for n in names):
             return {n: value[n] for n in names}
+        missing = [n for n in names if n not in value]
+        if any(k in names for k in value):  # named after the outputs, some left out
+            raise CompressError(
+                f"{what}: none for output{'s' if len(missing) > 1 else ''} "
+                f"{', '.join(repr(n) for n in missing)} (given: "
+                f"{', '.join(repr(k) for k in value)}); every output needs its own "
+                f"(in an .npz: {', '.join(f'y_train/{n}' for n in missing)})")
         values = list(value.values())
     elif isinstance(value, (list, tuple)):
         values = list(value)
     else:
         values = [value]
     if len(values) != len(names):
-        raise CompressError(f"{what}: {len(values)} arrays for {len(names)} outputs "
-                            f"({', '.join(names)})")
+        raise CompressError(f"{what}: {len(values)} array{'s' if len(values) != 1 else ''} "
+                            f"for {len(names)} outputs ({', '.join(names)})")
     return dict(zip(names, values))
 
 

@@ -191,6 +191,30 @@ def test_one_target_array_for_two_outputs_says_how_to_name_them(models, cli, tmp
                                      "y_train/score in the .npz"), r.output
 
 
+def test_targets_for_one_output_of_two_name_the_missing_one(models, cli, tmp_path):
+    # y_train/cls without y_train/score: it was "targets: 1 arrays for 2 outputs"
+    x = np.load(models / "two_out.npz")
+    np.savez(tmp_path / "cls.npz", **{"x_train": x["x_train"], "y_train/cls": x["y_train/cls"]})
+    r = cli("prune", models / "two_out.keras", "-o", tmp_path / "p.keras", "--sparsity", "0.5",
+            "--data", f"npz:{tmp_path / 'cls.npz'}", "--epochs", "1")
+    assert r.exit_code == 1 and not (tmp_path / "p.keras").exists()
+    assert r.output.strip().endswith("targets: none for output 'score' (given: 'cls'); every "
+                                     "output needs its own (in an .npz: y_train/score)"), r.output
+
+
+def test_labels_beyond_a_binary_output_say_it_takes_0_and_1():
+    import keras
+
+    from compress.data.arrays import check_labels
+    from compress.errors import CompressError
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1, activation="sigmoid")])
+    check_labels(model, 2, "npz:d.npz")  # 0 and 1
+    with pytest.raises(CompressError, match="has one output unit: a binary classifier, which "
+                                            "takes labels 0 and 1"):  # was "only 1 outputs"
+        check_labels(model, 3, "npz:d.npz")
+
+
 def test_outputs_in_a_list_are_named_by_the_task_and_top1_can_fail():
     # An artifact's outputs come as a list; the task names them. Keyed by names no output
     # had (output_0, output_1), the top-1 check of a classifier output never ran.

@@ -401,8 +401,19 @@ def check_labels(model, num_classes: int, name: str = "data") -> None:
         raise CompressError(f"model '{model.name}' output shape {shape} is not a class vector "
                             "(batch, classes); not a classifier")
     if not holds_classes(shape[-1], num_classes):
-        raise CompressError(f"{name}: labels go up to {num_classes - 1} but the model has only "
-                            f"{shape[-1]} outputs")
+        raise CompressError(_too_many_classes(name, num_classes - 1, shape[-1]))
+
+
+def _too_many_classes(name: str, top: int, units: int) -> str:
+    """The refusal of labels up to ``top`` for an output of ``units`` units.
+
+    >>> _too_many_classes("npz:d.npz", 2, 1)
+    'npz:d.npz: labels go up to 2, but the model has one output unit: a binary classifier, which takes labels 0 and 1'
+    """
+    if units == 1:
+        return (f"{name}: labels go up to {top}, but the model has one output unit: a binary "
+                "classifier, which takes labels 0 and 1")
+    return f"{name}: labels go up to {top} but the model has only {units} outputs"
 
 
 def output_names(model) -> list[str]:
@@ -495,8 +506,7 @@ def _check_one(model, output, y, name) -> None:
                 raise CompressError(f"{name}: labels must be non-negative class ids, "
                                     f"got {int(y.min())}")
             if int(y.max()) >= shape[0]:
-                raise CompressError(f"{name}: labels go up to {int(y.max())} but the model "
-                                    f"has only {shape[0]} outputs")
+                raise CompressError(_too_many_classes(name, int(y.max()), shape[0]))
         return
     raise CompressError(f"{name}: targets of shape {per_sample} do not match model "
                         f"'{model.name}' output {shape}")
