@@ -56,6 +56,22 @@ def test_auto_keeps_float_the_layer_that_makes_the_artifact_agree(cli, offset_lo
     assert _float_matmuls(tmp_path / "b.tflite") == len(report["layers"])
 
 
+def test_strict_refuses_the_artifact_that_fails_its_check_and_writes_nothing(
+        cli, offset_logits, tmp_path):
+    # Without --strict the flagged artifact is written with a warning, exit 0: a script
+    # chaining `compress quantize ... && deploy` shipped it.
+    path, data = offset_logits
+    out = tmp_path / "s.tflite"
+    run = cli("quantize", path, "-o", out, "--data", data, "--no-latency", "--strict")
+    assert run.exit_code == 1 and not out.exists() and list(tmp_path.iterdir()) == []
+    line = run.output.strip().splitlines()[-1]
+    assert line.startswith("error: --strict: the int8 tflite artifact disagrees with its "
+                           "float model on ") and line.endswith("; nothing was written")
+    fixed = _json(cli("quantize", path, "-o", out, "--data", data, "--no-latency",
+                      "--strict", "--keep-float", "auto", "--json"))
+    assert fixed["verified"] and out.exists()  # what passes its check is written
+
+
 def _float_matmuls(path) -> int:
     from compress.runtime import tflite_interpreter
 

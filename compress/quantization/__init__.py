@@ -128,6 +128,9 @@ QUANTIZE_OPTIONS = Schema("quantize", [
            "weights per --reduce-range) or gpu (what TensorRT and CUDA take: symmetric "
            "activations and per-channel weights, zero points 0, full 8-bit)",
            choices=("cpu", "gpu")),
+    Option("strict", bool, False, "refuse an artifact that fails its check against the "
+           "float model (exit 1, nothing written) instead of writing it with a warning: "
+           "for scripts that ship what they get"),
     Option("threads", int, 2, "threads of the multi-threaded latency measurement", low=1),
     Option("latency", bool, True, "measure batch-1 latency of both artifacts"),
     Option("exports", bool, True, "modes keras-int4, gptq, awq: also try the project's "
@@ -273,6 +276,8 @@ def quantize(model, data=None, *, verbose: int | str = 0, **options) -> tuple[by
                 measured)
             info["kept_float_layers"] = info["keep_float_auto"]["layers"]
     info.update(measured)
+    if opts["strict"] and not info.get("verified", True):
+        raise CompressError(strict_refusal(info))
     if fmt in ("tflite", "onnx") and opts["mode"] in ("int8", "dynamic"):
         info.update(_stored_in_int8(content, fmt, opts["mode"]))
         if info.get("size_ratio", 0) > 1:
@@ -292,6 +297,21 @@ def quantize(model, data=None, *, verbose: int | str = 0, **options) -> tuple[by
     if lookups:
         info["lookups_note"] = lookups
     return content, info
+
+
+def strict_refusal(info: dict) -> str:
+    """The one line ``strict`` ends with when the artifact failed its check.
+
+    >>> strict_refusal({"mode": "int8", "format": "tflite", "agreement_samples": 256,
+    ...                 "agreement": "SQNR -3.9 dB (relative L2 error 156.00%) is below 20 dB"})
+    '--strict: the int8 tflite artifact disagrees with its float model on 256 inputs (SQNR -3.9 dB (relative L2 error 156.00%) is below 20 dB); nothing was written'
+    """
+    what = f"the {info['mode']} {info['format']} artifact"
+    agreement = info.get("agreement", "")
+    if agreement.startswith("not verified"):
+        return f"--strict: {what} is {agreement}; nothing was written"
+    return (f"--strict: {what} disagrees with its float model on "
+            f"{info.get('agreement_samples', 0)} inputs ({agreement}); nothing was written")
 
 
 def needs_data(options: dict) -> list[str]:
