@@ -294,6 +294,16 @@ def test_run_writes_reports_and_artifacts(tmp_path):
     assert (out / "step2-export.onnx").exists() and not (out / "step2-export.tflite").exists()
     # from: baseline: the export is of the dense baseline, not the pruned step before it
     assert again["steps"][1]["before"]["sparsity"] < 0.1
+    # A recipe that reads one of the folder's own files (the pruned model, to go on from
+    # it): --force deleted it (a longer run's name) or replaced it (the same name).
+    for name in ("step1-prune.keras", "step5-prune.keras"):
+        (out / name).write_bytes((out / "step1-prune.keras").read_bytes())
+        before = sorted((p.name, p.read_bytes()) for p in out.iterdir() if p.is_file())
+        reads = {**recipe, "model": str(out / name), "baseline": {"epochs": 0}}
+        with pytest.raises(CompressError, match=f"reads {out / name} from this folder, and "
+                                                "--force replaces"):
+            run_recipe(reads, output=out, force=True)
+        assert sorted((p.name, p.read_bytes()) for p in out.iterdir() if p.is_file()) == before
 
 
 @pytest.mark.slow

@@ -64,7 +64,8 @@ def run_recipe(source, output: str | os.PathLike | None = None, overrides: list[
     with quiet_output():  # checking callbacks imports Keras: keep TensorFlow's chatter off
         recipe = load_recipe(source, overrides, quick=quick, unsafe=unsafe)
     out = Path(output or recipe.get("output") or "recipe-out")
-    _check_output_dir(out, force)
+    inputs = input_files(recipe)
+    _check_output_dir(out, force, inputs)
     try:  # NumPy only: a bad data file is refused before TensorFlow
         raw = _read_data(recipe)
     except CompressError as exc:
@@ -83,7 +84,7 @@ def run_recipe(source, output: str | os.PathLike | None = None, overrides: list[
     # is created or cleaned, so a refused recipe writes nothing.
     say(f"loading {recipe['model']}")
     loaded, dataset = _read_model_file(recipe, raw)
-    _prepare_output_dir(out, force)
+    _prepare_output_dir(out, force, inputs)
 
     seed = recipe["seed"]
     training.set_seed(seed)
@@ -111,7 +112,7 @@ def run_recipe(source, output: str | os.PathLike | None = None, overrides: list[
         data_notes(dataset)
         base = model_report(baseline, dataset, name="baseline")
         base_path = out / "step0-baseline.keras"
-        io.save_model(baseline, base_path, force=True)
+        io.save_model(baseline, base_path, force=True, inputs=inputs)
         result["baseline"] = {**base, "artifact": str(base_path)}
         current = baseline
         for i, step in enumerate(recipe["steps"]):
@@ -173,22 +174,63 @@ def _run_step(kind: str, opts: dict, model, dataset, stem: Path, recipe: dict, v
     if spec.loads_files:
         kwargs["unsafe"] = recipe["unsafe"]
     result, info = spec.run(model, dataset, verbose=verbose, **kwargs)
+    inputs = input_files(recipe)  # never replaced, --force or not (checked up front too)
     if spec.produces == "model":
         path = stem.with_suffix(".keras")
-        io.save_model(result, path, force=True)
+        io.save_model(result, path, force=True, inputs=inputs)
         return result, info, str(path), model_report(result, dataset, name=name, path=path)
-    path = io.write_bytes(stem.with_suffix(spec.artifact_suffix(kwargs)), result)
+    path = io.write_artifact(stem.with_suffix(spec.artifact_suffix(kwargs)), result,
+                             inputs=inputs, force=True)
     return None, info, str(path), _artifact_report(path, info, dataset, name, model)
 
 
-def _check_output_dir(out: Path, force: bool) -> None:
+def input_files(recipe: dict) -> list[Path]:
+    """Every file the recipe reads (its model, its data, a step's student or teacher): any
+    string value of the recipe that names an existing file, with or without a ``npz:``
+    style prefix.
+
+    >>> input_files({"model": "lenet300", "data": "npz:/nonexistent.npz", "steps": []})
+    []
+    """
+    found = []
+
+    def walk(value):
+        if isinstance(value, dict):
+            for v in value.values():
+                walk(v)
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                walk(v)
+        elif isinstance(value, str) and value:
+            for text in (value, value.split(":", 1)[-1]):
+                try:
+                    if Path(text).is_file():
+                        found.append(Path(text))
+                        break
+                except (OSError, ValueError):  # a name the file system cannot hold
+                    break
+
+    walk(recipe)
+    return found
+
+
+def _check_output_dir(out: Path, force: bool, inputs: list = ()) -> None:
     """Refuse an output folder the run could not use, without touching it: a file, a
-    non-empty folder without ``force``, or a place where no folder can be made."""
+    non-empty folder without ``force``, a folder where ``force`` would replace one of the
+    recipe's ``inputs`` (a file named as a run's output: ``step1-prune.keras``), or a
+    place where no folder can be made."""
     if out.exists() and not out.is_dir():
         raise CompressError(f"{out}: output exists and is not a folder")
     if out.is_dir():
         if not force and any(out.iterdir()):
             raise CompressError(f"{out}: output folder is not empty; pass --force to reuse it")
+        for given in inputs:
+            real = Path(os.path.realpath(given))
+            if real.parent == Path(os.path.realpath(out)) and _OWN_FILE.fullmatch(real.name):
+                raise CompressError(
+                    f"{out}: the recipe reads {given} from this folder, and --force replaces "
+                    "the files named as a run's outputs in it; copy the file elsewhere or "
+                    "write to another folder (-o)")
         folder = out
     else:  # the nearest folder that exists: the run creates the rest
         folder = out.parent
@@ -206,8 +248,8 @@ def _check_output_dir(out: Path, force: bool) -> None:
                             ) from exc
 
 
-def _prepare_output_dir(out: Path, force: bool) -> None:
-    _check_output_dir(out, force)
+def _prepare_output_dir(out: Path, force: bool, inputs: list = ()) -> None:
+    _check_output_dir(out, force, inputs)
     if out.is_dir() and force:
         for child in out.iterdir():  # an earlier run's files, never anything else
             if _OWN_FILE.fullmatch(child.name) and child.is_file() and not child.is_symlink():
