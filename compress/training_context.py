@@ -21,6 +21,7 @@ import contextvars
 import hashlib
 import json
 import os
+import re
 import signal
 import threading
 
@@ -410,10 +411,37 @@ def refuse_foreign_backups(checkpoint_dir, identity: str | None) -> None:
                             f"({exc.strerror or exc})") from exc
     for name in names:
         meta = os.path.join(checkpoint_dir, name, "training_metadata.json")
+        if re.fullmatch(r"fit\d+", name):
+            _refuse_foreign_files(checkpoint_dir, name)
         if name.startswith("fit") and os.path.isfile(meta):
             stored = _read_metadata(meta, checkpoint_dir)
             if stored.get("command") != identity:
                 raise CompressError(foreign_backup_message(checkpoint_dir))
+
+
+#: What a fit's backup folder holds (:class:`AtomicBackupAndRestore`), besides the
+#: ``.partial-*`` files of a write that was cut short.
+_BACKUP_FILES = ("latest.weights.h5", "training_metadata.json", "callbacks_state.npz")
+
+
+def _refuse_foreign_files(checkpoint_dir, name: str) -> None:
+    """A ``fitN`` entry that is not a backup folder of ours: Keras deletes a fit's backup
+    folder, whole, when the fit ends, so the user's files in it would go with it."""
+    path = os.path.join(checkpoint_dir, name)
+    if not os.path.isdir(path) or os.path.islink(path):
+        raise CompressError(f"checkpoint {checkpoint_dir}: {name} is not a backup folder of "
+                            "this tool (a fit's backup goes there); use a new --checkpoint-dir")
+    try:
+        entries = sorted(os.listdir(path))
+    except OSError as exc:
+        raise CompressError(f"checkpoint {checkpoint_dir}: {name} cannot be read "
+                            f"({exc.strerror or exc})") from exc
+    foreign = [e for e in entries if e not in _BACKUP_FILES and not e.startswith(".partial-")]
+    if foreign:
+        raise CompressError(
+            f"checkpoint {checkpoint_dir}: {name}/ holds files that are not a backup "
+            f"({foreign[0]}{', ...' if len(foreign) > 1 else ''}), and a fit's backup folder "
+            "is deleted when the fit ends; use a new --checkpoint-dir or move them")
 
 
 def backup_epoch(backup_dir) -> int:

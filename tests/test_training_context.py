@@ -115,6 +115,28 @@ def test_a_backup_of_another_model_is_refused_in_one_line(tmp_path):
     assert (ck / "fit1" / "training_metadata.json").exists()  # refused, not overwritten
 
 
+def test_a_fit_folder_holding_the_users_files_is_refused_not_deleted(tmp_path):
+    # Keras deletes a fit's backup folder, whole, when the fit ends: a user's ck/fit1/ with
+    # files of their own in it went with it (only a fit1/ with our metadata was checked).
+    model, x, y = _tiny()
+    ck = tmp_path / "ck"
+    (ck / "fit1").mkdir(parents=True)
+    (ck / "fit1" / "mydata.txt").write_text("mine")
+    (ck / "other.txt").write_text("also mine")
+    with pytest.raises(CompressError) as refused:
+        TrainingContext(checkpoint_dir=ck).__enter__()
+    assert str(refused.value) == (
+        f"checkpoint {ck}: fit1/ holds files that are not a backup (mydata.txt), and a fit's "
+        "backup folder is deleted when the fit ends; use a new --checkpoint-dir or move them")
+    assert (ck / "fit1" / "mydata.txt").read_text() == "mine"
+    # a backup of ours, left by an interrupted fit, still resumes
+    (ck / "fit1" / "mydata.txt").unlink()
+    _backed_up(ck, model, x, y)
+    with TrainingContext(checkpoint_dir=ck):
+        training.fit_model(model, x, y, epochs=3, verbose=0)
+    assert (ck / "other.txt").read_text() == "also mine"
+
+
 def test_changed_options_are_refused_before_any_fit_and_the_same_ones_resume(tmp_path):
     model, x, y = _tiny()
     ck = tmp_path / "ck"
