@@ -92,6 +92,7 @@ class TrainingContext:
         self.command = command
         self.options = dict(options or {})
         self.identity = None  # digest of command and options, set on entering with backups
+        self.inputs = []  # files keep_last_good must never replace (a recipe's model)
         self.fits = 0
         self._entered = []
 
@@ -142,7 +143,8 @@ class TrainingContext:
         if not all(np.isfinite(w).all() for w in model.get_weights()
                    if np.issubdtype(np.asarray(w).dtype, np.floating)):
             return None  # never save NaN as "last good"
-        return str(io.save_model(model, self.keep_last_good, force=self.force))
+        return str(io.save_model(model, self.keep_last_good, force=self.force,
+                                 inputs=self.inputs))
 
     def __repr__(self):
         return (f"TrainingContext(checkpoint_dir={self.checkpoint_dir!r}, "

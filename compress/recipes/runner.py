@@ -75,6 +75,9 @@ def run_recipe(source, output: str | os.PathLike | None = None, overrides: list[
         from compress.quiet import import_tensorflow as start
     start()
     from compress import io, training
+    from compress.training_context import current_context
+
+    _guard_last_good(current_context(), inputs)
 
     io.import_modules(recipe.get("import", []))  # allowed only with --unsafe (checks.py)
     from compress.report import model_report
@@ -158,6 +161,20 @@ def run_recipe(source, output: str | os.PathLike | None = None, overrides: list[
         raise
     _write_reports(out, result, time.perf_counter() - started)
     return result
+
+
+def _guard_last_good(context, inputs: list) -> None:
+    """Refuse a ``--keep-last-good`` file that is one the recipe reads (its model), and
+    keep it from ever being written over one: the command line checks only its own
+    arguments, and a run's are in the recipe."""
+    last = context.keep_last_good
+    if not last:
+        return
+    for given in inputs:
+        if os.path.realpath(given) == os.path.realpath(last):
+            raise CompressError(f"{last}: --keep-last-good is a file the recipe reads "
+                                f"({given}); give another path")
+    context.inputs = list(context.inputs) + list(inputs)
 
 
 def _run_step(kind: str, opts: dict, model, dataset, stem: Path, recipe: dict, verbose):
