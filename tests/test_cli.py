@@ -146,6 +146,26 @@ def test_json_is_strict_when_a_check_is_exact(cli, tmp_path):
     assert printed["max_abs_diff"] == 0.0 and printed["sqnr_db"] is None
 
 
+LATE_CTRL_C = """
+import os, signal, sys, threading, time
+from compress.cli import entry
+sys.argv = ["compress", "--version"]
+threading.Thread(target=time.sleep, args=(1.0,)).start()  # the interpreter waits at exit
+threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
+entry()
+"""
+
+
+def test_a_ctrl_c_after_the_command_finished_does_not_undo_its_success():
+    # The signal lands while the interpreter shuts down (TensorFlow's exit handlers take a
+    # moment): it printed a KeyboardInterrupt traceback, or exited 130 with the output
+    # written and the report printed.
+    proc = subprocess.run([sys.executable, "-c", LATE_CTRL_C], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert proc.returncode == 0 and "compress, version" in proc.stdout
+    assert "KeyboardInterrupt" not in proc.stderr, proc.stderr
+
+
 def test_export_usage_error_is_exit_2(cli, cnn_file, tmp_path):
     result = cli("export", cnn_file[0], "--format", "coreml", "-o", tmp_path / "x.onnx")
     assert result.exit_code == 2

@@ -278,3 +278,20 @@ def main(debug: bool) -> None:
 
 def run() -> None:  # pragma: no cover - console entry point alias
     sys.exit(main())
+
+
+def entry() -> None:
+    """The ``compress`` program (console script and ``python -m compress.cli``): ``main``,
+    then, once a command has finished and said so, Ctrl-C and SIGTERM are ignored while
+    the interpreter shuts down (TensorFlow's exit handlers take a moment): a signal then
+    would turn a finished command, its output written and its report printed, into exit
+    130 with nothing said. In-process callers (tests, programs embedding the CLI) call
+    ``main`` and keep their handlers.
+    """
+    try:
+        main(prog_name="compress")
+    except SystemExit as done:
+        if done.code in (0, None) and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise

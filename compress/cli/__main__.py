@@ -1,5 +1,5 @@
 """``python -m compress.cli`` runs the ``compress`` command."""
 
-from compress.cli import main
+from compress.cli import entry
 
-main(prog_name="compress")
+entry()
