@@ -390,7 +390,12 @@ def test_cli_npy_inputs_and_corrupt_images_are_counted(cli, cnn_file, digits3, t
     res = cli("prune", path, "-o", tmp_path / "b.keras", "--data", folder, "--sparsity",
               "0.5", "--epochs", "1")
     assert res.exit_code == 0, res.output
-    assert "skipped 3 unreadable image files (cut.jpg, broken.png, notes.jpg)" in res.output
+    assert "skipped 3 unreadable image files (class_0/cut.jpg, class_1/broken.png, " \
+        "class_2/notes.jpg)" in " ".join(res.output.split())
+    # the training folder given again as --val-data: its bad files are counted once
+    res = cli("inspect", path, "--data", folder, "--val-data", folder)
+    assert res.exit_code == 0, res.output
+    assert "skipped 3 unreadable image files" in " ".join(res.output.split())
 
 
 def _empty(tmp):

@@ -282,7 +282,9 @@ def scan(path: str, seed: int = 0, preprocess: str | None = None, val_data: str 
                 raise CompressError(f"{val_data}: class folder '{extra[0]}' is not a class of "
                                     f"{path} (classes: {', '.join(classes)})")
             v_labels = [classes.index(v_classes[i]) for i in v_labels]
-        skipped += v_skipped
+        # the same folder given twice (--val-data DIR for DIR) lists its bad files once
+        seen = {os.path.realpath(str(f)) for f in skipped}
+        skipped += [f for f in v_skipped if os.path.realpath(str(f)) not in seen]
     else:
         fraction = DEFAULT_VAL_SPLIT if val_split is None else val_split
         order = np.random.default_rng(seed).permutation(len(files))
@@ -299,12 +301,25 @@ def scan(path: str, seed: int = 0, preprocess: str | None = None, val_data: str 
         files = [files[i] for i in train_idx]
         labels = None if labels is None else [labels[i] for i in train_idx]
     if skipped:
-        shown = ", ".join(os.path.basename(str(s)) for s in skipped[:3])
+        # named from the folder given (apple/0.jpg): two classes may both hold a bad 0.jpg
+        shown = ", ".join(_relative(s, path, val_data) for s in skipped[:3])
         more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
         notes.append(f"data {path}: skipped {len(skipped)} unreadable image file"
                      f"{'s' if len(skipped) > 1 else ''} ({shown}{more})")
     return ImageFolder(str(path), files, labels, v_files, v_labels, classes,
                        preprocess, first, skipped, notes)
+
+
+def _relative(file, path, val_data) -> str:
+    """``file`` named from the folder it was found in (``apple/0.jpg``), else its path."""
+    for root in (path, val_data):
+        if root is None:
+            continue
+        try:
+            return str(Path(file).relative_to(Path(root)))
+        except ValueError:
+            continue
+    return str(file)
 
 
 def _class_notes(path, classes: list, labels: list) -> list:
