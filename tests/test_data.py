@@ -106,6 +106,11 @@ def test_npz_of_x_and_y_is_one_training_split(tmp_path):
     ({**_TRAIN, "x_test": np.zeros((5, 3)), "y_test": np.zeros(5, int)},
      r"'x_test' samples have shape \(3,\) but 'x_train' samples have \(2,\)"),
     ({**_TRAIN, "x_test": np.zeros((5, 2))}, "has 'x_test' but no 'y_test'"),
+    # a file of x and y is named by its own keys (it read 'y_train' of a file without one)
+    ({"x": np.zeros((20, 2)), "y": np.array(list("ab") * 10)},
+     r"array 'y' has non-numeric dtype <U1; give class numbers 0\.\.N-1"),
+    ({"x": np.full((20, 2), np.nan), "y": np.zeros(20, int)}, "array 'x' contains NaN"),
+    ({"x": np.full((20, 2), np.nan)}, "array 'x' contains NaN"),  # unlabelled
 ])
 def test_npz_bad_inputs(tmp_path, arrays, message):
     path = tmp_path / "bad.npz"

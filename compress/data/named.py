@@ -231,26 +231,32 @@ def _load_npz(path: Path, seed: int) -> Dataset:
         raise CompressError(f"{path}: not a readable .npz file") from exc
     if any("/" in k for k in arrays):  # x_train/INPUT, y_train/OUTPUT: several inputs/outputs
         return _load_npz_named(path, arrays, seed)
+    names = {}  # the file's own name of an array, where it was renamed
     if set(arrays) in ({"x"}, {"x", "y"}):  # numpy.savez(path, x=..., y=...): one split
+        names = {f"{k}_train": k for k in arrays}
         arrays = {f"{k}_train": a for k, a in arrays.items()}
     if "x_train" in arrays and not any(k.startswith("y_") for k in arrays):
-        return _unlabelled(f"npz:{path}", path, arrays, seed)
+        return _unlabelled(f"npz:{path}", path, arrays, seed, names)
     for key in ("x_train", "y_train"):
         if key not in arrays:
             raise CompressError(f"{path}: missing array '{key}' (has: {', '.join(arrays)}); "
                                 "name the arrays x_train, y_train (optional x_val, y_val, "
                                 "x_test, y_test), or x and y")
     for key, a in arrays.items():
+        shown = names.get(key, key)
         if a.size == 0:
-            raise CompressError(f"{path}: array '{key}' is empty")
+            raise CompressError(f"{path}: array '{shown}' is empty")
         if key.startswith("x_") and is_text(a):
             continue  # strings, for a model that takes text
         if not np.issubdtype(a.dtype, np.number):
-            raise CompressError(f"{path}: array '{key}' has non-numeric dtype {a.dtype}")
+            raise CompressError(f"{path}: array '{shown}' has non-numeric dtype {a.dtype}"
+                                + ("; give class numbers 0..N-1 in the order of the model's "
+                                   "outputs, or numeric targets" if key.startswith("y_")
+                                   else ""))
         if key.startswith("x_") and not np.all(np.isfinite(a)):
-            raise CompressError(f"{path}: array '{key}' contains NaN or inf")
+            raise CompressError(f"{path}: array '{shown}' contains NaN or inf")
         if key.startswith("y_") and not np.all(np.isfinite(a)):
-            raise CompressError(f"{path}: targets '{key}' contain NaN or inf")
+            raise CompressError(f"{path}: targets '{shown}' contain NaN or inf")
     # Whole non-negative numbers are class labels; anything else (negative or fractional
     # values) is a regression target, checked against the model's task once it is loaded
     # (compress.task.check_targets refuses a regression target given to a classifier).
@@ -332,7 +338,8 @@ def _npz_splits(path: Path, arrays: dict, labels: bool = True) -> dict:
 
 
 
-def _check_inputs(path: Path, key: str, a: np.ndarray) -> None:
+def _check_inputs(path: Path, key: str, a: np.ndarray, names: dict | None = None) -> None:
+    key = (names or {}).get(key, key)  # the file's own name of the array
     if a.ndim == 0:
         raise CompressError(f"{path}: array '{key}' is a single number; give one row per sample")
     if a.size == 0:
@@ -345,14 +352,15 @@ def _check_inputs(path: Path, key: str, a: np.ndarray) -> None:
         raise CompressError(f"{path}: array '{key}' contains NaN or inf")
 
 
-def _unlabelled(name: str, path: Path, arrays: dict, seed: int) -> Dataset:
+def _unlabelled(name: str, path: Path, arrays: dict, seed: int, names: dict | None = None
+                ) -> Dataset:
     """Inputs only (``x_train`` and optional ``x_val``/``x_test``): a Dataset with no labels.
 
     The splits not given are taken from ``x_train`` as for labelled files (seeded: 20% test,
     10% validation); every split is checked first.
     """
     for key, a in arrays.items():
-        _check_inputs(path, key, a)
+        _check_inputs(path, key, a, names)
     x = as_input(arrays["x_train"])
     for key in ("x_val", "x_test"):
         if key in arrays and arrays[key].shape[1:] != x.shape[1:]:
