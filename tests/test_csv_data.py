@@ -154,6 +154,14 @@ def test_whole_number_targets_of_a_regressor_are_regression_targets(cli, tmp_pat
     assert result.exit_code == 0, result.output
     assert "mse" in json.loads(result.stdout)
     assert "the 3 columns (a, b, c) are the features of input" in result.stderr
+    # without --label-column the target is a fourth feature: the refusal names the columns
+    # (it said only "samples of shape (4,) (4 values) do not fit model input (3,)")
+    result = cli("inspect", tmp_path / "reg.keras", "--data", tmp_path / "reg.csv")
+    assert result.exit_code == 1
+    assert result.output.strip().endswith(
+        "do not fit model input (3,) (3 values): the features are the columns a, b, c, "
+        "price; --label-column names the target and every other column is a feature"), \
+        result.output
 
 
 def test_an_integer_input_takes_whole_numbers_only():

@@ -297,7 +297,9 @@ def fit_to_model(x, model, name: str = "data"):
     """
     if not hasattr(model, "inputs") or model.inputs is None:
         return x
+    columns = None
     if isinstance(x, Columns):  # a table's columns: by input name, or as the features
+        columns = list(x)
         x = x.for_model(model, name)
     specs = model_inputs(model)
     if len(specs) == 1:
@@ -307,7 +309,16 @@ def fit_to_model(x, model, name: str = "data"):
         if isinstance(x, (dict, list, tuple)):
             raise CompressError(f"{name}: {len(leaves(x))} input arrays for a model with 1 "
                                 "input")
-        return _fit_one(x, specs[0], name)
+        try:
+            return _fit_one(x, specs[0], name)
+        except CompressError as exc:
+            if columns is None or "do not fit" not in str(exc):
+                raise
+            # a table: which columns became the features (a second target column, or no
+            # --label-column at all, makes one too many)
+            raise CompressError(f"{exc}: the features are the columns "
+                                f"{', '.join(columns)}; --label-column names the target "
+                                "and every other column is a feature") from None
     if isinstance(x, dict):
         missing = [s[0] for s in specs if s[0] not in x]
         if missing:
