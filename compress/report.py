@@ -284,19 +284,56 @@ def model_report(model, data=None, split: str = "test", latency: bool = True,
 
         # A stream is scored batch by batch (never read whole); the task is inferred from
         # the head of the split (compress.task.SAMPLE_TARGETS targets at most).
+        scored = False
         if data.labelled:
             task = task or resolve(model, y=sample_targets(data, split))
             report.update(task.evaluate_data(model, data, split))
-            report["task"] = task.kind
-            report["accuracy_split"] = split
+            scored = True
         elif reference is not None:  # no labels: how faithful to the original it stayed
             task = task or resolve(reference)
             report.update(fidelity_data(model, reference, data, split, task.is_classifier))
+            scored = True
+        if scored:
             report["task"] = task.kind
             report["accuracy_split"] = split
+            samples = _split_size(data, split)  # what a score's precision rests on
+            if samples is not None:
+                report["scored_samples"] = samples
     if latency:
         report["latency_ms"] = keras_latency_ms(model)
     return report
+
+
+def _split_size(data, split: str) -> int | None:
+    try:
+        n = data.size(split)
+    except Exception:  # noqa: BLE001 - a stream of unknown length
+        return None
+    return int(n) if n is not None else None
+
+
+#: Fewer scored samples than this, and a report says how coarse its scores are.
+FEW_SAMPLES = 100
+
+
+def few_samples_note(report: dict) -> str | None:
+    """A line when ``report``'s scores rest on fewer than :data:`FEW_SAMPLES` samples (a
+    small image folder's held-out tenth), else None.
+
+    >>> few_samples_note({"scored_samples": 6, "accuracy": 0.5, "accuracy_split": "test"})
+    'the scores come from only 6 test samples: one sample moves an accuracy by 16.7 pts'
+    >>> few_samples_note({"scored_samples": 1000, "accuracy": 0.9}) is None
+    True
+    """
+    n = report.get("scored_samples")
+    if not n or n >= FEW_SAMPLES:
+        return None
+    split = report.get("accuracy_split", "test")
+    text = f"the scores come from only {n} {split} sample{'s' if n != 1 else ''}"
+    if any(k.endswith(("accuracy", "agreement")) for k in report) or any(
+            k.endswith(("accuracy", "agreement")) for k in report.get("metrics") or {}):
+        text += f": one sample moves an accuracy by {100 / n:.3g} pts"
+    return text
 
 
 def fidelity(model, reference, x, classifier: bool) -> dict:
@@ -394,6 +431,7 @@ _ROWS = [
     ("top1_agreement", "top-1 agreement with original", "{:.2%}"),
     ("rel_l2_error", "relative L2 error vs original", "{:.2%}"),
     ("psnr_db", "PSNR vs original", "{:.1f} dB"),
+    ("scored_samples", "samples scored", "{:,}"),
     ("latency_ms", "latency b=1 (Keras)", "{:.3f} ms"),
     ("runtime_latency_ms", "latency b=1 (deployed runtime)", "{:.3f} ms"),
 ]

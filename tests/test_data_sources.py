@@ -9,6 +9,7 @@ PNG files written with Pillow, models real Keras models saved to files and loade
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -395,7 +396,12 @@ def test_cli_npy_inputs_and_corrupt_images_are_counted(cli, cnn_file, digits3, t
     # the training folder given again as --val-data: its bad files are counted once
     res = cli("inspect", path, "--data", folder, "--val-data", folder)
     assert res.exit_code == 0, res.output
-    assert "skipped 3 unreadable image files" in " ".join(res.output.split())
+    text = " ".join(res.output.split())
+    assert "skipped 3 unreadable image files" in text
+    # 21 images: an accuracy on them moves by 4.76 pts a sample, and the report says so
+    assert re.search(r"samples scored .* 21 ", text) and \
+        "the scores come from only 21 test samples: one sample moves an accuracy by 4.76 " \
+        "pts" in text, text
 
 
 def _empty(tmp):

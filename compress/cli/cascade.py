@@ -74,4 +74,8 @@ def command(model, output, data, seed, unsafe, as_json, force, **options):
         f"{scores(s, 'val')}, {s['seconds_per_epoch']:.2f} s/epoch, "
         f"~{s['train_memory_bytes'] / 2**20:.1f} MiB" for s in info["stages"]]
     lines.append(f"  {scores(info, 'test')} after {info['total_epochs']} epochs")
+    from compress.report import few_samples_note
+
+    if few_samples_note(after):
+        lines.append(f"  note: {few_samples_note(after)}")
     emit(result, as_json, reports=[after], title="cascade", lines=lines)

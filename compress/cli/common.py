@@ -418,6 +418,10 @@ def run_model_pass(model_path: str, output: str, data: str | None, seed: int, un
     if input_note:
         result["input_size_note"] = input_note
         lines.append(f"  note: {input_note}")
+    from compress.report import few_samples_note
+
+    if few_samples_note(after):  # a small image folder's tenth: how coarse the scores are
+        lines.append(f"  note: {few_samples_note(after)}")
     ctx = click.get_current_context(silent=True)
     if ctx is not None and ctx.meta.get("compress_input_note"):  # a wrapped subclassed model
         result["input_note"] = ctx.meta["compress_input_note"]

@@ -80,5 +80,9 @@ def distill_files(model_path, output, data, seed, unsafe, force, opts, as_json):
     if info.get("gap_closed") is not None:
         lines.append(f"  distillation closed {info['gap_closed']:.0%} of the accuracy gap "
                      "between the student alone and the teacher")
+    from compress.report import few_samples_note
+
+    if few_samples_note(reports[-1]):
+        lines.append(f"  note: {few_samples_note(reports[-1])}")
     emit(result, as_json, reports=reports, title="distill", lines=lines)
     return result

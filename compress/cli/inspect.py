@@ -63,6 +63,10 @@ def command(model, data, split, show_layers, latency, seed, unsafe, as_json):
     if note:
         report["input_size_note"] = note
         lines.append(f"note: {note}")
+    from compress.report import few_samples_note
+
+    if few_samples_note(report):
+        lines.append(f"note: {few_samples_note(report)}")
     emit(report, as_json, reports=[report], title=f"{model}", lines=lines)
 
 
