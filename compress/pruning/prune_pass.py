@@ -464,6 +464,8 @@ def _masks(model, variables, opts, calib, target, data=None, names=None, views=N
             opts["_dense_two_four"] = [n for n, r in zip(names, rows, strict=True)
                                        if r.get("n_m_left_dense")]
         return masks
+    if opts["two_four"]:  # a depthwise kernel's unit has kh*kw inputs: no 2:4 groups
+        opts["_depthwise"] = _depthwise_kernels(model, variables)
     scores = saliency_scores(model, variables, opts["method"], calib, opts["estimator"],
                              opts["damping"], opts["seed"])
     # Weights pruned in an earlier round stay pruned: rank them lowest.
@@ -476,11 +478,35 @@ def _masks(model, variables, opts, calib, target, data=None, names=None, views=N
                    names or [v.name for v in variables], model, variables, data)
 
 
+def _depthwise_kernels(model, variables) -> list[bool]:
+    """Per variable: whether it is a depthwise kernel (DepthwiseConv1D/2D, or the
+    depthwise half of a SeparableConv1D/2D), whose units each see only their own
+    channel's taps."""
+    import keras
+
+    from compress.report import leaf_layers
+
+    owner = {id(w): layer for layer in leaf_layers(model) for w in layer.weights}
+    depthwise = (keras.layers.DepthwiseConv2D, keras.layers.DepthwiseConv1D)
+    separable = (keras.layers.SeparableConv2D, keras.layers.SeparableConv1D)
+    out = []
+    for v in variables:
+        layer = owner.get(id(v))
+        out.append(isinstance(layer, depthwise) or (
+            isinstance(layer, separable) and v is getattr(layer, "depthwise_kernel", None)))
+    return out
+
+
 def _select(scores, olds, opts, target, names, model=None, variables=None, data=None):
     if opts["two_four"]:
         # A kernel whose input dimension is not a multiple of 4 (a first convolution on 1 or
         # 3 channels) stays dense, as NVIDIA's ASP leaves it; none fitting is refused.
-        fits = [np.ndim(s) >= 2 and np.shape(s)[-2] % 4 == 0 for s in scores]
+        # A depthwise kernel's axis -2 is its channels, not a unit's inputs (each channel
+        # has kh*kw taps): grouping across channels is no N:M pattern; it stays dense, as
+        # OBS leaves it (obs.n_m_fits).
+        depthwise = opts.get("_depthwise") or [False] * len(scores)
+        fits = [np.ndim(s) >= 2 and np.shape(s)[-2] % 4 == 0 and not dw
+                for s, dw in zip(scores, depthwise, strict=True)]
         if not any(fits):
             raise CompressError(TWO_FOUR_NONE_FIT)
         opts["_dense_two_four"] = [n for n, ok in zip(names, fits) if not ok]
