@@ -66,6 +66,11 @@ def test_obd_oneshot_loses_less_training_loss_than_magnitude(mlp):
     obd, info = prune(model, ds, method="obd", sparsity=0.5, calibration=512)
     assert info["estimator"] == "backprop" and info["saliency_seconds"] > 0
     assert _loss(obd, x, y) <= mag, (_loss(obd, x, y), mag)
+    assert "warning" not in info
+    # saliencies from 2 samples: said, as OBS says its thin Hessians (OBD was silent)
+    _, few = prune(model, ds, method="obd", sparsity=0.5, calibration=2)
+    assert few["warning"].startswith("OBD's saliencies came from only 2 calibration "
+                                     "samples, so the ranking of the weights rests on them")
 
 
 def test_iterative_keeps_pruned_weights_and_recovers_accuracy(mlp):

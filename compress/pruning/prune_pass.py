@@ -7,6 +7,7 @@ import time
 import numpy as np
 
 from compress.data import as_dataset
+from compress.data.arrays import length
 from compress.errors import CompressError
 from compress.passes import Pass
 from compress.pruning.criteria import criterion, saliency_scores
@@ -171,6 +172,13 @@ def prune(model, data=None, *, verbose=0, **options):
         info["estimator"] = effective_estimator(model, opts["estimator"])
     # Only the calibration samples are read (a stream is not materialised for them).
     calib = None if data is None else data.spread("train", opts["calibration"])
+    if opts["method"] == "obd" and calib is not None and length(calib[0]) < FEW_OBD_SAMPLES:
+        # OBS says so through its layer Hessians' rank; OBD's diagonal needs it said too
+        n = length(calib[0])
+        info["warning"] = (f"OBD's saliencies came from only {n} calibration sample"
+                           f"{'s' if n != 1 else ''}, so the ranking of the weights rests "
+                           f"on them; give more samples (--calibration, default "
+                           f"{PRUNE_OPTIONS.defaults()['calibration']})")
     from compress import progress
 
     rounds = opts["rounds"] if opts["schedule"] == "iterative" else 1  # the plan: overall ETA
@@ -424,6 +432,9 @@ def _val_head(data, n: int = 2048):
         return None
     return None if y is None or not length(x) else (x, y)
 
+
+#: Fewer OBD calibration samples than this, and the prune report warns.
+FEW_OBD_SAMPLES = 32
 
 TWO_FOUR_NONE_FIT = ("prune --two-four: no prunable layer has an input dimension divisible "
                      "by 4; use --block 4 or unstructured pruning")
