@@ -436,3 +436,26 @@ def test_obs_prunes_recurrent_kernels_with_a_smaller_output_error_than_magnitude
     assert list(info["left_out"]) == ["gru/gru_cell/recurrent_kernel"]
     assert "reset_after=False" in info["left_out"]["gru/gru_cell/recurrent_kernel"]
     assert errors["obs"] < 0.6 * errors["magnitude"], errors  # 0.13-0.43x over seeds 0-3
+
+
+def test_a_block_diagonal_hessian_is_said_in_the_prune_report(cli, tmp_path):
+    # A layer of more inputs than a dense Hessian holds gets diagonal blocks: an
+    # approximation that only --json's obs.block_diagonal named.
+    import keras
+
+    from compress.pruning.hessian import MAX_DIM
+
+    keras.utils.set_random_seed(0)
+    wide = MAX_DIM + 4
+    model = keras.Sequential([keras.Input((wide,)), keras.layers.Dense(3, name="wide"),
+                              keras.layers.Dense(2, name="out")])
+    model.save(tmp_path / "wide.keras")
+    np.savez(tmp_path / "x.npz", x_train=np.random.default_rng(0).normal(
+        size=(40, wide)).astype("float32"))
+    result = cli("prune", tmp_path / "wide.keras", "-o", tmp_path / "p.keras", "--method",
+                 "obs", "--sparsity", "0.5", "--data", f"npz:{tmp_path / 'x.npz'}",
+                 "--calibration", "40")
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert f"hessian_note: wide/kernel: more than {MAX_DIM:,} inputs per unit, so the layer " \
+        f"Hessian is block-diagonal (blocks of {MAX_DIM:,} inputs)" in text, text

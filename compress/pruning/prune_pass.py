@@ -282,6 +282,15 @@ def prune(model, data=None, *, verbose=0, **options):
             info["obs"] = opts["_obs"]
             if opts["_obs"].get("thin_hessians"):
                 info["warning"] = opts["_obs"]["thin_hessians"]
+            blocked = opts["_obs"].get("block_diagonal") or []
+            if blocked:  # an approximation: said in the text report, not only in --json
+                from compress.pruning.hessian import MAX_DIM
+
+                info["hessian_note"] = (
+                    f"{', '.join(blocked[:3])}{' and more' if len(blocked) > 3 else ''}: "
+                    f"more than {MAX_DIM:,} inputs per unit, so the layer Hessian is "
+                    f"block-diagonal (blocks of {MAX_DIM:,} inputs), an approximation that "
+                    "bounds its memory")
         if opts.get("_dense_two_four"):  # named, never skipped silently
             info["two_four_left_dense"] = opts["_dense_two_four"]
         info["fine_tune_epochs"] = opts["epochs"]
