@@ -140,3 +140,16 @@ def test_keras_and_deployed_runtime_latencies_are_rows_of_their_own():
     reports.append({"runtime_latency_ms": 0.02})  # two artifacts: compared with each other
     assert {row[0]: row[-1] for row in table_rows(reports)}[
         "latency b=1 (deployed runtime)"] == "0.50x"
+
+
+def test_paired_latency_times_both_models_in_turns():
+    # before/after latencies are timed in alternating rounds, so that load from other work
+    # on the machine falls on both (timed minutes apart, their ratio swung 0.47x-0.89x for
+    # the same two models)
+    import keras
+
+    small = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
+    large = keras.Sequential([keras.Input((8,)), keras.layers.Dense(2048),
+                              keras.layers.Dense(2048), keras.layers.Dense(4)])
+    first, second = report.paired_latency_ms(small, large, runs=10, rounds=5)
+    assert 0 < first < second  # each median is its own model's

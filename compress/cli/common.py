@@ -380,7 +380,7 @@ def run_model_pass(model_path: str, output: str, data: str | None, seed: int, un
     they compare like with like: accuracy for a classifier, MSE for a regression.
     """
     from compress import io
-    from compress.report import model_report
+    from compress.report import model_report, paired_latency_ms
 
     io.check_output(output, inputs=[model_path], force=force, suffixes=io.MODEL_SUFFIXES)
     model, dataset = load_inputs(model_path, data, seed, unsafe)
@@ -397,8 +397,9 @@ def run_model_pass(model_path: str, output: str, data: str | None, seed: int, un
         # format): the input file's own Adam slots (two float copies of every weight)
         # credited compression with 0.40x at sparsity 0.
         saved_as = ".h5" if str(output).endswith(".h5") else ".keras"
+        # latency: timed with the output's, in turns (paired_latency_ms), at the end
         before = model_report(model, dataset, name="before", task=task, reference=model,
-                              saved_as=saved_as)
+                              saved_as=saved_as, latency=False)
     input_note = _input_size_note(model_path, before, saved_as)
     progress.expect("saving", 2)  # saved, then measured like the input
     new_model, info = apply(model, dataset)
@@ -406,7 +407,9 @@ def run_model_pass(model_path: str, output: str, data: str | None, seed: int, un
         io.save_model(new_model, output, inputs=[model_path], force=force)
         with io.undone_on_failure(output):
             after = model_report(new_model, dataset, name=after_name, path=output, task=task,
-                                 reference=model)
+                                 reference=model, latency=False)
+            # in alternating rounds: load from other work on the machine falls on both
+            before["latency_ms"], after["latency_ms"] = paired_latency_ms(model, new_model)
     result = {"input": model_path, "output": output, "before": before, "after": after,
               "pass": info}
     lines = [f"wrote {output}"] + [f"  {k}: {_plain(v)}" for k, v in info.items()
