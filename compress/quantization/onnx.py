@@ -98,7 +98,8 @@ def quantize_onnx(float_path, out_path, mode: str = "int8",
                               "entropy": q.CalibrationMethod.Entropy,
                               "percentile": q.CalibrationMethod.Percentile}[calibration]
                     reader = _Reader(str(pre), representative if isinstance(
-                        representative, dict) else np.asarray(representative), batch_size)
+                        representative, dict) else np.asarray(representative), batch_size,
+                        equal=calibration != "minmax")
                     excluded = []
                     if keep_float:
                         from compress.quantization.float_front import onnx_nodes
@@ -265,12 +266,29 @@ def topological_sort(graph) -> None:
     graph.node.extend(ordered)
 
 
+def even_batch(n: int, batch_size: int) -> int:
+    """The largest batch size up to ``batch_size`` that divides ``n`` samples evenly.
+
+    onnxruntime's histogram calibrators (entropy, percentile) stack the outputs of every
+    batch into one array: a shorter last batch made it fail ("inhomogeneous shape") for
+    any sample count that is not a multiple of the batch size.
+
+    >>> even_batch(256, 64), even_batch(1293, 64), even_batch(55, 64)
+    (64, 3, 55)
+    """
+    return next(b for b in range(max(1, min(batch_size, n)), 0, -1) if n % b == 0)
+
+
 class _Reader(CalibrationDataReader):
     """Feeds calibration batches to onnxruntime's calibrator."""
 
-    def __init__(self, model_path: str, x: np.ndarray, batch_size: int):
+    def __init__(self, model_path: str, x: np.ndarray, batch_size: int, equal: bool = False):
         import onnx
         import onnx.helper
+
+        n = len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
+        if equal:  # entropy/percentile stack every batch's outputs into one array
+            batch_size = even_batch(n, batch_size)
 
         graph = onnx.load(model_path, load_external_data=False).graph
         initializers = {i.name for i in graph.initializer}
@@ -279,7 +297,6 @@ class _Reader(CalibrationDataReader):
         types = {i.name: onnx.helper.tensor_dtype_to_np_dtype(
             i.type.tensor_type.elem_type) for i in graph.input}
         if isinstance(x, dict):  # several inputs, keyed by input name (as exported)
-            n = len(next(iter(x.values())))
             self.batches = [{k: np.asarray(v[i:i + batch_size], types.get(k, np.float32))
                              for k, v in x.items()} for i in range(0, n, batch_size)]
         else:
