@@ -68,6 +68,10 @@ def run_quantize(model_path, output, data, seed, unsafe, force, options) -> dict
     content, info = quantize(loaded, dataset, **opts)
     io.write_bytes(out, content)
     result = {"input": model_path, "path": str(out), **info}
+    used, asked = info.get("calibration_samples"), opts.get("calibration_samples")
+    if used and asked and used < asked:  # a small folder: fewer than the default 256
+        result["calibration_note"] = (f"calibrated on {used} samples, all the training "
+                                      f"split holds ({asked} asked)")
     if dataset is None:
         result["random_check_inputs"] = True
     ctx = click.get_current_context(silent=True)
@@ -175,6 +179,8 @@ def emit_result(result: dict, as_json: bool) -> None:
             console.print(f"hint: {keep_float_hint(result)}")
     if result.get("nothing_quantized"):
         console.print(f"[bold red]warning:[/] {result['nothing_quantized']}")
+    if result.get("calibration_note"):
+        console.print(f"note: {result['calibration_note']}")
     from compress.agreement import constant_note, xnnpack_note
 
     same = constant_note(result, result.get("agreement_samples", 0), "the float model",
