@@ -130,12 +130,17 @@ def latency_ms(fn, x: np.ndarray, runs: int = 50, warmup: int = 5) -> float:
     """Median wall time in milliseconds of ``fn(x)`` over ``runs`` calls."""
     for _ in range(warmup):
         fn(x)
+    return float(np.median(_call_times(fn, x, runs)) * 1e3)
+
+
+def _call_times(fn, x, runs: int) -> list[float]:
+    """Wall seconds of each of ``runs`` calls ``fn(x)``."""
     times = []
     for _ in range(runs):
         t0 = time.perf_counter()
         fn(x)
         times.append(time.perf_counter() - t0)
-    return float(np.median(times) * 1e3)
+    return times
 
 
 # /proc/cpuinfo flags of 8-bit dot-product instructions, which make int8 kernels faster
@@ -218,10 +223,7 @@ def paired_latency_ms(first, second, runs: int = 50, rounds: int = 5) -> tuple[f
     per = max(1, runs // rounds)
     for _ in range(rounds):
         for (fn, x), out in zip(timers, times):
-            for _ in range(per):
-                t0 = time.perf_counter()
-                fn(x)
-                out.append(time.perf_counter() - t0)
+            out.extend(_call_times(fn, x, per))
     return float(np.median(times[0]) * 1e3), float(np.median(times[1]) * 1e3)
 
 

@@ -76,6 +76,6 @@ def command(model, output, data, seed, unsafe, as_json, force, **options):
     lines.append(f"  {scores(info, 'test')} after {info['total_epochs']} epochs")
     from compress.report import few_samples_note
 
-    if few_samples_note(after):
-        lines.append(f"  note: {few_samples_note(after)}")
+    if few := few_samples_note(after):
+        lines.append(f"  note: {few}")
     emit(result, as_json, reports=[after], title="cascade", lines=lines)

@@ -380,7 +380,7 @@ def run_model_pass(model_path: str, output: str, data: str | None, seed: int, un
     they compare like with like: accuracy for a classifier, MSE for a regression.
     """
     from compress import io
-    from compress.report import model_report, paired_latency_ms
+    from compress.report import few_samples_note, model_report, paired_latency_ms
 
     io.check_output(output, inputs=[model_path], force=force, suffixes=io.MODEL_SUFFIXES)
     model, dataset = load_inputs(model_path, data, seed, unsafe)
@@ -421,10 +421,8 @@ def run_model_pass(model_path: str, output: str, data: str | None, seed: int, un
     if input_note:
         result["input_size_note"] = input_note
         lines.append(f"  note: {input_note}")
-    from compress.report import few_samples_note
-
-    if few_samples_note(after):  # a small image folder's tenth: how coarse the scores are
-        lines.append(f"  note: {few_samples_note(after)}")
+    if few := few_samples_note(after):  # a small image folder's tenth: how coarse scores are
+        lines.append(f"  note: {few}")
     ctx = click.get_current_context(silent=True)
     if ctx is not None and ctx.meta.get("compress_input_note"):  # a wrapped subclassed model
         result["input_note"] = ctx.meta["compress_input_note"]

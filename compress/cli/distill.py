@@ -82,7 +82,7 @@ def distill_files(model_path, output, data, seed, unsafe, force, opts, as_json):
                      "between the student alone and the teacher")
     from compress.report import few_samples_note
 
-    if few_samples_note(reports[-1]):
-        lines.append(f"  note: {few_samples_note(reports[-1])}")
+    if few := few_samples_note(reports[-1]):
+        lines.append(f"  note: {few}")
     emit(result, as_json, reports=reports, title="distill", lines=lines)
     return result

@@ -65,8 +65,8 @@ def command(model, data, split, show_layers, latency, seed, unsafe, as_json):
         lines.append(f"note: {note}")
     from compress.report import few_samples_note
 
-    if few_samples_note(report):
-        lines.append(f"note: {few_samples_note(report)}")
+    if few := few_samples_note(report):
+        lines.append(f"note: {few}")
     emit(report, as_json, reports=[report], title=f"{model}", lines=lines)
 
 

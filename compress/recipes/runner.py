@@ -128,7 +128,7 @@ def run_recipe(source, output: str | os.PathLike | None = None, overrides: list[
             try:
                 new, info, artifact, after = _run_step(kind, opts, source_model, dataset,
                                                        out / f"step{i + 1}-{kind}", recipe,
-                                                       verbose)
+                                                       verbose, inputs)
             except CompressError as exc:
                 raise CompressError(f"{where}: {exc}") from exc
             except KeyboardInterrupt:
@@ -177,8 +177,10 @@ def _guard_last_good(context, inputs: list) -> None:
     context.inputs = list(context.inputs) + list(inputs)
 
 
-def _run_step(kind: str, opts: dict, model, dataset, stem: Path, recipe: dict, verbose):
-    """Run one pass and write its result; ``(new model or None, info, path, after)``."""
+def _run_step(kind: str, opts: dict, model, dataset, stem: Path, recipe: dict, verbose,
+              inputs: list = ()):
+    """Run one pass and write its result; ``(new model or None, info, path, after)``.
+    ``inputs``: the recipe's files (:func:`input_files`), never written over."""
     from compress import io
     from compress.report import model_report
 
@@ -191,7 +193,6 @@ def _run_step(kind: str, opts: dict, model, dataset, stem: Path, recipe: dict, v
     if spec.loads_files:
         kwargs["unsafe"] = recipe["unsafe"]
     result, info = spec.run(model, dataset, verbose=verbose, **kwargs)
-    inputs = input_files(recipe)  # never replaced, --force or not (checked up front too)
     if spec.produces == "model":
         path = stem.with_suffix(".keras")
         io.save_model(result, path, force=True, inputs=inputs)
